@@ -1,0 +1,49 @@
+"""`saelign` command line: one subcommand per pipeline stage, each built from that stage's config dataclass."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from saelign.errors import SaelignError
+from saelign.progress import setup_logging
+
+# Each module defines register(subparsers); order = order in --help.
+COMMAND_MODULES = [
+    "saelign.cli.capture",
+    "saelign.cli.sae",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="saelign",
+        description="Interpretable alignment of language models with sparse autoencoders (SAILS, AlignSAE).",
+        epilog="Every stage option can also come from a YAML/JSON file given with --config; flags override it.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        result = args.func(args)
+    except SaelignError as exc:
+        print(f"saelign: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("saelign: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Config dataclasses are the single source of truth: the CLI flags, config files and run.json come from them.
+
+A stage declares `@dataclass class XConfig` whose fields carry `metadata={"help": ...}`. `add_config_args`
+turns the fields into argparse flags, `config_from_args` merges defaults < config file < flags, and
+`config_from_dict` validates a YAML/JSON mapping (unknown keys and wrong types are errors naming the field).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from saelign.errors import SaelignError
+
+C = TypeVar("C")
+
+
+def help_field(default: Any, help: str, **kwargs: Any) -> Any:
+    """A dataclass field with CLI help text; list defaults are copied per instance."""
+    if isinstance(default, list | dict):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help, **kwargs})
+    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    base, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise SaelignError(f"{where}: null is not allowed; give a value of type {getattr(base, '__name__', base)}")
+    origin = typing.get_origin(base)
+    if origin in (list, tuple):
+        (item_tp, *_) = typing.get_args(base) or (str,)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list | tuple):
+            raise SaelignError(f"{where}: expected a list, got {value!r}")
+        items = [_coerce(v, item_tp, where) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is typing.Literal:
+        choices = typing.get_args(base)
+        if value not in choices:
+            raise SaelignError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise SaelignError(f"{where}: expected true/false, got {value!r}")
+    if base in (int, float):
+        if isinstance(value, bool):
+            raise SaelignError(f"{where}: expected a number, got {value!r}")
+        try:
+            number = float(value) if base is float else int(value)
+        except (TypeError, ValueError):
+            raise SaelignError(f"{where}: expected {base.__name__}, got {value!r}") from None
+        if base is int and isinstance(value, float) and not value.is_integer():
+            raise SaelignError(f"{where}: expected an integer, got {value!r}")
+        return number
+    if base is str:
+        if not isinstance(value, str | int | float):
+            raise SaelignError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    if dataclasses.is_dataclass(base) and isinstance(value, dict):
+        return config_from_dict(base, value, where=where)
+    return value
+
+
+def config_from_dict(cls: type[C], data: dict[str, Any], where: str = "config") -> C:
+    if not isinstance(data, dict):
+        raise SaelignError(f"{where}: expected a mapping of option names to values, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise SaelignError(f"{where}: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise SaelignError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise SaelignError(f"config file {path} cannot be parsed: {exc}") from exc
+    return data or {}
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+    """Add one `--flag` per dataclass field. Defaults stay in the dataclass (argparse default is None)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("cli") is False:
+            continue
+        flag = "--" + (prefix + f.name).replace("_", "-")
+        base, _ = _unwrap_optional(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        if typing.get_origin(base) is typing.Literal:
+            parser.add_argument(flag, dest=prefix + f.name, choices=typing.get_args(base), default=None, help=help_text)
+        elif base is bool:
+            parser.add_argument(flag, dest=prefix + f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            metavar = "A,B,..." if typing.get_origin(base) in (list, tuple) else base.__name__.upper() if isinstance(base, type) else "VALUE"
+            parser.add_argument(flag, dest=prefix + f.name, default=None, metavar=metavar, help=help_text)
+
+
+def config_from_args(cls: type[C], args: argparse.Namespace, file_data: dict[str, Any] | None = None, prefix: str = "") -> C:
+    data = dict(file_data or {})
+    for f in dataclasses.fields(cls):
+        value = getattr(args, prefix + f.name, None)
+        if value is not None:
+            data[f.name] = value
+    return config_from_dict(cls, data, where=f"option --{prefix}" if prefix else "options")

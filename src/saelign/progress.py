@@ -1,0 +1,32 @@
+"""The one place library code reports progress and messages: a logger plus tqdm bars."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+logger = logging.getLogger("saelign")
+
+
+def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "", unit: str = "it") -> tqdm:
+    """A progress bar on stderr; silenced with SAELIGN_QUIET=1 (tests, CI logs)."""
+    disable = os.environ.get("SAELIGN_QUIET") == "1"
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, file=sys.stderr, dynamic_ncols=True, leave=False)
+
+
+def iterate(iterable: Iterable[T], *, total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[T]:
+    yield from progress(iterable, total=total, desc=desc, unit=unit)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False

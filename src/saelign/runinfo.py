@@ -1,0 +1,43 @@
+"""run.json: what produced a run directory (config, versions, seed, timings), written atomically per stage."""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from saelign.io import read_json, write_json_atomic
+
+
+def environment_info() -> dict[str, Any]:
+    import torch
+    import transformers
+
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        import peft
+
+        info["peft"] = peft.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def record_stage(run_dir: str | Path, stage: str, config: dict[str, Any], **extra: Any) -> None:
+    """Merge one stage's config and results into run_dir/run.json."""
+    from saelign import __version__
+
+    path = Path(run_dir) / "run.json"
+    data = read_json(path, "run.json") if path.exists() else {"saelign": __version__, "environment": environment_info(), "stages": {}}
+    data["stages"][stage] = {"config": config, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
+    write_json_atomic(path, data)

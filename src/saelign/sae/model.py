@@ -1,0 +1,109 @@
+"""The sparse autoencoder: one module for relu (+L1), topk, batchtopk and jumprelu activations.
+
+Weights follow SAELens naming and shapes (W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec, threshold)
+so saving is a plain tensor dump. Inputs are multiplied by `norm_scale` (input normalisation stored with the
+weights) before encoding and divided by it after decoding, so callers always work in the model's raw units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from saelign.configs import help_field
+from saelign.errors import SaelignError
+
+Activation = Literal["relu", "topk", "batchtopk", "jumprelu"]
+
+
+@dataclass
+class SAEConfig:
+    d_in: int = help_field(576, "width of the activations the SAE reads (the model's d_model for the residual stream)")
+    d_sae: int = help_field(4608, "number of latents")
+    activation: Activation = help_field("topk", "relu (+L1), topk, batchtopk (JumpReLU threshold at inference) or jumprelu")
+    k: int = help_field(32, "active latents per token for topk/batchtopk")
+    hookpoint: str = help_field("", "module path the SAE reads, e.g. model.layers.15")
+    model: str = help_field("", "model the activations came from")
+
+
+class SAE(nn.Module):
+    def __init__(self, cfg: SAEConfig, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        super().__init__()
+        if cfg.d_in <= 0 or cfg.d_sae <= 0:
+            raise SaelignError(f"SAE widths must be positive, got d_in={cfg.d_in}, d_sae={cfg.d_sae}")
+        if cfg.activation in ("topk", "batchtopk") and not 0 < cfg.k <= cfg.d_sae:
+            raise SaelignError(f"k={cfg.k} must be in 1..d_sae={cfg.d_sae} for activation {cfg.activation}")
+        self.cfg = cfg
+        kw = {"device": device, "dtype": dtype}
+        self.W_enc = nn.Parameter(torch.empty(cfg.d_in, cfg.d_sae, **kw))
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, **kw))
+        self.W_dec = nn.Parameter(torch.empty(cfg.d_sae, cfg.d_in, **kw))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, **kw))
+        uses_threshold = cfg.activation in ("jumprelu", "batchtopk")
+        self.threshold = nn.Parameter(torch.zeros(cfg.d_sae, **kw), requires_grad=cfg.activation == "jumprelu") if uses_threshold else None
+        self.register_buffer("norm_scale", torch.ones((), **kw))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, seed: int | None = None) -> None:
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        w = torch.randn(self.cfg.d_sae, self.cfg.d_in, generator=generator)
+        w /= w.norm(dim=1, keepdim=True)
+        self.W_dec.copy_(w)
+        self.W_enc.copy_(w.T)  # tied init: a standard, well-conditioned start
+        self.b_enc.zero_()
+        self.b_dec.zero_()
+
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.shape[-1] != self.cfg.d_in:
+            raise SaelignError(f"SAE expects inputs of width d_in={self.cfg.d_in} (hookpoint {self.cfg.hookpoint or '?'}), got {x.shape[-1]}; "
+                               "the SAE does not match this model/hookpoint")
+
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * self.norm_scale - self.b_dec) @ self.W_enc + self.b_enc
+
+    def activate(self, pre: torch.Tensor, training: bool = False) -> torch.Tensor:
+        """Dense latents from pre-activations [..., d_sae]."""
+        act = self.cfg.activation
+        if act == "relu":
+            return F.relu(pre)
+        if act == "topk":
+            values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
+            return torch.zeros_like(pre).scatter_(-1, indices, F.relu(values))
+        if act == "batchtopk" and training:
+            flat = F.relu(pre).reshape(-1)
+            values, indices = flat.topk(self.cfg.k * (flat.numel() // self.cfg.d_sae), sorted=False)
+            return torch.zeros_like(flat).scatter_(0, indices, values).reshape(pre.shape)
+        assert self.threshold is not None
+        return pre * (pre > self.threshold).to(pre.dtype)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.activate(self.pre_acts(x))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return (z @ self.W_dec + self.b_dec) / self.norm_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    def decoder_directions(self, latents: torch.Tensor | list[int] | None = None) -> torch.Tensor:
+        """Unit-norm decoder rows in the model's raw activation space [n, d_in]."""
+        rows = self.W_dec if latents is None else self.W_dec[torch.as_tensor(latents, dtype=torch.long)]
+        return F.normalize(rows.detach().float(), dim=-1)
