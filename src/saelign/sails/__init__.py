@@ -1,0 +1,1 @@
+"""SAILS: safety data, judging, safety-subspace selection and LoRA initialisation inside it."""

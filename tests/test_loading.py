@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from saelign.device import resolve_device, resolve_dtype
+from saelign.errors import SaelignError
+from saelign.models import ModelConfig, load_model
+from saelign.models.loading import cache_dir, convert_gguf, default_gguf_path
+
+
+def test_local_folder_loads_fp32_on_cpu_with_pad_token(tiny_llama_dir, tiny_llama):
+    model, tokenizer = load_model(ModelConfig(model=str(tiny_llama_dir)))
+    assert next(model.parameters()).dtype == torch.float32 and not model.training
+    assert tokenizer.pad_token is not None
+    ids = torch.randint(5, 100, (1, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, tiny_llama(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize("model, needle", [("/no/such/model", "not found"), (__file__, "not a .gguf file")])
+def test_bad_model_paths(model, needle):
+    with pytest.raises(SaelignError, match=needle):
+        load_model(ModelConfig(model=model))
+
+
+def test_folder_without_config_is_rejected(tmp_path):
+    with pytest.raises(SaelignError, match="no config.json"):
+        load_model(ModelConfig(model=str(tmp_path)))
+
+
+def test_dtype_policy():
+    cpu = resolve_device("cpu")
+    assert resolve_dtype("auto", cpu) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    with pytest.raises(SaelignError, match="unknown dtype"):
+        resolve_dtype("fp8", cpu)
+
+
+def test_cache_dir_follows_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("SAELIGN_CACHE", str(tmp_path))
+    assert cache_dir() == tmp_path
+
+
+@pytest.mark.slow
+def test_default_gguf_converts_once_and_generates_english(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAELIGN_CACHE", str(tmp_path))
+    folder = convert_gguf(default_gguf_path())
+    assert (folder / "config.json").is_file() and convert_gguf(default_gguf_path()) == folder
+    model, tokenizer = load_model(ModelConfig())
+    assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576
+    assert not hasattr(model.config, "quantization_config")
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                        add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
