@@ -14,6 +14,7 @@ from saelign.progress import setup_logging
 COMMAND_MODULES = [
     "saelign.cli.capture",
     "saelign.cli.sae",
+    "saelign.cli.label",
 ]
 
 

@@ -28,6 +28,7 @@ class SAEConfig:
     k: int = help_field(32, "active latents per token for topk/batchtopk")
     hookpoint: str = help_field("", "module path the SAE reads, e.g. model.layers.15")
     model: str = help_field("", "model the activations came from")
+    always_on_latents: list[int] = help_field([], "latents exempt from top-k/threshold sparsity, passing through ReLU only (AlignSAE concept slots)")
 
 
 class SAE(nn.Module):
@@ -37,6 +38,8 @@ class SAE(nn.Module):
             raise SaelignError(f"SAE widths must be positive, got d_in={cfg.d_in}, d_sae={cfg.d_sae}")
         if cfg.activation in ("topk", "batchtopk") and not 0 < cfg.k <= cfg.d_sae:
             raise SaelignError(f"k={cfg.k} must be in 1..d_sae={cfg.d_sae} for activation {cfg.activation}")
+        if any(not 0 <= i < cfg.d_sae for i in cfg.always_on_latents):
+            raise SaelignError(f"always_on_latents {cfg.always_on_latents} must lie in 0..{cfg.d_sae - 1}")
         self.cfg = cfg
         kw = {"device": device, "dtype": dtype}
         self.W_enc = nn.Parameter(torch.empty(cfg.d_in, cfg.d_sae, **kw))
@@ -80,6 +83,15 @@ class SAE(nn.Module):
 
     def activate(self, pre: torch.Tensor, training: bool = False) -> torch.Tensor:
         """Dense latents from pre-activations [..., d_sae]."""
+        if not self.cfg.always_on_latents or self.cfg.activation == "relu":
+            return self._sparsify(pre, training)
+        # Concept slots must stay readable, so they sit out the top-k competition / threshold (ReLU only).
+        mask = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=pre.device)
+        mask[self.cfg.always_on_latents] = True
+        excluded = pre.masked_fill(mask, float("-inf") if self.cfg.activation == "topk" else 0.0)
+        return torch.where(mask, F.relu(pre), self._sparsify(excluded, training))
+
+    def _sparsify(self, pre: torch.Tensor, training: bool) -> torch.Tensor:
         act = self.cfg.activation
         if act == "relu":
             return F.relu(pre)

@@ -1,0 +1,166 @@
+"""SAE training benchmark: saelign vs SAELens on the same cached activations of the default model.
+
+Steps (each can be run alone):
+  prepare  capture layer-15 residual activations of SmolLM2-135M-Instruct on the State of the Union corpus
+  one      train one saelign SAE in this process and print a RESULT line (used by `all`, in subprocesses)
+  all      run the whole grid for both libraries, in fresh processes, and write bench/results/sae_training.json
+
+The last EVAL_SHARDS shards of the store are held out: every FVU / L0 / dead number is measured on them.
+Run: .venv/bin/python bench/bench_sae.py all   (SAELens side needs scripts/saelens_venv.sh first)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from common import peak_rss_mib, write_result
+
+from saelign.models import ModelConfig
+from saelign.models.loading import cache_dir
+from saelign.sae import SAE, SAEConfig
+from saelign.sae.train import SAETrainConfig, train_saes
+from saelign.store.capture import CaptureConfig, capture
+from saelign.store.loader import ActivationStore
+
+HOOKPOINT = "model.layers.15"
+SHARD = 32768
+TRAIN_SHARDS, EVAL_SHARDS = 32, 2
+STORE = cache_dir() / "bench" / "acts-sotu"
+ROOT = Path(__file__).resolve().parent.parent
+SAELENS_PY = ROOT / ".venv-saelens" / "bin" / "python"
+D_SAE = 4608
+
+
+def prepare() -> Path:
+    cfg = CaptureConfig(hookpoints=[HOOKPOINT], corpus="sotu", context_length=128, batch_size=8,
+                        token_budget=(TRAIN_SHARDS + EVAL_SHARDS) * SHARD, shard_tokens=SHARD, out=str(STORE))
+    return capture(ModelConfig(), cfg)[HOOKPOINT]
+
+
+def roofline_gflops(d_in: int = 576, d_sae: int = D_SAE, batch: int = 4096, repeats: int = 10) -> float:
+    """fp32 GFLOP/s of the SAE-shaped encoder product on this machine, measured now."""
+    x, w = torch.randn(batch, d_in), torch.randn(d_in, d_sae)
+    x @ w
+    start = time.perf_counter()
+    for _ in range(repeats):
+        x @ w
+    return 2 * batch * d_in * d_sae * repeats / (time.perf_counter() - start) / 1e9
+
+
+@torch.no_grad()
+def held_out_metrics(sae: SAE, x: torch.Tensor) -> dict[str, float]:
+    sq_err = sq_dev = l0 = 0.0
+    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+    mean = x.mean(0)
+    for chunk in x.split(4096):
+        z = sae.encode(chunk)
+        sq_err += (sae.decode(z) - chunk).pow(2).sum().item()
+        sq_dev += (chunk - mean).pow(2).sum().item()
+        l0 += (z > 0).sum().item()
+        fired |= (z > 0).any(0)
+    return {"fvu": sq_err / sq_dev, "l0": l0 / len(x), "dead_fraction": 1 - fired.float().mean().item()}
+
+
+def run_one(args: argparse.Namespace) -> dict:
+    store = ActivationStore(args.store)
+    n = len(store.shards)
+    train_shards = list(range(min(args.train_shards, n - EVAL_SHARDS)))
+    held_out = torch.cat([store.load_shard(i)["activations"].float() for i in range(n - EVAL_SHARDS, n)])
+    sae_cfg = SAEConfig(d_in=store.d_in, d_sae=args.d_sae, activation=args.arch, k=args.k, hookpoint=store.hookpoint)
+    tcfg = SAETrainConfig(total_tokens=args.tokens, batch_size=4096, seed=0, l1_coefficient=args.l1,
+                          jumprelu_sparsity_coefficient=args.l0, log_every_steps=50)
+    epochs = math.ceil(args.tokens / (len(train_shards) * SHARD))
+    batches = store.batches(4096, shuffle=True, seed=0, epochs=epochs, max_tokens=args.tokens, shards=train_shards)
+    start = time.perf_counter()
+    (sae,) = train_saes(batches, [sae_cfg], tcfg)
+    seconds = time.perf_counter() - start
+    d, s = store.d_in, args.d_sae
+    # FLOPs a dense implementation needs per token: encoder fwd, decoder fwd, decoder grad, latent grad, encoder grad
+    dense_flops = 10 * d * s
+    return {"library": "saelign", "arch": args.arch, "k": args.k, "l1": args.l1, "l0_coefficient": args.l0,
+            "tokens": args.tokens, "train_shards": len(train_shards), "seconds": seconds, "tok_s": args.tokens / seconds,
+            "dense_equivalent_gflops": dense_flops * args.tokens / seconds / 1e9, "peak_rss_mib": peak_rss_mib(),
+            "loader_peak_buffer_rows": store.peak_buffer_rows, **held_out_metrics(sae, held_out)}
+
+
+def spawn(cmd: list[str]) -> dict:
+    print("$", " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise SystemExit(f"benchmark step failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    result = json.loads(lines[-1][len("RESULT "):])
+    print("  ", {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}, flush=True)
+    return result
+
+
+def ours(store: Path, arch: str, tokens: int, **kw: object) -> dict:
+    cmd = [sys.executable, __file__, "one", "--store", str(store), "--arch", arch, "--tokens", str(tokens)]
+    for key, value in kw.items():
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    return spawn(cmd)
+
+
+def saelens(store: Path, arch: str, tokens: int, **kw: object) -> dict:
+    cmd = [str(SAELENS_PY), str(ROOT / "bench" / "saelens_train.py"), "--store", str(store), "--arch", arch,
+           "--tokens", str(tokens), "--eval-shards", str(EVAL_SHARDS), "--lr", str(kw.pop("lr", 3e-4))]
+    for key, value in kw.items():
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    return spawn(cmd)
+
+
+def run_all(args: argparse.Namespace) -> None:
+    store = prepare()
+    runs: dict[str, list[dict]] = {"headline": [], "topk_budget": [], "relu_curve": [], "jumprelu_curve": [],
+                                   "batchtopk_curve": [], "memory": []}
+    budget = 491_520
+    lr = 2e-4 / math.sqrt(D_SAE / 16384)  # the same learning rate for both libraries
+    runs["headline"] += [ours(store, "topk", budget, k=32), saelens(store, "topk", budget, k=32, lr=lr),
+                         ours(store, "relu", budget, l1=5.0), saelens(store, "standard", budget, l1=5.0, lr=lr)]
+    runs["topk_budget"] += [ours(store, "topk", t, k=32) for t in (1_048_576, 2_097_152)]
+    curve = args.curve_tokens
+    runs["relu_curve"] += [r for l1 in (2.0, 10.0) for r in (ours(store, "relu", curve, l1=l1),
+                                                             saelens(store, "standard", curve, l1=l1, lr=lr))]
+    runs["jumprelu_curve"] += [r for l0 in (0.5, 2.0) for r in (ours(store, "jumprelu", curve, l0=l0),
+                                                                saelens(store, "jumprelu", curve, l0=l0, lr=lr))]
+    runs["batchtopk_curve"] += [r for k in (16, 64) for r in (ours(store, "batchtopk", curve, k=k),
+                                                              saelens(store, "batchtopk", curve, k=k, lr=lr))]
+    runs["memory"] += [ours(store, "topk", 131_072, k=32, train_shards=s) for s in (8, TRAIN_SHARDS)]
+    write_result("sae_training", {"store": str(store), "hookpoint": HOOKPOINT, "d_sae": D_SAE, "batch_size": 4096,
+                                  "held_out_tokens": EVAL_SHARDS * SHARD, "fp32_matmul_roofline_gflops": roofline_gflops(),
+                                  "runs": runs})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="step", required=True)
+    sub.add_parser("prepare")
+    one = sub.add_parser("one")
+    one.add_argument("--store", type=Path, required=True)
+    one.add_argument("--arch", required=True)
+    one.add_argument("--tokens", type=int, required=True)
+    one.add_argument("--d-sae", type=int, default=D_SAE)
+    one.add_argument("--k", type=int, default=32)
+    one.add_argument("--l1", type=float, default=5.0)
+    one.add_argument("--l0", type=float, default=1.0)
+    one.add_argument("--train-shards", type=int, default=TRAIN_SHARDS)
+    everything = sub.add_parser("all")
+    everything.add_argument("--curve-tokens", type=int, default=245_760)
+    args = parser.parse_args()
+    if args.step == "prepare":
+        print(prepare())
+    elif args.step == "one":
+        print("RESULT " + json.dumps(run_one(args)), flush=True)
+    else:
+        run_all(args)
+
+
+if __name__ == "__main__":
+    main()

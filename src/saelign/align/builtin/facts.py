@@ -1,0 +1,132 @@
+"""Keep only the facts a model knows: greedy-complete every prompt and compare with the expected answer.
+
+A concept slot can only bind to a relation the model actually represents, so facts the model gets wrong are
+dropped before alignment. A fact (an entity of a template concept, or one labelled example) is kept when the
+model answers correctly on at least `min_accuracy` of its train-template prompts; accuracy on the unseen test
+templates is reported too. Matching is on normalised words: accents, case, punctuation and one leading article
+are ignored, and every word of the answer (or of an alias) must open the continuation, after at most one
+qualifying word ("Croatian kuna", "Southeast Asia"); so "New York" does not count for "New Jersey".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import unicodedata
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from saelign.align.ontology import ConceptExample, Ontology
+from saelign.errors import SaelignError
+from saelign.progress import logger, progress
+
+_ARTICLES = {"the", "a", "an"}
+
+
+def normalise_words(text: str) -> list[str]:
+    plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    words = re.sub(r"[^a-z0-9]+", " ", plain.lower()).split()
+    return words[1:] if words[:1] and words[0] in _ARTICLES else words
+
+
+def answer_matches(continuation: str, answer: str, aliases: Sequence[str] = ()) -> bool:
+    said = normalise_words(continuation)
+    for candidate in (answer, *aliases):
+        want = normalise_words(candidate)
+        if want and (said[: len(want)] == want or said[1 : len(want) + 1] == want):
+            return True
+    return False
+
+
+@torch.inference_mode()
+def greedy_continuations(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+                         max_new_tokens: int, batch_size: int = 32) -> list[str]:
+    """Greedy continuation text of each prompt, batched with left padding (prompts sorted by length)."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[str] = [""] * len(prompts)
+    device = next(model.parameters()).device
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in progress(range(0, len(order), batch_size), desc="checking facts", unit="batch"):
+            index = order[start : start + batch_size]
+            enc = tokenizer([prompts[i] for i in index], return_tensors="pt", padding=True).to(device)
+            generated = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, top_p=None, top_k=None,
+                                       temperature=None, pad_token_id=tokenizer.pad_token_id)
+            texts = tokenizer.batch_decode(generated[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            for i, text in zip(index, texts, strict=True):
+                out[i] = text
+    finally:
+        tokenizer.padding_side = side
+    return out
+
+
+def _fact_key(ex: ConceptExample) -> tuple[str, str]:
+    """An entity of a template concept is one fact across its templates; a plain example is a fact of its own."""
+    return (ex.concept, ex.entity if ex.template_id is not None and ex.entity is not None else ex.text)
+
+
+def filter_known_facts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ontology: Ontology,
+                       min_accuracy: float = 0.5, batch_size: int = 32,
+                       max_new_tokens: int | None = None) -> tuple[Ontology, dict[str, dict[str, Any]]]:
+    """Return (the ontology with only known facts, per-concept accuracy report).
+
+    The report gives, per concept: facts, kept, train_accuracy and test_accuracy (share of prompts answered
+    correctly before filtering, on train and unseen test templates; None without test prompts). It is also
+    stored in the returned ontology's `source["fact_filter"]`.
+    """
+    examples = ontology.examples(split=None)
+    missing = next((ex for ex in examples if not ex.answer), None)
+    if missing is not None:
+        raise SaelignError(f"ontology {ontology.name!r}: concept {missing.concept!r} has a prompt without an answer "
+                           f"({missing.text!r}); filtering known facts needs an answer for every entity or example")
+    if max_new_tokens is None:
+        longest = max(len(tokenizer(" " + str(ex.answer), add_special_tokens=False)["input_ids"]) for ex in examples)
+        max_new_tokens = longest + 2  # room for a leading article or space token
+    continuations = greedy_continuations(model, tokenizer, [ex.text for ex in examples], max_new_tokens, batch_size)
+    hits: dict[tuple[str, str], dict[str, list[bool]]] = defaultdict(lambda: {"train": [], "test": []})
+    for ex, text in zip(examples, continuations, strict=True):
+        hits[_fact_key(ex)][ex.split].append(answer_matches(text, str(ex.answer), ex.aliases))
+    known = {key for key, h in hits.items() if _mean(h["train"] or h["test"]) >= min_accuracy}
+    report = _report(ontology, hits, known)
+    concepts = []
+    for concept in ontology.concepts:
+        kept = dataclasses.replace(
+            concept,
+            entities=tuple(e for e in concept.entities if (concept.name, e.entity) in known),
+            examples=tuple(e for e in concept.examples
+                           if (concept.name, ontology.fill(e.text, e.entity, literal_entity=True)[0]) in known))
+        if kept.entities or kept.examples:
+            concepts.append(kept)
+        else:
+            logger.warning(f"concept {concept.name!r}: the model answered none of its facts; dropped")
+    summary = ", ".join(f"{name} {r['train_accuracy']:.0%} ({r['kept']}/{r['facts']} kept)" for name, r in report.items())
+    logger.info(f"fact accuracy per concept: {summary}")
+    if len(concepts) < 2:
+        raise SaelignError(f"ontology {ontology.name!r}: the model knows facts of only {len(concepts)} concept(s) "
+                           f"({summary}); use a stronger model, more entities, or lower min_accuracy")
+    source = {**ontology.source, "fact_filter": {"model": str(getattr(model, "name_or_path", "")),
+                                                 "min_accuracy": min_accuracy, "accuracy": report}}
+    filtered = dataclasses.replace(ontology, concepts=tuple(concepts), source=source)
+    return filtered.validate(f"ontology {ontology.name!r} after fact filtering"), report
+
+
+def _mean(values: list[bool]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _report(ontology: Ontology, hits: dict[tuple[str, str], dict[str, list[bool]]],
+            known: set[tuple[str, str]]) -> dict[str, dict[str, Any]]:
+    report: dict[str, dict[str, Any]] = {}
+    for name in ontology.concept_names:
+        keys = [k for k in hits if k[0] == name]
+        train = [v for k in keys for v in hits[k]["train"]]
+        test = [v for k in keys for v in hits[k]["test"]]
+        report[name] = {"facts": len(keys), "kept": sum(k in known for k in keys),
+                        "train_accuracy": round(_mean(train), 4),
+                        "test_accuracy": round(_mean(test), 4) if test else None}
+    return report

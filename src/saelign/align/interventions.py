@@ -1,0 +1,257 @@
+"""Slot interventions as context managers over a live model: encode at the SAE's hookpoint, edit latents, decode,
+write back. They compose by nesting (each adds one hook; inner ones see the outer ones' output).
+
+With `keep_error=True` (default) the written activation is x + decode(z') − decode(z): the SAE's reconstruction
+error is kept, so positions and latents an intervention does not touch come out exactly as they went in.
+`positions="last"` edits the last position of every forward: with left-padded batches that is each prompt's
+last token, and during cached generation each new token (see `generate_with(during=...)`); an int edits that
+one index (negative: counted from the end; forwards too short for it pass through); "all" edits every position.
+
+Amplitudes are in slot units: concept swap writes α·scale into the target slot (see `slots.SlotMap`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from saelign.align.slots import SlotMap
+from saelign.errors import SaelignError
+from saelign.models import patch_output
+from saelign.sae.model import SAE
+
+Positions = Literal["last", "all"] | int
+# An edit maps latents z [..., d_sae] to (edited latents, optional bool mask [...] of the rows to write back).
+Edit = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def _hookpoint(sae: SAE, slot_map: SlotMap | None, hookpoint: str | None) -> str:
+    hp = hookpoint or sae.cfg.hookpoint or (slot_map.hookpoint if slot_map else "")
+    if not hp:
+        raise SaelignError("the SAE has no hookpoint in its cfg.json; pass hookpoint='model.layers.N' explicitly")
+    return hp
+
+
+def _slot_ids(slot: int | str | Sequence[int | str], slot_map: SlotMap | None, sae: SAE) -> list[int]:
+    items = [slot] if isinstance(slot, int | str) else list(slot)
+    ids = []
+    for item in items:
+        if isinstance(item, str):
+            if slot_map is None:
+                raise SaelignError(f"slot {item!r} is a concept name; pass slot_map= to look it up, or give a latent index")
+            item = slot_map.slot(item)
+        if not 0 <= item < sae.cfg.d_sae:
+            raise SaelignError(f"slot {item} outside 0..{sae.cfg.d_sae - 1} for this SAE")
+        ids.append(item)
+    return ids
+
+
+def apply_edit(sae: SAE, hidden: torch.Tensor, edit: Edit, positions: Positions = "all", keep_error: bool = True) -> torch.Tensor:
+    """The activation [..., seq, d] after encoding the chosen positions, editing their latents and decoding."""
+    seq = hidden.shape[-2]
+    if positions == "all":
+        start, stop = 0, seq
+    elif positions == "last" or isinstance(positions, int):
+        start = seq - 1 if positions == "last" else int(positions) % seq if -seq <= int(positions) < seq else -1
+        if start < 0:
+            return hidden
+        stop = start + 1
+    else:
+        raise SaelignError(f"positions must be 'last', 'all' or a token index, got {positions!r}")
+    part = hidden[..., start:stop, :]
+    x = part.to(device=sae.W_dec.device, dtype=sae.W_dec.dtype)
+    z = sae.encode(x)
+    z_new, rows = edit(z)
+    # The difference form is exact: untouched latents contribute exactly zero change.
+    new = x + (z_new - z) @ sae.W_dec / sae.norm_scale if keep_error else sae.decode(z_new)
+    if rows is not None:
+        new = torch.where(rows[..., None], new, x)
+    new = new.to(device=hidden.device, dtype=hidden.dtype)
+    return new if stop - start == seq else torch.cat([hidden[..., :start, :], new, hidden[..., stop:, :]], dim=-2)
+
+
+@contextlib.contextmanager
+def sae_edit(model: nn.Module, sae: SAE, edit: Edit, positions: Positions = "all", keep_error: bool = True,
+             hookpoint: str | None = None, slot_map: SlotMap | None = None) -> Iterator[None]:
+    """The general intervention every other one is built on."""
+    if slot_map is not None:
+        slot_map.validate(sae)
+    with patch_output(model, _hookpoint(sae, slot_map, hookpoint), lambda h: apply_edit(sae, h, edit, positions, keep_error)):
+        yield
+
+
+def sae_splice(model: nn.Module, sae: SAE, keep_error: bool = True, positions: Positions = "all",
+               hookpoint: str | None = None) -> contextlib.AbstractContextManager[None]:
+    """Route the hookpoint through the SAE; keep_error=False replaces the activation by its reconstruction."""
+    return sae_edit(model, sae, lambda z: (z, None), positions, keep_error, hookpoint)
+
+
+def slot_clamp(model: nn.Module, sae: SAE, slot: int | str | Sequence[int | str], value: float, *,
+               slot_map: SlotMap | None = None, positions: Positions = "all", keep_error: bool = True,
+               hookpoint: str | None = None) -> contextlib.AbstractContextManager[None]:
+    """Set the slot(s) to `value` (raw latent units)."""
+    ids = _slot_ids(slot, slot_map, sae)
+
+    def edit(z: torch.Tensor) -> tuple[torch.Tensor, None]:
+        z = z.clone()
+        z[..., ids] = value
+        return z, None
+
+    return sae_edit(model, sae, edit, positions, keep_error, hookpoint, slot_map)
+
+
+def slot_zero(model: nn.Module, sae: SAE, slot: int | str | Sequence[int | str], **kwargs) -> contextlib.AbstractContextManager[None]:
+    """Remove the slot(s)' contribution."""
+    return slot_clamp(model, sae, slot, 0.0, **kwargs)
+
+
+def slot_amplify(model: nn.Module, sae: SAE, slot: int | str | Sequence[int | str], factor: float, *,
+                 slot_map: SlotMap | None = None, positions: Positions = "all", keep_error: bool = True,
+                 hookpoint: str | None = None) -> contextlib.AbstractContextManager[None]:
+    """Multiply the slot(s)' activation by `factor`."""
+    ids = _slot_ids(slot, slot_map, sae)
+
+    def edit(z: torch.Tensor) -> tuple[torch.Tensor, None]:
+        z = z.clone()
+        z[..., ids] = z[..., ids] * factor
+        return z, None
+
+    return sae_edit(model, sae, edit, positions, keep_error, hookpoint, slot_map)
+
+
+def concept_swap(model: nn.Module, sae: SAE, slot_map: SlotMap, source: str | int, target: str | int, alpha: float = 2.0, *,
+                 positions: Positions = "last", keep_error: bool = True, when_active: bool = False,
+                 hookpoint: str | None = None) -> contextlib.AbstractContextManager[None]:
+    """Source slot → 0, target slot → α·scale(target); a concept swapped with itself is left alone.
+
+    when_active=True edits only positions where the source is the strongest concept slot and is active, so
+    prompts about other concepts and unrelated text pass through untouched.
+    """
+    src, tgt = slot_map.index(source), slot_map.index(target)
+    src_slot, tgt_slot, value = slot_map.slots[src], slot_map.slots[tgt], alpha * slot_map.scales[tgt]
+    all_slots = list(slot_map.slots)
+
+    def edit(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        rows = (z[..., all_slots].argmax(-1) == src) & (z[..., src_slot] > 0) if when_active else None
+        if src == tgt:
+            return z, rows
+        z = z.clone()
+        z[..., src_slot] = 0.0
+        z[..., tgt_slot] = value
+        return z, rows
+
+    return sae_edit(model, sae, edit, positions, keep_error, hookpoint, slot_map)
+
+
+@dataclass
+class GuardEvent:
+    forward: int
+    row: int
+    position: int
+    concept: str
+    value: float
+
+
+class SlotGuard:
+    """Watches disallowed concept slots on every forward; records an event whenever one exceeds its threshold.
+
+    mode="flag" only records (the model's computation is untouched); mode="zero" also zeroes the offending
+    slot at that position (error term kept, so nothing else changes). The default threshold per concept is half
+    its slot scale. Reusable: enter it as often as needed; `events` accumulates until `reset()`.
+    """
+
+    def __init__(self, model: nn.Module, sae: SAE, slot_map: SlotMap, disallowed: Sequence[str | int],
+                 mode: Literal["zero", "flag"] = "zero", threshold: float | None = None, positions: Positions = "all",
+                 hookpoint: str | None = None):
+        if mode not in ("zero", "flag"):
+            raise SaelignError(f"SlotGuard mode must be 'zero' or 'flag', got {mode!r}")
+        if not disallowed:
+            raise SaelignError("SlotGuard needs at least one disallowed concept")
+        slot_map.validate(sae)
+        self.model, self.sae, self.slot_map, self.mode, self.positions = model, sae, slot_map, mode, positions
+        self.hookpoint = _hookpoint(sae, slot_map, hookpoint)
+        index = [slot_map.index(c) for c in disallowed]
+        self.concepts = [slot_map.concepts[i] for i in index]
+        self.slots = [slot_map.slots[i] for i in index]
+        self.thresholds = torch.tensor([threshold if threshold is not None else 0.5 * slot_map.scales[i] for i in index])
+        self.events: list[GuardEvent] = []
+        self.forwards = 0
+        self._stack: contextlib.ExitStack | None = None
+
+    @property
+    def triggered(self) -> bool:
+        return bool(self.events)
+
+    def reset(self) -> None:
+        self.events.clear()
+        self.forwards = 0
+
+    def _check(self, z: torch.Tensor, offset: int) -> tuple[torch.Tensor, None]:
+        values = z[..., self.slots]
+        over = values > self.thresholds.to(values)
+        flat = values.reshape(-1, values.shape[-2], len(self.slots))
+        for row, pos, k in over.reshape(flat.shape).nonzero().tolist():
+            self.events.append(GuardEvent(self.forwards, row, pos + offset, self.concepts[k], float(flat[row, pos, k])))
+        if self.mode == "flag" or not over.any():
+            return z, None
+        z = z.clone()
+        z[..., self.slots] = torch.where(over, torch.zeros_like(values), values)
+        return z, None
+
+    def _hook(self, hidden: torch.Tensor) -> torch.Tensor:
+        seq = hidden.shape[-2]
+        offset = 0 if self.positions == "all" else seq - 1 if self.positions == "last" else int(self.positions) % seq
+        out = apply_edit(self.sae, hidden, lambda z: self._check(z, offset), self.positions, keep_error=True)
+        self.forwards += 1
+        return hidden if self.mode == "flag" else out
+
+    def __enter__(self) -> SlotGuard:
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(patch_output(self.model, self.hookpoint, self._hook))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._stack is not None
+        self._stack.close()
+        self._stack = None
+
+
+@torch.inference_mode()
+def generate_with(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompt: str,
+                  *interventions: contextlib.AbstractContextManager, max_new_tokens: int = 32,
+                  during: Literal["prompt", "all"] = "prompt") -> str:
+    """Greedy continuation of `prompt` under the given (not yet entered) interventions.
+
+    during="prompt" applies them only while the prompt is read (the edited prompt states stay in the KV cache,
+    as in the authors' swap evaluation); during="all" keeps them on for every generated token too.
+    """
+    if during not in ("prompt", "all"):
+        raise SaelignError(f"during must be 'prompt' or 'all', got {during!r}")
+    device = next(model.parameters()).device
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=True)["input_ids"].to(device)
+    if ids.shape[1] == 0:
+        raise SaelignError("the prompt tokenises to nothing; give a non-empty prompt")
+    eos = model.generation_config.eos_token_id if getattr(model, "generation_config", None) else None
+    stop = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+    new: list[int] = []
+    with contextlib.ExitStack() as stack:
+        for cm in interventions:
+            stack.enter_context(cm)
+        out = model(input_ids=ids, use_cache=True)
+        if during == "prompt":
+            stack.close()
+        for _ in range(max_new_tokens):
+            token = int(out.logits[0, -1].argmax())
+            if token in stop:
+                break
+            new.append(token)
+            if len(new) == max_new_tokens:
+                break
+            out = model(input_ids=torch.tensor([[token]], device=device), past_key_values=out.past_key_values, use_cache=True)
+    return tokenizer.decode(new, skip_special_tokens=True)

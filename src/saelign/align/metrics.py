@@ -1,0 +1,274 @@
+"""AlignSAE metrics: binding, AUC, reconstruction, entanglement, fragmentation and concept-swap success, each
+for the aligned SAE and for a vanilla baseline (the SAE before post-training, read through its best single
+latent per concept, chosen by AUC on the training prompts).
+
+Definitions:
+- binding accuracy: argmax over the concept slots == the prompt's concept (train and held-out templates);
+- AUC: each slot's activation separating its concept's prompts from the other concepts' prompts;
+- entanglement: |Pearson r| between concept slots, and each slot's max |r| with any free latent;
+- fragmentation: per concept, d_j = |mean z_j on the concept − mean z_j on the rest|, p = d / Σd over all
+  latents; effective latents = exp(entropy(p)) (1 = one latent carries it), plus the top-1 and slot shares;
+- swap success: with source slot → 0 and target slot → α·scale at the concept token, the greedy next token
+  becomes the first token of the same entity's answer for the target concept (pairs whose source and target
+  answers share that token, or where the model already said it, are skipped); "rest unchanged": with the same
+  swap gated on the source slot being the active concept, prompts of other concepts and unrelated texts keep
+  their next token.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from functools import partial
+from typing import Any
+
+import torch
+from scipy.stats import rankdata
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from saelign.align.activations import (
+    answer_token_ids,
+    concept_activations,
+    concept_offsets,
+    next_token_predictions,
+)
+from saelign.align.interventions import concept_swap
+from saelign.align.slots import SlotMap
+from saelign.errors import SaelignError
+from saelign.progress import logger
+from saelign.sae.model import SAE
+
+DEFAULT_ALPHAS = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+@torch.no_grad()
+def encode(sae: SAE, acts: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Latents [n, d_sae] on CPU, in chunks so a large SAE never holds all rows at once."""
+    device = sae.W_dec.device
+    return torch.cat([sae.encode(acts[i:i + batch_size].to(device).float()).cpu() for i in range(0, len(acts), batch_size)])
+
+
+def binding_accuracy(slot_acts: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((slot_acts.argmax(-1) == labels).float().mean())
+
+
+def auc(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """ROC AUC of every column of scores [n, m] for the boolean labels [n]; ties count one half."""
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise SaelignError("AUC needs both positive and negative examples; every concept needs prompts of other concepts too")
+    ranks = torch.from_numpy(rankdata(scores.double().numpy(), axis=0))
+    return (ranks[positive].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def per_concept_auc(slot_acts: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    return [float(auc(slot_acts[:, c:c + 1], labels == c)[0]) for c in range(slot_acts.shape[1])]
+
+
+@torch.no_grad()
+def reconstruction_stats(sae: SAE, x: torch.Tensor) -> dict[str, float]:
+    """MSE per element, fraction of variance unexplained and mean L0, in the model's raw units."""
+    x = x.float()
+    z = encode(sae, x)
+    recon = sae.decode(z.to(sae.W_dec.device)).cpu()
+    err = (recon - x).pow(2).sum()
+    return {"mse": float(err / x.numel()), "fvu": float(err / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)),
+            "l0": float((z > 0).float().sum(-1).mean())}
+
+
+def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson r between the columns of a [n, p] and b [n, q]; a constant column correlates 0 with everything."""
+    a, b = a.double() - a.double().mean(0), b.double() - b.double().mean(0)
+    norms = a.norm(dim=0)[:, None] * b.norm(dim=0)[None, :]
+    return torch.where(norms > 0, a.T @ b / norms.clamp_min(1e-300), torch.zeros_like(norms))
+
+
+def entanglement(z: torch.Tensor, slots: Sequence[int]) -> dict[str, Any]:
+    slots = list(slots)
+    free = torch.ones(z.shape[1], dtype=torch.bool)
+    free[slots] = False
+    between = correlation(z[:, slots], z[:, slots]).abs()
+    off = between[~torch.eye(len(slots), dtype=torch.bool)]
+    with_free = correlation(z[:, slots], z[:, free]).abs().max(1).values
+    return {"slot_slot_mean_abs_corr": float(off.mean()) if off.numel() else 0.0,
+            "slot_slot_max_abs_corr": float(off.max()) if off.numel() else 0.0,
+            "slot_free_max_abs_corr": with_free.tolist(), "slot_free_max_abs_corr_mean": float(with_free.mean())}
+
+
+def fragmentation(z: torch.Tensor, labels: torch.Tensor, slots: Sequence[int]) -> dict[str, Any]:
+    eff, top1, share = [], [], []
+    for c, slot in enumerate(slots):
+        d = (z[labels == c].mean(0) - z[labels != c].mean(0)).abs().double()
+        p = d / d.sum().clamp_min(1e-300)
+        nz = p[p > 0]
+        eff.append(float(torch.exp(-(nz * nz.log()).sum())))
+        top1.append(float(p.max()))
+        share.append(float(p[slot]))
+    return {"effective_latents": eff, "effective_latents_mean": sum(eff) / len(eff), "top1_share": top1,
+            "slot_share": share}
+
+
+def best_latents(sae: SAE, acts: torch.Tensor, labels: torch.Tensor, concepts: Sequence[str], position: str = "last") -> SlotMap:
+    """The vanilla baseline: for each concept, the single latent with the highest AUC (each latent used once)."""
+    z = encode(sae, acts)
+    scores = torch.stack([auc(z, labels == c) for c in range(len(concepts))])  # [C, d_sae]
+    chosen: dict[int, int] = {}
+    for flat in torch.argsort(scores.flatten(), descending=True).tolist():
+        c, latent = divmod(flat, z.shape[1])
+        if c not in chosen and latent not in chosen.values():
+            chosen[c] = latent
+            if len(chosen) == len(concepts):
+                break
+    slots = [chosen[c] for c in range(len(concepts))]
+    scales = [max(float(z[labels == c, s].mean()), 1e-6) for c, s in enumerate(slots)]
+    return SlotMap(list(concepts), slots, sae.cfg.hookpoint, sae.cfg.d_sae, position, scales)
+
+
+def _predict(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], offsets: Sequence[int],
+             intervention: Callable[..., AbstractContextManager] | None, batch_size: int) -> list[int]:
+    """Greedy next tokens, editing each prompt at its own concept offset (prompts grouped by offset);
+    `intervention(positions=offset)` builds the context for one group."""
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, off in enumerate(offsets):
+        groups[off].append(i)
+    out = [0] * len(texts)
+    for off, idx in groups.items():
+        with intervention(positions=off) if intervention else nullcontext():
+            preds = next_token_predictions(model, tokenizer, [texts[i] for i in idx], batch_size)
+        for i, p in zip(idx, preds.tolist(), strict=True):
+            out[i] = p
+    return out
+
+
+def _accepted(tokenizer: PreTrainedTokenizerBase, text: str, example: Any) -> set[int]:
+    answers = [example.answer, *getattr(example, "aliases", ())]
+    return set(answer_token_ids(tokenizer, [text] * len(answers), answers).tolist())
+
+
+def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE, slot_map: SlotMap, examples: Sequence[Any],
+                 alphas: Sequence[float] = DEFAULT_ALPHAS, unrelated_texts: Sequence[str] = (), max_per_pair: int = 10,
+                 max_rest: int = 10, keep_error: bool = True, batch_size: int = 16, seed: int = 0) -> dict[str, Any]:
+    """Concept-swap success and "rest unchanged" over an α sweep. `examples` need text, concept_index, entity,
+    answer (ontology ConceptExamples); facts of one entity under several concepts make the swap pairs."""
+    facts = {(ex.entity, ex.concept_index): ex for ex in examples if ex.entity is not None and ex.answer}
+    n_concepts = len(slot_map.concepts)
+    rng = random.Random(seed)
+    offsets = dict(zip([ex.text for ex in examples], concept_offsets(tokenizer, examples), strict=True))
+    texts = sorted({ex.text for ex in examples} | set(unrelated_texts))
+    base = dict(zip(texts, _predict(model, tokenizer, texts, [offsets.get(t, -1) for t in texts], None, batch_size), strict=True))
+
+    pairs: dict[tuple[int, int], list[tuple[str, set[int]]]] = {}
+    correct, skipped = [], 0
+    for s in range(n_concepts):
+        sources = [ex for ex in examples if ex.concept_index == s and (ex.entity, s) in facts]
+        for ex in sources:
+            correct.append(base[ex.text] in _accepted(tokenizer, ex.text, ex))
+        for t in range(n_concepts):
+            if t == s:
+                continue
+            cases = []
+            for ex in sources:
+                if (ex.entity, t) not in facts:
+                    continue
+                target = _accepted(tokenizer, ex.text, facts[(ex.entity, t)])
+                if target & _accepted(tokenizer, ex.text, ex) or base[ex.text] in target:
+                    skipped += 1
+                    continue
+                cases.append((ex.text, target))
+            rng.shuffle(cases)
+            if cases:
+                pairs[(s, t)] = cases[:max_per_pair]
+    if not pairs:
+        raise SaelignError("no swap pairs: swaps need entities with answers under at least two concepts "
+                           "(an entity-template ontology with answers)")
+
+    per_alpha: dict[str, Any] = {}
+    for alpha in alphas:
+        hits = total = kept = n_rest = 0
+        per_pair = {}
+        for (s, t), cases in pairs.items():
+            swap = partial(concept_swap, model, sae, slot_map, s, t, alpha, keep_error=keep_error)
+            preds = _predict(model, tokenizer, [c[0] for c in cases], [offsets[c[0]] for c in cases], swap, batch_size)
+            ok = sum(p in target for p, (_, target) in zip(preds, cases, strict=True))
+            per_pair[f"{slot_map.concepts[s]}->{slot_map.concepts[t]}"] = ok / len(cases)
+            hits, total = hits + ok, total + len(cases)
+            others = [ex.text for ex in examples if ex.concept_index not in (s, t)]
+            rest = rng.sample(others, min(max_rest, len(others))) + list(unrelated_texts)[:max_rest]
+            if rest:
+                rest_preds = _predict(model, tokenizer, rest, [offsets.get(r, -1) for r in rest],
+                                      partial(swap, when_active=True), batch_size)
+                kept += sum(p == base[r] for p, r in zip(rest_preds, rest, strict=True))
+                n_rest += len(rest)
+        per_alpha[str(alpha)] = {"success": hits / total, "n": total, "rest_unchanged": kept / n_rest if n_rest else None,
+                                 "n_rest": n_rest, "per_pair": per_pair}
+        logger.info(f"swap α={alpha}: success {hits / total:.3f} over {total} swaps")
+    best = max(per_alpha, key=lambda a: per_alpha[a]["success"])
+    return {"alphas": per_alpha, "best_alpha": float(best), "best_success": per_alpha[best]["success"],
+            "baseline_accuracy": sum(correct) / len(correct) if correct else None, "skipped_pairs": skipped}
+
+
+def slot_metrics(sae: SAE, slot_map: SlotMap, splits: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                 generic: torch.Tensor) -> dict[str, Any]:
+    """Binding, AUC, entanglement and fragmentation of one SAE read through one slot map.
+
+    `splits` maps a split name to (activations, labels); entanglement and fragmentation use the last split
+    (the held-out one, by convention), entanglement with the generic activations added.
+    """
+    slot_map.validate(sae)
+    out: dict[str, Any] = {"slots": dict(zip(slot_map.concepts, slot_map.slots, strict=True))}
+    z = labels = None
+    for name, (acts, labels) in splits.items():
+        z = encode(sae, acts)
+        out[f"binding_accuracy_{name}"] = binding_accuracy(z[:, slot_map.slots], labels)
+        out[f"auc_{name}"] = per_concept_auc(z[:, slot_map.slots], labels)
+    assert z is not None and labels is not None
+    out["entanglement"] = entanglement(torch.cat([z, encode(sae, generic)]), slot_map.slots)
+    out["fragmentation"] = fragmentation(z, labels, slot_map.slots)
+    return out
+
+
+def alignment_report(model: nn.Module, tokenizer: PreTrainedTokenizerBase, vanilla: SAE, aligned: SAE, slot_map: SlotMap,
+                     train_examples: Sequence[Any], test_examples: Sequence[Any], generic: torch.Tensor,
+                     alphas: Sequence[float] = DEFAULT_ALPHAS, unrelated_texts: Sequence[str] = (), swaps: bool = True,
+                     max_per_pair: int = 10, max_rest: int = 10, batch_size: int = 16) -> dict[str, Any]:
+    """Every metric for the aligned SAE and the vanilla baseline (`vanilla` = the SAE before post-training).
+
+    `generic` holds residual activations of ordinary text at the same hookpoint (reconstruction, entanglement).
+    Swaps run on the held-out examples (unseen templates).
+    """
+    slot_map.validate(aligned)
+    if vanilla.cfg.d_in != aligned.cfg.d_in:
+        raise SaelignError(f"the vanilla SAE reads width {vanilla.cfg.d_in} but the aligned one {aligned.cfg.d_in}; "
+                           "pass the SAE the aligned one was post-trained from")
+    hookpoint = slot_map.hookpoint or aligned.cfg.hookpoint
+    splits = {}
+    for name, examples in (("train", train_examples), ("test", test_examples)):
+        if examples:
+            acts = concept_activations(model, tokenizer, hookpoint, [e.text for e in examples],
+                                       concept_offsets(tokenizer, examples), batch_size)
+            splits[name] = (acts, torch.tensor([e.concept_index for e in examples]))
+    if "train" not in splits:
+        raise SaelignError("alignment_report needs training examples (the vanilla baseline picks its latents on them)")
+    vanilla_map = best_latents(vanilla, *splits["train"], slot_map.concepts, slot_map.position)
+    concept_acts = torch.cat([a for a, _ in splits.values()])
+    recon = {name: {"generic": reconstruction_stats(sae, generic), "concept": reconstruction_stats(sae, concept_acts)}
+             for name, sae in (("vanilla", vanilla), ("aligned", aligned))}
+    report: dict[str, Any] = {
+        "hookpoint": hookpoint,
+        "concepts": list(slot_map.concepts),
+        "aligned": slot_metrics(aligned, slot_map, splits, generic),
+        "vanilla": slot_metrics(vanilla, vanilla_map, splits, generic),
+        "reconstruction": recon,
+        "fvu_increase": recon["aligned"]["generic"]["fvu"] / max(recon["vanilla"]["generic"]["fvu"], 1e-12) - 1,
+    }
+    if swaps:
+        swap_set = test_examples or train_examples
+        for name, sae, smap in (("aligned", aligned, slot_map), ("vanilla", vanilla, vanilla_map)):
+            report[name]["swap"] = swap_success(model, tokenizer, sae, smap, swap_set, alphas, unrelated_texts,
+                                                max_per_pair, max_rest, batch_size=batch_size)
+        vanilla_best = report["vanilla"]["swap"]["best_success"]
+        report["swap_ratio_vs_vanilla"] = report["aligned"]["swap"]["best_success"] / vanilla_best if vanilla_best else None
+    return report

@@ -1,0 +1,167 @@
+"""Differentiable training forward passes and losses, one per activation family. Inputs are normalised.
+
+- topk / batchtopk: the dense encoder product runs without autograd, the k selected latents per token get
+  sparse gradients (`sparse_ops`), so no dense decoder or encoder-gradient product is ever formed. Loss = FVU,
+  plus AuxK (Gao et al. 2024): the top-k_aux pre-activations among dead latents reconstruct the residual,
+  normalised by the residual's variance and weighted by `auxk_alpha` -- this pulls dead latents back to life.
+- relu: summed squared error + coefficient * L1 of the latents (decoder rows are unit norm), SAELens'
+  "standard" convention so coefficients carry over.
+- jumprelu: z = pre * H(pre - theta), theta = exp(log_theta), trained with straight-through estimators with a
+  rectangle kernel of width `bandwidth` (Rajamanoharan et al. 2024); sparsity is the L0 (step STE) or
+  Anthropic's tanh(c * z) penalty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.autograd import Function
+
+from saelign.sae.model import SAE
+from saelign.sae.sparse_ops import Selection, selected_pre_acts, sparse_decode
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor  # scalar, differentiable
+    x_hat: torch.Tensor  # [B, d_in] reconstruction in normalised units, detached
+    fired: torch.Tensor  # [d_sae] bool: latents active on some token of the batch
+    l0: torch.Tensor  # mean active latents per token
+    aux: torch.Tensor | None = None  # AuxK loss (topk/batchtopk) or sparsity penalty (relu/jumprelu)
+    min_active: torch.Tensor | None = None  # batchtopk: smallest positive selected pre-activation
+
+
+def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """Fraction of variance unexplained over a batch [B, d]."""
+    return (x_hat - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(torch.finfo(x.dtype).tiny)
+
+
+def batch_topk_selection(pre: torch.Tensor, k: int) -> tuple[Selection, torch.Tensor]:
+    """The k * B largest pre-activations of the whole batch, as a row-grouped selection and its values.
+
+    Winners are searched among each token's top 4k first (a full flat top-k over B * d_sae entries is ~20x
+    slower); the result is exact, and if some token might hold more winners than candidates the full search runs.
+    """
+    n_rows, n_cols = pre.shape
+    total = k * n_rows
+    width = min(n_cols, 4 * k)
+    cand_values, cand_cols = pre.topk(width, dim=-1, sorted=False)
+    values, pos = cand_values.reshape(-1).topk(total, sorted=False)
+    if width < n_cols and bool((cand_values.min(dim=1).values > values.min()).any()):
+        values, pos = pre.reshape(-1).topk(total, sorted=False)
+        width, cand_cols = n_cols, None
+    pos, order = torch.sort(pos)
+    values = values[order]
+    rows = torch.div(pos, width, rounding_mode="floor")
+    cols = cand_cols.reshape(-1)[pos] if cand_cols is not None else pos - rows * width
+    return Selection.from_rows(rows, cols, n_rows, n_cols), values
+
+
+def _auxk(sae: SAE, pre: torch.Tensor, x_c: torch.Tensor, dead: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    dead_idx = dead.nonzero().squeeze(1)
+    k_aux = sae.d_in // 2
+    values, pos = pre.index_select(1, dead_idx).topk(min(k_aux, dead_idx.numel()), dim=-1, sorted=False)
+    sel = Selection.from_topk(dead_idx[pos], sae.d_sae)
+    acts = F.relu(selected_pre_acts(pre, x_c, sae.b_dec, sae.W_enc, sae.b_enc, sel, values.reshape(-1)))
+    residual_hat = sparse_decode(acts, sae.W_dec, sel)
+    # Fewer dead latents than k_aux get proportionally less weight (as in EleutherAI's sparsify).
+    return min(dead_idx.numel() / k_aux, 1.0) * fvu(residual, residual_hat)
+
+
+def sparse_step(sae: SAE, x: torch.Tensor, pre_buffer: torch.Tensor, dead: torch.Tensor | None,
+                auxk_alpha: float) -> StepResult:
+    """TopK / BatchTopK forward + loss. `pre_buffer` [B, d_sae] is scratch space reused across steps."""
+    x_c = x - sae.b_dec.detach()
+    with torch.no_grad():
+        dt = pre_buffer.dtype
+        pre = torch.addmm(sae.b_enc.to(dt), x_c.to(dt), sae.W_enc.to(dt), out=pre_buffer[: x.shape[0]])
+    if sae.cfg.activation == "topk":
+        values, indices = pre.topk(sae.cfg.k, dim=-1, sorted=False)
+        sel, values = Selection.from_topk(indices, sae.d_sae), values.reshape(-1)
+    else:
+        sel, values = batch_topk_selection(pre, sae.cfg.k)
+    acts = F.relu(selected_pre_acts(pre, x_c, sae.b_dec, sae.W_enc, sae.b_enc, sel, values))
+    x_hat = sparse_decode(acts, sae.W_dec, sel) + sae.b_dec
+    loss = fvu(x, x_hat)
+    active = acts.detach() > 0
+    fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, sel.cols[active], True)
+    result = StepResult(loss, x_hat.detach(), fired, active.sum() / x.shape[0])
+    if sae.cfg.activation == "batchtopk":
+        result.min_active = torch.where(active, acts.detach(), torch.inf).min()
+    if dead is not None and auxk_alpha > 0 and bool(dead.any()):
+        result.aux = _auxk(sae, pre, x_c, dead, x - result.x_hat)
+        result.loss = loss + auxk_alpha * result.aux
+    return result
+
+
+class _JumpReLU(Function):
+    @staticmethod
+    def forward(ctx, pre, theta, bandwidth):  # type: ignore[override]
+        ctx.save_for_backward(pre, theta)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > theta)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        pre, theta = ctx.saved_tensors
+        near = (pre - theta).abs() < ctx.bandwidth / 2
+        d_theta = -(theta / ctx.bandwidth) * (grad * near).sum(0)
+        return grad * (pre > theta), d_theta, None
+
+
+class _Step(Function):
+    @staticmethod
+    def forward(ctx, pre, theta, bandwidth):  # type: ignore[override]
+        ctx.save_for_backward(pre, theta)
+        ctx.bandwidth = bandwidth
+        return (pre > theta).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        pre, theta = ctx.saved_tensors
+        near = (pre - theta).abs() < ctx.bandwidth / 2
+        return None, -(grad * near).sum(0) / ctx.bandwidth, None
+
+
+def jumprelu(pre: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> torch.Tensor:
+    """pre * H(pre - theta), with the straight-through gradient for theta."""
+    return _JumpReLU.apply(pre, theta, bandwidth)
+
+
+def step_l0(pre: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> torch.Tensor:
+    """H(pre - theta) [B, d_sae], with the straight-through gradient for theta (none for pre)."""
+    return _Step.apply(pre, theta, bandwidth)
+
+
+@dataclass
+class DenseLossConfig:
+    sparsity_coefficient: float  # already warmed up
+    log_threshold: torch.Tensor | None = None  # jumprelu only
+    bandwidth: float = 0.05
+    penalty: str = "l0"  # jumprelu: "l0" or "tanh"
+    tanh_scale: float = 4.0
+
+
+def dense_step(sae: SAE, x: torch.Tensor, cfg: DenseLossConfig) -> StepResult:
+    """ReLU / JumpReLU forward + loss: four dense products, nothing else of size B x d_in x d_sae."""
+    # b_dec enters through the bias (x - b_dec) @ W = x @ W - b_dec @ W, so autograd never forms the gradient
+    # of the [B, d_in] input, which would be a fifth dense product.
+    pre = torch.addmm(sae.b_enc - sae.b_dec @ sae.W_enc, x, sae.W_enc)
+    if sae.cfg.activation == "relu":
+        z = F.relu(pre)
+        penalty = z.sum(-1).mean()
+    else:
+        assert cfg.log_threshold is not None
+        theta = cfg.log_threshold.exp()
+        z = jumprelu(pre, theta, cfg.bandwidth)
+        if cfg.penalty == "tanh":
+            penalty = torch.tanh(cfg.tanh_scale * z).sum(-1).mean()
+        else:
+            penalty = step_l0(pre, theta, cfg.bandwidth).sum(-1).mean()
+    x_hat = torch.addmm(sae.b_dec, z, sae.W_dec)
+    loss = (x_hat - x).pow(2).sum(-1).mean() + cfg.sparsity_coefficient * penalty
+    with torch.no_grad():
+        counts = (z > 0).sum(0)
+    return StepResult(loss, x_hat.detach(), counts > 0, counts.sum() / x.shape[0], penalty.detach())

@@ -1,0 +1,372 @@
+"""Train one or several SAEs from one activation stream: every batch feeds every SAE (e.g. a k sweep).
+
+Inputs are normalised by one scale estimated from the first batches (mean squared norm = d_in), stored in each
+SAE's `norm_scale`, and b_dec starts at the normalised mean. Decoder rows stay unit norm: the gradient component
+parallel to each row is removed before the Adam step and the rows are renormalised after it. Dead latents
+(no activation within `dead_window_tokens`) are revived by AuxK for topk/batchtopk and tracked for all. A
+BatchTopK SAE gets a JumpReLU threshold for inference: the running mean of the smallest selected activation.
+
+With `out` set, a checkpoint (weights, Adam state, counters, RNG) is written every `checkpoint_every_tokens`
+and rerunning with the same configuration resumes from it, skipping the batches already consumed (the stream
+must be deterministic, as the activation store's seeded shuffle is), and ends with the same SAEs as an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from saelign.configs import config_to_dict, help_field
+from saelign.device import resolve_device, resolve_dtype
+from saelign.errors import SaelignError
+from saelign.io import read_json, write_json_atomic
+from saelign.progress import logger, progress
+from saelign.runinfo import record_stage
+from saelign.sae.checkpoint import load_checkpoint, load_optimizer_tensors, optimizer_tensors, save_checkpoint
+from saelign.sae.losses import DenseLossConfig, dense_step, fvu, sparse_step
+from saelign.sae.model import SAE, SAEConfig
+
+_NORM_ESTIMATE_TOKENS = 16384  # rows used for the input scale and the b_dec init
+CHECKPOINT_DIR = "checkpoint"
+LOG_FILE = "train_log.json"
+# Options that may change between a run and its resumption without changing the result.
+_RESUMABLE_CHANGES = {"out", "device", "log_every_steps", "checkpoint_every_tokens"}
+
+
+@dataclass
+class SAETrainConfig:
+    total_tokens: int = help_field(0, "training tokens (0 = one pass over the activation store)")
+    batch_size: int = help_field(4096, "tokens per optimizer step")
+    lr: float = help_field(0.0, "Adam learning rate; 0 = auto, 2e-4 / sqrt(d_sae / 16384) (EleutherAI sparsify's rule)")
+    lr_warmup_fraction: float = help_field(0.01, "linear learning-rate warmup over this fraction of training")
+    lr_decay_fraction: float = help_field(0.2, "linear learning-rate decay to 0 over this final fraction of training")
+    adam_beta1: float = help_field(0.9, "Adam beta1")
+    adam_beta2: float = help_field(0.999, "Adam beta2")
+    l1_coefficient: float = help_field(5.0, "relu: weight of the L1 penalty (SAELens convention: summed squared error "
+                                            "per token + coefficient * sum of latents)")
+    jumprelu_sparsity_coefficient: float = help_field(1.0, "jumprelu: weight of the sparsity penalty (higher = lower L0)")
+    jumprelu_penalty: Literal["l0", "tanh"] = help_field("l0", "jumprelu sparsity penalty: l0 (step function, Gemma Scope) "
+                                                               "or tanh(c * latent) (Anthropic)")
+    jumprelu_tanh_scale: float = help_field(4.0, "jumprelu: c in the tanh penalty")
+    jumprelu_bandwidth: float = help_field(0.05, "jumprelu: width of the straight-through kernel for the threshold")
+    jumprelu_init_threshold: float = help_field(0.01, "jumprelu: initial threshold")
+    sparsity_warmup_fraction: float = help_field(0.05, "relu/jumprelu: the sparsity coefficient ramps up linearly over "
+                                                       "this fraction of training")
+    auxk_alpha: float = help_field(1 / 32, "topk/batchtopk: weight of the AuxK loss that revives dead latents")
+    dead_window_tokens: int = help_field(1_000_000, "a latent that fired on none of this many recent tokens is dead")
+    batchtopk_threshold_beta: float = help_field(0.99, "batchtopk: EMA factor of the inference threshold estimate")
+    seed: int = help_field(0, "seed of the weight initialisation (shared by all SAEs of a sweep)")
+    log_every_steps: int = help_field(10, "steps between metric log entries")
+    checkpoint_every_tokens: int = help_field(5_000_000, "tokens between checkpoints (needs out)")
+    out: str = help_field("", "output folder (SAE files, checkpoint/, train_log.json, run.json); empty = keep in memory")
+    device: str = help_field("auto", "cpu, cuda, cuda:N or auto")
+    dtype: str = help_field("auto", "dtype of the dense encoder product: auto (fp32 on CPU, bf16 on CUDA), float32, ...")
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "log_every_steps", "checkpoint_every_tokens", "dead_window_tokens"):
+            if getattr(self, name) < 1:
+                raise SaelignError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("lr_warmup_fraction", "lr_decay_fraction", "sparsity_warmup_fraction", "batchtopk_threshold_beta"):
+            if not 0 <= getattr(self, name) < 1:
+                raise SaelignError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+        if self.total_tokens < 0 or self.lr < 0:
+            raise SaelignError("total_tokens and lr must not be negative (0 = automatic)")
+
+
+def auto_lr(cfg: SAEConfig) -> float:
+    return 2e-4 / math.sqrt(cfg.d_sae / 16384)
+
+
+def _ramp(done: float, fraction: float, total: float) -> float:
+    return 1.0 if fraction == 0 else min(1.0, done / (fraction * total))
+
+
+class _Run:
+    """One SAE in training: its parameters, Adam state, dead-latent counters and metric window."""
+
+    def __init__(self, name: str, cfg: SAEConfig, tcfg: SAETrainConfig, device: torch.device):
+        self.name, self.tcfg = name, tcfg
+        self.sae = SAE(cfg, device)
+        self.sae.reset_parameters(seed=tcfg.seed)
+        self.sparse = cfg.activation in ("topk", "batchtopk")
+        params = [self.sae.W_enc, self.sae.b_enc, self.sae.W_dec, self.sae.b_dec]
+        self.log_threshold: torch.nn.Parameter | None = None
+        if cfg.activation == "jumprelu":
+            # Trained in log space so the threshold stays positive; sae.threshold mirrors exp() after each step.
+            self.log_threshold = torch.nn.Parameter(torch.full((cfg.d_sae,), math.log(tcfg.jumprelu_init_threshold), device=device))
+            params.append(self.log_threshold)
+            self._sync_threshold()
+        self.base_lr = tcfg.lr or auto_lr(cfg)
+        self.optimizer = torch.optim.Adam(params, lr=self.base_lr, betas=(tcfg.adam_beta1, tcfg.adam_beta2),
+                                          fused=device.type in ("cpu", "cuda"))
+        self.since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=device)
+        self.threshold_ema, self.threshold_updates = 0.0, 0
+        self.window: dict[str, float] = {}
+        self.window_steps = 0
+        self.lr = 0.0
+
+    @torch.no_grad()
+    def _sync_threshold(self) -> None:
+        assert self.sae.threshold is not None and self.log_threshold is not None
+        self.sae.threshold.copy_(self.log_threshold.exp())
+
+    def step(self, x: torch.Tensor, tokens_done: int, total: int, pre_buffer: torch.Tensor) -> None:
+        tcfg, sae = self.tcfg, self.sae
+        lr = self.base_lr * _ramp(tokens_done + x.shape[0], tcfg.lr_warmup_fraction, total)
+        if tcfg.lr_decay_fraction:
+            lr *= min(1.0, (total - tokens_done) / (tcfg.lr_decay_fraction * total))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.sparse:
+            dead = self.since_fired >= tcfg.dead_window_tokens
+            result = sparse_step(sae, x, pre_buffer, dead, tcfg.auxk_alpha)
+        else:
+            jump = sae.cfg.activation == "jumprelu"
+            coefficient = tcfg.jumprelu_sparsity_coefficient if jump else tcfg.l1_coefficient
+            result = dense_step(sae, x, DenseLossConfig(
+                coefficient * _ramp(tokens_done + x.shape[0], tcfg.sparsity_warmup_fraction, total),
+                self.log_threshold, tcfg.jumprelu_bandwidth, tcfg.jumprelu_penalty, tcfg.jumprelu_tanh_scale))
+        self.optimizer.zero_grad(set_to_none=True)
+        result.loss.backward()
+        with torch.no_grad():
+            grad, w = sae.W_dec.grad, sae.W_dec
+            grad -= (grad * w).sum(1, keepdim=True) * w  # keep the step tangent to the unit sphere of each row
+        self.optimizer.step()
+        sae.normalize_decoder()
+        if self.log_threshold is not None:
+            self._sync_threshold()
+        self.since_fired += x.shape[0]
+        self.since_fired.masked_fill_(result.fired, 0)
+        if result.min_active is not None and bool(torch.isfinite(result.min_active)):
+            beta = tcfg.batchtopk_threshold_beta
+            self.threshold_ema = beta * self.threshold_ema + (1 - beta) * float(result.min_active)
+            self.threshold_updates += 1
+        metrics = {"loss": result.loss.detach(), "mse": (result.x_hat - x).pow(2).mean(), "fvu": fvu(x, result.x_hat),
+                   "l0": result.l0, "aux": result.aux if result.aux is not None else torch.zeros(())}
+        for key, value in metrics.items():
+            self.window[key] = self.window.get(key, 0.0) + float(value)
+        self.window_steps += 1
+        self.lr = lr
+
+    def flush_metrics(self) -> dict[str, float]:
+        entry = {key: value / max(self.window_steps, 1) for key, value in self.window.items()}
+        entry["dead_fraction"] = float((self.since_fired >= self.tcfg.dead_window_tokens).float().mean())
+        entry["lr"] = self.lr
+        self.window, self.window_steps = {}, 0
+        return entry
+
+    @torch.no_grad()
+    def finalize(self) -> None:
+        if self.sae.cfg.activation == "batchtopk" and self.threshold_updates:
+            bias_correction = 1 - self.tcfg.batchtopk_threshold_beta ** self.threshold_updates
+            assert self.sae.threshold is not None
+            self.sae.threshold.fill_(self.threshold_ema / bias_correction)
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {f"param.{k}": v for k, v in self.sae.state_dict().items()}
+        if self.log_threshold is not None:
+            tensors["param.log_threshold"] = self.log_threshold.detach()
+        opt_tensors, param_groups = optimizer_tensors(self.optimizer)
+        tensors.update({f"optim.{k}": v for k, v in opt_tensors.items()})
+        tensors["since_fired"] = self.since_fired
+        info = {"name": self.name, "config": config_to_dict(self.sae.cfg), "param_groups": param_groups,
+                "threshold_ema": self.threshold_ema, "threshold_updates": self.threshold_updates,
+                "window": self.window, "window_steps": self.window_steps, "lr": self.lr}
+        return tensors, info
+
+    @torch.no_grad()
+    def load_state(self, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+        params = {k.removeprefix("param."): v for k, v in tensors.items() if k.startswith("param.")}
+        if self.log_threshold is not None:
+            self.log_threshold.copy_(params.pop("log_threshold"))
+        self.sae.load_state_dict(params)
+        load_optimizer_tensors(self.optimizer, {k.removeprefix("optim."): v for k, v in tensors.items()
+                                                if k.startswith("optim.")}, info["param_groups"])
+        self.since_fired.copy_(tensors["since_fired"])
+        self.threshold_ema, self.threshold_updates = info["threshold_ema"], info["threshold_updates"]
+        self.window, self.window_steps, self.lr = info["window"], info["window_steps"], info["lr"]
+
+
+def default_names(cfgs: list[SAEConfig]) -> list[str]:
+    """Folder names for a sweep from the fields that differ (k16, k32, ...); "sae" for a single SAE."""
+    if len(cfgs) == 1:
+        return ["sae"]
+    short = {"activation": "", "k": "k", "d_sae": "d"}
+    varying = [f for f in short if len({getattr(c, f) for c in cfgs}) > 1]
+    names = ["-".join(f"{short[f]}{getattr(c, f)}" for f in varying) or "sae" for c in cfgs]
+    return names if len(set(names)) == len(names) else [f"{n}-{i}" for i, n in enumerate(names)]
+
+
+def _checked(batches: Iterable[torch.Tensor], d_in: int, device: torch.device) -> Iterator[torch.Tensor]:
+    for index, x in enumerate(batches):
+        if x.ndim != 2 or x.shape[1] != d_in:
+            raise SaelignError(f"activation batch {index} has shape {tuple(x.shape)}, the SAEs expect [tokens, d_in={d_in}]; "
+                               "use activations of the hookpoint the SAEs are configured for")
+        x = x.to(device=device, dtype=torch.float32)
+        if not bool(torch.isfinite(x).all()):
+            raise SaelignError(f"activation batch {index} contains NaN or infinite values; recapture the activations "
+                               "with the model in float32")
+        yield x
+
+
+def _initialise(stream: Iterator[torch.Tensor], runs: list[_Run]) -> Iterator[torch.Tensor]:
+    """Set norm_scale and b_dec from the first batches; return the stream with those batches put back."""
+    head: list[torch.Tensor] = []
+    while sum(x.shape[0] for x in head) < _NORM_ESTIMATE_TOKENS and (x := next(stream, None)) is not None:
+        head.append(x)
+    if not head:
+        raise SaelignError("the activation stream is empty; capture activations first")
+    rows = torch.cat(head)
+    scale = math.sqrt(rows.shape[1] / float(rows.pow(2).sum(1).mean().clamp_min(1e-12)))
+    mean = rows.mean(0) * scale
+    with torch.no_grad():
+        for run in runs:
+            run.sae.norm_scale.fill_(scale)
+            run.sae.b_dec.copy_(mean)
+    return itertools.chain(head, stream)
+
+
+def _skip(stream: Iterator[torch.Tensor], tokens: int) -> None:
+    seen = 0
+    while seen < tokens:
+        x = next(stream, None)
+        if x is None:
+            raise SaelignError(f"the activation stream ended after {seen} tokens, before the checkpoint's {tokens}; "
+                               "resume with the same store and options, or delete the checkpoint folder")
+        seen += x.shape[0]
+    if seen != tokens:
+        raise SaelignError(f"the activation stream's batches do not line up with the checkpoint ({seen} vs {tokens} tokens); "
+                           "resume with the same store and --batch-size, or delete the checkpoint folder")
+
+
+def _resume_key(tcfg: SAETrainConfig) -> dict[str, Any]:
+    return {k: v for k, v in config_to_dict(tcfg).items() if k not in _RESUMABLE_CHANGES}
+
+
+def _restore(ckpt: tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]], runs: list[_Run],
+             tcfg: SAETrainConfig, path: Path) -> dict[str, Any]:
+    state, tensors = ckpt
+    mine = {"train": _resume_key(tcfg), "saes": [[r.name, config_to_dict(r.sae.cfg)] for r in runs]}
+    theirs = {"train": state.get("train"), "saes": state.get("saes")}
+    if mine != theirs:
+        changed = sorted(k for k in mine["train"] if mine["train"][k] != (theirs["train"] or {}).get(k))
+        what = ", ".join(changed) if changed else "the SAE configurations"
+        raise SaelignError(f"{path} holds a checkpoint made with other options ({what}); rerun with the same options "
+                           "to resume, or use another --out (or delete the checkpoint folder) to start over")
+    for index, run in enumerate(runs):
+        run.load_state(tensors[f"sae{index}"], state["runs"][index])
+    torch.set_rng_state(tensors["rng"]["torch"])
+    return state
+
+
+def _save(out: Path, runs: list[_Run], tcfg: SAETrainConfig, step: int, tokens: int, finished: bool) -> None:
+    tensors: dict[str, dict[str, torch.Tensor]] = {"rng": {"torch": torch.get_rng_state()}}
+    infos = []
+    for index, run in enumerate(runs):
+        tensors[f"sae{index}"], info = run.state()
+        infos.append(info)
+    state = {"train": _resume_key(tcfg), "saes": [[r.name, config_to_dict(r.sae.cfg)] for r in runs],
+             "tokens": tokens, "finished": finished, "runs": infos}
+    save_checkpoint(out / CHECKPOINT_DIR, step, tensors, state)
+
+
+def train_saes(batches: Iterable[torch.Tensor], sae_cfgs: list[SAEConfig], train_cfg: SAETrainConfig,
+               names: list[str] | None = None) -> list[SAE]:
+    """Train one SAE per config on the same batches ([tokens, d_in] activations in raw model units).
+
+    With train_cfg.out, a single SAE is saved in `out` and several in `out/<name>` (names default to the
+    fields that differ, e.g. k16, k32), together with `train_log.json`, `run.json` and the checkpoint.
+    """
+    tcfg = train_cfg
+    if not sae_cfgs:
+        raise SaelignError("no SAE configurations given")
+    if tcfg.total_tokens < 1:
+        raise SaelignError("total_tokens must be set (positive) to schedule training")
+    d_in = sae_cfgs[0].d_in
+    for cfg in sae_cfgs:
+        if cfg.d_in != d_in:
+            raise SaelignError(f"all SAEs trained on one stream need the same d_in; got {d_in} and {cfg.d_in}")
+        if cfg.always_on_latents and cfg.activation != "relu":
+            raise SaelignError("always_on_latents are added by AlignSAE post-training (`saelign align`); train without them")
+    names = names or default_names(sae_cfgs)
+    if len(names) != len(sae_cfgs) or len(set(names)) != len(names):
+        raise SaelignError(f"need one distinct name per SAE, got {names}")
+    device = resolve_device(tcfg.device)
+    dtype = resolve_dtype(tcfg.dtype, device)
+    runs = [_Run(name, cfg, tcfg, device) for name, cfg in zip(names, sae_cfgs, strict=True)]
+    out = Path(tcfg.out) if tcfg.out else None
+    step = tokens = 0
+    log: list[dict[str, Any]] = []
+    stream = iter(_checked(batches, d_in, device))
+    ckpt = load_checkpoint(out / CHECKPOINT_DIR) if out else None
+    if ckpt is not None and out is not None:
+        state = _restore(ckpt, runs, tcfg, out / CHECKPOINT_DIR)
+        step, tokens = state["step"], state["tokens"]
+        if (out / LOG_FILE).is_file():
+            log = [e for e in read_json(out / LOG_FILE, "training log")["entries"] if e["step"] <= step]
+        if state["finished"]:
+            logger.info(f"SAE training in {out} already finished ({tokens} tokens); keeping its result")
+            return _finish(out, runs, tcfg, step, tokens, log, seconds=0.0)
+        logger.info(f"resuming SAE training in {out} at step {step} ({tokens} tokens)")
+        _skip(stream, tokens)
+    else:
+        stream = _initialise(stream, runs)
+    total = tcfg.total_tokens
+    buffers: dict[int, torch.Tensor] = {}
+    began = window_began = time.perf_counter()
+    window_tokens = 0
+    with progress(total=total, desc="sae train", unit="tok") as bar:
+        bar.update(tokens)
+        for x in stream:
+            x = x[: total - tokens]
+            for run in runs:
+                buffer = buffers.get(run.sae.d_sae)
+                if run.sparse and (buffer is None or buffer.shape[0] < x.shape[0]):
+                    buffer = buffers[run.sae.d_sae] = torch.empty(x.shape[0], run.sae.d_sae, device=device, dtype=dtype)
+                run.step(x * run.sae.norm_scale, tokens, total, buffer)  # type: ignore[arg-type]
+            step, tokens, window_tokens = step + 1, tokens + x.shape[0], window_tokens + x.shape[0]
+            bar.update(x.shape[0])
+            if step % tcfg.log_every_steps == 0 or tokens >= total:
+                rate = window_tokens / max(time.perf_counter() - window_began, 1e-9)
+                entries = [{"step": step, "tokens": tokens, "sae": r.name, **r.flush_metrics(), "tokens_per_s": rate}
+                           for r in runs]
+                log.extend(entries)
+                bar.set_postfix(fvu=f"{entries[0]['fvu']:.3f}", l0=f"{entries[0]['l0']:.1f}")
+                logger.debug(f"step {step}: " + "; ".join(f"{e['sae']} fvu {e['fvu']:.4f} l0 {e['l0']:.1f} "
+                                                          f"dead {e['dead_fraction']:.3f}" for e in entries))
+                if out is not None:
+                    write_json_atomic(out / LOG_FILE, {"saes": names, "entries": log})
+                window_began, window_tokens = time.perf_counter(), 0
+            if tokens >= total:
+                break
+            if out is not None and tokens // tcfg.checkpoint_every_tokens > (tokens - x.shape[0]) // tcfg.checkpoint_every_tokens:
+                _save(out, runs, tcfg, step, tokens, finished=False)
+    if tokens < total:
+        logger.warning(f"the activation stream ended after {tokens} of {total} training tokens")
+    for run in runs:
+        run.finalize()
+    return _finish(out, runs, tcfg, step, tokens, log, seconds=time.perf_counter() - began)
+
+
+def _finish(out: Path | None, runs: list[_Run], tcfg: SAETrainConfig, step: int, tokens: int,
+            log: list[dict[str, Any]], seconds: float) -> list[SAE]:
+    if out is None:
+        return [run.sae for run in runs]
+    from saelign.sae.formats import save_sae
+
+    _save(out, runs, tcfg, step, tokens, finished=True)
+    final = {run.name: next((e for e in reversed(log) if e["sae"] == run.name), {}) for run in runs}
+    for run in runs:
+        save_sae(run.sae, out if len(runs) == 1 else out / run.name, extra_cfg={"training_tokens": tokens})
+    if seconds:
+        record_stage(out, "sae_train", {"train": config_to_dict(tcfg), "saes": [config_to_dict(r.sae.cfg) for r in runs]},
+                     steps=step, tokens=tokens, seconds=round(seconds, 2), final_metrics=final)
+    return [run.sae for run in runs]

@@ -1,0 +1,52 @@
+"""Chat formatting shared by feature selection and SFT.
+
+A prompt is rendered with the tokenizer's own chat template and `add_generation_prompt=True`, so its last
+tokens are the assistant header: activations there are what the model holds right before it answers, and the
+SFT labels start exactly after them. Prompt and response are tokenised separately so the boundary is exact.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from saelign.errors import SaelignError
+
+
+def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        raise SaelignError(f"tokenizer {type(tokenizer).__name__} has no chat template; SAILS needs an instruct/chat model")
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    text = _render(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids) where the response ends with the end-of-turn token (what SFT must learn)."""
+    user = [{"role": "user", "content": prompt}]
+    prompt_text = _render(tokenizer, user, add_generation_prompt=True)
+    full_text = _render(tokenizer, [*user, {"role": "assistant", "content": response}], add_generation_prompt=False)
+    if not full_text.startswith(prompt_text):
+        raise SaelignError("the chat template renders the prompt differently once an answer follows it; "
+                           "SFT needs a template whose generation prompt is a prefix of the full conversation")
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    if eos is not None and eos in response_ids:
+        # Template filler after the end-of-turn token (e.g. a newline) is not something the model must emit.
+        response_ids = response_ids[: len(response_ids) - response_ids[::-1].index(eos)]
+    return prompt_ids, response_ids
+
+
+def pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right padding keeps every real token at its unpadded position id, so batched = unbatched activations."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids, mask

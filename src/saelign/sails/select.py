@@ -1,0 +1,192 @@
+"""SAILS feature selection: which SAE latents separate harmful from harmless requests.
+
+Prompts are chat-formatted with the generation prompt, run through the model up to the deepest hookpoint, and
+each SAE encodes its hookpoint's output. Latents are pooled per prompt over the chosen token positions (the last
+prompt token, the last n, or all but the attention-sink first token), then scored either by
+|mean on harmful - mean on harmless| or by |coefficient| of an L1-regularised logistic probe. Several hookpoints
+(one SAE each) share one forward pass; their selections are kept apart, each tagged with its hookpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from saelign.configs import help_field
+from saelign.errors import SaelignError
+from saelign.models.hookpoints import forward_capture, resolve_hookpoints
+from saelign.progress import logger, progress
+from saelign.sae.model import SAE
+from saelign.sails.chat import encode_prompt, pad_right
+
+Positions = Literal["last", "last_n", "all"]
+Score = Literal["mean_diff", "logistic_l1"]
+
+
+@dataclass
+class FeatureSelectConfig:
+    hookpoints: list[str] = help_field(["model.layers.15"], "residual hookpoints to select at, one SAE each")
+    positions: Positions = help_field("last", "prompt tokens pooled per prompt: last, last_n, or all (first token excluded)")
+    last_n: int = help_field(4, "number of final prompt tokens pooled when positions=last_n")
+    score: Score = help_field("mean_diff", "mean_diff (|mean harmful - mean harmless|) or logistic_l1 (|coef| of an L1 probe)")
+    top_k: int = help_field(32, "latents kept per hookpoint")
+    l1_c: float = help_field(0.1, "inverse L1 strength of the logistic probe (smaller = fewer non-zero latents)")
+    batch_size: int = help_field(8, "prompts per forward pass")
+    max_length: int = help_field(256, "prompt tokens kept per prompt (the last ones, which hold the assistant header)")
+
+
+@dataclass
+class Selection:
+    """Selected latents at one hookpoint, best first. sign +1: more active on harmful prompts."""
+
+    hookpoint: str
+    latent_ids: list[int]
+    scores: list[float]
+    mean_harmful: list[float]
+    mean_harmless: list[float]
+    signs: list[int]
+    labels: dict[int, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_sae(model: PreTrainedModel, sae: SAE, hookpoint: str) -> None:
+    resolve_hookpoints(model, [hookpoint])
+    if sae.cfg.hookpoint and sae.cfg.hookpoint != hookpoint:
+        raise SaelignError(f"SAE hookpoint {sae.cfg.hookpoint!r} does not match the selection hookpoint {hookpoint!r}; "
+                           "load the SAE trained at that hookpoint or change hookpoints")
+
+
+def _position_mask(lengths: torch.Tensor, width: int, cfg: FeatureSelectConfig) -> torch.Tensor:
+    """[batch, width] bool: which tokens of each right-padded prompt are pooled."""
+    index = torch.arange(width).unsqueeze(0)
+    last = (lengths - 1).unsqueeze(1)
+    if cfg.positions == "last":
+        return index == last
+    if cfg.positions == "last_n":
+        if cfg.last_n < 1:
+            raise SaelignError(f"last_n={cfg.last_n} must be at least 1")
+        first = (last - cfg.last_n + 1).clamp_min(1)
+    else:
+        first = torch.ones_like(last)
+    # Position 0 is the attention sink (huge norm, masked out of SAE training); keep it only for 1-token prompts.
+    first = torch.minimum(first, last)
+    return (index >= first) & (index <= last)
+
+
+def pooled_activations(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+                       encoders: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
+                       cfg: FeatureSelectConfig) -> dict[str, torch.Tensor]:
+    """{hookpoint: [n_prompts, width]}: per prompt, the mean of encoders[hookpoint](activation) over the pooled tokens."""
+    if not prompts:
+        raise SaelignError("no prompts given for feature selection")
+    hookpoints = list(encoders)
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    encoded = [encode_prompt(tokenizer, p)[-cfg.max_length:] for p in prompts]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths together: less padding
+    pooled: dict[str, list[torch.Tensor]] = {hp: [] for hp in hookpoints}
+    batches = range(0, len(order), cfg.batch_size)
+    for start in progress(batches, total=len(batches), desc="select: prompts", unit="batch"):
+        rows = order[start:start + cfg.batch_size]
+        ids, mask = pad_right([encoded[i] for i in rows], pad_id)
+        captured = forward_capture(model, hookpoints, ids.to(device), mask.to(device), stop_early=True)
+        keep = _position_mask(mask.sum(1), ids.shape[1], cfg)
+        counts = keep.sum(1, keepdim=True).float()
+        with torch.inference_mode():
+            for hp in hookpoints:
+                values = encoders[hp](captured[hp][keep.to(device)]).float().cpu()  # [n_kept_tokens, width]
+                owner = torch.arange(len(rows)).repeat_interleave(keep.sum(1))
+                summed = torch.zeros(len(rows), values.shape[1]).index_add_(0, owner, values)
+                pooled[hp].append(summed / counts)
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    return {hp: torch.cat(chunks)[inverse] for hp, chunks in pooled.items()}
+
+
+def _sae_encoder(sae: SAE) -> Callable[[torch.Tensor], torch.Tensor]:
+    param = sae.W_enc
+    return lambda x: sae.encode(x.to(device=param.device, dtype=param.dtype))
+
+
+def latent_activations(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sae: SAE, hookpoint: str,
+                       prompts: Sequence[str], cfg: FeatureSelectConfig) -> torch.Tensor:
+    """[n_prompts, d_sae] SAE latents at `hookpoint`, pooled over cfg.positions."""
+    _check_sae(model, sae, hookpoint)
+    return pooled_activations(model, tokenizer, prompts, {hookpoint: _sae_encoder(sae)}, cfg)[hookpoint]
+
+
+def _logistic_coefficients(harmful: torch.Tensor, harmless: torch.Tensor, c: float) -> torch.Tensor:
+    from sklearn.linear_model import LogisticRegression
+
+    if len(harmful) < 2 or len(harmless) < 2:
+        raise SaelignError("score=logistic_l1 needs at least 2 harmful and 2 harmless prompts; give more or use mean_diff")
+    x = torch.cat([harmful, harmless]).double()
+    # Standardised so the L1 penalty treats latents with different activation scales alike.
+    x = x / x.std(0).clamp_min(1e-8)
+    y = np.r_[np.ones(len(harmful)), np.zeros(len(harmless))]
+    probe = LogisticRegression(l1_ratio=1.0, C=c, solver="liblinear", max_iter=1000).fit(x.numpy(), y)
+    return torch.from_numpy(probe.coef_[0]).float()
+
+
+def select_features(harmful_acts: torch.Tensor, harmless_acts: torch.Tensor, cfg: FeatureSelectConfig,
+                    hookpoint: str = "", labels: Mapping[int, str] | None = None) -> Selection:
+    """Top-k latents by cfg.score from pooled latents [n_harmful, d_sae] and [n_harmless, d_sae]."""
+    if harmful_acts.ndim != 2 or harmless_acts.shape[1:] != harmful_acts.shape[1:]:
+        raise SaelignError(f"latent activations must be [n, d_sae] with equal d_sae, got {tuple(harmful_acts.shape)} "
+                           f"and {tuple(harmless_acts.shape)}")
+    if len(harmful_acts) == 0 or len(harmless_acts) == 0:
+        raise SaelignError("feature selection needs at least one harmful and one harmless prompt")
+    if cfg.top_k < 1:
+        raise SaelignError(f"top_k={cfg.top_k} must be at least 1")
+    mean_harmful, mean_harmless = harmful_acts.float().mean(0), harmless_acts.float().mean(0)
+    signed = mean_harmful - mean_harmless if cfg.score == "mean_diff" else \
+        _logistic_coefficients(harmful_acts.float(), harmless_acts.float(), cfg.l1_c)
+    scores = signed.abs()
+    ranked = torch.argsort(scores, descending=True, stable=True)
+    ranked = ranked[scores[ranked] > 0][: cfg.top_k]
+    if len(ranked) == 0:
+        raise SaelignError(f"no latent at {hookpoint or 'this hookpoint'} separates harmful from harmless prompts "
+                           "(all scores are 0); check the SAE matches the model, or give more prompts")
+    if len(ranked) < cfg.top_k:
+        logger.warning(f"only {len(ranked)} latents at {hookpoint or 'this hookpoint'} have a non-zero {cfg.score} score "
+                       f"(top_k={cfg.top_k})")
+    ids = ranked.tolist()
+    labels = labels or {}
+    return Selection(hookpoint=hookpoint, latent_ids=ids, scores=scores[ranked].tolist(),
+                     mean_harmful=mean_harmful[ranked].tolist(), mean_harmless=mean_harmless[ranked].tolist(),
+                     signs=[1 if s > 0 else -1 for s in signed[ranked].tolist()],
+                     labels={i: labels[i] for i in ids if i in labels})
+
+
+def select_safety_features(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes: Mapping[str, SAE],
+                           harmful_prompts: Sequence[str], harmless_prompts: Sequence[str], cfg: FeatureSelectConfig,
+                           labels: Mapping[str, Mapping[int, str]] | None = None) -> list[Selection]:
+    """One Selection per cfg.hookpoint (saes maps hookpoint -> SAE; labels maps hookpoint -> {latent: label})."""
+    missing = [hp for hp in cfg.hookpoints if hp not in saes]
+    if missing or not cfg.hookpoints:
+        raise SaelignError(f"hookpoints: no SAE given for {', '.join(missing) or '(none listed)'}; "
+                           f"SAEs were given for {', '.join(saes) or 'no hookpoint'}")
+    for hp in cfg.hookpoints:
+        _check_sae(model, saes[hp], hp)
+    encoders = {hp: _sae_encoder(saes[hp]) for hp in cfg.hookpoints}
+    harmful = pooled_activations(model, tokenizer, harmful_prompts, encoders, cfg)
+    harmless = pooled_activations(model, tokenizer, harmless_prompts, encoders, cfg)
+    labels = labels or {}
+    return [select_features(harmful[hp], harmless[hp], cfg, hookpoint=hp, labels=labels.get(hp)) for hp in cfg.hookpoints]
+
+
+def selection_directions(selections: Sequence[Selection], saes: Mapping[str, SAE]) -> torch.Tensor:
+    """Unit decoder rows of every selected latent, stacked [n, d_model] (residual hookpoints share one space)."""
+    rows = [saes[s.hookpoint].decoder_directions(s.latent_ids).cpu() for s in selections]
+    widths = {r.shape[1] for r in rows}
+    if len(widths) != 1:
+        raise SaelignError(f"selected SAEs read activations of different widths {sorted(widths)}; "
+                           "a subspace needs hookpoints on the same residual stream")
+    return torch.cat(rows)

@@ -1,0 +1,100 @@
+"""Training targets for the SAILS safety fine-tune.
+
+Harmful prompts get a natural refusal drawn from the packaged templates (some echo the request), chosen by a hash
+of the prompt so a rebuild gives the same target. Harmless and borderline prompts get the base model's own greedy
+answer, so the fine-tune teaches refusing without teaching a new style of helping; answers the offline judge
+calls refusals or degenerate are dropped rather than trained on, and an answer cut off by `max_new_tokens` is
+trimmed back to its last full sentence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import re
+from collections import Counter
+from collections.abc import Sequence
+from importlib import resources
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from saelign.progress import logger
+from saelign.sails.data import Example, normalize
+from saelign.sails.generate import generate_answers
+from saelign.sails.judge import OfflineJudge
+
+# First words that mark an imperative request ("Write a ...") whose lower-cased text reads after "I won't".
+IMPERATIVE_VERBS = frozenset("""
+write create develop give provide explain describe generate design teach show outline instruct produce draft compose
+list suggest offer publish post make build demonstrate help tell convince plan devise guide educate hack release
+""".split())
+_HOW_TO = re.compile(r"\bhow to (.+?)[.?!]*$", re.IGNORECASE | re.DOTALL)
+_SELF_HARM = re.compile(r"suicid|self[- ]harm|kill (?:myself|yourself|themselves)|eating disorder|anorexi|bulimi|overdose",
+                        re.IGNORECASE)
+_ECHO_MAX_WORDS = 16
+
+
+@functools.cache
+def refusal_templates() -> dict[str, tuple[str, ...]]:
+    data = json.loads((resources.files("saelign") / "data" / "refusal_templates.json").read_text(encoding="utf-8"))
+    return {group: tuple(items) for group, items in data["templates"].items()}
+
+
+def _echo_slots(prompt: str) -> dict[str, str]:
+    """The phrases an echoing template may quote: 'action' after 'how to', 'request' for an imperative."""
+    text = " ".join(prompt.split())
+    slots = {}
+    match = _HOW_TO.search(text)
+    if match and len(match.group(1).split()) <= _ECHO_MAX_WORDS:
+        slots["action"] = match.group(1)
+    first = text.split(" ", 1)[0].lower()
+    if first in IMPERATIVE_VERBS and len(text.split()) <= _ECHO_MAX_WORDS:
+        slots["request"] = (text[0].lower() + text[1:]).rstrip(".!?")
+    return slots
+
+
+def refusal_for(prompt: str) -> str:
+    """A refusal for `prompt`: a support-oriented one for self-harm, else generic or echoing, fixed per prompt."""
+    templates = refusal_templates()
+    slots = _echo_slots(prompt)
+    if _SELF_HARM.search(prompt):
+        pool = list(templates["self_harm"])
+    else:
+        pool = list(templates["generic"]) + [t for group in slots for t in templates[group]]
+    digest = int(hashlib.sha256(normalize(prompt).encode()).hexdigest()[:12], 16)
+    return pool[digest % len(pool)].format(**slots)
+
+
+def trim_to_sentence(text: str, min_keep: float = 0.5) -> str:
+    """Cut an answer that stops mid-sentence back to its last sentence end, if that keeps >= min_keep of it."""
+    text = text.strip()
+    if not text or text[-1] in ".!?\"')`":
+        return text
+    cut = max(text.rfind(mark) for mark in (". ", "! ", "? ", ".\n", "!\n", "?\n"))
+    return text[: cut + 1] if cut + 1 >= min_keep * len(text) else text
+
+
+def add_targets(examples: Sequence[Example], model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                max_new_tokens: int = 64, batch_size: int = 16) -> list[Example]:
+    """Examples with `target` filled in (existing targets kept); harmless answers that are refusals or
+    degenerate are dropped, with a log line saying how many."""
+    todo = [i for i, e in enumerate(examples) if e.target is None and e.kind != "harmful"]
+    answers = generate_answers(model, tokenizer, [examples[i].prompt for i in todo], max_new_tokens, batch_size)
+    answers = [trim_to_sentence(a) for a in answers]
+    verdicts = OfflineJudge().judge([examples[i].prompt for i in todo], answers)
+    generated = {i: (a, v.label) for i, a, v in zip(todo, answers, verdicts, strict=True)}
+    out, dropped = [], Counter()
+    for i, example in enumerate(examples):
+        if example.target is not None:
+            out.append(example)
+        elif example.kind == "harmful":
+            out.append(dataclasses.replace(example, target=refusal_for(example.prompt)))
+        elif generated[i][1] == "complied":
+            out.append(dataclasses.replace(example, target=generated[i][0]))
+        else:
+            dropped[generated[i][1]] += 1
+    if dropped:
+        logger.info(f"dropped {sum(dropped.values())} harmless prompts whose base-model answer was not usable: {dict(dropped)}")
+    return out

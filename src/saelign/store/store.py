@@ -1,0 +1,151 @@
+"""On-disk activation store: `shard_NNNNN.safetensors` files plus a `manifest.json`, written shard by shard.
+
+Each shard holds `activations [n, d]` (store dtype), `token_ids [n] int32`, `context_ids [n] int64` (index of the
+context in the deterministic corpus stream) and `positions [n] int32`. Every shard but the last holds exactly
+`shard_tokens` rows. The manifest is rewritten (atomically) after every shard, so an interrupted capture leaves a
+valid prefix that a rerun continues from; `complete` is set only when the capture finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save
+
+from saelign.errors import SaelignError
+from saelign.io import atomic_path, ensure_writable_dir, read_json, write_json_atomic
+
+FORMAT = "saelign-activations"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SHARD_RE = re.compile(r"shard_\d{5}\.safetensors")
+# Manifest keys that identify what a store contains; a rerun with any of them changed must not reuse the store.
+IDENTITY_KEYS = ("format", "version", "model", "model_dtype", "hookpoint", "d_in", "dtype", "tokenizer",
+                 "context_length", "shard_tokens", "corpus", "masking")
+STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def shard_name(index: int) -> str:
+    return f"shard_{index:05d}.safetensors"
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    manifest_path = Path(path) / MANIFEST
+    if not manifest_path.is_file():
+        hint = "a capture is still starting or failed before its first shard" if Path(path).is_dir() else "the folder does not exist"
+        raise SaelignError(f"no activation store at {path}: {MANIFEST} is missing ({hint}); "
+                           "run `saelign capture` to create it, or pass the folder of one hookpoint's store")
+    manifest = read_json(manifest_path, "activation store manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise SaelignError(f"{manifest_path} is not a saelign activation store manifest; recapture into a new folder")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise SaelignError(f"{manifest_path} has store format version {manifest.get('version')}, this saelign reads "
+                           f"version {FORMAT_VERSION}; recapture with this version")
+    return manifest
+
+
+def _identity_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in IDENTITY_KEYS if old.get(k) != new.get(k)]
+
+
+class StoreWriter:
+    """Appends rows to one hookpoint's store, resuming after the rows already on disk.
+
+    `header` holds the identity keys. On open, an existing store must have the same identity; its full shards
+    are kept (their files checked by size) and anything after the first missing or short one is dropped.
+    """
+
+    def __init__(self, path: str | Path, header: dict[str, Any], token_budget: int | None) -> None:
+        self.path = ensure_writable_dir(path)
+        self.header = {k: header[k] for k in IDENTITY_KEYS}
+        self.shard_tokens = int(header["shard_tokens"])
+        self.dtype = STORE_DTYPES[header["dtype"]]
+        self.token_budget = token_budget
+        self.shards: list[dict[str, Any]] = []
+        self.done = False
+        self._pending: list[dict[str, torch.Tensor]] = []
+        self._pending_rows = 0
+        if (self.path / MANIFEST).is_file():
+            self._resume(read_manifest(self.path))
+        self._remove_unlisted_shards()
+
+    @property
+    def rows(self) -> int:
+        """Rows on disk; the next row this writer accepts has this global index."""
+        return sum(s["num_tokens"] for s in self.shards)
+
+    def _resume(self, old: dict[str, Any]) -> None:
+        diff = _identity_diff(old, self.header)
+        if diff:
+            raise SaelignError(f"{self.path} holds a store made with different settings ({'; '.join(diff)}); "
+                               "choose another --out or delete that folder")
+        target = self.token_budget
+        if old.get("complete") and target is not None and old["num_tokens"] > target:
+            raise SaelignError(f"{self.path} already holds {old['num_tokens']} tokens, more than --token-budget "
+                               f"{target}; choose another --out or delete that folder")
+        if old.get("complete") and (old.get("exhausted") or old["num_tokens"] == target):
+            self.shards, self.done = list(old["shards"]), True
+            return
+        for shard in old["shards"]:
+            file = self.path / shard["file"]
+            if shard["num_tokens"] != self.shard_tokens or not file.is_file() or file.stat().st_size != shard["bytes"]:
+                break
+            self.shards.append(shard)
+
+    def _remove_unlisted_shards(self) -> None:
+        listed = {s["file"] for s in self.shards}
+        for file in self.path.iterdir():
+            if SHARD_RE.fullmatch(file.name) and file.name not in listed:
+                file.unlink()
+
+    def add(self, first_row: int, rows: dict[str, torch.Tensor]) -> None:
+        """Append rows whose first has global index `first_row`, skipping those already stored."""
+        skip = self.rows + self._pending_rows - first_row
+        n = rows["token_ids"].shape[0]
+        if self.done or skip >= n:
+            return
+        if skip < 0:
+            raise RuntimeError(f"row gap: store has {self.rows + self._pending_rows} rows, batch starts at {first_row}")
+        chunk = {k: v[skip:].to("cpu", self.dtype if k == "activations" else v.dtype) for k, v in rows.items()}
+        self._pending.append(chunk)
+        self._pending_rows += n - skip
+        while self._pending_rows >= self.shard_tokens:
+            self._flush(self.shard_tokens)
+
+    def _flush(self, n: int) -> None:
+        merged = {k: torch.cat([p[k] for p in self._pending]) for k in self._pending[0]}
+        shard = {k: v[:n].contiguous() for k, v in merged.items()}
+        rest = {k: v[n:].clone() for k, v in merged.items()}  # a copy, so the merged buffer can be freed
+        self._pending = [rest] if rest["token_ids"].numel() else []
+        self._pending_rows -= n
+        self._write_shard(shard)
+
+    def _write_shard(self, tensors: dict[str, torch.Tensor]) -> None:
+        data = save(tensors, metadata={"format": FORMAT})  # one key: safetensors orders several at random
+        name = shard_name(len(self.shards))
+        with atomic_path(self.path / name) as tmp:
+            tmp.write_bytes(data)
+        self.shards.append({"file": name, "num_tokens": int(tensors["token_ids"].shape[0]), "bytes": len(data),
+                            "sha256": hashlib.sha256(data).hexdigest()})
+        self._write_manifest(complete=False, exhausted=False)
+
+    def finish(self, exhausted: bool, extra: dict[str, Any] | None = None) -> None:
+        """Write the last (partial) shard and mark the store complete."""
+        if self.done:
+            return
+        if self._pending_rows:
+            self._flush(self._pending_rows)
+        if not self.shards:
+            raise SaelignError(f"capture produced no tokens for {self.path} (every position was masked); "
+                               "use a longer --context-length or a corpus with more text")
+        self._write_manifest(complete=True, exhausted=exhausted, extra=extra)
+        self.done = True
+
+    def _write_manifest(self, complete: bool, exhausted: bool, extra: dict[str, Any] | None = None) -> None:
+        manifest = {**self.header, "num_tokens": self.rows, "token_budget": self.token_budget,
+                    "complete": complete, "exhausted": exhausted, "shards": self.shards, **(extra or {})}
+        write_json_atomic(self.path / MANIFEST, manifest)

@@ -1,0 +1,166 @@
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from saelign.align.activations import concept_activations
+from saelign.align.metrics import (
+    alignment_report,
+    auc,
+    best_latents,
+    binding_accuracy,
+    entanglement,
+    fragmentation,
+    per_concept_auc,
+    reconstruction_stats,
+    swap_success,
+)
+from saelign.align.ontology import Concept, Entity, Ontology, Templates
+from saelign.align.posttrain import PostTrainConfig, post_train
+from saelign.align.slots import SlotMap
+from saelign.errors import SaelignError
+from saelign.sae.model import SAE, SAEConfig
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_binding_accuracy_perfect_and_chance():
+    labels = torch.arange(4).repeat(500)
+    assert binding_accuracy(torch.nn.functional.one_hot(labels, 4).float(), labels) == 1.0
+    random = torch.rand(2000, 4, generator=torch.Generator().manual_seed(0))
+    assert binding_accuracy(random, labels) == pytest.approx(0.25, abs=0.04)
+
+
+def test_auc_values_and_ties():
+    pos = torch.tensor([False, False, True, True])
+    scores = torch.tensor([[1.0, 4.0, 0.0], [2.0, 3.0, 0.0], [3.0, 2.0, 0.0], [4.0, 1.0, 0.0]])
+    assert auc(scores, pos).tolist() == [1.0, 0.0, 0.5]
+    g = torch.Generator().manual_seed(0)
+    labels = torch.rand(300, generator=g) < 0.3
+    noisy = (labels.float()[:, None] + torch.randn(300, 5, generator=g)).round(decimals=1)  # with ties
+    expected = [roc_auc_score(labels.numpy(), noisy[:, j].numpy()) for j in range(5)]
+    torch.testing.assert_close(auc(noisy, labels), torch.tensor(expected, dtype=torch.float64))
+    assert per_concept_auc(torch.nn.functional.one_hot(torch.tensor([0, 1, 1]), 2).float(), torch.tensor([0, 1, 1])) == [1.0, 1.0]
+    with pytest.raises(SaelignError, match="both positive and negative"):
+        auc(scores, torch.ones(4, dtype=torch.bool))
+
+
+def test_fragmentation_one_hot_versus_uniform():
+    labels = torch.tensor([0, 0, 1, 1])
+    one_hot = torch.tensor([[3.0, 0, 0, 0, 0], [3.0, 0, 0, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]])
+    spread = torch.tensor([[1.0] * 5, [1.0] * 5, [0.0] * 5, [0.0] * 5])
+    concentrated = fragmentation(one_hot, labels, [0, 1])
+    assert concentrated["effective_latents"][0] == pytest.approx(1.0)
+    assert concentrated["top1_share"][0] == concentrated["slot_share"][0] == 1.0
+    uniform = fragmentation(spread, labels, [0, 1])
+    assert uniform["effective_latents"][0] == pytest.approx(5.0)
+    assert uniform["top1_share"][0] == pytest.approx(0.2)
+
+
+def test_entanglement_correlations():
+    g = torch.Generator().manual_seed(0)
+    z = torch.rand(500, 6, generator=g)
+    z[:, 4] = 2 * z[:, 0] + 1  # free latent 4 duplicates slot 0
+    out = entanglement(z, [0, 1])
+    assert out["slot_free_max_abs_corr"][0] == pytest.approx(1.0)
+    assert out["slot_free_max_abs_corr"][1] < 0.2
+    assert out["slot_slot_max_abs_corr"] < 0.2
+    z[:, 1] = -z[:, 0]
+    assert entanglement(z, [0, 1])["slot_slot_mean_abs_corr"] == pytest.approx(1.0)
+
+
+def test_reconstruction_stats_of_a_perfect_sae():
+    d = 6
+    sae = SAE(SAEConfig(d_in=d, d_sae=2 * d, activation="relu"))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([torch.eye(d), -torch.eye(d)], 1))
+        sae.W_dec.copy_(torch.cat([torch.eye(d), -torch.eye(d)], 0))
+    x = torch.randn(100, d)
+    stats = reconstruction_stats(sae, x)
+    assert stats["fvu"] < 1e-10 and stats["mse"] < 1e-10 and stats["l0"] == pytest.approx(d, abs=0.5)
+    with torch.no_grad():
+        sae.W_dec.zero_()
+    assert reconstruction_stats(sae, x - x.mean(0))["fvu"] == pytest.approx(1.0)
+
+
+def test_best_latents_finds_the_planted_latent_per_concept():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat(40)
+    acts = torch.randn(120, 8, generator=g)
+    sae = SAE(SAEConfig(d_in=8, d_sae=20, activation="relu", hookpoint="h"))
+    with torch.no_grad():
+        sae.W_enc.normal_(generator=g).mul_(0.01)
+        for c, latent in enumerate([7, 3, 12]):
+            acts[labels == c] += 4 * torch.eye(8)[c]
+            sae.W_enc[:, latent] = torch.eye(8)[c]
+    slot_map = best_latents(sae, acts, labels, ["x", "y", "z"])
+    assert slot_map.slots == [7, 3, 12] and slot_map.hookpoint == "h"
+    assert all(s > 3 for s in slot_map.scales)
+
+
+@dataclass
+class Ex:
+    text: str
+    concept_index: int
+    entity: str
+    answer: str
+
+
+def test_swap_success_on_a_constructed_model(tiny_llama, tokenizer):
+    """Slots read the concept by a probe fitted to the prompts; each slot's decoder row writes its answer's
+    embedding at the last block, so a swap must yield the target concept's answer (and nothing else changes)."""
+    hook = "model.layers.3"
+    answers = ["Paris", "Berlin", "bread"]
+    examples = [Ex(f"{q} France ", c, "France", answers[c]) for c, q in enumerate(["capital of", "neighbour of", "food of"])]
+    x = concept_activations(tiny_llama, tokenizer, hook, [e.text for e in examples])
+    sae = SAE(SAEConfig(d_in=32, d_sae=8, activation="relu", hookpoint=hook)).requires_grad_(False)
+    emb = tiny_llama.get_input_embeddings().weight
+    first = [tokenizer(f"{e.text}{a}")["input_ids"][len(tokenizer(e.text)["input_ids"])] for e, a in zip(examples, answers, strict=True)]
+    sae.W_enc[:, :3] = torch.linalg.lstsq(x, torch.eye(3)).solution
+    sae.b_enc.zero_()
+    sae.W_dec[:3] = 100 * torch.nn.functional.normalize(emb[first].detach(), dim=1)
+    slot_map = SlotMap(["capital", "neighbour", "food"], [0, 1, 2], hook, 8)
+    result = swap_success(tiny_llama, tokenizer, sae, slot_map, examples, alphas=(0.0, 2.0), max_per_pair=5)
+    assert result["alphas"]["2.0"]["success"] == 1.0 and result["alphas"]["2.0"]["n"] == 6
+    assert result["alphas"]["2.0"]["rest_unchanged"] == 1.0 and result["alphas"]["2.0"]["n_rest"] == 6
+    assert result["alphas"]["0.0"]["success"] < 1.0
+    assert result["best_alpha"] == 2.0
+    assert set(result["alphas"]["2.0"]["per_pair"]) == {f"{a}->{b}" for a in slot_map.concepts for b in slot_map.concepts if a != b}
+
+
+def test_alignment_report_end_to_end(tiny_llama, tokenizer):
+    entities = [("France", "Paris", "bread", "Berlin"), ("Germany", "Berlin", "flour", "Paris")]
+    names = ["capital", "food", "rival"]
+    templates = [("The {entity} capital is ", "Capital of {entity}: "), ("Food of {entity} is ", "{entity} food: "),
+                 ("The rival of {entity} is ", "{entity} rival: ")]
+    ontology = Ontology("facts", tuple(
+        Concept(name, entities=tuple(Entity(e[0], e[c + 1]) for e in entities), templates=Templates((tr,), (te,)))
+        for c, (name, (tr, te)) in enumerate(zip(names, templates, strict=True))))
+    train, test = ontology.examples("train"), ontology.examples("test")
+    hook = "model.layers.1"
+    vanilla = SAE(SAEConfig(d_in=32, d_sae=48, activation="topk", k=8, hookpoint=hook))
+    generic = torch.cat([concept_activations(tiny_llama, tokenizer, hook, [t], position=i)
+                         for t in ["The quick brown fox jumps over the lazy dog."] for i in range(1, 9)])
+    acts = concept_activations(tiny_llama, tokenizer, hook, [e.text for e in train])
+    aligned, slot_map = post_train(vanilla, acts, torch.tensor([e.concept_index for e in train]), generic,
+                                   PostTrainConfig(steps_stage1=5, steps_stage2=150, batch_size=6, generic_batch_size=8,
+                                                   device="cpu"), concept_names=names)
+    report = alignment_report(tiny_llama, tokenizer, vanilla, aligned, slot_map, train, test, generic, alphas=(1.0, 2.0),
+                              unrelated_texts=["Hello world"], max_per_pair=2, max_rest=2)
+    assert report["aligned"]["binding_accuracy_train"] == 1.0
+    for side in ("aligned", "vanilla"):
+        assert 0 <= report[side]["binding_accuracy_test"] <= 1
+        assert len(report[side]["auc_test"]) == 3 and len(set(report[side]["slots"].values())) == 3
+        assert set(report[side]["swap"]["alphas"]) == {"1.0", "2.0"}
+        assert report[side]["fragmentation"]["effective_latents_mean"] >= 1
+    assert all(s < 48 for s in report["vanilla"]["slots"].values())
+    assert math.isfinite(report["fvu_increase"])
+    assert report["reconstruction"]["aligned"]["generic"]["l0"] <= 8 + 3

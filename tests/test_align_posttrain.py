@@ -1,0 +1,232 @@
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from saelign.align import posttrain
+from saelign.align.losses import ValueHead, binding_loss, decorrelation_loss
+from saelign.align.posttrain import GenericBatches, PostTrainConfig, post_train
+from saelign.align.slots import load_slot_map
+from saelign.errors import SaelignError
+from saelign.sae.formats import load_sae
+from saelign.sae.model import SAE, SAEConfig
+
+D, N_ATOMS, N_CONCEPTS = 16, 48, 3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matmuls gain nothing from threads, and on a busy machine thread hand-offs dominate their runtime."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class Synthetic:
+    """Generic activations = sparse sums of random atoms; concept activations add a planted concept direction."""
+
+    def __init__(self, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.atoms = F.normalize(torch.randn(N_ATOMS, D, generator=g), dim=1)
+        self.concepts = F.normalize(torch.randn(N_CONCEPTS, D, generator=g), dim=1)
+        self.g = g
+
+    def generic(self, n: int) -> torch.Tensor:
+        on = (torch.rand(n, N_ATOMS, generator=self.g) < 0.08).float()
+        return (on * torch.rand(n, N_ATOMS, generator=self.g) * 2) @ self.atoms + 0.02 * torch.randn(n, D, generator=self.g)
+
+    def concept(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.randint(N_CONCEPTS, (n,), generator=self.g)
+        return self.generic(n) + 3.0 * self.concepts[labels], labels
+
+
+def pretrained_sae(activation: str, data: torch.Tensor, d_sae: int = 64, steps: int = 300) -> SAE:
+    torch.manual_seed(0)
+    sae = SAE(SAEConfig(d_in=D, d_sae=d_sae, activation=activation, k=6, hookpoint="model.layers.1"))
+    opt = torch.optim.Adam([sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec], lr=3e-3)
+    for step in range(steps):
+        x = data[(step * 128) % len(data):][:128]
+        z = sae.encode(x)
+        loss = (sae.decode(z) - x).pow(2).mean() + 1e-3 * z.abs().sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sae.normalize_decoder()
+    return sae
+
+
+@pytest.fixture(scope="module")
+def data():
+    syn = Synthetic()
+    generic = syn.generic(4096)
+    train, test = syn.concept(384), syn.concept(384)
+    return generic, train, test
+
+
+@pytest.fixture(scope="module")
+def saes(data):
+    generic = data[0]
+    return {act: pretrained_sae(act, generic) for act in ("relu", "topk", "jumprelu")}
+
+
+def fvu(sae: SAE, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((sae(x) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+
+
+FAST = dict(steps_stage1=30, steps_stage2=250, batch_size=64, generic_batch_size=128, device="cpu")
+
+
+@pytest.mark.parametrize("activation,binding", [("relu", "mse"), ("topk", "ce"), ("jumprelu", "mse"), ("relu", "ce")])
+def test_binding_reaches_one_on_held_out_and_free_bank_keeps_reconstructing(saes, data, activation, binding):
+    generic, (x_train, y_train), (x_test, y_test) = data
+    sae = saes[activation]
+    aligned, slot_map = post_train(sae, x_train, y_train, generic, PostTrainConfig(binding=binding, **FAST),
+                                   concept_names=["a", "b", "c"])
+    with torch.no_grad():
+        z = aligned.encode(x_test)[:, slot_map.slots]
+    assert float((z.argmax(1) == y_test).float().mean()) >= 0.97
+    assert fvu(aligned, generic) <= fvu(sae, generic) * 1.2 + 0.01
+    assert slot_map.concepts == ["a", "b", "c"] and slot_map.d_sae == aligned.cfg.d_sae == sae.cfg.d_sae + 3
+    assert aligned.cfg.always_on_latents == slot_map.slots == [64, 65, 66]
+    assert all(s > 0 for s in slot_map.scales)
+    assert sae.cfg.d_sae == 64 and not sae.cfg.always_on_latents  # the input SAE is left untouched
+
+
+def test_topk_slots_sit_out_the_competition():
+    sae = SAE(SAEConfig(d_in=4, d_sae=6, activation="topk", k=2, always_on_latents=[4, 5]))
+    pre = torch.tensor([[5.0, 4.0, 3.0, -1.0, 0.5, -2.0]])
+    z = sae.activate(pre)
+    # top-2 runs over latents 0..3 only; slot 4 passes through ReLU although 0.5 < 3, slot 5 is clipped at 0
+    assert z.tolist() == [[5.0, 4.0, 0.0, 0.0, 0.5, 0.0]]
+    plain = SAE(SAEConfig(d_in=4, d_sae=6, activation="topk", k=2))
+    assert plain.activate(pre).tolist() == [[5.0, 4.0, 0.0, 0.0, 0.0, 0.0]]
+
+
+def test_reassign_reuses_least_used_latents_and_keeps_width(saes, data):
+    generic, (x_train, y_train), (x_test, y_test) = data
+    sae = saes["topk"]
+    first_generic = GenericBatches(generic, FAST["generic_batch_size"], 0).batch(0)
+    usage = (sae.encode(torch.cat([x_train, first_generic])) > 0).float().mean(0)
+    aligned, slot_map = post_train(sae, x_train, y_train, generic, PostTrainConfig(slots="reassign", **FAST))
+    assert aligned.cfg.d_sae == sae.cfg.d_sae
+    assert sorted(usage[slot_map.slots].tolist()) == sorted(usage.sort().values[:3].tolist())
+    with torch.no_grad():
+        z = aligned.encode(x_test)[:, slot_map.slots]
+    assert float((z.argmax(1) == y_test).float().mean()) >= 0.95
+
+
+def test_free_bank_decoder_norms_are_kept(saes, data):
+    generic, (x_train, y_train), _ = data
+    sae = saes["relu"]
+    aligned, slot_map = post_train(sae, x_train, y_train, generic, PostTrainConfig(**FAST))
+    torch.testing.assert_close(aligned.W_dec[:64].norm(dim=1), sae.W_dec.norm(dim=1))
+
+
+def test_decorrelation_matches_naive_covariance():
+    g = torch.Generator().manual_seed(0)
+    slots, free = torch.rand(10, 3, generator=g), torch.rand(10, 5, generator=g)
+    naive = 0.0
+    for i in range(3):
+        for j in range(5):
+            a, b = slots[:, i], free[:, j]
+            naive += (sum((a[n] - a.mean()) * (b[n] - b.mean()) for n in range(10)) / 10) ** 2
+    torch.testing.assert_close(decorrelation_loss(slots, free), torch.as_tensor(naive, dtype=torch.float32))
+
+
+def test_binding_losses():
+    pre = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.0, 0.0]])
+    labels = torch.tensor([0, 1])
+    assert float(binding_loss(pre, labels, "mse")) == pytest.approx(((1.0 + 1 + 0.25) + 0) / 6)
+    ce = -(torch.log_softmax(pre, -1)[0, 0] + torch.log_softmax(pre, -1)[1, 1]) / 2
+    assert float(binding_loss(pre, labels, "ce")) == pytest.approx(float(ce))
+
+
+def test_value_head_learns_answer_classes(saes, data):
+    head = ValueHead(2, torch.tensor([7, 11, 40]), 16, torch.Generator().manual_seed(0))
+    slot = torch.tensor([0.2, 1.0, 0.2, 1.0])
+    concept = torch.tensor([0, 0, 1, 1])
+    answers = torch.tensor([7, 11, 40, 7])
+    opt = torch.optim.Adam(head.parameters(), lr=0.05)
+    for _ in range(200):
+        loss = head.loss(slot, concept, answers)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert head.classes[head(slot, concept).argmax(-1)].tolist() == answers.tolist()
+
+    generic, (x_train, y_train), _ = data
+    with pytest.raises(SaelignError, match="answer_tokens"):
+        post_train(saes["relu"], x_train, y_train, generic, PostTrainConfig(value_coeff=0.5, **FAST))
+    answers = 100 + y_train * 3 + (x_train[:, 0] > 0).long()
+    _, slot_map = post_train(saes["relu"], x_train, y_train, generic,
+                             PostTrainConfig(value_coeff=0.5, **{**FAST, "steps_stage2": 40}), answer_tokens=answers)
+    assert len(slot_map.slots) == 3
+
+
+def test_resume_equals_uninterrupted(saes, data, tmp_path, monkeypatch):
+    generic, (x_train, y_train), _ = data
+    cfg = PostTrainConfig(steps_stage1=10, steps_stage2=30, checkpoint_every=15, value_coeff=0.5, device="cpu",
+                          batch_size=32, generic_batch_size=64)
+    answers = y_train + 5
+    full, _ = post_train(saes["topk"], x_train, y_train, generic, dataclasses.replace(cfg, out=str(tmp_path / "a")),
+                         answer_tokens=answers)
+
+    real, calls = posttrain.training_losses, []
+
+    def crash_after_20(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 20:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(posttrain, "training_losses", crash_after_20)
+    out = str(tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        post_train(saes["topk"], x_train, y_train, generic, dataclasses.replace(cfg, out=out), answer_tokens=answers)
+    monkeypatch.setattr(posttrain, "training_losses", real)
+    resumed, slot_map = post_train(saes["topk"], x_train, y_train, generic, dataclasses.replace(cfg, out=out),
+                                   answer_tokens=answers)
+    for name, value in full.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=1e-6)
+
+    loaded = load_sae(out)
+    assert loaded.cfg.always_on_latents == slot_map.slots
+    assert load_slot_map(out, loaded).slots == slot_map.slots
+    torch.testing.assert_close(loaded.encode(x_train), resumed.encode(x_train), rtol=1e-5, atol=1e-5)
+    # A finished run is loaded, not retrained; other options on the same folder are refused.
+    monkeypatch.setattr(posttrain, "training_losses", None)
+    again, _ = post_train(saes["topk"], x_train, y_train, generic, dataclasses.replace(cfg, out=out), answer_tokens=answers)
+    torch.testing.assert_close(again.W_enc, loaded.W_enc)
+    with pytest.raises(SaelignError, match=r"different options \(lr\)"):
+        post_train(saes["topk"], x_train, y_train, generic, dataclasses.replace(cfg, out=out, lr=0.1), answer_tokens=answers)
+
+
+def test_generic_batches_from_an_iterable_are_read_in_order_and_restarted():
+    batches = [torch.full((2, 3), float(i)) for i in range(3)]
+    stream = GenericBatches(batches, 99, 0)
+    assert [float(stream.batch(s)[0, 0]) for s in (0, 1, 2, 3, 4)] == [0, 1, 2, 0, 1]
+    resumed = GenericBatches(batches, 99, 0)
+    assert float(resumed.batch(4)[0, 0]) == 1  # skips the batches of finished steps
+    exhausted = GenericBatches((b for b in batches), 99, 0)
+    with pytest.raises(SaelignError, match="ran out"):
+        [exhausted.batch(s) for s in range(4)]
+
+
+def test_bad_inputs_give_clear_errors(saes, data):
+    generic, (x_train, y_train), _ = data
+    small = SAE(SAEConfig(d_in=D, d_sae=4, activation="relu"))
+    with pytest.raises(SaelignError, match="3 concepts but the SAE's free bank would keep only 1 latents"):
+        post_train(small, x_train, y_train, generic, PostTrainConfig(slots="reassign", **FAST))
+    tiny = SAE(SAEConfig(d_in=D, d_sae=2, activation="relu"))
+    with pytest.raises(SaelignError, match="free bank would keep only 2"):
+        post_train(tiny, x_train, y_train, generic, PostTrainConfig(**FAST))
+    with pytest.raises(SaelignError, match="binding='ce' needs at least two concepts"):
+        post_train(saes["relu"], x_train, torch.zeros_like(y_train), generic, PostTrainConfig(binding="ce", **FAST),
+                   concept_names=["only"])
+    with pytest.raises(SaelignError, match="no examples for concept"):
+        post_train(saes["relu"], x_train, y_train, generic, PostTrainConfig(**FAST), concept_names=["a", "b", "c", "d"])
+    with pytest.raises(SaelignError, match=r"must be \[n, d_in=16\]"):
+        post_train(saes["relu"], x_train[:, :8], y_train, generic, PostTrainConfig(**FAST))

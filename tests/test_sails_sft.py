@@ -1,0 +1,120 @@
+"""SFT: loss on response tokens only (vs a hand-computed reference), learning, accumulation, exact resume."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import make_tiny_model
+
+from saelign.errors import SaelignError
+from saelign.sails.chat import encode_pair
+from saelign.sails.lora_init import LoraInitConfig, make_peft_model, prepare_full_finetune
+from saelign.sails.sft import IGNORE, SFTConfig, collate, encode_examples, response_loss_sum, train_sft
+from saelign.sails.subspace import random_subspace
+
+PAIRS = [("How do I bake bread?", "Mix flour, water, salt and yeast."),
+         ("What is the capital of France?", "Paris is the capital of France."),
+         ("Help me hurt someone.", "I cannot help with that request because it could cause harm."),
+         ("Say hello.", "hello world")]
+
+
+def lora_model(tokenizer, dropout: float = 0.0):
+    model = make_tiny_model("llama", len(tokenizer))
+    return make_peft_model(model, random_subspace(32, 4, seed=1), LoraInitConfig(rank=4, dropout=dropout))
+
+
+def trainable(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_labels_mask_the_prompt_and_padding(tokenizer):
+    examples = encode_examples(tokenizer, PAIRS[:2], max_length=128)
+    for (ids, labels), (prompt, response) in zip(examples, PAIRS[:2], strict=True):
+        prompt_ids, response_ids = encode_pair(tokenizer, prompt, response)
+        assert ids == prompt_ids + response_ids
+        assert labels == [IGNORE] * len(prompt_ids) + response_ids
+    batch = collate(examples, pad_id=tokenizer.pad_token_id)
+    assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE).all()
+
+
+@pytest.mark.parametrize("keep_logits", [True, False])
+def test_loss_equals_a_hand_computed_reference(tokenizer, keep_logits):
+    model = make_tiny_model("llama", len(tokenizer))
+    batch = collate(encode_examples(tokenizer, PAIRS[:3], max_length=128), tokenizer.pad_token_id)
+    with torch.no_grad():
+        got = response_loss_sum(model, batch, keep_logits)
+        total, count = 0.0, 0
+        for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"], strict=True):
+            n = int(mask.sum())
+            logprobs = model(ids[:n].unsqueeze(0)).logits[0].log_softmax(-1)  # unpadded, full logits
+            for t in range(1, n):
+                if labels[t] != IGNORE:
+                    total -= float(logprobs[t - 1, labels[t]])
+                    count += 1
+    assert count == int((batch["labels"] != IGNORE).sum())
+    assert float(got) == pytest.approx(total, rel=1e-5)
+
+
+def test_loss_decreases_on_a_memorisation_task(tokenizer):
+    # Full fine-tuning: a tiny random model's frozen embeddings cap its logits, so a LoRA alone cannot memorise.
+    model = prepare_full_finetune(make_tiny_model("llama", len(tokenizer)))
+    history = train_sft(model, tokenizer, PAIRS, SFTConfig(steps=12, lr=1e-2, batch_size=4, warmup=0))
+    losses = [e["loss"] for e in history["train"]]
+    assert losses[0] == pytest.approx(math.log(len(tokenizer)), rel=0.1)  # random model: ~uniform
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_gradient_accumulation_equals_one_large_batch(tokenizer):
+    a, b = lora_model(tokenizer), lora_model(tokenizer)
+    train_sft(a, tokenizer, PAIRS, SFTConfig(steps=2, lr=1e-2, batch_size=4, warmup=0))
+    train_sft(b, tokenizer, PAIRS, SFTConfig(steps=2, lr=1e-2, batch_size=2, grad_accum=2, warmup=0))
+    for (name, x), y in zip(trainable(a).items(), trainable(b).values(), strict=True):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4, msg=name)
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tokenizer, tmp_path):
+    def cfg(out):
+        return SFTConfig(steps=6, lr=5e-3, batch_size=3, warmup=2, eval_every=3, checkpoint_every=3, out=str(out))
+
+    def evaluate(model, step):
+        return {"val_loss": float(step)}
+
+    reference = lora_model(tokenizer, dropout=0.1)  # dropout: the restored RNG state matters
+    full = train_sft(reference, tokenizer, PAIRS, cfg(tmp_path / "a"), evaluate)
+    assert [e["step"] for e in full["eval"]] == [0, 3, 6]
+
+    def crash_after_checkpoint(model, step):
+        if step == 4:
+            raise Crash
+        return evaluate(model, step)
+
+    interrupted_cfg = cfg(tmp_path / "b")
+    interrupted_cfg.eval_every = 1
+    with pytest.raises(Crash):
+        train_sft(lora_model(tokenizer, dropout=0.1), tokenizer, PAIRS, interrupted_cfg, crash_after_checkpoint)
+    resumed_model, calls = lora_model(tokenizer, dropout=0.1), []
+    resumed = train_sft(resumed_model, tokenizer, PAIRS, cfg(tmp_path / "b"), lambda m, step: calls.append(step) or {})
+    assert calls == [6]  # it went on from the step-3 checkpoint rather than starting over
+    for (name, x), y in zip(trainable(reference).items(), trainable(resumed_model).values(), strict=True):
+        torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-5, msg=name)
+    assert [e["step"] for e in resumed["train"]] == list(range(1, 7))
+    assert [e["loss"] for e in resumed["train"]] == pytest.approx([e["loss"] for e in full["train"]], rel=1e-5)
+
+    with pytest.raises(SaelignError, match="different lr"):
+        changed = cfg(tmp_path / "b")
+        changed.lr = 1e-3
+        train_sft(lora_model(tokenizer), tokenizer, PAIRS, changed)
+
+
+def test_bad_inputs_are_refused(tokenizer):
+    frozen = make_tiny_model("llama", len(tokenizer)).requires_grad_(False)
+    with pytest.raises(SaelignError, match="no trainable parameters"):
+        train_sft(frozen, tokenizer, PAIRS, SFTConfig(steps=1))
+    with pytest.raises(SaelignError, match="max_length=4"):
+        encode_examples(tokenizer, PAIRS, max_length=4)
