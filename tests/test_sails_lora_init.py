@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tiny_model
 from peft.tuners.lora import LoraLayer
 
+from conftest import make_tiny_model
 from saelign.errors import SaelignError
 from saelign.sails.lora_init import LoraInitConfig, make_peft_model, prepare_full_finetune, trainable_share
 from saelign.sails.subspace import random_subspace
@@ -126,3 +126,19 @@ def test_bad_inputs_are_refused_with_the_field_named(fresh):
         make_peft_model(fresh(), random_subspace(32, 2), LoraInitConfig(layers=[7]))
     with pytest.raises(SaelignError, match="writer_modules"):
         make_peft_model(fresh(), random_subspace(32, 2), LoraInitConfig(target_modules=["down_proj"], writer_modules=[]))
+
+
+@pytest.mark.slow
+def test_sails_init_on_the_default_model_keeps_its_outputs():
+    from saelign.models import ModelConfig, load_model
+
+    model, tokenizer = load_model(ModelConfig(device="cpu"))
+    ids = torch.tensor([tokenizer("The capital of France is")["input_ids"]])
+    with torch.no_grad():
+        expected = model(ids).logits
+    peft_model = make_peft_model(model, random_subspace(576, 8), LoraInitConfig())
+    with torch.no_grad():
+        assert torch.equal(peft_model(ids).logits, expected)
+    share = trainable_share(peft_model)
+    # rank 8 on q,k,v,o,gate,up,down of 30 blocks (d 576, kv 192, mlp 1536)
+    assert share["trainable"] == 30 * 8 * ((576 * 2) * 2 + (576 + 192) * 2 + (576 + 1536) * 3)

@@ -12,6 +12,7 @@ from saelign.sails.chat import encode_prompt
 from saelign.sails.select import (
     FeatureSelectConfig,
     latent_activations,
+    residual_activations,
     select_features,
     select_safety_features,
     selection_directions,
@@ -39,7 +40,7 @@ def planted(n: int = 40, d_sae: int = 64, seed: int = 0) -> tuple[torch.Tensor, 
 
 def test_mean_diff_picks_planted_latents_with_signs_and_labels():
     harmful, harmless = planted()
-    sel = select_features(harmful, harmless, FeatureSelectConfig(top_k=4), hookpoint="h", labels={9: "cooking", 5: "x"})
+    sel = select_features(harmful, harmless, FeatureSelectConfig(top_k=4), hookpoint="h", labels={"9": "cooking", 5: "x"})
     assert sel.latent_ids == [3, 9, 17, 40]
     assert sel.signs == [1, -1, 1, 1]
     assert sel.labels == {9: "cooking"}
@@ -61,17 +62,23 @@ def test_no_separating_latent_is_an_error():
         select_features(same, same.clone(), FeatureSelectConfig())
 
 
+def pooled_reference(model, tokenizer, prompt, positions, encode):
+    """One unpadded prompt at a time: the mean of encode(activation) over the pooled tokens."""
+    hidden = forward_capture(model, ["model.layers.1"], torch.tensor([encode_prompt(tokenizer, prompt)]))["model.layers.1"][0]
+    first = {"last": len(hidden) - 1, "last_n": len(hidden) - 3, "all": 1}[positions]  # "all" skips the sink token
+    return encode(hidden[first:]).mean(0)
+
+
 @pytest.mark.parametrize("positions", ["last", "last_n", "all"])
 def test_batched_pooling_matches_one_prompt_at_a_time(tiny_llama, tokenizer, positions):
     sae = make_sae("model.layers.1")
     cfg = FeatureSelectConfig(positions=positions, last_n=3, batch_size=2)
-    got = latent_activations(tiny_llama, tokenizer, sae, "model.layers.1", PROMPTS, cfg)
+    latents = latent_activations(tiny_llama, tokenizer, sae, "model.layers.1", PROMPTS, cfg)
+    raw = residual_activations(tiny_llama, tokenizer, ["model.layers.1"], PROMPTS, cfg)["model.layers.1"]
     for row, prompt in enumerate(PROMPTS):
-        ids = torch.tensor([encode_prompt(tokenizer, prompt)])
-        hidden = forward_capture(tiny_llama, ["model.layers.1"], ids)["model.layers.1"][0]
-        first = {"last": len(hidden) - 1, "last_n": len(hidden) - 3, "all": 1}[positions]
-        expected = sae.encode(hidden[first:]).mean(0)
-        torch.testing.assert_close(got[row], expected, atol=1e-5, rtol=1e-5)
+        expected = pooled_reference(tiny_llama, tokenizer, prompt, positions, sae.encode)
+        torch.testing.assert_close(latents[row], expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(raw[row], pooled_reference(tiny_llama, tokenizer, prompt, positions, lambda x: x))
 
 
 def test_multi_layer_selection_tags_hookpoints(tiny_llama, tokenizer):

@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-from conftest import make_tiny_model
 
+from conftest import make_tiny_model
 from saelign.errors import SaelignError
 from saelign.sails.chat import encode_pair
 from saelign.sails.lora_init import LoraInitConfig, make_peft_model, prepare_full_finetune

@@ -124,3 +124,10 @@ def concept_offsets(tokenizer: PreTrainedTokenizerBase, examples: Sequence[objec
         n = len(tokenizer(text, add_special_tokens=True)["input_ids"])
         offsets.append(concept_token_index(tokenizer, text, char) - n)
     return offsets
+
+
+def example_activations(model: nn.Module, tokenizer: PreTrainedTokenizerBase, hookpoint: str, examples: Sequence[object],
+                        batch_size: int = 16) -> torch.Tensor:
+    """Activations [n, d] at each ontology example's concept token (see `concept_offsets`)."""
+    texts = [ex.text for ex in examples]  # type: ignore[attr-defined]
+    return concept_activations(model, tokenizer, hookpoint, texts, concept_offsets(tokenizer, examples), batch_size)

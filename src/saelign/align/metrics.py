@@ -31,14 +31,15 @@ from transformers import PreTrainedTokenizerBase
 
 from saelign.align.activations import (
     answer_token_ids,
-    concept_activations,
     concept_offsets,
+    example_activations,
     next_token_predictions,
 )
 from saelign.align.interventions import concept_swap
 from saelign.align.slots import SlotMap
 from saelign.errors import SaelignError
 from saelign.progress import logger
+from saelign.sae.evaluate import reconstruction_metrics, splice_metrics
 from saelign.sae.model import SAE
 
 DEFAULT_ALPHAS = (0.5, 1.0, 2.0, 4.0, 8.0)
@@ -68,15 +69,9 @@ def per_concept_auc(slot_acts: torch.Tensor, labels: torch.Tensor) -> list[float
     return [float(auc(slot_acts[:, c:c + 1], labels == c)[0]) for c in range(slot_acts.shape[1])]
 
 
-@torch.no_grad()
-def reconstruction_stats(sae: SAE, x: torch.Tensor) -> dict[str, float]:
-    """MSE per element, fraction of variance unexplained and mean L0, in the model's raw units."""
-    x = x.float()
-    z = encode(sae, x)
-    recon = sae.decode(z.to(sae.W_dec.device)).cpu()
-    err = (recon - x).pow(2).sum()
-    return {"mse": float(err / x.numel()), "fvu": float(err / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)),
-            "l0": float((z > 0).float().sum(-1).mean())}
+def _reconstruction(sae: SAE, x: torch.Tensor) -> dict[str, float]:
+    stats = reconstruction_metrics(sae, x.split(4096))
+    return {k: stats[k] for k in ("mse", "fvu", "l0")}
 
 
 def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -150,9 +145,14 @@ def _accepted(tokenizer: PreTrainedTokenizerBase, text: str, example: Any) -> se
 
 def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE, slot_map: SlotMap, examples: Sequence[Any],
                  alphas: Sequence[float] = DEFAULT_ALPHAS, unrelated_texts: Sequence[str] = (), max_per_pair: int = 10,
-                 max_rest: int = 10, keep_error: bool = True, batch_size: int = 16, seed: int = 0) -> dict[str, Any]:
+                 max_rest: int = 10, keep_error: bool = True, batch_size: int = 16, seed: int = 0,
+                 known_only: bool = True) -> dict[str, Any]:
     """Concept-swap success and "rest unchanged" over an α sweep. `examples` need text, concept_index, entity,
-    answer (ontology ConceptExamples); facts of one entity under several concepts make the swap pairs."""
+    answer (ontology ConceptExamples); facts of one entity under several concepts make the swap pairs.
+
+    known_only keeps the swaps whose target fact the model states itself on one of that fact's own prompts:
+    a swap cannot be expected to produce an answer the model does not know.
+    """
     facts = {(ex.entity, ex.concept_index): ex for ex in examples if ex.entity is not None and ex.answer}
     n_concepts = len(slot_map.concepts)
     rng = random.Random(seed)
@@ -160,8 +160,10 @@ def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
     texts = sorted({ex.text for ex in examples} | set(unrelated_texts))
     base = dict(zip(texts, _predict(model, tokenizer, texts, [offsets.get(t, -1) for t in texts], None, batch_size), strict=True))
 
+    known = {(ex.entity, ex.concept_index) for ex in examples
+             if (ex.entity, ex.concept_index) in facts and base[ex.text] in _accepted(tokenizer, ex.text, ex)}
     pairs: dict[tuple[int, int], list[tuple[str, set[int]]]] = {}
-    correct, skipped = [], 0
+    correct, skipped, unknown = [], 0, 0
     for s in range(n_concepts):
         sources = [ex for ex in examples if ex.concept_index == s and (ex.entity, s) in facts]
         for ex in sources:
@@ -173,6 +175,9 @@ def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
             for ex in sources:
                 if (ex.entity, t) not in facts:
                     continue
+                if known_only and (ex.entity, t) not in known:
+                    unknown += 1
+                    continue
                 target = _accepted(tokenizer, ex.text, facts[(ex.entity, t)])
                 if target & _accepted(tokenizer, ex.text, ex) or base[ex.text] in target:
                     skipped += 1
@@ -183,7 +188,7 @@ def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
                 pairs[(s, t)] = cases[:max_per_pair]
     if not pairs:
         raise SaelignError("no swap pairs: swaps need entities with answers under at least two concepts "
-                           "(an entity-template ontology with answers)")
+                           "(an entity-template ontology with answers) that the model knows (see known_only)")
 
     per_alpha: dict[str, Any] = {}
     for alpha in alphas:
@@ -207,7 +212,8 @@ def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
         logger.info(f"swap α={alpha}: success {hits / total:.3f} over {total} swaps")
     best = max(per_alpha, key=lambda a: per_alpha[a]["success"])
     return {"alphas": per_alpha, "best_alpha": float(best), "best_success": per_alpha[best]["success"],
-            "baseline_accuracy": sum(correct) / len(correct) if correct else None, "skipped_pairs": skipped}
+            "baseline_accuracy": sum(correct) / len(correct) if correct else None, "skipped_same_answer": skipped,
+            "skipped_unknown_target": unknown}
 
 
 def slot_metrics(sae: SAE, slot_map: SlotMap, splits: dict[str, tuple[torch.Tensor, torch.Tensor]],
@@ -233,11 +239,13 @@ def slot_metrics(sae: SAE, slot_map: SlotMap, splits: dict[str, tuple[torch.Tens
 def alignment_report(model: nn.Module, tokenizer: PreTrainedTokenizerBase, vanilla: SAE, aligned: SAE, slot_map: SlotMap,
                      train_examples: Sequence[Any], test_examples: Sequence[Any], generic: torch.Tensor,
                      alphas: Sequence[float] = DEFAULT_ALPHAS, unrelated_texts: Sequence[str] = (), swaps: bool = True,
-                     max_per_pair: int = 10, max_rest: int = 10, batch_size: int = 16) -> dict[str, Any]:
+                     max_per_pair: int = 10, max_rest: int = 10, batch_size: int = 16,
+                     token_batches: Sequence[tuple[torch.Tensor, torch.Tensor]] = (), known_only: bool = True) -> dict[str, Any]:
     """Every metric for the aligned SAE and the vanilla baseline (`vanilla` = the SAE before post-training).
 
     `generic` holds residual activations of ordinary text at the same hookpoint (reconstruction, entanglement).
-    Swaps run on the held-out examples (unseen templates).
+    Swaps run on the held-out examples (unseen templates). With `token_batches` ((input_ids, keep) pairs, see
+    `saelign.sae.evaluate.context_batches`), CE loss recovered and KL are measured for both SAEs as well.
     """
     slot_map.validate(aligned)
     if vanilla.cfg.d_in != aligned.cfg.d_in:
@@ -247,14 +255,13 @@ def alignment_report(model: nn.Module, tokenizer: PreTrainedTokenizerBase, vanil
     splits = {}
     for name, examples in (("train", train_examples), ("test", test_examples)):
         if examples:
-            acts = concept_activations(model, tokenizer, hookpoint, [e.text for e in examples],
-                                       concept_offsets(tokenizer, examples), batch_size)
+            acts = example_activations(model, tokenizer, hookpoint, examples, batch_size)
             splits[name] = (acts, torch.tensor([e.concept_index for e in examples]))
     if "train" not in splits:
         raise SaelignError("alignment_report needs training examples (the vanilla baseline picks its latents on them)")
     vanilla_map = best_latents(vanilla, *splits["train"], slot_map.concepts, slot_map.position)
     concept_acts = torch.cat([a for a, _ in splits.values()])
-    recon = {name: {"generic": reconstruction_stats(sae, generic), "concept": reconstruction_stats(sae, concept_acts)}
+    recon = {name: {"generic": _reconstruction(sae, generic), "concept": _reconstruction(sae, concept_acts)}
              for name, sae in (("vanilla", vanilla), ("aligned", aligned))}
     report: dict[str, Any] = {
         "hookpoint": hookpoint,
@@ -264,11 +271,14 @@ def alignment_report(model: nn.Module, tokenizer: PreTrainedTokenizerBase, vanil
         "reconstruction": recon,
         "fvu_increase": recon["aligned"]["generic"]["fvu"] / max(recon["vanilla"]["generic"]["fvu"], 1e-12) - 1,
     }
+    if token_batches:
+        report["splice"] = {name: splice_metrics(sae, model, hookpoint, token_batches)
+                            for name, sae in (("vanilla", vanilla), ("aligned", aligned))}
     if swaps:
         swap_set = test_examples or train_examples
         for name, sae, smap in (("aligned", aligned, slot_map), ("vanilla", vanilla, vanilla_map)):
             report[name]["swap"] = swap_success(model, tokenizer, sae, smap, swap_set, alphas, unrelated_texts,
-                                                max_per_pair, max_rest, batch_size=batch_size)
+                                                max_per_pair, max_rest, batch_size=batch_size, known_only=known_only)
         vanilla_best = report["vanilla"]["swap"]["best_success"]
         report["swap_ratio_vs_vanilla"] = report["aligned"]["swap"]["best_success"] / vanilla_best if vanilla_best else None
     return report

@@ -27,7 +27,6 @@ from typing import Literal
 
 import torch
 
-from saelign.align.checkpoint import load_checkpoint, save_checkpoint
 from saelign.align.losses import ValueHead, binding_loss, decorrelation_loss, silence_loss
 from saelign.align.slots import SLOT_MAP_FILE, SlotMap, load_slot_map, save_slot_map
 from saelign.configs import config_to_dict, help_field
@@ -35,6 +34,7 @@ from saelign.device import resolve_device
 from saelign.errors import SaelignError
 from saelign.progress import logger, progress
 from saelign.runinfo import record_stage
+from saelign.sae.checkpoint import load_checkpoint, load_optimizer_tensors, optimizer_tensors, save_checkpoint
 from saelign.sae.model import SAE
 
 
@@ -61,6 +61,11 @@ class PostTrainConfig:
     @property
     def total_steps(self) -> int:
         return self.steps_stage1 + self.steps_stage2
+
+
+CHECKPOINT_DIR = "checkpoint"
+# Options that may change between a run and its resumption without changing the result.
+_FREE_OPTIONS = {"checkpoint_every", "device", "out"}
 
 
 class GenericBatches:
@@ -200,13 +205,12 @@ def post_train(sae: SAE, concept_acts: torch.Tensor, concept_labels: torch.Tenso
     if out is not None and (out / SLOT_MAP_FILE).is_file():
         from saelign.sae.formats import load_sae
 
-        load_checkpoint(out, cfg)  # raises if the finished run used other options
+        _restore(out, cfg)  # raises if the finished run used other options
         logger.info(f"post-training already finished in {out}; loading it")
         aligned = load_sae(out)
         return aligned, load_slot_map(out, aligned)
 
     device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
     stream = GenericBatches(generic_batches, cfg.generic_batch_size, cfg.seed)
     aligned, slots = _with_slots(copy.deepcopy(sae).to(device).float(), acts, labels, stream.batch(0), n_concepts, cfg.slots)
     value_head = None
@@ -222,7 +226,7 @@ def post_train(sae: SAE, concept_acts: torch.Tensor, concept_labels: torch.Tenso
 
     start = 0
     if out is not None:
-        start = load_checkpoint(out, cfg, aligned, value_head, optimizer, slots)
+        start = _restore(out, cfg, slots, aligned, value_head, optimizer)
     acts_d, labels_d = acts.to(device), labels.to(device)
     answers_d = answer_tokens.to(device) if answer_tokens is not None else None
     bar = progress(total=cfg.total_steps, desc="AlignSAE post-train", unit="step")
@@ -246,7 +250,7 @@ def post_train(sae: SAE, concept_acts: torch.Tensor, concept_labels: torch.Tenso
             logger.debug(f"step {step}: {shown}")
         done = step + 1
         if out is not None and (done == cfg.total_steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
-            save_checkpoint(out, cfg, aligned, value_head, optimizer, slots, done)
+            _save(out, cfg, slots, aligned, value_head, optimizer, done)
     bar.close()
 
     slot_map = SlotMap(concepts=names, slots=slots, hookpoint=sae.cfg.hookpoint, d_sae=aligned.cfg.d_sae,
@@ -258,6 +262,43 @@ def post_train(sae: SAE, concept_acts: torch.Tensor, concept_labels: torch.Tenso
         save_slot_map(slot_map, out)  # written last: its presence marks the run finished
         record_stage(out, "align-posttrain", config_to_dict(cfg), slots=dict(zip(names, slots, strict=True)))
     return aligned, slot_map
+
+
+def _options(cfg: PostTrainConfig) -> dict[str, object]:
+    return {k: v for k, v in config_to_dict(cfg).items() if k not in _FREE_OPTIONS}
+
+
+def _save(out: Path, cfg: PostTrainConfig, slots: list[int], sae: SAE, value_head: ValueHead | None,
+          optimizer: torch.optim.Optimizer, step: int) -> None:
+    optim, groups = optimizer_tensors(optimizer)
+    tensors = {"sae": sae.state_dict(), "optimizer": optim}
+    if value_head is not None:
+        tensors["value_head"] = value_head.state_dict()
+    save_checkpoint(out / CHECKPOINT_DIR, step, tensors, {"options": _options(cfg), "slots": slots, "param_groups": groups})
+
+
+def _restore(out: Path, cfg: PostTrainConfig, slots: list[int] | None = None, sae: SAE | None = None,
+             value_head: ValueHead | None = None, optimizer: torch.optim.Optimizer | None = None) -> int:
+    """Load `out`'s checkpoint into the modules and return its step (0: none). Refuses other options or slots;
+    without modules it only performs those checks."""
+    ckpt = load_checkpoint(out / CHECKPOINT_DIR)
+    if ckpt is None:
+        return 0
+    state, tensors = ckpt
+    saved, now = state.get("options", {}), _options(cfg)
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if changed:
+        raise SaelignError(f"{out} holds a post-training run made with different options ({', '.join(changed)}); "
+                           "use the same options to resume, or a new --out")
+    if slots is not None and state.get("slots") != slots:
+        raise SaelignError(f"{out} reserved slots {state.get('slots')} but this run chose {slots}: the SAE or the "
+                           "concept data changed; use a new --out")
+    if sae is not None and optimizer is not None:
+        sae.load_state_dict(tensors["sae"])
+        if value_head is not None:
+            value_head.load_state_dict(tensors["value_head"])
+        load_optimizer_tensors(optimizer, tensors["optimizer"], state["param_groups"])
+    return int(state["step"])
 
 
 def training_losses(sae: SAE, slots: list[int], free_mask: torch.Tensor, concept_x: torch.Tensor, labels: torch.Tensor,

@@ -13,7 +13,7 @@ C = TypeVar("C")
 def add_stage_parser(subparsers: Any, name: str, help: str, configs: list[tuple[type, str]], description: str | None = None) -> argparse.ArgumentParser:
     """A subcommand whose flags come from one or more (config class, flag prefix) pairs."""
     parser = subparsers.add_parser(name, help=help, description=description or help,
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, metavar="FILE", help="YAML/JSON file with options (flags override it)")
     for cls, prefix in configs:
         add_config_args(parser.add_argument_group(cls.__name__), cls, prefix=prefix)

@@ -1,9 +1,113 @@
-"""`saelign sae train` (being written)."""
+"""`saelign sae train`: train SAEs on an activation store, or on the fly from a model; comma lists sweep."""
 
 from __future__ import annotations
 
-from typing import Any
+import argparse
+import itertools
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from saelign.cli.common import add_stage_parser, build_config
+from saelign.configs import config_to_dict, help_field
+from saelign.errors import SaelignError
+from saelign.models import ModelConfig, load_model
+from saelign.models.loading import model_identity
+from saelign.sae.model import SAEConfig
+from saelign.sae.train import LOG_FILE, SAETrainConfig, default_names, train_saes
+
+
+@dataclass
+class SAESweepConfig:
+    activation: list[Literal["relu", "topk", "batchtopk", "jumprelu"]] = help_field(
+        ["topk"], "relu (+L1), topk, batchtopk or jumprelu; a comma list trains one SAE per value")
+    k: list[int] = help_field([32], "active latents per token (topk/batchtopk); e.g. 16,32,64 sweeps k")
+    d_sae: list[int] = help_field([4608], "number of latents; a comma list sweeps the width")
 
 
 def register(group: Any) -> None:
-    group.add_parser("train", help="train sparse autoencoders (work in progress)")
+    parser = add_stage_parser(
+        group, "train", help="train SAEs (one or a sweep) on an activation store or on the fly",
+        configs=[(SAESweepConfig, ""), (SAETrainConfig, "")],
+        description="Train sparse autoencoders on the activations of one hookpoint. Comma lists in --activation, "
+                    "--k and --d-sae train every combination from one pass over the data (saved in OUT/k16, "
+                    "OUT/k32, ...; a single SAE goes in OUT). Rerun the same command to resume from the checkpoint. "
+                    "A --config file holds the options in `sae:` and `train:` sections.")
+    source = parser.add_argument_group("activation source (--store, or --model/--hookpoint/--corpus)")
+    source.add_argument("--store", metavar="DIR", help="activation store folder (from `saelign capture`)")
+    source.add_argument("--model", metavar="MODEL", help="capture on the fly from this model ('default', HF folder, .gguf)")
+    source.add_argument("--hookpoint", metavar="PATH", help="module path to capture on the fly, e.g. model.layers.15")
+    source.add_argument("--corpus", default="sotu", metavar="SRC", help="text for on-the-fly capture (as in `saelign capture`)")
+    source.add_argument("--context-length", type=int, default=128, metavar="INT", help="tokens per context on the fly")
+    parser.set_defaults(func=run)
+
+
+def rebatch(chunks: Iterable[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
+    """Cut a stream of variable-size row chunks into batches of exactly `batch_size` (the last may be smaller)."""
+    pending: list[torch.Tensor] = []
+    rows = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        rows += chunk.shape[0]
+        while rows >= batch_size:
+            joined = torch.cat(pending)
+            yield joined[:batch_size]
+            pending, rows = [joined[batch_size:]], rows - batch_size
+    if rows:
+        yield torch.cat(pending)
+
+
+def _store_source(path: str, tcfg: SAETrainConfig) -> tuple[Iterable[torch.Tensor], int, str, str]:
+    from saelign.store import ActivationStore
+
+    store = ActivationStore(path)
+    if not tcfg.total_tokens:
+        tcfg.total_tokens = store.num_tokens
+    epochs = math.ceil(tcfg.total_tokens / store.num_tokens)
+    batches = store.batches(tcfg.batch_size, shuffle=True, seed=tcfg.seed, epochs=epochs, max_tokens=tcfg.total_tokens)
+    return batches, store.d_in, store.hookpoint, str(store.manifest.get("model", ""))
+
+
+def _live_source(args: argparse.Namespace, tcfg: SAETrainConfig) -> tuple[Iterable[torch.Tensor], int, str, str]:
+    from saelign.store import CaptureConfig, stream_activations
+
+    if not tcfg.total_tokens:
+        raise SaelignError("on-the-fly training needs --total-tokens (there is no store to count)")
+    model_cfg = ModelConfig(model=args.model, device=tcfg.device)
+    model, tokenizer = load_model(model_cfg)
+    cfg = CaptureConfig(hookpoints=[args.hookpoint], corpus=args.corpus, context_length=args.context_length, token_budget=0)
+    chunks = (acts[args.hookpoint] for acts in stream_activations(model, tokenizer, cfg))
+    first = next(chunks, None)
+    if first is None:
+        raise SaelignError(f"corpus {args.corpus!r} yielded no tokens to train on")
+    return rebatch(itertools.chain([first], chunks), tcfg.batch_size), first.shape[1], args.hookpoint, model_identity(model_cfg)
+
+
+def run(args: argparse.Namespace) -> int:
+    sweep = build_config(SAESweepConfig, args, section="sae")
+    tcfg = build_config(SAETrainConfig, args, section="train")
+    if not tcfg.out:
+        raise SaelignError("--out is required: the folder that receives the SAEs, the log and the checkpoint")
+    if bool(args.store) == bool(args.model or args.hookpoint):
+        raise SaelignError("give either --store DIR, or --model and --hookpoint (with --corpus) to train on the fly")
+    if args.store:
+        batches, d_in, hookpoint, model = _store_source(args.store, tcfg)
+    elif not (args.model and args.hookpoint):
+        raise SaelignError("on-the-fly training needs both --model and --hookpoint")
+    else:
+        batches, d_in, hookpoint, model = _live_source(args, tcfg)
+    cfgs = [SAEConfig(d_in=d_in, d_sae=d_sae, activation=act, k=k, hookpoint=hookpoint, model=model)
+            for act, k, d_sae in itertools.product(sweep.activation, dict.fromkeys(sweep.k), sweep.d_sae)
+            if act in ("topk", "batchtopk") or k == sweep.k[0]]  # k only matters for topk/batchtopk
+    names = default_names(cfgs)
+    saes = train_saes(batches, cfgs, tcfg, names)
+    out = Path(tcfg.out)
+    for name, sae in zip(names, saes, strict=True):
+        folder = out if len(saes) == 1 else out / name
+        print(f"{name}: {sae.cfg.activation} d_sae={sae.d_sae} k={sae.cfg.k} -> {folder}")
+    print(f"training log: {out / LOG_FILE}; sweep: {config_to_dict(sweep)}")
+    return 0

@@ -54,13 +54,13 @@ def saelens_payload(sae: SAE, extra_cfg: dict[str, Any] | None = None) -> tuple[
     cfg = sae.cfg
     scale = float(sae.norm_scale)
     tensors = {
-        "W_enc": sae.W_enc.detach().float() * scale,
-        "b_enc": sae.b_enc.detach().float().clone(),
-        "W_dec": sae.W_dec.detach().float() / scale,
-        "b_dec": sae.b_dec.detach().float() / scale,
+        "W_enc": sae.W_enc.detach().float().cpu() * scale,
+        "b_enc": sae.b_enc.detach().float().cpu().clone(),
+        "W_dec": sae.W_dec.detach().float().cpu() / scale,
+        "b_dec": sae.b_dec.detach().float().cpu() / scale,
     }
     if sae.threshold is not None:
-        tensors["threshold"] = sae.threshold.detach().float().clone()
+        tensors["threshold"] = sae.threshold.detach().float().cpu().clone()
         if (sae.threshold < 0).any():
             logger.warning("some JumpReLU thresholds are negative: SAELens applies ReLU before the threshold, so it "
                            "will zero latents whose pre-activation lies between the threshold and 0")

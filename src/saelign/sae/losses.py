@@ -91,8 +91,8 @@ def sparse_step(sae: SAE, x: torch.Tensor, pre_buffer: torch.Tensor, dead: torch
     if sae.cfg.activation == "batchtopk":
         result.min_active = torch.where(active, acts.detach(), torch.inf).min()
     if dead is not None and auxk_alpha > 0 and bool(dead.any()):
-        result.aux = _auxk(sae, pre, x_c, dead, x - result.x_hat)
-        result.loss = loss + auxk_alpha * result.aux
+        aux = _auxk(sae, pre, x_c, dead, x - result.x_hat)
+        result.loss, result.aux = loss + auxk_alpha * aux, aux.detach()
     return result
 
 

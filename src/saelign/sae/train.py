@@ -34,7 +34,7 @@ from saelign.sae.checkpoint import load_checkpoint, load_optimizer_tensors, opti
 from saelign.sae.losses import DenseLossConfig, dense_step, fvu, sparse_step
 from saelign.sae.model import SAE, SAEConfig
 
-_NORM_ESTIMATE_TOKENS = 16384  # rows used for the input scale and the b_dec init
+_NORM_ESTIMATE_TOKENS = 4096  # rows for the input scale and the b_dec init (the mean is within ~1 % by then)
 CHECKPOINT_DIR = "checkpoint"
 LOG_FILE = "train_log.json"
 # Options that may change between a run and its resumption without changing the result.
@@ -62,7 +62,8 @@ class SAETrainConfig:
                                                        "this fraction of training")
     auxk_alpha: float = help_field(1 / 32, "topk/batchtopk: weight of the AuxK loss that revives dead latents")
     dead_window_tokens: int = help_field(1_000_000, "a latent that fired on none of this many recent tokens is dead")
-    batchtopk_threshold_beta: float = help_field(0.99, "batchtopk: EMA factor of the inference threshold estimate")
+    batchtopk_threshold_beta: float = help_field(0.9, "batchtopk: EMA factor of the inference threshold estimate "
+                                                                   "(the per-batch threshold is a stable quantile; a short memory follows its drift)")
     seed: int = help_field(0, "seed of the weight initialisation (shared by all SAEs of a sweep)")
     log_every_steps: int = help_field(10, "steps between metric log entries")
     checkpoint_every_tokens: int = help_field(5_000_000, "tokens between checkpoints (needs out)")

@@ -1,4 +1,4 @@
-"""Chat formatting shared by feature selection and SFT.
+"""Token ids for feature selection and SFT, rendered exactly as `generate.chat_text` renders prompts.
 
 A prompt is rendered with the tokenizer's own chat template and `add_generation_prompt=True`, so its last
 tokens are the assistant header: activations there are what the model holds right before it answers, and the
@@ -11,29 +11,27 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from saelign.errors import SaelignError
-
-
-def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
-    if not getattr(tokenizer, "chat_template", None):
-        raise SaelignError(f"tokenizer {type(tokenizer).__name__} has no chat template; SAILS needs an instruct/chat model")
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+from saelign.sails.generate import chat_text
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    text = _render(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(chat_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
 
 
 def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str) -> tuple[list[int], list[int]]:
     """(prompt ids, response ids) where the response ends with the end-of-turn token (what SFT must learn)."""
-    user = [{"role": "user", "content": prompt}]
-    prompt_text = _render(tokenizer, user, add_generation_prompt=True)
-    full_text = _render(tokenizer, [*user, {"role": "assistant", "content": response}], add_generation_prompt=False)
-    if not full_text.startswith(prompt_text):
-        raise SaelignError("the chat template renders the prompt differently once an answer follows it; "
-                           "SFT needs a template whose generation prompt is a prefix of the full conversation")
+    prompt_text = chat_text(tokenizer, prompt)
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        full_text = tokenizer.apply_chat_template(messages, tokenize=False)
+        if not full_text.startswith(prompt_text):
+            raise SaelignError("the chat template renders the prompt differently once an answer follows it; "
+                               "SFT needs a template whose generation prompt is a prefix of the full conversation")
+        response_text = full_text[len(prompt_text):]
+    else:  # the plain frame generate.chat_text uses for models without a template
+        response_text = f" {response}{tokenizer.eos_token or ''}"
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    response_ids = tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(response_text, add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
     if eos is not None and eos in response_ids:
         # Template filler after the end-of-turn token (e.g. a newline) is not something the model must emit.

@@ -122,6 +122,13 @@ def latent_activations(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     return pooled_activations(model, tokenizer, prompts, {hookpoint: _sae_encoder(sae)}, cfg)[hookpoint]
 
 
+def residual_activations(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, hookpoints: Sequence[str],
+                         prompts: Sequence[str], cfg: FeatureSelectConfig) -> dict[str, torch.Tensor]:
+    """{hookpoint: [n_prompts, d_model]} raw activations pooled like the latents (for the act_pca baseline)."""
+    resolved = resolve_hookpoints(model, list(hookpoints))
+    return pooled_activations(model, tokenizer, prompts, dict.fromkeys(resolved, lambda x: x), cfg)
+
+
 def _logistic_coefficients(harmful: torch.Tensor, harmless: torch.Tensor, c: float) -> torch.Tensor:
     from sklearn.linear_model import LogisticRegression
 
@@ -158,7 +165,7 @@ def select_features(harmful_acts: torch.Tensor, harmless_acts: torch.Tensor, cfg
         logger.warning(f"only {len(ranked)} latents at {hookpoint or 'this hookpoint'} have a non-zero {cfg.score} score "
                        f"(top_k={cfg.top_k})")
     ids = ranked.tolist()
-    labels = labels or {}
+    labels = {int(k): v for k, v in (labels or {}).items()}  # JSON round-trips turn latent ids into strings
     return Selection(hookpoint=hookpoint, latent_ids=ids, scores=scores[ranked].tolist(),
                      mean_harmful=mean_harmful[ranked].tolist(), mean_harmless=mean_harmless[ranked].tolist(),
                      signs=[1 if s > 0 else -1 for s in signed[ranked].tolist()],
