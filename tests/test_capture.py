@@ -197,3 +197,15 @@ def test_cli_capture(tmp_path, corpus_file, tiny_llama_dir, capsys):
                            f"  hookpoints: [model.layers.2]\n  token_budget: 30\n  out: {out}\n")
     assert run_cli(["capture", "--config", str(config_file)]) == 0
     assert ActivationStore(out / "model.layers.2").num_tokens == 30
+
+
+@pytest.mark.slow
+def test_default_model_first_position_is_an_attention_sink(tmp_path, corpus_file):
+    """On SmolLM2 the first position's residual norm dwarfs the rest: why it is masked by default."""
+    cfg = config(corpus_file, tmp_path / "out", hookpoints=["model.layers.15"], context_length=64, batch_size=4,
+                 token_budget=500, mask_first_position=False)
+    rows = read_all(capture(ModelConfig(), cfg)["model.layers.15"])
+    norms = rows["activations"].norm(dim=1)
+    first = rows["positions"] == 0
+    assert rows["activations"].shape[1] == 576
+    assert norms[first].mean() > 20 * norms[~first].mean()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from transformers import AutoModelForCausalLM
 
 from conftest import tiny_config
+from saelign.datasets.fetch import MARKER, data_dir
 from saelign.errors import SaelignError
 from saelign.sails import judge as jm
+from saelign.sails import sources
 from saelign.sails.judge import (
     LLMJudge,
     OfflineJudge,
@@ -17,6 +21,7 @@ from saelign.sails.judge import (
     judge_agreement,
     load_judge_training,
     parse_score,
+    pyrit_agreement,
 )
 from saelign.sails.judge_features import FEATURE_NAMES, degenerate_reason, features
 from saelign.sails.sources import LabelledResponse
@@ -165,10 +170,23 @@ def test_llm_judge_runs_end_to_end_on_a_tiny_model(tokenizer):
     assert len(verdicts) == 2 and all(v.label in ("refused", "complied", "degenerate") for v in verdicts)
 
 
+def test_pyrit_agreement_reads_the_cached_pyrit_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAELIGN_CACHE", str(tmp_path))
+    folder = data_dir(*sources.PYRIT[:2])
+    csv = "# dataset_version=1.2\nobjective,assistant_response,human_score,data_type\n" + \
+        "".join(f'{HARMFUL},"{r}",1,text\n' for r in REFUSALS[:3]) + f'{HARMFUL},"{COMPLIANCE[0]}",0,text\n'
+    shots = [{"user": HARMFUL, "assistant": r, "category": "Harmful"} for r in COMPLIANCE]
+    for rel, text in ((sources.REFUSAL_CSV, csv), (sources.REFUSAL_EXTRA_CSV, csv), (sources.MANY_SHOT, json.dumps(shots))):
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(text)
+    (folder / MARKER).write_text(json.dumps({"patterns": sources.PYRIT_MEMBERS}))
+    result = pyrit_agreement(OfflineJudge())
+    assert result["refusal.csv"]["n"] == 4 and result["refusal.csv"]["accuracy"] == 1.0
+    assert result["many_shot_compliant"]["confusion"]["human_complied"]["judge_complied"] == len(COMPLIANCE)
+
+
 @pytest.mark.slow
 def test_offline_judge_beats_the_prefix_matcher_on_pyrits_human_labels():
-    from saelign.sails import sources
-
     folder = sources.pyrit_dir()  # fetches pyrit 1.1.0 from PyPI once
     labelled = sources.parse_refusal_csv(folder / sources.REFUSAL_CSV)
     assert len(labelled) == 105

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from saelign.cli import main
 from saelign.errors import SaelignError
 from saelign.sae import SAE, SAEConfig, load_sae
-from saelign.sae.losses import DenseLossConfig, batch_topk_selection, dense_step, jumprelu, sparse_step, step_l0
+from saelign.sae.losses import DenseLossConfig, batch_topk_selection, dense_step, jumprelu, sparse_step
 from saelign.sae.sparse_ops import Selection, selected_pre_acts, sparse_decode
 from saelign.sae.train import SAETrainConfig, default_names, train_saes
 from saelign.store import StoreWriter
@@ -74,7 +74,7 @@ def test_sparse_gradients_match_dense_autograd(activation):
     aux = min(int(dead.sum()) / (D_IN // 2), 1.0) * fvu((x - x_hat).detach(), e_hat)
     dense = grads(sae, fvu(x, x_hat) + 0.5 * aux)
 
-    torch.testing.assert_close(result.x_hat, x_hat.detach())
+    torch.testing.assert_close(result.sq_err, (x_hat - x).pow(2).sum().detach())
     torch.testing.assert_close(result.aux, aux.detach())
     assert sparse.keys() == dense.keys() == {"W_enc", "b_enc", "W_dec", "b_dec"}
     for name in sparse:
@@ -124,30 +124,32 @@ def test_dense_relu_step_matches_naive_autograd():
 def test_jumprelu_straight_through_gradients():
     pre = torch.tensor([[0.10, 0.52, 0.90], [0.48, 0.30, 1.20]], requires_grad=True)
     theta = torch.tensor([0.5, 0.5, 1.0], requires_grad=True)
-    out = jumprelu(pre, theta, 0.1)
-    torch.testing.assert_close(out.detach(), torch.tensor([[0, 0.52, 0], [0, 0, 1.2]]))
-    out.backward(torch.full_like(out, 2.0))
+    z, counts = jumprelu(pre, theta, 0.1)
+    torch.testing.assert_close(z.detach(), torch.tensor([[0, 0.52, 0], [0, 0, 1.2]]))
+    torch.testing.assert_close(counts, torch.tensor([0.0, 1, 1]))
+    z.backward(torch.full_like(z, 2.0))
     # Only pre-activations within bandwidth/2 of theta (0.48 in column 0, 0.52 in column 1) move the threshold,
     # each by -(theta / bandwidth) * grad.
     torch.testing.assert_close(theta.grad, torch.tensor([-0.5 / 0.1 * 2, -0.5 / 0.1 * 2, 0]))
     torch.testing.assert_close(pre.grad, torch.tensor([[0, 2, 0], [0, 0, 2.0]]))
-    theta.grad = None
-    step_l0(pre, theta, 0.1).sum().backward()
+    theta.grad = pre.grad = None
+    jumprelu(pre, theta, 0.1)[1].sum().backward()  # the L0 penalty: -(1 / bandwidth) per nearby entry
     torch.testing.assert_close(theta.grad, torch.tensor([-1 / 0.1, -1 / 0.1, 0]))
+    assert pre.grad is None or not pre.grad.any()
 
 
 def test_topk_recovers_a_ground_truth_dictionary():
-    x = synthetic(24_000, seed=1)
-    cfg = SAETrainConfig(total_tokens=24_000, batch_size=400, lr=0.01, log_every_steps=5)
-    sae, = train_saes(batches(x, 400), [SAEConfig(d_in=D_IN, d_sae=64, activation="topk", k=3)], cfg)
-    test = synthetic(2000, seed=2)
+    x = synthetic(16_000, seed=1, active=1.5)
+    cfg = SAETrainConfig(total_tokens=16_000, batch_size=400, lr=0.01, log_every_steps=5)
+    sae, = train_saes(batches(x, 400), [SAEConfig(d_in=D_IN, d_sae=48, activation="topk", k=3)], cfg)
+    test = synthetic(2000, seed=2, active=1.5)
     with torch.no_grad():
-        assert float(fvu(test, sae(test))) < 0.05
+        assert float(fvu(test, sae(test))) < 0.15
         assert ((sae.encode(test) > 0).sum(-1) <= 3).all()
         best = (dictionary() @ F.normalize(sae.W_dec, dim=1).T).max(dim=1).values
-    assert (best > 0.95).float().mean() > 0.8  # most true features have a near-identical decoder row
-    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(64))
-    assert float(sae.norm_scale) == pytest.approx((D_IN / x[:16384].pow(2).sum(1).mean()).sqrt().item(), rel=1e-4)
+    assert (best > 0.95).float().mean() > 0.9  # nearly every true feature has a near-identical decoder row
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(48))
+    assert float(sae.norm_scale) == pytest.approx((D_IN / x[:4400].pow(2).sum(1).mean()).sqrt().item(), rel=1e-4)
 
 
 @pytest.mark.parametrize("activation", ["relu", "jumprelu", "batchtopk"])
@@ -175,7 +177,7 @@ def test_loss_decreases_and_log_is_written(tmp_path):
     log = json.loads((tmp_path / "train_log.json").read_text())
     entries = log["entries"]
     assert [e["step"] for e in entries] == [4, 8, 12, 16, 20] and log["saes"] == ["sae"]
-    assert entries[-1]["fvu"] < 0.5 * entries[0]["fvu"] and entries[-1]["loss"] < entries[0]["loss"]
+    assert entries[-1]["fvu"] < 0.7 * entries[0]["fvu"] and entries[-1]["loss"] < entries[0]["loss"]
     assert entries[-1]["l0"] == pytest.approx(3, abs=0.01)
     assert {"mse", "dead_fraction", "lr", "tokens_per_s", "aux", "tokens"} <= entries[0].keys()
     loaded = load_sae(tmp_path)
@@ -185,16 +187,34 @@ def test_loss_decreases_and_log_is_written(tmp_path):
 
 
 def test_auxk_revives_dead_latents():
-    # Few true features and many latents: without AuxK, latents that lose the top-k race early stay dead.
-    x = synthetic(20_000, seed=6, active=1.5)
-    dead = {}
-    for alpha in (0.0, 1.0):
-        cfg = SAETrainConfig(total_tokens=20_000, batch_size=400, lr=0.01, dead_window_tokens=2000, auxk_alpha=alpha,
-                             log_every_steps=50)
-        sae, = train_saes(batches(x, 400), [SAEConfig(d_in=D_IN, d_sae=128, activation="topk", k=2)], cfg)
+    # Latents 12.. hold true features but with encoders too weak to win the top-k: dead without AuxK. AuxK lets
+    # them reconstruct what the live latents miss, which strengthens their encoders until they win.
+    data = [synthetic(400, seed=100 + i, active=1.5) for i in range(40)]
+    dead_after, loss_after = {}, {}
+    for alpha in (0.0, 1 / 32):
+        sae = SAE(SAEConfig(d_in=D_IN, d_sae=N_FEAT, k=2))
         with torch.no_grad():
-            dead[alpha] = float(((sae.encode(synthetic(8000, seed=7, active=1.5)) > 0).sum(0) == 0).float().mean())
-    assert dead[0.0] > 0.2 and dead[1.0] < 0.5 * dead[0.0], dead
+            sae.W_dec.copy_(dictionary())
+            sae.W_enc.copy_(dictionary().T)
+            sae.W_enc[:, 12:] *= 0.05
+            sae.b_dec.fill_(0.5)
+        opt = torch.optim.Adam(sae.parameters(), lr=0.005)
+        since = torch.zeros(N_FEAT, dtype=torch.long)
+        since[12:] = 10**6
+        for x in data:
+            result = sparse_step(sae, x, torch.empty(400, N_FEAT), since >= 2000, alpha)
+            opt.zero_grad()
+            result.loss.backward()
+            opt.step()
+            sae.normalize_decoder()
+            since += 400
+            since[result.fired] = 0
+        dead_after[alpha] = float((since >= 2000).float().mean())
+        with torch.no_grad():
+            test = synthetic(2000, seed=3, active=1.5)
+            loss_after[alpha] = float(fvu(test, sae(test)))
+    assert dead_after[0.0] > 0.25 and dead_after[1 / 32] < 0.5 * dead_after[0.0], dead_after
+    assert loss_after[1 / 32] < loss_after[0.0]
 
 
 def test_sweep_trains_each_sae_as_if_alone():
@@ -220,20 +240,19 @@ def crashing(items, after: int):
         yield item
 
 
-@pytest.mark.parametrize("activation", ["topk", "jumprelu"])
-def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path, activation):
-    x = synthetic(6000, seed=9)
-    cfgs = [SAEConfig(d_in=D_IN, d_sae=32, activation=activation, k=3), SAEConfig(d_in=D_IN, d_sae=32, activation="batchtopk", k=2)]
+def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path):
+    x = synthetic(8000, seed=9)
+    cfgs = [SAEConfig(d_in=D_IN, d_sae=32, activation=a, k=3) for a in ("topk", "jumprelu", "batchtopk")]
 
     def config(out):
-        return SAETrainConfig(total_tokens=6000, batch_size=500, lr=0.01, dead_window_tokens=1000, log_every_steps=2,
+        return SAETrainConfig(total_tokens=8000, batch_size=500, lr=0.01, dead_window_tokens=1000, log_every_steps=2,
                               checkpoint_every_tokens=1500, out=str(out))
 
     reference = train_saes(batches(x, 500), cfgs, config(tmp_path / "ref"))
     with pytest.raises(Crash):
-        train_saes(crashing(batches(x, 500), 7), cfgs, config(tmp_path / "run"))
+        train_saes(crashing(batches(x, 500), 11), cfgs, config(tmp_path / "run"))
     state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
-    assert (state["step"], state["tokens"], state["finished"]) == (6, 3000, False)
+    assert (state["step"], state["tokens"], state["finished"]) == (9, 4500, False)
     resumed = train_saes(batches(x, 500), cfgs, config(tmp_path / "run"))
     for ref, res in zip(reference, resumed, strict=True):
         for name, tensor in ref.state_dict().items():

@@ -165,3 +165,10 @@ def test_budget_growth_extends_and_shrink_is_refused(tmp_path):
     grown.add(0, rows(0, 40))
     grown.finish(exhausted=False)
     assert torch.equal(next(ActivationStore(tmp_path / "s").batches(40, shuffle=False)), rows(0, 40)["activations"])
+
+
+def test_shard_subset_reads_only_those_shards(store):
+    seen = sorted(i for b in store.batches(4, shuffle=True, seed=3, shards=[1, 3]) for i in row_ids(b))
+    assert seen == list(range(10, 20)) + list(range(30, 40))
+    with pytest.raises(SaelignError, match="non-empty subset"):
+        next(store.batches(4, shards=[42]))

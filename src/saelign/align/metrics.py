@@ -65,6 +65,14 @@ def auc(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     return (ranks[positive].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
+def confusion_matrix(slot_acts: torch.Tensor, labels: torch.Tensor) -> list[list[float]]:
+    """Row c: how often prompts of concept c have each slot as their strongest (rows sum to 1)."""
+    n = slot_acts.shape[1]
+    counts = torch.zeros(n, n, dtype=torch.float64)
+    counts.index_put_((labels, slot_acts.argmax(-1)), torch.ones(len(labels), dtype=torch.float64), accumulate=True)
+    return (counts / counts.sum(1, keepdim=True).clamp_min(1)).tolist()
+
+
 def per_concept_auc(slot_acts: torch.Tensor, labels: torch.Tensor) -> list[float]:
     return [float(auc(slot_acts[:, c:c + 1], labels == c)[0]) for c in range(slot_acts.shape[1])]
 
@@ -230,6 +238,7 @@ def slot_metrics(sae: SAE, slot_map: SlotMap, splits: dict[str, tuple[torch.Tens
         z = encode(sae, acts)
         out[f"binding_accuracy_{name}"] = binding_accuracy(z[:, slot_map.slots], labels)
         out[f"auc_{name}"] = per_concept_auc(z[:, slot_map.slots], labels)
+        out[f"confusion_{name}"] = confusion_matrix(z[:, slot_map.slots], labels)
     assert z is not None and labels is not None
     out["entanglement"] = entanglement(torch.cat([z, encode(sae, generic)]), slot_map.slots)
     out["fragmentation"] = fragmentation(z, labels, slot_map.slots)

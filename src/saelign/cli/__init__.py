@@ -15,6 +15,8 @@ COMMAND_MODULES = [
     "saelign.cli.capture",
     "saelign.cli.sae",
     "saelign.cli.label",
+    "saelign.cli.sails",
+    "saelign.cli.align",
 ]
 
 

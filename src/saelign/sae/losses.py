@@ -26,16 +26,21 @@ from saelign.sae.sparse_ops import Selection, selected_pre_acts, sparse_decode
 @dataclass
 class StepResult:
     loss: torch.Tensor  # scalar, differentiable
-    x_hat: torch.Tensor  # [B, d_in] reconstruction in normalised units, detached
+    sq_err: torch.Tensor  # summed squared reconstruction error (normalised units), detached
     fired: torch.Tensor  # [d_sae] bool: latents active on some token of the batch
     l0: torch.Tensor  # mean active latents per token
     aux: torch.Tensor | None = None  # AuxK loss (topk/batchtopk) or sparsity penalty (relu/jumprelu)
     min_active: torch.Tensor | None = None  # batchtopk: smallest positive selected pre-activation
 
 
+def total_variance(x: torch.Tensor) -> torch.Tensor:
+    """Summed squared deviation from the batch mean [B, d] -> scalar (the FVU denominator)."""
+    return (x - x.mean(0)).pow(2).sum().clamp_min(torch.finfo(x.dtype).tiny)
+
+
 def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     """Fraction of variance unexplained over a batch [B, d]."""
-    return (x_hat - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(torch.finfo(x.dtype).tiny)
+    return (x_hat - x).pow(2).sum() / total_variance(x)
 
 
 def batch_topk_selection(pre: torch.Tensor, k: int) -> tuple[Selection, torch.Tensor]:
@@ -71,8 +76,9 @@ def _auxk(sae: SAE, pre: torch.Tensor, x_c: torch.Tensor, dead: torch.Tensor, re
 
 
 def sparse_step(sae: SAE, x: torch.Tensor, pre_buffer: torch.Tensor, dead: torch.Tensor | None,
-                auxk_alpha: float) -> StepResult:
-    """TopK / BatchTopK forward + loss. `pre_buffer` [B, d_sae] is scratch space reused across steps."""
+                auxk_alpha: float, x_var: torch.Tensor | None = None) -> StepResult:
+    """TopK / BatchTopK forward + loss (FVU). `pre_buffer` [B, d_sae] is scratch space reused across steps;
+    `x_var` is `total_variance(x)` when the caller already has it (it is the same for every SAE of a sweep)."""
     x_c = x - sae.b_dec.detach()
     with torch.no_grad():
         dt = pre_buffer.dtype
@@ -84,55 +90,51 @@ def sparse_step(sae: SAE, x: torch.Tensor, pre_buffer: torch.Tensor, dead: torch
         sel, values = batch_topk_selection(pre, sae.cfg.k)
     acts = F.relu(selected_pre_acts(pre, x_c, sae.b_dec, sae.W_enc, sae.b_enc, sel, values))
     x_hat = sparse_decode(acts, sae.W_dec, sel) + sae.b_dec
-    loss = fvu(x, x_hat)
+    sq_err = (x_hat - x).pow(2).sum()
+    loss = sq_err / (x_var if x_var is not None else total_variance(x))
     active = acts.detach() > 0
     fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, sel.cols[active], True)
-    result = StepResult(loss, x_hat.detach(), fired, active.sum() / x.shape[0])
+    result = StepResult(loss, sq_err.detach(), fired, active.sum() / x.shape[0])
     if sae.cfg.activation == "batchtopk":
         result.min_active = torch.where(active, acts.detach(), torch.inf).min()
     if dead is not None and auxk_alpha > 0 and bool(dead.any()):
-        aux = _auxk(sae, pre, x_c, dead, x - result.x_hat)
+        aux = _auxk(sae, pre, x_c, dead, x - x_hat.detach())
         result.loss, result.aux = loss + auxk_alpha * aux, aux.detach()
     return result
 
 
 class _JumpReLU(Function):
+    """z = pre * H(pre - theta) and per-latent firing counts, with straight-through gradients for theta only:
+    dz/dtheta = -(theta / eps) K and dH/dtheta = -(1 / eps) K, K = 1{|pre - theta| < eps / 2} (rectangle kernel).
+    One function for both so the [B, d_sae] masks are computed once per pass."""
+
     @staticmethod
     def forward(ctx, pre, theta, bandwidth):  # type: ignore[override]
-        ctx.save_for_backward(pre, theta)
+        mask = pre > theta
+        ctx.save_for_backward(pre, theta, mask)
         ctx.bandwidth = bandwidth
-        return pre * (pre > theta)
+        ctx.set_materialize_grads(False)
+        # where() rather than pre * mask: multiplying by a bool tensor first converts it to a float copy.
+        return torch.where(mask, pre, 0.0), mask.sum(0).float()
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        pre, theta = ctx.saved_tensors
-        near = (pre - theta).abs() < ctx.bandwidth / 2
-        d_theta = -(theta / ctx.bandwidth) * (grad * near).sum(0)
-        return grad * (pre > theta), d_theta, None
+    def backward(ctx, grad_z, grad_counts):  # type: ignore[override]
+        pre, theta, mask = ctx.saved_tensors
+        eps = ctx.bandwidth
+        near = (pre - theta).abs_() < eps / 2
+        d_pre = d_theta = None
+        if grad_z is not None:
+            d_pre = torch.where(mask, grad_z, 0.0)
+            d_theta = -(theta / eps) * torch.where(near, grad_z, 0.0).sum(0)
+        if grad_counts is not None:
+            from_counts = -grad_counts * near.sum(0) / eps
+            d_theta = from_counts if d_theta is None else d_theta + from_counts
+        return d_pre, d_theta, None
 
 
-class _Step(Function):
-    @staticmethod
-    def forward(ctx, pre, theta, bandwidth):  # type: ignore[override]
-        ctx.save_for_backward(pre, theta)
-        ctx.bandwidth = bandwidth
-        return (pre > theta).to(pre.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        pre, theta = ctx.saved_tensors
-        near = (pre - theta).abs() < ctx.bandwidth / 2
-        return None, -(grad * near).sum(0) / ctx.bandwidth, None
-
-
-def jumprelu(pre: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> torch.Tensor:
-    """pre * H(pre - theta), with the straight-through gradient for theta."""
+def jumprelu(pre: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pre * H(pre - theta) [B, d_sae], firing counts per latent [d_sae]); straight-through theta gradients."""
     return _JumpReLU.apply(pre, theta, bandwidth)
-
-
-def step_l0(pre: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> torch.Tensor:
-    """H(pre - theta) [B, d_sae], with the straight-through gradient for theta (none for pre)."""
-    return _Step.apply(pre, theta, bandwidth)
 
 
 @dataclass
@@ -151,17 +153,18 @@ def dense_step(sae: SAE, x: torch.Tensor, cfg: DenseLossConfig) -> StepResult:
     pre = torch.addmm(sae.b_enc - sae.b_dec @ sae.W_enc, x, sae.W_enc)
     if sae.cfg.activation == "relu":
         z = F.relu(pre)
-        penalty = z.sum(-1).mean()
+        penalty = z.sum() / x.shape[0]
+        with torch.no_grad():
+            counts = (pre > 0).sum(0)
     else:
         assert cfg.log_threshold is not None
-        theta = cfg.log_threshold.exp()
-        z = jumprelu(pre, theta, cfg.bandwidth)
+        z, counts = jumprelu(pre, cfg.log_threshold.exp(), cfg.bandwidth)
         if cfg.penalty == "tanh":
-            penalty = torch.tanh(cfg.tanh_scale * z).sum(-1).mean()
+            penalty = torch.tanh(cfg.tanh_scale * z).sum() / x.shape[0]
         else:
-            penalty = step_l0(pre, theta, cfg.bandwidth).sum(-1).mean()
+            penalty = counts.sum() / x.shape[0]
     x_hat = torch.addmm(sae.b_dec, z, sae.W_dec)
-    loss = (x_hat - x).pow(2).sum(-1).mean() + cfg.sparsity_coefficient * penalty
-    with torch.no_grad():
-        counts = (z > 0).sum(0)
-    return StepResult(loss, x_hat.detach(), counts > 0, counts.sum() / x.shape[0], penalty.detach())
+    sq_err = (x_hat - x).pow(2).sum()
+    loss = sq_err / x.shape[0] + cfg.sparsity_coefficient * penalty
+    counts = counts.detach()
+    return StepResult(loss, sq_err.detach(), counts > 0, counts.sum() / x.shape[0], penalty.detach())

@@ -31,7 +31,7 @@ from saelign.io import read_json, write_json_atomic
 from saelign.progress import logger, progress
 from saelign.runinfo import record_stage
 from saelign.sae.checkpoint import load_checkpoint, load_optimizer_tensors, optimizer_tensors, save_checkpoint
-from saelign.sae.losses import DenseLossConfig, dense_step, fvu, sparse_step
+from saelign.sae.losses import DenseLossConfig, dense_step, sparse_step, total_variance
 from saelign.sae.model import SAE, SAEConfig
 
 _NORM_ESTIMATE_TOKENS = 4096  # rows for the input scale and the b_dec init (the mean is within ~1 % by then)
@@ -93,8 +93,8 @@ def _ramp(done: float, fraction: float, total: float) -> float:
 class _Run:
     """One SAE in training: its parameters, Adam state, dead-latent counters and metric window."""
 
-    def __init__(self, name: str, cfg: SAEConfig, tcfg: SAETrainConfig, device: torch.device):
-        self.name, self.tcfg = name, tcfg
+    def __init__(self, name: str, cfg: SAEConfig, tcfg: SAETrainConfig, device: torch.device, dtype: torch.dtype):
+        self.name, self.tcfg, self.dtype = name, tcfg, dtype
         self.sae = SAE(cfg, device)
         self.sae.reset_parameters(seed=tcfg.seed)
         self.sparse = cfg.activation in ("topk", "batchtopk")
@@ -119,7 +119,7 @@ class _Run:
         assert self.sae.threshold is not None and self.log_threshold is not None
         self.sae.threshold.copy_(self.log_threshold.exp())
 
-    def step(self, x: torch.Tensor, tokens_done: int, total: int, pre_buffer: torch.Tensor) -> None:
+    def step(self, x: torch.Tensor, x_var: torch.Tensor, tokens_done: int, total: int, pre_buffer: torch.Tensor | None) -> None:
         tcfg, sae = self.tcfg, self.sae
         lr = self.base_lr * _ramp(tokens_done + x.shape[0], tcfg.lr_warmup_fraction, total)
         if tcfg.lr_decay_fraction:
@@ -128,13 +128,16 @@ class _Run:
             group["lr"] = lr
         if self.sparse:
             dead = self.since_fired >= tcfg.dead_window_tokens
-            result = sparse_step(sae, x, pre_buffer, dead, tcfg.auxk_alpha)
+            assert pre_buffer is not None
+            result = sparse_step(sae, x, pre_buffer, dead, tcfg.auxk_alpha, x_var)
         else:
             jump = sae.cfg.activation == "jumprelu"
             coefficient = tcfg.jumprelu_sparsity_coefficient if jump else tcfg.l1_coefficient
-            result = dense_step(sae, x, DenseLossConfig(
-                coefficient * _ramp(tokens_done + x.shape[0], tcfg.sparsity_warmup_fraction, total),
-                self.log_threshold, tcfg.jumprelu_bandwidth, tcfg.jumprelu_penalty, tcfg.jumprelu_tanh_scale))
+            loss_cfg = DenseLossConfig(coefficient * _ramp(tokens_done + x.shape[0], tcfg.sparsity_warmup_fraction, total),
+                                       self.log_threshold, tcfg.jumprelu_bandwidth, tcfg.jumprelu_penalty,
+                                       tcfg.jumprelu_tanh_scale)
+            with torch.autocast(x.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                result = dense_step(sae, x, loss_cfg)
         self.optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
         with torch.no_grad():
@@ -150,7 +153,7 @@ class _Run:
             beta = tcfg.batchtopk_threshold_beta
             self.threshold_ema = beta * self.threshold_ema + (1 - beta) * float(result.min_active)
             self.threshold_updates += 1
-        metrics = {"loss": result.loss.detach(), "mse": (result.x_hat - x).pow(2).mean(), "fvu": fvu(x, result.x_hat),
+        metrics = {"loss": result.loss.detach(), "mse": result.sq_err / x.numel(), "fvu": result.sq_err / x_var,
                    "l0": result.l0, "aux": result.aux if result.aux is not None else torch.zeros(())}
         for key, value in metrics.items():
             self.window[key] = self.window.get(key, 0.0) + float(value)
@@ -302,7 +305,7 @@ def train_saes(batches: Iterable[torch.Tensor], sae_cfgs: list[SAEConfig], train
         raise SaelignError(f"need one distinct name per SAE, got {names}")
     device = resolve_device(tcfg.device)
     dtype = resolve_dtype(tcfg.dtype, device)
-    runs = [_Run(name, cfg, tcfg, device) for name, cfg in zip(names, sae_cfgs, strict=True)]
+    runs = [_Run(name, cfg, tcfg, device, dtype) for name, cfg in zip(names, sae_cfgs, strict=True)]
     out = Path(tcfg.out) if tcfg.out else None
     step = tokens = 0
     log: list[dict[str, Any]] = []
@@ -328,11 +331,13 @@ def train_saes(batches: Iterable[torch.Tensor], sae_cfgs: list[SAEConfig], train
         bar.update(tokens)
         for x in stream:
             x = x[: total - tokens]
+            x_norm = x * runs[0].sae.norm_scale  # one scale for all: it comes from the same stream
+            x_var = total_variance(x_norm)
             for run in runs:
                 buffer = buffers.get(run.sae.d_sae)
                 if run.sparse and (buffer is None or buffer.shape[0] < x.shape[0]):
                     buffer = buffers[run.sae.d_sae] = torch.empty(x.shape[0], run.sae.d_sae, device=device, dtype=dtype)
-                run.step(x * run.sae.norm_scale, tokens, total, buffer)  # type: ignore[arg-type]
+                run.step(x_norm, x_var, tokens, total, buffer)
             step, tokens, window_tokens = step + 1, tokens + x.shape[0], window_tokens + x.shape[0]
             bar.update(x.shape[0])
             if step % tcfg.log_every_steps == 0 or tokens >= total:

@@ -23,6 +23,7 @@ import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from saelign.errors import SaelignError
+from saelign.sails import sources
 from saelign.sails.generate import generate_answers
 from saelign.sails.judge_features import FEATURE_NAMES, clean, degenerate_reason, features, is_bare_refusal
 from saelign.sails.sources import LabelledResponse
@@ -96,7 +97,7 @@ class OfflineJudge:
 
     def refusal_probability(self, prompt: str, response: str) -> float:
         z = self.weights.intercept + float(np.dot(self.weights.coef, features(prompt, response)))
-        return 1.0 / (1.0 + np.exp(-z))
+        return float(1.0 / (1.0 + np.exp(-z)))
 
     def judge(self, prompts: list[str], responses: list[str]) -> list[Verdict]:
         _check_lengths(prompts, responses)
@@ -223,3 +224,12 @@ def judge_agreement(judge: Judge, labelled: Sequence[LabelledResponse]) -> dict[
             "refusal_precision": tp / (tp + fp) if tp + fp else float("nan"),
             "refusal_recall": tp / (tp + fn) if tp + fn else float("nan"),
             "degenerate": sum(v.label == "degenerate" for v in verdicts)}
+
+
+def pyrit_agreement(judge: Judge) -> dict[str, dict[str, Any]]:
+    """`judge_agreement` on pyrit's human-labelled refusal sets and on its compliant many-shot answers (where
+    accuracy is the share recognised as compliance), fetched once from PyPI."""
+    folder = sources.pyrit_dir()
+    return {"refusal.csv": judge_agreement(judge, sources.parse_refusal_csv(folder / sources.REFUSAL_CSV)),
+            "refusal_extra.csv": judge_agreement(judge, sources.parse_refusal_csv(folder / sources.REFUSAL_EXTRA_CSV)),
+            "many_shot_compliant": judge_agreement(judge, sources.parse_many_shot(folder / sources.MANY_SHOT))}

@@ -8,7 +8,7 @@ epoch.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,23 +90,27 @@ class ActivationStore:
 
     def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, epochs: int = 1,
                 max_tokens: int | None = None, buffer_tokens: int = 131072, rank: int = 0,
-                world_size: int = 1) -> Iterator[torch.Tensor]:
+                world_size: int = 1, shards: Sequence[int] | None = None) -> Iterator[torch.Tensor]:
         """Yield fp32 [batch_size, d_in] activation batches (the last of each epoch may be smaller).
 
         Memory holds at most max(buffer_tokens, one shard) + batch_size rows. With `world_size` > 1 each rank
-        reads a disjoint subset of the shards (data parallelism).
+        reads a disjoint subset of the shards (data parallelism). `shards` restricts reading to those shard
+        indices (e.g. to hold the others out for evaluation).
         """
         if batch_size < 1:
             raise SaelignError(f"batch_size must be positive, got {batch_size}")
-        if world_size > len(self.shards):
+        selected = list(range(len(self.shards))) if shards is None else list(shards)
+        if not selected or any(not 0 <= i < len(self.shards) for i in selected):
+            raise SaelignError(f"shards {selected} must be a non-empty subset of 0..{len(self.shards) - 1} for store {self.path}")
+        if world_size > len(selected):
             raise SaelignError(f"store {self.path} has {len(self.shards)} shards, fewer than {world_size} ranks; "
                                "recapture with a smaller --shard-tokens")
         per_window = max(1, buffer_tokens // self.shard_tokens)
         remaining = max_tokens if max_tokens is not None else float("inf")
         for epoch in range(epochs):
             generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-            order = torch.randperm(len(self.shards), generator=generator) if shuffle else torch.arange(len(self.shards))
-            order = order[rank::world_size].tolist()
+            order = torch.randperm(len(selected), generator=generator) if shuffle else torch.arange(len(selected))
+            order = [selected[i] for i in order[rank::world_size].tolist()]
             carry = torch.empty(0, self.d_in)
             for start in range(0, len(order), per_window):
                 rows = torch.cat([carry] + [self.load_shard(i)["activations"].float() for i in order[start:start + per_window]])

@@ -81,9 +81,9 @@ RELATIONS: dict[str, Relation] = {
         "gram8-plural"),
     "present_participle": Relation(
         "the -ing form of a verb",
-        ("I like to {entity}. Right now I am", "She wants to {entity}, so now she is",
-         "Yesterday I wanted to {entity}, and today I am", "They love to {entity}; they spend all day"),
-        ("He learned to {entity}, and now he enjoys", "Do you want to {entity}? We are already"),
+        ("She wants to {entity}, so now she is", "They wanted to {entity}, so now they are",
+         "He wants to {entity}, so now he is", "They love to {entity}; they spend all day"),
+        ("You wanted to {entity}, so now you are", "Do you want to {entity}? We are already"),
         "gram5-present-participle"),
     "comparative": Relation(
         "the comparative form of an adjective",

@@ -1,0 +1,93 @@
+"""Render bench/results/*.json into the benchmark table of the top-level README (between the bench markers)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}" if isinstance(value, float) and abs(value) < 100 else f"{value:,.0f}"
+
+
+def machine_line(result: dict) -> str:
+    m = result["machine"]
+    return (f"_{result['benchmark']}: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
+            f"load average at start {m['load_average_at_start'][0]:.1f}, commit {m['git_commit']}, {m['date']}_")
+
+
+def capture_section(r: dict) -> list[str]:
+    return [
+        "**Capture** (SmolLM2-135M-Instruct, `model.layers.15`, batch 8×128, tokens/s forwarded)", "",
+        "| run | tok/s | vs bare |", "|---|---:|---:|",
+        f"| bare forward stopped after block 15 | {fmt(r['bare_truncated_forward_tok_s'])} | 1.00 |",
+        f"| saelign capture (mask, copy, write shards) | {fmt(r['capture_tok_s'])} | {r['capture_vs_bare']:.2f} |",
+        f"| whole model without LM head | {fmt(r['full_model_without_lm_head_tok_s'])} | "
+        f"{r['full_model_without_lm_head_tok_s'] / r['bare_truncated_forward_tok_s']:.2f} |",
+        f"| SAELens HF capture (anchor measured by the project, quiet machine) | {fmt(r['anchor_saelens_hf_capture_tok_s'])} | – |",
+        "", machine_line(r), "",
+    ]
+
+
+def sae_section(r: dict) -> list[str]:
+    roof = r["fp32_matmul_roofline_gflops"]
+    lines = [f"**SAE training** (same cached activations, d_sae {r['d_sae']}, batch {r['batch_size']}, metrics on "
+             f"{r['held_out_tokens']:,} held-out tokens; fp32 matmul roofline measured in the same run: {roof:.0f} GFLOP/s)", "",
+             "| group | library | arch | setting | tokens | tok/s | FVU | L0 | dead | dense-equiv. GFLOP/s (% roofline) | peak RSS MiB |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for group, runs in r["runs"].items():
+        for run in runs:
+            arch = run["arch"]
+            setting = (f"k={run['k']}" if arch in ("topk", "batchtopk") else f"l1={run['l1']}" if arch in ("relu", "standard")
+                       else f"l0 coef={run['l0_coefficient']}")
+            gflops = run.get("dense_equivalent_gflops")
+            perf = f"{gflops:.0f} ({100 * gflops / roof:.0f} %)" if gflops else "–"
+            rss = run.get("peak_rss_mib")
+            extra = f" ({run['train_shards']} shards)" if group == "memory" else ""
+            lines.append(f"| {group}{extra} | {run['library']} | {arch} | {setting} | {run['tokens']:,} | {run['tok_s']:,.0f} | "
+                         f"{run['fvu']:.3f} | {run['l0']:.1f} | {100 * run['dead_fraction']:.1f} % | {perf} | "
+                         f"{'–' if rss is None else f'{rss:,.0f}'} |")
+    return lines + ["", machine_line(r), ""]
+
+
+def sails_section(r: dict) -> list[str]:
+    lines = [f"**SAILS** (preset `{r.get('preset')}`, default model, held-out test split, offline judge)", "",
+             "| method | safety rate | over-refusal (plain) | over-refusal (borderline) | perplexity | factual acc. | "
+             "% params trained | steps to 90 % | wall s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, m in r.get("methods", {}).items():
+        def pct(key: str) -> str:
+            return "–" if m.get(key) is None else f"{100 * m[key]:.1f} %"
+        lines.append(f"| {name} | {pct('safety_rate')} | {pct('over_refusal')} | {pct('borderline_over_refusal')} | "
+                     f"{fmt(m.get('perplexity'), 2)} | {pct('factual_accuracy')} | {fmt(m.get('percent_params_trained'), 3)} | "
+                     f"{m.get('steps_to_90', '–')} | {fmt(m.get('wall_seconds'))} |")
+    return lines + ["", machine_line(r), ""]
+
+
+def main() -> None:
+    parts: list[str] = []
+    for name, render in (("capture", capture_section), ("sae_training", sae_section)):
+        result = load(name)
+        if result:
+            parts += render(result)
+    for path in sorted(RESULTS.glob("sails_*.json")):
+        parts += sails_section(json.loads(path.read_text()))
+    table = "\n".join(parts) if parts else "(benchmarks not yet run)"
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    new = re.sub(r"<!-- bench:start -->.*<!-- bench:end -->", f"<!-- bench:start -->\n{table}\n<!-- bench:end -->",
+                 text, flags=re.S)
+    readme.write_text(new)
+    print(f"updated {readme}")
+
+
+if __name__ == "__main__":
+    main()

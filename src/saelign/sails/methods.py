@@ -1,0 +1,146 @@
+"""One harness for SAILS and its baselines: same data, rank, target modules, layers, steps and seed.
+
+Methods: `sails` (LoRA inside the SAE safety subspace U), `lora` (PEFT default init), `pissa` (PEFT built-in),
+`full` (every weight of the target modules in the chosen layers), `random_subspace` (LoRA inside a random
+subspace of U's rank) and `act_pca` (inside the PCA of raw harmful-vs-harmless residual differences at the
+selection hookpoints, U's rank: the "direct identification" baseline without an SAE). Each run starts from a
+fresh base model, records its trainable share, convergence history (val safety vs step), the steps it took to
+reach 90 % / 95 % val safety and its wall time, and saves a stock PEFT adapter (a model folder for `full`) plus
+the provenance sidecar.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from saelign.errors import SaelignError
+from saelign.progress import logger
+from saelign.sails.adapters import save_adapter
+from saelign.sails.lora_init import LoraInitConfig, make_peft_model, prepare_full_finetune, trainable_share
+from saelign.sails.select import FeatureSelectConfig, residual_activations
+from saelign.sails.sft import CHECKPOINT_FILE, EvalFn, SFTConfig, train_sft
+from saelign.sails.subspace import activation_diff_subspace, basis_hash, random_subspace
+
+METHODS = ("sails", "lora", "pissa", "full", "random_subspace", "act_pca")
+SUBSPACE_METHODS = ("sails", "random_subspace", "act_pca")
+THRESHOLDS = (0.9, 0.95)
+ADAPTER_DIR = "adapter"
+
+
+@dataclass
+class MethodResult:
+    method: str
+    rank: int | None  # None for full fine-tuning
+    target_modules: list[str]
+    layers: list[int]
+    steps: int
+    seed: int
+    lr: float
+    data_sha256: str
+    trainable: dict[str, float]
+    history: dict[str, list]
+    steps_to: dict[str, int | None]  # "0.9" / "0.95" -> first eval step with val safety >= threshold
+    train_seconds: float
+    wall_seconds: float
+    adapter: str
+    basis_sha256: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)  # test metrics, when evaluated
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def check_method(name: str) -> str:
+    if name not in METHODS:
+        raise SaelignError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    return name
+
+
+def steps_to_reach(evals: Sequence[Mapping[str, Any]], threshold: float, key: str = "safety_rate") -> int | None:
+    """The first evaluated step whose `key` is at least `threshold` (None if never)."""
+    return next((int(e["step"]) for e in evals if e.get(key) is not None and e[key] >= threshold), None)
+
+
+def pairs_sha256(pairs: Sequence[tuple[str, str]]) -> str:
+    return hashlib.sha256(json.dumps([list(p) for p in pairs]).encode()).hexdigest()
+
+
+def method_basis(method: str, sails_basis: torch.Tensor, model: PreTrainedModel | None = None,
+                 tokenizer: PreTrainedTokenizerBase | None = None, prompts: tuple[Sequence[str], Sequence[str]] | None = None,
+                 select_cfg: FeatureSelectConfig | None = None, seed: int = 0) -> torch.Tensor | None:
+    """U for a subspace method, at SAILS' rank; None for lora/pissa/full. act_pca needs the base model, tokenizer,
+    (harmful, harmless) training prompts and the selection config (hookpoints and pooling)."""
+    check_method(method)
+    d, rank = sails_basis.shape
+    if method == "sails":
+        return sails_basis
+    if method == "random_subspace":
+        return random_subspace(d, rank, seed)
+    if method == "act_pca":
+        if model is None or tokenizer is None or prompts is None or select_cfg is None:
+            raise SaelignError("act_pca needs the base model, tokenizer, training prompts and selection config")
+        harmful, harmless = (residual_activations(model, tokenizer, select_cfg.hookpoints, list(p), select_cfg)
+                             for p in prompts)
+        return activation_diff_subspace(torch.cat(list(harmful.values())), torch.cat(list(harmless.values())), rank)
+    return None
+
+
+def prepare_model(method: str, model: PreTrainedModel, basis: torch.Tensor | None, lora_cfg: LoraInitConfig,
+                  rank: int) -> nn.Module:
+    """The trainable model for `method` (modified in place): a PEFT LoRA, or the base with target weights unfrozen."""
+    if method == "full":
+        return prepare_full_finetune(model, list(lora_cfg.target_modules), list(lora_cfg.layers))
+    init = "sails" if method in SUBSPACE_METHODS else method
+    return make_peft_model(model, basis, dataclasses.replace(lora_cfg, init=init, rank=rank))
+
+
+def run_method(method: str, model_factory: Callable[[], PreTrainedModel], tokenizer: PreTrainedTokenizerBase,
+               pairs: Sequence[tuple[str, str]], sails_basis: torch.Tensor, lora_cfg: LoraInitConfig, sft_cfg: SFTConfig,
+               out_dir: str | Path, eval_fn: EvalFn | None = None, full_lr: float | None = None,
+               act_pca_prompts: tuple[Sequence[str], Sequence[str]] | None = None,
+               select_cfg: FeatureSelectConfig | None = None, provenance: Mapping[str, Any] | None = None,
+               overwrite: bool = False, test_fn: Callable[[nn.Module], dict[str, Any]] | None = None) -> MethodResult:
+    """Train `method` on (prompt, response) pairs; save OUT/adapter; resume from OUT/checkpoint.safetensors.
+
+    Rank = lora_cfg.rank or SAILS' subspace rank for every LoRA method; lr = sft_cfg.lr (full_lr for `full`).
+    """
+    check_method(method)
+    out = Path(out_dir)
+    adapter_dir = out / ADAPTER_DIR
+    if adapter_dir.exists() and not overwrite:
+        raise SaelignError(f"adapter directory {adapter_dir} already exists; pass --overwrite to retrain it, or choose "
+                           "another output folder")
+    began = time.perf_counter()
+    rank = lora_cfg.rank or sails_basis.shape[1]
+    model = model_factory()
+    basis = method_basis(method, sails_basis, model, tokenizer, act_pca_prompts, select_cfg, lora_cfg.seed)
+    trainable = prepare_model(method, model, basis, lora_cfg, rank)
+    lr = full_lr if method == "full" and full_lr else sft_cfg.lr
+    sft = dataclasses.replace(sft_cfg, lr=lr, out=str(out))
+    logger.info(f"{method}: training {trainable_share(trainable)['share']:.3%} of the parameters for {sft.steps} steps")
+    history = train_sft(trainable, tokenizer, pairs, sft, eval_fn)
+    info = {"method": method, "rank": None if method == "full" else rank, "target_modules": list(lora_cfg.target_modules),
+            "layers": list(lora_cfg.layers), "steps": sft.steps, "seed": sft.seed, "lr": lr,
+            "basis_sha256": basis_hash(basis) if basis is not None else None, **(provenance or {})}
+    save_adapter(trainable, adapter_dir, info, overwrite=overwrite)
+    (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # the adapter is the result; a full-model checkpoint is large
+    result = MethodResult(
+        method=method, rank=info["rank"], target_modules=info["target_modules"], layers=info["layers"], steps=sft.steps,
+        seed=sft.seed, lr=lr, data_sha256=pairs_sha256(pairs), trainable=trainable_share(trainable), history=history,
+        steps_to={str(t): steps_to_reach(history["eval"], t) for t in THRESHOLDS},
+        train_seconds=round(sum(e["seconds"] for e in history["train"]), 2),
+        wall_seconds=round(time.perf_counter() - began, 2), adapter=str(adapter_dir), basis_sha256=info["basis_sha256"])
+    if test_fn is not None:
+        result.metrics = test_fn(trainable)
+    return result

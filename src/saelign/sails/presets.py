@@ -1,0 +1,164 @@
+"""The SAILS pipeline's configuration: one `SailsConfig` of per-stage sections, and the presets.
+
+Values are layered: dataclass defaults < preset < --config file (same nested layout, e.g. `sft: {steps: 60}`)
+< flags (`--sft-steps 60`; each section's flags carry its prefix, see `SECTIONS`). A run directory stores the
+resolved config in config.json; stage commands over that directory start from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from saelign.configs import config_from_dict, help_field
+from saelign.errors import SaelignError
+from saelign.models import ModelConfig
+from saelign.sails.data import SafetyDataConfig
+from saelign.sails.evaluate import SafetyEvalConfig
+from saelign.sails.lora_init import LoraInitConfig
+from saelign.sails.methods import METHODS, check_method
+from saelign.sails.select import FeatureSelectConfig
+from saelign.sails.sft import SFTConfig
+
+Preset = Literal["quick", "compare", "full"]
+
+
+@dataclass
+class PipelineSAEConfig:
+    corpus: str = help_field("sotu", "text captured for SAE training besides the chat-rendered training prompts: 'sotu', "
+                                     "a .txt/.jsonl file or a folder of .txt")
+    text_tokens: int = help_field(200_000, "corpus tokens captured for SAE training")
+    context_length: int = help_field(128, "tokens per captured corpus context")
+    capture_batch_size: int = help_field(8, "contexts per forward pass during capture and labelling")
+    d_sae: int = help_field(4608, "SAE latents")
+    k: int = help_field(32, "active latents per token (TopK SAE)")
+    epochs: int = help_field(2, "passes over the captured activations")
+    batch_size: int = help_field(4096, "tokens per SAE optimizer step")
+    lr: float = help_field(0.0, "SAE learning rate (0 = auto)")
+    label_tokens: int = help_field(60_000, "tokens scanned to label latents: chat-rendered training prompts first, then "
+                                           "the corpus")
+    label_contexts: int = help_field(8, "top activating contexts kept per latent")
+    seed: int = help_field(0, "seed of the SAE init and the activation shuffle")
+
+
+@dataclass
+class SubspaceConfig:
+    tau: float = help_field(0.8, "share of the selected decoder directions' energy the subspace keeps")
+    max_rank: int = help_field(0, "cap on the subspace rank, i.e. the LoRA rank of every method (0 = no cap)")
+
+
+@dataclass
+class TargetsConfig:
+    max_new_tokens: int = help_field(64, "tokens of the base model's own answer used as the target of a harmless prompt")
+    batch_size: int = help_field(16, "prompts per generation batch")
+
+
+def _section(cls: type, help: str) -> Any:
+    return field(default_factory=cls, metadata={"help": help, "cli": False})
+
+
+@dataclass
+class SailsConfig:
+    preset: Preset = help_field("quick", "quick (SAILS vs base model, minutes on a CPU), compare (quick-sized, every "
+                                         "baseline at equal steps) or full (larger splits, more steps, every baseline)")
+    methods: list[str] = help_field(["sails"], f"methods trained in the same harness: any of {', '.join(METHODS)}")
+    sae_path: str = help_field("", "an existing SAE folder for the selection hookpoint (default: train one in the run)",
+                               cli=False)  # the CLI spells it --sae
+    contrast: list[str] = help_field(["harmless", "borderline"], "prompt kinds contrasted with harmful ones in feature "
+                                                                 "selection and the act_pca baseline")
+    full_lr: float = help_field(2e-5, "learning rate of the full fine-tuning baseline (LoRA methods use --sft-lr)")
+    effect_top: int = help_field(12, "latents listed per direction in 'what the adapter changed'")
+    model: ModelConfig = _section(ModelConfig, "model")
+    data: SafetyDataConfig = _section(SafetyDataConfig, "safety data")
+    sae: PipelineSAEConfig = _section(PipelineSAEConfig, "SAE training and labelling")
+    select: FeatureSelectConfig = _section(FeatureSelectConfig, "feature selection")
+    subspace: SubspaceConfig = _section(SubspaceConfig, "safety subspace")
+    targets: TargetsConfig = _section(TargetsConfig, "training targets")
+    lora: LoraInitConfig = _section(LoraInitConfig, "LoRA settings shared by every method")
+    sft: SFTConfig = _section(SFTConfig, "fine-tuning settings shared by every method")
+    eval: SafetyEvalConfig = _section(SafetyEvalConfig, "evaluation")
+
+    @property
+    def hookpoint(self) -> str:
+        return self.select.hookpoints[0]
+
+
+# Flag prefix of each section: --data-max-harmful, --sft-steps, ...; the model's flags keep their usual names.
+SECTIONS = {"model": "", "data": "data-", "sae": "sae-", "select": "select-", "subspace": "subspace-",
+            "targets": "targets-", "lora": "lora-", "sft": "sft-", "eval": "eval-"}
+
+_QUICK: dict[str, Any] = {
+    "methods": ["sails"],
+    "data": {"max_harmful": 160, "max_harmless": 150, "max_borderline": 40, "country_prompts": 60, "sotu_prompts": 20},
+    "sae": {"text_tokens": 40_000, "d_sae": 2304, "epochs": 4, "batch_size": 1024, "label_tokens": 16_000,
+            "label_contexts": 6},
+    "subspace": {"max_rank": 8},
+    "targets": {"max_new_tokens": 40},
+    "sft": {"steps": 40, "lr": 1e-3, "batch_size": 8, "warmup": 4, "eval_every": 20, "checkpoint_every": 20,
+            "max_length": 112},
+    "eval": {"max_new_tokens": 40, "ppl_contexts": 12, "n_facts": 30, "facts_max_new_tokens": 16, "val_per_kind": 12,
+             "val_max_new_tokens": 24, "samples": 3},
+}
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": _QUICK,
+    "compare": {**_QUICK, "methods": list(METHODS)},
+    "full": {
+        "methods": list(METHODS),
+        "data": {},
+        "sae": {"text_tokens": 400_000, "d_sae": 4608, "epochs": 2, "batch_size": 4096},
+        "subspace": {"max_rank": 16},
+        "sft": {"steps": 300, "lr": 5e-4, "warmup": 20, "eval_every": 25, "checkpoint_every": 25},
+        "eval": {"max_per_kind": 0, "ppl_contexts": 48, "n_facts": 100},
+    },
+}
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """`override` on top of `base`; nested mappings merge key by key, anything else is replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
+    return out
+
+
+def preset_layer(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise SaelignError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return deep_merge(PRESETS[name], {"preset": name})
+
+
+def resolve_config(layers: Sequence[Mapping[str, Any]]) -> SailsConfig:
+    """Merge the layers (later wins) and validate the result."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = deep_merge(merged, layer)
+    cfg = config_from_dict(SailsConfig, merged)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: SailsConfig) -> None:
+    if not cfg.methods or len(set(cfg.methods)) != len(cfg.methods):
+        raise SaelignError(f"methods: give each method once, at least one (got {cfg.methods})")
+    for method in cfg.methods:
+        check_method(method)
+    if len(cfg.select.hookpoints) != 1:
+        raise SaelignError(f"select.hookpoints: the pipeline uses one SAE at one hookpoint, got {cfg.select.hookpoints}")
+    if cfg.lora.init != "sails":
+        raise SaelignError("lora.init is chosen per method by the pipeline; pick methods with --methods instead")
+    if cfg.sft.out:
+        raise SaelignError("sft.out is chosen per method inside the run directory; leave it empty")
+    bad = sorted(set(cfg.contrast) - {"harmless", "borderline"}) or ([] if cfg.contrast else ["(none)"])
+    if bad:
+        raise SaelignError(f"contrast: {', '.join(bad)} invalid; use harmless and/or borderline")
+    for name in ("text_tokens", "d_sae", "k", "epochs", "batch_size", "context_length", "capture_batch_size"):
+        if getattr(cfg.sae, name) < 1:
+            raise SaelignError(f"sae.{name} must be positive, got {getattr(cfg.sae, name)}")
+
+
+def section_classes() -> dict[str, type]:
+    hints = typing.get_type_hints(SailsConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(SailsConfig) if dataclasses.is_dataclass(hints[f.name])}
