@@ -5,7 +5,7 @@ Steps: build the relations ontology and keep the facts SmolLM2-135M-Instruct sta
 Union activations at the benchmark layers (first shard: SAE training and post-training generic batches; the rest:
 held-out FVU); train a TopK SAE per layer (or take --sae for the main layer); `train_aligned`; `evaluate_aligned`
 (swap α sweep at the main layer only). Small settings, sized for 2 shared CPU cores; all recorded in the JSON.
-Run: .venv/bin/python bench/bench_align.py [--layers 6,12,18,24] [--sae DIR]
+Run: cd bench && ../.venv/bin/python bench_align.py [--layers 6,12,18,24] [--sae DIR]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from saelign.store import ActivationStore, CaptureConfig, capture
 RELATIONS = ["capital", "currency", "nationality", "continent", "language", "city_in_state", "plural"]
 SHARD = 16384
 HELD_OUT = 4096
+SAE_BATCH = 1024  # more, smaller steps: the training shard is small
 WORK = cache_dir() / "bench" / "align"
 RESULT_DIR = Path(__file__).resolve().parent / "results" / "tmp" / "align_relations"  # report.md/.html + PNGs
 
@@ -54,12 +55,12 @@ def activation_stores(hookpoints: list[str], folder: str) -> dict[str, Path]:
 
 
 def vanilla_sae(store: Path, hookpoint: str, d_sae: int, k: int, epochs: int) -> Path:
-    out = WORK / "sae" / hookpoint / f"topk{k}_{d_sae}"
+    out = WORK / "sae" / hookpoint / f"topk{k}_{d_sae}_b{SAE_BATCH}"
     if (out / "cfg.json").is_file():
         return out
     st = ActivationStore(store)
-    batches = st.batches(4096, shuffle=True, seed=0, epochs=epochs, shards=[0])
-    tcfg = SAETrainConfig(total_tokens=SHARD * epochs, batch_size=4096, out=str(out), checkpoint_every_tokens=10**9)
+    batches = st.batches(SAE_BATCH, shuffle=True, seed=0, epochs=epochs, shards=[0])
+    tcfg = SAETrainConfig(total_tokens=SHARD * epochs, batch_size=SAE_BATCH, out=str(out), checkpoint_every_tokens=10**9)
     train_saes(batches, [SAEConfig(d_in=st.d_in, d_sae=d_sae, k=k, hookpoint=hookpoint, model="SmolLM2-135M-Instruct")], tcfg)
     return out
 
@@ -91,16 +92,16 @@ def sweep_row(layer: int, metrics: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layer", type=int, default=15, help="main layer (swaps, report)")
-    parser.add_argument("--layers", default="6,12,18,24", help="sweep layers (binding and FVU only; '' = none)")
+    parser.add_argument("--layers", default="", help="sweep layers, e.g. 6,12,18,24 (binding and FVU only; '' = none)")
     parser.add_argument("--sae", help="vanilla SAE for the main layer (default: train one)")
     parser.add_argument("--d-sae", type=int, default=2304)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--sae-epochs", type=int, default=8, help="passes over the 16k-token training shard")
     parser.add_argument("--max-entities", type=int, default=24)
     parser.add_argument("--steps1", type=int, default=200)
-    parser.add_argument("--steps2", type=int, default=1500)
-    parser.add_argument("--max-per-pair", type=int, default=8)
-    parser.add_argument("--max-rest", type=int, default=5)
+    parser.add_argument("--steps2", type=int, default=1000)
+    parser.add_argument("--max-per-pair", type=int, default=6)
+    parser.add_argument("--max-rest", type=int, default=4)
     parser.add_argument("--splice-contexts", type=int, default=8)
     args = parser.parse_args()
     began = time.perf_counter()
@@ -117,7 +118,7 @@ def main() -> None:
     capture_s = round(time.perf_counter() - t, 1)
 
     settings = {**vars(args), "relations": RELATIONS, "generic_train_tokens": SHARD,
-                "held_out_tokens": HELD_OUT, "corpus": "sotu", "context_length": 128, "sae_activation": "topk",
+                "held_out_tokens": HELD_OUT, "corpus": "sotu", "context_length": 128, "sae_activation": "topk", "sae_batch_size": SAE_BATCH,
                 "alphas": list(AlignEvalConfig().alphas), "post_train": "PostTrainConfig defaults except steps"}
     result: dict = {"model": "SmolLM2-135M-Instruct", "settings": settings, "fact_filter": fact_report,
                     "timings": {"ontology_s": ontology_s, "capture_s": capture_s}}

@@ -110,22 +110,22 @@ class _JumpReLU(Function):
 
     @staticmethod
     def forward(ctx, pre, theta, bandwidth):  # type: ignore[override]
-        mask = pre > theta
+        # Float masks: on CPU, multiplying by or summing a bool tensor first makes a converted copy of it.
+        mask = (pre > theta).to(pre.dtype)
         ctx.save_for_backward(pre, theta, mask)
         ctx.bandwidth = bandwidth
         ctx.set_materialize_grads(False)
-        # where() rather than pre * mask: multiplying by a bool tensor first converts it to a float copy.
-        return torch.where(mask, pre, 0.0), mask.sum(0).float()
+        return pre * mask, mask.sum(0, dtype=torch.float32)
 
     @staticmethod
     def backward(ctx, grad_z, grad_counts):  # type: ignore[override]
         pre, theta, mask = ctx.saved_tensors
         eps = ctx.bandwidth
-        near = (pre - theta).abs_() < eps / 2
+        near = ((pre - theta).abs_() < eps / 2).to(pre.dtype)
         d_pre = d_theta = None
         if grad_z is not None:
-            d_pre = torch.where(mask, grad_z, 0.0)
-            d_theta = -(theta / eps) * torch.where(near, grad_z, 0.0).sum(0)
+            d_pre = grad_z * mask
+            d_theta = -(theta / eps) * (grad_z * near).sum(0)
         if grad_counts is not None:
             from_counts = -grad_counts * near.sum(0) / eps
             d_theta = from_counts if d_theta is None else d_theta + from_counts
@@ -155,7 +155,7 @@ def dense_step(sae: SAE, x: torch.Tensor, cfg: DenseLossConfig) -> StepResult:
         z = F.relu(pre)
         penalty = z.sum() / x.shape[0]
         with torch.no_grad():
-            counts = (pre > 0).sum(0)
+            counts = torch.sign(z).sum(0)  # sign of a ReLU output is its 0/1 firing indicator, no bool pass
     else:
         assert cfg.log_threshold is not None
         z, counts = jumprelu(pre, cfg.log_threshold.exp(), cfg.bandwidth)

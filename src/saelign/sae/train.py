@@ -61,7 +61,8 @@ class SAETrainConfig:
     sparsity_warmup_fraction: float = help_field(0.05, "relu/jumprelu: the sparsity coefficient ramps up linearly over "
                                                        "this fraction of training")
     auxk_alpha: float = help_field(1 / 32, "topk/batchtopk: weight of the AuxK loss that revives dead latents")
-    dead_window_tokens: int = help_field(1_000_000, "a latent that fired on none of this many recent tokens is dead")
+    dead_window_tokens: int = help_field(0, "a latent that fired on none of this many recent tokens is dead; "
+                                            "0 = auto, total_tokens / 20 clamped to [batch_size, 10M]")
     batchtopk_threshold_beta: float = help_field(0.9, "batchtopk: EMA factor of the inference threshold estimate "
                                                                    "(the per-batch threshold is a stable quantile; a short memory follows its drift)")
     seed: int = help_field(0, "seed of the weight initialisation (shared by all SAEs of a sweep)")
@@ -72,14 +73,17 @@ class SAETrainConfig:
     dtype: str = help_field("auto", "dtype of the dense encoder product: auto (fp32 on CPU, bf16 on CUDA), float32, ...")
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "log_every_steps", "checkpoint_every_tokens", "dead_window_tokens"):
+        for name in ("batch_size", "log_every_steps", "checkpoint_every_tokens"):
             if getattr(self, name) < 1:
                 raise SaelignError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("lr_warmup_fraction", "lr_decay_fraction", "sparsity_warmup_fraction", "batchtopk_threshold_beta"):
             if not 0 <= getattr(self, name) < 1:
                 raise SaelignError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
-        if self.total_tokens < 0 or self.lr < 0:
-            raise SaelignError("total_tokens and lr must not be negative (0 = automatic)")
+        if min(self.total_tokens, self.lr, self.dead_window_tokens) < 0:
+            raise SaelignError("total_tokens, lr and dead_window_tokens must not be negative (0 = automatic)")
+
+    def dead_window(self) -> int:
+        return self.dead_window_tokens or min(max(self.total_tokens // 20, self.batch_size), 10_000_000)
 
 
 def auto_lr(cfg: SAEConfig) -> float:
@@ -109,8 +113,9 @@ class _Run:
         self.optimizer = torch.optim.Adam(params, lr=self.base_lr, betas=(tcfg.adam_beta1, tcfg.adam_beta2),
                                           fused=device.type in ("cpu", "cuda"))
         self.since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=device)
-        self.threshold_ema, self.threshold_updates = 0.0, 0
-        self.window: dict[str, float] = {}
+        self.threshold_ema, self.threshold_updates = torch.zeros((), device=device), 0
+        # Metric sums stay on the device between log steps: no host sync per step on a GPU.
+        self.window: dict[str, torch.Tensor] = {}
         self.window_steps = 0
         self.lr = 0.0
 
@@ -127,7 +132,7 @@ class _Run:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         if self.sparse:
-            dead = self.since_fired >= tcfg.dead_window_tokens
+            dead = self.since_fired >= tcfg.dead_window()
             assert pre_buffer is not None
             result = sparse_step(sae, x, pre_buffer, dead, tcfg.auxk_alpha, x_var)
         else:
@@ -149,20 +154,20 @@ class _Run:
             self._sync_threshold()
         self.since_fired += x.shape[0]
         self.since_fired.masked_fill_(result.fired, 0)
-        if result.min_active is not None and bool(torch.isfinite(result.min_active)):
+        if result.min_active is not None:
             beta = tcfg.batchtopk_threshold_beta
-            self.threshold_ema = beta * self.threshold_ema + (1 - beta) * float(result.min_active)
+            self.threshold_ema = beta * self.threshold_ema + (1 - beta) * result.min_active
             self.threshold_updates += 1
         metrics = {"loss": result.loss.detach(), "mse": result.sq_err / x.numel(), "fvu": result.sq_err / x_var,
-                   "l0": result.l0, "aux": result.aux if result.aux is not None else torch.zeros(())}
+                   "l0": result.l0, "aux": result.aux if result.aux is not None else torch.zeros((), device=x.device)}
         for key, value in metrics.items():
-            self.window[key] = self.window.get(key, 0.0) + float(value)
+            self.window[key] = self.window[key] + value if key in self.window else value.float()
         self.window_steps += 1
         self.lr = lr
 
     def flush_metrics(self) -> dict[str, float]:
-        entry = {key: value / max(self.window_steps, 1) for key, value in self.window.items()}
-        entry["dead_fraction"] = float((self.since_fired >= self.tcfg.dead_window_tokens).float().mean())
+        entry = {key: float(value) / max(self.window_steps, 1) for key, value in self.window.items()}
+        entry["dead_fraction"] = float((self.since_fired >= self.tcfg.dead_window()).float().mean())
         entry["lr"] = self.lr
         self.window, self.window_steps = {}, 0
         return entry
@@ -172,7 +177,7 @@ class _Run:
         if self.sae.cfg.activation == "batchtopk" and self.threshold_updates:
             bias_correction = 1 - self.tcfg.batchtopk_threshold_beta ** self.threshold_updates
             assert self.sae.threshold is not None
-            self.sae.threshold.fill_(self.threshold_ema / bias_correction)
+            self.sae.threshold.fill_(float(self.threshold_ema) / bias_correction)
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors = {f"param.{k}": v for k, v in self.sae.state_dict().items()}
@@ -182,8 +187,8 @@ class _Run:
         tensors.update({f"optim.{k}": v for k, v in opt_tensors.items()})
         tensors["since_fired"] = self.since_fired
         info = {"name": self.name, "config": config_to_dict(self.sae.cfg), "param_groups": param_groups,
-                "threshold_ema": self.threshold_ema, "threshold_updates": self.threshold_updates,
-                "window": self.window, "window_steps": self.window_steps, "lr": self.lr}
+                "threshold_ema": float(self.threshold_ema), "threshold_updates": self.threshold_updates,
+                "window": {k: float(v) for k, v in self.window.items()}, "window_steps": self.window_steps, "lr": self.lr}
         return tensors, info
 
     @torch.no_grad()
@@ -195,8 +200,11 @@ class _Run:
         load_optimizer_tensors(self.optimizer, {k.removeprefix("optim."): v for k, v in tensors.items()
                                                 if k.startswith("optim.")}, info["param_groups"])
         self.since_fired.copy_(tensors["since_fired"])
-        self.threshold_ema, self.threshold_updates = info["threshold_ema"], info["threshold_updates"]
-        self.window, self.window_steps, self.lr = info["window"], info["window_steps"], info["lr"]
+        device = self.since_fired.device
+        self.threshold_ema = torch.tensor(info["threshold_ema"], device=device)
+        self.threshold_updates = info["threshold_updates"]
+        self.window = {k: torch.tensor(v, device=device) for k, v in info["window"].items()}
+        self.window_steps, self.lr = info["window_steps"], info["lr"]
 
 
 def default_names(cfgs: list[SAEConfig]) -> list[str]:

@@ -92,14 +92,14 @@ SECTIONS = {"model": "", "data": "data-", "sae": "sae-", "select": "select-", "s
 
 _QUICK: dict[str, Any] = {
     "methods": ["sails"],
-    "data": {"max_harmful": 160, "max_harmless": 150, "max_borderline": 40, "country_prompts": 60, "sotu_prompts": 20},
-    "sae": {"text_tokens": 40_000, "d_sae": 2304, "epochs": 4, "batch_size": 1024, "label_tokens": 16_000,
+    "data": {"max_harmful": 150, "max_harmless": 120, "max_borderline": 30, "country_prompts": 40, "sotu_prompts": 0},
+    "sae": {"text_tokens": 40_000, "d_sae": 2304, "epochs": 4, "batch_size": 1024, "label_tokens": 12_000,
             "label_contexts": 6},
     "subspace": {"max_rank": 8},
-    "targets": {"max_new_tokens": 40},
-    "sft": {"steps": 40, "lr": 1e-3, "batch_size": 8, "warmup": 4, "eval_every": 20, "checkpoint_every": 20,
+    "targets": {"max_new_tokens": 32},
+    "sft": {"steps": 30, "lr": 5e-4, "batch_size": 8, "warmup": 4, "eval_every": 10, "checkpoint_every": 10,
             "max_length": 112},
-    "eval": {"max_new_tokens": 40, "ppl_contexts": 12, "n_facts": 30, "facts_max_new_tokens": 16, "val_per_kind": 12,
+    "eval": {"max_new_tokens": 32, "ppl_contexts": 12, "n_facts": 30, "facts_max_new_tokens": 16, "val_per_kind": 12,
              "val_max_new_tokens": 24, "samples": 3},
 }
 PRESETS: dict[str, dict[str, Any]] = {

@@ -62,8 +62,9 @@ def _convergence(report: Report, results: dict[str, dict[str, Any]]) -> None:
         curves = {m: ([e["step"] for e in r["history"]["eval"]], [e[key] for e in r["history"]["eval"]])
                   for m, r in results.items() if r["history"]["eval"]}
         if curves:
-            report.figure(line_plot(curves, "optimizer step", what, markers=True), caption=f"{what} during training",
-                          name=key)
+            title = "" if len(curves) > 1 else next(iter(curves))  # a single curve gets no legend
+            report.figure(line_plot(curves, "optimizer step", what, title=title, markers=True),
+                          caption=f"{what} during training", name=key)
 
 
 def _features(report: Report, selection: dict[str, Any], labels: dict) -> None:
@@ -175,8 +176,9 @@ def build_report(run: Run) -> Report:
         report.paragraph(f"SAE trained in this run on {sae['text_tokens']} corpus + {sae['prompt_tokens']} chat-prompt "
                          f"tokens: fraction of variance unexplained {final['fvu']:.3f}, L0 {final['l0']:.1f}, dead "
                          f"latents {_pct(final.get('dead_fraction'))} (last training window).")
+    total = sum(info.get("seconds") or 0 for info in stages.values())
     report.table([{"stage": unit, "seconds": info.get("seconds"), "finished": info.get("finished_at")}
-                  for unit, info in stages.items()], caption="stage wall times (this machine)")
+                  for unit, info in stages.items()], caption=f"stage wall times on this machine (sum {total:.0f} s)")
     if results:
         report.paragraph("Load an adapter with stock PEFT: PeftModel.from_pretrained(base_model, ADAPTER_DIR); the "
                          "subspace provenance is in ADAPTER_DIR/sails_provenance.json.")

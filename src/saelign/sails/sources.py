@@ -187,7 +187,10 @@ def country_prompts(countries: list[dict[str, Any]], n: int, seed: int) -> list[
 
 def capital_questions(countries: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """(question, capital) pairs: a simple factual check of a model's knowledge before and after fine-tuning."""
-    return [(f"What is the capital of {c['name']}?", c["capital"]) for c in countries if c.get("capital")]
+    # A few records list several capitals (or one in a list); the first one is the expected answer.
+    capitals = {c["name"]: c["capital"] if isinstance(c.get("capital"), str) else next(iter(c.get("capital") or []), "")
+                for c in countries}
+    return [(f"What is the capital of {name}?", capital) for name, capital in capitals.items() if capital]
 
 
 _SOTU_TEMPLATES = [
