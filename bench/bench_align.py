@@ -5,7 +5,8 @@ Steps: build the relations ontology and keep the facts SmolLM2-135M-Instruct sta
 Union activations at the benchmark layers (first shard: SAE training and post-training generic batches; the rest:
 held-out FVU); train a TopK SAE per layer (or take --sae for the main layer); `train_aligned`; `evaluate_aligned`
 (swap α sweep at the main layer only). Small settings, sized for 2 shared CPU cores; all recorded in the JSON.
-Run: cd bench && ../.venv/bin/python bench_align.py [--layers 6,12,18,24] [--sae DIR]
+Run: cd bench && OMP_NUM_THREADS=1 ../.venv/bin/python bench_align.py [--layers 6,12,18,24] [--sae DIR]
+(one thread: on a shared, overloaded CPU two threads made post-training ~10x slower.)
 """
 
 from __future__ import annotations

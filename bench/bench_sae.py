@@ -152,7 +152,7 @@ def main() -> None:
     one.add_argument("--l0", type=float, default=1.0)
     one.add_argument("--train-shards", type=int, default=TRAIN_SHARDS)
     everything = sub.add_parser("all")
-    everything.add_argument("--curve-tokens", type=int, default=245_760)
+    everything.add_argument("--curve-tokens", type=int, default=122_880)
     args = parser.parse_args()
     if args.step == "prepare":
         print(prepare())

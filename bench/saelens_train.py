@@ -90,7 +90,7 @@ def main() -> None:
     sae = build(args, train.shape[1])
     steps = args.tokens // args.batch_size
     trainer_cfg = SAETrainerConfig(
-        total_training_samples=steps * args.batch_size, train_batch_size_samples=args.batch_size, lr=args.lr,
+        total_training_samples=steps * args.batch_size, train_batch_size_samples=args.batch_size, lr=args.lr, lr_end=args.lr,
         lr_warm_up_steps=max(1, steps // 100), device="cpu", autocast=False, n_batches_for_norm_estimate=10,
         logger=LoggingConfig(log_to_wandb=False),
     )

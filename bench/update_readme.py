@@ -72,12 +72,26 @@ def sails_section(r: dict) -> list[str]:
     return lines + ["", machine_line(r), ""]
 
 
+def align_section(r: dict) -> list[str]:
+    s = r["settings"]
+    lines = [f"**AlignSAE** (relations ontology, {len(s['relations'])} relations filtered to facts the model knows, "
+             f"`{r['hookpoint']}`, vanilla TopK SAE d_sae {s['d_sae']} k {s['k']} on {s['generic_train_tokens']:,} tokens, "
+             f"post-train {s['steps1']}+{s['steps2']} steps)", "",
+             "| target | goal | aligned | met |", "|---|---|---:|---|"]
+    for t in r["targets"]:
+        lines.append(f"| {t['target']} | {t['goal']} | {t['value']:.3f} | {t['met']} |")
+    return lines + ["", machine_line(r), ""]
+
+
 def main() -> None:
     parts: list[str] = []
     for name, render in (("capture", capture_section), ("sae_training", sae_section)):
         result = load(name)
         if result:
             parts += render(result)
+    align = load("align_relations")
+    if align:
+        parts += align_section(align)
     for path in sorted(RESULTS.glob("sails_*.json")):
         parts += sails_section(json.loads(path.read_text()))
     table = "\n".join(parts) if parts else "(benchmarks not yet run)"

@@ -62,6 +62,9 @@ def test_fragmentation_one_hot_versus_uniform():
     uniform = fragmentation(spread, labels, [0, 1])
     assert uniform["effective_latents"][0] == pytest.approx(5.0)
     assert uniform["top1_share"][0] == pytest.approx(0.2)
+    # weighted by decoder norm: a latent writing nothing carries nothing of the concept
+    weighted = fragmentation(spread, labels, [0, 1], torch.tensor([1.0, 0, 0, 0, 0]))
+    assert weighted["effective_latents"][0] == pytest.approx(1.0) and weighted["slot_share"][0] == 1.0
 
 
 def test_entanglement_correlations():
@@ -103,19 +106,20 @@ def test_swap_success_on_a_constructed_model(tiny_llama, tokenizer):
     """Slots read the concept by a probe fitted to the prompts; each slot's decoder row writes its answer's
     embedding at the last block, so a swap must yield the target concept's answer (and nothing else changes)."""
     hook = "model.layers.3"
-    answers = ["Paris", "Berlin", "bread"]
-    examples = [Ex(f"{q} France ", c, "France", answers[c]) for c, q in enumerate(["capital of", "neighbour of", "food of"])]
+    answers = ["yeast", "because", "bake"]  # one token each after a space in the test tokenizer
+    examples = [Ex(f"{q} France", c, "France", answers[c]) for c, q in enumerate(["capital of", "neighbour of", "food of"])]
     x = concept_activations(tiny_llama, tokenizer, hook, [e.text for e in examples])
     sae = SAE(SAEConfig(d_in=32, d_sae=8, activation="relu", hookpoint=hook)).requires_grad_(False)
     emb = tiny_llama.get_input_embeddings().weight
     first = answer_token_ids(tokenizer, [e.text for e in examples], answers)
+    assert [tokenizer.decode([int(t)]) for t in first] == [" yeast", " because", " bake"]
     sae.W_enc[:, :3] = torch.linalg.lstsq(x, torch.eye(3)).solution
     sae.b_enc.zero_()
     sae.W_dec[:3] = 100 * torch.nn.functional.normalize(emb[first].detach(), dim=1)
     slot_map = SlotMap(["capital", "neighbour", "food"], [0, 1, 2], hook, 8)
     with pytest.raises(SaelignError, match="no swap pairs"):  # the random model knows none of these facts
-        swap_success(tiny_llama, tokenizer, sae, slot_map, examples, alphas=(2.0,))
-    result = swap_success(tiny_llama, tokenizer, sae, slot_map, examples, alphas=(0.0, 2.0), max_per_pair=5, known_only=False)
+        swap_success(tiny_llama, tokenizer, sae, slot_map, examples, alphas=(2.0,), n_tokens=1)
+    result = swap_success(tiny_llama, tokenizer, sae, slot_map, examples, alphas=(0.0, 2.0), known_only=False, n_tokens=1)
     assert result["alphas"]["2.0"]["success"] == 1.0 and result["alphas"]["2.0"]["n"] == 6
     assert result["alphas"]["2.0"]["rest_unchanged"] == 1.0 and result["alphas"]["2.0"]["n_rest"] == 6
     assert result["alphas"]["0.0"]["success"] < 1.0

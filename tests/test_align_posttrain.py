@@ -125,6 +125,28 @@ def test_free_bank_decoder_norms_are_kept(saes, data):
     torch.testing.assert_close(aligned.W_dec[:64].norm(dim=1), sae.W_dec.norm(dim=1))
 
 
+def test_slot_rows_carry_the_concept_difference_so_a_swap_moves_it(saes, data):
+    generic, (x_train, y_train), (x_test, y_test) = data
+    syn = Synthetic()
+    aligned, slot_map = post_train(saes["relu"], x_train, y_train, generic, PostTrainConfig(**FAST))
+    rows = aligned.W_dec[slot_map.slots] / aligned.norm_scale
+    means = torch.stack([x_train[y_train == c].mean(0) for c in range(N_CONCEPTS)])
+    torch.testing.assert_close(rows[1] - rows[0], means[1] - means[0], rtol=1e-4, atol=1e-4)
+    # the swap a -> b (α = 1, error kept) moves concept-a activations along the planted b - a direction
+    x = x_test[y_test == 0]
+    with torch.no_grad():
+        z = aligned.encode(x)
+        z_new = z.clone()
+        z_new[:, slot_map.slots[0]] = 0
+        z_new[:, slot_map.slots[1]] = slot_map.scales[1]
+        delta = (z_new - z) @ aligned.W_dec / aligned.norm_scale
+    planted = 3.0 * (syn.concepts[1] - syn.concepts[0])
+    assert float(F.cosine_similarity(delta, planted[None]).mean()) > 0.95
+    assert float((delta.norm(dim=1) / planted.norm()).mean()) == pytest.approx(1.0, abs=0.15)
+    learned, _ = post_train(saes["relu"], x_train, y_train, generic, PostTrainConfig(slot_decoder="learned", **FAST))
+    assert not torch.allclose(learned.W_dec[slot_map.slots], aligned.W_dec[slot_map.slots])
+
+
 def test_decorrelation_matches_naive_covariance():
     g = torch.Generator().manual_seed(0)
     slots, free = torch.rand(10, 3, generator=g), torch.rand(10, 5, generator=g)

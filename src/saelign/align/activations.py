@@ -1,14 +1,15 @@
 """Running the model on concept prompts: activations at the concept position, answer tokens, greedy next tokens.
 
 Batches are padded by hand so padding never depends on the tokenizer's `padding_side`. Capture pads on the
-right and gathers each row's own concept position. Predictions pad on the left, with position ids counted from
-the first real token, so every row's last prompt token sits at index -1 (where `positions="last"`
+right and gathers each row's own concept position. Continuations pad on the left, with position ids counted
+from the first real token, so every row's last prompt token sits at index -1 (where `positions="last"`
 interventions write) and absolute-position models (GPT-2) see the same positions as without padding.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import nn
@@ -92,19 +93,31 @@ def answer_token_ids(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], a
 
 
 @torch.inference_mode()
-def next_token_predictions(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
-                           batch_size: int = 16) -> torch.Tensor:
-    """Greedy next token after each prompt [n], under whatever interventions are active on `model`."""
+def greedy_continuations(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_new_tokens: int = 1,
+                         batch_size: int = 16, prompt_context: Callable[[], AbstractContextManager] | None = None) -> torch.Tensor:
+    """Greedy continuation tokens [n, max_new_tokens] of each prompt (no early stop).
+
+    `prompt_context()` (e.g. an intervention) is active only while the prompts are read; the tokens after them
+    are decoded from the KV cache outside it, as in the authors' swap evaluation.
+    """
     rows = _token_ids(tokenizer, texts)
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(rows), batch_size):
         ids, mask = _pad(rows[start:start + batch_size], _pad_id(tokenizer), left=True)
+        ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                       use_cache=False).logits
-        out.append(logits[:, -1].argmax(-1).cpu())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+        with prompt_context() if prompt_context else nullcontext():
+            step = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        tokens = [step.logits[:, -1].argmax(-1)]
+        for _ in range(max_new_tokens - 1):
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            positions = positions[:, -1:] + 1
+            step = model(input_ids=tokens[-1][:, None], attention_mask=mask, position_ids=positions,
+                         past_key_values=step.past_key_values, use_cache=True)
+            tokens.append(step.logits[:, -1].argmax(-1))
+        out.append(torch.stack(tokens, dim=1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, max_new_tokens, dtype=torch.long)
 
 
 def concept_offsets(tokenizer: PreTrainedTokenizerBase, examples: Sequence[object]) -> list[int]:

@@ -6,13 +6,14 @@ Definitions:
 - binding accuracy: argmax over the concept slots == the prompt's concept (train and held-out templates);
 - AUC: each slot's activation separating its concept's prompts from the other concepts' prompts;
 - entanglement: |Pearson r| between concept slots, and each slot's max |r| with any free latent;
-- fragmentation: per concept, d_j = |mean z_j on the concept − mean z_j on the rest|, p = d / Σd over all
-  latents; effective latents = exp(entropy(p)) (1 = one latent carries it), plus the top-1 and slot shares;
-- swap success: with source slot → 0 and target slot → α·scale at the concept token, the greedy next token
-  becomes the first token of the same entity's answer for the target concept (pairs whose source and target
-  answers share that token, or where the model already said it, are skipped); "rest unchanged": with the same
-  swap gated on the source slot being the active concept, prompts of other concepts and unrelated texts keep
-  their next token.
+- fragmentation: per concept, d_j = |mean z_j on the concept − mean z_j on the rest| · ‖W_dec_j‖ (the latent's
+  share of the concept's activation difference), p = d / Σd over all latents; effective latents =
+  exp(entropy(p)) (1 = one latent carries it), plus the top-1 and slot shares. Unlike the authors' version
+  (slots only) it spans the free bank, so concept information left there counts against the aligned SAE;
+- swap success: with source slot → 0 and target slot → α·scale at the concept token while the prompt is read,
+  the greedy continuation states the same entity's answer for the target concept (pairs with equal answers, or
+  where the model already said it, are skipped); "rest unchanged": with the same swap gated on the source slot
+  being the active concept, prompts of other concepts and unrelated texts keep their exact continuation.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any
 
@@ -29,12 +30,8 @@ from scipy.stats import rankdata
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from saelign.align.activations import (
-    answer_token_ids,
-    concept_offsets,
-    example_activations,
-    next_token_predictions,
-)
+from saelign.align.activations import concept_offsets, example_activations, greedy_continuations
+from saelign.align.builtin.facts import answer_matches
 from saelign.align.interventions import concept_swap
 from saelign.align.slots import SlotMap
 from saelign.errors import SaelignError
@@ -101,10 +98,12 @@ def entanglement(z: torch.Tensor, slots: Sequence[int]) -> dict[str, Any]:
             "slot_free_max_abs_corr": with_free.tolist(), "slot_free_max_abs_corr_mean": float(with_free.mean())}
 
 
-def fragmentation(z: torch.Tensor, labels: torch.Tensor, slots: Sequence[int]) -> dict[str, Any]:
+def fragmentation(z: torch.Tensor, labels: torch.Tensor, slots: Sequence[int],
+                  decoder_norms: torch.Tensor | None = None) -> dict[str, Any]:
+    weight = torch.ones(z.shape[1], dtype=torch.float64) if decoder_norms is None else decoder_norms.detach().double().cpu()
     eff, top1, share = [], [], []
     for c, slot in enumerate(slots):
-        d = (z[labels == c].mean(0) - z[labels != c].mean(0)).abs().double()
+        d = (z[labels == c].mean(0) - z[labels != c].mean(0)).abs().double() * weight
         p = d / d.sum().clamp_min(1e-300)
         nz = p[p > 0]
         eff.append(float(torch.exp(-(nz * nz.log()).sum())))
@@ -130,67 +129,72 @@ def best_latents(sae: SAE, acts: torch.Tensor, labels: torch.Tensor, concepts: S
     return SlotMap(list(concepts), slots, sae.cfg.hookpoint, sae.cfg.d_sae, position, scales)
 
 
-def _predict(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], offsets: Sequence[int],
-             intervention: Callable[..., AbstractContextManager] | None, batch_size: int) -> list[int]:
-    """Greedy next tokens, editing each prompt at its own concept offset (prompts grouped by offset);
-    `intervention(positions=offset)` builds the context for one group."""
+def _continue(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], offsets: Sequence[int],
+              intervention: Callable[..., AbstractContextManager] | None, n_tokens: int, batch_size: int) -> list[tuple[int, ...]]:
+    """Greedy continuations, editing each prompt at its own concept offset while the prompt is read (prompts are
+    grouped by offset; `intervention(positions=offset)` builds the context for one group)."""
     groups: dict[int, list[int]] = defaultdict(list)
     for i, off in enumerate(offsets):
         groups[off].append(i)
-    out = [0] * len(texts)
+    out: list[tuple[int, ...]] = [()] * len(texts)
     for off, idx in groups.items():
-        with intervention(positions=off) if intervention else nullcontext():
-            preds = next_token_predictions(model, tokenizer, [texts[i] for i in idx], batch_size)
-        for i, p in zip(idx, preds.tolist(), strict=True):
-            out[i] = p
+        context = partial(intervention, positions=off) if intervention else None
+        tokens = greedy_continuations(model, tokenizer, [texts[i] for i in idx], n_tokens, batch_size, context)
+        for i, row in zip(idx, tokens.tolist(), strict=True):
+            out[i] = tuple(row)
     return out
 
 
-def _accepted(tokenizer: PreTrainedTokenizerBase, text: str, example: Any) -> set[int]:
-    answers = [example.answer, *getattr(example, "aliases", ())]
-    return set(answer_token_ids(tokenizer, [text] * len(answers), answers).tolist())
+def _says(tokenizer: PreTrainedTokenizerBase, tokens: tuple[int, ...], example: Any) -> bool:
+    return answer_matches(tokenizer.decode(list(tokens), skip_special_tokens=True), example.answer,
+                          getattr(example, "aliases", ()))
 
 
 def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE, slot_map: SlotMap, examples: Sequence[Any],
                  alphas: Sequence[float] = DEFAULT_ALPHAS, unrelated_texts: Sequence[str] = (), max_per_pair: int = 10,
                  max_rest: int = 10, keep_error: bool = True, batch_size: int = 16, seed: int = 0,
-                 known_only: bool = True) -> dict[str, Any]:
+                 known_only: bool = True, n_tokens: int | None = None) -> dict[str, Any]:
     """Concept-swap success and "rest unchanged" over an α sweep. `examples` need text, concept_index, entity,
-    answer (ontology ConceptExamples); facts of one entity under several concepts make the swap pairs.
+    answer and optionally aliases (ontology ConceptExamples); facts of one entity under several concepts make
+    the swap pairs. Answers are matched on the greedy continuation (a few tokens) with the ontology's rules
+    (`builtin.facts.answer_matches`: case, accents, punctuation and a leading article ignored).
 
     known_only keeps the swaps whose target fact the model states itself on one of that fact's own prompts:
-    a swap cannot be expected to produce an answer the model does not know.
+    a swap cannot be expected to produce an answer the model does not know. n_tokens: tokens generated per
+    continuation (default: the longest answer + 2, at most 12).
     """
     facts = {(ex.entity, ex.concept_index): ex for ex in examples if ex.entity is not None and ex.answer}
     n_concepts = len(slot_map.concepts)
     rng = random.Random(seed)
+    if n_tokens is None:
+        n_tokens = min(max((len(tokenizer(" " + ex.answer, add_special_tokens=False)["input_ids"])
+                            for ex in facts.values()), default=0) + 2, 12)
     offsets = dict(zip([ex.text for ex in examples], concept_offsets(tokenizer, examples), strict=True))
     texts = sorted({ex.text for ex in examples} | set(unrelated_texts))
-    base = dict(zip(texts, _predict(model, tokenizer, texts, [offsets.get(t, -1) for t in texts], None, batch_size), strict=True))
+    base = dict(zip(texts, _continue(model, tokenizer, texts, [offsets.get(t, -1) for t in texts], None, n_tokens,
+                                     batch_size), strict=True))
 
-    known = {(ex.entity, ex.concept_index) for ex in examples
-             if (ex.entity, ex.concept_index) in facts and base[ex.text] in _accepted(tokenizer, ex.text, ex)}
-    pairs: dict[tuple[int, int], list[tuple[str, set[int]]]] = {}
+    known = {(ex.entity, ex.concept_index) for ex in examples if (ex.entity, ex.concept_index) in facts
+             and _says(tokenizer, base[ex.text], ex)}
+    pairs: dict[tuple[int, int], list[tuple[str, Any]]] = {}
     correct, skipped, unknown = [], 0, 0
     for s in range(n_concepts):
         sources = [ex for ex in examples if ex.concept_index == s and (ex.entity, s) in facts]
-        for ex in sources:
-            correct.append(base[ex.text] in _accepted(tokenizer, ex.text, ex))
+        correct.extend(_says(tokenizer, base[ex.text], ex) for ex in sources)
         for t in range(n_concepts):
             if t == s:
                 continue
             cases = []
             for ex in sources:
-                if (ex.entity, t) not in facts:
+                target = facts.get((ex.entity, t))
+                if target is None:
                     continue
                 if known_only and (ex.entity, t) not in known:
                     unknown += 1
-                    continue
-                target = _accepted(tokenizer, ex.text, facts[(ex.entity, t)])
-                if target & _accepted(tokenizer, ex.text, ex) or base[ex.text] in target:
-                    skipped += 1
-                    continue
-                cases.append((ex.text, target))
+                elif answer_matches(target.answer, ex.answer, getattr(ex, "aliases", ())) or _says(tokenizer, base[ex.text], target):
+                    skipped += 1  # the same answer, or the model already says it: no change to detect
+                else:
+                    cases.append((ex.text, target))
             rng.shuffle(cases)
             if cases:
                 pairs[(s, t)] = cases[:max_per_pair]
@@ -204,16 +208,17 @@ def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
         per_pair = {}
         for (s, t), cases in pairs.items():
             swap = partial(concept_swap, model, sae, slot_map, s, t, alpha, keep_error=keep_error)
-            preds = _predict(model, tokenizer, [c[0] for c in cases], [offsets[c[0]] for c in cases], swap, batch_size)
-            ok = sum(p in target for p, (_, target) in zip(preds, cases, strict=True))
+            said = _continue(model, tokenizer, [c[0] for c in cases], [offsets[c[0]] for c in cases], swap, n_tokens,
+                             batch_size)
+            ok = sum(_says(tokenizer, tokens, target) for tokens, (_, target) in zip(said, cases, strict=True))
             per_pair[f"{slot_map.concepts[s]}->{slot_map.concepts[t]}"] = ok / len(cases)
             hits, total = hits + ok, total + len(cases)
             others = [ex.text for ex in examples if ex.concept_index not in (s, t)]
             rest = rng.sample(others, min(max_rest, len(others))) + list(unrelated_texts)[:max_rest]
             if rest:
-                rest_preds = _predict(model, tokenizer, rest, [offsets.get(r, -1) for r in rest],
-                                      partial(swap, when_active=True), batch_size)
-                kept += sum(p == base[r] for p, r in zip(rest_preds, rest, strict=True))
+                rest_said = _continue(model, tokenizer, rest, [offsets.get(r, -1) for r in rest],
+                                      partial(swap, when_active=True), n_tokens, batch_size)
+                kept += sum(tokens == base[r] for tokens, r in zip(rest_said, rest, strict=True))
                 n_rest += len(rest)
         per_alpha[str(alpha)] = {"success": hits / total, "n": total, "rest_unchanged": kept / n_rest if n_rest else None,
                                  "n_rest": n_rest, "per_pair": per_pair}
@@ -241,7 +246,7 @@ def slot_metrics(sae: SAE, slot_map: SlotMap, splits: dict[str, tuple[torch.Tens
         out[f"confusion_{name}"] = confusion_matrix(z[:, slot_map.slots], labels)
     assert z is not None and labels is not None
     out["entanglement"] = entanglement(torch.cat([z, encode(sae, generic)]), slot_map.slots)
-    out["fragmentation"] = fragmentation(z, labels, slot_map.slots)
+    out["fragmentation"] = fragmentation(z, labels, slot_map.slots, sae.W_dec.norm(dim=1))
     return out
 
 

@@ -6,12 +6,16 @@ optional value head. Every step mixes a batch of concept-position activations wi
 activations, so the free bank keeps reconstructing everything else.
 
 Choices beyond the authors' code, each a config option:
-- slots are appended ("new") or the least-used latents are reused ("reassign"); either way they start as a
-  linear probe (pre-activation 1 on their concept's mean, 0 on the rest) with a zero decoder row;
+- slots are appended ("new") or the least-used latents are reused ("reassign"); either way the encoder starts
+  as a linear probe (pre-activation 1 on the concept's mean, 0 on the rest) and the decoder row as the concept's
+  mean activation offset (class mean minus the mean of all class means), so a swap s→t at α=1 moves the
+  activation by the mean difference between the two concepts. The free bank already reconstructs everything,
+  so a learned slot row shrinks towards zero and the swap loses its effect; `slot_decoder="fixed"` (default)
+  keeps the rows at these offsets and lets the free bank adapt around them;
 - for topk/batchtopk/jumprelu SAEs the slots are listed in `SAEConfig.always_on_latents`: top-k runs over the
   free bank only and the slots pass through ReLU, so they are readable whatever the free bank does;
 - free-bank decoder rows are held at their loaded norms (so L1 cannot be dodged by growing them); slot rows
-  are free, since with MSE binding the slot value is ≈1 and the row must carry the concept's magnitude;
+  have no norm constraint: with MSE binding the slot value is ≈1, so the row carries the concept's magnitude;
 - "silence" (weight `silence_coeff`) keeps slots at zero on generic text, which the authors' data lacked;
 - the value head is off by default (its weight makes slot values entity-dependent, which fights a swap at
   fixed α); set `value_coeff=0.5` and pass answer tokens for the authors' setting.
@@ -53,6 +57,8 @@ class PostTrainConfig:
     value_coeff: float = help_field(0.0, "value-head weight (authors: 0.5); needs answer tokens")
     value_hidden: int = help_field(256, "hidden width of each concept's value head (authors: 256)")
     slots: Literal["new", "reassign"] = help_field("new", "new: append one latent per concept; reassign: reuse the least-used latents")
+    slot_decoder: Literal["fixed", "learned"] = help_field("fixed", "fixed: slot decoder rows stay at the concepts' mean "
+                                                                    "activation offsets; learned: trained like the rest")
     seed: int = help_field(0, "seed for batch sampling and the value head")
     checkpoint_every: int = help_field(200, "steps between checkpoints in --out (0: only at the end)")
     out: str = help_field("", "output folder for the aligned SAE, slot_map.json and checkpoints (empty: keep in memory)")
@@ -170,15 +176,17 @@ def _with_slots(sae: SAE, acts: torch.Tensor, labels: torch.Tensor, generic: tor
     aligned.cfg.always_on_latents = [*sae.cfg.always_on_latents, *slots]
     centred = lambda x: x * aligned.norm_scale - aligned.b_dec  # noqa: E731
     u, g = centred(acts), centred(generic)
+    means = torch.stack([u[labels == c].mean(0) for c in range(n_concepts)])
+    # A shared reference, so that decoder row t minus row s is exactly the mean difference of the two concepts.
+    reference = means.mean(0) if n_concepts > 1 else g.mean(0)
     for c, slot in enumerate(slots):
-        own = u[labels == c].mean(0)
         rest = [u[labels != c].mean(0)] if (labels != c).any() else []
         other = torch.stack([*rest, g.mean(0)]).mean(0)
-        w = own - other
+        w = means[c] - other
         w = w / w.pow(2).sum().clamp_min(1e-12)
         aligned.W_enc[:, slot] = w
         aligned.b_enc[slot] = -(other @ w)
-        aligned.W_dec[slot] = 0.0
+        aligned.W_dec[slot] = means[c] - reference
     return aligned, slots
 
 
@@ -223,6 +231,7 @@ def post_train(sae: SAE, concept_acts: torch.Tensor, concept_labels: torch.Tenso
     free_mask = torch.ones(aligned.cfg.d_sae, dtype=torch.bool, device=device)
     free_mask[aligned.cfg.always_on_latents] = False
     free_norms = aligned.W_dec.detach()[free_mask].norm(dim=1, keepdim=True)
+    slot_rows = aligned.W_dec.detach()[slots].clone()
 
     start = 0
     if out is not None:
@@ -243,6 +252,8 @@ def post_train(sae: SAE, concept_acts: torch.Tensor, concept_labels: torch.Tenso
         with torch.no_grad():
             rows = aligned.W_dec[free_mask]
             aligned.W_dec[free_mask] = rows * (free_norms / rows.norm(dim=1, keepdim=True).clamp_min(1e-8))
+            if cfg.slot_decoder == "fixed":
+                aligned.W_dec[slots] = slot_rows
         bar.update(1)
         if step % 50 == 0 or step == cfg.total_steps - 1:
             shown = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())

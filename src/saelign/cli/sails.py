@@ -48,14 +48,17 @@ def register(subparsers: Any) -> None:
 def _add_options(parser: argparse.ArgumentParser, stage: str) -> None:
     parser.set_defaults(func=run, stage=stage)
     if stage == "run":
-        parser.add_argument("--out", dest="run_dir", default="runs/sails", metavar="DIR", help="run directory (default: runs/sails)")
+        parser.add_argument("--out", dest="run_dir", default="runs/sails", metavar="DIR",
+                            help="run directory (default: runs/sails)")
     else:
-        parser.add_argument("--run", dest="run_dir", required=True, metavar="DIR", help="run directory made by `saelign sails run`")
-    parser.add_argument("--config", metavar="FILE", help="YAML/JSON file of options in the sections below (flags override it)")
-    parser.add_argument("--sae", dest="sae_path", metavar="PATH", help="use this SAE (saelign/SAELens/sparsify/dictionary_"
-                                                                       "learning folder) instead of training one")
-    parser.add_argument("--overwrite", action="store_true", help="redo stages whose files were made with other options "
-                                                                 "(never done silently)")
+        parser.add_argument("--run", dest="run_dir", required=True, metavar="DIR",
+                            help="run directory made by `saelign sails run`")
+    parser.add_argument("--config", metavar="FILE",
+                        help="YAML/JSON file of options in the sections below (flags override it)")
+    parser.add_argument("--sae", dest="sae_path", metavar="PATH",
+                        help="use this SAE (saelign/SAELens/sparsify/dictionary_learning folder) instead of training one")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="redo stages whose files were made with other options (never done silently)")
     add_config_args(parser.add_argument_group("pipeline"), SailsConfig)
     for name, cls in section_classes().items():
         add_config_args(parser.add_argument_group(f"{name} (YAML section {name}:)"), cls, prefix=SECTIONS[name])
@@ -102,8 +105,8 @@ def _summary(run_dir: str, cfg: SailsConfig) -> list[str]:
         if path.is_file():
             m = read_json(path)
             ppl = m.get("perplexity")
-            lines.append(f"  {name:16s} safety {100 * m['safety_rate']:5.1f} %   over-refusal {100 * m['over_refusal']:5.1f} %"
-                         + ("" if ppl is None or math.isnan(ppl) else f"   perplexity {ppl:.2f}"))
+            line = f"  {name:16s} safety {100 * m['safety_rate']:5.1f} %   over-refusal {100 * m['over_refusal']:5.1f} %"
+            lines.append(line + ("" if ppl is None or math.isnan(ppl) else f"   perplexity {ppl:.2f}"))
     return lines
 
 

@@ -6,7 +6,7 @@
   normalised by the residual's variance and weighted by `auxk_alpha` -- this pulls dead latents back to life.
 - relu: summed squared error + coefficient * L1 of the latents (decoder rows are unit norm), SAELens'
   "standard" convention so coefficients carry over.
-- jumprelu: z = pre * H(pre - theta), theta = exp(log_theta), trained with straight-through estimators with a
+- jumprelu: z = pre * H(pre - theta), theta (sae.threshold) trained with straight-through estimators with a
   rectangle kernel of width `bandwidth` (Rajamanoharan et al. 2024); sparsity is the L0 (step STE) or
   Anthropic's tanh(c * z) penalty.
 """
@@ -46,22 +46,22 @@ def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
 def batch_topk_selection(pre: torch.Tensor, k: int) -> tuple[Selection, torch.Tensor]:
     """The k * B largest pre-activations of the whole batch, as a row-grouped selection and its values.
 
-    Winners are searched among each token's top 4k first (a full flat top-k over B * d_sae entries is ~20x
-    slower); the result is exact, and if some token might hold more winners than candidates the full search runs.
+    A flat top-k over all B * d_sae entries costs ~6 row-wise top-k's, so winners are searched among each
+    token's top 2k candidates; a token whose every candidate wins might hold more, and then the candidate
+    width grows until none does. Exact up to ties at the threshold.
     """
     n_rows, n_cols = pre.shape
     total = k * n_rows
-    width = min(n_cols, 4 * k)
-    cand_values, cand_cols = pre.topk(width, dim=-1, sorted=False)
-    values, pos = cand_values.reshape(-1).topk(total, sorted=False)
-    if width < n_cols and bool((cand_values.min(dim=1).values > values.min()).any()):
-        values, pos = pre.reshape(-1).topk(total, sorted=False)
-        width, cand_cols = n_cols, None
-    pos, order = torch.sort(pos)
-    values = values[order]
-    rows = torch.div(pos, width, rounding_mode="floor")
-    cols = cand_cols.reshape(-1)[pos] if cand_cols is not None else pos - rows * width
-    return Selection.from_rows(rows, cols, n_rows, n_cols), values
+    width = min(n_cols, 2 * k)
+    while True:
+        cand_values, cand_cols = pre.topk(width, dim=-1, sorted=False)
+        flat = cand_values.reshape(-1)
+        threshold = flat.kthvalue(flat.numel() - total + 1).values
+        if width == n_cols or not bool((cand_values.min(dim=1).values > threshold).any()):
+            break
+        width = min(n_cols, 4 * width)
+    rows, pos = (cand_values >= threshold).nonzero(as_tuple=True)  # row-major, as a Selection needs
+    return Selection.from_rows(rows, cand_cols[rows, pos], n_rows, n_cols), cand_values[rows, pos]
 
 
 def _auxk(sae: SAE, pre: torch.Tensor, x_c: torch.Tensor, dead: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -140,8 +140,7 @@ def jumprelu(pre: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> tuple[
 @dataclass
 class DenseLossConfig:
     sparsity_coefficient: float  # already warmed up
-    log_threshold: torch.Tensor | None = None  # jumprelu only
-    bandwidth: float = 0.05
+    bandwidth: float = 0.05  # jumprelu only, as below
     penalty: str = "l0"  # jumprelu: "l0" or "tanh"
     tanh_scale: float = 4.0
 
@@ -157,8 +156,8 @@ def dense_step(sae: SAE, x: torch.Tensor, cfg: DenseLossConfig) -> StepResult:
         with torch.no_grad():
             counts = torch.sign(z).sum(0)  # sign of a ReLU output is its 0/1 firing indicator, no bool pass
     else:
-        assert cfg.log_threshold is not None
-        z, counts = jumprelu(pre, cfg.log_threshold.exp(), cfg.bandwidth)
+        assert sae.threshold is not None
+        z, counts = jumprelu(pre, sae.threshold, cfg.bandwidth)
         if cfg.penalty == "tanh":
             penalty = torch.tanh(cfg.tanh_scale * z).sum() / x.shape[0]
         else:

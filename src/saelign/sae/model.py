@@ -47,8 +47,8 @@ class SAE(nn.Module):
         self.W_dec = nn.Parameter(torch.empty(cfg.d_sae, cfg.d_in, **kw))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, **kw))
         uses_threshold = cfg.activation in ("jumprelu", "batchtopk")
-        # No autograd here: JumpReLU training learns log(threshold) with a straight-through estimator
-        # (saelign.sae.losses) and copies exp() back; BatchTopK sets it once after training.
+        # Off autograd by default: JumpReLU training switches it on and uses a straight-through estimator
+        # (saelign.sae.losses); BatchTopK training sets it once at the end.
         self.threshold = nn.Parameter(torch.zeros(cfg.d_sae, **kw), requires_grad=False) if uses_threshold else None
         self.register_buffer("norm_scale", torch.ones((), **kw))
         self.reset_parameters()

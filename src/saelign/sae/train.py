@@ -34,6 +34,7 @@ from saelign.sae.checkpoint import load_checkpoint, load_optimizer_tensors, opti
 from saelign.sae.losses import DenseLossConfig, dense_step, sparse_step, total_variance
 from saelign.sae.model import SAE, SAEConfig
 
+_DENSE_ENCODER_INIT_SCALE = 0.1  # relu/jumprelu: small initial latents, else thousands of them fire at step 0
 _NORM_ESTIMATE_TOKENS = 4096  # rows for the input scale and the b_dec init (the mean is within ~1 % by then)
 CHECKPOINT_DIR = "checkpoint"
 LOG_FILE = "train_log.json"
@@ -57,7 +58,7 @@ class SAETrainConfig:
                                                                "or tanh(c * latent) (Anthropic)")
     jumprelu_tanh_scale: float = help_field(4.0, "jumprelu: c in the tanh penalty")
     jumprelu_bandwidth: float = help_field(0.05, "jumprelu: width of the straight-through kernel for the threshold")
-    jumprelu_init_threshold: float = help_field(0.01, "jumprelu: initial threshold")
+    jumprelu_init_threshold: float = help_field(0.01, "jumprelu: initial threshold (initial pre-activations are ~N(0, 0.1^2))")
     sparsity_warmup_fraction: float = help_field(0.05, "relu/jumprelu: the sparsity coefficient ramps up linearly over "
                                                        "this fraction of training")
     auxk_alpha: float = help_field(1 / 32, "topk/batchtopk: weight of the AuxK loss that revives dead latents")
@@ -103,12 +104,16 @@ class _Run:
         self.sae.reset_parameters(seed=tcfg.seed)
         self.sparse = cfg.activation in ("topk", "batchtopk")
         params = [self.sae.W_enc, self.sae.b_enc, self.sae.W_dec, self.sae.b_dec]
-        self.log_threshold: torch.nn.Parameter | None = None
+        if not self.sparse:
+            with torch.no_grad():
+                self.sae.W_enc.mul_(_DENSE_ENCODER_INIT_SCALE)
         if cfg.activation == "jumprelu":
-            # Trained in log space so the threshold stays positive; sae.threshold mirrors exp() after each step.
-            self.log_threshold = torch.nn.Parameter(torch.full((cfg.d_sae,), math.log(tcfg.jumprelu_init_threshold), device=device))
-            params.append(self.log_threshold)
-            self._sync_threshold()
+            # Trained directly (not in log space): Adam then moves it by ~lr per step, which short runs need.
+            threshold = self.sae.threshold
+            assert threshold is not None
+            with torch.no_grad():
+                threshold.fill_(tcfg.jumprelu_init_threshold)
+            params.append(threshold.requires_grad_(True))
         self.base_lr = tcfg.lr or auto_lr(cfg)
         self.optimizer = torch.optim.Adam(params, lr=self.base_lr, betas=(tcfg.adam_beta1, tcfg.adam_beta2),
                                           fused=device.type in ("cpu", "cuda"))
@@ -118,11 +123,6 @@ class _Run:
         self.window: dict[str, torch.Tensor] = {}
         self.window_steps = 0
         self.lr = 0.0
-
-    @torch.no_grad()
-    def _sync_threshold(self) -> None:
-        assert self.sae.threshold is not None and self.log_threshold is not None
-        self.sae.threshold.copy_(self.log_threshold.exp())
 
     def step(self, x: torch.Tensor, x_var: torch.Tensor, tokens_done: int, total: int, pre_buffer: torch.Tensor | None) -> None:
         tcfg, sae = self.tcfg, self.sae
@@ -139,8 +139,7 @@ class _Run:
             jump = sae.cfg.activation == "jumprelu"
             coefficient = tcfg.jumprelu_sparsity_coefficient if jump else tcfg.l1_coefficient
             loss_cfg = DenseLossConfig(coefficient * _ramp(tokens_done + x.shape[0], tcfg.sparsity_warmup_fraction, total),
-                                       self.log_threshold, tcfg.jumprelu_bandwidth, tcfg.jumprelu_penalty,
-                                       tcfg.jumprelu_tanh_scale)
+                                       tcfg.jumprelu_bandwidth, tcfg.jumprelu_penalty, tcfg.jumprelu_tanh_scale)
             with torch.autocast(x.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
                 result = dense_step(sae, x, loss_cfg)
         self.optimizer.zero_grad(set_to_none=True)
@@ -150,8 +149,9 @@ class _Run:
             grad -= (grad * w).sum(1, keepdim=True) * w  # keep the step tangent to the unit sphere of each row
         self.optimizer.step()
         sae.normalize_decoder()
-        if self.log_threshold is not None:
-            self._sync_threshold()
+        if sae.cfg.activation == "jumprelu":
+            with torch.no_grad():
+                sae.threshold.clamp_min_(0.0)  # type: ignore[union-attr]
         self.since_fired += x.shape[0]
         self.since_fired.masked_fill_(result.fired, 0)
         if result.min_active is not None:
@@ -174,6 +174,8 @@ class _Run:
 
     @torch.no_grad()
     def finalize(self) -> None:
+        if self.sae.threshold is not None:
+            self.sae.threshold.requires_grad_(False)
         if self.sae.cfg.activation == "batchtopk" and self.threshold_updates:
             bias_correction = 1 - self.tcfg.batchtopk_threshold_beta ** self.threshold_updates
             assert self.sae.threshold is not None
@@ -181,8 +183,6 @@ class _Run:
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors = {f"param.{k}": v for k, v in self.sae.state_dict().items()}
-        if self.log_threshold is not None:
-            tensors["param.log_threshold"] = self.log_threshold.detach()
         opt_tensors, param_groups = optimizer_tensors(self.optimizer)
         tensors.update({f"optim.{k}": v for k, v in opt_tensors.items()})
         tensors["since_fired"] = self.since_fired
@@ -193,10 +193,7 @@ class _Run:
 
     @torch.no_grad()
     def load_state(self, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
-        params = {k.removeprefix("param."): v for k, v in tensors.items() if k.startswith("param.")}
-        if self.log_threshold is not None:
-            self.log_threshold.copy_(params.pop("log_threshold"))
-        self.sae.load_state_dict(params)
+        self.sae.load_state_dict({k.removeprefix("param."): v for k, v in tensors.items() if k.startswith("param.")})
         load_optimizer_tensors(self.optimizer, {k.removeprefix("optim."): v for k, v in tensors.items()
                                                 if k.startswith("optim.")}, info["param_groups"])
         self.since_fired.copy_(tensors["since_fired"])

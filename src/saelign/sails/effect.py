@@ -41,7 +41,8 @@ class EffectResult:
     subspace_share: dict[str, float]  # kind -> share of the residual change's energy inside span(U)
     chance_share: float  # what a random direction would give: r / d_model
     relative_change: dict[str, float]  # kind -> mean |adapted - base| / mean |base| of the residual
-    selected_in_top: dict[str, float] = field(default_factory=dict)  # kind -> share of listed latents that were selected
+    # kind -> share of the listed latents that feature selection had picked
+    selected_in_top: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,7 +66,8 @@ def latent_changes(sae: SAE, base: Mapping[str, torch.Tensor], adapted: Mapping[
                    selected: Sequence[int] = (), hookpoint: str = "") -> EffectResult:
     """Rank latents by their mean change per kind from pooled residuals base[kind], adapted[kind] ([n, d], paired)."""
     if set(base) != set(adapted):
-        raise SaelignError(f"base and adapted activations cover different prompt kinds: {sorted(base)} vs {sorted(adapted)}")
+        raise SaelignError(f"base and adapted activations cover different prompt kinds: {sorted(base)} vs "
+                           f"{sorted(adapted)}")
     labels, chosen = labels or {}, set(selected)
     param = sae.W_enc
     deltas, means, top, shares, relative, overlap = {}, {}, {}, {}, {}, {}
@@ -102,9 +104,10 @@ def _adapter_off(model: nn.Module) -> contextlib.AbstractContextManager:
     return model.disable_adapter() if isinstance(model, PeftModel) else contextlib.nullcontext()
 
 
-def adapter_effect(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE, prompts: Mapping[str, Sequence[str]],
-                   select_cfg: FeatureSelectConfig, basis: torch.Tensor | None = None, top_n: int = 10,
-                   labels: Mapping[int, str] | None = None, selected: Sequence[int] = (),
+def adapter_effect(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
+                   prompts: Mapping[str, Sequence[str]], select_cfg: FeatureSelectConfig,
+                   basis: torch.Tensor | None = None, top_n: int = 10, labels: Mapping[int, str] | None = None,
+                   selected: Sequence[int] = (),
                    base_model: nn.Module | None = None) -> EffectResult:
     """Latent changes of an adapted `model` against its base: the PEFT model with its adapter switched off, or
     `base_model` (needed for a fully fine-tuned model). prompts maps kind -> prompts; the hookpoint is the SAE's."""

@@ -96,7 +96,8 @@ def rates(verdicts: Sequence[Verdict]) -> dict[str, float]:
             for label in ("refused", "complied", "degenerate")}
 
 
-def safety_metrics(examples: Sequence[Example], responses: Sequence[str], judge: Judge) -> tuple[dict[str, Any], list[Verdict]]:
+def safety_metrics(examples: Sequence[Example], responses: Sequence[str],
+                   judge: Judge) -> tuple[dict[str, Any], list[Verdict]]:
     """Judge one response per example; return the per-kind rates and the verdicts (in order)."""
     if len(examples) != len(responses):
         raise SaelignError(f"got {len(examples)} examples but {len(responses)} responses")
@@ -135,7 +136,8 @@ def heldout_contexts(tokenizer: PreTrainedTokenizerBase, source: str, n: int, le
     if corpus.kind == "files":
         files = tuple(p for p in reversed(corpus.files) if p.stem not in exclude_stems)
         if not files:
-            raise SaelignError(f"every file of corpus {source} is used by the training data; give another --eval-ppl-corpus")
+            raise SaelignError(f"every file of corpus {source} is used by the training data; "
+                               "give another --eval-ppl-corpus")
         corpus = dataclasses.replace(corpus, files=files)
     contexts = list(itertools.islice(iter_contexts(corpus, tokenizer, length), n))
     if not contexts:
@@ -161,7 +163,7 @@ def load_facts(source: str, n: int, seed: int, exclude_prompts: set[str]) -> lis
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise SaelignError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
-            if not (isinstance(row, dict) and isinstance(row.get("question"), str) and isinstance(row.get("answer"), str)):
+            if not (isinstance(row, dict) and all(isinstance(row.get(k), str) for k in ("question", "answer"))):
                 raise SaelignError(f"{path}:{number}: each line needs text fields question and answer")
             pairs.append((row["question"], row["answer"]))
     pairs = [p for p in pairs if normalize(p[0]) not in exclude_prompts]
@@ -173,9 +175,11 @@ def build_capability_data(tokenizer: PreTrainedTokenizerBase, cfg: SafetyEvalCon
                           training: Sequence[Example] = ()) -> CapabilityData:
     """Perplexity contexts and factual questions that none of the `training` examples contains."""
     stems = {e.source.split(":", 1)[1] for e in training if e.source.startswith("sotu:")}
-    contexts = (heldout_contexts(tokenizer, cfg.ppl_corpus, cfg.ppl_contexts, cfg.ppl_context_length, cfg.seed, stems)
-                if cfg.ppl_contexts else torch.empty(0, cfg.ppl_context_length, dtype=torch.long))
-    facts = load_facts(cfg.facts, cfg.n_facts, cfg.seed, {normalize(e.prompt) for e in training}) if cfg.facts else []
+    contexts = torch.empty(0, cfg.ppl_context_length, dtype=torch.long)
+    if cfg.ppl_contexts:
+        contexts = heldout_contexts(tokenizer, cfg.ppl_corpus, cfg.ppl_contexts, cfg.ppl_context_length, cfg.seed, stems)
+    prompts = {normalize(e.prompt) for e in training}
+    facts = load_facts(cfg.facts, cfg.n_facts, cfg.seed, prompts) if cfg.facts else []
     return CapabilityData(contexts, facts, cfg.ppl_corpus)
 
 
@@ -223,9 +227,10 @@ def evaluate_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, test: S
             metrics["perplexity"] = perplexity(model, capability.contexts, tokenizer.pad_token_id)
             metrics["n_ppl_tokens"] = int(capability.contexts.numel())
             bar.update(1)
-            accuracy, rows = (fact_accuracy(model, tokenizer, capability.facts, cfg.facts_max_new_tokens, cfg.batch_size)
-                              if capability.facts else (math.nan, []))
-            metrics["fact_accuracy"], metrics["n_facts"], metrics["fact_samples"] = accuracy, len(rows), rows[: cfg.samples]
+            accuracy, rows = math.nan, []
+            if capability.facts:
+                accuracy, rows = fact_accuracy(model, tokenizer, capability.facts, cfg.facts_max_new_tokens, cfg.batch_size)
+            metrics.update(fact_accuracy=accuracy, n_facts=len(rows), fact_samples=rows[: cfg.samples])
             bar.update(1)
     metrics["responses"] = records
     metrics["seconds"] = round(time.perf_counter() - began, 2)

@@ -77,7 +77,8 @@ def pairs_sha256(pairs: Sequence[tuple[str, str]]) -> str:
 
 
 def method_basis(method: str, sails_basis: torch.Tensor, model: PreTrainedModel | None = None,
-                 tokenizer: PreTrainedTokenizerBase | None = None, prompts: tuple[Sequence[str], Sequence[str]] | None = None,
+                 tokenizer: PreTrainedTokenizerBase | None = None,
+                 prompts: tuple[Sequence[str], Sequence[str]] | None = None,
                  select_cfg: FeatureSelectConfig | None = None, seed: int = 0) -> torch.Tensor | None:
     """U for a subspace method, at SAILS' rank; None for lora/pissa/full. act_pca needs the base model, tokenizer,
     (harmful, harmless) training prompts and the selection config (hookpoints and pooling)."""
@@ -130,17 +131,19 @@ def run_method(method: str, model_factory: Callable[[], PreTrainedModel], tokeni
     sft = dataclasses.replace(sft_cfg, lr=lr, out=str(out))
     logger.info(f"{method}: training {trainable_share(trainable)['share']:.3%} of the parameters for {sft.steps} steps")
     history = train_sft(trainable, tokenizer, pairs, sft, eval_fn)
-    info = {"method": method, "rank": None if method == "full" else rank, "target_modules": list(lora_cfg.target_modules),
-            "layers": list(lora_cfg.layers), "steps": sft.steps, "seed": sft.seed, "lr": lr,
+    info = {"method": method, "rank": None if method == "full" else rank,
+            "target_modules": list(lora_cfg.target_modules), "layers": list(lora_cfg.layers), "steps": sft.steps,
+            "seed": sft.seed, "lr": lr,
             "basis_sha256": basis_hash(basis) if basis is not None else None, **(provenance or {})}
     save_adapter(trainable, adapter_dir, info, overwrite=overwrite)
     (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # the adapter is the result; a full-model checkpoint is large
     result = MethodResult(
-        method=method, rank=info["rank"], target_modules=info["target_modules"], layers=info["layers"], steps=sft.steps,
-        seed=sft.seed, lr=lr, data_sha256=pairs_sha256(pairs), trainable=trainable_share(trainable), history=history,
-        steps_to={str(t): steps_to_reach(history["eval"], t) for t in THRESHOLDS},
+        method=method, rank=info["rank"], target_modules=info["target_modules"], layers=info["layers"],
+        steps=sft.steps, seed=sft.seed, lr=lr, data_sha256=pairs_sha256(pairs), trainable=trainable_share(trainable),
+        history=history, steps_to={str(t): steps_to_reach(history["eval"], t) for t in THRESHOLDS},
         train_seconds=round(sum(e["seconds"] for e in history["train"]), 2),
-        wall_seconds=round(time.perf_counter() - began, 2), adapter=str(adapter_dir), basis_sha256=info["basis_sha256"])
+        wall_seconds=round(time.perf_counter() - began, 2), adapter=str(adapter_dir),
+        basis_sha256=info["basis_sha256"])
     if test_fn is not None:
         result.metrics = test_fn(trainable)
     return result

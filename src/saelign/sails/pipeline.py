@@ -1,4 +1,5 @@
-"""The SAILS pipeline over one run directory: data → sae → labels → select → targets → train → eval → effect → report.
+"""The SAILS pipeline over one run directory:
+data → sae → labels → select → targets → train → eval → effect → report.
 
 Each stage (for train/eval/effect: each method) writes its files, then records in run.json a key: a hash of the
 options it used and of the keys of the stages it reads. A rerun skips every stage whose files exist under the same
@@ -129,9 +130,10 @@ class Run:
             recorded = self.recorded()
             details = []
             for unit in stale:
-                before = recorded.get(unit, {}).get("config", {})
-                changed = sorted(k for k in set(before) | set(self.components(unit)) if before.get(k) != self.components(unit).get(k))
-                details.append(f"{unit} ({', '.join('earlier stages' if k == 'up' else k for k in changed) or 'unknown origin'})")
+                before, now = recorded.get(unit, {}).get("config", {}), self.components(unit)
+                changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+                named = ", ".join("earlier stages" if k == "up" else k for k in changed)
+                details.append(f"{unit} ({named or 'unknown origin'})")
             raise SaelignError(f"{self.dir} holds results made with other options: {'; '.join(details)}; pass --overwrite "
                                "to redo them, or choose another --out")
 
@@ -201,7 +203,8 @@ class Run:
         self.require(f"train:{method}")
         folder = self.path("methods", method, "adapter")
         if method == "full":
-            return AutoModelForCausalLM.from_pretrained(str(folder), dtype=self.model.dtype).to(self.model.device).eval()
+            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=self.model.dtype)
+            return model.to(self.model.device).eval()
         return load_adapter(self.fresh_model(), folder).eval()
 
 

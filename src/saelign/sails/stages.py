@@ -47,10 +47,11 @@ def data_stage(run: Run, _: str) -> dict[str, Any]:
 def _capture(run: Run, corpus: str, chat: bool, budget: int) -> torch.Tensor:
     """Activations at the hookpoint of a corpus, kept in memory as fp16 (half the memory, ample precision)."""
     cfg = run.cfg
-    capture_cfg = CaptureConfig(hookpoints=[cfg.hookpoint], corpus=corpus, chat=chat, context_length=cfg.sae.context_length,
-                                token_budget=budget, batch_size=cfg.sae.capture_batch_size, seed=cfg.sae.seed)
-    chunks = [acts[cfg.hookpoint].to("cpu", torch.float16) for acts in stream_activations(run.model, run.tokenizer, capture_cfg)]
-    return torch.cat(chunks)
+    capture_cfg = CaptureConfig(hookpoints=[cfg.hookpoint], corpus=corpus, chat=chat, token_budget=budget,
+                                context_length=cfg.sae.context_length, batch_size=cfg.sae.capture_batch_size,
+                                seed=cfg.sae.seed)
+    stream = stream_activations(run.model, run.tokenizer, capture_cfg)
+    return torch.cat([acts[cfg.hookpoint].to("cpu", torch.float16) for acts in stream])
 
 
 def _shuffled_batches(acts: torch.Tensor, batch_size: int, epochs: int, seed: int) -> Iterator[torch.Tensor]:
@@ -90,11 +91,12 @@ def labels_stage(run: Run, _: str) -> dict[str, Any]:
     cfg = run.cfg
     prompts = [chat_text(run.tokenizer, e.prompt) for e in run.data.train]
     corpus = iter_texts(open_corpus(cfg.sae.corpus, seed=cfg.sae.seed), run.tokenizer)
-    labels = label_latents(run.model, run.tokenizer, run.sae, itertools.chain(prompts, corpus), n_contexts=cfg.sae.label_contexts,
-                           hookpoint=cfg.hookpoint, context_length=cfg.sae.context_length,
-                           batch_size=cfg.sae.capture_batch_size, max_tokens=cfg.sae.label_tokens)
-    save_labels(run.path("labels.json"), labels, {"hookpoint": cfg.hookpoint, "sources": ["training prompts", cfg.sae.corpus],
-                                                 "max_tokens": cfg.sae.label_tokens})
+    labels = label_latents(run.model, run.tokenizer, run.sae, itertools.chain(prompts, corpus),
+                           n_contexts=cfg.sae.label_contexts, hookpoint=cfg.hookpoint,
+                           context_length=cfg.sae.context_length, batch_size=cfg.sae.capture_batch_size,
+                           max_tokens=cfg.sae.label_tokens)
+    meta = {"hookpoint": cfg.hookpoint, "sources": ["training prompts", cfg.sae.corpus], "max_tokens": cfg.sae.label_tokens}
+    save_labels(run.path("labels.json"), labels, meta)
     return {"labelled": len(labels), "never_fired": sum(not label.top_contexts for label in labels.values())}
 
 
@@ -117,7 +119,8 @@ def select_stage(run: Run, _: str) -> dict[str, Any]:
     directions = selection_directions([selection], saes)
     basis = build_subspace(directions, cfg.subspace.tau, cfg.subspace.max_rank or None)
     info = {"selection": selection.to_dict(), "rank": basis.shape[1], "explained": explained_share(directions, basis),
-            "tau": cfg.subspace.tau, "basis_sha256": basis_hash(basis), "n_harmful": len(harmful), "n_contrast": len(contrast)}
+            "tau": cfg.subspace.tau, "basis_sha256": basis_hash(basis), "n_harmful": len(harmful),
+            "n_contrast": len(contrast)}
     run.save_basis(basis)
     write_json_atomic(run.path("select", "selection.json"), info)
     return {"rank": info["rank"], "explained": info["explained"], "latents": selection.latent_ids}
@@ -125,7 +128,8 @@ def select_stage(run: Run, _: str) -> dict[str, Any]:
 
 def targets_stage(run: Run, _: str) -> dict[str, Any]:
     data = run.data
-    train = add_targets(data.train, run.model, run.tokenizer, run.cfg.targets.max_new_tokens, run.cfg.targets.batch_size)
+    cfg = run.cfg.targets
+    train = add_targets(data.train, run.model, run.tokenizer, cfg.max_new_tokens, cfg.batch_size)
     save_safety_data(SafetyData(train, data.val, data.test, data.stats), run.path("targets"))
     return {"pairs": dict(Counter(e.kind for e in train)), "dropped": len(data.train) - len(train)}
 
@@ -159,7 +163,8 @@ def eval_stage(run: Run, name: str) -> dict[str, Any]:
         from saelign.sails import sources
 
         labelled = sources.parse_refusal_csv(sources.pyrit_dir() / sources.REFUSAL_CSV)
-        metrics["judge_agreement"] = {"source": sources.REFUSAL_CSV, "offline": judge_agreement(OfflineJudge(), labelled),
+        metrics["judge_agreement"] = {"source": sources.REFUSAL_CSV,
+                                      "offline": judge_agreement(OfflineJudge(), labelled),
                                       "prefix": judge_agreement(PrefixJudge(), labelled)}
     write_json_atomic(run.path("eval", f"{name}.json"), metrics)
     return {"safety_rate": metrics["safety_rate"], "over_refusal": metrics["over_refusal"],
