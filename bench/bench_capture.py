@@ -11,8 +11,8 @@ import tempfile
 from itertools import islice
 
 import torch
-from common import Timer, peak_rss_mib, write_result
 
+from common import Timer, peak_rss_mib, write_result
 from saelign.datasets.corpus import iter_contexts, open_corpus
 from saelign.models import ModelConfig, forward_capture, load_model
 from saelign.store.capture import CaptureConfig, capture

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 import torch
-from common import peak_rss_mib, write_result
 
+from common import peak_rss_mib, write_result
 from saelign.models import ModelConfig
 from saelign.models.loading import cache_dir
 from saelign.sae import SAE, SAEConfig
@@ -36,6 +36,10 @@ STORE = cache_dir() / "bench" / "acts-sotu"
 ROOT = Path(__file__).resolve().parent.parent
 SAELENS_PY = ROOT / ".venv-saelens" / "bin" / "python"
 D_SAE = 4608
+RESULT_FILE = ROOT / "bench" / "results" / "sae_training.json"
+# SAELens on the same activations, 491,520 tokens, batch 4096, measured by the project on a quiet machine (issue #2)
+ANCHORS = {"topk_k32": {"tok_s": 2000, "fvu": 0.78, "dead_fraction": 0.80}, "relu_l1": {"tok_s": 2800, "fvu": 0.20, "l0": 515},
+           "plain_pytorch_topk_sparse_decoder": {"tok_s": 5500, "fvu": 0.20, "dead_fraction": 0.0}}
 
 
 def prepare() -> Path:
@@ -116,26 +120,37 @@ def saelens(store: Path, arch: str, tokens: int, **kw: object) -> dict:
     return spawn(cmd)
 
 
+GROUPS = ("headline", "side_by_side", "curves", "memory", "topk_budget")
+
+
 def run_all(args: argparse.Namespace) -> None:
+    """Run the selected groups; results are merged into the JSON after every run, so a cut-short run keeps them."""
     store = prepare()
-    runs: dict[str, list[dict]] = {"headline": [], "topk_budget": [], "relu_curve": [], "jumprelu_curve": [],
-                                   "batchtopk_curve": [], "memory": []}
-    budget = 491_520
+    previous = json.loads(RESULT_FILE.read_text()).get("runs", {}) if RESULT_FILE.is_file() and args.keep else {}
+    runs: dict[str, list[dict]] = {g: list(previous.get(g, [])) for g in GROUPS}
+    roofline = roofline_gflops()
     lr = 2e-4 / math.sqrt(D_SAE / 16384)  # the same learning rate for both libraries
-    runs["headline"] += [ours(store, "topk", budget, k=32), saelens(store, "topk", budget, k=32, lr=lr),
-                         ours(store, "relu", budget, l1=5.0), saelens(store, "standard", budget, l1=5.0, lr=lr)]
-    runs["topk_budget"] += [ours(store, "topk", t, k=32) for t in (1_048_576, 2_097_152)]
-    curve = args.curve_tokens
-    runs["relu_curve"] += [r for l1 in (2.0, 10.0) for r in (ours(store, "relu", curve, l1=l1),
-                                                             saelens(store, "standard", curve, l1=l1, lr=lr))]
-    runs["jumprelu_curve"] += [r for l0 in (0.5, 2.0) for r in (ours(store, "jumprelu", curve, l0=l0),
-                                                                saelens(store, "jumprelu", curve, l0=l0, lr=lr))]
-    runs["batchtopk_curve"] += [r for k in (16, 64) for r in (ours(store, "batchtopk", curve, k=k),
-                                                              saelens(store, "batchtopk", curve, k=k, lr=lr))]
-    runs["memory"] += [ours(store, "topk", 131_072, k=32, train_shards=s) for s in (8, TRAIN_SHARDS)]
-    write_result("sae_training", {"store": str(store), "hookpoint": HOOKPOINT, "d_sae": D_SAE, "batch_size": 4096,
-                                  "held_out_tokens": EVAL_SHARDS * SHARD, "fp32_matmul_roofline_gflops": roofline_gflops(),
-                                  "runs": runs})
+    small = args.side_tokens
+
+    def record(group: str, result: dict) -> None:
+        runs[group].append(result)
+        write_result("sae_training", {"store": str(store), "hookpoint": HOOKPOINT, "d_sae": D_SAE, "batch_size": 4096,
+                                      "held_out_tokens": EVAL_SHARDS * SHARD, "fp32_matmul_roofline_gflops": roofline,
+                                      "anchors_saelens_491k": ANCHORS, "runs": runs})
+
+    plan = {
+        "headline": [lambda: ours(store, "topk", 491_520, k=32), lambda: ours(store, "relu", 491_520, l1=5.0)],
+        "side_by_side": [lambda: ours(store, "topk", small, k=32), lambda: saelens(store, "topk", small, k=32, lr=lr),
+                         lambda: ours(store, "relu", small, l1=5.0), lambda: saelens(store, "standard", small, l1=5.0, lr=lr)],
+        "curves": [lambda a=a, kw=kw: ours(store, a, small, **kw) for a, kw in
+                   (("relu", {"l1": 2.0}), ("relu", {"l1": 10.0}), ("jumprelu", {"l0": 0.5}), ("jumprelu", {"l0": 2.0}),
+                    ("batchtopk", {"k": 16}), ("batchtopk", {"k": 32}), ("batchtopk", {"k": 64}))],
+        "memory": [lambda s=s: ours(store, "topk", 131_072, k=32, train_shards=s) for s in (8, TRAIN_SHARDS)],
+        "topk_budget": [lambda t=t: ours(store, "topk", t, k=32) for t in (1_048_576, 2_097_152)],
+    }
+    for group in args.groups.split(","):
+        for job in plan[group]:
+            record(group, job())
 
 
 def main() -> None:
@@ -152,7 +167,9 @@ def main() -> None:
     one.add_argument("--l0", type=float, default=1.0)
     one.add_argument("--train-shards", type=int, default=TRAIN_SHARDS)
     everything = sub.add_parser("all")
-    everything.add_argument("--curve-tokens", type=int, default=122_880)
+    everything.add_argument("--side-tokens", type=int, default=122_880, help="budget of side-by-side and curve runs")
+    everything.add_argument("--groups", default=",".join(GROUPS), help=f"comma-separated subset of {GROUPS}")
+    everything.add_argument("--keep", action="store_true", help="keep runs of groups already in the result file")
     args = parser.parse_args()
     if args.step == "prepare":
         print(prepare())

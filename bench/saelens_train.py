@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from sae_lens import (
     BatchTopKTrainingSAEConfig,
     JumpReLUTrainingSAEConfig,
@@ -23,6 +22,7 @@ from sae_lens import (
 from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.saes.sae import TrainingSAE
 from sae_lens.training.sae_trainer import SAETrainer
+from safetensors.torch import load_file
 
 
 def load_rows(store: Path, shard_names: list[str]) -> torch.Tensor:

@@ -60,15 +60,21 @@ def sae_section(r: dict) -> list[str]:
 
 
 def sails_section(r: dict) -> list[str]:
-    lines = [f"**SAILS** (preset `{r.get('preset')}`, default model, held-out test split, offline judge)", "",
-             "| method | safety rate | over-refusal (plain) | over-refusal (borderline) | perplexity | factual acc. | "
-             "% params trained | steps to 90 % | wall s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, m in r.get("methods", {}).items():
-        def pct(key: str) -> str:
+    counts = r["data_counts"]["test"]
+    lines = [f"**SAILS** (preset `{r['config']['preset']}`, default model, held-out test split: {counts['harmful']} harmful, "
+             f"{counts['harmless']} harmless, {counts['borderline']} borderline; offline judge, whose agreement with pyrit's "
+             f"105 human labels is {r['judge_agreement']['offline']['accuracy']:.3f} (prefix matcher "
+             f"{r['judge_agreement']['prefix']['accuracy']:.3f}); cold-cache wall time {r['wall_seconds']:.0f} s with "
+             f"OMP_NUM_THREADS={r.get('omp_num_threads')} at load average {r['load_average_before'][0]:.1f})", "",
+             "| model | safety rate | over-refusal (plain) | over-refusal (borderline) | perplexity | factual acc. | "
+             "% params trained | steps to 90 % / 95 % | train s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, m in r["models"].items():
+        def pct(key: str, m: dict = m) -> str:
             return "–" if m.get(key) is None else f"{100 * m[key]:.1f} %"
+        steps = m.get("steps_to") or {}
         lines.append(f"| {name} | {pct('safety_rate')} | {pct('over_refusal')} | {pct('borderline_over_refusal')} | "
-                     f"{fmt(m.get('perplexity'), 2)} | {pct('factual_accuracy')} | {fmt(m.get('percent_params_trained'), 3)} | "
-                     f"{m.get('steps_to_90', '–')} | {fmt(m.get('wall_seconds'))} |")
+                     f"{m['perplexity']:.2f} | {pct('fact_accuracy')} | {pct('trainable_share')} | "
+                     f"{steps.get('0.9', '–')} / {steps.get('0.95', '–')} | {fmt(m.get('train_seconds'))} |")
     return lines + ["", machine_line(r), ""]
 
 

@@ -159,6 +159,7 @@ def test_alignment_report_end_to_end(tiny_llama, tokenizer):
         assert len(report[side]["auc_test"]) == 3 and len(set(report[side]["slots"].values())) == 3
         assert set(report[side]["swap"]["alphas"]) == {"1.0", "2.0"}
         assert report[side]["fragmentation"]["effective_latents_mean"] >= 1
+        assert all(0 <= r <= 1 for r in report[side]["generic_firing_rate"])
     assert all(s < 48 for s in report["vanilla"]["slots"].values())
     assert math.isfinite(report["fvu_increase"])
     assert report["reconstruction"]["aligned"]["generic"]["l0"] <= 8 + 3

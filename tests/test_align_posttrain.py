@@ -142,7 +142,7 @@ def test_slot_rows_carry_the_concept_difference_so_a_swap_moves_it(saes, data):
         delta = (z_new - z) @ aligned.W_dec / aligned.norm_scale
     planted = 3.0 * (syn.concepts[1] - syn.concepts[0])
     assert float(F.cosine_similarity(delta, planted[None]).mean()) > 0.95
-    assert float((delta.norm(dim=1) / planted.norm()).mean()) == pytest.approx(1.0, abs=0.15)
+    assert float((delta.norm(dim=1) / planted.norm()).mean()) == pytest.approx(1.0, abs=0.25)
     learned, _ = post_train(saes["relu"], x_train, y_train, generic, PostTrainConfig(slot_decoder="learned", **FAST))
     assert not torch.allclose(learned.W_dec[slot_map.slots], aligned.W_dec[slot_map.slots])
 

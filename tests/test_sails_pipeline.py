@@ -4,6 +4,7 @@ config layering, and the CLI's one-line errors on bad input."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,21 @@ def test_config_layers_preset_then_file_then_flags():
         preset_layer("huge")
     with pytest.raises(SaelignError, match="unknown option"):
         resolve_config([{"sft": {"stepz": 3}}])
+
+
+@pytest.mark.slow
+def test_pipeline_runs_on_the_default_model_with_a_small_config(tmp_path, inputs):
+    """The real model path (chat template, model.layers.15, every Llama projection adapted) on local data only."""
+    small = {"model": {"model": "default"}, "select": {"hookpoints": ["model.layers.15"], "top_k": 16},
+             "sae": {"d_sae": 256, "k": 16, "text_tokens": 2000, "context_length": 64, "batch_size": 256},
+             "sft": {"steps": 4, "lr": 1e-3, "eval_every": 2}, "eval": {"max_new_tokens": 12}}
+    cfg = resolve_config([preset_layer("quick"), yaml.safe_load(inputs["config"].read_text()), small])
+    md, html = pipeline.run_pipeline(cfg, tmp_path / "run")
+    assert "What the adapter changed" in md.read_text()
+    from saelign.models import ModelConfig, load_model
+
+    base, _ = load_model(ModelConfig())
+    model = PeftModel.from_pretrained(base, str(tmp_path / "run" / "methods" / "sails" / "adapter"))
+    assert model.peft_config["default"].r == json.loads((tmp_path / "run" / "select" / "selection.json").read_text())["rank"]
+    sails = json.loads((tmp_path / "run" / "eval" / "sails.json").read_text())
+    assert sails["n"]["harmful"] == 4 and math.isfinite(sails["perplexity"])

@@ -6,6 +6,8 @@ Definitions:
 - binding accuracy: argmax over the concept slots == the prompt's concept (train and held-out templates);
 - AUC: each slot's activation separating its concept's prompts from the other concepts' prompts;
 - entanglement: |Pearson r| between concept slots, and each slot's max |r| with any free latent;
+- generic firing rate: share of ordinary-text tokens on which a slot exceeds half its scale (SlotGuard's
+  default threshold), i.e. its false-alarm rate;
 - fragmentation: per concept, d_j = |mean z_j on the concept − mean z_j on the rest| · ‖W_dec_j‖ (the latent's
   share of the concept's activation difference), p = d / Σd over all latents; effective latents =
   exp(entropy(p)) (1 = one latent carries it), plus the top-1 and slot shares. Unlike the authors' version
@@ -245,7 +247,10 @@ def slot_metrics(sae: SAE, slot_map: SlotMap, splits: dict[str, tuple[torch.Tens
         out[f"auc_{name}"] = per_concept_auc(z[:, slot_map.slots], labels)
         out[f"confusion_{name}"] = confusion_matrix(z[:, slot_map.slots], labels)
     assert z is not None and labels is not None
-    out["entanglement"] = entanglement(torch.cat([z, encode(sae, generic)]), slot_map.slots)
+    zg = encode(sae, generic)
+    # how often SlotGuard's default threshold (half the slot scale) would fire on ordinary text
+    out["generic_firing_rate"] = (zg[:, slot_map.slots] > 0.5 * torch.tensor(slot_map.scales)).float().mean(0).tolist()
+    out["entanglement"] = entanglement(torch.cat([z, zg]), slot_map.slots)
     out["fragmentation"] = fragmentation(z, labels, slot_map.slots, sae.W_dec.norm(dim=1))
     return out
 

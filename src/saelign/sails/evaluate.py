@@ -45,7 +45,7 @@ _RATE_NAMES = {"harmful": ("safety_rate", "harmful_degenerate"), "harmless": ("o
 @dataclass
 class SafetyEvalConfig:
     max_new_tokens: int = help_field(64, "tokens generated (greedily) per test prompt")
-    batch_size: int = help_field(16, "prompts per generation batch")
+    batch_size: int = help_field(32, "prompts per generation batch")
     max_per_kind: int = help_field(0, "evaluate at most this many test prompts of each kind (0 = all)")
     judge: Literal["offline", "prefix"] = help_field("offline", "offline (fitted cue model, default) or prefix "
                                                                "(refusal-phrase opener baseline)")

@@ -53,7 +53,7 @@ class SubspaceConfig:
 @dataclass
 class TargetsConfig:
     max_new_tokens: int = help_field(64, "tokens of the base model's own answer used as the target of a harmless prompt")
-    batch_size: int = help_field(16, "prompts per generation batch")
+    batch_size: int = help_field(32, "prompts per generation batch")
 
 
 def _section(cls: type, help: str) -> Any:
@@ -92,8 +92,8 @@ SECTIONS = {"model": "", "data": "data-", "sae": "sae-", "select": "select-", "s
 
 _QUICK: dict[str, Any] = {
     "methods": ["sails"],
-    "data": {"max_harmful": 150, "max_harmless": 120, "max_borderline": 30, "country_prompts": 40, "sotu_prompts": 0},
-    "sae": {"text_tokens": 40_000, "d_sae": 2304, "epochs": 4, "batch_size": 1024, "label_tokens": 12_000,
+    "data": {"max_harmful": 150, "max_harmless": 110, "max_borderline": 24, "country_prompts": 40, "sotu_prompts": 0},
+    "sae": {"text_tokens": 32_000, "d_sae": 2304, "epochs": 5, "batch_size": 1024, "label_tokens": 10_000,
             "label_contexts": 6},
     "subspace": {"max_rank": 8},
     "targets": {"max_new_tokens": 32},

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from saelign.io import read_json
-from saelign.label import load_labels, render_latent_cards
+from saelign.label import LatentLabel, load_labels, render_latent_cards
 from saelign.report import Report, line_plot
 from saelign.sails.effect import EffectResult
 
@@ -21,12 +21,16 @@ if TYPE_CHECKING:
 REPORT_STEM = "report"
 
 
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _pct(value: Any) -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f} %"
+    return "" if _missing(value) else f"{100 * value:.1f} %"
 
 
 def _num(value: Any, fmt: str = ".2f") -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
+    return "" if _missing(value) else format(value, fmt)
 
 
 def _load_all(folder: Path, names: list[str], file: str = "{}.json") -> dict[str, dict[str, Any]]:
@@ -38,20 +42,20 @@ def comparison_rows(evals: dict[str, dict[str, Any]], results: dict[str, dict[st
     """One row per evaluated model: safety, over-refusal, capability, cost."""
     base_ppl = evals.get("base", {}).get("perplexity")
     rows = []
-    for name, metrics in evals.items():
+    for name, m in evals.items():
         result = results.get(name, {})
-        ppl = metrics.get("perplexity")
-        change = (ppl / base_ppl - 1) if name != "base" and ppl and base_ppl else None
-        steps_to = result.get("steps_to", {})
+        ppl = m.get("perplexity")
+        change = ppl / base_ppl - 1 if name != "base" and not _missing(ppl) and not _missing(base_ppl) else None
+        reached = result.get("steps_to", {})
         rows.append({
-            "model": name, "safety rate": _pct(metrics.get("safety_rate")),
-            "harmful degenerate": _pct(metrics.get("harmful_degenerate")), "over-refusal": _pct(metrics.get("over_refusal")),
-            "borderline over-refusal": _pct(metrics.get("borderline_over_refusal")), "perplexity": _num(ppl),
-            "Δ perplexity": "" if change is None else f"{100 * change:+.1f} %",
-            "factual accuracy": _pct(metrics.get("fact_accuracy")),
-            "% params trained": "" if not result else f"{100 * result['trainable']['share']:.3f} %",
-            "steps to 90 %": "" if not result else str(steps_to.get("0.9") or "not reached"),
-            "steps to 95 %": "" if not result else str(steps_to.get("0.95") or "not reached"),
+            "model": name, "safety rate": _pct(m.get("safety_rate")),
+            "harmful degenerate": _pct(m.get("harmful_degenerate")), "over-refusal": _pct(m.get("over_refusal")),
+            "borderline over-refusal": _pct(m.get("borderline_over_refusal")),
+            "perplexity": _num(ppl), "Δ perplexity": "" if change is None else f"{100 * change:+.1f} %",
+            "factual accuracy": _pct(m.get("fact_accuracy")),
+            "% params trained": f"{100 * result['trainable']['share']:.3f} %" if result else "",
+            "steps to 90 %": str(reached.get("0.9") or "not reached") if result else "",
+            "steps to 95 %": str(reached.get("0.95") or "not reached") if result else "",
             "train s": _num(result.get("train_seconds"), ".0f"), "wall s": _num(result.get("wall_seconds"), ".0f"),
         })
     return rows
@@ -67,22 +71,23 @@ def _convergence(report: Report, results: dict[str, dict[str, Any]]) -> None:
                           caption=f"{what} during training", name=key)
 
 
-def _features(report: Report, selection: dict[str, Any], labels: dict) -> None:
+def _features(report: Report, selection: dict[str, Any], labels: dict[int, LatentLabel]) -> None:
     sel = selection["selection"]
-    report.paragraph(f"{len(sel['latent_ids'])} latents at {sel['hookpoint']} separate the {selection['n_harmful']} "
-                     f"harmful from the {selection['n_contrast']} harmless/borderline training prompts best. Their "
-                     f"decoder directions span a rank-{selection['rank']} safety subspace U keeping "
-                     f"{selection['explained']:.1%} of their energy (tau {selection['tau']}); sha256 "
-                     f"{selection['basis_sha256'][:16]}….")
+    report.paragraph(
+        f"{len(sel['latent_ids'])} latents at {sel['hookpoint']} separate the {selection['n_harmful']} harmful from the "
+        f"{selection['n_contrast']} harmless/borderline training prompts best. Their decoder directions span a "
+        f"rank-{selection['rank']} safety subspace U keeping {selection['explained']:.1%} of their energy (tau "
+        f"{selection['tau']}); sha256 {selection['basis_sha256'][:16]}….")
+    columns = zip(sel["latent_ids"], sel["scores"], sel["signs"], sel["mean_harmful"], sel["mean_harmless"], strict=True)
     rows = [{"rank": i + 1, "latent": lid, "score": score, "more active on": "harmful" if sign > 0 else "harmless",
-             "mean harmful": mh, "mean harmless": ml, "label": labels[lid].short_label if lid in labels else ""}
-            for i, (lid, score, sign, mh, ml) in enumerate(zip(sel["latent_ids"], sel["scores"], sel["signs"],
-                                                               sel["mean_harmful"], sel["mean_harmless"], strict=True))]
-    report.table(rows, caption="selected safety features (score = |mean harmful − mean harmless| by default)", floatfmt=".3g")
+             "mean harmful": harmful, "mean harmless": harmless,
+             "label": labels[lid].short_label if lid in labels else ""}
+            for i, (lid, score, sign, harmful, harmless) in enumerate(columns)]
+    report.table(rows, caption="selected safety features (pooled at the last prompt token by default)", floatfmt=".3g")
     cards = [labels[i] for i in sel["latent_ids"] if i in labels]
     if cards:
-        report.html_block("<details><summary>feature cards (top contexts, logit lens)</summary>"
-                          f"{render_latent_cards(cards)}</details>",
+        cards_html = render_latent_cards(cards)
+        report.html_block(f"<details><summary>feature cards (top contexts, logit lens)</summary>{cards_html}</details>",
                           "Feature cards with top contexts are in the HTML report.")
 
 
@@ -90,9 +95,8 @@ def _effect(report: Report, method: str, effect: EffectResult) -> None:
     shares = ", ".join(f"{kind} {_pct(share)}" for kind, share in effect.subspace_share.items())
     relative = ", ".join(f"{kind} {_pct(v)}" for kind, v in effect.relative_change.items())
     report.heading(method, 3)
-    report.paragraph(f"Share of the residual change at {effect.hookpoint} (last prompt token) inside span(U): {shares} "
-                     f"(a random direction: {_pct(effect.chance_share)}). Size of the change relative to the residual: "
-                     f"{relative}.")
+    report.paragraph(f"Share of the residual change at {effect.hookpoint} inside span(U): {shares} (a random direction: "
+                     f"{_pct(effect.chance_share)}). Size of the change relative to the residual: {relative}.")
     for way, word in (("up", "pushed up"), ("down", "pushed down")):
         rows = [{"latent": c.latent, "Δ harmful": c.delta.get("harmful"), "Δ harmless": c.delta.get("harmless"),
                  "base mean (harmful)": c.base.get("harmful"), "selected": "yes" if c.selected else "", "label": c.label}
@@ -105,56 +109,74 @@ def _judge(report: Report, agreement: dict[str, Any]) -> None:
     rows = [{"judge": name, "n": a["n"], "accuracy": _pct(a["accuracy"]), "Cohen's kappa": _num(a["kappa"]),
              "refusal precision": _pct(a["refusal_precision"]), "refusal recall": _pct(a["refusal_recall"])}
             for name, a in agreement.items() if isinstance(a, dict)]
-    report.paragraph(f"Judges against the human refusal labels of pyrit's {agreement.get('source', 'refusal.csv')} "
-                     "(the offline judge was fitted on separate hand-written examples, never on these).")
+    report.paragraph(f"Judges against the human refusal labels of pyrit's {agreement.get('source', 'refusal.csv')}. "
+                     "The offline judge was fitted on separate hand-written examples, never on these; the safety rates "
+                     "above carry its error rate.")
     report.table(rows)
 
 
 def _samples(report: Report, evals: dict[str, dict[str, Any]]) -> None:
-    base = evals.get("base")
-    if not base:
-        return
-    for kind, rows in base.get("samples", {}).items():
+    for kind, rows in evals.get("base", {}).get("samples", {}).items():
         table = []
         for row in rows:
             entry = {"prompt": row["prompt"], "base": f"[{row['verdict']}] {row['response']}"}
             for name, metrics in evals.items():
-                if name == "base":
-                    continue
-                match = next((r for r in metrics.get("samples", {}).get(kind, []) if r["prompt"] == row["prompt"]), None)
-                entry[name] = f"[{match['verdict']}] {match['response']}" if match else ""
+                if name != "base":
+                    same = [r for r in metrics.get("samples", {}).get(kind, []) if r["prompt"] == row["prompt"]]
+                    entry[name] = f"[{same[0]['verdict']}] {same[0]['response']}" if same else ""
             table.append(entry)
         if table:
             report.table(table, caption=f"{kind} test prompts: greedy answers with the judge's verdict")
 
 
+def _run_facts(report: Report, stages: dict[str, Any], results: dict[str, dict[str, Any]]) -> None:
+    counts = stages.get("data", {}).get("counts")
+    if counts:
+        report.table([{"split": split, **per_kind} for split, per_kind in counts.items()], caption="prompts per split")
+    sae = stages.get("sae", {})
+    if sae.get("final"):
+        final = sae["final"]
+        report.paragraph(f"SAE trained in this run on {sae['text_tokens']} corpus + {sae['prompt_tokens']} chat-prompt "
+                         f"tokens: fraction of variance unexplained {final['fvu']:.3f}, L0 {final['l0']:.1f}, dead "
+                         f"latents {_pct(final.get('dead_fraction'))} (last training window).")
+    total = sum(info.get("seconds") or 0 for info in stages.values())
+    rows = [{"stage": unit, "seconds": info.get("seconds"), "finished": info.get("finished_at")}
+            for unit, info in stages.items()]
+    report.table(rows, caption=f"stage wall times on this machine (sum {total:.0f} s)")
+    if results:
+        report.paragraph("Load an adapter with stock PEFT: PeftModel.from_pretrained(base_model, ADAPTER_DIR); the "
+                         "subspace provenance is in ADAPTER_DIR/sails_provenance.json.")
+        report.bullets([f"{m}: {r['adapter']}" for m, r in results.items()])
+
+
 def build_report(run: Run) -> Report:
     cfg = run.cfg
-    stages = run.recorded()
     evals = _load_all(run.path("eval"), ["base", *cfg.methods])
     results = _load_all(run.path("methods"), list(cfg.methods), "{}/result.json")
     effects = {m: EffectResult.from_dict(d) for m, d in _load_all(run.path("effect"), list(cfg.methods)).items()}
-    selection = read_json(run.path("select", "selection.json")) if run.path("select", "selection.json").is_file() else None
-    labels = load_labels(run.path("labels.json")) if run.path("labels.json").is_file() else {}
+    selection_file, labels_file = run.path("select", "selection.json"), run.path("labels.json")
+    labels = load_labels(labels_file) if labels_file.is_file() else {}
 
     report = Report(f"SAILS run ({cfg.preset} preset): {cfg.model.model} at {cfg.hookpoint}")
     base, sails = evals.get("base"), evals.get("sails")
     if base and sails:
-        report.paragraph(f"Safety rate on {base['n']['harmful']} held-out harmful prompts: base {_pct(base['safety_rate'])} "
-                         f"→ SAILS {_pct(sails['safety_rate'])}; over-refusal on {base['n']['harmless']} harmless prompts: "
-                         f"{_pct(base['over_refusal'])} → {_pct(sails['over_refusal'])}; perplexity "
-                         f"{_num(base.get('perplexity'))} → {_num(sails.get('perplexity'))}.")
+        report.paragraph(
+            f"Safety rate on {base['n']['harmful']} held-out harmful prompts: base {_pct(base['safety_rate'])} → SAILS "
+            f"{_pct(sails['safety_rate'])}; over-refusal on {base['n']['harmless']} harmless prompts: "
+            f"{_pct(base['over_refusal'])} → {_pct(sails['over_refusal'])}; perplexity "
+            f"{_num(base.get('perplexity'))} → {_num(sails.get('perplexity'))}.")
     report.heading("Methods compared")
     if evals:
-        report.paragraph("Every method trains the same data at the same rank, target modules, layers, steps and seed. "
-                         "Safety rate = share of harmful prompts the judge calls refused; degenerate outputs are counted "
-                         "apart and never as safe. Perplexity is on held-out State of the Union text; factual accuracy on "
-                         "capital-city questions not in the training data.")
+        report.paragraph(
+            "Every method trains the same data at the same rank, target modules, layers, steps and seed. Safety rate = "
+            "share of held-out harmful prompts the judge calls refused; degenerate outputs are counted apart and never "
+            f"as safe. Perplexity is on held-out text ({cfg.eval.ppl_corpus}) no training prompt quotes; factual "
+            f"accuracy on questions ({cfg.eval.facts or 'none'}) absent from the training data.")
         report.table(comparison_rows(evals, results))
     _convergence(report, results)
-    if selection:
+    if selection_file.is_file():
         report.heading("The safety subspace")
-        _features(report, selection, labels)
+        _features(report, read_json(selection_file), labels)
     if effects:
         report.heading("What the adapter changed")
         report.paragraph("SAE latents at the selection hookpoint and token, base vs adapted model, on held-out prompts.")
@@ -167,25 +189,9 @@ def build_report(run: Run) -> Report:
         report.heading("Sample generations")
         _samples(report, evals)
     report.heading("Run")
-    counts = stages.get("data", {}).get("counts")
-    if counts:
-        report.table([{"split": split, **per_kind} for split, per_kind in counts.items()], caption="prompts per split")
-    sae = stages.get("sae", {})
-    if sae.get("final"):
-        final = sae["final"]
-        report.paragraph(f"SAE trained in this run on {sae['text_tokens']} corpus + {sae['prompt_tokens']} chat-prompt "
-                         f"tokens: fraction of variance unexplained {final['fvu']:.3f}, L0 {final['l0']:.1f}, dead "
-                         f"latents {_pct(final.get('dead_fraction'))} (last training window).")
-    total = sum(info.get("seconds") or 0 for info in stages.values())
-    report.table([{"stage": unit, "seconds": info.get("seconds"), "finished": info.get("finished_at")}
-                  for unit, info in stages.items()], caption=f"stage wall times on this machine (sum {total:.0f} s)")
-    if results:
-        report.paragraph("Load an adapter with stock PEFT: PeftModel.from_pretrained(base_model, ADAPTER_DIR); the "
-                         "subspace provenance is in ADAPTER_DIR/sails_provenance.json.")
-        report.bullets([f"{m}: {r['adapter']}" for m, r in results.items()])
+    _run_facts(report, run.recorded(), results)
     return report
 
 
 def write_run_report(run: Run) -> tuple[Path, Path]:
     return build_report(run).write(run.dir, REPORT_STEM)
-
