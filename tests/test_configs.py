@@ -4,7 +4,14 @@ from typing import Literal
 
 import pytest
 
-from saelign.configs import add_config_args, config_from_args, config_from_dict, config_to_dict, help_field, load_config_file
+from saelign.configs import (
+    add_config_args,
+    config_from_args,
+    config_from_dict,
+    config_to_dict,
+    help_field,
+    load_config_file,
+)
 from saelign.errors import SaelignError
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from saelign.errors import SaelignError
 from saelign.sae import SAE, SAEConfig, load_sae
 from saelign.sae.losses import DenseLossConfig, batch_topk_selection, dense_step, jumprelu, sparse_step
 from saelign.sae.sparse_ops import Selection, sparse_decode
-from saelign.sae.train import SAETrainConfig, default_names, train_saes
+from saelign.sae.train import SAETrainConfig, auto_lr, default_names, train_saes
 from saelign.store import StoreWriter
 from saelign.store.store import FORMAT, FORMAT_VERSION
 
@@ -280,6 +281,9 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path):
         train_saes(batches(x, 500), cfgs, changed)
     expected = {"checkpoint", "train_log.json", "run.json", *default_names(cfgs)}
     assert expected == {p.name for p in (tmp_path / "run").iterdir()}
+    shutil.rmtree(tmp_path / "run" / "checkpoint")  # SAEs without a checkpoint belong to no resumable run
+    with pytest.raises(SaelignError, match="already holds an SAE"):
+        train_saes(batches(x, 500), cfgs, config(tmp_path / "run"))
 
 
 def test_bad_inputs_raise_saelign_errors():
@@ -344,3 +348,5 @@ def test_dead_window_and_lr_defaults():
     assert SAETrainConfig(total_tokens=10**10).dead_window() == 10_000_000
     assert SAETrainConfig(total_tokens=1000, batch_size=4096).dead_window() == 4096
     assert SAETrainConfig(total_tokens=1000, dead_window_tokens=7).dead_window() == 7
+    cfg = SAEConfig(d_sae=16384)
+    assert auto_lr(cfg, 10**9) == pytest.approx(2e-4) and auto_lr(cfg, 10**6) == pytest.approx(2e-4 * 10**0.5)

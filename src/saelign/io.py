@@ -82,3 +82,24 @@ def load_tensors(path: str | Path, what: str = "safetensors file") -> dict[str, 
         return load_file(str(path))
     except Exception as exc:  # safetensors raises several types for truncated/corrupt headers
         raise SaelignError(f"{what} {path} is corrupt or truncated ({exc}); delete it and regenerate") from exc
+
+
+def iter_jsonl(path: str | Path, what: str = "JSONL file") -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line; bad lines are errors naming file:line."""
+    path = Path(path)
+    if not path.is_file():
+        raise SaelignError(f"{what} not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SaelignError(f"{what} {path} is not UTF-8 text (byte {exc.start}); convert it to UTF-8") from exc
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SaelignError(f"{path}:{number}: not valid JSON ({exc.msg}); each line must be one JSON object") from exc
+        if not isinstance(record, dict):
+            raise SaelignError(f"{path}:{number}: expected a JSON object per line, got {type(record).__name__}")
+        yield number, record

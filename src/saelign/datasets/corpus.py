@@ -9,7 +9,6 @@ chat template). The document order is deterministic for a given seed, which is w
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from saelign.errors import SaelignError
+from saelign.io import iter_jsonl
 
 SOTU = "sotu"
 
@@ -91,15 +91,7 @@ def _read_text(path: Path) -> str:
 
 
 def _jsonl_texts(path: Path, corpus: Corpus, tokenizer: PreTrainedTokenizerBase | None) -> Iterator[str]:
-    for lineno, line in enumerate(_read_text(path).split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SaelignError(f"{path}:{lineno}: not valid JSON ({exc.msg}); fix or remove the line") from exc
-        if not isinstance(record, dict):
-            raise SaelignError(f"{path}:{lineno}: expected a JSON object per line, got {type(record).__name__}")
+    for lineno, record in iter_jsonl(path, "corpus file"):
         text = _chat_text(record, path, lineno, tokenizer) if corpus.chat else record.get(corpus.text_field)
         if not corpus.chat and not isinstance(text, str):
             raise SaelignError(f"{path}:{lineno}: field {corpus.text_field!r} is missing or not a string "

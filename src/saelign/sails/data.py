@@ -27,7 +27,7 @@ from transformers import PreTrainedTokenizerBase
 from saelign.configs import config_to_dict, help_field
 from saelign.datasets.fetch import fetch_sotu
 from saelign.errors import SaelignError
-from saelign.io import ensure_writable_dir, read_json, write_json_atomic, write_text_atomic
+from saelign.io import ensure_writable_dir, iter_jsonl, read_json, write_json_atomic, write_text_atomic
 from saelign.progress import logger
 from saelign.sails import sources
 from saelign.sails.generate import prompt_lengths
@@ -167,18 +167,8 @@ def split_examples(examples: Sequence[Example], cfg: SafetyDataConfig) -> Safety
 def parse_jsonl(path: str | Path) -> list[Example]:
     """Examples from a JSONL file (fields prompt, kind; optional source, target); errors name file:line:field."""
     path = Path(path)
-    if not path.is_file():
-        raise SaelignError(f"data file not found: {path}")
     examples = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SaelignError(f"{path}:{number}: not valid JSON ({exc.msg}); each line must be one JSON object") from exc
-        if not isinstance(row, dict):
-            raise SaelignError(f"{path}:{number}: expected a JSON object with fields prompt and kind")
+    for number, row in iter_jsonl(path, "data file"):
         for name in ("prompt", "kind"):
             if not isinstance(row.get(name), str) or not row[name].strip():
                 raise SaelignError(f"{path}:{number}:{name}: missing or empty; every line needs a text field {name!r}")

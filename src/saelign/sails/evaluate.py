@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import random
 import time
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -32,6 +30,7 @@ from transformers import PreTrainedTokenizerBase
 from saelign.configs import help_field
 from saelign.datasets.corpus import SOTU, iter_contexts, open_corpus
 from saelign.errors import SaelignError
+from saelign.io import iter_jsonl
 from saelign.progress import logger, progress
 from saelign.sails.data import KINDS, Example, normalize
 from saelign.sails.generate import generate_answers
@@ -152,19 +151,10 @@ def load_facts(source: str, n: int, seed: int, exclude_prompts: set[str]) -> lis
 
         pairs = sources.capital_questions(sources.load_countries(sources.countryinfo_dir()))
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise SaelignError(f"facts file not found: {path}; give 'countries', a JSONL file or ''")
         pairs = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SaelignError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
-            if not (isinstance(row, dict) and all(isinstance(row.get(k), str) for k in ("question", "answer"))):
-                raise SaelignError(f"{path}:{number}: each line needs text fields question and answer")
+        for number, row in iter_jsonl(source, "facts file"):
+            if not all(isinstance(row.get(k), str) for k in ("question", "answer")):
+                raise SaelignError(f"{source}:{number}: each line needs text fields question and answer")
             pairs.append((row["question"], row["answer"]))
     pairs = [p for p in pairs if normalize(p[0]) not in exclude_prompts]
     random.Random(seed).shuffle(pairs)
