@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,14 @@ from saelign.configs import add_config_args, load_config_file
 from saelign.errors import SaelignError
 from saelign.io import read_json
 from saelign.sails.pipeline import STAGES, run_pipeline, stored_config
-from saelign.sails.presets import SECTIONS, SailsConfig, preset_layer, resolve_config, section_classes
+from saelign.sails.presets import (
+    PRESETS,
+    SECTIONS,
+    SailsConfig,
+    preset_layer,
+    resolve_config,
+    section_classes,
+)
 
 _STAGE_HELP = {
     "data": "build the harmful/harmless/borderline splits (data/)",
@@ -45,8 +53,21 @@ def register(subparsers: Any) -> None:
         _add_options(group.add_parser(stage, help=_STAGE_HELP[stage], description=_STAGE_HELP[stage]), stage=stage)
 
 
+def _preset_epilog() -> str:
+    """The values each preset sets over the defaults shown with the flags."""
+    def flat(values: dict[str, Any], prefix: str = "") -> list[str]:
+        return [item for key, value in values.items()
+                for item in (flat(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}={value}"])]
+    lines = [f"{name}: methods={','.join(values['methods'])} "
+             + " ".join(flat({k: v for k, v in values.items() if k != "methods"})) for name, values in PRESETS.items()]
+    return "presets (applied over the defaults shown above):\n" + "\n".join(
+        textwrap.fill(line, 100, initial_indent="  ", subsequent_indent="      ") for line in lines)
+
+
 def _add_options(parser: argparse.ArgumentParser, stage: str) -> None:
     parser.set_defaults(func=run, stage=stage)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = _preset_epilog()
     if stage == "run":
         parser.add_argument("--out", dest="run_dir", default="runs/sails", metavar="DIR",
                             help="run directory (default: runs/sails)")

@@ -14,6 +14,7 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import time
@@ -66,6 +67,9 @@ class SAETrainConfig:
     auxk_alpha: float = help_field(1 / 32, "topk/batchtopk: weight of the AuxK loss that revives dead latents")
     dead_window_tokens: int = help_field(0, "a latent that fired on none of this many recent tokens is dead; "
                                             "0 = auto, total_tokens / 20 clamped to [batch_size, 10M]")
+    outlier_norm_ratio: float = help_field(10.0, "drop tokens whose norm exceeds this multiple of the median token norm "
+                                                 "(massive-activation attention sinks: a few tokens that would dominate "
+                                                 "the loss and kill latents); 0 keeps every token")
     batchtopk_threshold_beta: float = help_field(0.9, "batchtopk: EMA factor of the inference threshold estimate "
                                                                    "(the per-batch threshold is a stable quantile; a short memory follows its drift)")
     seed: int = help_field(0, "seed of the weight initialisation (shared by all SAEs of a sweep)")
@@ -82,8 +86,8 @@ class SAETrainConfig:
         for name in ("lr_warmup_fraction", "lr_decay_fraction", "sparsity_warmup_fraction", "batchtopk_threshold_beta"):
             if not 0 <= getattr(self, name) < 1:
                 raise SaelignError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
-        if min(self.total_tokens, self.lr, self.dead_window_tokens) < 0:
-            raise SaelignError("total_tokens, lr and dead_window_tokens must not be negative (0 = automatic)")
+        if min(self.total_tokens, self.lr, self.dead_window_tokens, self.outlier_norm_ratio) < 0:
+            raise SaelignError("total_tokens, lr, dead_window_tokens and outlier_norm_ratio must not be negative")
 
     def dead_window(self) -> int:
         return self.dead_window_tokens or min(max(self.total_tokens // 20, self.batch_size), 10_000_000)
@@ -231,21 +235,24 @@ def _checked(batches: Iterable[torch.Tensor], d_in: int, device: torch.device) -
         yield x
 
 
-def _initialise(stream: Iterator[torch.Tensor], runs: list[_Run]) -> Iterator[torch.Tensor]:
-    """Set norm_scale and b_dec from the first batches; return the stream with those batches put back."""
+def _initialise(stream: Iterator[torch.Tensor], runs: list[_Run], outlier_ratio: float) -> tuple[Iterator[torch.Tensor], float]:
+    """Set norm_scale and b_dec from the first batches; return the stream with those batches put back, and the
+    norm above which tokens are dropped as outliers (inf if none are)."""
     head: list[torch.Tensor] = []
     while sum(x.shape[0] for x in head) < _NORM_ESTIMATE_TOKENS and (x := next(stream, None)) is not None:
         head.append(x)
     if not head:
         raise SaelignError("the activation stream is empty; capture activations first")
     rows = torch.cat(head)
+    max_norm = outlier_ratio * float(rows.norm(dim=1).median()) if outlier_ratio else math.inf
+    rows = rows[rows.norm(dim=1) <= max_norm]
     scale = math.sqrt(rows.shape[1] / float(rows.pow(2).sum(1).mean().clamp_min(1e-12)))
     mean = rows.mean(0) * scale
     with torch.no_grad():
         for run in runs:
             run.sae.norm_scale.fill_(scale)
             run.sae.b_dec.copy_(mean)
-    return itertools.chain(head, stream)
+    return itertools.chain(head, stream), max_norm
 
 
 def _skip(stream: Iterator[torch.Tensor], tokens: int) -> None:
@@ -266,7 +273,7 @@ def _resume_key(tcfg: SAETrainConfig) -> dict[str, Any]:
 
 
 def _restore(ckpt: tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]], runs: list[_Run],
-             tcfg: SAETrainConfig, path: Path) -> dict[str, Any]:
+             tcfg: SAETrainConfig, path: Path) -> _Progress:
     state, tensors = ckpt
     mine = {"train": _resume_key(tcfg), "saes": [[r.name, config_to_dict(r.sae.cfg)] for r in runs]}
     theirs = {"train": state.get("train"), "saes": state.get("saes")}
@@ -278,18 +285,30 @@ def _restore(ckpt: tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]], ru
     for index, run in enumerate(runs):
         run.load_state(tensors[f"sae{index}"], state["runs"][index])
     torch.set_rng_state(tensors["rng"]["torch"])
-    return state
+    return _Progress(state["step"], state["tokens"], state["max_norm"], state["dropped"])
 
 
-def _save(out: Path, runs: list[_Run], tcfg: SAETrainConfig, step: int, tokens: int, finished: bool) -> None:
+def _save(out: Path, runs: list[_Run], tcfg: SAETrainConfig, prog: _Progress, finished: bool) -> None:
     tensors: dict[str, dict[str, torch.Tensor]] = {"rng": {"torch": torch.get_rng_state()}}
     infos = []
     for index, run in enumerate(runs):
         tensors[f"sae{index}"], info = run.state()
         infos.append(info)
     state = {"train": _resume_key(tcfg), "saes": [[r.name, config_to_dict(r.sae.cfg)] for r in runs],
-             "tokens": tokens, "finished": finished, "runs": infos}
-    save_checkpoint(out / CHECKPOINT_DIR, step, tensors, state)
+             "tokens": prog.tokens, "max_norm": prog.max_norm, "dropped": prog.dropped, "finished": finished,
+             "runs": infos}
+    save_checkpoint(out / CHECKPOINT_DIR, prog.step, tensors, state)
+
+
+@dataclass
+class _Progress:
+    """Where training stands; saved in the checkpoint state."""
+
+    step: int = 0
+    tokens: int = 0  # rows consumed from the stream, dropped outliers included
+    max_norm: float | None = None  # raw-unit norm above which tokens are dropped; None = keep all
+    dropped: int = 0
+    log: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 def train_saes(batches: Iterable[torch.Tensor], sae_cfgs: list[SAEConfig], train_cfg: SAETrainConfig,
@@ -314,82 +333,95 @@ def train_saes(batches: Iterable[torch.Tensor], sae_cfgs: list[SAEConfig], train
     if len(names) != len(sae_cfgs) or len(set(names)) != len(names):
         raise SaelignError(f"need one distinct name per SAE, got {names}")
     device = resolve_device(tcfg.device)
-    dtype = resolve_dtype(tcfg.dtype, device)
-    runs = [_Run(name, cfg, tcfg, device, dtype) for name, cfg in zip(names, sae_cfgs, strict=True)]
+    runs = [_Run(name, cfg, tcfg, device, resolve_dtype(tcfg.dtype, device)) for name, cfg in zip(names, sae_cfgs, strict=True)]
     out = Path(tcfg.out) if tcfg.out else None
-    step = tokens = 0
-    log: list[dict[str, Any]] = []
     stream = iter(_checked(batches, d_in, device))
     ckpt = load_checkpoint(out / CHECKPOINT_DIR) if out else None
     if ckpt is not None and out is not None:
-        state = _restore(ckpt, runs, tcfg, out / CHECKPOINT_DIR)
-        step, tokens = state["step"], state["tokens"]
+        prog = _restore(ckpt, runs, tcfg, out / CHECKPOINT_DIR)
         if (out / LOG_FILE).is_file():
-            log = [e for e in read_json(out / LOG_FILE, "training log")["entries"] if e["step"] <= step]
-        if state["finished"]:
-            logger.info(f"SAE training in {out} already finished ({tokens} tokens); keeping its result")
-            return _finish(out, runs, tcfg, step, tokens, log, seconds=0.0)
-        logger.info(f"resuming SAE training in {out} at step {step} ({tokens} tokens)")
-        _skip(stream, tokens)
+            prog.log = [e for e in read_json(out / LOG_FILE, "training log")["entries"] if e["step"] <= prog.step]
+        if ckpt[0]["finished"]:
+            logger.info(f"SAE training in {out} already finished ({prog.tokens} tokens); keeping its result")
+            return _finish(out, runs, tcfg, prog, seconds=0.0)
+        logger.info(f"resuming SAE training in {out} at step {prog.step} ({prog.tokens} tokens)")
+        _skip(stream, prog.tokens)
     else:
         taken = [d for d in _sae_dirs(out, runs) if (d / CFG_FILE).exists()] if out else []
         if taken:
             raise SaelignError(f"{taken[0]} already holds an SAE but {out} has no training checkpoint to resume; "
                                "choose another --out or delete the old SAE")
-        stream = _initialise(stream, runs)
-    total = tcfg.total_tokens
-    buffers: dict[int, torch.Tensor] = {}
-    began = window_began = time.perf_counter()
-    window_tokens = 0
-    with progress(total=total, desc="sae train", unit="tok") as bar:
-        bar.update(tokens)
-        for x in stream:
-            x = x[: total - tokens]
-            x_norm = x * runs[0].sae.norm_scale  # one scale for all: it comes from the same stream
-            x_var = total_variance(x_norm)
-            for run in runs:
-                buffer = buffers.get(run.sae.d_sae)
-                if run.sparse and (buffer is None or buffer.shape[0] < x.shape[0]):
-                    buffer = buffers[run.sae.d_sae] = torch.empty(x.shape[0], run.sae.d_sae, device=device, dtype=dtype)
-                run.step(x_norm, x_var, tokens, total, buffer)
-            step, tokens, window_tokens = step + 1, tokens + x.shape[0], window_tokens + x.shape[0]
-            bar.update(x.shape[0])
-            if step % tcfg.log_every_steps == 0 or tokens >= total:
-                rate = window_tokens / max(time.perf_counter() - window_began, 1e-9)
-                entries = [{"step": step, "tokens": tokens, "sae": r.name, **r.flush_metrics(), "tokens_per_s": rate}
-                           for r in runs]
-                log.extend(entries)
-                bar.set_postfix(fvu=f"{entries[0]['fvu']:.3f}", l0=f"{entries[0]['l0']:.1f}")
-                logger.debug(f"step {step}: " + "; ".join(f"{e['sae']} fvu {e['fvu']:.4f} l0 {e['l0']:.1f} "
-                                                          f"dead {e['dead_fraction']:.3f}" for e in entries))
-                if out is not None:
-                    write_json_atomic(out / LOG_FILE, {"saes": names, "entries": log})
-                window_began, window_tokens = time.perf_counter(), 0
-            if tokens >= total:
-                break
-            if out is not None and tokens // tcfg.checkpoint_every_tokens > (tokens - x.shape[0]) // tcfg.checkpoint_every_tokens:
-                _save(out, runs, tcfg, step, tokens, finished=False)
-    if tokens < total:
-        logger.warning(f"the activation stream ended after {tokens} of {total} training tokens")
+        stream, max_norm = _initialise(stream, runs, tcfg.outlier_norm_ratio)
+        prog = _Progress(max_norm=max_norm if math.isfinite(max_norm) else None)
+    began = time.perf_counter()
+    _loop(stream, runs, tcfg, prog, out)
+    if prog.tokens < tcfg.total_tokens:
+        logger.warning(f"the activation stream ended after {prog.tokens} of {tcfg.total_tokens} training tokens")
+    if prog.dropped:
+        logger.info(f"dropped {prog.dropped} outlier tokens (norm > {prog.max_norm:.4g}, see outlier_norm_ratio)")
     for run in runs:
         run.finalize()
-    return _finish(out, runs, tcfg, step, tokens, log, seconds=time.perf_counter() - began)
+    return _finish(out, runs, tcfg, prog, seconds=time.perf_counter() - began)
 
 
-def _sae_dirs(out: Path, runs: list[_Run]) -> list[Path]:
+def _loop(stream: Iterator[torch.Tensor], runs: list[_Run], tcfg: SAETrainConfig, prog: _Progress, out: Path | None) -> None:
+    total, every = tcfg.total_tokens, tcfg.checkpoint_every_tokens
+    buffers: dict[int, torch.Tensor] = {}
+    window_began, window_tokens = time.perf_counter(), 0
+    with progress(total=total, desc="sae train", unit="tok") as bar:
+        bar.update(prog.tokens)
+        for x in stream:
+            x = x[: total - prog.tokens]
+            consumed = x.shape[0]
+            if prog.max_norm is not None:
+                keep = x.norm(dim=1) <= prog.max_norm
+                if not bool(keep.all()):
+                    x = x[keep]
+                    prog.dropped += consumed - x.shape[0]
+            if x.shape[0]:
+                x_norm = x * runs[0].sae.norm_scale  # one scale for all SAEs: it comes from the same stream
+                x_var = total_variance(x_norm)
+                for run in runs:
+                    buffer = buffers.get(run.sae.d_sae)
+                    if run.sparse and (buffer is None or buffer.shape[0] < x.shape[0]):
+                        buffer = buffers[run.sae.d_sae] = torch.empty(x.shape[0], run.sae.d_sae, device=x.device,
+                                                                      dtype=run.dtype)
+                    run.step(x_norm, x_var, prog.tokens, total, buffer)
+            prog.step, prog.tokens, window_tokens = prog.step + 1, prog.tokens + consumed, window_tokens + consumed
+            bar.update(consumed)
+            if prog.step % tcfg.log_every_steps == 0 or prog.tokens >= total:
+                rate = window_tokens / max(time.perf_counter() - window_began, 1e-9)
+                entries = [{"step": prog.step, "tokens": prog.tokens, "sae": r.name, **r.flush_metrics(),
+                            "dropped_tokens": prog.dropped, "tokens_per_s": rate} for r in runs]
+                prog.log.extend(entries)
+                bar.set_postfix(fvu=f"{entries[0]['fvu']:.3f}", l0=f"{entries[0]['l0']:.1f}")
+                logger.debug(f"step {prog.step}: " + "; ".join(f"{e['sae']} fvu {e['fvu']:.4f} l0 {e['l0']:.1f} "
+                                                               f"dead {e['dead_fraction']:.3f}" for e in entries))
+                if out is not None:
+                    write_json_atomic(out / LOG_FILE, {"saes": [r.name for r in runs], "entries": prog.log})
+                window_began, window_tokens = time.perf_counter(), 0
+            if prog.tokens >= total:
+                break
+            if out is not None and prog.tokens // every > (prog.tokens - consumed) // every:
+                _save(out, runs, tcfg, prog, finished=False)
+
+
+def _sae_dirs(out: Path | None, runs: list[_Run]) -> list[Path]:
+    if out is None:
+        return []
     return [out] if len(runs) == 1 else [out / run.name for run in runs]
 
 
-def _finish(out: Path | None, runs: list[_Run], tcfg: SAETrainConfig, step: int, tokens: int,
-            log: list[dict[str, Any]], seconds: float) -> list[SAE]:
+def _finish(out: Path | None, runs: list[_Run], tcfg: SAETrainConfig, prog: _Progress, seconds: float) -> list[SAE]:
     if out is None:
         return [run.sae for run in runs]
-    _save(out, runs, tcfg, step, tokens, finished=True)
-    final = {run.name: next((e for e in reversed(log) if e["sae"] == run.name), {}) for run in runs}
+    _save(out, runs, tcfg, prog, finished=True)
+    final = {run.name: next((e for e in reversed(prog.log) if e["sae"] == run.name), {}) for run in runs}
     for run, folder in zip(runs, _sae_dirs(out, runs), strict=True):
         # Overwriting is safe: a folder of another run was refused at the start, so this one is ours.
-        save_sae(run.sae, folder, extra_cfg={"training_tokens": tokens}, overwrite=True)
+        save_sae(run.sae, folder, extra_cfg={"training_tokens": prog.tokens}, overwrite=True)
     if seconds:
         record_stage(out, "sae_train", {"train": config_to_dict(tcfg), "saes": [config_to_dict(r.sae.cfg) for r in runs]},
-                     steps=step, tokens=tokens, seconds=round(seconds, 2), final_metrics=final)
+                     steps=prog.step, tokens=prog.tokens, dropped_tokens=prog.dropped, seconds=round(seconds, 2),
+                     final_metrics=final)
     return [run.sae for run in runs]
