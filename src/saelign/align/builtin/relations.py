@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from saelign.align.ontology import Concept, Entity, Ontology, Templates
-from saelign.datasets.fetch import fetch_pypi_members
+from saelign.datasets.fetch import COUNTRYINFO, COUNTRYINFO_MEMBERS, fetch_countryinfo, fetch_pypi_members
 from saelign.errors import SaelignError
 
 GENSIM = ("gensim", "4.3.3", "d662bf96e3d741b6ab61a54be842a7cbf5e45193008b2f4225c758cafd7f9cdc")
@@ -26,8 +26,6 @@ GENSIM = ("gensim", "4.3.3", "d662bf96e3d741b6ab61a54be842a7cbf5e45193008b2f4225
 GENSIM_WHEEL = ["--platform", "manylinux_2_17_x86_64", "--python-version", "3.11", "--implementation", "cp",
                 "--abi", "cp311"]
 QUESTIONS_WORDS = "gensim/test/test_data/questions-words.txt"
-COUNTRYINFO = ("countryinfo", "1.0.1", "b02f6f534f0a3b9cdc73fba7e08f247e39826acfa54bf080f8e4eba812066350")
-COUNTRYINFO_DATA = "countryinfo/data"
 
 
 @dataclass(frozen=True)
@@ -126,11 +124,6 @@ LANGUAGES = {
 def fetch_questions_words() -> Path:
     package, version, sha = GENSIM
     return fetch_pypi_members(package, version, [QUESTIONS_WORDS], sha, pip_args=GENSIM_WHEEL) / QUESTIONS_WORDS
-
-
-def fetch_countryinfo() -> Path:
-    package, version, sha = COUNTRYINFO
-    return fetch_pypi_members(package, version, [f"{COUNTRYINFO_DATA}/*.json"], sha) / COUNTRYINFO_DATA
 
 
 def parse_questions_words(path: Path) -> dict[str, dict[str, str]]:
@@ -264,7 +257,7 @@ def build_relations(relations: Sequence[str] | None = None, max_entities: int = 
     concepts = tuple(Concept(n, RELATIONS[n].description, entities=tuple(chosen[n]),
                              templates=Templates(RELATIONS[n].train, RELATIONS[n].test)) for n in names)
     source = {"builder": "relations", "questions_words": f"PyPI gensim=={GENSIM[1]} {QUESTIONS_WORDS}",
-              "countryinfo": f"PyPI countryinfo=={COUNTRYINFO[1]} {COUNTRYINFO_DATA}/*.json",
+              "countryinfo": f"PyPI countryinfo=={COUNTRYINFO[1]} {COUNTRYINFO_MEMBERS[0]}",
               "max_entities": max_entities, "seed": seed}
     return Ontology("relations", concepts, description="factual and grammatical relations; one concept per relation",
                     require_answers=True, source=source).validate("relations ontology")
