@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -77,7 +78,11 @@ def main() -> int:
                *args.extra]
     load_before = os.getloadavg()
     began = time.perf_counter()
-    completed = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+    try:
+        completed = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+    finally:
+        if args.cold:  # the converted model alone is ~0.5 GB
+            shutil.rmtree(env["SAELIGN_CACHE"], ignore_errors=True)
     seconds = time.perf_counter() - began
     if completed.returncode != 0:
         print(completed.stderr[-4000:], file=sys.stderr)
