@@ -349,4 +349,21 @@ def test_dead_window_and_lr_defaults():
     assert SAETrainConfig(total_tokens=1000, batch_size=4096).dead_window() == 4096
     assert SAETrainConfig(total_tokens=1000, dead_window_tokens=7).dead_window() == 7
     cfg = SAEConfig(d_sae=16384)
-    assert auto_lr(cfg, 10**9) == pytest.approx(2e-4) and auto_lr(cfg, 10**6) == pytest.approx(2e-4 * 10**0.5)
+    assert auto_lr(cfg, 10**9) == pytest.approx(2e-4) and auto_lr(cfg, 10**6) == pytest.approx(2e-4 * 100**0.47)
+    assert auto_lr(SAEConfig(d_sae=16384, activation="relu"), 10**6) == pytest.approx(2e-4)
+    assert auto_lr(cfg, 10**4) == pytest.approx(12 * 2e-4)
+
+
+def test_massive_norm_outliers_are_dropped(tmp_path):
+    x = synthetic(4000, seed=11)
+    x[[5, 1500, 3999]] *= 100  # attention-sink-like tokens
+    sae_cfg = [SAEConfig(d_in=D_IN, d_sae=32, k=2)]
+    cfg = SAETrainConfig(total_tokens=4000, batch_size=500, out=str(tmp_path / "a"))
+    sae, = train_saes(batches(x, 500), sae_cfg, cfg)
+    clean = torch.cat([x[:5], x[6:1500], x[1501:3999]])
+    assert float(sae.norm_scale) == pytest.approx((D_IN / clean.pow(2).sum(1).mean()).sqrt().item(), rel=1e-4)
+    entries = json.loads((tmp_path / "a" / "train_log.json").read_text())["entries"]
+    assert entries[-1]["dropped_tokens"] == 3 and entries[-1]["tokens"] == 4000
+    cfg = SAETrainConfig(total_tokens=4000, batch_size=500, outlier_norm_ratio=0, out=str(tmp_path / "b"))
+    train_saes(batches(x, 500), sae_cfg, cfg)
+    assert json.loads((tmp_path / "b" / "train_log.json").read_text())["entries"][-1]["dropped_tokens"] == 0
