@@ -88,6 +88,36 @@ def test_first_update_stays_in_the_subspace(fresh, batch, init):
         assert min(leaks) > 0.1
 
 
+@pytest.mark.parametrize("freeze", [True, False])
+def test_frozen_subspace_factor_keeps_every_update_in_the_subspace(fresh, batch, freeze):
+    basis = random_subspace(32, 4, seed=3)
+    model = make_peft_model(fresh(), basis, LoraInitConfig(rank=4, freeze_subspace=freeze))
+    initial = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(4):  # from the second step on, an unfrozen subspace factor moves out of span(U)
+        model(batch, labels=batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    outside = torch.eye(32) - basis @ basis.T
+    leaks = []
+    for leaf, module in lora_layers(model):
+        delta = delta_w(module).detach()
+        assert delta.abs().max() > 1e-6
+        leak = outside @ delta if leaf in WRITERS else delta @ outside
+        leaks.append(float(leak.abs().max() / delta.abs().max()))
+    moved = {n for n, p in model.named_parameters() if "lora_" in n and not torch.equal(p, initial[n])}
+    frozen = {n for n, p in model.named_parameters() if "lora_" in n and not p.requires_grad}
+    if freeze:
+        assert max(leaks) < 1e-5
+        # exactly one factor per adapted module is frozen, and it never moved
+        assert len(frozen) == len(lora_layers(model)) and not moved & frozen
+        share = trainable_share(model)["trainable"]
+        assert share == sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) - sum(
+            p.numel() for n, p in model.named_parameters() if n in frozen)
+    else:
+        assert max(leaks) > 1e-3 and not frozen
+
+
 def test_layers_and_shares(fresh):
     model = make_peft_model(fresh(), random_subspace(32, 2), LoraInitConfig(layers=[1, 3]))
     names = [n for n, m in model.named_modules() if isinstance(m, LoraLayer)]

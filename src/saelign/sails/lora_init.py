@@ -8,8 +8,12 @@ freshly created factors. With U [d_model, r] orthonormal and ΔW = s·B·A:
 - writer modules (o, down: they write into it): B's columns = U, A = 0. A gets a non-zero gradient at once
   (s·U^T·G, because B ≠ 0), and ΔW = U·A writes only into span(U).
 
-Both give ΔW = 0 at step 0. The non-zero factor has rows/columns of norm `init_scale`; the default 1/√3 is the
-row norm of PEFT's default (Kaiming-uniform) A, so one learning rate serves every init. If the LoRA rank exceeds
+Both give ΔW = 0 at step 0. Both factors then train, so from the second step on ΔW may leave span(U) (SAILS
+*initialises* in the subspace); `freeze_subspace` keeps the U factor fixed instead, so ΔW = B·Uᵀ (readers) or
+U·A (writers) stays inside span(U) throughout, with about 40 % fewer trainable parameters.
+
+The non-zero factor has rows/columns of norm `init_scale`; the default 1/√3 is the row norm of PEFT's default
+(Kaiming-uniform) A, so one learning rate serves every init. If the LoRA rank exceeds
 the subspace rank, the extra rows/columns are random unit mixtures of U's columns: they stay inside the subspace
 and do not mirror another row (mirrored rows would receive identical updates forever). All layers are adapted by
 default: the residual stream is one vector space across blocks (each block adds into it), so span(U) is
@@ -55,6 +59,8 @@ class LoraInitConfig:
                                                             "(their B gets U); every other target must read it")
     layers: list[int] = help_field([], "block indices to adapt (empty = all blocks)")
     init_scale: float = help_field(3 ** -0.5, "norm of each subspace-initialised factor row/column")
+    freeze_subspace: bool = help_field(False, "subspace inits: keep the factor set to U frozen (readers' A, writers' "
+                                              "B), so ΔW stays inside span(U) for the whole fine-tune")
     seed: int = help_field(0, "seed for PEFT's random A init and for extra in-subspace rows")
 
 
@@ -110,12 +116,16 @@ def _init_in_subspace(peft_model: PeftModel, factor: torch.Tensor, cfg: LoraInit
                                    "remove it from writer_modules")
             b.copy_(scaled)
             a.zero_()
+            fixed = b
         else:
             if a.shape[1] != d_model:
                 raise SaelignError(f"target_modules: {name} reads width {a.shape[1]}, not the residual width {d_model}; "
                                    "list it in writer_modules if it writes into the residual stream, or drop it")
             a.copy_(scaled.T)
             b.zero_()
+            fixed = a
+        if cfg.freeze_subspace:
+            fixed.requires_grad_(False)
 
 
 def make_peft_model(model: PreTrainedModel, basis: torch.Tensor | None, cfg: LoraInitConfig) -> PeftModel:

@@ -62,8 +62,9 @@ def _section(cls: type, help: str) -> Any:
 
 @dataclass
 class SailsConfig:
-    preset: Preset = help_field("quick", "quick (SAILS vs base model, minutes on a CPU), compare (quick-sized, every "
-                                         "baseline at equal steps) or full (larger splits, more steps, every baseline)")
+    preset: Preset = help_field("quick", "quick (SAILS vs base model, minutes on a CPU), compare (quick-sized, "
+                                         "SAILS, LoRA, act_pca and random subspace at equal rank and steps, val "
+                                         "every 5 steps) or full (larger splits, more steps, every baseline)")
     methods: list[str] = help_field(["sails"], f"methods trained in the same harness: any of {', '.join(METHODS)}")
     sae_path: str = help_field("", "an existing SAE folder for the selection hookpoint (default: train one in the run)",
                                cli=False)  # the CLI spells it --sae
@@ -90,6 +91,15 @@ class SailsConfig:
 SECTIONS = {"model": "", "data": "data-", "sae": "sae-", "select": "select-", "subspace": "subspace-",
             "targets": "targets-", "lora": "lora-", "sft": "sft-", "eval": "eval-"}
 
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """`override` on top of `base`; nested mappings merge key by key, anything else is replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        nested = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
+        out[key] = deep_merge(out[key], value) if nested else value
+    return out
+
+
 _QUICK: dict[str, Any] = {
     "methods": ["sails"],
     "data": {"max_harmful": 150, "max_harmless": 110, "max_borderline": 24, "country_prompts": 40, "sotu_prompts": 0},
@@ -97,14 +107,21 @@ _QUICK: dict[str, Any] = {
             "label_contexts": 6},
     "subspace": {"max_rank": 8},
     "targets": {"max_new_tokens": 32},
-    "sft": {"steps": 30, "lr": 5e-4, "batch_size": 8, "warmup": 4, "eval_every": 10, "checkpoint_every": 10,
+    # lr 2.5e-4 rather than 5e-4: the same safety at 30 steps with a third of the perplexity drift (+5 % vs +15 %).
+    "sft": {"steps": 30, "lr": 2.5e-4, "batch_size": 8, "warmup": 4, "eval_every": 10, "checkpoint_every": 10,
             "max_length": 112},
     "eval": {"max_new_tokens": 32, "ppl_contexts": 12, "n_facts": 30, "facts_max_new_tokens": 16, "val_per_kind": 12,
              "val_max_new_tokens": 24, "samples": 3},
 }
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": _QUICK,
-    "compare": {**_QUICK, "methods": list(METHODS)},
+    # Quick-sized data and SAE, the four LoRA-shaped methods at equal rank, steps, lr and seed, with the val check
+    # every 5 steps (all 15 val harmful prompts) so that steps-to-90 % can tell methods apart.
+    "compare": deep_merge(_QUICK, {
+        "methods": ["sails", "lora", "act_pca", "random_subspace"],
+        "sft": {"steps": 40, "eval_every": 5, "checkpoint_every": 10},
+        "eval": {"val_per_kind": 15},
+    }),
     "full": {
         "methods": list(METHODS),
         "data": {},
@@ -114,15 +131,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval": {"max_per_kind": 0, "ppl_contexts": 48, "n_facts": 100},
     },
 }
-
-
-def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """`override` on top of `base`; nested mappings merge key by key, anything else is replaced."""
-    out = dict(base)
-    for key, value in override.items():
-        nested = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
-        out[key] = deep_merge(out[key], value) if nested else value
-    return out
 
 
 def preset_layer(name: str) -> dict[str, Any]:
