@@ -168,7 +168,14 @@ def test_malformed_dataset_and_mismatched_sae_are_one_line_errors(tmp_path, inpu
 def test_config_layers_preset_then_file_then_flags():
     cfg = resolve_config([preset_layer("compare"), {"sft": {"steps": 7, "lr": 0.01}}, {"sft": {"steps": "9"}}])
     assert cfg.preset == "compare" and cfg.sft.steps == 9 and cfg.sft.lr == 0.01
-    assert cfg.sft.batch_size == PRESETS["quick"]["sft"]["batch_size"] and len(cfg.methods) == 6
+    assert cfg.sft.batch_size == PRESETS["quick"]["sft"]["batch_size"]
+    assert cfg.methods == ["sails", "lora", "act_pca", "random_subspace"]
+    # compare keeps quick's data, SAE, rank and lr; only the schedule of checks differs
+    quick = resolve_config([preset_layer("quick")])
+    compare = resolve_config([preset_layer("compare")])
+    assert (compare.data, compare.sae, compare.subspace, compare.sft.lr) == (quick.data, quick.sae, quick.subspace,
+                                                                             quick.sft.lr)
+    assert compare.sft.eval_every == 5 and compare.sft.steps >= quick.sft.steps
     with pytest.raises(SaelignError, match="lora.init"):
         resolve_config([preset_layer("quick"), {"lora": {"init": "pissa"}}])
     with pytest.raises(SaelignError, match="unknown preset"):
