@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ from common import peak_rss_mib, write_result
 from saelign.models import ModelConfig
 from saelign.models.loading import cache_dir
 from saelign.sae import SAE, SAEConfig
-from saelign.sae.train import SAETrainConfig, train_saes
+from saelign.sae.train import SAETrainConfig, auto_lr, train_saes
 from saelign.store.capture import CaptureConfig, capture
 from saelign.store.loader import ActivationStore
 
@@ -101,6 +102,7 @@ def spawn(cmd: list[str]) -> dict:
     if proc.returncode or not lines:
         raise SystemExit(f"benchmark step failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     result = json.loads(lines[-1][len("RESULT "):])
+    result["load_average_after"] = os.getloadavg()  # throughput numbers scale with it on a shared CPU
     print("  ", {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}, flush=True)
     return result
 
@@ -127,7 +129,8 @@ def run_all(args: argparse.Namespace) -> None:
     """Run the selected groups; results are merged into the JSON after every run, so a cut-short run keeps them."""
     store = prepare()
     previous = json.loads(RESULT_FILE.read_text()).get("runs", {}) if RESULT_FILE.is_file() and args.keep else {}
-    runs: dict[str, list[dict]] = {g: list(previous.get(g, [])) for g in GROUPS}
+    selected = args.groups.split(",")
+    runs: dict[str, list[dict]] = {g: [] if g in selected else list(previous.get(g, [])) for g in GROUPS}
     roofline = roofline_gflops()
     lr = 2e-4 / math.sqrt(D_SAE / 16384)  # the same learning rate for both libraries
     small = args.side_tokens
@@ -138,17 +141,23 @@ def run_all(args: argparse.Namespace) -> None:
                                       "held_out_tokens": EVAL_SHARDS * SHARD, "fp32_matmul_roofline_gflops": roofline,
                                       "anchors_saelens_491k": ANCHORS, "runs": runs})
 
+    curve_points = {"relu": [{"l1": c} for c in (2.0, 5.0, 10.0)], "jumprelu": [{"l0": c} for c in (0.25, 1.0, 4.0)],
+                    "batchtopk": [{"k": k} for k in (16, 32, 64)]}
+    saelens_arch = {"relu": "standard", "jumprelu": "jumprelu", "batchtopk": "batchtopk"}
     plan = {
         "headline": [lambda: ours(store, "topk", 491_520, k=32), lambda: ours(store, "relu", 491_520, l1=5.0)],
         "side_by_side": [lambda: ours(store, "topk", small, k=32), lambda: saelens(store, "topk", small, k=32, lr=lr),
+                         # SAELens at our TopK learning rate: is the gap the trainer or only the rate?
+                         lambda: saelens(store, "topk", small, k=32, lr=auto_lr(SAEConfig(d_sae=D_SAE), small)),
                          lambda: ours(store, "relu", small, l1=5.0), lambda: saelens(store, "standard", small, l1=5.0, lr=lr)],
-        "curves": [lambda a=a, kw=kw: ours(store, a, small, **kw) for a, kw in
-                   (("relu", {"l1": 2.0}), ("relu", {"l1": 10.0}), ("jumprelu", {"l0": 0.5}), ("jumprelu", {"l0": 2.0}),
-                    ("batchtopk", {"k": 16}), ("batchtopk", {"k": 32}), ("batchtopk", {"k": 64}))],
+        # Quality only (FVU vs L0 on held-out tokens), so these may run on a busy machine.
+        "curves": [job for arch, points in curve_points.items() for kw in points for job in (
+            lambda a=arch, kw=kw: ours(store, a, args.curve_tokens, **kw),
+            lambda a=arch, kw=kw: saelens(store, saelens_arch[a], args.curve_tokens, lr=lr, **kw))],
         "memory": [lambda s=s: ours(store, "topk", 131_072, k=32, train_shards=s) for s in (8, TRAIN_SHARDS)],
         "topk_budget": [lambda t=t: ours(store, "topk", t, k=32) for t in (1_048_576, 2_097_152)],
     }
-    for group in args.groups.split(","):
+    for group in selected:
         for job in plan[group]:
             record(group, job())
 
@@ -167,9 +176,10 @@ def main() -> None:
     one.add_argument("--l0", type=float, default=1.0)
     one.add_argument("--train-shards", type=int, default=TRAIN_SHARDS)
     everything = sub.add_parser("all")
-    everything.add_argument("--side-tokens", type=int, default=122_880, help="budget of side-by-side and curve runs")
+    everything.add_argument("--side-tokens", type=int, default=491_520, help="budget of the side-by-side runs")
+    everything.add_argument("--curve-tokens", type=int, default=245_760, help="budget of the FVU-vs-L0 curve runs")
     everything.add_argument("--groups", default=",".join(GROUPS), help=f"comma-separated subset of {GROUPS}")
-    everything.add_argument("--keep", action="store_true", help="keep runs of groups already in the result file")
+    everything.add_argument("--keep", action="store_true", help="keep the result file's runs of the groups not selected")
     args = parser.parse_args()
     if args.step == "prepare":
         print(prepare())

@@ -177,7 +177,8 @@ def test_relu_l1_coefficient_trades_sparsity_for_error():
 
 
 def test_jumprelu_learns_thresholds():
-    sae, l0, error = train_small("jumprelu", jumprelu_sparsity_coefficient=1.0, jumprelu_init_threshold=0.01)
+    sae, l0, error = train_small("jumprelu", jumprelu_sparsity_coefficient=1.0, jumprelu_init_threshold=0.01,
+                                 jumprelu_threshold_lr=0.01)
     assert float(sae.threshold.mean()) > 0.05 and (sae.threshold >= 0).all() and not sae.threshold.requires_grad
     assert l0 < 20 and error < 0.15
 
@@ -352,6 +353,14 @@ def test_dead_window_and_lr_defaults():
     assert auto_lr(cfg, 10**9) == pytest.approx(2e-4) and auto_lr(cfg, 10**6) == pytest.approx(2e-4 * 100**0.47)
     assert auto_lr(SAEConfig(d_sae=16384, activation="relu"), 10**6) == pytest.approx(2e-4)
     assert auto_lr(cfg, 10**4) == pytest.approx(12 * 2e-4)
+
+
+def test_jumprelu_threshold_has_its_own_learning_rate():
+    # Too slow a threshold never leaves its initial value within a short run: the SAE stays dense.
+    slow, l0_slow, _ = train_small("jumprelu", jumprelu_init_threshold=0.01, jumprelu_threshold_lr=1e-4)
+    fast, l0_fast, _ = train_small("jumprelu", jumprelu_init_threshold=0.01, jumprelu_threshold_lr=0.01)
+    assert float(slow.threshold.max()) < 0.02 < float(fast.threshold.mean())
+    assert l0_fast < 0.6 * l0_slow
 
 
 def test_massive_norm_outliers_are_dropped(tmp_path):

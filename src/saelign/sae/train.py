@@ -64,6 +64,10 @@ class SAETrainConfig:
     jumprelu_tanh_scale: float = help_field(4.0, "jumprelu: c in the tanh penalty")
     jumprelu_bandwidth: float = help_field(0.05, "jumprelu: width of the straight-through kernel for the threshold")
     jumprelu_init_threshold: float = help_field(0.01, "jumprelu: initial threshold (initial pre-activations are ~N(0, 0.1^2))")
+    jumprelu_threshold_lr: float = help_field(0.03, "jumprelu: peak Adam learning rate of the thresholds, on the same "
+                                                    "schedule as lr. They live on the normalised pre-activation scale "
+                                                    "(~0.1-1) and must get there within the run: at the weights' lr "
+                                                    "Adam moves them by only ~1e-4 per step")
     sparsity_warmup_fraction: float = help_field(0.05, "relu/jumprelu: the sparsity coefficient ramps up linearly over "
                                                        "this fraction of training")
     auxk_alpha: float = help_field(1 / 32, "topk/batchtopk: weight of the AuxK loss that revives dead latents")
@@ -121,19 +125,20 @@ class _Run:
         self.sae = SAE(cfg, device)
         self.sae.reset_parameters(seed=tcfg.seed)
         self.sparse = cfg.activation in ("topk", "batchtopk")
-        params = [self.sae.W_enc, self.sae.b_enc, self.sae.W_dec, self.sae.b_dec]
+        self.base_lr = tcfg.lr or auto_lr(cfg, tcfg.total_tokens)
+        groups: list[dict[str, Any]] = [{"params": [self.sae.W_enc, self.sae.b_enc, self.sae.W_dec, self.sae.b_dec],
+                                         "peak_lr": self.base_lr}]
         if not self.sparse:
             with torch.no_grad():
                 self.sae.W_enc.mul_(_DENSE_ENCODER_INIT_SCALE)
         if cfg.activation == "jumprelu":
-            # Trained directly (not in log space): Adam then moves it by ~lr per step, which short runs need.
+            # Trained directly (not in log space) at a raised learning rate: see jumprelu_threshold_lr.
             threshold = self.sae.threshold
             assert threshold is not None
             with torch.no_grad():
                 threshold.fill_(tcfg.jumprelu_init_threshold)
-            params.append(threshold.requires_grad_(True))
-        self.base_lr = tcfg.lr or auto_lr(cfg, tcfg.total_tokens)
-        self.optimizer = torch.optim.Adam(params, lr=self.base_lr, betas=(tcfg.adam_beta1, tcfg.adam_beta2),
+            groups.append({"params": [threshold.requires_grad_(True)], "peak_lr": tcfg.jumprelu_threshold_lr})
+        self.optimizer = torch.optim.Adam(groups, lr=self.base_lr, betas=(tcfg.adam_beta1, tcfg.adam_beta2),
                                           fused=device.type in ("cpu", "cuda"))
         self.since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=device)
         self.threshold_ema, self.threshold_updates = torch.zeros((), device=device), 0
@@ -144,11 +149,12 @@ class _Run:
 
     def step(self, x: torch.Tensor, x_var: torch.Tensor, tokens_done: int, total: int, pre_buffer: torch.Tensor | None) -> None:
         tcfg, sae = self.tcfg, self.sae
-        lr = self.base_lr * _ramp(tokens_done + x.shape[0], tcfg.lr_warmup_fraction, total)
+        factor = _ramp(tokens_done + x.shape[0], tcfg.lr_warmup_fraction, total)
         if tcfg.lr_decay_fraction:
-            lr *= min(1.0, (total - tokens_done) / (tcfg.lr_decay_fraction * total))
+            factor *= min(1.0, (total - tokens_done) / (tcfg.lr_decay_fraction * total))
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = group["peak_lr"] * factor
+        lr = self.base_lr * factor
         if self.sparse:
             dead = self.since_fired >= tcfg.dead_window()
             assert pre_buffer is not None
