@@ -1,6 +1,6 @@
 """Capture throughput vs the bare model forward stopped at the same layer (same batches, same process).
 
-Run: .venv/bin/python bench/bench_capture.py [--contexts 160]
+Run: .venv/bin/python bench/bench_capture.py [--contexts 320]
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ HOOKPOINT = "model.layers.15"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--contexts", type=int, default=160, help="contexts of 128 tokens per timed round")
+    parser.add_argument("--contexts", type=int, default=320, help="contexts of 128 tokens per timed round (a capture "
+                                                                "call has ~0.4 s of fixed setup: hashes, width probe)")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     model, tokenizer = load_model(ModelConfig())

@@ -56,7 +56,37 @@ def sae_section(r: dict) -> list[str]:
             lines.append(f"| {group}{extra} | {run['library']} | {arch} | {setting} | {run['tokens']:,} | {run['tok_s']:,.0f} | "
                          f"{run['fvu']:.3f} | {run['l0']:.1f} | {100 * run['dead_fraction']:.1f} % | {perf} | "
                          f"{'–' if rss is None else f'{rss:,.0f}'} |")
+    plot = plot_curves(r)
+    if plot:
+        lines += ["", f"![FVU vs L0 on held-out tokens, saelign vs SAELens]({plot.relative_to(ROOT).as_posix()})"]
     return lines + ["", machine_line(r), ""]
+
+
+FAMILIES = {"relu / L1": ("relu", "standard"), "jumprelu": ("jumprelu",), "batchtopk": ("batchtopk",)}
+
+
+def plot_curves(r: dict) -> Path | None:
+    """FVU vs L0 of the `curves` group, one panel per SAE family, one line per library."""
+    runs = r["runs"].get("curves") or []
+    if not runs:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(FAMILIES), figsize=(4.2 * len(FAMILIES), 3.4))
+    for ax, (title, archs) in zip(axes, FAMILIES.items(), strict=True):
+        for library, marker in (("saelign", "o-"), ("sae_lens", "s--")):
+            points = sorted((run["l0"], run["fvu"]) for run in runs if run["library"] == library and run["arch"] in archs)
+            if points:
+                ax.plot(*zip(*points, strict=True), marker, label=library)
+        ax.set(title=f"{title} ({runs[0]['tokens']:,} tokens)", xscale="log", xlabel="L0 (held-out)", ylabel="FVU (held-out)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path = RESULTS / "sae_curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def sails_section(r: dict) -> list[str]:
