@@ -107,8 +107,9 @@ _QUICK: dict[str, Any] = {
             "label_contexts": 6},
     "subspace": {"max_rank": 8},
     "targets": {"max_new_tokens": 32},
-    # lr 2.5e-4 rather than 5e-4: the same safety at 30 steps with a third of the perplexity drift (+5 % vs +15 %).
-    "sft": {"steps": 30, "lr": 2.5e-4, "batch_size": 8, "warmup": 4, "eval_every": 10, "checkpoint_every": 10,
+    # lr 2.5e-4 rather than 5e-4 (which drifted perplexity +15 %), and 40 steps rather than 30: at 30 steps the
+    # adapter still hedged ("I'm not sure how to help with this") on some held-out harmful prompts.
+    "sft": {"steps": 40, "lr": 2.5e-4, "batch_size": 8, "warmup": 4, "eval_every": 10, "checkpoint_every": 10,
             "max_length": 112},
     "eval": {"max_new_tokens": 32, "ppl_contexts": 12, "n_facts": 30, "facts_max_new_tokens": 16, "val_per_kind": 12,
              "val_max_new_tokens": 24, "samples": 3},
