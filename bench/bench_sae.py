@@ -155,11 +155,11 @@ def run_all(args: argparse.Namespace) -> None:
                     "batchtopk": [{"k": k} for k in (16, 32, 64)]}
     saelens_arch = {"relu": "standard", "jumprelu": "jumprelu", "batchtopk": "batchtopk"}
     plan = {
-        "headline": [lambda: ours(store, "topk", 491_520, k=32), lambda: ours(store, "relu", 491_520, l1=5.0)],
+        "headline": [lambda: ours(store, "topk", 491_520, k=32), lambda: ours(store, "relu", 491_520, l1=2.0)],
         "side_by_side": [lambda: ours(store, "topk", small, k=32), lambda: saelens(store, "topk", small, k=32, lr=lr),
                          # SAELens at our TopK learning rate: is the gap the trainer or only the rate?
                          lambda: saelens(store, "topk", small, k=32, lr=auto_lr(SAEConfig(d_sae=D_SAE), small)),
-                         lambda: ours(store, "relu", small, l1=5.0), lambda: saelens(store, "standard", small, l1=5.0, lr=lr)],
+                         lambda: ours(store, "relu", small, l1=2.0), lambda: saelens(store, "standard", small, l1=2.0, lr=lr)],
         # Quality only (FVU vs L0 on held-out tokens), so these may run on a busy machine.
         "curves": [job for arch, points in curve_points.items() for kw in points for job in (
             lambda a=arch, kw=kw: ours(store, a, args.curve_tokens, **kw),
@@ -182,7 +182,7 @@ def main() -> None:
     one.add_argument("--tokens", type=int, required=True)
     one.add_argument("--d-sae", type=int, default=D_SAE)
     one.add_argument("--k", type=int, default=32)
-    one.add_argument("--l1", type=float, default=5.0)
+    one.add_argument("--l1", type=float, default=2.0)
     one.add_argument("--l0", type=float, default=1.0)
     one.add_argument("--train-shards", type=int, default=TRAIN_SHARDS)
     everything = sub.add_parser("all")
