@@ -1,11 +1,13 @@
 """AlignSAE benchmark on the default model: relations ontology (known facts only), vanilla TopK SAE, post-training,
-every metric against the AlignSAE targets, and a small layer sweep. Writes bench/results/align_relations.json.
+every metric against the AlignSAE targets, and a layer sweep. Writes bench/results/align_relations.json.
 
 Steps: build the relations ontology and keep the facts SmolLM2-135M-Instruct states itself; capture State of the
-Union activations at the benchmark layers (first shard: SAE training and post-training generic batches; the rest:
-held-out FVU); train a TopK SAE per layer (or take --sae for the main layer); `train_aligned`; `evaluate_aligned`
-(swap α sweep at the main layer only). Small settings, sized for 2 shared CPU cores; all recorded in the JSON.
-Run: cd bench && OMP_NUM_THREADS=1 ../.venv/bin/python bench_align.py [--layers 6,12,18,24] [--sae DIR]
+Union activations at all benchmark layers in one pass (first 32k tokens: SAE training and post-training generic
+batches; the next 4k: held-out FVU); train a TopK SAE per layer (or take --sae for the main layer); `train_aligned`;
+`evaluate_aligned`. The main layer (22 of 30) gets the full post-training, the full swap α sweep and CE splicing; the
+other sweep layers get shorter post-training and a small swap check. Small settings, sized for 2 shared CPU cores;
+all recorded in the JSON.
+Run: cd bench && OMP_NUM_THREADS=1 ../.venv/bin/python bench_align.py [--layer 22] [--layers 6,12,15,18,26] [--sae DIR]
 (one thread: on a shared, overloaded CPU two threads made post-training ~10x slower.)
 """
 
@@ -30,9 +32,46 @@ from saelign.store import ActivationStore, CaptureConfig, capture
 
 RELATIONS = ["capital", "currency", "nationality", "continent", "language", "city_in_state", "plural"]
 SHARD = 16384
-HELD_OUT = 4096
+TRAIN_SHARDS = 2  # SAE training and post-training generic batches: the first 32k tokens
+TRAIN_TOKENS = SHARD * TRAIN_SHARDS
+HELD_OUT = 4096  # FVU / entanglement rows, never seen in training
 SAE_BATCH = 1024  # more, smaller steps: the training shard is small
 WORK = cache_dir() / "bench" / "align"
+SWEEP_ALPHAS = (1.0, 2.0, 3.0)  # the small swap check at the non-main sweep layers
+NOTES = [
+    "Vanilla SAEs: TopK k=32, d_sae=2304, 32k SOTU tokens x 8 epochs (262k token-steps, batch 1024) per layer; the "
+    "previous result used 16k x 8 and its vanilla SAE was undertrained (held-out FVU 0.39 at layer 15), which made "
+    "post-training look like it lowered FVU by 31 %.",
+    "Main layer 22: a side experiment with the untrained slot initialisation (linear probe encoder, concept-mean "
+    "offsets as decoder rows) gave unseen-template binding 0.65 / 0.65 / 0.73 / 1.0 / 0.98 at layers 12 / 15 / 18 / "
+    "22 / 26 (on raw activations) and swap success (best alpha, 98 swaps) 0.14 / 0.32 / 0.26 at layers 18 / 22 / 26: "
+    "layer 22 is best for both.",
+    "Unseen-template binding at layer 22 over post-training (side experiment, same data and defaults): 0.93 at the "
+    "probe initialisation, 0.74 after stage 1 (reconstruction also moves the slot encoders), 0.95 after 200 stage-2 "
+    "steps, then 0.93 / 0.91 / 0.86 / 0.84 at 400 / 600 / 800 / 1000 stage-2 steps: MSE binding on 4 train templates "
+    "per concept overfits them. Added the `anchor_coeff` term (relative squared distance of each slot encoder from "
+    "its probe initialisation, weight 1.0, now the default; the only value tried): in the same side experiment "
+    "unseen binding stayed at 0.98-0.99 from 200 to 1000 stage-2 steps (train 1.0). The overfitting was seen on "
+    "the test templates; the weight was not tuned on them.",
+    "Previous full run of this script without the anchor (same SAEs and settings, sweep with 2 swaps per pair at "
+    "alpha 1/2/3): layer 22 unseen binding 0.844, swap 0.306 (alpha 1.5 and 2, 98 swaps), vanilla swap 0, FVU "
+    "0.224 -> 0.218; layer 6 unseen binding 0.806, swap 0.056; layer 12 unseen binding 0.756, swap 0.111. The "
+    "sweep here measures binding and FVU only (--sweep-per-pair 0) to fit the time budget.",
+    "The anchor is not a free win: at the early sweep layers (shorter post-training, weaker probe initialisation) "
+    "it held unseen binding at 0.66 / 0.65 (layers 6 / 12) where the run without it reached 0.81 / 0.76, and train "
+    "binding there stays below 1 (0.94-0.99). It helps where the probe initialisation already generalises (layer 22).",
+    "Swap: source slot -> 0, target slot -> alpha x the target slot's mean activation on its own prompts, at the "
+    "prompt's last token, while the prompt is read; alpha grid refined to 0.5-8 (1.5 and 3 added).",
+    "Why swap success stays near 0.3 (side experiments at layer 22): (1) even on the train templates the probe-"
+    "initialised swap reaches only 0.43 (alpha 1.5, 108 swaps); (2) an oracle that replaces the whole last-token "
+    "residual at layer 22 with that of the same entity's target-concept train prompt succeeds in only 0.51 of 72 "
+    "unseen-template cases, a ceiling for any single-position edit at this layer; (3) editing every prompt position "
+    "where the source slot is the active concept did worse (0.29 vs 0.32). Failure mode in the continuations: unseen "
+    "templates keep their own syntax ('The government of Germany sits in the city of' swapped to nationality gives "
+    "'a German-speaking country'), or the entity is lost ('Latgady').",
+    "The vanilla baseline (best single latent per concept by AUC) swapped none of its cases at any alpha, so the "
+    "swap ratio is unbounded; the target row reports the lower bound aligned / (1/n).",
+]
 RESULT_DIR = Path(__file__).resolve().parent / "results" / "tmp" / "align_relations"  # report.md/.html + PNGs
 
 
@@ -49,101 +88,112 @@ def known_ontology(max_entities: int) -> tuple[Path, dict]:
     return path, report
 
 
-def activation_stores(hookpoints: list[str], folder: str) -> dict[str, Path]:
+def activation_stores(hookpoints: list[str], folder: str = "acts_36k") -> dict[str, Path]:
     """One forward pass over the corpus for all hookpoints (it stops after the deepest)."""
-    return capture(ModelConfig(), CaptureConfig(hookpoints=hookpoints, corpus="sotu", token_budget=SHARD + HELD_OUT,
+    return capture(ModelConfig(), CaptureConfig(hookpoints=hookpoints, corpus="sotu", token_budget=TRAIN_TOKENS + HELD_OUT,
                                                 shard_tokens=SHARD, out=str(WORK / folder)))
 
 
 def vanilla_sae(store: Path, hookpoint: str, d_sae: int, k: int, epochs: int) -> Path:
-    out = WORK / "sae" / hookpoint / f"topk{k}_{d_sae}_b{SAE_BATCH}"
+    out = WORK / "sae" / hookpoint / f"topk{k}_{d_sae}_b{SAE_BATCH}_t{TRAIN_TOKENS // 1024}k_e{epochs}"
     if (out / "cfg.json").is_file():
         return out
     st = ActivationStore(store)
-    batches = st.batches(SAE_BATCH, shuffle=True, seed=0, epochs=epochs, shards=[0])
-    tcfg = SAETrainConfig(total_tokens=SHARD * epochs, batch_size=SAE_BATCH, out=str(out), checkpoint_every_tokens=10**9)
+    batches = st.batches(SAE_BATCH, shuffle=True, seed=0, epochs=epochs, shards=list(range(TRAIN_SHARDS)))
+    tcfg = SAETrainConfig(total_tokens=TRAIN_TOKENS * epochs, batch_size=SAE_BATCH, out=str(out), checkpoint_every_tokens=10**9)
     train_saes(batches, [SAEConfig(d_in=st.d_in, d_sae=d_sae, k=k, hookpoint=hookpoint, model="SmolLM2-135M-Instruct")], tcfg)
     return out
 
 
-def run_layer(hookpoint: str, sae: Path, ontology: Path, store: Path, args: argparse.Namespace, swaps: bool) -> dict:
-    aligned = WORK / "aligned" / hookpoint / sae.name
+def run_layer(hookpoint: str, sae: Path, ontology: Path, store: Path, args: argparse.Namespace, main: bool) -> dict:
+    """Post-train and evaluate one layer: the main layer in full, a sweep layer with fewer steps and a small swap
+    check (SWEEP_ALPHAS, --sweep-per-pair swaps per concept pair, no splicing)."""
+    steps1, steps2 = (args.steps1, args.steps2) if main else (args.sweep_steps1, args.sweep_steps2)
+    post = PostTrainConfig(steps_stage1=steps1, steps_stage2=steps2)
+    aligned = WORK / "aligned" / hookpoint / f"{sae.name}_s{steps1}+{steps2}_anchor{post.anchor_coeff:g}"
+    post.out = str(aligned)
     timings = {}
     start = time.perf_counter()
-    train_aligned(AlignTrainConfig(sae=str(sae), ontology=str(ontology), store=str(store), generic_tokens=SHARD),
-                  PostTrainConfig(steps_stage1=args.steps1, steps_stage2=args.steps2, out=str(aligned)))
+    train_aligned(AlignTrainConfig(sae=str(sae), ontology=str(ontology), store=str(store), generic_tokens=TRAIN_TOKENS),
+                  post)
     timings["post_train_s"] = round(time.perf_counter() - start, 1)
     start = time.perf_counter()
-    out = RESULT_DIR if swaps else RESULT_DIR / "sweep" / hookpoint
+    out = RESULT_DIR if main else RESULT_DIR / "sweep" / hookpoint
+    swap_settings = (dict(max_per_pair=args.max_per_pair, max_rest=args.max_rest, splice_contexts=args.splice_contexts) if main
+                     else dict(alphas=list(SWEEP_ALPHAS), max_per_pair=args.sweep_per_pair, max_rest=0, splice_contexts=0))
     metrics = evaluate_aligned(AlignEvalConfig(aligned=str(aligned), vanilla=str(sae), out=str(out), store=str(store),
-                                               generic_tokens=HELD_OUT, swaps=swaps, max_per_pair=args.max_per_pair,
-                                               max_rest=args.max_rest, splice_contexts=args.splice_contexts if swaps else 0))
+                                               generic_tokens=HELD_OUT, swaps=main or args.sweep_per_pair > 0, **swap_settings))
     timings["eval_s"] = round(time.perf_counter() - start, 1)
     return {"metrics": metrics, "timings": timings}
 
 
-def sweep_row(layer: int, metrics: dict) -> dict:
+def sweep_row(layer: int, metrics: dict, steps: tuple[int, int]) -> dict:
     return {"layer": layer, "binding_train": metrics["aligned"]["binding_accuracy_train"],
             "binding_test": metrics["aligned"]["binding_accuracy_test"],
+            "vanilla_binding_train": metrics["vanilla"]["binding_accuracy_train"],
             "vanilla_binding_test": metrics["vanilla"]["binding_accuracy_test"],
+            "auc_test_mean": sum(metrics["aligned"]["auc_test"]) / len(metrics["aligned"]["auc_test"]),
             "fvu_vanilla": metrics["reconstruction"]["vanilla"]["generic"]["fvu"],
-            "fvu_increase": metrics["fvu_increase"]}
+            "fvu_aligned": metrics["reconstruction"]["aligned"]["generic"]["fvu"],
+            "fvu_increase": metrics["fvu_increase"], "post_train_steps": list(steps),
+            **({"swap_best": metrics["aligned"]["swap"]["best_success"], "swap_best_alpha": metrics["aligned"]["swap"]["best_alpha"],
+                "vanilla_swap_best": metrics["vanilla"]["swap"]["best_success"]} if "swap" in metrics["aligned"] else {})}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layer", type=int, default=15, help="main layer (swaps, report)")
-    parser.add_argument("--layers", default="", help="sweep layers, e.g. 6,12,18,24 (binding and FVU only; '' = none)")
+    parser.add_argument("--layer", type=int, default=22, help="main layer (swaps, report); 22 of 30 is where binding "
+                                                              "on unseen templates emerges (see the sweep)")
+    parser.add_argument("--layers", default="6,12,15,18,26", help="other sweep layers ('' = none)")
     parser.add_argument("--sae", help="vanilla SAE for the main layer (default: train one)")
     parser.add_argument("--d-sae", type=int, default=2304)
     parser.add_argument("--k", type=int, default=32)
-    parser.add_argument("--sae-epochs", type=int, default=8, help="passes over the 16k-token training shard")
+    parser.add_argument("--sae-epochs", type=int, default=8, help="passes over the 32k-token training shards")
     parser.add_argument("--max-entities", type=int, default=24)
     parser.add_argument("--steps1", type=int, default=200)
     parser.add_argument("--steps2", type=int, default=1000)
+    parser.add_argument("--sweep-steps1", type=int, default=100, help="post-training steps at the other sweep layers")
+    parser.add_argument("--sweep-steps2", type=int, default=400)
+    parser.add_argument("--sweep-per-pair", type=int, default=0, help="swaps per concept pair and α at the other sweep "
+                                                                       "layers (0: binding and FVU only)")
     parser.add_argument("--max-per-pair", type=int, default=6)
     parser.add_argument("--max-rest", type=int, default=4)
     parser.add_argument("--splice-contexts", type=int, default=8)
     args = parser.parse_args()
     began = time.perf_counter()
-    sweep_layers = [int(x) for x in args.layers.split(",") if x]
-    layers = [args.layer, *[x for x in sweep_layers if x != args.layer]]
-    hookpoints = {layer: f"model.layers.{layer}" for layer in layers}
+    sweep_layers = [int(x) for x in args.layers.split(",") if x and int(x) != args.layer]
+    hookpoints = {layer: f"model.layers.{layer}" for layer in [args.layer, *sweep_layers]}
 
     t = time.perf_counter()
     ontology, fact_report = known_ontology(args.max_entities)
     ontology_s = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
     main_hp = hookpoints[args.layer]
-    stores = activation_stores([main_hp], "acts")
+    stores = activation_stores(list(hookpoints.values()))
     capture_s = round(time.perf_counter() - t, 1)
 
-    settings = {**vars(args), "relations": RELATIONS, "generic_train_tokens": SHARD,
-                "held_out_tokens": HELD_OUT, "corpus": "sotu", "context_length": 128, "sae_activation": "topk", "sae_batch_size": SAE_BATCH,
-                "alphas": list(AlignEvalConfig().alphas), "post_train": "PostTrainConfig defaults except steps"}
-    result: dict = {"model": "SmolLM2-135M-Instruct", "settings": settings, "fact_filter": fact_report,
+    settings = {**vars(args), "relations": RELATIONS, "generic_train_tokens": TRAIN_TOKENS,
+                "held_out_tokens": HELD_OUT, "corpus": "sotu", "context_length": 128, "sae_activation": "topk",
+                "sae_batch_size": SAE_BATCH, "sae_train_tokens": TRAIN_TOKENS * args.sae_epochs,
+                "alphas": list(AlignEvalConfig().alphas), "sweep_alphas": list(SWEEP_ALPHAS), "post_train": "PostTrainConfig defaults except steps"}
+    result: dict = {"model": "SmolLM2-135M-Instruct", "notes": NOTES, "settings": settings, "fact_filter": fact_report,
                     "timings": {"ontology_s": ontology_s, "capture_s": capture_s}}
     t = time.perf_counter()
     sae = Path(args.sae) if args.sae else vanilla_sae(stores[main_hp], main_hp, args.d_sae, args.k, args.sae_epochs)
     result["timings"]["sae_train_s"] = round(time.perf_counter() - t, 1)
-    main_run = run_layer(main_hp, sae, ontology, stores[main_hp], args, swaps=True)
+    main_run = run_layer(main_hp, sae, ontology, stores[main_hp], args, main=True)
     metrics = main_run["metrics"]
     result.update(hookpoint=main_hp, headline=headline(metrics), targets=target_checks(metrics), metrics=metrics)
     result["timings"].update(main_run["timings"])
-    result["sweep"] = [sweep_row(args.layer, metrics)]
+    result["sweep"] = [sweep_row(args.layer, metrics, (args.steps1, args.steps2))]
     write_result("align_relations", {**result, "peak_rss_mib": round(peak_rss_mib()), "wall_s": round(time.perf_counter() - began)})
-    others = [hookpoints[layer] for layer in sweep_layers if layer != args.layer]
-    t = time.perf_counter()
-    stores.update(activation_stores(others, "acts_sweep") if others else {})
-    result["timings"]["sweep_capture_s"] = round(time.perf_counter() - t, 1)
     for layer in sweep_layers:
-        if layer == args.layer:
-            continue
         hp = hookpoints[layer]
-        run = run_layer(hp, vanilla_sae(stores[hp], hp, args.d_sae, args.k, args.sae_epochs), ontology, stores[hp], args, swaps=False)
-        result["sweep"].append(sweep_row(layer, run["metrics"]))
+        t = time.perf_counter()
+        run = run_layer(hp, vanilla_sae(stores[hp], hp, args.d_sae, args.k, args.sae_epochs), ontology, stores[hp], args, main=False)
+        result["sweep"].append(sweep_row(layer, run["metrics"], (args.sweep_steps1, args.sweep_steps2)))
         result["sweep"].sort(key=lambda r: r["layer"])
-        result["timings"][f"layer{layer}_s"] = sum(run["timings"].values())
+        result["timings"][f"layer{layer}_s"] = round(time.perf_counter() - t, 1)
         write_result("align_relations", {**result, "peak_rss_mib": round(peak_rss_mib()), "wall_s": round(time.perf_counter() - began)})
     if len(result["sweep"]) > 1:  # the main report gains the layer-sweep plot
         from saelign.align.report import write_report

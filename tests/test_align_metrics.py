@@ -7,6 +7,7 @@ from sklearn.metrics import roc_auc_score
 
 from saelign.align.activations import answer_token_ids, concept_activations, example_activations
 from saelign.align.metrics import (
+    DEFAULT_ALPHAS,
     alignment_report,
     auc,
     best_latents,
@@ -166,3 +167,11 @@ def test_alignment_report_end_to_end(tiny_llama, tokenizer):
     for side in ("aligned", "vanilla"):
         assert report["splice"][side]["predictions"] == 12
         assert report["splice"][side]["ce_loss_clean"] == pytest.approx(report["splice"]["vanilla"]["ce_loss_clean"])
+
+
+def test_default_alpha_grid_brackets_the_papers_best():
+    # α≈2 is the authors' best; its neighbours on both sides and a large α (where success should fall) are swept.
+    assert list(DEFAULT_ALPHAS) == sorted(set(DEFAULT_ALPHAS))
+    i = DEFAULT_ALPHAS.index(2.0)
+    assert 0 < i < len(DEFAULT_ALPHAS) - 1 and DEFAULT_ALPHAS[i - 1] >= 1.0 and DEFAULT_ALPHAS[i + 1] <= 3.0
+    assert DEFAULT_ALPHAS[0] <= 0.5 and DEFAULT_ALPHAS[-1] >= 8.0

@@ -78,6 +78,13 @@ def test_target_checks_report_misses_honestly():
     assert checks["binding on unseen templates"]["met"] == "NO" and checks["binding on unseen templates"]["value"] == 0.8
     assert checks["swap success ÷ vanilla baseline"]["value"] == pytest.approx(0.85 / 0.3)
     assert checks["FVU increase vs the SAE before post-training"]["met"] == "NO"
+    never = metrics()  # a vanilla baseline that never swaps: unbounded ratio, reported as its lower bound
+    never["vanilla"]["swap"]["best_success"], never["swap_ratio_vs_vanilla"] = 0.0, None
+    ratio = {row["target"]: row for row in target_checks(never)}["swap success ÷ vanilla baseline"]
+    assert ratio["met"] == "yes" and ratio["value"] == pytest.approx(0.85 * 20) and "none of its 20" in ratio["note"]
+    never["aligned"]["swap"]["best_success"] = 0.0  # neither swaps: not met
+    ratio = {row["target"]: row for row in target_checks(never)}["swap success ÷ vanilla baseline"]
+    assert ratio["met"] == "NO" and ratio["value"] == 0.0
     unmeasured = metrics()
     del unmeasured["aligned"]["swap"], unmeasured["swap_ratio_vs_vanilla"]
     assert {row["target"]: row["met"] for row in target_checks(unmeasured)}["swap success at best α"] == "n/a"
@@ -93,12 +100,15 @@ def test_metric_rows_pair_aligned_with_vanilla():
 
 
 def test_report_files_hold_table_and_figures(tmp_path):
-    sweep = [{"layer": 6, "binding_train": 0.8, "binding_test": 0.6, "vanilla_binding_test": 0.4},
-             {"layer": 15, "binding_train": 1.0, "binding_test": 0.9, "vanilla_binding_test": 0.5}]
+    sweep = [{"layer": 6, "binding_train": 0.8, "binding_test": 0.6, "vanilla_binding_test": 0.4, "swap_best": 0.05,
+              "vanilla_swap_best": 0.0},
+             {"layer": 15, "binding_train": 1.0, "binding_test": 0.9, "vanilla_binding_test": 0.5, "swap_best": 0.31,
+              "vanilla_swap_best": 0.02}]
     md, html = write_report({**metrics(), "layer_sweep": sweep}, tmp_path)
     text = md.read_text()
     assert "| binding accuracy, unseen templates | 0.9 | 0.5 |" in text
     assert "| binding on unseen templates | 0.9 | ≥ 0.85 | yes |" in text
     assert "<table>" in html.read_text() and "Layer sweep" in text
+    assert "| 15 | 1 | 0.9 | 0.5 | 0.31 | 0.02 |" in text  # swap success per layer sits in the sweep table
     for name in ("alpha_curve", "confusion_aligned_test", "confusion_vanilla_train", "layer_sweep"):
         assert (tmp_path / f"report_{name}.png").read_bytes().startswith(b"\x89PNG"), name

@@ -1,11 +1,12 @@
 import dataclasses
+import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from saelign.align import posttrain
-from saelign.align.losses import ValueHead, binding_loss, decorrelation_loss
+from saelign.align.losses import ValueHead, anchor_loss, binding_loss, decorrelation_loss
 from saelign.align.posttrain import GenericBatches, PostTrainConfig, post_train
 from saelign.align.slots import load_slot_map
 from saelign.errors import SaelignError
@@ -93,6 +94,30 @@ def test_binding_reaches_one_on_held_out_and_free_bank_keeps_reconstructing(saes
     assert aligned.cfg.always_on_latents == slot_map.slots == [64, 65, 66]
     assert all(s > 0 for s in slot_map.scales)
     assert sae.cfg.d_sae == 64 and not sae.cfg.always_on_latents  # the input SAE is left untouched
+
+
+def test_anchor_keeps_slot_encoders_near_the_probe_init(saes, data):
+    generic, (x_train, y_train), (x_test, y_test) = data
+    sae = saes["relu"]
+    init, slots = posttrain._with_slots(sae, x_train, y_train, GenericBatches(generic, FAST["generic_batch_size"], 0).batch(0),
+                                        N_CONCEPTS, "new")
+    start = init.W_enc.detach()[:, slots]
+    moved = {}
+    for coeff in (0.0, 10.0):
+        aligned, slot_map = post_train(sae, x_train, y_train, generic, PostTrainConfig(anchor_coeff=coeff, **FAST))
+        assert slot_map.slots == slots
+        moved[coeff] = float(anchor_loss(aligned.W_enc.detach()[:, slots], start))
+        with torch.no_grad():
+            z = aligned.encode(x_test)[:, slots]
+        assert float((z.argmax(1) == y_test).float().mean()) >= 0.97  # binding still learnt
+    assert moved[0.0] > 0.01 and moved[10.0] < 0.5 * moved[0.0]
+
+
+def test_anchor_loss_is_relative_squared_distance():
+    w0 = torch.tensor([[3.0, 0.0], [4.0, 2.0]])
+    assert float(anchor_loss(w0, w0)) == 0.0
+    moved = w0 + torch.tensor([[0.0, 1.0], [5.0, 0.0]])  # column 0: 25 / 25, column 1: 1 / 4
+    assert float(anchor_loss(moved, w0)) == pytest.approx((1.0 + 0.25) / 2)
 
 
 def test_topk_slots_sit_out_the_competition():
@@ -224,6 +249,15 @@ def test_resume_equals_uninterrupted(saes, data, tmp_path, monkeypatch):
     torch.testing.assert_close(again.W_enc, loaded.W_enc)
     with pytest.raises(SaelignError, match=r"different options \(lr\)"):
         post_train(saes["topk"], x_train, y_train, generic, dataclasses.replace(cfg, out=out, lr=0.1), answer_tokens=answers)
+    # A run saved before the anchor option existed had no anchor: it loads as anchor_coeff=0, not as the default.
+    state_path = tmp_path / "b" / posttrain.CHECKPOINT_DIR / "state.json"
+    state = json.loads(state_path.read_text())
+    assert state["options"]["anchor_coeff"] == cfg.anchor_coeff == 1.0
+    del state["options"]["anchor_coeff"]
+    state_path.write_text(json.dumps(state))
+    post_train(saes["topk"], x_train, y_train, generic, dataclasses.replace(cfg, out=out, anchor_coeff=0.0), answer_tokens=answers)
+    with pytest.raises(SaelignError, match=r"different options \(anchor_coeff\)"):
+        post_train(saes["topk"], x_train, y_train, generic, dataclasses.replace(cfg, out=out), answer_tokens=answers)
 
 
 def test_generic_batches_from_an_iterable_are_read_in_order_and_restarted():

@@ -29,6 +29,11 @@ def silence_loss(slots: torch.Tensor) -> torch.Tensor:
     return slots.pow(2).mean()
 
 
+def anchor_loss(columns: torch.Tensor, initial: torch.Tensor) -> torch.Tensor:
+    """Mean over slots of ‖w − w₀‖² / ‖w₀‖²: how far each slot's encoder column [d_in, C] moved from its start."""
+    return ((columns - initial).pow(2).sum(0) / initial.pow(2).sum(0).clamp_min(1e-12)).mean()
+
+
 class ValueHead(nn.Module):
     """One small MLP per concept predicting the answer's first token from that concept's slot value (a scalar).
 

@@ -41,7 +41,7 @@ from saelign.progress import logger
 from saelign.sae.evaluate import reconstruction_metrics, splice_metrics
 from saelign.sae.model import SAE
 
-DEFAULT_ALPHAS = (0.5, 1.0, 2.0, 4.0, 8.0)
+DEFAULT_ALPHAS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 8.0)
 
 
 @torch.no_grad()

@@ -17,6 +17,9 @@ Choices beyond the authors' code, each a config option:
 - free-bank decoder rows are held at their loaded norms (so L1 cannot be dodged by growing them); slot rows
   have no norm constraint: with MSE binding the slot value is ≈1, so the row carries the concept's magnitude;
 - "silence" (weight `silence_coeff`) keeps slots at zero on generic text, which the authors' data lacked;
+- "anchor" (weight `anchor_coeff`) keeps the slot encoders near their probe initialisation: with few prompt
+  templates per concept, MSE binding alone fits the train templates and binding on unseen templates falls (on the
+  default model at layer 22: 0.95 after 200 stage-2 steps, 0.84 after 1000; with the anchor at 1.0, 0.98);
 - the value head is off by default (its weight makes slot values entity-dependent, which fights a swap at
   fixed α); set `value_coeff=0.5` and pass answer tokens for the authors' setting.
 """
@@ -31,7 +34,7 @@ from typing import Literal
 
 import torch
 
-from saelign.align.losses import ValueHead, binding_loss, decorrelation_loss, silence_loss
+from saelign.align.losses import ValueHead, anchor_loss, binding_loss, decorrelation_loss, silence_loss
 from saelign.align.slots import SLOT_MAP_FILE, SlotMap, load_slot_map, save_slot_map
 from saelign.configs import config_to_dict, help_field
 from saelign.device import resolve_device
@@ -55,6 +58,8 @@ class PostTrainConfig:
     binding_coeff: float = help_field(1.0, "binding loss weight (authors: 1.0)")
     decorrelation_coeff: float = help_field(1e-2, "weight of the squared cross-covariance between slots and free bank (authors: 1e-2)")
     silence_coeff: float = help_field(0.1, "weight pushing slots to zero on generic activations (not in the authors' code; 0 disables)")
+    anchor_coeff: float = help_field(1.0, "stage 2: weight keeping each slot's encoder column near its linear-probe "
+                                          "initialisation (relative squared distance; not in the authors' code; 0 disables)")
     value_coeff: float = help_field(0.0, "value-head weight (authors: 0.5); needs answer tokens")
     value_hidden: int = help_field(256, "hidden width of each concept's value head (authors: 256)")
     slots: Literal["new", "reassign"] = help_field("new", "new: append one latent per concept; reassign: reuse the least-used latents")
@@ -73,6 +78,8 @@ class PostTrainConfig:
 CHECKPOINT_DIR = "checkpoint"
 # Options that may change between a run and its resumption without changing the result.
 _FREE_OPTIONS = {"checkpoint_every", "device", "out"}
+# Options added after checkpoints were first written, with the value those older runs effectively used.
+_ADDED_OPTIONS = {"anchor_coeff": 0.0}
 
 
 class GenericBatches:
@@ -233,6 +240,7 @@ def post_train(sae: SAE, concept_acts: torch.Tensor, concept_labels: torch.Tenso
     free_mask[aligned.cfg.always_on_latents] = False
     free_norms = aligned.W_dec.detach()[free_mask].norm(dim=1, keepdim=True)
     slot_rows = aligned.W_dec.detach()[slots].clone()
+    probe = aligned.W_enc.detach()[:, slots].clone()  # recomputed identically on resume: the init is deterministic
 
     start = 0
     if out is not None:
@@ -246,7 +254,7 @@ def post_train(sae: SAE, concept_acts: torch.Tensor, concept_labels: torch.Tenso
         idx = torch.randint(len(acts), (cfg.batch_size,), generator=g).to(device)
         terms = training_losses(aligned, slots, free_mask, acts_d[idx], labels_d[idx], stream.batch(step).to(device),
                                 cfg, stage=1 if step < cfg.steps_stage1 else 2, value_head=value_head,
-                                answers=answers_d[idx] if answers_d is not None else None)
+                                answers=answers_d[idx] if answers_d is not None else None, probe=probe)
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimizer.step()
@@ -297,7 +305,7 @@ def _restore(out: Path, cfg: PostTrainConfig, slots: list[int] | None = None, sa
     if ckpt is None:
         return 0
     state, tensors = ckpt
-    saved, now = state.get("options", {}), _options(cfg)
+    saved, now = {**_ADDED_OPTIONS, **state.get("options", {})}, _options(cfg)
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if changed:
         raise SaelignError(f"{out} holds a post-training run made with different options ({', '.join(changed)}); "
@@ -315,8 +323,9 @@ def _restore(out: Path, cfg: PostTrainConfig, slots: list[int] | None = None, sa
 
 def training_losses(sae: SAE, slots: list[int], free_mask: torch.Tensor, concept_x: torch.Tensor, labels: torch.Tensor,
                     generic_x: torch.Tensor, cfg: PostTrainConfig, stage: int, value_head: ValueHead | None = None,
-                    answers: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """All loss terms of one step (stage 1: reconstruction only); `loss` is their weighted sum."""
+                    answers: torch.Tensor | None = None, probe: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """All loss terms of one step (stage 1: reconstruction only); `loss` is their weighted sum. `probe`: the slots'
+    initial encoder columns [d_in, C], for the anchor term."""
     x = torch.cat([concept_x, generic_x])
     pre = sae.pre_acts(x)
     z = sae.activate(pre)
@@ -335,6 +344,9 @@ def training_losses(sae: SAE, slots: list[int], free_mask: torch.Tensor, concept
             own = z[torch.arange(n), torch.as_tensor(slots, device=z.device)[labels]]
             terms["value"] = value_head.loss(own, labels, answers)
             weights["value"] = cfg.value_coeff
+        if cfg.anchor_coeff > 0 and probe is not None:
+            terms["anchor"] = anchor_loss(sae.W_enc[:, slots], probe)
+            weights["anchor"] = cfg.anchor_coeff
         total = recon + sum(w * terms[k] for k, w in weights.items())
     else:
         total = recon

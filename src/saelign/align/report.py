@@ -37,13 +37,20 @@ def headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def target_checks(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per target. When the vanilla baseline never swaps, the ratio is unbounded; its row then gives the
+    conservative lower bound aligned ÷ (1 / n), as if the vanilla SAE had got one of its n swaps right, and a note."""
     values = headline(metrics)
+    vanilla_swap = metrics.get("vanilla", {}).get("swap") or {}
     rows = []
     for name, key, op, threshold in TARGETS:
-        value = values[key]
+        value, note = values[key], None
+        if key == "swap_ratio" and value is None and vanilla_swap.get("best_success") == 0 and values["swap_best"] is not None:
+            n = vanilla_swap["alphas"][str(vanilla_swap["best_alpha"])]["n"]
+            value = values["swap_best"] * n
+            note = f"the vanilla SAE swapped none of its {n} cases; value = lower bound aligned ÷ (1/{n})"
         met = None if value is None else value >= threshold if op == "≥" else value <= threshold
         rows.append({"target": name, "value": value, "goal": f"{op} {threshold:g}",
-                     "met": "n/a" if met is None else "yes" if met else "NO"})
+                     "met": "n/a" if met is None else "yes" if met else "NO", **({"note": note} if note else {})})
     return rows
 
 
@@ -138,9 +145,10 @@ def write_report(metrics: Mapping[str, Any], out_dir: str | Path, stem: str = "r
         layers = [row["layer"] for row in sweep]
         curves = {name: (layers, [row.get(key) for row in sweep]) for name, key in
                   (("aligned binding, train", "binding_train"), ("aligned binding, unseen", "binding_test"),
-                   ("vanilla binding, unseen", "vanilla_binding_test"))
+                   ("vanilla binding, unseen", "vanilla_binding_test"), ("aligned swap success, best α", "swap_best"),
+                   ("vanilla swap success, best α", "vanilla_swap_best"))
                   if all(row.get(key) is not None for row in sweep)}
         if curves:
-            report.figure(line_plot(curves, "layer", "binding accuracy", title="Where binding emerges", markers=True),
-                          caption="binding accuracy per layer", name="layer_sweep")
+            report.figure(line_plot(curves, "layer", "accuracy / success", title="Where binding emerges", markers=True),
+                          caption="binding accuracy (and swap success, where measured) per layer", name="layer_sweep")
     return report.write(out_dir, stem)
