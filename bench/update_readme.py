@@ -81,7 +81,8 @@ def plot_curves(r: dict) -> Path | None:
                 ax.plot(*zip(*points, strict=True), marker, label=library)
         ax.set(title=f"{title} ({runs[0]['tokens']:,} tokens)", xscale="log", xlabel="L0 (held-out)", ylabel="FVU (held-out)")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
     fig.tight_layout()
     path = RESULTS / "sae_curves.png"
     fig.savefig(path, dpi=110)
@@ -91,10 +92,12 @@ def plot_curves(r: dict) -> Path | None:
 
 def sails_section(r: dict) -> list[str]:
     counts = r["data_counts"]["test"]
-    lines = [f"**SAILS** (preset `{r['config']['preset']}`, default model, held-out test split: {counts['harmful']} harmful, "
+    variant = " with `--lora-freeze-subspace`" if r["config"].get("lora", {}).get("freeze_subspace") else ""
+    lines = [f"**SAILS** (preset `{r['config']['preset']}`{variant}, default model, held-out test split: {counts['harmful']} harmful, "
              f"{counts['harmless']} harmless, {counts['borderline']} borderline; offline judge, whose agreement with pyrit's "
              f"105 human labels is {r['judge_agreement']['offline']['accuracy']:.3f} (prefix matcher "
-             f"{r['judge_agreement']['prefix']['accuracy']:.3f}); cold-cache wall time {r['wall_seconds']:.0f} s with "
+             f"{r['judge_agreement']['prefix']['accuracy']:.3f}); {'cold' if r.get('cold_cache') else 'warm'}-cache wall "
+             f"time {r['wall_seconds']:.0f} s with "
              f"OMP_NUM_THREADS={r.get('omp_num_threads')} at load average {r['load_average_before'][0]:.1f})", "",
              "| model | safety rate | over-refusal (plain) | over-refusal (borderline) | perplexity | factual acc. | "
              "% params trained | steps to 90 % / 95 % | train s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -116,6 +119,15 @@ def align_section(r: dict) -> list[str]:
              "| target | goal | aligned | met |", "|---|---|---:|---|"]
     for t in r["targets"]:
         lines.append(f"| {t['target']} | {t['goal']} | {t['value']:.3f} | {t['met']} |")
+    sweep = sorted(r.get("sweep") or [], key=lambda row: row["layer"])
+    if sweep:
+        lines += ["", "Layer sweep (where binding emerges; layers other than the main one post-trained "
+                      f"{s['sweep_steps1']}+{s['sweep_steps2']} steps):", "",
+                  "| layer | binding train / unseen | vanilla best latent train / unseen | FVU vanilla → aligned |",
+                  "|---:|---:|---:|---:|"]
+        lines += [f"| {row['layer']} | {row['binding_train']:.2f} / {row['binding_test']:.2f} | "
+                  f"{row['vanilla_binding_train']:.2f} / {row['vanilla_binding_test']:.2f} | "
+                  f"{row['fvu_vanilla']:.3f} → {row['fvu_aligned']:.3f} |" for row in sweep]
     return lines + ["", machine_line(r), ""]
 
 
