@@ -128,7 +128,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data": {},
         "sae": {"text_tokens": 400_000, "d_sae": 4608, "epochs": 2, "batch_size": 4096},
         "subspace": {"max_rank": 16},
-        "sft": {"steps": 300, "lr": 5e-4, "warmup": 20, "eval_every": 25, "checkpoint_every": 25},
+        "sft": {"steps": 300, "lr": 2.5e-4, "warmup": 20, "eval_every": 25, "checkpoint_every": 25},
         "eval": {"max_per_kind": 0, "ppl_contexts": 48, "n_facts": 100},
     },
 }
