@@ -132,9 +132,9 @@ class _Run:
         self.sae = SAE(cfg, device)
         self.sae.reset_parameters(seed=tcfg.seed)
         self.sparse = cfg.activation in ("topk", "batchtopk")
-        self.base_lr = tcfg.lr or auto_lr(cfg, tcfg.total_tokens)
+        base_lr = tcfg.lr or auto_lr(cfg, tcfg.total_tokens)
         groups: list[dict[str, Any]] = [{"params": [self.sae.W_enc, self.sae.b_enc, self.sae.W_dec, self.sae.b_dec],
-                                         "peak_lr": self.base_lr}]
+                                         "peak_lr": base_lr}]
         if not self.sparse:
             with torch.no_grad():
                 self.sae.W_enc.mul_(_DENSE_ENCODER_INIT_SCALE)
@@ -145,14 +145,13 @@ class _Run:
             with torch.no_grad():
                 threshold.fill_(tcfg.jumprelu_init_threshold)
             groups.append({"params": [threshold.requires_grad_(True)], "peak_lr": tcfg.jumprelu_threshold_lr})
-        self.optimizer = torch.optim.Adam(groups, lr=self.base_lr, betas=(tcfg.adam_beta1, tcfg.adam_beta2),
+        self.optimizer = torch.optim.Adam(groups, lr=base_lr, betas=(tcfg.adam_beta1, tcfg.adam_beta2),
                                           fused=device.type in ("cpu", "cuda"))
         self.since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=device)
         self.threshold_ema, self.threshold_updates = torch.zeros((), device=device), 0
         # Metric sums stay on the device between log steps: no host sync per step on a GPU.
         self.window: dict[str, torch.Tensor] = {}
         self.window_steps = 0
-        self.lr = 0.0
 
     def step(self, x: torch.Tensor, x_var: torch.Tensor, tokens_done: int, total: int, pre_buffer: torch.Tensor | None) -> None:
         tcfg, sae = self.tcfg, self.sae
@@ -161,7 +160,6 @@ class _Run:
             factor *= min(1.0, (total - tokens_done) / (tcfg.lr_decay_fraction * total))
         for group in self.optimizer.param_groups:
             group["lr"] = group["peak_lr"] * factor
-        lr = self.base_lr * factor
         if self.sparse:
             dead = self.since_fired >= tcfg.dead_window()
             assert pre_buffer is not None
@@ -194,12 +192,11 @@ class _Run:
         for key, value in metrics.items():
             self.window[key] = self.window[key] + value if key in self.window else value.float()
         self.window_steps += 1
-        self.lr = lr
 
     def flush_metrics(self) -> dict[str, float]:
         entry = {key: float(value) / max(self.window_steps, 1) for key, value in self.window.items()}
         entry["dead_fraction"] = float((self.since_fired >= self.tcfg.dead_window()).float().mean())
-        entry["lr"] = self.lr
+        entry["lr"] = self.optimizer.param_groups[0]["lr"]  # the weights' group
         self.window, self.window_steps = {}, 0
         return entry
 
@@ -219,7 +216,7 @@ class _Run:
         tensors["since_fired"] = self.since_fired
         info = {"name": self.name, "config": config_to_dict(self.sae.cfg), "param_groups": param_groups,
                 "threshold_ema": float(self.threshold_ema), "threshold_updates": self.threshold_updates,
-                "window": {k: float(v) for k, v in self.window.items()}, "window_steps": self.window_steps, "lr": self.lr}
+                "window": {k: float(v) for k, v in self.window.items()}, "window_steps": self.window_steps}
         return tensors, info
 
     @torch.no_grad()
@@ -232,7 +229,7 @@ class _Run:
         self.threshold_ema = torch.tensor(info["threshold_ema"], device=device)
         self.threshold_updates = info["threshold_updates"]
         self.window = {k: torch.tensor(v, device=device) for k, v in info["window"].items()}
-        self.window_steps, self.lr = info["window_steps"], info["lr"]
+        self.window_steps = info["window_steps"]
 
 
 def default_names(cfgs: list[SAEConfig]) -> list[str]:
@@ -266,8 +263,9 @@ def _initialise(stream: Iterator[torch.Tensor], runs: list[_Run], outlier_ratio:
     if not head:
         raise SaelignError("the activation stream is empty; capture activations first")
     rows = torch.cat(head)
-    max_norm = outlier_ratio * float(rows.norm(dim=1).median()) if outlier_ratio else math.inf
-    rows = rows[rows.norm(dim=1) <= max_norm]
+    norms = rows.norm(dim=1)
+    max_norm = outlier_ratio * float(norms.median()) if outlier_ratio else math.inf
+    rows = rows[norms <= max_norm]
     scale = math.sqrt(rows.shape[1] / float(rows.pow(2).sum(1).mean().clamp_min(1e-12)))
     mean = rows.mean(0) * scale
     with torch.no_grad():

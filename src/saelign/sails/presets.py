@@ -120,7 +120,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # every 5 steps (all 15 val harmful prompts) so that steps-to-90 % can tell methods apart.
     "compare": deep_merge(_QUICK, {
         "methods": ["sails", "lora", "act_pca", "random_subspace"],
-        "sft": {"steps": 40, "eval_every": 5, "checkpoint_every": 10},
+        "sft": {"eval_every": 5},
         "eval": {"val_per_kind": 15},
     }),
     "full": {
