@@ -378,3 +378,9 @@ def test_massive_norm_outliers_skip_the_scale_estimate_and_optionally_training(t
     sae, = train_saes(batches(x, 500), sae_cfg, cfg)
     assert json.loads((tmp_path / "c" / "train_log.json").read_text())["entries"][-1]["dropped_tokens"] == 0
     assert float(sae.norm_scale) == pytest.approx((D_IN / x.pow(2).sum(1).mean()).sqrt().item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("field", ["lr", "outlier_norm_ratio", "jumprelu_threshold_lr", "batch_size"])
+def test_negative_or_zero_options_name_the_field(field):
+    with pytest.raises(SaelignError, match=field):
+        SAETrainConfig(total_tokens=100, **{field: -1 if field != "batch_size" else 0})

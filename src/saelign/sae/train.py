@@ -100,8 +100,9 @@ class SAETrainConfig:
         for name in ("lr_warmup_fraction", "lr_decay_fraction", "sparsity_warmup_fraction", "batchtopk_threshold_beta"):
             if not 0 <= getattr(self, name) < 1:
                 raise SaelignError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
-        if min(self.total_tokens, self.lr, self.dead_window_tokens, self.outlier_norm_ratio) < 0:
-            raise SaelignError("total_tokens, lr, dead_window_tokens and outlier_norm_ratio must not be negative")
+        for name in ("total_tokens", "lr", "dead_window_tokens", "outlier_norm_ratio", "jumprelu_threshold_lr"):
+            if getattr(self, name) < 0:
+                raise SaelignError(f"{name} must not be negative, got {getattr(self, name)}")
 
     def dead_window(self) -> int:
         return self.dead_window_tokens or min(max(self.total_tokens // 20, self.batch_size), 10_000_000)
