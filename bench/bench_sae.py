@@ -89,7 +89,8 @@ def run_one(args: argparse.Namespace) -> dict:
     d, s = store.d_in, args.d_sae
     # FLOPs a dense implementation needs per token: encoder fwd, decoder fwd, decoder grad, latent grad, encoder grad
     dense_flops = 10 * d * s
-    return {"library": "saelign", "arch": args.arch, "k": args.k, "l1": args.l1, "l0_coefficient": args.l0,
+    return {"library": "saelign", "arch": args.arch, "lr": tcfg.lr or auto_lr(sae_cfg, args.tokens), "k": args.k,
+            "l1": args.l1, "l0_coefficient": args.l0,
             "tokens": args.tokens, "train_shards": len(train_shards), "seconds": seconds, "tok_s": args.tokens / seconds,
             "dense_equivalent_gflops": dense_flops * args.tokens / seconds / 1e9, "peak_rss_mib": peak_rss_mib(),
             "loader_peak_buffer_rows": store.peak_buffer_rows, **held_out_metrics(sae, held_out)}
@@ -156,7 +157,10 @@ def run_all(args: argparse.Namespace) -> None:
     saelens_arch = {"relu": "standard", "jumprelu": "jumprelu", "batchtopk": "batchtopk"}
     plan = {
         "headline": [lambda: ours(store, "topk", 491_520, k=32), lambda: ours(store, "relu", 491_520, l1=2.0)],
-        "side_by_side": [lambda: ours(store, "topk", small, k=32), lambda: saelens(store, "topk", small, k=32, lr=lr),
+        # TopK throughput pairs run back to back, `--repeats` times: on this shared CPU one run's speed drifts by
+        # +-15 %, so the ratio is read per adjacent pair (update_readme prints each pair's ratio and the median).
+        "side_by_side": [job for _ in range(args.repeats) for job in (
+                             lambda: ours(store, "topk", small, k=32), lambda: saelens(store, "topk", small, k=32, lr=lr))] + [
                          # SAELens at our TopK learning rate: is the gap the trainer or only the rate?
                          lambda: saelens(store, "topk", small, k=32, lr=auto_lr(SAEConfig(d_sae=D_SAE), small)),
                          lambda: ours(store, "relu", small, l1=2.0), lambda: saelens(store, "standard", small, l1=2.0, lr=lr)],
@@ -187,6 +191,7 @@ def main() -> None:
     one.add_argument("--train-shards", type=int, default=TRAIN_SHARDS)
     everything = sub.add_parser("all")
     everything.add_argument("--side-tokens", type=int, default=491_520, help="budget of the side-by-side runs")
+    everything.add_argument("--repeats", type=int, default=3, help="interleaved saelign/SAELens TopK pairs in side_by_side")
     everything.add_argument("--curve-tokens", type=int, default=245_760, help="budget of the FVU-vs-L0 curve runs")
     everything.add_argument("--groups", default=",".join(GROUPS), help=f"comma-separated subset of {GROUPS}")
     everything.add_argument("--keep", action="store_true", help="keep the result file's runs of the groups not selected")

@@ -98,7 +98,7 @@ def main() -> None:
     start = time.perf_counter()
     trained = trainer.fit()
     seconds = time.perf_counter() - start
-    result = {"library": "sae_lens", "arch": args.arch, "k": args.k, "l1": args.l1, "l0_coefficient": args.l0,
+    result = {"library": "sae_lens", "arch": args.arch, "lr": args.lr, "k": args.k, "l1": args.l1, "l0_coefficient": args.l0,
               "tokens": steps * args.batch_size, "seconds": seconds, "tok_s": steps * args.batch_size / seconds,
               **evaluate(trained, held_out)}
     print("RESULT " + json.dumps(result))

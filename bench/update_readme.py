@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,10 +57,22 @@ def sae_section(r: dict) -> list[str]:
             lines.append(f"| {group}{extra} | {run['library']} | {arch} | {setting} | {run['tokens']:,} | {run['tok_s']:,.0f} | "
                          f"{run['fvu']:.3f} | {run['l0']:.1f} | {100 * run['dead_fraction']:.1f} % | {perf} | "
                          f"{'–' if rss is None else f'{rss:,.0f}'} |")
+    ratios = topk_pair_ratios(r["runs"].get("side_by_side", []))
+    if ratios:
+        lines += ["", f"TopK k=32 throughput, saelign / SAELens (its usual learning rate), per back-to-back pair: "
+                      f"{', '.join(f'{x:.2f}×' for x in ratios)}; median **{statistics.median(ratios):.2f}×**."]
     plot = plot_curves(r)
     if plot:
         lines += ["", f"![FVU vs L0 on held-out tokens, saelign vs SAELens]({plot.relative_to(ROOT).as_posix()})"]
     return lines + ["", machine_line(r), ""]
+
+
+def topk_pair_ratios(runs: list[dict]) -> list[float]:
+    """saelign/SAELens tok/s of each TopK run pair that ran back to back (SAELens at its usual lr: the smaller one)."""
+    topk = [run for run in runs if run["arch"] == "topk"]
+    usual_lr = min((run["lr"] for run in topk if run["library"] == "sae_lens" and "lr" in run), default=None)
+    return [a["tok_s"] / b["tok_s"] for a, b in zip(topk, topk[1:], strict=False)
+            if a["library"] == "saelign" and b["library"] == "sae_lens" and b.get("lr") == usual_lr]
 
 
 FAMILIES = {"relu / L1": ("relu", "standard"), "jumprelu": ("jumprelu",), "batchtopk": ("batchtopk",)}

@@ -61,3 +61,12 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, flat: dict[str, tor
         index, key = name.split(".", 1)
         state.setdefault(int(index), {})[key] = value
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+    # Checkpoints hold contiguous tensors, but a fused optimizer walks a parameter and its moments as flat memory:
+    # each moment must take its parameter's layout again (SAE.W_enc is stored transposed), else resuming would
+    # silently pair the wrong elements.
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            moments = optimizer.state.get(param, {})
+            for key, value in moments.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    moments[key] = torch.empty_like(param).copy_(value)

@@ -42,7 +42,9 @@ class SAE(nn.Module):
             raise SaelignError(f"always_on_latents {cfg.always_on_latents} must lie in 0..{cfg.d_sae - 1}")
         self.cfg = cfg
         kw = {"device": device, "dtype": dtype}
-        self.W_enc = nn.Parameter(torch.empty(cfg.d_in, cfg.d_sae, **kw))
+        # Stored latent-major (W_enc.t() is contiguous): sparse training produces the encoder gradient one latent
+        # row at a time, and this layout takes it without a transposing copy; products read either layout.
+        self.W_enc = nn.Parameter(torch.empty(cfg.d_sae, cfg.d_in, **kw).t())
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, **kw))
         self.W_dec = nn.Parameter(torch.empty(cfg.d_sae, cfg.d_in, **kw))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, **kw))

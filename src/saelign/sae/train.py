@@ -176,7 +176,8 @@ class _Run:
         result.loss.backward()
         with torch.no_grad():
             grad, w = sae.W_dec.grad, sae.W_dec
-            grad -= (grad * w).sum(1, keepdim=True) * w  # keep the step tangent to the unit sphere of each row
+            # keep the step tangent to the unit sphere of each row, in one in-place pass
+            grad.addcmul_(w, torch.linalg.vecdot(grad, w).unsqueeze(1), value=-1.0)
         self.optimizer.step()
         sae.normalize_decoder()
         if sae.cfg.activation == "jumprelu":
