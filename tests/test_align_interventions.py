@@ -193,3 +193,27 @@ def test_apply_edit_out_of_range_position_passes_through(sae):
     assert apply_edit(sae, h, lambda z: (z * 0, None), positions=-5) is h
     with pytest.raises(SaelignError, match="positions must be"):
         apply_edit(sae, h, lambda z: (z, None), positions="first")
+
+
+def test_apply_edit_slice_edits_exactly_that_range(sae):
+    h = torch.randn(2, 6, 32, generator=torch.Generator().manual_seed(3))
+    zero_all = lambda z: (z * 0, None)  # noqa: E731
+    out = apply_edit(sae, h, zero_all, positions=slice(-3, None))
+    assert torch.equal(out[:, :3], h[:, :3])
+    torch.testing.assert_close(out[:, 3:], apply_edit(sae, h[:, 3:], zero_all, positions="all"))
+    assert not torch.allclose(out[:, 3:], h[:, 3:])
+    torch.testing.assert_close(apply_edit(sae, h, zero_all, positions=slice(1, 3))[:, 1:3],
+                               apply_edit(sae, h[:, 1:3], zero_all, positions="all"))
+    assert apply_edit(sae, h, zero_all, positions=slice(4, 2)) is h  # empty range passes through
+    with pytest.raises(SaelignError, match="contiguous"):
+        apply_edit(sae, h, zero_all, positions=slice(0, None, 2))
+
+
+def test_concept_swap_over_a_slice_matches_the_per_position_formula(tiny_llama, sae, slot_map, ids):
+    x = hidden(tiny_llama, ids)
+    with concept_swap(tiny_llama, sae, slot_map, "a", "b", alpha=2.0, positions=slice(-3, None)):
+        swapped = hidden(tiny_llama, ids)
+    z = sae.encode(x)
+    tail = x[:, -3:] + ((2.0 * 2.0 - z[:, -3:, 9:10]) * sae.W_dec[9] - z[:, -3:, 5:6] * sae.W_dec[5]) / sae.norm_scale
+    torch.testing.assert_close(swapped[:, -3:], tail)
+    assert torch.equal(swapped[:, :-3], x[:, :-3])

@@ -1,3 +1,4 @@
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -8,6 +9,7 @@ from sklearn.metrics import roc_auc_score
 from saelign.align.activations import answer_token_ids, concept_activations, example_activations
 from saelign.align.metrics import (
     DEFAULT_ALPHAS,
+    _continue,
     alignment_report,
     auc,
     best_latents,
@@ -126,6 +128,57 @@ def test_swap_success_on_a_constructed_model(tiny_llama, tokenizer):
     assert result["alphas"]["0.0"]["success"] < 1.0
     assert result["best_alpha"] == 2.0
     assert set(result["alphas"]["2.0"]["per_pair"]) == {f"{a}->{b}" for a in slot_map.concepts for b in slot_map.concepts if a != b}
+
+
+def test_swap_success_prompt_span_edits_every_prompt_token(tiny_llama, tokenizer):
+    """span="prompt" must score exactly what a swap over the whole prompt gives on each prompt alone (no padding
+    touched, no token missed), and differ from the concept-token swap on this model; the gated swap must score
+    as the per-prompt gated swap does."""
+    from saelign.align.builtin.facts import answer_matches
+    from saelign.align.interventions import concept_swap, generate_with
+
+    hook = "model.layers.1"  # an early block, so edits at earlier positions reach the answer through attention
+    answers = ["yeast", "because", "bake"]
+    examples = [Ex(f"{q} France", c, "France", answers[c]) for c, q in
+                enumerate(["the capital city of", "neighbour of", "what food comes from"])]
+    x = concept_activations(tiny_llama, tokenizer, hook, [e.text for e in examples])
+    sae = SAE(SAEConfig(d_in=32, d_sae=8, activation="relu", hookpoint=hook)).requires_grad_(False)
+    sae.W_enc[:, :3] = torch.linalg.lstsq(x, torch.eye(3)).solution
+    sae.b_enc.zero_()
+    first = answer_token_ids(tokenizer, [e.text for e in examples], answers)
+    sae.W_dec[:3] = 8 * torch.nn.functional.normalize(tiny_llama.get_input_embeddings().weight[first].detach(), dim=1)
+    slot_map = SlotMap(["capital", "neighbour", "food"], [0, 1, 2], hook, 8)
+
+    def expected(positions, when_active=False):
+        rates = []
+        for s in range(3):
+            for t in range(3):
+                if s != t:
+                    swap = concept_swap(tiny_llama, sae, slot_map, s, t, 2.0, positions=positions, when_active=when_active)
+                    said = generate_with(tiny_llama, tokenizer, examples[s].text, swap, max_new_tokens=1)
+                    rates.append(answer_matches(said, answers[t]))
+        return sum(rates) / len(rates)
+
+    kwargs = dict(alphas=(2.0,), known_only=False, n_tokens=1, max_rest=0)
+    whole = swap_success(tiny_llama, tokenizer, sae, slot_map, examples, span="prompt", **kwargs)
+    concept = swap_success(tiny_llama, tokenizer, sae, slot_map, examples, **kwargs)
+    gated = swap_success(tiny_llama, tokenizer, sae, slot_map, examples, span="prompt", when_active=True, **kwargs)
+    assert whole["alphas"]["2.0"]["success"] == expected("all") and whole["span"] == "prompt"
+    assert concept["alphas"]["2.0"]["success"] == expected("last") and concept["span"] == "concept"
+    assert gated["alphas"]["2.0"]["success"] == expected("all", when_active=True) and gated["when_active"]
+    assert whole["alphas"]["2.0"]["success"] > 0
+    # the edit covers exactly each prompt's own tokens: every position of the prompt, none of the left padding
+    seen = []
+
+    def recorder(positions):
+        seen.append(positions)
+        return contextlib.nullcontext()
+
+    texts = [e.text for e in examples]
+    _continue(tiny_llama, tokenizer, texts, [-len(tokenizer(t)["input_ids"]) for t in texts], recorder, 1, 16, "prompt")
+    assert sorted((p.start, p.stop) for p in seen) == sorted({(-len(tokenizer(t)["input_ids"]), None) for t in texts})
+    with pytest.raises(SaelignError, match="span must be"):
+        swap_success(tiny_llama, tokenizer, sae, slot_map, examples, span="entity", **kwargs)
 
 
 def test_alignment_report_end_to_end(tiny_llama, tokenizer):

@@ -5,7 +5,8 @@ With `keep_error=True` (default) the written activation is x + decode(z') − de
 error is kept, so positions and latents an intervention does not touch come out exactly as they went in.
 `positions="last"` edits the last position of every forward: with left-padded batches that is each prompt's
 last token, and during cached generation each new token (see `generate_with(during=...)`); an int edits that
-one index (negative: counted from the end; forwards too short for it pass through); "all" edits every position.
+one index (negative: counted from the end; forwards too short for it pass through); "all" edits every position;
+a slice edits that contiguous range (`slice(-5, None)`: the last five positions; an empty range passes through).
 
 Amplitudes are in slot units: concept swap writes α·scale into the target slot (see `slots.SlotMap`).
 """
@@ -26,7 +27,7 @@ from saelign.errors import SaelignError
 from saelign.models import patch_output
 from saelign.sae.model import SAE
 
-Positions = Literal["last", "all"] | int
+Positions = Literal["last", "all"] | int | slice
 # An edit maps latents z [..., d_sae] to (edited latents, optional bool mask [...] of the rows to write back).
 Edit = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
@@ -55,7 +56,13 @@ def _slot_ids(slot: int | str | Sequence[int | str], slot_map: SlotMap | None, s
 def apply_edit(sae: SAE, hidden: torch.Tensor, edit: Edit, positions: Positions = "all", keep_error: bool = True) -> torch.Tensor:
     """The activation [..., seq, d] after encoding the chosen positions, editing their latents and decoding."""
     seq = hidden.shape[-2]
-    if positions == "all":
+    if isinstance(positions, slice):
+        if positions.step not in (None, 1):
+            raise SaelignError(f"a positions slice must be contiguous (step 1), got {positions!r}")
+        start, stop, _ = positions.indices(seq)
+        if start >= stop:
+            return hidden
+    elif positions == "all":
         start, stop = 0, seq
     elif positions == "last" or isinstance(positions, int):
         start = seq - 1 if positions == "last" else int(positions) % seq if -seq <= int(positions) < seq else -1
@@ -63,7 +70,7 @@ def apply_edit(sae: SAE, hidden: torch.Tensor, edit: Edit, positions: Positions 
             return hidden
         stop = start + 1
     else:
-        raise SaelignError(f"positions must be 'last', 'all' or a token index, got {positions!r}")
+        raise SaelignError(f"positions must be 'last', 'all', a token index or a slice, got {positions!r}")
     part = hidden[..., start:stop, :]
     x = part.to(device=sae.W_dec.device, dtype=sae.W_dec.dtype)
     z = sae.encode(x)
@@ -206,7 +213,10 @@ class SlotGuard:
 
     def _hook(self, hidden: torch.Tensor) -> torch.Tensor:
         seq = hidden.shape[-2]
-        offset = 0 if self.positions == "all" else seq - 1 if self.positions == "last" else int(self.positions) % seq
+        if isinstance(self.positions, slice):
+            offset = self.positions.indices(seq)[0]
+        else:
+            offset = 0 if self.positions == "all" else seq - 1 if self.positions == "last" else int(self.positions) % seq
         out = apply_edit(self.sae, hidden, lambda z: self._check(z, offset), self.positions, keep_error=True)
         self.forwards += 1
         return hidden if self.mode == "flag" else out

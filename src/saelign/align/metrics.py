@@ -42,6 +42,7 @@ from saelign.sae.evaluate import reconstruction_metrics, splice_metrics
 from saelign.sae.model import SAE
 
 DEFAULT_ALPHAS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 8.0)
+SPANS = ("concept", "prompt")  # swap_success: edit the concept token only, or every prompt token
 
 
 @torch.no_grad()
@@ -132,15 +133,21 @@ def best_latents(sae: SAE, acts: torch.Tensor, labels: torch.Tensor, concepts: S
 
 
 def _continue(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], offsets: Sequence[int],
-              intervention: Callable[..., AbstractContextManager] | None, n_tokens: int, batch_size: int) -> list[tuple[int, ...]]:
-    """Greedy continuations, editing each prompt at its own concept offset while the prompt is read (prompts are
-    grouped by offset; `intervention(positions=offset)` builds the context for one group)."""
+              intervention: Callable[..., AbstractContextManager] | None, n_tokens: int, batch_size: int,
+              span: str = "concept") -> list[tuple[int, ...]]:
+    """Greedy continuations, editing each prompt while it is read (prompts are grouped by offset;
+    `intervention(positions=...)` builds the context for one group): span="concept" edits the concept offset
+    only; span="prompt" edits every prompt position from the offset on (pass -len(prompt) as the offset for the
+    whole prompt; left padding stays untouched)."""
+    if span not in SPANS:
+        raise SaelignError(f"span must be one of {', '.join(SPANS)}, got {span!r}")
     groups: dict[int, list[int]] = defaultdict(list)
     for i, off in enumerate(offsets):
         groups[off].append(i)
     out: list[tuple[int, ...]] = [()] * len(texts)
     for off, idx in groups.items():
-        context = partial(intervention, positions=off) if intervention else None
+        where = off if span == "concept" else slice(off, None)
+        context = partial(intervention, positions=where) if intervention else None
         tokens = greedy_continuations(model, tokenizer, [texts[i] for i in idx], n_tokens, batch_size, context)
         for i, row in zip(idx, tokens.tolist(), strict=True):
             out[i] = tuple(row)
@@ -155,7 +162,8 @@ def _says(tokenizer: PreTrainedTokenizerBase, tokens: tuple[int, ...], example: 
 def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE, slot_map: SlotMap, examples: Sequence[Any],
                  alphas: Sequence[float] = DEFAULT_ALPHAS, unrelated_texts: Sequence[str] = (), max_per_pair: int = 10,
                  max_rest: int = 10, keep_error: bool = True, batch_size: int = 16, seed: int = 0,
-                 known_only: bool = True, n_tokens: int | None = None) -> dict[str, Any]:
+                 known_only: bool = True, n_tokens: int | None = None, span: str = "concept",
+                 when_active: bool = False) -> dict[str, Any]:
     """Concept-swap success and "rest unchanged" over an α sweep. `examples` need text, concept_index, entity,
     answer and optionally aliases (ontology ConceptExamples); facts of one entity under several concepts make
     the swap pairs. Answers are matched on the greedy continuation (a few tokens) with the ontology's rules
@@ -164,7 +172,13 @@ def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
     known_only keeps the swaps whose target fact the model states itself on one of that fact's own prompts:
     a swap cannot be expected to produce an answer the model does not know. n_tokens: tokens generated per
     continuation (default: the longest answer + 2, at most 12).
+
+    span="concept" (default) edits each prompt at its concept token only (the position the slots were trained
+    on); span="prompt" edits every token of the prompt, and with when_active=True only the tokens where the
+    source slot is the active concept. "Rest unchanged" always uses the gated swap over the same span.
     """
+    if span not in SPANS:
+        raise SaelignError(f"span must be one of {', '.join(SPANS)}, got {span!r}")
     facts = {(ex.entity, ex.concept_index): ex for ex in examples if ex.entity is not None and ex.answer}
     n_concepts = len(slot_map.concepts)
     rng = random.Random(seed)
@@ -172,6 +186,11 @@ def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
         n_tokens = min(max((len(tokenizer(" " + ex.answer, add_special_tokens=False)["input_ids"])
                             for ex in facts.values()), default=0) + 2, 12)
     offsets = dict(zip([ex.text for ex in examples], concept_offsets(tokenizer, examples), strict=True))
+    if span == "prompt":  # every prompt token: the edit starts at the first one
+        lengths = tokenizer(sorted(set(offsets) | set(unrelated_texts)), add_special_tokens=True)["input_ids"]
+        edit_from = {t: -len(ids) for t, ids in zip(sorted(set(offsets) | set(unrelated_texts)), lengths, strict=True)}
+    else:
+        edit_from = {t: offsets.get(t, -1) for t in set(offsets) | set(unrelated_texts)}
     texts = sorted({ex.text for ex in examples} | set(unrelated_texts))
     base = dict(zip(texts, _continue(model, tokenizer, texts, [offsets.get(t, -1) for t in texts], None, n_tokens,
                                      batch_size), strict=True))
@@ -210,16 +229,16 @@ def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
         per_pair = {}
         for (s, t), cases in pairs.items():
             swap = partial(concept_swap, model, sae, slot_map, s, t, alpha, keep_error=keep_error)
-            said = _continue(model, tokenizer, [c[0] for c in cases], [offsets[c[0]] for c in cases], swap, n_tokens,
-                             batch_size)
+            said = _continue(model, tokenizer, [c[0] for c in cases], [edit_from[c[0]] for c in cases],
+                             partial(swap, when_active=when_active), n_tokens, batch_size, span)
             ok = sum(_says(tokenizer, tokens, target) for tokens, (_, target) in zip(said, cases, strict=True))
             per_pair[f"{slot_map.concepts[s]}->{slot_map.concepts[t]}"] = ok / len(cases)
             hits, total = hits + ok, total + len(cases)
             others = [ex.text for ex in examples if ex.concept_index not in (s, t)]
             rest = rng.sample(others, min(max_rest, len(others))) + list(unrelated_texts)[:max_rest]
             if rest:
-                rest_said = _continue(model, tokenizer, rest, [offsets.get(r, -1) for r in rest],
-                                      partial(swap, when_active=True), n_tokens, batch_size)
+                rest_said = _continue(model, tokenizer, rest, [edit_from[r] for r in rest],
+                                      partial(swap, when_active=True), n_tokens, batch_size, span)
                 kept += sum(tokens == base[r] for tokens, r in zip(rest_said, rest, strict=True))
                 n_rest += len(rest)
         per_alpha[str(alpha)] = {"success": hits / total, "n": total, "rest_unchanged": kept / n_rest if n_rest else None,
@@ -228,7 +247,7 @@ def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
     best = max(per_alpha, key=lambda a: per_alpha[a]["success"])
     return {"alphas": per_alpha, "best_alpha": float(best), "best_success": per_alpha[best]["success"],
             "baseline_accuracy": sum(correct) / len(correct) if correct else None, "skipped_same_answer": skipped,
-            "skipped_unknown_target": unknown}
+            "skipped_unknown_target": unknown, "span": span, "when_active": when_active}
 
 
 def slot_metrics(sae: SAE, slot_map: SlotMap, splits: dict[str, tuple[torch.Tensor, torch.Tensor]],
@@ -259,11 +278,12 @@ def alignment_report(model: nn.Module, tokenizer: PreTrainedTokenizerBase, vanil
                      train_examples: Sequence[Any], test_examples: Sequence[Any], generic: torch.Tensor,
                      alphas: Sequence[float] = DEFAULT_ALPHAS, unrelated_texts: Sequence[str] = (), swaps: bool = True,
                      max_per_pair: int = 10, max_rest: int = 10, batch_size: int = 16,
-                     token_batches: Sequence[tuple[torch.Tensor, torch.Tensor]] = (), known_only: bool = True) -> dict[str, Any]:
+                     token_batches: Sequence[tuple[torch.Tensor, torch.Tensor]] = (), known_only: bool = True,
+                     swap_span: str = "concept", swap_when_active: bool = False) -> dict[str, Any]:
     """Every metric for the aligned SAE and the vanilla baseline (`vanilla` = the SAE before post-training).
 
     `generic` holds residual activations of ordinary text at the same hookpoint (reconstruction, entanglement).
-    Swaps run on the held-out examples (unseen templates). With `token_batches` ((input_ids, keep) pairs, see
+    Swaps run on the held-out examples (unseen templates), over `swap_span` (see `swap_success`). With `token_batches` ((input_ids, keep) pairs, see
     `saelign.sae.evaluate.context_batches`), CE loss recovered and KL are measured for both SAEs as well.
     """
     slot_map.validate(aligned)
@@ -297,7 +317,8 @@ def alignment_report(model: nn.Module, tokenizer: PreTrainedTokenizerBase, vanil
         swap_set = test_examples or train_examples
         for name, sae, smap in (("aligned", aligned, slot_map), ("vanilla", vanilla, vanilla_map)):
             report[name]["swap"] = swap_success(model, tokenizer, sae, smap, swap_set, alphas, unrelated_texts,
-                                                max_per_pair, max_rest, batch_size=batch_size, known_only=known_only)
+                                                max_per_pair, max_rest, batch_size=batch_size, known_only=known_only,
+                                                span=swap_span, when_active=swap_when_active)
         vanilla_best = report["vanilla"]["swap"]["best_success"]
         report["swap_ratio_vs_vanilla"] = report["aligned"]["swap"]["best_success"] / vanilla_best if vanilla_best else None
     return report

@@ -67,6 +67,10 @@ class AlignEvalConfig:
     max_per_pair: int = help_field(10, "swaps per (source, target) concept pair and α")
     max_rest: int = help_field(10, "prompts of other concepts checked for 'rest unchanged' per pair")
     known_only: bool = help_field(True, "only swap to facts the model states itself")
+    swap_span: str = help_field("concept", "tokens a swap edits: concept (the concept token the slots were trained on) "
+                                           "or prompt (every prompt token)")
+    swap_when_active: bool = help_field(False, "with swap_span=prompt, edit only the tokens where the source slot is "
+                                               "the active concept")
     store: str = help_field("", "activation store for the generic evaluation rows (empty: capture on the fly)")
     corpus: str = help_field("sotu", "text captured on the fly for generic rows and CE-loss contexts")
     generic_tokens: int = help_field(16384, "generic activation rows for FVU and entanglement")
@@ -185,7 +189,8 @@ def evaluate_aligned(cfg: AlignEvalConfig, layer_sweep: Sequence[dict[str, Any]]
     metrics = alignment_report(model, tokenizer, vanilla, aligned, slot_map, ontology.examples("train"),
                                ontology.examples("test"), generic, cfg.alphas, swaps=cfg.swaps,
                                max_per_pair=cfg.max_per_pair, max_rest=cfg.max_rest, batch_size=cfg.batch_size,
-                               token_batches=token_batches, known_only=cfg.known_only)
+                               token_batches=token_batches, known_only=cfg.known_only, swap_span=cfg.swap_span,
+                               swap_when_active=cfg.swap_when_active)
     metrics["ontology"] = {"name": ontology.name, "concepts": len(ontology.concepts),
                            "train_examples": len(ontology.examples("train")), "test_examples": len(ontology.examples("test"))}
     metrics["generic_rows"] = int(generic.shape[0])
