@@ -121,7 +121,7 @@ def run_layer(hookpoint: str, sae: Path, ontology: Path, store: Path, args: argp
     out = RESULT_DIR if main else RESULT_DIR / "sweep" / hookpoint
     swap_settings = (dict(max_per_pair=args.max_per_pair, max_rest=args.max_rest, splice_contexts=args.splice_contexts) if main
                      else dict(alphas=list(SWEEP_ALPHAS), max_per_pair=args.sweep_per_pair, max_rest=0, splice_contexts=0))
-    swap_settings.update(swap_span=args.swap_span, swap_when_active=args.swap_when_active)
+    swap_settings.update(swap_span=args.swap_span, swap_when_active=args.swap_when_active, swap_during=args.swap_during)
     metrics = evaluate_aligned(AlignEvalConfig(aligned=str(aligned), vanilla=str(sae), out=str(out), store=str(store),
                                                generic_tokens=HELD_OUT, swaps=main or args.sweep_per_pair > 0, **swap_settings))
     timings["eval_s"] = round(time.perf_counter() - start, 1)
@@ -162,6 +162,8 @@ def main() -> None:
     parser.add_argument("--splice-contexts", type=int, default=8)
     parser.add_argument("--swap-span", choices=["concept", "prompt"], default="concept",
                         help="tokens a swap edits: the concept token (default) or every prompt token")
+    parser.add_argument("--swap-during", choices=["prompt", "all"], default="prompt",
+                        help="edit while the prompt is read (the authors' protocol) or each generated token too")
     parser.add_argument("--swap-when-active", action="store_true",
                         help="with --swap-span prompt, edit only tokens where the source slot is the active concept")
     args = parser.parse_args()

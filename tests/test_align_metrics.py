@@ -180,6 +180,26 @@ def test_swap_success_prompt_span_edits_every_prompt_token(tiny_llama, tokenizer
     with pytest.raises(SaelignError, match="span must be"):
         swap_success(tiny_llama, tokenizer, sae, slot_map, examples, span="entity", **kwargs)
 
+    # during="all": each generated token is edited as it is read, exactly as generate_with(during="all") steers
+    def expected_kept_on():
+        rates = []
+        for s in range(3):
+            for t in range(3):
+                if s != t:
+                    swap = concept_swap(tiny_llama, sae, slot_map, s, t, 2.0, positions="last")
+                    said = generate_with(tiny_llama, tokenizer, examples[s].text, swap, max_new_tokens=3, during="all")
+                    rates.append(answer_matches(said, answers[t]))
+        return sum(rates) / len(rates)
+
+    kept_on = swap_success(tiny_llama, tokenizer, sae, slot_map, examples, during="all", **{**kwargs, "n_tokens": 3})
+    assert kept_on["alphas"]["2.0"]["success"] == expected_kept_on() and kept_on["during"] == "all"
+    for during, generated in (("prompt", []), ("all", ["last", "last"])):
+        seen.clear()
+        _continue(tiny_llama, tokenizer, texts, [-1] * len(texts), recorder, 3, 16, "concept", during)
+        assert seen == [-1, *generated]
+    with pytest.raises(SaelignError, match="during must be"):
+        swap_success(tiny_llama, tokenizer, sae, slot_map, examples, during="answer", **kwargs)
+
 
 def test_alignment_report_end_to_end(tiny_llama, tokenizer):
     entities = [("France", "Paris", "bread", "Berlin"), ("Germany", "Berlin", "flour", "Paris")]

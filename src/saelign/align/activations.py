@@ -94,11 +94,13 @@ def answer_token_ids(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], a
 
 @torch.inference_mode()
 def greedy_continuations(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_new_tokens: int = 1,
-                         batch_size: int = 16, prompt_context: Callable[[], AbstractContextManager] | None = None) -> torch.Tensor:
+                         batch_size: int = 16, prompt_context: Callable[[], AbstractContextManager] | None = None,
+                         generation_context: Callable[[], AbstractContextManager] | None = None) -> torch.Tensor:
     """Greedy continuation tokens [n, max_new_tokens] of each prompt (no early stop).
 
     `prompt_context()` (e.g. an intervention) is active only while the prompts are read; the tokens after them
-    are decoded from the KV cache outside it, as in the authors' swap evaluation.
+    are decoded from the KV cache outside it, as in the authors' swap evaluation, unless `generation_context()`
+    is given: it is active while each generated token is read.
     """
     rows = _token_ids(tokenizer, texts)
     device = next(model.parameters()).device
@@ -113,8 +115,9 @@ def greedy_continuations(model: nn.Module, tokenizer: PreTrainedTokenizerBase, t
         for _ in range(max_new_tokens - 1):
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             positions = positions[:, -1:] + 1
-            step = model(input_ids=tokens[-1][:, None], attention_mask=mask, position_ids=positions,
-                         past_key_values=step.past_key_values, use_cache=True)
+            with generation_context() if generation_context else nullcontext():
+                step = model(input_ids=tokens[-1][:, None], attention_mask=mask, position_ids=positions,
+                             past_key_values=step.past_key_values, use_cache=True)
             tokens.append(step.logits[:, -1].argmax(-1))
         out.append(torch.stack(tokens, dim=1).cpu())
     return torch.cat(out) if out else torch.zeros(0, max_new_tokens, dtype=torch.long)

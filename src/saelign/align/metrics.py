@@ -43,6 +43,7 @@ from saelign.sae.model import SAE
 
 DEFAULT_ALPHAS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 8.0)
 SPANS = ("concept", "prompt")  # swap_success: edit the concept token only, or every prompt token
+DURING = ("prompt", "all")  # swap_success: edit while the prompt is read only, or each generated token too
 
 
 @torch.no_grad()
@@ -134,11 +135,11 @@ def best_latents(sae: SAE, acts: torch.Tensor, labels: torch.Tensor, concepts: S
 
 def _continue(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], offsets: Sequence[int],
               intervention: Callable[..., AbstractContextManager] | None, n_tokens: int, batch_size: int,
-              span: str = "concept") -> list[tuple[int, ...]]:
+              span: str = "concept", during: str = "prompt") -> list[tuple[int, ...]]:
     """Greedy continuations, editing each prompt while it is read (prompts are grouped by offset;
     `intervention(positions=...)` builds the context for one group): span="concept" edits the concept offset
     only; span="prompt" edits every prompt position from the offset on (pass -len(prompt) as the offset for the
-    whole prompt; left padding stays untouched)."""
+    whole prompt; left padding stays untouched). during="all" also edits each generated token as it is read."""
     if span not in SPANS:
         raise SaelignError(f"span must be one of {', '.join(SPANS)}, got {span!r}")
     groups: dict[int, list[int]] = defaultdict(list)
@@ -148,7 +149,8 @@ def _continue(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Seque
     for off, idx in groups.items():
         where = off if span == "concept" else slice(off, None)
         context = partial(intervention, positions=where) if intervention else None
-        tokens = greedy_continuations(model, tokenizer, [texts[i] for i in idx], n_tokens, batch_size, context)
+        generating = partial(intervention, positions="last") if intervention and during == "all" else None
+        tokens = greedy_continuations(model, tokenizer, [texts[i] for i in idx], n_tokens, batch_size, context, generating)
         for i, row in zip(idx, tokens.tolist(), strict=True):
             out[i] = tuple(row)
     return out
@@ -163,7 +165,7 @@ def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
                  alphas: Sequence[float] = DEFAULT_ALPHAS, unrelated_texts: Sequence[str] = (), max_per_pair: int = 10,
                  max_rest: int = 10, keep_error: bool = True, batch_size: int = 16, seed: int = 0,
                  known_only: bool = True, n_tokens: int | None = None, span: str = "concept",
-                 when_active: bool = False) -> dict[str, Any]:
+                 when_active: bool = False, during: str = "prompt") -> dict[str, Any]:
     """Concept-swap success and "rest unchanged" over an α sweep. `examples` need text, concept_index, entity,
     answer and optionally aliases (ontology ConceptExamples); facts of one entity under several concepts make
     the swap pairs. Answers are matched on the greedy continuation (a few tokens) with the ontology's rules
@@ -176,9 +178,13 @@ def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
     span="concept" (default) edits each prompt at its concept token only (the position the slots were trained
     on); span="prompt" edits every token of the prompt, and with when_active=True only the tokens where the
     source slot is the active concept. "Rest unchanged" always uses the gated swap over the same span.
+    during="prompt" (default, the authors' protocol) applies the swap only while the prompt is read;
+    during="all" keeps it on for each generated answer token too (as `generate_with(during="all")` steers).
     """
     if span not in SPANS:
         raise SaelignError(f"span must be one of {', '.join(SPANS)}, got {span!r}")
+    if during not in DURING:
+        raise SaelignError(f"during must be one of {', '.join(DURING)}, got {during!r}")
     facts = {(ex.entity, ex.concept_index): ex for ex in examples if ex.entity is not None and ex.answer}
     n_concepts = len(slot_map.concepts)
     rng = random.Random(seed)
@@ -230,7 +236,7 @@ def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
         for (s, t), cases in pairs.items():
             swap = partial(concept_swap, model, sae, slot_map, s, t, alpha, keep_error=keep_error)
             said = _continue(model, tokenizer, [c[0] for c in cases], [edit_from[c[0]] for c in cases],
-                             partial(swap, when_active=when_active), n_tokens, batch_size, span)
+                             partial(swap, when_active=when_active), n_tokens, batch_size, span, during)
             ok = sum(_says(tokenizer, tokens, target) for tokens, (_, target) in zip(said, cases, strict=True))
             per_pair[f"{slot_map.concepts[s]}->{slot_map.concepts[t]}"] = ok / len(cases)
             hits, total = hits + ok, total + len(cases)
@@ -238,7 +244,7 @@ def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
             rest = rng.sample(others, min(max_rest, len(others))) + list(unrelated_texts)[:max_rest]
             if rest:
                 rest_said = _continue(model, tokenizer, rest, [edit_from[r] for r in rest],
-                                      partial(swap, when_active=True), n_tokens, batch_size, span)
+                                      partial(swap, when_active=True), n_tokens, batch_size, span, during)
                 kept += sum(tokens == base[r] for tokens, r in zip(rest_said, rest, strict=True))
                 n_rest += len(rest)
         per_alpha[str(alpha)] = {"success": hits / total, "n": total, "rest_unchanged": kept / n_rest if n_rest else None,
@@ -247,7 +253,7 @@ def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
     best = max(per_alpha, key=lambda a: per_alpha[a]["success"])
     return {"alphas": per_alpha, "best_alpha": float(best), "best_success": per_alpha[best]["success"],
             "baseline_accuracy": sum(correct) / len(correct) if correct else None, "skipped_same_answer": skipped,
-            "skipped_unknown_target": unknown, "span": span, "when_active": when_active}
+            "skipped_unknown_target": unknown, "span": span, "when_active": when_active, "during": during}
 
 
 def slot_metrics(sae: SAE, slot_map: SlotMap, splits: dict[str, tuple[torch.Tensor, torch.Tensor]],
@@ -279,7 +285,7 @@ def alignment_report(model: nn.Module, tokenizer: PreTrainedTokenizerBase, vanil
                      alphas: Sequence[float] = DEFAULT_ALPHAS, unrelated_texts: Sequence[str] = (), swaps: bool = True,
                      max_per_pair: int = 10, max_rest: int = 10, batch_size: int = 16,
                      token_batches: Sequence[tuple[torch.Tensor, torch.Tensor]] = (), known_only: bool = True,
-                     swap_span: str = "concept", swap_when_active: bool = False) -> dict[str, Any]:
+                     swap_span: str = "concept", swap_when_active: bool = False, swap_during: str = "prompt") -> dict[str, Any]:
     """Every metric for the aligned SAE and the vanilla baseline (`vanilla` = the SAE before post-training).
 
     `generic` holds residual activations of ordinary text at the same hookpoint (reconstruction, entanglement).
@@ -318,7 +324,8 @@ def alignment_report(model: nn.Module, tokenizer: PreTrainedTokenizerBase, vanil
         for name, sae, smap in (("aligned", aligned, slot_map), ("vanilla", vanilla, vanilla_map)):
             report[name]["swap"] = swap_success(model, tokenizer, sae, smap, swap_set, alphas, unrelated_texts,
                                                 max_per_pair, max_rest, batch_size=batch_size, known_only=known_only,
-                                                span=swap_span, when_active=swap_when_active)
+                                                span=swap_span, when_active=swap_when_active,
+                                                during=swap_during)
         vanilla_best = report["vanilla"]["swap"]["best_success"]
         report["swap_ratio_vs_vanilla"] = report["aligned"]["swap"]["best_success"] / vanilla_best if vanilla_best else None
     return report

@@ -71,6 +71,8 @@ class AlignEvalConfig:
                                            "or prompt (every prompt token)")
     swap_when_active: bool = help_field(False, "with swap_span=prompt, edit only the tokens where the source slot is "
                                                "the active concept")
+    swap_during: str = help_field("prompt", "when a swap edits: prompt (while the prompt is read, the authors' protocol) "
+                                            "or all (each generated answer token too)")
     store: str = help_field("", "activation store for the generic evaluation rows (empty: capture on the fly)")
     corpus: str = help_field("sotu", "text captured on the fly for generic rows and CE-loss contexts")
     generic_tokens: int = help_field(16384, "generic activation rows for FVU and entanglement")
@@ -190,7 +192,7 @@ def evaluate_aligned(cfg: AlignEvalConfig, layer_sweep: Sequence[dict[str, Any]]
                                ontology.examples("test"), generic, cfg.alphas, swaps=cfg.swaps,
                                max_per_pair=cfg.max_per_pair, max_rest=cfg.max_rest, batch_size=cfg.batch_size,
                                token_batches=token_batches, known_only=cfg.known_only, swap_span=cfg.swap_span,
-                               swap_when_active=cfg.swap_when_active)
+                               swap_when_active=cfg.swap_when_active, swap_during=cfg.swap_during)
     metrics["ontology"] = {"name": ontology.name, "concepts": len(ontology.concepts),
                            "train_examples": len(ontology.examples("train")), "test_examples": len(ontology.examples("test"))}
     metrics["generic_rows"] = int(generic.shape[0])
