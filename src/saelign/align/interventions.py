@@ -53,24 +53,27 @@ def _slot_ids(slot: int | str | Sequence[int | str], slot_map: SlotMap | None, s
     return ids
 
 
-def apply_edit(sae: SAE, hidden: torch.Tensor, edit: Edit, positions: Positions = "all", keep_error: bool = True) -> torch.Tensor:
-    """The activation [..., seq, d] after encoding the chosen positions, editing their latents and decoding."""
-    seq = hidden.shape[-2]
+def position_range(positions: Positions, seq: int) -> tuple[int, int] | None:
+    """The [start, stop) range `positions` selects in a forward of `seq` tokens; None when it selects none."""
     if isinstance(positions, slice):
         if positions.step not in (None, 1):
             raise SaelignError(f"a positions slice must be contiguous (step 1), got {positions!r}")
         start, stop, _ = positions.indices(seq)
-        if start >= stop:
-            return hidden
-    elif positions == "all":
-        start, stop = 0, seq
-    elif positions == "last" or isinstance(positions, int):
+        return (start, stop) if start < stop else None
+    if positions == "all":
+        return 0, seq
+    if positions == "last" or isinstance(positions, int):
         start = seq - 1 if positions == "last" else int(positions) % seq if -seq <= int(positions) < seq else -1
-        if start < 0:
-            return hidden
-        stop = start + 1
-    else:
-        raise SaelignError(f"positions must be 'last', 'all', a token index or a slice, got {positions!r}")
+        return (start, start + 1) if start >= 0 else None
+    raise SaelignError(f"positions must be 'last', 'all', a token index or a slice, got {positions!r}")
+
+
+def apply_edit(sae: SAE, hidden: torch.Tensor, edit: Edit, positions: Positions = "all", keep_error: bool = True) -> torch.Tensor:
+    """The activation [..., seq, d] after encoding the chosen positions, editing their latents and decoding."""
+    selected = position_range(positions, hidden.shape[-2])
+    if selected is None:
+        return hidden
+    start, stop = selected
     part = hidden[..., start:stop, :]
     x = part.to(device=sae.W_dec.device, dtype=sae.W_dec.dtype)
     z = sae.encode(x)
@@ -80,7 +83,7 @@ def apply_edit(sae: SAE, hidden: torch.Tensor, edit: Edit, positions: Positions 
     if rows is not None:
         new = torch.where(rows[..., None], new, x)
     new = new.to(device=hidden.device, dtype=hidden.dtype)
-    return new if stop - start == seq else torch.cat([hidden[..., :start, :], new, hidden[..., stop:, :]], dim=-2)
+    return new if stop - start == hidden.shape[-2] else torch.cat([hidden[..., :start, :], new, hidden[..., stop:, :]], dim=-2)
 
 
 @contextlib.contextmanager
@@ -212,11 +215,8 @@ class SlotGuard:
         return z, None
 
     def _hook(self, hidden: torch.Tensor) -> torch.Tensor:
-        seq = hidden.shape[-2]
-        if isinstance(self.positions, slice):
-            offset = self.positions.indices(seq)[0]
-        else:
-            offset = 0 if self.positions == "all" else seq - 1 if self.positions == "last" else int(self.positions) % seq
+        selected = position_range(self.positions, hidden.shape[-2])
+        offset = selected[0] if selected else 0  # no positions selected: apply_edit passes through, unchecked
         out = apply_edit(self.sae, hidden, lambda z: self._check(z, offset), self.positions, keep_error=True)
         self.forwards += 1
         return hidden if self.mode == "flag" else out

@@ -140,8 +140,6 @@ def _continue(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Seque
     `intervention(positions=...)` builds the context for one group): span="concept" edits the concept offset
     only; span="prompt" edits every prompt position from the offset on (pass -len(prompt) as the offset for the
     whole prompt; left padding stays untouched). during="all" also edits each generated token as it is read."""
-    if span not in SPANS:
-        raise SaelignError(f"span must be one of {', '.join(SPANS)}, got {span!r}")
     groups: dict[int, list[int]] = defaultdict(list)
     for i, off in enumerate(offsets):
         groups[off].append(i)
@@ -192,12 +190,11 @@ def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
         n_tokens = min(max((len(tokenizer(" " + ex.answer, add_special_tokens=False)["input_ids"])
                             for ex in facts.values()), default=0) + 2, 12)
     offsets = dict(zip([ex.text for ex in examples], concept_offsets(tokenizer, examples), strict=True))
-    if span == "prompt":  # every prompt token: the edit starts at the first one
-        lengths = tokenizer(sorted(set(offsets) | set(unrelated_texts)), add_special_tokens=True)["input_ids"]
-        edit_from = {t: -len(ids) for t, ids in zip(sorted(set(offsets) | set(unrelated_texts)), lengths, strict=True)}
-    else:
-        edit_from = {t: offsets.get(t, -1) for t in set(offsets) | set(unrelated_texts)}
     texts = sorted({ex.text for ex in examples} | set(unrelated_texts))
+    if span == "prompt":  # every prompt token: the edit starts at the first one
+        edit_from = {t: -len(ids) for t, ids in zip(texts, tokenizer(texts, add_special_tokens=True)["input_ids"], strict=True)}
+    else:
+        edit_from = {t: offsets.get(t, -1) for t in texts}
     base = dict(zip(texts, _continue(model, tokenizer, texts, [offsets.get(t, -1) for t in texts], None, n_tokens,
                                      batch_size), strict=True))
 
@@ -289,7 +286,8 @@ def alignment_report(model: nn.Module, tokenizer: PreTrainedTokenizerBase, vanil
     """Every metric for the aligned SAE and the vanilla baseline (`vanilla` = the SAE before post-training).
 
     `generic` holds residual activations of ordinary text at the same hookpoint (reconstruction, entanglement).
-    Swaps run on the held-out examples (unseen templates), over `swap_span` (see `swap_success`). With `token_batches` ((input_ids, keep) pairs, see
+    Swaps run on the held-out examples (unseen templates), as `swap_success` does with span=`swap_span`,
+    when_active=`swap_when_active` and during=`swap_during`. With `token_batches` ((input_ids, keep) pairs, see
     `saelign.sae.evaluate.context_batches`), CE loss recovered and KL are measured for both SAEs as well.
     """
     slot_map.validate(aligned)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -67,12 +67,12 @@ class AlignEvalConfig:
     max_per_pair: int = help_field(10, "swaps per (source, target) concept pair and α")
     max_rest: int = help_field(10, "prompts of other concepts checked for 'rest unchanged' per pair")
     known_only: bool = help_field(True, "only swap to facts the model states itself")
-    swap_span: str = help_field("concept", "tokens a swap edits: concept (the concept token the slots were trained on) "
-                                           "or prompt (every prompt token)")
+    swap_span: Literal["concept", "prompt"] = help_field("concept", "tokens a swap edits: concept (the concept token the "
+                                                                    "slots were trained on) or prompt (every prompt token)")
     swap_when_active: bool = help_field(False, "with swap_span=prompt, edit only the tokens where the source slot is "
                                                "the active concept")
-    swap_during: str = help_field("prompt", "when a swap edits: prompt (while the prompt is read, the authors' protocol) "
-                                            "or all (each generated answer token too)")
+    swap_during: Literal["prompt", "all"] = help_field("prompt", "when a swap edits: prompt (while the prompt is read, the "
+                                                                 "authors' protocol) or all (each generated answer token too)")
     store: str = help_field("", "activation store for the generic evaluation rows (empty: capture on the fly)")
     corpus: str = help_field("sotu", "text captured on the fly for generic rows and CE-loss contexts")
     generic_tokens: int = help_field(16384, "generic activation rows for FVU and entanglement")
