@@ -1,5 +1,6 @@
 """AlignSAE benchmark on the default model: relations ontology (known facts only), vanilla TopK SAE, post-training,
-every metric against the AlignSAE targets, and a layer sweep. Writes bench/results/align_relations.json.
+every metric against the AlignSAE targets, and a layer sweep. Writes bench/results/align_relations.json (a swap
+variant, e.g. --swap-during all, writes align_relations_during-all.json instead).
 
 Steps: build the relations ontology and keep the facts SmolLM2-135M-Instruct states itself; capture State of the
 Union activations at all benchmark layers in one pass (first 32k tokens: SAE training and post-training generic
@@ -37,6 +38,7 @@ TRAIN_TOKENS = SHARD * TRAIN_SHARDS
 HELD_OUT = 4096  # FVU / entanglement rows, never seen in training
 SAE_BATCH = 1024  # more, smaller steps: the training shard is small
 WORK = cache_dir() / "bench" / "align"
+MAIN_LAYER = 22
 SWEEP_ALPHAS = (1.0, 2.0, 3.0)  # the small swap check at the non-main sweep layers
 NOTES = [
     "Vanilla SAEs: TopK k=32, d_sae=2304, 32k SOTU tokens x 8 epochs (262k token-steps, batch 1024) per layer; the "
@@ -72,7 +74,17 @@ NOTES = [
     "The vanilla baseline (best single latent per concept by AUC) swapped none of its cases at any alpha, so the "
     "swap ratio is unbounded; the target row reports the lower bound aligned / (1/n).",
 ]
-RESULT_DIR = Path(__file__).resolve().parent / "results" / "tmp" / "align_relations"  # report.md/.html + PNGs
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def result_name(args: argparse.Namespace) -> str:
+    """`align_relations` under the authors' swap protocol; a swap variant gets its own result file and report folder
+    (e.g. `align_relations_during-all`, `align_relations_layer26_during-all`), so the headline result is never overwritten by a side protocol."""
+    variant = [f"layer{args.layer}"] if args.layer != MAIN_LAYER else []
+    variant += [f"span-{args.swap_span}"] if args.swap_span != "concept" else []
+    variant += [f"during-{args.swap_during}"] if args.swap_during != "prompt" else []
+    variant += ["gated"] if args.swap_when_active else []
+    return "_".join(["align_relations", *variant])
 
 
 def known_ontology(max_entities: int) -> tuple[Path, dict]:
@@ -118,7 +130,8 @@ def run_layer(hookpoint: str, sae: Path, ontology: Path, store: Path, args: argp
                   post)
     timings["post_train_s"] = round(time.perf_counter() - start, 1)
     start = time.perf_counter()
-    out = RESULT_DIR if main else RESULT_DIR / "sweep" / hookpoint
+    report_dir = RESULTS / "tmp" / result_name(args)  # report.md/.html + PNGs
+    out = report_dir if main else report_dir / "sweep" / hookpoint
     swap_settings = (dict(max_per_pair=args.max_per_pair, max_rest=args.max_rest, splice_contexts=args.splice_contexts) if main
                      else dict(alphas=list(SWEEP_ALPHAS), max_per_pair=args.sweep_per_pair, max_rest=0, splice_contexts=0))
     swap_settings.update(swap_span=args.swap_span, swap_when_active=args.swap_when_active, swap_during=args.swap_during)
@@ -143,7 +156,7 @@ def sweep_row(layer: int, metrics: dict, steps: tuple[int, int]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layer", type=int, default=22, help="main layer (swaps, report); 22 of 30 is where binding "
+    parser.add_argument("--layer", type=int, default=MAIN_LAYER, help="main layer (swaps, report); 22 of 30 is where binding "
                                                               "on unseen templates emerges (see the sweep)")
     parser.add_argument("--layers", default="6,12,15,18,26", help="other sweep layers ('' = none)")
     parser.add_argument("--sae", help="vanilla SAE for the main layer (default: train one)")
@@ -193,7 +206,7 @@ def main() -> None:
     result.update(hookpoint=main_hp, headline=headline(metrics), targets=target_checks(metrics), metrics=metrics)
     result["timings"].update(main_run["timings"])
     result["sweep"] = [sweep_row(args.layer, metrics, (args.steps1, args.steps2))]
-    write_result("align_relations", {**result, "peak_rss_mib": round(peak_rss_mib()), "wall_s": round(time.perf_counter() - began)})
+    write_result(result_name(args), {**result, "peak_rss_mib": round(peak_rss_mib()), "wall_s": round(time.perf_counter() - began)})
     for layer in sweep_layers:
         hp = hookpoints[layer]
         t = time.perf_counter()
@@ -201,11 +214,11 @@ def main() -> None:
         result["sweep"].append(sweep_row(layer, run["metrics"], (args.sweep_steps1, args.sweep_steps2)))
         result["sweep"].sort(key=lambda r: r["layer"])
         result["timings"][f"layer{layer}_s"] = round(time.perf_counter() - t, 1)
-        write_result("align_relations", {**result, "peak_rss_mib": round(peak_rss_mib()), "wall_s": round(time.perf_counter() - began)})
+        write_result(result_name(args), {**result, "peak_rss_mib": round(peak_rss_mib()), "wall_s": round(time.perf_counter() - began)})
     if len(result["sweep"]) > 1:  # the main report gains the layer-sweep plot
         from saelign.align.report import write_report
 
-        write_report({**metrics, "layer_sweep": result["sweep"]}, RESULT_DIR)
+        write_report({**metrics, "layer_sweep": result["sweep"]}, RESULTS / "tmp" / result_name(args))
 
 
 if __name__ == "__main__":

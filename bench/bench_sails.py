@@ -76,6 +76,7 @@ def main() -> int:
         env["OMP_NUM_THREADS"] = str(args.threads)
     command = [str(ROOT / ".venv" / "bin" / "saelign"), "sails", "run", "--preset", args.preset, "--out", str(run_dir),
                *args.extra]
+    resumed = (run_dir / "run.json").is_file()  # a rerun over a partial run: wall time covers only what was left
     load_before = os.getloadavg()
     began = time.perf_counter()
     try:
@@ -89,7 +90,7 @@ def main() -> int:
         return completed.returncode
     print(completed.stdout)
     write_result(f"sails_{args.preset}", {
-        "command": command, "cold_cache": args.cold, "omp_num_threads": env.get("OMP_NUM_THREADS"),
+        "command": command, "cold_cache": args.cold, "resumed": resumed, "omp_num_threads": env.get("OMP_NUM_THREADS"),
         "wall_seconds": round(seconds, 1), "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "run_dir": str(run_dir), **summarise(run_dir)})
     return 0

@@ -103,14 +103,19 @@ def plot_curves(r: dict) -> Path | None:
     return path
 
 
+def wall_time(r: dict) -> str:
+    if r.get("resumed"):  # the stages' own timings add up the whole run; the wall time saw only its last part
+        return f"resumed run, stage times adding up to {sum(v or 0 for v in r['stage_seconds'].values()):.0f} s"
+    return f"{'cold' if r.get('cold_cache') else 'warm'}-cache wall time {r['wall_seconds']:.0f} s"
+
+
 def sails_section(r: dict) -> list[str]:
     counts = r["data_counts"]["test"]
     variant = " with `--lora-freeze-subspace`" if r["config"].get("lora", {}).get("freeze_subspace") else ""
     lines = [f"**SAILS** (preset `{r['config']['preset']}`{variant}, default model, held-out test split: {counts['harmful']} harmful, "
              f"{counts['harmless']} harmless, {counts['borderline']} borderline; offline judge, whose agreement with pyrit's "
              f"105 human labels is {r['judge_agreement']['offline']['accuracy']:.3f} (prefix matcher "
-             f"{r['judge_agreement']['prefix']['accuracy']:.3f}); {'cold' if r.get('cold_cache') else 'warm'}-cache wall "
-             f"time {r['wall_seconds']:.0f} s with "
+             f"{r['judge_agreement']['prefix']['accuracy']:.3f}); {wall_time(r)} with "
              f"OMP_NUM_THREADS={r.get('omp_num_threads')} at load average {r['load_average_before'][0]:.1f})", "",
              "| model | safety rate | over-refusal (plain) | over-refusal (borderline) | perplexity | factual acc. | "
              "% params trained | steps to 90 % / 95 % | train s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -144,6 +149,18 @@ def align_section(r: dict) -> list[str]:
     return lines + ["", machine_line(r), ""]
 
 
+def align_variant_section(r: dict) -> list[str]:
+    """A swap-protocol variant (bench_align.py --swap-during/--swap-span): its swap numbers only, next to the headline."""
+    s, swap = r["settings"], r["metrics"]["aligned"]["swap"]
+    curve = ", ".join(f"α {float(a):g}: {row['success']:.2f} (rest unchanged {row['rest_unchanged']:.2f})"
+                      for a, row in swap["alphas"].items())
+    n = swap["alphas"][str(swap["best_alpha"])]["n"] if str(swap["best_alpha"]) in swap["alphas"] else "?"
+    return [f"Swap variant `{r['benchmark']}` (`{r['hookpoint']}`, span {s.get('swap_span')}, during "
+            f"{s.get('swap_during')}, gated {s.get('swap_when_active')}; SAE and post-training settings as above): best swap success {swap['best_success']:.3f} at "
+            f"α {swap['best_alpha']:g} over {n} swaps ({curve}); vanilla best latent "
+            f"{r['metrics']['vanilla']['swap']['best_success']:.3f}.", ""]
+
+
 def main() -> None:
     parts: list[str] = []
     for name, render in (("capture", capture_section), ("sae_training", sae_section)):
@@ -153,6 +170,8 @@ def main() -> None:
     align = load("align_relations")
     if align:
         parts += align_section(align)
+    for path in sorted(RESULTS.glob("align_relations_*.json")):
+        parts += align_variant_section(json.loads(path.read_text()))
     for path in sorted(RESULTS.glob("sails_*.json")):
         parts += sails_section(json.loads(path.read_text()))
     table = "\n".join(parts) if parts else "(benchmarks not yet run)"
