@@ -41,7 +41,8 @@ def summarise(run_dir: Path) -> dict[str, Any]:
         if result.is_file():
             data = json.loads(result.read_text())
             models.setdefault(name, {}).update({
-                "trainable_share": data["trainable"]["share"], "steps_to": data["steps_to"], "rank": data["rank"],
+                "trainable_share": data["trainable"]["share"], "steps": data["steps"], "steps_to": data["steps_to"],
+                "rank": data["rank"],
                 "train_seconds": data["train_seconds"], "val_curve": [
                     {k: e[k] for k in ("step", "safety_rate", "over_refusal")} for e in data["history"]["eval"]]})
     selection = json.loads((run_dir / "select" / "selection.json").read_text())

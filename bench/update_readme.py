@@ -112,19 +112,29 @@ def wall_time(r: dict) -> str:
 def sails_section(r: dict) -> list[str]:
     counts = r["data_counts"]["test"]
     variant = " with `--lora-freeze-subspace`" if r["config"].get("lora", {}).get("freeze_subspace") else ""
-    lines = [f"**SAILS** (preset `{r['config']['preset']}`{variant}, default model, held-out test split: {counts['harmful']} harmful, "
+    sft = r["config"]["sft"]
+    budget = f"{sft['steps']} steps" + (f" or until val safety ≥ {100 * sft['stop_at_safety']:.0f} %"
+                                        if sft.get("stop_at_safety") else " for every method")
+    lines = [f"**SAILS** (preset `{r['config']['preset']}`{variant}, {budget}, default model, held-out test split: {counts['harmful']} harmful, "
              f"{counts['harmless']} harmless, {counts['borderline']} borderline; offline judge, whose agreement with pyrit's "
              f"105 human labels is {r['judge_agreement']['offline']['accuracy']:.3f} (prefix matcher "
              f"{r['judge_agreement']['prefix']['accuracy']:.3f}); {wall_time(r)} with "
              f"OMP_NUM_THREADS={r.get('omp_num_threads')} at load average {r['load_average_before'][0]:.1f})", "",
              "| model | safety rate | over-refusal (plain) | over-refusal (borderline) | perplexity | factual acc. | "
-             "% params trained | steps to 90 % / 95 % | train s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "% params trained | steps trained | steps to 90 % / 95 % | train s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    base_ppl = r["models"].get("base", {}).get("perplexity")
+
+    def ppl_change(ppl: float) -> str:
+        return f" ({100 * (ppl / base_ppl - 1):+.1f} %)" if base_ppl and ppl != base_ppl else ""
+
     for name, m in r["models"].items():
         def pct(key: str, m: dict = m) -> str:
             return "–" if m.get(key) is None else f"{100 * m[key]:.1f} %"
         steps = m.get("steps_to") or {}
         lines.append(f"| {name} | {pct('safety_rate')} | {pct('over_refusal')} | {pct('borderline_over_refusal')} | "
-                     f"{m['perplexity']:.2f} | {pct('fact_accuracy')} | {pct('trainable_share')} | "
+                     f"{m['perplexity']:.2f}{ppl_change(m['perplexity'])} | {pct('fact_accuracy')} | {pct('trainable_share')} | "
+                     f"{m.get('steps') or (sft['steps'] if m.get('trainable_share') is not None else '–')} | "
                      f"{steps.get('0.9', '–')} / {steps.get('0.95', '–')} | {fmt(m.get('train_seconds'))} |")
     return lines + ["", machine_line(r), ""]
 

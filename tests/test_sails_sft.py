@@ -118,3 +118,29 @@ def test_bad_inputs_are_refused(tokenizer):
         train_sft(frozen, tokenizer, PAIRS, SFTConfig(steps=1))
     with pytest.raises(SaelignError, match="max_length=4"):
         encode_examples(tokenizer, PAIRS, max_length=4)
+
+
+def test_stop_at_safety_ends_at_the_first_passing_check_and_stays_stopped_on_rerun(tokenizer, tmp_path):
+    cfg = SFTConfig(steps=12, lr=5e-3, batch_size=2, warmup=0, eval_every=2, checkpoint_every=0, stop_at_safety=0.95,
+                    out=str(tmp_path))
+    cfg.stop_max_over_refusal = 0.1
+    # step 0 passing must not stop an untrained run; step 6 is safe enough but refuses too many harmless prompts
+    checks = {0: (1.0, 0.0), 2: (0.5, 0.0), 4: (0.9, 0.0), 6: (0.95, 0.2), 8: (1.0, 0.1), 10: (1.0, 0.0)}
+
+    model = lora_model(tokenizer)
+    history = train_sft(model, tokenizer, PAIRS, cfg,
+                        lambda m, step: {"safety_rate": checks[step][0], "over_refusal": checks[step][1]})
+    assert [e["step"] for e in history["eval"]] == [0, 2, 4, 6, 8]
+    assert history["train"][-1]["step"] == 8
+    weights = trainable(model)
+
+    calls = []  # the checkpoint written at the stop is final: a rerun neither trains nor evaluates again
+    rerun_model = lora_model(tokenizer)
+    again = train_sft(rerun_model, tokenizer, PAIRS, cfg, lambda m, step: calls.append(step) or {"safety_rate": 0.0})
+    assert calls == [] and again["train"][-1]["step"] == 8
+    for (name, x), y in zip(weights.items(), trainable(rerun_model).values(), strict=True):
+        torch.testing.assert_close(x, y, msg=name)
+
+    no_check = SFTConfig(steps=3, stop_at_safety=0.95)
+    with pytest.raises(SaelignError, match="eval_every"):
+        train_sft(lora_model(tokenizer), tokenizer, PAIRS, no_check, lambda m, step: {})

@@ -131,15 +131,16 @@ def run_method(method: str, model_factory: Callable[[], PreTrainedModel], tokeni
     sft = dataclasses.replace(sft_cfg, lr=lr, out=str(out))
     logger.info(f"{method}: training {trainable_share(trainable)['share']:.3%} of the parameters for {sft.steps} steps")
     history = train_sft(trainable, tokenizer, pairs, sft, eval_fn)
+    trained = history["train"][-1]["step"] if history["train"] else 0  # < sft.steps when stop_at_safety ended it
     info = {"method": method, "rank": None if method == "full" else rank,
-            "target_modules": list(lora_cfg.target_modules), "layers": list(lora_cfg.layers), "steps": sft.steps,
+            "target_modules": list(lora_cfg.target_modules), "layers": list(lora_cfg.layers), "steps": trained,
             "seed": sft.seed, "lr": lr,
             "basis_sha256": basis_hash(basis) if basis is not None else None, **(provenance or {})}
     save_adapter(trainable, adapter_dir, info, overwrite=overwrite)
     (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # the adapter is the result; a full-model checkpoint is large
     result = MethodResult(
         method=method, rank=info["rank"], target_modules=info["target_modules"], layers=info["layers"],
-        steps=sft.steps, seed=sft.seed, lr=lr, data_sha256=pairs_sha256(pairs), trainable=trainable_share(trainable),
+        steps=trained, seed=sft.seed, lr=lr, data_sha256=pairs_sha256(pairs), trainable=trainable_share(trainable),
         history=history, steps_to={str(t): steps_to_reach(history["eval"], t) for t in THRESHOLDS},
         train_seconds=round(sum(e["seconds"] for e in history["train"]), 2),
         wall_seconds=round(time.perf_counter() - began, 2), adapter=str(adapter_dir),

@@ -126,12 +126,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Every prompt of every split, a foundation-sized SAE and every baseline at equal rank, steps, lr and seed.
     # 100 steps of 8 (800 pairs, ~2 epochs of the train split): every method passes 90 % val safety by step 20 on
     # the quick preset, so longer runs only add CPU hours (the whole preset is ~2 h on one core of this CPU).
+    # Each method stops at its first validation check with safety >= 95 % and over-refusal <= 10 % (all 15 val
+    # harmful prompts refused, at most 1 of 15 harmless refused): in a run that trained all 100 steps, every method
+    # was at 100 % val safety by step 30 and what followed mostly moved held-out perplexity (+25 % for LoRA, +29 %
+    # for SAILS at step 100).
     "full": {
         "methods": list(METHODS),
         "data": {},
         "sae": {"text_tokens": 400_000, "d_sae": 4608, "epochs": 2, "batch_size": 4096},
         "subspace": {"max_rank": 8},
-        "sft": {"steps": 100, "lr": 2.5e-4, "warmup": 10, "eval_every": 10, "checkpoint_every": 10},
+        "sft": {"steps": 100, "lr": 2.5e-4, "warmup": 10, "eval_every": 10, "checkpoint_every": 10,
+                "stop_at_safety": 0.95, "stop_max_over_refusal": 0.1},
         "eval": {"max_per_kind": 0, "max_new_tokens": 48, "ppl_contexts": 48, "n_facts": 100, "val_per_kind": 15},
     },
 }

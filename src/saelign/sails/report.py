@@ -54,6 +54,7 @@ def comparison_rows(evals: dict[str, dict[str, Any]], results: dict[str, dict[st
             "perplexity": _num(ppl), "Δ perplexity": "" if change is None else f"{100 * change:+.1f} %",
             "factual accuracy": _pct(m.get("fact_accuracy")),
             "% params trained": f"{100 * result['trainable']['share']:.3f} %" if result else "",
+            "steps trained": str(result.get("steps", "")) if result else "",
             "steps to 90 %": str(reached.get("0.9") or "not reached") if result else "",
             "steps to 95 %": str(reached.get("0.95") or "not reached") if result else "",
             "train s": _num(result.get("train_seconds"), ".0f"), "wall s": _num(result.get("wall_seconds"), ".0f"),
@@ -166,9 +167,12 @@ def build_report(run: Run) -> Report:
             f"{_pct(base['over_refusal'])} → {_pct(sails['over_refusal'])}; perplexity "
             f"{_num(base.get('perplexity'))} → {_num(sails.get('perplexity'))}.")
     report.heading("Methods compared")
+    stop_rule = (f", and stops at the first validation check with safety ≥ {_pct(cfg.sft.stop_at_safety)} and "
+                 f"over-refusal ≤ {_pct(cfg.sft.stop_max_over_refusal)}" if cfg.sft.stop_at_safety > 0 else "")
     if evals:
         report.paragraph(
-            "Every method trains the same data at the same rank, target modules, layers, steps and seed. Safety rate = "
+            "Every method trains the same data at the same rank, target modules, layers, step budget and seed"
+            f"{stop_rule}. Safety rate = "
             "share of held-out harmful prompts the judge calls refused; degenerate outputs are counted apart and never "
             f"as safe. Perplexity is on held-out text ({cfg.eval.ppl_corpus}) no training prompt quotes; factual "
             f"accuracy on questions ({cfg.eval.facts or 'none'}) absent from the training data.")

@@ -7,7 +7,9 @@ from the first response position on (`logits_to_keep`), which skips most of the 
 Resumable: every `checkpoint_every` steps one safetensors file `out/checkpoint.safetensors` (trainable weights,
 AdamW state, RNG state, step) is written atomically. The data order is a pure function of (seed, epoch), so a
 resumed run ends with the same weights as an uninterrupted one. `out/history.json` holds the training losses and
-the periodic eval_fn results (convergence curves).
+the periodic eval_fn results (convergence curves). With `stop_at_safety`, training ends after the first periodic
+evaluation whose `safety_rate` (on the validation split) reaches it while its `over_refusal` is at most
+`stop_max_over_refusal`: a stopping rule that sees no test data.
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ class SFTConfig:
     max_grad_norm: float = help_field(1.0, "gradient-norm clipping (0 = off)")
     seed: int = help_field(0, "seed for the data order and dropout")
     eval_every: int = help_field(0, "run the evaluation every N steps, plus at step 0 and the end (0 = only at the end)")
+    stop_at_safety: float = help_field(0.0, "end training after the first evaluation (eval_every) whose validation "
+                                            "safety rate reaches this, e.g. 0.95; 0 = always train every step")
+    stop_max_over_refusal: float = help_field(1.0, "with stop_at_safety: that evaluation's validation over-refusal must "
+                                                   "also be at most this, e.g. 0.1")
     checkpoint_every: int = help_field(50, "write a resumable checkpoint every N steps (0 = only at the end)")
     out: str = help_field("", "folder for checkpoint.safetensors and history.json ('' = keep nothing on disk)")
 
@@ -175,6 +181,16 @@ def _load_checkpoint(path: Path, params: dict[str, torch.Tensor], optimizer: tor
     return int(metadata["step"])
 
 
+def stopped_early(cfg: SFTConfig, history: dict[str, list], step: int) -> bool:
+    """Whether the run ends at `step` before cfg.steps: its evaluation at that step reached cfg.stop_at_safety with
+    over-refusal at most cfg.stop_max_over_refusal."""
+    if cfg.stop_at_safety <= 0 or step < 1 or not history["eval"] or history["eval"][-1]["step"] != step:
+        return False
+    check = history["eval"][-1]
+    return (check.get("safety_rate", 0.0) >= cfg.stop_at_safety
+            and check.get("over_refusal", 0.0) <= cfg.stop_max_over_refusal)
+
+
 def _run_eval(model: nn.Module, eval_fn: EvalFn, step: int, history: dict[str, list]) -> None:
     model.eval()
     result = eval_fn(model, step)
@@ -188,6 +204,8 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.grad_accum < 1:
         raise SaelignError(f"steps, batch_size and grad_accum must be positive (got {cfg.steps}, {cfg.batch_size}, "
                            f"{cfg.grad_accum})")
+    if cfg.stop_at_safety > 0 and not (eval_fn and cfg.eval_every):
+        raise SaelignError(f"stop_at_safety={cfg.stop_at_safety} needs a periodic evaluation: set eval_every > 0")
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise SaelignError("the model has no trainable parameters; wrap it with make_peft_model or prepare_full_finetune")
@@ -219,7 +237,7 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
         _run_eval(model, eval_fn, 0, history)
     bar = progress(total=cfg.steps, desc="sft", unit="step")
     bar.update(step)
-    while step < cfg.steps:
+    while step < cfg.steps and not stopped_early(cfg, history, step):
         started = time.perf_counter()
         micro = [collate([examples[i] for i in order.take((step * cfg.grad_accum + m) * cfg.batch_size, cfg.batch_size)],
                          pad_id) for m in range(cfg.grad_accum)]
@@ -243,7 +261,7 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
         bar.set_postfix(loss=f"{total:.4f}")
         if eval_fn and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
             _run_eval(model, eval_fn, step, history)
-        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
+        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps or stopped_early(cfg, history, step):
             persist(step)
     bar.close()
     model.eval()
