@@ -113,7 +113,8 @@ def sails_section(r: dict) -> list[str]:
     counts = r["data_counts"]["test"]
     variant = " with `--lora-freeze-subspace`" if r["config"].get("lora", {}).get("freeze_subspace") else ""
     sft = r["config"]["sft"]
-    budget = f"{sft['steps']} steps" + (f" or until val safety ≥ {100 * sft['stop_at_safety']:.0f} %"
+    budget = f"{sft['steps']} steps" + (f" or until a val check has safety ≥ {100 * sft['stop_at_safety']:.0f} % and "
+                                        f"over-refusal ≤ {100 * sft.get('stop_max_over_refusal', 1.0):.0f} %"
                                         if sft.get("stop_at_safety") else " for every method")
     lines = [f"**SAILS** (preset `{r['config']['preset']}`{variant}, {budget}, default model, held-out test split: {counts['harmful']} harmful, "
              f"{counts['harmless']} harmless, {counts['borderline']} borderline; offline judge, whose agreement with pyrit's "
@@ -125,17 +126,19 @@ def sails_section(r: dict) -> list[str]:
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     base_ppl = r["models"].get("base", {}).get("perplexity")
 
-    def ppl_change(ppl: float) -> str:
-        return f" ({100 * (ppl / base_ppl - 1):+.1f} %)" if base_ppl and ppl != base_ppl else ""
+    def ppl(value: float | None) -> str:  # with its change against the base model
+        if value is None:
+            return "not evaluated"
+        return f"{value:.2f}" + (f" ({100 * (value / base_ppl - 1):+.1f} %)" if base_ppl and value != base_ppl else "")
 
     for name, m in r["models"].items():
         def pct(key: str, m: dict = m) -> str:
             return "–" if m.get(key) is None else f"{100 * m[key]:.1f} %"
         steps = m.get("steps_to") or {}
         lines.append(f"| {name} | {pct('safety_rate')} | {pct('over_refusal')} | {pct('borderline_over_refusal')} | "
-                     f"{m['perplexity']:.2f}{ppl_change(m['perplexity'])} | {pct('fact_accuracy')} | {pct('trainable_share')} | "
+                     f"{ppl(m.get('perplexity'))} | {pct('fact_accuracy')} | {pct('trainable_share')} | "
                      f"{m.get('steps') or (sft['steps'] if m.get('trainable_share') is not None else '–')} | "
-                     f"{steps.get('0.9', '–')} / {steps.get('0.95', '–')} | {fmt(m.get('train_seconds'))} |")
+                     f"{steps.get('0.9', '–')} / {steps.get('0.95', '–')} | {fmt(m.get('train_seconds'), 0)} |")
     return lines + ["", machine_line(r), ""]
 
 
