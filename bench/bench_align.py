@@ -19,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from common import peak_rss_mib, write_result
+from common import RESULTS, peak_rss_mib, write_result
 from saelign.align.builtin import build_ontology, filter_known_facts
 from saelign.align.ontology import save_ontology
 from saelign.align.pipeline import AlignEvalConfig, AlignTrainConfig, evaluate_aligned, train_aligned
@@ -74,9 +74,6 @@ NOTES = [
     "The vanilla baseline (best single latent per concept by AUC) swapped none of its cases at any alpha, so the "
     "swap ratio is unbounded; the target row reports the lower bound aligned / (1/n).",
 ]
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
 def result_name(args: argparse.Namespace) -> str:
     """`align_relations` under the authors' swap protocol; a swap variant gets its own result file and report folder
     (e.g. `align_relations_during-all`, `align_relations_layer26_during-all`), so the headline result is never overwritten by a side protocol."""
@@ -85,6 +82,10 @@ def result_name(args: argparse.Namespace) -> str:
     variant += [f"during-{args.swap_during}"] if args.swap_during != "prompt" else []
     variant += ["gated"] if args.swap_when_active else []
     return "_".join(["align_relations", *variant])
+
+
+def report_dir(args: argparse.Namespace) -> Path:
+    return RESULTS / "tmp" / result_name(args)  # report.md/.html + PNGs
 
 
 def known_ontology(max_entities: int) -> tuple[Path, dict]:
@@ -130,8 +131,7 @@ def run_layer(hookpoint: str, sae: Path, ontology: Path, store: Path, args: argp
                   post)
     timings["post_train_s"] = round(time.perf_counter() - start, 1)
     start = time.perf_counter()
-    report_dir = RESULTS / "tmp" / result_name(args)  # report.md/.html + PNGs
-    out = report_dir if main else report_dir / "sweep" / hookpoint
+    out = report_dir(args) if main else report_dir(args) / "sweep" / hookpoint
     swap_settings = (dict(max_per_pair=args.max_per_pair, max_rest=args.max_rest, splice_contexts=args.splice_contexts) if main
                      else dict(alphas=list(SWEEP_ALPHAS), max_per_pair=args.sweep_per_pair, max_rest=0, splice_contexts=0))
     swap_settings.update(swap_span=args.swap_span, swap_when_active=args.swap_when_active, swap_during=args.swap_during)
@@ -218,7 +218,7 @@ def main() -> None:
     if len(result["sweep"]) > 1:  # the main report gains the layer-sweep plot
         from saelign.align.report import write_report
 
-        write_report({**metrics, "layer_sweep": result["sweep"]}, RESULTS / "tmp" / result_name(args))
+        write_report({**metrics, "layer_sweep": result["sweep"]}, report_dir(args))
 
 
 if __name__ == "__main__":
