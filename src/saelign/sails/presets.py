@@ -169,6 +169,12 @@ def validate(cfg: SailsConfig) -> None:
         raise SaelignError("lora.init is chosen per method by the pipeline; pick methods with --methods instead")
     if cfg.sft.out:
         raise SaelignError("sft.out is chosen per method inside the run directory; leave it empty")
+    if cfg.sft.stop_at_safety > 0 and cfg.sft.eval_every < 1:
+        raise SaelignError(f"sft.stop_at_safety={cfg.sft.stop_at_safety} needs a periodic validation check: set "
+                           "--sft-eval-every N (N > 0)")
+    for name in ("stop_at_safety", "stop_max_over_refusal"):
+        if not 0 <= getattr(cfg.sft, name) <= 1:
+            raise SaelignError(f"sft.{name} is a rate between 0 and 1, got {getattr(cfg.sft, name)}")
     bad = sorted(set(cfg.contrast) - {"harmless", "borderline"}) or ([] if cfg.contrast else ["(none)"])
     if bad:
         raise SaelignError(f"contrast: {', '.join(bad)} invalid; use harmless and/or borderline")
