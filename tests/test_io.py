@@ -41,3 +41,15 @@ def test_invalid_json_names_file_and_line(tmp_path):
     path.write_text('{\n"a": 1,\n}')
     with pytest.raises(SaelignError, match=r"m.json is not valid JSON \(line 3"):
         read_json(path)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_artifacts_get_the_mode_the_umask_gives_a_normal_file(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        save_tensors_atomic(tmp_path / "w.safetensors", {"w": torch.ones(2)})
+        write_json_atomic(tmp_path / "a.json", {})
+    finally:
+        os.umask(previous)
+    for name in ("w.safetensors", "a.json"):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == 0o666 & ~umask
