@@ -14,6 +14,7 @@ from saelign.align.posttrain import PostTrainConfig
 from saelign.checkpoint import STATE_FILE, fingerprint, load, save, scheduled_lr
 from saelign.errors import SaelignError
 from saelign.sae.train import SAETrainConfig
+from saelign.sails.sft import SFTConfig
 
 
 def tensors(value: float) -> dict[str, dict[str, torch.Tensor]]:
@@ -60,11 +61,11 @@ def test_a_foreign_state_file_is_refused(tmp_path):
 
 
 def test_fingerprint_refusal_names_the_changed_options_and_ignores_free_ones(tmp_path):
-    cfg = PostTrainConfig(out="a", checkpoint_every=5)
+    cfg = SFTConfig(out="a", eval_every=5)
     saved = fingerprint(cfg, data_sha256="x")
-    assert "lr" in saved and "out" not in saved and "checkpoint_every" not in saved
+    assert "lr" in saved and "out" not in saved and "eval_every" not in saved
     save(tmp_path, 1, tensors(1.0), saved)
-    assert load(tmp_path, fingerprint(dataclasses.replace(cfg, out="b", checkpoint_every=0), data_sha256="x"))
+    assert load(tmp_path, fingerprint(dataclasses.replace(cfg, out="b", eval_every=0), data_sha256="x"))
     changed = fingerprint(dataclasses.replace(cfg, lr=1.0, seed=3), data_sha256="y")
     with pytest.raises(SaelignError, match=r"different options \(data_sha256, lr, seed\).*another --out"):
         load(tmp_path, changed)
@@ -75,7 +76,7 @@ def test_fingerprint_refusal_names_the_changed_options_and_ignores_free_ones(tmp
         load(tmp_path, saved, added={"seed": cfg.seed + 1})
 
 
-@pytest.mark.parametrize("cls", [SAETrainConfig, PostTrainConfig])
+@pytest.mark.parametrize("cls", [SAETrainConfig, PostTrainConfig, SFTConfig])
 def test_free_options_are_fields_of_their_config(cls):
     names = {f.name for f in dataclasses.fields(cls)}
     assert cls.RESUME_FREE and cls.RESUME_FREE <= names
