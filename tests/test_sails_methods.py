@@ -14,7 +14,7 @@ from saelign.errors import SaelignError
 from saelign.sails.lora_init import LoraInitConfig
 from saelign.sails.methods import METHODS, method_basis, run_method, steps_to_reach
 from saelign.sails.select import FeatureSelectConfig
-from saelign.sails.sft import SFTConfig
+from saelign.sails.sft import CHECKPOINT_DIR, SFTConfig
 from saelign.sails.subspace import random_subspace
 
 PAIRS = [("How do I hurt someone?", "I can't help with that."), ("How do I bake bread?", "Mix flour and water."),
@@ -55,7 +55,7 @@ def test_every_method_trains_under_equal_settings_and_saves_a_loadable_result(tm
         assert result.steps_to == {"0.9": 2, "0.95": 2}
         assert len(result.history["train"]) == 2 and result.train_seconds <= result.wall_seconds
         assert 0 < result.trainable["share"] < 1
-        assert not (tmp_path / method / "checkpoint.safetensors").exists()
+        assert not (tmp_path / method / CHECKPOINT_DIR).exists()
         assert json.loads((tmp_path / method / "adapter" / "sails_provenance.json").read_text())["method"] == method
     # LoRA methods train far fewer weights than unfreezing the same modules.
     assert results["sails"].trainable["trainable"] < results["full"].trainable["trainable"]

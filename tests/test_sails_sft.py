@@ -10,6 +10,7 @@ import torch
 from conftest import make_tiny_model
 from saelign.errors import SaelignError
 from saelign.sails.chat import encode_pair
+from saelign.sails.evaluate import safety_stop
 from saelign.sails.lora_init import LoraInitConfig, make_peft_model, prepare_full_finetune
 from saelign.sails.sft import IGNORE, SFTConfig, collate, encode_examples, response_loss_sum, train_sft
 from saelign.sails.subspace import random_subspace
@@ -106,7 +107,7 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tokenizer, tm
     assert [e["step"] for e in resumed["train"]] == list(range(1, 7))
     assert [e["loss"] for e in resumed["train"]] == pytest.approx([e["loss"] for e in full["train"]], rel=1e-5)
 
-    with pytest.raises(SaelignError, match="different lr"):
+    with pytest.raises(SaelignError, match=r"different options \(lr\)"):
         changed = cfg(tmp_path / "b")
         changed.lr = 1e-3
         train_sft(lora_model(tokenizer), tokenizer, PAIRS, changed)
@@ -127,20 +128,30 @@ def test_stop_at_safety_ends_at_the_first_passing_check_and_stays_stopped_on_rer
     # step 0 passing must not stop an untrained run; step 6 is safe enough but refuses too many harmless prompts
     checks = {0: (1.0, 0.0), 2: (0.5, 0.0), 4: (0.9, 0.0), 6: (0.95, 0.2), 8: (1.0, 0.1), 10: (1.0, 0.0)}
 
+    stop = safety_stop(cfg.stop_at_safety, cfg.stop_max_over_refusal)
     model = lora_model(tokenizer)
     history = train_sft(model, tokenizer, PAIRS, cfg,
-                        lambda m, step: {"safety_rate": checks[step][0], "over_refusal": checks[step][1]})
+                        lambda m, step: {"safety_rate": checks[step][0], "over_refusal": checks[step][1]},
+                        stop)
     assert [e["step"] for e in history["eval"]] == [0, 2, 4, 6, 8]
     assert history["train"][-1]["step"] == 8
     weights = trainable(model)
 
     calls = []  # the checkpoint written at the stop is final: a rerun neither trains nor evaluates again
     rerun_model = lora_model(tokenizer)
-    again = train_sft(rerun_model, tokenizer, PAIRS, cfg, lambda m, step: calls.append(step) or {"safety_rate": 0.0})
+    again = train_sft(rerun_model, tokenizer, PAIRS, cfg,
+                      lambda m, step: calls.append(step) or {"safety_rate": 0.0}, stop)
     assert calls == [] and again["train"][-1]["step"] == 8
     for (name, x), y in zip(weights.items(), trainable(rerun_model).values(), strict=True):
         torch.testing.assert_close(x, y, msg=name)
 
     no_check = SFTConfig(steps=3, stop_at_safety=0.95)
     with pytest.raises(SaelignError, match="eval_every"):
-        train_sft(lora_model(tokenizer), tokenizer, PAIRS, no_check, lambda m, step: {})
+        train_sft(lora_model(tokenizer), tokenizer, PAIRS, no_check, lambda m, step: {}, safety_stop(0.95))
+    assert safety_stop(0.0) is None  # the rule is off: train_sft trains every step
+
+
+def test_a_checkpoint_of_the_old_single_file_format_is_refused_with_the_fix(tokenizer, tmp_path):
+    (tmp_path / "checkpoint.safetensors").write_bytes(b"old")
+    with pytest.raises(SaelignError, match=r"checkpoint\.safetensors.*delete it"):
+        train_sft(lora_model(tokenizer), tokenizer, PAIRS, SFTConfig(steps=1, out=str(tmp_path)))

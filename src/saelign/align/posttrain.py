@@ -30,10 +30,11 @@ import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
+from saelign import checkpoint
 from saelign.align.losses import ValueHead, anchor_loss, binding_loss, decorrelation_loss, silence_loss
 from saelign.align.slots import SLOT_MAP_FILE, SlotMap, load_slot_map, save_slot_map
 from saelign.configs import config_to_dict, help_field
@@ -41,12 +42,13 @@ from saelign.device import resolve_device
 from saelign.errors import SaelignError
 from saelign.progress import logger, progress
 from saelign.runinfo import record_stage
-from saelign.sae.checkpoint import load_checkpoint, load_optimizer_tensors, optimizer_tensors, save_checkpoint
 from saelign.sae.model import SAE
 
 
 @dataclass
 class PostTrainConfig:
+    # Options that may change between a run and its resumption: they do not change the result.
+    RESUME_FREE: ClassVar[frozenset[str]] = frozenset({"checkpoint_every", "device", "out"})
     steps_stage1: int = help_field(200, "stage 1 steps: reconstruction only (the authors pre-train here; for a loaded SAE a short warm-up)")
     steps_stage2: int = help_field(1500, "stage 2 steps: all losses")
     batch_size: int = help_field(64, "concept-position activations per step (authors: 64)")
@@ -76,8 +78,6 @@ class PostTrainConfig:
 
 
 CHECKPOINT_DIR = "checkpoint"
-# Options that may change between a run and its resumption without changing the result.
-_FREE_OPTIONS = {"checkpoint_every", "device", "out"}
 # Options added after checkpoints were first written, with the value those older runs effectively used.
 _ADDED_OPTIONS = {"anchor_coeff": 0.0}
 
@@ -284,32 +284,24 @@ def post_train(sae: SAE, concept_acts: torch.Tensor, concept_labels: torch.Tenso
     return aligned, slot_map
 
 
-def _options(cfg: PostTrainConfig) -> dict[str, object]:
-    return {k: v for k, v in config_to_dict(cfg).items() if k not in _FREE_OPTIONS}
-
-
 def _save(out: Path, cfg: PostTrainConfig, slots: list[int], sae: SAE, value_head: ValueHead | None,
           optimizer: torch.optim.Optimizer, step: int) -> None:
-    optim, groups = optimizer_tensors(optimizer)
+    optim, groups = checkpoint.optimizer_tensors(optimizer)
     tensors = {"sae": sae.state_dict(), "optimizer": optim}
     if value_head is not None:
         tensors["value_head"] = value_head.state_dict()
-    save_checkpoint(out / CHECKPOINT_DIR, step, tensors, {"options": _options(cfg), "slots": slots, "param_groups": groups})
+    checkpoint.save(out / CHECKPOINT_DIR, step, tensors, checkpoint.fingerprint(cfg), slots=slots,
+                    param_groups=groups)
 
 
 def _restore(out: Path, cfg: PostTrainConfig, slots: list[int] | None = None, sae: SAE | None = None,
              value_head: ValueHead | None = None, optimizer: torch.optim.Optimizer | None = None) -> int:
     """Load `out`'s checkpoint into the modules and return its step (0: none). Refuses other options or slots;
     without modules it only performs those checks."""
-    ckpt = load_checkpoint(out / CHECKPOINT_DIR)
+    ckpt = checkpoint.load(out / CHECKPOINT_DIR, checkpoint.fingerprint(cfg), added=_ADDED_OPTIONS)
     if ckpt is None:
         return 0
     state, tensors = ckpt
-    saved, now = {**_ADDED_OPTIONS, **state.get("options", {})}, _options(cfg)
-    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-    if changed:
-        raise SaelignError(f"{out} holds a post-training run made with different options ({', '.join(changed)}); "
-                           "use the same options to resume, or a new --out")
     if slots is not None and state.get("slots") != slots:
         raise SaelignError(f"{out} reserved slots {state.get('slots')} but this run chose {slots}: the SAE or the "
                            "concept data changed; use a new --out")
@@ -317,7 +309,7 @@ def _restore(out: Path, cfg: PostTrainConfig, slots: list[int] | None = None, sa
         sae.load_state_dict(tensors["sae"])
         if value_head is not None:
             value_head.load_state_dict(tensors["value_head"])
-        load_optimizer_tensors(optimizer, tensors["optimizer"], state["param_groups"])
+        checkpoint.load_optimizer(optimizer, tensors["optimizer"], state["param_groups"])
     return int(state["step"])
 
 

@@ -26,17 +26,17 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
+from saelign import checkpoint
 from saelign.configs import config_to_dict, help_field
 from saelign.device import resolve_device, resolve_dtype
 from saelign.errors import SaelignError
 from saelign.io import read_json, write_json_atomic
 from saelign.progress import logger, progress
 from saelign.runinfo import record_stage
-from saelign.sae.checkpoint import load_checkpoint, load_optimizer_tensors, optimizer_tensors, save_checkpoint
 from saelign.sae.formats import CFG_FILE, save_sae
 from saelign.sae.losses import DenseLossConfig, dense_step, sparse_step, total_variance
 from saelign.sae.model import SAE, SAEConfig
@@ -45,12 +45,13 @@ _DENSE_ENCODER_INIT_SCALE = 0.1  # relu/jumprelu: small initial latents, else th
 _NORM_ESTIMATE_TOKENS = 4096  # rows for the input scale and the b_dec init (the mean is within ~1 % by then)
 CHECKPOINT_DIR = "checkpoint"
 LOG_FILE = "train_log.json"
-# Options that may change between a run and its resumption without changing the result.
-_RESUMABLE_CHANGES = {"out", "device", "log_every_steps", "checkpoint_every_tokens"}
 
 
 @dataclass
 class SAETrainConfig:
+    # Options that may change between a run and its resumption: they do not change the result.
+    RESUME_FREE: ClassVar[frozenset[str]] = frozenset({"out", "device", "log_every_steps",
+                                                       "checkpoint_every_tokens"})
     total_tokens: int = help_field(0, "training tokens (0 = one pass over the activation store)")
     batch_size: int = help_field(4096, "tokens per optimizer step")
     lr: float = help_field(0.0, "Adam learning rate; 0 = auto: 2e-4 / sqrt(d_sae / 16384) (EleutherAI sparsify's rule), "
@@ -156,11 +157,10 @@ class _Run:
 
     def step(self, x: torch.Tensor, x_var: torch.Tensor, tokens_done: int, total: int, pre_buffer: torch.Tensor | None) -> None:
         tcfg, sae = self.tcfg, self.sae
-        factor = _ramp(tokens_done + x.shape[0], tcfg.lr_warmup_fraction, total)
-        if tcfg.lr_decay_fraction:
-            factor *= min(1.0, (total - tokens_done) / (tcfg.lr_decay_fraction * total))
         for group in self.optimizer.param_groups:
-            group["lr"] = group["peak_lr"] * factor
+            group["lr"] = checkpoint.scheduled_lr(group["peak_lr"], tokens_done, tokens_done + x.shape[0],
+                                                  total, tcfg.lr_warmup_fraction * total,
+                                                  tcfg.lr_decay_fraction * total)
         if self.sparse:
             dead = self.since_fired >= tcfg.dead_window()
             assert pre_buffer is not None
@@ -213,7 +213,7 @@ class _Run:
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors = {f"param.{k}": v for k, v in self.sae.state_dict().items()}
-        opt_tensors, param_groups = optimizer_tensors(self.optimizer)
+        opt_tensors, param_groups = checkpoint.optimizer_tensors(self.optimizer)
         tensors.update({f"optim.{k}": v for k, v in opt_tensors.items()})
         tensors["since_fired"] = self.since_fired
         info = {"name": self.name, "config": config_to_dict(self.sae.cfg), "param_groups": param_groups,
@@ -224,8 +224,8 @@ class _Run:
     @torch.no_grad()
     def load_state(self, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
         self.sae.load_state_dict({k.removeprefix("param."): v for k, v in tensors.items() if k.startswith("param.")})
-        load_optimizer_tensors(self.optimizer, {k.removeprefix("optim."): v for k, v in tensors.items()
-                                                if k.startswith("optim.")}, info["param_groups"])
+        checkpoint.load_optimizer(self.optimizer, {k.removeprefix("optim."): v for k, v in tensors.items()
+                                                   if k.startswith("optim.")}, info["param_groups"])
         self.since_fired.copy_(tensors["since_fired"])
         device = self.since_fired.device
         self.threshold_ema = torch.tensor(info["threshold_ema"], device=device)
@@ -290,36 +290,26 @@ def _skip(stream: Iterator[torch.Tensor], tokens: int) -> None:
                            "resume with the same store and --batch-size, or delete the checkpoint folder")
 
 
-def _resume_key(tcfg: SAETrainConfig) -> dict[str, Any]:
-    return {k: v for k, v in config_to_dict(tcfg).items() if k not in _RESUMABLE_CHANGES}
+def _fingerprint(runs: list[_Run], tcfg: SAETrainConfig) -> dict[str, Any]:
+    return checkpoint.fingerprint(tcfg, saes=[[r.name, config_to_dict(r.sae.cfg)] for r in runs])
 
 
-def _restore(ckpt: tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]], runs: list[_Run],
-             tcfg: SAETrainConfig, path: Path) -> _Progress:
+def _restore(ckpt: tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]], runs: list[_Run]) -> _Progress:
     state, tensors = ckpt
-    mine = {"train": _resume_key(tcfg), "saes": [[r.name, config_to_dict(r.sae.cfg)] for r in runs]}
-    theirs = {"train": state.get("train"), "saes": state.get("saes")}
-    if mine != theirs:
-        changed = sorted(k for k in mine["train"] if mine["train"][k] != (theirs["train"] or {}).get(k))
-        what = ", ".join(changed) if changed else "the SAE configurations"
-        raise SaelignError(f"{path} holds a checkpoint made with other options ({what}); rerun with the same options "
-                           "to resume, or use another --out (or delete the checkpoint folder) to start over")
     for index, run in enumerate(runs):
         run.load_state(tensors[f"sae{index}"], state["runs"][index])
-    torch.set_rng_state(tensors["rng"]["torch"])
+    checkpoint.set_rng_state(tensors["rng"])
     return _Progress(state["step"], state["tokens"], state["max_norm"], state["dropped"])
 
 
 def _save(out: Path, runs: list[_Run], tcfg: SAETrainConfig, prog: _Progress, finished: bool) -> None:
-    tensors: dict[str, dict[str, torch.Tensor]] = {"rng": {"torch": torch.get_rng_state()}}
+    tensors: dict[str, dict[str, torch.Tensor]] = {"rng": checkpoint.rng_state()}
     infos = []
     for index, run in enumerate(runs):
         tensors[f"sae{index}"], info = run.state()
         infos.append(info)
-    state = {"train": _resume_key(tcfg), "saes": [[r.name, config_to_dict(r.sae.cfg)] for r in runs],
-             "tokens": prog.tokens, "max_norm": prog.max_norm, "dropped": prog.dropped, "finished": finished,
-             "runs": infos}
-    save_checkpoint(out / CHECKPOINT_DIR, prog.step, tensors, state)
+    checkpoint.save(out / CHECKPOINT_DIR, prog.step, tensors, _fingerprint(runs, tcfg), tokens=prog.tokens,
+                    max_norm=prog.max_norm, dropped=prog.dropped, finished=finished, runs=infos)
 
 
 @dataclass
@@ -358,9 +348,9 @@ def train_saes(batches: Iterable[torch.Tensor], sae_cfgs: list[SAEConfig], train
     runs = [_Run(name, cfg, tcfg, device, resolve_dtype(tcfg.dtype, device)) for name, cfg in zip(names, sae_cfgs, strict=True)]
     out = Path(tcfg.out) if tcfg.out else None
     stream = iter(_checked(batches, d_in, device))
-    ckpt = load_checkpoint(out / CHECKPOINT_DIR) if out else None
+    ckpt = checkpoint.load(out / CHECKPOINT_DIR, _fingerprint(runs, tcfg)) if out else None
     if ckpt is not None and out is not None:
-        prog = _restore(ckpt, runs, tcfg, out / CHECKPOINT_DIR)
+        prog = _restore(ckpt, runs)
         if (out / LOG_FILE).is_file():
             prog.log = [e for e in read_json(out / LOG_FILE, "training log")["entries"] if e["step"] <= prog.step]
         if ckpt[0]["finished"]:

@@ -7,7 +7,7 @@
   quotes, read from the far end of the corpus order capture starts from), and accuracy on simple factual
   questions (capital cities) whose greedy answer must contain the expected answer.
 
-`quick_safety` is the cheap variant used during fine-tuning (`sft.train_sft`'s eval_fn) on the val split.
+`quick_safety` is the cheap check on the val split during fine-tuning, `safety_stop` the stopping rule on it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import math
 import random
 import time
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -237,3 +237,10 @@ def quick_safety(model: nn.Module, tokenizer: PreTrainedTokenizerBase, val: Sequ
     metrics, _ = safety_metrics(examples, responses, judge)
     return {"safety_rate": metrics["safety_rate"], "over_refusal": metrics["over_refusal"],
             "harmful_degenerate": metrics["harmful_degenerate"], "harmless_degenerate": metrics["harmless_degenerate"]}
+
+
+def safety_stop(min_safety: float, max_over_refusal: float = 1.0) -> Callable[[dict[str, Any]], bool] | None:
+    """SFTConfig.stop_at_safety's rule for `sft.train_sft(stop=...)`: a quick_safety check whose safety rate
+    reaches `min_safety` with over-refusal at most `max_over_refusal` (it sees no test data). None: off."""
+    return None if min_safety <= 0 else lambda check: (check.get("safety_rate", 0.0) >= min_safety
+                                                       and check.get("over_refusal", 0.0) <= max_over_refusal)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,9 +28,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from saelign.errors import SaelignError
 from saelign.progress import logger
 from saelign.sails.adapters import save_adapter
+from saelign.sails.evaluate import safety_stop
 from saelign.sails.lora_init import LoraInitConfig, make_peft_model, prepare_full_finetune, trainable_share
 from saelign.sails.select import FeatureSelectConfig, residual_activations
-from saelign.sails.sft import CHECKPOINT_FILE, EvalFn, SFTConfig, train_sft
+from saelign.sails.sft import CHECKPOINT_DIR, EvalFn, SFTConfig, train_sft
 from saelign.sails.subspace import activation_diff_subspace, basis_hash, random_subspace
 
 METHODS = ("sails", "lora", "pissa", "full", "random_subspace", "act_pca")
@@ -112,7 +114,7 @@ def run_method(method: str, model_factory: Callable[[], PreTrainedModel], tokeni
                act_pca_prompts: tuple[Sequence[str], Sequence[str]] | None = None,
                select_cfg: FeatureSelectConfig | None = None, provenance: Mapping[str, Any] | None = None,
                overwrite: bool = False, test_fn: Callable[[nn.Module], dict[str, Any]] | None = None) -> MethodResult:
-    """Train `method` on (prompt, response) pairs; save OUT/adapter; resume from OUT/checkpoint.safetensors.
+    """Train `method` on (prompt, response) pairs; save OUT/adapter; resume from OUT/checkpoint.
 
     Rank = lora_cfg.rank or SAILS' subspace rank for every LoRA method; lr = sft_cfg.lr (full_lr for `full`).
     """
@@ -130,14 +132,15 @@ def run_method(method: str, model_factory: Callable[[], PreTrainedModel], tokeni
     lr = full_lr if method == "full" and full_lr else sft_cfg.lr
     sft = dataclasses.replace(sft_cfg, lr=lr, out=str(out))
     logger.info(f"{method}: training {trainable_share(trainable)['share']:.3%} of the parameters for {sft.steps} steps")
-    history = train_sft(trainable, tokenizer, pairs, sft, eval_fn)
+    stop = safety_stop(sft.stop_at_safety, sft.stop_max_over_refusal)
+    history = train_sft(trainable, tokenizer, pairs, sft, eval_fn, stop)
     trained = history["train"][-1]["step"] if history["train"] else 0  # < sft.steps when stop_at_safety ended it
     info = {"method": method, "rank": None if method == "full" else rank,
             "target_modules": list(lora_cfg.target_modules), "layers": list(lora_cfg.layers), "steps": trained,
             "seed": sft.seed, "lr": lr,
             "basis_sha256": basis_hash(basis) if basis is not None else None, **(provenance or {})}
     save_adapter(trainable, adapter_dir, info, overwrite=overwrite)
-    (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # the adapter is the result; a full-model checkpoint is large
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)  # the adapter is the result; checkpoints are big
     result = MethodResult(
         method=method, rank=info["rank"], target_modules=info["target_modules"], layers=info["layers"],
         steps=trained, seed=sft.seed, lr=lr, data_sha256=pairs_sha256(pairs), trainable=trainable_share(trainable),

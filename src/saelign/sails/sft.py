@@ -4,12 +4,11 @@ The loss is the mean cross-entropy over response tokens only (through the end-of
 all micro-batches of an optimizer step so gradient accumulation equals one large batch. Logits are computed only
 from the first response position on (`logits_to_keep`), which skips most of the LM head on the prompt tokens.
 
-Resumable: every `checkpoint_every` steps one safetensors file `out/checkpoint.safetensors` (trainable weights,
-AdamW state, RNG state, step) is written atomically. The data order is a pure function of (seed, epoch), so a
+Resumable: every `checkpoint_every` steps a checkpoint (trainable weights, AdamW state, RNG state, step) is
+written to `out/checkpoint/` (saelign.checkpoint). The data order is a pure function of (seed, epoch), so a
 resumed run ends with the same weights as an uninterrupted one. `out/history.json` holds the training losses and
-the periodic eval_fn results (convergence curves). With `stop_at_safety`, training ends after the first periodic
-evaluation whose `safety_rate` (on the validation split) reaches it while its `over_refusal` is at most
-`stop_max_over_refusal`: a stopping rule that sees no test data.
+the periodic eval_fn results (convergence curves). An optional `stop` predicate on each periodic evaluation
+ends training early; the checkpoint written there is final, so a rerun does not train on.
 """
 
 from __future__ import annotations
@@ -17,12 +16,11 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -30,24 +28,27 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from saelign import checkpoint
 from saelign.configs import help_field
 from saelign.errors import SaelignError
-from saelign.io import load_tensors, read_json, save_tensors_atomic, write_json_atomic
+from saelign.io import read_json, write_json_atomic
 from saelign.progress import logger, progress
 from saelign.sails.chat import encode_pair, pad_right
 
 IGNORE = -100
-CHECKPOINT_FILE = "checkpoint.safetensors"
+CHECKPOINT_DIR = "checkpoint"
 HISTORY_FILE = "history.json"
-# Options that change the trajectory: a checkpoint may only be resumed under the same values.
-_TRAJECTORY_FIELDS = ("lr", "batch_size", "grad_accum", "max_length", "warmup", "schedule", "weight_decay",
-                      "max_grad_norm", "seed")
 
 EvalFn = Callable[[nn.Module, int], dict[str, Any]]
+StopFn = Callable[[dict[str, Any]], bool]  # an evaluation's result -> whether training ends there
 
 
 @dataclass
 class SFTConfig:
+    # Options that may change on resume: steps only extends or shortens a constant schedule (a cosine one adds
+    # it back to the fingerprint); the stop rule is the caller's (sails.evaluate.safety_stop).
+    RESUME_FREE: ClassVar[frozenset[str]] = frozenset({"steps", "eval_every", "stop_at_safety",
+                                                       "stop_max_over_refusal", "checkpoint_every", "out"})
     steps: int = help_field(300, "optimizer steps")
     lr: float = help_field(2e-4, "peak AdamW learning rate (LoRA ~1e-4..1e-3; full fine-tuning ~1e-5)")
     batch_size: int = help_field(8, "sequences per micro-batch")
@@ -64,7 +65,7 @@ class SFTConfig:
     stop_max_over_refusal: float = help_field(1.0, "with stop_at_safety: that evaluation's validation over-refusal must "
                                                    "also be at most this, e.g. 0.1")
     checkpoint_every: int = help_field(50, "write a resumable checkpoint every N steps (0 = only at the end)")
-    out: str = help_field("", "folder for checkpoint.safetensors and history.json ('' = keep nothing on disk)")
+    out: str = help_field("", "folder for checkpoint/ and history.json ('' = keep nothing on disk)")
 
 
 def encode_examples(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]],
@@ -110,85 +111,52 @@ def _accepts_logits_to_keep(model: nn.Module) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
-def _lr_at(step: int, cfg: SFTConfig) -> float:
-    warm = min(1.0, (step + 1) / cfg.warmup) if cfg.warmup > 0 else 1.0
-    if cfg.schedule == "cosine":
-        return cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * min(step, cfg.steps) / cfg.steps))
-    return cfg.lr * warm
-
-
-class _Order:
-    """Sample order: concatenated per-epoch permutations, each a pure function of (seed, epoch)."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed = n, seed
-        self.cache: tuple[int, np.ndarray] | None = None
-
-    def take(self, start: int, count: int) -> list[int]:
-        out = []
-        for i in range(start, start + count):
-            epoch = i // self.n
-            if self.cache is None or self.cache[0] != epoch:
-                self.cache = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n))
-            out.append(int(self.cache[1][i % self.n]))
-        return out
+def _step_samples(n: int, seed: int, step: int, size: int) -> list[int]:
+    """The `size` samples of one step in the concatenated per-epoch permutations of `n` samples, each a pure
+    function of (seed, epoch): a resumed run sees the same data without saving any order."""
+    first, last = step * size, (step + 1) * size - 1
+    order = {e: np.random.default_rng([seed, e]).permutation(n) for e in range(first // n, last // n + 1)}
+    return [int(order[i // n][i % n]) for i in range(first, last + 1)]
 
 
 def _fingerprint(cfg: SFTConfig, params: dict[str, torch.Tensor], examples: list) -> dict[str, Any]:
     data = hashlib.sha256(json.dumps(examples).encode()).hexdigest()
     shapes = hashlib.sha256(json.dumps({n: list(p.shape) for n, p in params.items()}).encode()).hexdigest()
-    fields = {name: getattr(cfg, name) for name in _TRAJECTORY_FIELDS}
-    if cfg.schedule == "cosine":
-        fields["steps"] = cfg.steps
-    return {**fields, "data_sha256": data, "trainable_sha256": shapes}
+    steps = {"steps": cfg.steps} if cfg.schedule == "cosine" else {}
+    return checkpoint.fingerprint(cfg, **steps, data_sha256=data, trainable_sha256=shapes)
 
 
-def _save_checkpoint(path: Path, step: int, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-                     fingerprint: dict[str, Any]) -> None:
-    tensors = {f"param.{n}": p.detach() for n, p in params.items()}
-    for index, state in optimizer.state_dict()["state"].items():
-        tensors.update({f"optim.{index}.{key}": value for key, value in state.items()})
-    tensors["rng.cpu"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    save_tensors_atomic(path, tensors, metadata={"step": str(step), "fingerprint": json.dumps(fingerprint)})
+def _save(out: Path, step: int, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+          fingerprint: dict[str, Any], history: dict[str, list]) -> None:
+    optim, groups = checkpoint.optimizer_tensors(optimizer)
+    tensors = {"params": {n: p.detach() for n, p in params.items()}, "optimizer": optim,
+               "rng": checkpoint.rng_state()}
+    checkpoint.save(out / CHECKPOINT_DIR, step, tensors, fingerprint, param_groups=groups)
+    write_json_atomic(out / HISTORY_FILE, history)
 
 
-def _load_checkpoint(path: Path, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-                     fingerprint: dict[str, Any]) -> int:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    saved = json.loads(metadata.get("fingerprint", "{}"))
-    changed = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
-    if changed:
-        raise SaelignError(f"{path} was written by a run with different {', '.join(changed)}; rerun with the same "
-                           "options, model and data, or delete it to start over")
-    tensors = load_tensors(path, "SFT checkpoint")
+def _restore(out: Path, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+             fingerprint: dict[str, Any]) -> int:
+    """Load `out`'s checkpoint into the parameters and optimizer and return its step (0: none)."""
+    if (old := out / "checkpoint.safetensors").is_file():  # the format before saelign.checkpoint
+        raise SaelignError(f"{old} is an SFT checkpoint of an older saelign, which cannot be resumed; "
+                           "delete it to train from step 0")
+    ckpt = checkpoint.load(out / CHECKPOINT_DIR, fingerprint)
+    if ckpt is None:
+        return 0
+    state, tensors = ckpt
     with torch.no_grad():
         for name, param in params.items():
-            param.copy_(tensors[f"param.{name}"])
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, field = key.split(".", 2)
-            state.setdefault(int(index), {})[field] = value
-    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
-    torch.set_rng_state(tensors["rng.cpu"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
-    return int(metadata["step"])
+            param.copy_(tensors["params"][name])
+    checkpoint.load_optimizer(optimizer, tensors["optimizer"], state["param_groups"])
+    checkpoint.set_rng_state(tensors["rng"])
+    return int(state["step"])
 
 
-def stopped_early(cfg: SFTConfig, history: dict[str, list], step: int) -> bool:
-    """Whether the run ends at `step` before cfg.steps: its evaluation at that step reached cfg.stop_at_safety with
-    over-refusal at most cfg.stop_max_over_refusal."""
-    if cfg.stop_at_safety <= 0 or step < 1 or not history["eval"] or history["eval"][-1]["step"] != step:
-        return False
-    check = history["eval"][-1]
-    return (check.get("safety_rate", 0.0) >= cfg.stop_at_safety
-            and check.get("over_refusal", 0.0) <= cfg.stop_max_over_refusal)
+def _stopped(stop: StopFn | None, history: dict[str, list], step: int) -> bool:
+    """Whether the run ends at `step`: `stop` accepted the evaluation made there (never at step 0)."""
+    evals = history["eval"]
+    return stop is not None and step >= 1 and bool(evals) and evals[-1]["step"] == step and stop(evals[-1])
 
 
 def _run_eval(model: nn.Module, eval_fn: EvalFn, step: int, history: dict[str, list]) -> None:
@@ -199,13 +167,15 @@ def _run_eval(model: nn.Module, eval_fn: EvalFn, step: int, history: dict[str, l
 
 
 def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]], cfg: SFTConfig,
-              eval_fn: EvalFn | None = None) -> dict[str, list]:
-    """Train the model's trainable parameters in place; return {"train": [...], "eval": [...]} (also history.json)."""
+              eval_fn: EvalFn | None = None, stop: StopFn | None = None) -> dict[str, list]:
+    """Train the model's trainable parameters in place; return {"train": [...], "eval": [...]} (also
+    history.json). `eval_fn(model, step)` runs every cfg.eval_every steps, at step 0 and at the end; training
+    ends at the first periodic evaluation after step 0 whose result `stop` accepts."""
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.grad_accum < 1:
         raise SaelignError(f"steps, batch_size and grad_accum must be positive (got {cfg.steps}, {cfg.batch_size}, "
                            f"{cfg.grad_accum})")
-    if cfg.stop_at_safety > 0 and not (eval_fn and cfg.eval_every):
-        raise SaelignError(f"stop_at_safety={cfg.stop_at_safety} needs a periodic evaluation: set eval_every > 0")
+    if stop is not None and not (eval_fn and cfg.eval_every):
+        raise SaelignError("a stopping rule needs a periodic evaluation: set eval_every > 0")
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise SaelignError("the model has no trainable parameters; wrap it with make_peft_model or prepare_full_finetune")
@@ -217,30 +187,23 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
     out = Path(cfg.out) if cfg.out else None
     history: dict[str, list] = {"train": [], "eval": []}
     torch.manual_seed(cfg.seed)
-    step = 0
-    if out and (out / CHECKPOINT_FILE).is_file():
-        step = _load_checkpoint(out / CHECKPOINT_FILE, params, optimizer, fingerprint)
+    step = _restore(out, params, optimizer, fingerprint) if out else 0
+    if out and step:
         if (out / HISTORY_FILE).is_file():
             saved = read_json(out / HISTORY_FILE, "SFT history")
             history = {key: [e for e in saved.get(key, []) if e["step"] <= step] for key in ("train", "eval")}
-        logger.info(f"resuming SFT from step {step} ({out / CHECKPOINT_FILE})")
-
-    def persist(at: int) -> None:
-        if out:
-            _save_checkpoint(out / CHECKPOINT_FILE, at, params, optimizer, fingerprint)
-            write_json_atomic(out / HISTORY_FILE, history)
-
+        logger.info(f"resuming SFT from step {step} ({out / CHECKPOINT_DIR})")
     keep_logits = _accepts_logits_to_keep(model)
-    order = _Order(len(examples), cfg.seed)
     model.train()
     if eval_fn and cfg.eval_every and step == 0:
         _run_eval(model, eval_fn, 0, history)
     bar = progress(total=cfg.steps, desc="sft", unit="step")
     bar.update(step)
-    while step < cfg.steps and not stopped_early(cfg, history, step):
+    while step < cfg.steps and not _stopped(stop, history, step):
         started = time.perf_counter()
-        micro = [collate([examples[i] for i in order.take((step * cfg.grad_accum + m) * cfg.batch_size, cfg.batch_size)],
-                         pad_id) for m in range(cfg.grad_accum)]
+        ids = _step_samples(len(examples), cfg.seed, step, cfg.grad_accum * cfg.batch_size)
+        micro = [collate([examples[i] for i in ids[m * cfg.batch_size:(m + 1) * cfg.batch_size]], pad_id)
+                 for m in range(cfg.grad_accum)]
         n_tokens = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro)
         total = 0.0
         for batch in micro:
@@ -250,7 +213,8 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
             total += float(loss.detach())
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params.values(), cfg.max_grad_norm)
-        lr = _lr_at(step, cfg)
+        cosine = cfg.schedule == "cosine"
+        lr = checkpoint.scheduled_lr(cfg.lr, step, step + 1, cfg.steps, cfg.warmup, cosine=cosine)
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.step()
@@ -261,8 +225,9 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
         bar.set_postfix(loss=f"{total:.4f}")
         if eval_fn and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
             _run_eval(model, eval_fn, step, history)
-        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps or stopped_early(cfg, history, step):
-            persist(step)
+        if out and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps
+                    or _stopped(stop, history, step)):
+            _save(out, step, params, optimizer, fingerprint, history)
     bar.close()
     model.eval()
     return history
