@@ -1,0 +1,49 @@
+"""Text normalisation and answer matching, one meaning each, shared by SAILS and AlignSAE."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+
+_WORD = re.compile(r"[a-z0-9]+")
+_ARTICLES = {"the", "a", "an"}
+
+
+def words(text: str, fold_accents: bool = False) -> list[str]:
+    """The lower-case ASCII words of the NFKC-normalised text: punctuation, case and spacing never count.
+
+    fold_accents strips accents first ('Bogotá' -> 'bogota'); without it an accented letter splits a word,
+    which is what prompt de-duplication and split hashing have always used (changing it would move examples).
+    """
+    if fold_accents:
+        text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return _WORD.findall(unicodedata.normalize("NFKC", text).lower())
+
+
+def normalize(text: str, fold_accents: bool = False) -> str:
+    """`words` joined by single spaces."""
+    return " ".join(words(text, fold_accents))
+
+
+def _without_article(found: list[str]) -> list[str]:
+    return found[1:] if found[:1] and found[0] in _ARTICLES else found
+
+
+def answer_matches(said: str, answer: str, aliases: Sequence[str] = (), *, anywhere: bool = False) -> bool:
+    """Whether the text `said` gives `answer` (or one of its `aliases`), on accent-folded `words`.
+
+    Default, for continuations of a completion prompt ("The capital of France is"): the answer's words must
+    open `said`, after at most one qualifying word, one leading article on either side ignored; so " the
+    Croatian kuna" gives "kuna" but " New York" does not give "New Jersey". anywhere=True, for free-form chat
+    answers: the answer's words appear in order, as whole words, anywhere in `said`.
+    """
+    if anywhere:
+        text = f" {normalize(said, True)} "
+        return any(want and f" {want} " in text for want in (normalize(c, True) for c in (answer, *aliases)))
+    text_words = _without_article(words(said, True))
+    for candidate in (answer, *aliases):
+        want = _without_article(words(candidate, True))
+        if want and want in (text_words[: len(want)], text_words[1: len(want) + 1]):
+            return True
+    return False
