@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from conftest import tiny_config
 from saelign.errors import SaelignError
 from saelign.models import patch_output
-from saelign.text import decode_steps, greedy_decode, pad, pad_token_id, stop_ids
+from saelign.text import decode_steps, greedy_decode, pad, pad_token_id, stop_ids, token_ids
 
 PROMPTS = ["The capital of France is", "Hello", "How do I bake bread? Mix flour and", "I cannot help", "Paris"]
 
@@ -38,10 +38,6 @@ def model(request, tokenizer):
     return untied(request.param, len(tokenizer))
 
 
-def ids_of(tokenizer, texts):
-    return tokenizer(list(texts), add_special_tokens=True)["input_ids"]
-
-
 @torch.inference_mode()
 def naive_greedy(model, prompt: list[int], max_new_tokens: int, stop=()) -> list[int]:
     """No batch, no padding, no cache: the whole sequence is re-read for every new token."""
@@ -56,7 +52,7 @@ def naive_greedy(model, prompt: list[int], max_new_tokens: int, stop=()) -> list
 
 
 def test_batched_decoding_equals_naive_one_at_a_time_greedy(model, tokenizer):
-    prompts = ids_of(tokenizer, PROMPTS)
+    prompts = token_ids(tokenizer, PROMPTS)
     got = greedy_decode(model, prompts, 6, pad_token_id(tokenizer), batch_size=3)
     assert got == [naive_greedy(model, p, 6) for p in prompts]
     assert len({tuple(row) for row in got}) > 1  # the order of the answers really is checked
@@ -68,7 +64,7 @@ def test_batched_decoding_equals_naive_one_at_a_time_greedy(model, tokenizer):
 
 def test_batched_continuations_equal_hf_greedy_generation(tiny_any, tokenizer):
     _, model, _ = tiny_any
-    got = greedy_decode(model, ids_of(tokenizer, PROMPTS), 4, pad_token_id(tokenizer), batch_size=4)
+    got = greedy_decode(model, token_ids(tokenizer, PROMPTS), 4, pad_token_id(tokenizer), batch_size=4)
     for i, text in enumerate(PROMPTS):
         ids = tokenizer(text, return_tensors="pt")["input_ids"]
         hf = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, min_new_tokens=4, do_sample=False,
@@ -78,7 +74,7 @@ def test_batched_continuations_equal_hf_greedy_generation(tiny_any, tokenizer):
 
 @torch.inference_mode()
 def test_left_and_right_padding_give_the_same_next_tokens(model, tokenizer):
-    prompts = ids_of(tokenizer, PROMPTS)
+    prompts = token_ids(tokenizer, PROMPTS)
     ids, mask = pad(prompts, pad_token_id(tokenizer))  # right: each row's next token is read at its own end
     logits = model(input_ids=ids, attention_mask=mask).logits
     right = [int(logits[i, len(p) - 1].argmax()) for i, p in enumerate(prompts)]
@@ -87,7 +83,7 @@ def test_left_and_right_padding_give_the_same_next_tokens(model, tokenizer):
 
 
 def test_a_hook_on_generated_tokens_changes_only_what_follows_the_prompt(model, tokenizer):
-    prompts = ids_of(tokenizer, PROMPTS[:3])
+    prompts = token_ids(tokenizer, PROMPTS[:3])
     block = "model.layers.1" if hasattr(model, "model") else "transformer.h.1"
     push = partial(patch_output, model, block, lambda h: h + 50 * torch.randn(h.shape[-1], generator=torch.Generator().manual_seed(1)))
     plain = greedy_decode(model, prompts, 5, pad_token_id(tokenizer))
@@ -101,19 +97,19 @@ def test_a_hook_on_generated_tokens_changes_only_what_follows_the_prompt(model, 
 def test_prompt_context_is_active_only_while_the_prompt_is_read(tiny_llama, tokenizer):
     seen = []
     context = partial(patch_output, tiny_llama, "model.layers.0", lambda h: seen.append(h.shape[1]) or h)
-    greedy_decode(tiny_llama, ids_of(tokenizer, PROMPTS[:2]), 3, pad_token_id(tokenizer), prompt_context=context)
+    greedy_decode(tiny_llama, token_ids(tokenizer, PROMPTS[:2]), 3, pad_token_id(tokenizer), prompt_context=context)
     assert seen == [max(len(tokenizer(t)["input_ids"]) for t in PROMPTS[:2])]
 
 
 def test_the_stream_computes_only_the_steps_it_is_asked_for(tiny_llama, tokenizer):
     calls = []
-    ids, mask = pad(ids_of(tokenizer, PROMPTS[:2]), pad_token_id(tokenizer), left=True)
+    ids, mask = pad(token_ids(tokenizer, PROMPTS[:2]), pad_token_id(tokenizer), left=True)
     with patch_output(tiny_llama, "model.layers.0", lambda h: calls.append(h.shape[1]) or h):
         steps = decode_steps(tiny_llama, ids, mask, max_new_tokens=10)
         first, second = next(steps), next(steps)
         steps.close()
     assert calls == [ids.shape[1], 1] and first.shape == second.shape == (2,)
-    want = greedy_decode(tiny_llama, ids_of(tokenizer, PROMPTS[:2]), 2, pad_token_id(tokenizer))
+    want = greedy_decode(tiny_llama, token_ids(tokenizer, PROMPTS[:2]), 2, pad_token_id(tokenizer))
     assert torch.stack([first, second], dim=1).tolist() == want
 
 
@@ -122,5 +118,6 @@ def test_stop_ids_and_errors(tiny_llama, tokenizer):
     assert stop_ids(torch.nn.Linear(2, 2), tokenizer) == [tokenizer.eos_token_id]
     with pytest.raises(SaelignError, match="must be positive"):
         greedy_decode(tiny_llama, [[1]], 0, 0)
-    with pytest.raises(SaelignError, match="prompt 1 tokenises to nothing"):
-        greedy_decode(tiny_llama, [[1], []], 2, 0)
+    with pytest.raises(SaelignError, match=r"prompt\(s\) \[1\] tokenise to nothing"):
+        token_ids(tokenizer, ["Hello", ""])
+    assert token_ids(tokenizer, []) == [] and greedy_decode(tiny_llama, [], 2, 0) == []

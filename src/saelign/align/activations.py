@@ -15,22 +15,14 @@ from transformers import PreTrainedTokenizerBase
 from saelign.errors import SaelignError
 from saelign.models import forward_capture, resolve_hookpoints
 from saelign.progress import progress
-from saelign.text import pad, pad_token_id
-
-
-def _token_ids(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
-    ids = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
-    empty = [i for i, row in enumerate(ids) if not row]
-    if empty:
-        raise SaelignError(f"prompt(s) {empty[:5]} tokenise to nothing; every concept prompt needs at least one token")
-    return ids
+from saelign.text import pad, pad_token_id, token_ids
 
 
 def concept_activations(model: nn.Module, tokenizer: PreTrainedTokenizerBase, hookpoint: str, texts: Sequence[str],
                         position: str | int | Sequence[int] = "last", batch_size: int = 16) -> torch.Tensor:
     """Activations [n, d] (fp32, CPU) at each prompt's concept token: its last token, token `position` of every
     prompt, or one token index per prompt (e.g. from `ontology.concept_token_index`)."""
-    rows = _token_ids(tokenizer, texts)
+    rows = token_ids(tokenizer, texts)
     if position == "last":
         index = [-1] * len(rows)
     elif isinstance(position, int):

@@ -26,7 +26,7 @@ from saelign.align.slots import SlotMap
 from saelign.errors import SaelignError
 from saelign.models import patch_output
 from saelign.sae.model import SAE
-from saelign.text import greedy_decode, pad_token_id, stop_ids
+from saelign.text import greedy_decode, pad_token_id, stop_ids, token_ids
 
 Positions = Literal["last", "all"] | int | slice
 # An edit maps latents z [..., d_sae] to (edited latents, optional bool mask [...] of the rows to write back).
@@ -250,8 +250,8 @@ def generate_with(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompt: 
             stack.enter_context(cm)
         return stack
 
-    ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    hook = entered if during == "prompt" else None
     with entered() if during == "all" else contextlib.nullcontext():
-        (new,) = greedy_decode(model, [ids], max_new_tokens, pad_token_id(tokenizer), stop_ids(model, tokenizer),
-                               prompt_context=entered if during == "prompt" else None)
+        (new,) = greedy_decode(model, token_ids(tokenizer, [prompt]), max_new_tokens, pad_token_id(tokenizer),
+                               stop_ids(model, tokenizer), prompt_context=hook)
     return tokenizer.decode(new, skip_special_tokens=True)

@@ -39,7 +39,7 @@ from saelign.errors import SaelignError
 from saelign.progress import logger
 from saelign.sae.evaluate import reconstruction_metrics, splice_metrics
 from saelign.sae.model import SAE
-from saelign.text import answer_matches, greedy_decode, pad_token_id
+from saelign.text import answer_matches, greedy_decode, pad_token_id, token_ids
 
 DEFAULT_ALPHAS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 8.0)
 SPANS = ("concept", "prompt")  # swap_success: edit the concept token only, or every prompt token
@@ -148,7 +148,7 @@ def _continue(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Seque
         where = off if span == "concept" else slice(off, None)
         context = partial(intervention, positions=where) if intervention else None
         generating = partial(intervention, positions="last") if intervention and during == "all" else None
-        prompts = tokenizer([texts[i] for i in idx], add_special_tokens=True)["input_ids"]
+        prompts = token_ids(tokenizer, [texts[i] for i in idx])
         tokens = greedy_decode(model, prompts, n_tokens, pad_token_id(tokenizer), batch_size=batch_size,
                                prompt_context=context, token_context=generating, desc="swap continuations")
         for i, row in zip(idx, tokens, strict=True):

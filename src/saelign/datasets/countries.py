@@ -1,5 +1,4 @@
-"""countryinfo's per-country records, the one reader for SAILS's country prompts and capital facts and for
-AlignSAE's relations ontology."""
+"""countryinfo's country records: SAILS's country prompts and capital facts, AlignSAE's relations ontology."""
 
 from __future__ import annotations
 
@@ -12,8 +11,7 @@ from saelign.errors import SaelignError
 
 
 def load_countries(folder: Path | None = None) -> list[dict[str, Any]]:
-    """The country records (dicts with at least a `name`) of a countryinfo data folder, in file-name order;
-    the pinned countryinfo release (fetched once) by default."""
+    """The records (with a `name`) of a countryinfo data folder, by file name; default: the pinned release."""
     folder = folder or fetch_countryinfo()
     files = sorted(folder.glob("*.json"))
     if not files:
@@ -23,8 +21,7 @@ def load_countries(folder: Path | None = None) -> list[dict[str, Any]]:
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise SaelignError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); delete {folder} so it is "
-                               "fetched again") from exc
+            raise SaelignError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); delete {folder}") from exc
         if not isinstance(record, dict) or not isinstance(record.get("name"), str):
             raise SaelignError(f"{path}: expected a country record with a `name`")
         countries.append(record)

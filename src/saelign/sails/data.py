@@ -29,7 +29,7 @@ from saelign.errors import SaelignError
 from saelign.io import ensure_writable_dir, iter_jsonl, read_json, write_json_atomic, write_text_atomic
 from saelign.progress import logger
 from saelign.sails import sources
-from saelign.sails.generate import prompt_lengths
+from saelign.sails.generate import encode_chat
 from saelign.text import normalize
 
 KINDS = ("harmful", "harmless", "borderline")
@@ -198,10 +198,11 @@ def collect_examples(cfg: SafetyDataConfig) -> list[Example]:
 
 
 def check_prompt_lengths(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> None:
-    for example, n in zip(examples, prompt_lengths(tokenizer, [e.prompt for e in examples]), strict=True):
-        if n > max_tokens:
-            raise SaelignError(f"{example.source}: prompt {example.prompt[:60]!r}... has {n} chat-formatted tokens, more "
-                               f"than max_prompt_tokens={max_tokens}; shorten it or raise --max-prompt-tokens")
+    for example, ids in zip(examples, encode_chat(tokenizer, [e.prompt for e in examples]), strict=True):
+        if len(ids) > max_tokens:
+            raise SaelignError(f"{example.source}: prompt {example.prompt[:60]!r}... has {len(ids)} tokens "
+                               f"once chat-formatted, more than max_prompt_tokens={max_tokens}; shorten it "
+                               "or raise --max-prompt-tokens")
 
 
 def build_safety_data(cfg: SafetyDataConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> SafetyData:

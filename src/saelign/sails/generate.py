@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from saelign.text import greedy_decode, pad_token_id, stop_ids
+from saelign.text import greedy_decode, pad_token_id, stop_ids, token_ids
 
 
 def chat_text(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
@@ -21,18 +21,12 @@ def chat_text(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
 
 def encode_chat(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[list[int]]:
     """The chat-formatted prompts' token ids, as `generate_answers` feeds them."""
-    return tokenizer([chat_text(tokenizer, p) for p in prompts], add_special_tokens=False)["input_ids"]
-
-
-def prompt_lengths(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[int]:
-    return [len(ids) for ids in encode_chat(tokenizer, prompts)]
+    return token_ids(tokenizer, [chat_text(tokenizer, p) for p in prompts], special_tokens=False)
 
 
 def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
                      max_new_tokens: int = 64, batch_size: int = 16) -> list[str]:
     """Greedy answers to `prompts` (in order), until an end token, without special tokens, stripped."""
-    if not prompts:  # a tokenizer refuses an empty batch
-        return []
     tokens = greedy_decode(model, encode_chat(tokenizer, prompts), max_new_tokens, pad_token_id(tokenizer),
                            stop_ids(model, tokenizer), batch_size)
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in tokens]

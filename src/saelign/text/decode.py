@@ -1,14 +1,12 @@
-"""Batched greedy decoding with the KV cache: the one decoder behind SAILS answers, fact checks, concept swaps
-and guarded generation.
+"""Batched greedy decoding with the KV cache: SAILS answers, fact checks, concept swaps, guarded generation.
 
-Prompts are left-padded, with position ids counted from each row's first real token, so every row's last
-prompt token sits at index -1 (where `positions="last"` interventions write) and absolute-position models
-(GPT-2) see the positions they would see unpadded: a batched answer is the answer to the prompt alone. This is
-what `model.generate(do_sample=False)` computes, without the logits processors a generation config may add.
+Prompts are left-padded with position ids counted from each row's first real token: every last prompt token
+sits at index -1 (where `positions="last"` interventions write) and GPT-2-style models see unpadded positions,
+so a batched answer is the answer to the prompt alone, as `model.generate(do_sample=False)` gives it.
 
-Hooks are context-manager factories: `prompt_context()` is entered while a batch's prompts are read,
-`token_context()` while each generated token is read. An intervention given as `prompt_context` edits only
-the prompt, whose edited states stay in the KV cache (the AlignSAE swap protocol); as both, every token.
+Hooks are context-manager factories: `prompt_context()` is entered while the prompts are read,
+`token_context()` while each generated token is read. An intervention as `prompt_context` edits only the
+prompt, whose edited states stay in the KV cache (the AlignSAE swap protocol); as both, every token.
 """
 
 from __future__ import annotations
@@ -36,19 +34,15 @@ def stop_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
 
 
 def context_length(model: nn.Module) -> int | None:
-    config = getattr(model, "config", None)
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    names = ("max_position_embeddings", "n_positions", "max_sequence_length")
+    sizes = [getattr(getattr(model, "config", None), name, None) for name in names]
+    return next((size for size in sizes if isinstance(size, int) and size > 0), None)
 
 
 @torch.inference_mode()
 def decode_steps(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int,
                  prompt_context: Context = None, token_context: Context = None) -> Iterator[torch.Tensor]:
-    """The greedy next token [batch] of a left-padded batch, one step per item: a stream. A step is computed
-    only when asked for, so a consumer that stops early runs no forward beyond it."""
+    """The greedy next token [batch] of a left-padded batch, one step per item, computed when asked for."""
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
     # Logits of the last position only, as generate() asks: the prompt's [batch, seq, vocab] is never built.
     last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
@@ -69,17 +63,15 @@ def decode_steps(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, max_ne
 def greedy_decode(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int, pad_id: int,
                   stop: Collection[int] = (), batch_size: int = 16, prompt_context: Context = None,
                   token_context: Context = None, desc: str = "generating") -> list[list[int]]:
-    """The greedy continuation ids of each token-id prompt, in order: `max_new_tokens` of them, or up to and
-    including the first `stop` id (as generate() returns them). Prompts are decoded longest first, so each
-    batch pads little, with the model in eval mode. A prompt that leaves no room in the model's context for
+    """The greedy continuation ids of each prompt (non-empty ids, see `token_ids`), in order: `max_new_tokens`
+    of them, or up to and including the first `stop` id (as generate() returns them). Prompts go longest
+    first (less padding), the model in eval mode. A prompt that leaves the context no room for
     `max_new_tokens` is an error, never silently cut: a cut prompt would be a different request."""
     if max_new_tokens <= 0 or batch_size <= 0:
         raise SaelignError(f"max_new_tokens ({max_new_tokens}) and batch_size ({batch_size}) must be "
                            "positive")
     limit = context_length(model)
     for i, row in enumerate(prompts):
-        if not row:
-            raise SaelignError(f"prompt {i} tokenises to nothing; every prompt needs at least one token")
         if limit and len(row) + max_new_tokens > limit:
             raise SaelignError(f"prompt {i} has {len(row)} tokens; with max_new_tokens={max_new_tokens} it "
                                f"exceeds the model context of {limit}; shorten the prompt")

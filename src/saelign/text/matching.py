@@ -41,9 +41,6 @@ def answer_matches(said: str, answer: str, aliases: Sequence[str] = (), *, anywh
     if anywhere:
         text = f" {normalize(said, True)} "
         return any(want and f" {want} " in text for want in (normalize(c, True) for c in (answer, *aliases)))
-    text_words = _without_article(words(said, True))
-    for candidate in (answer, *aliases):
-        want = _without_article(words(candidate, True))
-        if want and want in (text_words[: len(want)], text_words[1: len(want) + 1]):
-            return True
-    return False
+    opening = _without_article(words(said, True))
+    wanted = (_without_article(words(c, True)) for c in (answer, *aliases))
+    return any(want and want in (opening[: len(want)], opening[1: len(want) + 1]) for want in wanted)

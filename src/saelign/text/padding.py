@@ -1,8 +1,7 @@
-"""The pad-id rule and the padder every batch in saelign uses.
+"""Token ids in batches: encoding, the pad-id rule and the padder every batch in saelign uses.
 
-Pad id: the tokenizer's pad token, else its end-of-sequence token, else 0. The id only fills positions the
-attention mask hides (and that losses ignore), so any id would do; `load_tokenizer` sets pad to EOS already,
-the fallbacks serve tokenizers passed in by hand.
+Pad id: the tokenizer's pad token, else its end-of-sequence token, else 0. It only fills positions the
+attention mask hides (and losses ignore), so any id would do; the fallbacks serve hand-made tokenizers.
 """
 
 from __future__ import annotations
@@ -12,12 +11,21 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from saelign.errors import SaelignError
+
+
+def token_ids(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], special_tokens: bool = True
+              ) -> list[list[int]]:
+    """Each text's token ids; a text without any is an error (there is nothing to read or continue)."""
+    ids = tokenizer(list(texts), add_special_tokens=special_tokens)["input_ids"] if texts else []
+    empty = [i for i, row in enumerate(ids) if not row]
+    if empty:
+        raise SaelignError(f"prompt(s) {empty[:5]} tokenise to nothing; each prompt needs at least one token")
+    return ids
+
 
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if value is not None:
-            return int(value)
-    return 0
+    return next((int(i) for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
 
 
 def pad(rows: Sequence[Sequence[int]], value: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from saelign.align.ontology import ConceptExample, Ontology
 from saelign.errors import SaelignError
 from saelign.progress import logger
-from saelign.text import answer_matches, greedy_decode, pad_token_id, stop_ids
+from saelign.text import answer_matches, greedy_decode, pad_token_id, stop_ids, token_ids
 
 
 def _fact_key(ex: ConceptExample) -> tuple[str, str]:
@@ -43,7 +43,7 @@ def filter_known_facts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     if max_new_tokens is None:
         longest = max(len(tokenizer(" " + str(ex.answer), add_special_tokens=False)["input_ids"]) for ex in examples)
         max_new_tokens = longest + 2  # room for a leading article or space token
-    prompts = tokenizer([ex.text for ex in examples], add_special_tokens=True)["input_ids"]
+    prompts = token_ids(tokenizer, [ex.text for ex in examples])
     tokens = greedy_decode(model, prompts, max_new_tokens, pad_token_id(tokenizer),
                            stop_ids(model, tokenizer), batch_size, desc="checking facts")
     continuations = tokenizer.batch_decode(tokens, skip_special_tokens=True)
