@@ -1,5 +1,3 @@
-from functools import partial
-
 import pytest
 import torch
 
@@ -7,11 +5,10 @@ from saelign.align.activations import (
     answer_token_ids,
     concept_activations,
     concept_offsets,
-    greedy_continuations,
 )
 from saelign.align.ontology import Concept, Entity, Ontology, Templates
 from saelign.errors import SaelignError
-from saelign.models import forward_capture, patch_output, resolve_hookpoints
+from saelign.models import forward_capture, resolve_hookpoints
 
 PROMPTS = ["The capital of France is", "Hello", "How do I bake bread? Mix flour and", "I cannot help"]
 
@@ -36,23 +33,6 @@ def test_batched_capture_equals_unpadded_capture(tiny_any, tokenizer):
         torch.testing.assert_close(at_second[i], alone[[0, 0, 1, -2][i]], rtol=1e-4, atol=1e-5)
     with pytest.raises(SaelignError, match="outside prompt 1"):
         concept_activations(model, tokenizer, hook, PROMPTS, position=5)
-
-
-def test_batched_continuations_equal_hf_greedy_generation(tiny_any, tokenizer):
-    _, model, _ = tiny_any
-    got = greedy_continuations(model, tokenizer, PROMPTS, max_new_tokens=4, batch_size=4)
-    for i, text in enumerate(PROMPTS):
-        ids = tokenizer(text, return_tensors="pt")["input_ids"]
-        hf = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, min_new_tokens=4, do_sample=False,
-                            pad_token_id=tokenizer.pad_token_id)
-        assert got[i].tolist() == hf[0, ids.shape[1]:].tolist()
-
-
-def test_prompt_context_is_active_only_while_the_prompt_is_read(tiny_llama, tokenizer):
-    seen = []
-    context = partial(patch_output, tiny_llama, "model.layers.0", lambda h: seen.append(h.shape[1]) or h)
-    greedy_continuations(tiny_llama, tokenizer, PROMPTS[:2], max_new_tokens=3, prompt_context=context)
-    assert seen == [max(len(tokenizer(t)["input_ids"]) for t in PROMPTS[:2])]
 
 
 def test_answer_tokens_continue_the_prompt(tokenizer):

@@ -12,19 +12,20 @@ import pytest
 import torch
 
 from saelign.align.builtin import BUILDERS, build_ontology
-from saelign.align.builtin.facts import answer_matches, filter_known_facts, normalise_words
+from saelign.align.builtin.facts import filter_known_facts
 from saelign.align.builtin.pos import build_pos, collect_examples, load_spacy, spacy_tagger, split_sentences
 from saelign.align.builtin.relations import (
     RELATIONS,
     build_relations,
     continent,
-    load_countryinfo,
+    country_index,
     parse_questions_words,
     relation_facts,
 )
 from saelign.align.builtin.sentiment import build_sentiment, read_ratings
 from saelign.align.builtin.wordnet import build_wordnet, read_sense_index
 from saelign.align.ontology import ontology_from_dict
+from saelign.datasets.countries import load_countries
 from saelign.errors import SaelignError
 
 QUESTIONS_WORDS = """\
@@ -83,7 +84,7 @@ def test_parse_questions_words_sections(relation_data, tmp_path):
 
 def test_countryinfo_facts_and_aliases(relation_data):
     qw, folder = relation_data
-    info = load_countryinfo(folder)
+    info = country_index(load_countries(folder))
     assert info["french republic"]["name"] == "France"
     assert continent(info["argentina"]) == ("South America", ())
     assert continent({"region": "Americas", "intermediateregion": "Caribbean"}) == ("North America", ("Caribbean",))
@@ -243,21 +244,6 @@ def test_registry_names_and_option_errors():
         build_ontology("colours")
     with pytest.raises(SaelignError, match="unknown option.*max_entitys.*valid: relations, max_entities"):
         build_ontology("relations", max_entitys=3)
-
-
-@pytest.mark.parametrize("said, answer, aliases, ok", [
-    (" Paris.\n\nThe", "Paris", (), True),
-    (" the Croatian kuna, which", "kuna", (), True),
-    (" an Albanian", "Albanian", (), True),
-    (" São Tomé", "Sao Tome", (), True),
-    (" New York, USA", "New Jersey", (), False),
-    (" Buenos", "Buenos Aires", (), False),
-    (" the capital of Poland", "Warsaw", (), False),
-    (" Bonn", "Berlin", ("Bonn",), True),
-])
-def test_answer_matching(said, answer, aliases, ok):
-    assert answer_matches(said, answer, aliases) is ok
-    assert normalise_words("The  Côte-d'Ivoire!") == ["cote", "d", "ivoire"]
 
 
 def _fact_ontology():

@@ -134,8 +134,8 @@ def test_swap_success_prompt_span_edits_every_prompt_token(tiny_llama, tokenizer
     """span="prompt" must score exactly what a swap over the whole prompt gives on each prompt alone (no padding
     touched, no token missed), and differ from the concept-token swap on this model; the gated swap must score
     as the per-prompt gated swap does."""
-    from saelign.align.builtin.facts import answer_matches
     from saelign.align.interventions import concept_swap, generate_with
+    from saelign.text import answer_matches
 
     hook = "model.layers.1"  # an early block, so edits at earlier positions reach the answer through attention
     answers = ["yeast", "because", "bake"]

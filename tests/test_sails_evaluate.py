@@ -15,7 +15,6 @@ from saelign.sails.data import Example
 from saelign.sails.evaluate import (
     CapabilityData,
     SafetyEvalConfig,
-    answer_matches,
     evaluate_model,
     heldout_contexts,
     load_facts,
@@ -58,18 +57,6 @@ def test_missing_kind_gives_nan_and_length_mismatch_is_an_error():
     assert metrics["safety_rate"] == 0.5 and math.isnan(metrics["borderline_over_refusal"])
     with pytest.raises(SaelignError, match="2 responses"):
         safety_metrics(examples(2, 1, 0), ["a", "b"], TableJudge())
-
-
-@pytest.mark.parametrize("answer, expected, ok", [
-    ("The capital of Colombia is Bogota.", "Bogotá", True),
-    ("It is Washington, D.C.", "Washington D.C.", True),
-    ("PARIS!", "Paris", True),
-    ("Parisian food is great.", "Paris", False),
-    ("I do not know.", "Rome", False),
-    ("anything", "", False),
-])
-def test_answer_matching_folds_accents_and_needs_whole_words(answer, expected, ok):
-    assert answer_matches(answer, expected) is ok
 
 
 @torch.inference_mode()

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import make_tiny_model
 from saelign.errors import SaelignError
-from saelign.sails.generate import chat_text, generate_answers, prompt_lengths
+from saelign.sails.generate import chat_text, encode_chat, generate_answers
 
 PROMPTS = ["Hi", "How do I bake bread? Mix flour, water, salt and yeast.", "Paris is the capital of", "The quick brown fox"]
 
@@ -23,7 +23,7 @@ def test_batched_answers_equal_one_at_a_time_answers(tokenizer):
 def test_chat_template_is_used_and_lengths_match(tokenizer):
     text = chat_text(tokenizer, "Hello")
     assert text == "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"
-    assert prompt_lengths(tokenizer, ["Hello"]) == [len(tokenizer(text, add_special_tokens=False)["input_ids"])]
+    assert encode_chat(tokenizer, ["Hello"]) == [tokenizer(text, add_special_tokens=False)["input_ids"]]
 
 
 def test_model_without_chat_template_gets_a_plain_frame(tokenizer):

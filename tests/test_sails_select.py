@@ -8,7 +8,7 @@ import torch
 from saelign.errors import SaelignError
 from saelign.models.hookpoints import forward_capture
 from saelign.sae import SAE, SAEConfig
-from saelign.sails.chat import encode_prompt
+from saelign.sails.generate import encode_chat
 from saelign.sails.select import (
     FeatureSelectConfig,
     latent_activations,
@@ -64,7 +64,7 @@ def test_no_separating_latent_is_an_error():
 
 def pooled_reference(model, tokenizer, prompt, positions, encode):
     """One unpadded prompt at a time: the mean of encode(activation) over the pooled tokens."""
-    hidden = forward_capture(model, ["model.layers.1"], torch.tensor([encode_prompt(tokenizer, prompt)]))["model.layers.1"][0]
+    hidden = forward_capture(model, ["model.layers.1"], torch.tensor(encode_chat(tokenizer, [prompt])))["model.layers.1"][0]
     first = {"last": len(hidden) - 1, "last_n": len(hidden) - 3, "all": 1}[positions]  # "all" skips the sink token
     return encode(hidden[first:]).mean(0)
 

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from saelign.datasets.countries import load_countries
 from saelign.errors import SaelignError
 from saelign.sails import sources
 
@@ -113,7 +114,7 @@ COUNTRIES = [
 def test_country_prompts_are_seeded_distinct_and_use_only_present_fields(tmp_path):
     for c in COUNTRIES:
         (tmp_path / f"{c['name'].lower()}.json").write_text(json.dumps(c))
-    countries = sources.load_countries(tmp_path)
+    countries = load_countries(tmp_path)
     first = sources.country_prompts(countries, 20, seed=3)
     assert first == sources.country_prompts(countries, 20, seed=3)
     assert first != sources.country_prompts(countries, 20, seed=4)
@@ -124,7 +125,7 @@ def test_country_prompts_are_seeded_distinct_and_use_only_present_fields(tmp_pat
                                                     ("What is the capital of Japan?", "Tokyo")]
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(SaelignError, match=r"broken\.json:1: not valid JSON"):
-        sources.load_countries(tmp_path)
+        load_countries(tmp_path)
 
 
 def test_sotu_passages_are_whole_sentences_within_word_limits(tmp_path):

@@ -26,6 +26,7 @@ from saelign.align.slots import SlotMap
 from saelign.errors import SaelignError
 from saelign.models import patch_output
 from saelign.sae.model import SAE
+from saelign.text import greedy_decode, pad_token_id, stop_ids, token_ids
 
 Positions = Literal["last", "all"] | int | slice
 # An edit maps latents z [..., d_sae] to (edited latents, optional bool mask [...] of the rows to write back).
@@ -232,36 +233,25 @@ class SlotGuard:
         self._stack = None
 
 
-@torch.inference_mode()
 def generate_with(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompt: str,
                   *interventions: contextlib.AbstractContextManager, max_new_tokens: int = 32,
                   during: Literal["prompt", "all"] = "prompt") -> str:
-    """Greedy continuation of `prompt` under the given (not yet entered) interventions.
+    """Greedy continuation of `prompt` under the given (not yet entered) interventions, until an end token.
 
     during="prompt" applies them only while the prompt is read (the edited prompt states stay in the KV cache,
     as in the authors' swap evaluation); during="all" keeps them on for every generated token too.
     """
     if during not in ("prompt", "all"):
         raise SaelignError(f"during must be 'prompt' or 'all', got {during!r}")
-    device = next(model.parameters()).device
-    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=True)["input_ids"].to(device)
-    if ids.shape[1] == 0:
-        raise SaelignError("the prompt tokenises to nothing; give a non-empty prompt")
-    eos = model.generation_config.eos_token_id if getattr(model, "generation_config", None) else None
-    stop = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
-    new: list[int] = []
-    with contextlib.ExitStack() as stack:
+
+    def entered() -> contextlib.ExitStack:  # each intervention may be entered only once: all in one stack
+        stack = contextlib.ExitStack()
         for cm in interventions:
             stack.enter_context(cm)
-        out = model(input_ids=ids, use_cache=True)
-        if during == "prompt":
-            stack.close()
-        for _ in range(max_new_tokens):
-            token = int(out.logits[0, -1].argmax())
-            if token in stop:
-                break
-            new.append(token)
-            if len(new) == max_new_tokens:
-                break
-            out = model(input_ids=torch.tensor([[token]], device=device), past_key_values=out.past_key_values, use_cache=True)
+        return stack
+
+    hook = entered if during == "prompt" else None
+    with entered() if during == "all" else contextlib.nullcontext():
+        (new,) = greedy_decode(model, token_ids(tokenizer, [prompt]), max_new_tokens, pad_token_id(tokenizer),
+                               stop_ids(model, tokenizer), prompt_context=hook)
     return tokenizer.decode(new, skip_special_tokens=True)

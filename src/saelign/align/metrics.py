@@ -32,14 +32,14 @@ from scipy.stats import rankdata
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from saelign.align.activations import concept_offsets, example_activations, greedy_continuations
-from saelign.align.builtin.facts import answer_matches
+from saelign.align.activations import concept_offsets, example_activations
 from saelign.align.interventions import concept_swap
 from saelign.align.slots import SlotMap
 from saelign.errors import SaelignError
 from saelign.progress import logger
 from saelign.sae.evaluate import reconstruction_metrics, splice_metrics
 from saelign.sae.model import SAE
+from saelign.text import answer_matches, greedy_decode, pad_token_id, token_ids
 
 DEFAULT_ALPHAS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 8.0)
 SPANS = ("concept", "prompt")  # swap_success: edit the concept token only, or every prompt token
@@ -148,8 +148,10 @@ def _continue(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Seque
         where = off if span == "concept" else slice(off, None)
         context = partial(intervention, positions=where) if intervention else None
         generating = partial(intervention, positions="last") if intervention and during == "all" else None
-        tokens = greedy_continuations(model, tokenizer, [texts[i] for i in idx], n_tokens, batch_size, context, generating)
-        for i, row in zip(idx, tokens.tolist(), strict=True):
+        prompts = token_ids(tokenizer, [texts[i] for i in idx])
+        tokens = greedy_decode(model, prompts, n_tokens, pad_token_id(tokenizer), batch_size=batch_size,
+                               prompt_context=context, token_context=generating, desc="swap continuations")
+        for i, row in zip(idx, tokens, strict=True):
             out[i] = tuple(row)
     return out
 
@@ -167,7 +169,7 @@ def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
     """Concept-swap success and "rest unchanged" over an α sweep. `examples` need text, concept_index, entity,
     answer and optionally aliases (ontology ConceptExamples); facts of one entity under several concepts make
     the swap pairs. Answers are matched on the greedy continuation (a few tokens) with the ontology's rules
-    (`builtin.facts.answer_matches`: case, accents, punctuation and a leading article ignored).
+    (`saelign.text.answer_matches`: case, accents, punctuation and a leading article ignored).
 
     known_only keeps the swaps whose target fact the model states itself on one of that fact's own prompts:
     a swap cannot be expected to produce an answer the model does not know. n_tokens: tokens generated per

@@ -20,6 +20,7 @@ from transformers import PreTrainedTokenizerBase
 
 from saelign.errors import SaelignError
 from saelign.io import iter_jsonl
+from saelign.text import pad_token_id
 
 SOTU = "sotu"
 
@@ -133,8 +134,7 @@ def iter_contexts(corpus: Corpus, tokenizer: PreTrainedTokenizerBase, context_le
     if context_length < 2:
         raise SaelignError(f"context_length must be at least 2, got {context_length}")
     separator = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else separator
-    if pad is None:
+    if separator is None:
         raise SaelignError("the tokenizer has neither a pad nor an EOS token; add one to its tokenizer_config.json")
     # Rendered chat text already carries the template's special tokens; plain text gets none added.
     buffer: list[int] = []
@@ -149,6 +149,7 @@ def iter_contexts(corpus: Corpus, tokenizer: PreTrainedTokenizerBase, context_le
             produced = True
         del buffer[:full]
     if buffer and buffer != [separator]:
-        yield torch.tensor(buffer + [pad] * (context_length - len(buffer)), dtype=torch.long)
+        padding = [pad_token_id(tokenizer)] * (context_length - len(buffer))
+        yield torch.tensor(buffer + padding, dtype=torch.long)
     elif not produced:
         raise SaelignError(f"corpus {corpus.source} has no text; give a source with at least one non-empty document")

@@ -22,6 +22,7 @@ from saelign.errors import SaelignError
 from saelign.models import forward_capture, resolve_hookpoints
 from saelign.progress import progress
 from saelign.sae import SAE
+from saelign.text import pad, pad_token_id
 
 TokenBatch = torch.Tensor | Mapping[str, torch.Tensor]
 NO_TOKEN = -1  # window slots outside the context
@@ -79,17 +80,13 @@ class TopActivationBuffer:
 
 def _chunk_texts(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str], context_length: int,
                  batch_size: int) -> Iterator[_Batch]:
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id(tokenizer)
     pending: list[tuple[int, int, list[int]]] = []
 
     def flush() -> _Batch:
-        width = max(len(ids) for _, _, ids in pending)
-        ids = torch.full((len(pending), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(pending), width), dtype=torch.bool)
-        for row, (_, _, piece) in enumerate(pending):
-            ids[row, : len(piece)] = torch.tensor(piece)
-            mask[row, : len(piece)] = True
-        batch = _Batch(ids, mask, torch.tensor([d for d, _, _ in pending]), torch.tensor([o for _, o, _ in pending]))
+        ids, mask = pad([piece for _, _, piece in pending], pad_id)
+        docs, offsets = torch.tensor([d for d, _, _ in pending]), torch.tensor([o for _, o, _ in pending])
+        batch = _Batch(ids, mask.bool(), docs, offsets)
         pending.clear()
         return batch
 

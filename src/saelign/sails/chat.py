@@ -7,15 +7,10 @@ SFT labels start exactly after them. Prompt and response are tokenised separatel
 
 from __future__ import annotations
 
-import torch
 from transformers import PreTrainedTokenizerBase
 
 from saelign.errors import SaelignError
 from saelign.sails.generate import chat_text
-
-
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    return tokenizer(chat_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
 
 
 def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str) -> tuple[list[int], list[int]]:
@@ -37,14 +32,3 @@ def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str) 
         # Template filler after the end-of-turn token (e.g. a newline) is not something the model must emit.
         response_ids = response_ids[: len(response_ids) - response_ids[::-1].index(eos)]
     return prompt_ids, response_ids
-
-
-def pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right padding keeps every real token at its unpadded position id, so batched = unbatched activations."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = 1
-    return ids, mask

@@ -14,8 +14,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import re
-import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,12 +23,14 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from saelign.configs import config_to_dict, help_field
+from saelign.datasets.countries import load_countries
 from saelign.datasets.fetch import fetch_sotu
 from saelign.errors import SaelignError
 from saelign.io import ensure_writable_dir, iter_jsonl, read_json, write_json_atomic, write_text_atomic
 from saelign.progress import logger
 from saelign.sails import sources
-from saelign.sails.generate import prompt_lengths
+from saelign.sails.generate import encode_chat
+from saelign.text import normalize
 
 KINDS = ("harmful", "harmless", "borderline")
 SPLITS = ("train", "val", "test")
@@ -84,14 +84,6 @@ class SafetyDataConfig:
     dedupe_threshold: float = help_field(0.8, "word-set Jaccard at or above which two prompts count as near-duplicates (1.0 = identical word sets only)")
     max_prompt_tokens: int = help_field(512, "longest chat-formatted prompt allowed, checked when a tokenizer is given; longer prompts are an error")
     seed: int = help_field(0, "seed of the split hash and of the templated prompts")
-
-
-_WORD = re.compile(r"[a-z0-9]+")
-
-
-def normalize(text: str) -> str:
-    """Lower-case NFKC words joined by single spaces: punctuation, case and spacing never make prompts differ."""
-    return " ".join(_WORD.findall(unicodedata.normalize("NFKC", text).lower()))
 
 
 def jaccard(a: set[str], b: set[str]) -> float:
@@ -198,7 +190,7 @@ def collect_examples(cfg: SafetyDataConfig) -> list[Example]:
         if kind in wanted:
             examples += [Example(p, kind, f"{kind}:{c}") for p, c in sources.packaged_prompts(f"{kind}_prompts.json")]
     if "countries" in wanted and cfg.country_prompts > 0:
-        countries = sources.load_countries(sources.countryinfo_dir())
+        countries = load_countries()
         examples += [Example(p, "harmless", "countries") for p in sources.country_prompts(countries, cfg.country_prompts, cfg.seed)]
     if "sotu" in wanted and cfg.sotu_prompts > 0:
         examples += [Example(p, "harmless", f"sotu:{stem}") for p, stem in sources.sotu_prompts(fetch_sotu(), cfg.sotu_prompts, cfg.seed)]
@@ -206,10 +198,11 @@ def collect_examples(cfg: SafetyDataConfig) -> list[Example]:
 
 
 def check_prompt_lengths(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> None:
-    for example, n in zip(examples, prompt_lengths(tokenizer, [e.prompt for e in examples]), strict=True):
-        if n > max_tokens:
-            raise SaelignError(f"{example.source}: prompt {example.prompt[:60]!r}... has {n} chat-formatted tokens, more "
-                               f"than max_prompt_tokens={max_tokens}; shorten it or raise --max-prompt-tokens")
+    for example, ids in zip(examples, encode_chat(tokenizer, [e.prompt for e in examples]), strict=True):
+        if len(ids) > max_tokens:
+            raise SaelignError(f"{example.source}: prompt {example.prompt[:60]!r}... has {len(ids)} tokens "
+                               f"once chat-formatted, more than max_prompt_tokens={max_tokens}; shorten it "
+                               "or raise --max-prompt-tokens")
 
 
 def build_safety_data(cfg: SafetyDataConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> SafetyData:

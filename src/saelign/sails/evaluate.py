@@ -17,7 +17,6 @@ import itertools
 import math
 import random
 import time
-import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,12 +28,14 @@ from transformers import PreTrainedTokenizerBase
 
 from saelign.configs import help_field
 from saelign.datasets.corpus import SOTU, iter_contexts, open_corpus
+from saelign.datasets.countries import load_countries
 from saelign.errors import SaelignError
 from saelign.io import iter_jsonl
 from saelign.progress import logger, progress
-from saelign.sails.data import KINDS, Example, normalize
+from saelign.sails.data import KINDS, Example
 from saelign.sails.generate import generate_answers
 from saelign.sails.judge import Judge, OfflineJudge, PrefixJudge, Verdict
+from saelign.text import answer_matches, normalize
 
 # metric names per kind: (share refused, share degenerate)
 _RATE_NAMES = {"harmful": ("safety_rate", "harmful_degenerate"), "harmless": ("over_refusal", "harmless_degenerate"),
@@ -115,18 +116,6 @@ def take_per_kind(examples: Sequence[Example], limit: int, kinds: Sequence[str] 
     return [e for kind in kinds for e in itertools.islice((x for x in examples if x.kind == kind), limit or None)]
 
 
-def _fold(text: str) -> str:
-    """Accent-free normalised words: 'Bogotá' and 'bogota.' compare equal."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    return normalize("".join(ch for ch in decomposed if not unicodedata.combining(ch)))
-
-
-def answer_matches(answer: str, expected: str) -> bool:
-    """Whether the expected answer's words appear, in order and as whole words, in the answer."""
-    want = _fold(expected)
-    return bool(want) and f" {want} " in f" {_fold(answer)} "
-
-
 def heldout_contexts(tokenizer: PreTrainedTokenizerBase, source: str, n: int, length: int, seed: int,
                      exclude_stems: set[str]) -> torch.Tensor:
     """[n', length] token contexts (n' <= n) from `source`. For a folder corpus the files are
@@ -149,7 +138,7 @@ def load_facts(source: str, n: int, seed: int, exclude_prompts: set[str]) -> lis
     if source == "countries":
         from saelign.sails import sources
 
-        pairs = sources.capital_questions(sources.load_countries(sources.countryinfo_dir()))
+        pairs = sources.capital_questions(load_countries())
     else:
         pairs = []
         for number, row in iter_jsonl(source, "facts file"):
@@ -195,7 +184,7 @@ def perplexity(model: nn.Module, contexts: torch.Tensor, pad_id: int | None = No
 def fact_accuracy(model: nn.Module, tokenizer: PreTrainedTokenizerBase, facts: Sequence[tuple[str, str]],
                   max_new_tokens: int, batch_size: int) -> tuple[float, list[dict[str, Any]]]:
     answers = generate_answers(model, tokenizer, [q for q, _ in facts], max_new_tokens, batch_size)
-    rows = [{"question": q, "expected": a, "answer": ans, "correct": answer_matches(ans, a)}
+    rows = [{"question": q, "expected": a, "answer": ans, "correct": answer_matches(ans, a, anywhere=True)}
             for (q, a), ans in zip(facts, answers, strict=True)]
     return (sum(r["correct"] for r in rows) / len(rows) if rows else math.nan), rows
 

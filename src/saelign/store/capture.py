@@ -29,6 +29,7 @@ from saelign.models.loading import model_identity
 from saelign.progress import logger, progress
 from saelign.runinfo import record_stage
 from saelign.store.store import FORMAT, FORMAT_VERSION, StoreWriter
+from saelign.text import pad_token_id
 
 
 @dataclass
@@ -129,7 +130,7 @@ def _tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> dict[str, object]
 
 
 def _widths(model: PreTrainedModel, hookpoints: list[str], tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
-    probe = torch.full((1, 2), tokenizer.pad_token_id or 0, dtype=torch.long, device=next(model.parameters()).device)
+    probe = torch.full((1, 2), pad_token_id(tokenizer), device=next(model.parameters()).device)
     return {hp: out.shape[-1] for hp, out in forward_capture(model, hookpoints, probe).items()}
 
 

@@ -3,66 +3,22 @@
 A concept slot can only bind to a relation the model actually represents, so facts the model gets wrong are
 dropped before alignment. A fact (an entity of a template concept, or one labelled example) is kept when the
 model answers correctly on at least `min_accuracy` of its train-template prompts; accuracy on the unseen test
-templates is reported too. Matching is on normalised words: accents, case, punctuation and one leading article
-are ignored, and every word of the answer (or of an alias) must open the continuation, after at most one
-qualifying word ("Croatian kuna", "Southeast Asia"); so "New York" does not count for "New Jersey".
+templates is reported too. A continuation is correct when it opens with the answer
+(`saelign.text.answer_matches`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
-import unicodedata
 from collections import defaultdict
-from collections.abc import Sequence
 from typing import Any
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from saelign.align.ontology import ConceptExample, Ontology
 from saelign.errors import SaelignError
-from saelign.progress import logger, progress
-
-_ARTICLES = {"the", "a", "an"}
-
-
-def normalise_words(text: str) -> list[str]:
-    plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
-    words = re.sub(r"[^a-z0-9]+", " ", plain.lower()).split()
-    return words[1:] if words[:1] and words[0] in _ARTICLES else words
-
-
-def answer_matches(continuation: str, answer: str, aliases: Sequence[str] = ()) -> bool:
-    said = normalise_words(continuation)
-    for candidate in (answer, *aliases):
-        want = normalise_words(candidate)
-        if want and (said[: len(want)] == want or said[1 : len(want) + 1] == want):
-            return True
-    return False
-
-
-@torch.inference_mode()
-def greedy_continuations(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
-                         max_new_tokens: int, batch_size: int = 32) -> list[str]:
-    """Greedy continuation text of each prompt, batched with left padding (prompts sorted by length)."""
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    out: list[str] = [""] * len(prompts)
-    device = next(model.parameters()).device
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        for start in progress(range(0, len(order), batch_size), desc="checking facts", unit="batch"):
-            index = order[start : start + batch_size]
-            enc = tokenizer([prompts[i] for i in index], return_tensors="pt", padding=True).to(device)
-            generated = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, top_p=None, top_k=None,
-                                       temperature=None, pad_token_id=tokenizer.pad_token_id)
-            texts = tokenizer.batch_decode(generated[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            for i, text in zip(index, texts, strict=True):
-                out[i] = text
-    finally:
-        tokenizer.padding_side = side
-    return out
+from saelign.progress import logger
+from saelign.text import answer_matches, greedy_decode, pad_token_id, stop_ids, token_ids
 
 
 def _fact_key(ex: ConceptExample) -> tuple[str, str]:
@@ -87,7 +43,10 @@ def filter_known_facts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     if max_new_tokens is None:
         longest = max(len(tokenizer(" " + str(ex.answer), add_special_tokens=False)["input_ids"]) for ex in examples)
         max_new_tokens = longest + 2  # room for a leading article or space token
-    continuations = greedy_continuations(model, tokenizer, [ex.text for ex in examples], max_new_tokens, batch_size)
+    prompts = token_ids(tokenizer, [ex.text for ex in examples])
+    tokens = greedy_decode(model, prompts, max_new_tokens, pad_token_id(tokenizer),
+                           stop_ids(model, tokenizer), batch_size, desc="checking facts")
+    continuations = tokenizer.batch_decode(tokens, skip_special_tokens=True)
     hits: dict[tuple[str, str], dict[str, list[bool]]] = defaultdict(lambda: {"train": [], "test": []})
     for ex, text in zip(examples, continuations, strict=True):
         hits[_fact_key(ex)][ex.split].append(answer_matches(text, str(ex.answer), ex.aliases))

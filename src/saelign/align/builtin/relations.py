@@ -10,7 +10,6 @@ the relation being asked, not the entity. Use `filter_known_facts` to keep only 
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from saelign.align.ontology import Concept, Entity, Ontology, Templates
-from saelign.datasets.fetch import COUNTRYINFO, COUNTRYINFO_MEMBERS, fetch_countryinfo, fetch_pypi_members
+from saelign.datasets.countries import load_countries
+from saelign.datasets.fetch import COUNTRYINFO, COUNTRYINFO_MEMBERS, fetch_pypi_members
 from saelign.errors import SaelignError
 
 GENSIM = ("gensim", "4.3.3", "d662bf96e3d741b6ab61a54be842a7cbf5e45193008b2f4225c758cafd7f9cdc")
@@ -146,19 +146,10 @@ def parse_questions_words(path: Path) -> dict[str, dict[str, str]]:
     return sections
 
 
-def load_countryinfo(folder: Path) -> dict[str, dict[str, Any]]:
+def country_index(countries: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Lower-cased country name and alternative spellings -> the country's record."""
-    files = sorted(folder.glob("*.json"))
-    if not files:
-        raise SaelignError(f"{folder} has no countryinfo *.json files; delete the folder so it is fetched again")
     index: dict[str, dict[str, Any]] = {}
-    for path in files:
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise SaelignError(f"{path}: not valid JSON (line {exc.lineno}); delete {folder} so it is fetched again") from exc
-        if not isinstance(record, dict) or "name" not in record:
-            raise SaelignError(f"{path}: expected a country record with a `name`")
+    for record in countries:
         for key in [record["name"], *record.get("altSpellings", [])]:
             index.setdefault(str(key).lower(), record)
     return index
@@ -251,8 +242,8 @@ def build_relations(relations: Sequence[str] | None = None, max_entities: int = 
     if unknown:
         raise SaelignError(f"unknown relation(s) {', '.join(unknown)}; choose from {', '.join(RELATIONS)}")
     qw_path = questions_words or fetch_questions_words()
-    ci_dir = countryinfo_dir or fetch_countryinfo()
-    facts = relation_facts(parse_questions_words(qw_path), load_countryinfo(ci_dir), names)
+    countries = country_index(load_countries(countryinfo_dir))
+    facts = relation_facts(parse_questions_words(qw_path), countries, names)
     chosen = select_entities(facts, max_entities, seed)
     concepts = tuple(Concept(n, RELATIONS[n].description, entities=tuple(chosen[n]),
                              templates=Templates(RELATIONS[n].train, RELATIONS[n].test)) for n in names)

@@ -1,0 +1,123 @@
+"""The one greedy decoder: parity with a naive one-prompt-at-a-time loop and with HF generate, padding that
+changes nothing, stop ids, hooks on prompt and generated tokens, and a stream that computes only what is read."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from conftest import tiny_config
+from saelign.errors import SaelignError
+from saelign.models import patch_output
+from saelign.text import decode_steps, greedy_decode, pad, pad_token_id, stop_ids, token_ids
+
+PROMPTS = ["The capital of France is", "Hello", "How do I bake bread? Mix flour and", "I cannot help", "Paris"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def untied(arch: str, vocab_size: int) -> torch.nn.Module:
+    """A tiny random model whose greedy outputs vary (tied embeddings make it repeat its input token)."""
+    config = tiny_config(arch, vocab_size)
+    config.tie_word_embeddings = False
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
+@pytest.fixture(params=["llama", "gpt2"])
+def model(request, tokenizer):
+    return untied(request.param, len(tokenizer))
+
+
+@torch.inference_mode()
+def naive_greedy(model, prompt: list[int], max_new_tokens: int, stop=()) -> list[int]:
+    """No batch, no padding, no cache: the whole sequence is re-read for every new token."""
+    seq, new = list(prompt), []
+    for _ in range(max_new_tokens):
+        token = int(model(input_ids=torch.tensor([seq])).logits[0, -1].argmax())
+        new.append(token)
+        if token in stop:
+            break
+        seq.append(token)
+    return new
+
+
+def test_batched_decoding_equals_naive_one_at_a_time_greedy(model, tokenizer):
+    prompts = token_ids(tokenizer, PROMPTS)
+    got = greedy_decode(model, prompts, 6, pad_token_id(tokenizer), batch_size=3)
+    assert got == [naive_greedy(model, p, 6) for p in prompts]
+    assert len({tuple(row) for row in got}) > 1  # the order of the answers really is checked
+    stop = {got[0][2], got[3][1]}  # rows end at (and include) their first stop id; the others run on
+    stopped = greedy_decode(model, prompts, 6, pad_token_id(tokenizer), stop=stop, batch_size=2)
+    assert stopped == [naive_greedy(model, p, 6, stop) for p in prompts]
+    assert all(s == g[:len(s)] for s, g in zip(stopped, got, strict=True)) and len(stopped[0]) <= 3
+
+
+def test_batched_continuations_equal_hf_greedy_generation(tiny_any, tokenizer):
+    _, model, _ = tiny_any
+    got = greedy_decode(model, token_ids(tokenizer, PROMPTS), 4, pad_token_id(tokenizer), batch_size=4)
+    for i, text in enumerate(PROMPTS):
+        ids = tokenizer(text, return_tensors="pt")["input_ids"]
+        hf = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, min_new_tokens=4, do_sample=False,
+                            pad_token_id=tokenizer.pad_token_id)
+        assert got[i] == hf[0, ids.shape[1]:].tolist()
+
+
+@torch.inference_mode()
+def test_left_and_right_padding_give_the_same_next_tokens(model, tokenizer):
+    prompts = token_ids(tokenizer, PROMPTS)
+    ids, mask = pad(prompts, pad_token_id(tokenizer))  # right: each row's next token is read at its own end
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    right = [int(logits[i, len(p) - 1].argmax()) for i, p in enumerate(prompts)]
+    left = [row[0] for row in greedy_decode(model, prompts, 1, pad_token_id(tokenizer), batch_size=len(prompts))]
+    assert left == right
+
+
+def test_a_hook_on_generated_tokens_changes_only_what_follows_the_prompt(model, tokenizer):
+    prompts = token_ids(tokenizer, PROMPTS[:3])
+    block = "model.layers.1" if hasattr(model, "model") else "transformer.h.1"
+    push = partial(patch_output, model, block, lambda h: h + 50 * torch.randn(h.shape[-1], generator=torch.Generator().manual_seed(1)))
+    plain = greedy_decode(model, prompts, 5, pad_token_id(tokenizer))
+    steered = greedy_decode(model, prompts, 5, pad_token_id(tokenizer), token_context=push)
+    assert [r[0] for r in steered] == [r[0] for r in plain]  # the prompt was read without the hook
+    assert steered != plain
+    on_prompt = greedy_decode(model, prompts, 5, pad_token_id(tokenizer), prompt_context=push)
+    assert on_prompt != plain
+
+
+def test_prompt_context_is_active_only_while_the_prompt_is_read(tiny_llama, tokenizer):
+    seen = []
+    context = partial(patch_output, tiny_llama, "model.layers.0", lambda h: seen.append(h.shape[1]) or h)
+    greedy_decode(tiny_llama, token_ids(tokenizer, PROMPTS[:2]), 3, pad_token_id(tokenizer), prompt_context=context)
+    assert seen == [max(len(tokenizer(t)["input_ids"]) for t in PROMPTS[:2])]
+
+
+def test_the_stream_computes_only_the_steps_it_is_asked_for(tiny_llama, tokenizer):
+    calls = []
+    ids, mask = pad(token_ids(tokenizer, PROMPTS[:2]), pad_token_id(tokenizer), left=True)
+    with patch_output(tiny_llama, "model.layers.0", lambda h: calls.append(h.shape[1]) or h):
+        steps = decode_steps(tiny_llama, ids, mask, max_new_tokens=10)
+        first, second = next(steps), next(steps)
+        steps.close()
+    assert calls == [ids.shape[1], 1] and first.shape == second.shape == (2,)
+    want = greedy_decode(tiny_llama, token_ids(tokenizer, PROMPTS[:2]), 2, pad_token_id(tokenizer))
+    assert torch.stack([first, second], dim=1).tolist() == want
+
+
+def test_stop_ids_and_errors(tiny_llama, tokenizer):
+    assert stop_ids(tiny_llama, tokenizer) == sorted({tokenizer.eos_token_id, tiny_llama.generation_config.eos_token_id})
+    assert stop_ids(torch.nn.Linear(2, 2), tokenizer) == [tokenizer.eos_token_id]
+    with pytest.raises(SaelignError, match="must be positive"):
+        greedy_decode(tiny_llama, [[1]], 0, 0)
+    with pytest.raises(SaelignError, match=r"prompt\(s\) \[1\] tokenise to nothing"):
+        token_ids(tokenizer, ["Hello", ""])
+    assert token_ids(tokenizer, []) == [] and greedy_decode(tiny_llama, [], 2, 0) == []
