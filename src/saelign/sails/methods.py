@@ -16,7 +16,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,17 @@ THRESHOLDS = (0.9, 0.95)
 ADAPTER_DIR = "adapter"
 
 
+@dataclass(frozen=True)
+class MethodConfig:
+    """What every method shares: the LoRA shape, the fine-tuning settings (lr: full_lr for `full`), and where and
+    how act_pca pools activations."""
+
+    lora: LoraInitConfig
+    sft: SFTConfig
+    full_lr: float = 0.0  # 0 = sft.lr
+    select: FeatureSelectConfig | None = None
+
+
 @dataclass
 class MethodResult:
     method: str
@@ -55,7 +66,6 @@ class MethodResult:
     wall_seconds: float
     adapter: str
     basis_sha256: str | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)  # test metrics, when evaluated
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -107,15 +117,14 @@ def prepare_model(method: str, model: PreTrainedModel, basis: torch.Tensor | Non
 
 
 def run_method(method: str, model_factory: Callable[[], PreTrainedModel], tokenizer: PreTrainedTokenizerBase,
-               pairs: Sequence[tuple[str, str]], sails_basis: torch.Tensor, lora_cfg: LoraInitConfig, sft_cfg: SFTConfig,
-               out_dir: str | Path, eval_fn: EvalFn | None = None, full_lr: float | None = None,
-               act_pca_prompts: tuple[Sequence[str], Sequence[str]] | None = None,
-               select_cfg: FeatureSelectConfig | None = None, provenance: Mapping[str, Any] | None = None,
-               overwrite: bool = False, test_fn: Callable[[nn.Module], dict[str, Any]] | None = None) -> MethodResult:
+               pairs: Sequence[tuple[str, str]], sails_basis: torch.Tensor, cfg: MethodConfig, out_dir: str | Path,
+               eval_fn: EvalFn | None = None, act_pca_prompts: tuple[Sequence[str], Sequence[str]] | None = None,
+               provenance: Mapping[str, Any] | None = None, overwrite: bool = False) -> MethodResult:
     """Train `method` on (prompt, response) pairs; save OUT/adapter; resume from OUT/checkpoint.safetensors.
 
-    Rank = lora_cfg.rank or SAILS' subspace rank for every LoRA method; lr = sft_cfg.lr (full_lr for `full`).
+    Rank = cfg.lora.rank or SAILS' subspace rank for every LoRA method.
     """
+    lora_cfg, sft_cfg = cfg.lora, cfg.sft
     check_method(method)
     out = Path(out_dir)
     adapter_dir = out / ADAPTER_DIR
@@ -125,9 +134,9 @@ def run_method(method: str, model_factory: Callable[[], PreTrainedModel], tokeni
     began = time.perf_counter()
     rank = lora_cfg.rank or sails_basis.shape[1]
     model = model_factory()
-    basis = method_basis(method, sails_basis, model, tokenizer, act_pca_prompts, select_cfg, lora_cfg.seed)
+    basis = method_basis(method, sails_basis, model, tokenizer, act_pca_prompts, cfg.select, lora_cfg.seed)
     trainable = prepare_model(method, model, basis, lora_cfg, rank)
-    lr = full_lr if method == "full" and full_lr else sft_cfg.lr
+    lr = cfg.full_lr if method == "full" and cfg.full_lr else sft_cfg.lr
     sft = dataclasses.replace(sft_cfg, lr=lr, out=str(out))
     logger.info(f"{method}: training {trainable_share(trainable)['share']:.3%} of the parameters for {sft.steps} steps")
     history = train_sft(trainable, tokenizer, pairs, sft, eval_fn)
@@ -138,13 +147,10 @@ def run_method(method: str, model_factory: Callable[[], PreTrainedModel], tokeni
             "basis_sha256": basis_hash(basis) if basis is not None else None, **(provenance or {})}
     save_adapter(trainable, adapter_dir, info, overwrite=overwrite)
     (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # the adapter is the result; a full-model checkpoint is large
-    result = MethodResult(
+    return MethodResult(
         method=method, rank=info["rank"], target_modules=info["target_modules"], layers=info["layers"],
         steps=trained, seed=sft.seed, lr=lr, data_sha256=pairs_sha256(pairs), trainable=trainable_share(trainable),
         history=history, steps_to={str(t): steps_to_reach(history["eval"], t) for t in THRESHOLDS},
         train_seconds=round(sum(e["seconds"] for e in history["train"]), 2),
         wall_seconds=round(time.perf_counter() - began, 2), adapter=str(adapter_dir),
         basis_sha256=info["basis_sha256"])
-    if test_fn is not None:
-        result.metrics = test_fn(trainable)
-    return result
