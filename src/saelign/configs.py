@@ -91,8 +91,8 @@ def config_from_dict(cls: type[C], data: dict[str, Any], where: str = "config",
         raise SaelignError(f"{where}: expected a mapping of option names to values, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     hidden = hidden or {}
-    for name in set(data) & set(hidden):
-        raise SaelignError(f"{where}.{name} is not an option here: {hidden[name]}")
+    if clash := sorted(set(data) & set(hidden)):
+        raise SaelignError(f"{where}.{clash[0]} is not an option here: {hidden[clash[0]]}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in hidden}
     unknown = sorted(set(data) - set(fields))
     if unknown:
