@@ -14,6 +14,7 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -121,12 +122,27 @@ def config_to_dict(cfg: Any, hidden: dict[str, str] | None = None) -> dict[str, 
     return json.loads(json.dumps(out, default=str))
 
 
+def _nested_prefix(f: dataclasses.Field, prefix: str) -> str:
+    """Flags of a nested config carry its name (--sft-steps), unless its field says otherwise (metadata prefix)."""
+    return prefix + f.metadata.get("prefix", f.name.replace("_", "-") + "-")
+
+
+def _nested(f: dataclasses.Field, tp: Any) -> type | None:
+    base, _ = _unwrap_optional(tp)
+    return base if dataclasses.is_dataclass(base) and f.metadata.get("cli") is not False else None
+
+
 def add_config_args(parser: argparse.ArgumentParser, cls: type, prefix: str = "",
                     hidden: dict[str, str] | None = None) -> None:
-    """Add one `--flag` per dataclass field. Defaults stay in the dataclass (argparse default is None)."""
+    """Add one `--flag` per dataclass field, and a group of flags per nested config (pass the parser itself, not
+    a group, for those). Defaults stay in the dataclass (argparse default is None)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.metadata.get("cli") is False or f.name in (hidden or {}):
+            continue
+        if nested := _nested(f, hints[f.name]):
+            group = parser.add_argument_group(f"{f.name} (YAML section {f.name}:)")
+            add_config_args(group, nested, _nested_prefix(f, prefix), f.metadata.get("hide"))
             continue
         flag = "--" + (prefix + f.name).replace("_", "-")
         base, _ = _unwrap_optional(hints[f.name])
@@ -141,10 +157,39 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, prefix: str = ""
             parser.add_argument(flag, dest=prefix + f.name, default=None, metavar=metavar, help=help_text)
 
 
-def config_from_args(cls: type[C], args: argparse.Namespace, file_data: dict[str, Any] | None = None, prefix: str = "") -> C:
-    data = dict(file_data or {})
+def flags_from_args(cls: type, args: argparse.Namespace, prefix: str = "",
+                    hidden: dict[str, str] | None = None) -> dict[str, Any]:
+    """The flags given on the command line, in the nested layout of `cls`."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
-        value = getattr(args, prefix + f.name, None)
-        if value is not None:
-            data[f.name] = value
-    return config_from_dict(cls, data, where=f"option --{prefix}" if prefix else "options")
+        if f.name in (hidden or {}):
+            continue
+        if nested := _nested(f, hints[f.name]):
+            if given := flags_from_args(nested, args, _nested_prefix(f, prefix), f.metadata.get("hide")):
+                out[f.name] = given
+        elif getattr(args, prefix + f.name, None) is not None:
+            out[f.name] = getattr(args, prefix + f.name)
+    return out
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """`override` on top of `base`; nested mappings merge key by key, anything else is replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        nested = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
+        out[key] = deep_merge(out[key], value) if nested else value
+    return out
+
+
+def config_from_layers(cls: type[C], layers: Sequence[Mapping[str, Any]], where: str = "config") -> C:
+    """The layers (defaults < preset < file < flags, say) merged, later ones winning, into a checked config."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = deep_merge(merged, layer)
+    return config_from_dict(cls, merged, where=where)
+
+
+def config_from_args(cls: type[C], args: argparse.Namespace, file_data: dict[str, Any] | None = None, prefix: str = "") -> C:
+    return config_from_layers(cls, [file_data or {}, flags_from_args(cls, args, prefix)],
+                              where=f"option --{prefix}" if prefix else "options")

@@ -7,17 +7,16 @@ starts from the config stored there, so `saelign sails train --run DIR --sft-ste
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import textwrap
 from pathlib import Path
 from typing import Any
 
-from saelign.configs import add_config_args, load_config_file
+from saelign.configs import add_config_args, flags_from_args, load_config_file
 from saelign.errors import SaelignError
 from saelign.io import read_json
 from saelign.sails.pipeline import run_pipeline, stored_config
-from saelign.sails.presets import PRESETS, SailsConfig, preset_layer, resolve_config, sections
+from saelign.sails.presets import PRESETS, SailsConfig, preset_layer, resolve_config
 from saelign.sails.stages import STAGES
 
 
@@ -62,34 +61,13 @@ def _add_options(parser: argparse.ArgumentParser, stage: str) -> None:
                         help="use this SAE (saelign/SAELens/sparsify/dictionary_learning folder) instead of training one")
     parser.add_argument("--overwrite", action="store_true",
                         help="redo stages whose files were made with other options (never done silently)")
-    add_config_args(parser.add_argument_group("pipeline"), SailsConfig)
-    for name, (cls, hidden) in sections().items():
-        add_config_args(parser.add_argument_group(f"{name} (YAML section {name}:)"), cls, _prefix(name), hidden)
-
-
-def _prefix(section: str) -> str:
-    """Flag prefix of a section: --sft-steps, --sae-train-lr; the model's flags keep their usual names."""
-    return "" if section == "model" else section.replace("_", "-") + "-"
-
-
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags given on the command line, in the nested layout of SailsConfig."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(SailsConfig):
-        if f.name in sections():
-            given = {g.name: getattr(args, _prefix(f.name) + g.name) for g in dataclasses.fields(sections()[f.name][0])
-                     if getattr(args, _prefix(f.name) + g.name, None) is not None}
-            if given:
-                out[f.name] = given
-        elif getattr(args, f.name, None) is not None:
-            out[f.name] = getattr(args, f.name)
-    return out
+    add_config_args(parser, SailsConfig)
 
 
 def resolve_from_args(args: argparse.Namespace) -> SailsConfig:
     """Preset (or the run directory's stored config) < --config file < flags."""
     file_data = load_config_file(args.config) if args.config else {}
-    flags = overrides_from_args(args)
+    flags = flags_from_args(SailsConfig, args)
     stored = stored_config(args.run_dir)
     preset = flags.get("preset") or file_data.get("preset")
     if stored is not None:

@@ -10,12 +10,11 @@ no flag, no config-file key, and not in config.json.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from saelign.configs import config_from_dict, help_field
+from saelign.configs import config_from_layers, deep_merge, help_field
 from saelign.errors import SaelignError
 from saelign.label.labels import LabelConfig
 from saelign.models import ModelConfig
@@ -47,8 +46,8 @@ class TargetsConfig:
     batch_size: int = help_field(32, "prompts per generation batch")
 
 
-def _section(cls: type, help: str, **hidden: str) -> Any:
-    return field(default_factory=cls, metadata={"help": help, "cli": False, "hide": hidden})
+def _section(cls: type, help: str, prefix: str | None = None, **hidden: str) -> Any:
+    return field(default_factory=cls, metadata={"help": help, "hide": hidden, **({} if prefix is None else {"prefix": prefix})})
 
 
 @dataclass
@@ -66,7 +65,7 @@ class SailsConfig:
                                                                  "selection and the act_pca baseline")
     full_lr: float = help_field(2e-5, "learning rate of the full fine-tuning baseline (LoRA methods use --sft-lr)")
     effect_top: int = help_field(12, "latents listed per direction in 'what the adapter changed'")
-    model: ModelConfig = _section(ModelConfig, "model")
+    model: ModelConfig = _section(ModelConfig, "model", prefix="")  # --model, --device: their usual names
     data: SafetyDataConfig = _section(SafetyDataConfig, "safety data")
     # The SAE must see chat-formatted requests (the selection reads the assistant header), not only prose.
     capture: CaptureConfig = _section(CaptureConfig, "activations for SAE training: the corpus, then the chat-rendered "
@@ -106,21 +105,6 @@ class SailsConfig:
             raise SaelignError(f"sft.stop_at_safety={self.sft.stop_at_safety} needs a periodic validation check: set "
                                "--sft-eval-every N (N > 0)")
         self.select = dataclasses.replace(self.select, hookpoints=[self.hookpoint])
-
-
-def sections() -> dict[str, tuple[type, dict[str, str]]]:
-    """The nested configs of SailsConfig: name -> (class, hidden fields)."""
-    hints = typing.get_type_hints(SailsConfig)
-    return {f.name: (hints[f.name], f.metadata["hide"]) for f in dataclasses.fields(SailsConfig) if "hide" in f.metadata}
-
-
-def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """`override` on top of `base`; nested mappings merge key by key, anything else is replaced."""
-    out = dict(base)
-    for key, value in override.items():
-        nested = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
-        out[key] = deep_merge(out[key], value) if nested else value
-    return out
 
 
 _QUICK: dict[str, Any] = {
@@ -175,8 +159,4 @@ def preset_layer(name: str) -> dict[str, Any]:
 
 
 def resolve_config(layers: Sequence[Mapping[str, Any]]) -> SailsConfig:
-    """Merge the layers (later wins) into a checked config."""
-    merged: dict[str, Any] = {}
-    for layer in layers:
-        merged = deep_merge(merged, layer)
-    return config_from_dict(SailsConfig, merged)
+    return config_from_layers(SailsConfig, layers)

@@ -9,12 +9,13 @@ of its upstream units, so a rerun skips a unit whose files exist under the same 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import operator
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, is_dataclass
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from saelign.sails.adapters import load_adapter
 from saelign.sails.data import SafetyData, load_safety_data
 from saelign.sails.evaluate import CapabilityData, build_capability_data
 from saelign.sails.lora_init import linear_module_names
-from saelign.sails.presets import SailsConfig, sections
+from saelign.sails.presets import SailsConfig
 
 RUN_FILE = "run.json"
 
@@ -88,11 +89,8 @@ class RunDir:
                 up.append(self.key(u.name))
             elif name in u.per(self.cfg):  # eval:base reads no train:base
                 up.append(self.key(f"{u.name}:{name}"))
-        values = {}
-        for path in stage.keys:
-            value = operator.attrgetter(path)(self.cfg)
-            values[path] = config_to_dict(value, sections()[path][1]) if is_dataclass(value) else value
-        return {"up": up, **values}
+        values = config_to_dict(self.cfg)  # without the hidden fields: the pipeline sets those itself
+        return {"up": up, **{path: functools.reduce(operator.getitem, path.split("."), values) for path in stage.keys}}
 
     def key(self, unit: str) -> str:
         if unit not in self._keys:
