@@ -14,7 +14,7 @@ import dataclasses
 import json
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -122,14 +122,12 @@ def config_to_dict(cfg: Any, hidden: dict[str, str] | None = None) -> dict[str, 
     return json.loads(json.dumps(out, default=str))
 
 
-def _nested_prefix(f: dataclasses.Field, prefix: str) -> str:
-    """Flags of a nested config carry its name (--sft-steps), unless its field says otherwise (metadata prefix)."""
-    return prefix + f.metadata.get("prefix", f.name.replace("_", "-") + "-")
-
-
-def _nested(f: dataclasses.Field, tp: Any) -> type | None:
+def _nested(f: dataclasses.Field, tp: Any, prefix: str) -> tuple[type, str] | None:
+    """A nested config's class and flag prefix: its flags carry its name (--sft-steps) unless metadata says."""
     base, _ = _unwrap_optional(tp)
-    return base if dataclasses.is_dataclass(base) and f.metadata.get("cli") is not False else None
+    if not dataclasses.is_dataclass(base) or f.metadata.get("cli") is False:
+        return None
+    return base, prefix + f.metadata.get("prefix", f.name.replace("_", "-") + "-")
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls: type, prefix: str = "",
@@ -140,9 +138,9 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, prefix: str = ""
     for f in dataclasses.fields(cls):
         if f.metadata.get("cli") is False or f.name in (hidden or {}):
             continue
-        if nested := _nested(f, hints[f.name]):
+        if nested := _nested(f, hints[f.name], prefix):
             group = parser.add_argument_group(f"{f.name} (YAML section {f.name}:)")
-            add_config_args(group, nested, _nested_prefix(f, prefix), f.metadata.get("hide"))
+            add_config_args(group, *nested, f.metadata.get("hide"))
             continue
         flag = "--" + (prefix + f.name).replace("_", "-")
         base, _ = _unwrap_optional(hints[f.name])
@@ -165,8 +163,8 @@ def flags_from_args(cls: type, args: argparse.Namespace, prefix: str = "",
     for f in dataclasses.fields(cls):
         if f.name in (hidden or {}):
             continue
-        if nested := _nested(f, hints[f.name]):
-            if given := flags_from_args(nested, args, _nested_prefix(f, prefix), f.metadata.get("hide")):
+        if nested := _nested(f, hints[f.name], prefix):
+            if given := flags_from_args(nested[0], args, nested[1], f.metadata.get("hide")):
                 out[f.name] = given
         elif getattr(args, prefix + f.name, None) is not None:
             out[f.name] = getattr(args, prefix + f.name)
@@ -182,14 +180,7 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return out
 
 
-def config_from_layers(cls: type[C], layers: Sequence[Mapping[str, Any]], where: str = "config") -> C:
-    """The layers (defaults < preset < file < flags, say) merged, later ones winning, into a checked config."""
-    merged: dict[str, Any] = {}
-    for layer in layers:
-        merged = deep_merge(merged, layer)
-    return config_from_dict(cls, merged, where=where)
-
-
 def config_from_args(cls: type[C], args: argparse.Namespace, file_data: dict[str, Any] | None = None, prefix: str = "") -> C:
-    return config_from_layers(cls, [file_data or {}, flags_from_args(cls, args, prefix)],
-                              where=f"option --{prefix}" if prefix else "options")
+    """Defaults < config file < flags."""
+    flags = flags_from_args(cls, args, prefix)
+    return config_from_dict(cls, deep_merge(file_data or {}, flags), where=f"option --{prefix}" if prefix else "options")

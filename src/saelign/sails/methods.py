@@ -36,6 +36,7 @@ METHODS = ("sails", "lora", "pissa", "full", "random_subspace", "act_pca")
 SUBSPACE_METHODS = ("sails", "random_subspace", "act_pca")
 THRESHOLDS = (0.9, 0.95)
 ADAPTER_DIR = "adapter"
+SIDECAR_FIELDS = ("method", "rank", "target_modules", "layers", "steps", "seed", "lr", "basis_sha256")
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,6 @@ def run_method(method: str, model_factory: Callable[[], PreTrainedModel], tokeni
 
     Rank = cfg.lora.rank or SAILS' subspace rank for every LoRA method.
     """
-    lora_cfg, sft_cfg = cfg.lora, cfg.sft
     check_method(method)
     out = Path(out_dir)
     adapter_dir = out / ADAPTER_DIR
@@ -132,25 +132,24 @@ def run_method(method: str, model_factory: Callable[[], PreTrainedModel], tokeni
         raise SaelignError(f"adapter directory {adapter_dir} already exists; pass --overwrite to retrain it, or choose "
                            "another output folder")
     began = time.perf_counter()
+    lora_cfg = cfg.lora
     rank = lora_cfg.rank or sails_basis.shape[1]
     model = model_factory()
     basis = method_basis(method, sails_basis, model, tokenizer, act_pca_prompts, cfg.select, lora_cfg.seed)
     trainable = prepare_model(method, model, basis, lora_cfg, rank)
-    lr = cfg.full_lr if method == "full" and cfg.full_lr else sft_cfg.lr
-    sft = dataclasses.replace(sft_cfg, lr=lr, out=str(out))
+    lr = cfg.full_lr if method == "full" and cfg.full_lr else cfg.sft.lr
+    sft = dataclasses.replace(cfg.sft, lr=lr, out=str(out))
     logger.info(f"{method}: training {trainable_share(trainable)['share']:.3%} of the parameters for {sft.steps} steps")
     history = train_sft(trainable, tokenizer, pairs, sft, eval_fn)
     trained = history["train"][-1]["step"] if history["train"] else 0  # < sft.steps when stop_at_safety ended it
-    info = {"method": method, "rank": None if method == "full" else rank,
-            "target_modules": list(lora_cfg.target_modules), "layers": list(lora_cfg.layers), "steps": trained,
-            "seed": sft.seed, "lr": lr,
-            "basis_sha256": basis_hash(basis) if basis is not None else None, **(provenance or {})}
-    save_adapter(trainable, adapter_dir, info, overwrite=overwrite)
+    result = MethodResult(
+        method=method, rank=None if method == "full" else rank, target_modules=list(lora_cfg.target_modules),
+        layers=list(lora_cfg.layers), steps=trained, seed=sft.seed, lr=lr, data_sha256=pairs_sha256(pairs),
+        trainable=trainable_share(trainable), history=history,
+        steps_to={str(t): steps_to_reach(history["eval"], t) for t in THRESHOLDS},
+        train_seconds=round(sum(e["seconds"] for e in history["train"]), 2), wall_seconds=0.0, adapter=str(adapter_dir),
+        basis_sha256=basis_hash(basis) if basis is not None else None)
+    sidecar = {k: getattr(result, k) for k in SIDECAR_FIELDS}
+    save_adapter(trainable, adapter_dir, {**sidecar, **(provenance or {})}, overwrite=overwrite)
     (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # the adapter is the result; a full-model checkpoint is large
-    return MethodResult(
-        method=method, rank=info["rank"], target_modules=info["target_modules"], layers=info["layers"],
-        steps=trained, seed=sft.seed, lr=lr, data_sha256=pairs_sha256(pairs), trainable=trainable_share(trainable),
-        history=history, steps_to={str(t): steps_to_reach(history["eval"], t) for t in THRESHOLDS},
-        train_seconds=round(sum(e["seconds"] for e in history["train"]), 2),
-        wall_seconds=round(time.perf_counter() - began, 2), adapter=str(adapter_dir),
-        basis_sha256=info["basis_sha256"])
+    return dataclasses.replace(result, wall_seconds=round(time.perf_counter() - began, 2))

@@ -3,18 +3,18 @@
 Values are layered: dataclass defaults < preset < --config file (same nested layout, e.g. `sft: {steps: 60}`)
 < flags (`--sft-steps 60`: a section's flags carry its name, `--sae-train-lr`; the model's keep their usual
 names). A run directory stores the resolved config in config.json; stage commands over it start from it.
-A nested config's fields that the pipeline sets itself (the hookpoint, output folders, ...) are hidden: they are
-no flag, no config-file key, and not in config.json.
+The fields of a nested config that the pipeline sets itself (the hookpoint, output folders) are hidden.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from saelign.configs import config_from_layers, deep_merge, help_field
+from saelign.configs import config_from_dict, deep_merge, help_field
 from saelign.errors import SaelignError
 from saelign.label.labels import LabelConfig
 from saelign.models import ModelConfig
@@ -159,4 +159,5 @@ def preset_layer(name: str) -> dict[str, Any]:
 
 
 def resolve_config(layers: Sequence[Mapping[str, Any]]) -> SailsConfig:
-    return config_from_layers(SailsConfig, layers)
+    """The layers (preset or stored config < file < flags) merged, later ones winning."""
+    return config_from_dict(SailsConfig, functools.reduce(deep_merge, layers, {}))
