@@ -26,9 +26,8 @@ def register(subparsers: Any) -> None:
         description=f"The SAILS pipeline: {' -> '.join(STAGES)}.")
     group = parser.add_subparsers(dest="sails_command", metavar="SUBCOMMAND", required=True)
     run = group.add_parser("run", help="run every stage (resumable; finished stages are skipped)",
-                           description="Run the whole pipeline into --out. Rerun the same command to resume. Options "
-                                       "come from the preset < --config FILE (sections data:, sae:, sft:, ...) < "
-                                       "flags.")
+                           description="Run the whole pipeline into --out. Rerun the same command to resume. "
+                           "Options come from the preset < --config FILE (sections data:, sae:, sft:, ...) < flags.")
     _add_options(run, stage="run")
     for stage in STAGES.values():
         _add_options(group.add_parser(stage.name, help=stage.help, description=stage.help), stage=stage.name)
@@ -75,8 +74,8 @@ def resolve_from_args(args: argparse.Namespace) -> SailsConfig:
             raise SaelignError(f"{args.run_dir} is a {stored.get('preset')!r} run; use another --out for preset {preset!r}")
         base = stored
     elif args.stage not in ("run", next(iter(STAGES))):
-        raise SaelignError(f"{args.run_dir} has no {Path(args.run_dir) / 'config.json'}; start it with `saelign sails "
-                           f"run` or `saelign sails {next(iter(STAGES))}`")
+        raise SaelignError(f"{args.run_dir} has no {Path(args.run_dir) / 'config.json'}; start it with "
+                           f"`saelign sails run` or `saelign sails {next(iter(STAGES))}`")
     else:
         base = preset_layer(preset or "quick")
     return resolve_config([base, file_data, flags])

@@ -1,13 +1,13 @@
 """The SAILS pipeline over one run directory: the stages of `saelign.sails.stages.STAGES`, in order.
 
-Each stage (for train/eval/effect: each method) writes its files, then records in run.json a key: a hash of the
-options it used and of the keys of the stages it reads. A rerun skips every stage whose files exist under the same
-key, so an interrupted run continues where it stopped (SAE training and fine-tuning also resume mid-way from
-their checkpoints). Files made under other options are never replaced silently: that is an error naming the stage
-and the options, unless `overwrite` is set. The report is rebuilt on every run.
+Each stage (for train/eval/effect: each method) writes its files, then records in run.json a key: a hash of
+the options it used and of the keys of the stages it reads. A rerun skips every stage whose files exist under
+the same key, so an interrupted run continues where it stopped (SAE training and fine-tuning also resume
+mid-way from their checkpoints). Files made under other options are never replaced silently: that is an error
+naming the stage and the options, unless `overwrite` is set. The report is rebuilt on every run.
 
 Layout: config.json, run.json, data/, sae/ and sae.json (naming the SAE used), labels.json, select/, targets/,
-methods/<method>/{adapter/, result.json, history.json}, eval/<model>.json, effect/<method>.json, report.md/.html.
+methods/<method>/{adapter/, result.json, history.json}, eval/<model>.json, effect/<method>.json, report.*.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def stored_config(run_dir: str | Path) -> dict[str, Any] | None:
 
 def run_pipeline(cfg: SailsConfig, run_dir: str | Path, stage_names: Sequence[str] | None = None,
                  overwrite: bool = False) -> tuple[Path, Path] | None:
-    """Run the given stages (default: all) in order; return the report paths (.md, .html) if it was written."""
+    """Run the given stages (default: all) in order; return the report's paths (.md, .html) if written."""
     stage_names = list(stage_names or STAGES)
     unknown = [s for s in stage_names if s not in STAGES]
     if unknown:

@@ -1,4 +1,4 @@
-"""The SAILS pipeline's configuration: one `SailsConfig` nesting the configs of the stages it runs, and the presets.
+"""The SAILS pipeline's configuration: `SailsConfig` nests the configs of the stages it runs; the presets.
 
 Values are layered: dataclass defaults < preset < --config file (same nested layout, e.g. `sft: {steps: 60}`)
 < flags (`--sft-steps 60`: a section's flags carry its name, `--sae-train-lr`; the model's keep their usual
@@ -31,6 +31,7 @@ from saelign.store import CaptureConfig
 Preset = Literal["quick", "compare", "full"]
 _HOOKPOINT = "the pipeline's one --hookpoint"
 _IN_RUN = "a file or folder of the run directory"
+_MEMORY = "kept in memory as float16"
 _CORPUS = "the capture corpus, read as the capture reads it"
 
 
@@ -47,38 +48,42 @@ class TargetsConfig:
 
 
 def _section(cls: type, help: str, prefix: str | None = None, **hidden: str) -> Any:
-    return field(default_factory=cls, metadata={"help": help, "hide": hidden, **({} if prefix is None else {"prefix": prefix})})
+    prefixed = {} if prefix is None else {"prefix": prefix}
+    return field(default_factory=cls, metadata={"help": help, "hide": hidden, **prefixed})
 
 
 @dataclass
 class SailsConfig:
-    preset: Preset = help_field("quick", "quick (SAILS vs base model, minutes on a CPU), compare (quick-sized, "
-                                         "SAILS, LoRA, act_pca and random subspace at equal rank and steps, val "
-                                         "every 5 steps) or full (larger splits, more steps, every baseline)")
-    methods: list[str] = help_field(["sails"], f"methods trained in the same harness: any of {', '.join(METHODS)}")
-    hookpoint: str = help_field("model.layers.15", "the residual hookpoint of the pipeline: its SAE is trained (or "
-                                                   "--sae read) there and the safety features are selected there")
+    preset: Preset = help_field("quick", "quick (SAILS vs base model, minutes on a CPU), compare (quick-"
+                                "sized, SAILS, LoRA, act_pca and random subspace at equal rank and steps, val "
+                                "every 5 steps) or full (larger splits, more steps, every baseline)")
+    methods: list[str] = help_field(["sails"], "methods trained in the same harness: any of "
+                                    + ", ".join(METHODS))
+    hookpoint: str = help_field("model.layers.15", "the pipeline's residual hookpoint: its SAE is trained "
+                                "(or --sae read) and the safety features selected there")
     sae_path: str = help_field("", "an existing SAE folder for the hookpoint (default: train one in the run)",
                                cli=False)  # the CLI spells it --sae
     sae_epochs: int = help_field(2, "passes of SAE training over the captured activations")
-    contrast: list[str] = help_field(["harmless", "borderline"], "prompt kinds contrasted with harmful ones in feature "
-                                                                 "selection and the act_pca baseline")
-    full_lr: float = help_field(2e-5, "learning rate of the full fine-tuning baseline (LoRA methods use --sft-lr)")
+    contrast: list[str] = help_field(["harmless", "borderline"], "prompt kinds contrasted with harmful ones "
+                                     "in feature selection and the act_pca baseline")
+    full_lr: float = help_field(2e-5, "learning rate of the full fine-tuning baseline (LoRA: --sft-lr)")
     effect_top: int = help_field(12, "latents listed per direction in 'what the adapter changed'")
     model: ModelConfig = _section(ModelConfig, "model", prefix="")  # --model, --device: their usual names
     data: SafetyDataConfig = _section(SafetyDataConfig, "safety data")
     # The SAE must see chat-formatted requests (the selection reads the assistant header), not only prose.
-    capture: CaptureConfig = _section(CaptureConfig, "activations for SAE training: the corpus, then the chat-rendered "
-                                      "training prompts", hookpoints=_HOOKPOINT, chat="the prompts are chat-rendered, "
-                                      "the corpus is not", out="kept in memory", shard_tokens="kept in memory",
-                                      store_dtype="kept in memory as float16")
+    capture: CaptureConfig = _section(
+        CaptureConfig, "activations for SAE training: the corpus, then the chat-rendered training prompts",
+        hookpoints=_HOOKPOINT, chat="the prompts are chat-rendered, the corpus is not", out=_MEMORY,
+        shard_tokens=_MEMORY, store_dtype=_MEMORY)
     sae: SAEConfig = _section(SAEConfig, "the SAE trained in the run", d_in="the model's width",
                               hookpoint=_HOOKPOINT, model="--model", always_on_latents="an AlignSAE option")
-    sae_train: SAETrainConfig = _section(SAETrainConfig, "SAE training", total_tokens="--sae-epochs passes",
-                                         dead_window_tokens="an eighth of the training", out=_IN_RUN, device="--device")
-    label: LabelConfig = _section(LabelConfig, "labelling the SAE's latents (training prompts, then the corpus)",
-                                  sae=_IN_RUN, corpus=_CORPUS, text_field=_CORPUS, chat=_CORPUS, seed=_CORPUS,
-                                  hookpoint=_HOOKPOINT, out=_IN_RUN, max_cards="the report shows the selected ones")
+    sae_train: SAETrainConfig = _section(
+        SAETrainConfig, "SAE training", total_tokens="--sae-epochs passes", out=_IN_RUN, device="--device",
+        dead_window_tokens="an eighth of the training")
+    label: LabelConfig = _section(
+        LabelConfig, "labelling the SAE's latents (training prompts, then the corpus)", sae=_IN_RUN,
+        corpus=_CORPUS, text_field=_CORPUS, chat=_CORPUS, seed=_CORPUS, hookpoint=_HOOKPOINT, out=_IN_RUN,
+        max_cards="the report shows the selected ones")
     select: FeatureSelectConfig = _section(FeatureSelectConfig, "feature selection", hookpoints=_HOOKPOINT)
     subspace: SubspaceConfig = _section(SubspaceConfig, "safety subspace")
     targets: TargetsConfig = _section(TargetsConfig, "training targets")
@@ -95,54 +100,51 @@ class SailsConfig:
         for method in self.methods:
             check_method(method)
         if not self.hookpoint or "," in self.hookpoint:
-            raise SaelignError(f"hookpoint: the pipeline uses one SAE at one hookpoint, got {self.hookpoint!r}")
+            raise SaelignError(f"hookpoint: the pipeline uses one SAE at one hookpoint, got "
+                               f"{self.hookpoint!r}")
         if self.sae_epochs < 1:
             raise SaelignError(f"sae_epochs must be positive, got {self.sae_epochs}")
         bad = sorted(set(self.contrast) - {"harmless", "borderline"}) or ([] if self.contrast else ["(none)"])
         if bad:
             raise SaelignError(f"contrast: {', '.join(bad)} invalid; use harmless and/or borderline")
         if self.sft.stop_at_safety > 0 and self.sft.eval_every < 1:
-            raise SaelignError(f"sft.stop_at_safety={self.sft.stop_at_safety} needs a periodic validation check: set "
-                               "--sft-eval-every N (N > 0)")
+            raise SaelignError(f"sft.stop_at_safety={self.sft.stop_at_safety} needs a periodic validation "
+                               "check: set --sft-eval-every N (N > 0)")
         self.select = dataclasses.replace(self.select, hookpoints=[self.hookpoint])
 
 
 _QUICK: dict[str, Any] = {
     "methods": ["sails"],
-    "data": {"max_harmful": 150, "max_harmless": 110, "max_borderline": 24, "country_prompts": 40, "sotu_prompts": 0},
-    "capture": {"token_budget": 32_000},
-    "sae": {"d_sae": 2304},
-    "sae_epochs": 5,
-    "sae_train": {"batch_size": 1024},
-    "label": {"token_budget": 10_000, "n_contexts": 6},
+    "data": {"max_harmful": 150, "max_harmless": 110, "max_borderline": 24, "country_prompts": 40,
+             "sotu_prompts": 0},
+    "capture": {"token_budget": 32_000}, "sae": {"d_sae": 2304}, "sae_epochs": 5,
+    "sae_train": {"batch_size": 1024}, "label": {"token_budget": 10_000, "n_contexts": 6},
     "subspace": {"max_rank": 8},
     "targets": {"max_new_tokens": 32},
     # A lower lr keeps perplexity from drifting; 40 steps leave the adapter room to stop hedging.
     "sft": {"steps": 40, "lr": 2.5e-4, "batch_size": 8, "warmup": 4, "eval_every": 10, "checkpoint_every": 10,
             "max_length": 112},
     "validation": {"per_kind": 12, "max_new_tokens": 24},
-    "eval": {"max_new_tokens": 32, "ppl_contexts": 12, "n_facts": 30, "facts_max_new_tokens": 16, "samples": 3},
+    "eval": {"max_new_tokens": 32, "ppl_contexts": 12, "n_facts": 30, "facts_max_new_tokens": 16,
+             "samples": 3},
 }
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": _QUICK,
-    # Quick-sized data and SAE, the four LoRA-shaped methods at equal rank, steps, lr and seed, with the val check
-    # every 5 steps on all val harmful prompts so that steps-to-90 % can tell methods apart.
+    # Quick-sized data and SAE, the four LoRA-shaped methods at equal rank, steps, lr and seed, with the val
+    # check every 5 steps on all val harmful prompts so that steps-to-90 % can tell methods apart.
     "compare": deep_merge(_QUICK, {
         "methods": ["sails", "lora", "act_pca", "random_subspace"],
         "sft": {"eval_every": 5},
         "validation": {"per_kind": 15},
     }),
-    # Every prompt of every split, a foundation-sized SAE and every baseline at equal rank, steps, lr and seed.
-    # Each method stops at its first validation check that is safe enough without over-refusing: training past
-    # that point mostly costs held-out perplexity.
+    # Every prompt of every split, a foundation-sized SAE and every baseline at equal rank, steps, lr and
+    # seed. Each method stops at its first validation check that is safe enough without over-refusing:
+    # training past that point mostly costs held-out perplexity.
     "full": {
         "methods": list(METHODS),
         "data": {},
-        "capture": {"token_budget": 400_000},
-        "sae": {"d_sae": 4608},
-        "sae_epochs": 2,
-        "sae_train": {"batch_size": 4096},
-        "label": {"token_budget": 60_000, "n_contexts": 8},
+        "capture": {"token_budget": 400_000}, "sae": {"d_sae": 4608}, "sae_epochs": 2,
+        "sae_train": {"batch_size": 4096}, "label": {"token_budget": 60_000, "n_contexts": 8},
         "subspace": {"max_rank": 8},
         "sft": {"steps": 100, "lr": 2.5e-4, "warmup": 10, "eval_every": 10, "checkpoint_every": 10,
                 "stop_at_safety": 0.95, "stop_max_over_refusal": 0.1},

@@ -1,9 +1,9 @@
-"""A SAILS run directory: its files, the run.json record of what each stage made under which key, and the inputs
-stages share (models, data, SAE, subspace), loaded once on first use.
+"""A SAILS run directory: its files, the run.json record of what each stage made under which key, and the
+inputs stages share (models, data, SAE, subspace), loaded once on first use.
 
-A stage is one `Stage` record (the table is `saelign.sails.stages.STAGES`). A unit is a stage, or for a per-method
-stage one method or model of it ("train:sails"). Its key hashes the config values the stage declares and the keys
-of its upstream units, so a rerun skips a unit whose files exist under the same key.
+A stage is one `Stage` record (the table is `saelign.sails.stages.STAGES`). A unit is a stage, or one method
+or model of a per-method stage ("train:sails"). Its key hashes the config values the stage declares and the
+keys of its upstream units, so a rerun skips a unit whose files exist under the same key.
 """
 
 from __future__ import annotations
@@ -39,13 +39,13 @@ RUN_FILE = "run.json"
 
 @dataclass(frozen=True)
 class Stage:
-    """One pipeline stage. `fn(run, name)` writes its outputs (name: the method or model of a per-method stage, else
-    '') and returns extra facts for run.json."""
+    """One pipeline stage. `fn(run, name)` writes its outputs (name: the method or model of a per-method
+    stage, else '') and returns extra facts for run.json."""
 
     name: str
     help: str
     fn: Callable[[RunDir, str], dict[str, Any]]
-    outputs: tuple[str, ...] = ()  # files that mark a unit done ("{name}" = its method); none: rerun every time
+    outputs: tuple[str, ...] = ()  # files that mark a unit done ("{name}": its method); none: always rerun
     keys: tuple[str, ...] = ()  # SailsConfig sections or fields (dotted) the outputs depend on
     upstream: tuple[str, ...] = ()  # stages whose outputs it reads
     folder: str = ""  # removed, with any checkpoints in it, before a unit is redone
@@ -53,9 +53,10 @@ class Stage:
 
 
 class RunDir:
-    """A run directory with a resolved config and the stage table: keys, skip/redo decisions and shared inputs."""
+    """A run directory with a resolved config and the stage table: keys, skip/redo decisions, inputs."""
 
-    def __init__(self, run_dir: str | Path, cfg: SailsConfig, stages: Mapping[str, Stage], overwrite: bool = False):
+    def __init__(self, run_dir: str | Path, cfg: SailsConfig, stages: Mapping[str, Stage],
+                 overwrite: bool = False):
         self.dir = ensure_writable_dir(run_dir)
         self.cfg, self.stages, self.overwrite = cfg, stages, overwrite
         self._keys: dict[str, str] = {}
@@ -63,7 +64,7 @@ class RunDir:
     def path(self, *parts: str) -> Path:
         return self.dir.joinpath(*parts)
 
-    # ---- units and keys --------------------------------------------------------------------------------------
+    # ---- units and keys ------------------------------------------------------------------------------
     def units(self, stage_names: Sequence[str]) -> list[str]:
         """The units of the given stages, in pipeline order."""
         out = []
@@ -90,7 +91,7 @@ class RunDir:
             elif name in u.per(self.cfg):  # eval:base reads no train:base
                 up.append(self.key(f"{u.name}:{name}"))
         values = config_to_dict(self.cfg)  # without the hidden fields: the pipeline sets those itself
-        return {"up": up, **{path: functools.reduce(operator.getitem, path.split("."), values) for path in stage.keys}}
+        return {"up": up, **{k: functools.reduce(operator.getitem, k.split("."), values) for k in stage.keys}}
 
     def key(self, unit: str) -> str:
         if unit not in self._keys:
@@ -120,8 +121,8 @@ class RunDir:
                 changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
                 named = ", ".join("earlier stages" if k == "up" else k for k in changed)
                 details.append(f"{unit} ({named or 'unknown origin'})")
-            raise SaelignError(f"{self.dir} holds results made with other options: {'; '.join(details)}; pass "
-                               "--overwrite to redo them, or choose another --out")
+            raise SaelignError(f"{self.dir} holds results made with other options: {'; '.join(details)}; "
+                               "pass --overwrite to redo them, or choose another --out")
 
     def clear(self, unit: str) -> None:
         """Remove a unit's files before redoing it: its own folder (with checkpoints) where it has one."""
@@ -133,18 +134,19 @@ class RunDir:
 
     def require(self, unit: str) -> None:
         if not all(p.exists() for p in self.outputs(unit)):
-            raise SaelignError(f"{unit} results are missing in {self.dir}; run `saelign sails {unit.split(':')[0]} "
-                               f"--run {self.dir}` (or `saelign sails run`) first")
+            raise SaelignError(f"{unit} results are missing in {self.dir}; run `saelign sails "
+                               f"{unit.split(':')[0]} --run {self.dir}` (or `saelign sails run`) first")
 
-    # ---- shared inputs -------------------------------------------------------------------------------------
+    # ---- shared inputs -------------------------------------------------------------------------------
     @cached_property
     def base_model(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         """The pristine base model, never modified: methods train on deep copies of it."""
         model, tokenizer = load_model(self.cfg.model)
         unknown = sorted(set(self.cfg.lora.target_modules) - set(linear_module_names(model)))
         if unknown:
-            raise SaelignError(f"lora.target_modules: {', '.join(unknown)} not found in {type(model).__name__}; its "
-                               f"linear modules are {', '.join(linear_module_names(model))}")
+            raise SaelignError(f"lora.target_modules: {', '.join(unknown)} not found in "
+                               f"{type(model).__name__}; its linear modules are "
+                               f"{', '.join(linear_module_names(model))}")
         return model, tokenizer
 
     @property
@@ -171,7 +173,8 @@ class RunDir:
     @cached_property
     def sae(self) -> SAE:
         self.require("sae")
-        return load_sae(self.path(read_json(self.path("sae.json"), "sae.json")["path"]), device=self.model.device)
+        folder = read_json(self.path("sae.json"), "sae.json")["path"]  # relative: the run's own sae/
+        return load_sae(self.path(folder), device=self.model.device)
 
     @cached_property
     def selection(self) -> dict[str, Any]:
@@ -192,7 +195,7 @@ class RunDir:
         save_tensors_atomic(self.path("select", "subspace.safetensors"), {"U": basis})
 
     def trained_model(self, method: str) -> torch.nn.Module:
-        """The method's saved result loaded back the stock way: PEFT adapter on a fresh base, or the full model."""
+        """The method's result loaded back the stock way: PEFT adapter on a fresh base, or the full model."""
         self.require(f"train:{method}")
         folder = self.path("methods", method, "adapter")
         if method == "full":

@@ -30,6 +30,7 @@ from saelign.sails.evaluate import evaluate_model, make_judge, quick_safety
 from saelign.sails.generate import chat_text
 from saelign.sails.judge import OfflineJudge, PrefixJudge, judge_agreement
 from saelign.sails.methods import MethodConfig, run_method
+from saelign.sails.presets import SailsConfig
 from saelign.sails.report import write_run_report
 from saelign.sails.rundir import RunDir, Stage
 from saelign.sails.select import select_safety_features, selection_directions
@@ -71,15 +72,18 @@ def sae_stage(run: RunDir, _: str) -> dict[str, Any]:
     text = _capture(run)
     prompts = _capture(run, corpus=str(prompts_file), chat=True, token_budget=0)
     acts = torch.cat([text, prompts])
-    sae_cfg = dataclasses.replace(cfg.sae, d_in=acts.shape[1], hookpoint=cfg.hookpoint, model=model_identity(cfg.model))
+    sae_cfg = dataclasses.replace(cfg.sae, d_in=acts.shape[1], hookpoint=cfg.hookpoint,
+                                  model=model_identity(cfg.model))
     total, batch_size, seed = cfg.sae_epochs * len(acts), cfg.sae_train.batch_size, cfg.sae_train.seed
     # A latent silent for an eighth of this short training counts as dead, so AuxK can revive it in time.
-    train_cfg = dataclasses.replace(cfg.sae_train, total_tokens=total, out=str(run.path("sae")), device=cfg.model.device,
+    train_cfg = dataclasses.replace(cfg.sae_train, total_tokens=total, out=str(run.path("sae")),
+                                    device=cfg.model.device,
                                     dead_window_tokens=min(1_000_000, max(4 * batch_size, total // 8)))
     train_saes(_shuffled_batches(acts, batch_size, cfg.sae_epochs, seed), [sae_cfg], train_cfg)
     write_json_atomic(run.path("sae.json"), {"path": "sae"})  # inside the run directory
     final = read_json(run.path("sae", LOG_FILE), "SAE training log")["entries"][-1]
-    logger.info(f"SAE: {len(text)} corpus + {len(prompts)} prompt tokens, fvu {final['fvu']:.3f}, l0 {final['l0']:.1f}")
+    logger.info(f"SAE: {len(text)} corpus + {len(prompts)} prompt tokens, fvu {final['fvu']:.3f}, "
+                f"l0 {final['l0']:.1f}")
     return {"text_tokens": len(text), "prompt_tokens": len(prompts), "final": final}
 
 
@@ -87,11 +91,12 @@ def labels_stage(run: RunDir, _: str) -> dict[str, Any]:
     cfg, label, capture = run.cfg, run.cfg.label, run.cfg.capture
     prompts = [chat_text(run.tokenizer, e.prompt) for e in run.data.train]
     corpus = iter_texts(open_corpus(capture.corpus, capture.text_field, seed=capture.seed), run.tokenizer)
-    labels = label_latents(run.model, run.tokenizer, run.sae, itertools.chain(prompts, corpus), label.latents or None,
-                           label.top_by_frequency, label.n_contexts, (label.window_left, label.window_right),
-                           label.logit_k, cfg.hookpoint, label.context_length, label.batch_size,
-                           label.token_budget or None)
-    meta = {"hookpoint": cfg.hookpoint, "sources": ["training prompts", capture.corpus], "max_tokens": label.token_budget}
+    labels = label_latents(run.model, run.tokenizer, run.sae, itertools.chain(prompts, corpus),
+                           label.latents or None, label.top_by_frequency, label.n_contexts,
+                           (label.window_left, label.window_right), label.logit_k, cfg.hookpoint,
+                           label.context_length, label.batch_size, label.token_budget or None)
+    meta = {"hookpoint": cfg.hookpoint, "sources": ["training prompts", capture.corpus],
+            "max_tokens": label.token_budget}
     save_labels(run.path("labels.json"), labels, meta)
     return {"labelled": len(labels), "never_fired": sum(not label.top_contexts for label in labels.values())}
 
@@ -145,8 +150,9 @@ def train_stage(run: RunDir, method: str) -> dict[str, Any]:
                   "sails_basis_sha256": run.selection["basis_sha256"]}
     result = run_method(method, run.fresh_model, run.tokenizer, pairs, run.basis,
                         MethodConfig(cfg.lora, cfg.sft, cfg.full_lr, cfg.select), run.path("methods", method),
-                        eval_fn=eval_fn if cfg.sft.eval_every else None, act_pca_prompts=contrast_prompts(run, "train"),
-                        provenance=provenance, overwrite=run.overwrite)
+                        eval_fn=eval_fn if cfg.sft.eval_every else None,
+                        act_pca_prompts=contrast_prompts(run, "train"), provenance=provenance,
+                        overwrite=run.overwrite)
     write_json_atomic(run.path("methods", method, "result.json"), result.to_dict())
     return {"train_seconds": result.train_seconds, "share": result.trainable["share"], "steps_to": result.steps_to}
 
@@ -184,25 +190,33 @@ def report_stage(run: RunDir, _: str) -> dict[str, Any]:
     return {}
 
 
+def _methods(cfg: SailsConfig) -> list[str]:
+    return cfg.methods
+
+
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("data", "build the harmful/harmless/borderline splits (data/)", data_stage,
-          outputs=("data/train.jsonl", "data/val.jsonl", "data/test.jsonl"), keys=("model.model", "data"), folder="data"),
-    Stage("sae", "check --sae, or capture activations and train an SAE (sae/)", sae_stage, outputs=("sae.json",),
-          keys=("hookpoint", "sae_path", "capture", "sae", "sae_train", "sae_epochs"), upstream=("data",), folder="sae"),
-    Stage("labels", "label the SAE's latents from top contexts and the logit lens (labels.json)", labels_stage,
-          outputs=("labels.json",), keys=("label",), upstream=("sae",)),
+          outputs=("data/train.jsonl", "data/val.jsonl", "data/test.jsonl"), keys=("model.model", "data"),
+          folder="data"),
+    Stage("sae", "check --sae, or capture activations and train an SAE (sae/)", sae_stage,
+          outputs=("sae.json",), keys=("hookpoint", "sae_path", "capture", "sae", "sae_train", "sae_epochs"),
+          upstream=("data",), folder="sae"),
+    Stage("labels", "label the SAE's latents from top contexts and the logit lens (labels.json)",
+          labels_stage, outputs=("labels.json",), keys=("label",), upstream=("sae",)),
     Stage("select", "select the safety features and build the subspace U (select/)", select_stage,
-          outputs=("select/selection.json", "select/subspace.safetensors"), keys=("select", "contrast", "subspace"),
-          upstream=("sae",), folder="select"),
-    Stage("targets", "refusals for harmful prompts, the base model's answers for the others (targets/)", targets_stage,
-          outputs=("targets/train.jsonl",), keys=("targets",), upstream=("data",), folder="targets"),
+          outputs=("select/selection.json", "select/subspace.safetensors"),
+          keys=("select", "contrast", "subspace"), upstream=("sae",), folder="select"),
+    Stage("targets", "refusals for harmful prompts, the base model's answers for the others (targets/)",
+          targets_stage, outputs=("targets/train.jsonl",), keys=("targets",), upstream=("data",),
+          folder="targets"),
     Stage("train", "fine-tune every method in the same harness and save its adapter (methods/)", train_stage,
-          outputs=("methods/{name}/result.json",), keys=("lora", "sft", "validation", "eval.judge", "full_lr"),
-          upstream=("select", "targets"), folder="methods/{name}", per=lambda cfg: cfg.methods),
-    Stage("eval", "safety, over-refusal, perplexity and factual accuracy of the base model and each method (eval/)",
-          eval_stage, outputs=("eval/{name}.json",), keys=("eval",), upstream=("data", "train"),
+          outputs=("methods/{name}/result.json",), upstream=("select", "targets"), folder="methods/{name}",
+          keys=("lora", "sft", "validation", "eval.judge", "full_lr"), per=_methods),
+    Stage("eval", "safety, over-refusal, perplexity and factual accuracy of the base model and each method "
+          "(eval/)", eval_stage, outputs=("eval/{name}.json",), keys=("eval",), upstream=("data", "train"),
           per=lambda cfg: ["base", *cfg.methods]),
     Stage("effect", "which labelled SAE latents each adapter pushed up or down (effect/)", effect_stage,
-          outputs=("effect/{name}.json",), keys=("effect_top",), upstream=("train", "labels"), per=lambda cfg: cfg.methods),
-    Stage("report", "write report.md and report.html from the run directory (rebuilt on every run)", report_stage),
+          outputs=("effect/{name}.json",), keys=("effect_top",), upstream=("train", "labels"), per=_methods),
+    Stage("report", "write report.md and report.html from the run directory (rebuilt on every run)",
+          report_stage),
 )}
