@@ -24,6 +24,7 @@ from saelign.progress import logger
 from saelign.sae import load_sae
 from saelign.sae.formats import check_sae_matches
 from saelign.sae.train import LOG_FILE, train_saes
+from saelign.sails import sources
 from saelign.sails.data import SafetyData, build_safety_data, save_safety_data
 from saelign.sails.effect import adapter_effect
 from saelign.sails.evaluate import evaluate_model, make_judge, quick_safety
@@ -162,8 +163,6 @@ def eval_stage(run: RunDir, name: str) -> dict[str, Any]:
     model = run.model if name == "base" else run.trained_model(name)
     metrics = evaluate_model(model, run.tokenizer, run.data.test, make_judge(cfg.eval.judge), cfg.eval, run.capability)
     if name == "base" and cfg.eval.judge_agreement:
-        from saelign.sails import sources
-
         labelled = sources.parse_refusal_csv(sources.pyrit_dir() / sources.REFUSAL_CSV)
         metrics["judge_agreement"] = {"source": sources.REFUSAL_CSV,
                                       "offline": judge_agreement(OfflineJudge(), labelled),
