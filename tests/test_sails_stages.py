@@ -51,3 +51,10 @@ def _help(argv: list[str], capsys) -> str:
     with pytest.raises(SystemExit):
         main(argv)
     return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag", ["--lora-init", "--sft-out", "--select-hookpoints", "--sae-hookpoint"])
+def test_options_the_pipeline_sets_itself_are_no_flags(tmp_path, capsys, flag):
+    with pytest.raises(SystemExit):
+        main(["sails", "run", "--out", str(tmp_path / "run"), flag, "x"])
+    assert f"unrecognized arguments: {flag} x" in capsys.readouterr().err

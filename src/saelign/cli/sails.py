@@ -46,6 +46,7 @@ def _preset_epilog() -> str:
 
 def _add_options(parser: argparse.ArgumentParser, stage: str) -> None:
     parser.set_defaults(func=run, stage=stage)
+    parser.allow_abbrev = False  # a hidden option (--lora-init) must not pass for another (--lora-init-scale)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = _preset_epilog()
     if stage == "run":
