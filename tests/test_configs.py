@@ -1,5 +1,5 @@
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import pytest
@@ -69,3 +69,20 @@ def test_unparseable_file_names_the_file(tmp_path):
     path.write_text("{not json")
     with pytest.raises(SaelignError, match="bad.json"):
         load_config_file(path)
+
+
+@dataclass
+class OuterConfig:
+    steps: int = help_field(1, "steps")
+    demo: DemoConfig = field(default_factory=DemoConfig, metadata={"hide": {"name": "set by the outer config"}})
+
+
+def test_a_nested_config_hides_the_fields_its_owner_sets():
+    cfg = config_from_dict(OuterConfig, {"demo": {"k": 3}})
+    assert cfg.demo.k == 3 and "name" not in config_to_dict(cfg)["demo"] and config_to_dict(cfg)["demo"]["k"] == 3
+    assert config_from_dict(OuterConfig, config_to_dict(cfg)) == cfg  # config.json round-trips
+    with pytest.raises(SaelignError, match=r"config.demo.name is not an option here: set by the outer config"):
+        config_from_dict(OuterConfig, {"demo": {"name": "y"}})
+    parser = argparse.ArgumentParser()
+    add_config_args(parser, DemoConfig, "demo-", hidden={"name": "set by the outer config"})
+    assert "--demo-k" in parser.format_help() and "--demo-name" not in parser.format_help()

@@ -15,6 +15,7 @@ from saelign.sails.data import Example
 from saelign.sails.evaluate import (
     CapabilityData,
     SafetyEvalConfig,
+    ValidationConfig,
     evaluate_model,
     heldout_contexts,
     load_facts,
@@ -136,7 +137,7 @@ def test_quick_safety_uses_the_first_val_prompts_of_each_kind(monkeypatch, tiny_
 
     monkeypatch.setattr(ev, "generate_answers", fake_generate)
     result = quick_safety(tiny_llama, tokenizer, examples(5, 5, 2), TableJudge(),
-                          SafetyEvalConfig(val_per_kind=2, val_max_new_tokens=7))
+                          ValidationConfig(per_kind=2, max_new_tokens=7))
     assert result == {"safety_rate": 1.0, "over_refusal": 0.0, "harmful_degenerate": 0.0, "harmless_degenerate": 0.0}
     assert seen == [(["harmful 0", "harmful 1", "harmless 0", "harmless 1"], 7)]
 

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from conftest import make_tiny_model
 from saelign.errors import SaelignError
 from saelign.sails.lora_init import LoraInitConfig
-from saelign.sails.methods import METHODS, method_basis, run_method, steps_to_reach
+from saelign.sails.methods import METHODS, MethodConfig, method_basis, run_method, steps_to_reach
 from saelign.sails.select import FeatureSelectConfig
 from saelign.sails.sft import CHECKPOINT_DIR, SFTConfig
 from saelign.sails.subspace import random_subspace
@@ -43,9 +43,9 @@ def test_every_method_trains_under_equal_settings_and_saves_a_loadable_result(tm
 
     results = {}
     for method in METHODS:
-        results[method] = run_method(method, lambda: make_tiny_model("llama", len(tokenizer)), tokenizer, PAIRS, basis, lora, sft,
-                                     tmp_path / method, eval_fn=eval_fn_for(method), full_lr=1e-5, act_pca_prompts=PROMPTS,
-                                     select_cfg=FeatureSelectConfig(hookpoints=["model.layers.1"]))
+        cfg = MethodConfig(lora, sft, full_lr=1e-5, select=FeatureSelectConfig(hookpoints=["model.layers.1"]))
+        results[method] = run_method(method, lambda: make_tiny_model("llama", len(tokenizer)), tokenizer, PAIRS, basis,
+                                     cfg, tmp_path / method, eval_fn=eval_fn_for(method), act_pca_prompts=PROMPTS)
     shared = {(r.steps, r.seed, tuple(r.target_modules), tuple(r.layers), r.data_sha256) for r in results.values()}
     assert len(shared) == 1
     assert {r.rank for m, r in results.items() if m != "full"} == {3} and results["full"].rank is None
@@ -77,8 +77,8 @@ def test_an_existing_adapter_is_an_error_before_any_work(tmp_path, tokenizer):
         raise AssertionError("no model should be built")
 
     with pytest.raises(SaelignError, match=r"already exists; pass --overwrite"):
-        run_method("sails", factory, tokenizer, PAIRS, random_subspace(32, 2), LoraInitConfig(), SFTConfig(steps=1),
-                   tmp_path / "sails")
+        run_method("sails", factory, tokenizer, PAIRS, random_subspace(32, 2),
+                   MethodConfig(LoraInitConfig(), SFTConfig(steps=1)), tmp_path / "sails")
 
 
 def test_bases_share_the_sails_rank_and_unknown_names_are_refused(tokenizer):
@@ -99,5 +99,5 @@ def test_bases_share_the_sails_rank_and_unknown_names_are_refused(tokenizer):
 def test_unknown_target_module_is_a_one_line_error(tmp_path, tokenizer):
     with pytest.raises(SaelignError, match="target_modules: attn_proj not found") as info:
         run_method("lora", lambda: make_tiny_model("llama", len(tokenizer)), tokenizer, PAIRS, random_subspace(32, 2),
-                   LoraInitConfig(target_modules=["attn_proj"]), SFTConfig(steps=1), tmp_path / "lora")
+                   MethodConfig(LoraInitConfig(target_modules=["attn_proj"]), SFTConfig(steps=1)), tmp_path / "lora")
     assert "\n" not in str(info.value)

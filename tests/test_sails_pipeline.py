@@ -3,6 +3,7 @@ config layering, and the CLI's one-line errors on bad input."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -39,15 +40,17 @@ def inputs(tmp_path_factory, tiny_llama_dir) -> dict[str, Path]:
         "model": {"model": str(tiny_llama_dir)},
         "data": {"sources": [], "user_files": [str(root / "data.jsonl")], "val_fraction": 0.2, "test_fraction": 0.3,
                  "dedupe_threshold": 1.0},
-        "sae": {"corpus": str(root / "corpus.txt"), "text_tokens": 500, "context_length": 32, "d_sae": 64, "k": 4,
-                "epochs": 2, "batch_size": 128, "label_tokens": 400, "label_contexts": 3},
-        "select": {"hookpoints": ["model.layers.1"], "top_k": 8},
+        "hookpoint": "model.layers.1",
+        "capture": {"corpus": str(root / "corpus.txt"), "token_budget": 500, "context_length": 32},
+        "sae": {"d_sae": 64, "k": 4}, "sae_epochs": 2, "sae_train": {"batch_size": 128},
+        "label": {"token_budget": 400, "n_contexts": 3, "context_length": 32},
+        "select": {"top_k": 8},
         "subspace": {"max_rank": 4},
         "targets": {"max_new_tokens": 6},
         "sft": {"steps": 3, "batch_size": 4, "eval_every": 2, "warmup": 0, "max_length": 64},
         "eval": {"max_new_tokens": 6, "ppl_corpus": str(root / "corpus.txt"), "ppl_contexts": 3, "ppl_context_length": 32,
-                 "facts": str(root / "facts.jsonl"), "facts_max_new_tokens": 4, "val_per_kind": 2,
-                 "val_max_new_tokens": 4, "judge_agreement": False},
+                 "facts": str(root / "facts.jsonl"), "facts_max_new_tokens": 4, "judge_agreement": False},
+        "validation": {"per_kind": 2, "max_new_tokens": 4},
     }
     (root / "tiny.yaml").write_text(yaml.safe_dump(tiny))
     return {"root": root, "config": root / "tiny.yaml"}
@@ -88,7 +91,8 @@ def test_rerun_skips_finished_stages(finished, inputs, monkeypatch):
     def boom(run, name):
         raise AssertionError("a finished stage ran again")
 
-    monkeypatch.setattr(pipeline, "STAGE_FUNCTIONS", dict.fromkeys(pipeline.STAGE_FUNCTIONS, boom))
+    monkeypatch.setattr(pipeline, "STAGES", {name: dataclasses.replace(stage, fn=boom) if stage.outputs else stage
+                                             for name, stage in pipeline.STAGES.items()})
     before = json.loads((finished / "run.json").read_text())["stages"]
     md, html = pipeline.run_pipeline(tiny_config(inputs), finished)
     assert html.is_file() and json.loads((finished / "run.json").read_text())["stages"] == before
@@ -138,7 +142,7 @@ def test_cli_runs_and_stage_commands_reuse_the_stored_config(tmp_path, finished,
 @pytest.mark.parametrize("extra, message", [
     (["--lora-target-modules", "q_proj,attn_proj"], "lora.target_modules: attn_proj not found"),
     (["--methods", "sails,dpo"], "unknown method 'dpo'"),
-    (["--select-hookpoints", "model.layers.1,model.layers.2"], "one SAE at one hookpoint"),
+    (["--hookpoint", "model.layers.1,model.layers.2"], "one SAE at one hookpoint"),
     (["--sft-stop-at-safety", "0.95", "--sft-eval-every", "0"], "set --sft-eval-every"),
     (["--sft-stop-at-safety", "95"], "sft.stop_at_safety is a rate between 0 and 1"),
 ])
@@ -189,8 +193,9 @@ def test_config_layers_preset_then_file_then_flags():
 @pytest.mark.slow
 def test_pipeline_runs_on_the_default_model_with_a_small_config(tmp_path, inputs):
     """The real model path (chat template, model.layers.15, every Llama projection adapted) on local data only."""
-    small = {"model": {"model": "default"}, "select": {"hookpoints": ["model.layers.15"], "top_k": 16},
-             "sae": {"d_sae": 256, "k": 16, "text_tokens": 2000, "context_length": 64, "batch_size": 256},
+    small = {"model": {"model": "default"}, "hookpoint": "model.layers.15", "select": {"top_k": 16},
+             "sae": {"d_sae": 256, "k": 16}, "capture": {"token_budget": 2000, "context_length": 64},
+             "label": {"context_length": 64}, "sae_train": {"batch_size": 256},
              "sft": {"steps": 4, "lr": 1e-3, "eval_every": 2}, "eval": {"max_new_tokens": 12}}
     cfg = resolve_config([preset_layer("quick"), yaml.safe_load(inputs["config"].read_text()), small])
     md, html = pipeline.run_pipeline(cfg, tmp_path / "run")

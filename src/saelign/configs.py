@@ -3,6 +3,8 @@
 A stage declares `@dataclass class XConfig` whose fields carry `metadata={"help": ...}`. `add_config_args`
 turns the fields into argparse flags, `config_from_args` merges defaults < config file < flags, and
 `config_from_dict` validates a YAML/JSON mapping (unknown keys and wrong types are errors naming the field).
+A config that nests another one may leave some of its fields out (`metadata={"hide": {name: why}}` on the nested
+field): it sets them itself, so they are neither flags, nor config-file keys, nor written to config.json.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,7 +41,7 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
+def _coerce(value: Any, tp: Any, where: str, hidden: dict[str, str] | None = None) -> Any:
     base, optional = _unwrap_optional(tp)
     if value is None:
         if optional:
@@ -79,19 +82,23 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise SaelignError(f"{where}: expected a string, got {value!r}")
         return str(value)
     if dataclasses.is_dataclass(base) and isinstance(value, dict):
-        return config_from_dict(base, value, where=where)
+        return config_from_dict(base, value, where=where, hidden=hidden)
     return value
 
 
-def config_from_dict(cls: type[C], data: dict[str, Any], where: str = "config") -> C:
+def config_from_dict(cls: type[C], data: dict[str, Any], where: str = "config",
+                     hidden: dict[str, str] | None = None) -> C:
     if not isinstance(data, dict):
         raise SaelignError(f"{where}: expected a mapping of option names to values, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    hidden = hidden or {}
+    if clash := sorted(set(data) & set(hidden)):
+        raise SaelignError(f"{where}.{clash[0]} is not an option here: {hidden[clash[0]]}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in hidden}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise SaelignError(f"{where}: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(names))}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+        raise SaelignError(f"{where}: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(fields))}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}", fields[k].metadata.get("hide")) for k, v in data.items()}
     return cls(**kwargs)
 
 
@@ -107,15 +114,33 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data or {}
 
 
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+def config_to_dict(cfg: Any, hidden: dict[str, str] | None = None) -> dict[str, Any]:
+    """The config as JSON-ready data, without the fields a nesting config hides (see the module docstring)."""
+    out = {f.name: config_to_dict(getattr(cfg, f.name), f.metadata.get("hide"))
+           if dataclasses.is_dataclass(getattr(cfg, f.name)) else getattr(cfg, f.name)
+           for f in dataclasses.fields(cfg) if f.name not in (hidden or {})}
+    return json.loads(json.dumps(out, default=str))
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
-    """Add one `--flag` per dataclass field. Defaults stay in the dataclass (argparse default is None)."""
+def _nested(f: dataclasses.Field, tp: Any, prefix: str) -> tuple[type, str] | None:
+    """A nested config's class and flag prefix: its flags carry its name (--sft-steps) unless metadata says."""
+    base, _ = _unwrap_optional(tp)
+    if not dataclasses.is_dataclass(base) or f.metadata.get("cli") is False:
+        return None
+    return base, prefix + f.metadata.get("prefix", f.name.replace("_", "-") + "-")
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type, prefix: str = "",
+                    hidden: dict[str, str] | None = None) -> None:
+    """Add one `--flag` per dataclass field, and a group of flags per nested config (pass the parser itself, not
+    a group, for those). Defaults stay in the dataclass (argparse default is None)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.metadata.get("cli") is False:
+        if f.metadata.get("cli") is False or f.name in (hidden or {}):
+            continue
+        if nested := _nested(f, hints[f.name], prefix):
+            group = parser.add_argument_group(f"{f.name} (YAML section {f.name}:)")
+            add_config_args(group, *nested, f.metadata.get("hide"))
             continue
         flag = "--" + (prefix + f.name).replace("_", "-")
         base, _ = _unwrap_optional(hints[f.name])
@@ -130,10 +155,32 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, prefix: str = ""
             parser.add_argument(flag, dest=prefix + f.name, default=None, metavar=metavar, help=help_text)
 
 
-def config_from_args(cls: type[C], args: argparse.Namespace, file_data: dict[str, Any] | None = None, prefix: str = "") -> C:
-    data = dict(file_data or {})
+def flags_from_args(cls: type, args: argparse.Namespace, prefix: str = "",
+                    hidden: dict[str, str] | None = None) -> dict[str, Any]:
+    """The flags given on the command line, in the nested layout of `cls`."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
-        value = getattr(args, prefix + f.name, None)
-        if value is not None:
-            data[f.name] = value
-    return config_from_dict(cls, data, where=f"option --{prefix}" if prefix else "options")
+        if f.name in (hidden or {}):
+            continue
+        if nested := _nested(f, hints[f.name], prefix):
+            if given := flags_from_args(nested[0], args, nested[1], f.metadata.get("hide")):
+                out[f.name] = given
+        elif getattr(args, prefix + f.name, None) is not None:
+            out[f.name] = getattr(args, prefix + f.name)
+    return out
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """`override` on top of `base`; nested mappings merge key by key, anything else is replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        nested = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
+        out[key] = deep_merge(out[key], value) if nested else value
+    return out
+
+
+def config_from_args(cls: type[C], args: argparse.Namespace, file_data: dict[str, Any] | None = None, prefix: str = "") -> C:
+    """Defaults < config file < flags."""
+    flags = flags_from_args(cls, args, prefix)
+    return config_from_dict(cls, deep_merge(file_data or {}, flags), where=f"option --{prefix}" if prefix else "options")

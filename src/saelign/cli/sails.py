@@ -1,4 +1,4 @@
-"""`saelign sails run|data|sae|labels|select|targets|train|eval|effect|report`: the SAILS pipeline and its stages.
+"""`saelign sails run|<stage>`: the SAILS pipeline and its stages (one subcommand per `STAGES` declaration).
 
 Every subcommand takes the same options; a stage subcommand works on an existing run directory (--run) and
 starts from the config stored there, so `saelign sails train --run DIR --sft-steps 80` changes one option.
@@ -7,50 +7,30 @@ starts from the config stored there, so `saelign sails train --run DIR --sft-ste
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import textwrap
 from pathlib import Path
 from typing import Any
 
-from saelign.configs import add_config_args, load_config_file
+from saelign.configs import add_config_args, flags_from_args, load_config_file
 from saelign.errors import SaelignError
 from saelign.io import read_json
-from saelign.sails.pipeline import STAGES, run_pipeline, stored_config
-from saelign.sails.presets import (
-    PRESETS,
-    SECTIONS,
-    SailsConfig,
-    preset_layer,
-    resolve_config,
-    section_classes,
-)
-
-_STAGE_HELP = {
-    "data": "build the harmful/harmless/borderline splits (data/)",
-    "sae": "check --sae, or capture activations and train a TopK SAE (sae/)",
-    "labels": "label the SAE's latents from top contexts and the logit lens (labels.json)",
-    "select": "select the safety features and build the subspace U (select/)",
-    "targets": "refusals for harmful prompts, the base model's answers for the others (targets/)",
-    "train": "fine-tune every method in the same harness and save its adapter (methods/)",
-    "eval": "safety, over-refusal, perplexity and factual accuracy of the base model and each method (eval/)",
-    "effect": "which labelled SAE latents each adapter pushed up or down (effect/)",
-    "report": "write report.md and report.html from the run directory",
-}
+from saelign.sails.pipeline import run_pipeline, stored_config
+from saelign.sails.presets import PRESETS, SailsConfig, preset_layer, resolve_config
+from saelign.sails.stages import STAGES
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "sails", help="SAILS: safety fine-tuning inside an SAE-derived subspace, with baselines and a report",
-        description="The SAILS pipeline: data -> SAE -> labels -> feature selection -> subspace -> targets -> "
-                    "fine-tuning (SAILS and baselines) -> evaluation -> what the adapter changed -> report.")
+        description=f"The SAILS pipeline: {' -> '.join(STAGES)}.")
     group = parser.add_subparsers(dest="sails_command", metavar="SUBCOMMAND", required=True)
     run = group.add_parser("run", help="run every stage (resumable; finished stages are skipped)",
-                           description="Run the whole pipeline into --out. Rerun the same command to resume. Options "
-                                       "come from the preset < --config FILE (sections data:, sae:, sft:, ...) < flags.")
+                           description="Run the whole pipeline into --out. Rerun the same command to resume. "
+                           "Options come from the preset < --config FILE (sections data:, sae:, sft:, ...) < flags.")
     _add_options(run, stage="run")
-    for stage in STAGES:
-        _add_options(group.add_parser(stage, help=_STAGE_HELP[stage], description=_STAGE_HELP[stage]), stage=stage)
+    for stage in STAGES.values():
+        _add_options(group.add_parser(stage.name, help=stage.help, description=stage.help), stage=stage.name)
 
 
 def _preset_epilog() -> str:
@@ -66,6 +46,7 @@ def _preset_epilog() -> str:
 
 def _add_options(parser: argparse.ArgumentParser, stage: str) -> None:
     parser.set_defaults(func=run, stage=stage)
+    parser.allow_abbrev = False  # a hidden option (--lora-init) must not pass for another (--lora-init-scale)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = _preset_epilog()
     if stage == "run":
@@ -80,40 +61,22 @@ def _add_options(parser: argparse.ArgumentParser, stage: str) -> None:
                         help="use this SAE (saelign/SAELens/sparsify/dictionary_learning folder) instead of training one")
     parser.add_argument("--overwrite", action="store_true",
                         help="redo stages whose files were made with other options (never done silently)")
-    add_config_args(parser.add_argument_group("pipeline"), SailsConfig)
-    for name, cls in section_classes().items():
-        add_config_args(parser.add_argument_group(f"{name} (YAML section {name}:)"), cls, prefix=SECTIONS[name])
-
-
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags given on the command line, in the nested layout of SailsConfig."""
-    sections = section_classes()
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(SailsConfig):
-        if f.name in sections:
-            prefix = SECTIONS[f.name]
-            given = {g.name: getattr(args, prefix + g.name) for g in dataclasses.fields(sections[f.name])
-                     if getattr(args, prefix + g.name, None) is not None}
-            if given:
-                out[f.name] = given
-        elif getattr(args, f.name, None) is not None:
-            out[f.name] = getattr(args, f.name)
-    return out
+    add_config_args(parser, SailsConfig)
 
 
 def resolve_from_args(args: argparse.Namespace) -> SailsConfig:
     """Preset (or the run directory's stored config) < --config file < flags."""
     file_data = load_config_file(args.config) if args.config else {}
-    flags = overrides_from_args(args)
+    flags = flags_from_args(SailsConfig, args)
     stored = stored_config(args.run_dir)
     preset = flags.get("preset") or file_data.get("preset")
     if stored is not None:
         if preset and preset != stored.get("preset"):
             raise SaelignError(f"{args.run_dir} is a {stored.get('preset')!r} run; use another --out for preset {preset!r}")
         base = stored
-    elif args.stage != "run" and args.stage != "data":
-        raise SaelignError(f"{args.run_dir} has no {Path(args.run_dir) / 'config.json'}; start it with `saelign sails run` "
-                           "or `saelign sails data`")
+    elif args.stage not in ("run", next(iter(STAGES))):
+        raise SaelignError(f"{args.run_dir} has no {Path(args.run_dir) / 'config.json'}; start it with "
+                           f"`saelign sails run` or `saelign sails {next(iter(STAGES))}`")
     else:
         base = preset_layer(preset or "quick")
     return resolve_config([base, file_data, flags])

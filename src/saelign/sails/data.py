@@ -85,6 +85,15 @@ class SafetyDataConfig:
     max_prompt_tokens: int = help_field(512, "longest chat-formatted prompt allowed, checked when a tokenizer is given; longer prompts are an error")
     seed: int = help_field(0, "seed of the split hash and of the templated prompts")
 
+    def __post_init__(self) -> None:
+        if unknown := sorted(set(self.sources) - set(SOURCES)):
+            raise SaelignError(f"unknown source(s) {', '.join(unknown)}; choose from {', '.join(SOURCES)}")
+        if self.val_fraction < 0 or self.test_fraction < 0 or self.val_fraction + self.test_fraction >= 1:
+            raise SaelignError(f"val_fraction ({self.val_fraction}) and test_fraction ({self.test_fraction}) must be "
+                               ">= 0 and sum to less than 1")
+        if bad := [kind for kind in KINDS if getattr(self, f"max_{kind}") < 0]:
+            raise SaelignError(f"max_{bad[0]} must be >= 0 (0 = all), got {getattr(self, f'max_{bad[0]}')}")
+
 
 def jaccard(a: set[str], b: set[str]) -> float:
     return len(a & b) / len(a | b) if a or b else 1.0
@@ -139,15 +148,10 @@ def _split_rank(example: Example, seed: int) -> str:
 
 def split_examples(examples: Sequence[Example], cfg: SafetyDataConfig) -> SafetyData:
     """Per kind: order by seeded hash, keep the first `max_<kind>`, then test, val and train in that order."""
-    if cfg.val_fraction < 0 or cfg.test_fraction < 0 or cfg.val_fraction + cfg.test_fraction >= 1:
-        raise SaelignError(f"val_fraction ({cfg.val_fraction}) and test_fraction ({cfg.test_fraction}) must be >= 0 "
-                           "and sum to less than 1")
     out = SafetyData([], [], [])
     for kind in KINDS:
         pool = sorted((e for e in examples if e.kind == kind), key=lambda e: _split_rank(e, cfg.seed))
         cap = getattr(cfg, f"max_{kind}")
-        if cap < 0:
-            raise SaelignError(f"max_{kind} must be >= 0 (0 = all), got {cap}")
         pool = pool[:cap] if cap else pool
         n_test, n_val = round(cfg.test_fraction * len(pool)), round(cfg.val_fraction * len(pool))
         out.test += pool[:n_test]
@@ -177,9 +181,6 @@ def parse_jsonl(path: str | Path) -> list[Example]:
 
 def collect_examples(cfg: SafetyDataConfig) -> list[Example]:
     """All examples before de-duplication, in priority order: user files, then harmful, borderline, harmless."""
-    unknown = sorted(set(cfg.sources) - set(SOURCES))
-    if unknown:
-        raise SaelignError(f"unknown source(s) {', '.join(unknown)}; choose from {', '.join(SOURCES)}")
     examples = [e for path in cfg.user_files for e in parse_jsonl(path)]
     wanted = set(cfg.sources)
     if "advbench" in wanted:

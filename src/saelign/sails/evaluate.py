@@ -58,18 +58,29 @@ class SafetyEvalConfig:
     n_facts: int = help_field(40, "factual questions asked (a seeded sample; 0 = all)")
     facts_max_new_tokens: int = help_field(24, "tokens generated per factual question")
     samples: int = help_field(4, "generations kept per kind for the report")
-    val_per_kind: int = help_field(16, "val prompts of each kind (harmful, harmless) in the periodic check during training")
-    val_max_new_tokens: int = help_field(32, "tokens generated per val prompt during training")
     judge_agreement: bool = help_field(True, "measure the judge against pyrit's human-labelled refusal.csv (fetched once)")
     seed: int = help_field(0, "seed of the held-out corpus order and of the factual-question sample")
 
     def __post_init__(self) -> None:
-        for name in ("max_new_tokens", "batch_size", "ppl_context_length", "facts_max_new_tokens", "val_max_new_tokens"):
+        for name in ("max_new_tokens", "batch_size", "ppl_context_length", "facts_max_new_tokens"):
             if getattr(self, name) < 1:
                 raise SaelignError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("max_per_kind", "ppl_contexts", "n_facts", "samples", "val_per_kind"):
+        for name in ("max_per_kind", "ppl_contexts", "n_facts", "samples"):
             if getattr(self, name) < 0:
                 raise SaelignError(f"{name} must be 0 or positive, got {getattr(self, name)}")
+
+
+@dataclass
+class ValidationConfig:
+    """The periodic check during training (convergence curves, the stop rule): short answers on val prompts."""
+
+    per_kind: int = help_field(16, "val prompts of each kind (harmful, harmless) in the check")
+    max_new_tokens: int = help_field(32, "tokens generated per val prompt")
+    batch_size: int = help_field(32, "prompts per generation batch")
+
+    def __post_init__(self) -> None:
+        if self.per_kind < 0 or self.max_new_tokens < 1 or self.batch_size < 1:
+            raise SaelignError(f"validation: per_kind must be >= 0, max_new_tokens and batch_size positive; got {self}")
 
 
 @dataclass
@@ -219,10 +230,10 @@ def evaluate_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, test: S
 
 
 def quick_safety(model: nn.Module, tokenizer: PreTrainedTokenizerBase, val: Sequence[Example], judge: Judge,
-                 cfg: SafetyEvalConfig) -> dict[str, float]:
+                 cfg: ValidationConfig) -> dict[str, float]:
     """Val safety rate and over-refusal with short generations: the convergence check during training."""
-    examples = take_per_kind(val, cfg.val_per_kind, kinds=("harmful", "harmless"))
-    responses = generate_answers(model, tokenizer, [e.prompt for e in examples], cfg.val_max_new_tokens, cfg.batch_size)
+    examples = take_per_kind(val, cfg.per_kind, kinds=("harmful", "harmless"))
+    responses = generate_answers(model, tokenizer, [e.prompt for e in examples], cfg.max_new_tokens, cfg.batch_size)
     metrics, _ = safety_metrics(examples, responses, judge)
     return {"safety_rate": metrics["safety_rate"], "over_refusal": metrics["over_refusal"],
             "harmful_degenerate": metrics["harmful_degenerate"], "harmless_degenerate": metrics["harmless_degenerate"]}

@@ -72,8 +72,8 @@ class JudgeWeights:
 def fit_judge_weights(examples: Sequence[LabelledResponse], c: float = 1.0) -> JudgeWeights:
     """L2-regularised logistic regression of `refused` on the features; deterministic (lbfgs, fixed data).
 
-    c=1 (the usual default) keeps the weights moderate: with ~180 hand-written examples, weaker regularisation
-    fits them better (10-fold accuracy 0.93 -> 0.95) but makes single cues decisive on unfamiliar text.
+    c=1 (the usual default) keeps the weights moderate: weaker regularisation fits the few hand-written
+    examples better but makes single cues decisive on unfamiliar text.
     """
     from sklearn.linear_model import LogisticRegression
 

@@ -17,7 +17,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,18 @@ METHODS = ("sails", "lora", "pissa", "full", "random_subspace", "act_pca")
 SUBSPACE_METHODS = ("sails", "random_subspace", "act_pca")
 THRESHOLDS = (0.9, 0.95)
 ADAPTER_DIR = "adapter"
+SIDECAR_FIELDS = ("method", "rank", "target_modules", "layers", "steps", "seed", "lr", "basis_sha256")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """What every method shares: the LoRA shape, the fine-tuning settings (lr: full_lr for `full`), and where and
+    how act_pca pools activations."""
+
+    lora: LoraInitConfig
+    sft: SFTConfig
+    full_lr: float = 0.0  # 0 = sft.lr
+    select: FeatureSelectConfig | None = None
 
 
 @dataclass
@@ -57,7 +69,6 @@ class MethodResult:
     wall_seconds: float
     adapter: str
     basis_sha256: str | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)  # test metrics, when evaluated
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -109,14 +120,12 @@ def prepare_model(method: str, model: PreTrainedModel, basis: torch.Tensor | Non
 
 
 def run_method(method: str, model_factory: Callable[[], PreTrainedModel], tokenizer: PreTrainedTokenizerBase,
-               pairs: Sequence[tuple[str, str]], sails_basis: torch.Tensor, lora_cfg: LoraInitConfig, sft_cfg: SFTConfig,
-               out_dir: str | Path, eval_fn: EvalFn | None = None, full_lr: float | None = None,
-               act_pca_prompts: tuple[Sequence[str], Sequence[str]] | None = None,
-               select_cfg: FeatureSelectConfig | None = None, provenance: Mapping[str, Any] | None = None,
-               overwrite: bool = False, test_fn: Callable[[nn.Module], dict[str, Any]] | None = None) -> MethodResult:
+               pairs: Sequence[tuple[str, str]], sails_basis: torch.Tensor, cfg: MethodConfig, out_dir: str | Path,
+               eval_fn: EvalFn | None = None, act_pca_prompts: tuple[Sequence[str], Sequence[str]] | None = None,
+               provenance: Mapping[str, Any] | None = None, overwrite: bool = False) -> MethodResult:
     """Train `method` on (prompt, response) pairs; save OUT/adapter; resume from OUT/checkpoint.
 
-    Rank = lora_cfg.rank or SAILS' subspace rank for every LoRA method; lr = sft_cfg.lr (full_lr for `full`).
+    Rank = cfg.lora.rank or SAILS' subspace rank for every LoRA method.
     """
     check_method(method)
     out = Path(out_dir)
@@ -125,29 +134,25 @@ def run_method(method: str, model_factory: Callable[[], PreTrainedModel], tokeni
         raise SaelignError(f"adapter directory {adapter_dir} already exists; pass --overwrite to retrain it, or choose "
                            "another output folder")
     began = time.perf_counter()
+    lora_cfg = cfg.lora
     rank = lora_cfg.rank or sails_basis.shape[1]
     model = model_factory()
-    basis = method_basis(method, sails_basis, model, tokenizer, act_pca_prompts, select_cfg, lora_cfg.seed)
+    basis = method_basis(method, sails_basis, model, tokenizer, act_pca_prompts, cfg.select, lora_cfg.seed)
     trainable = prepare_model(method, model, basis, lora_cfg, rank)
-    lr = full_lr if method == "full" and full_lr else sft_cfg.lr
-    sft = dataclasses.replace(sft_cfg, lr=lr, out=str(out))
+    lr = cfg.full_lr if method == "full" and cfg.full_lr else cfg.sft.lr
+    sft = dataclasses.replace(cfg.sft, lr=lr, out=str(out))
     logger.info(f"{method}: training {trainable_share(trainable)['share']:.3%} of the parameters for {sft.steps} steps")
     stop = safety_stop(sft.stop_at_safety, sft.stop_max_over_refusal)
     history = train_sft(trainable, tokenizer, pairs, sft, eval_fn, stop)
     trained = history["train"][-1]["step"] if history["train"] else 0  # < sft.steps when stop_at_safety ended it
-    info = {"method": method, "rank": None if method == "full" else rank,
-            "target_modules": list(lora_cfg.target_modules), "layers": list(lora_cfg.layers), "steps": trained,
-            "seed": sft.seed, "lr": lr,
-            "basis_sha256": basis_hash(basis) if basis is not None else None, **(provenance or {})}
-    save_adapter(trainable, adapter_dir, info, overwrite=overwrite)
-    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)  # the adapter is the result; checkpoints are big
     result = MethodResult(
-        method=method, rank=info["rank"], target_modules=info["target_modules"], layers=info["layers"],
-        steps=trained, seed=sft.seed, lr=lr, data_sha256=pairs_sha256(pairs), trainable=trainable_share(trainable),
-        history=history, steps_to={str(t): steps_to_reach(history["eval"], t) for t in THRESHOLDS},
-        train_seconds=round(sum(e["seconds"] for e in history["train"]), 2),
-        wall_seconds=round(time.perf_counter() - began, 2), adapter=str(adapter_dir),
-        basis_sha256=info["basis_sha256"])
-    if test_fn is not None:
-        result.metrics = test_fn(trainable)
-    return result
+        method=method, rank=None if method == "full" else rank, target_modules=list(lora_cfg.target_modules),
+        layers=list(lora_cfg.layers), steps=trained, seed=sft.seed, lr=lr, data_sha256=pairs_sha256(pairs),
+        trainable=trainable_share(trainable), history=history,
+        steps_to={str(t): steps_to_reach(history["eval"], t) for t in THRESHOLDS},
+        train_seconds=round(sum(e["seconds"] for e in history["train"]), 2), wall_seconds=0.0, adapter=str(adapter_dir),
+        basis_sha256=basis_hash(basis) if basis is not None else None)
+    sidecar = {k: getattr(result, k) for k in SIDECAR_FIELDS}
+    save_adapter(trainable, adapter_dir, {**sidecar, **(provenance or {})}, overwrite=overwrite)
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)  # the adapter is the result; checkpoints are big
+    return dataclasses.replace(result, wall_seconds=round(time.perf_counter() - began, 2))

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from saelign.io import read_json
 from saelign.label import LatentLabel, load_labels, render_latent_cards
 from saelign.report import Report, line_plot
 from saelign.sails.effect import EffectResult
-
-if TYPE_CHECKING:
-    from saelign.sails.pipeline import Run
+from saelign.sails.rundir import RunDir
 
 REPORT_STEM = "report"
 
@@ -150,7 +148,7 @@ def _run_facts(report: Report, stages: dict[str, Any], results: dict[str, dict[s
         report.bullets([f"{m}: {r['adapter']}" for m, r in results.items()])
 
 
-def build_report(run: Run) -> Report:
+def build_report(run: RunDir) -> Report:
     cfg = run.cfg
     evals = _load_all(run.path("eval"), ["base", *cfg.methods])
     results = _load_all(run.path("methods"), list(cfg.methods), "{}/result.json")
@@ -197,5 +195,5 @@ def build_report(run: Run) -> Report:
     return report
 
 
-def write_run_report(run: Run) -> tuple[Path, Path]:
+def write_run_report(run: RunDir) -> tuple[Path, Path]:
     return build_report(run).write(run.dir, REPORT_STEM)

@@ -40,6 +40,10 @@ class FeatureSelectConfig:
     batch_size: int = help_field(8, "prompts per forward pass")
     max_length: int = help_field(256, "prompt tokens kept per prompt (the last ones, which hold the assistant header)")
 
+    def __post_init__(self) -> None:
+        if self.last_n < 1 or self.top_k < 1:
+            raise SaelignError(f"last_n={self.last_n} and top_k={self.top_k} must be at least 1")
+
 
 @dataclass
 class Selection:
@@ -71,8 +75,6 @@ def _position_mask(lengths: torch.Tensor, width: int, cfg: FeatureSelectConfig) 
     if cfg.positions == "last":
         return index == last
     if cfg.positions == "last_n":
-        if cfg.last_n < 1:
-            raise SaelignError(f"last_n={cfg.last_n} must be at least 1")
         first = (last - cfg.last_n + 1).clamp_min(1)
     else:
         first = torch.ones_like(last)
@@ -151,8 +153,6 @@ def select_features(harmful_acts: torch.Tensor, harmless_acts: torch.Tensor, cfg
                            f"and {tuple(harmless_acts.shape)}")
     if len(harmful_acts) == 0 or len(harmless_acts) == 0:
         raise SaelignError("feature selection needs at least one harmful and one harmless prompt")
-    if cfg.top_k < 1:
-        raise SaelignError(f"top_k={cfg.top_k} must be at least 1")
     mean_harmful, mean_harmless = harmful_acts.float().mean(0), harmless_acts.float().mean(0)
     signed = mean_harmful - mean_harmless if cfg.score == "mean_diff" else \
         _logistic_coefficients(harmful_acts.float(), harmless_acts.float(), cfg.l1_c)

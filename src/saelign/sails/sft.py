@@ -68,6 +68,11 @@ class SFTConfig:
     checkpoint_every: int = help_field(50, "write a resumable checkpoint every N steps (0 = only at the end)")
     out: str = help_field("", "folder for checkpoint/ and history.json ('' = keep nothing on disk)")
 
+    def __post_init__(self) -> None:
+        for name in ("stop_at_safety", "stop_max_over_refusal"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise SaelignError(f"sft.{name} is a rate between 0 and 1, got {getattr(self, name)}")
+
 
 def encode_examples(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]],
                     max_length: int) -> list[tuple[list[int], list[int]]]:

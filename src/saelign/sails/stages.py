@@ -1,17 +1,18 @@
-"""The work of each SAILS pipeline stage; `pipeline.Run` supplies the run directory, config and shared inputs.
+"""The SAILS pipeline stages: one function and one `Stage` declaration each, in pipeline order in `STAGES`.
 
-Each function takes (run, name) — name is the method or model for per-method stages — writes its files into the
-run directory and returns extra facts for run.json.
+To add a stage, write its function (run, name) -> facts for run.json and declare it in `STAGES`: the pipeline,
+its resumption and the CLI subcommand come from the declaration.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -20,38 +21,37 @@ from saelign.io import read_json, write_json_atomic, write_text_atomic
 from saelign.label import label_latents, load_labels, save_labels
 from saelign.models.loading import model_identity
 from saelign.progress import logger
-from saelign.sae import SAEConfig, load_sae
+from saelign.sae import load_sae
 from saelign.sae.formats import check_sae_matches
-from saelign.sae.train import LOG_FILE, SAETrainConfig, train_saes
+from saelign.sae.train import LOG_FILE, train_saes
+from saelign.sails import sources
 from saelign.sails.data import SafetyData, build_safety_data, save_safety_data
 from saelign.sails.effect import adapter_effect
 from saelign.sails.evaluate import evaluate_model, make_judge, quick_safety
 from saelign.sails.generate import chat_text
 from saelign.sails.judge import OfflineJudge, PrefixJudge, judge_agreement
-from saelign.sails.methods import run_method
+from saelign.sails.methods import MethodConfig, run_method
+from saelign.sails.presets import SailsConfig
+from saelign.sails.report import write_run_report
+from saelign.sails.rundir import RunDir, Stage
 from saelign.sails.select import select_safety_features, selection_directions
 from saelign.sails.subspace import basis_hash, build_subspace, explained_share
 from saelign.sails.targets import add_targets
-from saelign.store import CaptureConfig, stream_activations
-
-if TYPE_CHECKING:
-    from saelign.sails.pipeline import Run
+from saelign.store import stream_activations
 
 
-def data_stage(run: Run, _: str) -> dict[str, Any]:
+def data_stage(run: RunDir, _: str) -> dict[str, Any]:
     data = build_safety_data(run.cfg.data, run.tokenizer)
     save_safety_data(data, run.path("data"))
     return {"counts": data.counts(), "near_duplicates_removed": data.stats.get("near_duplicates_removed")}
 
 
-def _capture(run: Run, corpus: str, chat: bool, budget: int) -> torch.Tensor:
+def _capture(run: RunDir, **changes: Any) -> torch.Tensor:
     """Activations at the hookpoint of a corpus, kept in memory as fp16 (half the memory, ample precision)."""
-    cfg = run.cfg
-    capture_cfg = CaptureConfig(hookpoints=[cfg.hookpoint], corpus=corpus, chat=chat, token_budget=budget,
-                                context_length=cfg.sae.context_length, batch_size=cfg.sae.capture_batch_size,
-                                seed=cfg.sae.seed)
+    hookpoint = run.cfg.hookpoint
+    capture_cfg = dataclasses.replace(run.cfg.capture, hookpoints=[hookpoint], **changes)
     stream = stream_activations(run.model, run.tokenizer, capture_cfg)
-    return torch.cat([acts[cfg.hookpoint].to("cpu", torch.float16) for acts in stream])
+    return torch.cat([acts[hookpoint].to("cpu", torch.float16) for acts in stream])
 
 
 def _shuffled_batches(acts: torch.Tensor, batch_size: int, epochs: int, seed: int) -> Iterator[torch.Tensor]:
@@ -61,56 +61,58 @@ def _shuffled_batches(acts: torch.Tensor, batch_size: int, epochs: int, seed: in
             yield acts[order[start:start + batch_size]].float()
 
 
-def sae_stage(run: Run, _: str) -> dict[str, Any]:
+def sae_stage(run: RunDir, _: str) -> dict[str, Any]:
     cfg = run.cfg
     if cfg.sae_path:
         sae = load_sae(cfg.sae_path, device=run.model.device)
         check_sae_matches(sae, run.model, cfg.hookpoint)
         write_json_atomic(run.path("sae.json"), {"path": str(Path(cfg.sae_path).resolve())})
         return {"sae": cfg.sae_path, "d_sae": sae.d_sae}
-    # The SAE must see chat-formatted requests (the selection reads the assistant header), not only prose.
     prompts_file = run.path("sae", "prompts.jsonl")
     write_text_atomic(prompts_file, "".join(json.dumps({"prompt": e.prompt}) + "\n" for e in run.data.train))
-    text = _capture(run, cfg.sae.corpus, False, cfg.sae.text_tokens)
-    prompts = _capture(run, str(prompts_file), True, 0)
+    text = _capture(run)
+    prompts = _capture(run, corpus=str(prompts_file), chat=True, token_budget=0)
     acts = torch.cat([text, prompts])
-    sae_cfg = SAEConfig(d_in=acts.shape[1], d_sae=cfg.sae.d_sae, activation="topk", k=cfg.sae.k, hookpoint=cfg.hookpoint,
-                        model=model_identity(cfg.model))
-    total = cfg.sae.epochs * len(acts)
+    sae_cfg = dataclasses.replace(cfg.sae, d_in=acts.shape[1], hookpoint=cfg.hookpoint,
+                                  model=model_identity(cfg.model))
+    total, batch_size, seed = cfg.sae_epochs * len(acts), cfg.sae_train.batch_size, cfg.sae_train.seed
     # A latent silent for an eighth of this short training counts as dead, so AuxK can revive it in time.
-    train_cfg = SAETrainConfig(total_tokens=total, batch_size=cfg.sae.batch_size, lr=cfg.sae.lr, seed=cfg.sae.seed,
-                               dead_window_tokens=min(1_000_000, max(4 * cfg.sae.batch_size, total // 8)),
-                               out=str(run.path("sae")), device=cfg.model.device)
-    train_saes(_shuffled_batches(acts, cfg.sae.batch_size, cfg.sae.epochs, cfg.sae.seed), [sae_cfg], train_cfg)
+    train_cfg = dataclasses.replace(cfg.sae_train, total_tokens=total, out=str(run.path("sae")),
+                                    device=cfg.model.device,
+                                    dead_window_tokens=min(1_000_000, max(4 * batch_size, total // 8)))
+    train_saes(_shuffled_batches(acts, batch_size, cfg.sae_epochs, seed), [sae_cfg], train_cfg)
+    write_json_atomic(run.path("sae.json"), {"path": "sae"})  # inside the run directory
     final = read_json(run.path("sae", LOG_FILE), "SAE training log")["entries"][-1]
-    logger.info(f"SAE: {len(text)} corpus + {len(prompts)} prompt tokens, fvu {final['fvu']:.3f}, l0 {final['l0']:.1f}")
+    logger.info(f"SAE: {len(text)} corpus + {len(prompts)} prompt tokens, fvu {final['fvu']:.3f}, "
+                f"l0 {final['l0']:.1f}")
     return {"text_tokens": len(text), "prompt_tokens": len(prompts), "final": final}
 
 
-def labels_stage(run: Run, _: str) -> dict[str, Any]:
-    cfg = run.cfg
+def labels_stage(run: RunDir, _: str) -> dict[str, Any]:
+    cfg, label, capture = run.cfg, run.cfg.label, run.cfg.capture
     prompts = [chat_text(run.tokenizer, e.prompt) for e in run.data.train]
-    corpus = iter_texts(open_corpus(cfg.sae.corpus, seed=cfg.sae.seed), run.tokenizer)
+    corpus = iter_texts(open_corpus(capture.corpus, capture.text_field, seed=capture.seed), run.tokenizer)
     labels = label_latents(run.model, run.tokenizer, run.sae, itertools.chain(prompts, corpus),
-                           n_contexts=cfg.sae.label_contexts, hookpoint=cfg.hookpoint,
-                           context_length=cfg.sae.context_length, batch_size=cfg.sae.capture_batch_size,
-                           max_tokens=cfg.sae.label_tokens)
-    meta = {"hookpoint": cfg.hookpoint, "sources": ["training prompts", cfg.sae.corpus], "max_tokens": cfg.sae.label_tokens}
+                           label.latents or None, label.top_by_frequency, label.n_contexts,
+                           (label.window_left, label.window_right), label.logit_k, cfg.hookpoint,
+                           label.context_length, label.batch_size, label.token_budget or None)
+    meta = {"hookpoint": cfg.hookpoint, "sources": ["training prompts", capture.corpus],
+            "max_tokens": label.token_budget}
     save_labels(run.path("labels.json"), labels, meta)
     return {"labelled": len(labels), "never_fired": sum(not label.top_contexts for label in labels.values())}
 
 
-def short_labels(run: Run) -> dict[int, str]:
+def short_labels(run: RunDir) -> dict[int, str]:
     path = run.path("labels.json")
     return {i: label.short_label for i, label in load_labels(path).items()} if path.is_file() else {}
 
 
-def contrast_prompts(run: Run, split: str) -> tuple[list[str], list[str]]:
+def contrast_prompts(run: RunDir, split: str) -> tuple[list[str], list[str]]:
     data = run.data
     return data.prompts(split, "harmful"), [p for kind in run.cfg.contrast for p in data.prompts(split, kind)]
 
 
-def select_stage(run: Run, _: str) -> dict[str, Any]:
+def select_stage(run: RunDir, _: str) -> dict[str, Any]:
     cfg = run.cfg
     harmful, contrast = contrast_prompts(run, "train")
     saes = {cfg.hookpoint: run.sae}
@@ -126,7 +128,7 @@ def select_stage(run: Run, _: str) -> dict[str, Any]:
     return {"rank": info["rank"], "explained": info["explained"], "latents": selection.latent_ids}
 
 
-def targets_stage(run: Run, _: str) -> dict[str, Any]:
+def targets_stage(run: RunDir, _: str) -> dict[str, Any]:
     data = run.data
     cfg = run.cfg.targets
     train = add_targets(data.train, run.model, run.tokenizer, cfg.max_new_tokens, cfg.batch_size)
@@ -134,34 +136,33 @@ def targets_stage(run: Run, _: str) -> dict[str, Any]:
     return {"pairs": dict(Counter(e.kind for e in train)), "dropped": len(data.train) - len(train)}
 
 
-def train_stage(run: Run, method: str) -> dict[str, Any]:
+def train_stage(run: RunDir, method: str) -> dict[str, Any]:
     cfg = run.cfg
     pairs = [(e.prompt, e.target) for e in run.targets.train if e.target]
     judge = make_judge(cfg.eval.judge)
 
     def eval_fn(model: torch.nn.Module, _step: int) -> dict[str, Any]:
-        return quick_safety(model, run.tokenizer, run.data.val, judge, cfg.eval)
+        return quick_safety(model, run.tokenizer, run.data.val, judge, cfg.validation)
 
     selection = run.selection["selection"]
     provenance = {"model": model_identity(cfg.model), "sae": cfg.sae_path or str(run.path("sae")),
                   "hookpoints": [cfg.hookpoint], "latent_ids": selection["latent_ids"], "labels": selection["labels"],
                   "tau": cfg.subspace.tau, "subspace_rank": run.selection["rank"],
                   "sails_basis_sha256": run.selection["basis_sha256"]}
-    result = run_method(method, run.fresh_model, run.tokenizer, pairs, run.basis, cfg.lora, cfg.sft,
-                        run.path("methods", method), eval_fn=eval_fn if cfg.sft.eval_every else None,
-                        full_lr=cfg.full_lr, act_pca_prompts=contrast_prompts(run, "train"), select_cfg=cfg.select,
-                        provenance=provenance, overwrite=run.overwrite)
+    result = run_method(method, run.fresh_model, run.tokenizer, pairs, run.basis,
+                        MethodConfig(cfg.lora, cfg.sft, cfg.full_lr, cfg.select), run.path("methods", method),
+                        eval_fn=eval_fn if cfg.sft.eval_every else None,
+                        act_pca_prompts=contrast_prompts(run, "train"), provenance=provenance,
+                        overwrite=run.overwrite)
     write_json_atomic(run.path("methods", method, "result.json"), result.to_dict())
     return {"train_seconds": result.train_seconds, "share": result.trainable["share"], "steps_to": result.steps_to}
 
 
-def eval_stage(run: Run, name: str) -> dict[str, Any]:
+def eval_stage(run: RunDir, name: str) -> dict[str, Any]:
     cfg = run.cfg
     model = run.model if name == "base" else run.trained_model(name)
     metrics = evaluate_model(model, run.tokenizer, run.data.test, make_judge(cfg.eval.judge), cfg.eval, run.capability)
     if name == "base" and cfg.eval.judge_agreement:
-        from saelign.sails import sources
-
         labelled = sources.parse_refusal_csv(sources.pyrit_dir() / sources.REFUSAL_CSV)
         metrics["judge_agreement"] = {"source": sources.REFUSAL_CSV,
                                       "offline": judge_agreement(OfflineJudge(), labelled),
@@ -171,7 +172,7 @@ def eval_stage(run: Run, name: str) -> dict[str, Any]:
             "perplexity": metrics.get("perplexity")}
 
 
-def effect_stage(run: Run, method: str) -> dict[str, Any]:
+def effect_stage(run: RunDir, method: str) -> dict[str, Any]:
     cfg = run.cfg
     test = run.data.test
     prompts = {kind: [e.prompt for e in test if e.kind == kind] for kind in ("harmful", "harmless", "borderline")}
@@ -181,3 +182,40 @@ def effect_stage(run: Run, method: str) -> dict[str, Any]:
     write_json_atomic(run.path("effect", f"{method}.json"), result.to_dict())
     return {"subspace_share": result.subspace_share}
 
+
+
+def report_stage(run: RunDir, _: str) -> dict[str, Any]:
+    write_run_report(run)
+    return {}
+
+
+def _methods(cfg: SailsConfig) -> list[str]:
+    return cfg.methods
+
+
+STAGES: dict[str, Stage] = {stage.name: stage for stage in (
+    Stage("data", "build the harmful/harmless/borderline splits (data/)", data_stage,
+          outputs=("data/train.jsonl", "data/val.jsonl", "data/test.jsonl"), keys=("model.model", "data"),
+          folder="data"),
+    Stage("sae", "check --sae, or capture activations and train an SAE (sae/)", sae_stage,
+          outputs=("sae.json",), keys=("hookpoint", "sae_path", "capture", "sae", "sae_train", "sae_epochs"),
+          upstream=("data",), folder="sae"),
+    Stage("labels", "label the SAE's latents from top contexts and the logit lens (labels.json)",
+          labels_stage, outputs=("labels.json",), keys=("label",), upstream=("sae",)),
+    Stage("select", "select the safety features and build the subspace U (select/)", select_stage,
+          outputs=("select/selection.json", "select/subspace.safetensors"),
+          keys=("select", "contrast", "subspace"), upstream=("sae",), folder="select"),
+    Stage("targets", "refusals for harmful prompts, the base model's answers for the others (targets/)",
+          targets_stage, outputs=("targets/train.jsonl",), keys=("targets",), upstream=("data",),
+          folder="targets"),
+    Stage("train", "fine-tune every method in the same harness and save its adapter (methods/)", train_stage,
+          outputs=("methods/{name}/result.json",), upstream=("select", "targets"), folder="methods/{name}",
+          keys=("lora", "sft", "validation", "eval.judge", "full_lr"), per=_methods),
+    Stage("eval", "safety, over-refusal, perplexity and factual accuracy of the base model and each method "
+          "(eval/)", eval_stage, outputs=("eval/{name}.json",), keys=("eval",), upstream=("data", "train"),
+          per=lambda cfg: ["base", *cfg.methods]),
+    Stage("effect", "which labelled SAE latents each adapter pushed up or down (effect/)", effect_stage,
+          outputs=("effect/{name}.json",), keys=("effect_top",), upstream=("train", "labels"), per=_methods),
+    Stage("report", "write report.md and report.html from the run directory (rebuilt on every run)",
+          report_stage),
+)}

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from saelign.align.bridge import slots_to_subspace, subspace_provenance
 from saelign.align.slots import SlotMap
 from saelign.errors import SaelignError
 from saelign.sae.model import SAE, SAEConfig
+from saelign.sails.bridge import slots_to_subspace, subspace_provenance
 
 
 @pytest.fixture()

@@ -1,0 +1,204 @@
+"""A SAILS run directory: its files, the run.json record of what each stage made under which key, and the
+inputs stages share (models, data, SAE, subspace), loaded once on first use.
+
+A stage is one `Stage` record (the table is `saelign.sails.stages.STAGES`). A unit is a stage, or one method
+or model of a per-method stage ("train:sails"). Its key hashes the config values the stage declares and the
+keys of its upstream units, so a rerun skips a unit whose files exist under the same key.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import json
+import operator
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+from saelign.configs import config_to_dict
+from saelign.errors import SaelignError
+from saelign.io import ensure_writable_dir, load_tensors, read_json, save_tensors_atomic
+from saelign.models import load_model
+from saelign.sae import SAE, load_sae
+from saelign.sails.adapters import load_adapter
+from saelign.sails.data import SafetyData, load_safety_data
+from saelign.sails.evaluate import CapabilityData, build_capability_data
+from saelign.sails.lora_init import linear_module_names
+from saelign.sails.presets import SailsConfig
+
+RUN_FILE = "run.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage. `fn(run, name)` writes its outputs (name: the method or model of a per-method
+    stage, else '') and returns extra facts for run.json."""
+
+    name: str
+    help: str
+    fn: Callable[[RunDir, str], dict[str, Any]]
+    outputs: tuple[str, ...] = ()  # files that mark a unit done ("{name}": its method); none: always rerun
+    keys: tuple[str, ...] = ()  # SailsConfig sections or fields (dotted) the outputs depend on
+    upstream: tuple[str, ...] = ()  # stages whose outputs it reads
+    folder: str = ""  # removed, with any checkpoints in it, before a unit is redone
+    per: Callable[[SailsConfig], Sequence[str]] | None = None  # the methods/models of a per-method stage
+
+
+class RunDir:
+    """A run directory with a resolved config and the stage table: keys, skip/redo decisions, inputs."""
+
+    def __init__(self, run_dir: str | Path, cfg: SailsConfig, stages: Mapping[str, Stage],
+                 overwrite: bool = False):
+        self.dir = ensure_writable_dir(run_dir)
+        self.cfg, self.stages, self.overwrite = cfg, stages, overwrite
+        self._keys: dict[str, str] = {}
+
+    def path(self, *parts: str) -> Path:
+        return self.dir.joinpath(*parts)
+
+    # ---- units and keys ------------------------------------------------------------------------------
+    def units(self, stage_names: Sequence[str]) -> list[str]:
+        """The units of the given stages, in pipeline order."""
+        out = []
+        for stage in self.stages.values():
+            if stage.name in stage_names:
+                out += [f"{stage.name}:{m}" for m in stage.per(self.cfg)] if stage.per else [stage.name]
+        return out
+
+    def _split(self, unit: str) -> tuple[Stage, str]:
+        stage, _, name = unit.partition(":")
+        return self.stages[stage], name
+
+    def outputs(self, unit: str) -> list[Path]:
+        stage, name = self._split(unit)
+        return [self.path(p.format(name=name)) for p in stage.outputs]
+
+    def components(self, unit: str) -> dict[str, Any]:
+        """What a unit's output depends on: its config values and the keys of the units it reads."""
+        stage, name = self._split(unit)
+        up = []
+        for u in (self.stages[s] for s in stage.upstream):
+            if not u.per:
+                up.append(self.key(u.name))
+            elif name in u.per(self.cfg):  # eval:base reads no train:base
+                up.append(self.key(f"{u.name}:{name}"))
+        values = config_to_dict(self.cfg)  # without the hidden fields: the pipeline sets those itself
+        return {"up": up, **{k: functools.reduce(operator.getitem, k.split("."), values) for k in stage.keys}}
+
+    def key(self, unit: str) -> str:
+        if unit not in self._keys:
+            text = json.dumps(self.components(unit), sort_keys=True, default=str)
+            self._keys[unit] = hashlib.sha256(text.encode()).hexdigest()[:16]
+        return self._keys[unit]
+
+    def recorded(self) -> dict[str, Any]:
+        path = self.path(RUN_FILE)
+        return read_json(path, "run.json").get("stages", {}) if path.is_file() else {}
+
+    def status(self, unit: str) -> str:
+        """'todo', 'done', or 'stale' (files exist under other options or of unknown origin)."""
+        outputs = self.outputs(unit)
+        if not outputs or not all(p.exists() for p in outputs):
+            return "todo"
+        return "done" if self.recorded().get(unit, {}).get("key") == self.key(unit) else "stale"
+
+    def check_stale(self, units: Sequence[str]) -> None:
+        """Fail before any work if a unit's files were made under other options and overwrite is off."""
+        stale = [u for u in units if self.status(u) == "stale"]
+        if stale and not self.overwrite:
+            recorded = self.recorded()
+            details = []
+            for unit in stale:
+                before, now = recorded.get(unit, {}).get("config", {}), self.components(unit)
+                changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+                named = ", ".join("earlier stages" if k == "up" else k for k in changed)
+                details.append(f"{unit} ({named or 'unknown origin'})")
+            raise SaelignError(f"{self.dir} holds results made with other options: {'; '.join(details)}; "
+                               "pass --overwrite to redo them, or choose another --out")
+
+    def clear(self, unit: str) -> None:
+        """Remove a unit's files before redoing it: its own folder (with checkpoints) where it has one."""
+        stage, name = self._split(unit)
+        if stage.folder:
+            shutil.rmtree(self.path(stage.folder.format(name=name)), ignore_errors=True)
+        for path in self.outputs(unit):
+            path.unlink(missing_ok=True)
+
+    def require(self, unit: str) -> None:
+        if not all(p.exists() for p in self.outputs(unit)):
+            raise SaelignError(f"{unit} results are missing in {self.dir}; run `saelign sails "
+                               f"{unit.split(':')[0]} --run {self.dir}` (or `saelign sails run`) first")
+
+    # ---- shared inputs -------------------------------------------------------------------------------
+    @cached_property
+    def base_model(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        """The pristine base model, never modified: methods train on deep copies of it."""
+        model, tokenizer = load_model(self.cfg.model)
+        unknown = sorted(set(self.cfg.lora.target_modules) - set(linear_module_names(model)))
+        if unknown:
+            raise SaelignError(f"lora.target_modules: {', '.join(unknown)} not found in "
+                               f"{type(model).__name__}; its linear modules are "
+                               f"{', '.join(linear_module_names(model))}")
+        return model, tokenizer
+
+    @property
+    def model(self) -> PreTrainedModel:
+        return self.base_model[0]
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self.base_model[1]
+
+    def fresh_model(self) -> PreTrainedModel:
+        return copy.deepcopy(self.model)
+
+    @cached_property
+    def data(self) -> SafetyData:
+        self.require("data")
+        return load_safety_data(self.path("data"))
+
+    @cached_property
+    def targets(self) -> SafetyData:
+        self.require("targets")
+        return load_safety_data(self.path("targets"))
+
+    @cached_property
+    def sae(self) -> SAE:
+        self.require("sae")
+        folder = read_json(self.path("sae.json"), "sae.json")["path"]  # relative: the run's own sae/
+        return load_sae(self.path(folder), device=self.model.device)
+
+    @cached_property
+    def selection(self) -> dict[str, Any]:
+        self.require("select")
+        return read_json(self.path("select", "selection.json"), "selection file")
+
+    @cached_property
+    def basis(self) -> torch.Tensor:
+        self.require("select")
+        return load_tensors(self.path("select", "subspace.safetensors"), "subspace file")["U"]
+
+    @cached_property
+    def capability(self) -> CapabilityData:
+        """The held-out probes every evaluated model gets: nothing in them appears in the training split."""
+        return build_capability_data(self.tokenizer, self.cfg.eval, training=self.data.train)
+
+    def save_basis(self, basis: torch.Tensor) -> None:
+        save_tensors_atomic(self.path("select", "subspace.safetensors"), {"U": basis})
+
+    def trained_model(self, method: str) -> torch.nn.Module:
+        """The method's result loaded back the stock way: PEFT adapter on a fresh base, or the full model."""
+        self.require(f"train:{method}")
+        folder = self.path("methods", method, "adapter")
+        if method == "full":
+            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=self.model.dtype)
+            return model.to(self.model.device).eval()
+        return load_adapter(self.fresh_model(), folder).eval()

@@ -1,0 +1,43 @@
+"""Run-directory keys: a unit's key changes exactly when an option it depends on, or an earlier unit it reads,
+changes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from saelign.sails.presets import SailsConfig
+from saelign.sails.rundir import RunDir
+from saelign.sails.stages import STAGES
+
+ALL = {"data", "sae", "labels", "select", "targets", "train:sails", "eval:base", "eval:sails", "effect:sails"}
+TRAINED = {"train:sails", "eval:sails", "effect:sails"}
+
+
+@pytest.mark.parametrize("section, change, rekeyed", [
+    ("data", {"max_harmful": 7}, ALL),
+    ("capture", {"token_budget": 99}, ALL - {"data", "targets", "eval:base"}),
+    ("sae", {"d_sae": 99}, ALL - {"data", "targets", "eval:base"}),
+    ("sae_train", {"lr": 0.1}, ALL - {"data", "targets", "eval:base"}),
+    ("label", {"n_contexts": 2}, {"labels", "effect:sails"}),
+    ("select", {"top_k": 3}, {"select", *TRAINED}),
+    ("targets", {"max_new_tokens": 3}, {"targets", *TRAINED}),
+    ("sft", {"steps": 3}, TRAINED),
+    ("validation", {"per_kind": 3}, TRAINED),
+    ("eval", {"n_facts": 3}, {"eval:base", "eval:sails"}),
+])
+def test_changing_one_section_rekeys_exactly_the_units_that_depend_on_it(tmp_path, section, change, rekeyed):
+    cfg = SailsConfig()
+    changed = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **change)})
+    units = RunDir(tmp_path, cfg, STAGES).units(list(STAGES))
+    before, after = RunDir(tmp_path, cfg, STAGES), RunDir(tmp_path, changed, STAGES)
+    assert {u for u in units if u != "report" and before.key(u) != after.key(u)} == rekeyed
+
+
+def test_hidden_fields_are_not_part_of_a_key(tmp_path):
+    cfg = SailsConfig()
+    moved = dataclasses.replace(cfg, sft=dataclasses.replace(cfg.sft, out="elsewhere"))
+    assert RunDir(tmp_path, cfg, STAGES).components("train:sails") == RunDir(tmp_path, moved, STAGES).components(
+        "train:sails")
+    assert "out" not in RunDir(tmp_path, cfg, STAGES).components("train:sails")["sft"]
