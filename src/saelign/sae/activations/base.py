@@ -51,9 +51,9 @@ def options_class() -> type:
     return dataclasses.make_dataclass("ActivationOptions", list(specs.values()))
 
 
-def full_options(given: Mapping[str, Any]) -> dict[str, Any]:
+def full_options(given: dict[str, Any]) -> dict[str, Any]:
     """Every registered activation's options, `given` overriding the defaults; checked and converted."""
-    options = dataclasses.asdict(config_from_dict(options_class(), dict(given), where="activation_options"))
+    options = dataclasses.asdict(config_from_dict(options_class(), given, where="activation_options"))
     for cls in ACTIVATIONS.values():
         cls.from_options(options)  # its own checks
     return options

@@ -75,7 +75,7 @@ class JumpReLU(DenseActivation):
     # The thresholds live on the normalised pre-activation scale (~0.1-1) and must get there within the run:
     # at the weights' lr Adam moves them by only ~1e-4 per step.
     jumprelu_threshold_lr: float = help_field(0.03, "jumprelu: peak Adam learning rate of the thresholds, on "
-                                                    "the same schedule as lr (and raised above it)")
+                                                    "the same schedule as lr")
 
     def __post_init__(self) -> None:
         super().__post_init__()
