@@ -101,6 +101,7 @@ class ShiftedReLU(DenseActivation):
 
     toy_shift: float = help_field(0.0, "toy: shift subtracted before the ReLU")
     toy_l1: float = help_field(1.0, "toy: L1 weight")
+    toy_groups: list[int] = help_field([4, 12], "toy: a list option, unused")
 
     @property
     def coefficient(self) -> float:
@@ -137,8 +138,10 @@ def test_a_registered_toy_activation_trains_saves_loads_and_gets_flags(toy, tmp_
         "architecture"] == "standard"
     torch.testing.assert_close(loaded.encode(x[:20]), F.relu(loaded.pre_acts(x[:20])))  # default shift: 0
     args = build_parser().parse_args(["sae", "train", "--activation", toy.name, "--toy-shift", "0.3",
-                                      "--out", "y"])
-    assert _train_config(args).activation_options["toy_shift"] == 0.3
+                                      "--toy-groups", "2,6", "--out", "y"])
+    options = _train_config(args).activation_options
+    assert (options["toy_shift"], options["toy_groups"]) == (0.3, [2, 6])
+    assert cfg.activation_options["toy_groups"] == [4, 12]
 
 
 def test_an_option_name_shared_with_another_default_is_refused():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self, TypeVar
 
 import torch
@@ -45,9 +45,9 @@ def options_class() -> type:
     specs = {}
     for cls in ACTIVATIONS.values():
         hints = typing.get_type_hints(cls)
-        specs.update({f.name: (f.name, hints[f.name], dataclasses.field(default=f.default,
-                                                                        metadata=f.metadata))
-                      for f in dataclasses.fields(cls)})
+        for f in dataclasses.fields(cls):
+            option = field(default=f.default, default_factory=f.default_factory, metadata=f.metadata)
+            specs[f.name] = (f.name, hints[f.name], option)
     return dataclasses.make_dataclass("ActivationOptions", list(specs.values()))
 
 
