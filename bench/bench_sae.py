@@ -79,8 +79,9 @@ def run_one(args: argparse.Namespace) -> dict:
     train_shards = list(range(min(args.train_shards, n - EVAL_SHARDS)))
     held_out = torch.cat([store.load_shard(i)["activations"].float() for i in range(n - EVAL_SHARDS, n)])
     sae_cfg = SAEConfig(d_in=store.d_in, d_sae=args.d_sae, activation=args.arch, k=args.k, hookpoint=store.hookpoint)
-    tcfg = SAETrainConfig(total_tokens=args.tokens, batch_size=4096, seed=0, l1_coefficient=args.l1,
-                          jumprelu_sparsity_coefficient=args.l0, log_every_steps=50)
+    options = {"l1_coefficient": args.l1, "jumprelu_sparsity_coefficient": args.l0}
+    tcfg = SAETrainConfig(total_tokens=args.tokens, batch_size=4096, seed=0, log_every_steps=50,
+                          activation_options=options)
     epochs = math.ceil(args.tokens / (len(train_shards) * SHARD))
     batches = store.batches(4096, shuffle=True, seed=0, epochs=epochs, max_tokens=args.tokens, shards=train_shards)
     start = time.perf_counter()

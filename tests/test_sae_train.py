@@ -12,7 +12,10 @@ import torch.nn.functional as F
 from saelign.cli import main
 from saelign.errors import SaelignError
 from saelign.sae import SAE, SAEConfig, load_sae
-from saelign.sae.losses import DenseLossConfig, batch_topk_selection, dense_step, jumprelu, sparse_step
+from saelign.sae.activations import ReLU, TopK, activation_class
+from saelign.sae.activations.batchtopk import batch_topk_selection
+from saelign.sae.activations.jumprelu import jumprelu
+from saelign.sae.losses import TrainBatch
 from saelign.sae.sparse_ops import Selection, sparse_decode
 from saelign.sae.train import SAETrainConfig, auto_lr, default_names, train_saes
 from saelign.store import StoreWriter
@@ -63,7 +66,8 @@ def test_sparse_gradients_match_dense_autograd(activation):
     x = torch.randn(40, D_IN) * 2
     dead = torch.zeros(48, dtype=torch.bool)
     dead[::3] = True
-    result = sparse_step(sae, x, torch.empty(40, 48), dead, auxk_alpha=0.5)
+    act = activation_class(activation).from_options({"auxk_alpha": 0.5})
+    result = act.loss(sae, TrainBatch(x, dead=dead, scratch=torch.empty(40, 48)))
     sparse = grads(sae, result.loss)
 
     pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
@@ -113,7 +117,7 @@ def test_batch_topk_selection_is_exact_including_a_dominant_token():
 def test_dense_relu_step_matches_naive_autograd():
     sae = random_sae("relu")
     x = torch.randn(25, D_IN)
-    result = dense_step(sae, x, DenseLossConfig(sparsity_coefficient=0.3))
+    result = ReLU(l1_coefficient=0.3).loss(sae, TrainBatch(x, tokens_done=25, total_tokens=25))
     fast = grads(sae, result.loss)
     z = F.relu((x - sae.b_dec) @ sae.W_enc + sae.b_enc)
     naive = ((z @ sae.W_dec + sae.b_dec - x) ** 2).sum(-1).mean() + 0.3 * z.sum(-1).mean()
@@ -155,7 +159,7 @@ def test_topk_recovers_a_ground_truth_dictionary():
 
 def train_small(activation: str, **train_options) -> tuple[SAE, float, float]:
     """(SAE, held-out L0, held-out FVU) after 30 steps on the synthetic data."""
-    cfg = SAETrainConfig(total_tokens=12_000, batch_size=400, lr=0.01, **train_options)
+    cfg = SAETrainConfig(total_tokens=12_000, batch_size=400, lr=0.01, activation_options=train_options)
     sae, = train_saes(batches(synthetic(12_000, seed=3), 400), [SAEConfig(d_in=D_IN, d_sae=64, activation=activation, k=3)], cfg)
     test = synthetic(4000, seed=4)
     with torch.no_grad():
@@ -215,7 +219,8 @@ def test_auxk_revives_dead_latents():
         since = torch.zeros(N_FEAT, dtype=torch.long)
         since[12:] = 10**6
         for x in data:
-            result = sparse_step(sae, x, torch.empty(400, N_FEAT), since >= 2000, alpha)
+            batch = TrainBatch(x, dead=since >= 2000, scratch=torch.empty(400, N_FEAT))
+            result = TopK(auxk_alpha=alpha).loss(sae, batch)
             opt.zero_grad()
             result.loss.backward()
             opt.step()
@@ -382,5 +387,9 @@ def test_massive_norm_outliers_skip_the_scale_estimate_and_optionally_training(t
 
 @pytest.mark.parametrize("field", ["lr", "outlier_norm_ratio", "jumprelu_threshold_lr", "batch_size"])
 def test_negative_or_zero_options_name_the_field(field):
+    bad = {field: -1 if field != "batch_size" else 0}
     with pytest.raises(SaelignError, match=field):
-        SAETrainConfig(total_tokens=100, **{field: -1 if field != "batch_size" else 0})
+        if field.startswith("jumprelu"):
+            SAETrainConfig(total_tokens=100, activation_options=bad)
+        else:
+            SAETrainConfig(total_tokens=100, **bad)

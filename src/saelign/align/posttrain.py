@@ -149,7 +149,7 @@ def _check_inputs(sae: SAE, acts: torch.Tensor, labels: torch.Tensor, names: lis
     if n_concepts > free:
         raise SaelignError(f"the ontology has {n_concepts} concepts but the SAE's free bank would keep only {free} latents "
                            f"(d_sae={sae.cfg.d_sae}, slots={cfg.slots}); use a wider SAE, slots='new', or fewer concepts")
-    if sae.cfg.activation in ("topk", "batchtopk") and sae.cfg.k > free:
+    if sae.activation.uses_k and sae.cfg.k > free:
         raise SaelignError(f"k={sae.cfg.k} exceeds the {free} free latents left after reserving slots; use slots='new'")
 
 

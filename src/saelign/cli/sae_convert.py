@@ -43,6 +43,6 @@ def run(args: argparse.Namespace) -> int:
     if cfg.model:
         sae.cfg.model = cfg.model
     out = save_sae(sae, cfg.output, overwrite=cfg.overwrite)
-    k = f", k={sae.cfg.k}" if sae.cfg.activation in ("topk", "batchtopk") else ""
+    k = f", k={sae.cfg.k}" if sae.activation.uses_k else ""
     print(f"{sae.cfg.activation} SAE {sae.d_in} -> {sae.d_sae}{k}, hookpoint {sae.cfg.hookpoint or '(unset)'} -> {out}")
     return 0

@@ -3,40 +3,48 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from saelign.cli.common import add_stage_parser, build_config
-from saelign.configs import config_to_dict, help_field
+from saelign.configs import config_from_args, config_to_dict, help_field, load_config_file
 from saelign.errors import SaelignError
 from saelign.models import ModelConfig, load_model
 from saelign.models.loading import model_identity
+from saelign.sae.activations import ACTIVATIONS, activation_class
+from saelign.sae.activations.base import options_class
 from saelign.sae.model import SAEConfig
 from saelign.sae.train import LOG_FILE, SAETrainConfig, default_names, train_saes
 
 
 @dataclass
 class SAESweepConfig:
-    activation: list[Literal["relu", "topk", "batchtopk", "jumprelu"]] = help_field(
-        ["topk"], "relu (+L1), topk, batchtopk or jumprelu; a comma list trains one SAE per value")
-    k: list[int] = help_field([32], "active latents per token (topk/batchtopk); e.g. 16,32,64 sweeps k")
+    activation: list[str] = help_field(["topk"], f"{', '.join(sorted(ACTIVATIONS))}; a comma list trains one "
+                                                 "SAE per value")
+    k: list[int] = help_field([32], "active latents per token (topk, batchtopk); e.g. 16,32,64 sweeps k")
     d_sae: list[int] = help_field([4608], "number of latents; a comma list sweeps the width")
+
+    def __post_init__(self) -> None:
+        for name in self.activation:
+            activation_class(name)  # an unknown name fails before any data is read
 
 
 def register(group: Any) -> None:
     parser = add_stage_parser(
         group, "train", help="train SAEs (one or a sweep) on an activation store or on the fly",
-        configs=[(SAESweepConfig, ""), (SAETrainConfig, "")],
+        configs=[(SAESweepConfig, ""), (SAETrainConfig, ""), (options_class(), "")],
         description="Train sparse autoencoders on the activations of one hookpoint. Comma lists in --activation, "
                     "--k and --d-sae train every combination from one pass over the data (saved in OUT/k16, "
                     "OUT/k32, ...; a single SAE goes in OUT). Rerun the same command to resume from the checkpoint. "
-                    "A --config file holds the options in `sae:` and `train:` sections.")
+                    "A --config file holds the options in `sae:` and `train:` sections; the activations' "
+                    "options (ActivationOptions) go in `train:`.")
     source = parser.add_argument_group("activation source (--store, or --model/--hookpoint/--corpus)")
     source.add_argument("--store", metavar="DIR", help="activation store folder (from `saelign capture`)")
     source.add_argument("--model", metavar="MODEL", help="capture on the fly from this model ('default', HF folder, .gguf)")
@@ -87,9 +95,20 @@ def _live_source(args: argparse.Namespace, tcfg: SAETrainConfig) -> tuple[Iterab
     return rebatch(itertools.chain([first], chunks), tcfg.batch_size), first.shape[1], args.hookpoint, model_identity(model_cfg)
 
 
+def _train_config(args: argparse.Namespace) -> SAETrainConfig:
+    """Defaults < the --config file's `train:` section < flags, where the activations' options
+    (l1_coefficient, ...) stand among the general ones, as flags do, and go to `activation_options`."""
+    section = dict(load_config_file(args.config).get("train") or {}) if args.config else {}
+    names = {f.name for f in dataclasses.fields(options_class())}
+    given = {name: section.pop(name) for name in names & section.keys()}
+    given.update({name: value for name in names if (value := getattr(args, name, None)) is not None})
+    section["activation_options"] = {**section.get("activation_options", {}), **given}
+    return config_from_args(SAETrainConfig, args, section)
+
+
 def run(args: argparse.Namespace) -> int:
     sweep = build_config(SAESweepConfig, args, section="sae")
-    tcfg = build_config(SAETrainConfig, args, section="train")
+    tcfg = _train_config(args)
     if not tcfg.out:
         raise SaelignError("--out is required: the folder that receives the SAEs, the log and the checkpoint")
     if bool(args.store) == bool(args.model or args.hookpoint):
@@ -102,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         batches, d_in, hookpoint, model = _live_source(args, tcfg)
     cfgs = [SAEConfig(d_in=d_in, d_sae=d_sae, activation=act, k=k, hookpoint=hookpoint, model=model)
             for act, k, d_sae in itertools.product(sweep.activation, dict.fromkeys(sweep.k), sweep.d_sae)
-            if act in ("topk", "batchtopk") or k == sweep.k[0]]  # k only matters for topk/batchtopk
+            if activation_class(act).uses_k or k == sweep.k[0]]  # k only matters to some activations
     names = default_names(cfgs)
     saes = train_saes(batches, cfgs, tcfg, names)
     out = Path(tcfg.out)

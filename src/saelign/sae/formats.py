@@ -2,8 +2,8 @@
 
 The on-disk layout is SAELens v6 (`cfg.json` + `sae_weights.safetensors`), so `sae_lens.SAE.load_from_disk`
 loads what we save and computes the same latents and reconstructions in raw activation units:
-- architectures: relu -> "standard", topk -> "topk", jumprelu -> "jumprelu", and batchtopk -> "jumprelu"
-  with its per-latent threshold (SAELens itself saves BatchTopK SAEs for inference that way);
+- architectures: each activation's own (relu -> "standard", batchtopk -> "jumprelu" with its per-latent
+  threshold, as SAELens itself saves BatchTopK SAEs for inference);
 - input normalisation: our SAE encodes `x * norm_scale` and decodes back by `/ norm_scale`. SAELens' on-disk
   loader applies no input scaling, so the scale is folded into the weights on save
   (W_enc * s, W_dec / s, b_dec / s -- exactly SAELens' own `fold_activation_norm_scaling_factor`), which keeps
@@ -31,6 +31,7 @@ from saelign.errors import SaelignError
 from saelign.io import ensure_writable_dir, load_tensors, read_json, save_tensors_atomic, write_json_atomic
 from saelign.models.hookpoints import forward_capture
 from saelign.progress import logger
+from saelign.sae.activations import ACTIVATIONS, activation_class
 from saelign.sae.importers import (
     DICTIONARY_WEIGHTS,
     SPARSIFY_WEIGHTS,
@@ -46,7 +47,6 @@ WEIGHTS_FILE = "sae_weights.safetensors"
 SAELENS_FORMAT_VERSION = "6.54.12"
 Format = Literal["auto", "saelens", "sparsify", "dictionary_learning"]
 FORMATS = ("saelens", "sparsify", "dictionary_learning")
-_ARCHITECTURE = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}
 
 
 def saelens_payload(sae: SAE, extra_cfg: dict[str, Any] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -64,7 +64,7 @@ def saelens_payload(sae: SAE, extra_cfg: dict[str, Any] | None = None) -> tuple[
         if (sae.threshold < 0).any():
             logger.warning("some JumpReLU thresholds are negative: SAELens applies ReLU before the threshold, so it "
                            "will zero latents whose pre-activation lies between the threshold and 0")
-    if cfg.always_on_latents and cfg.activation != "relu":
+    if cfg.always_on_latents and not sae.activation.elementwise:
         logger.warning("always_on_latents are a saelign extension: SAELens will apply the top-k/threshold to them too")
     metadata: dict[str, Any] = {
         "sae_lens_version": SAELENS_FORMAT_VERSION,
@@ -75,7 +75,7 @@ def saelens_payload(sae: SAE, extra_cfg: dict[str, Any] | None = None) -> tuple[
         "saelign": {"version": __version__, "config": config_to_dict(cfg), "norm_scale": scale},
     }
     cfg_json: dict[str, Any] = {
-        "architecture": _ARCHITECTURE[cfg.activation],
+        "architecture": sae.activation.architecture,
         "d_in": cfg.d_in,
         "d_sae": cfg.d_sae,
         "dtype": "float32",
@@ -85,8 +85,7 @@ def saelens_payload(sae: SAE, extra_cfg: dict[str, Any] | None = None) -> tuple[
         "reshape_activations": "none",
         "metadata": metadata,
     }
-    if cfg.activation == "topk":
-        cfg_json.update(k=cfg.k, rescale_acts_by_decoder_norm=False)
+    cfg_json.update(sae.activation.saelens_cfg(sae))
     return tensors, cfg_json
 
 
@@ -189,12 +188,13 @@ def _load_saelens(directory: Path) -> SAE:
         scale = float(ours.get("norm_scale", 1.0))
     else:
         cfg, scale = _foreign_config(raw, cfg_path), 1.0
-    missing = [k for k in ("W_enc", "b_enc", "W_dec", "b_dec") + (("threshold",) if cfg.activation in ("jumprelu", "batchtopk") else ())
+    uses_threshold = activation_class(cfg.activation).uses_threshold
+    missing = [k for k in ("W_enc", "b_enc", "W_dec", "b_dec") + (("threshold",) if uses_threshold else ())
                if k not in tensors]
     if missing:
         raise SaelignError(f"{weights_path} lacks tensor(s) {', '.join(missing)}; the file is incomplete, save the SAE again")
     W_enc, b_enc, W_dec, b_dec = (tensors[k].float() for k in ("W_enc", "b_enc", "W_dec", "b_dec"))
-    threshold = tensors["threshold"].float() if "threshold" in tensors and cfg.activation != "topk" else None
+    threshold = tensors["threshold"].float() if uses_threshold else None
     if not raw.get("apply_b_dec_to_input", True):
         b_enc = b_enc + b_dec @ W_enc
     if raw.get("rescale_acts_by_decoder_norm"):
@@ -215,9 +215,10 @@ def _known_fields(data: dict[str, Any]) -> dict[str, Any]:
 def _foreign_config(raw: dict[str, Any], cfg_path: Path) -> SAEConfig:
     """Our SAEConfig for an SAE saved by SAELens itself."""
     arch = raw["architecture"]
-    activation = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}.get(arch)
-    if activation is None:
-        raise SaelignError(f"{cfg_path}: SAELens architecture {arch!r} is not supported; use standard, topk or jumprelu")
+    readers = {cls.architecture: cls for cls in ACTIVATIONS.values() if cls.loads_architecture}
+    if arch not in readers:
+        raise SaelignError(f"{cfg_path}: SAELens architecture {arch!r} is not supported; use "
+                           f"{', '.join(sorted(readers))}")
     norm = raw.get("normalize_activations", "none")
     # SAELens' own disk loader applies no scaling for expected_average_only_in either (it is folded on export)
     if norm not in ("none", "expected_average_only_in", None):
@@ -225,9 +226,9 @@ def _foreign_config(raw: dict[str, Any], cfg_path: Path) -> SAEConfig:
                            "implement; only 'none' SAEs can be imported")
     metadata = raw.get("metadata") or {}
     k = raw.get("k", 1)
-    if activation == "topk" and float(k) != int(k):
-        raise SaelignError(f"{cfg_path}: topk k={k} is not an integer")
-    return SAEConfig(d_in=int(raw["d_in"]), d_sae=int(raw["d_sae"]), activation=activation, k=int(k),
+    if readers[arch].uses_k and float(k) != int(k):
+        raise SaelignError(f"{cfg_path}: {arch} k={k} is not an integer")
+    return SAEConfig(d_in=int(raw["d_in"]), d_sae=int(raw["d_sae"]), activation=readers[arch].name, k=int(k),
                      hookpoint=str(metadata.get("hook_name") or raw.get("hook_name") or ""),
                      model=str(metadata.get("model_name") or raw.get("model_name") or ""))
 

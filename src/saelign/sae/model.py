@@ -1,4 +1,4 @@
-"""The sparse autoencoder: one module for relu (+L1), topk, batchtopk and jumprelu activations.
+"""The sparse autoencoder: one module for every activation (`saelign.sae.activations`: relu, topk, ...).
 
 Weights follow SAELens naming and shapes (W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec, threshold)
 so saving is a plain tensor dump. Inputs are multiplied by `norm_scale` (input normalisation stored with the
@@ -8,7 +8,6 @@ weights) before encoding and divided by it after decoding, so callers always wor
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -16,16 +15,15 @@ from torch import nn
 
 from saelign.configs import help_field
 from saelign.errors import SaelignError
-
-Activation = Literal["relu", "topk", "batchtopk", "jumprelu"]
+from saelign.sae.activations import ACTIVATIONS, activation_class
 
 
 @dataclass
 class SAEConfig:
     d_in: int = help_field(576, "width of the activations the SAE reads (the model's d_model for the residual stream)")
     d_sae: int = help_field(4608, "number of latents")
-    activation: Activation = help_field("topk", "relu (+L1), topk, batchtopk (JumpReLU threshold at inference) or jumprelu")
-    k: int = help_field(32, "active latents per token for topk/batchtopk")
+    activation: str = help_field("topk", f"a registered activation: {', '.join(sorted(ACTIVATIONS))}")
+    k: int = help_field(32, "active latents per token for the activations that keep k (topk, batchtopk)")
     hookpoint: str = help_field("", "module path the SAE reads, e.g. model.layers.15")
     model: str = help_field("", "model the activations came from")
     always_on_latents: list[int] = help_field([], "latents exempt from top-k/threshold sparsity, passing through ReLU only (AlignSAE concept slots)")
@@ -36,7 +34,8 @@ class SAE(nn.Module):
         super().__init__()
         if cfg.d_in <= 0 or cfg.d_sae <= 0:
             raise SaelignError(f"SAE widths must be positive, got d_in={cfg.d_in}, d_sae={cfg.d_sae}")
-        if cfg.activation in ("topk", "batchtopk") and not 0 < cfg.k <= cfg.d_sae:
+        self.activation = activation_class(cfg.activation)()
+        if self.activation.uses_k and not 0 < cfg.k <= cfg.d_sae:
             raise SaelignError(f"k={cfg.k} must be in 1..d_sae={cfg.d_sae} for activation {cfg.activation}")
         if any(not 0 <= i < cfg.d_sae for i in cfg.always_on_latents):
             raise SaelignError(f"always_on_latents {cfg.always_on_latents} must lie in 0..{cfg.d_sae - 1}")
@@ -48,10 +47,9 @@ class SAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, **kw))
         self.W_dec = nn.Parameter(torch.empty(cfg.d_sae, cfg.d_in, **kw))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, **kw))
-        uses_threshold = cfg.activation in ("jumprelu", "batchtopk")
-        # Off autograd by default: JumpReLU training switches it on and uses a straight-through estimator
-        # (saelign.sae.losses); BatchTopK training sets it once at the end.
-        self.threshold = nn.Parameter(torch.zeros(cfg.d_sae, **kw), requires_grad=False) if uses_threshold else None
+        # Off autograd by default: training may switch it on (JumpReLU) or set it once (BatchTopK).
+        self.threshold = (nn.Parameter(torch.zeros(cfg.d_sae, **kw), requires_grad=False)
+                          if self.activation.uses_threshold else None)
         self.register_buffer("norm_scale", torch.ones((), **kw))
         self.reset_parameters()
 
@@ -87,27 +85,14 @@ class SAE(nn.Module):
 
     def activate(self, pre: torch.Tensor, training: bool = False) -> torch.Tensor:
         """Dense latents from pre-activations [..., d_sae]."""
-        if not self.cfg.always_on_latents or self.cfg.activation == "relu":
-            return self._sparsify(pre, training)
+        act = self.activation
+        if not self.cfg.always_on_latents or act.elementwise:
+            return act.sparsify(pre, self, training)
         # Concept slots must stay readable, so they sit out the top-k competition / threshold (ReLU only).
         mask = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=pre.device)
         mask[self.cfg.always_on_latents] = True
-        excluded = pre.masked_fill(mask, float("-inf") if self.cfg.activation == "topk" else 0.0)
-        return torch.where(mask, F.relu(pre), self._sparsify(excluded, training))
-
-    def _sparsify(self, pre: torch.Tensor, training: bool) -> torch.Tensor:
-        act = self.cfg.activation
-        if act == "relu":
-            return F.relu(pre)
-        if act == "topk":
-            values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
-            return torch.zeros_like(pre).scatter_(-1, indices, F.relu(values))
-        if act == "batchtopk" and training:
-            flat = F.relu(pre).reshape(-1)
-            values, indices = flat.topk(self.cfg.k * (flat.numel() // self.cfg.d_sae), sorted=False)
-            return torch.zeros_like(flat).scatter_(0, indices, values).reshape(pre.shape)
-        assert self.threshold is not None
-        return pre * (pre > self.threshold).to(pre.dtype)
+        excluded = pre.masked_fill(mask, act.slot_fill)
+        return torch.where(mask, F.relu(pre), act.sparsify(excluded, self, training))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

@@ -2,14 +2,14 @@
 
 Inputs are normalised by one scale estimated from the first batches (mean squared norm = d_in), stored in each
 SAE's `norm_scale`, and b_dec starts at the normalised mean. Tokens with a massive norm (attention sinks beyond
-the masked first position: on SmolLM2 layer 15, ~0.002 % of tokens at ~110x the median norm carry ~30 % of the
-variance) are left out of those two estimates, which they would otherwise skew. They are trained on by default:
-they are real inputs the model's forward depends on, and an SAE that never saw one leaves ~20 % of its variance
-unexplained, which alone added 0.05 to the held-out FVU of a TopK SAE (0.203 vs 0.155 with them, dead latents
-0.3 % vs 0.6 %); `drop_outliers` leaves them out. Decoder rows stay unit norm: the gradient component
-parallel to each row is removed before the Adam step and the rows are renormalised after it. Dead latents
-(no activation within `dead_window_tokens`) are revived by AuxK for topk/batchtopk and tracked for all. A
-BatchTopK SAE gets a JumpReLU threshold for inference: the running mean of the smallest selected activation.
+the masked first position: very few tokens, far above the median norm, can carry much of the variance) are
+left out of those two estimates, which they would otherwise skew. They are trained on by default: they are
+real inputs the model's forward depends on, and an SAE that never saw one cannot reconstruct them, which
+shows in its held-out FVU; `drop_outliers` leaves them out. Decoder rows stay unit norm: the gradient
+component parallel to each row is removed before the Adam step and the rows are renormalised after it. Dead
+latents (no activation within `dead_window_tokens`) are tracked for all SAEs and revived by activations that
+use them (AuxK of topk/batchtopk). What differs between activations (loss, extra parameters, what happens
+after a step and at the end) is the activation's own (`saelign.sae.activations`), with its options.
 
 With `out` set, a checkpoint (weights, Adam state, counters, RNG) is written every `checkpoint_every_tokens`
 and rerunning with the same configuration resumes from it, skipping the batches already consumed (the stream
@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 
@@ -37,11 +37,12 @@ from saelign.errors import SaelignError
 from saelign.io import read_json, write_json_atomic
 from saelign.progress import logger, progress
 from saelign.runinfo import record_stage
+from saelign.sae.activations import activation_class
+from saelign.sae.activations.base import full_options
 from saelign.sae.formats import CFG_FILE, save_sae
-from saelign.sae.losses import DenseLossConfig, dense_step, sparse_step, total_variance
+from saelign.sae.losses import TrainBatch, total_variance
 from saelign.sae.model import SAE, SAEConfig
 
-_DENSE_ENCODER_INIT_SCALE = 0.1  # relu/jumprelu: small initial latents, else thousands of them fire at step 0
 _NORM_ESTIMATE_TOKENS = 4096  # rows for the input scale and the b_dec init (the mean is within ~1 % by then)
 CHECKPOINT_DIR = "checkpoint"
 LOG_FILE = "train_log.json"
@@ -54,29 +55,14 @@ class SAETrainConfig:
                                                        "checkpoint_every_tokens"})
     total_tokens: int = help_field(0, "training tokens (0 = one pass over the activation store)")
     batch_size: int = help_field(4096, "tokens per optimizer step")
-    lr: float = help_field(0.0, "Adam learning rate; 0 = auto: 2e-4 / sqrt(d_sae / 16384) (EleutherAI sparsify's rule), "
-                                "for topk/batchtopk raised under 100M tokens by (1e8 / total_tokens)^0.47, at most 12x")
+    lr: float = help_field(0.0, "Adam learning rate; 0 = auto: 2e-4 / sqrt(d_sae / 16384) (EleutherAI "
+                                "sparsify's rule), for sparse activations (topk, batchtopk) raised under "
+                                "100M tokens by (1e8 / total_tokens)^0.47, at most 12x")
     lr_warmup_fraction: float = help_field(0.01, "linear learning-rate warmup over this fraction of training")
-    lr_decay_fraction: float = help_field(0.5, "linear learning-rate decay to 0 over this final fraction of training "
-                                               "(TopK, 0.5M tokens: held-out FVU 0.203 at 0.5 vs 0.212 at 0.2)")
+    lr_decay_fraction: float = help_field(0.5, "linear learning-rate decay to 0 over this final fraction of "
+                                               "training")
     adam_beta1: float = help_field(0.9, "Adam beta1")
     adam_beta2: float = help_field(0.999, "Adam beta2")
-    l1_coefficient: float = help_field(2.0, "relu: weight of the L1 penalty (SAELens convention: summed squared error "
-                                            "per token + coefficient * sum of latents). SmolLM2 layer 15, d_sae 4608, "
-                                            "0.25M tokens: 0.5 -> L0 1837, 1 -> 1458, 2 -> 875; 5 collapsed (FVU 0.9)")
-    jumprelu_sparsity_coefficient: float = help_field(1.0, "jumprelu: weight of the sparsity penalty (higher = lower L0)")
-    jumprelu_penalty: Literal["l0", "tanh"] = help_field("l0", "jumprelu sparsity penalty: l0 (step function, Gemma Scope) "
-                                                               "or tanh(c * latent) (Anthropic)")
-    jumprelu_tanh_scale: float = help_field(4.0, "jumprelu: c in the tanh penalty")
-    jumprelu_bandwidth: float = help_field(0.05, "jumprelu: width of the straight-through kernel for the threshold")
-    jumprelu_init_threshold: float = help_field(0.01, "jumprelu: initial threshold (initial pre-activations are ~N(0, 0.1^2))")
-    jumprelu_threshold_lr: float = help_field(0.03, "jumprelu: peak Adam learning rate of the thresholds, on the same "
-                                                    "schedule as lr. They live on the normalised pre-activation scale "
-                                                    "(~0.1-1) and must get there within the run: at the weights' lr "
-                                                    "Adam moves them by only ~1e-4 per step")
-    sparsity_warmup_fraction: float = help_field(0.05, "relu/jumprelu: the sparsity coefficient ramps up linearly over "
-                                                       "this fraction of training")
-    auxk_alpha: float = help_field(1 / 32, "topk/batchtopk: weight of the AuxK loss that revives dead latents")
     dead_window_tokens: int = help_field(0, "a latent that fired on none of this many recent tokens is dead; "
                                             "0 = auto, total_tokens / 20 clamped to [batch_size, 10M]")
     outlier_norm_ratio: float = help_field(10.0, "tokens whose norm exceeds this multiple of the median token norm "
@@ -84,8 +70,6 @@ class SAETrainConfig:
                                                  "input-scale and b_dec estimates; 0 = none are")
     drop_outliers: bool = help_field(False, "also leave outlier tokens out of training (they are rare but carry much "
                                             "of the variance; at high learning rates they can kill latents)")
-    batchtopk_threshold_beta: float = help_field(0.9, "batchtopk: EMA factor of the inference threshold estimate (the "
-                                                      "per-batch threshold is a stable quantile; a short memory follows its drift)")
     seed: int = help_field(0, "seed of the weight initialisation (shared by all SAEs of a sweep)")
     log_every_steps: int = help_field(10, "steps between metric log entries")
     checkpoint_every_tokens: int = help_field(5_000_000, "tokens between checkpoints (needs out)")
@@ -93,37 +77,36 @@ class SAETrainConfig:
     device: str = help_field("auto", "cpu, cuda, cuda:N or auto")
     dtype: str = help_field("auto", "compute dtype of the dense products: auto (fp32 on CPU, bf16 on CUDA), float32, ...; "
                                     "weights and Adam state stay fp32")
+    activation_options: dict[str, Any] = help_field({}, "the activations' options by name (l1_coefficient, "
+                                                        "auxk_alpha, ...: saelign.sae.activations); each SAE "
+                                                        "reads its activation's, unset ones keep defaults",
+                                                    cli=False)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "log_every_steps", "checkpoint_every_tokens"):
             if getattr(self, name) < 1:
                 raise SaelignError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("lr_warmup_fraction", "lr_decay_fraction", "sparsity_warmup_fraction", "batchtopk_threshold_beta"):
+        for name in ("lr_warmup_fraction", "lr_decay_fraction"):
             if not 0 <= getattr(self, name) < 1:
                 raise SaelignError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
-        for name in ("total_tokens", "lr", "dead_window_tokens", "outlier_norm_ratio", "jumprelu_threshold_lr"):
+        for name in ("total_tokens", "lr", "dead_window_tokens", "outlier_norm_ratio"):
             if getattr(self, name) < 0:
                 raise SaelignError(f"{name} must not be negative, got {getattr(self, name)}")
+        self.activation_options = full_options(self.activation_options)
 
     def dead_window(self) -> int:
         return self.dead_window_tokens or min(max(self.total_tokens // 20, self.batch_size), 10_000_000)
 
 
 def auto_lr(cfg: SAEConfig, total_tokens: int) -> float:
-    """sparsify's width rule suits long runs; short (CPU-sized) TopK runs need larger steps. Held-out FVU of
-    TopK k=32, d_sae=4608 on SmolLM2 layer 15 after 0.5M tokens (outliers dropped): lr 1.4e-3 -> 0.25,
-    3e-3 -> 0.21, 4e-3 -> 0.20 (0.2 % dead), 4.5e-3 -> 0.199 (0.6 % dead), 5.3e-3 -> 0.197 (1.4 % dead),
-    8e-3 -> 29 % dead. The rule gives 4.5e-3 there, no more for shorter runs (the boost is capped), and the
-    plain width rule from 100M tokens on. Dense ReLU/JumpReLU SAEs, where every latent moves at every step,
-    diverged at such rates and keep the plain rule."""
+    """sparsify's width rule suits long runs; short (CPU-sized) runs of sparse activations (topk, batchtopk)
+    need larger steps: a boost, capped for the shortest runs, that fades into the plain rule at 100M tokens.
+    Dense activations, where every latent moves at every step, diverge at such rates: they keep the plain
+    rule."""
     base = 2e-4 / math.sqrt(cfg.d_sae / 16384)
-    if cfg.activation not in ("topk", "batchtopk"):
+    if not activation_class(cfg.activation).sparse:
         return base
     return base * min(12.0, max(1.0, (1e8 / total_tokens) ** 0.47))
-
-
-def _ramp(done: float, fraction: float, total: float) -> float:
-    return 1.0 if fraction == 0 else min(1.0, done / (fraction * total))
 
 
 class _Run:
@@ -133,24 +116,13 @@ class _Run:
         self.name, self.tcfg, self.dtype = name, tcfg, dtype
         self.sae = SAE(cfg, device)
         self.sae.reset_parameters(seed=tcfg.seed)
-        self.sparse = cfg.activation in ("topk", "batchtopk")
+        self.act = activation_class(cfg.activation).from_options(tcfg.activation_options)
         base_lr = tcfg.lr or auto_lr(cfg, tcfg.total_tokens)
         groups: list[dict[str, Any]] = [{"params": [self.sae.W_enc, self.sae.b_enc, self.sae.W_dec, self.sae.b_dec],
-                                         "peak_lr": base_lr}]
-        if not self.sparse:
-            with torch.no_grad():
-                self.sae.W_enc.mul_(_DENSE_ENCODER_INIT_SCALE)
-        if cfg.activation == "jumprelu":
-            # Trained directly (not in log space) at a raised learning rate: see jumprelu_threshold_lr.
-            threshold = self.sae.threshold
-            assert threshold is not None
-            with torch.no_grad():
-                threshold.fill_(tcfg.jumprelu_init_threshold)
-            groups.append({"params": [threshold.requires_grad_(True)], "peak_lr": tcfg.jumprelu_threshold_lr})
+                                         "peak_lr": base_lr}, *self.act.prepare(self.sae)]
         self.optimizer = torch.optim.Adam(groups, lr=base_lr, betas=(tcfg.adam_beta1, tcfg.adam_beta2),
                                           fused=device.type in ("cpu", "cuda"))
         self.since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=device)
-        self.threshold_ema, self.threshold_updates = torch.zeros((), device=device), 0
         # Metric sums stay on the device between log steps: no host sync per step on a GPU.
         self.window: dict[str, torch.Tensor] = {}
         self.window_steps = 0
@@ -161,17 +133,8 @@ class _Run:
             group["lr"] = checkpoint.scheduled_lr(group["peak_lr"], tokens_done, tokens_done + x.shape[0],
                                                   total, tcfg.lr_warmup_fraction * total,
                                                   tcfg.lr_decay_fraction * total)
-        if self.sparse:
-            dead = self.since_fired >= tcfg.dead_window()
-            assert pre_buffer is not None
-            result = sparse_step(sae, x, pre_buffer, dead, tcfg.auxk_alpha, x_var)
-        else:
-            jump = sae.cfg.activation == "jumprelu"
-            coefficient = tcfg.jumprelu_sparsity_coefficient if jump else tcfg.l1_coefficient
-            loss_cfg = DenseLossConfig(coefficient * _ramp(tokens_done + x.shape[0], tcfg.sparsity_warmup_fraction, total),
-                                       tcfg.jumprelu_bandwidth, tcfg.jumprelu_penalty, tcfg.jumprelu_tanh_scale)
-            with torch.autocast(x.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                result = dense_step(sae, x, loss_cfg)
+        result = self.act.loss(sae, TrainBatch(x, x_var, self.since_fired >= tcfg.dead_window(), pre_buffer,
+                                               tokens_done + x.shape[0], total, self.dtype))
         self.optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
         with torch.no_grad():
@@ -180,15 +143,9 @@ class _Run:
             grad.addcmul_(w, torch.linalg.vecdot(grad, w).unsqueeze(1), value=-1.0)
         self.optimizer.step()
         sae.normalize_decoder()
-        if sae.cfg.activation == "jumprelu":
-            with torch.no_grad():
-                sae.threshold.clamp_min_(0.0)  # type: ignore[union-attr]
+        self.act.after_step(sae)
         self.since_fired += x.shape[0]
         self.since_fired.masked_fill_(result.fired, 0)
-        if result.min_active is not None:
-            beta = tcfg.batchtopk_threshold_beta
-            self.threshold_ema = beta * self.threshold_ema + (1 - beta) * result.min_active
-            self.threshold_updates += 1
         metrics = {"loss": result.loss.detach(), "mse": result.sq_err / x.numel(), "fvu": result.sq_err / x_var,
                    "l0": result.l0, "aux": result.aux if result.aux is not None else torch.zeros((), device=x.device)}
         for key, value in metrics.items():
@@ -202,23 +159,14 @@ class _Run:
         self.window, self.window_steps = {}, 0
         return entry
 
-    @torch.no_grad()
-    def finalize(self) -> None:
-        if self.sae.threshold is not None:
-            self.sae.threshold.requires_grad_(False)
-        if self.sae.cfg.activation == "batchtopk" and self.threshold_updates:
-            bias_correction = 1 - self.tcfg.batchtopk_threshold_beta ** self.threshold_updates
-            assert self.sae.threshold is not None
-            self.sae.threshold.fill_(float(self.threshold_ema) / bias_correction)
-
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors = {f"param.{k}": v for k, v in self.sae.state_dict().items()}
         opt_tensors, param_groups = checkpoint.optimizer_tensors(self.optimizer)
         tensors.update({f"optim.{k}": v for k, v in opt_tensors.items()})
         tensors["since_fired"] = self.since_fired
         info = {"name": self.name, "config": config_to_dict(self.sae.cfg), "param_groups": param_groups,
-                "threshold_ema": float(self.threshold_ema), "threshold_updates": self.threshold_updates,
-                "window": {k: float(v) for k, v in self.window.items()}, "window_steps": self.window_steps}
+                **self.act.state(), "window": {k: float(v) for k, v in self.window.items()},
+                "window_steps": self.window_steps}
         return tensors, info
 
     @torch.no_grad()
@@ -228,8 +176,7 @@ class _Run:
                                                    if k.startswith("optim.")}, info["param_groups"])
         self.since_fired.copy_(tensors["since_fired"])
         device = self.since_fired.device
-        self.threshold_ema = torch.tensor(info["threshold_ema"], device=device)
-        self.threshold_updates = info["threshold_updates"]
+        self.act.load_state(info)
         self.window = {k: torch.tensor(v, device=device) for k, v in info["window"].items()}
         self.window_steps = info["window_steps"]
 
@@ -339,7 +286,7 @@ def train_saes(batches: Iterable[torch.Tensor], sae_cfgs: list[SAEConfig], train
     for cfg in sae_cfgs:
         if cfg.d_in != d_in:
             raise SaelignError(f"all SAEs trained on one stream need the same d_in; got {d_in} and {cfg.d_in}")
-        if cfg.always_on_latents and cfg.activation != "relu":
+        if cfg.always_on_latents and not activation_class(cfg.activation).elementwise:
             raise SaelignError("always_on_latents are added by AlignSAE post-training (`saelign align`); train without them")
     names = names or default_names(sae_cfgs)
     if len(names) != len(sae_cfgs) or len(set(names)) != len(names):
@@ -372,7 +319,7 @@ def train_saes(batches: Iterable[torch.Tensor], sae_cfgs: list[SAEConfig], train
     if prog.dropped:
         logger.info(f"dropped {prog.dropped} outlier tokens (norm > {prog.max_norm:.4g}, see outlier_norm_ratio)")
     for run in runs:
-        run.finalize()
+        run.act.finish(run.sae)
     return _finish(out, runs, tcfg, prog, seconds=time.perf_counter() - began)
 
 
@@ -395,7 +342,7 @@ def _loop(stream: Iterator[torch.Tensor], runs: list[_Run], tcfg: SAETrainConfig
                 x_var = total_variance(x_norm)
                 for run in runs:
                     buffer = buffers.get(run.sae.d_sae)
-                    if run.sparse and (buffer is None or buffer.shape[0] < x.shape[0]):
+                    if run.act.sparse and (buffer is None or buffer.shape[0] < x.shape[0]):
                         buffer = buffers[run.sae.d_sae] = torch.empty(x.shape[0], run.sae.d_sae, device=x.device,
                                                                       dtype=run.dtype)
                     run.step(x_norm, x_var, prog.tokens, total, buffer)
