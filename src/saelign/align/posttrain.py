@@ -37,7 +37,6 @@ import torch
 from saelign.align.losses import ValueHead, anchor_loss, binding_loss, decorrelation_loss, silence_loss
 from saelign.align.slots import SLOT_MAP_FILE, SlotMap, load_slot_map, save_slot_map
 from saelign.configs import config_to_dict, help_field
-from saelign.device import resolve_device
 from saelign.errors import SaelignError
 from saelign.progress import logger, progress
 from saelign.runinfo import record_stage
@@ -68,7 +67,6 @@ class PostTrainConfig:
     seed: int = help_field(0, "seed for batch sampling and the value head")
     checkpoint_every: int = help_field(200, "steps between checkpoints in --out (0: only at the end)")
     out: str = help_field("", "output folder for the aligned SAE, slot_map.json and checkpoints (empty: keep in memory)")
-    device: str = help_field("auto", "cpu, cuda, cuda:N or auto")
 
     @property
     def total_steps(self) -> int:
@@ -208,7 +206,8 @@ def post_train(sae: SAE, concept_acts: torch.Tensor, concept_labels: torch.Tenso
                generic_batches: torch.Tensor | Iterable[torch.Tensor], cfg: PostTrainConfig | None = None,
                concept_names: Sequence[str] | None = None, answer_tokens: torch.Tensor | None = None,
                position: str = "last") -> tuple[SAE, SlotMap]:
-    """Return (aligned SAE, slot map). With cfg.out set: checkpoints, resume, and the SAE + slot_map.json saved there."""
+    """Return (aligned SAE, slot map), trained on `sae`'s device. With cfg.out set: checkpoints, resume, and
+    the SAE + slot_map.json saved there."""
     cfg = cfg or PostTrainConfig()
     labels = torch.as_tensor(concept_labels, dtype=torch.long)
     n_concepts = int(labels.max()) + 1 if concept_names is None else len(concept_names)
@@ -226,7 +225,7 @@ def post_train(sae: SAE, concept_acts: torch.Tensor, concept_labels: torch.Tenso
         aligned = load_sae(out)
         return aligned, load_slot_map(out, aligned)
 
-    device = resolve_device(cfg.device)
+    device = sae.W_dec.device  # the caller places the SAE (beside its model)
     stream = GenericBatches(generic_batches, cfg.generic_batch_size, cfg.seed)
     aligned, slots = _with_slots(copy.deepcopy(sae).to(device).float(), acts, labels, stream.batch(0), n_concepts, cfg.slots)
     value_head = None
