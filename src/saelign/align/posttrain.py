@@ -18,8 +18,8 @@ Choices beyond the authors' code, each a config option:
   have no norm constraint: with MSE binding the slot value is ≈1, so the row carries the concept's magnitude;
 - "silence" (weight `silence_coeff`) keeps slots at zero on generic text, which the authors' data lacked;
 - "anchor" (weight `anchor_coeff`) keeps the slot encoders near their probe initialisation: with few prompt
-  templates per concept, MSE binding alone fits the train templates and binding on unseen templates falls (on the
-  default model at layer 22: 0.95 after 200 stage-2 steps, 0.84 after 1000; with the anchor at 1.0, 0.98);
+  templates per concept, MSE binding alone fits the train templates and binding on unseen templates falls
+  as stage 2 goes on;
 - the value head is off by default (its weight makes slot values entity-dependent, which fights a swap at
   fixed α); set `value_coeff=0.5` and pass answer tokens for the authors' setting.
 """
@@ -50,8 +50,7 @@ class PostTrainConfig:
     steps_stage2: int = help_field(1500, "stage 2 steps: all losses")
     batch_size: int = help_field(64, "concept-position activations per step (authors: 64)")
     generic_batch_size: int = help_field(256, "generic activations per step, when they are given as one tensor")
-    lr: float = help_field(3e-4, "Adam learning rate, constant (authors: 1e-3, training from scratch; on a pre-trained "
-                                 "SAE that much raised generic FVU by a third, 3e-4 did not)")
+    lr: float = help_field(3e-4, "Adam learning rate, constant (authors: 1e-3, training from scratch)")
     l1_coeff: float = help_field(1e-3, "L1 on the free bank, as mean |z| over rows and free latents (authors: 1e-3)")
     binding: Literal["mse", "ce"] = help_field("mse", "binding loss: mse (slots to one-hot, authors' default; slot value ≈1 = present) or ce (slots as logits)")
     binding_coeff: float = help_field(1.0, "binding loss weight (authors: 1.0)")
