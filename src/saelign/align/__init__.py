@@ -26,6 +26,7 @@ from saelign.align.posttrain import PostTrainConfig, post_train
 from saelign.align.slots import SlotMap, load_slot_map
 
 __all__ = ["AlignEvalConfig", "AlignTrainConfig", "MetricsConfig", "Ontology", "PostTrainConfig", "SlotGuard",
-           "SlotMap", "alignment_report", "build_ontology", "concept_swap", "evaluate_aligned", "filter_known_facts",
-           "generate_with", "guarded_generate", "load_aligned", "load_ontology", "load_slot_map", "post_train",
-           "resolve_ontology", "save_ontology", "slot_zero", "swap_generate", "swap_success", "train_aligned"]
+           "SlotMap", "alignment_report", "build_ontology", "concept_swap", "evaluate_aligned",
+           "filter_known_facts", "generate_with", "guarded_generate", "load_aligned", "load_ontology",
+           "load_slot_map", "post_train", "resolve_ontology", "save_ontology", "slot_zero", "swap_generate",
+           "swap_success", "train_aligned"]
