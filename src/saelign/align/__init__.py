@@ -2,10 +2,8 @@
 
 `saelign.align.ontology` defines the ontology format (concepts with labelled examples, or prompt templates ×
 entities with expected answers, and which token carries the concept); `saelign.align.builtin` builds ontologies
-from real data (relations, part of speech, named entities, sentiment, WordNet lexical classes).
-The verbs: build an ontology, post-train an SAE on it (`train_aligned` over files, `post_train` on tensors),
-evaluate it (`evaluate_aligned`, `alignment_report`, `swap_success`), swap concepts (`concept_swap`,
-`swap_generate`) and guard generation (`SlotGuard`, `slot_zero`, `guarded_generate`).
+from real data (relations, part of speech, named entities, sentiment, WordNet lexical classes). The verbs:
+build, post-train (over files or tensors), evaluate, swap and guard, listed in `__all__`.
 """
 
 from saelign.align.builtin import build_ontology, filter_known_facts

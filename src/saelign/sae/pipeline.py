@@ -1,9 +1,5 @@
-"""SAE training and evaluation over files: what `saelign sae train` and `saelign sae eval` run.
-
-`train_from_store` and `train_on_the_fly` train one SAE per config (a sweep) on the activations of one
-hookpoint, filling each config's width, hookpoint and model from the source. `evaluate_sae_files` evaluates a
-saved SAE on an activation store and, unless `n_contexts` is 0, spliced into its model on unseen contexts.
-"""
+"""SAE training and evaluation over files, what `saelign sae train` / `sae eval` run: the trainers fill each
+SAE config's width, hookpoint and model from the activation source."""
 
 from __future__ import annotations
 
@@ -78,16 +74,6 @@ def train_on_the_fly(model_cfg: ModelConfig, hookpoint: str, sae_cfgs: Sequence[
                   d_in=first.shape[1], hookpoint=hookpoint, model=model_identity(model_cfg))
 
 
-def _store_model(store: ActivationStore) -> str:
-    """The model name that reloads the store's model (manifests record the default model by name)."""
-    recorded = str(store.manifest.get("model", DEFAULT_MODEL))
-    return DEFAULT_MODEL if recorded == model_identity(ModelConfig()) else recorded
-
-
-def _covered_contexts(store: ActivationStore) -> int:
-    return int(store.load_shard(len(store.shards) - 1)["context_ids"].max()) + 1
-
-
 def evaluate_sae_files(sae_path: str | Path, store_path: str | Path, cfg: EvalConfig,
                        model_cfg: ModelConfig | None = None, hookpoint: str | None = None) -> dict[str, Any]:
     """Evaluate a saved SAE on a store (and spliced into its model); writes eval.json, the density plot and
@@ -95,7 +81,9 @@ def evaluate_sae_files(sae_path: str | Path, store_path: str | Path, cfg: EvalCo
     defaults to the SAE's, else the store's."""
     store = ActivationStore(store_path)
     model_cfg = dataclasses.replace(model_cfg or ModelConfig(model=""))
-    model_cfg.model = model_cfg.model or _store_model(store)
+    recorded = str(store.manifest.get("model", DEFAULT_MODEL))  # the default model is recorded by name
+    default = recorded == model_identity(ModelConfig())
+    model_cfg.model = model_cfg.model or (DEFAULT_MODEL if default else recorded)
     sae = load_sae(sae_path)
     hookpoint = hookpoint or sae.cfg.hookpoint or store.hookpoint
     if sae.d_in != store.d_in:
@@ -115,7 +103,8 @@ def evaluate_sae_files(sae_path: str | Path, store_path: str | Path, cfg: EvalCo
         same_corpus = not cfg.corpus or cfg.corpus == recorded.get("source")
         corpus = open_corpus(cfg.corpus or recorded.get("source", "sotu"), recorded.get("text_field", "text"),
                              bool(recorded.get("chat", False)), int(recorded.get("seed", 0)))
-        skip = cfg.skip_contexts if cfg.skip_contexts >= 0 else _covered_contexts(store) if same_corpus else 0
+        if (skip := cfg.skip_contexts) < 0:  # the contexts the store covers, so the text is unseen
+            skip = int(store.load_shard(len(store.shards) - 1)["context_ids"].max()) + 1 if same_corpus else 0
         masking = manifest.get("masking", {})
         contexts = iter_contexts(corpus, tokenizer, int(manifest.get("context_length", 128)))
         token_batches = context_batches(contexts, masking.get("token_ids", []),
