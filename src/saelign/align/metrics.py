@@ -61,9 +61,7 @@ class MetricsConfig:
         False, "with swap_span=prompt, edit only the tokens where the source slot is the active concept")
     swap_during: Literal["prompt", "all"] = help_field(
         "prompt", "when a swap edits: prompt (while read; the authors' protocol) or all (answer tokens too)")
-    keep_error: bool = help_field(True, "a swap keeps the SAE's error term (writes only the slots' change)")
     n_tokens: int = help_field(0, "tokens generated per continuation (0: the longest answer + 2, at most 12)")
-    seed: int = help_field(0, "seed for sampling swap pairs and 'rest' prompts")
     batch_size: int = help_field(16, "prompts per forward pass")
 
     def __post_init__(self) -> None:
@@ -211,7 +209,7 @@ def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
     batch_size = cfg.batch_size
     facts = {(ex.entity, ex.concept_index): ex for ex in examples if ex.entity is not None and ex.answer}
     n_concepts = len(slot_map.concepts)
-    rng = random.Random(cfg.seed)
+    rng = random.Random(0)
     n_tokens = cfg.n_tokens or min(max((len(tokenizer(" " + ex.answer, add_special_tokens=False)["input_ids"])
                                        for ex in facts.values()), default=0) + 2, 12)
     offsets = dict(zip([ex.text for ex in examples], concept_offsets(tokenizer, examples), strict=True))
@@ -256,7 +254,7 @@ def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
         hits = total = kept = n_rest = 0
         per_pair = {}
         for (s, t), cases in pairs.items():
-            swap = partial(concept_swap, model, sae, slot_map, s, t, alpha, keep_error=cfg.keep_error)
+            swap = partial(concept_swap, model, sae, slot_map, s, t, alpha)
             said = _continue(model, tokenizer, [c[0] for c in cases], [edit_from[c[0]] for c in cases],
                              partial(swap, when_active=when_active), n_tokens, batch_size, span, during)
             ok = sum(_says(tokenizer, tokens, target) for tokens, (_, target) in zip(said, cases, strict=True))

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from saelign.cli.common import add_stage_parser, build_config
-from saelign.configs import add_config_args, config_from_args
+from saelign.configs import add_config_args, config_from_args, load_config_file
 from saelign.errors import SaelignError
 from saelign.models import ModelConfig
 
@@ -139,6 +139,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from saelign.align.pipeline import AlignEvalConfig, evaluate_aligned
     from saelign.align.report import target_checks
 
+    if args.config and not set(load_config_file(args.config)) <= {"model", "eval"}:  # not the flat layout of old
+        raise SaelignError(f"--config {args.config}: give the options in `model:` and `eval:` sections")
     cfg = build_config(AlignEvalConfig, args, section="eval")
     metrics = evaluate_aligned(build_config(ModelConfig, args, section="model"), cfg)
     for row in target_checks(metrics):
