@@ -139,7 +139,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from saelign.align.pipeline import AlignEvalConfig, evaluate_aligned
     from saelign.align.report import target_checks
 
-    if args.config and not set(load_config_file(args.config)) <= {"model", "eval"}:  # not the flat layout of old
+    if args.config and not set(load_config_file(args.config)) <= {"model", "eval"}:  # a flat (older) file
         raise SaelignError(f"--config {args.config}: give the options in `model:` and `eval:` sections")
     cfg = build_config(AlignEvalConfig, args, section="eval")
     metrics = evaluate_aligned(build_config(ModelConfig, args, section="model"), cfg)
