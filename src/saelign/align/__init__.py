@@ -7,7 +7,7 @@ build, post-train (over files or tensors), evaluate, swap and guard, listed in `
 """
 
 from saelign.align.builtin import build_ontology, filter_known_facts
-from saelign.align.interventions import SlotGuard, concept_swap, generate_with, slot_zero
+from saelign.align.interventions import SlotGuard, concept_swap, slot_zero
 from saelign.align.metrics import MetricsConfig, alignment_report, swap_success
 from saelign.align.ontology import Ontology, load_ontology, save_ontology
 from saelign.align.pipeline import (
@@ -25,6 +25,6 @@ from saelign.align.slots import SlotMap, load_slot_map
 
 __all__ = ["AlignEvalConfig", "AlignTrainConfig", "MetricsConfig", "Ontology", "PostTrainConfig", "SlotGuard",
            "SlotMap", "alignment_report", "build_ontology", "concept_swap", "evaluate_aligned",
-           "filter_known_facts", "generate_with", "guarded_generate", "load_aligned", "load_ontology",
-           "load_slot_map", "post_train", "resolve_ontology", "save_ontology", "slot_zero", "swap_generate",
-           "swap_success", "train_aligned"]
+           "filter_known_facts", "guarded_generate", "load_aligned", "load_ontology", "load_slot_map",
+           "post_train", "resolve_ontology", "save_ontology", "slot_zero", "swap_generate", "swap_success",
+           "train_aligned"]
