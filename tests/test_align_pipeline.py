@@ -126,3 +126,10 @@ def test_align_configs_check_their_options_once():
             AlignEvalConfig(**bad)
     with pytest.raises(SaelignError, match="--sae is required"):
         AlignTrainConfig()
+
+
+def test_guarded_generate_needs_a_concept_before_loading_anything(tmp_path):
+    from saelign.align.pipeline import guarded_generate
+
+    with pytest.raises(SaelignError, match="give --zero CONCEPT and/or --guard CONCEPT"):
+        guarded_generate(tmp_path / "missing", "a prompt")
