@@ -121,7 +121,8 @@ def test_align_configs_check_their_options_once():
     cfg = AlignEvalConfig(aligned="x", swap_span="prompt", alphas=[2.0])
     assert isinstance(cfg, MetricsConfig) and cfg.swap_span == "prompt"  # alignment_report takes it as it is
     for bad, message in ((dict(aligned="x", swap_during="answer"), "swap_during must be one of prompt, all"),
-                         (dict(aligned="x", alphas=[]), "at least one alpha"), (dict(), "--aligned is required")):
+                         (dict(aligned="x", alphas=[]), "at least one alpha"),
+                         (dict(), "--aligned is required")):
         with pytest.raises(SaelignError, match=message):
             AlignEvalConfig(**bad)
     with pytest.raises(SaelignError, match="--sae is required"):
