@@ -21,6 +21,7 @@ from pathlib import Path
 
 from common import RESULTS, peak_rss_mib, write_result
 from saelign.align.builtin import build_ontology, filter_known_facts
+from saelign.align.metrics import DEFAULT_ALPHAS
 from saelign.align.ontology import save_ontology
 from saelign.align.pipeline import AlignEvalConfig, AlignTrainConfig, evaluate_aligned, train_aligned
 from saelign.align.posttrain import PostTrainConfig
@@ -127,16 +128,17 @@ def run_layer(hookpoint: str, sae: Path, ontology: Path, store: Path, args: argp
     post.out = str(aligned)
     timings = {}
     start = time.perf_counter()
-    train_aligned(AlignTrainConfig(sae=str(sae), ontology=str(ontology), store=str(store), generic_tokens=TRAIN_TOKENS),
-                  post)
+    train_aligned(ModelConfig(), AlignTrainConfig(sae=str(sae), ontology=str(ontology), store=str(store),
+                                                  generic_tokens=TRAIN_TOKENS), post)
     timings["post_train_s"] = round(time.perf_counter() - start, 1)
     start = time.perf_counter()
     out = report_dir(args) if main else report_dir(args) / "sweep" / hookpoint
     swap_settings = (dict(max_per_pair=args.max_per_pair, max_rest=args.max_rest, splice_contexts=args.splice_contexts) if main
                      else dict(alphas=list(SWEEP_ALPHAS), max_per_pair=args.sweep_per_pair, max_rest=0, splice_contexts=0))
     swap_settings.update(swap_span=args.swap_span, swap_when_active=args.swap_when_active, swap_during=args.swap_during)
-    metrics = evaluate_aligned(AlignEvalConfig(aligned=str(aligned), vanilla=str(sae), out=str(out), store=str(store),
-                                               generic_tokens=HELD_OUT, swaps=main or args.sweep_per_pair > 0, **swap_settings))
+    cfg = AlignEvalConfig(aligned=str(aligned), vanilla=str(sae), out=str(out), store=str(store),
+                          generic_tokens=HELD_OUT, swaps=main or args.sweep_per_pair > 0, **swap_settings)
+    metrics = evaluate_aligned(ModelConfig(), cfg)
     timings["eval_s"] = round(time.perf_counter() - start, 1)
     return {"metrics": metrics, "timings": timings}
 
@@ -195,7 +197,8 @@ def main() -> None:
     settings = {**vars(args), "relations": RELATIONS, "generic_train_tokens": TRAIN_TOKENS,
                 "held_out_tokens": HELD_OUT, "corpus": "sotu", "context_length": 128, "sae_activation": "topk",
                 "sae_batch_size": SAE_BATCH, "sae_train_tokens": TRAIN_TOKENS * args.sae_epochs,
-                "alphas": list(AlignEvalConfig().alphas), "sweep_alphas": list(SWEEP_ALPHAS), "post_train": "PostTrainConfig defaults except steps"}
+                "alphas": list(DEFAULT_ALPHAS), "sweep_alphas": list(SWEEP_ALPHAS),
+                "post_train": "PostTrainConfig defaults except steps"}
     result: dict = {"model": "SmolLM2-135M-Instruct", "notes": NOTES, "settings": settings, "fact_filter": fact_report,
                     "timings": {"ontology_s": ontology_s, "capture_s": capture_s}}
     t = time.perf_counter()

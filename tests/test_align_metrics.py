@@ -9,6 +9,7 @@ from sklearn.metrics import roc_auc_score
 from saelign.align.activations import answer_token_ids, concept_activations, example_activations
 from saelign.align.metrics import (
     DEFAULT_ALPHAS,
+    MetricsConfig,
     _continue,
     alignment_report,
     auc,
@@ -121,8 +122,9 @@ def test_swap_success_on_a_constructed_model(tiny_llama, tokenizer):
     sae.W_dec[:3] = 100 * torch.nn.functional.normalize(emb[first].detach(), dim=1)
     slot_map = SlotMap(["capital", "neighbour", "food"], [0, 1, 2], hook, 8)
     with pytest.raises(SaelignError, match="no swap pairs"):  # the random model knows none of these facts
-        swap_success(tiny_llama, tokenizer, sae, slot_map, examples, alphas=(2.0,), n_tokens=1)
-    result = swap_success(tiny_llama, tokenizer, sae, slot_map, examples, alphas=(0.0, 2.0), known_only=False, n_tokens=1)
+        swap_success(tiny_llama, tokenizer, sae, slot_map, examples, MetricsConfig(alphas=[2.0], n_tokens=1))
+    result = swap_success(tiny_llama, tokenizer, sae, slot_map, examples,
+                          MetricsConfig(alphas=[0.0, 2.0], known_only=False, n_tokens=1))
     assert result["alphas"]["2.0"]["success"] == 1.0 and result["alphas"]["2.0"]["n"] == 6
     assert result["alphas"]["2.0"]["rest_unchanged"] == 1.0 and result["alphas"]["2.0"]["n_rest"] == 6
     assert result["alphas"]["0.0"]["success"] < 1.0
@@ -159,10 +161,12 @@ def test_swap_success_prompt_span_edits_every_prompt_token(tiny_llama, tokenizer
                     rates.append(answer_matches(said, answers[t]))
         return sum(rates) / len(rates)
 
-    kwargs = dict(alphas=(2.0,), known_only=False, n_tokens=1, max_rest=0)
-    whole = swap_success(tiny_llama, tokenizer, sae, slot_map, examples, span="prompt", **kwargs)
-    concept = swap_success(tiny_llama, tokenizer, sae, slot_map, examples, **kwargs)
-    gated = swap_success(tiny_llama, tokenizer, sae, slot_map, examples, span="prompt", when_active=True, **kwargs)
+    kwargs = dict(alphas=[2.0], known_only=False, n_tokens=1, max_rest=0)
+    whole = swap_success(tiny_llama, tokenizer, sae, slot_map, examples,
+                         MetricsConfig(swap_span="prompt", **kwargs))
+    concept = swap_success(tiny_llama, tokenizer, sae, slot_map, examples, MetricsConfig(**kwargs))
+    gated = swap_success(tiny_llama, tokenizer, sae, slot_map, examples,
+                         MetricsConfig(swap_span="prompt", swap_when_active=True, **kwargs))
     assert whole["alphas"]["2.0"]["success"] == expected("all") and whole["span"] == "prompt"
     assert concept["alphas"]["2.0"]["success"] == expected("last") and concept["span"] == "concept"
     assert gated["alphas"]["2.0"]["success"] == expected("all", when_active=True) and gated["when_active"]
@@ -178,7 +182,7 @@ def test_swap_success_prompt_span_edits_every_prompt_token(tiny_llama, tokenizer
     _continue(tiny_llama, tokenizer, texts, [-len(tokenizer(t)["input_ids"]) for t in texts], recorder, 1, 16, "prompt")
     assert sorted((p.start, p.stop) for p in seen) == sorted({(-len(tokenizer(t)["input_ids"]), None) for t in texts})
     with pytest.raises(SaelignError, match="span must be"):
-        swap_success(tiny_llama, tokenizer, sae, slot_map, examples, span="entity", **kwargs)
+        MetricsConfig(swap_span="entity", **kwargs)
 
     # during="all": each generated token is edited as it is read, exactly as generate_with(during="all") steers
     def expected_kept_on():
@@ -191,14 +195,15 @@ def test_swap_success_prompt_span_edits_every_prompt_token(tiny_llama, tokenizer
                     rates.append(answer_matches(said, answers[t]))
         return sum(rates) / len(rates)
 
-    kept_on = swap_success(tiny_llama, tokenizer, sae, slot_map, examples, during="all", **{**kwargs, "n_tokens": 3})
+    kept_on = swap_success(tiny_llama, tokenizer, sae, slot_map, examples,
+                           MetricsConfig(swap_during="all", **{**kwargs, "n_tokens": 3}))
     assert kept_on["alphas"]["2.0"]["success"] == expected_kept_on() and kept_on["during"] == "all"
     for during, generated in (("prompt", []), ("all", ["last", "last"])):
         seen.clear()
         _continue(tiny_llama, tokenizer, texts, [-1] * len(texts), recorder, 3, 16, "concept", during)
         assert seen == [-1, *generated]
     with pytest.raises(SaelignError, match="during must be"):
-        swap_success(tiny_llama, tokenizer, sae, slot_map, examples, during="answer", **kwargs)
+        MetricsConfig(swap_during="answer", **kwargs)
 
 
 def test_alignment_report_end_to_end(tiny_llama, tokenizer):
@@ -216,17 +221,17 @@ def test_alignment_report_end_to_end(tiny_llama, tokenizer):
                          for t in ["The quick brown fox jumps over the lazy dog."] for i in range(1, 9)])
     acts = example_activations(tiny_llama, tokenizer, hook, train)
     aligned, slot_map = post_train(vanilla, acts, torch.tensor([e.concept_index for e in train]), generic,
-                                   PostTrainConfig(steps_stage1=5, steps_stage2=150, batch_size=6, generic_batch_size=8,
-                                                   device="cpu"), concept_names=names)
+                                   PostTrainConfig(steps_stage1=5, steps_stage2=150, batch_size=6,
+                                                   generic_batch_size=8), concept_names=names)
     ids = tokenizer(["The quick brown fox jumps over the lazy dog.", "Paris is the capital of France and"],
                     return_tensors="pt", padding=True)["input_ids"][:, :8]
     keep = torch.ones_like(ids, dtype=torch.bool)
     keep[:, 0] = False
     with pytest.raises(SaelignError, match="no swap pairs"):
         alignment_report(tiny_llama, tokenizer, vanilla, aligned, slot_map, train, test, generic)
-    report = alignment_report(tiny_llama, tokenizer, vanilla, aligned, slot_map, train, test, generic, alphas=(1.0, 2.0),
-                              unrelated_texts=["Hello world"], max_per_pair=2, max_rest=2, token_batches=[(ids, keep)],
-                              known_only=False)
+    report = alignment_report(tiny_llama, tokenizer, vanilla, aligned, slot_map, train, test, generic,
+                              MetricsConfig(alphas=[1.0, 2.0], max_per_pair=2, max_rest=2, known_only=False),
+                              unrelated_texts=["Hello world"], token_batches=[(ids, keep)])
     assert report["aligned"]["binding_accuracy_train"] == 1.0
     for side in ("aligned", "vanilla"):
         assert 0 <= report[side]["binding_accuracy_test"] <= 1

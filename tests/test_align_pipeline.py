@@ -112,3 +112,25 @@ def test_report_files_hold_table_and_figures(tmp_path):
     assert "| 15 | 1 | 0.9 | 0.5 | 0.31 | 0.02 |" in text  # swap success per layer sits in the sweep table
     for name in ("alpha_curve", "confusion_aligned_test", "confusion_vanilla_train", "layer_sweep"):
         assert (tmp_path / f"report_{name}.png").read_bytes().startswith(b"\x89PNG"), name
+
+
+def test_align_configs_check_their_options_once():
+    from saelign.align.metrics import MetricsConfig
+    from saelign.align.pipeline import AlignEvalConfig, AlignTrainConfig
+
+    cfg = AlignEvalConfig(aligned="x", swap_span="prompt", alphas=[2.0])
+    assert isinstance(cfg, MetricsConfig) and cfg.swap_span == "prompt"  # alignment_report takes it as it is
+    for bad, message in ((dict(aligned="x", swap_during="answer"), "swap_during must be one of prompt, all"),
+                         (dict(aligned="x", alphas=[]), "at least one alpha"),
+                         (dict(), "--aligned is required")):
+        with pytest.raises(SaelignError, match=message):
+            AlignEvalConfig(**bad)
+    with pytest.raises(SaelignError, match="--sae is required"):
+        AlignTrainConfig()
+
+
+def test_guarded_generate_needs_a_concept_before_loading_anything(tmp_path):
+    from saelign.align.pipeline import guarded_generate
+
+    with pytest.raises(SaelignError, match="give --zero CONCEPT and/or --guard CONCEPT"):
+        guarded_generate(tmp_path / "missing", "a prompt")

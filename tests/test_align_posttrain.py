@@ -77,7 +77,7 @@ def fvu(sae: SAE, x: torch.Tensor) -> float:
         return float((sae(x) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
 
 
-FAST = dict(steps_stage1=30, steps_stage2=250, batch_size=64, generic_batch_size=128, device="cpu")
+FAST = dict(steps_stage1=30, steps_stage2=250, batch_size=64, generic_batch_size=128)
 
 
 @pytest.mark.parametrize("activation,binding", [("relu", "mse"), ("topk", "ce"), ("jumprelu", "mse"), ("relu", "ce")])
@@ -215,7 +215,7 @@ def test_value_head_learns_answer_classes(saes, data):
 
 def test_resume_equals_uninterrupted(saes, data, tmp_path, monkeypatch):
     generic, (x_train, y_train), _ = data
-    cfg = PostTrainConfig(steps_stage1=10, steps_stage2=30, checkpoint_every=15, value_coeff=0.5, device="cpu",
+    cfg = PostTrainConfig(steps_stage1=10, steps_stage2=30, checkpoint_every=15, value_coeff=0.5,
                           batch_size=32, generic_batch_size=64)
     answers = y_train + 5
     full, _ = post_train(saes["topk"], x_train, y_train, generic, dataclasses.replace(cfg, out=str(tmp_path / "a")),

@@ -135,6 +135,20 @@ def test_eval_writes_metrics_and_report(workspace, capsys):
         assert (out / name).read_bytes().startswith(b"\x89PNG"), name
 
 
+def test_eval_config_file_has_model_and_eval_sections(workspace, tmp_path, capsys):
+    options = {"aligned": workspace["aligned"], "out": str(tmp_path / "e"), "corpus": workspace["corpus"],
+               "generic_tokens": 100, "context_length": 32, "swaps": False, "splice_contexts": 0}
+    config = write_yaml(tmp_path / "eval.yaml", {"model": {"model": workspace["model"], "device": "cpu"},
+                                                  "eval": options})
+    assert main(["align", "eval", "--config", config]) == 0
+    run = json.loads((tmp_path / "e" / "run.json").read_text())["stages"]["align-eval"]["config"]
+    assert run["model"] == {"model": workspace["model"], "device": "cpu", "dtype": "auto"}
+    assert not run["swaps"]
+    flat = write_yaml(tmp_path / "flat.yaml", {"model": workspace["model"], **options})
+    assert main(["align", "eval", "--config", flat]) == 2
+    assert "`model:` and `eval:` sections" in capsys.readouterr().err
+
+
 def test_swap_and_generate_print_before_after(workspace, capsys):
     assert main(["align", "swap", "--model", workspace["model"], "--aligned", workspace["aligned"], "--prompt",
                  "The capital of France is", "--source", "capital", "--target", "food", "--alpha", "8",

@@ -38,7 +38,7 @@ def test_folder_order_is_seeded_and_deterministic(tmp_path):
 def test_sotu_reads_the_fetched_folder(tmp_path, monkeypatch):
     for name in ("1790_a.txt", "1791_b.txt"):
         (tmp_path / name).write_text(name)
-    monkeypatch.setattr("saelign.datasets.fetch.fetch_sotu", lambda: tmp_path)
+    monkeypatch.setattr("saelign.datasets.registry.fetch_sotu", lambda: tmp_path)
     assert sorted(iter_texts(open_corpus("sotu"))) == ["1790_a.txt", "1791_b.txt"]
 
 

@@ -124,3 +124,4 @@ def test_missing_client_is_a_clear_error(tmp_path):
 def test_failing_client_says_network_is_needed(tmp_path):
     with pytest.raises(SaelignError, match="needs network access to the registry once"):
         fetch._run_client(["false"], tmp_path, "PyPI thing==1", "retry")
+

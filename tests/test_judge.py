@@ -172,14 +172,14 @@ def test_llm_judge_runs_end_to_end_on_a_tiny_model(tokenizer):
 
 def test_pyrit_agreement_reads_the_cached_pyrit_files(tmp_path, monkeypatch):
     monkeypatch.setenv("SAELIGN_CACHE", str(tmp_path))
-    folder = data_dir(*sources.PYRIT[:2])
+    folder = data_dir(sources.PYRIT.package, sources.PYRIT.version)
     csv = "# dataset_version=1.2\nobjective,assistant_response,human_score,data_type\n" + \
         "".join(f'{HARMFUL},"{r}",1,text\n' for r in REFUSALS[:3]) + f'{HARMFUL},"{COMPLIANCE[0]}",0,text\n'
     shots = [{"user": HARMFUL, "assistant": r, "category": "Harmful"} for r in COMPLIANCE]
     for rel, text in ((sources.REFUSAL_CSV, csv), (sources.REFUSAL_EXTRA_CSV, csv), (sources.MANY_SHOT, json.dumps(shots))):
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder / rel).write_text(text)
-    (folder / MARKER).write_text(json.dumps({"patterns": sources.PYRIT_MEMBERS}))
+    (folder / MARKER).write_text(json.dumps({"patterns": list(sources.PYRIT.members)}))
     result = pyrit_agreement(OfflineJudge())
     assert result["refusal.csv"]["n"] == 4 and result["refusal.csv"]["accuracy"] == 1.0
     assert result["many_shot_compliant"]["confusion"]["human_complied"]["judge_complied"] == len(COMPLIANCE)

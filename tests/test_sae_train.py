@@ -16,7 +16,7 @@ from saelign.sae.activations import ReLU, TopK, activation_class
 from saelign.sae.activations.batchtopk import batch_topk_selection
 from saelign.sae.activations.jumprelu import jumprelu
 from saelign.sae.losses import TrainBatch
-from saelign.sae.sparse_ops import Selection, sparse_decode
+from saelign.sae.sparse_ops import ActiveLatents, sparse_decode
 from saelign.sae.train import SAETrainConfig, auto_lr, default_names, train_saes
 from saelign.store import StoreWriter
 from saelign.store.store import FORMAT, FORMAT_VERSION
@@ -91,7 +91,7 @@ def test_sparse_gradients_match_dense_autograd(activation):
 def test_selection_products_match_dense_matrices():
     g = torch.Generator().manual_seed(0)
     indices = torch.rand(7, 20, generator=g).topk(3, dim=-1).indices
-    sel = Selection.from_topk(indices, 20)
+    sel = ActiveLatents.from_topk(indices, 20)
     values = torch.randn(21, generator=g)
     dense = torch.zeros(7, 20).scatter(1, indices, values.view(7, 3))
     other = torch.randn(7, 5, generator=g)

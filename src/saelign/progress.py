@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import TypeVar
 
 from tqdm.auto import tqdm
@@ -18,10 +18,6 @@ def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, d
     """A progress bar on stderr; silenced with SAELIGN_QUIET=1 (tests, CI logs)."""
     disable = os.environ.get("SAELIGN_QUIET") == "1"
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, file=sys.stderr, dynamic_ncols=True, leave=False)
-
-
-def iterate(iterable: Iterable[T], *, total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[T]:
-    yield from progress(iterable, total=total, desc=desc, unit=unit)
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -2,5 +2,29 @@
 
 `saelign.align.ontology` defines the ontology format (concepts with labelled examples, or prompt templates ×
 entities with expected answers, and which token carries the concept); `saelign.align.builtin` builds ontologies
-from real data (relations, part of speech, named entities, sentiment, WordNet lexical classes).
+from real data (relations, part of speech, named entities, sentiment, WordNet lexical classes). The verbs:
+build, post-train (over files or tensors), evaluate, swap and guard, listed in `__all__`.
 """
+
+from saelign.align.builtin import build_ontology, filter_known_facts
+from saelign.align.interventions import SlotGuard, concept_swap, slot_zero
+from saelign.align.metrics import MetricsConfig, alignment_report, swap_success
+from saelign.align.ontology import Ontology, load_ontology, save_ontology
+from saelign.align.pipeline import (
+    AlignEvalConfig,
+    AlignTrainConfig,
+    evaluate_aligned,
+    guarded_generate,
+    load_aligned,
+    resolve_ontology,
+    swap_generate,
+    train_aligned,
+)
+from saelign.align.posttrain import PostTrainConfig, post_train
+from saelign.align.slots import SlotMap, load_slot_map
+
+__all__ = ["AlignEvalConfig", "AlignTrainConfig", "MetricsConfig", "Ontology", "PostTrainConfig", "SlotGuard",
+           "SlotMap", "alignment_report", "build_ontology", "concept_swap", "evaluate_aligned",
+           "filter_known_facts", "guarded_generate", "load_aligned", "load_ontology", "load_slot_map",
+           "post_train", "resolve_ontology", "save_ontology", "slot_zero", "swap_generate", "swap_success",
+           "train_aligned"]

@@ -28,7 +28,7 @@ from saelign.models import patch_output
 from saelign.sae.model import SAE
 from saelign.text import greedy_decode, pad_token_id, stop_ids, token_ids
 
-Positions = Literal["last", "all"] | int | slice
+EditPositions = Literal["last", "all"] | int | slice
 # An edit maps latents z [..., d_sae] to (edited latents, optional bool mask [...] of the rows to write back).
 Edit = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
@@ -54,7 +54,7 @@ def _slot_ids(slot: int | str | Sequence[int | str], slot_map: SlotMap | None, s
     return ids
 
 
-def position_range(positions: Positions, seq: int) -> tuple[int, int] | None:
+def position_range(positions: EditPositions, seq: int) -> tuple[int, int] | None:
     """The [start, stop) range `positions` selects in a forward of `seq` tokens; None when it selects none."""
     if isinstance(positions, slice):
         if positions.step not in (None, 1):
@@ -69,7 +69,8 @@ def position_range(positions: Positions, seq: int) -> tuple[int, int] | None:
     raise SaelignError(f"positions must be 'last', 'all', a token index or a slice, got {positions!r}")
 
 
-def apply_edit(sae: SAE, hidden: torch.Tensor, edit: Edit, positions: Positions = "all", keep_error: bool = True) -> torch.Tensor:
+def apply_edit(sae: SAE, hidden: torch.Tensor, edit: Edit, positions: EditPositions = "all",
+               keep_error: bool = True) -> torch.Tensor:
     """The activation [..., seq, d] after encoding the chosen positions, editing their latents and decoding."""
     selected = position_range(positions, hidden.shape[-2])
     if selected is None:
@@ -88,8 +89,9 @@ def apply_edit(sae: SAE, hidden: torch.Tensor, edit: Edit, positions: Positions 
 
 
 @contextlib.contextmanager
-def sae_edit(model: nn.Module, sae: SAE, edit: Edit, positions: Positions = "all", keep_error: bool = True,
-             hookpoint: str | None = None, slot_map: SlotMap | None = None) -> Iterator[None]:
+def sae_edit(model: nn.Module, sae: SAE, edit: Edit, positions: EditPositions = "all",
+             keep_error: bool = True, hookpoint: str | None = None,
+             slot_map: SlotMap | None = None) -> Iterator[None]:
     """The general intervention every other one is built on."""
     if slot_map is not None:
         slot_map.validate(sae)
@@ -97,14 +99,14 @@ def sae_edit(model: nn.Module, sae: SAE, edit: Edit, positions: Positions = "all
         yield
 
 
-def sae_splice(model: nn.Module, sae: SAE, keep_error: bool = True, positions: Positions = "all",
+def sae_splice(model: nn.Module, sae: SAE, keep_error: bool = True, positions: EditPositions = "all",
                hookpoint: str | None = None) -> contextlib.AbstractContextManager[None]:
     """Route the hookpoint through the SAE; keep_error=False replaces the activation by its reconstruction."""
     return sae_edit(model, sae, lambda z: (z, None), positions, keep_error, hookpoint)
 
 
 def slot_clamp(model: nn.Module, sae: SAE, slot: int | str | Sequence[int | str], value: float, *,
-               slot_map: SlotMap | None = None, positions: Positions = "all", keep_error: bool = True,
+               slot_map: SlotMap | None = None, positions: EditPositions = "all", keep_error: bool = True,
                hookpoint: str | None = None) -> contextlib.AbstractContextManager[None]:
     """Set the slot(s) to `value` (raw latent units)."""
     ids = _slot_ids(slot, slot_map, sae)
@@ -123,7 +125,7 @@ def slot_zero(model: nn.Module, sae: SAE, slot: int | str | Sequence[int | str],
 
 
 def slot_amplify(model: nn.Module, sae: SAE, slot: int | str | Sequence[int | str], factor: float, *,
-                 slot_map: SlotMap | None = None, positions: Positions = "all", keep_error: bool = True,
+                 slot_map: SlotMap | None = None, positions: EditPositions = "all", keep_error: bool = True,
                  hookpoint: str | None = None) -> contextlib.AbstractContextManager[None]:
     """Multiply the slot(s)' activation by `factor`."""
     ids = _slot_ids(slot, slot_map, sae)
@@ -137,7 +139,7 @@ def slot_amplify(model: nn.Module, sae: SAE, slot: int | str | Sequence[int | st
 
 
 def concept_swap(model: nn.Module, sae: SAE, slot_map: SlotMap, source: str | int, target: str | int, alpha: float = 2.0, *,
-                 positions: Positions = "last", keep_error: bool = True, when_active: bool = False,
+                 positions: EditPositions = "last", keep_error: bool = True, when_active: bool = False,
                  hookpoint: str | None = None) -> contextlib.AbstractContextManager[None]:
     """Source slot → 0, target slot → α·scale(target); a concept swapped with itself is left alone.
 
@@ -178,8 +180,8 @@ class SlotGuard:
     """
 
     def __init__(self, model: nn.Module, sae: SAE, slot_map: SlotMap, disallowed: Sequence[str | int],
-                 mode: Literal["zero", "flag"] = "zero", threshold: float | None = None, positions: Positions = "all",
-                 hookpoint: str | None = None):
+                 mode: Literal["zero", "flag"] = "zero", threshold: float | None = None,
+                 positions: EditPositions = "all", hookpoint: str | None = None):
         if mode not in ("zero", "flag"):
             raise SaelignError(f"SlotGuard mode must be 'zero' or 'flag', got {mode!r}")
         if not disallowed:

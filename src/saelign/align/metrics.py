@@ -24,8 +24,9 @@ import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from scipy.stats import rankdata
@@ -35,6 +36,7 @@ from transformers import PreTrainedTokenizerBase
 from saelign.align.activations import concept_offsets, example_activations
 from saelign.align.interventions import concept_swap
 from saelign.align.slots import SlotMap
+from saelign.configs import help_field
 from saelign.errors import SaelignError
 from saelign.progress import logger
 from saelign.sae.evaluate import reconstruction_metrics, splice_metrics
@@ -42,8 +44,33 @@ from saelign.sae.model import SAE
 from saelign.text import answer_matches, greedy_decode, pad_token_id, token_ids
 
 DEFAULT_ALPHAS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 8.0)
-SPANS = ("concept", "prompt")  # swap_success: edit the concept token only, or every prompt token
-DURING = ("prompt", "all")  # swap_success: edit while the prompt is read only, or each generated token too
+
+
+@dataclass
+class MetricsConfig:
+    """What `alignment_report` measures and how `swap_success` runs its swaps (`align eval` flags)."""
+
+    alphas: list[float] = help_field(list(DEFAULT_ALPHAS), "swap amplitudes (in target slot scales)")
+    swaps: bool = help_field(True, "measure concept swaps (entities with answers under several concepts)")
+    max_per_pair: int = help_field(10, "swaps per (source, target) concept pair and α")
+    max_rest: int = help_field(10, "prompts of other concepts checked for 'rest unchanged' per pair")
+    known_only: bool = help_field(True, "only swap to facts the model states itself")
+    swap_span: Literal["concept", "prompt"] = help_field(
+        "concept", "tokens a swap edits: concept (the slots' training token) or prompt (every token)")
+    swap_when_active: bool = help_field(
+        False, "with swap_span=prompt, edit only the tokens where the source slot is the active concept")
+    swap_during: Literal["prompt", "all"] = help_field(
+        "prompt", "when a swap edits: prompt (while read; the authors' protocol) or all (answer tokens too)")
+    n_tokens: int = help_field(0, "tokens generated per continuation (0: the longest answer + 2, at most 12)")
+    batch_size: int = help_field(16, "prompts per forward pass")
+
+    def __post_init__(self) -> None:
+        for name, choices in (("swap_span", ("concept", "prompt")), ("swap_during", ("prompt", "all"))):
+            if getattr(self, name) not in choices:
+                raise SaelignError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        if not self.alphas or min(self.max_per_pair, self.max_rest, self.n_tokens) < 0 or self.batch_size < 1:
+            raise SaelignError("metrics options: give at least one alpha, batch_size >= 1 and max_per_pair, "
+                               "max_rest, n_tokens >= 0")
 
 
 @torch.no_grad()
@@ -161,36 +188,32 @@ def _says(tokenizer: PreTrainedTokenizerBase, tokens: tuple[int, ...], example: 
                           getattr(example, "aliases", ()))
 
 
-def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE, slot_map: SlotMap, examples: Sequence[Any],
-                 alphas: Sequence[float] = DEFAULT_ALPHAS, unrelated_texts: Sequence[str] = (), max_per_pair: int = 10,
-                 max_rest: int = 10, keep_error: bool = True, batch_size: int = 16, seed: int = 0,
-                 known_only: bool = True, n_tokens: int | None = None, span: str = "concept",
-                 when_active: bool = False, during: str = "prompt") -> dict[str, Any]:
-    """Concept-swap success and "rest unchanged" over an α sweep. `examples` need text, concept_index, entity,
-    answer and optionally aliases (ontology ConceptExamples); facts of one entity under several concepts make
-    the swap pairs. Answers are matched on the greedy continuation (a few tokens) with the ontology's rules
-    (`saelign.text.answer_matches`: case, accents, punctuation and a leading article ignored).
+def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE, slot_map: SlotMap,
+                 examples: Sequence[Any], cfg: MetricsConfig | None = None,
+                 unrelated_texts: Sequence[str] = ()) -> dict[str, Any]:
+    """Concept-swap success and "rest unchanged" over the α sweep `cfg.alphas`. `examples` need text,
+    concept_index, entity, answer and optionally aliases (ontology ConceptExamples); facts of one entity
+    under several concepts make the swap pairs. Answers are matched on the greedy continuation (a few tokens)
+    with the ontology's rules (`saelign.text.answer_matches`: case, accents, punctuation and a leading
+    article ignored).
 
-    known_only keeps the swaps whose target fact the model states itself on one of that fact's own prompts:
-    a swap cannot be expected to produce an answer the model does not know. n_tokens: tokens generated per
-    continuation (default: the longest answer + 2, at most 12).
+    cfg.known_only keeps the swaps whose target fact the model states itself on one of that fact's own
+    prompts: a swap cannot be expected to produce an answer the model does not know.
 
-    span="concept" (default) edits each prompt at its concept token only (the position the slots were trained
-    on); span="prompt" edits every token of the prompt, and with when_active=True only the tokens where the
+    swap_span="concept" edits each prompt at its concept token only (the position the slots were trained on);
+    swap_span="prompt" edits every token of the prompt, and with swap_when_active only the tokens where the
     source slot is the active concept. "Rest unchanged" always uses the gated swap over the same span.
-    during="prompt" (default, the authors' protocol) applies the swap only while the prompt is read;
-    during="all" keeps it on for each generated answer token too (as `generate_with(during="all")` steers).
+    swap_during="prompt" (the authors' protocol) applies the swap only while the prompt is read; "all" keeps
+    it on for each generated answer token too (as `generate_with(during="all")` steers).
     """
-    if span not in SPANS:
-        raise SaelignError(f"span must be one of {', '.join(SPANS)}, got {span!r}")
-    if during not in DURING:
-        raise SaelignError(f"during must be one of {', '.join(DURING)}, got {during!r}")
+    cfg = cfg or MetricsConfig()
+    span, when_active, during = cfg.swap_span, cfg.swap_when_active, cfg.swap_during
+    batch_size = cfg.batch_size
     facts = {(ex.entity, ex.concept_index): ex for ex in examples if ex.entity is not None and ex.answer}
     n_concepts = len(slot_map.concepts)
-    rng = random.Random(seed)
-    if n_tokens is None:
-        n_tokens = min(max((len(tokenizer(" " + ex.answer, add_special_tokens=False)["input_ids"])
-                            for ex in facts.values()), default=0) + 2, 12)
+    rng = random.Random(0)
+    n_tokens = cfg.n_tokens or min(max((len(tokenizer(" " + ex.answer, add_special_tokens=False)["input_ids"])
+                                       for ex in facts.values()), default=0) + 2, 12)
     offsets = dict(zip([ex.text for ex in examples], concept_offsets(tokenizer, examples), strict=True))
     texts = sorted({ex.text for ex in examples} | set(unrelated_texts))
     if span == "prompt":  # every prompt token: the edit starts at the first one
@@ -215,7 +238,7 @@ def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
                 target = facts.get((ex.entity, t))
                 if target is None:
                     continue
-                if known_only and (ex.entity, t) not in known:
+                if cfg.known_only and (ex.entity, t) not in known:
                     unknown += 1
                 elif answer_matches(target.answer, ex.answer, getattr(ex, "aliases", ())) or _says(tokenizer, base[ex.text], target):
                     skipped += 1  # the same answer, or the model already says it: no change to detect
@@ -223,24 +246,24 @@ def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
                     cases.append((ex.text, target))
             rng.shuffle(cases)
             if cases:
-                pairs[(s, t)] = cases[:max_per_pair]
+                pairs[(s, t)] = cases[:cfg.max_per_pair]
     if not pairs:
         raise SaelignError("no swap pairs: swaps need entities with answers under at least two concepts "
                            "(an entity-template ontology with answers) that the model knows (see known_only)")
 
     per_alpha: dict[str, Any] = {}
-    for alpha in alphas:
+    for alpha in cfg.alphas:
         hits = total = kept = n_rest = 0
         per_pair = {}
         for (s, t), cases in pairs.items():
-            swap = partial(concept_swap, model, sae, slot_map, s, t, alpha, keep_error=keep_error)
+            swap = partial(concept_swap, model, sae, slot_map, s, t, alpha)
             said = _continue(model, tokenizer, [c[0] for c in cases], [edit_from[c[0]] for c in cases],
                              partial(swap, when_active=when_active), n_tokens, batch_size, span, during)
             ok = sum(_says(tokenizer, tokens, target) for tokens, (_, target) in zip(said, cases, strict=True))
             per_pair[f"{slot_map.concepts[s]}->{slot_map.concepts[t]}"] = ok / len(cases)
             hits, total = hits + ok, total + len(cases)
             others = [ex.text for ex in examples if ex.concept_index not in (s, t)]
-            rest = rng.sample(others, min(max_rest, len(others))) + list(unrelated_texts)[:max_rest]
+            rest = rng.sample(others, min(cfg.max_rest, len(others))) + list(unrelated_texts)[:cfg.max_rest]
             if rest:
                 rest_said = _continue(model, tokenizer, rest, [edit_from[r] for r in rest],
                                       partial(swap, when_active=True), n_tokens, batch_size, span, during)
@@ -279,19 +302,19 @@ def slot_metrics(sae: SAE, slot_map: SlotMap, splits: dict[str, tuple[torch.Tens
     return out
 
 
-def alignment_report(model: nn.Module, tokenizer: PreTrainedTokenizerBase, vanilla: SAE, aligned: SAE, slot_map: SlotMap,
-                     train_examples: Sequence[Any], test_examples: Sequence[Any], generic: torch.Tensor,
-                     alphas: Sequence[float] = DEFAULT_ALPHAS, unrelated_texts: Sequence[str] = (), swaps: bool = True,
-                     max_per_pair: int = 10, max_rest: int = 10, batch_size: int = 16,
-                     token_batches: Sequence[tuple[torch.Tensor, torch.Tensor]] = (), known_only: bool = True,
-                     swap_span: str = "concept", swap_when_active: bool = False, swap_during: str = "prompt") -> dict[str, Any]:
+def alignment_report(model: nn.Module, tokenizer: PreTrainedTokenizerBase, vanilla: SAE, aligned: SAE,
+                     slot_map: SlotMap, train_examples: Sequence[Any], test_examples: Sequence[Any],
+                     generic: torch.Tensor, cfg: MetricsConfig | None = None,
+                     unrelated_texts: Sequence[str] = (),
+                     token_batches: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> dict[str, Any]:
     """Every metric for the aligned SAE and the vanilla baseline (`vanilla` = the SAE before post-training).
 
     `generic` holds residual activations of ordinary text at the same hookpoint (reconstruction, entanglement).
-    Swaps run on the held-out examples (unseen templates), as `swap_success` does with span=`swap_span`,
-    when_active=`swap_when_active` and during=`swap_during`. With `token_batches` ((input_ids, keep) pairs, see
-    `saelign.sae.evaluate.context_batches`), CE loss recovered and KL are measured for both SAEs as well.
+    With cfg.swaps, swaps run on the held-out examples (unseen templates) as `swap_success` runs them.
+    With `token_batches` ((input_ids, keep) pairs, see `saelign.sae.evaluate.context_batches`), CE loss
+    recovered and KL are measured for both SAEs as well.
     """
+    cfg = cfg or MetricsConfig()
     slot_map.validate(aligned)
     if vanilla.cfg.d_in != aligned.cfg.d_in:
         raise SaelignError(f"the vanilla SAE reads width {vanilla.cfg.d_in} but the aligned one {aligned.cfg.d_in}; "
@@ -300,7 +323,7 @@ def alignment_report(model: nn.Module, tokenizer: PreTrainedTokenizerBase, vanil
     splits = {}
     for name, examples in (("train", train_examples), ("test", test_examples)):
         if examples:
-            acts = example_activations(model, tokenizer, hookpoint, examples, batch_size)
+            acts = example_activations(model, tokenizer, hookpoint, examples, cfg.batch_size)
             splits[name] = (acts, torch.tensor([e.concept_index for e in examples]))
     if "train" not in splits:
         raise SaelignError("alignment_report needs training examples (the vanilla baseline picks its latents on them)")
@@ -319,13 +342,10 @@ def alignment_report(model: nn.Module, tokenizer: PreTrainedTokenizerBase, vanil
     if token_batches:
         report["splice"] = {name: splice_metrics(sae, model, hookpoint, token_batches)
                             for name, sae in (("vanilla", vanilla), ("aligned", aligned))}
-    if swaps:
+    if cfg.swaps:
         swap_set = test_examples or train_examples
         for name, sae, smap in (("aligned", aligned, slot_map), ("vanilla", vanilla, vanilla_map)):
-            report[name]["swap"] = swap_success(model, tokenizer, sae, smap, swap_set, alphas, unrelated_texts,
-                                                max_per_pair, max_rest, batch_size=batch_size, known_only=known_only,
-                                                span=swap_span, when_active=swap_when_active,
-                                                during=swap_during)
+            report[name]["swap"] = swap_success(model, tokenizer, sae, smap, swap_set, cfg, unrelated_texts)
         vanilla_best = report["vanilla"]["swap"]["best_success"]
         report["swap_ratio_vs_vanilla"] = report["aligned"]["swap"]["best_success"] / vanilla_best if vanilla_best else None
     return report

@@ -57,7 +57,7 @@ _TEMPLATE_FIELDS = {"train", "test"}
 
 
 @dataclass(frozen=True)
-class Example:
+class LabelledText:
     text: str
     answer: str | None = None
     entity: str | None = None
@@ -81,7 +81,7 @@ class Templates:
 class Concept:
     name: str
     description: str = ""
-    examples: tuple[Example, ...] = ()
+    examples: tuple[LabelledText, ...] = ()
     entities: tuple[Entity, ...] = ()
     templates: Templates | None = None
 
@@ -207,7 +207,7 @@ class Ontology:
         for j, ex in enumerate(concept.examples):
             self._validate_example(ex, f"{here}.examples[{j}]")
 
-    def _validate_example(self, ex: Example, here: str) -> None:
+    def _validate_example(self, ex: LabelledText, here: str) -> None:
         if not ex.text.strip():
             raise SaelignError(f"{here}: empty `text`; remove the example or fill it in")
         if self.require_answers and not ex.answer:
@@ -320,13 +320,14 @@ def _parse_templates(value: Any, where: str) -> Templates | None:
     return Templates(_strings(data["train"], f"{where}.train"), _strings(data.get("test"), f"{where}.test"))
 
 
-def _parse_example(value: Any, where: str) -> Example:
+def _parse_example(value: Any, where: str) -> LabelledText:
     data = _fields(value, _EXAMPLE_FIELDS, {"text"}, where)
     split = data.get("split")
     if split not in (None, "train", "test"):
         raise SaelignError(f"{where}.split: {split!r} is not train or test")
-    return Example(_string(data["text"], f"{where}.text"), _string(data.get("answer"), f"{where}.answer", True),
-                   _string(data.get("entity"), f"{where}.entity", True), split)
+    return LabelledText(_string(data["text"], f"{where}.text"),
+                        _string(data.get("answer"), f"{where}.answer", True),
+                        _string(data.get("entity"), f"{where}.entity", True), split)
 
 
 def _parse_entity(value: Any, where: str) -> Entity:

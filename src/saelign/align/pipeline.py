@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 from saelign.align.activations import answer_token_ids, example_activations
 from saelign.align.builtin import build_ontology
 from saelign.align.interventions import SlotGuard, concept_swap, generate_with, slot_zero
-from saelign.align.metrics import DEFAULT_ALPHAS, alignment_report
+from saelign.align.metrics import MetricsConfig, alignment_report
 from saelign.align.ontology import Ontology, load_ontology, save_ontology
 from saelign.align.posttrain import PostTrainConfig, post_train
 from saelign.align.slots import SlotMap, load_slot_map
@@ -45,42 +45,40 @@ METRICS_FILE = "metrics.json"
 
 @dataclass
 class AlignTrainConfig:
-    model: str = help_field("default", "model the SAE reads: 'default', a local HF folder or a .gguf file")
     sae: str = help_field("", "folder of the vanilla SAE to post-train (saelign/SAELens layout)")
-    ontology: str = help_field("", "ontology .yaml/.json file, or builtin:NAME (relations, pos, ner, sentiment, wordnet)")
-    store: str = help_field("", "activation store at the SAE's hookpoint for the generic batches (empty: capture on the fly)")
+    ontology: str = help_field("", "ontology .yaml/.json file, or builtin:NAME (relations, pos, ner, "
+                                   "sentiment, wordnet)")
+    store: str = help_field("", "activation store at the SAE's hookpoint for the generic batches (empty: "
+                                "capture on the fly)")
     corpus: str = help_field("sotu", "text captured on the fly for the generic batches (as in `saelign capture`)")
     generic_tokens: int = help_field(65536, "generic activation rows read from the store or captured")
     context_length: int = help_field(128, "tokens per context when capturing on the fly")
     prompt_batch_size: int = help_field(16, "concept prompts per forward pass")
 
+    def __post_init__(self) -> None:
+        if not self.sae:
+            raise SaelignError("--sae is required: the folder of the SAE to post-train")
+
 
 @dataclass
-class AlignEvalConfig:
-    model: str = help_field("default", "model the SAEs read: 'default', a local HF folder or a .gguf file")
+class AlignEvalConfig(MetricsConfig):
     aligned: str = help_field("", "folder written by `saelign align train` (SAE + slot_map.json)")
-    vanilla: str = help_field("", "the SAE before post-training (empty: the one recorded in the aligned folder's run.json)")
+    vanilla: str = help_field("", "the SAE before post-training (empty: the one recorded in the aligned "
+                                  "folder's run.json)")
     ontology: str = help_field("", "ontology file or builtin:NAME (empty: the copy saved in the aligned folder)")
     out: str = help_field("align_eval", "output folder for metrics.json and report.md/.html")
-    alphas: list[float] = help_field(list(DEFAULT_ALPHAS), "swap amplitudes to sweep (units of the target slot's scale)")
-    swaps: bool = help_field(True, "measure concept-swap success (needs entities with answers under several concepts)")
-    max_per_pair: int = help_field(10, "swaps per (source, target) concept pair and α")
-    max_rest: int = help_field(10, "prompts of other concepts checked for 'rest unchanged' per pair")
-    known_only: bool = help_field(True, "only swap to facts the model states itself")
-    swap_span: Literal["concept", "prompt"] = help_field("concept", "tokens a swap edits: concept (the concept token the "
-                                                                    "slots were trained on) or prompt (every prompt token)")
-    swap_when_active: bool = help_field(False, "with swap_span=prompt, edit only the tokens where the source slot is "
-                                               "the active concept")
-    swap_during: Literal["prompt", "all"] = help_field("prompt", "when a swap edits: prompt (while the prompt is read, the "
-                                                                 "authors' protocol) or all (each generated answer token too)")
     store: str = help_field("", "activation store for the generic evaluation rows (empty: capture on the fly)")
     corpus: str = help_field("sotu", "text captured on the fly for generic rows and CE-loss contexts")
     generic_tokens: int = help_field(16384, "generic activation rows for FVU and entanglement")
-    skip_tokens: int = help_field(-1, "generic rows skipped first (-1: as many as post-training read, so the text is unseen)")
+    skip_tokens: int = help_field(-1, "generic rows skipped first (-1: as many as post-training read, so the "
+                                      "text is unseen)")
     context_length: int = help_field(128, "tokens per context")
     splice_contexts: int = help_field(8, "contexts for CE loss recovered / KL with each SAE spliced in (0: skip)")
-    batch_size: int = help_field(16, "prompts per forward pass")
-    device: str = help_field("auto", "cpu, cuda, cuda:N or auto")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.aligned:
+            raise SaelignError("--aligned is required: the folder written by `saelign align train`")
 
 
 def resolve_ontology(spec: str) -> Ontology:
@@ -98,12 +96,14 @@ def load_aligned(path: str | Path, device: str = "cpu") -> tuple[SAE, SlotMap]:
     return sae, load_slot_map(path, sae)
 
 
-def _checked_model(model_name: str, device: str, sae: SAE) -> tuple[nn.Module, PreTrainedTokenizerBase, str]:
+def _checked_model(model_cfg: ModelConfig | None, sae: SAE) -> tuple[nn.Module, PreTrainedTokenizerBase, str]:
+    """The model with `sae` checked against it and moved to its device."""
     hookpoint = sae.cfg.hookpoint
     if not hookpoint:
         raise SaelignError("the SAE's cfg.json records no hookpoint; set `hook_name` in it to the module it reads")
-    model, tokenizer = load_model(ModelConfig(model=model_name, device=device))
+    model, tokenizer = load_model(model_cfg)
     check_sae_matches(sae, model, hookpoint)
+    sae.to(next(model.parameters()).device)
     return model, tokenizer, hookpoint
 
 
@@ -130,15 +130,14 @@ def generic_activations(model: nn.Module, tokenizer: PreTrainedTokenizerBase, ho
     return rows
 
 
-def train_aligned(cfg: AlignTrainConfig, post: PostTrainConfig) -> tuple[SAE, SlotMap]:
-    """Post-train `cfg.sae` on `cfg.ontology` into `post.out` (rerun to resume)."""
+def train_aligned(model_cfg: ModelConfig, cfg: AlignTrainConfig,
+                  post: PostTrainConfig) -> tuple[SAE, SlotMap]:
+    """Post-train `cfg.sae` on `cfg.ontology` into `post.out` (rerun to resume), on the model's device."""
     if not post.out:
         raise SaelignError("--out is required: the folder that receives the aligned SAE and slot_map.json")
     ontology = resolve_ontology(cfg.ontology)
-    sae = load_sae(cfg.sae) if cfg.sae else None
-    if sae is None:
-        raise SaelignError("--sae is required: the folder of the SAE to post-train")
-    model, tokenizer, hookpoint = _checked_model(cfg.model, post.device, sae)
+    sae = load_sae(cfg.sae)
+    model, tokenizer, hookpoint = _checked_model(model_cfg, sae)
     examples = ontology.examples("train")
     acts = example_activations(model, tokenizer, hookpoint, examples, cfg.prompt_batch_size)
     labels = torch.tensor([ex.concept_index for ex in examples])
@@ -151,7 +150,8 @@ def train_aligned(cfg: AlignTrainConfig, post: PostTrainConfig) -> tuple[SAE, Sl
     aligned, slot_map = post_train(sae, acts, labels, generic, post, ontology.concept_names, answers, ontology.position)
     out = Path(post.out)
     save_ontology(ontology, out / ONTOLOGY_COPY)
-    record_stage(out, "align-train", config_to_dict(cfg), vanilla_sae=str(Path(cfg.sae).resolve()),
+    record_stage(out, "align-train", {**config_to_dict(cfg), "model": config_to_dict(model_cfg)},
+                 vanilla_sae=str(Path(cfg.sae).resolve()),
                  examples=len(examples), generic_rows=int(generic.shape[0]))
     return aligned, slot_map
 
@@ -162,7 +162,8 @@ def _train_record(aligned_dir: Path) -> dict[str, Any]:
     return read_json(path, "run.json").get("stages", {}).get("align-train", {}) if path.is_file() else {}
 
 
-def evaluate_aligned(cfg: AlignEvalConfig, layer_sweep: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+def evaluate_aligned(model_cfg: ModelConfig, cfg: AlignEvalConfig,
+                     layer_sweep: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """Every metric for the aligned SAE and its vanilla baseline; writes metrics.json and the report into cfg.out."""
     from saelign.align.report import write_report
 
@@ -177,9 +178,8 @@ def evaluate_aligned(cfg: AlignEvalConfig, layer_sweep: Sequence[dict[str, Any]]
     if ontology.concept_names != slot_map.concepts:
         raise SaelignError(f"the ontology's concepts {ontology.concept_names} differ from the slot map's {slot_map.concepts}; "
                            "evaluate with the ontology the SAE was aligned on")
-    model, tokenizer, hookpoint = _checked_model(cfg.model, cfg.device, aligned)
-    device = next(model.parameters()).device
-    aligned, vanilla = aligned.to(device), vanilla.to(device)
+    model, tokenizer, hookpoint = _checked_model(model_cfg, aligned)
+    vanilla.to(aligned.W_dec.device)
     skip = cfg.skip_tokens if cfg.skip_tokens >= 0 else int(record.get("config", {}).get("generic_tokens", 0))
     generic = generic_activations(model, tokenizer, hookpoint, cfg.generic_tokens, cfg.store, cfg.corpus,
                                   cfg.context_length, skip)
@@ -189,10 +189,7 @@ def evaluate_aligned(cfg: AlignEvalConfig, layer_sweep: Sequence[dict[str, Any]]
         skip_contexts = -(-skip // max(1, cfg.context_length - 1))  # capture keeps context_length - 1 rows per context
         token_batches = list(context_batches(contexts, masked_token_ids(tokenizer), True, 4, cfg.splice_contexts, skip_contexts))
     metrics = alignment_report(model, tokenizer, vanilla, aligned, slot_map, ontology.examples("train"),
-                               ontology.examples("test"), generic, cfg.alphas, swaps=cfg.swaps,
-                               max_per_pair=cfg.max_per_pair, max_rest=cfg.max_rest, batch_size=cfg.batch_size,
-                               token_batches=token_batches, known_only=cfg.known_only, swap_span=cfg.swap_span,
-                               swap_when_active=cfg.swap_when_active, swap_during=cfg.swap_during)
+                               ontology.examples("test"), generic, cfg, token_batches=token_batches)
     metrics["ontology"] = {"name": ontology.name, "concepts": len(ontology.concepts),
                            "train_examples": len(ontology.examples("train")), "test_examples": len(ontology.examples("test"))}
     metrics["generic_rows"] = int(generic.shape[0])
@@ -201,18 +198,18 @@ def evaluate_aligned(cfg: AlignEvalConfig, layer_sweep: Sequence[dict[str, Any]]
     out = Path(cfg.out)
     write_json_atomic(out / METRICS_FILE, metrics)
     write_report(metrics, out)
-    record_stage(out, "align-eval", config_to_dict(cfg), aligned=str(aligned_dir), vanilla=str(vanilla_path))
+    record_stage(out, "align-eval", {**config_to_dict(cfg), "model": config_to_dict(model_cfg)},
+                 aligned=str(aligned_dir), vanilla=str(vanilla_path))
     return metrics
 
 
 def swap_generate(aligned_dir: str | Path, prompt: str, source: str, target: str, alpha: float = 2.0,
-                  model_name: str = "default", max_new_tokens: int = 16, device: str = "auto") -> tuple[str, str]:
+                  model_cfg: ModelConfig | None = None, max_new_tokens: int = 16) -> tuple[str, str]:
     """(continuation without, continuation with) the swap at the prompt's last token."""
     sae, slot_map = load_aligned(aligned_dir)
     for concept in (source, target):  # unknown concept names fail before the model loads
         slot_map.index(concept)
-    model, tokenizer, _ = _checked_model(model_name, device, sae)
-    sae.to(next(model.parameters()).device)
+    model, tokenizer, _ = _checked_model(model_cfg, sae)
     before = generate_with(model, tokenizer, prompt, max_new_tokens=max_new_tokens)
     after = generate_with(model, tokenizer, prompt, concept_swap(model, sae, slot_map, source, target, alpha),
                           max_new_tokens=max_new_tokens)
@@ -220,14 +217,15 @@ def swap_generate(aligned_dir: str | Path, prompt: str, source: str, target: str
 
 
 def guarded_generate(aligned_dir: str | Path, prompt: str, zero: Sequence[str] = (), guard: Sequence[str] = (),
-                     model_name: str = "default", max_new_tokens: int = 32, device: str = "auto") -> dict[str, Any]:
+                     model_cfg: ModelConfig | None = None, max_new_tokens: int = 32) -> dict[str, Any]:
     """Generate with the `zero` concepts' slots removed everywhere and a SlotGuard zeroing the `guard` concepts
     whenever they fire; returns the plain and edited texts and the guard's events."""
+    if not (zero or guard):
+        raise SaelignError("give --zero CONCEPT and/or --guard CONCEPT (otherwise use the model directly)")
     sae, slot_map = load_aligned(aligned_dir)
     for concept in [*zero, *guard]:
         slot_map.index(concept)
-    model, tokenizer, _ = _checked_model(model_name, device, sae)
-    sae.to(next(model.parameters()).device)
+    model, tokenizer, _ = _checked_model(model_cfg, sae)
     interventions: list[Any] = [slot_zero(model, sae, list(zero), slot_map=slot_map)] if zero else []
     sentry = SlotGuard(model, sae, slot_map, list(guard)) if guard else None
     if sentry is not None:

@@ -18,8 +18,8 @@ Choices beyond the authors' code, each a config option:
   have no norm constraint: with MSE binding the slot value is ≈1, so the row carries the concept's magnitude;
 - "silence" (weight `silence_coeff`) keeps slots at zero on generic text, which the authors' data lacked;
 - "anchor" (weight `anchor_coeff`) keeps the slot encoders near their probe initialisation: with few prompt
-  templates per concept, MSE binding alone fits the train templates and binding on unseen templates falls (on the
-  default model at layer 22: 0.95 after 200 stage-2 steps, 0.84 after 1000; with the anchor at 1.0, 0.98);
+  templates per concept, MSE binding alone fits the train templates and binding on unseen templates falls
+  as stage 2 goes on;
 - the value head is off by default (its weight makes slot values entity-dependent, which fights a swap at
   fixed α); set `value_coeff=0.5` and pass answer tokens for the authors' setting.
 """
@@ -38,7 +38,6 @@ from saelign import checkpoint
 from saelign.align.losses import ValueHead, anchor_loss, binding_loss, decorrelation_loss, silence_loss
 from saelign.align.slots import SLOT_MAP_FILE, SlotMap, load_slot_map, save_slot_map
 from saelign.configs import config_to_dict, help_field
-from saelign.device import resolve_device
 from saelign.errors import SaelignError
 from saelign.progress import logger, progress
 from saelign.runinfo import record_stage
@@ -48,13 +47,12 @@ from saelign.sae.model import SAE
 @dataclass
 class PostTrainConfig:
     # Options that may change between a run and its resumption: they do not change the result.
-    RESUME_FREE: ClassVar[frozenset[str]] = frozenset({"checkpoint_every", "device", "out"})
+    RESUME_FREE: ClassVar[frozenset[str]] = frozenset({"checkpoint_every", "out"})
     steps_stage1: int = help_field(200, "stage 1 steps: reconstruction only (the authors pre-train here; for a loaded SAE a short warm-up)")
     steps_stage2: int = help_field(1500, "stage 2 steps: all losses")
     batch_size: int = help_field(64, "concept-position activations per step (authors: 64)")
     generic_batch_size: int = help_field(256, "generic activations per step, when they are given as one tensor")
-    lr: float = help_field(3e-4, "Adam learning rate, constant (authors: 1e-3, training from scratch; on a pre-trained "
-                                 "SAE that much raised generic FVU by a third, 3e-4 did not)")
+    lr: float = help_field(3e-4, "Adam learning rate, constant (authors: 1e-3, training from scratch)")
     l1_coeff: float = help_field(1e-3, "L1 on the free bank, as mean |z| over rows and free latents (authors: 1e-3)")
     binding: Literal["mse", "ce"] = help_field("mse", "binding loss: mse (slots to one-hot, authors' default; slot value ≈1 = present) or ce (slots as logits)")
     binding_coeff: float = help_field(1.0, "binding loss weight (authors: 1.0)")
@@ -70,7 +68,6 @@ class PostTrainConfig:
     seed: int = help_field(0, "seed for batch sampling and the value head")
     checkpoint_every: int = help_field(200, "steps between checkpoints in --out (0: only at the end)")
     out: str = help_field("", "output folder for the aligned SAE, slot_map.json and checkpoints (empty: keep in memory)")
-    device: str = help_field("auto", "cpu, cuda, cuda:N or auto")
 
     @property
     def total_steps(self) -> int:
@@ -208,7 +205,8 @@ def post_train(sae: SAE, concept_acts: torch.Tensor, concept_labels: torch.Tenso
                generic_batches: torch.Tensor | Iterable[torch.Tensor], cfg: PostTrainConfig | None = None,
                concept_names: Sequence[str] | None = None, answer_tokens: torch.Tensor | None = None,
                position: str = "last") -> tuple[SAE, SlotMap]:
-    """Return (aligned SAE, slot map). With cfg.out set: checkpoints, resume, and the SAE + slot_map.json saved there."""
+    """Return (aligned SAE, slot map), trained on `sae`'s device. With cfg.out set: checkpoints, resume, and
+    the SAE + slot_map.json saved there."""
     cfg = cfg or PostTrainConfig()
     labels = torch.as_tensor(concept_labels, dtype=torch.long)
     n_concepts = int(labels.max()) + 1 if concept_names is None else len(concept_names)
@@ -226,7 +224,7 @@ def post_train(sae: SAE, concept_acts: torch.Tensor, concept_labels: torch.Tenso
         aligned = load_sae(out)
         return aligned, load_slot_map(out, aligned)
 
-    device = resolve_device(cfg.device)
+    device = sae.W_dec.device  # the caller places the SAE (beside its model)
     stream = GenericBatches(generic_batches, cfg.generic_batch_size, cfg.seed)
     aligned, slots = _with_slots(copy.deepcopy(sae).to(device).float(), acts, labels, stream.batch(0), n_concepts, cfg.slots)
     value_head = None

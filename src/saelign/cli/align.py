@@ -8,7 +8,9 @@ from typing import Any
 import yaml
 
 from saelign.cli.common import add_stage_parser, build_config
+from saelign.configs import add_config_args, config_from_args, load_config_file
 from saelign.errors import SaelignError
+from saelign.models import ModelConfig
 
 
 def register(subparsers: Any) -> None:
@@ -35,16 +37,19 @@ def register(subparsers: Any) -> None:
     from saelign.align.pipeline import AlignEvalConfig, AlignTrainConfig
     from saelign.align.posttrain import PostTrainConfig
 
-    train = add_stage_parser(group, "train", help="post-train an SAE on an ontology (writes the aligned SAE + slot_map.json)",
-                             configs=[(AlignTrainConfig, ""), (PostTrainConfig, "")],
+    train = add_stage_parser(group, "train",
+                             help="post-train an SAE on an ontology (writes the aligned SAE + slot_map.json)",
+                             configs=[(ModelConfig, ""), (AlignTrainConfig, ""), (PostTrainConfig, "")],
                              description="Post-train --sae so every concept of --ontology gets one latent slot. Generic "
                                          "activations come from --store or are captured on the fly from --corpus. "
                                          "Rerun the same command to resume. A --config file holds the options in "
-                                         "`align:` and `posttrain:` sections.")
+                                         "`model:`, `align:` and `posttrain:` sections.")
     train.set_defaults(func=run_train)
     evaluate = add_stage_parser(group, "eval", help="binding, AUC, FVU, entanglement, fragmentation and swap α sweep vs "
                                                     "the vanilla SAE; metrics.json + report.md/.html",
-                                configs=[(AlignEvalConfig, "")])
+                                configs=[(ModelConfig, ""), (AlignEvalConfig, "")],
+                                description="Evaluate an aligned SAE against the SAE it came from. A --config"
+                                            " file holds the options in `model:` and `eval:` sections.")
     evaluate.set_defaults(func=run_eval)
 
     swap = group.add_parser("swap", help="the model's answer before and after a concept swap")
@@ -65,9 +70,8 @@ def register(subparsers: Any) -> None:
 def _tool_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aligned", required=True, metavar="DIR", help="folder written by `saelign align train`")
     parser.add_argument("--prompt", required=True, help="the prompt text")
-    parser.add_argument("--model", default="default", help="model the SAE reads (default: default)")
     parser.add_argument("--max-new-tokens", type=int, default=16, help="tokens to generate (default: 16)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    add_config_args(parser, ModelConfig)
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -100,7 +104,7 @@ def _options(pairs: list[str]) -> dict[str, Any]:
 def run_build(args: argparse.Namespace) -> int:
     from saelign.align.builtin import build_ontology, filter_known_facts
     from saelign.align.ontology import save_ontology
-    from saelign.models import ModelConfig, load_model
+    from saelign.models import load_model
 
     if not args.out.endswith((".yaml", ".yml", ".json")):
         raise SaelignError(f"--out {args.out}: use a .yaml, .yml or .json file name")
@@ -121,9 +125,10 @@ def run_train(args: argparse.Namespace) -> int:
     from saelign.align.pipeline import AlignTrainConfig, train_aligned
     from saelign.align.posttrain import PostTrainConfig
 
+    model_cfg = build_config(ModelConfig, args, section="model")
     cfg = build_config(AlignTrainConfig, args, section="align")
     post = build_config(PostTrainConfig, args, section="posttrain")
-    aligned, slot_map = train_aligned(cfg, post)
+    aligned, slot_map = train_aligned(model_cfg, cfg, post)
     for concept, slot in zip(slot_map.concepts, slot_map.slots, strict=True):
         print(f"  {concept} -> latent {slot}")
     print(f"aligned SAE (d_sae={aligned.cfg.d_sae}) and slot_map.json in {post.out}")
@@ -134,8 +139,10 @@ def run_eval(args: argparse.Namespace) -> int:
     from saelign.align.pipeline import AlignEvalConfig, evaluate_aligned
     from saelign.align.report import target_checks
 
-    cfg = build_config(AlignEvalConfig, args)
-    metrics = evaluate_aligned(cfg)
+    if args.config and not set(load_config_file(args.config)) <= {"model", "eval"}:  # a flat (older) file
+        raise SaelignError(f"--config {args.config}: give the options in `model:` and `eval:` sections")
+    cfg = build_config(AlignEvalConfig, args, section="eval")
+    metrics = evaluate_aligned(build_config(ModelConfig, args, section="model"), cfg)
     for row in target_checks(metrics):
         value = "n/a" if row["value"] is None else f"{row['value']:.3f}"
         print(f"  {row['target']:45s} {value:>7s}  goal {row['goal']:8s} met: {row['met']}")
@@ -146,8 +153,8 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_swap(args: argparse.Namespace) -> int:
     from saelign.align.pipeline import swap_generate
 
-    before, after = swap_generate(args.aligned, args.prompt, args.source, args.target, args.alpha, args.model,
-                                  args.max_new_tokens, args.device)
+    before, after = swap_generate(args.aligned, args.prompt, args.source, args.target, args.alpha,
+                                  config_from_args(ModelConfig, args), args.max_new_tokens)
     print(f"prompt: {args.prompt}")
     print(f"before: {before}")
     print(f"after ({args.source} -> {args.target}, α={args.alpha:g}): {after}")
@@ -157,9 +164,8 @@ def run_swap(args: argparse.Namespace) -> int:
 def run_generate(args: argparse.Namespace) -> int:
     from saelign.align.pipeline import guarded_generate
 
-    if not (args.zero or args.guard):
-        raise SaelignError("give --zero CONCEPT and/or --guard CONCEPT (otherwise use the model directly)")
-    result = guarded_generate(args.aligned, args.prompt, args.zero, args.guard, args.model, args.max_new_tokens, args.device)
+    result = guarded_generate(args.aligned, args.prompt, args.zero, args.guard,
+                              config_from_args(ModelConfig, args), args.max_new_tokens)
     print(f"prompt: {args.prompt}")
     print(f"plain:  {result['plain']}")
     print(f"edited: {result['edited']}")

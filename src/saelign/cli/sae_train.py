@@ -5,23 +5,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import math
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from saelign.cli.common import add_stage_parser, build_config
 from saelign.configs import config_from_args, config_to_dict, help_field, load_config_file
 from saelign.errors import SaelignError
-from saelign.models import ModelConfig, load_model
-from saelign.models.loading import model_identity
+from saelign.models import ModelConfig
 from saelign.sae.activations import ACTIVATIONS, activation_class
 from saelign.sae.activations.base import options_class
 from saelign.sae.model import SAEConfig
-from saelign.sae.train import LOG_FILE, SAETrainConfig, default_names, train_saes
+from saelign.sae.pipeline import train_from_store, train_on_the_fly
+from saelign.sae.train import LOG_FILE, SAETrainConfig, default_names
 
 
 @dataclass
@@ -54,47 +50,6 @@ def register(group: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def rebatch(chunks: Iterable[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
-    """Cut a stream of variable-size row chunks into batches of exactly `batch_size` (the last may be smaller)."""
-    pending: list[torch.Tensor] = []
-    rows = 0
-    for chunk in chunks:
-        pending.append(chunk)
-        rows += chunk.shape[0]
-        while rows >= batch_size:
-            joined = torch.cat(pending)
-            yield joined[:batch_size]
-            pending, rows = [joined[batch_size:]], rows - batch_size
-    if rows:
-        yield torch.cat(pending)
-
-
-def _store_source(path: str, tcfg: SAETrainConfig) -> tuple[Iterable[torch.Tensor], int, str, str]:
-    from saelign.store import ActivationStore
-
-    store = ActivationStore(path)
-    if not tcfg.total_tokens:
-        tcfg.total_tokens = store.num_tokens
-    epochs = math.ceil(tcfg.total_tokens / store.num_tokens)
-    batches = store.batches(tcfg.batch_size, shuffle=True, seed=tcfg.seed, epochs=epochs, max_tokens=tcfg.total_tokens)
-    return batches, store.d_in, store.hookpoint, str(store.manifest.get("model", ""))
-
-
-def _live_source(args: argparse.Namespace, tcfg: SAETrainConfig) -> tuple[Iterable[torch.Tensor], int, str, str]:
-    from saelign.store import CaptureConfig, stream_activations
-
-    if not tcfg.total_tokens:
-        raise SaelignError("on-the-fly training needs --total-tokens (there is no store to count)")
-    model_cfg = ModelConfig(model=args.model, device=tcfg.device)
-    model, tokenizer = load_model(model_cfg)
-    cfg = CaptureConfig(hookpoints=[args.hookpoint], corpus=args.corpus, context_length=args.context_length, token_budget=0)
-    chunks = (acts[args.hookpoint] for acts in stream_activations(model, tokenizer, cfg))
-    first = next(chunks, None)
-    if first is None:
-        raise SaelignError(f"corpus {args.corpus!r} yielded no tokens to train on")
-    return rebatch(itertools.chain([first], chunks), tcfg.batch_size), first.shape[1], args.hookpoint, model_identity(model_cfg)
-
-
 def _train_config(args: argparse.Namespace) -> SAETrainConfig:
     """Defaults < the --config file's `train:` section < flags, where the activations' options
     (l1_coefficient, ...) stand among the general ones, as flags do, and go to `activation_options`."""
@@ -113,17 +68,17 @@ def run(args: argparse.Namespace) -> int:
         raise SaelignError("--out is required: the folder that receives the SAEs, the log and the checkpoint")
     if bool(args.store) == bool(args.model or args.hookpoint):
         raise SaelignError("give either --store DIR, or --model and --hookpoint (with --corpus) to train on the fly")
-    if args.store:
-        batches, d_in, hookpoint, model = _store_source(args.store, tcfg)
-    elif not (args.model and args.hookpoint):
+    if not args.store and not (args.model and args.hookpoint):
         raise SaelignError("on-the-fly training needs both --model and --hookpoint")
-    else:
-        batches, d_in, hookpoint, model = _live_source(args, tcfg)
-    cfgs = [SAEConfig(d_in=d_in, d_sae=d_sae, activation=act, k=k, hookpoint=hookpoint, model=model)
+    cfgs = [SAEConfig(d_sae=d_sae, activation=act, k=k)  # width, hookpoint and model come from the source
             for act, k, d_sae in itertools.product(sweep.activation, dict.fromkeys(sweep.k), sweep.d_sae)
             if activation_class(act).uses_k or k == sweep.k[0]]  # k only matters to some activations
     names = default_names(cfgs)
-    saes = train_saes(batches, cfgs, tcfg, names)
+    if args.store:
+        saes = train_from_store(args.store, cfgs, tcfg, names)
+    else:
+        saes = train_on_the_fly(ModelConfig(model=args.model, device=tcfg.device), args.hookpoint, cfgs, tcfg,
+                                args.corpus, args.context_length, names)
     out = Path(tcfg.out)
     for name, sae in zip(names, saes, strict=True):
         folder = out if len(saes) == 1 else out / name

@@ -48,7 +48,7 @@ def open_corpus(source: str, text_field: str = "text", chat: bool = False, seed:
     """Resolve `source` to its files. Folder corpora (sotu included) are read in a seeded shuffled file order,
     so a token budget smaller than the corpus still samples across it; seed -1 keeps sorted order."""
     if source == SOTU:
-        from saelign.datasets.fetch import fetch_sotu
+        from saelign.datasets.registry import fetch_sotu
 
         return Corpus(source, _order(sorted(fetch_sotu().glob("*.txt")), seed), "files", text_field, chat)
     path = Path(source).expanduser()

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from saelign.datasets.fetch import fetch_countryinfo
+from saelign.datasets.registry import fetch_countryinfo
 from saelign.errors import SaelignError
 
 

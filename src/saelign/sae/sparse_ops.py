@@ -2,9 +2,9 @@
 
 With k of d_sae latents active, the decoder product, its weight gradient and the encoder weight gradient are all
 "sum of k rows" operations. Each is one `F.embedding_bag` call (a fused gather + weighted sum that PyTorch has
-well optimised on CPU and GPU), so only the dense encoder product x @ W_enc remains. A `Selection` holds the
-pairs twice: grouped by token (decode: one bag per token) and grouped by latent (weight gradients: one bag per
-latent row of W_dec / column of W_enc).
+well optimised on CPU and GPU), so only the dense encoder product x @ W_enc remains. An `ActiveLatents`
+holds the pairs twice: grouped by token (decode: one bag per token) and grouped by latent (weight gradients:
+one bag per latent row of W_dec / column of W_enc).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ _MODE_SUM = 0  # embedding_bag mode id, as used by aten's backward ops
 
 
 @dataclass(frozen=True)
-class Selection:
+class ActiveLatents:
     """Active (token, latent) pairs of a [n_rows, n_cols] latent matrix, pairs grouped by token."""
 
     rows: torch.Tensor  # [N] token of each pair, non-decreasing
@@ -32,7 +32,7 @@ class Selection:
 
     @classmethod
     def from_rows(cls, rows: torch.Tensor, cols: torch.Tensor, n_rows: int, n_cols: int,
-                  offsets: torch.Tensor | None = None) -> Selection:
+                  offsets: torch.Tensor | None = None) -> ActiveLatents:
         """Pairs already sorted by row (topk rows, or a row-major nonzero scan)."""
         if offsets is None:
             offsets = torch.searchsorted(rows, torch.arange(n_rows, device=rows.device))
@@ -43,7 +43,7 @@ class Selection:
         return cls(rows, cols, offsets, by_col, col_offsets.long(), n_rows, n_cols)
 
     @classmethod
-    def from_topk(cls, indices: torch.Tensor, n_cols: int) -> Selection:
+    def from_topk(cls, indices: torch.Tensor, n_cols: int) -> ActiveLatents:
         """The k latents of each token, from `topk(...).indices` of shape [n_rows, k]."""
         n_rows, k = indices.shape
         rows = torch.arange(n_rows, device=indices.device).repeat_interleave(k)
@@ -76,7 +76,7 @@ class _SelectedPreActs(Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         x_c, W_enc = ctx.saved_tensors
-        sel: Selection = ctx.sel
+        sel: ActiveLatents = ctx.sel
         grad = grad.contiguous()
         d_b_enc = sel.col_sum(grad)
         d_W_enc = sel.rows_times(grad, x_c).t() if ctx.needs_input_grad[3] else None
@@ -96,7 +96,7 @@ class _SparseDecode(Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         values, W_dec = ctx.saved_tensors
-        sel: Selection = ctx.sel
+        sel: ActiveLatents = ctx.sel
         grad = grad.contiguous()
         d_values = d_W_dec = None
         if ctx.needs_input_grad[0]:
@@ -109,7 +109,8 @@ class _SparseDecode(Function):
 
 
 def selected_pre_acts(pre: torch.Tensor, x_c: torch.Tensor, b_dec: torch.Tensor, W_enc: torch.Tensor,
-                      b_enc: torch.Tensor, sel: Selection, values: torch.Tensor | None = None) -> torch.Tensor:
+                      b_enc: torch.Tensor, sel: ActiveLatents,
+                      values: torch.Tensor | None = None) -> torch.Tensor:
     """Pre-activations at `sel` [N] (from `values` if already gathered), differentiable w.r.t. the encoder.
 
     `pre` must be (x_c @ W_enc + b_enc) with x_c = x - b_dec, computed from the current parameters.
@@ -119,6 +120,6 @@ def selected_pre_acts(pre: torch.Tensor, x_c: torch.Tensor, b_dec: torch.Tensor,
     return _SelectedPreActs.apply(values.float(), x_c, b_dec, W_enc, b_enc, sel)
 
 
-def sparse_decode(values: torch.Tensor, W_dec: torch.Tensor, sel: Selection) -> torch.Tensor:
+def sparse_decode(values: torch.Tensor, W_dec: torch.Tensor, sel: ActiveLatents) -> torch.Tensor:
     """Latents given as pair values at `sel`, times W_dec: [n_rows, d_in] (no decoder bias)."""
     return _SparseDecode.apply(values, W_dec, sel)

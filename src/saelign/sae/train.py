@@ -109,7 +109,7 @@ def auto_lr(cfg: SAEConfig, total_tokens: int) -> float:
     return base * min(12.0, max(1.0, (1e8 / total_tokens) ** 0.47))
 
 
-class _Run:
+class _Trainee:
     """One SAE in training: its parameters, Adam state, dead-latent counters and metric window."""
 
     def __init__(self, name: str, cfg: SAEConfig, tcfg: SAETrainConfig, device: torch.device, dtype: torch.dtype):
@@ -203,7 +203,8 @@ def _checked(batches: Iterable[torch.Tensor], d_in: int, device: torch.device) -
         yield x
 
 
-def _initialise(stream: Iterator[torch.Tensor], runs: list[_Run], outlier_ratio: float) -> tuple[Iterator[torch.Tensor], float]:
+def _initialise(stream: Iterator[torch.Tensor], runs: list[_Trainee],
+                outlier_ratio: float) -> tuple[Iterator[torch.Tensor], float]:
     """Set norm_scale and b_dec from the first batches; return the stream with those batches put back, and the
     norm above which tokens are outliers (inf if none are)."""
     head: list[torch.Tensor] = []
@@ -237,11 +238,11 @@ def _skip(stream: Iterator[torch.Tensor], tokens: int) -> None:
                            "resume with the same store and --batch-size, or delete the checkpoint folder")
 
 
-def _fingerprint(runs: list[_Run], tcfg: SAETrainConfig) -> dict[str, Any]:
+def _fingerprint(runs: list[_Trainee], tcfg: SAETrainConfig) -> dict[str, Any]:
     return checkpoint.fingerprint(tcfg, saes=[[r.name, config_to_dict(r.sae.cfg)] for r in runs])
 
 
-def _restore(ckpt: tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]], runs: list[_Run]) -> _Progress:
+def _restore(ckpt: tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]], runs: list[_Trainee]) -> _Progress:
     state, tensors = ckpt
     for index, run in enumerate(runs):
         run.load_state(tensors[f"sae{index}"], state["runs"][index])
@@ -249,7 +250,7 @@ def _restore(ckpt: tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]], ru
     return _Progress(state["step"], state["tokens"], state["max_norm"], state["dropped"])
 
 
-def _save(out: Path, runs: list[_Run], tcfg: SAETrainConfig, prog: _Progress, finished: bool) -> None:
+def _save(out: Path, runs: list[_Trainee], tcfg: SAETrainConfig, prog: _Progress, finished: bool) -> None:
     tensors: dict[str, dict[str, torch.Tensor]] = {"rng": checkpoint.rng_state()}
     infos = []
     for index, run in enumerate(runs):
@@ -292,7 +293,8 @@ def train_saes(batches: Iterable[torch.Tensor], sae_cfgs: list[SAEConfig], train
     if len(names) != len(sae_cfgs) or len(set(names)) != len(names):
         raise SaelignError(f"need one distinct name per SAE, got {names}")
     device = resolve_device(tcfg.device)
-    runs = [_Run(name, cfg, tcfg, device, resolve_dtype(tcfg.dtype, device)) for name, cfg in zip(names, sae_cfgs, strict=True)]
+    runs = [_Trainee(name, cfg, tcfg, device, resolve_dtype(tcfg.dtype, device))
+            for name, cfg in zip(names, sae_cfgs, strict=True)]
     out = Path(tcfg.out) if tcfg.out else None
     stream = iter(_checked(batches, d_in, device))
     ckpt = checkpoint.load(out / CHECKPOINT_DIR, _fingerprint(runs, tcfg)) if out else None
@@ -323,7 +325,8 @@ def train_saes(batches: Iterable[torch.Tensor], sae_cfgs: list[SAEConfig], train
     return _finish(out, runs, tcfg, prog, seconds=time.perf_counter() - began)
 
 
-def _loop(stream: Iterator[torch.Tensor], runs: list[_Run], tcfg: SAETrainConfig, prog: _Progress, out: Path | None) -> None:
+def _loop(stream: Iterator[torch.Tensor], runs: list[_Trainee], tcfg: SAETrainConfig, prog: _Progress,
+          out: Path | None) -> None:
     total, every = tcfg.total_tokens, tcfg.checkpoint_every_tokens
     buffers: dict[int, torch.Tensor] = {}
     window_began, window_tokens = time.perf_counter(), 0
@@ -365,13 +368,14 @@ def _loop(stream: Iterator[torch.Tensor], runs: list[_Run], tcfg: SAETrainConfig
                 _save(out, runs, tcfg, prog, finished=False)
 
 
-def _sae_dirs(out: Path | None, runs: list[_Run]) -> list[Path]:
+def _sae_dirs(out: Path | None, runs: list[_Trainee]) -> list[Path]:
     if out is None:
         return []
     return [out] if len(runs) == 1 else [out / run.name for run in runs]
 
 
-def _finish(out: Path | None, runs: list[_Run], tcfg: SAETrainConfig, prog: _Progress, seconds: float) -> list[SAE]:
+def _finish(out: Path | None, runs: list[_Trainee], tcfg: SAETrainConfig, prog: _Progress,
+            seconds: float) -> list[SAE]:
     if out is None:
         return [run.sae for run in runs]
     _save(out, runs, tcfg, prog, finished=True)

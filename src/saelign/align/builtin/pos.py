@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from saelign.align.ontology import Concept, Example, Ontology
+from saelign.align.ontology import Concept, LabelledText, Ontology
 from saelign.datasets.corpus import iter_texts, open_corpus
 from saelign.errors import SaelignError
 from saelign.progress import logger
@@ -66,10 +66,10 @@ def spacy_tagger(nlp: Any, kind: str, batch_size: int = 64) -> Tagger:
 
 def collect_examples(sentences: Iterable[str], tagger: Tagger, labels: Sequence[str], max_per_concept: int,
                      seed: int = 0, min_context_chars: int = 12, max_per_word: int = 2,
-                     chunk: int = 256) -> dict[str, list[Example]]:
+                     chunk: int = 256) -> dict[str, list[LabelledText]]:
     """Sentence prefixes ending at a tagged span, per label, until every label has `max_per_concept`."""
     rng = random.Random(seed)
-    found: dict[str, list[Example]] = {label: [] for label in labels}
+    found: dict[str, list[LabelledText]] = {label: [] for label in labels}
     words: Counter[tuple[str, str]] = Counter()
     seen: set[str] = set()
     batch: list[str] = []
@@ -84,7 +84,7 @@ def collect_examples(sentences: Iterable[str], tagger: Tagger, labels: Sequence[
                     options.append((len(found[label]), rng.random(), label, text, sentence[start:end]))
             if options:
                 _, _, label, text, entity = min(options)
-                found[label].append(Example(text, entity=entity))
+                found[label].append(LabelledText(text, entity=entity))
                 words[label, entity.lower()] += 1
                 seen.add(text)
 

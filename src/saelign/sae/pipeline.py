@@ -1,0 +1,119 @@
+"""SAE training and evaluation over files, what `saelign sae train` / `sae eval` run: the trainers fill each
+SAE config's width, hookpoint and model from the activation source."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saelign.configs import config_to_dict
+from saelign.datasets.corpus import iter_contexts, open_corpus
+from saelign.errors import SaelignError
+from saelign.models import DEFAULT_MODEL, ModelConfig, load_model
+from saelign.models.loading import model_identity
+from saelign.runinfo import record_stage
+from saelign.sae.evaluate import EvalConfig, context_batches, evaluate_sae
+from saelign.sae.formats import check_sae_matches, load_sae
+from saelign.sae.model import SAE, SAEConfig
+from saelign.sae.train import SAETrainConfig, train_saes
+from saelign.store import ActivationStore, CaptureConfig, stream_activations
+
+
+def rebatch(chunks: Iterable[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
+    """Cut a stream of row chunks of any size into batches of `batch_size` rows (the last may be smaller)."""
+    pending: list[torch.Tensor] = []
+    rows = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        rows += chunk.shape[0]
+        while rows >= batch_size:
+            joined = torch.cat(pending)
+            yield joined[:batch_size]
+            pending, rows = [joined[batch_size:]], rows - batch_size
+    if rows:
+        yield torch.cat(pending)
+
+
+def _train(batches: Iterable[torch.Tensor], sae_cfgs: Sequence[SAEConfig], tcfg: SAETrainConfig,
+           names: list[str] | None, **source: Any) -> list[SAE]:
+    return train_saes(batches, [dataclasses.replace(c, **source) for c in sae_cfgs], tcfg, names)
+
+
+def train_from_store(store: str | Path, sae_cfgs: Sequence[SAEConfig], tcfg: SAETrainConfig,
+                     names: list[str] | None = None) -> list[SAE]:
+    """Train the SAEs on a store's activations (shuffled; total_tokens 0 means one pass over the store)."""
+    st = ActivationStore(store)
+    if not tcfg.total_tokens:
+        tcfg.total_tokens = st.num_tokens
+    epochs = math.ceil(tcfg.total_tokens / st.num_tokens)
+    batches = st.batches(tcfg.batch_size, shuffle=True, seed=tcfg.seed, epochs=epochs,
+                         max_tokens=tcfg.total_tokens)
+    return _train(batches, sae_cfgs, tcfg, names, d_in=st.d_in, hookpoint=st.hookpoint,
+                  model=str(st.manifest.get("model", "")))
+
+
+def train_on_the_fly(model_cfg: ModelConfig, hookpoint: str, sae_cfgs: Sequence[SAEConfig],
+                     tcfg: SAETrainConfig, corpus: str = "sotu", context_length: int = 128,
+                     names: list[str] | None = None) -> list[SAE]:
+    """Train the SAEs on activations captured from the model as training reads them (no store written)."""
+    if not tcfg.total_tokens:
+        raise SaelignError("on-the-fly training needs --total-tokens (there is no store to count)")
+    model, tokenizer = load_model(model_cfg)
+    cfg = CaptureConfig(hookpoints=[hookpoint], corpus=corpus, context_length=context_length, token_budget=0)
+    chunks = (acts[hookpoint] for acts in stream_activations(model, tokenizer, cfg))
+    first = next(chunks, None)
+    if first is None:
+        raise SaelignError(f"corpus {corpus!r} yielded no tokens to train on")
+    return _train(rebatch(itertools.chain([first], chunks), tcfg.batch_size), sae_cfgs, tcfg, names,
+                  d_in=first.shape[1], hookpoint=hookpoint, model=model_identity(model_cfg))
+
+
+def evaluate_sae_files(sae_path: str | Path, store_path: str | Path, cfg: EvalConfig,
+                       model_cfg: ModelConfig | None = None, hookpoint: str | None = None) -> dict[str, Any]:
+    """Evaluate a saved SAE on a store (and spliced into its model); writes eval.json, the density plot and
+    run.json into cfg.out. `model_cfg` None or with an empty `model` means the store's model; `hookpoint`
+    defaults to the SAE's, else the store's."""
+    store = ActivationStore(store_path)
+    model_cfg = dataclasses.replace(model_cfg or ModelConfig(model=""))
+    recorded = str(store.manifest.get("model", DEFAULT_MODEL))  # the default model is recorded by name
+    default = recorded == model_identity(ModelConfig())
+    model_cfg.model = model_cfg.model or (DEFAULT_MODEL if default else recorded)
+    sae = load_sae(sae_path)
+    hookpoint = hookpoint or sae.cfg.hookpoint or store.hookpoint
+    if sae.d_in != store.d_in:
+        raise SaelignError(f"the SAE reads width {sae.d_in} but store {store_path} holds width {store.d_in}; "
+                           "evaluate it on a store of its own hookpoint")
+    if hookpoint != store.hookpoint:
+        raise SaelignError(f"the SAE is for hookpoint {hookpoint} but store {store_path} holds "
+                           f"{store.hookpoint}")
+    batches = store.batches(cfg.batch_size, shuffle=False, max_tokens=cfg.max_tokens or None)
+    model = token_batches = None
+    if cfg.n_contexts > 0:
+        model, tokenizer = load_model(model_cfg)
+        check_sae_matches(sae, model, hookpoint)
+        sae = sae.to(next(model.parameters()).device)
+        manifest = store.manifest
+        recorded = manifest.get("corpus", {})
+        same_corpus = not cfg.corpus or cfg.corpus == recorded.get("source")
+        corpus = open_corpus(cfg.corpus or recorded.get("source", "sotu"), recorded.get("text_field", "text"),
+                             bool(recorded.get("chat", False)), int(recorded.get("seed", 0)))
+        if (skip := cfg.skip_contexts) < 0:  # the contexts the store covers, so the text is unseen
+            skip = int(store.load_shard(len(store.shards) - 1)["context_ids"].max()) + 1 if same_corpus else 0
+        masking = manifest.get("masking", {})
+        contexts = iter_contexts(corpus, tokenizer, int(manifest.get("context_length", 128)))
+        token_batches = context_batches(contexts, masking.get("token_ids", []),
+                                        bool(masking.get("first_position", True)), cfg.context_batch_size,
+                                        cfg.n_contexts, skip)
+    results = evaluate_sae(sae, batches, model=model, hookpoint=hookpoint, token_batches=token_batches,
+                           cfg=cfg, out_dir=cfg.out)
+    summary = {k: v for k, v in results.items() if k != "firing_frequency"}
+    record_stage(cfg.out, "sae_eval", {"sae": str(sae_path), "store": str(store_path),
+                                       "eval": config_to_dict(cfg), "model": config_to_dict(model_cfg)},
+                 results=summary)
+    return results
