@@ -5,10 +5,13 @@ from __future__ import annotations
 import platform
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from saelign.io import read_json, write_json_atomic
+
+SAELIGN_VERSION = version("saelign")  # pyproject.toml is the one place the version is written
 
 
 def environment_info() -> dict[str, Any]:
@@ -35,9 +38,7 @@ def environment_info() -> dict[str, Any]:
 
 def record_stage(run_dir: str | Path, stage: str, config: dict[str, Any], **extra: Any) -> None:
     """Merge one stage's config and results into run_dir/run.json."""
-    from saelign import __version__
-
     path = Path(run_dir) / "run.json"
-    data = read_json(path, "run.json") if path.exists() else {"saelign": __version__, "environment": environment_info(), "stages": {}}
+    data = read_json(path, "run.json") if path.exists() else {"saelign": SAELIGN_VERSION, "environment": environment_info(), "stages": {}}
     data["stages"][stage] = {"config": config, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
     write_json_atomic(path, data)

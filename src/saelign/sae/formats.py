@@ -25,12 +25,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from saelign import __version__
 from saelign.configs import config_from_dict, config_to_dict
 from saelign.errors import SaelignError
 from saelign.io import ensure_writable_dir, load_tensors, read_json, save_tensors_atomic, write_json_atomic
 from saelign.models.hookpoints import forward_capture
 from saelign.progress import logger
+from saelign.runinfo import SAELIGN_VERSION
 from saelign.sae.activations import ACTIVATIONS, activation_class
 from saelign.sae.importers import (
     DICTIONARY_WEIGHTS,
@@ -72,7 +72,7 @@ def saelens_payload(sae: SAE, extra_cfg: dict[str, Any] | None = None) -> tuple[
         "hook_name": cfg.hookpoint,
         "model_class_name": "AutoModelForCausalLM",
         **(extra_cfg or {}),
-        "saelign": {"version": __version__, "config": config_to_dict(cfg), "norm_scale": scale},
+        "saelign": {"version": SAELIGN_VERSION, "config": config_to_dict(cfg), "norm_scale": scale},
     }
     cfg_json: dict[str, Any] = {
         "architecture": sae.activation.architecture,

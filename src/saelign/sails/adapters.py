@@ -22,6 +22,7 @@ from transformers import PreTrainedModel
 
 from saelign.errors import SaelignError
 from saelign.io import ensure_writable_dir, read_json, write_json_atomic
+from saelign.runinfo import SAELIGN_VERSION
 from saelign.sails.lora_init import PISSA_INIT_ATTR, trainable_share
 
 PROVENANCE_FILE = "sails_provenance.json"
@@ -44,8 +45,6 @@ def _save_peft(model: PeftModel, folder: Path, scratch: Path) -> None:
 
 def save_adapter(model: nn.Module, out_dir: str | Path, provenance: dict[str, Any], overwrite: bool = False) -> Path:
     """Write a PEFT adapter (or, for full fine-tuning, the whole model) and the provenance sidecar to out_dir."""
-    from saelign import __version__
-
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise SaelignError(f"adapter directory {out} already exists; choose another output path or pass --overwrite")
@@ -61,7 +60,7 @@ def save_adapter(model: nn.Module, out_dir: str | Path, provenance: dict[str, An
             kind = "full"
         else:
             raise SaelignError(f"cannot save a {type(model).__name__}: expected a PEFT model or a transformers model")
-        write_json_atomic(folder / PROVENANCE_FILE, {"saelign_version": __version__, "kind": kind,
+        write_json_atomic(folder / PROVENANCE_FILE, {"saelign_version": SAELIGN_VERSION, "kind": kind,
                                                      **trainable_share(model), **provenance})
         if out.exists():
             previous = staging / "previous"
