@@ -25,6 +25,7 @@ from saelign.errors import SaelignError
 from saelign.io import read_json, write_json_atomic
 from saelign.label.contexts import ContextExample, LatentScan, TokenBatch, scan_latents
 from saelign.label.logit_lens import TokenScore, logit_lens
+from saelign.label.reading import Reading
 from saelign.models import ModelConfig, load_model
 from saelign.models.loading import model_identity
 from saelign.progress import logger
@@ -79,6 +80,7 @@ class LatentLabel:
     logit_up: list[TokenScore]
     logit_down: list[TokenScore]
     frequency: float
+    reading: Reading | None = None  # prompt-grain examples, data-grounded line, model label, detection scores
 
 
 def labels_path(sae_dir: str | Path) -> Path:
@@ -189,7 +191,8 @@ def load_labels(path: str | Path) -> dict[int, LatentLabel]:
                 latent=int(row["latent"]), short_label=str(row["short_label"]), top_tokens=list(row["top_tokens"]),
                 top_contexts=[ContextExample(**c) for c in row["top_contexts"]],
                 logit_up=[TokenScore(**t) for t in row["logit_up"]], logit_down=[TokenScore(**t) for t in row["logit_down"]],
-                frequency=float(row["frequency"]))
+                frequency=float(row["frequency"]),
+                reading=Reading.from_dict(row["reading"]) if row.get("reading") else None)
         except (KeyError, TypeError, ValueError) as exc:
             raise SaelignError(f"{path}: latents[{i}] is malformed ({exc!r}); re-run `saelign label`") from exc
     return labels
