@@ -1,0 +1,91 @@
+"""One call that makes latents readable: read them over labelled prompts (examples at the right grain, the
+data-grounded line), then, with an explainer chat model, write a label and score every label kind with the same
+detection test. This is what the SAILS labels stage runs for the features it selects or reports."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from saelign.configs import help_field
+from saelign.errors import SaelignError
+from saelign.label.contexts import ContextExample
+from saelign.label.detect import ChatDetector, score_labels
+from saelign.label.examples import example_grain, prompt_activations
+from saelign.label.explain import explain_latents
+from saelign.label.grounding import LabelledPrompt, advbench_harm_categories, labelled_examples
+from saelign.label.labels import LatentLabel
+from saelign.label.reading import Reading, readings_from_acts
+from saelign.models import ModelConfig, load_model
+from saelign.progress import logger
+from saelign.sae import SAE
+
+
+@dataclass
+class DescribeConfig:
+    explainer: str = help_field("", "chat model that writes and scores labels: 'default' (SmolLM2-135M-Instruct), "
+                                    "a local HF folder or .gguf; empty = data-grounded lines only")
+    n_examples: int = help_field(5, "top and bottom prompts shown per feature (and to the explainer)")
+    n_heldout: int = help_field(10, "held-out firing and as many non-firing prompts per detection score")
+    seed: int = help_field(0, "seed of the held-out sample")
+    label_tokens: int = help_field(24, "most tokens the explainer may write per label")
+
+    def __post_init__(self) -> None:
+        if min(self.n_examples, self.n_heldout, self.label_tokens) < 1:
+            raise SaelignError(f"n_examples, n_heldout and label_tokens must be positive "
+                               f"(got {self.n_examples}, {self.n_heldout}, {self.label_tokens})")
+
+
+def sails_labelled_prompts(examples: Iterable) -> list[LabelledPrompt]:
+    """SAILS safety examples (sails.data.Example) with kind, topic, request form and AdvBench harm categories."""
+    from saelign.sails import sources
+
+    return labelled_examples(examples, advbench_harm_categories(sources.pyrit_dir() / sources.ADVBENCH))
+
+
+def load_explainer(cfg: DescribeConfig) -> tuple[nn.Module, PreTrainedTokenizerBase] | None:
+    return load_model(ModelConfig(model=cfg.explainer)) if cfg.explainer else None
+
+
+def describe_latents(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE, hookpoint: str,
+                     prompts: Sequence[LabelledPrompt], latents: Sequence[int], cfg: DescribeConfig,
+                     token_labels: Mapping[int, str] | None = None,
+                     contexts: Mapping[int, Sequence[ContextExample]] | None = None,
+                     explainer: tuple[nn.Module, PreTrainedTokenizerBase] | None = None,
+                     batch_size: int = 8) -> dict[int, Reading]:
+    """{latent: Reading}; with an explainer, readings carry a model-written label and detection scores of the
+    'model', 'grounded' and (given token_labels) 'tokens' labels on the same held-out prompts."""
+    if not prompts:
+        raise SaelignError("the labelled example set is empty: give prompts to describe the latents on")
+    texts = [p.prompt for p in prompts]
+    acts = prompt_activations(model, tokenizer, sae, hookpoint, texts, latents, batch_size)
+    grains = {i: example_grain(contexts[i], tokenizer) if contexts and contexts.get(i) else "prompt" for i in latents}
+    readings = readings_from_acts(acts, prompts, latents, grains, cfg.n_examples)
+    if explainer is None:
+        return readings
+    explain_model, explain_tokenizer = explainer
+    explain_latents(explain_model, explain_tokenizer, readings, cfg.label_tokens, batch_size)
+    kinds = {"model": {i: r.explanation for i, r in readings.items()},
+             "grounded": {i: r.grounded for i, r in readings.items()}}
+    if token_labels:
+        kinds["tokens"] = dict(token_labels)
+    detector = ChatDetector(explain_model, explain_tokenizer, batch_size, option="--explainer")
+    score_labels(detector, kinds, acts, texts, latents, readings, cfg.n_heldout, cfg.seed)
+    scored = [r.detection for r in readings.values() if r.detection]
+    for kind in kinds:
+        values = [d[kind] for d in scored if kind in d and d[kind] == d[kind]]  # nan != nan: unscored
+        if values:
+            logger.info(f"detection score of {kind} labels: mean {sum(values) / len(values):.2f} over {len(values)}")
+    return readings
+
+
+def attach_readings(labels: Mapping[int, LatentLabel], readings: Mapping[int, Reading]) -> None:
+    """Store readings in the labels (the sidecar); a reading for an unlabelled latent is an error."""
+    missing = sorted(set(readings) - set(labels))
+    if missing:
+        raise SaelignError(f"features {missing[:10]} have readings but no label; label them first")
+    for latent, reading in readings.items():
+        labels[latent].reading = reading
