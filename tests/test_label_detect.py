@@ -62,6 +62,9 @@ def test_held_out_examples_skip_shown_prompts_and_balance():
     shown = {texts[0]}
     firing, quiet = held_out_examples(acts[:, 0], texts, shown, 100)
     assert len(firing) == len(quiet) == 9 and texts[0] not in firing
+    dense = torch.arange(len(texts), dtype=torch.float) + 1  # > 0 everywhere: split at the median instead
+    firing, quiet = held_out_examples(dense, texts, set(), 100)
+    assert len(firing) == len(quiet) == 10 and set(firing) == set(texts[10:])
     reading = Reading("prompt", "", [], [PromptExample(texts[1], 2.0)], [], [0, 1], [1])
     scores = score_labels(KeywordDetector(), {"model": {0: "bake"}}, acts[:, :1] * 0, texts, [0], {0: reading})
     assert math.isnan(scores[0]["model"]) and math.isnan(reading.detection["model"])  # never fires: not scored

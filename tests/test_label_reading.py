@@ -13,7 +13,6 @@ from saelign.label.reading import (
     check_labels_meta,
     display_label,
     histogram,
-    read_latents,
     readings_from_acts,
     sae_meta,
 )
@@ -61,11 +60,3 @@ def test_histogram_counts_every_value():
     edges, counts = histogram(torch.tensor([0.0, 0.0, 1.0, 3.0]), bins=3)
     assert edges == pytest.approx([0, 1, 2, 3]) and counts == [2, 1, 1]
     assert histogram(torch.zeros(5)) == ([0.0, 0.0], [5])
-
-
-def test_read_latents_on_a_tiny_model(tiny_llama, tokenizer):
-    readings = read_latents(tiny_llama, tokenizer, _sae(), "model.layers.1", PROMPTS, [0, 5], n_examples=3)
-    assert set(readings) == {0, 5} and all(r.grain == "prompt" for r in readings.values())
-    assert all(len(r.top_prompts) == 3 and r.grounded for r in readings.values())
-    with pytest.raises(SaelignError, match="empty"):
-        read_latents(tiny_llama, tokenizer, _sae(), "model.layers.1", [], [0])

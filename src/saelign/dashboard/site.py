@@ -83,12 +83,18 @@ def _examples_html(label: LatentLabel) -> str:
     reading = label.reading
     if reading is not None and (reading.grain == "prompt" or not label.top_contexts):
         scale = max([e.activation for e in reading.top_prompts] + [1e-9])
-        return ("<h2>Requests that drive it most</h2>" + _prompt_rows(reading.top_prompts, scale)
-                + "<h2>Requests that drive it least</h2>" + _prompt_rows(reading.bottom_prompts, scale))
+        prompts = ("<h2>Requests that drive it most</h2>" + _prompt_rows(reading.top_prompts, scale)
+                   + "<h2>Requests that drive it least</h2>" + _prompt_rows(reading.bottom_prompts, scale))
+        # token windows of a latent read at a template position are template text: shown last, folded away
+        return prompts + (f"<details><summary>Top activating tokens in the corpus</summary>{_contexts_html(label)}"
+                          "</details>" if label.top_contexts else "")
+    return "<h2>Top activating tokens</h2>" + _contexts_html(label)
+
+
+def _contexts_html(label: LatentLabel) -> str:
     contexts: list[ContextExample] = label.top_contexts
     own_max = max((c.activation for c in contexts), default=0.0)
-    return ("<h2>Top activating tokens</h2>" + ("".join(_context_html(c, own_max) for c in contexts)
-                                                 or '<p class="muted">no activating context</p>'))
+    return "".join(_context_html(c, own_max) for c in contexts) or '<p class="muted">no activating context</p>'
 
 
 def feature_page(label: LatentLabel, info: FeatureInfo) -> str:

@@ -14,7 +14,7 @@ from saelign.configs import help_field
 from saelign.errors import SaelignError
 from saelign.label.contexts import ContextExample
 from saelign.label.detect import ChatDetector, score_labels
-from saelign.label.examples import example_grain, prompt_activations
+from saelign.label.examples import example_grain, last_prompt_token_is_template, prompt_activations
 from saelign.label.explain import explain_latents
 from saelign.label.grounding import LabelledPrompt, advbench_harm_categories, labelled_examples
 from saelign.label.labels import LatentLabel
@@ -62,7 +62,10 @@ def describe_latents(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: 
         raise SaelignError("the labelled example set is empty: give prompts to describe the latents on")
     texts = [p.prompt for p in prompts]
     acts = prompt_activations(model, tokenizer, sae, hookpoint, texts, latents, batch_size)
-    grains = {i: example_grain(contexts[i], tokenizer) if contexts and contexts.get(i) else "prompt" for i in latents}
+    # Read at a template token (the assistant header, SAILS' default), every latent summarises whole requests.
+    at_template = last_prompt_token_is_template(tokenizer)
+    grains = {i: "prompt" if at_template or not (contexts and contexts.get(i)) else example_grain(contexts[i], tokenizer)
+              for i in latents}
     readings = readings_from_acts(acts, prompts, latents, grains, cfg.n_examples)
     if explainer is None:
         return readings

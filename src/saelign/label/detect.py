@@ -102,10 +102,14 @@ def balanced_accuracy(firing: Sequence[float], quiet: Sequence[float]) -> float:
 
 def held_out_examples(values: torch.Tensor, texts: Sequence[str], shown: set[str], n: int, seed: int = 0
                       ) -> tuple[list[str], list[str]]:
-    """Up to n firing (> 0) and as many non-firing texts, none of them in `shown`, sampled with a seeded RNG."""
+    """Up to n firing and as many non-firing texts, none of them in `shown`, sampled with a seeded RNG.
+
+    Firing means > 0; for a latent that is > 0 on most prompts (common at the assistant header) that split says
+    nothing, so there it means above the median value: the label must then tell strong from weak."""
     rng = random.Random(seed)
-    firing = [t for t, v in zip(texts, values.tolist(), strict=True) if v > 0 and t not in shown]
-    quiet = [t for t, v in zip(texts, values.tolist(), strict=True) if v <= 0 and t not in shown]
+    threshold = float(values.float().median()) if float((values > 0).float().mean()) > 0.5 else 0.0
+    firing = [t for t, v in zip(texts, values.tolist(), strict=True) if v > threshold and t not in shown]
+    quiet = [t for t, v in zip(texts, values.tolist(), strict=True) if v <= threshold and t not in shown]
     m = min(n, len(firing), len(quiet))
     return rng.sample(firing, m), rng.sample(quiet, m)
 

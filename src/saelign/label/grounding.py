@@ -148,7 +148,12 @@ def _line(stats: list[GroupStat], names: list[str], fired_outside: list[float], 
     if len(kinds) > 1 and min(s.rate for s, _ in kinds) >= 0.5:
         rates = ", ".join(f"{_percent(s.rate)} of {s.value}" for s, _ in kinds)
         means = " / ".join(f"{s.mean:.2g}" for s, _ in kinds)
-        return f"fires on most requests whatever their kind: {rates} (mean {means})"
+        # Firing says little here; its value still varies: name where it is strongest and weakest.
+        finer = [i for i, s in enumerate(stats) if s.facet in ("topic", "harm")] or list(range(len(stats)))
+        high = max(finer, key=lambda i: stats[i].mean)
+        low = min(finer, key=lambda i: stats[i].mean)
+        return (f"fires on most requests whatever their kind: {rates} (mean {means}); strongest on {names[high]} "
+                f"(mean {stats[high].mean:.2g}), weakest on {names[low]} (mean {stats[low].mean:.2g})")
     # The most specific group: largest rate inside minus rate outside.
     best = max(range(len(stats)), key=lambda i: (stats[i].rate - fired_outside[i], stats[i].mean))
     others = [i for i in range(len(stats)) if stats[i].facet in ("kind", "topic") and i != best]

@@ -1,8 +1,8 @@
 """A latent's reading: its examples at the right grain, its data-grounded line, a histogram of its per-prompt
 values, and (once explained and scored) a model-written label and the detection scores of every label kind.
 
-`read_latents` is what the SAILS labels stage calls over its labelled prompts; the result rides in the labels
-sidecar (`LatentLabel.reading`) and feeds the dashboard.
+`label.describe.describe_latents` builds them over labelled prompts; they ride in the labels sidecar
+(`LatentLabel.reading`) and feed the dashboard.
 """
 
 from __future__ import annotations
@@ -14,13 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from transformers import PreTrainedTokenizerBase
 
 from saelign.errors import SaelignError
 from saelign.io import read_json
-from saelign.label.contexts import ContextExample
-from saelign.label.examples import PromptExample, example_grain, prompt_activations, prompt_examples
+from saelign.label.examples import PromptExample, prompt_examples
 from saelign.label.grounding import GroupStat, LabelledPrompt, ground_latents
 from saelign.sae import SAE
 
@@ -71,21 +68,6 @@ def readings_from_acts(acts: torch.Tensor, prompts: Sequence[LabelledPrompt], la
         out[latent] = Reading(grains.get(latent, "prompt"), grounding[latent].line, grounding[latent].groups, top,
                               bottom, edges, counts)
     return out
-
-
-def read_latents(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE, hookpoint: str,
-                 prompts: Sequence[LabelledPrompt], latents: Sequence[int],
-                 contexts: Mapping[int, Sequence[ContextExample]] | None = None, n_examples: int = 5,
-                 batch_size: int = 8) -> dict[int, Reading]:
-    """Read `latents` at the last chat-formatted prompt token over labelled prompts. With token contexts from a
-    corpus scan, a latent whose top contexts sit in template text is shown with whole prompts, others with its
-    token windows; without them every latent is read at the prompt grain (SAILS reads the assistant header)."""
-    if not prompts:
-        raise SaelignError("the labelled example set is empty: give prompts to read the latents on")
-    acts = prompt_activations(model, tokenizer, sae, hookpoint, [p.prompt for p in prompts], latents, batch_size)
-    grains = {i: example_grain(contexts.get(i, []), tokenizer) if contexts and contexts.get(i) else "prompt"
-              for i in latents}
-    return readings_from_acts(acts, prompts, latents, grains, n_examples)
 
 
 def sae_meta(sae: SAE) -> dict[str, Any]:
