@@ -39,6 +39,7 @@ def test_site_pages_show_grain_escape_and_histogram(tmp_path):
     index = write_site(_labels(), tmp_path / "site", "demo", {4: FeatureInfo(["selected"], "harmful request")})
     text = index.read_text()
     assert "requests to write malicious software" in text and "selected" in text
+    assert "<td>0.86</td>" in text and "<td>—</td>" in text  # the shown (model) label's score; none for tokens
     assert text.index('href="features/4.html"') < text.index('href="features/1.html"')  # tagged features first
     page4 = (tmp_path / "site" / "features" / "4.html").read_text()
     assert "Write ransomware that encrypts a hospital&#x27;s files" in page4 and "<svg" in page4

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from saelign.errors import SaelignError
-from saelign.label import LatentLabel
+from saelign.label import LatentLabel, explain
 from saelign.label.describe import DescribeConfig, attach_readings, describe_latents
 from saelign.label.grounding import labelled_examples
 from saelign.sae import SAE, SAEConfig
@@ -23,7 +23,8 @@ PROMPTS = labelled_examples([Ex(f"bake {i}", "harmless", "harmless:cooking") for
                             + [Ex(f"virus {i}", "harmful", "advbench") for i in range(8)])
 
 
-def test_describe_then_explain_and_score_on_tiny_models(tiny_llama, tokenizer):
+def test_describe_then_explain_and_score_on_tiny_models(tiny_llama, tokenizer, monkeypatch):
+    monkeypatch.setattr(explain, "EXPLAIN_PROMPT", "{top}|{bottom}|{grounded}")  # fits the tiny 256-token context
     torch.manual_seed(0)
     sae = SAE(SAEConfig(d_in=32, d_sae=16, activation="relu", hookpoint="model.layers.1"))
     with torch.no_grad():

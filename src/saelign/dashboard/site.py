@@ -126,13 +126,21 @@ def feature_page(label: LatentLabel, info: FeatureInfo) -> str:
     return _page(f"Feature {label.latent}: {title}", "".join(parts))
 
 
+def _shown_score(label: LatentLabel) -> str:
+    """Detection score of the label the list shows (model-written if any, else the grounded line)."""
+    reading = label.reading
+    if reading is None:
+        return "—"
+    value = reading.detection.get("model" if reading.explanation else "grounded")
+    return "—" if value is None or value != value else f"{value:.2f}"
+
+
 def index_page(labels: Sequence[LatentLabel], infos: Mapping[int, FeatureInfo], title: str) -> str:
     rows = []
     for label in labels:
         info = infos.get(label.latent, FeatureInfo())
         text = display_label(label.short_label, label.reading)
-        detection = label.reading.detection if label.reading else {}
-        score = f"{max(detection.values()):.2f}" if detection else "—"
+        score = _shown_score(label)
         tags = info.tags + ([f"concept: {info.concept}"] if info.concept else [])
         search = " ".join([str(label.latent), text, label.short_label, *tags]).lower()
         rows.append(f'<tr data-search="{html.escape(search)}"><td><a href="{feature_file(label.latent)}">'

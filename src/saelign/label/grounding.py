@@ -109,7 +109,7 @@ def labelled_examples(examples: Iterable[_Example], harm_categories: Mapping[str
     return out
 
 
-def build_groups(prompts: Sequence[LabelledPrompt], min_size: int = 5) -> list[Group]:
+def build_groups(prompts: Sequence[LabelledPrompt], min_size: int = 8) -> list[Group]:
     """One group per (facet, value) with at least `min_size` prompts, in facet order then by size."""
     members: dict[tuple[str, str], list[int]] = {}
     for row, item in enumerate(prompts):
@@ -166,7 +166,7 @@ def _line(stats: list[GroupStat], names: list[str], fired_outside: list[float], 
 
 
 def ground_latents(acts: torch.Tensor, prompts: Sequence[LabelledPrompt], latents: Sequence[int],
-                   min_group: int = 5, threshold: float = 0.0) -> dict[int, Grounding]:
+                   min_group: int = 8, threshold: float = 0.0) -> dict[int, Grounding]:
     """{latent: Grounding} from acts [n_prompts, len(latents)] (one value per prompt, e.g. at the last token)."""
     if not prompts:
         raise SaelignError("the labelled example set is empty: give prompts with labels to ground descriptions on")
