@@ -29,3 +29,9 @@ def test_account_names_features_with_links_and_judges_harmless_change():
 def test_account_without_changes():
     empty = EffectResult("h", {"harmful": 1}, {"harmful": {"up": [], "down": []}}, {}, 0.0, {})
     assert adapter_account(empty, method="SAILS") == "On harmful requests SAILS changes no feature measurably."
+
+
+def test_account_of_the_answers():
+    text = adapter_account(_effect(1.0), {1: "refusal and apology"}, answers=True)
+    assert text.startswith("In its answers to harmful requests the adapter pushes down feature 2 (-1.5)")
+    assert "raises refusal and apology (+2)" in text and "0.2 on answers to harmless vs" in text

@@ -31,26 +31,30 @@ def _strength(effect: EffectResult, kind: str) -> float:
 
 
 def adapter_account(effect: EffectResult, labels: Mapping[int, str] | None = None,
-                    link: Callable[[int], str] | None = None, n: int = 3, method: str = "the adapter") -> str:
-    """One Markdown paragraph; `labels` maps latent -> readable label, `link` latent -> dashboard page URL."""
+                    link: Callable[[int], str] | None = None, n: int = 3, method: str = "the adapter",
+                    answers: bool = False) -> str:
+    """One Markdown paragraph; `labels` maps latent -> readable label, `link` latent -> dashboard page URL.
+    With answers=True the effect is `response.response_effect`'s (features of the generated answers)."""
     labels = labels or {}
     sentences: list[str] = []
     for kind in _kinds(effect):
+        lead = f"In its answers to {kind} requests" if answers else f"On {kind} requests"
         down = [_mention(c, kind, labels, link) for c in effect.top[kind]["down"][:n]]
         up = [_mention(c, kind, labels, link) for c in effect.top[kind]["up"][:n]]
         if not down and not up:
-            sentences.append(f"On {kind} requests {method} changes no feature measurably.")
+            sentences.append(f"{lead} {method} changes no feature measurably.")
             continue
         parts = ([f"pushes down {_join(down)}"] if down else []) + ([f"raises {_join(up)}"] if up else [])
-        sentences.append(f"On {kind} requests {method} {' and '.join(parts)}.")
+        sentences.append(f"{lead} {method} {' and '.join(parts)}.")
     if "harmful" in effect.top and "harmless" in effect.top:
         harmful, harmless = _strength(effect, "harmful"), _strength(effect, "harmless")
         ratio = harmless / harmful if harmful > 0 else float("nan")
         verdict = ("mostly leaves harmless requests alone" if ratio < 0.5 else
                    "moves harmless requests about as much as harmful ones" if ratio < 1.5 else
                    "moves harmless requests more than harmful ones")
-        sentences.append(f"It {verdict} (mean |change| of the listed features {harmless:.2g} on harmless vs "
-                         f"{harmful:.2g} on harmful requests).")
+        where = "answers to " if answers else ""
+        sentences.append(f"It {verdict} (mean |change| of the listed features {harmless:.2g} on {where}harmless vs "
+                         f"{harmful:.2g} on {where}harmful requests).")
     return " ".join(sentences)
 
 
