@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -13,15 +15,17 @@ from transformers import PreTrainedTokenizerBase
 from saelign.configs import help_field
 from saelign.errors import SaelignError
 from saelign.label.contexts import ContextExample
-from saelign.label.detect import ChatDetector, score_labels
+from saelign.label.detect import ChatDetector, check_chat_model, score_labels
 from saelign.label.examples import example_grain, last_prompt_token_is_template, prompt_activations
 from saelign.label.explain import explain_latents
 from saelign.label.grounding import LabelledPrompt, advbench_harm_categories, labelled_examples
-from saelign.label.labels import LatentLabel
 from saelign.label.reading import Reading, readings_from_acts
 from saelign.models import ModelConfig, load_model
 from saelign.progress import logger
 from saelign.sae import SAE
+
+if TYPE_CHECKING:  # labels.py imports this module
+    from saelign.label.labels import LatentLabel
 
 
 @dataclass
@@ -46,8 +50,30 @@ def sails_labelled_prompts(examples: Iterable) -> list[LabelledPrompt]:
     return labelled_examples(examples, advbench_harm_categories(sources.pyrit_dir() / sources.ADVBENCH))
 
 
-def load_explainer(cfg: DescribeConfig) -> tuple[nn.Module, PreTrainedTokenizerBase] | None:
-    return load_model(ModelConfig(model=cfg.explainer)) if cfg.explainer else None
+def load_labelled_prompts(path: str | Path) -> list[LabelledPrompt]:
+    """A SAILS data folder (all splits) or a JSONL of {prompt, kind[, source]} lines, labelled for grounding."""
+    from saelign.sails.data import load_safety_data, parse_jsonl
+
+    where = Path(path)
+    if not where.exists():
+        raise SaelignError(f"--prompts {path}: no such file or folder; give a SAILS data folder or a JSONL file")
+    if where.is_dir():
+        data = load_safety_data(where)
+        examples = data.train + data.val + data.test
+    else:
+        examples = parse_jsonl(where)
+    if not examples:
+        raise SaelignError(f"--prompts {path}: the example set is empty")
+    if any(e.source == "advbench" for e in examples):
+        return sails_labelled_prompts(examples)
+    return labelled_examples(examples)
+
+
+def load_explainer(model: str, option: str = "--explainer") -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """Load a chat model for explaining and scoring; refused before any work if it has no chat template."""
+    explainer, tokenizer = load_model(ModelConfig(model=model))
+    check_chat_model(tokenizer, f"{option} {model}")
+    return explainer, tokenizer
 
 
 def describe_latents(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE, hookpoint: str,
@@ -92,3 +118,17 @@ def attach_readings(labels: Mapping[int, LatentLabel], readings: Mapping[int, Re
         raise SaelignError(f"features {missing[:10]} have readings but no label; label them first")
     for latent, reading in readings.items():
         labels[latent].reading = reading
+
+
+def describe_labels(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE, hookpoint: str,
+                    prompts: Sequence[LabelledPrompt], labels: Mapping[int, LatentLabel], explain_top: int,
+                    explainer: tuple[nn.Module, PreTrainedTokenizerBase] | None, batch_size: int = 8) -> None:
+    """Attach readings to every label; the first explain_top also get a model-written, scored label."""
+    ids = list(labels)
+    explained, rest = (ids[:explain_top], ids[explain_top:]) if explainer else ([], ids)
+    for part, pair in ((explained, explainer), (rest, None)):
+        if part:
+            readings = describe_latents(model, tokenizer, sae, hookpoint, prompts, part, DescribeConfig(),
+                                        {i: labels[i].short_label for i in part},
+                                        {i: labels[i].top_contexts for i in part}, pair, batch_size)
+            attach_readings(labels, readings)
