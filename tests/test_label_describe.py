@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from saelign.errors import SaelignError
-from saelign.label import LatentLabel, explain
+from saelign.label import ContextExample, LatentLabel, explain
 from saelign.label.describe import DescribeConfig, attach_readings, describe_latents
 from saelign.label.grounding import labelled_examples
 from saelign.sae import SAE, SAEConfig
@@ -32,6 +32,12 @@ def test_describe_then_explain_and_score_on_tiny_models(tiny_llama, tokenizer, m
     cfg = DescribeConfig(n_examples=1, n_heldout=3, label_tokens=4)
     plain = describe_latents(tiny_llama, tokenizer, sae, "model.layers.1", PROMPTS, [1, 2], cfg)
     assert all(r.grounded and not r.explanation and not r.detection for r in plain.values())
+    prose = [ContextExample("Mix flour, water, salt and", " yeast", ".", 1.5, 1, 6)]
+    by_tokens = describe_latents(tiny_llama, tokenizer, sae, "model.layers.1", PROMPTS, [1, 2], cfg,
+                                 contexts={1: prose}, grain_from_contexts=True)
+    assert by_tokens[1].grain == "token" and by_tokens[2].grain == "prompt"  # no corpus contexts: whole requests
+    at_header = describe_latents(tiny_llama, tokenizer, sae, "model.layers.1", PROMPTS, [1], cfg, contexts={1: prose})
+    assert at_header[1].grain == "prompt"  # read at the assistant-header newline: whole requests
     readings = describe_latents(tiny_llama, tokenizer, sae, "model.layers.1", PROMPTS, [1, 2], cfg,
                                 token_labels={1: "'bread'"}, explainer=(tiny_llama, tokenizer))
     assert set(readings[1].detection) <= {"model", "grounded", "tokens"} and readings[1].explanation is not None

@@ -81,15 +81,18 @@ def describe_latents(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: 
                      token_labels: Mapping[int, str] | None = None,
                      contexts: Mapping[int, Sequence[ContextExample]] | None = None,
                      explainer: tuple[nn.Module, PreTrainedTokenizerBase] | None = None,
-                     batch_size: int = 8) -> dict[int, Reading]:
+                     batch_size: int = 8, grain_from_contexts: bool = False) -> dict[int, Reading]:
     """{latent: Reading}; with an explainer, readings carry a model-written label and detection scores of the
-    'model', 'grounded' and (given token_labels) 'tokens' labels on the same held-out prompts."""
+    'model', 'grounded' and (given token_labels) 'tokens' labels on the same held-out prompts.
+
+    Grain: latents used at the last prompt token (SAILS) are shown with whole requests when that token is
+    template text; with grain_from_contexts (latents used at every corpus position, `saelign label`) a latent is
+    shown with whole requests only when most of its top corpus contexts sit in template text."""
     if not prompts:
         raise SaelignError("the labelled example set is empty: give prompts to describe the latents on")
     texts = [p.prompt for p in prompts]
     acts = prompt_activations(model, tokenizer, sae, hookpoint, texts, latents, batch_size)
-    # Read at a template token (the assistant header, SAILS' default), every latent summarises whole requests.
-    at_template = last_prompt_token_is_template(tokenizer)
+    at_template = not grain_from_contexts and last_prompt_token_is_template(tokenizer)
     grains = {i: "prompt" if at_template or not (contexts and contexts.get(i)) else example_grain(contexts[i], tokenizer)
               for i in latents}
     readings = readings_from_acts(acts, prompts, latents, grains, cfg.n_examples)
@@ -130,5 +133,6 @@ def describe_labels(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: S
         if part:
             readings = describe_latents(model, tokenizer, sae, hookpoint, prompts, part, DescribeConfig(),
                                         {i: labels[i].short_label for i in part},
-                                        {i: labels[i].top_contexts for i in part}, pair, batch_size)
+                                        {i: labels[i].top_contexts for i in part}, pair, batch_size,
+                                        grain_from_contexts=True)
             attach_readings(labels, readings)
