@@ -67,7 +67,7 @@ def test_held_out_examples_skip_shown_prompts_and_balance():
     assert len(firing) == len(quiet) == 10 and set(firing) == set(texts[10:])
     reading = Reading("prompt", "", [], [PromptExample(texts[1], 2.0)], [], [0, 1], [1])
     scores = score_labels(KeywordDetector(), {"model": {0: "bake"}}, acts[:, :1] * 0, texts, [0], {0: reading})
-    assert math.isnan(scores[0]["model"]) and math.isnan(reading.detection["model"])  # never fires: not scored
+    assert math.isnan(scores[0]["model"]) and reading.detection == {}  # never fires: not scored
 
 
 def test_chat_detector_plumbing_on_a_tiny_model(tiny_llama, tokenizer):

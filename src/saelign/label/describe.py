@@ -108,7 +108,7 @@ def describe_latents(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: 
     score_labels(detector, kinds, acts, texts, latents, readings, cfg.n_heldout, cfg.seed)
     scored = [r.detection for r in readings.values() if r.detection]
     for kind in kinds:
-        values = [d[kind] for d in scored if kind in d and d[kind] == d[kind]]  # nan != nan: unscored
+        values = [d[kind] for d in scored if kind in d]
         if values:
             logger.info(f"detection score of {kind} labels: mean {sum(values) / len(values):.2f} over {len(values)}")
     return readings

@@ -123,7 +123,7 @@ def score_labels(detector: Detector, labels: Mapping[str, Mapping[int, str]], ac
                  n: int = 10, seed: int = 0) -> dict[int, dict[str, float]]:
     """{latent: {label kind: balanced accuracy}} for every kind of label (e.g. tokens, grounded, model) on the
     same held-out examples; latents lacking firing or quiet held-out examples get nan. With readings, the
-    scores are stored in each reading's `detection` and the prompts it shows are held out."""
+    scores are stored in each reading's `detection` (nan left out) and the prompts it shows are held out."""
     out: dict[int, dict[str, float]] = {}
     for col, latent in enumerate(latents):
         reading = (readings or {}).get(latent)
@@ -134,6 +134,6 @@ def score_labels(detector: Detector, labels: Mapping[str, Mapping[int, str]], ac
         if not firing:
             logger.info(f"latent {latent}: no held-out firing and non-firing prompts; detection not scored")
         out[latent] = scores
-        if reading is not None:
-            reading.detection.update(scores)
+        if reading is not None:  # unscored kinds stay out of the sidecar (NaN is not JSON)
+            reading.detection.update({kind: v for kind, v in scores.items() if not math.isnan(v)})
     return out
