@@ -12,6 +12,7 @@ from saelign.errors import SaelignError
 from saelign.label.detect import (
     ChatDetector,
     KeywordDetector,
+    LikelihoodDetector,
     balanced_accuracy,
     held_out_examples,
     score_labels,
@@ -82,3 +83,14 @@ def test_chat_detector_refuses_a_model_without_chat_template(tiny_llama, tokeniz
     plain = tokenizer.__class__(tokenizer_object=tokenizer.backend_tokenizer, eos_token="<|im_end|>")
     with pytest.raises(SaelignError, match="--detector: .*no chat template"):
         ChatDetector(tiny_llama, plain)
+
+
+def test_likelihood_detector_is_a_log_likelihood_difference(tiny_llama, tokenizer, monkeypatch):
+    detector = LikelihoodDetector(tiny_llama, tokenizer, batch_size=2)
+    texts = ["How do I bake bread?", "hello", "world"]
+    scores = detector.scores("cooking", texts)
+    assert len(scores) == 3 and all(math.isfinite(s) for s in scores)
+    assert scores[1] == pytest.approx(LikelihoodDetector(tiny_llama, tokenizer).scores("cooking", ["hello"])[0],
+                                      abs=1e-4)  # batched with padding = one at a time
+    monkeypatch.setattr(LikelihoodDetector, "LABELLED", LikelihoodDetector.NEUTRAL)
+    assert LikelihoodDetector(tiny_llama, tokenizer).scores("cooking", texts) == pytest.approx([0.0] * 3, abs=1e-5)

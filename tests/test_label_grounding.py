@@ -12,6 +12,7 @@ from saelign.label.grounding import (
     advbench_harm_categories,
     build_groups,
     ground_latents,
+    grounded_phrase,
     labelled_examples,
     request_form,
 )
@@ -88,3 +89,12 @@ def test_labels_from_safety_examples_and_advbench_file(tmp_path: Path):
     bad.write_text("seeds:\n- value: x\n")
     with pytest.raises(SaelignError, match="harm_categories"):
         advbench_harm_categories(bad)
+
+
+def test_grounded_phrase_is_what_the_line_says_the_latent_is_about():
+    assert grounded_phrase("fires on 90 % of 'Cyber attack' harmful requests and 0 % of harmless requests "
+                           "(mean 1.8 vs 0)") == "'Cyber attack' harmful requests"
+    assert grounded_phrase("fires on 40 % of questions (mean 1)") == "questions"
+    assert grounded_phrase("fires on most requests whatever their kind: 100 % of harmful (mean 1 / 2); strongest "
+                           "on cooking requests (mean 3), weakest on coding requests (mean 1)") == "cooking requests"
+    assert grounded_phrase("never fires on the 40 labelled requests") == "never fires on the 40 labelled requests"

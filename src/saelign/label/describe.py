@@ -15,10 +15,15 @@ from transformers import PreTrainedTokenizerBase
 from saelign.configs import help_field
 from saelign.errors import SaelignError
 from saelign.label.contexts import ContextExample
-from saelign.label.detect import ChatDetector, check_chat_model, score_labels
+from saelign.label.detect import LikelihoodDetector, check_chat_model, score_labels
 from saelign.label.examples import example_grain, last_prompt_token_is_template, prompt_activations
 from saelign.label.explain import explain_latents
-from saelign.label.grounding import LabelledPrompt, advbench_harm_categories, labelled_examples
+from saelign.label.grounding import (
+    LabelledPrompt,
+    advbench_harm_categories,
+    grounded_phrase,
+    labelled_examples,
+)
 from saelign.label.reading import Reading, readings_from_acts
 from saelign.models import ModelConfig, load_model
 from saelign.progress import logger
@@ -101,10 +106,10 @@ def describe_latents(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: 
     explain_model, explain_tokenizer = explainer
     explain_latents(explain_model, explain_tokenizer, readings, cfg.label_tokens, batch_size)
     kinds = {"model": {i: r.explanation for i, r in readings.items()},
-             "grounded": {i: r.grounded for i, r in readings.items()}}
+             "grounded": {i: grounded_phrase(r.grounded) for i, r in readings.items()}}
     if token_labels:
         kinds["tokens"] = dict(token_labels)
-    detector = ChatDetector(explain_model, explain_tokenizer, batch_size, option="--explainer")
+    detector = LikelihoodDetector(explain_model, explain_tokenizer, batch_size)
     score_labels(detector, kinds, acts, texts, latents, readings, cfg.n_heldout, cfg.seed)
     scored = [r.detection for r in readings.values() if r.detection]
     for kind in kinds:

@@ -6,7 +6,8 @@ accuracy of "fires" predictions (delphi's detection score). The decision thresho
 balanced set, so a detector that always answers the same (small chat models lean to "Yes") scores exactly 0.5
 instead of looking good on one class; it does not need to be calibrated, only to rank.
 
-Detectors: `ChatDetector` asks a local chat model ("Yes"/"No" next-token logits, one forward per prompt, no
+Detectors: `LikelihoodDetector` (the default) measures how much the label raises a local model's likelihood of
+the prompt; `ChatDetector` asks a chat model ("Yes"/"No" next-token logits, one forward per prompt, no
 generation); `KeywordDetector` is a deterministic word-overlap scorer that checks the maths on constructed cases.
 """
 
@@ -86,6 +87,45 @@ class ChatDetector:
             last = logits[torch.arange(len(encoded)), mask.sum(1).to(device) - 1].log_softmax(-1)
             out += (last[:, self.yes].logsumexp(-1) - last[:, self.no].logsumexp(-1)).tolist()
         return out
+
+
+class LikelihoodDetector:
+    """How much the label raises the model's log-likelihood of the text: log P(text | "<label>" frame) minus
+    log P(text | neutral frame), summed over the text's tokens. Needs no instruction following, so it works
+    with small base and chat models alike; the neutral term is cached per text."""
+
+    # Frames measured on SmolLM2-135M over held-out harmful/harmless and coding/other prompts: this one ranked
+    # best of the three tried; a Yes/No question to the same model ranked worse.
+    LABELLED = "The following request is about {label}.\n"
+    NEUTRAL = "The following request is about something.\n"
+
+    def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, batch_size: int = 8):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self._neutral: dict[str, float] = {}
+
+    @torch.inference_mode()
+    def _log_likelihood(self, prefix: str, texts: Sequence[str]) -> list[float]:
+        from saelign.sails.chat import pad_right
+
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        device = next(self.model.parameters()).device
+        head = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        out: list[float] = []
+        for start in range(0, len(texts), self.batch_size):
+            bodies = [self.tokenizer(t[:600], add_special_tokens=False)["input_ids"]
+                      for t in texts[start:start + self.batch_size]]
+            ids, mask = pad_right([head + b for b in bodies], pad)
+            logp = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().log_softmax(-1)
+            token_logp = logp[:, :-1].gather(-1, ids[:, 1:, None].to(device))[..., 0].cpu()  # [B, T-1]
+            for row, body in enumerate(bodies):  # the text's tokens are predicted from positions len(head)-1 on
+                out.append(float(token_logp[row, len(head) - 1:len(head) - 1 + len(body)].sum()))
+        return out
+
+    def scores(self, label: str, texts: Sequence[str]) -> list[float]:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._neutral]
+        self._neutral.update(zip(missing, self._log_likelihood(self.NEUTRAL, missing), strict=True))
+        labelled = self._log_likelihood(self.LABELLED.format(label=label), texts)
+        return [value - self._neutral[t] for value, t in zip(labelled, texts, strict=True)]
 
 
 def balanced_accuracy(firing: Sequence[float], quiet: Sequence[float]) -> float:

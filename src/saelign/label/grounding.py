@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 import yaml
@@ -189,5 +189,11 @@ def ground_latents(acts: torch.Tensor, prompts: Sequence[LabelledPrompt], latent
     return out
 
 
-def grounding_to_dict(grounding: Grounding) -> dict[str, Any]:
-    return {"line": grounding.line, "groups": [vars(s) for s in grounding.groups]}
+_STRONGEST = re.compile(r"strongest on (.+?) \(mean")
+_FIRES_ON = re.compile(r"^fires on \d+ % of (.+?)(?: and \d+ % of | \(mean|$)")
+
+
+def grounded_phrase(line: str) -> str:
+    """What a grounded line says the latent is about ("'Cyber attack' harmful requests"), for a detector."""
+    match = _STRONGEST.search(line) or _FIRES_ON.search(line)
+    return match.group(1) if match else line
