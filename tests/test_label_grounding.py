@@ -47,10 +47,12 @@ def test_planted_topic_feature_names_its_topic_and_the_contrast():
     silent = torch.zeros(len(prompts))
     out = ground_latents(torch.stack([cyber, everywhere, silent], 1), prompts, [4, 5, 6])
     assert out[4].line == "fires on 90 % of 'Cyber attack' harmful requests and 0 % of harmless requests (mean 1.8 vs 0)"
-    assert out[5].line.startswith("fires on most requests whatever their kind: 100 % of harmful, 100 % of harmless")
+    assert out[5].line.startswith("fires on most requests whatever their kind (100 % of harmful, 100 % of harmless)")
     dense = torch.tensor([3.0 if p.labels.get("topic") == ("cooking",) else 1.0 for p in prompts])
     line = ground_latents(dense[:, None], prompts, [7])[7].line
-    assert line.endswith("strongest on cooking requests (mean 3), weakest on coding requests (mean 1)")
+    assert line.endswith("stronger on harmless than harmful requests (mean 2 vs 1); strongest on cooking requests "
+                         "(mean 3), weakest on coding requests (mean 1)")
+    assert grounded_phrase(line) == "harmless requests"
     assert out[6].line == "never fires on the 40 labelled requests"
     stat = next(s for s in out[4].groups if s.value == "Cyber attack")
     assert (stat.n, stat.rate, stat.mean) == (10, 0.9, pytest.approx(1.8))
@@ -95,6 +97,6 @@ def test_grounded_phrase_is_what_the_line_says_the_latent_is_about():
     assert grounded_phrase("fires on 90 % of 'Cyber attack' harmful requests and 0 % of harmless requests "
                            "(mean 1.8 vs 0)") == "'Cyber attack' harmful requests"
     assert grounded_phrase("fires on 40 % of questions (mean 1)") == "questions"
-    assert grounded_phrase("fires on most requests whatever their kind: 100 % of harmful (mean 1 / 2); strongest "
+    assert grounded_phrase("fires on most requests whatever their kind (100 % of harmful); strongest "
                            "on cooking requests (mean 3), weakest on coding requests (mean 1)") == "cooking requests"
     assert grounded_phrase("never fires on the 40 labelled requests") == "never fires on the 40 labelled requests"

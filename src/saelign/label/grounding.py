@@ -147,12 +147,14 @@ def _line(stats: list[GroupStat], names: list[str], fired_outside: list[float], 
         return f"never fires on the {n_prompts} labelled requests"
     if len(kinds) > 1 and min(s.rate for s, _ in kinds) >= 0.5:
         rates = ", ".join(f"{_percent(s.rate)} of {s.value}" for s, _ in kinds)
-        means = " / ".join(f"{s.mean:.2g}" for s, _ in kinds)
-        # Firing says little here; its value still varies: name where it is strongest and weakest.
+        # Firing says little here; its value still varies: say which kind and which groups drive it most.
+        top_kind, low_kind = max(kinds, key=lambda k: k[0].mean)[0], min(kinds, key=lambda k: k[0].mean)[0]
+        kind_text = (f", stronger on {top_kind.value} than {low_kind.value} requests (mean {top_kind.mean:.2g} vs "
+                     f"{low_kind.mean:.2g})" if top_kind.mean > 1.5 * max(low_kind.mean, 1e-9) else "")
         finer = [i for i, s in enumerate(stats) if s.facet in ("topic", "harm")] or list(range(len(stats)))
         high = max(finer, key=lambda i: stats[i].mean)
         low = min(finer, key=lambda i: stats[i].mean)
-        return (f"fires on most requests whatever their kind: {rates} (mean {means}); strongest on {names[high]} "
+        return (f"fires on most requests whatever their kind ({rates}){kind_text}; strongest on {names[high]} "
                 f"(mean {stats[high].mean:.2g}), weakest on {names[low]} (mean {stats[low].mean:.2g})")
     # The most specific group: largest rate inside minus rate outside.
     best = max(range(len(stats)), key=lambda i: (stats[i].rate - fired_outside[i], stats[i].mean))
@@ -189,11 +191,15 @@ def ground_latents(acts: torch.Tensor, prompts: Sequence[LabelledPrompt], latent
     return out
 
 
+_STRONGER_KIND = re.compile(r"stronger on (\S+) than ")
 _STRONGEST = re.compile(r"strongest on (.+?) \(mean")
 _FIRES_ON = re.compile(r"^fires on \d+ % of (.+?)(?: and \d+ % of | \(mean|$)")
 
 
 def grounded_phrase(line: str) -> str:
     """What a grounded line says the latent is about ("'Cyber attack' harmful requests"), for a detector."""
+    kind = _STRONGER_KIND.search(line)
+    if kind:
+        return f"{kind.group(1)} requests"
     match = _STRONGEST.search(line) or _FIRES_ON.search(line)
     return match.group(1) if match else line
