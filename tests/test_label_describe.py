@@ -19,12 +19,16 @@ class Ex:
     source: str
 
 
-PROMPTS = labelled_examples([Ex(f"bake {i}", "harmless", "harmless:cooking") for i in range(8)]
-                            + [Ex(f"virus {i}", "harmful", "advbench") for i in range(8)])
+PROMPTS = labelled_examples(
+    [Ex(f"bake {i}", "harmless", "harmless:cooking") for i in range(8)]
+    + [Ex(f"virus {i}", "harmful", "advbench") for i in range(8)]
+)
 
 
 def test_describe_then_explain_and_score_on_tiny_models(tiny_llama, tokenizer, monkeypatch):
-    monkeypatch.setattr(explain, "EXPLAIN_PROMPT", "{top}|{bottom}|{grounded}")  # fits the tiny 256-token context
+    monkeypatch.setattr(
+        explain, "EXPLAIN_PROMPT", "{top}|{bottom}|{grounded}"
+    )  # fits the tiny 256-token context
     torch.manual_seed(0)
     sae = SAE(SAEConfig(d_in=32, d_sae=16, activation="relu", hookpoint="model.layers.1"))
     with torch.no_grad():
@@ -33,14 +37,38 @@ def test_describe_then_explain_and_score_on_tiny_models(tiny_llama, tokenizer, m
     plain = describe_latents(tiny_llama, tokenizer, sae, "model.layers.1", PROMPTS, [1, 2], cfg)
     assert all(r.grounded and not r.explanation and not r.detection for r in plain.values())
     prose = [ContextExample("Mix flour, water, salt and", " yeast", ".", 1.5, 1, 6)]
-    by_tokens = describe_latents(tiny_llama, tokenizer, sae, "model.layers.1", PROMPTS, [1, 2], cfg,
-                                 contexts={1: prose}, grain_from_contexts=True)
-    assert by_tokens[1].grain == "token" and by_tokens[2].grain == "prompt"  # no corpus contexts: whole requests
-    at_header = describe_latents(tiny_llama, tokenizer, sae, "model.layers.1", PROMPTS, [1], cfg, contexts={1: prose})
+    by_tokens = describe_latents(
+        tiny_llama,
+        tokenizer,
+        sae,
+        "model.layers.1",
+        PROMPTS,
+        [1, 2],
+        cfg,
+        contexts={1: prose},
+        grain_from_contexts=True,
+    )
+    assert (
+        by_tokens[1].grain == "token" and by_tokens[2].grain == "prompt"
+    )  # no corpus contexts: whole requests
+    at_header = describe_latents(
+        tiny_llama, tokenizer, sae, "model.layers.1", PROMPTS, [1], cfg, contexts={1: prose}
+    )
     assert at_header[1].grain == "prompt"  # read at the assistant-header newline: whole requests
-    readings = describe_latents(tiny_llama, tokenizer, sae, "model.layers.1", PROMPTS, [1, 2], cfg,
-                                token_labels={1: "'bread'"}, explainer=(tiny_llama, tokenizer))
-    assert set(readings[1].detection) <= {"model", "grounded", "tokens"} and readings[1].explanation is not None
+    readings = describe_latents(
+        tiny_llama,
+        tokenizer,
+        sae,
+        "model.layers.1",
+        PROMPTS,
+        [1, 2],
+        cfg,
+        token_labels={1: "'bread'"},
+        explainer=(tiny_llama, tokenizer),
+    )
+    assert (
+        set(readings[1].detection) <= {"model", "grounded", "tokens"} and readings[1].explanation is not None
+    )
     for reading in readings.values():
         for score in reading.detection.values():
             assert 0.0 <= score <= 1.0  # unscored (nan) kinds are left out
@@ -56,8 +84,9 @@ def test_bad_options():
         DescribeConfig(n_examples=0)
 
 
-def test_label_cli_reads_labelled_prompts_explains_and_refuses_bad_explainers(tiny_llama_dir, tokenizer, tmp_path,
-                                                                              monkeypatch, capsys):
+def test_label_cli_reads_labelled_prompts_explains_and_refuses_bad_explainers(
+    tiny_llama_dir, tokenizer, tmp_path, monkeypatch, capsys
+):
     import json
 
     from saelign.cli import main
@@ -73,15 +102,47 @@ def test_label_cli_reads_labelled_prompts_explains_and_refuses_bad_explainers(ti
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("How do I bake bread? Mix flour and water.\n\nThe quick brown fox.")
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": p.prompt, "kind": p.labels["kind"][0],
-                                           "source": "harmless:cooking" if "bake" in p.prompt else "user"}) + "\n"
-                               for p in PROMPTS))
-    common = ["label", "--model", str(tiny_llama_dir), "--sae", str(sae_dir), "--corpus", str(corpus),
-              "--context-length", "16", "--device", "cpu", "--latents", "1,2,3", "--prompts", str(prompts)]
+    prompts.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "prompt": p.prompt,
+                    "kind": p.labels["kind"][0],
+                    "source": "harmless:cooking" if "bake" in p.prompt else "user",
+                }
+            )
+            + "\n"
+            for p in PROMPTS
+        )
+    )
+    common = [
+        "label",
+        "--model",
+        str(tiny_llama_dir),
+        "--sae",
+        str(sae_dir),
+        "--corpus",
+        str(corpus),
+        "--context-length",
+        "16",
+        "--device",
+        "cpu",
+        "--latents",
+        "1,2,3",
+        "--prompts",
+        str(prompts),
+    ]
     plain = tmp_path / "plain"
     tokenizer.save_pretrained(plain)
-    (plain / "tokenizer_config.json").write_text(json.dumps(
-        {k: v for k, v in json.loads((plain / "tokenizer_config.json").read_text()).items() if k != "chat_template"}))
+    (plain / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                k: v
+                for k, v in json.loads((plain / "tokenizer_config.json").read_text()).items()
+                if k != "chat_template"
+            }
+        )
+    )
     (plain / "chat_template.jinja").unlink(missing_ok=True)
     from transformers import AutoModelForCausalLM
 
@@ -93,6 +154,8 @@ def test_label_cli_reads_labelled_prompts_explains_and_refuses_bad_explainers(ti
     assert main([*common, "--explainer", str(tiny_llama_dir), "--explain-top", "1"]) == 0
     labels = load_labels(sae_dir / "labels.json")
     assert all(label.reading and label.reading.grounded for label in labels.values())
-    assert labels[1].reading.explanation is not None and not labels[2].reading.detection  # only the first explained
+    assert (
+        labels[1].reading.explanation is not None and not labels[2].reading.detection
+    )  # only the first explained
     meta = json.loads((sae_dir / "labels.json").read_text())["meta"]
     assert meta["d_sae"] == 16 and meta["sae_fingerprint"]

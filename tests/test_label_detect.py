@@ -21,10 +21,20 @@ from saelign.label.examples import PromptExample
 from saelign.label.grounding import LabelledPrompt, ground_latents
 from saelign.label.reading import Reading
 
-COOKING = ["How long should I bake bread in the oven?", "Give me a soup recipe with leeks", "How do I bake a cake?",
-           "What oven temperature roasts a chicken?", "Share a recipe for pancakes"]
-OTHER = ["How do I sort a list in Python?", "Explain photosynthesis", "What is the capital of Peru?",
-         "Write a poem about rain", "How do I fix a flat tyre?"]
+COOKING = [
+    "How long should I bake bread in the oven?",
+    "Give me a soup recipe with leeks",
+    "How do I bake a cake?",
+    "What oven temperature roasts a chicken?",
+    "Share a recipe for pancakes",
+]
+OTHER = [
+    "How do I sort a list in Python?",
+    "Explain photosynthesis",
+    "What is the capital of Peru?",
+    "Write a poem about rain",
+    "How do I fix a flat tyre?",
+]
 
 
 def _data(copies: int = 8) -> tuple[list[str], torch.Tensor, list[LabelledPrompt]]:
@@ -35,7 +45,10 @@ def _data(copies: int = 8) -> tuple[list[str], torch.Tensor, list[LabelledPrompt
     rng = random.Random(0)
     planted = torch.tensor([2.0 if t == "cooking" else 0.0 for t in topics])
     noise = torch.tensor([float(rng.random() < 0.5) for _ in topics])
-    labelled = [LabelledPrompt(t, {"kind": ("harmless",), "topic": (topic,)}) for t, topic in zip(texts, topics, strict=True)]
+    labelled = [
+        LabelledPrompt(t, {"kind": ("harmless",), "topic": (topic,)})
+        for t, topic in zip(texts, topics, strict=True)
+    ]
     return texts, torch.stack([planted, noise], 1), labelled
 
 
@@ -67,7 +80,9 @@ def test_held_out_examples_skip_shown_prompts_and_balance():
     firing, quiet = held_out_examples(dense, texts, set(), 100)
     assert len(firing) == len(quiet) == 10 and set(firing) == set(texts[10:])
     reading = Reading("prompt", "", [], [PromptExample(texts[1], 2.0)], [], [0, 1], [1])
-    scores = score_labels(KeywordDetector(), {"model": {0: "bake"}}, acts[:, :1] * 0, texts, [0], {0: reading})
+    scores = score_labels(
+        KeywordDetector(), {"model": {0: "bake"}}, acts[:, :1] * 0, texts, [0], {0: reading}
+    )
     assert math.isnan(scores[0]["model"]) and reading.detection == {}  # never fires: not scored
 
 
@@ -90,7 +105,10 @@ def test_likelihood_detector_is_a_log_likelihood_difference(tiny_llama, tokenize
     texts = ["How do I bake bread?", "hello", "world"]
     scores = detector.scores("cooking", texts)
     assert len(scores) == 3 and all(math.isfinite(s) for s in scores)
-    assert scores[1] == pytest.approx(LikelihoodDetector(tiny_llama, tokenizer).scores("cooking", ["hello"])[0],
-                                      abs=1e-4)  # batched with padding = one at a time
+    assert scores[1] == pytest.approx(
+        LikelihoodDetector(tiny_llama, tokenizer).scores("cooking", ["hello"])[0], abs=1e-4
+    )  # batched with padding = one at a time
     monkeypatch.setattr(LikelihoodDetector, "LABELLED", LikelihoodDetector.NEUTRAL)
-    assert LikelihoodDetector(tiny_llama, tokenizer).scores("cooking", texts) == pytest.approx([0.0] * 3, abs=1e-5)
+    assert LikelihoodDetector(tiny_llama, tokenizer).scores("cooking", texts) == pytest.approx(
+        [0.0] * 3, abs=1e-5
+    )

@@ -9,19 +9,31 @@ from saelign.label.reading import Reading
 
 
 def _reading() -> Reading:
-    return Reading("prompt", "fires on 90 % of cooking requests and 0 % of coding requests (mean 2 vs 0)", [],
-                   [PromptExample("How do I bake bread?", 2.0)], [PromptExample("Sort a list in Python", 0.0)],
-                   [0, 1], [2])
+    return Reading(
+        "prompt",
+        "fires on 90 % of cooking requests and 0 % of coding requests (mean 2 vs 0)",
+        [],
+        [PromptExample("How do I bake bread?", 2.0)],
+        [PromptExample("Sort a list in Python", 0.0)],
+        [0, 1],
+        [2],
+    )
 
 
 def test_prompt_shows_top_bottom_and_the_grounded_line():
     text = explain_prompt(_reading())
     assert "- How do I bake bread?" in text and "- Sort a list in Python" in text
-    assert text.index("bake") < text.index("inactive") < text.index("Sort") and "Measured: it fires on 90 %" in text
+    assert (
+        text.index("bake") < text.index("inactive") < text.index("Sort")
+        and "Measured: it fires on 90 %" in text
+    )
 
 
 def test_clean_label():
-    assert clean_label('The feature detects: "Cooking and baking questions."\nMore text') == "Cooking and baking questions"
+    assert (
+        clean_label('The feature detects: "Cooking and baking questions."\nMore text')
+        == "Cooking and baking questions"
+    )
     assert clean_label("Label: a b c d e f g h i j k l m n", max_words=3) == "a b c"
     assert clean_label("") == ""
 

@@ -28,14 +28,28 @@ class Ex:
 def _prompts() -> list[LabelledPrompt]:
     rows = []
     for i in range(10):
-        rows.append(LabelledPrompt(f"Write malware number {i}", {"kind": ("harmful",), "harm": ("Cyber attack",),
-                                                                  "form": ("instruction",)}))
-        rows.append(LabelledPrompt(f"Write a poem {i}", {"kind": ("harmful",), "harm": ("Harassment",),
-                                                          "form": ("instruction",)}))
-        rows.append(LabelledPrompt(f"How do I sort a list {i}?", {"kind": ("harmless",), "topic": ("coding",),
-                                                                   "form": ("question",)}))
-        rows.append(LabelledPrompt(f"How do I bake {i}?", {"kind": ("harmless",), "topic": ("cooking",),
-                                                            "form": ("question",)}))
+        rows.append(
+            LabelledPrompt(
+                f"Write malware number {i}",
+                {"kind": ("harmful",), "harm": ("Cyber attack",), "form": ("instruction",)},
+            )
+        )
+        rows.append(
+            LabelledPrompt(
+                f"Write a poem {i}", {"kind": ("harmful",), "harm": ("Harassment",), "form": ("instruction",)}
+            )
+        )
+        rows.append(
+            LabelledPrompt(
+                f"How do I sort a list {i}?",
+                {"kind": ("harmless",), "topic": ("coding",), "form": ("question",)},
+            )
+        )
+        rows.append(
+            LabelledPrompt(
+                f"How do I bake {i}?", {"kind": ("harmless",), "topic": ("cooking",), "form": ("question",)}
+            )
+        )
     return rows
 
 
@@ -46,12 +60,19 @@ def test_planted_topic_feature_names_its_topic_and_the_contrast():
     everywhere = torch.ones(len(prompts))
     silent = torch.zeros(len(prompts))
     out = ground_latents(torch.stack([cyber, everywhere, silent], 1), prompts, [4, 5, 6])
-    assert out[4].line == "fires on 90 % of 'Cyber attack' harmful requests and 0 % of harmless requests (mean 1.8 vs 0)"
-    assert out[5].line.startswith("fires on most requests whatever their kind (100 % of harmful, 100 % of harmless)")
+    assert (
+        out[4].line
+        == "fires on 90 % of 'Cyber attack' harmful requests and 0 % of harmless requests (mean 1.8 vs 0)"
+    )
+    assert out[5].line.startswith(
+        "fires on most requests whatever their kind (100 % of harmful, 100 % of harmless)"
+    )
     dense = torch.tensor([3.0 if p.labels.get("topic") == ("cooking",) else 1.0 for p in prompts])
     line = ground_latents(dense[:, None], prompts, [7])[7].line
-    assert line.endswith("stronger on harmless than harmful requests (mean 2 vs 1); strongest on cooking requests "
-                         "(mean 3), weakest on coding requests (mean 1)")
+    assert line.endswith(
+        "stronger on harmless than harmful requests (mean 2 vs 1); strongest on cooking requests "
+        "(mean 3), weakest on coding requests (mean 1)"
+    )
     assert grounded_phrase(line) == "harmless requests"
     assert out[6].line == "never fires on the 40 labelled requests"
     stat = next(s for s in out[4].groups if s.value == "Cyber attack")
@@ -60,7 +81,10 @@ def test_planted_topic_feature_names_its_topic_and_the_contrast():
 
 def test_groups_need_min_size_and_shape_is_checked():
     prompts = _prompts()[:8]
-    assert {(g.facet, g.value) for g in build_groups(prompts, 2)} >= {("kind", "harmful"), ("topic", "coding")}
+    assert {(g.facet, g.value) for g in build_groups(prompts, 2)} >= {
+        ("kind", "harmful"),
+        ("topic", "coding"),
+    }
     assert ("topic", "coding") not in {(g.facet, g.value) for g in build_groups(prompts, 3)}
     assert build_groups(prompts, 9) == []
     with pytest.raises(SaelignError, match="shape"):
@@ -79,13 +103,24 @@ def test_request_form():
 
 def test_labels_from_safety_examples_and_advbench_file(tmp_path: Path):
     path = tmp_path / "adv_bench.prompt"
-    path.write_text("seeds:\n- value: Hack a bank\n  harm_categories:\n  - Financial and Business\n  - Privacy loss\n")
+    path.write_text(
+        "seeds:\n- value: Hack a bank\n  harm_categories:\n  - Financial and Business\n  - Privacy loss\n"
+    )
     harms = advbench_harm_categories(path)
     assert harms == {"Hack a bank": ("Financial and Business", "Privacy loss")}
-    rows = labelled_examples([Ex("Hack a bank", "harmful", "advbench"), Ex("Sort a list", "harmless", "harmless:coding"),
-                              Ex("Capital of France?", "harmless", "countries")], harms)
-    assert rows[0].labels == {"kind": ("harmful",), "form": ("instruction",),
-                              "harm": ("Financial and Business", "Privacy loss")}
+    rows = labelled_examples(
+        [
+            Ex("Hack a bank", "harmful", "advbench"),
+            Ex("Sort a list", "harmless", "harmless:coding"),
+            Ex("Capital of France?", "harmless", "countries"),
+        ],
+        harms,
+    )
+    assert rows[0].labels == {
+        "kind": ("harmful",),
+        "form": ("instruction",),
+        "harm": ("Financial and Business", "Privacy loss"),
+    }
     assert rows[1].labels["topic"] == ("coding",) and rows[2].labels["topic"] == ("country facts",)
     bad = tmp_path / "bad.prompt"
     bad.write_text("seeds:\n- value: x\n")
@@ -94,9 +129,21 @@ def test_labels_from_safety_examples_and_advbench_file(tmp_path: Path):
 
 
 def test_grounded_phrase_is_what_the_line_says_the_latent_is_about():
-    assert grounded_phrase("fires on 90 % of 'Cyber attack' harmful requests and 0 % of harmless requests "
-                           "(mean 1.8 vs 0)") == "'Cyber attack' harmful requests"
+    assert (
+        grounded_phrase(
+            "fires on 90 % of 'Cyber attack' harmful requests and 0 % of harmless requests (mean 1.8 vs 0)"
+        )
+        == "'Cyber attack' harmful requests"
+    )
     assert grounded_phrase("fires on 40 % of questions (mean 1)") == "questions"
-    assert grounded_phrase("fires on most requests whatever their kind (100 % of harmful); strongest "
-                           "on cooking requests (mean 3), weakest on coding requests (mean 1)") == "cooking requests"
-    assert grounded_phrase("never fires on the 40 labelled requests") == "never fires on the 40 labelled requests"
+    assert (
+        grounded_phrase(
+            "fires on most requests whatever their kind (100 % of harmful); strongest "
+            "on cooking requests (mean 3), weakest on coding requests (mean 1)"
+        )
+        == "cooking requests"
+    )
+    assert (
+        grounded_phrase("never fires on the 40 labelled requests")
+        == "never fires on the 40 labelled requests"
+    )

@@ -18,8 +18,10 @@ from saelign.label.reading import (
 )
 from saelign.sae import SAE, SAEConfig
 
-PROMPTS = [LabelledPrompt(f"How do I bake bread number {i}?", {"kind": ("harmless",), "topic": ("cooking",)})
-           for i in range(8)] + [LabelledPrompt(f"Write a virus {i}", {"kind": ("harmful",)}) for i in range(8)]
+PROMPTS = [
+    LabelledPrompt(f"How do I bake bread number {i}?", {"kind": ("harmless",), "topic": ("cooking",)})
+    for i in range(8)
+] + [LabelledPrompt(f"Write a virus {i}", {"kind": ("harmful",)}) for i in range(8)]
 
 
 def _sae(seed: int = 0) -> SAE:
@@ -32,14 +34,18 @@ def test_reading_round_trips_through_the_labels_file(tmp_path):
     readings = readings_from_acts(acts, PROMPTS, [3], {3: "prompt"}, n_examples=2)
     reading = readings[3]
     assert reading.grounded.startswith("fires on 100 % of harmful requests and 0 % of")
-    assert [e.activation for e in reading.top_prompts] == [2.0, 2.0] and reading.bottom_prompts[0].activation == 0
+    assert [e.activation for e in reading.top_prompts] == [2.0, 2.0] and reading.bottom_prompts[
+        0
+    ].activation == 0
     assert sum(reading.hist_counts) == 16
     reading.explanation, reading.detection = "requests to write malware", {"model": 0.9}
     label = LatentLabel(3, "'x'", ["x"], [], [], [], 0.1, reading)
     path = save_labels(tmp_path / "labels.json", {3: label})
     loaded = load_labels(path)[3]
     assert loaded.reading == reading
-    assert display_label(loaded.short_label, loaded.reading) == f"requests to write malware — {reading.grounded}"
+    assert (
+        display_label(loaded.short_label, loaded.reading) == f"requests to write malware — {reading.grounded}"
+    )
     assert display_label("'x'", None) == "'x'"
     assert "reading" in json.loads(path.read_text())["latents"][0]
 

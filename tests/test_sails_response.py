@@ -28,14 +28,16 @@ def test_response_residuals_average_the_answer_tokens_only(tiny_llama, tokenizer
     for row, (p, a) in enumerate(zip(prompts, answers, strict=True)):
         prompt_ids, response_ids = encode_pair(tokenizer, p, a)
         acts = forward_capture(tiny_llama, ["model.layers.1"], torch.tensor([prompt_ids + response_ids]))
-        want = acts["model.layers.1"][0, len(prompt_ids):].mean(0)
+        want = acts["model.layers.1"][0, len(prompt_ids) :].mean(0)
         assert torch.allclose(pooled[row], want, atol=1e-5)  # batched with padding = one at a time
 
 
 def test_an_adapter_that_changes_nothing_moves_no_answer_feature_and_one_that_does_moves_some(tokenizer):
     basis, _ = torch.linalg.qr(torch.randn(32, 3, generator=torch.Generator().manual_seed(7)))
     lora = LoraInitConfig(rank=3, target_modules=["down_proj"], layers=[0, 1])
-    peft_model = make_peft_model(make_tiny_model("llama", len(tokenizer)), basis, lora)  # A = 0: no change yet
+    peft_model = make_peft_model(
+        make_tiny_model("llama", len(tokenizer)), basis, lora
+    )  # A = 0: no change yet
     still = response_effect(peft_model, tokenizer, _sae(), PROMPTS, max_new_tokens=6)
     assert all(not ways["up"] and not ways["down"] for ways in still.top.values())
     with torch.no_grad():

@@ -1,5 +1,5 @@
-"""`saelign dashboard`: a labels file (+ optionally the SAE it labels, a SAILS run and an AlignSAE slot map) ->
-the static site of `dashboard.site`. Every input is checked before anything is written."""
+"""`saelign dashboard`: a labels file (+ optionally the SAE it labels, a SAILS run and an AlignSAE slot map)
+-> the static site of `dashboard.site`. Every input is checked before anything is written."""
 
 from __future__ import annotations
 
@@ -16,19 +16,20 @@ from saelign.label.reading import check_labels_file
 
 @dataclass
 class DashboardConfig:
-    labels: str = help_field("", "labels file (saelign label / the SAILS labels stage); default SAE_DIR/labels.json")
-    sae: str = help_field("", "the SAE the labels belong to; checked against the labels file's width and hash")
-    sails_run: str = help_field("", "a SAILS run folder: tags the selected features and those the adapters moved")
-    slot_map: str = help_field("", "an AlignSAE slot_map.json (or its folder): shows the concept each slot carries")
+    labels: str = help_field("", "labels file (saelign label, the SAILS labels stage); default "
+                                 "SAE_DIR/labels.json")
+    sae: str = help_field("", "the SAE the labels belong to; checked against the labels file's width, hash")
+    sails_run: str = help_field("", "a SAILS run folder: tags the selected features and those adapters moved")
+    slot_map: str = help_field("", "an AlignSAE slot_map.json (or its folder): the concept each slot carries")
     out: str = help_field("", "output folder (default: 'dashboard' beside the labels file)")
     title: str = help_field("SAE features", "page title")
 
 
 def sails_tags(run_dir: Path) -> dict[int, list[str]]:
-    """{latent: tags}: 'selected' from select/selection.json, '<method> up|down on <kind>' from effect/*.json."""
+    """{latent: tags}: 'selected' (select/selection.json), '<method> up|down on <kind>' (effect/*.json)."""
     selection = run_dir / "select" / "selection.json"
     if not selection.is_file():
-        raise SaelignError(f"--sails-run {run_dir}: no select/selection.json; run the SAILS select stage first")
+        raise SaelignError(f"--sails-run {run_dir}: no select/selection.json; run the SAILS select stage")
     tags: dict[int, list[str]] = {}
     for latent in read_json(selection, "SAILS selection")["selection"]["latent_ids"]:
         tags.setdefault(int(latent), []).append("selected")
@@ -63,8 +64,8 @@ def build_dashboard(cfg: DashboardConfig) -> Path:
         check_labels_file(path, sae)
         outside = [i for i in labels if not 0 <= i < sae.d_sae]
         if outside:
-            raise SaelignError(f"--labels {path}: feature ids {outside[:5]} are out of range for --sae {cfg.sae} "
-                               f"(d_sae {sae.d_sae})")
+            raise SaelignError(f"--labels {path}: feature ids {outside[:5]} are out of range for --sae "
+                               f"{cfg.sae} (d_sae {sae.d_sae})")
     tags = sails_tags(Path(cfg.sails_run)) if cfg.sails_run else {}
     concepts = _concepts(cfg.slot_map) if cfg.slot_map else {}
     infos = {i: FeatureInfo(tags.get(i, []), concepts.get(i, "")) for i in labels}

@@ -1,9 +1,10 @@
 """A self-contained static feature dashboard: `index.html` (searchable feature list) and one page per feature
-under `features/`. No server, no external script or style sheet: it opens from file:// and survives being copied.
+under `features/`. No server, no external script or style sheet: it opens from file:// and survives being
+copied.
 
-The list filters as one types (vanilla JS over a `data-search` attribute of each row); `index.html#q=WORDS` opens
-it pre-filtered, which is how reports link to a search and how the browser test drives it without a WebDriver.
-"""
+The list filters as one types (vanilla JS over a `data-search` attribute of each row); `index.html#q=WORDS`
+opens it pre-filtered, which is how reports link to a search and how the browser test drives it without a
+WebDriver."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from saelign.label.reading import display_label
 
 _STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:70em;color:#222;padding:0 1em}
 table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #eee;padding:4px 8px;text-align:left;
-vertical-align:top}th{background:#fafafa}a{color:#1558b0;text-decoration:none}a:hover{text-decoration:underline}
+vertical-align:top}th{background:#fafafa}a{color:#1558b0;text-decoration:none}
+a:hover{text-decoration:underline}
 .tag{display:inline-block;background:#eef3fb;border-radius:3px;padding:0 5px;margin:1px;font-size:85%}
 .grounded{color:#333;font-style:italic}.muted{color:#888}input#q{font-size:1.1em;width:100%;padding:6px;
 box-sizing:border-box;margin:0.5em 0}.prompt{white-space:pre-wrap;font-family:monospace;margin:3px 0}
@@ -40,7 +42,7 @@ filter();"""
 
 @dataclass
 class FeatureInfo:
-    """What the dashboard knows about a feature beyond its label: where it was selected or moved, its concept."""
+    """What the dashboard knows of a feature beyond its label: where it was selected or moved, its concept."""
 
     tags: list[str] = field(default_factory=list)
     concept: str = ""
@@ -61,22 +63,27 @@ def histogram_svg(edges: Sequence[float], counts: Sequence[int], width: int = 36
     if not counts or max(counts) == 0:
         return '<p class="muted">no values</p>'
     top, bar_w = max(counts), width / len(counts)
-    bars = "".join(f'<rect x="{i * bar_w:.1f}" y="{height - c / top * height:.1f}" width="{max(bar_w - 1, 1):.1f}" '
-                   f'height="{c / top * height:.1f}" fill="#f80"><title>{c}</title></rect>' for i, c in enumerate(counts))
+    bars = "".join(f'<rect x="{i * bar_w:.1f}" y="{height - c / top * height:.1f}" '
+                   f'width="{max(bar_w - 1, 1):.1f}" height="{c / top * height:.1f}" fill="#f80">'
+                   f"<title>{c}</title></rect>" for i, c in enumerate(counts))
+    y = height + 14
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 18}" role="img" '
-            f'aria-label="activation histogram">{bars}<text x="0" y="{height + 14}" font-size="11">{edges[0]:.3g}'
-            f'</text><text x="{width}" y="{height + 14}" font-size="11" text-anchor="end">{edges[-1]:.3g}</text>'
-            f'<text x="{width / 2}" y="{height + 14}" font-size="11" text-anchor="middle">max count {top}</text></svg>')
+            f'aria-label="activation histogram">{bars}'
+            f'<text x="0" y="{y}" font-size="11">{edges[0]:.3g}</text>'
+            f'<text x="{width}" y="{y}" font-size="11" text-anchor="end">{edges[-1]:.3g}</text>'
+            f'<text x="{width / 2}" y="{y}" font-size="11" text-anchor="middle">max count {top}</text></svg>')
 
 
 def _prompt_rows(examples: Sequence[PromptExample], scale: float) -> str:
-    return "".join(f'<div class="prompt"><span class="bar" style="width:{4 * max(e.activation, 0) / scale:.2f}em">'
-                   f'</span><span class="muted">{e.activation:.3g}</span> {html.escape(e.prompt)}</div>'
-                   for e in examples) or '<p class="muted">none</p>'
+    rows = (f'<div class="prompt"><span class="bar" style="width:{4 * max(e.activation, 0) / scale:.2f}em">'
+            f'</span><span class="muted">{e.activation:.3g}</span> {html.escape(e.prompt)}</div>'
+            for e in examples)
+    return "".join(rows) or '<p class="muted">none</p>'
 
 
 def _tokens(scores: Sequence[TokenScore]) -> str:
-    return " ".join(f"<code>{html.escape(t.token)}</code>" for t in scores) or '<span class="muted">none</span>'
+    tokens = " ".join(f"<code>{html.escape(t.token)}</code>" for t in scores)
+    return tokens or '<span class="muted">none</span>'
 
 
 def _examples_html(label: LatentLabel) -> str:
@@ -86,15 +93,16 @@ def _examples_html(label: LatentLabel) -> str:
         prompts = ("<h2>Requests that drive it most</h2>" + _prompt_rows(reading.top_prompts, scale)
                    + "<h2>Requests that drive it least</h2>" + _prompt_rows(reading.bottom_prompts, scale))
         # token windows of a latent read at a template position are template text: shown last, folded away
-        return prompts + (f"<details><summary>Top activating tokens in the corpus</summary>{_contexts_html(label)}"
-                          "</details>" if label.top_contexts else "")
+        return prompts + ("<details><summary>Top activating tokens in the corpus</summary>"
+                          f"{_contexts_html(label)}</details>" if label.top_contexts else "")
     return "<h2>Top activating tokens</h2>" + _contexts_html(label)
 
 
 def _contexts_html(label: LatentLabel) -> str:
     contexts: list[ContextExample] = label.top_contexts
     own_max = max((c.activation for c in contexts), default=0.0)
-    return "".join(_context_html(c, own_max) for c in contexts) or '<p class="muted">no activating context</p>'
+    shown = "".join(_context_html(c, own_max) for c in contexts)
+    return shown or '<p class="muted">no activating context</p>'
 
 
 def feature_page(label: LatentLabel, info: FeatureInfo) -> str:
@@ -111,8 +119,8 @@ def feature_page(label: LatentLabel, info: FeatureInfo) -> str:
     if reading is not None and reading.detection:
         rows = "".join(f"<tr><td>{html.escape(kind)}</td><td>{score:.2f}</td></tr>"
                        for kind, score in reading.detection.items())
-        parts.append(f"<h2>Detection score (balanced accuracy)</h2><table><tr><th>label</th><th>score</th></tr>"
-                     f"{rows}</table>")
+        parts.append("<h2>Detection score (balanced accuracy)</h2><table><tr><th>label</th><th>score</th>"
+                     f"</tr>{rows}</table>")
     if info.tags or info.concept:
         tags = "".join(f'<span class="tag">{html.escape(t)}</span>' for t in info.tags)
         concept = f" AlignSAE concept: <b>{html.escape(info.concept)}</b>" if info.concept else ""
@@ -143,14 +151,16 @@ def index_page(labels: Sequence[LatentLabel], infos: Mapping[int, FeatureInfo], 
         score = _shown_score(label)
         tags = info.tags + ([f"concept: {info.concept}"] if info.concept else [])
         search = " ".join([str(label.latent), text, label.short_label, *tags]).lower()
-        rows.append(f'<tr data-search="{html.escape(search)}"><td><a href="{feature_file(label.latent)}">'
-                    f"{label.latent}</a></td><td><a href=\"{feature_file(label.latent)}\">{html.escape(text)}</a></td>"
+        page = feature_file(label.latent)
+        rows.append(f'<tr data-search="{html.escape(search)}"><td><a href="{page}">{label.latent}</a></td>'
+                    f'<td><a href="{page}">{html.escape(text)}</a></td>'
                     f"<td>{score}</td><td>{label.frequency:.3%}</td><td>"
                     + "".join(f'<span class="tag">{html.escape(t)}</span>' for t in tags) + "</td></tr>")
     body = (f"<h1>{html.escape(title)}</h1>"
             '<input id="q" type="search" placeholder="search labels, ids, tags…" autofocus>'
             '<p id="count" class="muted"></p><table id="features"><thead><tr><th>id</th><th>label</th>'
-            "<th>detection</th><th>density</th><th>tags</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+            "<th>detection</th><th>density</th><th>tags</th></tr></thead><tbody>" + "".join(rows)
+            + "</tbody></table>")
     return _page(title, body, _SEARCH_JS)
 
 
@@ -160,9 +170,10 @@ def write_site(labels: Mapping[int, LatentLabel], out_dir: str | Path, title: st
     infos = infos or {}
     out = ensure_writable_dir(out_dir)
     ensure_writable_dir(out / "features")
-    ordered = sorted(labels.values(), key=lambda lab: (not infos.get(lab.latent, FeatureInfo()).tags, lab.latent))
+    info = {i: infos.get(i, FeatureInfo()) for i in labels}
+    ordered = sorted(labels.values(), key=lambda lab: (not info[lab.latent].tags, lab.latent))  # tagged first
     for label in ordered:
-        write_text_atomic(out / feature_file(label.latent), feature_page(label, infos.get(label.latent, FeatureInfo())))
+        write_text_atomic(out / feature_file(label.latent), feature_page(label, info[label.latent]))
     index = out / "index.html"
     write_text_atomic(index, index_page(ordered, infos, title))
     return index

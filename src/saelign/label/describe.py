@@ -1,6 +1,6 @@
 """One call that makes latents readable: read them over labelled prompts (examples at the right grain, the
-data-grounded line), then, with an explainer chat model, write a label and score every label kind with the same
-detection test. This is what the SAILS labels stage runs for the features it selects or reports."""
+data-grounded line), then, with an explainer chat model, write a label and score every label kind with the
+same detection test. This is what the SAILS labels stage runs for the features it selects or reports."""
 
 from __future__ import annotations
 
@@ -35,8 +35,9 @@ if TYPE_CHECKING:  # labels.py imports this module
 
 @dataclass
 class DescribeConfig:
-    explainer: str = help_field("", "chat model that writes and scores labels: 'default' (SmolLM2-135M-Instruct), "
-                                    "a local HF folder or .gguf; empty = data-grounded lines only")
+    explainer: str = help_field("", "chat model that writes and scores labels: 'default' "
+                                    "(SmolLM2-135M-Instruct), a local HF folder or .gguf; empty = "
+                                    "data-grounded lines only")
     n_examples: int = help_field(5, "top and bottom prompts shown per feature (and to the explainer)")
     n_heldout: int = help_field(10, "held-out firing and as many non-firing prompts per detection score")
     seed: int = help_field(0, "seed of the held-out sample")
@@ -49,19 +50,19 @@ class DescribeConfig:
 
 
 def sails_labelled_prompts(examples: Iterable) -> list[LabelledPrompt]:
-    """SAILS safety examples (sails.data.Example) with kind, topic, request form and AdvBench harm categories."""
+    """SAILS safety examples (sails.data.Example) with kind, topic, request form, AdvBench harm categories."""
     from saelign.sails import sources
 
     return labelled_examples(examples, advbench_harm_categories(sources.pyrit_dir() / sources.ADVBENCH))
 
 
 def load_labelled_prompts(path: str | Path) -> list[LabelledPrompt]:
-    """A SAILS data folder (all splits) or a JSONL of {prompt, kind[, source]} lines, labelled for grounding."""
+    """A SAILS data folder (all splits) or a JSONL of {prompt, kind[, source]} lines, labelled."""
     from saelign.sails.data import load_safety_data, parse_jsonl
 
     where = Path(path)
     if not where.exists():
-        raise SaelignError(f"--prompts {path}: no such file or folder; give a SAILS data folder or a JSONL file")
+        raise SaelignError(f"--prompts {path}: no such file or folder; give a SAILS data folder or JSONL")
     if where.is_dir():
         data = load_safety_data(where)
         examples = data.train + data.val + data.test
@@ -91,15 +92,15 @@ def describe_latents(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: 
     'model', 'grounded' and (given token_labels) 'tokens' labels on the same held-out prompts.
 
     Grain: latents used at the last prompt token (SAILS) are shown with whole requests when that token is
-    template text; with grain_from_contexts (latents used at every corpus position, `saelign label`) a latent is
-    shown with whole requests only when most of its top corpus contexts sit in template text."""
+    template text; with grain_from_contexts (latents used at every corpus position, `saelign label`) a
+    latent is shown with whole requests only when most of its top corpus contexts sit in template text."""
     if not prompts:
         raise SaelignError("the labelled example set is empty: give prompts to describe the latents on")
     texts = [p.prompt for p in prompts]
     acts = prompt_activations(model, tokenizer, sae, hookpoint, texts, latents, batch_size)
     at_template = not grain_from_contexts and last_prompt_token_is_template(tokenizer)
-    grains = {i: "prompt" if at_template or not (contexts and contexts.get(i)) else example_grain(contexts[i], tokenizer)
-              for i in latents}
+    grains = {i: "prompt" if at_template or not (contexts and contexts.get(i))
+              else example_grain(contexts[i], tokenizer) for i in latents}
     readings = readings_from_acts(acts, prompts, latents, grains, cfg.n_examples)
     if explainer is None:
         return readings
@@ -115,7 +116,8 @@ def describe_latents(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: 
     for kind in kinds:
         values = [d[kind] for d in scored if kind in d]
         if values:
-            logger.info(f"detection score of {kind} labels: mean {sum(values) / len(values):.2f} over {len(values)}")
+            mean = sum(values) / len(values)
+            logger.info(f"detection score of {kind} labels: mean {mean:.2f} over {len(values)}")
     return readings
 
 

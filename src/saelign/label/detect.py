@@ -1,15 +1,15 @@
 """Detection scoring of labels: given a label, can a reader tell where the latent fires?
 
-For each latent an equal number of held-out firing and non-firing prompts (none of them shown to the explainer)
-is given to a detector together with the label; the detector scores each prompt and the score is the balanced
-accuracy of "fires" predictions (delphi's detection score). The decision threshold is the median score over the
-balanced set, so a detector that always answers the same (small chat models lean to "Yes") scores exactly 0.5
-instead of looking good on one class; it does not need to be calibrated, only to rank.
+For each latent an equal number of held-out firing and non-firing prompts (none of them shown to the
+explainer) is given to a detector together with the label; the detector scores each prompt and the score is
+the balanced accuracy of "fires" predictions (delphi's detection score). The decision threshold is the median
+score over the balanced set, so a detector that always answers the same (small chat models lean to "Yes")
+scores exactly 0.5 instead of looking good on one class; it does not need to be calibrated, only to rank.
 
 Detectors: `LikelihoodDetector` (the default) measures how much the label raises a local model's likelihood of
 the prompt; `ChatDetector` asks a chat model ("Yes"/"No" next-token logits, one forward per prompt, no
-generation); `KeywordDetector` is a deterministic word-overlap scorer that checks the maths on constructed cases.
-"""
+generation); `KeywordDetector` is a deterministic word-overlap scorer that checks the maths on constructed
+cases."""
 
 from __future__ import annotations
 
@@ -52,8 +52,8 @@ class KeywordDetector:
 
 def check_chat_model(tokenizer: PreTrainedTokenizerBase, option: str) -> None:
     if not getattr(tokenizer, "chat_template", None):
-        raise SaelignError(f"{option}: the model's tokenizer has no chat template; explaining and detection scoring "
-                           "need a chat (instruct) model")
+        raise SaelignError(f"{option}: the model's tokenizer has no chat template; explaining and detection "
+                           "scoring need a chat (instruct) model")
 
 
 class ChatDetector:
@@ -115,9 +115,10 @@ class LikelihoodDetector:
             bodies = [self.tokenizer(t[:600], add_special_tokens=False)["input_ids"]
                       for t in texts[start:start + self.batch_size]]
             ids, mask = pad_right([head + b for b in bodies], pad)
-            logp = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().log_softmax(-1)
+            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            logp = logits.float().log_softmax(-1)
             token_logp = logp[:, :-1].gather(-1, ids[:, 1:, None].to(device))[..., 0].cpu()  # [B, T-1]
-            for row, body in enumerate(bodies):  # the text's tokens are predicted from positions len(head)-1 on
+            for row, body in enumerate(bodies):  # the text's tokens are predicted from len(head)-1 on
                 out.append(float(token_logp[row, len(head) - 1:len(head) - 1 + len(body)].sum()))
         return out
 
@@ -132,20 +133,22 @@ def balanced_accuracy(firing: Sequence[float], quiet: Sequence[float]) -> float:
     """Balanced accuracy of 'fires' = score above the median of all scores; ties count half."""
     if not firing or not quiet:
         raise SaelignError("the example set is empty: detection scoring needs firing and non-firing examples")
-    threshold = float(torch.tensor([*firing, *quiet], dtype=torch.float64).quantile(0.5))  # midpoint of the two middle
+    # the midpoint of the two middle scores
+    threshold = float(torch.tensor([*firing, *quiet], dtype=torch.float64).quantile(0.5))
 
     def hit(score: float, positive: bool) -> float:
         return 0.5 if score == threshold else float((score > threshold) == positive)
 
-    return 0.5 * (sum(hit(s, True) for s in firing) / len(firing) + sum(hit(s, False) for s in quiet) / len(quiet))
+    recall = sum(hit(s, True) for s in firing) / len(firing)
+    return 0.5 * (recall + sum(hit(s, False) for s in quiet) / len(quiet))
 
 
 def held_out_examples(values: torch.Tensor, texts: Sequence[str], shown: set[str], n: int, seed: int = 0
                       ) -> tuple[list[str], list[str]]:
     """Up to n firing and as many non-firing texts, none of them in `shown`, sampled with a seeded RNG.
 
-    Firing means > 0; for a latent that is > 0 on most prompts (common at the assistant header) that split says
-    nothing, so there it means above the median value: the label must then tell strong from weak."""
+    Firing means > 0; for a latent that is > 0 on most prompts (common at the assistant header) that split
+    says nothing, so there it means above the median value: the label must then tell strong from weak."""
     rng = random.Random(seed)
     threshold = float(values.float().median()) if float((values > 0).float().mean()) > 0.5 else 0.0
     firing = [t for t, v in zip(texts, values.tolist(), strict=True) if v > threshold and t not in shown]

@@ -2,12 +2,12 @@
 
 A latent read at a chat-template position (the newline after `<|im_start|>assistant`, `<|im_end|>`, BOS...)
 summarises the whole request before it: its token window is template tokens and says nothing, so its examples
-are whole user messages ranked by the latent's value at that position. Everywhere else the token window with the
-activating token highlighted stays the example.
+are whole user messages ranked by the latent's value at that position. Everywhere else the token window with
+the activating token highlighted stays the example.
 
-Template positions are found from the tokenizer alone: its special tokens, plus the token runs its chat template
-writes around a user message (rendered once around a sentinel), wherever those runs occur in a sequence.
-"""
+Template positions are found from the tokenizer alone: its special tokens, plus the token runs its chat
+template writes around a user message (rendered once around a sentinel), wherever those runs occur in a
+sequence."""
 
 from __future__ import annotations
 
@@ -53,21 +53,22 @@ def template_mask(input_ids: torch.Tensor, tokenizer: PreTrainedTokenizerBase,
     for run in template_runs(tokenizer) if runs is None else runs:
         if not run or len(run) > ids.shape[1]:
             continue
-        hits = (ids.unfold(1, len(run), 1) == torch.tensor(list(run), dtype=ids.dtype)).all(-1)  # [B, T-len+1]
+        pattern = torch.tensor(list(run), dtype=ids.dtype)
+        hits = (ids.unfold(1, len(run), 1) == pattern).all(-1)  # [B, T-len+1]
         for k in range(len(run)):
             mask[:, k : k + hits.shape[1]] |= hits
     return mask if input_ids.ndim == 2 else mask[0]
 
 
 def last_prompt_token_is_template(tokenizer: PreTrainedTokenizerBase) -> bool:
-    """Whether the position SAILS reads by default (the last chat-formatted prompt token) is a template token."""
+    """Whether the position SAILS reads by default (the last chat-formatted prompt token) is template text."""
     ids = tokenizer(_chat_text(tokenizer, "Hello there."), add_special_tokens=False)["input_ids"]
     return bool(template_mask(torch.tensor(ids), tokenizer)[-1])
 
 
 def context_at_template(example: ContextExample, tokenizer: PreTrainedTokenizerBase,
                         runs: Sequence[Sequence[int]] | None = None) -> bool:
-    """Whether a token-window example's activating token sits in template text (its left window re-tokenised)."""
+    """Whether a token-window example's token sits in template text (its left window re-tokenised)."""
     ids = tokenizer(example.text_left + example.token, add_special_tokens=False)["input_ids"]
     return bool(ids) and bool(template_mask(torch.tensor(ids), tokenizer, runs)[-1])
 
@@ -85,23 +86,23 @@ def prompt_examples(acts: torch.Tensor, prompts: Sequence[str], latents: Sequenc
     if not prompts:
         raise SaelignError("the example set is empty: give at least one prompt to rank")
     if acts.shape != (len(prompts), len(latents)):
-        raise SaelignError(f"activations have shape {tuple(acts.shape)}, expected ({len(prompts)}, {len(latents)})")
+        raise SaelignError(f"activations have shape {tuple(acts.shape)}, "
+                           f"expected ({len(prompts)}, {len(latents)})")
     k = min(n, len(prompts))
     top_values, top_rows = acts.float().topk(k, dim=0)
     low_values, low_rows = acts.float().topk(k, dim=0, largest=False)
-    out = {}
-    for col, latent in enumerate(latents):
-        out[latent] = ([PromptExample(prompts[r], float(v)) for r, v in zip(top_rows[:, col].tolist(),
-                                                                           top_values[:, col].tolist(), strict=True)],
-                       [PromptExample(prompts[r], float(v)) for r, v in zip(low_rows[:, col].tolist(),
-                                                                           low_values[:, col].tolist(), strict=True)])
-    return out
+    def column(rows: torch.Tensor, values: torch.Tensor, col: int) -> list[PromptExample]:
+        pairs = zip(rows[:, col].tolist(), values[:, col].tolist(), strict=True)
+        return [PromptExample(prompts[r], float(v)) for r, v in pairs]
+
+    return {latent: (column(top_rows, top_values, col), column(low_rows, low_values, col))
+            for col, latent in enumerate(latents)}
 
 
 def prompt_activations(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE, hookpoint: str,
                        prompts: Sequence[str], latents: Sequence[int] | None = None,
                        batch_size: int = 8) -> torch.Tensor:
-    """[n_prompts, n_latents] latent values at the last chat-formatted prompt token, as feature selection reads."""
+    """[n_prompts, n_latents] latent values at the last chat-formatted prompt token (as selection reads)."""
     from saelign.sails.select import FeatureSelectConfig, latent_activations
 
     if not prompts:

@@ -17,7 +17,8 @@ from saelign.label.reading import Reading
 
 EXPLAIN_PROMPT = ("A feature of a language model is strongly active on these requests:\n{top}\n\n"
                   "It is inactive on these requests:\n{bottom}\n\n{grounded}"
-                  "In at most eight words, what kind of request does the feature detect? Answer with the phrase only.")
+                  "In at most eight words, what kind of request does the feature detect? "
+                  "Answer with the phrase only.")
 _PREFIX = re.compile(r"^(the feature (detects|fires on)|answer|label)\s*:?\s*", re.IGNORECASE)
 
 
@@ -27,8 +28,9 @@ def _bullets(prompts: Sequence[str], width: int = 200) -> str:
 
 def explain_prompt(reading: Reading) -> str:
     grounded = f"Measured: it {reading.grounded}.\n\n" if reading.grounded else ""
-    return EXPLAIN_PROMPT.format(top=_bullets([e.prompt for e in reading.top_prompts]),
-                                 bottom=_bullets([e.prompt for e in reading.bottom_prompts]), grounded=grounded)
+    top = _bullets([e.prompt for e in reading.top_prompts])
+    bottom = _bullets([e.prompt for e in reading.bottom_prompts])
+    return EXPLAIN_PROMPT.format(top=top, bottom=bottom, grounded=grounded)
 
 
 def clean_label(answer: str, max_words: int = 12) -> str:
@@ -39,7 +41,8 @@ def clean_label(answer: str, max_words: int = 12) -> str:
 
 
 def explain_latents(model: nn.Module, tokenizer: PreTrainedTokenizerBase, readings: Mapping[int, Reading],
-                    max_new_tokens: int = 24, batch_size: int = 8, option: str = "--explainer") -> dict[int, str]:
+                    max_new_tokens: int = 24, batch_size: int = 8,
+                    option: str = "--explainer") -> dict[int, str]:
     """{latent: short label}; also stored in each reading's `explanation`."""
     from saelign.sails.generate import generate_answers  # lazy: saelign.sails imports the label package
 

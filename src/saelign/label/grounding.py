@@ -1,12 +1,11 @@
 """Data-grounded descriptions: where a latent fires over the labelled prompts the project already has.
 
 Every prompt carries labels along a few facets: its kind (harmful / harmless / borderline), its topic (the
-harmless and borderline categories, country facts, speech passages), AdvBench's harm categories, and the form of
-the request (question, instruction...). Each (facet, value) pair is a group; a latent's firing rate and mean value
-per group give one line a person reads, e.g. "fires on 81 % of Privacy loss requests and 3 % of coding requests
-(mean 2.1 vs 0.1)". A latent that fires on most requests of every kind says so instead of naming one group.
-No language model is involved.
-"""
+harmless and borderline categories, country facts, speech passages), AdvBench's harm categories, and the form
+of the request (question, instruction...). Each (facet, value) pair is a group; a latent's firing rate and
+mean value per group give one line a person reads, e.g. "fires on 81 % of Privacy loss requests and 3 % of
+coding requests (mean 2.1 vs 0.1)". A latent that fires on most requests of every kind says so instead of
+naming one group. No language model is involved."""
 
 from __future__ import annotations
 
@@ -23,7 +22,8 @@ from saelign.errors import SaelignError
 
 FACETS = ("kind", "topic", "harm", "form")
 _WH = {"what", "why", "how", "when", "where", "who", "which", "whose", "whom"}
-_AUX = {"is", "are", "can", "could", "would", "should", "do", "does", "will", "may", "might", "have", "has", "am"}
+_AUX = {"is", "are", "can", "could", "would", "should", "do", "does", "will", "may", "might", "have", "has",
+        "am"}
 _PAST = {"did", "was", "were", "had"}
 _FIRST_PERSON = {"i", "i'm", "my", "we", "our", "i've", "i'd"}
 _WORD = re.compile(r"[A-Za-z']+")
@@ -47,7 +47,8 @@ class Group:
     def name(self) -> str:
         value = self.value.replace("_", " ")
         if self.facet == "form":
-            return {"question": "questions", "instruction": "instructions", "past-tense question": "past-tense questions",
+            return {"question": "questions", "instruction": "instructions",
+                    "past-tense question": "past-tense questions",
                     "first-person request": "first-person requests"}.get(value, value)
         if self.facet == "harm":
             return f"'{value}' harmful requests"
@@ -61,7 +62,7 @@ class _Example(Protocol):  # sails.data.Example, without importing the SAILS pac
 
 
 def request_form(prompt: str) -> str:
-    """question / past-tense question / first-person request / instruction, from the first words and the end."""
+    """question / past-tense question / first-person request / instruction, from the first words and end."""
     words = [w.lower() for w in _WORD.findall(prompt[:200])]
     first, second = (words + ["", ""])[:2]
     if first in _PAST or (first in _WH and second in _PAST):
@@ -91,10 +92,10 @@ def advbench_harm_categories(path: Path) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def labelled_examples(examples: Iterable[_Example], harm_categories: Mapping[str, tuple[str, ...]] | None = None
-                      ) -> list[LabelledPrompt]:
-    """Labels of SAILS safety examples: kind, topic from the source (`harmless:coding` -> coding), AdvBench harm
-    categories by prompt text, and the request form."""
+def labelled_examples(examples: Iterable[_Example],
+                      harm_categories: Mapping[str, tuple[str, ...]] | None = None) -> list[LabelledPrompt]:
+    """Labels of SAILS safety examples: kind, topic from the source (`harmless:coding` -> coding),
+    AdvBench harm categories by prompt text, and the request form."""
     out = []
     for e in examples:
         labels: dict[str, tuple[str, ...]] = {"kind": (e.kind,), "form": (request_form(e.prompt),)}
@@ -149,13 +150,15 @@ def _line(stats: list[GroupStat], names: list[str], fired_outside: list[float], 
         rates = ", ".join(f"{_percent(s.rate)} of {s.value}" for s, _ in kinds)
         # Firing says little here; its value still varies: say which kind and which groups drive it most.
         top_kind, low_kind = max(kinds, key=lambda k: k[0].mean)[0], min(kinds, key=lambda k: k[0].mean)[0]
-        kind_text = (f", stronger on {top_kind.value} than {low_kind.value} requests (mean {top_kind.mean:.2g} vs "
-                     f"{low_kind.mean:.2g})" if top_kind.mean > 1.5 * max(low_kind.mean, 1e-9) else "")
+        kind_text = (f", stronger on {top_kind.value} than {low_kind.value} requests "
+                     f"(mean {top_kind.mean:.2g} vs {low_kind.mean:.2g})"
+                     if top_kind.mean > 1.5 * max(low_kind.mean, 1e-9) else "")
         finer = [i for i, s in enumerate(stats) if s.facet in ("topic", "harm")] or list(range(len(stats)))
         high = max(finer, key=lambda i: stats[i].mean)
         low = min(finer, key=lambda i: stats[i].mean)
-        return (f"fires on most requests whatever their kind ({rates}){kind_text}; strongest on {names[high]} "
-                f"(mean {stats[high].mean:.2g}), weakest on {names[low]} (mean {stats[low].mean:.2g})")
+        return (f"fires on most requests whatever their kind ({rates}){kind_text}; "
+                f"strongest on {names[high]} (mean {stats[high].mean:.2g}), "
+                f"weakest on {names[low]} (mean {stats[low].mean:.2g})")
     # The most specific group: largest rate inside minus rate outside.
     best = max(range(len(stats)), key=lambda i: (stats[i].rate - fired_outside[i], stats[i].mean))
     others = [i for i in range(len(stats)) if stats[i].facet in ("kind", "topic") and i != best]
@@ -169,11 +172,12 @@ def _line(stats: list[GroupStat], names: list[str], fired_outside: list[float], 
 
 def ground_latents(acts: torch.Tensor, prompts: Sequence[LabelledPrompt], latents: Sequence[int],
                    min_group: int = 8, threshold: float = 0.0) -> dict[int, Grounding]:
-    """{latent: Grounding} from acts [n_prompts, len(latents)] (one value per prompt, e.g. at the last token)."""
+    """{latent: Grounding} from acts [n_prompts, len(latents)] (one value per prompt, e.g. the last token)."""
     if not prompts:
-        raise SaelignError("the labelled example set is empty: give prompts with labels to ground descriptions on")
+        raise SaelignError("the labelled example set is empty: give labelled prompts to ground lines on")
     if acts.shape != (len(prompts), len(latents)):
-        raise SaelignError(f"activations have shape {tuple(acts.shape)}, expected ({len(prompts)}, {len(latents)})")
+        raise SaelignError(f"activations have shape {tuple(acts.shape)}, "
+                           f"expected ({len(prompts)}, {len(latents)})")
     groups = build_groups(prompts, min_group)
     fires = (acts.float() > threshold).float()
     total = fires.sum(0)

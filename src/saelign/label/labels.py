@@ -59,10 +59,10 @@ class LabelConfig:
     hookpoint: str = help_field("", "module path the SAE reads (default: the one recorded in its cfg.json)")
     out: str = help_field("", "labels JSON (default: SAE_DIR/labels.json); the HTML/Markdown dashboard goes beside it")
     max_cards: int = help_field(200, "latents shown as cards in the dashboard")
-    prompts: str = help_field("", "labelled requests (a SAILS data folder, or JSONL of prompt/kind/source) to read "
-                                  "latents on: whole-request examples and a data-grounded line per latent")
-    explainer: str = help_field("", "chat model ('default', a folder or .gguf) that writes and scores labels of the "
-                                    "first --explain-top latents (needs --prompts)")
+    prompts: str = help_field("", "labelled requests (a SAILS data folder, or JSONL of prompt/kind/source) "
+                                  "to read latents on: whole-request examples, a data-grounded line each")
+    explainer: str = help_field("", "chat model ('default', a folder or .gguf) that writes and scores labels "
+                                    "of the first --explain-top latents (needs --prompts)")
     explain_top: int = help_field(20, "latents given a model-written, detection-scored label")
     seed: int = help_field(0, "shuffles the file order of folder corpora (sotu included); -1 keeps sorted order")
 
@@ -76,7 +76,8 @@ class LabelConfig:
         if self.latents and self.top_by_frequency:
             raise SaelignError("give either --latents or --top-by-frequency, not both")
         if self.explainer and not self.prompts:
-            raise SaelignError("--explainer needs --prompts: labels are written and scored on labelled requests")
+            raise SaelignError("--explainer needs --prompts: labels are written and scored on labelled "
+                               "requests")
 
 
 @dataclass
@@ -259,11 +260,13 @@ def label_sae(model_cfg: ModelConfig, cfg: LabelConfig) -> Path:
     chosen = most_frequent(scan, cfg.top_by_frequency) if cfg.top_by_frequency else None
     labels = build_labels(model, tokenizer, sae, scan, chosen, cfg.logit_k)
     if prompts:
-        describe_labels(model, tokenizer, sae, hookpoint, prompts, labels, cfg.explain_top, explainer, cfg.batch_size)
+        describe_labels(model, tokenizer, sae, hookpoint, prompts, labels, cfg.explain_top, explainer,
+                        cfg.batch_size)
     out = Path(cfg.out) if cfg.out else labels_path(cfg.sae)
     meta = {"sae": str(cfg.sae), "hookpoint": hookpoint, "model": model_identity(model_cfg), "corpus": corpus.source,
-            "n_tokens": scan.n_tokens, "context_length": cfg.context_length, "window": [cfg.window_left, cfg.window_right],
-            "prompts": cfg.prompts, "explainer": cfg.explainer, **sae_meta(sae)}
+            "n_tokens": scan.n_tokens, "context_length": cfg.context_length,
+            "window": [cfg.window_left, cfg.window_right], "prompts": cfg.prompts, "explainer": cfg.explainer,
+            **sae_meta(sae)}
     save_labels(out, labels, meta)
     md_path, html_path = write_dashboard(labels, scan, meta, out.parent, out.stem, cfg.max_cards)
     dead = sum(1 for f in scan.frequency.values() if f == 0)

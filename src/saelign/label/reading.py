@@ -42,7 +42,7 @@ class Reading:
 
 
 def sae_fingerprint(sae: SAE) -> str:
-    """Short sha256 of the decoder: tells a labels file of this SAE from one of another SAE of the same width."""
+    """Short sha256 of the decoder: tells this SAE's labels file from one of another SAE of the same width."""
     return hashlib.sha256(sae.W_dec.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
@@ -65,8 +65,8 @@ def readings_from_acts(acts: torch.Tensor, prompts: Sequence[LabelledPrompt], la
     for col, latent in enumerate(latents):
         edges, counts = histogram(acts[:, col])
         top, bottom = examples[latent]
-        out[latent] = Reading(grains.get(latent, "prompt"), grounding[latent].line, grounding[latent].groups, top,
-                              bottom, edges, counts)
+        out[latent] = Reading(grains.get(latent, "prompt"), grounding[latent].line, grounding[latent].groups,
+                              top, bottom, edges, counts)
     return out
 
 

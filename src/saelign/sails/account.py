@@ -19,7 +19,8 @@ def _kinds(effect: EffectResult) -> list[str]:
     return sorted(effect.top, key=lambda k: (_ORDER.index(k) if k in _ORDER else len(_ORDER), k))
 
 
-def _mention(change: LatentChange, kind: str, labels: Mapping[int, str], link: Callable[[int], str] | None) -> str:
+def _mention(change: LatentChange, kind: str, labels: Mapping[int, str],
+             link: Callable[[int], str] | None) -> str:
     name = labels.get(change.latent) or change.label or f"feature {change.latent}"
     text = f"[{name}]({link(change.latent)})" if link else name
     return f"{text} ({change.delta[kind]:+.2g})"
@@ -53,8 +54,8 @@ def adapter_account(effect: EffectResult, labels: Mapping[int, str] | None = Non
                    "moves harmless requests about as much as harmful ones" if ratio < 1.5 else
                    "moves harmless requests more than harmful ones")
         where = "answers to " if answers else ""
-        sentences.append(f"It {verdict} (mean |change| of the listed features {harmless:.2g} on {where}harmless vs "
-                         f"{harmful:.2g} on {where}harmful requests).")
+        sentences.append(f"It {verdict} (mean |change| of the listed features {harmless:.2g} on "
+                         f"{where}harmless vs {harmful:.2g} on {where}harmful requests).")
     return " ".join(sentences)
 
 

@@ -1,10 +1,10 @@
 """What the adapter changed in the answers: SAE features of the generated responses, base vs adapted.
 
 Both models answer the same prompts greedily; both answers are then read by the base model (adapter off), so
-the SAE sees the model it was trained on and the difference is what the answers contain (a refusal, an apology,
-a recipe), not how the adapter shifts the reader. Residuals are averaged over the answer's tokens; the latent
-ranking is `effect.latent_changes`, so the result has the prompt-side effect's shape and reads the same way.
-"""
+the SAE sees the model it was trained on and the difference is what the answers contain (a refusal, an
+apology, a recipe), not how the adapter shifts the reader. Residuals are averaged over the answer's tokens;
+the latent ranking is `effect.latent_changes`, so the result has the prompt-side effect's shape and reads the
+same way."""
 
 from __future__ import annotations
 
@@ -42,8 +42,9 @@ def response_residuals(model: nn.Module, tokenizer: PreTrainedTokenizerBase, hoo
     return torch.cat(pooled)
 
 
-def response_effect(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE, prompts: Mapping[str, Sequence[str]],
-                    max_new_tokens: int = 48, batch_size: int = 8, top_n: int = 10,
+def response_effect(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
+                    prompts: Mapping[str, Sequence[str]], max_new_tokens: int = 48, batch_size: int = 8,
+                    top_n: int = 10,
                     labels: Mapping[int, str] | None = None, selected: Sequence[int] = (),
                     base_model: nn.Module | None = None) -> EffectResult:
     """Latent changes of the answers of a PEFT `model` against its base (adapter off, or `base_model`)."""
@@ -59,5 +60,6 @@ def response_effect(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: S
         with _adapter_off(model):
             base_answers = generate_answers(base_model or model, tokenizer, texts, max_new_tokens, batch_size)
             base[kind] = response_residuals(reader, tokenizer, hookpoint, texts, base_answers, batch_size)
-            adapted[kind] = response_residuals(reader, tokenizer, hookpoint, texts, adapted_answers, batch_size)
+            adapted[kind] = response_residuals(reader, tokenizer, hookpoint, texts, adapted_answers,
+                                               batch_size)
     return latent_changes(sae, base, adapted, None, top_n, labels, selected, hookpoint)
