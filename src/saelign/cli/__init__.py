@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "saelign.cli.capture",
     "saelign.cli.sae",
     "saelign.cli.label",
+    "saelign.cli.dashboard",
     "saelign.cli.sails",
     "saelign.cli.align",
 ]

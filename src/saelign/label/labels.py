@@ -24,7 +24,9 @@ from saelign.datasets.corpus import iter_texts, open_corpus
 from saelign.errors import SaelignError
 from saelign.io import read_json, write_json_atomic
 from saelign.label.contexts import ContextExample, LatentScan, TokenBatch, scan_latents
+from saelign.label.describe import describe_labels, load_explainer, load_labelled_prompts
 from saelign.label.logit_lens import TokenScore, logit_lens
+from saelign.label.reading import Reading, sae_meta
 from saelign.models import ModelConfig, load_model
 from saelign.models.loading import model_identity
 from saelign.progress import logger
@@ -57,6 +59,11 @@ class LabelConfig:
     hookpoint: str = help_field("", "module path the SAE reads (default: the one recorded in its cfg.json)")
     out: str = help_field("", "labels JSON (default: SAE_DIR/labels.json); the HTML/Markdown dashboard goes beside it")
     max_cards: int = help_field(200, "latents shown as cards in the dashboard")
+    prompts: str = help_field("", "labelled requests (a SAILS data folder, or JSONL of prompt/kind/source) "
+                                  "to read latents on: whole-request examples, a data-grounded line each")
+    explainer: str = help_field("", "chat model ('default', a folder or .gguf) that writes and scores labels "
+                                    "of the first --explain-top latents (needs --prompts)")
+    explain_top: int = help_field(20, "latents given a model-written, detection-scored label")
     seed: int = help_field(0, "shuffles the file order of folder corpora (sotu included); -1 keeps sorted order")
 
     def __post_init__(self) -> None:
@@ -68,6 +75,9 @@ class LabelConfig:
                 raise SaelignError(f"{name} must be 0 or positive, got {getattr(self, name)}")
         if self.latents and self.top_by_frequency:
             raise SaelignError("give either --latents or --top-by-frequency, not both")
+        if self.explainer and not self.prompts:
+            raise SaelignError("--explainer needs --prompts: labels are written and scored on labelled "
+                               "requests")
 
 
 @dataclass
@@ -79,6 +89,7 @@ class LatentLabel:
     logit_up: list[TokenScore]
     logit_down: list[TokenScore]
     frequency: float
+    reading: Reading | None = None  # prompt-grain examples, data-grounded line, model label, detection scores
 
 
 def labels_path(sae_dir: str | Path) -> Path:
@@ -189,7 +200,8 @@ def load_labels(path: str | Path) -> dict[int, LatentLabel]:
                 latent=int(row["latent"]), short_label=str(row["short_label"]), top_tokens=list(row["top_tokens"]),
                 top_contexts=[ContextExample(**c) for c in row["top_contexts"]],
                 logit_up=[TokenScore(**t) for t in row["logit_up"]], logit_down=[TokenScore(**t) for t in row["logit_down"]],
-                frequency=float(row["frequency"]))
+                frequency=float(row["frequency"]),
+                reading=Reading.from_dict(row["reading"]) if row.get("reading") else None)
         except (KeyError, TypeError, ValueError) as exc:
             raise SaelignError(f"{path}: latents[{i}] is malformed ({exc!r}); re-run `saelign label`") from exc
     return labels
@@ -238,6 +250,8 @@ def label_sae(model_cfg: ModelConfig, cfg: LabelConfig) -> Path:
     if not hookpoint:
         raise SaelignError(f"{cfg.sae}: cfg.json records no hookpoint; pass --hookpoint")
     check_sae_matches(sae, model, hookpoint)
+    prompts = load_labelled_prompts(cfg.prompts) if cfg.prompts else []
+    explainer = load_explainer(cfg.explainer) if cfg.explainer else None  # refused before anything is written
     corpus = open_corpus(cfg.corpus, text_field=cfg.text_field, chat=cfg.chat, seed=cfg.seed)
     scan = scan_latents(model, tokenizer, sae, hookpoint, iter_texts(corpus, tokenizer), cfg.latents or None, cfg.n_contexts,
                         (cfg.window_left, cfg.window_right), cfg.context_length, cfg.batch_size, cfg.token_budget or None)
@@ -245,9 +259,14 @@ def label_sae(model_cfg: ModelConfig, cfg: LabelConfig) -> Path:
         raise SaelignError(f"corpus {cfg.corpus} gave no scannable tokens; use a corpus with text")
     chosen = most_frequent(scan, cfg.top_by_frequency) if cfg.top_by_frequency else None
     labels = build_labels(model, tokenizer, sae, scan, chosen, cfg.logit_k)
+    if prompts:
+        describe_labels(model, tokenizer, sae, hookpoint, prompts, labels, cfg.explain_top, explainer,
+                        cfg.batch_size)
     out = Path(cfg.out) if cfg.out else labels_path(cfg.sae)
     meta = {"sae": str(cfg.sae), "hookpoint": hookpoint, "model": model_identity(model_cfg), "corpus": corpus.source,
-            "n_tokens": scan.n_tokens, "context_length": cfg.context_length, "window": [cfg.window_left, cfg.window_right]}
+            "n_tokens": scan.n_tokens, "context_length": cfg.context_length,
+            "window": [cfg.window_left, cfg.window_right], "prompts": cfg.prompts, "explainer": cfg.explainer,
+            **sae_meta(sae)}
     save_labels(out, labels, meta)
     md_path, html_path = write_dashboard(labels, scan, meta, out.parent, out.stem, cfg.max_cards)
     dead = sum(1 for f in scan.frequency.values() if f == 0)

@@ -1,0 +1,97 @@
+"""A latent's reading: its examples at the right grain, its data-grounded line, a histogram of its per-prompt
+values, and (once explained and scored) a model-written label and the detection scores of every label kind.
+
+`label.describe.describe_latents` builds them over labelled prompts; they ride in the labels sidecar
+(`LatentLabel.reading`) and feed the dashboard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saelign.errors import SaelignError
+from saelign.io import read_json
+from saelign.label.examples import PromptExample, prompt_examples
+from saelign.label.grounding import GroupStat, LabelledPrompt, ground_latents
+from saelign.sae import SAE
+
+
+@dataclass
+class Reading:
+    grain: str  # "prompt": show whole requests; "token": show token windows
+    grounded: str
+    groups: list[GroupStat]
+    top_prompts: list[PromptExample]
+    bottom_prompts: list[PromptExample]
+    hist_edges: list[float]
+    hist_counts: list[int]
+    explanation: str = ""
+    detection: dict[str, float] = field(default_factory=dict)  # label kind -> balanced accuracy
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Reading:
+        return cls(**{**data, "groups": [GroupStat(**g) for g in data["groups"]],
+                      "top_prompts": [PromptExample(**p) for p in data["top_prompts"]],
+                      "bottom_prompts": [PromptExample(**p) for p in data["bottom_prompts"]]})
+
+
+def sae_fingerprint(sae: SAE) -> str:
+    """Short sha256 of the decoder: tells this SAE's labels file from one of another SAE of the same width."""
+    return hashlib.sha256(sae.W_dec.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def histogram(values: torch.Tensor, bins: int = 20) -> tuple[list[float], list[int]]:
+    """Edges and counts of the values (one bin when all are equal)."""
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return [lo, hi], [int(values.numel())]
+    counts = torch.histc(values.float(), bins=bins, min=lo, max=hi)
+    return torch.linspace(lo, hi, bins + 1).tolist(), [int(c) for c in counts.tolist()]
+
+
+def readings_from_acts(acts: torch.Tensor, prompts: Sequence[LabelledPrompt], latents: Sequence[int],
+                       grains: Mapping[int, str], n_examples: int = 5) -> dict[int, Reading]:
+    """Readings from a [n_prompts, len(latents)] matrix of per-prompt values."""
+    texts = [p.prompt for p in prompts]
+    grounding = ground_latents(acts, prompts, latents)
+    examples = prompt_examples(acts, texts, latents, n_examples)
+    out = {}
+    for col, latent in enumerate(latents):
+        edges, counts = histogram(acts[:, col])
+        top, bottom = examples[latent]
+        out[latent] = Reading(grains.get(latent, "prompt"), grounding[latent].line, grounding[latent].groups,
+                              top, bottom, edges, counts)
+    return out
+
+
+def sae_meta(sae: SAE) -> dict[str, Any]:
+    """What a labels file records about its SAE so that it is never applied to another one."""
+    return {"d_sae": sae.d_sae, "sae_fingerprint": sae_fingerprint(sae)}
+
+
+def check_labels_meta(path: str, meta: Mapping[str, Any], sae: SAE) -> None:
+    """Refuse a labels file written for another SAE (other width or other decoder)."""
+    if "d_sae" in meta and int(meta["d_sae"]) != sae.d_sae:
+        raise SaelignError(f"{path} labels an SAE with d_sae={meta['d_sae']}, this SAE has {sae.d_sae}; "
+                           "label this SAE or pass its own labels file")
+    if meta.get("sae_fingerprint") not in (None, sae_fingerprint(sae)):
+        raise SaelignError(f"{path} was written for another SAE (decoder hash {meta['sae_fingerprint']} != "
+                           f"{sae_fingerprint(sae)}); label this SAE or pass its own labels file")
+
+
+def check_labels_file(path: str | Path, sae: SAE) -> None:
+    data = read_json(path, "labels file")
+    check_labels_meta(str(path), data.get("meta") or {} if isinstance(data, dict) else {}, sae)
+
+
+def display_label(short_label: str, reading: Reading | None) -> str:
+    """The label a report shows: the model-written label if any, then the data-grounded line, else tokens."""
+    if reading is None:
+        return short_label
+    return " — ".join(part for part in (reading.explanation, reading.grounded) if part) or short_label

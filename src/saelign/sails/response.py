@@ -1,0 +1,65 @@
+"""What the adapter changed in the answers: SAE features of the generated responses, base vs adapted.
+
+Both models answer the same prompts greedily; both answers are then read by the base model (adapter off), so
+the SAE sees the model it was trained on and the difference is what the answers contain (a refusal, an
+apology, a recipe), not how the adapter shifts the reader. Residuals are averaged over the answer's tokens;
+the latent ranking is `effect.latent_changes`, so the result has the prompt-side effect's shape and reads the
+same way."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from saelign.models import forward_capture
+from saelign.sae.model import SAE
+from saelign.sails.chat import encode_pair, pad_right
+from saelign.sails.effect import EffectResult, _adapter_off, latent_changes
+from saelign.sails.generate import generate_answers
+
+
+@torch.inference_mode()
+def response_residuals(model: nn.Module, tokenizer: PreTrainedTokenizerBase, hookpoint: str,
+                       prompts: Sequence[str], answers: Sequence[str], batch_size: int = 8) -> torch.Tensor:
+    """[n, d] residual at `hookpoint` averaged over each answer's tokens (prompt + answer fed together)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    pooled = []
+    for start in range(0, len(prompts), batch_size):
+        pairs = [encode_pair(tokenizer, p, a) for p, a in zip(prompts[start:start + batch_size],
+                                                             answers[start:start + batch_size], strict=True)]
+        ids, mask = pad_right([p + r for p, r in pairs], pad)
+        acts = forward_capture(model, [hookpoint], ids.to(device), mask.to(device))[hookpoint].float().cpu()
+        answer = torch.zeros_like(mask, dtype=torch.bool)
+        for row, (prompt_ids, response_ids) in enumerate(pairs):
+            # an empty answer still has its end-of-turn token (or, failing that, one position) to read
+            answer[row, len(prompt_ids):len(prompt_ids) + max(len(response_ids), 1)] = True
+        answer &= mask.bool()
+        pooled.append((acts * answer[..., None]).sum(1) / answer.sum(1, keepdim=True).clamp_min(1))
+    return torch.cat(pooled)
+
+
+def response_effect(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
+                    prompts: Mapping[str, Sequence[str]], max_new_tokens: int = 48, batch_size: int = 8,
+                    top_n: int = 10,
+                    labels: Mapping[int, str] | None = None, selected: Sequence[int] = (),
+                    base_model: nn.Module | None = None) -> EffectResult:
+    """Latent changes of the answers of a PEFT `model` against its base (adapter off, or `base_model`)."""
+    hookpoint = sae.cfg.hookpoint
+    adapted_net = model.get_base_model() if hasattr(model, "get_base_model") else model
+    reader = base_model if base_model is not None else adapted_net
+    base, adapted = {}, {}
+    for kind, texts in prompts.items():
+        if not texts:
+            continue
+        texts = list(texts)
+        adapted_answers = generate_answers(model, tokenizer, texts, max_new_tokens, batch_size)
+        with _adapter_off(model):
+            base_answers = generate_answers(base_model or model, tokenizer, texts, max_new_tokens, batch_size)
+            base[kind] = response_residuals(reader, tokenizer, hookpoint, texts, base_answers, batch_size)
+            adapted[kind] = response_residuals(reader, tokenizer, hookpoint, texts, adapted_answers,
+                                               batch_size)
+    return latent_changes(sae, base, adapted, None, top_n, labels, selected, hookpoint)

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import pytest
+
+from saelign.errors import SaelignError
+from saelign.label.examples import PromptExample
+from saelign.label.explain import clean_label, explain_latents, explain_prompt
+from saelign.label.reading import Reading
+
+
+def _reading() -> Reading:
+    return Reading(
+        "prompt",
+        "fires on 90 % of cooking requests and 0 % of coding requests (mean 2 vs 0)",
+        [],
+        [PromptExample("How do I bake bread?", 2.0)],
+        [PromptExample("Sort a list in Python", 0.0)],
+        [0, 1],
+        [2],
+    )
+
+
+def test_prompt_shows_top_bottom_and_the_grounded_line():
+    text = explain_prompt(_reading())
+    assert "- How do I bake bread?" in text and "- Sort a list in Python" in text
+    assert (
+        text.index("bake") < text.index("inactive") < text.index("Sort")
+        and "Measured: it fires on 90 %" in text
+    )
+
+
+def test_clean_label():
+    assert (
+        clean_label('The feature detects: "Cooking and baking questions."\nMore text')
+        == "Cooking and baking questions"
+    )
+    assert clean_label("Label: a b c d e f g h i j k l m n", max_words=3) == "a b c"
+    assert clean_label("") == ""
+
+
+def test_explainer_plumbing_and_a_model_without_chat_template(tiny_llama, tokenizer):
+    readings = {3: _reading()}
+    out = explain_latents(tiny_llama, tokenizer, readings, max_new_tokens=4)
+    assert set(out) == {3} and readings[3].explanation == out[3]
+    plain = tokenizer.__class__(tokenizer_object=tokenizer.backend_tokenizer, eos_token="<|im_end|>")
+    with pytest.raises(SaelignError, match="--explainer: .*no chat template"):
+        explain_latents(tiny_llama, plain, readings)
