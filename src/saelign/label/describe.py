@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -29,8 +29,13 @@ from saelign.models import ModelConfig, load_model
 from saelign.progress import logger
 from saelign.sae import SAE
 
-if TYPE_CHECKING:  # labels.py imports this module
-    from saelign.label.labels import LatentLabel
+
+class LatentLabel(Protocol):
+    """What describing reads and writes of `saelign.label.labels.LatentLabel` (which imports this module)."""
+
+    short_label: str
+    top_contexts: list[ContextExample]
+    reading: Reading | None
 
 
 @dataclass

@@ -26,6 +26,7 @@ from transformers import PreTrainedTokenizerBase
 from saelign.errors import SaelignError
 from saelign.label.reading import Reading
 from saelign.progress import logger
+from saelign.text import pad, pad_token_id
 
 DETECT_PROMPT = ("A feature of a language model is described as: \"{label}\".\n\nRequest: \"{text}\"\n\n"
                  "Does this feature fire on this request? Answer Yes or No.")
@@ -71,18 +72,15 @@ class ChatDetector:
 
     @torch.inference_mode()
     def scores(self, label: str, texts: Sequence[str]) -> list[float]:
-        from saelign.sails.chat import (  # lazy: saelign.sails imports the label package
-            encode_prompt,
-            pad_right,
-        )
+        from saelign.sails.generate import encode_chat  # lazy: saelign.sails imports the label package
 
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pad_id = pad_token_id(self.tokenizer)
         device = next(self.model.parameters()).device
         out: list[float] = []
         for start in range(0, len(texts), self.batch_size):
-            encoded = [encode_prompt(self.tokenizer, DETECT_PROMPT.format(label=label, text=t[:600]))
-                       for t in texts[start:start + self.batch_size]]
-            ids, mask = pad_right(encoded, pad)
+            encoded = encode_chat(self.tokenizer, [DETECT_PROMPT.format(label=label, text=t[:600])
+                                                   for t in texts[start:start + self.batch_size]])
+            ids, mask = pad(encoded, pad_id)
             logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
             last = logits[torch.arange(len(encoded)), mask.sum(1).to(device) - 1].log_softmax(-1)
             out += (last[:, self.yes].logsumexp(-1) - last[:, self.no].logsumexp(-1)).tolist()
@@ -105,16 +103,14 @@ class LikelihoodDetector:
 
     @torch.inference_mode()
     def _log_likelihood(self, prefix: str, texts: Sequence[str]) -> list[float]:
-        from saelign.sails.chat import pad_right
-
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pad_id = pad_token_id(self.tokenizer)
         device = next(self.model.parameters()).device
         head = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
         out: list[float] = []
         for start in range(0, len(texts), self.batch_size):
             bodies = [self.tokenizer(t[:600], add_special_tokens=False)["input_ids"]
                       for t in texts[start:start + self.batch_size]]
-            ids, mask = pad_right([head + b for b in bodies], pad)
+            ids, mask = pad([head + b for b in bodies], pad_id)
             logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             logp = logits.float().log_softmax(-1)
             token_logp = logp[:, :-1].gather(-1, ids[:, 1:, None].to(device))[..., 0].cpu()  # [B, T-1]

@@ -16,22 +16,23 @@ from transformers import PreTrainedTokenizerBase
 
 from saelign.models import forward_capture
 from saelign.sae.model import SAE
-from saelign.sails.chat import encode_pair, pad_right
+from saelign.sails.chat import encode_pair
 from saelign.sails.effect import EffectResult, _adapter_off, latent_changes
 from saelign.sails.generate import generate_answers
+from saelign.text import pad, pad_token_id
 
 
 @torch.inference_mode()
 def response_residuals(model: nn.Module, tokenizer: PreTrainedTokenizerBase, hookpoint: str,
                        prompts: Sequence[str], answers: Sequence[str], batch_size: int = 8) -> torch.Tensor:
     """[n, d] residual at `hookpoint` averaged over each answer's tokens (prompt + answer fed together)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id(tokenizer)
     device = next(model.parameters()).device
     pooled = []
     for start in range(0, len(prompts), batch_size):
         pairs = [encode_pair(tokenizer, p, a) for p, a in zip(prompts[start:start + batch_size],
                                                              answers[start:start + batch_size], strict=True)]
-        ids, mask = pad_right([p + r for p, r in pairs], pad)
+        ids, mask = pad([p + r for p, r in pairs], pad_id)
         acts = forward_capture(model, [hookpoint], ids.to(device), mask.to(device))[hookpoint].float().cpu()
         answer = torch.zeros_like(mask, dtype=torch.bool)
         for row, (prompt_ids, response_ids) in enumerate(pairs):
