@@ -1,16 +1,16 @@
 """SAILS safety data: harmful, harmless and borderline prompts in fixed, disjoint train/val/test/ood splits.
 
-`build_safety_data` gathers the sources (see `sails.sources`), drops near-duplicates across all of them (word-set
-Jaccard >= `dedupe_threshold` after normalisation, so a paraphrase with a word or two changed cannot sit in
-train while its twin is in test), and splits each kind by a seeded hash of the behaviour id (the hash of the
-prompt as first written): the split of a prompt does not depend on the order the sources were read in, and every
-rewording of one behaviour lands in the same split. Each behaviour is then asked in `variants` of the training
-registers (`sails.registers`, `sails.variants`), so that form alone does not predict the kind.
+`build_safety_data` gathers the sources (see `sails.sources`), drops near-duplicates across all of them (word-
+set Jaccard >= `dedupe_threshold` after normalisation, so a paraphrase with a word or two changed cannot sit
+in train while its twin is in test), and splits each kind by a seeded hash of the behaviour id (the hash of
+the prompt as first written): the split of a prompt does not depend on the order the sources were read in, and
+every rewording of one behaviour lands in the same split. Each behaviour is then asked in `variants` of the
+training registers (`sails.registers`, `sails.variants`), so that form alone does not predict the kind.
 
-The `ood` split holds what the model is never trained or selected on: the test behaviours asked in the held-out
-registers, and whole held-out sources (`OOD_SOURCES`). `save_safety_data` writes one JSONL file per split plus a
-manifest with the register x kind table of every split; later stages read those files. A prompt longer than
-`max_prompt_tokens` (chat-formatted) is an error, not truncated.
+The `ood` split holds what the model is never trained or selected on: the test behaviours asked in the held-
+out registers, and whole held-out sources (`OOD_SOURCES`). `save_safety_data` writes one JSONL file per split
+plus a manifest with the register x kind table of every split; later stages read those files. A prompt longer
+than `max_prompt_tokens` (chat-formatted) is an error, not truncated.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ SPLITS = ("train", "val", "test")
 ALL_SPLITS = (*SPLITS, "ood")
 SOURCES = ("advbench", "harmbench", "borderline", "harmless", "imperatives", "countries", "sotu", "airt",
            "open_questions")
-# Sources used for nothing but the ood split: harmful and harmless requests written apart from everything else.
+# Sources used for nothing but the ood split: harmful and harmless requests written apart from all the rest.
 OOD_SOURCES = ("airt", "open_questions")
 HELDOUT_REGISTERS = ("tense", "keyword")
 MANIFEST = "safety_data.json"
@@ -91,7 +91,9 @@ class SafetyData:
 @dataclass
 class SafetyDataConfig:
     sources: list[str] = help_field(list(SOURCES), f"built-in prompt sources to use, any of {', '.join(SOURCES)}")
-    user_files: list[str] = help_field([], "your own JSONL files (one object per line with fields prompt, kind; optional source, target, register, behaviour); they win over built-in near-duplicates and are kept as written")
+    user_files: list[str] = help_field([], "your own JSONL files (one object per line with fields prompt, "
+                                           "kind; optional source, target, register, behaviour); they win "
+                                           "over built-in near-duplicates and are kept as written")
     max_harmful: int = help_field(0, "keep at most this many harmful prompts after de-duplication (0 = all)")
     max_harmless: int = help_field(0, "keep at most this many harmless prompts (0 = all)")
     max_borderline: int = help_field(0, "keep at most this many borderline (looks risky, is fine) prompts (0 = all)")
@@ -101,22 +103,27 @@ class SafetyDataConfig:
     test_fraction: float = help_field(0.2, "share of each kind in the test split")
     dedupe_threshold: float = help_field(0.8, "word-set Jaccard at or above which two prompts count as near-duplicates (1.0 = identical word sets only)")
     max_prompt_tokens: int = help_field(512, "longest chat-formatted prompt allowed, checked when a tokenizer is given; longer prompts are an error")
-    registers: list[str] = help_field([r for r in REGISTERS if r not in HELDOUT_REGISTERS], "registers of the train/val/test prompts (any of " + ", ".join(REGISTERS) + ")")
-    heldout_registers: list[str] = help_field(list(HELDOUT_REGISTERS), "registers never trained on: the ood split asks the test behaviours in them")
-    variants: int = help_field(2, "registers each built-in behaviour is asked in, by template rewrites (0 = only as written); caps count every wording")
+    registers: list[str] = help_field([r for r in REGISTERS if r not in HELDOUT_REGISTERS],
+                                      f"registers of the train/val/test prompts: {', '.join(REGISTERS)}")
+    heldout_registers: list[str] = help_field(list(HELDOUT_REGISTERS),
+                                              "registers never trained on: the ood split asks the test "
+                                              "behaviours in them")
+    variants: int = help_field(2, "registers each built-in behaviour is asked in, by template rewrites "
+                                  "(0 = only as written); the max_* caps count every wording")
     seed: int = help_field(0, "seed of the split hash and of the templated prompts")
 
     def __post_init__(self) -> None:
         for name in ("registers", "heldout_registers"):
             unknown = sorted(set(getattr(self, name)) - set(REGISTERS))
             if unknown:
-                raise SaelignError(f"{name}: unknown register(s) {', '.join(unknown)}; use {', '.join(REGISTERS)}")
+                raise SaelignError(f"{name}: unknown register(s) {', '.join(unknown)}; "
+                                   f"use {', '.join(REGISTERS)}")
         if not self.registers or set(self.registers) & set(self.heldout_registers):
-            raise SaelignError(f"registers ({self.registers}) must be non-empty and disjoint from heldout_registers "
-                               f"({self.heldout_registers})")
+            raise SaelignError(f"registers ({self.registers}) must be non-empty and disjoint from "
+                               f"heldout_registers ({self.heldout_registers})")
         if not 0 <= self.variants <= len(self.registers):
-            raise SaelignError(f"variants must be between 0 and the number of registers ({len(self.registers)}), "
-                               f"got {self.variants}")
+            raise SaelignError(f"variants must be between 0 and the number of registers "
+                               f"({len(self.registers)}), got {self.variants}")
 
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -188,17 +195,22 @@ def _split_rank(behaviour: str, seed: int) -> str:
     return hashlib.sha256(f"{seed}:{behaviour}".encode()).hexdigest()
 
 
+def _in_test_share(behaviour: str, cfg: SafetyDataConfig) -> bool:
+    return int(_split_rank(behaviour, cfg.seed)[:8], 16) < cfg.test_fraction * 16**8
+
+
 def split_examples(examples: Sequence[Example], cfg: SafetyDataConfig) -> SafetyData:
-    """Per kind: order the behaviours by seeded hash, keep them while the wordings fit in `max_<kind>`, then fill
-    test, val and train in that order; ask each in `cfg.variants` training registers, and the test ones in every
-    held-out register for the ood split (with the held-out sources, as written)."""
+    """Per kind: order the behaviours by seeded hash, keep them while the wordings fit in `max_<kind>`, then
+    fill test, val and train in that order; ask each in `cfg.variants` training registers, and the test ones
+    in every held-out register for the ood split (with the held-out sources in every register)."""
     if cfg.val_fraction < 0 or cfg.test_fraction < 0 or cfg.val_fraction + cfg.test_fraction >= 1:
         raise SaelignError(f"val_fraction ({cfg.val_fraction}) and test_fraction ({cfg.test_fraction}) must be >= 0 "
                            "and sum to less than 1")
     examples = [identify(e) for e in examples]
     # A held-out source is unseen in every register, so the ood split asks its behaviours in all of them.
     heldout = [[e] for e in examples if e.source.split(":")[0] in OOD_SOURCES]
-    out = SafetyData([], [], [], ood=variants.expand(heldout, REGISTERS, len(REGISTERS) if cfg.variants else 0))
+    everywhere = len(REGISTERS) if cfg.variants else 0
+    out = SafetyData([], [], [], ood=variants.expand(heldout, REGISTERS, everywhere))
     for kind in KINDS:
         groups: dict[str, list[Example]] = defaultdict(list)
         for e in examples:
@@ -222,17 +234,19 @@ def split_examples(examples: Sequence[Example], cfg: SafetyDataConfig) -> Safety
             done += n
         for name in SPLITS:
             out.split(name).extend(variants.expand(parts[name], cfg.registers, cfg.variants))
-        # Prompts written in a held-out register with no template into a training one go to ood with the test share.
+        # Prompts in a held-out register with no template into a training one: ood takes the test share.
         parts["test"] += [g for g, n in zip(ranked, sizes, strict=True)
-                          if not n and int(_split_rank(g[0].behaviour or "", cfg.seed)[:8], 16) < cfg.test_fraction * 16**8]
-        out.ood += variants.expand(parts["test"], cfg.heldout_registers, len(cfg.heldout_registers) if cfg.variants else 0)
+                          if not n and _in_test_share(g[0].behaviour or "", cfg)]
+        n_heldout = len(cfg.heldout_registers) if cfg.variants else 0
+        out.ood += variants.expand(parts["test"], cfg.heldout_registers, n_heldout)
     return out
 
 
 def drop_cross_split_twins(data: SafetyData, threshold: float) -> int:
     """Remove from val, test and ood every prompt that is a near-duplicate of one in an earlier split (order
-    train, val, test, ood); return how many. Rewrites add the same template words to two behaviours that differ
-    by one word (a country name, say), which can lift them over the threshold their originals stayed under."""
+    train, val, test, ood); return how many. Rewrites add the same template words to two behaviours that
+    differ by one word (a country name, say), which can lift them over the threshold their originals stayed
+    under."""
     everything = [(name, e) for name in ALL_SPLITS for e in data.split(name)]
     groups = near_duplicate_groups([e.prompt for _, e in everything], threshold)
     first_split = {}
@@ -240,7 +254,8 @@ def drop_cross_split_twins(data: SafetyData, threshold: float) -> int:
         first_split.setdefault(group, name)
     removed = 0
     for name in ALL_SPLITS[1:]:
-        kept = [e for (n, e), g in zip(everything, groups, strict=True) if n == name and first_split[g] == name]
+        kept = [e for (split, e), g in zip(everything, groups, strict=True)
+                if split == name and first_split[g] == name]
         removed += len(data.split(name)) - len(kept)
         data.split(name)[:] = kept
     return removed
@@ -260,7 +275,8 @@ def parse_jsonl(path: str | Path) -> list[Example]:
             if name in row and not isinstance(row[name], str):
                 raise SaelignError(f"{path}:{number}:{name}: must be a string")
         if row.get("register", REGISTERS[0]) not in REGISTERS:
-            raise SaelignError(f"{path}:{number}:register: {row['register']!r} is not one of {', '.join(REGISTERS)}")
+            raise SaelignError(f"{path}:{number}:register: {row['register']!r} is not one of "
+                               f"{', '.join(REGISTERS)}")
         examples.append(Example(row["prompt"].strip(), row["kind"], row.get("source") or f"user:{path.name}",
                                 row.get("target"), row.get("register"), row.get("behaviour")))
     if not examples:
@@ -334,7 +350,8 @@ def save_safety_data(data: SafetyData, out_dir: str | Path) -> Path:
     for name in ALL_SPLITS:
         lines = [json.dumps(e.to_json(), ensure_ascii=False) for e in data.split(name)]
         write_text_atomic(out / f"{name}.jsonl", "".join(line + "\n" for line in lines))
-    write_json_atomic(out / MANIFEST, {**data.stats, "counts": data.counts(), "registers": data.register_tables()})
+    write_json_atomic(out / MANIFEST, {**data.stats, "counts": data.counts(),
+                                       "registers": data.register_tables()})
     return out
 
 

@@ -3,8 +3,9 @@
 The test split holds held-out behaviours in the training registers (in-distribution). The ood split holds the
 same behaviours asked in the held-out registers, and whole held-out sources (`data.OOD_SOURCES`) in every
 register: what a model that learned "refuse imperatives" rather than "refuse harm" gets wrong. Each figure is
-reported on its own, never folded into one number, and over-refusal is given per register (harmless imperatives
-against harmless questions ...), since a form-keyed adapter refuses harmless requests of the trained form.
+reported on its own, never folded into one number, and over-refusal is given per register (harmless
+imperatives against harmless questions ...), since a form-keyed adapter refuses harmless requests of the
+trained form.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ PARTS = {
     "ood_registers": ("ood", lambda e: e.source.split(":")[0] not in OOD_SOURCES),
     "ood_sources": ("ood", lambda e: e.source.split(":")[0] in OOD_SOURCES),
 }
-_SHOWN = ("safety_rate", "over_refusal", "borderline_over_refusal", "harmful_degenerate", "harmless_degenerate")
+_SHOWN = ("safety_rate", "over_refusal", "borderline_over_refusal", "harmful_degenerate",
+          "harmless_degenerate")
 
 
 def _subset(pairs: Sequence[tuple[Example, Verdict]]) -> dict[str, Any]:
@@ -45,8 +47,8 @@ def by_register(pairs: Sequence[tuple[Example, Verdict]]) -> dict[str, dict[str,
 
 def evaluate_splits(model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: SafetyData, judge: Judge,
                     cfg: SafetyEvalConfig) -> dict[str, Any]:
-    """Greedy answers to the test and ood prompts, judged; the rates of each part of `PARTS` and of the whole ood
-    split, each also per register, and every response with its verdict.
+    """Greedy answers to the test and ood prompts, judged; the rates of each part of `PARTS` and of the whole
+    ood split, each also per register, and every response with its verdict.
 
     `cfg.max_per_kind` caps each part separately (0 = all), so a capped run still has every part.
     """
@@ -73,12 +75,13 @@ def evaluate_splits(model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: 
 
 
 def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per part and register for a report table: part, register ('all' for the whole part), the n of each
-    kind and the rates of `_SHOWN`."""
+    """One row per part and register for a report table: part, register ('all' for the whole part), the n of
+    each kind and the rates of `_SHOWN`."""
     rows = []
     for name in [*PARTS, "ood"]:
         metrics = result.get(name) or {}
-        for register, values in [("all", metrics), *metrics.get("by_register", {}).items()] if metrics else []:
+        parts = [("all", metrics), *metrics.get("by_register", {}).items()] if metrics else []
+        for register, values in parts:
             rows.append({"part": name, "register": register, **{f"n_{k}": values["n"][k] for k in KINDS},
                          **{k: values[k] for k in _SHOWN}})
     return rows

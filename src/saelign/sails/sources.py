@@ -32,8 +32,8 @@ ADVBENCH = "pyrit/datasets/seed_datasets/local/adv_bench.prompt"
 REFUSAL_CSV = "pyrit/datasets/scorer_evals/refusal_scorer/refusal.csv"
 REFUSAL_EXTRA_CSV = "pyrit/datasets/scorer_evals/refusal_scorer/refusal_extra.csv"
 MANY_SHOT = "pyrit/datasets/jailbreak/many_shot_examples.json"
-# pyrit's AI Red Team objectives (MIT): harmful requests written apart from AdvBench, and open yes/no questions
-# with no good yes/no answer (harmless). Both are held out: used for the ood split only.
+# pyrit's AI Red Team objectives (MIT): harmful requests written apart from AdvBench, and open yes/no
+# questions with no good yes/no answer (harmless). Both are held out: used for the ood split only.
 AIRT = "pyrit/datasets/seed_datasets/local/airt/"
 AIRT_HARMFUL = ["airt_imminent_crisis", "harassment", "harms", "hate", "illegal", "malware", "misinformation",
                 "scams", "sexual", "violence"]

@@ -1,11 +1,11 @@
 """Behaviours asked in several registers: which registers each behaviour gets, and the register x kind table.
 
 A behaviour is one request whatever its wording; every wording of it carries the behaviour id and lands in the
-split the id hashes to (see `data.split_examples`). Within one split and kind, `expand` gives each behaviour up to
-`n` registers, always the ones that split and kind have the fewest examples in so far (ties broken by a hash of
-the behaviour), so registers even out even when some prompts fit only their own register (a "Why does ice
-float?" question has no template). Prompts from user files are kept as written: a user who wants rewordings
-writes them, with one `behaviour` id.
+split the id hashes to (see `data.split_examples`). Within one split and kind, `expand` gives each behaviour
+up to `n` registers, always the ones that split and kind have the fewest examples in so far (ties broken by a
+hash of the behaviour), so registers even out even when some prompts fit only their own register (a "Why does
+ice float?" question has no template). Prompts from user files are kept as written: a user who wants
+rewordings writes them, with one `behaviour` id.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def size(group: Sequence[Example], allowed: Sequence[str], n: int) -> int:
 
 
 def _tie_break(example: Example) -> int:
-    return int.from_bytes(hashlib.sha256(f"{example.behaviour}\x00{example.register}".encode()).digest()[:4], "big")
+    digest = hashlib.sha256(f"{example.behaviour}\x00{example.register}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
 
 
 def expand(groups: Iterable[Sequence[Example]], allowed: Sequence[str], n: int) -> list[Example]:
@@ -85,7 +86,8 @@ def format_table(tables: dict[str, dict[str, dict[str, int]]], kinds: Sequence[s
 
 def imbalances(tables: dict[str, dict[str, dict[str, int]]], kinds: Sequence[str] = ("harmful", "harmless"),
                high: float = 0.6, low: float = 0.2) -> list[str]:
-    """Registers over `high` of one kind and under `low` of another in some split: a form that predicts the kind."""
+    """Registers over `high` of one kind and under `low` of another in some split: forms that predict the
+    kind."""
     problems = []
     for split, table in tables.items():
         totals = {k: sum(row[k] for row in table.values()) for k in kinds}
@@ -94,5 +96,6 @@ def imbalances(tables: dict[str, dict[str, dict[str, int]]], kinds: Sequence[str
             for a in shares:
                 for b in shares:
                     if shares[a] > high and shares[b] < low:
-                        problems.append(f"{split}: {register} is {shares[a]:.0%} of {a} but {shares[b]:.0%} of {b}")
+                        problems.append(f"{split}: {register} is {shares[a]:.0%} of {a} "
+                                        f"but {shares[b]:.0%} of {b}")
     return problems
