@@ -10,6 +10,7 @@ trained form.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -34,6 +35,15 @@ _SHOWN = ("safety_rate", "over_refusal", "borderline_over_refusal", "harmful_deg
           "harmless_degenerate")
 
 
+def _spread(examples: Sequence[Example]) -> list[Example]:
+    """The examples in a fixed hash order of (behaviour, register), so that a capped part samples every source
+    file and register rather than the first ones the split lists."""
+    def rank(e: Example) -> str:
+        return hashlib.sha256(f"{e.behaviour}\x00{e.register}\x00{e.prompt}".encode()).hexdigest()
+
+    return sorted(examples, key=rank)
+
+
 def _subset(pairs: Sequence[tuple[Example, Verdict]]) -> dict[str, Any]:
     examples, verdicts = [p[0] for p in pairs], [p[1] for p in pairs]
     return kind_rates(examples, verdicts)
@@ -50,11 +60,12 @@ def evaluate_splits(model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: 
     """Greedy answers to the test and ood prompts, judged; the rates of each part of `PARTS` and of the whole
     ood split, each also per register, and every response with its verdict.
 
-    `cfg.max_per_kind` caps each part separately (0 = all), so a capped run still has every part.
+    `cfg.max_per_kind` caps each part separately (0 = all), so a capped run still has every part; a capped
+    part is a fixed hash-ordered sample of its prompts.
     """
     began = time.perf_counter()
     examples = [(name, e) for name, (split, keep) in PARTS.items()
-                for e in take_per_kind([x for x in data.split(split) if keep(x)], cfg.max_per_kind)]
+                for e in take_per_kind(_spread([x for x in data.split(split) if keep(x)]), cfg.max_per_kind)]
     responses = generate_answers(model, tokenizer, [e.prompt for _, e in examples], cfg.max_new_tokens,
                                  cfg.batch_size)
     verdicts = judge.judge([e.prompt for _, e in examples], responses)

@@ -184,7 +184,8 @@ where with without from by at as is are was were be been being can could would s
 shall it its this these those some any my your their his her our me i you them they we us about using so such
 than then one someone someone's somebody people others other very more most detailed detail specific
 step-by-step step steps instructions way ways without while own every all each also just only even really has
-have had do does did ever not no if whether""".split())
+have had do does did ever not no if whether during before after over under through via within
+against between among""".split())
 _GENERIC = set("""write create develop provide give generate produce compose draft design outline explain
 describe tell suggest list recommend share offer prepare show publish post detail""".split())
 _GENRES = ("guide", "steps", "tutorial", "tips", "methods")
