@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
+from saelign.errors import SaelignError
 from saelign.sails import ood
 from saelign.sails.data import Example, SafetyData
 from saelign.sails.evaluate import SafetyEvalConfig
@@ -60,3 +63,7 @@ def test_the_cap_applies_to_each_part(tiny_llama, tokenizer):
     test_only = SafetyData([], [], make_data().test)
     empty = ood.evaluate_splits(tiny_llama, tokenizer, test_only, PromptJudge(), cfg)
     assert empty["ood"] == {} and ood.summary_rows(empty)[0]["part"] == "in_distribution"
+    only = ood.evaluate_splits(tiny_llama, tokenizer, make_data(), PromptJudge(), cfg, parts=["ood_sources"])
+    assert only["in_distribution"] == {} and only["ood"]["n"] == only["ood_sources"]["n"]
+    with pytest.raises(SaelignError, match="unknown part"):
+        ood.evaluate_splits(tiny_llama, tokenizer, make_data(), PromptJudge(), cfg, parts=["train"])

@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from saelign.errors import SaelignError
 from saelign.progress import logger
 from saelign.sails.data import KINDS, OOD_SOURCES, Example, SafetyData
 from saelign.sails.evaluate import SafetyEvalConfig, kind_rates, take_per_kind
@@ -56,7 +57,7 @@ def by_register(pairs: Sequence[tuple[Example, Verdict]]) -> dict[str, dict[str,
 
 
 def evaluate_splits(model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: SafetyData, judge: Judge,
-                    cfg: SafetyEvalConfig) -> dict[str, Any]:
+                    cfg: SafetyEvalConfig, parts: Sequence[str] = tuple(PARTS)) -> dict[str, Any]:
     """Greedy answers to the test and ood prompts, judged; the rates of each part of `PARTS` and of the whole
     ood split, each also per register, and every response with its verdict.
 
@@ -64,7 +65,10 @@ def evaluate_splits(model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: 
     part is a fixed hash-ordered sample of its prompts.
     """
     began = time.perf_counter()
-    examples = [(name, e) for name, (split, keep) in PARTS.items()
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise SaelignError(f"unknown part(s) {', '.join(unknown)}; use {', '.join(PARTS)}")
+    examples = [(name, e) for name, (split, keep) in PARTS.items() if name in parts
                 for e in take_per_kind(_spread([x for x in data.split(split) if keep(x)]), cfg.max_per_kind)]
     responses = generate_answers(model, tokenizer, [e.prompt for _, e in examples], cfg.max_new_tokens,
                                  cfg.batch_size)
