@@ -107,7 +107,9 @@ _SELF_PATTERNS = [
     re.compile(r"^what(?:'s| is) the (?:best|easiest|safest|quickest|right|simplest) way to (?P<vp>.+)$",
                re.I),
 ]
-_HOW_TO = re.compile(r"^(?P<pre>(?:\S+ ){0,8}?)how to (?P<vp>.+)$", re.I)
+# A short preamble with no second clause: "Write a tutorial on how to X", not "Write code and explain how to X".
+_HOW_TO = re.compile(r"^(?P<pre>(?:(?!and |then |or |that |which )[^\s,]+ ){1,7}?)how to (?P<vp>.+)$",
+                     re.I)
 _DEFINE = re.compile(r"^what (?P<cop>is|are) (?P<np>.+)$", re.I)
 _NOT_NP = re.compile(r"\b(?:and|or) (?:how|why|what|when|where|which|who)\b|[,;:?]|"
                      r"\b(?:the best way|i|you)\b", re.I)
@@ -141,7 +143,7 @@ def parse(prompt: str) -> Task | None:
 
 def _task(shape: str, vp: str) -> Task | None:
     verb, _, rest = vp.strip().partition(" ")
-    if not verb.isalpha() or verb.lower().endswith("ing"):
+    if not verb.isalpha() or verb.lower().endswith("ing") or rest.lower() in {"it", "them", "this", "that"}:
         return None
     return Task(shape, verb.lower(), _swap(rest, _SECOND_TO_FIRST))
 
