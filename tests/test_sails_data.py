@@ -225,12 +225,14 @@ def test_user_behaviour_ids_keep_wordings_together_and_held_out_ones_out_of_trai
     assert {e.register for e in data.ood} == {"keyword"}
 
 
-def test_cross_split_twins_are_dropped_from_later_splits():
+def test_cross_split_twins_and_repeats_are_dropped():
     # 9 of 11 words shared: Jaccard 0.82, over the threshold
     ask = "Can you please tell me three interesting facts about {}?"
     data = sd.SafetyData([Example(ask.format("Peru"), "harmless", "c")],
                          [Example(ask.format("Chile"), "harmless", "c")],
-                         [Example("Tell me about the moon", "harmless", "c")],
+                         [Example("Tell me about the moon", "harmless", "c"),
+                          Example("Tell me about the moon!", "harmless", "d")],
                          ood=[Example(ask.format("peru").lower().rstrip("?"), "harmless", "c")])
-    assert sd.drop_cross_split_twins(data, 0.8) == 2
-    assert data.val == [] and data.ood == [] and len(data.train) == len(data.test) == 1
+    assert sd.drop_cross_split_twins(data, 0.8) == 3
+    assert data.val == [] and data.ood == [] and len(data.train) == 1
+    assert [e.source for e in data.test] == ["c"]

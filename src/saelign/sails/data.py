@@ -244,18 +244,23 @@ def split_examples(examples: Sequence[Example], cfg: SafetyDataConfig) -> Safety
 
 def drop_cross_split_twins(data: SafetyData, threshold: float) -> int:
     """Remove from val, test and ood every prompt that is a near-duplicate of one in an earlier split (order
-    train, val, test, ood); return how many. Rewrites add the same template words to two behaviours that
-    differ by one word (a country name, say), which can lift them over the threshold their originals stayed
-    under."""
+    train, val, test, ood), and repeats of one prompt within a split; return how many. Rewrites add the same
+    template words to two behaviours that differ by one word (a country name, say), which can lift them over
+    the threshold their originals stayed under, and two behaviours can share a rewrite ("How can I commit
+    insider trading?")."""
     everything = [(name, e) for name in ALL_SPLITS for e in data.split(name)]
     groups = near_duplicate_groups([e.prompt for _, e in everything], threshold)
     first_split = {}
     for (name, _), group in zip(everything, groups, strict=True):
         first_split.setdefault(group, name)
     removed = 0
-    for name in ALL_SPLITS[1:]:
-        kept = [e for (split, e), g in zip(everything, groups, strict=True)
-                if split == name and first_split[g] == name]
+    for name in ALL_SPLITS:
+        seen: set[str] = set()
+        kept = []
+        for (split, e), g in zip(everything, groups, strict=True):
+            if split == name and first_split[g] == name and normalize(e.prompt) not in seen:
+                seen.add(normalize(e.prompt))
+                kept.append(e)
         removed += len(data.split(name)) - len(kept)
         data.split(name)[:] = kept
     return removed
