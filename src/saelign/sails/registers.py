@@ -129,8 +129,9 @@ def parse(prompt: str) -> Task | None:
             return _task("self", match["vp"])
     if register == "imperative":
         match = _HOW_TO.match(body)
-        if match and match["pre"] and match["pre"].split()[0].lower() in VERBS:
-            return _task("self", match["vp"])
+        task = _task("self", match["vp"]) if match and match["pre"].split()[0].lower() in VERBS else None
+        if task is not None:
+            return task
         verb, _, rest = body.partition(" ")
         if verb.lower() in VERBS:
             return Task("ask", verb.lower(), rest)
