@@ -107,7 +107,7 @@ _SELF_PATTERNS = [
     re.compile(r"^what(?:'s| is) the (?:best|easiest|safest|quickest|right|simplest) way to (?P<vp>.+)$",
                re.I),
 ]
-# A short preamble with no second clause: "Write a tutorial on how to X", not "Write code and explain how to X".
+# A short preamble, no second clause: "Write a tutorial on how to X", not "Write code and explain how to X".
 _HOW_TO = re.compile(r"^(?P<pre>(?:(?!and |then |or |that |which )[^\s,]+ ){1,7}?)how to (?P<vp>.+)$",
                      re.I)
 _DEFINE = re.compile(r"^what (?P<cop>is|are) (?P<np>.+)$", re.I)
