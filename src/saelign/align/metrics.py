@@ -197,14 +197,7 @@ def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
     with the ontology's rules (`saelign.text.answer_matches`: case, accents, punctuation and a leading
     article ignored).
 
-    cfg.known_only keeps the swaps whose target fact the model states itself on one of that fact's own
-    prompts: a swap cannot be expected to produce an answer the model does not know.
-
-    swap_span="concept" edits each prompt at its concept token only (the position the slots were trained on);
-    swap_span="prompt" edits every token of the prompt, and with swap_when_active only the tokens where the
-    source slot is the active concept. "Rest unchanged" always uses the gated swap over the same span.
-    swap_during="prompt" (the authors' protocol) applies the swap only while the prompt is read; "all" keeps
-    it on for each generated answer token too (as `generate_with(during="all")` steers).
+    The swap options are `MetricsConfig`'s; "rest unchanged" always uses the gated swap over the same span.
     """
     cfg = cfg or MetricsConfig()
     span, when_active, during = cfg.swap_span, cfg.swap_when_active, cfg.swap_during
@@ -280,11 +273,8 @@ def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
 
 def slot_metrics(sae: SAE, slot_map: SlotMap, splits: dict[str, tuple[torch.Tensor, torch.Tensor]],
                  generic: torch.Tensor) -> dict[str, Any]:
-    """Binding, AUC, entanglement and fragmentation of one SAE read through one slot map.
-
-    `splits` maps a split name to (activations, labels); entanglement and fragmentation use the last split
-    (the held-out one, by convention), entanglement with the generic activations added.
-    """
+    """Binding, AUC, entanglement and fragmentation of one SAE read through one slot map. `splits`: name ->
+    (activations, labels); entanglement (with `generic` added) and fragmentation use the last (held-out) one."""
     slot_map.validate(sae)
     out: dict[str, Any] = {"slots": dict(zip(slot_map.concepts, slot_map.slots, strict=True))}
     z = labels = None
@@ -308,12 +298,8 @@ def alignment_report(model: nn.Module, tokenizer: PreTrainedTokenizerBase, vanil
                      unrelated_texts: Sequence[str] = (),
                      token_batches: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> dict[str, Any]:
     """Every metric for the aligned SAE and the vanilla baseline (`vanilla` = the SAE before post-training).
-
-    `generic` holds residual activations of ordinary text at the same hookpoint (reconstruction, entanglement).
-    With cfg.swaps, swaps run on the held-out examples (unseen templates) as `swap_success` runs them.
-    With `token_batches` ((input_ids, keep) pairs, see `saelign.sae.evaluate.context_batches`), CE loss
-    recovered and KL are measured for both SAEs as well.
-    """
+    `generic`: activations of ordinary text at the same hookpoint. Swaps run on the held-out examples; with
+    `token_batches` ((input_ids, keep) pairs, `saelign.sae.evaluate.context_batches`) CE recovered and KL too."""
     cfg = cfg or MetricsConfig()
     slot_map.validate(aligned)
     if vanilla.cfg.d_in != aligned.cfg.d_in:
