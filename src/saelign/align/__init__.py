@@ -3,8 +3,7 @@
 `saelign.align.ontology` defines the ontology format (concepts with labelled examples, or prompt templates ×
 entities with expected answers, and which token carries the concept); `saelign.align.builtin` builds ontologies
 from real data (relations, part of speech, named entities, sentiment, WordNet lexical classes). The verbs:
-build, post-train (over files or tensors), evaluate, swap and guard, listed in `__all__`.
-"""
+build, post-train (over files or tensors), evaluate, swap and guard, listed in `__all__`."""
 
 from saelign.align.builtin import build_ontology, filter_known_facts
 from saelign.align.interventions import SlotGuard, concept_swap, slot_zero

@@ -15,8 +15,7 @@ Definitions:
 - swap success: with source slot → 0 and target slot → α·scale at the concept token while the prompt is read,
   the greedy continuation states the same entity's answer for the target concept (pairs with equal answers, or
   where the model already said it, are skipped); "rest unchanged": with the same swap gated on the source slot
-  being the active concept, prompts of other concepts and unrelated texts keep their exact continuation.
-"""
+  being the active concept, prompts of other concepts and unrelated texts keep their exact continuation."""
 
 from __future__ import annotations
 
@@ -196,9 +195,7 @@ def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
     under several concepts make the swap pairs. Answers are matched on the greedy continuation (a few tokens)
     with the ontology's rules (`saelign.text.answer_matches`: case, accents, punctuation and a leading
     article ignored).
-
-    The swap options are `MetricsConfig`'s; "rest unchanged" always uses the gated swap over the same span.
-    """
+    The swap options are `MetricsConfig`'s; "rest unchanged" always uses the gated swap over the same span."""
     cfg = cfg or MetricsConfig()
     span, when_active, during = cfg.swap_span, cfg.swap_when_active, cfg.swap_during
     batch_size = cfg.batch_size

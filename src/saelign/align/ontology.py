@@ -26,8 +26,7 @@ A YAML or JSON file (examples in examples/ontologies/):
 
 A concept has either `examples` or `entities` (never both). Answers continue the prompt after a space; `aliases`
 are other accepted answers. Templates are split at template level, so the test split measures generalisation
-to unseen phrasings of the same facts.
-"""
+to unseen phrasings of the same facts."""
 
 from __future__ import annotations
 

@@ -21,8 +21,7 @@ Choices beyond the authors' code, each a config option:
   templates per concept, MSE binding alone fits the train templates and binding on unseen templates falls
   as stage 2 goes on;
 - the value head is off by default (its weight makes slot values entity-dependent, which fights a swap at
-  fixed α); set `value_coeff=0.5` and pass answer tokens for the authors' setting.
-"""
+  fixed α); set `value_coeff=0.5` and pass answer tokens for the authors' setting."""
 
 from __future__ import annotations
 
@@ -81,10 +80,8 @@ _ADDED_OPTIONS = {"anchor_coeff": 0.0}
 
 class GenericBatches:
     """Step-indexed generic activations: random rows of a tensor, or the items of an iterable in order.
-
     An iterable is restarted when exhausted (a DataLoader or activation-store loader can be; a generator
-    cannot); on resume the batches of finished steps are skipped, so a resumed run sees the same data.
-    """
+    cannot); on resume the batches of finished steps are skipped, so a resumed run sees the same data."""
 
     def __init__(self, source: torch.Tensor | Iterable[torch.Tensor], batch_size: int, seed: int):
         self.source, self.batch_size, self.seed = source, batch_size, seed

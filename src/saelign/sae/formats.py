@@ -10,8 +10,7 @@ loads what we save and computes the same latents and reconstructions in raw acti
   the latents identical; `metadata.saelign.norm_scale` records s so our loader unfolds it again.
   Unfolding is exact up to one float rounding per weight (~1e-7 relative);
 - our own SAEConfig (activation, k, always-on latents, ...) goes in `metadata.saelign.config`; SAELens keeps
-  unknown metadata keys when it re-saves, and ignores them otherwise.
-"""
+  unknown metadata keys when it re-saves, and ignores them otherwise."""
 
 from __future__ import annotations
 

@@ -8,8 +8,7 @@
 - dense (relu, jumprelu): summed squared error per token + coefficient * a sparsity penalty, from four dense
   products; the activation gives the latents, their firing counts and the penalty.
 
-Nothing here imports the SAE module: it imports the activations, which build on this one.
-"""
+Nothing here imports the SAE module: it imports the activations, which build on this one."""
 
 from __future__ import annotations
 

@@ -14,8 +14,7 @@ after a step and at the end) is the activation's own (`saelign.sae.activations`)
 With `out` set, a checkpoint (weights, Adam state, counters, RNG) is written every `checkpoint_every_tokens`
 and rerunning with the same configuration resumes from it, skipping the batches already consumed (the stream
 must be deterministic, as the activation store's seeded shuffle is), and ends with the same SAEs as an
-uninterrupted run.
-"""
+uninterrupted run."""
 
 from __future__ import annotations
 
@@ -274,10 +273,8 @@ class _Progress:
 def train_saes(batches: Iterable[torch.Tensor], sae_cfgs: list[SAEConfig], train_cfg: SAETrainConfig,
                names: list[str] | None = None) -> list[SAE]:
     """Train one SAE per config on the same batches ([tokens, d_in] activations in raw model units).
-
     With train_cfg.out, a single SAE is saved in `out` and several in `out/<name>` (names default to the
-    fields that differ, e.g. k16, k32), together with `train_log.json`, `run.json` and the checkpoint.
-    """
+    fields that differ, e.g. k16, k32), together with `train_log.json`, `run.json` and the checkpoint."""
     tcfg = train_cfg
     if not sae_cfgs:
         raise SaelignError("no SAE configurations given")

@@ -20,8 +20,7 @@ default: the residual stream is one vector space across blocks (each block adds 
 meaningful at every depth; `layers` restricts it.
 
 `get_peft_model` modifies the model in place (PiSSA even rewrites its base weights): pass a fresh model for each
-baseline.
-"""
+baseline."""
 
 from __future__ import annotations
 

@@ -6,8 +6,7 @@ subspace of U's rank) and `act_pca` (inside the PCA of raw harmful-vs-harmless r
 selection hookpoints, U's rank: the "direct identification" baseline without an SAE). Each run starts from a
 fresh base model, records its trainable share, convergence history (val safety vs step), the steps it took to
 reach 90 % / 95 % val safety and its wall time, and saves a stock PEFT adapter (a model folder for `full`) plus
-the provenance sidecar.
-"""
+the provenance sidecar."""
 
 from __future__ import annotations
 
@@ -124,9 +123,7 @@ def run_method(method: str, model_factory: Callable[[], PreTrainedModel], tokeni
                eval_fn: EvalFn | None = None, act_pca_prompts: tuple[Sequence[str], Sequence[str]] | None = None,
                provenance: Mapping[str, Any] | None = None, overwrite: bool = False) -> MethodResult:
     """Train `method` on (prompt, response) pairs; save OUT/adapter; resume from OUT/checkpoint.
-
-    Rank = cfg.lora.rank or SAILS' subspace rank for every LoRA method.
-    """
+    Rank = cfg.lora.rank or SAILS' subspace rank for every LoRA method."""
     check_method(method)
     out = Path(out_dir)
     adapter_dir = out / ADAPTER_DIR

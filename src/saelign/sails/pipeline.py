@@ -7,8 +7,7 @@ mid-way from their checkpoints). Files made under other options are never replac
 naming the stage and the options, unless `overwrite` is set. The report is rebuilt on every run.
 
 Layout: config.json, run.json, data/, sae/ and sae.json (naming the SAE used), labels.json, select/, targets/,
-methods/<method>/{adapter/, result.json, history.json}, eval/<model>.json, effect/<method>.json, report.*.
-"""
+methods/<method>/{adapter/, result.json, history.json}, eval/<model>.json, effect/<method>.json, report.*."""
 
 from __future__ import annotations
 

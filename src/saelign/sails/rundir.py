@@ -3,8 +3,7 @@ inputs stages share (models, data, SAE, subspace), loaded once on first use.
 
 A stage is one `Stage` record (the table is `saelign.sails.stages.STAGES`). A unit is a stage, or one method
 or model of a per-method stage ("train:sails"). Its key hashes the config values the stage declares and the
-keys of its upstream units, so a rerun skips a unit whose files exist under the same key.
-"""
+keys of its upstream units, so a rerun skips a unit whose files exist under the same key."""
 
 from __future__ import annotations
 

@@ -8,8 +8,7 @@ Resumable: every `checkpoint_every` steps a checkpoint (trainable weights, AdamW
 written to `out/checkpoint/` (saelign.checkpoint). The data order is a pure function of (seed, epoch), so a
 resumed run ends with the same weights as an uninterrupted one. `out/history.json` holds the training losses and
 the periodic eval_fn results (convergence curves). An optional `stop` predicate on each periodic evaluation
-ends training early; the checkpoint written there is final, so a rerun does not train on.
-"""
+ends training early; the checkpoint written there is final, so a rerun does not train on."""
 
 from __future__ import annotations
 

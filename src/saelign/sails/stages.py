@@ -1,8 +1,7 @@
 """The SAILS pipeline stages: one function and one `Stage` declaration each, in pipeline order in `STAGES`.
 
 To add a stage, write its function (run, name) -> facts for run.json and declare it in `STAGES`: the pipeline,
-its resumption and the CLI subcommand come from the declaration.
-"""
+its resumption and the CLI subcommand come from the declaration."""
 
 from __future__ import annotations
 

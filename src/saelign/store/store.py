@@ -3,8 +3,7 @@
 Each shard holds `activations [n, d]` (store dtype), `token_ids [n] int32`, `context_ids [n] int64` (index of the
 context in the deterministic corpus stream) and `positions [n] int32`. Every shard but the last holds exactly
 `shard_tokens` rows. The manifest is rewritten (atomically) after every shard, so an interrupted capture leaves a
-valid prefix that a rerun continues from; `complete` is set only when the capture finished.
-"""
+valid prefix that a rerun continues from; `complete` is set only when the capture finished."""
 
 from __future__ import annotations
 
@@ -54,10 +53,8 @@ def _identity_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 class StoreWriter:
     """Appends rows to one hookpoint's store, resuming after the rows already on disk.
-
     `header` holds the identity keys. On open, an existing store must have the same identity; its full shards
-    are kept (their files checked by size) and anything after the first missing or short one is dropped.
-    """
+    are kept (their files checked by size) and anything after the first missing or short one is dropped."""
 
     def __init__(self, path: str | Path, header: dict[str, Any], token_budget: int | None) -> None:
         self.path = ensure_writable_dir(path)

@@ -2,8 +2,7 @@
 
 `build_ontology(name, **options)` runs the named builder (fetching its pinned data once); each builder's
 keyword options are documented on the builder. For relations, `filter_known_facts` then keeps the facts a
-given model answers correctly.
-"""
+given model answers correctly."""
 
 from __future__ import annotations
 

@@ -5,8 +5,7 @@ plural, present participle, comparative, opposite) and from countryinfo's countr
 extra accepted answers for capitals and nationalities). Each relation has completion-style prompt templates
 whose next words are the answer: several for training and two unseen ones for testing. Country entities are
 shared across relations on purpose (France: capital, currency, language...), so a concept slot must encode
-the relation being asked, not the entity. Use `filter_known_facts` to keep only the facts a model knows.
-"""
+the relation being asked, not the entity. Use `filter_known_facts` to keep only the facts a model knows."""
 
 from __future__ import annotations
 
@@ -172,7 +171,6 @@ def _section(sections: dict[str, dict[str, str]], pattern: str) -> dict[str, str
 def relation_facts(sections: dict[str, dict[str, str]], info: dict[str, dict[str, Any]],
                    names: Sequence[str]) -> dict[str, list[Entity]]:
     """Entities with answers for the relations `names` (countryinfo's differing spellings become aliases).
-
     Continent and language cover the countries of the capital, currency and nationality sections, so country
     entities recur across relations."""
     facts: dict[str, list[Entity]] = {}

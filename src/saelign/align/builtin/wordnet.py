@@ -5,8 +5,7 @@ sense index `/usr/share/wordnet/index.sense` has one line per word sense, `sense
 tag_count`, where the sense key `lemma%ss_type:lex_filenum:lex_id:head:head_id` names the lexicographer file
 (the class). A word joins the class that holds at least `purity` of its senses' weight (SemCor tag count + 0.5
 per sense, so rare senses still count a little); the most frequent such words come first. Each word is shown in
-a few neutral templates and the concept is read at the word's last token.
-"""
+a few neutral templates and the concept is read at the word's last token."""
 
 from __future__ import annotations
 

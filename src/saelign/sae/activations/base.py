@@ -2,8 +2,7 @@
 
 An activation is a dataclass whose fields are its training options: flags of `saelign sae train` and keys of
 `SAETrainConfig.activation_options` (or of a config file's `train:` section) under their own names, so a name
-means one thing wherever it is declared (relu and jumprelu share `sparsity_warmup_fraction`).
-"""
+means one thing wherever it is declared (relu and jumprelu share `sparsity_warmup_fraction`)."""
 
 from __future__ import annotations
 
