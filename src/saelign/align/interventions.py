@@ -104,18 +104,25 @@ def sae_splice(model: nn.Module, sae: SAE, keep_error: bool = True, positions: E
     return sae_edit(model, sae, lambda z: (z, None), positions, keep_error, hookpoint)
 
 
-def slot_clamp(model: nn.Module, sae: SAE, slot: int | str | Sequence[int | str], value: float, *,
-               slot_map: SlotMap | None = None, positions: EditPositions = "all", keep_error: bool = True,
-               hookpoint: str | None = None) -> contextlib.AbstractContextManager[None]:
-    """Set the slot(s) to `value` (raw latent units)."""
+def _slot_edit(model: nn.Module, sae: SAE, slot: int | str | Sequence[int | str],
+               update: Callable[[torch.Tensor], torch.Tensor], slot_map: SlotMap | None, positions: EditPositions,
+               keep_error: bool, hookpoint: str | None) -> contextlib.AbstractContextManager[None]:
     ids = _slot_ids(slot, slot_map, sae)
 
     def edit(z: torch.Tensor) -> tuple[torch.Tensor, None]:
         z = z.clone()
-        z[..., ids] = value
+        z[..., ids] = update(z[..., ids])
         return z, None
 
     return sae_edit(model, sae, edit, positions, keep_error, hookpoint, slot_map)
+
+
+def slot_clamp(model: nn.Module, sae: SAE, slot: int | str | Sequence[int | str], value: float, *,
+               slot_map: SlotMap | None = None, positions: EditPositions = "all", keep_error: bool = True,
+               hookpoint: str | None = None) -> contextlib.AbstractContextManager[None]:
+    """Set the slot(s) to `value` (raw latent units)."""
+    return _slot_edit(model, sae, slot, lambda v: torch.full_like(v, value), slot_map, positions, keep_error,
+                      hookpoint)
 
 
 def slot_zero(model: nn.Module, sae: SAE, slot: int | str | Sequence[int | str], **kwargs) -> contextlib.AbstractContextManager[None]:
@@ -127,14 +134,7 @@ def slot_amplify(model: nn.Module, sae: SAE, slot: int | str | Sequence[int | st
                  slot_map: SlotMap | None = None, positions: EditPositions = "all", keep_error: bool = True,
                  hookpoint: str | None = None) -> contextlib.AbstractContextManager[None]:
     """Multiply the slot(s)' activation by `factor`."""
-    ids = _slot_ids(slot, slot_map, sae)
-
-    def edit(z: torch.Tensor) -> tuple[torch.Tensor, None]:
-        z = z.clone()
-        z[..., ids] = z[..., ids] * factor
-        return z, None
-
-    return sae_edit(model, sae, edit, positions, keep_error, hookpoint, slot_map)
+    return _slot_edit(model, sae, slot, lambda v: v * factor, slot_map, positions, keep_error, hookpoint)
 
 
 def concept_swap(model: nn.Module, sae: SAE, slot_map: SlotMap, source: str | int, target: str | int, alpha: float = 2.0, *,

@@ -8,19 +8,14 @@ freshly created factors. With U [d_model, r] orthonormal and ΔW = s·B·A:
 - writer modules (o, down: they write into it): B's columns = U, A = 0. A gets a non-zero gradient at once
   (s·U^T·G, because B ≠ 0), and ΔW = U·A writes only into span(U).
 
-Both give ΔW = 0 at step 0. Both factors then train, so from the second step on ΔW may leave span(U) (SAILS
-*initialises* in the subspace); `freeze_subspace` keeps the U factor fixed instead, so ΔW = B·Uᵀ (readers) or
-U·A (writers) stays inside span(U) throughout, with about 40 % fewer trainable parameters.
+Both give ΔW = 0 at step 0; from the second step on ΔW may leave span(U) (SAILS *initialises* in the
+subspace) unless `freeze_subspace` keeps the U factor fixed.
 
 The non-zero factor has rows/columns of norm `init_scale`; the default 1/√3 is the row norm of PEFT's default
-(Kaiming-uniform) A, so one learning rate serves every init. If the LoRA rank exceeds
-the subspace rank, the extra rows/columns are random unit mixtures of U's columns: they stay inside the subspace
-and do not mirror another row (mirrored rows would receive identical updates forever). All layers are adapted by
-default: the residual stream is one vector space across blocks (each block adds into it), so span(U) is
-meaningful at every depth; `layers` restricts it.
-
-`get_peft_model` modifies the model in place (PiSSA even rewrites its base weights): pass a fresh model for each
-baseline."""
+(Kaiming-uniform) A, so one learning rate serves every init. Extra rank beyond the subspace's gets random unit
+mixtures of U's columns (mirrored rows would receive identical updates forever). All layers are adapted by
+default: the residual stream is one vector space across blocks, so span(U) is meaningful at every depth.
+`get_peft_model` modifies the model in place (PiSSA even rewrites its base weights): use a fresh model each."""
 
 from __future__ import annotations
 

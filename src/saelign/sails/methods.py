@@ -2,11 +2,9 @@
 
 Methods: `sails` (LoRA inside the SAE safety subspace U), `lora` (PEFT default init), `pissa` (PEFT built-in),
 `full` (every weight of the target modules in the chosen layers), `random_subspace` (LoRA inside a random
-subspace of U's rank) and `act_pca` (inside the PCA of raw harmful-vs-harmless residual differences at the
-selection hookpoints, U's rank: the "direct identification" baseline without an SAE). Each run starts from a
-fresh base model, records its trainable share, convergence history (val safety vs step), the steps it took to
-reach 90 % / 95 % val safety and its wall time, and saves a stock PEFT adapter (a model folder for `full`) plus
-the provenance sidecar."""
+subspace of U's rank) and `act_pca` (inside the PCA of raw harmful-vs-harmless residual differences: the
+"direct identification" baseline without an SAE). Each run starts from a fresh base model and saves a stock
+PEFT adapter (a model folder for `full`) plus the provenance sidecar."""
 
 from __future__ import annotations
 

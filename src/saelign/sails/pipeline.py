@@ -1,10 +1,8 @@
 """The SAILS pipeline over one run directory: the stages of `saelign.sails.stages.STAGES`, in order.
 
-Each stage (for train/eval/effect: each method) writes its files, then records in run.json a key: a hash of
-the options it used and of the keys of the stages it reads. A rerun skips every stage whose files exist under
-the same key, so an interrupted run continues where it stopped (SAE training and fine-tuning also resume
-mid-way from their checkpoints). Files made under other options are never replaced silently: that is an error
-naming the stage and the options, unless `overwrite` is set. The report is rebuilt on every run.
+Each unit records its key in run.json (`saelign.sails.rundir`); a rerun skips the units done under the same key
+(SAE training and fine-tuning also resume mid-way). Files made under other options are an error unless
+`overwrite` is set. The report is rebuilt on every run.
 
 Layout: config.json, run.json, data/, sae/ and sae.json (naming the SAE used), labels.json, select/, targets/,
 methods/<method>/{adapter/, result.json, history.json}, eval/<model>.json, effect/<method>.json, report.*."""

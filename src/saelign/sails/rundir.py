@@ -1,9 +1,8 @@
-"""A SAILS run directory: its files, the run.json record of what each stage made under which key, and the
+"""A SAILS run directory: its files, the run.json record of what each unit made under which key, and the
 inputs stages share (models, data, SAE, subspace), loaded once on first use.
 
-A stage is one `Stage` record (the table is `saelign.sails.stages.STAGES`). A unit is a stage, or one method
-or model of a per-method stage ("train:sails"). Its key hashes the config values the stage declares and the
-keys of its upstream units, so a rerun skips a unit whose files exist under the same key."""
+A unit is a stage, or one method or model of a per-method stage ("train:sails"). Its key hashes the config
+values the stage declares and the keys of its upstream units."""
 
 from __future__ import annotations
 
