@@ -105,8 +105,9 @@ def sae_splice(model: nn.Module, sae: SAE, keep_error: bool = True, positions: E
 
 
 def _slot_edit(model: nn.Module, sae: SAE, slot: int | str | Sequence[int | str],
-               update: Callable[[torch.Tensor], torch.Tensor], slot_map: SlotMap | None, positions: EditPositions,
-               keep_error: bool, hookpoint: str | None) -> contextlib.AbstractContextManager[None]:
+               update: Callable[[torch.Tensor], torch.Tensor], slot_map: SlotMap | None,
+               positions: EditPositions, keep_error: bool,
+               hookpoint: str | None) -> contextlib.AbstractContextManager[None]:
     ids = _slot_ids(slot, slot_map, sae)
 
     def edit(z: torch.Tensor) -> tuple[torch.Tensor, None]:

@@ -271,7 +271,7 @@ def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
 def slot_metrics(sae: SAE, slot_map: SlotMap, splits: dict[str, tuple[torch.Tensor, torch.Tensor]],
                  generic: torch.Tensor) -> dict[str, Any]:
     """Binding, AUC, entanglement and fragmentation of one SAE read through one slot map. `splits`: name ->
-    (activations, labels); entanglement (with `generic` added) and fragmentation use the last (held-out) one."""
+    (activations, labels); entanglement (with `generic` added) and fragmentation use the last (held out)."""
     slot_map.validate(sae)
     out: dict[str, Any] = {"slots": dict(zip(slot_map.concepts, slot_map.slots, strict=True))}
     z = labels = None
@@ -296,7 +296,7 @@ def alignment_report(model: nn.Module, tokenizer: PreTrainedTokenizerBase, vanil
                      token_batches: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> dict[str, Any]:
     """Every metric for the aligned SAE and the vanilla baseline (`vanilla` = the SAE before post-training).
     `generic`: activations of ordinary text at the same hookpoint. Swaps run on the held-out examples; with
-    `token_batches` ((input_ids, keep) pairs, `saelign.sae.evaluate.context_batches`) CE recovered and KL too."""
+    `token_batches` ((input_ids, keep) pairs, `sae.evaluate.context_batches`) CE recovered and KL too."""
     cfg = cfg or MetricsConfig()
     slot_map.validate(aligned)
     if vanilla.cfg.d_in != aligned.cfg.d_in:

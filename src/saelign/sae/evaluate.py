@@ -59,9 +59,7 @@ class EvalConfig:
 def reconstruction_metrics(sae: SAE, batches: Iterable[torch.Tensor], dense_threshold: float = 0.1) -> dict[str, Any]:
     """Streaming reconstruction and sparsity metrics; `firing_frequency` is a [d_sae] tensor."""
     device = sae.W_enc.device
-    n = 0
-    sse = 0.0
-    active = 0
+    n, sse, active = 0, 0.0, 0
     mean = torch.zeros(sae.d_in, dtype=torch.float64, device=device)
     m2 = 0.0  # Σ‖x − mean‖², merged batch by batch (Chan et al.) so large means do not cancel catastrophically
     fired = torch.zeros(sae.d_sae, dtype=torch.long, device=device)
@@ -85,16 +83,10 @@ def reconstruction_metrics(sae: SAE, batches: Iterable[torch.Tensor], dense_thre
         raise SaelignError("no activations to evaluate: the store (or --max-tokens) gives zero rows")
     frequency = (fired.double() / n).float().cpu()
     fvu = sse / m2 if m2 > 0 else float("nan")
-    return {
-        "tokens": n,
-        "mse": sse / (n * sae.d_in),
-        "fvu": fvu,
-        "explained_variance": 1 - fvu,
-        "l0": active / n,
-        "dead_fraction": float((frequency == 0).float().mean()),
-        "dense_fraction": float((frequency > dense_threshold).float().mean()),
-        "firing_frequency": frequency,
-    }
+    return {"tokens": n, "mse": sse / (n * sae.d_in), "fvu": fvu, "explained_variance": 1 - fvu,
+            "l0": active / n, "dead_fraction": float((frequency == 0).float().mean()),
+            "dense_fraction": float((frequency > dense_threshold).float().mean()),
+            "firing_frequency": frequency}
 
 
 def _masked_splice(keep: torch.Tensor, fn) -> Any:
@@ -136,14 +128,9 @@ def splice_metrics(sae: SAE, model: nn.Module, hookpoint: str, token_batches: It
         raise SaelignError("the splice evaluation found no unmasked next-token predictions; use longer contexts or more text")
     ce = {name: totals[name] / count for name in ("clean", "sae", "zero")}
     gap = ce["zero"] - ce["clean"]
-    return {
-        "predictions": count,
-        "ce_loss_clean": ce["clean"],
-        "ce_loss_sae": ce["sae"],
-        "ce_loss_zero": ce["zero"],
-        "ce_loss_recovered": (ce["zero"] - ce["sae"]) / gap if abs(gap) > 1e-9 else None,
-        "kl_div": totals["kl"] / count,
-    }
+    recovered = (ce["zero"] - ce["sae"]) / gap if abs(gap) > 1e-9 else None
+    return {"predictions": count, "ce_loss_clean": ce["clean"], "ce_loss_sae": ce["sae"],
+            "ce_loss_zero": ce["zero"], "ce_loss_recovered": recovered, "kl_div": totals["kl"] / count}
 
 
 def context_batches(contexts: Iterable[torch.Tensor], masked_ids: Iterable[int], mask_first_position: bool,

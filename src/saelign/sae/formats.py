@@ -52,8 +52,9 @@ def saelens_payload(sae: SAE, extra_cfg: dict[str, Any] | None = None) -> tuple[
     """The tensors and cfg.json content of `sae` in SAELens' layout (norm_scale folded into the weights)."""
     cfg = sae.cfg
     scale = float(sae.norm_scale)
-    tensors = {"W_enc": sae.W_enc.detach().float().cpu() * scale, "b_enc": sae.b_enc.detach().float().cpu().clone(),
-               "W_dec": sae.W_dec.detach().float().cpu() / scale, "b_dec": sae.b_dec.detach().float().cpu() / scale}
+    params = (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
+    W_enc, b_enc, W_dec, b_dec = (t.detach().float().cpu() for t in params)
+    tensors = {"W_enc": W_enc * scale, "b_enc": b_enc.clone(), "W_dec": W_dec / scale, "b_dec": b_dec / scale}
     if sae.threshold is not None:
         tensors["threshold"] = sae.threshold.detach().float().cpu().clone()
         if (sae.threshold < 0).any():

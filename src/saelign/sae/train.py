@@ -8,8 +8,9 @@ real inputs the model's forward depends on, and an SAE that never saw one cannot
 shows in its held-out FVU; `drop_outliers` leaves them out. Decoder rows stay unit norm. What differs between
 activations (loss, extra parameters, dead-latent revival) is the activation's own (`saelign.sae.activations`).
 
-With `out` set, rerunning with the same configuration resumes from the checkpoint, skipping the batches already
-consumed (the stream must be deterministic, as the store's seeded shuffle is), and ends with the same SAEs."""
+With `out` set, rerunning with the same configuration resumes from the checkpoint, skipping the batches
+already consumed (the stream must be deterministic, as the store's seeded shuffle is): same SAEs at the end.
+"""
 
 from __future__ import annotations
 

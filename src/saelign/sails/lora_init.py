@@ -15,7 +15,7 @@ The non-zero factor has rows/columns of norm `init_scale`; the default 1/√3 is
 (Kaiming-uniform) A, so one learning rate serves every init. Extra rank beyond the subspace's gets random unit
 mixtures of U's columns (mirrored rows would receive identical updates forever). All layers are adapted by
 default: the residual stream is one vector space across blocks, so span(U) is meaningful at every depth.
-`get_peft_model` modifies the model in place (PiSSA even rewrites its base weights): use a fresh model each."""
+`get_peft_model` modifies the model in place (PiSSA even rewrites base weights): use a fresh model each."""
 
 from __future__ import annotations
 

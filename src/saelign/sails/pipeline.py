@@ -1,7 +1,7 @@
 """The SAILS pipeline over one run directory: the stages of `saelign.sails.stages.STAGES`, in order.
 
-Each unit records its key in run.json (`saelign.sails.rundir`); a rerun skips the units done under the same key
-(SAE training and fine-tuning also resume mid-way). Files made under other options are an error unless
+Each unit records its key in run.json (`saelign.sails.rundir`); a rerun skips the units done under the same
+key (SAE training and fine-tuning also resume mid-way). Files made under other options are an error unless
 `overwrite` is set. The report is rebuilt on every run.
 
 Layout: config.json, run.json, data/, sae/ and sae.json (naming the SAE used), labels.json, select/, targets/,

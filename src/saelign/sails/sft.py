@@ -4,8 +4,8 @@ The loss is the mean cross-entropy over response tokens only (through the end-of
 all micro-batches of an optimizer step so gradient accumulation equals one large batch. Logits are computed only
 from the first response position on (`logits_to_keep`), which skips most of the LM head on the prompt tokens.
 
-Resumable (`saelign.checkpoint` in `out/checkpoint/`): the data order is a pure function of (seed, epoch), so a
-resumed run ends with the same weights as an uninterrupted one. A checkpoint written where `stop` ended
+Resumable (`saelign.checkpoint` in `out/checkpoint/`): the data order is a pure function of (seed, epoch), so
+a resumed run ends with the same weights as an uninterrupted one. A checkpoint written where `stop` ended
 training is final, so a rerun does not train on."""
 
 from __future__ import annotations
