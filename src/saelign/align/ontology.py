@@ -136,14 +136,12 @@ class Ontology:
                             out.append(ConceptExample(text, concept.name, index, ent.entity, ent.answer,
                                                       f"{owner}{part}/{t_index}", part, char, ent.aliases))
             for ex in concept.examples:
-                part = ex.split or self._hashed_split(ex.text)
+                hashed = zlib.crc32(ex.text.encode("utf-8")) / 2**32 < self.test_fraction
+                part = ex.split or ("test" if hashed else "train")
                 if split in (None, part):
                     text, char = self.fill(ex.text, ex.entity, literal_entity=True)
                     out.append(ConceptExample(text, concept.name, index, ex.entity, ex.answer, None, part, char))
         return out
-
-    def _hashed_split(self, text: str) -> Split:
-        return "test" if zlib.crc32(text.encode("utf-8")) / 2**32 < self.test_fraction else "train"
 
     def fill(self, template: str, entity: str | None, literal_entity: bool = False) -> tuple[str, int]:
         """(prompt text, index of its concept character) for a template, or for a plain example's text when

@@ -27,10 +27,6 @@ from saelign.sails.stages import STAGES
 CONFIG_FILE = "config.json"
 
 
-def save_config(run_dir: str | Path, cfg: SailsConfig) -> None:
-    write_json_atomic(Path(run_dir) / CONFIG_FILE, config_to_dict(cfg))
-
-
 def stored_config(run_dir: str | Path) -> dict[str, Any] | None:
     path = Path(run_dir) / CONFIG_FILE
     return read_json(path, "run config") if path.is_file() else None
@@ -46,7 +42,7 @@ def run_pipeline(cfg: SailsConfig, run_dir: str | Path, stage_names: Sequence[st
     run = RunDir(run_dir, cfg, STAGES, overwrite)
     units = run.units(stage_names)
     run.check_stale(units)
-    save_config(run.dir, cfg)
+    write_json_atomic(run.path(CONFIG_FILE), config_to_dict(cfg))
     for unit in units:
         status = run.status(unit)
         if status == "done":

@@ -70,8 +70,7 @@ class ActivationStore:
         """All columns of one shard, checked against the manifest (activations in the store dtype)."""
         shard = self.shards[index]
         file = self.path / shard["file"]
-        # Memory-mapped: hashing and loading read the page cache in place, no copy of the file into Python bytes
-        # (half of the loader's time before). Tensors are copied out by the batch loader's window concatenation.
+        # Memory-mapped: hashing reads the page cache in place, no copy of the file into Python bytes.
         if self.verify:
             with file.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
                 if hashlib.sha256(mapped).hexdigest() != shard["sha256"]:

@@ -28,10 +28,6 @@ IDENTITY_KEYS = ("format", "version", "model", "model_dtype", "hookpoint", "d_in
 STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
-def shard_name(index: int) -> str:
-    return f"shard_{index:05d}.safetensors"
-
-
 def read_manifest(path: Path) -> dict[str, Any]:
     manifest_path = Path(path) / MANIFEST
     if not manifest_path.is_file():
@@ -45,10 +41,6 @@ def read_manifest(path: Path) -> dict[str, Any]:
         raise SaelignError(f"{manifest_path} has store format version {manifest.get('version')}, this saelign reads "
                            f"version {FORMAT_VERSION}; recapture with this version")
     return manifest
-
-
-def _identity_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in IDENTITY_KEYS if old.get(k) != new.get(k)]
 
 
 class StoreWriter:
@@ -76,7 +68,7 @@ class StoreWriter:
         return sum(s["num_tokens"] for s in self.shards)
 
     def _resume(self, old: dict[str, Any]) -> None:
-        diff = _identity_diff(old, self.header)
+        diff = [f"{k}: {old.get(k)!r} -> {self.header.get(k)!r}" for k in IDENTITY_KEYS if old.get(k) != self.header.get(k)]
         if diff:
             raise SaelignError(f"{self.path} holds a store made with different settings ({'; '.join(diff)}); "
                                "choose another --out or delete that folder")
@@ -123,7 +115,7 @@ class StoreWriter:
 
     def _write_shard(self, tensors: dict[str, torch.Tensor]) -> None:
         data = save(tensors, metadata={"format": FORMAT})  # one key: safetensors orders several at random
-        name = shard_name(len(self.shards))
+        name = f"shard_{len(self.shards):05d}.safetensors"
         with atomic_path(self.path / name) as tmp:
             tmp.write_bytes(data)
         self.shards.append({"file": name, "num_tokens": int(tensors["token_ids"].shape[0]), "bytes": len(data),
