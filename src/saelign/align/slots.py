@@ -73,8 +73,8 @@ class SlotMap:
 
     def to_dict(self) -> dict[str, Any]:
         entries = zip(self.slots, self.concepts, self.scales, strict=True)
-        return {"format": SLOT_MAP_FORMAT, "hookpoint": self.hookpoint, "position": self.position, "d_sae": self.d_sae,
-                "slots": {str(s): {"concept": c, "scale": sc} for s, c, sc in entries}}
+        return {"format": SLOT_MAP_FORMAT, "hookpoint": self.hookpoint, "position": self.position,
+                "d_sae": self.d_sae, "slots": {str(s): {"concept": c, "scale": sc} for s, c, sc in entries}}
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "slot map") -> SlotMap:

@@ -21,6 +21,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from saelign.errors import SaelignError
 from saelign.models.loading import cache_dir
@@ -35,11 +36,8 @@ def data_dir(package: str, version: str) -> Path:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def verify_sha256(archive: Path, expected: str, what: str) -> None:
@@ -68,25 +66,15 @@ def extract_members(archive: Path, patterns: Sequence[str], target: Path) -> Pat
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
                 for info in zf.infolist():
-                    if info.is_dir() or not _wanted(info.filename, patterns, archive):
-                        continue
-                    _count_hits(hits, info.filename)
-                    out = staging / info.filename
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    with zf.open(info) as src, open(out, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
+                    if not info.is_dir() and _wanted(info.filename, patterns, archive):
+                        _extract(zf.open(info), staging, info.filename, hits)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tf:
                 for member in tf:
-                    if not member.isfile() or not _wanted(member.name, patterns, archive):
-                        continue
-                    _count_hits(hits, member.name)
-                    out = staging / member.name
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    src = tf.extractfile(member)
-                    assert src is not None  # regular files always have a payload
-                    with src, open(out, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
+                    if member.isfile() and _wanted(member.name, patterns, archive):
+                        src = tf.extractfile(member)
+                        assert src is not None  # regular files always have a payload
+                        _extract(src, staging, member.name, hits)
         else:
             raise SaelignError(f"{archive} is neither a zip/wheel nor a tar archive; delete it and fetch again")
         missing = [p for p, n in hits.items() if n == 0]
@@ -99,10 +87,15 @@ def extract_members(archive: Path, patterns: Sequence[str], target: Path) -> Pat
     return target
 
 
-def _count_hits(hits: dict[str, int], name: str) -> None:
+def _extract(src: IO[bytes], staging: Path, name: str, hits: dict[str, int]) -> None:
+    """Copy one member to its archive path under `staging`, counting the patterns it matches."""
     for pattern in hits:
         if fnmatch.fnmatchcase(name, pattern):
             hits[pattern] += 1
+    out = staging / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with src, open(out, "wb") as dst:
+        shutil.copyfileobj(src, dst)
 
 
 def _replace_dir(new: Path, target: Path) -> None:

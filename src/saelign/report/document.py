@@ -47,11 +47,7 @@ def md_escape(text: str) -> str:
 def format_cell(value: Any, floatfmt: str = ".4g") -> str:
     if value is None:
         return ""
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float):
-        return format(value, floatfmt)
-    return str(value)
+    return format(value, floatfmt) if isinstance(value, float) else str(value)
 
 
 def _table_cells(rows: Sequence[Mapping[str, Any]] | Sequence[Sequence[Any]],

@@ -68,7 +68,8 @@ class StoreWriter:
         return sum(s["num_tokens"] for s in self.shards)
 
     def _resume(self, old: dict[str, Any]) -> None:
-        diff = [f"{k}: {old.get(k)!r} -> {self.header.get(k)!r}" for k in IDENTITY_KEYS if old.get(k) != self.header.get(k)]
+        new = self.header
+        diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in IDENTITY_KEYS if old.get(k) != new.get(k)]
         if diff:
             raise SaelignError(f"{self.path} holds a store made with different settings ({'; '.join(diff)}); "
                                "choose another --out or delete that folder")
