@@ -16,12 +16,9 @@ Choices beyond the authors' code, each a config option:
   free bank only and the slots pass through ReLU, so they are readable whatever the free bank does;
 - free-bank decoder rows are held at their loaded norms (so L1 cannot be dodged by growing them); slot rows
   have no norm constraint: with MSE binding the slot value is ≈1, so the row carries the concept's magnitude;
-- "silence" (weight `silence_coeff`) keeps slots at zero on generic text, which the authors' data lacked;
-- "anchor" (weight `anchor_coeff`) keeps the slot encoders near their probe initialisation: with few prompt
-  templates per concept, MSE binding alone fits the train templates and binding on unseen templates falls
-  as stage 2 goes on;
-- the value head is off by default (its weight makes slot values entity-dependent, which fights a swap at
-  fixed α); set `value_coeff=0.5` and pass answer tokens for the authors' setting."""
+- "silence" keeps slots at zero on generic text; "anchor" keeps the slot encoders near their probe
+  initialisation (with few templates per concept, MSE binding alone overfits the train templates);
+- the value head is off by default: it makes slot values entity-dependent, which fights a swap at fixed α."""
 
 from __future__ import annotations
 

@@ -14,8 +14,7 @@ def normalize(text: str, fold_accents: bool = False) -> str:
     """The lower-case ASCII words of the NFKC-normalised text, joined by single spaces: punctuation, case and
     spacing never count.
     fold_accents strips accents first ('Bogotá' -> 'bogota'); without it an accented letter splits a word,
-    which is what prompt de-duplication and split hashing have always used (changing it would move examples).
-    """
+    as prompt de-duplication and split hashing have always used (changing it would move examples)."""
     if fold_accents:
         text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
     return " ".join(_WORD.findall(unicodedata.normalize("NFKC", text).lower()))
