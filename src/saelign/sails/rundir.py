@@ -29,7 +29,7 @@ from saelign.sae import SAE, load_sae
 from saelign.sails.adapters import load_adapter
 from saelign.sails.data import SafetyData, load_safety_data
 from saelign.sails.evaluate import CapabilityData, build_capability_data
-from saelign.sails.lora_init import linear_module_names
+from saelign.sails.lora_init import check_targets
 from saelign.sails.presets import SailsConfig
 
 RUN_FILE = "run.json"
@@ -140,11 +140,7 @@ class RunDir:
     def base_model(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         """The pristine base model, never modified: methods train on deep copies of it."""
         model, tokenizer = load_model(self.cfg.model)
-        unknown = sorted(set(self.cfg.lora.target_modules) - set(linear_module_names(model)))
-        if unknown:
-            raise SaelignError(f"lora.target_modules: {', '.join(unknown)} not found in "
-                               f"{type(model).__name__}; its linear modules are "
-                               f"{', '.join(linear_module_names(model))}")
+        check_targets(model, self.cfg.lora.target_modules, [], where="lora.target_modules")
         return model, tokenizer
 
     @property
