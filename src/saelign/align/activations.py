@@ -1,7 +1,7 @@
 """Running the model on concept prompts: activations at the concept position and answer tokens.
 
 Capture pads on the right (so padding never depends on the tokenizer's `padding_side`) and gathers each row's
-own concept position. Greedy continuations come from `saelign.text.greedy_decode`."""
+own concept position."""
 
 from __future__ import annotations
 
