@@ -1,5 +1,5 @@
-"""Built-in ontologies from real data, by name: relations, pos, ner, sentiment, wordnet (each builder's options
-are documented on it). For relations, `filter_known_facts` then keeps the facts a given model answers."""
+"""Built-in ontologies from real data, by name: relations, pos, ner, sentiment, wordnet (each builder's
+options are documented on it). `filter_known_facts` then keeps the relation facts a given model answers."""
 
 from __future__ import annotations
 

@@ -1,10 +1,8 @@
 """Keep only the facts a model knows: greedy-complete every prompt and compare with the expected answer.
 
 A concept slot can only bind to a relation the model actually represents, so facts the model gets wrong are
-dropped before alignment. A fact (an entity of a template concept, or one labelled example) is kept when the
-model answers correctly on at least `min_accuracy` of its train-template prompts; accuracy on the unseen test
-templates is reported too. A continuation is correct when it opens with the answer
-(`saelign.text.answer_matches`)."""
+dropped before alignment: a fact is kept when the model answers at least `min_accuracy` of its train-template
+prompts (`saelign.text.answer_matches`)."""
 
 from __future__ import annotations
 
