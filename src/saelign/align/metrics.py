@@ -315,11 +315,9 @@ def alignment_report(model: nn.Module, tokenizer: PreTrainedTokenizerBase, vanil
     recon = {name: {"generic": _reconstruction(sae, generic), "concept": _reconstruction(sae, concept_acts)}
              for name, sae in (("vanilla", vanilla), ("aligned", aligned))}
     report: dict[str, Any] = {
-        "hookpoint": hookpoint,
-        "concepts": list(slot_map.concepts),
+        "hookpoint": hookpoint, "concepts": list(slot_map.concepts),
         "aligned": slot_metrics(aligned, slot_map, splits, generic),
-        "vanilla": slot_metrics(vanilla, vanilla_map, splits, generic),
-        "reconstruction": recon,
+        "vanilla": slot_metrics(vanilla, vanilla_map, splits, generic), "reconstruction": recon,
         "fvu_increase": recon["aligned"]["generic"]["fvu"] / max(recon["vanilla"]["generic"]["fvu"], 1e-12) - 1,
     }
     if token_batches:

@@ -364,10 +364,8 @@ def ontology_from_dict(data: Any, where: str = "ontology") -> Ontology:
         description=_string(data.get("description") or "", f"{where}: description"),
         position=_string(data.get("position", "last_prompt_token"), f"{where}: position"),
         marker=_string(data.get("marker", "[[*]]"), f"{where}: marker"),
-        require_answers=require_answers,
-        test_fraction=float(test_fraction),
+        require_answers=require_answers, test_fraction=float(test_fraction), source=source,
         templates=_parse_templates(data.get("templates"), f"{where}: templates"),
-        source=source,
         concepts=tuple(_parse_concept(c, f"{where}: concepts[{i}]") for i, c in enumerate(concepts)),
     ).validate(where)
 

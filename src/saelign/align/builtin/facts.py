@@ -50,8 +50,7 @@ def filter_known_facts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     concepts = []
     for concept in ontology.concepts:
         kept = dataclasses.replace(
-            concept,
-            entities=tuple(e for e in concept.entities if (concept.name, e.entity) in known),
+            concept, entities=tuple(e for e in concept.entities if (concept.name, e.entity) in known),
             examples=tuple(e for e in concept.examples
                            if (concept.name, ontology.fill(e.text, e.entity, literal_entity=True)[0]) in known))
         if kept.entities or kept.examples:
