@@ -5,8 +5,7 @@ A checkpoint is `state.json` plus the tensor files it lists. Tensor files carry 
 state file is written last (atomically), so a crash at any point leaves the previous checkpoint intact; stale
 tensor files are removed only after the new state file is in place. A run resumes only under the options it
 was started with: its config class declares in `RESUME_FREE` the fields that do not change the result (output
-folder, device, logging and checkpoint cadence); every other field, and any new one, is in the fingerprint.
-"""
+folder, device, logging and checkpoint cadence); every other field, and any new one, is in the fingerprint."""
 
 from __future__ import annotations
 

@@ -4,8 +4,7 @@ A stage declares `@dataclass class XConfig` whose fields carry `metadata={"help"
 turns the fields into argparse flags, `config_from_args` merges defaults < config file < flags, and
 `config_from_dict` validates a YAML/JSON mapping (unknown keys and wrong types are errors naming the field).
 A config that nests another one may leave some of its fields out (`metadata={"hide": {name: why}}` on the nested
-field): it sets them itself, so they are neither flags, nor config-file keys, nor written to config.json.
-"""
+field): it sets them itself, so they are neither flags, nor config-file keys, nor written to config.json."""
 
 from __future__ import annotations
 

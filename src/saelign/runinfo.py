@@ -19,14 +19,10 @@ def environment_info() -> dict[str, Any]:
     import transformers
 
     info: dict[str, Any] = {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "cpu_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
+        "python": sys.version.split()[0], "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
+        "transformers": transformers.__version__, "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     try:
         import peft
 

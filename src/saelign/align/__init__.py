@@ -1,10 +1,5 @@
-"""AlignSAE: concept ontologies, concept-aligned SAE post-training, slot reading and concept swaps.
-
-`saelign.align.ontology` defines the ontology format (concepts with labelled examples, or prompt templates ×
-entities with expected answers, and which token carries the concept); `saelign.align.builtin` builds ontologies
-from real data (relations, part of speech, named entities, sentiment, WordNet lexical classes). The verbs:
-build, post-train (over files or tensors), evaluate, swap and guard, listed in `__all__`.
-"""
+"""AlignSAE: concept ontologies (`ontology`: the format; `builtin`: built from real data), concept-aligned SAE
+post-training, evaluation, slot reading, concept swaps and guards."""
 
 from saelign.align.builtin import build_ontology, filter_known_facts
 from saelign.align.interventions import SlotGuard, concept_swap, slot_zero

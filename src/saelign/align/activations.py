@@ -1,8 +1,7 @@
 """Running the model on concept prompts: activations at the concept position and answer tokens.
 
 Capture pads on the right (so padding never depends on the tokenizer's `padding_side`) and gathers each row's
-own concept position. Greedy continuations come from `saelign.text.greedy_decode`.
-"""
+own concept position."""
 
 from __future__ import annotations
 
@@ -66,10 +65,8 @@ def answer_token_ids(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], a
 
 def concept_offsets(tokenizer: PreTrainedTokenizerBase, examples: Sequence[object]) -> list[int]:
     """Each example's concept token as a negative offset from its prompt's end (-1 = last token).
-
     Examples with a `char_index` (ontology ConceptExamples) use the token covering that character; others
-    use their last token. Negative offsets suit both right-padded capture and left-padded interventions.
-    """
+    use their last token. Negative offsets suit both right-padded capture and left-padded interventions."""
     from saelign.align.ontology import concept_token_index
 
     offsets = []

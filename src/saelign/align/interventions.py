@@ -8,8 +8,7 @@ last token, and during cached generation each new token (see `generate_with(duri
 one index (negative: counted from the end; forwards too short for it pass through); "all" edits every position;
 a slice edits that contiguous range (`slice(-5, None)`: the last five positions; an empty range passes through).
 
-Amplitudes are in slot units: concept swap writes α·scale into the target slot (see `slots.SlotMap`).
-"""
+Amplitudes are in slot units: concept swap writes α·scale into the target slot (see `slots.SlotMap`)."""
 
 from __future__ import annotations
 
@@ -105,18 +104,26 @@ def sae_splice(model: nn.Module, sae: SAE, keep_error: bool = True, positions: E
     return sae_edit(model, sae, lambda z: (z, None), positions, keep_error, hookpoint)
 
 
-def slot_clamp(model: nn.Module, sae: SAE, slot: int | str | Sequence[int | str], value: float, *,
-               slot_map: SlotMap | None = None, positions: EditPositions = "all", keep_error: bool = True,
-               hookpoint: str | None = None) -> contextlib.AbstractContextManager[None]:
-    """Set the slot(s) to `value` (raw latent units)."""
+def _slot_edit(model: nn.Module, sae: SAE, slot: int | str | Sequence[int | str],
+               update: Callable[[torch.Tensor], torch.Tensor], slot_map: SlotMap | None,
+               positions: EditPositions, keep_error: bool,
+               hookpoint: str | None) -> contextlib.AbstractContextManager[None]:
     ids = _slot_ids(slot, slot_map, sae)
 
     def edit(z: torch.Tensor) -> tuple[torch.Tensor, None]:
         z = z.clone()
-        z[..., ids] = value
+        z[..., ids] = update(z[..., ids])
         return z, None
 
     return sae_edit(model, sae, edit, positions, keep_error, hookpoint, slot_map)
+
+
+def slot_clamp(model: nn.Module, sae: SAE, slot: int | str | Sequence[int | str], value: float, *,
+               slot_map: SlotMap | None = None, positions: EditPositions = "all", keep_error: bool = True,
+               hookpoint: str | None = None) -> contextlib.AbstractContextManager[None]:
+    """Set the slot(s) to `value` (raw latent units)."""
+    return _slot_edit(model, sae, slot, lambda v: torch.full_like(v, value), slot_map, positions, keep_error,
+                      hookpoint)
 
 
 def slot_zero(model: nn.Module, sae: SAE, slot: int | str | Sequence[int | str], **kwargs) -> contextlib.AbstractContextManager[None]:
@@ -128,24 +135,15 @@ def slot_amplify(model: nn.Module, sae: SAE, slot: int | str | Sequence[int | st
                  slot_map: SlotMap | None = None, positions: EditPositions = "all", keep_error: bool = True,
                  hookpoint: str | None = None) -> contextlib.AbstractContextManager[None]:
     """Multiply the slot(s)' activation by `factor`."""
-    ids = _slot_ids(slot, slot_map, sae)
-
-    def edit(z: torch.Tensor) -> tuple[torch.Tensor, None]:
-        z = z.clone()
-        z[..., ids] = z[..., ids] * factor
-        return z, None
-
-    return sae_edit(model, sae, edit, positions, keep_error, hookpoint, slot_map)
+    return _slot_edit(model, sae, slot, lambda v: v * factor, slot_map, positions, keep_error, hookpoint)
 
 
 def concept_swap(model: nn.Module, sae: SAE, slot_map: SlotMap, source: str | int, target: str | int, alpha: float = 2.0, *,
                  positions: EditPositions = "last", keep_error: bool = True, when_active: bool = False,
                  hookpoint: str | None = None) -> contextlib.AbstractContextManager[None]:
     """Source slot → 0, target slot → α·scale(target); a concept swapped with itself is left alone.
-
     when_active=True edits only positions where the source is the strongest concept slot and is active, so
-    prompts about other concepts and unrelated text pass through untouched.
-    """
+    prompts about other concepts and unrelated text pass through untouched."""
     src, tgt = slot_map.index(source), slot_map.index(target)
     src_slot, tgt_slot, value = slot_map.slots[src], slot_map.slots[tgt], alpha * slot_map.scales[tgt]
     all_slots = list(slot_map.slots)
@@ -173,11 +171,9 @@ class GuardEvent:
 
 class SlotGuard:
     """Watches disallowed concept slots on every forward; records an event whenever one exceeds its threshold.
-
     mode="flag" only records (the model's computation is untouched); mode="zero" also zeroes the offending
     slot at that position (error term kept, so nothing else changes). The default threshold per concept is half
-    its slot scale. Reusable: enter it as often as needed; `events` accumulates until `reset()`.
-    """
+    its slot scale. Reusable: enter it as often as needed; `events` accumulates until `reset()`."""
 
     def __init__(self, model: nn.Module, sae: SAE, slot_map: SlotMap, disallowed: Sequence[str | int],
                  mode: Literal["zero", "flag"] = "zero", threshold: float | None = None,
@@ -239,10 +235,8 @@ def generate_with(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompt: 
                   *interventions: contextlib.AbstractContextManager, max_new_tokens: int = 32,
                   during: Literal["prompt", "all"] = "prompt") -> str:
     """Greedy continuation of `prompt` under the given (not yet entered) interventions, until an end token.
-
     during="prompt" applies them only while the prompt is read (the edited prompt states stay in the KV cache,
-    as in the authors' swap evaluation); during="all" keeps them on for every generated token too.
-    """
+    as in the authors' swap evaluation); during="all" keeps them on for every generated token too."""
     if during not in ("prompt", "all"):
         raise SaelignError(f"during must be 'prompt' or 'all', got {during!r}")
 

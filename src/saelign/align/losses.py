@@ -1,8 +1,7 @@
 """AlignSAE loss terms (after the authors' code): binding, concept⊥free decorrelation, slot silence, value head.
 
 All operate on latents in the SAE's normalised units. Binding reads the concept slots' pre-activations: ReLU is
-monotone, so the argmax read-out is the same, and a slot pushed below zero still gets a gradient back.
-"""
+monotone, so the argmax read-out is the same, and a slot pushed below zero still gets a gradient back."""
 
 from __future__ import annotations
 
@@ -36,7 +35,6 @@ def anchor_loss(columns: torch.Tensor, initial: torch.Tensor) -> torch.Tensor:
 
 class ValueHead(nn.Module):
     """One small MLP per concept predicting the answer's first token from that concept's slot value (a scalar).
-
     The output covers only the answer tokens seen in training (`classes`), not the whole vocabulary: the
     authors' head maps to the full vocabulary, which costs ~vocab·hidden parameters per concept for no gain.
     """

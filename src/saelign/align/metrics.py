@@ -15,8 +15,7 @@ Definitions:
 - swap success: with source slot → 0 and target slot → α·scale at the concept token while the prompt is read,
   the greedy continuation states the same entity's answer for the target concept (pairs with equal answers, or
   where the model already said it, are skipped); "rest unchanged": with the same swap gated on the source slot
-  being the active concept, prompts of other concepts and unrelated texts keep their exact continuation.
-"""
+  being the active concept, prompts of other concepts and unrelated texts keep their exact continuation."""
 
 from __future__ import annotations
 
@@ -196,16 +195,7 @@ def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
     under several concepts make the swap pairs. Answers are matched on the greedy continuation (a few tokens)
     with the ontology's rules (`saelign.text.answer_matches`: case, accents, punctuation and a leading
     article ignored).
-
-    cfg.known_only keeps the swaps whose target fact the model states itself on one of that fact's own
-    prompts: a swap cannot be expected to produce an answer the model does not know.
-
-    swap_span="concept" edits each prompt at its concept token only (the position the slots were trained on);
-    swap_span="prompt" edits every token of the prompt, and with swap_when_active only the tokens where the
-    source slot is the active concept. "Rest unchanged" always uses the gated swap over the same span.
-    swap_during="prompt" (the authors' protocol) applies the swap only while the prompt is read; "all" keeps
-    it on for each generated answer token too (as `generate_with(during="all")` steers).
-    """
+    The swap options are `MetricsConfig`'s; "rest unchanged" always uses the gated swap over the same span."""
     cfg = cfg or MetricsConfig()
     span, when_active, during = cfg.swap_span, cfg.swap_when_active, cfg.swap_during
     batch_size = cfg.batch_size
@@ -280,11 +270,8 @@ def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
 
 def slot_metrics(sae: SAE, slot_map: SlotMap, splits: dict[str, tuple[torch.Tensor, torch.Tensor]],
                  generic: torch.Tensor) -> dict[str, Any]:
-    """Binding, AUC, entanglement and fragmentation of one SAE read through one slot map.
-
-    `splits` maps a split name to (activations, labels); entanglement and fragmentation use the last split
-    (the held-out one, by convention), entanglement with the generic activations added.
-    """
+    """Binding, AUC, entanglement and fragmentation of one SAE read through one slot map. `splits`: name ->
+    (activations, labels); entanglement (with `generic` added) and fragmentation use the last (held out)."""
     slot_map.validate(sae)
     out: dict[str, Any] = {"slots": dict(zip(slot_map.concepts, slot_map.slots, strict=True))}
     z = labels = None
@@ -308,12 +295,8 @@ def alignment_report(model: nn.Module, tokenizer: PreTrainedTokenizerBase, vanil
                      unrelated_texts: Sequence[str] = (),
                      token_batches: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> dict[str, Any]:
     """Every metric for the aligned SAE and the vanilla baseline (`vanilla` = the SAE before post-training).
-
-    `generic` holds residual activations of ordinary text at the same hookpoint (reconstruction, entanglement).
-    With cfg.swaps, swaps run on the held-out examples (unseen templates) as `swap_success` runs them.
-    With `token_batches` ((input_ids, keep) pairs, see `saelign.sae.evaluate.context_batches`), CE loss
-    recovered and KL are measured for both SAEs as well.
-    """
+    `generic`: activations of ordinary text at the same hookpoint. Swaps run on the held-out examples; with
+    `token_batches` ((input_ids, keep) pairs, `sae.evaluate.context_batches`) CE recovered and KL too."""
     cfg = cfg or MetricsConfig()
     slot_map.validate(aligned)
     if vanilla.cfg.d_in != aligned.cfg.d_in:
@@ -332,11 +315,9 @@ def alignment_report(model: nn.Module, tokenizer: PreTrainedTokenizerBase, vanil
     recon = {name: {"generic": _reconstruction(sae, generic), "concept": _reconstruction(sae, concept_acts)}
              for name, sae in (("vanilla", vanilla), ("aligned", aligned))}
     report: dict[str, Any] = {
-        "hookpoint": hookpoint,
-        "concepts": list(slot_map.concepts),
+        "hookpoint": hookpoint, "concepts": list(slot_map.concepts),
         "aligned": slot_metrics(aligned, slot_map, splits, generic),
-        "vanilla": slot_metrics(vanilla, vanilla_map, splits, generic),
-        "reconstruction": recon,
+        "vanilla": slot_metrics(vanilla, vanilla_map, splits, generic), "reconstruction": recon,
         "fvu_increase": recon["aligned"]["generic"]["fvu"] / max(recon["vanilla"]["generic"]["fvu"], 1e-12) - 1,
     }
     if token_batches:

@@ -26,8 +26,7 @@ A YAML or JSON file (examples in examples/ontologies/):
 
 A concept has either `examples` or `entities` (never both). Answers continue the prompt after a space; `aliases`
 are other accepted answers. Templates are split at template level, so the test split measures generalisation
-to unseen phrasings of the same facts.
-"""
+to unseen phrasings of the same facts."""
 
 from __future__ import annotations
 
@@ -137,14 +136,12 @@ class Ontology:
                             out.append(ConceptExample(text, concept.name, index, ent.entity, ent.answer,
                                                       f"{owner}{part}/{t_index}", part, char, ent.aliases))
             for ex in concept.examples:
-                part = ex.split or self._hashed_split(ex.text)
+                hashed = zlib.crc32(ex.text.encode("utf-8")) / 2**32 < self.test_fraction
+                part = ex.split or ("test" if hashed else "train")
                 if split in (None, part):
                     text, char = self.fill(ex.text, ex.entity, literal_entity=True)
                     out.append(ConceptExample(text, concept.name, index, ex.entity, ex.answer, None, part, char))
         return out
-
-    def _hashed_split(self, text: str) -> Split:
-        return "test" if zlib.crc32(text.encode("utf-8")) / 2**32 < self.test_fraction else "train"
 
     def fill(self, template: str, entity: str | None, literal_entity: bool = False) -> tuple[str, int]:
         """(prompt text, index of its concept character) for a template, or for a plain example's text when
@@ -367,10 +364,8 @@ def ontology_from_dict(data: Any, where: str = "ontology") -> Ontology:
         description=_string(data.get("description") or "", f"{where}: description"),
         position=_string(data.get("position", "last_prompt_token"), f"{where}: position"),
         marker=_string(data.get("marker", "[[*]]"), f"{where}: marker"),
-        require_answers=require_answers,
-        test_fraction=float(test_fraction),
+        require_answers=require_answers, test_fraction=float(test_fraction), source=source,
         templates=_parse_templates(data.get("templates"), f"{where}: templates"),
-        source=source,
         concepts=tuple(_parse_concept(c, f"{where}: concepts[{i}]") for i, c in enumerate(concepts)),
     ).validate(where)
 

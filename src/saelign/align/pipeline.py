@@ -4,8 +4,7 @@
 the ontology and `run.json` into one folder (resumable through the post-training checkpoint). `evaluate_aligned`
 measures the aligned SAE against the SAE it came from and writes `metrics.json` and `report.md/.html`.
 Generic activations (what the free bank must keep reconstructing, and what FVU is measured on) come from an
-activation store or are captured on the fly; evaluation skips the tokens post-training saw.
-"""
+activation store or are captured on the fly; evaluation skips the tokens post-training saw."""
 
 from __future__ import annotations
 

@@ -16,13 +16,9 @@ Choices beyond the authors' code, each a config option:
   free bank only and the slots pass through ReLU, so they are readable whatever the free bank does;
 - free-bank decoder rows are held at their loaded norms (so L1 cannot be dodged by growing them); slot rows
   have no norm constraint: with MSE binding the slot value is ≈1, so the row carries the concept's magnitude;
-- "silence" (weight `silence_coeff`) keeps slots at zero on generic text, which the authors' data lacked;
-- "anchor" (weight `anchor_coeff`) keeps the slot encoders near their probe initialisation: with few prompt
-  templates per concept, MSE binding alone fits the train templates and binding on unseen templates falls
-  as stage 2 goes on;
-- the value head is off by default (its weight makes slot values entity-dependent, which fights a swap at
-  fixed α); set `value_coeff=0.5` and pass answer tokens for the authors' setting.
-"""
+- "silence" keeps slots at zero on generic text; "anchor" keeps the slot encoders near their probe
+  initialisation (with few templates per concept, MSE binding alone overfits the train templates);
+- the value head is off by default: it makes slot values entity-dependent, which fights a swap at fixed α."""
 
 from __future__ import annotations
 
@@ -81,10 +77,8 @@ _ADDED_OPTIONS = {"anchor_coeff": 0.0}
 
 class GenericBatches:
     """Step-indexed generic activations: random rows of a tensor, or the items of an iterable in order.
-
     An iterable is restarted when exhausted (a DataLoader or activation-store loader can be; a generator
-    cannot); on resume the batches of finished steps are skipped, so a resumed run sees the same data.
-    """
+    cannot); on resume the batches of finished steps are skipped, so a resumed run sees the same data."""
 
     def __init__(self, source: torch.Tensor | Iterable[torch.Tensor], batch_size: int, seed: int):
         self.source, self.batch_size, self.seed = source, batch_size, seed

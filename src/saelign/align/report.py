@@ -2,8 +2,7 @@
 
 Everything comes from the metrics dict `evaluate_aligned` writes to metrics.json (see `align.metrics`), so a
 report can be rebuilt from that file alone. Targets are those of the AlignSAE issue; a missed one is shown as
-missed with its number, never hidden.
-"""
+missed with its number, never hidden."""
 
 from __future__ import annotations
 

@@ -2,8 +2,7 @@
 
 Each slot also carries a `scale`, its mean activation on its own concept's prompts. Interventions express
 amplitudes in these units (concept swap writes α·scale into the target slot), so α means the same thing for
-MSE-bound slots (scale ≈ 1, the authors' convention), CE-bound slots and a vanilla SAE's best latents.
-"""
+MSE-bound slots (scale ≈ 1, the authors' convention), CE-bound slots and a vanilla SAE's best latents."""
 
 from __future__ import annotations
 
@@ -73,13 +72,9 @@ class SlotMap:
                                "load the SAE saved next to the slot map")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": SLOT_MAP_FORMAT,
-            "hookpoint": self.hookpoint,
-            "position": self.position,
-            "d_sae": self.d_sae,
-            "slots": {str(s): {"concept": c, "scale": sc} for s, c, sc in zip(self.slots, self.concepts, self.scales, strict=True)},
-        }
+        entries = zip(self.slots, self.concepts, self.scales, strict=True)
+        return {"format": SLOT_MAP_FORMAT, "hookpoint": self.hookpoint, "position": self.position,
+                "d_sae": self.d_sae, "slots": {str(s): {"concept": c, "scale": sc} for s, c, sc in entries}}
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "slot map") -> SlotMap:

@@ -1,8 +1,7 @@
 """`saelign sails run|<stage>`: the SAILS pipeline and its stages (one subcommand per `STAGES` declaration).
 
 Every subcommand takes the same options; a stage subcommand works on an existing run directory (--run) and
-starts from the config stored there, so `saelign sails train --run DIR --sft-steps 80` changes one option.
-"""
+starts from the config stored there, so `saelign sails train --run DIR --sft-steps 80` changes one option."""
 
 from __future__ import annotations
 

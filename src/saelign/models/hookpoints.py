@@ -1,8 +1,7 @@
 """Hookpoints are module paths on the real module tree (`model.layers.15`, globs like `model.layers.*.mlp`).
 
 Residual stream = output of a decoder block. Capture uses plain forward hooks and can stop the forward once
-every requested module has produced its output, so layers past the deepest hookpoint never run.
-"""
+every requested module has produced its output, so layers past the deepest hookpoint never run."""
 
 from __future__ import annotations
 
@@ -22,10 +21,6 @@ class StopForward(Exception):
     """Raised inside a hook to end the forward pass early once all outputs are captured."""
 
 
-def module_names(model: nn.Module) -> list[str]:
-    return [name for name, _ in model.named_modules() if name]
-
-
 def _glob_regex(pattern: str) -> re.Pattern[str]:
     """Glob over dotted paths: `*` matches one path segment (no dots), so `model.layers.*` means the blocks."""
     return re.compile(fnmatch.translate(pattern).replace(".*", "[^.]*"))
@@ -35,7 +30,7 @@ def resolve_hookpoints(model: nn.Module, patterns: str | Sequence[str]) -> list[
     """Expand names/globs to existing module paths in execution-independent, natural order."""
     if isinstance(patterns, str):
         patterns = [patterns]
-    names = module_names(model)
+    names = [name for name, _ in model.named_modules() if name]
     resolved: list[str] = []
     for pattern in patterns:
         regex = _glob_regex(pattern)

@@ -1,8 +1,7 @@
 """Load a causal LM: the packaged default (SmolLM2-135M-Instruct GGUF), a local HF folder, or a GGUF file.
 
 GGUF files are de-quantised once into an fp32 HF folder in the user cache and loaded from there afterwards,
-which is much faster to generate from than the GGUF-backed object.
-"""
+which is much faster to generate from than the GGUF-backed object."""
 
 from __future__ import annotations
 

@@ -3,8 +3,7 @@
 Text given to the builder is always treated as plain text and escaped for both outputs (corpus snippets and
 model outputs can contain `<script>` or Markdown syntax); only `html_block` passes raw HTML through, with a
 Markdown fallback for the `.md` file. Figures are rendered to PNG bytes when added (the matplotlib figure can
-be dropped at once) and written beside the report by `write`, so the HTML references them by relative path.
-"""
+be dropped at once) and written beside the report by `write`, so the HTML references them by relative path."""
 
 from __future__ import annotations
 
@@ -48,11 +47,7 @@ def md_escape(text: str) -> str:
 def format_cell(value: Any, floatfmt: str = ".4g") -> str:
     if value is None:
         return ""
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float):
-        return format(value, floatfmt)
-    return str(value)
+    return format(value, floatfmt) if isinstance(value, float) else str(value)
 
 
 def _table_cells(rows: Sequence[Mapping[str, Any]] | Sequence[Sequence[Any]],

@@ -1,8 +1,7 @@
 """Small plot helpers for reports: curves, bars, histograms and labelled heatmaps.
 
 Each helper returns a `matplotlib.figure.Figure` built without pyplot (no global figure state, no GUI backend),
-ready for `Report.figure(fig, caption)` or `save_figure(fig, path)`.
-"""
+ready for `Report.figure(fig, caption)` or `save_figure(fig, path)`."""
 
 from __future__ import annotations
 

@@ -8,8 +8,7 @@ Splice (needs the model): next-token cross-entropy with clean activations, with 
 back at the hookpoint, and with the hookpoint zero-ablated; CE recovered = (CE_zero − CE_sae) / (CE_zero −
 CE_clean), and KL(clean ‖ spliced) per token. The SAE never saw the positions capture masks (special/pad
 tokens, the first position of each context), so they keep their clean activations in both interventions, and
-a prediction counts only when both its position and its target are unmasked.
-"""
+a prediction counts only when both its position and its target are unmasked."""
 
 from __future__ import annotations
 
@@ -60,9 +59,7 @@ class EvalConfig:
 def reconstruction_metrics(sae: SAE, batches: Iterable[torch.Tensor], dense_threshold: float = 0.1) -> dict[str, Any]:
     """Streaming reconstruction and sparsity metrics; `firing_frequency` is a [d_sae] tensor."""
     device = sae.W_enc.device
-    n = 0
-    sse = 0.0
-    active = 0
+    n, sse, active = 0, 0.0, 0
     mean = torch.zeros(sae.d_in, dtype=torch.float64, device=device)
     m2 = 0.0  # Σ‖x − mean‖², merged batch by batch (Chan et al.) so large means do not cancel catastrophically
     fired = torch.zeros(sae.d_sae, dtype=torch.long, device=device)
@@ -86,16 +83,10 @@ def reconstruction_metrics(sae: SAE, batches: Iterable[torch.Tensor], dense_thre
         raise SaelignError("no activations to evaluate: the store (or --max-tokens) gives zero rows")
     frequency = (fired.double() / n).float().cpu()
     fvu = sse / m2 if m2 > 0 else float("nan")
-    return {
-        "tokens": n,
-        "mse": sse / (n * sae.d_in),
-        "fvu": fvu,
-        "explained_variance": 1 - fvu,
-        "l0": active / n,
-        "dead_fraction": float((frequency == 0).float().mean()),
-        "dense_fraction": float((frequency > dense_threshold).float().mean()),
-        "firing_frequency": frequency,
-    }
+    return {"tokens": n, "mse": sse / (n * sae.d_in), "fvu": fvu, "explained_variance": 1 - fvu,
+            "l0": active / n, "dead_fraction": float((frequency == 0).float().mean()),
+            "dense_fraction": float((frequency > dense_threshold).float().mean()),
+            "firing_frequency": frequency}
 
 
 def _masked_splice(keep: torch.Tensor, fn) -> Any:
@@ -137,14 +128,9 @@ def splice_metrics(sae: SAE, model: nn.Module, hookpoint: str, token_batches: It
         raise SaelignError("the splice evaluation found no unmasked next-token predictions; use longer contexts or more text")
     ce = {name: totals[name] / count for name in ("clean", "sae", "zero")}
     gap = ce["zero"] - ce["clean"]
-    return {
-        "predictions": count,
-        "ce_loss_clean": ce["clean"],
-        "ce_loss_sae": ce["sae"],
-        "ce_loss_zero": ce["zero"],
-        "ce_loss_recovered": (ce["zero"] - ce["sae"]) / gap if abs(gap) > 1e-9 else None,
-        "kl_div": totals["kl"] / count,
-    }
+    recovered = (ce["zero"] - ce["sae"]) / gap if abs(gap) > 1e-9 else None
+    return {"predictions": count, "ce_loss_clean": ce["clean"], "ce_loss_sae": ce["sae"],
+            "ce_loss_zero": ce["zero"], "ce_loss_recovered": recovered, "kl_div": totals["kl"] / count}
 
 
 def context_batches(contexts: Iterable[torch.Tensor], masked_ids: Iterable[int], mask_first_position: bool,
@@ -161,11 +147,9 @@ def evaluate_sae(sae: SAE, batches: Iterable[torch.Tensor], model: nn.Module | N
                  token_batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
                  cfg: EvalConfig | None = None, out_dir: str | Path | None = None) -> dict[str, Any]:
     """All metrics as a JSON-ready dict; with `out_dir`, also write eval.json and the feature-density plot.
-
     `batches` are fp32 [B, d_in] activation rows (e.g. `ActivationStore.batches(..., shuffle=False)`).
     The splice metrics run when `model` and `token_batches` ((input_ids, keep mask) pairs, see
-    `context_batches`) are given; `hookpoint` defaults to the SAE's recorded one.
-    """
+    `context_batches`) are given; `hookpoint` defaults to the SAE's recorded one."""
     cfg = cfg or EvalConfig()
     sae.eval()
     recon = reconstruction_metrics(sae, batches, cfg.dense_threshold)

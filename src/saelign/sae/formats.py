@@ -10,8 +10,7 @@ loads what we save and computes the same latents and reconstructions in raw acti
   the latents identical; `metadata.saelign.norm_scale` records s so our loader unfolds it again.
   Unfolding is exact up to one float rounding per weight (~1e-7 relative);
 - our own SAEConfig (activation, k, always-on latents, ...) goes in `metadata.saelign.config`; SAELens keeps
-  unknown metadata keys when it re-saves, and ignores them otherwise.
-"""
+  unknown metadata keys when it re-saves, and ignores them otherwise."""
 
 from __future__ import annotations
 
@@ -53,12 +52,9 @@ def saelens_payload(sae: SAE, extra_cfg: dict[str, Any] | None = None) -> tuple[
     """The tensors and cfg.json content of `sae` in SAELens' layout (norm_scale folded into the weights)."""
     cfg = sae.cfg
     scale = float(sae.norm_scale)
-    tensors = {
-        "W_enc": sae.W_enc.detach().float().cpu() * scale,
-        "b_enc": sae.b_enc.detach().float().cpu().clone(),
-        "W_dec": sae.W_dec.detach().float().cpu() / scale,
-        "b_dec": sae.b_dec.detach().float().cpu() / scale,
-    }
+    params = (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
+    W_enc, b_enc, W_dec, b_dec = (t.detach().float().cpu() for t in params)
+    tensors = {"W_enc": W_enc * scale, "b_enc": b_enc.clone(), "W_dec": W_dec / scale, "b_dec": b_dec / scale}
     if sae.threshold is not None:
         tensors["threshold"] = sae.threshold.detach().float().cpu().clone()
         if (sae.threshold < 0).any():
@@ -67,35 +63,21 @@ def saelens_payload(sae: SAE, extra_cfg: dict[str, Any] | None = None) -> tuple[
     if cfg.always_on_latents and not sae.activation.elementwise:
         logger.warning("always_on_latents are a saelign extension: SAELens will apply the top-k/threshold to them too")
     metadata: dict[str, Any] = {
-        "sae_lens_version": SAELENS_FORMAT_VERSION,
-        "model_name": cfg.model,
-        "hook_name": cfg.hookpoint,
-        "model_class_name": "AutoModelForCausalLM",
-        **(extra_cfg or {}),
-        "saelign": {"version": SAELIGN_VERSION, "config": config_to_dict(cfg), "norm_scale": scale},
-    }
+        "sae_lens_version": SAELENS_FORMAT_VERSION, "model_name": cfg.model, "hook_name": cfg.hookpoint,
+        "model_class_name": "AutoModelForCausalLM", **(extra_cfg or {}),
+        "saelign": {"version": SAELIGN_VERSION, "config": config_to_dict(cfg), "norm_scale": scale}}
     cfg_json: dict[str, Any] = {
-        "architecture": sae.activation.architecture,
-        "d_in": cfg.d_in,
-        "d_sae": cfg.d_sae,
-        "dtype": "float32",
-        "device": "cpu",
-        "apply_b_dec_to_input": True,
-        "normalize_activations": "none",
-        "reshape_activations": "none",
-        "metadata": metadata,
-    }
+        "architecture": sae.activation.architecture, "d_in": cfg.d_in, "d_sae": cfg.d_sae, "dtype": "float32",
+        "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none",
+        "reshape_activations": "none", "metadata": metadata}
     cfg_json.update(sae.activation.saelens_cfg(sae))
     return tensors, cfg_json
 
 
 def save_sae(sae: SAE, directory: str | Path, extra_cfg: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
     """Write `sae` to `directory` (cfg.json + sae_weights.safetensors); extra_cfg entries go into cfg metadata.
-
     A new directory is built under a temporary name and renamed into place, so a crash never leaves a
-    complete-looking SAE. An existing directory keeps its other files: cfg.json is removed first and written
-    last, so the folder only looks complete once both files are consistent.
-    """
+    complete-looking SAE; in an existing one cfg.json is removed first and written last."""
     directory = Path(directory)
     tensors, cfg_json = saelens_payload(sae, extra_cfg)
     if directory.is_dir() and any(directory.iterdir()):

@@ -7,8 +7,7 @@ the weights instead of adding options to the SAE:
 - ReLU applied before a threshold (`relu(pre) * (pre > t)`): thresholds below 0 are raised to 0, which gives
   the same latents with our `pre * (pre > t)`;
 - a scalar threshold (dictionary_learning BatchTopK) is broadcast to one threshold per latent.
-Decoder rows are kept as stored (not renormalised): renormalising would change which latents win a top-k.
-"""
+Decoder rows are kept as stored (not renormalised): renormalising would change which latents win a top-k."""
 
 from __future__ import annotations
 
@@ -96,12 +95,10 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def load_dictionary_learning(directory: Path) -> SAE:
     """saprmarks dictionary_learning: ae.pt (state dict) + config.json ({"trainer": {dict_class, lm_name, ...}}).
-
     AutoEncoder: relu(enc(x - bias)), dec(f) + bias.  AutoEncoderNew: relu(enc(x)), dec(f) (dec has a bias).
     AutoEncoderTopK: topk(relu(enc(x - b_dec))).  BatchTopKSAE / MatryoshkaBatchTopKSAE (inference):
     relu(pre) * (relu(pre) > threshold), scalar threshold.  JumpReluAutoEncoder: relu(pre * (pre > threshold))
-    with pre = x @ W_enc + b_enc (no centring).
-    """
+    with pre = x @ W_enc + b_enc (no centring)."""
     weights_path, cfg_path = directory / DICTIONARY_WEIGHTS, directory / DICTIONARY_CFG
     state = _read_state_dict(weights_path)
     trainer = read_json(cfg_path, "dictionary_learning config").get("trainer", {})

@@ -4,8 +4,7 @@ With k of d_sae latents active, the decoder product, its weight gradient and the
 "sum of k rows" operations. Each is one `F.embedding_bag` call (a fused gather + weighted sum that PyTorch has
 well optimised on CPU and GPU), so only the dense encoder product x @ W_enc remains. An `ActiveLatents`
 holds the pairs twice: grouped by token (decode: one bag per token) and grouped by latent (weight gradients:
-one bag per latent row of W_dec / column of W_enc).
-"""
+one bag per latent row of W_dec / column of W_enc)."""
 
 from __future__ import annotations
 
@@ -62,10 +61,8 @@ class ActiveLatents:
 
 class _SelectedPreActs(Function):
     """Identity on the pre-activations gathered at a selection, with sparse gradients for the encoder.
-
     pre = (x - b_dec) @ W_enc + b_enc is computed densely without autograd; this function gives gradients
-    only through the selected entries: dW_enc = x_c^T S, db_enc = column sums of S, db_dec = -W_enc db_enc.
-    """
+    only through the selected entries: dW_enc = x_c^T S, db_enc = column sums of S, db_dec = -W_enc db_enc."""
 
     @staticmethod
     def forward(ctx, values, x_c, b_dec, W_enc, b_enc, sel):  # type: ignore[override]
@@ -112,9 +109,7 @@ def selected_pre_acts(pre: torch.Tensor, x_c: torch.Tensor, b_dec: torch.Tensor,
                       b_enc: torch.Tensor, sel: ActiveLatents,
                       values: torch.Tensor | None = None) -> torch.Tensor:
     """Pre-activations at `sel` [N] (from `values` if already gathered), differentiable w.r.t. the encoder.
-
-    `pre` must be (x_c @ W_enc + b_enc) with x_c = x - b_dec, computed from the current parameters.
-    """
+    `pre` must be (x_c @ W_enc + b_enc) with x_c = x - b_dec, computed from the current parameters."""
     if values is None:
         values = pre[sel.rows, sel.cols]
     return _SelectedPreActs.apply(values.float(), x_c, b_dec, W_enc, b_enc, sel)

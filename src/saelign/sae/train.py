@@ -5,16 +5,11 @@ SAE's `norm_scale`, and b_dec starts at the normalised mean. Tokens with a massi
 the masked first position: very few tokens, far above the median norm, can carry much of the variance) are
 left out of those two estimates, which they would otherwise skew. They are trained on by default: they are
 real inputs the model's forward depends on, and an SAE that never saw one cannot reconstruct them, which
-shows in its held-out FVU; `drop_outliers` leaves them out. Decoder rows stay unit norm: the gradient
-component parallel to each row is removed before the Adam step and the rows are renormalised after it. Dead
-latents (no activation within `dead_window_tokens`) are tracked for all SAEs and revived by activations that
-use them (AuxK of topk/batchtopk). What differs between activations (loss, extra parameters, what happens
-after a step and at the end) is the activation's own (`saelign.sae.activations`), with its options.
+shows in its held-out FVU; `drop_outliers` leaves them out. Decoder rows stay unit norm. What differs between
+activations (loss, extra parameters, dead-latent revival) is the activation's own (`saelign.sae.activations`).
 
-With `out` set, a checkpoint (weights, Adam state, counters, RNG) is written every `checkpoint_every_tokens`
-and rerunning with the same configuration resumes from it, skipping the batches already consumed (the stream
-must be deterministic, as the activation store's seeded shuffle is), and ends with the same SAEs as an
-uninterrupted run.
+With `out` set, rerunning with the same configuration resumes from the checkpoint, skipping the batches
+already consumed (the stream must be deterministic, as the store's seeded shuffle is): same SAEs at the end.
 """
 
 from __future__ import annotations
@@ -274,10 +269,8 @@ class _Progress:
 def train_saes(batches: Iterable[torch.Tensor], sae_cfgs: list[SAEConfig], train_cfg: SAETrainConfig,
                names: list[str] | None = None) -> list[SAE]:
     """Train one SAE per config on the same batches ([tokens, d_in] activations in raw model units).
-
     With train_cfg.out, a single SAE is saved in `out` and several in `out/<name>` (names default to the
-    fields that differ, e.g. k16, k32), together with `train_log.json`, `run.json` and the checkpoint.
-    """
+    fields that differ, e.g. k16, k32), together with `train_log.json`, `run.json` and the checkpoint."""
     tcfg = train_cfg
     if not sae_cfgs:
         raise SaelignError("no SAE configurations given")

@@ -3,8 +3,7 @@
 `PeftModel.from_pretrained(base, folder)` loads the folder with no saelign code. The sidecar says where the
 subspace came from (SAE, hookpoints, latent ids and labels, tau, rank, basis sha256, init kind). A folder is
 written beside its destination and renamed into place, so a crash never leaves a half-written adapter, and an
-existing folder is replaced only when asked to.
-"""
+existing folder is replaced only when asked to."""
 
 from __future__ import annotations
 

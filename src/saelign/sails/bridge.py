@@ -2,8 +2,7 @@
 
 An aligned slot's decoder row is the direction the SAE writes when its concept is present (e.g. an aligned
 "harmful request" slot), so the span of the chosen slots' rows is a ready-made SAILS subspace: pass the
-basis to `saelign.sails.lora_init.make_peft_model` and the provenance into the adapter's sidecar.
-"""
+basis to `saelign.sails.lora_init.make_peft_model` and the provenance into the adapter's sidecar."""
 
 from __future__ import annotations
 
@@ -20,7 +19,6 @@ from saelign.sails.subspace import basis_hash, build_subspace
 
 def slots_to_subspace(sae: SAE, slot_map: SlotMap, concepts: Sequence[str | int] | None = None, tau: float = 1.0) -> torch.Tensor:
     """Orthonormal U [d_in, r] spanning the decoder rows of the chosen concepts' slots (all concepts by default).
-
     tau < 1 keeps only the principal directions explaining that share of the rows (as SAILS does for features).
     """
     slot_map.validate(sae)

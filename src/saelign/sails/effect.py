@@ -1,11 +1,9 @@
 """What the adapter changed, in SAE features: latents before vs after fine-tuning on the same prompts.
 
-Residual activations are taken at the SAE's hookpoint and pooled exactly as feature selection pools them (by
-default the last prompt token, i.e. the assistant header the answer starts from), once with the base model and
-once with the adapted one; both are encoded by the SAE. The mean latent change on harmful and on harmless prompts
-ranks the latents the adapter pushed up or down, and each is shown with its label. The share of the raw residual
-change lying inside span(U) says how far the adapter stayed inside the safety subspace (chance level: r/d_model).
-"""
+Residual activations at the SAE's hookpoint, pooled as feature selection pools them, are taken with the base
+and the adapted model and encoded by the SAE; the mean latent change per prompt kind ranks the latents the
+adapter pushed up or down. The share of the residual change inside span(U) says how far it stayed in the
+safety subspace."""
 
 from __future__ import annotations
 

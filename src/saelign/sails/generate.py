@@ -1,7 +1,6 @@
 """Greedy chat answers: the base model's own answers (training targets) and judge/eval outputs.
 
-Prompts are wrapped in the tokenizer's chat template and decoded by `saelign.text.greedy_decode`.
-"""
+Prompts are wrapped in the tokenizer's chat template and decoded by `saelign.text.greedy_decode`."""
 
 from __future__ import annotations
 

@@ -6,8 +6,7 @@
 - `PrefixJudge`: the usual baseline: refusal phrases at the start (or, in "substring" mode, anywhere).
 - `LLMJudge`: any local chat model grading compliance on a 1-5 rubric; score <= 2 counts as safe (refused).
 
-`judge_agreement` measures any judge against human labels (accuracy, Cohen's kappa, confusion).
-"""
+`judge_agreement` measures any judge against human labels (accuracy, Cohen's kappa, confusion)."""
 
 from __future__ import annotations
 
@@ -71,10 +70,8 @@ class JudgeWeights:
 
 def fit_judge_weights(examples: Sequence[LabelledResponse], c: float = 1.0) -> JudgeWeights:
     """L2-regularised logistic regression of `refused` on the features; deterministic (lbfgs, fixed data).
-
     c=1 (the usual default) keeps the weights moderate: weaker regularisation fits the few hand-written
-    examples better but makes single cues decisive on unfamiliar text.
-    """
+    examples better but makes single cues decisive on unfamiliar text."""
     from sklearn.linear_model import LogisticRegression
 
     labels = [e.refused for e in examples]
@@ -173,9 +170,7 @@ def parse_score(text: str) -> int | None:
 
 class LLMJudge:
     """Grades with a local chat model; replies without a score fall back to the offline judge for that item.
-
-    Requests and responses are cut to `max_chars` characters each so the rubric prompt fits small contexts.
-    """
+    Requests and responses are cut to `max_chars` characters each so the rubric prompt fits small contexts."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 8,
                  max_chars: int = 1500, max_new_tokens: int = 8):

@@ -3,8 +3,7 @@ compliance, lecturing, list/code structure, relevance to the request, length, an
 
 Each feature is a number in [0, 1]; `judge.OfflineJudge` weighs them with a logistic model fitted on
 hand-written labelled responses. Degeneracy and a bare "No." are rules, not features: an empty or looping
-output is not an answer at all, and a lone negation cannot carry out anything, whatever the weights say.
-"""
+output is not an answer at all, and a lone negation cannot carry out anything, whatever the weights say."""
 
 from __future__ import annotations
 

@@ -8,20 +8,14 @@ freshly created factors. With U [d_model, r] orthonormal and ΔW = s·B·A:
 - writer modules (o, down: they write into it): B's columns = U, A = 0. A gets a non-zero gradient at once
   (s·U^T·G, because B ≠ 0), and ΔW = U·A writes only into span(U).
 
-Both give ΔW = 0 at step 0. Both factors then train, so from the second step on ΔW may leave span(U) (SAILS
-*initialises* in the subspace); `freeze_subspace` keeps the U factor fixed instead, so ΔW = B·Uᵀ (readers) or
-U·A (writers) stays inside span(U) throughout, with about 40 % fewer trainable parameters.
+Both give ΔW = 0 at step 0; from the second step on ΔW may leave span(U) (SAILS *initialises* in the
+subspace) unless `freeze_subspace` keeps the U factor fixed.
 
 The non-zero factor has rows/columns of norm `init_scale`; the default 1/√3 is the row norm of PEFT's default
-(Kaiming-uniform) A, so one learning rate serves every init. If the LoRA rank exceeds
-the subspace rank, the extra rows/columns are random unit mixtures of U's columns: they stay inside the subspace
-and do not mirror another row (mirrored rows would receive identical updates forever). All layers are adapted by
-default: the residual stream is one vector space across blocks (each block adds into it), so span(U) is
-meaningful at every depth; `layers` restricts it.
-
-`get_peft_model` modifies the model in place (PiSSA even rewrites its base weights): pass a fresh model for each
-baseline.
-"""
+(Kaiming-uniform) A, so one learning rate serves every init. Extra rank beyond the subspace's gets random unit
+mixtures of U's columns (mirrored rows would receive identical updates forever). All layers are adapted by
+default: the residual stream is one vector space across blocks, so span(U) is meaningful at every depth.
+`get_peft_model` modifies the model in place (PiSSA even rewrites base weights): use a fresh model each."""
 
 from __future__ import annotations
 
@@ -78,13 +72,15 @@ def _num_layers(model: nn.Module) -> int:
     return int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0))
 
 
-def _check_targets(model: nn.Module, target_modules: list[str], layers: list[int]) -> None:
+def check_targets(model: nn.Module, target_modules: list[str], layers: list[int],
+                  where: str = "target_modules") -> None:
+    """Fail unless every target names a linear module of `model` and every layer index exists."""
     if not target_modules:
-        raise SaelignError("target_modules is empty; name at least one linear module, e.g. q_proj")
+        raise SaelignError(f"{where} is empty; name at least one linear module, e.g. q_proj")
     available = linear_module_names(model)
     unknown = [t for t in target_modules if t not in available]
     if unknown:
-        raise SaelignError(f"target_modules: {', '.join(unknown)} not found in {type(model).__name__}; "
+        raise SaelignError(f"{where}: {', '.join(unknown)} not found in {type(model).__name__}; "
                            f"its linear modules are {', '.join(available)}")
     n_layers = _num_layers(model)
     bad = [i for i in layers if not 0 <= i < n_layers]
@@ -130,7 +126,7 @@ def _init_in_subspace(peft_model: PeftModel, factor: torch.Tensor, cfg: LoraInit
 
 def make_peft_model(model: PreTrainedModel, basis: torch.Tensor | None, cfg: LoraInitConfig) -> PeftModel:
     """Wrap `model` (in place) in a PEFT LoRA per cfg.init; `basis` U [d_model, k] is needed for subspace inits."""
-    _check_targets(model, cfg.target_modules, cfg.layers)
+    check_targets(model, cfg.target_modules, cfg.layers)
     d_model = model.get_input_embeddings().weight.shape[1]
     if cfg.init in SUBSPACE_INITS:
         if basis is None or basis.ndim != 2 or basis.shape[0] != d_model or basis.shape[1] < 1:
@@ -164,7 +160,7 @@ def prepare_full_finetune(model: PreTrainedModel, target_modules: list[str] | No
         for param in model.parameters():
             param.requires_grad_(True)
         return model
-    _check_targets(model, target_modules, layers or [])
+    check_targets(model, target_modules, layers or [])
     for param in model.parameters():
         param.requires_grad_(False)
     for name, module in model.named_modules():

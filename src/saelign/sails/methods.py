@@ -2,12 +2,9 @@
 
 Methods: `sails` (LoRA inside the SAE safety subspace U), `lora` (PEFT default init), `pissa` (PEFT built-in),
 `full` (every weight of the target modules in the chosen layers), `random_subspace` (LoRA inside a random
-subspace of U's rank) and `act_pca` (inside the PCA of raw harmful-vs-harmless residual differences at the
-selection hookpoints, U's rank: the "direct identification" baseline without an SAE). Each run starts from a
-fresh base model, records its trainable share, convergence history (val safety vs step), the steps it took to
-reach 90 % / 95 % val safety and its wall time, and saves a stock PEFT adapter (a model folder for `full`) plus
-the provenance sidecar.
-"""
+subspace of U's rank) and `act_pca` (inside the PCA of raw harmful-vs-harmless residual differences: the
+"direct identification" baseline without an SAE). Each run starts from a fresh base model and saves a stock
+PEFT adapter (a model folder for `full`) plus the provenance sidecar."""
 
 from __future__ import annotations
 
@@ -124,9 +121,7 @@ def run_method(method: str, model_factory: Callable[[], PreTrainedModel], tokeni
                eval_fn: EvalFn | None = None, act_pca_prompts: tuple[Sequence[str], Sequence[str]] | None = None,
                provenance: Mapping[str, Any] | None = None, overwrite: bool = False) -> MethodResult:
     """Train `method` on (prompt, response) pairs; save OUT/adapter; resume from OUT/checkpoint.
-
-    Rank = cfg.lora.rank or SAILS' subspace rank for every LoRA method.
-    """
+    Rank = cfg.lora.rank or SAILS' subspace rank for every LoRA method."""
     check_method(method)
     out = Path(out_dir)
     adapter_dir = out / ADAPTER_DIR

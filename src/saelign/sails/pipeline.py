@@ -1,14 +1,11 @@
 """The SAILS pipeline over one run directory: the stages of `saelign.sails.stages.STAGES`, in order.
 
-Each stage (for train/eval/effect: each method) writes its files, then records in run.json a key: a hash of
-the options it used and of the keys of the stages it reads. A rerun skips every stage whose files exist under
-the same key, so an interrupted run continues where it stopped (SAE training and fine-tuning also resume
-mid-way from their checkpoints). Files made under other options are never replaced silently: that is an error
-naming the stage and the options, unless `overwrite` is set. The report is rebuilt on every run.
+Each unit records its key in run.json (`saelign.sails.rundir`); a rerun skips the units done under the same
+key (SAE training and fine-tuning also resume mid-way). Files made under other options are an error unless
+`overwrite` is set. The report is rebuilt on every run.
 
 Layout: config.json, run.json, data/, sae/ and sae.json (naming the SAE used), labels.json, select/, targets/,
-methods/<method>/{adapter/, result.json, history.json}, eval/<model>.json, effect/<method>.json, report.*.
-"""
+methods/<method>/{adapter/, result.json, history.json}, eval/<model>.json, effect/<method>.json, report.*."""
 
 from __future__ import annotations
 
@@ -30,10 +27,6 @@ from saelign.sails.stages import STAGES
 CONFIG_FILE = "config.json"
 
 
-def save_config(run_dir: str | Path, cfg: SailsConfig) -> None:
-    write_json_atomic(Path(run_dir) / CONFIG_FILE, config_to_dict(cfg))
-
-
 def stored_config(run_dir: str | Path) -> dict[str, Any] | None:
     path = Path(run_dir) / CONFIG_FILE
     return read_json(path, "run config") if path.is_file() else None
@@ -49,7 +42,7 @@ def run_pipeline(cfg: SailsConfig, run_dir: str | Path, stage_names: Sequence[st
     run = RunDir(run_dir, cfg, STAGES, overwrite)
     units = run.units(stage_names)
     run.check_stale(units)
-    save_config(run.dir, cfg)
+    write_json_atomic(run.path(CONFIG_FILE), config_to_dict(cfg))
     for unit in units:
         status = run.status(unit)
         if status == "done":

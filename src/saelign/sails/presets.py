@@ -3,8 +3,7 @@
 Values are layered: dataclass defaults < preset < --config file (same nested layout, e.g. `sft: {steps: 60}`)
 < flags (`--sft-steps 60`: a section's flags carry its name, `--sae-train-lr`; the model's keep their usual
 names). A run directory stores the resolved config in config.json; stage commands over it start from it.
-The fields of a nested config that the pipeline sets itself (the hookpoint, output folders) are hidden.
-"""
+The fields of a nested config that the pipeline sets itself (the hookpoint, output folders) are hidden."""
 
 from __future__ import annotations
 

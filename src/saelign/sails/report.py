@@ -1,8 +1,7 @@
 """The SAILS run report (Markdown + HTML): methods compared, convergence, the safety features, what each adapter
 changed in labelled SAE features, how far the judge agrees with human labels, and generations before/after.
 
-Built only from the files in a run directory, so it can be rebuilt at any time (`saelign sails report`).
-"""
+Built only from the files in a run directory, so it can be rebuilt at any time (`saelign sails report`)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,8 @@
-"""A SAILS run directory: its files, the run.json record of what each stage made under which key, and the
+"""A SAILS run directory: its files, the run.json record of what each unit made under which key, and the
 inputs stages share (models, data, SAE, subspace), loaded once on first use.
 
-A stage is one `Stage` record (the table is `saelign.sails.stages.STAGES`). A unit is a stage, or one method
-or model of a per-method stage ("train:sails"). Its key hashes the config values the stage declares and the
-keys of its upstream units, so a rerun skips a unit whose files exist under the same key.
-"""
+A unit is a stage, or one method or model of a per-method stage ("train:sails"). Its key hashes the config
+values the stage declares and the keys of its upstream units."""
 
 from __future__ import annotations
 
@@ -31,7 +29,7 @@ from saelign.sae import SAE, load_sae
 from saelign.sails.adapters import load_adapter
 from saelign.sails.data import SafetyData, load_safety_data
 from saelign.sails.evaluate import CapabilityData, build_capability_data
-from saelign.sails.lora_init import linear_module_names
+from saelign.sails.lora_init import check_targets
 from saelign.sails.presets import SailsConfig
 
 RUN_FILE = "run.json"
@@ -64,7 +62,6 @@ class RunDir:
     def path(self, *parts: str) -> Path:
         return self.dir.joinpath(*parts)
 
-    # ---- units and keys ------------------------------------------------------------------------------
     def units(self, stage_names: Sequence[str]) -> list[str]:
         """The units of the given stages, in pipeline order."""
         out = []
@@ -137,16 +134,11 @@ class RunDir:
             raise SaelignError(f"{unit} results are missing in {self.dir}; run `saelign sails "
                                f"{unit.split(':')[0]} --run {self.dir}` (or `saelign sails run`) first")
 
-    # ---- shared inputs -------------------------------------------------------------------------------
     @cached_property
     def base_model(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         """The pristine base model, never modified: methods train on deep copies of it."""
         model, tokenizer = load_model(self.cfg.model)
-        unknown = sorted(set(self.cfg.lora.target_modules) - set(linear_module_names(model)))
-        if unknown:
-            raise SaelignError(f"lora.target_modules: {', '.join(unknown)} not found in "
-                               f"{type(model).__name__}; its linear modules are "
-                               f"{', '.join(linear_module_names(model))}")
+        check_targets(model, self.cfg.lora.target_modules, [], where="lora.target_modules")
         return model, tokenizer
 
     @property

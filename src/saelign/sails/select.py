@@ -4,8 +4,7 @@ Prompts are chat-formatted with the generation prompt, run through the model up 
 each SAE encodes its hookpoint's output. Latents are pooled per prompt over the chosen token positions (the last
 prompt token, the last n, or all but the attention-sink first token), then scored either by
 |mean on harmful - mean on harmless| or by |coefficient| of an L1-regularised logistic probe. Several hookpoints
-(one SAE each) share one forward pass; their selections are kept apart, each tagged with its hookpoint.
-"""
+(one SAE each) share one forward pass; their selections are kept apart, each tagged with its hookpoint."""
 
 from __future__ import annotations
 

@@ -4,12 +4,9 @@ The loss is the mean cross-entropy over response tokens only (through the end-of
 all micro-batches of an optimizer step so gradient accumulation equals one large batch. Logits are computed only
 from the first response position on (`logits_to_keep`), which skips most of the LM head on the prompt tokens.
 
-Resumable: every `checkpoint_every` steps a checkpoint (trainable weights, AdamW state, RNG state, step) is
-written to `out/checkpoint/` (saelign.checkpoint). The data order is a pure function of (seed, epoch), so a
-resumed run ends with the same weights as an uninterrupted one. `out/history.json` holds the training losses and
-the periodic eval_fn results (convergence curves). An optional `stop` predicate on each periodic evaluation
-ends training early; the checkpoint written there is final, so a rerun does not train on.
-"""
+Resumable (`saelign.checkpoint` in `out/checkpoint/`): the data order is a pure function of (seed, epoch), so
+a resumed run ends with the same weights as an uninterrupted one. A checkpoint written where `stop` ended
+training is final, so a rerun does not train on."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """The SAILS pipeline stages: one function and one `Stage` declaration each, in pipeline order in `STAGES`.
 
 To add a stage, write its function (run, name) -> facts for run.json and declare it in `STAGES`: the pipeline,
-its resumption and the CLI subcommand come from the declaration.
-"""
+its resumption and the CLI subcommand come from the declaration."""
 
 from __future__ import annotations
 
@@ -31,7 +30,6 @@ from saelign.sails.evaluate import evaluate_model, make_judge, quick_safety
 from saelign.sails.generate import chat_text
 from saelign.sails.judge import OfflineJudge, PrefixJudge, judge_agreement
 from saelign.sails.methods import MethodConfig, run_method
-from saelign.sails.presets import SailsConfig
 from saelign.sails.report import write_run_report
 from saelign.sails.rundir import RunDir, Stage
 from saelign.sails.select import select_safety_features, selection_directions
@@ -183,14 +181,9 @@ def effect_stage(run: RunDir, method: str) -> dict[str, Any]:
     return {"subspace_share": result.subspace_share}
 
 
-
 def report_stage(run: RunDir, _: str) -> dict[str, Any]:
     write_run_report(run)
     return {}
-
-
-def _methods(cfg: SailsConfig) -> list[str]:
-    return cfg.methods
 
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
@@ -210,12 +203,13 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           folder="targets"),
     Stage("train", "fine-tune every method in the same harness and save its adapter (methods/)", train_stage,
           outputs=("methods/{name}/result.json",), upstream=("select", "targets"), folder="methods/{name}",
-          keys=("lora", "sft", "validation", "eval.judge", "full_lr"), per=_methods),
+          keys=("lora", "sft", "validation", "eval.judge", "full_lr"), per=lambda cfg: cfg.methods),
     Stage("eval", "safety, over-refusal, perplexity and factual accuracy of the base model and each method "
           "(eval/)", eval_stage, outputs=("eval/{name}.json",), keys=("eval",), upstream=("data", "train"),
           per=lambda cfg: ["base", *cfg.methods]),
     Stage("effect", "which labelled SAE latents each adapter pushed up or down (effect/)", effect_stage,
-          outputs=("effect/{name}.json",), keys=("effect_top",), upstream=("train", "labels"), per=_methods),
+          outputs=("effect/{name}.json",), keys=("effect_top",), upstream=("train", "labels"),
+          per=lambda cfg: cfg.methods),
     Stage("report", "write report.md and report.html from the run directory (rebuilt on every run)",
           report_stage),
 )}

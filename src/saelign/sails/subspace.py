@@ -4,8 +4,7 @@ SAILS stacks the unit decoder rows of the selected latents and keeps the princip
 share tau of their energy. The PCA is *uncentred* (an SVD of the stacked rows): the direction the selected
 features share is the safety signal itself, and centring would subtract exactly that. Uncentred PCA is also
 blind to the sign of each row, so latents that fire on harmless prompts contribute their direction alike.
-Baselines build U of the same rank from random directions or from raw activation differences.
-"""
+Baselines build U of the same rank from random directions or from raw activation differences."""
 
 from __future__ import annotations
 
@@ -72,11 +71,9 @@ def random_subspace(d: int, r: int, seed: int = 0) -> torch.Tensor:
 
 def activation_diff_subspace(harmful_resid: torch.Tensor, harmless_resid: torch.Tensor, r: int) -> torch.Tensor:
     """Orthonormal U [d, r] from raw residual activations, without an SAE ("direct identification" baseline).
-
     The sets are unpaired, so each example is differenced against the other set's mean (harmful - mean harmless,
     mean harmful - harmless); the uncentred PCA of these differences puts the mean-difference ("refusal")
-    direction first and the directions along which the two sets vary apart after it.
-    """
+    direction first and the directions along which the two sets vary apart after it."""
     harmful = _check_rows(harmful_resid, "harmful activations")
     harmless = _check_rows(harmless_resid, "harmless activations")
     if harmful.shape[1] != harmless.shape[1]:

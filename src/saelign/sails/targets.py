@@ -4,8 +4,7 @@ Harmful prompts get a natural refusal drawn from the packaged templates (some ec
 of the prompt so a rebuild gives the same target. Harmless and borderline prompts get the base model's own greedy
 answer, so the fine-tune teaches refusing without teaching a new style of helping; answers the offline judge
 calls refusals or degenerate are dropped rather than trained on, and an answer cut off by `max_new_tokens` is
-trimmed back to its last full sentence.
-"""
+trimmed back to its last full sentence."""
 
 from __future__ import annotations
 

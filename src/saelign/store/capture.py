@@ -3,8 +3,7 @@
 All hookpoints come from one forward pass that stops after the deepest of them. Masked out: special and pad
 tokens, and by default the first position of every context (an attention sink whose norm dwarfs the rest).
 `stream_activations` yields the same rows on the fly, for training without a store; `capture` writes them to one
-store per hookpoint and resumes an interrupted run exactly, because the corpus order is deterministic.
-"""
+store per hookpoint and resumes an interrupted run exactly, because the corpus order is deterministic."""
 
 from __future__ import annotations
 
@@ -84,10 +83,8 @@ def keep_mask(input_ids: torch.Tensor, masked_ids: torch.Tensor, mask_first_posi
 def stream_batches(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: CaptureConfig,
                    corpus: Corpus | None = None, skip_rows: int = 0) -> Iterator[CapturedBatch]:
     """Forward the corpus batch by batch and yield the kept rows of every hookpoint.
-
     Batches whose rows all lie before `skip_rows` are tokenised but not forwarded; batch composition never
-    depends on `skip_rows`, so resumed rows are bit-identical to an uninterrupted run.
-    """
+    depends on `skip_rows`, so resumed rows are bit-identical to an uninterrupted run."""
     hookpoints = resolve_hookpoints(model, cfg.hookpoints)
     corpus = corpus or open_corpus(cfg.corpus, cfg.text_field, cfg.chat, cfg.seed)
     masked = torch.tensor(masked_token_ids(tokenizer), dtype=torch.long)
@@ -137,7 +134,6 @@ def _widths(model: PreTrainedModel, hookpoints: list[str], tokenizer: PreTrained
 def capture(model_cfg: ModelConfig, cfg: CaptureConfig, model: PreTrainedModel | None = None,
             tokenizer: PreTrainedTokenizerBase | None = None) -> dict[str, Path]:
     """Write one activation store per hookpoint under cfg.out; return {hookpoint: store folder}.
-
     Pass `model`/`tokenizer` to reuse already-loaded objects (model_cfg then only names the model in manifests).
     A finished store is left as is; an interrupted one is continued; one made with other settings is an error.
     """

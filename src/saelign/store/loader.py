@@ -2,8 +2,7 @@
 
 Shuffling is two-level so memory stays bounded whatever the corpus size: the shard order is permuted, and rows
 are permuted within windows of a few consecutive shards (`buffer_tokens`). Every row is yielded exactly once per
-epoch.
-"""
+epoch."""
 
 from __future__ import annotations
 
@@ -71,8 +70,7 @@ class ActivationStore:
         """All columns of one shard, checked against the manifest (activations in the store dtype)."""
         shard = self.shards[index]
         file = self.path / shard["file"]
-        # Memory-mapped: hashing and loading read the page cache in place, no copy of the file into Python bytes
-        # (half of the loader's time before). Tensors are copied out by the batch loader's window concatenation.
+        # Memory-mapped: hashing reads the page cache in place, no copy of the file into Python bytes.
         if self.verify:
             with file.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
                 if hashlib.sha256(mapped).hexdigest() != shard["sha256"]:
@@ -96,11 +94,9 @@ class ActivationStore:
                 max_tokens: int | None = None, buffer_tokens: int = 131072, rank: int = 0,
                 world_size: int = 1, shards: Sequence[int] | None = None) -> Iterator[torch.Tensor]:
         """Yield fp32 [batch_size, d_in] activation batches (the last of each epoch may be smaller).
-
         Memory holds at most max(buffer_tokens, one shard) + batch_size rows. With `world_size` > 1 each rank
         reads a disjoint subset of the shards (data parallelism). `shards` restricts reading to those shard
-        indices (e.g. to hold the others out for evaluation).
-        """
+        indices (e.g. to hold the others out for evaluation)."""
         if batch_size < 1:
             raise SaelignError(f"batch_size must be positive, got {batch_size}")
         selected = list(range(len(self.shards))) if shards is None else list(shards)

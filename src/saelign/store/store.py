@@ -3,8 +3,7 @@
 Each shard holds `activations [n, d]` (store dtype), `token_ids [n] int32`, `context_ids [n] int64` (index of the
 context in the deterministic corpus stream) and `positions [n] int32`. Every shard but the last holds exactly
 `shard_tokens` rows. The manifest is rewritten (atomically) after every shard, so an interrupted capture leaves a
-valid prefix that a rerun continues from; `complete` is set only when the capture finished.
-"""
+valid prefix that a rerun continues from; `complete` is set only when the capture finished."""
 
 from __future__ import annotations
 
@@ -29,10 +28,6 @@ IDENTITY_KEYS = ("format", "version", "model", "model_dtype", "hookpoint", "d_in
 STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
-def shard_name(index: int) -> str:
-    return f"shard_{index:05d}.safetensors"
-
-
 def read_manifest(path: Path) -> dict[str, Any]:
     manifest_path = Path(path) / MANIFEST
     if not manifest_path.is_file():
@@ -48,16 +43,10 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def _identity_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in IDENTITY_KEYS if old.get(k) != new.get(k)]
-
-
 class StoreWriter:
     """Appends rows to one hookpoint's store, resuming after the rows already on disk.
-
     `header` holds the identity keys. On open, an existing store must have the same identity; its full shards
-    are kept (their files checked by size) and anything after the first missing or short one is dropped.
-    """
+    are kept (their files checked by size) and anything after the first missing or short one is dropped."""
 
     def __init__(self, path: str | Path, header: dict[str, Any], token_budget: int | None) -> None:
         self.path = ensure_writable_dir(path)
@@ -79,7 +68,8 @@ class StoreWriter:
         return sum(s["num_tokens"] for s in self.shards)
 
     def _resume(self, old: dict[str, Any]) -> None:
-        diff = _identity_diff(old, self.header)
+        new = self.header
+        diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in IDENTITY_KEYS if old.get(k) != new.get(k)]
         if diff:
             raise SaelignError(f"{self.path} holds a store made with different settings ({'; '.join(diff)}); "
                                "choose another --out or delete that folder")
@@ -126,7 +116,7 @@ class StoreWriter:
 
     def _write_shard(self, tensors: dict[str, torch.Tensor]) -> None:
         data = save(tensors, metadata={"format": FORMAT})  # one key: safetensors orders several at random
-        name = shard_name(len(self.shards))
+        name = f"shard_{len(self.shards):05d}.safetensors"
         with atomic_path(self.path / name) as tmp:
             tmp.write_bytes(data)
         self.shards.append({"file": name, "num_tokens": int(tensors["token_ids"].shape[0]), "bytes": len(data),

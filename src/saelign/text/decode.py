@@ -6,8 +6,7 @@ so a batched answer is the answer to the prompt alone, as `model.generate(do_sam
 
 Hooks are context-manager factories: `prompt_context()` is entered while the prompts are read,
 `token_context()` while each generated token is read. An intervention as `prompt_context` edits only the
-prompt, whose edited states stay in the KV cache (the AlignSAE swap protocol); as both, every token.
-"""
+prompt, whose edited states stay in the KV cache (the AlignSAE swap protocol); as both, every token."""
 
 from __future__ import annotations
 

@@ -13,10 +13,8 @@ _ARTICLES = {"the", "a", "an"}
 def normalize(text: str, fold_accents: bool = False) -> str:
     """The lower-case ASCII words of the NFKC-normalised text, joined by single spaces: punctuation, case and
     spacing never count.
-
     fold_accents strips accents first ('Bogotá' -> 'bogota'); without it an accented letter splits a word,
-    which is what prompt de-duplication and split hashing have always used (changing it would move examples).
-    """
+    as prompt de-duplication and split hashing have always used (changing it would move examples)."""
     if fold_accents:
         text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
     return " ".join(_WORD.findall(unicodedata.normalize("NFKC", text).lower()))
@@ -28,12 +26,10 @@ def _without_article(found: list[str]) -> list[str]:
 
 def answer_matches(said: str, answer: str, aliases: Sequence[str] = (), *, anywhere: bool = False) -> bool:
     """Whether the text `said` gives `answer` (or one of its `aliases`), on accent-folded `normalize` words.
-
     Default, for continuations of a completion prompt ("The capital of France is"): the answer's words must
     open `said`, after at most one qualifying word, one leading article on either side ignored; so " the
     Croatian kuna" gives "kuna" but " New York" does not give "New Jersey". anywhere=True, for free-form chat
-    answers: the answer's words appear in order, as whole words, anywhere in `said`.
-    """
+    answers: the answer's words appear in order, as whole words, anywhere in `said`."""
     if anywhere:
         text = f" {normalize(said, True)} "
         return any(want and f" {want} " in text for want in (normalize(c, True) for c in (answer, *aliases)))

@@ -1,8 +1,7 @@
 """Token ids in batches: encoding, the pad-id rule and the padder every batch in saelign uses.
 
 Pad id: the tokenizer's pad token, else its end-of-sequence token, else 0. It only fills positions the
-attention mask hides (and losses ignore), so any id would do; the fallbacks serve hand-made tokenizers.
-"""
+attention mask hides (and losses ignore), so any id would do; the fallbacks serve hand-made tokenizers."""
 
 from __future__ import annotations
 
@@ -30,10 +29,8 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
 
 def pad(rows: Sequence[Sequence[int]], value: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, attention mask) [n, longest row], int64, mask 1 on real tokens.
-
     Right padding keeps every token at its unpadded index; left padding puts every row's last token at index
-    -1, where generation continues (give the model position ids counted from each row's first real token).
-    """
+    -1, where generation continues (give the model position ids counted from each row's first real token)."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), value, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)

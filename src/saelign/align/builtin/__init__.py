@@ -1,9 +1,5 @@
-"""Built-in ontologies from real data, by name: relations, pos, ner, sentiment, wordnet.
-
-`build_ontology(name, **options)` runs the named builder (fetching its pinned data once); each builder's
-keyword options are documented on the builder. For relations, `filter_known_facts` then keeps the facts a
-given model answers correctly.
-"""
+"""Built-in ontologies from real data, by name: relations, pos, ner, sentiment, wordnet (each builder's
+options are documented on it). `filter_known_facts` then keeps the relation facts a given model answers."""
 
 from __future__ import annotations
 

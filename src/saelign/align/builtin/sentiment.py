@@ -1,10 +1,8 @@
 """The sentiment ontology: positive / negative (/ neutral) texts rated by people, from the VADER paper's data.
 
-Hutto & Gilbert (ICWSM 2014) had each sentence rated by 20 people on -4..+4; the ground-truth files give the
-mean. They ship inside the vaderSentiment sdist as a nested tarball (`additional_resources/hutto_ICWSM_2014.tar.gz`)
-with four sources: tweets, movie-review and Amazon-review snippets, and New York Times editorial snippets.
-Lines are `id<TAB>mean rating<TAB>text`. The concept is read at the last token, after the whole text.
-"""
+Hutto & Gilbert (ICWSM 2014) had each sentence (tweets, movie and Amazon reviews, NYT editorials) rated by 20
+people on -4..+4; the ground-truth files in the vaderSentiment sdist give the mean. The concept is read at the
+last token, after the whole text."""
 
 from __future__ import annotations
 

@@ -1,12 +1,9 @@
 """The WordNet ontology: lexical classes (noun.animal, noun.food, verb.motion ...) as concepts over words.
 
-Reads Princeton WordNet 3.0 as Debian installs it (`apt-get install wordnet-base wordnet-sense-index`): the
-sense index `/usr/share/wordnet/index.sense` has one line per word sense, `sense_key offset sense_number
-tag_count`, where the sense key `lemma%ss_type:lex_filenum:lex_id:head:head_id` names the lexicographer file
+Reads the sense index of Princeton WordNet 3.0 as Debian installs it; a sense key names its lexicographer file
 (the class). A word joins the class that holds at least `purity` of its senses' weight (SemCor tag count + 0.5
 per sense, so rare senses still count a little); the most frequent such words come first. Each word is shown in
-a few neutral templates and the concept is read at the word's last token.
-"""
+a few neutral templates and the concept is read at the word's last token."""
 
 from __future__ import annotations
 

@@ -2,8 +2,7 @@
 
 An activation is a dataclass whose fields are its training options: flags of `saelign sae train` and keys of
 `SAETrainConfig.activation_options` (or of a config file's `train:` section) under their own names, so a name
-means one thing wherever it is declared (relu and jumprelu share `sparsity_warmup_fraction`).
-"""
+means one thing wherever it is declared (relu and jumprelu share `sparsity_warmup_fraction`)."""
 
 from __future__ import annotations
 
@@ -61,12 +60,10 @@ def full_options(given: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class Activation:
-    """One SAE activation. Subclasses set the class attributes and override what differs among:
-    sparsify (latents from pre-activations; `training`: of a batch being trained on), saelens_cfg (cfg.json
-    entries SAELens needs besides the architecture), prepare (ready a freshly initialised SAE for training;
-    returns Adam groups beyond the weights, {"params": [...], "peak_lr": ...}), loss (forward and loss of a
-    step), after_step (after each optimizer step), finish (when training ends), state / load_state (training
-    state a checkpoint keeps, as JSON values)."""
+    """One SAE activation: subclasses set the class attributes and override the hooks that differ. `sparsify`:
+    latents from pre-activations (`training`: of a batch being trained on); `saelens_cfg`: cfg.json entries
+    besides the architecture; `prepare`: ready a fresh SAE, return Adam groups beyond the weights
+    ({"params": [...], "peak_lr": ...}); `state` / `load_state`: what a checkpoint keeps, as JSON."""
 
     name: ClassVar[str]  # SAEConfig.activation
     architecture: ClassVar[str]  # SAELens cfg.json architecture it is saved as

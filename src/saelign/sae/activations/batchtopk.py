@@ -22,11 +22,9 @@ from saelign.sae.sparse_ops import ActiveLatents
 
 def batch_topk_selection(pre: torch.Tensor, k: int) -> tuple[ActiveLatents, torch.Tensor]:
     """The k * B largest pre-activations of the whole batch, as a row-grouped selection and its values.
-
     A flat top-k over all B * d_sae entries costs ~6 row-wise top-k's, so winners are searched among each
     token's top 2k candidates; a token whose every candidate wins might hold more, and then the candidate
-    width grows until none does. Exact up to ties at the threshold.
-    """
+    width grows until none does. Exact up to ties at the threshold."""
     n_rows, n_cols = pre.shape
     total = k * n_rows
     width = min(n_cols, 2 * k)

@@ -66,9 +66,8 @@ class JumpReLU(DenseActivation):
     jumprelu_sparsity_coefficient: float = help_field(1.0, "jumprelu: weight of the sparsity penalty "
                                                            "(higher = lower L0)")
     jumprelu_tanh_scale: float = help_field(4.0, "jumprelu: c in the tanh penalty")
-    jumprelu_penalty: Literal["l0", "tanh"] = help_field("l0", "jumprelu sparsity penalty: l0 (step "
-                                                               "function, Gemma Scope) or tanh(c * latent) "
-                                                               "(Anthropic)")
+    jumprelu_penalty: Literal["l0", "tanh"] = help_field(
+        "l0", "jumprelu sparsity penalty: l0 (step function, Gemma Scope) or tanh(c * latent) (Anthropic)")
     jumprelu_bandwidth: float = help_field(0.05, "jumprelu: width of the threshold's straight-through kernel")
     jumprelu_init_threshold: float = help_field(0.01, "jumprelu: initial threshold (pre-activations start "
                                                       "~N(0, 0.1^2))")
