@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "saelign.cli.label",
     "saelign.cli.sails",
     "saelign.cli.align",
+    "saelign.cli.serve",
 ]
 
 
