@@ -76,16 +76,15 @@ def build_world(root: Path) -> dict[str, Path]:
     return paths
 
 
-def start_server(world: dict[str, Path], *extra: str, env: dict[str, str] | None = None
-                 ) -> tuple[subprocess.Popen, str]:
+def start_server(world: dict[str, Path], *extra: str) -> tuple[subprocess.Popen, str]:
     """`saelign serve` on the world in a subprocess on a free 127.0.0.1 port; (process, base URL)."""
     src = str(Path(__file__).resolve().parents[1] / "src")
-    environment = {**os.environ, "PYTHONPATH": src, "SAELIGN_QUIET": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    environment = {**os.environ, "PYTHONPATH": src, "SAELIGN_QUIET": "1", "OMP_NUM_THREADS": "1"}
+    aligned = ["--aligned", str(world["aligned"])] if "aligned" in world else []
     command = [sys.executable, "-c", "import sys; from saelign.cli import main; sys.exit(main())", "serve",
-               "--run", str(world["run"]), "--aligned", str(world["aligned"]), "--device", "cpu", "--port", "0",
-               *extra]
+               "--run", str(world["run"]), *aligned, "--device", "cpu", "--port", "0", *extra]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
-    deadline, lines = time.monotonic() + 120, []
+    deadline, lines = time.monotonic() + 600, []  # the default model is converted once on first use
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line and proc.poll() is not None:

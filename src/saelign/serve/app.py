@@ -12,6 +12,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -66,7 +67,7 @@ def _asset(name: str) -> str:
 def info(session: Session, limits: Limits) -> dict[str, Any]:
     slots = session.slot_map
     return {
-        "model": getattr(session.model.config, "_name_or_path", "") or type(session.model).__name__,
+        "model": Path(getattr(session.model.config, "_name_or_path", "")).name or type(session.model).__name__,
         "hookpoint": hookpoint(session.sae) if session.sae else None,
         "features": [{"id": f.id, "label": f.label, "scale": f.scale} for f in session.features],
         "slots": [{"concept": c, "slot": s, "scale": sc} for c, s, sc in
