@@ -124,8 +124,10 @@ def create_app(session: Session, limits: Limits | None = None) -> FastAPI:
         events: asyncio.Queue[Event | None] = asyncio.Queue()
 
         def deliver(event: Event | None) -> None:
-            if not loop.is_closed():
+            try:
                 loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # the server stopped while the worker finished: nobody is listening
+                pass
 
         try:
             job = worker.submit(lambda: answer_events(session, body, ids), deliver)

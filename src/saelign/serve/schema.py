@@ -17,6 +17,7 @@ from saelign.text import context_length
 
 ALPHA = 100.0  # the widest slider value any edit accepts, in slot/feature units or as a factor
 MAX_EDITS = 64
+MAX_PROMPT_CHARS = 100_000  # a hard cap whatever the limits say; `Limits.max_prompt_chars` is checked after
 
 
 class RequestError(Exception):
@@ -49,7 +50,7 @@ class FeatureEdit(Strict):
 
 
 class GenerateRequest(Strict):
-    prompt: str = Field(min_length=1, max_length=Limits.max_prompt_chars)
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     max_new_tokens: int = Field(32, ge=1, le=4096)
     sampling: bool = False
     temperature: float = Field(1.0, gt=0.0, le=5.0)
