@@ -18,13 +18,13 @@ def register(subparsers: Any) -> None:
         description="Load a model once (from a SAILS run folder and/or explicit paths) and serve one page: the base "
                     "and the modified answer side by side and streamed, the prompt's top SAE features with their "
                     "labels, a slider per concept slot and per selected SAILS feature, and the adapter switch. "
-                    "A --config file holds the options at its top level.")
+                    "A --config file holds the options in `serve:` and `limits:` sections.")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = build_config(ServeConfig, args)
-    limits = build_config(Limits, args)
+    cfg = build_config(ServeConfig, args, section="serve")
+    limits = build_config(Limits, args, section="limits")
     try:
         import uvicorn
 
@@ -42,6 +42,6 @@ def run(args: argparse.Namespace) -> int:
     sock.bind((cfg.host, cfg.port))
     host = f"[{cfg.host}]" if family == socket.AF_INET6 else cfg.host
     print(f"saelign serve: open http://{host}:{sock.getsockname()[1]}/  (Ctrl+C stops)", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    server.run(sockets=[sock])
+    with sock:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     return 0
