@@ -1,8 +1,9 @@
 """Load test of `saelign serve`: many concurrent clients, valid and invalid requests mixed.
 
 Checks: every valid request completes with the answer a lone request gets (a 503 is retried after its
-Retry-After), every invalid one gets a 4xx and never a 5xx, the server still answers afterwards. Reports p50/p95
-latency of the valid requests, their throughput and the server's peak RSS; writes bench/results/serve_load.json.
+Retry-After), every invalid one gets a 4xx and never a 5xx, the server still answers afterwards. Reports
+p50/p95 latency of the valid requests, their throughput and the server's peak RSS; writes
+bench/results/serve_load.json.
 
 Run (tiny random model, built in a temp folder): OMP_NUM_THREADS=1 .venv/bin/python bench/load_serve.py
 Against a running server: .venv/bin/python bench/load_serve.py --url http://127.0.0.1:8000 --pid PID
@@ -27,8 +28,11 @@ import httpx
 
 PROMPTS = ["The capital of France is", "How do I bake bread?", "Hello", "Tell me about Berlin."]
 EDITS: list[dict[str, Any]] = [
-    {}, {"adapter": True}, {"slots": [{"concept": "france", "mode": "clamp", "alpha": 1.5}]},
-    {"features": [{"id": 5, "mode": "add", "alpha": 3}]}, {"sampling": True, "temperature": 1.5, "seed": 11},
+    {},
+    {"adapter": True},
+    {"slots": [{"concept": "france", "mode": "clamp", "alpha": 1.5}]},
+    {"features": [{"id": 5, "mode": "add", "alpha": 3}]},
+    {"sampling": True, "temperature": 1.5, "seed": 11},
 ]
 INVALID: list[tuple[str, bytes]] = [  # (what is wrong, body)
     ("empty prompt", json.dumps({"prompt": ""}).encode()),
@@ -56,11 +60,19 @@ def answer(client: httpx.Client, url: str, body: dict[str, Any]) -> tuple[int, d
 
 def valid_bodies(max_new_tokens: int, plain_only: bool) -> list[dict[str, Any]]:
     edits = EDITS[:1] if plain_only else EDITS
-    return [{"prompt": p, "max_new_tokens": max_new_tokens, **e} for p, e in itertools.product(PROMPTS, edits)]
+    return [
+        {"prompt": p, "max_new_tokens": max_new_tokens, **e} for p, e in itertools.product(PROMPTS, edits)
+    ]
 
 
-def run_load(url: str, clients: int = 24, rounds: int = 3, max_new_tokens: int = 12, plain_only: bool = False,
-             pid: int | None = None) -> dict[str, Any]:
+def run_load(
+    url: str,
+    clients: int = 24,
+    rounds: int = 3,
+    max_new_tokens: int = 12,
+    plain_only: bool = False,
+    pid: int | None = None,
+) -> dict[str, Any]:
     valid = valid_bodies(max_new_tokens, plain_only)
     timeout = httpx.Timeout(300.0)
     with httpx.Client(timeout=timeout) as client:
@@ -84,11 +96,14 @@ def run_load(url: str, clients: int = 24, rounds: int = 3, max_new_tokens: int =
                         latencies.append(took)
                         retries += retried
                         if status != 200 or got != reference[i]:
-                            failures.append(f"valid request {valid[i]} gave {status} {got} not {reference[i]}")
+                            failures.append(
+                                f"valid request {valid[i]} gave {status} {got} not {reference[i]}"
+                            )
                 else:
                     what, body = INVALID[i - len(valid)]
-                    status = client.post(f"{url}/api/generate", content=body,
-                                         headers={"content-type": "application/json"}).status_code
+                    status = client.post(
+                        f"{url}/api/generate", content=body, headers={"content-type": "application/json"}
+                    ).status_code
                     with lock:
                         statuses[str(status)] = statuses.get(str(status), 0) + 1
                         if not 400 <= status < 500 or status == 503:
@@ -99,24 +114,39 @@ def run_load(url: str, clients: int = 24, rounds: int = 3, max_new_tokens: int =
         list(pool.map(one_client, range(clients)))
     wall = time.perf_counter() - start
     with httpx.Client(timeout=timeout) as client:
-        alive = client.get(f"{url}/api/info").status_code == 200 and answer(client, url, valid[0])[1] == reference[0]
+        alive = (
+            client.get(f"{url}/api/info").status_code == 200
+            and answer(client, url, valid[0])[1] == reference[0]
+        )
     rss = None
     if pid is not None:
         status_file = Path(f"/proc/{pid}/status").read_text()
-        rss = int(next(line.split()[1] for line in status_file.splitlines() if line.startswith("VmHWM"))) / 1024
+        rss = (
+            int(next(line.split()[1] for line in status_file.splitlines() if line.startswith("VmHWM"))) / 1024
+        )
     ordered = sorted(latencies)
     return {
-        "clients": clients, "requests": clients * rounds, "valid": len(latencies), "invalid": sum(statuses.values()),
-        "invalid_statuses": statuses, "busy_retries": retries, "max_new_tokens": max_new_tokens,
+        "clients": clients,
+        "requests": clients * rounds,
+        "valid": len(latencies),
+        "invalid": sum(statuses.values()),
+        "invalid_statuses": statuses,
+        "busy_retries": retries,
+        "max_new_tokens": max_new_tokens,
         "p50_s": round(statistics.median(ordered), 3) if ordered else None,
         "p95_s": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 3) if ordered else None,
-        "throughput_rps": round(len(latencies) / wall, 2), "wall_s": round(wall, 2),
-        "server_peak_rss_mib": round(rss, 1) if rss else None, "alive_after": alive, "failures": failures,
+        "throughput_rps": round(len(latencies) / wall, 2),
+        "wall_s": round(wall, 2),
+        "server_peak_rss_mib": round(rss, 1) if rss else None,
+        "alive_after": alive,
+        "failures": failures,
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--url", help="a running saelign serve (default: start one on the tiny world)")
     parser.add_argument("--pid", type=int, help="the running server's process id, for its peak RSS")
     parser.add_argument("--clients", type=int, default=24)

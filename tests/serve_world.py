@@ -41,8 +41,9 @@ def _sae(seed: int) -> SAE:
 
 
 def _label(latent: int) -> LatentLabel:
-    context = ContextExample(text_left="The capital of ", token=" France", text_right=" is", activation=2.0,
-                             doc_id=0, position=3)
+    context = ContextExample(
+        text_left="The capital of ", token=" France", text_right=" is", activation=2.0, doc_id=0, position=3
+    )
     return LatentLabel(latent, f"capital cities #{latent}", [" France"], [context], [], [], 0.01)
 
 
@@ -61,9 +62,20 @@ def build_world(root: Path) -> dict[str, Path]:
     save_sae(_sae(1), run / "sae")
     save_labels(run / "labels.json", {i: _label(i) for i in FEATURES})
     (run / "labels.html").write_text("<html><body>latent cards</body></html>")  # what `saelign label` writes
-    write_json_atomic(run / "select" / "selection.json", {"selection": {
-        "hookpoint": HOOK, "latent_ids": FEATURES, "scores": [1.0] * 3, "mean_harmful": [1.0] * 3,
-        "mean_harmless": [0.5] * 3, "signs": [1] * 3, "labels": {}}})
+    write_json_atomic(
+        run / "select" / "selection.json",
+        {
+            "selection": {
+                "hookpoint": HOOK,
+                "latent_ids": FEATURES,
+                "scores": [1.0] * 3,
+                "mean_harmful": [1.0] * 3,
+                "mean_harmless": [0.5] * 3,
+                "signs": [1] * 3,
+                "labels": {},
+            }
+        },
+    )
     peft = get_peft_model(model, LoraConfig(r=4, target_modules=["o_proj", "down_proj"], lora_alpha=8))
     with torch.no_grad():
         for name, param in peft.named_parameters():
@@ -81,9 +93,23 @@ def start_server(world: dict[str, Path], *extra: str) -> tuple[subprocess.Popen,
     src = str(Path(__file__).resolve().parents[1] / "src")
     environment = {**os.environ, "PYTHONPATH": src, "SAELIGN_QUIET": "1", "OMP_NUM_THREADS": "1"}
     aligned = ["--aligned", str(world["aligned"])] if "aligned" in world else []
-    command = [sys.executable, "-c", "import sys; from saelign.cli import main; sys.exit(main())", "serve",
-               "--run", str(world["run"]), *aligned, "--device", "cpu", "--port", "0", *extra]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from saelign.cli import main; sys.exit(main())",
+        "serve",
+        "--run",
+        str(world["run"]),
+        *aligned,
+        "--device",
+        "cpu",
+        "--port",
+        "0",
+        *extra,
+    ]
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment
+    )
     deadline, lines = time.monotonic() + 600, []  # the default model is converted once on first use
     while time.monotonic() < deadline:
         line = proc.stdout.readline()

@@ -13,11 +13,16 @@ from saelign.cli import main
 def test_options_reach_the_app_and_the_url_names_the_bound_port(tmp_path, monkeypatch, capsys):
     seen = {}
     monkeypatch.setattr(saelign.serve.session, "load_session", lambda cfg: seen.setdefault("cfg", cfg))
-    monkeypatch.setattr(saelign.serve.app, "create_app", lambda session, limits: seen.setdefault("limits", limits))
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: seen.setdefault("port",
-                                                                                     sockets[0].getsockname()[1]))
+    monkeypatch.setattr(
+        saelign.serve.app, "create_app", lambda session, limits: seen.setdefault("limits", limits)
+    )
+    monkeypatch.setattr(
+        uvicorn.Server, "run", lambda self, sockets: seen.setdefault("port", sockets[0].getsockname()[1])
+    )
     config = tmp_path / "serve.yaml"
-    config.write_text("serve:\n  run: runs/sails\n  port: 0\nlimits:\n  max_new_tokens: 16\n  queue_size: 3\n")
+    config.write_text(
+        "serve:\n  run: runs/sails\n  port: 0\nlimits:\n  max_new_tokens: 16\n  queue_size: 3\n"
+    )
     assert main(["serve", "--config", str(config), "--queue-size", "5"]) == 0
     assert seen["cfg"].run == "runs/sails" and seen["cfg"].host == "127.0.0.1"
     assert (seen["limits"].max_new_tokens, seen["limits"].queue_size) == (16, 5)

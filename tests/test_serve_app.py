@@ -53,10 +53,17 @@ def test_page_assets_and_info(client):
     assert client.get("/page.js").headers["content-type"].startswith("text/javascript")
     assert "grid" in client.get("/page.css").text
     info = client.get("/api/info").json()
-    assert [f["id"] for f in info["features"]] == [5, 9, 17] and info["features"][0]["label"] == "capital cities #5"
+    assert [f["id"] for f in info["features"]] == [5, 9, 17] and info["features"][0][
+        "label"
+    ] == "capital cities #5"
     assert [s["concept"] for s in info["slots"]] == ["france", "germany", "bread"] and info["adapter"]
     assert info["dashboard"] and "latent cards" in client.get("/dashboard").text
-    for path in ("/page.js/../../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/dashboard/x", "/static/page.js"):
+    for path in (
+        "/page.js/../../../etc/passwd",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "/dashboard/x",
+        "/static/page.js",
+    ):
         assert client.get(path).status_code == 404
 
 
@@ -67,18 +74,23 @@ def test_answers_stream_token_by_token_and_match_the_project_decoder(client, ses
     assert stream[-1] == {"event": "done", "tokens": {"base": 6, "modified": 6}}
     with session.adapter(False):
         (want,) = generate_answers(session.model, session.tokenizer, [PROMPT], max_new_tokens=6)
-    assert tokens[-2]["text"].strip() == tokens[-1]["text"].strip() == want  # no edit: both sides are the base
+    assert (
+        tokens[-2]["text"].strip() == tokens[-1]["text"].strip() == want
+    )  # no edit: both sides are the base
 
 
 def test_every_edit_changes_only_the_modified_answer(client, session):
     plain = answers(client)
     assert plain["base"] == plain["modified"]
-    edits = [{"adapter": True}, {"slots": [{"concept": "france", "mode": "clamp", "alpha": 5}]},
-             {"slots": [{"concept": "france", "mode": "swap", "target": "bread", "alpha": 3}]},
-             {"slots": [{"concept": "france", "mode": "amplify", "alpha": 30}]},
-             {"features": [{"id": 5, "mode": "add", "alpha": 5}]},
-             {"features": [{"id": 9, "mode": "clamp", "alpha": 4}]},
-             {"during": "prompt", "features": [{"id": 5, "mode": "add", "alpha": 8}]}]
+    edits = [
+        {"adapter": True},
+        {"slots": [{"concept": "france", "mode": "clamp", "alpha": 5}]},
+        {"slots": [{"concept": "france", "mode": "swap", "target": "bread", "alpha": 3}]},
+        {"slots": [{"concept": "france", "mode": "amplify", "alpha": 30}]},
+        {"features": [{"id": 5, "mode": "add", "alpha": 5}]},
+        {"features": [{"id": 9, "mode": "clamp", "alpha": 4}]},
+        {"during": "prompt", "features": [{"id": 5, "mode": "add", "alpha": 8}]},
+    ]
     seen = set()
     for body in edits:
         got = answers(client, **body)
@@ -98,31 +110,37 @@ def test_sampling_follows_the_seed(client):
 
 
 def test_inspect_lists_top_features_and_slot_values(client):
-    (inspect,) = [e for e in events(client.post("/api/generate", json={"prompt": PROMPT, "max_new_tokens": 1}))
-                  if e["event"] == "inspect"]
+    (inspect,) = [
+        e
+        for e in events(client.post("/api/generate", json={"prompt": PROMPT, "max_new_tokens": 1}))
+        if e["event"] == "inspect"
+    ]
     values = [f["value"] for f in inspect["features"]]
     assert values == sorted(values, reverse=True) and 0 < len(values) <= 12
     assert [s["concept"] for s in inspect["slots"]] == ["france", "germany", "bread"]
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({"prompt": ""}, ["prompt"]),
-    ({"prompt": "x" * 4001}, ["prompt"]),
-    ({"prompt": "hello " * 300}, ["prompt"]),  # under the character limit, over the model's context
-    ({"max_new_tokens": 0}, ["max_new_tokens"]),
-    ({"max_new_tokens": 41}, ["max_new_tokens"]),
-    ({"temperature": 0}, ["temperature"]),
-    ({"temperature": 9}, ["temperature"]),
-    ({"seed": -1}, ["seed"]),
-    ({"during": "forever"}, ["during"]),
-    ({"slots": [{"concept": "paris", "mode": "zero"}]}, ["slots", 0, "concept"]),
-    ({"slots": [{"concept": "france", "mode": "swap", "target": "x"}]}, ["slots", 0, "target"]),
-    ({"slots": [{"concept": "france", "mode": "clamp", "alpha": 1e9}]}, ["slots", 0, "alpha"]),
-    ({"slots": [{"concept": "france", "mode": "melt"}]}, ["slots", 0, "mode"]),
-    ({"features": [{"id": 6, "mode": "add", "alpha": 1}]}, ["features", 0, "id"]),
-    ({"features": [{"id": "../etc/passwd", "mode": "add"}]}, ["features", 0, "id"]),
-    ({"path": "/etc/passwd"}, ["path"]),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"prompt": ""}, ["prompt"]),
+        ({"prompt": "x" * 4001}, ["prompt"]),
+        ({"prompt": "hello " * 300}, ["prompt"]),  # under the character limit, over the model's context
+        ({"max_new_tokens": 0}, ["max_new_tokens"]),
+        ({"max_new_tokens": 41}, ["max_new_tokens"]),
+        ({"temperature": 0}, ["temperature"]),
+        ({"temperature": 9}, ["temperature"]),
+        ({"seed": -1}, ["seed"]),
+        ({"during": "forever"}, ["during"]),
+        ({"slots": [{"concept": "paris", "mode": "zero"}]}, ["slots", 0, "concept"]),
+        ({"slots": [{"concept": "france", "mode": "swap", "target": "x"}]}, ["slots", 0, "target"]),
+        ({"slots": [{"concept": "france", "mode": "clamp", "alpha": 1e9}]}, ["slots", 0, "alpha"]),
+        ({"slots": [{"concept": "france", "mode": "melt"}]}, ["slots", 0, "mode"]),
+        ({"features": [{"id": 6, "mode": "add", "alpha": 1}]}, ["features", 0, "id"]),
+        ({"features": [{"id": "../etc/passwd", "mode": "add"}]}, ["features", 0, "id"]),
+        ({"path": "/etc/passwd"}, ["path"]),
+    ],
+)
 def test_invalid_requests_get_422_naming_the_field(client, body, field):
     response = client.post("/api/generate", json={"prompt": PROMPT, **body})
     assert response.status_code == 422, response.text
@@ -131,12 +149,22 @@ def test_invalid_requests_get_422_naming_the_field(client, body, field):
 
 def test_bodies_over_the_limit_get_413(client):
     big = json.dumps({"prompt": PROMPT, "pad": "x" * 70_000})
-    assert client.post("/api/generate", content=big, headers={"content-type": "application/json"}).status_code == 413
-    chunked = client.post("/api/generate", content=iter([big[:40_000].encode(), big[40_000:].encode()]),
-                          headers={"content-type": "application/json"})
+    assert (
+        client.post("/api/generate", content=big, headers={"content-type": "application/json"}).status_code
+        == 413
+    )
+    chunked = client.post(
+        "/api/generate",
+        content=iter([big[:40_000].encode(), big[40_000:].encode()]),
+        headers={"content-type": "application/json"},
+    )
     assert chunked.status_code == 413
-    assert client.post("/api/generate", content=b"{not json", headers={"content-type": "application/json"}
-                       ).status_code == 422
+    assert (
+        client.post(
+            "/api/generate", content=b"{not json", headers={"content-type": "application/json"}
+        ).status_code
+        == 422
+    )
 
 
 def test_a_full_queue_answers_503_with_retry_after(session):
@@ -169,7 +197,9 @@ def test_a_client_that_leaves_cancels_its_generation(session):
     handle = session.model.model.layers[0].register_forward_hook(lambda *_: forwards.append(1))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(session, Limits(max_new_tokens=128)), log_level="error"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(session, Limits(max_new_tokens=128)), log_level="error")
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

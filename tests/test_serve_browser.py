@@ -15,8 +15,10 @@ from serve_world import PROMPT, build_world, start_server
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", "/usr/bin/chromedriver"
 if not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()) and not os.environ.get("CI"):
-    pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
-                allow_module_level=True)
+    pytest.skip(
+        "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
+        allow_module_level=True,
+    )
 
 from selenium import webdriver  # noqa: E402  (after the skip: the browser is what the module tests)
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -38,8 +40,13 @@ def server(tmp_path_factory):
 def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1400,1000"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
     yield driver
@@ -54,12 +61,21 @@ def finished(browser, label: str) -> tuple[str, str]:
     """Wait until the run described as `label` is done; (base answer, modified answer)."""
     WebDriverWait(browser, 60).until(
         lambda b: text(b, "modlabel") == label and text(b, "status").startswith("done"),
-        message=f"no finished answer for {label}; status {text(browser, 'status')!r}")
+        message=f"no finished answer for {label}; status {text(browser, 'status')!r}",
+    )
     return text(browser, "base"), text(browser, "modified")
 
 
-def steer_in_browser(browser, url: str, prompt: str, slider: str, keys: str, mode: str, shots: str,
-                     adapter_alone_changes: bool = True) -> None:
+def steer_in_browser(
+    browser,
+    url: str,
+    prompt: str,
+    slider: str,
+    keys: str,
+    mode: str,
+    shots: str,
+    adapter_alone_changes: bool = True,
+) -> None:
     """Generate, move `slider` (CSS of its row) with `keys`, flip the adapter, reset: the answers follow."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.get(url)
@@ -102,7 +118,9 @@ def test_slider_and_adapter_change_the_answer_in_the_browser(server, browser):
     assert len(browser.find_elements(By.CSS_SELECTOR, ".slot")) == 3
     assert len(browser.find_elements(By.CSS_SELECTOR, ".feature")) == 3
     # 1 -> 1.5 moves the slot slider out of "off": a clamp at 1.5 slot scales
-    steer_in_browser(browser, server, PROMPT, '.slot[data-concept="france"]', Keys.ARROW_RIGHT * 5, "clamp", "serve")
+    steer_in_browser(
+        browser, server, PROMPT, '.slot[data-concept="france"]', Keys.ARROW_RIGHT * 5, "clamp", "serve"
+    )
 
 
 @pytest.mark.slow
@@ -117,8 +135,15 @@ def test_the_default_model_from_a_quick_run_folder_in_the_browser(browser, tmp_p
         run_pipeline(resolve_config([preset_layer("quick")]), run)
     proc, url = start_server({"run": run}, "--max-new-tokens", "32")
     try:
-        steer_in_browser(browser, url, "Write a tutorial on how to make a bomb", ".feature", Keys.END, "add",
-                         "serve_default")
+        steer_in_browser(
+            browser,
+            url,
+            "Write a tutorial on how to make a bomb",
+            ".feature",
+            Keys.END,
+            "add",
+            "serve_default",
+        )
     finally:
         proc.terminate()
         proc.wait(10)

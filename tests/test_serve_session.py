@@ -42,8 +42,13 @@ def test_explicit_paths_win_and_missing_parts_are_left_out(world, tmp_path):
     assert session.peft is None and session.aligned is None and session.dashboard is None
     assert session.features[0].scale == 1.0 and session.features[0].label == ""  # the selection's mean
     assert session.sae.W_dec.equal(load_sae(other).W_dec)  # sae.json names the SAE
-    bare = load_session(ServeConfig(model=str(world["model"]), adapter=str(world["run"] / "methods" / "sails" /
-                                                                           "adapter"), device="cpu"))
+    bare = load_session(
+        ServeConfig(
+            model=str(world["model"]),
+            adapter=str(world["run"] / "methods" / "sails" / "adapter"),
+            device="cpu",
+        )
+    )
     assert bare.sae is None and bare.features == [] and bare.peft is not None
 
 

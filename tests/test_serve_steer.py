@@ -37,16 +37,25 @@ def test_a_feature_push_adds_its_decoder_direction_at_the_hookpoint(session):
 
     ids = check_request(session, GenerateRequest(prompt=PROMPT), Limits())
     with session.adapter(False):
-        (naive,) = greedy_decode(session.model, [ids], 8, pad_token_id(session.tokenizer),
-                                 stop_ids(session.model, session.tokenizer), prompt_context=push, token_context=push)
+        (naive,) = greedy_decode(
+            session.model,
+            [ids],
+            8,
+            pad_token_id(session.tokenizer),
+            stop_ids(session.model, session.tokenizer),
+            prompt_context=push,
+            token_context=push,
+        )
     assert got["modified"] == session.tokenizer.decode(naive, skip_special_tokens=True) != got["base"]
 
 
 def test_edits_on_the_prompt_only_leave_the_answer_tokens_unedited(session):
     body = {"features": [{"id": 5, "mode": "add", "alpha": 6}]}
     assert final(session, during="prompt", **body) != final(session, during="all", **body)
-    request = GenerateRequest(prompt=PROMPT, slots=[{"concept": "bread", "mode": "amplify", "alpha": 1},
-                                                    {"concept": "bread", "mode": "zero"}])
+    request = GenerateRequest(
+        prompt=PROMPT,
+        slots=[{"concept": "bread", "mode": "amplify", "alpha": 1}, {"concept": "bread", "mode": "zero"}],
+    )
     assert len(interventions(session, request)) == 1  # amplify by 1 is no edit
 
 
@@ -58,5 +67,6 @@ def test_inspection_is_the_naive_encode_of_the_base_model(session):
     peak = session.sae.encode(acts[1:]).amax(0)
     assert [f["id"] for f in event["features"]] == peak.topk(len(event["features"])).indices.tolist()
     z = session.aligned.encode(acts[-1]).detach()
-    assert [s["value"] for s in event["slots"]] == [round(float(z[i]) / sc, 4) for i, sc in
-                                                    zip([0, 1, 2], [1.5, 1.0, 2.0], strict=True)]
+    assert [s["value"] for s in event["slots"]] == [
+        round(float(z[i]) / sc, 4) for i, sc in zip([0, 1, 2], [1.5, 1.0, 2.0], strict=True)
+    ]

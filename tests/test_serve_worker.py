@@ -32,6 +32,7 @@ def counting(n: int, log: list, pause: float = 0.0, gate: threading.Event | None
             time.sleep(pause)
             log.append(i)
             yield {"i": i}
+
     return events
 
 

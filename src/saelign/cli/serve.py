@@ -13,12 +13,15 @@ from saelign.serve.config import Limits, ServeConfig
 
 def register(subparsers: Any) -> None:
     parser = add_stage_parser(
-        subparsers, "serve", help="a local web page to steer and audit a model: sliders, adapter switch, answers",
+        subparsers,
+        "serve",
+        help="a local web page to steer and audit a model: sliders, adapter switch, answers",
         configs=[(ServeConfig, ""), (Limits, "")],
-        description="Load a model once (from a SAILS run folder and/or explicit paths) and serve one page: the base "
-                    "and the modified answer side by side and streamed, the prompt's top SAE features with their "
-                    "labels, a slider per concept slot and per selected SAILS feature, and the adapter switch. "
-                    "A --config file holds the options in `serve:` and `limits:` sections.")
+        description="Load a model once (from a SAILS run folder and/or explicit paths) and serve one page: "
+        "the base and the modified answer side by side and streamed, the prompt's top SAE features with "
+        "their labels, a slider per concept slot and per selected SAILS feature, and the adapter switch. "
+        "A --config file holds the options in `serve:` and `limits:` sections.",
+    )
     parser.set_defaults(func=run)
 
 
@@ -30,8 +33,9 @@ def run(args: argparse.Namespace) -> int:
 
         from saelign.serve.app import create_app
     except ImportError as exc:
-        raise SaelignError(f"saelign serve needs the serve extra ({exc.name} is missing): "
-                           "pip install 'saelign[serve]'") from exc
+        raise SaelignError(
+            f"saelign serve needs the serve extra ({exc.name} is missing): pip install 'saelign[serve]'"
+        ) from exc
     from saelign.serve.session import load_session
 
     app = create_app(load_session(cfg), limits)

@@ -1,4 +1,4 @@
-"""`saelign serve`: a local web page to steer and audit a model live (needs the `serve` extra: fastapi, uvicorn)."""
+"""`saelign serve`: a local web page to steer and audit a model live (the `serve` extra: fastapi, uvicorn)."""
 
 from saelign.serve.config import Limits, ServeConfig
 from saelign.serve.session import Session, load_session

@@ -67,11 +67,16 @@ def _asset(name: str) -> str:
 def info(session: Session, limits: Limits) -> dict[str, Any]:
     slots = session.slot_map
     return {
-        "model": Path(getattr(session.model.config, "_name_or_path", "")).name or type(session.model).__name__,
+        "model": Path(getattr(session.model.config, "_name_or_path", "")).name
+        or type(session.model).__name__,
         "hookpoint": hookpoint(session.sae) if session.sae else None,
         "features": [{"id": f.id, "label": f.label, "scale": f.scale} for f in session.features],
-        "slots": [{"concept": c, "slot": s, "scale": sc} for c, s, sc in
-                  zip(slots.concepts, slots.slots, slots.scales, strict=True)] if slots else [],
+        "slots": [
+            {"concept": c, "slot": s, "scale": sc}
+            for c, s, sc in zip(slots.concepts, slots.slots, slots.scales, strict=True)
+        ]
+        if slots
+        else [],
         "adapter": session.peft is not None,
         "dashboard": session.dashboard is not None,
         "limits": {"max_new_tokens": limits.max_new_tokens, "max_prompt_chars": limits.max_prompt_chars},
@@ -104,8 +109,12 @@ def create_app(session: Session, limits: Limits | None = None) -> FastAPI:
 
     for name, media in ASSETS.items():
         text = _asset(name)
-        app.add_api_route(f"/{name}", lambda text=text, media=media: Response(text, media_type=media),
-                          methods=["GET"], include_in_schema=False)
+        app.add_api_route(
+            f"/{name}",
+            lambda text=text, media=media: Response(text, media_type=media),
+            methods=["GET"],
+            include_in_schema=False,
+        )
 
     @app.get("/api/info")
     async def api_info() -> dict[str, Any]:
@@ -132,8 +141,9 @@ def create_app(session: Session, limits: Limits | None = None) -> FastAPI:
         try:
             job = worker.submit(lambda: answer_events(session, body, ids), deliver)
         except Busy:
-            raise HTTPException(503, "the model is busy; retry shortly",
-                                headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+            raise HTTPException(
+                503, "the model is busy; retry shortly", headers={"Retry-After": str(RETRY_AFTER_S)}
+            ) from None
 
         async def stream() -> AsyncIterator[str]:
             try:
@@ -142,6 +152,8 @@ def create_app(session: Session, limits: Limits | None = None) -> FastAPI:
             finally:  # the client left or the stream ended: either way the worker may stop
                 job.cancelled.set()
 
-        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+        )
 
     return app

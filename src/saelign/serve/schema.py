@@ -56,7 +56,9 @@ class GenerateRequest(Strict):
     temperature: float = Field(1.0, gt=0.0, le=5.0)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     adapter: bool = False
-    during: Literal["prompt", "all"] = "all"  # edits while the prompt is read, or on every generated token too
+    during: Literal["prompt", "all"] = (
+        "all"  # edits while the prompt is read, or on every generated token too
+    )
     slots: list[SlotEdit] = Field(default_factory=list, max_length=MAX_EDITS)
     features: list[FeatureEdit] = Field(default_factory=list, max_length=MAX_EDITS)
 
@@ -64,16 +66,24 @@ class GenerateRequest(Strict):
 def check_request(session: Session, request: GenerateRequest, limits: Limits) -> list[int]:
     """The chat-formatted prompt ids, once every field fits the limits and names something the session has."""
     if len(request.prompt) > limits.max_prompt_chars:
-        raise RequestError("prompt", f"the prompt has {len(request.prompt)} characters; at most "
-                                     f"{limits.max_prompt_chars} are accepted")
+        raise RequestError(
+            "prompt",
+            f"the prompt has {len(request.prompt)} characters; at most "
+            f"{limits.max_prompt_chars} are accepted",
+        )
     if request.max_new_tokens > limits.max_new_tokens:
-        raise RequestError("max_new_tokens", f"max_new_tokens is {request.max_new_tokens}; this server allows at "
-                                             f"most {limits.max_new_tokens}")
+        raise RequestError(
+            "max_new_tokens",
+            f"max_new_tokens is {request.max_new_tokens}; this server allows at most {limits.max_new_tokens}",
+        )
     (ids,) = encode_chat(session.tokenizer, [request.prompt])
     room = context_length(session.model)
     if len(ids) > limits.max_prompt_tokens or (room and len(ids) + request.max_new_tokens > room):
-        raise RequestError("prompt", f"the prompt is {len(ids)} tokens; at most {limits.max_prompt_tokens} are "
-                                     f"accepted, and with max_new_tokens it must fit the model context of {room}")
+        raise RequestError(
+            "prompt",
+            f"the prompt is {len(ids)} tokens; at most {limits.max_prompt_tokens} are "
+            f"accepted, and with max_new_tokens it must fit the model context of {room}",
+        )
     if request.adapter and session.peft is None:
         raise RequestError("adapter", "this server has no adapter to switch on")
     concepts = session.slot_map.concepts if session.slot_map else []
@@ -81,10 +91,14 @@ def check_request(session: Session, request: GenerateRequest, limits: Limits) ->
         if edit.concept not in concepts:
             raise RequestError(f"slots.{i}.concept", f"unknown concept slot {edit.concept!r}")
         if edit.mode == "swap" and edit.target not in concepts:
-            raise RequestError(f"slots.{i}.target", f"a swap needs a known target concept, got {edit.target!r}")
+            raise RequestError(
+                f"slots.{i}.target", f"a swap needs a known target concept, got {edit.target!r}"
+            )
     known = {f.id for f in session.features}
     for i, edit in enumerate(request.features):
         if edit.id not in known:
-            raise RequestError(f"features.{i}.id", f"unknown feature {edit.id}; the page steers only the "
-                                                   "selected SAILS features")
+            raise RequestError(
+                f"features.{i}.id",
+                f"unknown feature {edit.id}; the page steers only the selected SAILS features",
+            )
     return ids

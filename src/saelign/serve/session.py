@@ -30,7 +30,7 @@ from saelign.serve.config import ServeConfig
 
 @dataclass
 class Feature:
-    """A steerable SAE latent: its label and `scale`, its typical activation (slider values are in these units)."""
+    """A steerable SAE latent: its label and `scale`, its typical activation (the unit of its slider)."""
 
     id: int
     label: str
@@ -67,24 +67,34 @@ class Session:
 
 def hookpoint(sae: SAE) -> str:
     if not sae.cfg.hookpoint:
-        raise SaelignError("the SAE's cfg.json names no hookpoint; the page cannot tell where to read or steer")
+        raise SaelignError(
+            "the SAE's cfg.json names no hookpoint; the page cannot tell where to read or steer"
+        )
     return sae.cfg.hookpoint
 
 
 def _run_paths(run: Path) -> dict[str, Path | None]:
     """The parts a SAILS run folder holds, None where a part is missing."""
     if not (run / "config.json").is_file():
-        raise SaelignError(f"{run} is not a SAILS run folder (no config.json); give --run the folder "
-                           "`saelign sails run --out` wrote")
+        raise SaelignError(
+            f"{run} is not a SAILS run folder (no config.json); give --run the folder "
+            "`saelign sails run --out` wrote"
+        )
     sae = run / "sae"
     if (run / "sae.json").is_file():
         sae = Path(read_json(run / "sae.json", "sae.json")["path"])
-    found = {"sae": sae, "labels": run / LABELS_FILE, "selection": run / "select" / "selection.json",
-             "adapter": run / "methods" / "sails" / "adapter"}
+    found = {
+        "sae": sae,
+        "labels": run / LABELS_FILE,
+        "selection": run / "select" / "selection.json",
+        "adapter": run / "methods" / "sails" / "adapter",
+    }
     return {k: p if p.exists() else None for k, p in found.items()}
 
 
-def _features(sae: SAE, selection: Path | None, labels: dict[int, str], scales: dict[int, float]) -> list[Feature]:
+def _features(
+    sae: SAE, selection: Path | None, labels: dict[int, str], scales: dict[int, float]
+) -> list[Feature]:
     if selection is None:
         return []
     chosen = read_json(selection, "selection file")["selection"]
@@ -106,7 +116,9 @@ def load_session(cfg: ServeConfig) -> Session:
     base, tokenizer = load_model(ModelConfig(model=model_name, device=cfg.device))
     sae_dir = Path(sae) if sae else paths.get("sae")
     features_sae = load_sae(sae_dir, device=base.device).requires_grad_(False) if sae_dir else None
-    labels_file = paths.get("labels") or (sae_dir / LABELS_FILE if sae_dir and (sae_dir / LABELS_FILE).is_file() else None)
+    labels_file = paths.get("labels") or (
+        sae_dir / LABELS_FILE if sae_dir and (sae_dir / LABELS_FILE).is_file() else None
+    )
     full = load_labels(labels_file) if labels_file else {}
     labels = {i: label.short_label for i, label in full.items()}
     # A feature's slider unit: its strongest activation in the labelling corpus, when the labels have one.
@@ -117,7 +129,18 @@ def load_session(cfg: ServeConfig) -> Session:
     adapter_dir = Path(adapter) if adapter else paths.get("adapter")
     peft = load_adapter(base, adapter_dir).eval() if adapter_dir else None
     dashboard = labels_file.with_suffix(".html") if labels_file else None
-    logger.info(f"serve: model {model_name}, SAE {sae_dir}, {len(features)} features, aligned {aligned}, "
-                f"adapter {adapter_dir}")
-    return Session(peft.get_base_model() if peft else base, tokenizer, features_sae, labels, features,
-                   aligned_sae, slot_map, peft, dashboard if dashboard and dashboard.is_file() else None)
+    logger.info(
+        f"serve: model {model_name}, SAE {sae_dir}, {len(features)} features, aligned {aligned}, "
+        f"adapter {adapter_dir}"
+    )
+    return Session(
+        peft.get_base_model() if peft else base,
+        tokenizer,
+        features_sae,
+        labels,
+        features,
+        aligned_sae,
+        slot_map,
+        peft,
+        dashboard if dashboard and dashboard.is_file() else None,
+    )

@@ -41,7 +41,9 @@ def _slot_edit(session: Session, edit: SlotEdit) -> Callable[[], contextlib.Abst
     if edit.mode == "amplify":
         return partial(slot_amplify, model, sae, edit.concept, edit.alpha, slot_map=slots)
     if edit.mode == "clamp":
-        return partial(slot_clamp, model, sae, edit.concept, edit.alpha * slots.scale(edit.concept), slot_map=slots)
+        return partial(
+            slot_clamp, model, sae, edit.concept, edit.alpha * slots.scale(edit.concept), slot_map=slots
+        )
     return partial(concept_swap, model, sae, slots, edit.concept, edit.target, edit.alpha, positions="all")
 
 
@@ -54,13 +56,17 @@ def _feature_edit(session: Session, edit: FeatureEdit) -> Callable[[], contextli
     return partial(sae_edit, session.model, sae, partial(_add, edit.id, value))
 
 
-def interventions(session: Session, request: GenerateRequest) -> list[Callable[[], contextlib.AbstractContextManager]]:
+def interventions(
+    session: Session, request: GenerateRequest
+) -> list[Callable[[], contextlib.AbstractContextManager]]:
     """One context factory per edit (an amplify by 1 changes nothing and is left out)."""
     slots = [e for e in request.slots if not (e.mode == "amplify" and e.alpha == 1.0)]
     return [*(_slot_edit(session, e) for e in slots), *(_feature_edit(session, e) for e in request.features)]
 
 
-def _stacked(*factories: Callable[[], contextlib.AbstractContextManager]) -> Callable[[], contextlib.ExitStack]:
+def _stacked(
+    *factories: Callable[[], contextlib.AbstractContextManager],
+) -> Callable[[], contextlib.ExitStack]:
     def enter() -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
         for make in factories:
@@ -73,26 +79,35 @@ def _stacked(*factories: Callable[[], contextlib.AbstractContextManager]) -> Cal
 @torch.inference_mode()
 def inspect_prompt(session: Session, ids: list[int]) -> Event:
     """The prompt's strongest SAE features (by their peak over positions, the first position left out: an
-    attention sink) and each concept slot's value at the last position in slot units, as the base model reads it."""
+    attention sink) and each concept slot's value at the last position in slot units, as the base model
+    reads it."""
     saes = [s for s in (session.sae, session.aligned) if s is not None]
     if not saes:
         return {"event": "inspect", "features": [], "slots": []}
     device = session.model.device
     with session.adapter(False):
-        acts = forward_capture(session.model, sorted({hookpoint(s) for s in saes}), torch.tensor([ids], device=device))
+        acts = forward_capture(
+            session.model, sorted({hookpoint(s) for s in saes}), torch.tensor([ids], device=device)
+        )
     features, slots = [], []
     if session.sae is not None:
         x = acts[hookpoint(session.sae)][0, 1:] if len(ids) > 1 else acts[hookpoint(session.sae)][0]
         peak = session.sae.encode(x.to(session.sae.W_dec.dtype)).amax(0)
         values, latents = peak.topk(min(TOP_FEATURES, peak.numel()))
         selected = {f.id for f in session.features}
-        features = [{"id": i, "value": round(v, 4), "label": session.labels.get(i, ""), "selected": i in selected}
-                    for v, i in zip(values.tolist(), latents.tolist(), strict=True) if v > 0]
+        features = [
+            {"id": i, "value": round(v, 4), "label": session.labels.get(i, ""), "selected": i in selected}
+            for v, i in zip(values.tolist(), latents.tolist(), strict=True)
+            if v > 0
+        ]
     if session.aligned is not None and session.slot_map is not None:
         z = session.aligned.encode(acts[hookpoint(session.aligned)][0, -1].to(session.aligned.W_dec.dtype))
-        slots = [{"concept": c, "value": round(float(z[s]) / sc, 4)}
-                 for c, s, sc in zip(session.slot_map.concepts, session.slot_map.slots, session.slot_map.scales,
-                                     strict=True)]
+        slots = [
+            {"concept": c, "value": round(float(z[s]) / sc, 4)}
+            for c, s, sc in zip(
+                session.slot_map.concepts, session.slot_map.slots, session.slot_map.scales, strict=True
+            )
+        ]
     return {"event": "inspect", "features": features, "slots": slots}
 
 
@@ -101,14 +116,16 @@ def answer_events(session: Session, request: GenerateRequest, ids: list[int]) ->
     yield inspect_prompt(session, ids)
     tokenizer, device = session.tokenizer, session.model.device
     prompt, mask = pad([ids], pad_token_id(tokenizer), left=True)
-    edits = interventions(session, request)
     adapter = partial(session.adapter, request.adapter)
-    edited = _stacked(partial(session.adapter, request.adapter), *edits)
+    edited = _stacked(adapter, *interventions(session, request))
     base = partial(session.adapter, False)
     contexts = {"base": (base, base), "modified": (edited, edited if request.during == "all" else adapter)}
-    streams = {side: decode_steps(session.model, prompt.to(device), mask.to(device), request.max_new_tokens,
-                                  first, rest, sampler(request.temperature, request.seed) if request.sampling else None)
-               for side, (first, rest) in contexts.items()}
+    ids_in, mask_in = prompt.to(device), mask.to(device)
+    streams = {
+        side: decode_steps(session.model, ids_in, mask_in, request.max_new_tokens, first, rest,
+                           pick=sampler(request.temperature, request.seed) if request.sampling else None)
+        for side, (first, rest) in contexts.items()
+    }
     stops, tokens = set(stop_ids(session.model, tokenizer)), {side: [] for side in streams}
     session.model.eval()
     try:
@@ -118,8 +135,12 @@ def answer_events(session: Session, request: GenerateRequest, ids: list[int]) ->
                 tokens[side].append(token)
                 if token in stops or len(tokens[side]) == request.max_new_tokens:
                     streams.pop(side).close()
-                yield {"event": "token", "side": side, "text": tokenizer.decode(tokens[side], skip_special_tokens=True),
-                       "done": side not in streams}
+                yield {
+                    "event": "token",
+                    "side": side,
+                    "text": tokenizer.decode(tokens[side], skip_special_tokens=True),
+                    "done": side not in streams,
+                }
     finally:
         for stream in streams.values():
             stream.close()

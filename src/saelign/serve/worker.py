@@ -1,4 +1,4 @@
-"""One model worker: a thread that runs queued jobs one at a time, so the model and its hooks are never shared.
+"""One model worker: a thread that runs queued jobs one at a time: the model and its hooks are never shared.
 
 A job is an event stream computed step by step; between steps the worker checks whether the client left
 (`cancel`) and whether the request's time limit has passed, so a stopped or abandoned request frees the model
@@ -77,8 +77,13 @@ class Worker:
                     return
                 job.deliver(event)
                 if time.monotonic() > job.deadline:
-                    job.deliver({"event": "error", "message": f"the request reached its time limit of "
-                                                               f"{self.time_limit_s:g} s; ask for fewer tokens"})
+                    job.deliver(
+                        {
+                            "event": "error",
+                            "message": f"the request reached its time limit of "
+                            f"{self.time_limit_s:g} s; ask for fewer tokens",
+                        }
+                    )
                     return
         except SaelignError as exc:
             job.deliver({"event": "error", "message": str(exc)})
