@@ -71,7 +71,7 @@ def test_answers_stream_token_by_token_and_match_the_project_decoder(client, ses
     stream = events(client.post("/api/generate", json={"prompt": PROMPT, "max_new_tokens": 6}))
     tokens = [e for e in stream if e["event"] == "token"]
     assert [e["side"] for e in tokens] == ["base", "modified"] * 6 and tokens[-1]["done"]
-    assert stream[-1] == {"event": "done", "tokens": {"base": 6, "modified": 6}}
+    assert stream[-1] == {"event": "done", "tokens": {"base": 6, "modified": 6}, "guard": {}}
     with session.adapter(False):
         (want,) = generate_answers(session.model, session.tokenizer, [PROMPT], max_new_tokens=6)
     assert (

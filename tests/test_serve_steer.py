@@ -70,3 +70,16 @@ def test_inspection_is_the_naive_encode_of_the_base_model(session):
     assert [s["value"] for s in event["slots"]] == [
         round(float(z[i]) / sc, 4) for i, sc in zip([0, 1, 2], [1.5, 1.0, 2.0], strict=True)
     ]
+
+
+def test_a_zero_edit_is_the_slot_guard_and_reports_what_it_caught(session):
+    clamp = {"concept": "bread", "mode": "clamp", "alpha": 2}
+    guard = {"concept": "bread", "mode": "zero"}
+    request = GenerateRequest(prompt=PROMPT, max_new_tokens=8, slots=[clamp, guard])
+    ids = check_request(session, request, Limits())
+    stream = list(answer_events(session, request, ids))
+    assert stream[-1]["guard"]["bread"] >= len(ids)  # the clamp makes bread fire at every prompt position
+    guarded = [e["text"] for e in stream if e["event"] == "token" and e["side"] == "modified"][-1]
+    assert guarded != final(session, slots=[clamp])["modified"]  # the guard undid the clamp's push
+    quiet = GenerateRequest(prompt=PROMPT, max_new_tokens=2, slots=[{"concept": "germany", "mode": "zero"}])
+    assert list(answer_events(session, quiet, ids))[-1]["guard"] == {"germany": 0}

@@ -142,7 +142,11 @@ function handle(event) {
   if (event.event === "inspect") showInspect(event);
   else if (event.event === "token") $(event.side).textContent = event.text;
   else if (event.event === "error") status(event.message, true);
-  else if (event.event === "done") { status(`done: ${event.tokens.base} + ${event.tokens.modified} tokens`); compare(); }
+  else if (event.event === "done") {
+    const caught = Object.entries(event.guard || {}).map(([c, n]) => `guard ${c}: ${n}×`).join(", ");
+    status(`done: ${event.tokens.base} + ${event.tokens.modified} tokens${caught ? "; " + caught : ""}`);
+    compare();
+  }
 }
 
 function changed() {

@@ -32,11 +32,14 @@ def _add(latent: int, amount: float, z: torch.Tensor) -> tuple[torch.Tensor, Non
     return z, None
 
 
-def _slot_edit(session: Session, edit: SlotEdit) -> Callable[[], contextlib.AbstractContextManager]:
+def _slot_edit(
+    session: Session, edit: SlotEdit, guards: list[SlotGuard]
+) -> Callable[[], contextlib.AbstractContextManager]:
     model, sae, slots = session.model, session.aligned, session.slot_map
     assert sae is not None and slots is not None  # check_request refused slot edits without them
     if edit.mode == "zero":
         guard = SlotGuard(model, sae, slots, [edit.concept], mode="zero")  # re-enterable: one per request
+        guards.append(guard)
         return lambda: guard
     if edit.mode == "amplify":
         return partial(slot_amplify, model, sae, edit.concept, edit.alpha, slot_map=slots)
@@ -57,11 +60,13 @@ def _feature_edit(session: Session, edit: FeatureEdit) -> Callable[[], contextli
 
 
 def interventions(
-    session: Session, request: GenerateRequest
+    session: Session, request: GenerateRequest, guards: list[SlotGuard] | None = None
 ) -> list[Callable[[], contextlib.AbstractContextManager]]:
-    """One context factory per edit (an amplify by 1 changes nothing and is left out)."""
+    """One context factory per edit (an amplify by 1 changes nothing and is left out); the slot guards
+    that "zero" edits create are appended to `guards`."""
     slots = [e for e in request.slots if not (e.mode == "amplify" and e.alpha == 1.0)]
-    return [*(_slot_edit(session, e) for e in slots), *(_feature_edit(session, e) for e in request.features)]
+    made = [_slot_edit(session, e, [] if guards is None else guards) for e in slots]
+    return [*made, *(_feature_edit(session, e) for e in request.features)]
 
 
 def _stacked(
@@ -112,12 +117,14 @@ def inspect_prompt(session: Session, ids: list[int]) -> Event:
 
 
 def answer_events(session: Session, request: GenerateRequest, ids: list[int]) -> Iterator[Event]:
-    """inspect, then the base and modified answers one token each in turn (the text so far), then done."""
+    """inspect, then the base and modified answers one token each in turn (the text so far), then done
+    (with how often each slot guard fired)."""
     yield inspect_prompt(session, ids)
     tokenizer, device = session.tokenizer, session.model.device
     prompt, mask = pad([ids], pad_token_id(tokenizer), left=True)
     adapter = partial(session.adapter, request.adapter)
-    edited = _stacked(adapter, *interventions(session, request))
+    guards: list[SlotGuard] = []
+    edited = _stacked(adapter, *interventions(session, request, guards))
     base = partial(session.adapter, False)
     contexts = {"base": (base, base), "modified": (edited, edited if request.during == "all" else adapter)}
     ids_in, mask_in = prompt.to(device), mask.to(device)
@@ -144,4 +151,6 @@ def answer_events(session: Session, request: GenerateRequest, ids: list[int]) ->
     finally:
         for stream in streams.values():
             stream.close()
-    yield {"event": "done", "tokens": {side: len(t) for side, t in tokens.items()}}
+    # What the slot guards caught: positions where a guarded concept fired and was zeroed.
+    caught = {g.concepts[0]: len(g.events) for g in guards}
+    yield {"event": "done", "tokens": {side: len(t) for side, t in tokens.items()}, "guard": caught}
