@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from conftest import tiny_config
 from saelign.errors import SaelignError
 from saelign.models import patch_output
-from saelign.text import decode_steps, greedy_decode, pad, pad_token_id, stop_ids, token_ids
+from saelign.text import decode_steps, greedy_decode, pad, pad_token_id, sampler, stop_ids, token_ids
 
 PROMPTS = ["The capital of France is", "Hello", "How do I bake bread? Mix flour and", "I cannot help", "Paris"]
 
@@ -111,6 +111,21 @@ def test_the_stream_computes_only_the_steps_it_is_asked_for(tiny_llama, tokenize
     assert calls == [ids.shape[1], 1] and first.shape == second.shape == (2,)
     want = greedy_decode(tiny_llama, token_ids(tokenizer, PROMPTS[:2]), 2, pad_token_id(tokenizer))
     assert torch.stack([first, second], dim=1).tolist() == want
+
+
+def test_sampling_follows_its_seed_and_a_cold_sampler_is_greedy(model, tokenizer):
+    ids, mask = pad(token_ids(tokenizer, PROMPTS[:2]), pad_token_id(tokenizer), left=True)
+
+    def run(pick=None) -> list[list[int]]:
+        return torch.stack(list(decode_steps(model, ids, mask, 8, pick=pick)), dim=1).tolist()
+
+    greedy = run()
+    assert greedy == greedy_decode(model, token_ids(tokenizer, PROMPTS[:2]), 8, pad_token_id(tokenizer))
+    assert run(sampler(1e-4, 0)) == greedy  # near zero temperature all mass is on the argmax
+    hot = run(sampler(5.0, 3))
+    assert hot == run(sampler(5.0, 3)) and hot != greedy and hot != run(sampler(5.0, 4))
+    with pytest.raises(SaelignError, match="temperature must be positive"):
+        sampler(0.0, 1)
 
 
 def test_stop_ids_and_errors(tiny_llama, tokenizer):

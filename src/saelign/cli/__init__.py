@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "saelign.cli.dashboard",
     "saelign.cli.sails",
     "saelign.cli.align",
+    "saelign.cli.serve",
 ]
 
 

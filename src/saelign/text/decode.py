@@ -23,6 +23,24 @@ from saelign.progress import progress
 from saelign.text.padding import pad
 
 Context = Callable[[], AbstractContextManager] | None
+# Maps the last position's logits [batch, vocab] to the next token [batch]; None is greedy (argmax).
+Pick = Callable[[torch.Tensor], torch.Tensor] | None
+
+
+def sampler(temperature: float, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Sampling at `temperature` from its own generator: the same seed gives the same tokens."""
+    if temperature <= 0:
+        raise SaelignError(f"temperature must be positive, got {temperature}")
+    generator: torch.Generator | None = None
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        nonlocal generator
+        if generator is None:  # on the logits' device, made when the first step is known
+            generator = torch.Generator(logits.device).manual_seed(seed)
+        probs = torch.softmax(logits.float() / temperature, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+    return pick
 
 
 def stop_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -40,15 +58,17 @@ def context_length(model: nn.Module) -> int | None:
 
 @torch.inference_mode()
 def decode_steps(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int,
-                 prompt_context: Context = None, token_context: Context = None) -> Iterator[torch.Tensor]:
-    """The greedy next token [batch] of a left-padded batch, one step per item, computed when asked for."""
+                 prompt_context: Context = None, token_context: Context = None, pick: Pick = None
+                 ) -> Iterator[torch.Tensor]:
+    """The next token [batch] of a left-padded batch (greedy, or `pick`'s choice), one step per item,
+    computed when asked for."""
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
     # Logits of the last position only, as generate() asks: the prompt's [batch, seq, vocab] is never built.
     last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     with prompt_context() if prompt_context else nullcontext():
         step = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **last)
     for made in range(1, max_new_tokens + 1):
-        token = step.logits[:, -1].argmax(-1)
+        token = step.logits[:, -1].argmax(-1) if pick is None else pick(step.logits[:, -1])
         yield token
         if made == max_new_tokens:
             return
