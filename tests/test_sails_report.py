@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from saelign.sails.report import comparison_rows
+from saelign.sails.report import comparison_rows, distribution_rows, register_rows
 
 
 def test_comparison_rows_format_rates_changes_and_convergence():
@@ -23,3 +23,24 @@ def test_comparison_rows_format_rates_changes_and_convergence():
     assert sails["borderline over-refusal"] == "50.0 %" and sails["% params trained"] == "0.190 %"
     assert sails["steps to 90 %"] == "20" and sails["steps to 95 %"] == "not reached" and sails["train s"] == "99"
     assert lora["Δ perplexity"] == "-5.0 %" and lora["harmful degenerate"] == "" and lora["wall s"] == ""
+
+
+def test_in_and_out_of_distribution_are_reported_side_by_side_or_not_at_all():
+    def part(safety, over, **registers):
+        return {"safety_rate": safety, "over_refusal": over,
+                "by_register": {r: {"safety_rate": s, "over_refusal": o} for r, (s, o) in registers.items()}}
+
+    evals = {"base": {"splits": {"in_distribution": part(0.1, 0.0, question=(0.2, 0.0)),
+                                 "ood_registers": part(0.05, 0.0), "ood_sources": part(0.0, 0.0),
+                                 "ood": part(0.02, 0.01, tense=(0.0, 0.02))}},
+             "sails": {"splits": {"in_distribution": part(1.0, 0.05, question=(1.0, 0.1)),
+                                  "ood_registers": part(0.6, 0.2), "ood_sources": part(0.4, 0.0),
+                                  "ood": part(0.5, 0.25, tense=(0.45, 0.3))}}}
+    base, sails = distribution_rows(evals)
+    assert sails["ID safety"] == "100.0 %" and sails["OOD safety, held-out registers"] == "60.0 %"
+    assert sails["OOD safety, held-out sources"] == "40.0 %" and sails["OOD over-refusal"] == "25.0 %"
+    assert base["ID over-refusal"] == "0.0 %"
+    rows = {(r["part"], r["register"]): r for r in register_rows(evals)}
+    assert rows[("ood", "tense")]["sails over-refusal"] == "30.0 %"
+    assert rows[("in_distribution", "question")]["base safety"] == "20.0 %"
+    assert distribution_rows({"base": {"safety_rate": 0.0}}) == []

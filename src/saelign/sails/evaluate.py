@@ -47,6 +47,8 @@ class SafetyEvalConfig:
     max_new_tokens: int = help_field(64, "tokens generated (greedily) per test prompt")
     batch_size: int = help_field(32, "prompts per generation batch")
     max_per_kind: int = help_field(0, "evaluate at most this many test prompts of each kind (0 = all)")
+    ood_per_kind: int = help_field(0, "per part of the in/out-of-distribution comparison, at most this many "
+                                      "prompts of each kind (0 = all)")
     judge: Literal["offline", "prefix"] = help_field("offline", "offline (fitted cue model, default) or prefix "
                                                                "(refusal-phrase opener baseline)")
     ppl_corpus: str = help_field(SOTU, "held-out text for perplexity: 'sotu' (speeches no training prompt quotes) or a "
@@ -65,7 +67,7 @@ class SafetyEvalConfig:
         for name in ("max_new_tokens", "batch_size", "ppl_context_length", "facts_max_new_tokens"):
             if getattr(self, name) < 1:
                 raise SaelignError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("max_per_kind", "ppl_contexts", "n_facts", "samples"):
+        for name in ("max_per_kind", "ood_per_kind", "ppl_contexts", "n_facts", "samples"):
             if getattr(self, name) < 0:
                 raise SaelignError(f"{name} must be 0 or positive, got {getattr(self, name)}")
 

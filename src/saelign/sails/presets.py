@@ -125,7 +125,7 @@ _QUICK: dict[str, Any] = {
             "max_length": 112},
     "validation": {"per_kind": 12, "max_new_tokens": 24},
     "eval": {"max_new_tokens": 32, "ppl_contexts": 12, "n_facts": 30, "facts_max_new_tokens": 16,
-             "samples": 3},
+             "samples": 3, "ood_per_kind": 30},
 }
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": _QUICK,

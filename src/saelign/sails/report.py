@@ -59,6 +59,36 @@ def comparison_rows(evals: dict[str, dict[str, Any]], results: dict[str, dict[st
     return rows
 
 
+def distribution_rows(evals: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
+    """One row per model: safety and over-refusal in distribution (held-out behaviours, training registers)
+    and out of it (held-out registers; sources used for nothing else), never one without the other."""
+    rows = []
+    for name, m in evals.items():
+        parts = m.get("splits") or {}
+        cell = {k: parts.get(k) or {} for k in ("in_distribution", "ood_registers", "ood_sources", "ood")}
+        rows.append({"model": name, "ID safety": _pct(cell["in_distribution"].get("safety_rate")),
+                     "ID over-refusal": _pct(cell["in_distribution"].get("over_refusal")),
+                     "OOD safety, held-out registers": _pct(cell["ood_registers"].get("safety_rate")),
+                     "OOD safety, held-out sources": _pct(cell["ood_sources"].get("safety_rate")),
+                     "OOD over-refusal": _pct(cell["ood"].get("over_refusal"))})
+    return rows if any(m.get("splits") for m in evals.values()) else []
+
+
+def register_rows(evals: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
+    """Harmless over-refusal and harmful safety per register of the request, in and out of distribution."""
+    rows = []
+    for part in ("in_distribution", "ood"):
+        registers = {r for m in evals.values() for r in (m.get("splits") or {}).get(part, {}).get("by_register", {})}
+        for register in sorted(registers):
+            row = {"part": part, "register": register}
+            for name, m in evals.items():
+                values = (m.get("splits") or {}).get(part, {}).get("by_register", {}).get(register, {})
+                row[f"{name} safety"] = _pct(values.get("safety_rate"))
+                row[f"{name} over-refusal"] = _pct(values.get("over_refusal"))
+            rows.append(row)
+    return rows
+
+
 def _convergence(report: Report, results: dict[str, dict[str, Any]]) -> None:
     for key, what in (("safety_rate", "val safety rate"), ("over_refusal", "val over-refusal")):
         curves = {m: ([e["step"] for e in r["history"]["eval"]], [e[key] for e in r["history"]["eval"]])
@@ -163,6 +193,13 @@ def build_report(run: RunDir) -> Report:
             f"{_pct(sails['safety_rate'])}; over-refusal on {base['n']['harmless']} harmless prompts: "
             f"{_pct(base['over_refusal'])} → {_pct(sails['over_refusal'])}; perplexity "
             f"{_num(base.get('perplexity'))} → {_num(sails.get('perplexity'))}.")
+        ood_base, ood_sails = (m.get("splits", {}).get("ood") for m in (base, sails))
+        if ood_base and ood_sails:
+            report.paragraph(
+                f"Out of distribution (held-out registers and sources, {ood_base['n']['harmful']} harmful, "
+                f"{ood_base['n']['harmless']} harmless prompts): safety {_pct(ood_base['safety_rate'])} → "
+                f"{_pct(ood_sails['safety_rate'])}; over-refusal {_pct(ood_base['over_refusal'])} → "
+                f"{_pct(ood_sails['over_refusal'])}.")
     report.heading("Methods compared")
     stop_rule = (f", and stops at the first validation check with safety ≥ {_pct(cfg.sft.stop_at_safety)} and "
                  f"over-refusal ≤ {_pct(cfg.sft.stop_max_over_refusal)}" if cfg.sft.stop_at_safety > 0 else "")
@@ -174,6 +211,14 @@ def build_report(run: RunDir) -> Report:
             f"as safe. Perplexity is on held-out text ({cfg.eval.ppl_corpus}) no training prompt quotes; factual "
             f"accuracy on questions ({cfg.eval.facts or 'none'}) absent from the training data.")
         report.table(comparison_rows(evals, results))
+        if rows := distribution_rows(evals):
+            report.heading("In and out of distribution")
+            report.paragraph("In distribution: held-out behaviours asked in the registers training used. Out of "
+                             "distribution: the same held-out behaviours in registers no training prompt used "
+                             f"({', '.join(cfg.data.heldout_registers)}), and harmful and harmless sources used "
+                             "for nothing else. Over-refusal is on harmless prompts.")
+            report.table(rows)
+            report.table(register_rows(evals), caption="per register of the request")
     _convergence(report, results)
     if selection_file.is_file():
         report.heading("The safety subspace")

@@ -30,6 +30,7 @@ from saelign.sails.evaluate import evaluate_model, make_judge, quick_safety
 from saelign.sails.generate import chat_text
 from saelign.sails.judge import OfflineJudge, PrefixJudge, judge_agreement
 from saelign.sails.methods import MethodConfig, run_method
+from saelign.sails.ood import evaluate_splits
 from saelign.sails.report import write_run_report
 from saelign.sails.rundir import RunDir, Stage
 from saelign.sails.select import select_safety_features, selection_directions
@@ -159,14 +160,20 @@ def train_stage(run: RunDir, method: str) -> dict[str, Any]:
 def eval_stage(run: RunDir, name: str) -> dict[str, Any]:
     cfg = run.cfg
     model = run.model if name == "base" else run.trained_model(name)
-    metrics = evaluate_model(model, run.tokenizer, run.data.test, make_judge(cfg.eval.judge), cfg.eval, run.capability)
+    judge = make_judge(cfg.eval.judge)
+    metrics = evaluate_model(model, run.tokenizer, run.data.test, judge, cfg.eval, run.capability)
+    if run.data.ood:  # in- and out-of-distribution apart: held-out registers and held-out sources
+        parts_cfg = dataclasses.replace(cfg.eval, max_per_kind=cfg.eval.ood_per_kind)
+        metrics["splits"] = evaluate_splits(model, run.tokenizer, run.data, judge, parts_cfg)
     if name == "base" and cfg.eval.judge_agreement:
         labelled = sources.parse_refusal_csv(sources.pyrit_dir() / sources.REFUSAL_CSV)
         metrics["judge_agreement"] = {"source": sources.REFUSAL_CSV,
                                       "offline": judge_agreement(OfflineJudge(), labelled),
                                       "prefix": judge_agreement(PrefixJudge(), labelled)}
     write_json_atomic(run.path("eval", f"{name}.json"), metrics)
+    ood = metrics.get("splits", {}).get("ood", {})
     return {"safety_rate": metrics["safety_rate"], "over_refusal": metrics["over_refusal"],
+            "ood_safety_rate": ood.get("safety_rate"), "ood_over_refusal": ood.get("over_refusal"),
             "perplexity": metrics.get("perplexity")}
 
 
