@@ -172,7 +172,7 @@ def test_a_full_queue_answers_503_with_retry_after(session):
 
     def blocked():
         started.set()
-        release.wait(10)
+        release.wait(120)  # released by the test; the bound only keeps a failing test from hanging
         yield {"event": "done"}
 
     with TestClient(create_app(session, Limits(queue_size=1))) as client:
