@@ -78,6 +78,9 @@ def test_run_writes_a_report_and_a_stock_peft_adapter(finished, tokenizer):
     selection = json.loads((finished / "select" / "selection.json").read_text())
     provenance = json.loads((adapter / "sails_provenance.json").read_text())
     assert provenance["latent_ids"] == selection["selection"]["latent_ids"]
+    pages = finished / "dashboard" / "features"
+    assert (finished / "dashboard" / "index.html").is_file()
+    assert all((pages / f"{latent}.html").is_file() for latent in selection["selection"]["latent_ids"])
     assert provenance["sails_basis_sha256"] == selection["basis_sha256"] == provenance["basis_sha256"]
     stages = json.loads((finished / "run.json").read_text())["stages"]
     assert set(stages) == {"data", "sae", "labels", "select", "targets", "train:sails", "eval:base", "eval:sails",

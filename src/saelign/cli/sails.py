@@ -100,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
     if written:
         print("\n".join(_summary(args.run_dir, cfg)))
         print(f"report: {written[1]}\nmarkdown: {written[0]}")
+        if (dashboard := Path(args.run_dir) / "dashboard" / "index.html").is_file():
+            print(f"dashboard: {dashboard}")
     else:
         print(f"{args.stage}: done in {args.run_dir}")
     return 0

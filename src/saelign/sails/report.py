@@ -223,6 +223,9 @@ def build_report(run: RunDir) -> Report:
     if selection_file.is_file():
         report.heading("The safety subspace")
         _features(report, read_json(selection_file), labels)
+        if run.path("dashboard", "index.html").is_file():
+            report.paragraph("Every feature has a page in the dashboard, dashboard/index.html (search by id or "
+                             "label; selected features and those each adapter moved are tagged).")
     if effects:
         report.heading("What the adapter changed")
         report.paragraph("SAE latents at the selection hookpoint and token, base vs adapted model, on held-out prompts.")

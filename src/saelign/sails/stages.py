@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from saelign.dashboard import DashboardConfig, build_dashboard
 from saelign.datasets.corpus import iter_texts, open_corpus
 from saelign.io import read_json, write_json_atomic, write_text_atomic
 from saelign.label import label_latents, load_labels, save_labels
@@ -189,6 +190,9 @@ def effect_stage(run: RunDir, method: str) -> dict[str, Any]:
 
 
 def report_stage(run: RunDir, _: str) -> dict[str, Any]:
+    if run.path("labels.json").is_file() and run.path("select", "selection.json").is_file():
+        build_dashboard(DashboardConfig(labels=str(run.path("labels.json")), sails_run=str(run.dir),
+                                        out=str(run.path("dashboard")), title=f"SAE features at {run.cfg.hookpoint}"))
     write_run_report(run)
     return {}
 
