@@ -36,7 +36,7 @@ from saelign.align.activations import concept_offsets, example_activations
 from saelign.align.interventions import concept_swap
 from saelign.align.slots import SlotMap
 from saelign.configs import help_field
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.progress import logger
 from saelign.sae.evaluate import reconstruction_metrics, splice_metrics
 from saelign.sae.model import SAE
@@ -237,9 +237,8 @@ def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
             rng.shuffle(cases)
             if cases:
                 pairs[(s, t)] = cases[:cfg.max_per_pair]
-    if not pairs:
-        raise SaelignError("no swap pairs: swaps need entities with answers under at least two concepts "
-                           "(an entity-template ontology with answers) that the model knows (see known_only)")
+    require(pairs, "no swap pairs: swaps need entities with answers under at least two concepts "
+                   "(an entity-template ontology with answers) that the model knows (see known_only)")
 
     per_alpha: dict[str, Any] = {}
     for alpha in cfg.alphas:

@@ -26,7 +26,7 @@ from saelign.align.posttrain import PostTrainConfig, post_train
 from saelign.align.slots import SlotMap, load_slot_map
 from saelign.configs import config_to_dict, help_field
 from saelign.datasets.corpus import iter_contexts, open_corpus
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.io import read_json, write_json_atomic
 from saelign.models import ModelConfig, load_model
 from saelign.progress import logger
@@ -55,8 +55,7 @@ class AlignTrainConfig:
     prompt_batch_size: int = help_field(16, "concept prompts per forward pass")
 
     def __post_init__(self) -> None:
-        if not self.sae:
-            raise SaelignError("--sae is required: the folder of the SAE to post-train")
+        require(self.sae, "--sae is required: the folder of the SAE to post-train")
 
 
 @dataclass
@@ -76,14 +75,12 @@ class AlignEvalConfig(MetricsConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.aligned:
-            raise SaelignError("--aligned is required: the folder written by `saelign align train`")
+        require(self.aligned, "--aligned is required: the folder written by `saelign align train`")
 
 
 def resolve_ontology(spec: str) -> Ontology:
     """An ontology file, or `builtin:NAME` (built from its pinned data with default options)."""
-    if not spec:
-        raise SaelignError("no ontology given; pass --ontology FILE.yaml or --ontology builtin:relations")
+    require(spec, "no ontology given; pass --ontology FILE.yaml or --ontology builtin:relations")
     if spec.startswith(BUILTIN_PREFIX):
         return build_ontology(spec[len(BUILTIN_PREFIX):])
     return load_ontology(spec)
@@ -109,8 +106,7 @@ def _checked_model(model_cfg: ModelConfig | None, sae: SAE) -> tuple[nn.Module, 
 def generic_activations(model: nn.Module, tokenizer: PreTrainedTokenizerBase, hookpoint: str, n_tokens: int,
                         store: str = "", corpus: str = "sotu", context_length: int = 128, skip: int = 0) -> torch.Tensor:
     """Residual activations [n, d] of ordinary text at `hookpoint`: rows skip..skip+n of a store or of the corpus."""
-    if n_tokens < 1:
-        raise SaelignError(f"generic_tokens must be positive, got {n_tokens}")
+    require(n_tokens >= 1, f"generic_tokens must be positive, got {n_tokens}")
     if store:
         st = ActivationStore(store)
         if st.hookpoint != hookpoint:
@@ -132,8 +128,7 @@ def generic_activations(model: nn.Module, tokenizer: PreTrainedTokenizerBase, ho
 def train_aligned(model_cfg: ModelConfig, cfg: AlignTrainConfig,
                   post: PostTrainConfig) -> tuple[SAE, SlotMap]:
     """Post-train `cfg.sae` on `cfg.ontology` into `post.out` (rerun to resume), on the model's device."""
-    if not post.out:
-        raise SaelignError("--out is required: the folder that receives the aligned SAE and slot_map.json")
+    require(post.out, "--out is required: the folder that receives the aligned SAE and slot_map.json")
     ontology = resolve_ontology(cfg.ontology)
     sae = load_sae(cfg.sae)
     model, tokenizer, hookpoint = _checked_model(model_cfg, sae)
@@ -219,8 +214,7 @@ def guarded_generate(aligned_dir: str | Path, prompt: str, zero: Sequence[str] =
                      model_cfg: ModelConfig | None = None, max_new_tokens: int = 32) -> dict[str, Any]:
     """Generate with the `zero` concepts' slots removed everywhere and a SlotGuard zeroing the `guard` concepts
     whenever they fire; returns the plain and edited texts and the guard's events."""
-    if not (zero or guard):
-        raise SaelignError("give --zero CONCEPT and/or --guard CONCEPT (otherwise use the model directly)")
+    require(zero or guard, "give --zero CONCEPT and/or --guard CONCEPT (otherwise use the model directly)")
     sae, slot_map = load_aligned(aligned_dir)
     for concept in [*zero, *guard]:
         slot_map.index(concept)

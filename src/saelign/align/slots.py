@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.io import read_json, write_json_atomic
 from saelign.sae.model import SAE
 
@@ -32,8 +32,7 @@ class SlotMap:
             self.scales = [1.0] * len(self.slots)
 
     def check_consistent(self, where: str = "slot map") -> None:
-        if not self.concepts:
-            raise SaelignError(f"{where}: no concepts; an ontology needs at least one concept")
+        require(self.concepts, f"{where}: no concepts; an ontology needs at least one concept")
         if not len(self.concepts) == len(self.slots) == len(self.scales):
             raise SaelignError(f"{where}: {len(self.concepts)} concepts, {len(self.slots)} slots and {len(self.scales)} scales "
                                "must have equal lengths; regenerate the slot map")
@@ -42,8 +41,7 @@ class SlotMap:
             if dupes:
                 raise SaelignError(f"{where}: duplicate {name}(s) {', '.join(dupes)}; each concept needs its own slot")
         bad = [s for s in self.slots if not 0 <= s < self.d_sae]
-        if bad:
-            raise SaelignError(f"{where}: slot(s) {bad} outside 0..{self.d_sae - 1} (d_sae={self.d_sae})")
+        require(not bad, f"{where}: slot(s) {bad} outside 0..{self.d_sae - 1} (d_sae={self.d_sae})")
 
     def index(self, concept: str | int) -> int:
         """Concept position in the map, from its name or its index."""

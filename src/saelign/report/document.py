@@ -16,7 +16,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.io import atomic_path, ensure_writable_dir, write_text_atomic
 from saelign.report.plots import png_bytes
 
@@ -115,8 +115,7 @@ class Report:
         self.blocks: list[_Block | _Figure] = []
 
     def heading(self, text: str, level: int = 2) -> Report:
-        if not 1 <= level <= 6:
-            raise SaelignError(f"heading level must be 1..6, got {level}")
+        require(1 <= level <= 6, f"heading level must be 1..6, got {level}")
         self.blocks.append(_Block(f"{'#' * level} {md_escape(text)}", f"<h{level}>{html.escape(text)}</h{level}>"))
         return self
 
@@ -149,8 +148,7 @@ class Report:
             data = png_bytes(fig)
         else:
             path = Path(fig)
-            if not path.is_file():
-                raise SaelignError(f"figure file not found: {path}")
+            require(path.is_file(), f"figure file not found: {path}")
             data = path.read_bytes()
             if not data.startswith(PNG_SIGNATURE):
                 raise SaelignError(f"figure file {path} is not a PNG image; save figures as PNG")

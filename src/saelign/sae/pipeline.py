@@ -14,7 +14,7 @@ import torch
 
 from saelign.configs import config_to_dict
 from saelign.datasets.corpus import iter_contexts, open_corpus
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.models import DEFAULT_MODEL, ModelConfig, load_model
 from saelign.models.loading import model_identity
 from saelign.runinfo import record_stage
@@ -62,8 +62,7 @@ def train_on_the_fly(model_cfg: ModelConfig, hookpoint: str, sae_cfgs: Sequence[
                      tcfg: SAETrainConfig, corpus: str = "sotu", context_length: int = 128,
                      names: list[str] | None = None) -> list[SAE]:
     """Train the SAEs on activations captured from the model as training reads them (no store written)."""
-    if not tcfg.total_tokens:
-        raise SaelignError("on-the-fly training needs --total-tokens (there is no store to count)")
+    require(tcfg.total_tokens, "on-the-fly training needs --total-tokens (there is no store to count)")
     model, tokenizer = load_model(model_cfg)
     cfg = CaptureConfig(hookpoints=[hookpoint], corpus=corpus, context_length=context_length, token_budget=0)
     chunks = (acts[hookpoint] for acts in stream_activations(model, tokenizer, cfg))

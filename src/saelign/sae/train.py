@@ -28,7 +28,7 @@ import torch
 from saelign import checkpoint
 from saelign.configs import config_to_dict, help_field
 from saelign.device import resolve_device, resolve_dtype
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.io import read_json, write_json_atomic
 from saelign.progress import logger, progress
 from saelign.runinfo import record_stage
@@ -79,14 +79,11 @@ class SAETrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "log_every_steps", "checkpoint_every_tokens"):
-            if getattr(self, name) < 1:
-                raise SaelignError(f"{name} must be positive, got {getattr(self, name)}")
+            require(getattr(self, name) >= 1, f"{name} must be positive, got {getattr(self, name)}")
         for name in ("lr_warmup_fraction", "lr_decay_fraction"):
-            if not 0 <= getattr(self, name) < 1:
-                raise SaelignError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+            require(0 <= getattr(self, name) < 1, f"{name} must lie in [0, 1), got {getattr(self, name)}")
         for name in ("total_tokens", "lr", "dead_window_tokens", "outlier_norm_ratio"):
-            if getattr(self, name) < 0:
-                raise SaelignError(f"{name} must not be negative, got {getattr(self, name)}")
+            require(getattr(self, name) >= 0, f"{name} must not be negative, got {getattr(self, name)}")
         self.activation_options = full_options(self.activation_options)
 
     def dead_window(self) -> int:
@@ -205,8 +202,7 @@ def _initialise(stream: Iterator[torch.Tensor], runs: list[_Trainee],
     head: list[torch.Tensor] = []
     while sum(x.shape[0] for x in head) < _NORM_ESTIMATE_TOKENS and (x := next(stream, None)) is not None:
         head.append(x)
-    if not head:
-        raise SaelignError("the activation stream is empty; capture activations first")
+    require(head, "the activation stream is empty; capture activations first")
     rows = torch.cat(head)
     norms = rows.norm(dim=1)
     max_norm = outlier_ratio * float(norms.median()) if outlier_ratio else math.inf
@@ -272,10 +268,8 @@ def train_saes(batches: Iterable[torch.Tensor], sae_cfgs: list[SAEConfig], train
     With train_cfg.out, a single SAE is saved in `out` and several in `out/<name>` (names default to the
     fields that differ, e.g. k16, k32), together with `train_log.json`, `run.json` and the checkpoint."""
     tcfg = train_cfg
-    if not sae_cfgs:
-        raise SaelignError("no SAE configurations given")
-    if tcfg.total_tokens < 1:
-        raise SaelignError("total_tokens must be set (positive) to schedule training")
+    require(sae_cfgs, "no SAE configurations given")
+    require(tcfg.total_tokens >= 1, "total_tokens must be set (positive) to schedule training")
     d_in = sae_cfgs[0].d_in
     for cfg in sae_cfgs:
         if cfg.d_in != d_in:

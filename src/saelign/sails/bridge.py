@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from saelign.align.slots import SlotMap
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.sae.model import SAE
 from saelign.sails.subspace import basis_hash, build_subspace
 
@@ -23,8 +23,7 @@ def slots_to_subspace(sae: SAE, slot_map: SlotMap, concepts: Sequence[str | int]
     """
     slot_map.validate(sae)
     chosen = list(concepts) if concepts is not None else list(slot_map.concepts)
-    if not chosen:
-        raise SaelignError("no concepts chosen for the subspace; name at least one concept of the slot map")
+    require(chosen, "no concepts chosen for the subspace; name at least one concept of the slot map")
     rows = sae.W_dec.detach()[[slot_map.slot(c) for c in chosen]]
     if (rows.norm(dim=1) == 0).any():
         raise SaelignError("a chosen slot has an all-zero decoder row (it was never trained); post-train the SAE first")

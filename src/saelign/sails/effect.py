@@ -17,7 +17,7 @@ from peft import PeftModel
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.sae.model import SAE
 from saelign.sails.select import FeatureSelectConfig, residual_activations
 
@@ -110,8 +110,7 @@ def adapter_effect(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SA
     """Latent changes of an adapted `model` against its base: the PEFT model with its adapter switched off, or
     `base_model` (needed for a fully fine-tuned model). prompts maps kind -> prompts; the hookpoint is the SAE's."""
     hookpoint = sae.cfg.hookpoint or (select_cfg.hookpoints[0] if select_cfg.hookpoints else "")
-    if not hookpoint:
-        raise SaelignError("the SAE records no hookpoint and none is configured; set the selection hookpoint")
+    require(hookpoint, "the SAE records no hookpoint and none is configured; set the selection hookpoint")
     if base_model is None and not isinstance(model, PeftModel):
         raise SaelignError("a fully fine-tuned model has no adapter to switch off; pass the base model as base_model")
     adapted_net = model.get_base_model() if isinstance(model, PeftModel) else model  # module paths as in the base

@@ -31,7 +31,7 @@ from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from saelign.configs import help_field
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 
 Init = Literal["sails", "lora", "pissa", "random_subspace", "act_pca"]
 SUBSPACE_INITS = ("sails", "random_subspace", "act_pca")
@@ -75,17 +75,14 @@ def _num_layers(model: nn.Module) -> int:
 def check_targets(model: nn.Module, target_modules: list[str], layers: list[int],
                   where: str = "target_modules") -> None:
     """Fail unless every target names a linear module of `model` and every layer index exists."""
-    if not target_modules:
-        raise SaelignError(f"{where} is empty; name at least one linear module, e.g. q_proj")
+    require(target_modules, f"{where} is empty; name at least one linear module, e.g. q_proj")
     available = linear_module_names(model)
     unknown = [t for t in target_modules if t not in available]
-    if unknown:
-        raise SaelignError(f"{where}: {', '.join(unknown)} not found in {type(model).__name__}; "
-                           f"its linear modules are {', '.join(available)}")
+    require(not unknown, f"{where}: {', '.join(unknown)} not found in {type(model).__name__}; "
+                         f"its linear modules are {', '.join(available)}")
     n_layers = _num_layers(model)
     bad = [i for i in layers if not 0 <= i < n_layers]
-    if bad:
-        raise SaelignError(f"layers: {bad} out of range; the model has blocks 0..{n_layers - 1}")
+    require(not bad, f"layers: {bad} out of range; the model has blocks 0..{n_layers - 1}")
 
 
 def _subspace_factor(basis: torch.Tensor, rank: int, seed: int) -> torch.Tensor:

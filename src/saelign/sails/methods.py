@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.progress import logger
 from saelign.sails.adapters import save_adapter
 from saelign.sails.evaluate import safety_stop
@@ -72,8 +72,7 @@ class MethodResult:
 
 
 def check_method(name: str) -> str:
-    if name not in METHODS:
-        raise SaelignError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    require(name in METHODS, f"unknown method {name!r}; choose from {', '.join(METHODS)}")
     return name
 
 

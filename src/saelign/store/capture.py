@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from saelign.configs import config_to_dict, help_field
 from saelign.datasets.corpus import Corpus, iter_contexts, open_corpus
 from saelign.device import dtype_name
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.models import ModelConfig, forward_capture, load_model, resolve_hookpoints
 from saelign.models.loading import model_identity
 from saelign.progress import logger, progress
@@ -48,8 +48,7 @@ class CaptureConfig:
 
     def __post_init__(self) -> None:
         for name in ("context_length", "batch_size", "shard_tokens"):
-            if getattr(self, name) < 1:
-                raise SaelignError(f"{name} must be positive, got {getattr(self, name)}")
+            require(getattr(self, name) >= 1, f"{name} must be positive, got {getattr(self, name)}")
         if self.token_budget < 0:
             raise SaelignError(f"token_budget must be 0 (whole corpus) or positive, got {self.token_budget}")
 

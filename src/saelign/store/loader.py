@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.progress import logger
 from saelign.store.store import read_manifest
 
@@ -97,8 +97,7 @@ class ActivationStore:
         Memory holds at most max(buffer_tokens, one shard) + batch_size rows. With `world_size` > 1 each rank
         reads a disjoint subset of the shards (data parallelism). `shards` restricts reading to those shard
         indices (e.g. to hold the others out for evaluation)."""
-        if batch_size < 1:
-            raise SaelignError(f"batch_size must be positive, got {batch_size}")
+        require(batch_size >= 1, f"batch_size must be positive, got {batch_size}")
         selected = list(range(len(self.shards))) if shards is None else list(shards)
         if not selected or any(not 0 <= i < len(self.shards) for i in selected):
             raise SaelignError(f"shards {selected} must be a non-empty subset of 0..{len(self.shards) - 1} for store {self.path}")

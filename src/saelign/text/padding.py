@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from saelign.errors import SaelignError
+from saelign.errors import require
 
 
 def token_ids(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], special_tokens: bool = True
@@ -18,8 +18,7 @@ def token_ids(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], special_
     """Each text's token ids; a text without any is an error (there is nothing to read or continue)."""
     ids = tokenizer(list(texts), add_special_tokens=special_tokens)["input_ids"] if texts else []
     empty = [i for i, row in enumerate(ids) if not row]
-    if empty:
-        raise SaelignError(f"prompt(s) {empty[:5]} tokenise to nothing; each prompt needs at least one token")
+    require(not empty, f"prompt(s) {empty[:5]} tokenise to nothing; each prompt needs at least one token")
     return ids
 
 

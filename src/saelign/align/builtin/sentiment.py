@@ -15,7 +15,7 @@ from pathlib import Path
 
 from saelign.align.ontology import Concept, LabelledText, Ontology
 from saelign.datasets.registry import VADER, VADER_ARCHIVE
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 
 SOURCES = ("tweets", "movieReviewSnippets", "amazonReviewSnippets", "nytEditorialSnippets")
 
@@ -23,8 +23,7 @@ SOURCES = ("tweets", "movieReviewSnippets", "amazonReviewSnippets", "nytEditoria
 def read_ratings(archive: Path, sources: Sequence[str] = SOURCES) -> list[tuple[str, float, str]]:
     """(source, mean rating, text) for every rated sentence of the chosen sources, read from the nested tarball."""
     unknown = [s for s in sources if s not in SOURCES]
-    if unknown:
-        raise SaelignError(f"unknown VADER source(s) {', '.join(unknown)}; choose from {', '.join(SOURCES)}")
+    require(not unknown, f"unknown VADER source(s) {', '.join(unknown)}; choose from {', '.join(SOURCES)}")
     rows: list[tuple[str, float, str]] = []
     try:
         with tarfile.open(archive) as tar:
@@ -48,8 +47,7 @@ def _parse_line(line: str, where: str) -> tuple[float, str]:
         rating = float(parts[1])
     except (IndexError, ValueError):
         raise SaelignError(f"{where}: expected `id<TAB>mean rating<TAB>text`, got {line[:80]!r}") from None
-    if len(parts) < 3 or not parts[2].strip():
-        raise SaelignError(f"{where}: the line has no text after the rating")
+    require(len(parts) >= 3 and parts[2].strip(), f"{where}: the line has no text after the rating")
     return rating, re.sub(r"\s+", " ", html.unescape(parts[2])).strip()
 
 
