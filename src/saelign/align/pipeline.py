@@ -109,9 +109,8 @@ def generic_activations(model: nn.Module, tokenizer: PreTrainedTokenizerBase, ho
     require(n_tokens >= 1, f"generic_tokens must be positive, got {n_tokens}")
     if store:
         st = ActivationStore(store)
-        if st.hookpoint != hookpoint:
-            raise SaelignError(f"store {store} holds {st.hookpoint!r} activations but the SAE reads {hookpoint!r}; "
-                               "capture a store at the SAE's hookpoint")
+        require(st.hookpoint == hookpoint, f"store {store} holds {st.hookpoint!r} activations but the SAE "
+                                           f"reads {hookpoint!r}; capture a store at the SAE's hookpoint")
         if skip + n_tokens > st.num_tokens:
             skip = max(0, st.num_tokens - n_tokens)
         rows = torch.cat(list(st.batches(4096, shuffle=False, max_tokens=skip + n_tokens)))

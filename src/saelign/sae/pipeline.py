@@ -85,12 +85,10 @@ def evaluate_sae_files(sae_path: str | Path, store_path: str | Path, cfg: EvalCo
     model_cfg.model = model_cfg.model or (DEFAULT_MODEL if default else recorded)
     sae = load_sae(sae_path)
     hookpoint = hookpoint or sae.cfg.hookpoint or store.hookpoint
-    if sae.d_in != store.d_in:
-        raise SaelignError(f"the SAE reads width {sae.d_in} but store {store_path} holds width {store.d_in}; "
-                           "evaluate it on a store of its own hookpoint")
-    if hookpoint != store.hookpoint:
-        raise SaelignError(f"the SAE is for hookpoint {hookpoint} but store {store_path} holds "
-                           f"{store.hookpoint}")
+    require(sae.d_in == store.d_in, f"the SAE reads width {sae.d_in} but store {store_path} holds width "
+                                    f"{store.d_in}; evaluate it on a store of its own hookpoint")
+    require(hookpoint == store.hookpoint, f"the SAE is for hookpoint {hookpoint} but store {store_path} "
+                                          f"holds {store.hookpoint}")
     batches = store.batches(cfg.batch_size, shuffle=False, max_tokens=cfg.max_tokens or None)
     model = token_batches = None
     if cfg.n_contexts > 0:

@@ -189,9 +189,8 @@ def _checked(batches: Iterable[torch.Tensor], d_in: int, device: torch.device) -
             raise SaelignError(f"activation batch {index} has shape {tuple(x.shape)}, the SAEs expect [tokens, d_in={d_in}]; "
                                "use activations of the hookpoint the SAEs are configured for")
         x = x.to(device=device, dtype=torch.float32)
-        if not bool(torch.isfinite(x).all()):
-            raise SaelignError(f"activation batch {index} contains NaN or infinite values; recapture the activations "
-                               "with the model in float32")
+        require(bool(torch.isfinite(x).all()), f"activation batch {index} contains NaN or infinite values; "
+                                               "recapture the activations with the model in float32")
         yield x
 
 

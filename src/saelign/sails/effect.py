@@ -63,9 +63,8 @@ def latent_changes(sae: SAE, base: Mapping[str, torch.Tensor], adapted: Mapping[
                    basis: torch.Tensor | None = None, top_n: int = 10, labels: Mapping[int, str] | None = None,
                    selected: Sequence[int] = (), hookpoint: str = "") -> EffectResult:
     """Rank latents by their mean change per kind from pooled residuals base[kind], adapted[kind] ([n, d], paired)."""
-    if set(base) != set(adapted):
-        raise SaelignError(f"base and adapted activations cover different prompt kinds: {sorted(base)} vs "
-                           f"{sorted(adapted)}")
+    require(set(base) == set(adapted), "base and adapted activations cover different prompt kinds: "
+                                       f"{sorted(base)} vs {sorted(adapted)}")
     labels, chosen = labels or {}, set(selected)
     param = sae.W_enc
     deltas, means, top, shares, relative, overlap = {}, {}, {}, {}, {}, {}

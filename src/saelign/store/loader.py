@@ -101,9 +101,8 @@ class ActivationStore:
         selected = list(range(len(self.shards))) if shards is None else list(shards)
         if not selected or any(not 0 <= i < len(self.shards) for i in selected):
             raise SaelignError(f"shards {selected} must be a non-empty subset of 0..{len(self.shards) - 1} for store {self.path}")
-        if world_size > len(selected):
-            raise SaelignError(f"store {self.path} has {len(self.shards)} shards, fewer than {world_size} ranks; "
-                               "recapture with a smaller --shard-tokens")
+        require(world_size <= len(selected), f"store {self.path} has {len(self.shards)} shards, fewer than "
+                                             f"{world_size} ranks; recapture with a smaller --shard-tokens")
         per_window = max(1, buffer_tokens // self.shard_tokens)
         remaining = max_tokens if max_tokens is not None else float("inf")
         for epoch in range(epochs):
