@@ -111,10 +111,8 @@ def generic_activations(model: nn.Module, tokenizer: PreTrainedTokenizerBase, ho
         st = ActivationStore(store)
         require(st.hookpoint == hookpoint, f"store {store} holds {st.hookpoint!r} activations but the SAE "
                                            f"reads {hookpoint!r}; capture a store at the SAE's hookpoint")
-        if skip + n_tokens > st.num_tokens:
-            skip = max(0, st.num_tokens - n_tokens)
-        rows = torch.cat(list(st.batches(4096, shuffle=False, max_tokens=skip + n_tokens)))
-        return rows[skip:]
+        skip = min(skip, max(0, st.num_tokens - n_tokens))  # the last n_tokens rows when skip leaves too few
+        return torch.cat(list(st.batches(4096, shuffle=False, max_tokens=skip + n_tokens)))[skip:]
     cfg = CaptureConfig(hookpoints=[hookpoint], corpus=corpus, context_length=context_length, token_budget=skip + n_tokens)
     chunks = [b.activations[hookpoint][max(0, skip - b.first_row):].cpu()
               for b in stream_batches(model, tokenizer, cfg, skip_rows=skip)]
@@ -218,10 +216,9 @@ def guarded_generate(aligned_dir: str | Path, prompt: str, zero: Sequence[str] =
     for concept in [*zero, *guard]:
         slot_map.index(concept)
     model, tokenizer, _ = _checked_model(model_cfg, sae)
-    interventions: list[Any] = [slot_zero(model, sae, list(zero), slot_map=slot_map)] if zero else []
     sentry = SlotGuard(model, sae, slot_map, list(guard)) if guard else None
-    if sentry is not None:
-        interventions.append(sentry)
+    zeroing = slot_zero(model, sae, list(zero), slot_map=slot_map) if zero else None
+    interventions = [edit for edit in (zeroing, sentry) if edit is not None]
     plain = generate_with(model, tokenizer, prompt, max_new_tokens=max_new_tokens)
     edited = generate_with(model, tokenizer, prompt, *interventions, max_new_tokens=max_new_tokens, during="all")
     events = [{"forward": e.forward, "position": e.position, "concept": e.concept, "value": round(e.value, 4)}

@@ -32,6 +32,8 @@ class ActivationStore:
         self.shards: list[dict[str, Any]] = self.manifest["shards"]
         if not self.shards:
             raise SaelignError(f"activation store {self.path} has no shards yet; rerun the same `saelign capture` command")
+        self.d_in, self.num_tokens = int(self.manifest["d_in"]), int(self.manifest["num_tokens"])
+        self.hookpoint, self.shard_tokens = str(self.manifest["hookpoint"]), int(self.manifest["shard_tokens"])
         for shard in self.shards:
             file = self.path / shard["file"]
             if not file.is_file():
@@ -43,22 +45,6 @@ class ActivationStore:
             logger.warning(f"activation store {self.path} is incomplete ({self.num_tokens} tokens so far); "
                            "rerun the same `saelign capture` command to finish it")
         self.peak_buffer_rows = 0  # largest number of rows held by `batches`, for checking the memory bound
-
-    @property
-    def d_in(self) -> int:
-        return int(self.manifest["d_in"])
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.manifest["num_tokens"])
-
-    @property
-    def hookpoint(self) -> str:
-        return str(self.manifest["hookpoint"])
-
-    @property
-    def shard_tokens(self) -> int:
-        return int(self.manifest["shard_tokens"])
 
     def __len__(self) -> int:
         return self.num_tokens
