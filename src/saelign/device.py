@@ -1,7 +1,5 @@
 """Device and dtype choice: fp32 on CPU (no fast bf16 there), bf16 on CUDA, both overridable."""
 
-from __future__ import annotations
-
 import torch
 
 from saelign.errors import SaelignError, require

@@ -3,8 +3,6 @@
 Capture pads on the right (so padding never depends on the tokenizer's `padding_side`) and gathers each row's
 own concept position."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import torch

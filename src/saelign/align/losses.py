@@ -3,8 +3,6 @@
 All operate on latents in the SAE's normalised units. Binding reads the concept slots' pre-activations: ReLU is
 monotone, so the argmax read-out is the same, and a slot pushed below zero still gets a gradient back."""
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -17,8 +17,6 @@ Definitions:
   where the model already said it, are skipped); "rest unchanged": with the same swap gated on the source slot
   being the active concept, prompts of other concepts and unrelated texts keep their exact continuation."""
 
-from __future__ import annotations
-
 import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence

@@ -6,8 +6,6 @@ measures the aligned SAE against the SAE it came from and writes `metrics.json` 
 Generic activations (what the free bank must keep reconstructing, and what FVU is measured on) come from an
 activation store or are captured on the fly; evaluation skips the tokens post-training saw."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path

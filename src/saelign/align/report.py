@@ -4,8 +4,6 @@ Everything comes from the metrics dict `evaluate_aligned` writes to metrics.json
 report can be rebuilt from that file alone. Targets are those of the AlignSAE issue; a missed one is shown as
 missed with its number, never hidden."""
 
-from __future__ import annotations
-
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any

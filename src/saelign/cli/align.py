@@ -1,7 +1,5 @@
 """`saelign align {check,build,train,eval,swap,generate}`: AlignSAE from an ontology to a report and slot edits."""
 
-from __future__ import annotations
-
 import argparse
 from typing import Any
 

@@ -1,7 +1,5 @@
 """`saelign sae train`: train SAEs on an activation store, or on the fly from a model; comma lists sweep."""
 
-from __future__ import annotations
-
 import argparse
 import dataclasses
 import itertools

@@ -5,8 +5,6 @@ separated by blank lines), a folder of .txt files (one document per file), or a 
 record: a text field, or with `chat` a "messages" list / "prompt"+"response" pair rendered with the tokenizer's
 chat template). The document order is deterministic for a given seed, which makes capture resumable."""
 
-from __future__ import annotations
-
 import hashlib
 import random
 from collections.abc import Iterator

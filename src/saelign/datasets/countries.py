@@ -1,7 +1,5 @@
 """countryinfo's country records: SAILS's country prompts and capital facts, AlignSAE's relations ontology."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import Any

@@ -8,8 +8,6 @@ padding, special tokens and the first position of every context (an attention si
 norm) are never candidates.
 """
 
-from __future__ import annotations
-
 import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass

@@ -7,8 +7,6 @@ direction would be meaningless, so the direction is not re-normalised. LayerNorm
 an LM-head bias are direction-independent offsets and are left out for the same reason.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from typing import NamedTuple
 

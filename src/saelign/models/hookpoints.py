@@ -3,8 +3,6 @@
 Residual stream = output of a decoder block. Capture uses plain forward hooks and can stop the forward once
 every requested module has produced its output, so layers past the deepest hookpoint never run."""
 
-from __future__ import annotations
-
 import contextlib
 import difflib
 import fnmatch

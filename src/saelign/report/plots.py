@@ -3,8 +3,6 @@
 Each helper returns a `matplotlib.figure.Figure` built without pyplot (no global figure state, no GUI backend),
 ready for `Report.figure(fig, caption)` or `save_figure(fig, path)`."""
 
-from __future__ import annotations
-
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path

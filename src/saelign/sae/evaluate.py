@@ -10,8 +10,6 @@ CE_clean), and KL(clean ‖ spliced) per token. The SAE never saw the positions 
 tokens, the first position of each context), so they keep their clean activations in both interventions, and
 a prediction counts only when both its position and its target are unmasked."""
 
-from __future__ import annotations
-
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass

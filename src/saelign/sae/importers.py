@@ -9,8 +9,6 @@ the weights instead of adding options to the SAE:
 - a scalar threshold (dictionary_learning BatchTopK) is broadcast to one threshold per latent.
 Decoder rows are kept as stored (not renormalised): renormalising would change which latents win a top-k."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import torch

@@ -1,8 +1,6 @@
 """SAE training and evaluation over files, what `saelign sae train` / `sae eval` run: the trainers fill each
 SAE config's width, hookpoint and model from the activation source."""
 
-from __future__ import annotations
-
 import dataclasses
 import itertools
 import math

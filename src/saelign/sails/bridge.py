@@ -4,8 +4,6 @@ An aligned slot's decoder row is the direction the SAE writes when its concept i
 "harmful request" slot), so the span of the chosen slots' rows is a ready-made SAILS subspace: pass the
 basis to `saelign.sails.lora_init.make_peft_model` and the provenance into the adapter's sidecar."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from typing import Any
 

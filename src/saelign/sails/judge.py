@@ -8,8 +8,6 @@
 
 `judge_agreement` measures any judge against human labels (accuracy, Cohen's kappa, confusion)."""
 
-from __future__ import annotations
-
 import functools
 import json
 import re

@@ -17,8 +17,6 @@ mixtures of U's columns (mirrored rows would receive identical updates forever).
 default: the residual stream is one vector space across blocks, so span(U) is meaningful at every depth.
 `get_peft_model` modifies the model in place (PiSSA even rewrites base weights): use a fresh model each."""
 
-from __future__ import annotations
-
 import re
 from dataclasses import dataclass
 from typing import Literal

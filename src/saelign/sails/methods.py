@@ -6,8 +6,6 @@ subspace of U's rank) and `act_pca` (inside the PCA of raw harmful-vs-harmless r
 "direct identification" baseline without an SAE). Each run starts from a fresh base model and saves a stock
 PEFT adapter (a model folder for `full`) plus the provenance sidecar."""
 
-from __future__ import annotations
-
 import dataclasses
 import hashlib
 import json

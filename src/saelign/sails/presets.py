@@ -5,8 +5,6 @@ Values are layered: dataclass defaults < preset < --config file (same nested lay
 names). A run directory stores the resolved config in config.json; stage commands over it start from it.
 The fields of a nested config that the pipeline sets itself (the hookpoint, output folders) are hidden."""
 
-from __future__ import annotations
-
 import dataclasses
 import functools
 from collections.abc import Mapping, Sequence

@@ -6,8 +6,6 @@ prompt token, the last n, or all but the attention-sink first token), then score
 |mean on harmful - mean on harmless| or by |coefficient| of an L1-regularised logistic probe. Several hookpoints
 (one SAE each) share one forward pass; their selections are kept apart, each tagged with its hookpoint."""
 
-from __future__ import annotations
-
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal

@@ -6,8 +6,6 @@ features share is the safety signal itself, and centring would subtract exactly 
 blind to the sign of each row, so latents that fire on harmless prompts contribute their direction alike.
 Baselines build U of the same rank from random directions or from raw activation differences."""
 
-from __future__ import annotations
-
 import hashlib
 
 import torch

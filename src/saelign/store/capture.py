@@ -5,8 +5,6 @@ tokens, and by default the first position of every context (an attention sink wh
 `stream_activations` yields the same rows on the fly, for training without a store; `capture` writes them to one
 store per hookpoint and resumes an interrupted run exactly, because the corpus order is deterministic."""
 
-from __future__ import annotations
-
 import hashlib
 import json
 import time

@@ -4,8 +4,6 @@ Shuffling is two-level so memory stays bounded whatever the corpus size: the sha
 are permuted within windows of a few consecutive shards (`buffer_tokens`). Every row is yielded exactly once per
 epoch."""
 
-from __future__ import annotations
-
 import hashlib
 import mmap
 from collections.abc import Iterator, Sequence

@@ -3,8 +3,6 @@
 Pad id: the tokenizer's pad token, else its end-of-sequence token, else 0. It only fills positions the
 attention mask hides (and losses ignore), so any id would do; the fallbacks serve hand-made tokenizers."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import torch

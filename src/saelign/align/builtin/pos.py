@@ -5,8 +5,6 @@ prompt token with the left context a causal model sees there. One example per se
 that has the fewest so far (rare tags fill up too), at most `max_per_word` times the same word per concept.
 spaCy is optional (`INSTALL_HINT`)."""
 
-from __future__ import annotations
-
 import random
 import re
 from collections import Counter

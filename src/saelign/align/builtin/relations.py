@@ -5,8 +5,6 @@ says which). Each relation has completion-style prompt templates whose next word
 entities are shared across relations on purpose (France: capital, currency, language...), so a concept slot
 must encode the relation being asked, not the entity."""
 
-from __future__ import annotations
-
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass

@@ -4,8 +4,6 @@ Hutto & Gilbert (ICWSM 2014) had each sentence (tweets, movie and Amazon reviews
 people on -4..+4; the ground-truth files in the vaderSentiment sdist give the mean. The concept is read at the
 last token, after the whole text."""
 
-from __future__ import annotations
-
 import html
 import random
 import re

@@ -5,8 +5,6 @@ Reads the sense index of Princeton WordNet 3.0 as Debian installs it; a sense ke
 per sense, so rare senses still count a little); the most frequent such words come first. Each word is shown in
 a few neutral templates and the concept is read at the word's last token."""
 
-from __future__ import annotations
-
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path

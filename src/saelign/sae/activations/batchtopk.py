@@ -2,8 +2,6 @@
 keeps about k latents. At inference it is a JumpReLU with one threshold for all latents, the running mean of
 the smallest selected activation in training; SAELens saves BatchTopK SAEs the same way."""
 
-from __future__ import annotations
-
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar

@@ -1,7 +1,5 @@
 """JumpReLU (Rajamanoharan et al. 2024): z = pre * H(pre - theta) with a learnt threshold theta per latent."""
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
