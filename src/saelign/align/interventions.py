@@ -10,12 +10,10 @@ a slice edits that contiguous range (`slice(-5, None)`: the last five positions;
 
 Amplitudes are in slot units: concept swap writes α·scale into the target slot (see `slots.SlotMap`)."""
 
-from __future__ import annotations
-
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Self
 
 import torch
 from torch import nn
@@ -216,7 +214,7 @@ class SlotGuard:
         self.forwards += 1
         return hidden if self.mode == "flag" else out
 
-    def __enter__(self) -> SlotGuard:
+    def __enter__(self) -> Self:
         self._stack = contextlib.ExitStack()
         self._stack.enter_context(patch_output(self.model, self.hookpoint, self._hook))
         return self

@@ -4,11 +4,9 @@ Each slot also carries a `scale`, its mean activation on its own concept's promp
 amplitudes in these units (concept swap writes α·scale into the target slot), so α means the same thing for
 MSE-bound slots (scale ≈ 1, the authors' convention), CE-bound slots and a vanilla SAE's best latents."""
 
-from __future__ import annotations
-
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from saelign.errors import SaelignError, require
 from saelign.io import read_json, write_json_atomic
@@ -75,7 +73,7 @@ class SlotMap:
                 "d_sae": self.d_sae, "slots": {str(s): {"concept": c, "scale": sc} for s, c, sc in entries}}
 
     @classmethod
-    def from_dict(cls, data: Any, where: str = "slot map") -> SlotMap:
+    def from_dict(cls, data: Any, where: str = "slot map") -> Self:
         if not isinstance(data, dict) or data.get("format") != SLOT_MAP_FORMAT or not isinstance(data.get("slots"), dict):
             raise SaelignError(f"{where} is not a saelign slot map (expected format={SLOT_MAP_FORMAT!r} and a 'slots' mapping)")
         try:

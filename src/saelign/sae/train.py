@@ -12,8 +12,6 @@ With `out` set, rerunning with the same configuration resumes from the checkpoin
 already consumed (the stream must be deterministic, as the store's seeded shuffle is): same SAEs at the end.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import itertools
 import math
@@ -228,6 +226,17 @@ def _skip(stream: Iterator[torch.Tensor], tokens: int) -> None:
                            "resume with the same store and --batch-size, or delete the checkpoint folder")
 
 
+@dataclass
+class _Progress:
+    """Where training stands; saved in the checkpoint state."""
+
+    step: int = 0
+    tokens: int = 0  # rows consumed from the stream, dropped outliers included
+    max_norm: float | None = None  # raw-unit norm above which tokens are dropped; None = keep all
+    dropped: int = 0
+    log: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
 def _fingerprint(runs: list[_Trainee], tcfg: SAETrainConfig) -> dict[str, Any]:
     return checkpoint.fingerprint(tcfg, saes=[[r.name, config_to_dict(r.sae.cfg)] for r in runs])
 
@@ -248,17 +257,6 @@ def _save(out: Path, runs: list[_Trainee], tcfg: SAETrainConfig, prog: _Progress
         infos.append(info)
     checkpoint.save(out / CHECKPOINT_DIR, prog.step, tensors, _fingerprint(runs, tcfg), tokens=prog.tokens,
                     max_norm=prog.max_norm, dropped=prog.dropped, finished=finished, runs=infos)
-
-
-@dataclass
-class _Progress:
-    """Where training stands; saved in the checkpoint state."""
-
-    step: int = 0
-    tokens: int = 0  # rows consumed from the stream, dropped outliers included
-    max_norm: float | None = None  # raw-unit norm above which tokens are dropped; None = keep all
-    dropped: int = 0
-    log: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 def train_saes(batches: Iterable[torch.Tensor], sae_cfgs: list[SAEConfig], train_cfg: SAETrainConfig,

@@ -5,12 +5,10 @@ and the adapted model and encoded by the SAE; the mean latent change per prompt 
 adapter pushed up or down. The share of the residual change inside span(U) says how far it stayed in the
 safety subspace."""
 
-from __future__ import annotations
-
 import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import torch
 from peft import PeftModel
@@ -46,7 +44,7 @@ class EffectResult:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> EffectResult:
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
         top = {kind: {way: [LatentChange(**row) for row in rows] for way, rows in ways.items()}
                for kind, ways in data["top"].items()}
         return cls(**{**data, "top": top})

@@ -4,8 +4,6 @@ An activation is a dataclass whose fields are its training options: flags of `sa
 `SAETrainConfig.activation_options` (or of a config file's `train:` section) under their own names, so a name
 means one thing wherever it is declared (relu and jumprelu share `sparsity_warmup_fraction`)."""
 
-from __future__ import annotations
-
 import dataclasses
 import typing
 from collections.abc import Mapping
@@ -18,7 +16,7 @@ from saelign.configs import config_from_dict, help_field
 from saelign.errors import SaelignError, require
 from saelign.sae.losses import SAEParts, StepResult, TrainBatch, dense_step, linear_ramp
 
-ACTIVATIONS: dict[str, type[Activation]] = {}
+ACTIVATIONS: dict[str, type["Activation"]] = {}
 T = TypeVar("T", bound="type[Activation]")
 
 
@@ -32,7 +30,7 @@ def register(cls: T) -> T:
     return cls
 
 
-def activation_class(name: str) -> type[Activation]:
+def activation_class(name: str) -> type["Activation"]:
     if name not in ACTIVATIONS:
         raise SaelignError(f"unknown SAE activation {name!r}; registered: {', '.join(sorted(ACTIVATIONS))}")
     return ACTIVATIONS[name]
