@@ -145,12 +145,6 @@ def train_aligned(model_cfg: ModelConfig, cfg: AlignTrainConfig,
     return aligned, slot_map
 
 
-def _train_record(aligned_dir: Path) -> dict[str, Any]:
-    """What `train_aligned` recorded in the aligned folder's run.json ({} for folders made otherwise)."""
-    path = aligned_dir / "run.json"
-    return read_json(path, "run.json").get("stages", {}).get("align-train", {}) if path.is_file() else {}
-
-
 def evaluate_aligned(model_cfg: ModelConfig, cfg: AlignEvalConfig,
                      layer_sweep: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """Every metric for the aligned SAE and its vanilla baseline; writes metrics.json and the report into cfg.out."""
@@ -158,7 +152,9 @@ def evaluate_aligned(model_cfg: ModelConfig, cfg: AlignEvalConfig,
 
     aligned_dir = Path(cfg.aligned)
     aligned, slot_map = load_aligned(aligned_dir)
-    record = _train_record(aligned_dir)
+    run_json = aligned_dir / "run.json"  # what train_aligned recorded; {} for folders made otherwise
+    stages = read_json(run_json, "run.json").get("stages", {}) if run_json.is_file() else {}
+    record = stages.get("align-train", {})
     vanilla_path = cfg.vanilla or record.get("vanilla_sae")
     if not vanilla_path:
         raise SaelignError(f"{aligned_dir}/run.json names no vanilla SAE; pass --vanilla DIR (the SAE before post-training)")

@@ -159,8 +159,7 @@ def prepare_full_finetune(model: PreTrainedModel, target_modules: list[str] | No
     for param in model.parameters():
         param.requires_grad_(False)
     for name, module in model.named_modules():
-        index = _layer_index(name)
-        if name.rsplit(".", 1)[-1] in target_modules and (not layers or index in layers):
+        if name.rsplit(".", 1)[-1] in target_modules and (not layers or _layer_index(name) in layers):
             for param in module.parameters():
                 param.requires_grad_(True)
     return model

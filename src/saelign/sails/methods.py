@@ -79,10 +79,6 @@ def steps_to_reach(evals: Sequence[Mapping[str, Any]], threshold: float, key: st
     return next((int(e["step"]) for e in evals if e.get(key) is not None and e[key] >= threshold), None)
 
 
-def pairs_sha256(pairs: Sequence[tuple[str, str]]) -> str:
-    return hashlib.sha256(json.dumps([list(p) for p in pairs]).encode()).hexdigest()
-
-
 def method_basis(method: str, sails_basis: torch.Tensor, model: PreTrainedModel | None = None,
                  tokenizer: PreTrainedTokenizerBase | None = None,
                  prompts: tuple[Sequence[str], Sequence[str]] | None = None,
@@ -139,7 +135,8 @@ def run_method(method: str, model_factory: Callable[[], PreTrainedModel], tokeni
     trained = history["train"][-1]["step"] if history["train"] else 0  # < sft.steps when stop_at_safety ended it
     result = MethodResult(
         method=method, rank=None if method == "full" else rank, target_modules=list(lora_cfg.target_modules),
-        layers=list(lora_cfg.layers), steps=trained, seed=sft.seed, lr=lr, data_sha256=pairs_sha256(pairs),
+        layers=list(lora_cfg.layers), steps=trained, seed=sft.seed, lr=lr,
+        data_sha256=hashlib.sha256(json.dumps([list(p) for p in pairs]).encode()).hexdigest(),
         trainable=trainable_share(trainable), history=history,
         steps_to={str(t): steps_to_reach(history["eval"], t) for t in THRESHOLDS},
         train_seconds=round(sum(e["seconds"] for e in history["train"]), 2), wall_seconds=0.0, adapter=str(adapter_dir),

@@ -123,11 +123,6 @@ def _tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> dict[str, object]
     return {"class": type(tokenizer).__name__, "vocab_size": len(tokenizer), "vocab_sha256": hashlib.sha256(vocab).hexdigest()}
 
 
-def _widths(model: PreTrainedModel, hookpoints: list[str], tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
-    probe = torch.full((1, 2), pad_token_id(tokenizer), device=next(model.parameters()).device)
-    return {hp: out.shape[-1] for hp, out in forward_capture(model, hookpoints, probe).items()}
-
-
 def capture(model_cfg: ModelConfig, cfg: CaptureConfig, model: PreTrainedModel | None = None,
             tokenizer: PreTrainedTokenizerBase | None = None) -> dict[str, Path]:
     """Write one activation store per hookpoint under cfg.out; return {hookpoint: store folder}.
@@ -148,7 +143,8 @@ def capture(model_cfg: ModelConfig, cfg: CaptureConfig, model: PreTrainedModel |
     }
     budget = cfg.token_budget or None
     out = Path(cfg.out)
-    widths = _widths(model, hookpoints, tokenizer)
+    probe = torch.full((1, 2), pad_token_id(tokenizer), device=next(model.parameters()).device)
+    widths = {hp: acts.shape[-1] for hp, acts in forward_capture(model, hookpoints, probe).items()}
     writers = {hp: StoreWriter(out / hp, {**common, "hookpoint": hp, "d_in": widths[hp]}, budget) for hp in hookpoints}
     pending = [w for w in writers.values() if not w.done]
     if not pending:

@@ -64,17 +64,16 @@ def build_sentiment(max_per_concept: int = 200, threshold: float = 1.5, neutral_
             labelled.setdefault(text, label)
     labels = ["positive", "negative", *(["neutral"] if include_neutral else [])]
     rng = random.Random(seed)
+    ranges = {"positive": f">= {threshold}", "negative": f"<= {-threshold}",
+              "neutral": f"within ±{neutral_band}"}
     concepts = []
     for label in labels:
         texts = sorted(t for t, lab in labelled.items() if lab == label)
         rng.shuffle(texts)
-        concepts.append(Concept(label, f"human mean rating {_range(label, threshold, neutral_band)} on -4..+4",
+        concepts.append(Concept(label, f"human mean rating {ranges[label]} on -4..+4",
                                 examples=tuple(LabelledText(t) for t in texts[:max_per_concept])))
     source = {"builder": "sentiment", "data": f"{VADER.name} {VADER_ARCHIVE}",
               "sources": list(sources), "threshold": threshold, "neutral_band": neutral_band, "seed": seed}
     return Ontology("sentiment", tuple(concepts), description="sentiment of human-rated sentences (VADER ground truth)",
                     source=source).validate("sentiment ontology")
 
-
-def _range(label: str, threshold: float, band: float) -> str:
-    return {"positive": f">= {threshold}", "negative": f"<= {-threshold}", "neutral": f"within ±{band}"}[label]
