@@ -56,29 +56,22 @@ class LoraInitConfig:
     seed: int = help_field(0, "seed for PEFT's random A init and for extra in-subspace rows")
 
 
-def linear_module_names(model: nn.Module) -> list[str]:
-    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear | Conv1D) and name})
-
-
 def _layer_index(name: str) -> int | None:
     match = re.search(r"\.(\d+)\.", name)
     return int(match.group(1)) if match else None
-
-
-def _num_layers(model: nn.Module) -> int:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0))
 
 
 def check_targets(model: nn.Module, target_modules: list[str], layers: list[int],
                   where: str = "target_modules") -> None:
     """Fail unless every target names a linear module of `model` and every layer index exists."""
     require(target_modules, f"{where} is empty; name at least one linear module, e.g. q_proj")
-    available = linear_module_names(model)
+    available = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                        if isinstance(m, nn.Linear | Conv1D) and name})
     unknown = [t for t in target_modules if t not in available]
     require(not unknown, f"{where}: {', '.join(unknown)} not found in {type(model).__name__}; "
                          f"its linear modules are {', '.join(available)}")
-    n_layers = _num_layers(model)
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    n_layers = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0))
     bad = [i for i in layers if not 0 <= i < n_layers]
     require(not bad, f"layers: {bad} out of range; the model has blocks 0..{n_layers - 1}")
 
