@@ -5,8 +5,7 @@ hookpoint, is encoded by the SAE, and merged into a fixed-size buffer holding, f
 (activation, document, position, token window) so far: `topk` over the batch, concatenated with the buffer,
 `topk` again. Memory is O(n_top · n_latents · window) whatever the corpus size. As in the activation store,
 padding, special tokens and the first position of every context (an attention sink with an outsized residual
-norm) are never candidates.
-"""
+norm) are never candidates."""
 
 import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence

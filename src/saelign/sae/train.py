@@ -9,8 +9,7 @@ shows in its held-out FVU; `drop_outliers` leaves them out. Decoder rows stay un
 activations (loss, extra parameters, dead-latent revival) is the activation's own (`saelign.sae.activations`).
 
 With `out` set, rerunning with the same configuration resumes from the checkpoint, skipping the batches
-already consumed (the stream must be deterministic, as the store's seeded shuffle is): same SAEs at the end.
-"""
+already consumed (the stream must be deterministic, like the store's seeded shuffle): same SAEs at the end."""
 
 import dataclasses
 import itertools

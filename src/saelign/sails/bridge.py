@@ -17,8 +17,7 @@ from saelign.sails.subspace import basis_hash, build_subspace
 
 def slots_to_subspace(sae: SAE, slot_map: SlotMap, concepts: Sequence[str | int] | None = None, tau: float = 1.0) -> torch.Tensor:
     """Orthonormal U [d_in, r] spanning the decoder rows of the chosen concepts' slots (all concepts by default).
-    tau < 1 keeps only the principal directions explaining that share of the rows (as SAILS does for features).
-    """
+    tau < 1 keeps the principal directions explaining that share of the rows (as SAILS does for features)."""
     slot_map.validate(sae)
     chosen = list(concepts) if concepts is not None else list(slot_map.concepts)
     require(chosen, "no concepts chosen for the subspace; name at least one concept of the slot map")

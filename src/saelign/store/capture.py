@@ -118,24 +118,21 @@ def stream_activations(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
         yield batch.activations
 
 
-def _tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> dict[str, object]:
-    vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode()
-    return {"class": type(tokenizer).__name__, "vocab_size": len(tokenizer), "vocab_sha256": hashlib.sha256(vocab).hexdigest()}
-
-
 def capture(model_cfg: ModelConfig, cfg: CaptureConfig, model: PreTrainedModel | None = None,
             tokenizer: PreTrainedTokenizerBase | None = None) -> dict[str, Path]:
     """Write one activation store per hookpoint under cfg.out; return {hookpoint: store folder}.
     Pass `model`/`tokenizer` to reuse already-loaded objects (model_cfg then only names the model in manifests).
-    A finished store is left as is; an interrupted one is continued; one made with other settings is an error.
-    """
+    A finished store is left as is, an interrupted one continued; one made with other settings is an error."""
     corpus = open_corpus(cfg.corpus, cfg.text_field, cfg.chat, cfg.seed)  # before the model: fail fast on a bad path
     if model is None or tokenizer is None:
         model, tokenizer = load_model(model_cfg)
     hookpoints = resolve_hookpoints(model, cfg.hookpoints)
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode()
+    tokenizer_id = {"class": type(tokenizer).__name__, "vocab_size": len(tokenizer),
+                    "vocab_sha256": hashlib.sha256(vocab).hexdigest()}
     common = {
         "format": FORMAT, "version": FORMAT_VERSION, "model": model_identity(model_cfg),
-        "model_dtype": dtype_name(model.dtype), "dtype": cfg.store_dtype, "tokenizer": _tokenizer_identity(tokenizer),
+        "model_dtype": dtype_name(model.dtype), "dtype": cfg.store_dtype, "tokenizer": tokenizer_id,
         "context_length": cfg.context_length, "shard_tokens": cfg.shard_tokens,
         "corpus": {"source": corpus.source, "sha256": corpus.sha256(), "text_field": cfg.text_field,
                    "chat": cfg.chat, "seed": cfg.seed},
