@@ -30,8 +30,8 @@ class ActivationStore:
         self.shards: list[dict[str, Any]] = self.manifest["shards"]
         if not self.shards:
             raise SaelignError(f"activation store {self.path} has no shards yet; rerun the same `saelign capture` command")
-        self.d_in, self.num_tokens = int(self.manifest["d_in"]), int(self.manifest["num_tokens"])
-        self.hookpoint, self.shard_tokens = str(self.manifest["hookpoint"]), int(self.manifest["shard_tokens"])
+        self.d_in, self.shard_tokens = int(self.manifest["d_in"]), int(self.manifest["shard_tokens"])
+        self.num_tokens, self.hookpoint = int(self.manifest["num_tokens"]), str(self.manifest["hookpoint"])
         for shard in self.shards:
             file = self.path / shard["file"]
             if not file.is_file():
