@@ -1,10 +1,8 @@
 """Device and dtype choice: fp32 on CPU (no fast bf16 there), bf16 on CUDA, both overridable."""
 
-from __future__ import annotations
-
 import torch
 
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -21,8 +19,7 @@ def resolve_device(device: str = "auto") -> torch.device:
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in _DTYPES:
-        raise SaelignError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(sorted(_DTYPES))}")
+    require(dtype in _DTYPES, f"unknown dtype {dtype!r}; use one of auto, {', '.join(sorted(_DTYPES))}")
     return _DTYPES[dtype]
 
 

@@ -1,7 +1,5 @@
 """The one place library code reports progress and messages: a logger plus tqdm bars."""
 
-from __future__ import annotations
-
 import logging
 import os
 import sys

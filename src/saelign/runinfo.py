@@ -1,7 +1,5 @@
 """run.json: what produced a run directory (config, versions, seed, timings), written atomically per stage."""
 
-from __future__ import annotations
-
 import platform
 import sys
 import time

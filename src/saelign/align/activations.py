@@ -3,15 +3,13 @@
 Capture pads on the right (so padding never depends on the tokenizer's `padding_side`) and gathers each row's
 own concept position."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.models import forward_capture, resolve_hookpoints
 from saelign.progress import progress
 from saelign.text import pad, pad_token_id, token_ids
@@ -51,8 +49,7 @@ def answer_token_ids(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], a
     """The first token the model would emit for each answer right after its prompt [n]."""
     out = []
     for text, answer in zip(texts, answers, strict=True):
-        if not answer.strip():
-            raise SaelignError(f"empty answer for prompt {text[:60]!r}; every example needs an answer")
+        require(answer.strip(), f"empty answer for prompt {text[:60]!r}; every example needs an answer")
         sep = "" if text.endswith((" ", "\n")) else " "
         prompt = tokenizer(text, add_special_tokens=True)["input_ids"]
         full = tokenizer(text + sep + answer.strip(), add_special_tokens=True)["input_ids"]

@@ -10,19 +10,17 @@ a slice edits that contiguous range (`slice(-5, None)`: the last five positions;
 
 Amplitudes are in slot units: concept swap writes α·scale into the target slot (see `slots.SlotMap`)."""
 
-from __future__ import annotations
-
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Self
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from saelign.align.slots import SlotMap
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.models import patch_output
 from saelign.sae.model import SAE
 from saelign.text import greedy_decode, pad_token_id, stop_ids, token_ids
@@ -34,8 +32,7 @@ Edit = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
 def _hookpoint(sae: SAE, slot_map: SlotMap | None, hookpoint: str | None) -> str:
     hp = hookpoint or sae.cfg.hookpoint or (slot_map.hookpoint if slot_map else "")
-    if not hp:
-        raise SaelignError("the SAE has no hookpoint in its cfg.json; pass hookpoint='model.layers.N' explicitly")
+    require(hp, "the SAE has no hookpoint in its cfg.json; pass hookpoint='model.layers.N' explicitly")
     return hp
 
 
@@ -47,8 +44,7 @@ def _slot_ids(slot: int | str | Sequence[int | str], slot_map: SlotMap | None, s
             if slot_map is None:
                 raise SaelignError(f"slot {item!r} is a concept name; pass slot_map= to look it up, or give a latent index")
             item = slot_map.slot(item)
-        if not 0 <= item < sae.cfg.d_sae:
-            raise SaelignError(f"slot {item} outside 0..{sae.cfg.d_sae - 1} for this SAE")
+        require(0 <= item < sae.cfg.d_sae, f"slot {item} outside 0..{sae.cfg.d_sae - 1} for this SAE")
         ids.append(item)
     return ids
 
@@ -178,10 +174,8 @@ class SlotGuard:
     def __init__(self, model: nn.Module, sae: SAE, slot_map: SlotMap, disallowed: Sequence[str | int],
                  mode: Literal["zero", "flag"] = "zero", threshold: float | None = None,
                  positions: EditPositions = "all", hookpoint: str | None = None):
-        if mode not in ("zero", "flag"):
-            raise SaelignError(f"SlotGuard mode must be 'zero' or 'flag', got {mode!r}")
-        if not disallowed:
-            raise SaelignError("SlotGuard needs at least one disallowed concept")
+        require(mode in ("zero", "flag"), f"SlotGuard mode must be 'zero' or 'flag', got {mode!r}")
+        require(disallowed, "SlotGuard needs at least one disallowed concept")
         slot_map.validate(sae)
         self.model, self.sae, self.slot_map, self.mode, self.positions = model, sae, slot_map, mode, positions
         self.hookpoint = _hookpoint(sae, slot_map, hookpoint)
@@ -220,7 +214,7 @@ class SlotGuard:
         self.forwards += 1
         return hidden if self.mode == "flag" else out
 
-    def __enter__(self) -> SlotGuard:
+    def __enter__(self) -> Self:
         self._stack = contextlib.ExitStack()
         self._stack.enter_context(patch_output(self.model, self.hookpoint, self._hook))
         return self
@@ -237,8 +231,7 @@ def generate_with(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompt: 
     """Greedy continuation of `prompt` under the given (not yet entered) interventions, until an end token.
     during="prompt" applies them only while the prompt is read (the edited prompt states stay in the KV cache,
     as in the authors' swap evaluation); during="all" keeps them on for every generated token too."""
-    if during not in ("prompt", "all"):
-        raise SaelignError(f"during must be 'prompt' or 'all', got {during!r}")
+    require(during in ("prompt", "all"), f"during must be 'prompt' or 'all', got {during!r}")
 
     def entered() -> contextlib.ExitStack:  # each intervention may be entered only once: all in one stack
         stack = contextlib.ExitStack()

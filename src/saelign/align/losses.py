@@ -3,8 +3,6 @@
 All operate on latents in the SAE's normalised units. Binding reads the concept slots' pre-activations: ReLU is
 monotone, so the argmax read-out is the same, and a slot pushed below zero still gets a gradient back."""
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,8 +34,7 @@ def anchor_loss(columns: torch.Tensor, initial: torch.Tensor) -> torch.Tensor:
 class ValueHead(nn.Module):
     """One small MLP per concept predicting the answer's first token from that concept's slot value (a scalar).
     The output covers only the answer tokens seen in training (`classes`), not the whole vocabulary: the
-    authors' head maps to the full vocabulary, which costs ~vocab·hidden parameters per concept for no gain.
-    """
+    authors' head maps to the full vocabulary: ~vocab·hidden parameters per concept for no gain."""
 
     def __init__(self, n_concepts: int, classes: torch.Tensor, hidden: int, generator: torch.Generator):
         super().__init__()

@@ -17,8 +17,6 @@ Definitions:
   where the model already said it, are skipped); "rest unchanged": with the same swap gated on the source slot
   being the active concept, prompts of other concepts and unrelated texts keep their exact continuation."""
 
-from __future__ import annotations
-
 import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -36,7 +34,7 @@ from saelign.align.activations import concept_offsets, example_activations
 from saelign.align.interventions import concept_swap
 from saelign.align.slots import SlotMap
 from saelign.configs import help_field
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.progress import logger
 from saelign.sae.evaluate import reconstruction_metrics, splice_metrics
 from saelign.sae.model import SAE
@@ -237,9 +235,8 @@ def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
             rng.shuffle(cases)
             if cases:
                 pairs[(s, t)] = cases[:cfg.max_per_pair]
-    if not pairs:
-        raise SaelignError("no swap pairs: swaps need entities with answers under at least two concepts "
-                           "(an entity-template ontology with answers) that the model knows (see known_only)")
+    require(pairs, "no swap pairs: swaps need entities with answers under at least two concepts "
+                   "(an entity-template ontology with answers) that the model knows (see known_only)")
 
     per_alpha: dict[str, Any] = {}
     for alpha in cfg.alphas:

@@ -6,8 +6,6 @@ measures the aligned SAE against the SAE it came from and writes `metrics.json` 
 Generic activations (what the free bank must keep reconstructing, and what FVU is measured on) come from an
 activation store or are captured on the fly; evaluation skips the tokens post-training saw."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ from saelign.align.posttrain import PostTrainConfig, post_train
 from saelign.align.slots import SlotMap, load_slot_map
 from saelign.configs import config_to_dict, help_field
 from saelign.datasets.corpus import iter_contexts, open_corpus
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.io import read_json, write_json_atomic
 from saelign.models import ModelConfig, load_model
 from saelign.progress import logger
@@ -55,8 +53,7 @@ class AlignTrainConfig:
     prompt_batch_size: int = help_field(16, "concept prompts per forward pass")
 
     def __post_init__(self) -> None:
-        if not self.sae:
-            raise SaelignError("--sae is required: the folder of the SAE to post-train")
+        require(self.sae, "--sae is required: the folder of the SAE to post-train")
 
 
 @dataclass
@@ -76,14 +73,12 @@ class AlignEvalConfig(MetricsConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.aligned:
-            raise SaelignError("--aligned is required: the folder written by `saelign align train`")
+        require(self.aligned, "--aligned is required: the folder written by `saelign align train`")
 
 
 def resolve_ontology(spec: str) -> Ontology:
     """An ontology file, or `builtin:NAME` (built from its pinned data with default options)."""
-    if not spec:
-        raise SaelignError("no ontology given; pass --ontology FILE.yaml or --ontology builtin:relations")
+    require(spec, "no ontology given; pass --ontology FILE.yaml or --ontology builtin:relations")
     if spec.startswith(BUILTIN_PREFIX):
         return build_ontology(spec[len(BUILTIN_PREFIX):])
     return load_ontology(spec)
@@ -109,17 +104,13 @@ def _checked_model(model_cfg: ModelConfig | None, sae: SAE) -> tuple[nn.Module, 
 def generic_activations(model: nn.Module, tokenizer: PreTrainedTokenizerBase, hookpoint: str, n_tokens: int,
                         store: str = "", corpus: str = "sotu", context_length: int = 128, skip: int = 0) -> torch.Tensor:
     """Residual activations [n, d] of ordinary text at `hookpoint`: rows skip..skip+n of a store or of the corpus."""
-    if n_tokens < 1:
-        raise SaelignError(f"generic_tokens must be positive, got {n_tokens}")
+    require(n_tokens >= 1, f"generic_tokens must be positive, got {n_tokens}")
     if store:
         st = ActivationStore(store)
-        if st.hookpoint != hookpoint:
-            raise SaelignError(f"store {store} holds {st.hookpoint!r} activations but the SAE reads {hookpoint!r}; "
-                               "capture a store at the SAE's hookpoint")
-        if skip + n_tokens > st.num_tokens:
-            skip = max(0, st.num_tokens - n_tokens)
-        rows = torch.cat(list(st.batches(4096, shuffle=False, max_tokens=skip + n_tokens)))
-        return rows[skip:]
+        require(st.hookpoint == hookpoint, f"store {store} holds {st.hookpoint!r} activations but the SAE "
+                                           f"reads {hookpoint!r}; capture a store at the SAE's hookpoint")
+        skip = min(skip, max(0, st.num_tokens - n_tokens))  # the last n_tokens rows when skip leaves too few
+        return torch.cat(list(st.batches(4096, shuffle=False, max_tokens=skip + n_tokens)))[skip:]
     cfg = CaptureConfig(hookpoints=[hookpoint], corpus=corpus, context_length=context_length, token_budget=skip + n_tokens)
     chunks = [b.activations[hookpoint][max(0, skip - b.first_row):].cpu()
               for b in stream_batches(model, tokenizer, cfg, skip_rows=skip)]
@@ -132,8 +123,7 @@ def generic_activations(model: nn.Module, tokenizer: PreTrainedTokenizerBase, ho
 def train_aligned(model_cfg: ModelConfig, cfg: AlignTrainConfig,
                   post: PostTrainConfig) -> tuple[SAE, SlotMap]:
     """Post-train `cfg.sae` on `cfg.ontology` into `post.out` (rerun to resume), on the model's device."""
-    if not post.out:
-        raise SaelignError("--out is required: the folder that receives the aligned SAE and slot_map.json")
+    require(post.out, "--out is required: the folder that receives the aligned SAE and slot_map.json")
     ontology = resolve_ontology(cfg.ontology)
     sae = load_sae(cfg.sae)
     model, tokenizer, hookpoint = _checked_model(model_cfg, sae)
@@ -155,12 +145,6 @@ def train_aligned(model_cfg: ModelConfig, cfg: AlignTrainConfig,
     return aligned, slot_map
 
 
-def _train_record(aligned_dir: Path) -> dict[str, Any]:
-    """What `train_aligned` recorded in the aligned folder's run.json ({} for folders made otherwise)."""
-    path = aligned_dir / "run.json"
-    return read_json(path, "run.json").get("stages", {}).get("align-train", {}) if path.is_file() else {}
-
-
 def evaluate_aligned(model_cfg: ModelConfig, cfg: AlignEvalConfig,
                      layer_sweep: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """Every metric for the aligned SAE and its vanilla baseline; writes metrics.json and the report into cfg.out."""
@@ -168,7 +152,9 @@ def evaluate_aligned(model_cfg: ModelConfig, cfg: AlignEvalConfig,
 
     aligned_dir = Path(cfg.aligned)
     aligned, slot_map = load_aligned(aligned_dir)
-    record = _train_record(aligned_dir)
+    run_json = aligned_dir / "run.json"  # what train_aligned recorded; {} for folders made otherwise
+    stages = read_json(run_json, "run.json").get("stages", {}) if run_json.is_file() else {}
+    record = stages.get("align-train", {})
     vanilla_path = cfg.vanilla or record.get("vanilla_sae")
     if not vanilla_path:
         raise SaelignError(f"{aligned_dir}/run.json names no vanilla SAE; pass --vanilla DIR (the SAE before post-training)")
@@ -219,16 +205,14 @@ def guarded_generate(aligned_dir: str | Path, prompt: str, zero: Sequence[str] =
                      model_cfg: ModelConfig | None = None, max_new_tokens: int = 32) -> dict[str, Any]:
     """Generate with the `zero` concepts' slots removed everywhere and a SlotGuard zeroing the `guard` concepts
     whenever they fire; returns the plain and edited texts and the guard's events."""
-    if not (zero or guard):
-        raise SaelignError("give --zero CONCEPT and/or --guard CONCEPT (otherwise use the model directly)")
+    require(zero or guard, "give --zero CONCEPT and/or --guard CONCEPT (otherwise use the model directly)")
     sae, slot_map = load_aligned(aligned_dir)
     for concept in [*zero, *guard]:
         slot_map.index(concept)
     model, tokenizer, _ = _checked_model(model_cfg, sae)
-    interventions: list[Any] = [slot_zero(model, sae, list(zero), slot_map=slot_map)] if zero else []
     sentry = SlotGuard(model, sae, slot_map, list(guard)) if guard else None
-    if sentry is not None:
-        interventions.append(sentry)
+    zeroing = slot_zero(model, sae, list(zero), slot_map=slot_map) if zero else None
+    interventions = [edit for edit in (zeroing, sentry) if edit is not None]
     plain = generate_with(model, tokenizer, prompt, max_new_tokens=max_new_tokens)
     edited = generate_with(model, tokenizer, prompt, *interventions, max_new_tokens=max_new_tokens, during="all")
     events = [{"forward": e.forward, "position": e.position, "concept": e.concept, "value": round(e.value, 4)}

@@ -4,8 +4,6 @@ Everything comes from the metrics dict `evaluate_aligned` writes to metrics.json
 report can be rebuilt from that file alone. Targets are those of the AlignSAE issue; a missed one is shown as
 missed with its number, never hidden."""
 
-from __future__ import annotations
-
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -79,16 +77,11 @@ def metric_rows(metrics: Mapping[str, Any]) -> list[list[Any]]:
     add("slot share of the concept signal", lambda m, _: _mean(m.get("fragmentation", {}).get("slot_share")))
     add("best α", lambda m, _: (m.get("swap") or {}).get("best_alpha"))
     add("swap success at best α", lambda m, _: (m.get("swap") or {}).get("best_success"))
-    add("rest unchanged at best α", lambda m, _: _rest(m.get("swap")))
+    add("rest unchanged at best α",
+        lambda m, _: m["swap"]["alphas"][_alpha_key(m["swap"])]["rest_unchanged"] if m.get("swap") else None)
     if metrics.get("fvu_increase") is not None:
         rows.append(["FVU increase (aligned vs vanilla)", metrics["fvu_increase"], None])
     return rows
-
-
-def _rest(swap: Mapping[str, Any] | None) -> float | None:
-    if not swap:
-        return None
-    return swap["alphas"][_alpha_key(swap)]["rest_unchanged"]
 
 
 def _alpha_key(swap: Mapping[str, Any]) -> str:

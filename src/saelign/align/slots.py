@@ -4,13 +4,11 @@ Each slot also carries a `scale`, its mean activation on its own concept's promp
 amplitudes in these units (concept swap writes α·scale into the target slot), so α means the same thing for
 MSE-bound slots (scale ≈ 1, the authors' convention), CE-bound slots and a vanilla SAE's best latents."""
 
-from __future__ import annotations
-
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.io import read_json, write_json_atomic
 from saelign.sae.model import SAE
 
@@ -32,8 +30,7 @@ class SlotMap:
             self.scales = [1.0] * len(self.slots)
 
     def check_consistent(self, where: str = "slot map") -> None:
-        if not self.concepts:
-            raise SaelignError(f"{where}: no concepts; an ontology needs at least one concept")
+        require(self.concepts, f"{where}: no concepts; an ontology needs at least one concept")
         if not len(self.concepts) == len(self.slots) == len(self.scales):
             raise SaelignError(f"{where}: {len(self.concepts)} concepts, {len(self.slots)} slots and {len(self.scales)} scales "
                                "must have equal lengths; regenerate the slot map")
@@ -42,8 +39,7 @@ class SlotMap:
             if dupes:
                 raise SaelignError(f"{where}: duplicate {name}(s) {', '.join(dupes)}; each concept needs its own slot")
         bad = [s for s in self.slots if not 0 <= s < self.d_sae]
-        if bad:
-            raise SaelignError(f"{where}: slot(s) {bad} outside 0..{self.d_sae - 1} (d_sae={self.d_sae})")
+        require(not bad, f"{where}: slot(s) {bad} outside 0..{self.d_sae - 1} (d_sae={self.d_sae})")
 
     def index(self, concept: str | int) -> int:
         """Concept position in the map, from its name or its index."""
@@ -77,7 +73,7 @@ class SlotMap:
                 "d_sae": self.d_sae, "slots": {str(s): {"concept": c, "scale": sc} for s, c, sc in entries}}
 
     @classmethod
-    def from_dict(cls, data: Any, where: str = "slot map") -> SlotMap:
+    def from_dict(cls, data: Any, where: str = "slot map") -> Self:
         if not isinstance(data, dict) or data.get("format") != SLOT_MAP_FORMAT or not isinstance(data.get("slots"), dict):
             raise SaelignError(f"{where} is not a saelign slot map (expected format={SLOT_MAP_FORMAT!r} and a 'slots' mapping)")
         try:

@@ -1,7 +1,5 @@
 """`saelign align {check,build,train,eval,swap,generate}`: AlignSAE from an ontology to a report and slot edits."""
 
-from __future__ import annotations
-
 import argparse
 from typing import Any
 
@@ -9,7 +7,7 @@ import yaml
 
 from saelign.cli.common import add_stage_parser, build_config
 from saelign.configs import add_config_args, config_from_args, load_config_file
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.models import ModelConfig
 
 
@@ -92,8 +90,7 @@ def _options(pairs: list[str]) -> dict[str, Any]:
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SaelignError(f"--set {pair!r}: write KEY=VALUE, e.g. --set max_entities=20")
+        require(sep and key, f"--set {pair!r}: write KEY=VALUE, e.g. --set max_entities=20")
         try:
             options[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as exc:

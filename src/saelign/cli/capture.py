@@ -1,7 +1,5 @@
 """`saelign capture`: run a model over a corpus and write one activation store per hookpoint."""
 
-from __future__ import annotations
-
 import argparse
 from typing import Any
 

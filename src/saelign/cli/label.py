@@ -1,7 +1,5 @@
 """`saelign label`: top activating contexts + logit lens -> labels JSON and an HTML feature dashboard."""
 
-from __future__ import annotations
-
 import argparse
 from typing import Any
 

@@ -1,7 +1,5 @@
 """`saelign sae {train,eval,convert}`: the SAE command group."""
 
-from __future__ import annotations
-
 from typing import Any
 
 from saelign.cli import sae_convert, sae_eval, sae_train

@@ -1,7 +1,5 @@
 """`saelign sae convert`: read an SAE in any supported layout and write it in ours (= SAELens')."""
 
-from __future__ import annotations
-
 import argparse
 from dataclasses import dataclass
 from typing import Any

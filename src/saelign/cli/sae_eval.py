@@ -1,7 +1,5 @@
 """`saelign sae eval`: reconstruction/sparsity metrics on a store, and CE-loss/KL with the SAE spliced in."""
 
-from __future__ import annotations
-
 import argparse
 from pathlib import Path
 from typing import Any

@@ -1,7 +1,5 @@
 """`saelign sae train`: train SAEs on an activation store, or on the fly from a model; comma lists sweep."""
 
-from __future__ import annotations
-
 import argparse
 import dataclasses
 import itertools
@@ -11,7 +9,7 @@ from typing import Any
 
 from saelign.cli.common import add_stage_parser, build_config
 from saelign.configs import config_from_args, config_to_dict, help_field, load_config_file
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.models import ModelConfig
 from saelign.sae.activations import ACTIVATIONS, activation_class
 from saelign.sae.activations.base import options_class
@@ -64,8 +62,7 @@ def _train_config(args: argparse.Namespace) -> SAETrainConfig:
 def run(args: argparse.Namespace) -> int:
     sweep = build_config(SAESweepConfig, args, section="sae")
     tcfg = _train_config(args)
-    if not tcfg.out:
-        raise SaelignError("--out is required: the folder that receives the SAEs, the log and the checkpoint")
+    require(tcfg.out, "--out is required: the folder that receives the SAEs, the log and the checkpoint")
     if bool(args.store) == bool(args.model or args.hookpoint):
         raise SaelignError("give either --store DIR, or --model and --hookpoint (with --corpus) to train on the fly")
     if not args.store and not (args.model and args.hookpoint):

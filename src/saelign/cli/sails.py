@@ -3,8 +3,6 @@
 Every subcommand takes the same options; a stage subcommand works on an existing run directory (--run) and
 starts from the config stored there, so `saelign sails train --run DIR --sft-steps 80` changes one option."""
 
-from __future__ import annotations
-
 import argparse
 import math
 import textwrap

@@ -5,8 +5,6 @@ separated by blank lines), a folder of .txt files (one document per file), or a 
 record: a text field, or with `chat` a "messages" list / "prompt"+"response" pair rendered with the tokenizer's
 chat template). The document order is deterministic for a given seed, which makes capture resumable."""
 
-from __future__ import annotations
-
 import hashlib
 import random
 from collections.abc import Iterator
@@ -17,7 +15,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.io import iter_jsonl
 from saelign.text import pad_token_id
 
@@ -53,8 +51,7 @@ def open_corpus(source: str, text_field: str = "text", chat: bool = False, seed:
     path = Path(source).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
-        if not files:
-            raise SaelignError(f"corpus folder {path} has no .txt files; add some or pass a .txt/.jsonl file")
+        require(files, f"corpus folder {path} has no .txt files; add some or pass a .txt/.jsonl file")
         return Corpus(str(path), _order(files, seed), "files", text_field, chat)
     if not path.is_file():
         raise SaelignError(f"corpus {source!r} not found: give 'sotu', a .txt or .jsonl file, or a folder of .txt files")
@@ -128,8 +125,7 @@ def iter_contexts(corpus: Corpus, tokenizer: PreTrainedTokenizerBase, context_le
     """Pack the documents into [context_length] int64 token tensors, documents separated by the EOS token.
     The stream is cut without regard to document boundaries; the last partial context is padded with the pad
     token (capture masks pads, and causal attention keeps padding from affecting earlier positions)."""
-    if context_length < 2:
-        raise SaelignError(f"context_length must be at least 2, got {context_length}")
+    require(context_length >= 2, f"context_length must be at least 2, got {context_length}")
     separator = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
     if separator is None:
         raise SaelignError("the tokenizer has neither a pad nor an EOS token; add one to its tokenizer_config.json")

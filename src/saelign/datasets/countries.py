@@ -1,21 +1,18 @@
 """countryinfo's country records: SAILS's country prompts and capital facts, AlignSAE's relations ontology."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import Any
 
 from saelign.datasets.registry import fetch_countryinfo
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 
 
 def load_countries(folder: Path | None = None) -> list[dict[str, Any]]:
     """The records (with a `name`) of a countryinfo data folder, by file name; default: the pinned release."""
     folder = folder or fetch_countryinfo()
     files = sorted(folder.glob("*.json"))
-    if not files:
-        raise SaelignError(f"{folder} has no countryinfo *.json files; delete it so it is fetched again")
+    require(files, f"{folder} has no countryinfo *.json files; delete it so it is fetched again")
     countries = []
     for path in files:
         try:

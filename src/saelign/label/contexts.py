@@ -5,10 +5,7 @@ hookpoint, is encoded by the SAE, and merged into a fixed-size buffer holding, f
 (activation, document, position, token window) so far: `topk` over the batch, concatenated with the buffer,
 `topk` again. Memory is O(n_top · n_latents · window) whatever the corpus size. As in the activation store,
 padding, special tokens and the first position of every context (an attention sink with an outsized residual
-norm) are never candidates.
-"""
-
-from __future__ import annotations
+norm) are never candidates."""
 
 import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -18,7 +15,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.models import forward_capture, resolve_hookpoints
 from saelign.progress import progress
 from saelign.sae import SAE
@@ -109,8 +106,7 @@ def _token_batches(batches: Iterable[TokenBatch]) -> Iterator[_Batch]:
             ids, mask = batch["input_ids"], batch.get("attention_mask")
         else:
             ids, mask = batch, None
-        if ids.ndim != 2:
-            raise SaelignError(f"token batches must be [batch, seq] id tensors, got shape {tuple(ids.shape)}")
+        require(ids.ndim == 2, f"token batches must be [batch, seq] id tensors, got shape {tuple(ids.shape)}")
         mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
         docs = torch.arange(next_doc, next_doc + ids.shape[0])
         next_doc += ids.shape[0]
@@ -119,8 +115,7 @@ def _token_batches(batches: Iterable[TokenBatch]) -> Iterator[_Batch]:
 
 def _batches(tokenizer: PreTrainedTokenizerBase, inputs: Sequence[str] | Iterable[TokenBatch], context_length: int,
              batch_size: int) -> Iterator[_Batch]:
-    if isinstance(inputs, str):
-        raise SaelignError("pass a list of texts, not a single string")
+    require(not isinstance(inputs, str), "pass a list of texts, not a single string")
     iterator = iter(inputs)
     first = next(iterator, None)
     if first is None:
@@ -152,8 +147,7 @@ def scan_latents(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
                  max_tokens: int | None = None) -> LatentScan:
     """One pass over `inputs` (texts, or [B, T] id tensors / dicts with input_ids and attention_mask)."""
     hookpoint = hookpoint or sae.cfg.hookpoint
-    if not hookpoint:
-        raise SaelignError("no hookpoint given and the SAE's cfg.json names none; pass --hookpoint")
+    require(hookpoint, "no hookpoint given and the SAE's cfg.json names none; pass --hookpoint")
     resolved = resolve_hookpoints(model, hookpoint)
     if len(resolved) != 1:
         raise SaelignError(f"hookpoint {hookpoint!r} matches {len(resolved)} modules; an SAE reads exactly one")

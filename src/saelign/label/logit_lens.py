@@ -4,10 +4,7 @@ score = W_U · (g ⊙ d), with d the unit decoder row, W_U the unembedding (`mod
 the final norm's per-channel gain used only as a diagonal scale. The norm's division by the input's RMS (or
 standard deviation) is a positive per-token scalar: it does not change the ranking, and applying it to a lone
 direction would be meaningless, so the direction is not re-normalised. LayerNorm's mean subtraction and bias and
-an LM-head bias are direction-independent offsets and are left out for the same reason.
-"""
-
-from __future__ import annotations
+an LM-head bias are direction-independent offsets and are left out for the same reason."""
 
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -37,11 +34,9 @@ def final_norm(model: nn.Module) -> nn.Module | None:
 @torch.no_grad()
 def norm_gain(norm: nn.Module | None, d_model: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """The norm's effective per-channel gain, measured rather than read from `.weight`.
-
     Probing with a zero-mean, unit-RMS ±1 vector x gives norm(x) - norm(-x) = 2·x·g for RMSNorm and LayerNorm
     alike (bias and mean cancel), which also covers Gemma's `(1 + weight)` parametrisation and norms without
-    weights. With odd d_model, LayerNorm's mean is 1/d_model off zero: a relative error of that size.
-    """
+    weights. With odd d_model, LayerNorm's mean is 1/d_model off zero: a relative error of that size."""
     if norm is None:
         return torch.ones(d_model, device=device, dtype=torch.float32)
     probe = torch.ones(d_model, device=device, dtype=dtype)

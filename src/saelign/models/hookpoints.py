@@ -3,8 +3,6 @@
 Residual stream = output of a decoder block. Capture uses plain forward hooks and can stop the forward once
 every requested module has produced its output, so layers past the deepest hookpoint never run."""
 
-from __future__ import annotations
-
 import contextlib
 import difflib
 import fnmatch
@@ -21,11 +19,6 @@ class StopForward(Exception):
     """Raised inside a hook to end the forward pass early once all outputs are captured."""
 
 
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """Glob over dotted paths: `*` matches one path segment (no dots), so `model.layers.*` means the blocks."""
-    return re.compile(fnmatch.translate(pattern).replace(".*", "[^.]*"))
-
-
 def resolve_hookpoints(model: nn.Module, patterns: str | Sequence[str]) -> list[str]:
     """Expand names/globs to existing module paths in execution-independent, natural order."""
     if isinstance(patterns, str):
@@ -33,7 +26,8 @@ def resolve_hookpoints(model: nn.Module, patterns: str | Sequence[str]) -> list[
     names = [name for name, _ in model.named_modules() if name]
     resolved: list[str] = []
     for pattern in patterns:
-        regex = _glob_regex(pattern)
+        # glob over dotted paths: `*` matches one segment (no dots), so `model.layers.*` means the blocks
+        regex = re.compile(fnmatch.translate(pattern).replace(".*", "[^.]*"))
         hits = [n for n in names if regex.fullmatch(n)]
         if not hits:
             close = difflib.get_close_matches(pattern, names, n=5, cutoff=0.5)

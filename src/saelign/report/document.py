@@ -5,18 +5,16 @@ model outputs can contain `<script>` or Markdown syntax); only `html_block` pass
 Markdown fallback for the `.md` file. Figures are rendered to PNG bytes when added (the matplotlib figure can
 be dropped at once) and written beside the report by `write`, so the HTML references them by relative path."""
 
-from __future__ import annotations
-
 import html
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from matplotlib.figure import Figure
 
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.io import atomic_path, ensure_writable_dir, write_text_atomic
 from saelign.report.plots import png_bytes
 
@@ -114,24 +112,23 @@ class Report:
         self.title = title
         self.blocks: list[_Block | _Figure] = []
 
-    def heading(self, text: str, level: int = 2) -> Report:
-        if not 1 <= level <= 6:
-            raise SaelignError(f"heading level must be 1..6, got {level}")
+    def heading(self, text: str, level: int = 2) -> Self:
+        require(1 <= level <= 6, f"heading level must be 1..6, got {level}")
         self.blocks.append(_Block(f"{'#' * level} {md_escape(text)}", f"<h{level}>{html.escape(text)}</h{level}>"))
         return self
 
-    def paragraph(self, text: str) -> Report:
+    def paragraph(self, text: str) -> Self:
         self.blocks.append(_Block(md_escape(text), f"<p>{html.escape(text)}</p>"))
         return self
 
-    def bullets(self, items: Sequence[str]) -> Report:
+    def bullets(self, items: Sequence[str]) -> Self:
         md = "\n".join(f"- {md_escape(item)}" for item in items)
         body = "".join(f"<li>{html.escape(item)}</li>" for item in items)
         self.blocks.append(_Block(md, f"<ul>{body}</ul>"))
         return self
 
     def table(self, rows: Sequence[Mapping[str, Any]] | Sequence[Sequence[Any]], header: Sequence[str] | None = None,
-              caption: str | None = None, floatfmt: str = ".4g") -> Report:
+              caption: str | None = None, floatfmt: str = ".4g") -> Self:
         """Rows as dicts (header = union of keys in first-seen order) or as sequences with an explicit header."""
         header, cells = _table_cells(rows, header)
         text = [[format_cell(v, floatfmt) for v in row] for row in cells]
@@ -143,14 +140,13 @@ class Report:
                                   f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"))
         return self
 
-    def figure(self, fig: Figure | str | Path, caption: str = "", name: str | None = None) -> Report:
+    def figure(self, fig: Figure | str | Path, caption: str = "", name: str | None = None) -> Self:
         """A matplotlib Figure (rendered to PNG now) or an existing PNG file (copied beside the report)."""
         if isinstance(fig, Figure):
             data = png_bytes(fig)
         else:
             path = Path(fig)
-            if not path.is_file():
-                raise SaelignError(f"figure file not found: {path}")
+            require(path.is_file(), f"figure file not found: {path}")
             data = path.read_bytes()
             if not data.startswith(PNG_SIGNATURE):
                 raise SaelignError(f"figure file {path} is not a PNG image; save figures as PNG")
@@ -166,7 +162,7 @@ class Report:
     def figures(self) -> list[_Figure]:
         return [block for block in self.blocks if isinstance(block, _Figure)]
 
-    def html_block(self, raw_html: str, markdown_fallback: str) -> Report:
+    def html_block(self, raw_html: str, markdown_fallback: str) -> Self:
         """Trusted HTML (built by saelign with escaped content) for the .html; `markdown_fallback` for the .md."""
         self.blocks.append(_Block(markdown_fallback, raw_html))
         return self

@@ -3,8 +3,6 @@
 Each helper returns a `matplotlib.figure.Figure` built without pyplot (no global figure state, no GUI backend),
 ready for `Report.figure(fig, caption)` or `save_figure(fig, path)`."""
 
-from __future__ import annotations
-
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.io import atomic_path
 
 ArrayLike = Sequence[float] | np.ndarray
@@ -41,12 +39,10 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
 def line_plot(curves: Mapping[str, tuple[ArrayLike, ArrayLike]], xlabel: str, ylabel: str, title: str = "",
               logx: bool = False, logy: bool = False, markers: bool = False) -> Figure:
     """One line per named (x, y) curve: convergence curves, α sweeps, metric-vs-width plots."""
-    if not curves:
-        raise SaelignError("line_plot needs at least one curve")
+    require(curves, "line_plot needs at least one curve")
     fig, ax = _new_figure()
     for name, (x, y) in curves.items():
-        if len(x) != len(y):
-            raise SaelignError(f"curve {name!r} has {len(x)} x values but {len(y)} y values")
+        require(len(x) == len(y), f"curve {name!r} has {len(x)} x values but {len(y)} y values")
         ax.plot(np.asarray(x), np.asarray(y), label=name, marker="o" if markers else None, markersize=3)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -65,8 +61,7 @@ def line_plot(curves: Mapping[str, tuple[ArrayLike, ArrayLike]], xlabel: str, yl
 def bar_chart(values: Mapping[str, float], ylabel: str, title: str = "", errors: Mapping[str, float] | None = None,
               horizontal: bool = False) -> Figure:
     """Bars for named values (e.g. safety rate per method), optional symmetric error bars."""
-    if not values:
-        raise SaelignError("bar_chart needs at least one value")
+    require(values, "bar_chart needs at least one value")
     names = list(values)
     heights = [values[n] for n in names]
     err = [errors.get(n, 0.0) for n in names] if errors else None

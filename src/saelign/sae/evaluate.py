@@ -10,8 +10,6 @@ CE_clean), and KL(clean ‖ spliced) per token. The SAE never saw the positions 
 tokens, the first position of each context), so they keep their clean activations in both interventions, and
 a prediction counts only when both its position and its target are unmasked."""
 
-from __future__ import annotations
-
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -24,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from saelign.configs import help_field
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.io import ensure_writable_dir, write_json_atomic
 from saelign.models.hookpoints import patch_output
 from saelign.progress import progress
@@ -49,8 +47,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "context_batch_size"):
-            if getattr(self, name) < 1:
-                raise SaelignError(f"{name} must be positive, got {getattr(self, name)}")
+            require(getattr(self, name) >= 1, f"{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.dense_threshold <= 1:
             raise SaelignError(f"dense_threshold must lie in [0, 1], got {self.dense_threshold}")
 
@@ -79,8 +76,7 @@ def reconstruction_metrics(sae: SAE, batches: Iterable[torch.Tensor], dense_thre
         m2 += float((xd - batch_mean).pow(2).sum()) + float(delta.pow(2).sum()) * n * b / (n + b)
         mean += delta * b / (n + b)
         n += b
-    if n == 0:
-        raise SaelignError("no activations to evaluate: the store (or --max-tokens) gives zero rows")
+    require(n != 0, "no activations to evaluate: the store (or --max-tokens) gives zero rows")
     frequency = (fired.double() / n).float().cpu()
     fvu = sse / m2 if m2 > 0 else float("nan")
     return {"tokens": n, "mse": sse / (n * sae.d_in), "fvu": fvu, "explained_variance": 1 - fvu,
@@ -159,8 +155,7 @@ def evaluate_sae(sae: SAE, batches: Iterable[torch.Tensor], model: nn.Module | N
                                "reconstruction": recon}
     if model is not None and token_batches is not None:
         hookpoint = hookpoint or sae.cfg.hookpoint
-        if not hookpoint:
-            raise SaelignError("the SAE records no hookpoint; pass the hookpoint to splice it into (--hookpoint)")
+        require(hookpoint, "the SAE records no hookpoint; pass the hookpoint to splice it into (--hookpoint)")
         results["splice"] = {"hookpoint": hookpoint, **splice_metrics(sae, model, hookpoint, token_batches)}
     results["firing_frequency"] = [round(f, 8) for f in frequency.tolist()]
     if out_dir is not None:

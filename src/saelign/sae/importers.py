@@ -9,13 +9,11 @@ the weights instead of adding options to the SAE:
 - a scalar threshold (dictionary_learning BatchTopK) is broadcast to one threshold per latent.
 Decoder rows are kept as stored (not renormalised): renormalising would change which latents win a top-k."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import torch
 
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.io import load_tensors, read_json
 from saelign.progress import logger
 from saelign.sae.model import SAE, SAEConfig
@@ -37,8 +35,7 @@ def assemble_sae(cfg: SAEConfig, source: Path, *, W_enc: torch.Tensor, b_enc: to
         if tuple(given[name].shape) != shape:
             raise SaelignError(f"{source}: {name} has shape {tuple(given[name].shape)}, expected {shape} for "
                                f"d_in={cfg.d_in}, d_sae={cfg.d_sae}; the weights do not match the config")
-    if not norm_scale > 0:
-        raise SaelignError(f"{source}: norm_scale must be positive, got {norm_scale}; the config is corrupt")
+    require(norm_scale > 0, f"{source}: norm_scale must be positive, got {norm_scale}; the config is corrupt")
     sae = SAE(cfg)
     with torch.no_grad():
         for name, tensor in given.items():
@@ -51,9 +48,8 @@ def assemble_sae(cfg: SAEConfig, source: Path, *, W_enc: torch.Tensor, b_enc: to
 
 def _require(tensors: dict[str, torch.Tensor], keys: list[str], source: Path) -> None:
     missing = [k for k in keys if k not in tensors]
-    if missing:
-        raise SaelignError(f"{source} lacks tensor(s) {', '.join(missing)} (has {', '.join(sorted(tensors))}); "
-                           "it is not a complete SAE of this layout, or pass --from with the right layout")
+    require(not missing, f"{source} lacks tensor(s) {', '.join(missing)} (has {', '.join(sorted(tensors))}); "
+                         "it is not a complete SAE of this layout, or pass --from with the right layout")
 
 
 def load_sparsify(directory: Path) -> SAE:
@@ -70,8 +66,7 @@ def load_sparsify(directory: Path) -> SAE:
     d_sae, d_in = tensors["encoder.weight"].shape
     if "d_in" in raw and raw["d_in"] != d_in:
         raise SaelignError(f"{cfg_path}: d_in={raw['d_in']} but encoder.weight has width {d_in}; the files do not belong together")
-    if "k" not in raw:
-        raise SaelignError(f"{cfg_path} has no 'k'; add the TopK k the SAE was trained with")
+    require("k" in raw, f"{cfg_path} has no 'k'; add the TopK k the SAE was trained with")
     cfg = SAEConfig(d_in=d_in, d_sae=d_sae, activation="topk", k=int(raw["k"]))
     # sparsify names hookpoints relative to the base model ("layers.6" is "model.layers.6" on Llama), so the
     # folder name is only a hint; the user sets the real module path when converting.
@@ -81,8 +76,7 @@ def load_sparsify(directory: Path) -> SAE:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise SaelignError(f"dictionary_learning weights not found: {path}")
+    require(path.is_file(), f"dictionary_learning weights not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickle with non-tensor objects, ...

@@ -10,8 +10,6 @@
 
 Nothing here imports the SAE module: it imports the activations, which build on this one."""
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol

@@ -4,8 +4,6 @@ Weights follow SAELens naming and shapes (W_enc [d_in, d_sae], W_dec [d_sae, d_i
 so saving is a plain tensor dump. Inputs are multiplied by `norm_scale` (input normalisation stored with the
 weights) before encoding and divided by it after decoding, so callers always work in the model's raw units."""
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 
 import torch

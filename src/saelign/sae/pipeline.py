@@ -1,8 +1,6 @@
 """SAE training and evaluation over files, what `saelign sae train` / `sae eval` run: the trainers fill each
 SAE config's width, hookpoint and model from the activation source."""
 
-from __future__ import annotations
-
 import dataclasses
 import itertools
 import math
@@ -14,7 +12,7 @@ import torch
 
 from saelign.configs import config_to_dict
 from saelign.datasets.corpus import iter_contexts, open_corpus
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.models import DEFAULT_MODEL, ModelConfig, load_model
 from saelign.models.loading import model_identity
 from saelign.runinfo import record_stage
@@ -62,8 +60,7 @@ def train_on_the_fly(model_cfg: ModelConfig, hookpoint: str, sae_cfgs: Sequence[
                      tcfg: SAETrainConfig, corpus: str = "sotu", context_length: int = 128,
                      names: list[str] | None = None) -> list[SAE]:
     """Train the SAEs on activations captured from the model as training reads them (no store written)."""
-    if not tcfg.total_tokens:
-        raise SaelignError("on-the-fly training needs --total-tokens (there is no store to count)")
+    require(tcfg.total_tokens, "on-the-fly training needs --total-tokens (there is no store to count)")
     model, tokenizer = load_model(model_cfg)
     cfg = CaptureConfig(hookpoints=[hookpoint], corpus=corpus, context_length=context_length, token_budget=0)
     chunks = (acts[hookpoint] for acts in stream_activations(model, tokenizer, cfg))
@@ -86,12 +83,10 @@ def evaluate_sae_files(sae_path: str | Path, store_path: str | Path, cfg: EvalCo
     model_cfg.model = model_cfg.model or (DEFAULT_MODEL if default else recorded)
     sae = load_sae(sae_path)
     hookpoint = hookpoint or sae.cfg.hookpoint or store.hookpoint
-    if sae.d_in != store.d_in:
-        raise SaelignError(f"the SAE reads width {sae.d_in} but store {store_path} holds width {store.d_in}; "
-                           "evaluate it on a store of its own hookpoint")
-    if hookpoint != store.hookpoint:
-        raise SaelignError(f"the SAE is for hookpoint {hookpoint} but store {store_path} holds "
-                           f"{store.hookpoint}")
+    require(sae.d_in == store.d_in, f"the SAE reads width {sae.d_in} but store {store_path} holds width "
+                                    f"{store.d_in}; evaluate it on a store of its own hookpoint")
+    require(hookpoint == store.hookpoint, f"the SAE is for hookpoint {hookpoint} but store {store_path} "
+                                          f"holds {store.hookpoint}")
     batches = store.batches(cfg.batch_size, shuffle=False, max_tokens=cfg.max_tokens or None)
     model = token_batches = None
     if cfg.n_contexts > 0:

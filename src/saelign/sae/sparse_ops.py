@@ -6,9 +6,8 @@ well optimised on CPU and GPU), so only the dense encoder product x @ W_enc rema
 holds the pairs twice: grouped by token (decode: one bag per token) and grouped by latent (weight gradients:
 one bag per latent row of W_dec / column of W_enc)."""
 
-from __future__ import annotations
-
 from dataclasses import dataclass
+from typing import Self
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +30,7 @@ class ActiveLatents:
 
     @classmethod
     def from_rows(cls, rows: torch.Tensor, cols: torch.Tensor, n_rows: int, n_cols: int,
-                  offsets: torch.Tensor | None = None) -> ActiveLatents:
+                  offsets: torch.Tensor | None = None) -> Self:
         """Pairs already sorted by row (topk rows, or a row-major nonzero scan)."""
         if offsets is None:
             offsets = torch.searchsorted(rows, torch.arange(n_rows, device=rows.device))
@@ -42,7 +41,7 @@ class ActiveLatents:
         return cls(rows, cols, offsets, by_col, col_offsets.long(), n_rows, n_cols)
 
     @classmethod
-    def from_topk(cls, indices: torch.Tensor, n_cols: int) -> ActiveLatents:
+    def from_topk(cls, indices: torch.Tensor, n_cols: int) -> Self:
         """The k latents of each token, from `topk(...).indices` of shape [n_rows, k]."""
         n_rows, k = indices.shape
         rows = torch.arange(n_rows, device=indices.device).repeat_interleave(k)

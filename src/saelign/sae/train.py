@@ -9,10 +9,7 @@ shows in its held-out FVU; `drop_outliers` leaves them out. Decoder rows stay un
 activations (loss, extra parameters, dead-latent revival) is the activation's own (`saelign.sae.activations`).
 
 With `out` set, rerunning with the same configuration resumes from the checkpoint, skipping the batches
-already consumed (the stream must be deterministic, as the store's seeded shuffle is): same SAEs at the end.
-"""
-
-from __future__ import annotations
+already consumed (the stream must be deterministic, like the store's seeded shuffle): same SAEs at the end."""
 
 import dataclasses
 import itertools
@@ -28,7 +25,7 @@ import torch
 from saelign import checkpoint
 from saelign.configs import config_to_dict, help_field
 from saelign.device import resolve_device, resolve_dtype
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.io import read_json, write_json_atomic
 from saelign.progress import logger, progress
 from saelign.runinfo import record_stage
@@ -79,14 +76,11 @@ class SAETrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "log_every_steps", "checkpoint_every_tokens"):
-            if getattr(self, name) < 1:
-                raise SaelignError(f"{name} must be positive, got {getattr(self, name)}")
+            require(getattr(self, name) >= 1, f"{name} must be positive, got {getattr(self, name)}")
         for name in ("lr_warmup_fraction", "lr_decay_fraction"):
-            if not 0 <= getattr(self, name) < 1:
-                raise SaelignError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+            require(0 <= getattr(self, name) < 1, f"{name} must lie in [0, 1), got {getattr(self, name)}")
         for name in ("total_tokens", "lr", "dead_window_tokens", "outlier_norm_ratio"):
-            if getattr(self, name) < 0:
-                raise SaelignError(f"{name} must not be negative, got {getattr(self, name)}")
+            require(getattr(self, name) >= 0, f"{name} must not be negative, got {getattr(self, name)}")
         self.activation_options = full_options(self.activation_options)
 
     def dead_window(self) -> int:
@@ -192,9 +186,8 @@ def _checked(batches: Iterable[torch.Tensor], d_in: int, device: torch.device) -
             raise SaelignError(f"activation batch {index} has shape {tuple(x.shape)}, the SAEs expect [tokens, d_in={d_in}]; "
                                "use activations of the hookpoint the SAEs are configured for")
         x = x.to(device=device, dtype=torch.float32)
-        if not bool(torch.isfinite(x).all()):
-            raise SaelignError(f"activation batch {index} contains NaN or infinite values; recapture the activations "
-                               "with the model in float32")
+        require(bool(torch.isfinite(x).all()), f"activation batch {index} contains NaN or infinite values; "
+                                               "recapture the activations with the model in float32")
         yield x
 
 
@@ -205,8 +198,7 @@ def _initialise(stream: Iterator[torch.Tensor], runs: list[_Trainee],
     head: list[torch.Tensor] = []
     while sum(x.shape[0] for x in head) < _NORM_ESTIMATE_TOKENS and (x := next(stream, None)) is not None:
         head.append(x)
-    if not head:
-        raise SaelignError("the activation stream is empty; capture activations first")
+    require(head, "the activation stream is empty; capture activations first")
     rows = torch.cat(head)
     norms = rows.norm(dim=1)
     max_norm = outlier_ratio * float(norms.median()) if outlier_ratio else math.inf
@@ -233,6 +225,17 @@ def _skip(stream: Iterator[torch.Tensor], tokens: int) -> None:
                            "resume with the same store and --batch-size, or delete the checkpoint folder")
 
 
+@dataclass
+class _Progress:
+    """Where training stands; saved in the checkpoint state."""
+
+    step: int = 0
+    tokens: int = 0  # rows consumed from the stream, dropped outliers included
+    max_norm: float | None = None  # raw-unit norm above which tokens are dropped; None = keep all
+    dropped: int = 0
+    log: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
 def _fingerprint(runs: list[_Trainee], tcfg: SAETrainConfig) -> dict[str, Any]:
     return checkpoint.fingerprint(tcfg, saes=[[r.name, config_to_dict(r.sae.cfg)] for r in runs])
 
@@ -255,27 +258,14 @@ def _save(out: Path, runs: list[_Trainee], tcfg: SAETrainConfig, prog: _Progress
                     max_norm=prog.max_norm, dropped=prog.dropped, finished=finished, runs=infos)
 
 
-@dataclass
-class _Progress:
-    """Where training stands; saved in the checkpoint state."""
-
-    step: int = 0
-    tokens: int = 0  # rows consumed from the stream, dropped outliers included
-    max_norm: float | None = None  # raw-unit norm above which tokens are dropped; None = keep all
-    dropped: int = 0
-    log: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-
-
 def train_saes(batches: Iterable[torch.Tensor], sae_cfgs: list[SAEConfig], train_cfg: SAETrainConfig,
                names: list[str] | None = None) -> list[SAE]:
     """Train one SAE per config on the same batches ([tokens, d_in] activations in raw model units).
     With train_cfg.out, a single SAE is saved in `out` and several in `out/<name>` (names default to the
     fields that differ, e.g. k16, k32), together with `train_log.json`, `run.json` and the checkpoint."""
     tcfg = train_cfg
-    if not sae_cfgs:
-        raise SaelignError("no SAE configurations given")
-    if tcfg.total_tokens < 1:
-        raise SaelignError("total_tokens must be set (positive) to schedule training")
+    require(sae_cfgs, "no SAE configurations given")
+    require(tcfg.total_tokens >= 1, "total_tokens must be set (positive) to schedule training")
     d_in = sae_cfgs[0].d_in
     for cfg in sae_cfgs:
         if cfg.d_in != d_in:

@@ -1,8 +1,6 @@
 """SAILS: safety data, feature selection, a safety subspace, LoRA inside it, fine-tuning, evaluation, report.
-
 The whole pipeline is `run_pipeline(resolve_config([preset_layer("quick")]), "runs/sails")`; each verb below
-is one step of it and runs on its own.
-"""
+is one step of it and runs on its own."""
 
 from saelign.sails.adapters import load_adapter, save_adapter
 from saelign.sails.data import SafetyDataConfig, build_safety_data

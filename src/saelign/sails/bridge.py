@@ -4,27 +4,23 @@ An aligned slot's decoder row is the direction the SAE writes when its concept i
 "harmful request" slot), so the span of the chosen slots' rows is a ready-made SAILS subspace: pass the
 basis to `saelign.sails.lora_init.make_peft_model` and the provenance into the adapter's sidecar."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from saelign.align.slots import SlotMap
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.sae.model import SAE
 from saelign.sails.subspace import basis_hash, build_subspace
 
 
 def slots_to_subspace(sae: SAE, slot_map: SlotMap, concepts: Sequence[str | int] | None = None, tau: float = 1.0) -> torch.Tensor:
     """Orthonormal U [d_in, r] spanning the decoder rows of the chosen concepts' slots (all concepts by default).
-    tau < 1 keeps only the principal directions explaining that share of the rows (as SAILS does for features).
-    """
+    tau < 1 keeps the principal directions explaining that share of the rows (as SAILS does for features)."""
     slot_map.validate(sae)
     chosen = list(concepts) if concepts is not None else list(slot_map.concepts)
-    if not chosen:
-        raise SaelignError("no concepts chosen for the subspace; name at least one concept of the slot map")
+    require(chosen, "no concepts chosen for the subspace; name at least one concept of the slot map")
     rows = sae.W_dec.detach()[[slot_map.slot(c) for c in chosen]]
     if (rows.norm(dim=1) == 0).any():
         raise SaelignError("a chosen slot has an all-zero decoder row (it was never trained); post-train the SAE first")

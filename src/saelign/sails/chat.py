@@ -4,8 +4,6 @@ A prompt is rendered with the tokenizer's own chat template and `add_generation_
 tokens are the assistant header: activations there are what the model holds right before it answers, and the
 SFT labels start exactly after them. Prompt and response are tokenised separately so the boundary is exact."""
 
-from __future__ import annotations
-
 from transformers import PreTrainedTokenizerBase
 
 from saelign.errors import SaelignError

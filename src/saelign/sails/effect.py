@@ -5,19 +5,17 @@ and the adapted model and encoded by the SAE; the mean latent change per prompt 
 adapter pushed up or down. The share of the residual change inside span(U) says how far it stayed in the
 safety subspace."""
 
-from __future__ import annotations
-
 import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import torch
 from peft import PeftModel
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.sae.model import SAE
 from saelign.sails.select import FeatureSelectConfig, residual_activations
 
@@ -46,7 +44,7 @@ class EffectResult:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> EffectResult:
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
         top = {kind: {way: [LatentChange(**row) for row in rows] for way, rows in ways.items()}
                for kind, ways in data["top"].items()}
         return cls(**{**data, "top": top})
@@ -63,9 +61,8 @@ def latent_changes(sae: SAE, base: Mapping[str, torch.Tensor], adapted: Mapping[
                    basis: torch.Tensor | None = None, top_n: int = 10, labels: Mapping[int, str] | None = None,
                    selected: Sequence[int] = (), hookpoint: str = "") -> EffectResult:
     """Rank latents by their mean change per kind from pooled residuals base[kind], adapted[kind] ([n, d], paired)."""
-    if set(base) != set(adapted):
-        raise SaelignError(f"base and adapted activations cover different prompt kinds: {sorted(base)} vs "
-                           f"{sorted(adapted)}")
+    require(set(base) == set(adapted), "base and adapted activations cover different prompt kinds: "
+                                       f"{sorted(base)} vs {sorted(adapted)}")
     labels, chosen = labels or {}, set(selected)
     param = sae.W_enc
     deltas, means, top, shares, relative, overlap = {}, {}, {}, {}, {}, {}
@@ -110,8 +107,7 @@ def adapter_effect(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SA
     """Latent changes of an adapted `model` against its base: the PEFT model with its adapter switched off, or
     `base_model` (needed for a fully fine-tuned model). prompts maps kind -> prompts; the hookpoint is the SAE's."""
     hookpoint = sae.cfg.hookpoint or (select_cfg.hookpoints[0] if select_cfg.hookpoints else "")
-    if not hookpoint:
-        raise SaelignError("the SAE records no hookpoint and none is configured; set the selection hookpoint")
+    require(hookpoint, "the SAE records no hookpoint and none is configured; set the selection hookpoint")
     if base_model is None and not isinstance(model, PeftModel):
         raise SaelignError("a fully fine-tuned model has no adapter to switch off; pass the base model as base_model")
     adapted_net = model.get_base_model() if isinstance(model, PeftModel) else model  # module paths as in the base

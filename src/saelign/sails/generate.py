@@ -2,8 +2,6 @@
 
 Prompts are wrapped in the tokenizer's chat template and decoded by `saelign.text.greedy_decode`."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase

@@ -8,8 +8,6 @@
 
 `judge_agreement` measures any judge against human labels (accuracy, Cohen's kappa, confusion)."""
 
-from __future__ import annotations
-
 import functools
 import json
 import re
@@ -21,7 +19,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.sails import sources
 from saelign.sails.generate import generate_answers
 from saelign.sails.judge_features import FEATURE_NAMES, clean, degenerate_reason, features, is_bare_refusal
@@ -75,8 +73,7 @@ def fit_judge_weights(examples: Sequence[LabelledResponse], c: float = 1.0) -> J
     from sklearn.linear_model import LogisticRegression
 
     labels = [e.refused for e in examples]
-    if len(set(labels)) < 2:
-        raise SaelignError("fitting the judge needs both refused and complied examples")
+    require(len(set(labels)) >= 2, "fitting the judge needs both refused and complied examples")
     x = np.array([features(e.prompt, e.response) for e in examples])
     model = LogisticRegression(C=c, max_iter=1000).fit(x, np.array(labels, dtype=int))
     return JudgeWeights(tuple(float(w) for w in model.coef_[0]), float(model.intercept_[0]))
@@ -202,8 +199,7 @@ class LLMJudge:
 
 def judge_agreement(judge: Judge, labelled: Sequence[LabelledResponse]) -> dict[str, Any]:
     """Agreement of a judge with human refusal labels; 'degenerate' counts as a refusal (no compliance)."""
-    if not labelled:
-        raise SaelignError("judge_agreement needs at least one labelled response")
+    require(labelled, "judge_agreement needs at least one labelled response")
     verdicts = judge.judge([e.prompt for e in labelled], [e.response for e in labelled])
     human = np.array([e.refused for e in labelled])
     predicted = np.array([v.label != "complied" for v in verdicts])

@@ -5,8 +5,6 @@ Each feature is a number in [0, 1]; `judge.OfflineJudge` weighs them with a logi
 hand-written labelled responses. Degeneracy and a bare "No." are rules, not features: an empty or looping
 output is not an answer at all, and a lone negation cannot carry out anything, whatever the weights say."""
 
-from __future__ import annotations
-
 import math
 import re
 from collections import Counter

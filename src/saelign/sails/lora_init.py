@@ -17,8 +17,6 @@ mixtures of U's columns (mirrored rows would receive identical updates forever).
 default: the residual stream is one vector space across blocks, so span(U) is meaningful at every depth.
 `get_peft_model` modifies the model in place (PiSSA even rewrites base weights): use a fresh model each."""
 
-from __future__ import annotations
-
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -31,7 +29,7 @@ from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from saelign.configs import help_field
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 
 Init = Literal["sails", "lora", "pissa", "random_subspace", "act_pca"]
 SUBSPACE_INITS = ("sails", "random_subspace", "act_pca")
@@ -58,34 +56,24 @@ class LoraInitConfig:
     seed: int = help_field(0, "seed for PEFT's random A init and for extra in-subspace rows")
 
 
-def linear_module_names(model: nn.Module) -> list[str]:
-    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear | Conv1D) and name})
-
-
 def _layer_index(name: str) -> int | None:
     match = re.search(r"\.(\d+)\.", name)
     return int(match.group(1)) if match else None
 
 
-def _num_layers(model: nn.Module) -> int:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0))
-
-
 def check_targets(model: nn.Module, target_modules: list[str], layers: list[int],
                   where: str = "target_modules") -> None:
     """Fail unless every target names a linear module of `model` and every layer index exists."""
-    if not target_modules:
-        raise SaelignError(f"{where} is empty; name at least one linear module, e.g. q_proj")
-    available = linear_module_names(model)
+    require(target_modules, f"{where} is empty; name at least one linear module, e.g. q_proj")
+    available = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                        if isinstance(m, nn.Linear | Conv1D) and name})
     unknown = [t for t in target_modules if t not in available]
-    if unknown:
-        raise SaelignError(f"{where}: {', '.join(unknown)} not found in {type(model).__name__}; "
-                           f"its linear modules are {', '.join(available)}")
-    n_layers = _num_layers(model)
+    require(not unknown, f"{where}: {', '.join(unknown)} not found in {type(model).__name__}; "
+                         f"its linear modules are {', '.join(available)}")
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    n_layers = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0))
     bad = [i for i in layers if not 0 <= i < n_layers]
-    if bad:
-        raise SaelignError(f"layers: {bad} out of range; the model has blocks 0..{n_layers - 1}")
+    require(not bad, f"layers: {bad} out of range; the model has blocks 0..{n_layers - 1}")
 
 
 def _subspace_factor(basis: torch.Tensor, rank: int, seed: int) -> torch.Tensor:
@@ -164,8 +152,7 @@ def prepare_full_finetune(model: PreTrainedModel, target_modules: list[str] | No
     for param in model.parameters():
         param.requires_grad_(False)
     for name, module in model.named_modules():
-        index = _layer_index(name)
-        if name.rsplit(".", 1)[-1] in target_modules and (not layers or index in layers):
+        if name.rsplit(".", 1)[-1] in target_modules and (not layers or _layer_index(name) in layers):
             for param in module.parameters():
                 param.requires_grad_(True)
     return model

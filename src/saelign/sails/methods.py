@@ -6,8 +6,6 @@ subspace of U's rank) and `act_pca` (inside the PCA of raw harmful-vs-harmless r
 "direct identification" baseline without an SAE). Each run starts from a fresh base model and saves a stock
 PEFT adapter (a model folder for `full`) plus the provenance sidecar."""
 
-from __future__ import annotations
-
 import dataclasses
 import hashlib
 import json
@@ -22,7 +20,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.progress import logger
 from saelign.sails.adapters import save_adapter
 from saelign.sails.evaluate import safety_stop
@@ -72,18 +70,13 @@ class MethodResult:
 
 
 def check_method(name: str) -> str:
-    if name not in METHODS:
-        raise SaelignError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    require(name in METHODS, f"unknown method {name!r}; choose from {', '.join(METHODS)}")
     return name
 
 
 def steps_to_reach(evals: Sequence[Mapping[str, Any]], threshold: float, key: str = "safety_rate") -> int | None:
     """The first evaluated step whose `key` is at least `threshold` (None if never)."""
     return next((int(e["step"]) for e in evals if e.get(key) is not None and e[key] >= threshold), None)
-
-
-def pairs_sha256(pairs: Sequence[tuple[str, str]]) -> str:
-    return hashlib.sha256(json.dumps([list(p) for p in pairs]).encode()).hexdigest()
 
 
 def method_basis(method: str, sails_basis: torch.Tensor, model: PreTrainedModel | None = None,
@@ -142,7 +135,8 @@ def run_method(method: str, model_factory: Callable[[], PreTrainedModel], tokeni
     trained = history["train"][-1]["step"] if history["train"] else 0  # < sft.steps when stop_at_safety ended it
     result = MethodResult(
         method=method, rank=None if method == "full" else rank, target_modules=list(lora_cfg.target_modules),
-        layers=list(lora_cfg.layers), steps=trained, seed=sft.seed, lr=lr, data_sha256=pairs_sha256(pairs),
+        layers=list(lora_cfg.layers), steps=trained, seed=sft.seed, lr=lr,
+        data_sha256=hashlib.sha256(json.dumps([list(p) for p in pairs]).encode()).hexdigest(),
         trainable=trainable_share(trainable), history=history,
         steps_to={str(t): steps_to_reach(history["eval"], t) for t in THRESHOLDS},
         train_seconds=round(sum(e["seconds"] for e in history["train"]), 2), wall_seconds=0.0, adapter=str(adapter_dir),

@@ -5,8 +5,6 @@ Values are layered: dataclass defaults < preset < --config file (same nested lay
 names). A run directory stores the resolved config in config.json; stage commands over it start from it.
 The fields of a nested config that the pipeline sets itself (the hookpoint, output folders) are hidden."""
 
-from __future__ import annotations
-
 import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
@@ -14,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from saelign.configs import config_from_dict, deep_merge, help_field
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.label.labels import LabelConfig
 from saelign.models import ModelConfig
 from saelign.sae import SAEConfig
@@ -101,11 +99,9 @@ class SailsConfig:
         if not self.hookpoint or "," in self.hookpoint:
             raise SaelignError(f"hookpoint: the pipeline uses one SAE at one hookpoint, got "
                                f"{self.hookpoint!r}")
-        if self.sae_epochs < 1:
-            raise SaelignError(f"sae_epochs must be positive, got {self.sae_epochs}")
+        require(self.sae_epochs >= 1, f"sae_epochs must be positive, got {self.sae_epochs}")
         bad = sorted(set(self.contrast) - {"harmless", "borderline"}) or ([] if self.contrast else ["(none)"])
-        if bad:
-            raise SaelignError(f"contrast: {', '.join(bad)} invalid; use harmless and/or borderline")
+        require(not bad, f"contrast: {', '.join(bad)} invalid; use harmless and/or borderline")
         if self.sft.stop_at_safety > 0 and self.sft.eval_every < 1:
             raise SaelignError(f"sft.stop_at_safety={self.sft.stop_at_safety} needs a periodic validation "
                                "check: set --sft-eval-every N (N > 0)")
@@ -154,8 +150,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def preset_layer(name: str) -> dict[str, Any]:
-    if name not in PRESETS:
-        raise SaelignError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    require(name in PRESETS, f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     return deep_merge(PRESETS[name], {"preset": name})
 
 

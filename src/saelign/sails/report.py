@@ -3,8 +3,6 @@ changed in labelled SAE features, how far the judge agrees with human labels, an
 
 Built only from the files in a run directory, so it can be rebuilt at any time (`saelign sails report`)."""
 
-from __future__ import annotations
-
 import math
 from pathlib import Path
 from typing import Any

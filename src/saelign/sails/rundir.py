@@ -4,8 +4,6 @@ inputs stages share (models, data, SAE, subspace), loaded once on first use.
 A unit is a stage, or one method or model of a per-method stage ("train:sails"). Its key hashes the config
 values the stage declares and the keys of its upstream units."""
 
-from __future__ import annotations
-
 import copy
 import functools
 import hashlib
@@ -42,7 +40,7 @@ class Stage:
 
     name: str
     help: str
-    fn: Callable[[RunDir, str], dict[str, Any]]
+    fn: Callable[["RunDir", str], dict[str, Any]]
     outputs: tuple[str, ...] = ()  # files that mark a unit done ("{name}": its method); none: always rerun
     keys: tuple[str, ...] = ()  # SailsConfig sections or fields (dotted) the outputs depend on
     upstream: tuple[str, ...] = ()  # stages whose outputs it reads

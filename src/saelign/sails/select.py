@@ -6,8 +6,6 @@ prompt token, the last n, or all but the attention-sink first token), then score
 |mean on harmful - mean on harmless| or by |coefficient| of an L1-regularised logistic probe. Several hookpoints
 (one SAE each) share one forward pass; their selections are kept apart, each tagged with its hookpoint."""
 
-from __future__ import annotations
-
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -17,7 +15,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from saelign.configs import help_field
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.models.hookpoints import forward_capture, resolve_hookpoints
 from saelign.progress import logger, progress
 from saelign.sae.model import SAE
@@ -86,8 +84,7 @@ def pooled_activations(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
                        encoders: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
                        cfg: FeatureSelectConfig) -> dict[str, torch.Tensor]:
     """{hookpoint: [n_prompts, width]}: per prompt, the mean of encoders[hookpoint](activation) over the pooled tokens."""
-    if not prompts:
-        raise SaelignError("no prompts given for feature selection")
+    require(prompts, "no prompts given for feature selection")
     hookpoints = list(encoders)
     device = next(model.parameters()).device
     pad_id = pad_token_id(tokenizer)
@@ -193,7 +190,6 @@ def selection_directions(selections: Sequence[Selection], saes: Mapping[str, SAE
     """Unit decoder rows of every selected latent, stacked [n, d_model] (residual hookpoints share one space)."""
     rows = [saes[s.hookpoint].decoder_directions(s.latent_ids).cpu() for s in selections]
     widths = {r.shape[1] for r in rows}
-    if len(widths) != 1:
-        raise SaelignError(f"selected SAEs read activations of different widths {sorted(widths)}; "
-                           "a subspace needs hookpoints on the same residual stream")
+    require(len(widths) == 1, f"selected SAEs read activations of different widths {sorted(widths)}; "
+                              "a subspace needs hookpoints on the same residual stream")
     return torch.cat(rows)

@@ -3,8 +3,6 @@
 To add a stage, write its function (run, name) -> facts for run.json and declare it in `STAGES`: the pipeline,
 its resumption and the CLI subcommand come from the declaration."""
 
-from __future__ import annotations
-
 import dataclasses
 import itertools
 import json

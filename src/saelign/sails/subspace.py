@@ -6,13 +6,11 @@ features share is the safety signal itself, and centring would subtract exactly 
 blind to the sign of each row, so latents that fire on harmless prompts contribute their direction alike.
 Baselines build U of the same rank from random directions or from raw activation differences."""
 
-from __future__ import annotations
-
 import hashlib
 
 import torch
 
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.progress import logger
 
 _RELATIVE_RANK_TOL = 1e-6
@@ -32,15 +30,13 @@ def _check_rows(rows: torch.Tensor, what: str) -> torch.Tensor:
     if rows.ndim != 2 or rows.shape[0] == 0:
         raise SaelignError(f"{what} must be a non-empty [n, d_model] matrix, got shape {tuple(rows.shape)}")
     rows = rows.detach().float().cpu()
-    if not torch.isfinite(rows).all():
-        raise SaelignError(f"{what} contains NaN or inf values; recompute them")
+    require(torch.isfinite(rows).all(), f"{what} contains NaN or inf values; recompute them")
     return rows
 
 
 def build_subspace(directions: torch.Tensor, tau: float = 0.8, max_rank: int | None = None) -> torch.Tensor:
     """Orthonormal U [d, r]: top uncentred principal components of the unit directions explaining >= tau."""
-    if not 0 < tau <= 1:
-        raise SaelignError(f"tau={tau} must be in (0, 1]: the share of variance the subspace keeps")
+    require(0 < tau <= 1, f"tau={tau} must be in (0, 1]: the share of variance the subspace keeps")
     rows = _check_rows(directions, "subspace directions")
     rows = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)  # each latent counts once, whatever its norm
     _, singular, vh = torch.linalg.svd(rows, full_matrices=False)
@@ -48,8 +44,7 @@ def build_subspace(directions: torch.Tensor, tau: float = 0.8, max_rank: int | N
     explained = torch.cumsum(singular**2, 0) / (singular**2).sum()
     rank = int((explained < tau - 1e-6).sum()) + 1
     rank = min(rank, numerical_rank, max_rank or numerical_rank)
-    if rank < 1:
-        raise SaelignError(f"max_rank={max_rank} must be at least 1")
+    require(rank >= 1, f"max_rank={max_rank} must be at least 1")
     logger.info(f"safety subspace: rank {rank} of {len(rows)} directions, explaining {float(explained[rank - 1]):.1%}")
     return _orient(vh[:rank].T, rows)
 
@@ -63,8 +58,7 @@ def explained_share(directions: torch.Tensor, basis: torch.Tensor) -> float:
 
 def random_subspace(d: int, r: int, seed: int = 0) -> torch.Tensor:
     """Orthonormal U [d, r] spanning a uniformly random r-dimensional subspace (the random-subspace baseline)."""
-    if not 1 <= r <= d:
-        raise SaelignError(f"random subspace rank r={r} must be in 1..d={d}")
+    require(1 <= r <= d, f"random subspace rank r={r} must be in 1..d={d}")
     gaussian = torch.randn(d, r, generator=torch.Generator().manual_seed(seed))
     return _orient(gaussian, gaussian.T)
 

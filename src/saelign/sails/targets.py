@@ -6,8 +6,6 @@ answer, so the fine-tune teaches refusing without teaching a new style of helpin
 calls refusals or degenerate are dropped rather than trained on, and an answer cut off by `max_new_tokens` is
 trimmed back to its last full sentence."""
 
-from __future__ import annotations
-
 import dataclasses
 import functools
 import hashlib

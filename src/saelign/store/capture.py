@@ -5,8 +5,6 @@ tokens, and by default the first position of every context (an attention sink wh
 `stream_activations` yields the same rows on the fly, for training without a store; `capture` writes them to one
 store per hookpoint and resumes an interrupted run exactly, because the corpus order is deterministic."""
 
-from __future__ import annotations
-
 import hashlib
 import json
 import time
@@ -22,7 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from saelign.configs import config_to_dict, help_field
 from saelign.datasets.corpus import Corpus, iter_contexts, open_corpus
 from saelign.device import dtype_name
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.models import ModelConfig, forward_capture, load_model, resolve_hookpoints
 from saelign.models.loading import model_identity
 from saelign.progress import logger, progress
@@ -48,8 +46,7 @@ class CaptureConfig:
 
     def __post_init__(self) -> None:
         for name in ("context_length", "batch_size", "shard_tokens"):
-            if getattr(self, name) < 1:
-                raise SaelignError(f"{name} must be positive, got {getattr(self, name)}")
+            require(getattr(self, name) >= 1, f"{name} must be positive, got {getattr(self, name)}")
         if self.token_budget < 0:
             raise SaelignError(f"token_budget must be 0 (whole corpus) or positive, got {self.token_budget}")
 
@@ -121,29 +118,21 @@ def stream_activations(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
         yield batch.activations
 
 
-def _tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> dict[str, object]:
-    vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode()
-    return {"class": type(tokenizer).__name__, "vocab_size": len(tokenizer), "vocab_sha256": hashlib.sha256(vocab).hexdigest()}
-
-
-def _widths(model: PreTrainedModel, hookpoints: list[str], tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
-    probe = torch.full((1, 2), pad_token_id(tokenizer), device=next(model.parameters()).device)
-    return {hp: out.shape[-1] for hp, out in forward_capture(model, hookpoints, probe).items()}
-
-
 def capture(model_cfg: ModelConfig, cfg: CaptureConfig, model: PreTrainedModel | None = None,
             tokenizer: PreTrainedTokenizerBase | None = None) -> dict[str, Path]:
     """Write one activation store per hookpoint under cfg.out; return {hookpoint: store folder}.
     Pass `model`/`tokenizer` to reuse already-loaded objects (model_cfg then only names the model in manifests).
-    A finished store is left as is; an interrupted one is continued; one made with other settings is an error.
-    """
+    A finished store is left as is, an interrupted one continued; one made with other settings is an error."""
     corpus = open_corpus(cfg.corpus, cfg.text_field, cfg.chat, cfg.seed)  # before the model: fail fast on a bad path
     if model is None or tokenizer is None:
         model, tokenizer = load_model(model_cfg)
     hookpoints = resolve_hookpoints(model, cfg.hookpoints)
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode()
+    tokenizer_id = {"class": type(tokenizer).__name__, "vocab_size": len(tokenizer),
+                    "vocab_sha256": hashlib.sha256(vocab).hexdigest()}
     common = {
         "format": FORMAT, "version": FORMAT_VERSION, "model": model_identity(model_cfg),
-        "model_dtype": dtype_name(model.dtype), "dtype": cfg.store_dtype, "tokenizer": _tokenizer_identity(tokenizer),
+        "model_dtype": dtype_name(model.dtype), "dtype": cfg.store_dtype, "tokenizer": tokenizer_id,
         "context_length": cfg.context_length, "shard_tokens": cfg.shard_tokens,
         "corpus": {"source": corpus.source, "sha256": corpus.sha256(), "text_field": cfg.text_field,
                    "chat": cfg.chat, "seed": cfg.seed},
@@ -151,7 +140,8 @@ def capture(model_cfg: ModelConfig, cfg: CaptureConfig, model: PreTrainedModel |
     }
     budget = cfg.token_budget or None
     out = Path(cfg.out)
-    widths = _widths(model, hookpoints, tokenizer)
+    probe = torch.full((1, 2), pad_token_id(tokenizer), device=next(model.parameters()).device)
+    widths = {hp: acts.shape[-1] for hp, acts in forward_capture(model, hookpoints, probe).items()}
     writers = {hp: StoreWriter(out / hp, {**common, "hookpoint": hp, "d_in": widths[hp]}, budget) for hp in hookpoints}
     pending = [w for w in writers.values() if not w.done]
     if not pending:

@@ -4,8 +4,6 @@ Shuffling is two-level so memory stays bounded whatever the corpus size: the sha
 are permuted within windows of a few consecutive shards (`buffer_tokens`). Every row is yielded exactly once per
 epoch."""
 
-from __future__ import annotations
-
 import hashlib
 import mmap
 from collections.abc import Iterator, Sequence
@@ -15,7 +13,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.progress import logger
 from saelign.store.store import read_manifest
 
@@ -32,6 +30,8 @@ class ActivationStore:
         self.shards: list[dict[str, Any]] = self.manifest["shards"]
         if not self.shards:
             raise SaelignError(f"activation store {self.path} has no shards yet; rerun the same `saelign capture` command")
+        self.d_in, self.shard_tokens = int(self.manifest["d_in"]), int(self.manifest["shard_tokens"])
+        self.num_tokens, self.hookpoint = int(self.manifest["num_tokens"]), str(self.manifest["hookpoint"])
         for shard in self.shards:
             file = self.path / shard["file"]
             if not file.is_file():
@@ -43,22 +43,6 @@ class ActivationStore:
             logger.warning(f"activation store {self.path} is incomplete ({self.num_tokens} tokens so far); "
                            "rerun the same `saelign capture` command to finish it")
         self.peak_buffer_rows = 0  # largest number of rows held by `batches`, for checking the memory bound
-
-    @property
-    def d_in(self) -> int:
-        return int(self.manifest["d_in"])
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.manifest["num_tokens"])
-
-    @property
-    def hookpoint(self) -> str:
-        return str(self.manifest["hookpoint"])
-
-    @property
-    def shard_tokens(self) -> int:
-        return int(self.manifest["shard_tokens"])
 
     def __len__(self) -> int:
         return self.num_tokens
@@ -97,14 +81,12 @@ class ActivationStore:
         Memory holds at most max(buffer_tokens, one shard) + batch_size rows. With `world_size` > 1 each rank
         reads a disjoint subset of the shards (data parallelism). `shards` restricts reading to those shard
         indices (e.g. to hold the others out for evaluation)."""
-        if batch_size < 1:
-            raise SaelignError(f"batch_size must be positive, got {batch_size}")
+        require(batch_size >= 1, f"batch_size must be positive, got {batch_size}")
         selected = list(range(len(self.shards))) if shards is None else list(shards)
         if not selected or any(not 0 <= i < len(self.shards) for i in selected):
             raise SaelignError(f"shards {selected} must be a non-empty subset of 0..{len(self.shards) - 1} for store {self.path}")
-        if world_size > len(selected):
-            raise SaelignError(f"store {self.path} has {len(self.shards)} shards, fewer than {world_size} ranks; "
-                               "recapture with a smaller --shard-tokens")
+        require(world_size <= len(selected), f"store {self.path} has {len(self.shards)} shards, fewer than "
+                                             f"{world_size} ranks; recapture with a smaller --shard-tokens")
         per_window = max(1, buffer_tokens // self.shard_tokens)
         remaining = max_tokens if max_tokens is not None else float("inf")
         for epoch in range(epochs):

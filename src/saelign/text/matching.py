@@ -1,7 +1,5 @@
 """Text normalisation and answer matching, one meaning each, shared by SAILS and AlignSAE."""
 
-from __future__ import annotations
-
 import re
 import unicodedata
 from collections.abc import Sequence

@@ -3,14 +3,12 @@
 Pad id: the tokenizer's pad token, else its end-of-sequence token, else 0. It only fills positions the
 attention mask hides (and losses ignore), so any id would do; the fallbacks serve hand-made tokenizers."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from saelign.errors import SaelignError
+from saelign.errors import require
 
 
 def token_ids(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], special_tokens: bool = True
@@ -18,8 +16,7 @@ def token_ids(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], special_
     """Each text's token ids; a text without any is an error (there is nothing to read or continue)."""
     ids = tokenizer(list(texts), add_special_tokens=special_tokens)["input_ids"] if texts else []
     empty = [i for i, row in enumerate(ids) if not row]
-    if empty:
-        raise SaelignError(f"prompt(s) {empty[:5]} tokenise to nothing; each prompt needs at least one token")
+    require(not empty, f"prompt(s) {empty[:5]} tokenise to nothing; each prompt needs at least one token")
     return ids
 
 

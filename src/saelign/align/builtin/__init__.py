@@ -1,8 +1,6 @@
 """Built-in ontologies from real data, by name: relations, pos, ner, sentiment, wordnet (each builder's
 options are documented on it). `filter_known_facts` then keeps the relation facts a given model answers."""
 
-from __future__ import annotations
-
 import inspect
 from collections.abc import Callable
 from typing import Any

@@ -4,8 +4,6 @@ A concept slot can only bind to a relation the model actually represents, so fac
 dropped before alignment: a fact is kept when the model answers at least `min_accuracy` of its train-template
 prompts (`saelign.text.answer_matches`)."""
 
-from __future__ import annotations
-
 import dataclasses
 from collections import defaultdict
 from typing import Any

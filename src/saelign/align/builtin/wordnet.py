@@ -5,14 +5,12 @@ Reads the sense index of Princeton WordNet 3.0 as Debian installs it; a sense ke
 per sense, so rare senses still count a little); the most frequent such words come first. Each word is shown in
 a few neutral templates and the concept is read at the word's last token."""
 
-from __future__ import annotations
-
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
 from saelign.align.ontology import Concept, Entity, Ontology, Templates
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 
 WORDNET_DIR = Path("/usr/share/wordnet")
 INSTALL_HINT = "install WordNet with `apt-get update && apt-get install -y wordnet-base wordnet-sense-index`"
@@ -36,8 +34,7 @@ TEMPLATES = Templates(
 
 def read_sense_index(path: Path) -> dict[str, Counter[str]]:
     """lemma -> {lexicographer class: weight}, from an index.sense file (weight = tag count + 0.5 per sense)."""
-    if not path.is_file():
-        raise SaelignError(f"WordNet sense index {path} not found; {INSTALL_HINT}, or pass wordnet_dir")
+    require(path.is_file(), f"WordNet sense index {path} not found; {INSTALL_HINT}, or pass wordnet_dir")
     weights: dict[str, Counter[str]] = defaultdict(Counter)
     with open(path, encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, 1):
@@ -72,10 +69,8 @@ def build_wordnet(classes: Sequence[str] = DEFAULT_CLASSES, max_per_concept: int
                   wordnet_dir: Path = WORDNET_DIR) -> Ontology:
     """One concept per lexicographer class, each with its most frequent unambiguous words as entities."""
     unknown = [c for c in classes if c not in LEXNAMES]
-    if unknown:
-        raise SaelignError(f"unknown WordNet class(es) {', '.join(unknown)}; choose from {', '.join(LEXNAMES)}")
-    if not 0.5 < purity <= 1:
-        raise SaelignError(f"purity {purity} must be in (0.5, 1] so each word belongs to one class")
+    require(not unknown, f"unknown WordNet class(es) {', '.join(unknown)}; choose from {', '.join(LEXNAMES)}")
+    require(0.5 < purity <= 1, f"purity {purity} must be in (0.5, 1] so each word belongs to one class")
     words = class_words(read_sense_index(Path(wordnet_dir) / "index.sense"), classes, purity, max_per_concept)
     concepts = []
     for name in classes:

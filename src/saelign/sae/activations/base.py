@@ -4,8 +4,6 @@ An activation is a dataclass whose fields are its training options: flags of `sa
 `SAETrainConfig.activation_options` (or of a config file's `train:` section) under their own names, so a name
 means one thing wherever it is declared (relu and jumprelu share `sparsity_warmup_fraction`)."""
 
-from __future__ import annotations
-
 import dataclasses
 import typing
 from collections.abc import Mapping
@@ -15,10 +13,10 @@ from typing import Any, ClassVar, Self, TypeVar
 import torch
 
 from saelign.configs import config_from_dict, help_field
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.sae.losses import SAEParts, StepResult, TrainBatch, dense_step, linear_ramp
 
-ACTIVATIONS: dict[str, type[Activation]] = {}
+ACTIVATIONS: dict[str, type["Activation"]] = {}
 T = TypeVar("T", bound="type[Activation]")
 
 
@@ -26,14 +24,13 @@ def register(cls: T) -> T:
     """Class decorator: `SAEConfig(activation=cls.name)` then builds an SAE with this activation."""
     defaults = {f.name: f.default for f in dataclasses.fields(options_class())}
     clash = [f.name for f in dataclasses.fields(cls) if defaults.get(f.name, f.default) != f.default]
-    if clash:
-        raise SaelignError(f"activation {cls.name}: option(s) {', '.join(clash)} have another default in "
-                           "another activation; a name means one option, rename them")
+    require(not clash, f"activation {cls.name}: option(s) {', '.join(clash)} have another default in "
+                       "another activation; a name means one option, rename them")
     ACTIVATIONS[cls.name] = cls
     return cls
 
 
-def activation_class(name: str) -> type[Activation]:
+def activation_class(name: str) -> type["Activation"]:
     if name not in ACTIVATIONS:
         raise SaelignError(f"unknown SAE activation {name!r}; registered: {', '.join(sorted(ACTIVATIONS))}")
     return ACTIVATIONS[name]
@@ -117,9 +114,8 @@ class DenseActivation(Activation):
     encoder_init_scale: ClassVar[float] = 0.1  # small initial latents, else thousands of them fire at step 0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.sparsity_warmup_fraction < 1:
-            raise SaelignError(f"sparsity_warmup_fraction must lie in [0, 1), got "
-                               f"{self.sparsity_warmup_fraction}")
+        require(0 <= self.sparsity_warmup_fraction < 1, f"sparsity_warmup_fraction must lie in [0, 1), got "
+                                                        f"{self.sparsity_warmup_fraction}")
 
     @property
     def coefficient(self) -> float:

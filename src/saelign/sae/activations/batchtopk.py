@@ -2,8 +2,6 @@
 keeps about k latents. At inference it is a JumpReLU with one threshold for all latents, the running mean of
 the smallest selected activation in training; SAELens saves BatchTopK SAEs the same way."""
 
-from __future__ import annotations
-
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -12,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from saelign.configs import help_field
-from saelign.errors import SaelignError
+from saelign.errors import require
 from saelign.sae.activations.base import register
 from saelign.sae.activations.jumprelu import above_threshold
 from saelign.sae.activations.topk import TopK
@@ -53,9 +51,8 @@ class BatchTopK(TopK):
                                                       "quantile; a short memory follows its drift)")
 
     def __post_init__(self) -> None:
-        if not 0 <= self.batchtopk_threshold_beta < 1:
-            raise SaelignError(f"batchtopk_threshold_beta must lie in [0, 1), got "
-                               f"{self.batchtopk_threshold_beta}")
+        require(0 <= self.batchtopk_threshold_beta < 1, f"batchtopk_threshold_beta must lie in [0, 1), got "
+                                                        f"{self.batchtopk_threshold_beta}")
         # a 0-d CPU tensor: the first update moves it to the device of the training batch
         self.threshold_ema, self.threshold_updates = torch.zeros(()), 0
 

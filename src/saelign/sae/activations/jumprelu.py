@@ -1,7 +1,5 @@
 """JumpReLU (Rajamanoharan et al. 2024): z = pre * H(pre - theta) with a learnt threshold theta per latent."""
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -9,7 +7,7 @@ import torch
 from torch.autograd import Function
 
 from saelign.configs import help_field
-from saelign.errors import SaelignError
+from saelign.errors import require
 from saelign.sae.activations.base import DenseActivation, register
 from saelign.sae.losses import SAEParts
 
@@ -78,9 +76,8 @@ class JumpReLU(DenseActivation):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.jumprelu_threshold_lr < 0:
-            raise SaelignError(f"jumprelu_threshold_lr must not be negative, got "
-                               f"{self.jumprelu_threshold_lr}")
+        require(self.jumprelu_threshold_lr >= 0, f"jumprelu_threshold_lr must not be negative, got "
+                                                 f"{self.jumprelu_threshold_lr}")
 
     @property
     def coefficient(self) -> float:

@@ -1,7 +1,5 @@
 """ReLU with an L1 penalty, SAELens' "standard" SAE."""
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from typing import ClassVar
 

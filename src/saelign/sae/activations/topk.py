@@ -1,7 +1,5 @@
 """TopK (Gao et al. 2024): each token keeps its k largest pre-activations (ReLU'd)."""
 
-from __future__ import annotations
-
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
