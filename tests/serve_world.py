@@ -60,6 +60,7 @@ def build_world(root: Path) -> dict[str, Path]:
     run = paths["run"]
     write_json_atomic(run / "config.json", {"model": {"model": str(paths["model"])}})
     save_sae(_sae(1), run / "sae")
+    write_json_atomic(run / "sae.json", {"path": "sae"})  # as the pipeline writes it: relative to the run
     save_labels(run / "labels.json", {i: _label(i) for i in FEATURES})
     (run / "labels.html").write_text("<html><body>latent cards</body></html>")  # what `saelign label` writes
     write_json_atomic(

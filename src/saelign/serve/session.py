@@ -81,8 +81,8 @@ def _run_paths(run: Path) -> dict[str, Path | None]:
             "`saelign sails run --out` wrote"
         )
     sae = run / "sae"
-    if (run / "sae.json").is_file():
-        sae = Path(read_json(run / "sae.json", "sae.json")["path"])
+    if (run / "sae.json").is_file():  # its path is the run's own sae/ (relative) or an absolute --sae folder
+        sae = run / read_json(run / "sae.json", "sae.json")["path"]
     found = {
         "sae": sae,
         "labels": run / LABELS_FILE,
