@@ -23,13 +23,14 @@ from saelign.sae import load_sae
 from saelign.sae.formats import check_sae_matches
 from saelign.sae.train import LOG_FILE, train_saes
 from saelign.sails import sources
-from saelign.sails.data import SafetyData, build_safety_data, save_safety_data
+from saelign.sails.data import Example, SafetyData, build_safety_data, save_safety_data
 from saelign.sails.effect import adapter_effect
 from saelign.sails.evaluate import evaluate_model, make_judge, quick_safety
 from saelign.sails.generate import chat_text
 from saelign.sails.judge import OfflineJudge, PrefixJudge, judge_agreement
 from saelign.sails.methods import MethodConfig, run_method
 from saelign.sails.ood import evaluate_splits
+from saelign.sails.registers import classify
 from saelign.sails.report import write_run_report
 from saelign.sails.rundir import RunDir, Stage
 from saelign.sails.select import select_safety_features, selection_directions
@@ -105,17 +106,26 @@ def short_labels(run: RunDir) -> dict[int, str]:
     return {i: label.short_label for i, label in load_labels(path).items()} if path.is_file() else {}
 
 
+def contrast_examples(run: RunDir, split: str) -> tuple[list[Example], list[Example]]:
+    """The harmful examples of a split, and those of the kinds contrasted with them."""
+    examples = run.data.split(split)
+    return [e for e in examples if e.kind == "harmful"], [e for e in examples if e.kind in run.cfg.contrast]
+
+
 def contrast_prompts(run: RunDir, split: str) -> tuple[list[str], list[str]]:
-    data = run.data
-    return data.prompts(split, "harmful"), [p for kind in run.cfg.contrast for p in data.prompts(split, kind)]
+    harmful, contrast = contrast_examples(run, split)
+    return [e.prompt for e in harmful], [e.prompt for e in contrast]
 
 
 def select_stage(run: RunDir, _: str) -> dict[str, Any]:
     cfg = run.cfg
-    harmful, contrast = contrast_prompts(run, "train")
+    harmful_set, contrast_set = contrast_examples(run, "train")
+    harmful, contrast = [e.prompt for e in harmful_set], [e.prompt for e in contrast_set]
+    registers = ([e.register or classify(e.prompt) for e in harmful_set],
+                 [e.register or classify(e.prompt) for e in contrast_set])
     saes = {cfg.hookpoint: run.sae}
     (selection,) = select_safety_features(run.model, run.tokenizer, saes, harmful, contrast, cfg.select,
-                                          labels={cfg.hookpoint: short_labels(run)})
+                                          labels={cfg.hookpoint: short_labels(run)}, registers=registers)
     directions = selection_directions([selection], saes)
     basis = build_subspace(directions, cfg.subspace.tau, cfg.subspace.max_rank or None)
     info = {"selection": selection.to_dict(), "rank": basis.shape[1], "explained": explained_share(directions, basis),
