@@ -10,7 +10,9 @@ from typing import Any
 from saelign.io import read_json
 from saelign.label import LatentLabel, load_labels, render_latent_cards
 from saelign.report import Report, line_plot
+from saelign.sails.aligned import INFO_FILE
 from saelign.sails.effect import EffectResult
+from saelign.sails.methods import ALIGNED
 from saelign.sails.rundir import RunDir
 
 REPORT_STEM = "report"
@@ -149,6 +151,27 @@ def _features(report: Report, selection: dict[str, Any], labels: dict[int, Laten
                           "Feature cards with top contexts are in the HTML report.")
 
 
+def concept_rows(info: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per aligned safety concept: its slot, training prompts per register and binding quality."""
+    return [{"concept": c["name"], "slot": c["slot"], "training prompts": c["n_train"],
+             "registers": ", ".join(f"{r} {n}" for r, n in sorted(c["registers"].items())),
+             "slot AUROC train": _num(c.get("auroc_train")), "slot AUROC val": _num(c.get("auroc_val"))}
+            for c in info["concepts"]]
+
+
+def _aligned(report: Report, info: dict[str, Any]) -> None:
+    span = info.get("in_sails_span")
+    report.paragraph(
+        f"For {ALIGNED}, the run's SAE was post-trained (AlignSAE) so that each of {len(info['concepts'])} safety "
+        "concepts of the training data owns one named slot: the kinds of request, AdvBench's harm categories and "
+        "the harmless topics with enough prompts, each asked in every register its prompts come in. The span of "
+        f"the slots' decoder rows is a rank-{info['rank']} subspace keeping {info['explained']:.1%} of their "
+        f"energy (tau {info['tau']}, at most SAILS' rank {info['max_rank']})"
+        + (f"; {span:.1%} of it lies inside SAILS' U." if span is not None else ".")
+        + " A slot's AUROC says how well its value ranks its concept's prompts above the others.")
+    report.table(concept_rows(info), caption=f"{ALIGNED}: the safety concepts and their slots")
+
+
 def _effect(report: Report, method: str, effect: EffectResult) -> None:
     shares = ", ".join(f"{kind} {_pct(share)}" for kind, share in effect.subspace_share.items())
     relative = ", ".join(f"{kind} {_pct(v)}" for kind, v in effect.relative_change.items())
@@ -256,6 +279,9 @@ def build_report(run: RunDir) -> Report:
         if run.path("dashboard", "index.html").is_file():
             report.paragraph("Every feature has a page in the dashboard, dashboard/index.html (search by id or "
                              "label; selected features and those each adapter moved are tagged).")
+    if run.path("align", INFO_FILE).is_file():
+        report.heading("Aligned safety slots")
+        _aligned(report, read_json(run.path("align", INFO_FILE)))
     if effects:
         report.heading("What the adapter changed")
         report.paragraph("SAE latents at the selection hookpoint and token, base vs adapted model, on held-out prompts.")

@@ -23,12 +23,13 @@ from saelign.sae import load_sae
 from saelign.sae.formats import check_sae_matches
 from saelign.sae.train import LOG_FILE, train_saes
 from saelign.sails import sources
+from saelign.sails.aligned import advbench_categories, align_safety_slots, save_aligned_subspace
 from saelign.sails.data import Example, SafetyData, build_safety_data, save_safety_data
 from saelign.sails.effect import adapter_effect
 from saelign.sails.evaluate import evaluate_model, make_judge, quick_safety
 from saelign.sails.generate import chat_text
 from saelign.sails.judge import OfflineJudge, PrefixJudge, judge_agreement
-from saelign.sails.methods import MethodConfig, run_method
+from saelign.sails.methods import ALIGNED, MethodConfig, run_method
 from saelign.sails.ood import evaluate_splits
 from saelign.sails.registers import classify
 from saelign.sails.report import write_run_report
@@ -136,6 +137,21 @@ def select_stage(run: RunDir, _: str) -> dict[str, Any]:
     return {"rank": info["rank"], "explained": info["explained"], "latents": selection.latent_ids}
 
 
+def align_stage(run: RunDir, _: str) -> dict[str, Any]:
+    cfg = run.cfg
+    kinds = ("harmful", *cfg.contrast)
+    train, val = ([e for e in run.data.split(split) if e.kind in kinds] for split in ("train", "val"))
+    # Rewordings of AdvBench behaviours find their harm categories by behaviour id.
+    categories = advbench_categories() if "advbench" in cfg.data.sources else {}
+    generic = _capture(run, token_budget=cfg.ontology.generic_tokens).float()
+    post = dataclasses.replace(cfg.align, out=str(run.path("align")))
+    result = align_safety_slots(run.model, run.tokenizer, run.sae, train, val, generic, categories, cfg.ontology,
+                                post, cfg.select, cfg.subspace.tau, run.selection["rank"], run.basis)
+    save_aligned_subspace(result, run.path("align"))
+    return {"concepts": result.slot_map.concepts, "rank": result.info["rank"],
+            "in_sails_span": result.info["in_sails_span"]}
+
+
 def targets_stage(run: RunDir, _: str) -> dict[str, Any]:
     data = run.data
     cfg = run.cfg.targets
@@ -157,11 +173,14 @@ def train_stage(run: RunDir, method: str) -> dict[str, Any]:
                   "hookpoints": [cfg.hookpoint], "latent_ids": selection["latent_ids"], "labels": selection["labels"],
                   "tau": cfg.subspace.tau, "subspace_rank": run.selection["rank"],
                   "sails_basis_sha256": run.selection["basis_sha256"]}
+    aligned = run.aligned if method == ALIGNED else None
+    if aligned is not None:  # its latents are the concept slots of the aligned SAE, labelled by concept
+        provenance.update(aligned.provenance(), sae=str(run.path("align")))
     result = run_method(method, run.fresh_model, run.tokenizer, pairs, run.basis,
                         MethodConfig(cfg.lora, cfg.sft, cfg.full_lr, cfg.select), run.path("methods", method),
                         eval_fn=eval_fn if cfg.sft.eval_every else None,
                         act_pca_prompts=contrast_prompts(run, "train"), provenance=provenance,
-                        overwrite=run.overwrite)
+                        overwrite=run.overwrite, given_basis=aligned.basis if aligned is not None else None)
     write_json_atomic(run.path("methods", method, "result.json"), result.to_dict())
     return {"train_seconds": result.train_seconds, "share": result.trainable["share"], "steps_to": result.steps_to}
 
@@ -190,9 +209,12 @@ def effect_stage(run: RunDir, method: str) -> dict[str, Any]:
     cfg = run.cfg
     test = run.data.test
     prompts = {kind: [e.prompt for e in test if e.kind == kind] for kind in ("harmful", "harmless", "borderline")}
-    result = adapter_effect(run.trained_model(method), run.tokenizer, run.sae, prompts, cfg.select, run.basis,
-                            cfg.effect_top, short_labels(run), run.selection["selection"]["latent_ids"],
-                            base_model=run.model if method == "full" else None)
+    sae, basis, labels, selected = run.sae, run.basis, short_labels(run), run.selection["selection"]["latent_ids"]
+    if method == ALIGNED:  # read through the aligned SAE: its concept slots, named, beside the free bank
+        aligned = run.aligned
+        sae, basis, labels, selected = aligned.sae, aligned.basis, {**labels, **aligned.labels}, aligned.slot_map.slots
+    result = adapter_effect(run.trained_model(method), run.tokenizer, sae, prompts, cfg.select, basis,
+                            cfg.effect_top, labels, selected, base_model=run.model if method == "full" else None)
     write_json_atomic(run.path("effect", f"{method}.json"), result.to_dict())
     return {"subspace_share": result.subspace_share}
 
@@ -217,11 +239,16 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("select", "select the safety features and build the subspace U (select/)", select_stage,
           outputs=("select/selection.json", "select/subspace.safetensors"),
           keys=("select", "contrast", "subspace"), upstream=("sae",), folder="select"),
+    Stage("align", f"AlignSAE post-training of the SAE on the training data's safety concepts, and the "
+          f"subspace of their slots, for {ALIGNED} (align/)", align_stage,
+          outputs=("align/aligned.json", "align/subspace.safetensors"), keys=("ontology", "align", "capture"),
+          upstream=("data", "sae", "select"), folder="align",
+          per=lambda cfg: [m for m in cfg.methods if m == ALIGNED]),
     Stage("targets", "refusals for harmful prompts, the base model's answers for the others (targets/)",
           targets_stage, outputs=("targets/train.jsonl",), keys=("targets",), upstream=("data",),
           folder="targets"),
     Stage("train", "fine-tune every method in the same harness and save its adapter (methods/)", train_stage,
-          outputs=("methods/{name}/result.json",), upstream=("select", "targets"), folder="methods/{name}",
+          outputs=("methods/{name}/result.json",), upstream=("select", "align", "targets"), folder="methods/{name}",
           keys=("lora", "sft", "validation", "eval.judge", "full_lr"), per=lambda cfg: cfg.methods),
     Stage("eval", "safety, over-refusal, perplexity and factual accuracy of the base model and each method "
           "(eval/)", eval_stage, outputs=("eval/{name}.json",), keys=("eval",), upstream=("data", "train"),
