@@ -32,6 +32,7 @@ _HOOKPOINT = "the pipeline's one --hookpoint"
 _IN_RUN = "a file or folder of the run directory"
 _MEMORY = "kept in memory as float16"
 _CORPUS = "the capture corpus, read as the capture reads it"
+_NO_ANSWERS = "the safety concepts have no answer tokens for a value head"
 
 
 @dataclass
@@ -87,7 +88,7 @@ class SailsConfig:
     subspace: SubspaceConfig = _section(SubspaceConfig, "safety subspace")
     ontology: SafetyOntologyConfig = _section(SafetyOntologyConfig, "the safety concepts of sails_aligned")
     align: PostTrainConfig = _section(PostTrainConfig, "AlignSAE post-training of the run's SAE for sails_aligned",
-                                      out=_IN_RUN)
+                                      out=_IN_RUN, value_coeff=_NO_ANSWERS, value_hidden=_NO_ANSWERS)
     targets: TargetsConfig = _section(TargetsConfig, "training targets")
     lora: LoraInitConfig = _section(LoraInitConfig, "LoRA settings shared by every method",
                                     init="chosen per method; pick methods with --methods")
