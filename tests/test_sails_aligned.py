@@ -10,13 +10,15 @@ import pytest
 import torch
 import yaml
 
+from saelign.align.slots import SlotMap
 from saelign.datasets.fetch import MARKER, data_dir
 from saelign.datasets.registry import PYRIT
 from saelign.errors import SaelignError
 from saelign.io import load_tensors
-from saelign.sae import load_sae
+from saelign.label.grounding import LabelledPrompt
+from saelign.sae import SAE, SAEConfig, load_sae
 from saelign.sails import pipeline, sources
-from saelign.sails.aligned import safety_concepts
+from saelign.sails.aligned import SafetyConcept, binding_auroc, safety_concepts
 from saelign.sails.data import Example, behaviour_id
 from saelign.sails.presets import preset_layer, resolve_config
 
@@ -230,3 +232,30 @@ def test_the_method_runs_in_the_pipeline_and_adapts_inside_the_concept_slots(fin
     effect = json.loads((finished / "effect" / "sails_aligned.json").read_text())
     listed = [c for ways in effect["top"].values() for changes in ways.values() for c in changes]
     assert all(c["label"] == names[slots.index(c["latent"])] for c in listed if c["latent"] in slots)
+
+
+def test_binding_auroc_ranks_each_concepts_prompts_by_its_slot():
+    sae = SAE(SAEConfig(d_in=3, d_sae=3, activation="relu"))
+    with torch.no_grad():  # z = relu(x): latent i reads input i
+        sae.W_enc.copy_(torch.eye(3))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    labelled = [
+        LabelledPrompt(f"p{i}", {"kind": (kind,)})
+        for i, kind in enumerate(["harmful"] * 3 + ["harmless"] * 3)
+    ]
+    concepts = [
+        SafetyConcept("harmful requests", "kind", "harmful", [0, 1, 2], {}),
+        SafetyConcept("harmless requests", "kind", "harmless", [3, 4, 5], {}),
+    ]
+    slot_map = SlotMap([c.name for c in concepts], [0, 2], "", 3)
+    acts = torch.tensor(
+        [[2.0, 0, 0.1], [1.5, 0, 0.2], [0.3, 0, 0.0], [0.2, 0, 1.0], [0.0, 0, 0.9], [0.4, 0, 0.8]]
+    )
+    auroc = binding_auroc(sae, slot_map, acts, labelled, concepts)
+    # 8 of the 9 (harmful, harmless) pairs are in order: 0.3 ranks below the harmless 0.4.
+    assert auroc["harmful requests"] == pytest.approx(8 / 9)
+    assert auroc["harmless requests"] == pytest.approx(1.0)
+    assert binding_auroc(sae, slot_map, acts[:3], labelled[:3], concepts) == dict.fromkeys(
+        auroc
+    )  # one side only

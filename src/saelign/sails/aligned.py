@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from saelign.align.metrics import auc
 from saelign.align.posttrain import PostTrainConfig, post_train
 from saelign.align.slots import SlotMap, load_slot_map
 from saelign.configs import help_field
@@ -118,15 +119,13 @@ def binding_auroc(
 ) -> dict[str, float | None]:
     """Per concept: how well its slot's value ranks its own prompts above the rest (ROC AUC; None if a split
     has no prompt on one side). Prompts carry several concepts, so an argmax accuracy would not apply."""
-    from sklearn.metrics import roc_auc_score
-
     with torch.inference_mode():
         z = sae.encode(acts.to(sae.W_dec.device, sae.W_dec.dtype)).float().cpu()
     out: dict[str, float | None] = {}
     for concept, slot in zip(concepts, slot_map.slots, strict=True):
-        member = [concept.holds(p) for p in labelled]
+        member = torch.tensor([concept.holds(p) for p in labelled])
         out[concept.name] = (
-            float(roc_auc_score(member, z[:, slot].numpy())) if 0 < sum(member) < len(member) else None
+            float(auc(z[:, [slot]], member)[0]) if 0 < int(member.sum()) < len(member) else None
         )
     return out
 
