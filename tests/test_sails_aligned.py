@@ -226,7 +226,11 @@ def test_the_method_runs_in_the_pipeline_and_adapts_inside_the_concept_slots(fin
     assert provenance["basis_sha256"] == info["basis_sha256"] == result["basis_sha256"]
     assert provenance["latent_ids"] == slots and provenance["concepts"] == names
     assert {int(k): v for k, v in provenance["labels"].items()} == dict(zip(slots, names, strict=True))
-    assert result["rank"] == selection["rank"]  # the harness' equal rank, whatever the basis rank
+    # The harness' equal rank, whatever the basis rank.
+    assert (
+        result["rank"] == provenance["rank"] == selection["rank"]
+        and provenance["subspace_rank"] == u.shape[1]
+    )
     report = (finished / "report.md").read_text()
     assert "Aligned safety slots" in report and "'Physical' harmful requests" in report
     effect = json.loads((finished / "effect" / "sails_aligned.json").read_text())

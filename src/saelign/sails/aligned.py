@@ -143,12 +143,11 @@ class AlignedSubspace:
         return dict(zip(self.slot_map.slots, self.slot_map.concepts, strict=True))
 
     def provenance(self) -> dict[str, Any]:
-        """The adapter sidecar's record of this subspace (slots are the method's latents)."""
-        return {
-            **subspace_provenance(self.slot_map, None, self.basis),
-            "latent_ids": list(self.slot_map.slots),
-            "labels": self.labels,
-        }
+        """The adapter sidecar's record of this subspace (slots are the method's latents). The sidecar's
+        `rank` is the LoRA rank, so the basis' own rank is `subspace_rank`, as for SAILS."""
+        record = subspace_provenance(self.slot_map, None, self.basis)
+        record["subspace_rank"] = record.pop("rank")
+        return {**record, "latent_ids": list(self.slot_map.slots), "labels": self.labels}
 
 
 def align_safety_slots(
