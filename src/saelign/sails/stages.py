@@ -163,7 +163,7 @@ def targets_stage(run: RunDir, _: str) -> dict[str, Any]:
 def train_stage(run: RunDir, method: str) -> dict[str, Any]:
     cfg = run.cfg
     pairs = [(e.prompt, e.target) for e in run.targets.train if e.target]
-    judge = make_judge(cfg.eval.judge)
+    judge = make_judge(cfg.eval)
 
     def eval_fn(model: torch.nn.Module, _step: int) -> dict[str, Any]:
         return quick_safety(model, run.tokenizer, run.data.val, judge, cfg.validation)
@@ -188,7 +188,7 @@ def train_stage(run: RunDir, method: str) -> dict[str, Any]:
 def eval_stage(run: RunDir, name: str) -> dict[str, Any]:
     cfg = run.cfg
     model = run.model if name == "base" else run.trained_model(name)
-    judge = make_judge(cfg.eval.judge)
+    judge = make_judge(cfg.eval)
     metrics = evaluate_model(model, run.tokenizer, run.data.test, judge, cfg.eval, run.capability)
     if run.data.ood:  # in- and out-of-distribution apart: held-out registers and held-out sources
         parts_cfg = dataclasses.replace(cfg.eval, max_per_kind=cfg.eval.ood_per_kind)
@@ -249,7 +249,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           folder="targets"),
     Stage("train", "fine-tune every method in the same harness and save its adapter (methods/)", train_stage,
           outputs=("methods/{name}/result.json",), upstream=("select", "align", "targets"), folder="methods/{name}",
-          keys=("lora", "sft", "validation", "eval.judge", "full_lr"), per=lambda cfg: cfg.methods),
+          keys=("lora", "sft", "validation", "eval.judge", "eval.judge_model", "full_lr"), per=lambda cfg: cfg.methods),
     Stage("eval", "safety, over-refusal, perplexity and factual accuracy of the base model and each method "
           "(eval/)", eval_stage, outputs=("eval/{name}.json",), keys=("eval",), upstream=("data", "train"),
           per=lambda cfg: ["base", *cfg.methods]),
