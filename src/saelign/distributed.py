@@ -32,6 +32,11 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def global_rank_from_env() -> int:
+    """This process's rank as the launcher set it (known before `init`)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def timeout_s() -> int:
     value = os.environ.get(TIMEOUT_ENV, str(_DEFAULT_TIMEOUT_S))
     if not value.isdigit() or int(value) < 1:

@@ -42,7 +42,8 @@ def _preset_epilog() -> str:
 
 
 def _add_options(parser: argparse.ArgumentParser, stage: str) -> None:
-    parser.set_defaults(func=run, stage=stage)
+    # Under torchrun only adapter training is shared by the ranks; the other stages run in one process.
+    parser.set_defaults(func=run, stage=stage, data_parallel=stage == "train")
     parser.allow_abbrev = False  # a hidden option (--lora-init) must not pass for another (--lora-init-scale)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = _preset_epilog()

@@ -21,7 +21,7 @@ import dataclasses
 import itertools
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -134,7 +134,7 @@ class _Trainee:
                                                   total, tcfg.lr_warmup_fraction * total,
                                                   tcfg.lr_decay_fraction * total)
         result = self.act.loss(sae, TrainBatch(x, x_var, self.since_fired >= tcfg.dead_window(), pre_buffer,
-                                               tokens_done + rows, total, self.dtype))
+                                               tokens_done + rows, total, self.dtype, _variance_of()))
         self.optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
         # Each rank's loss is its rows' share of the global one (means over equal shares, or the squared error
@@ -367,7 +367,8 @@ def _loop(stream: Iterator[torch.Tensor], runs: list[_Trainee], tcfg: SAETrainCo
         while True:
             x, consumed, kept = next(stream, None), 0, 0
             if x is not None:
-                x = x[: -(-(total - prog.tokens) // world)]
+                if world == 1:  # ranks' streams end at their share of total_tokens (train_from_store)
+                    x = x[: total - prog.tokens]
                 consumed = x.shape[0]
                 if prog.max_norm is not None:
                     keep = x.norm(dim=1) <= prog.max_norm
@@ -381,7 +382,7 @@ def _loop(stream: Iterator[torch.Tensor], runs: list[_Trainee], tcfg: SAETrainCo
             if everyone_kept:
                 assert x is not None
                 x_norm = x * runs[0].sae.norm_scale  # one scale for all SAEs: it comes from the same stream
-                x_var = total_variance(x_norm) if world == 1 else _global_variance(x_norm) / world
+                x_var = (_variance_of() or total_variance)(x_norm)
                 for run in runs:
                     buffer = buffers.get(run.sae.d_sae)
                     if run.act.sparse and (buffer is None or buffer.shape[0] < x.shape[0]):
@@ -416,6 +417,12 @@ def _step_counts(consumed: int, kept: int, alive: bool) -> tuple[int, int, bool,
     counts = distributed.all_reduce_(counts, "sum", "the batch-size all-reduce").tolist()
     world = distributed.world_size()
     return int(counts[0]), int(counts[1]), counts[2] == world, counts[3] == world
+
+
+def _variance_of() -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The FVU denominator under torchrun: the global batch's variance over the number of ranks (see step)."""
+    world = distributed.world_size()
+    return None if world == 1 else lambda x: _global_variance(x) / world
 
 
 def _global_variance(x: torch.Tensor) -> torch.Tensor:
