@@ -1,7 +1,8 @@
 """The jobs tests/test_distributed.py runs under torchrun (2 gloo processes) and again in one process: SAE
 training, AlignSAE post-training and adapter SFT on the tiny model, each with the same global batches.
 
-Run as a script (by torchrun): `ddp_worker.py STORE WORK` trains all three into WORK/{sae,align,sft} and writes
+Run as a script (by torchrun): `ddp_worker.py STORE WORK STORE_A STORE_B` trains all three into
+WORK/{sae,align,sft}, one SAE per rank at the hookpoints of STORE_A and STORE_B into WORK/modules, and writes
 WORK/ranks.json, how far the ranks' final weights lie apart (they must be identical)."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from saelign.align.posttrain import PostTrainConfig, post_train
 from saelign.io import save_tensors_atomic, write_json_atomic
 from saelign.sae import load_sae
 from saelign.sae.model import SAE, SAEConfig
-from saelign.sae.pipeline import rank_batches, train_from_store
+from saelign.sae.pipeline import rank_batches, train_from_store, train_from_stores
 from saelign.sae.train import SAETrainConfig, train_saes
 from saelign.sails.lora_init import LoraInitConfig, make_peft_model
 from saelign.sails.sft import SFTConfig, response_loss_sum, train_sft
@@ -49,6 +50,15 @@ def train_sae(store: str, out: str, reference: bool = False) -> SAE:
     shares = zip(*(rank_batches(st, tcfg, rank, WORLD) for rank in range(WORLD)), strict=False)
     full = dataclasses.replace(cfg, d_in=st.d_in, hookpoint=st.hookpoint)
     return train_saes((torch.cat(parts) for parts in shares), [full], tcfg)[0]
+
+
+def per_hookpoint_config(out: str) -> SAETrainConfig:
+    return SAETrainConfig(total_tokens=1000, batch_size=64, distribute_modules=True, out=out)
+
+
+def train_per_hookpoint(stores: list[str], out: str) -> None:
+    """One SAE per store's hookpoint, each trained by one rank alone on its whole store (distribute_modules)."""
+    train_from_stores(stores, [SAEConfig(d_sae=32, activation="topk", k=4)], per_hookpoint_config(out))
 
 
 def align_sae(sae_dir: str, store: str, out: str) -> SAE:
@@ -89,8 +99,9 @@ def rank_spread(tensors: dict[str, torch.Tensor]) -> float:
     return float((copies - copies[0]).abs().max())
 
 
-def main(store: str, work: str) -> None:
+def main(store: str, work: str, *module_stores: str) -> None:
     distributed.init()
+    train_per_hookpoint(list(module_stores), f"{work}/modules")
     sae = train_sae(store, f"{work}/sae")
     aligned = align_sae(f"{work}/sae", store, f"{work}/align")
     adapter = fine_tune(f"{work}/sft")
@@ -102,4 +113,4 @@ def main(store: str, work: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:])

@@ -35,8 +35,8 @@ def record_stage(run_dir: str | Path, stage: str, config: dict[str, Any], **extr
     """Merge one stage's config and results into run_dir/run.json (rank 0 writes it under torchrun)."""
     if not distributed.is_main():
         return
-    if distributed.world_size() > 1:
-        extra["processes"] = distributed.world_size()
+    if distributed.global_world_size() > 1:  # which of the job's processes made it, and how many shared it
+        extra.update(processes=distributed.world_size(), rank=distributed.global_rank())
     path = Path(run_dir) / "run.json"
     data = read_json(path, "run.json") if path.exists() else {"saelign": SAELIGN_VERSION, "environment": environment_info(), "stages": {}}
     data["stages"][stage] = {"config": config, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
