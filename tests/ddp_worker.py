@@ -35,6 +35,8 @@ PAIRS = [("How do I bake bread?", "Mix flour, water, salt and yeast."),
          ("Count to three.", "0123456789"),
          ("Where is Berlin?", "Berlin is the capital of Germany.")]
 WORLD = 2  # the processes test_distributed starts; the one-process reference forms the same global batches
+# Everything on the CPU (gloo): the torchrun processes see no GPU, and on a GPU machine the one-process
+# reference in the test's own process must not take it either.
 
 
 def train_sae(store: str, out: str, reference: bool = False) -> SAE:
@@ -42,7 +44,7 @@ def train_sae(store: str, out: str, reference: bool = False) -> SAE:
     shares make up (train_from_store under torchrun reads only this rank's share)."""
     st = ActivationStore(store)
     tcfg = SAETrainConfig(total_tokens=st.num_tokens, batch_size=64, checkpoint_every_tokens=512,
-                          log_every_steps=4, out=out)
+                          log_every_steps=4, out=out, device="cpu")
     cfg = SAEConfig(d_sae=64, activation="topk", k=4)
     if not reference:
         return train_from_store(store, [cfg], tcfg)[0]
@@ -53,7 +55,7 @@ def train_sae(store: str, out: str, reference: bool = False) -> SAE:
 
 
 def per_hookpoint_config(out: str) -> SAETrainConfig:
-    return SAETrainConfig(total_tokens=1000, batch_size=64, distribute_modules=True, out=out)
+    return SAETrainConfig(total_tokens=1000, batch_size=64, distribute_modules=True, out=out, device="cpu")
 
 
 def train_per_hookpoint(stores: list[str], out: str) -> None:

@@ -37,12 +37,18 @@ HOOKPOINT, SECOND = "model.layers.1", "model.layers.2"
 WEIGHT_ATOL = 1e-5
 
 
+def cpu_env() -> dict[str, str]:
+    """The worktree's saelign, one thread a process, and no GPU: two ranks on one GPU could not both take it
+    (one process per GPU), and the test compares CPU runs."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(saelign.__file__).parents[1]), str(TESTS)]),
+            "OMP_NUM_THREADS": "1", "SAELIGN_QUIET": "1", "TOKENIZERS_PARALLELISM": "false",
+            "CUDA_VISIBLE_DEVICES": ""}
+
+
 def torchrun(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
     """Two gloo processes on this machine (--standalone: a free port, so parallel test runs do not collide)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(saelign.__file__).parents[1]), str(TESTS)]),
-           "OMP_NUM_THREADS": "1", "SAELIGN_QUIET": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(cmd, env=cpu_env(), capture_output=True, text=True, timeout=timeout)
     if check and done.returncode != 0:
         raise AssertionError(f"torchrun failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-4000:]}")
     return done
@@ -56,9 +62,9 @@ def world(tmp_path_factory, tiny_llama_dir):
     corpus.write_text("\n".join(TRAINING_TEXT * 3), encoding="utf-8")
     cfg = CaptureConfig(hookpoints=[HOOKPOINT, SECOND], corpus=str(corpus), context_length=32, token_budget=2000,
                         batch_size=4, shard_tokens=256, out=str(root / "one"))
-    capture(ModelConfig(model=str(tiny_llama_dir)), cfg)
+    capture(ModelConfig(model=str(tiny_llama_dir), device="cpu"), cfg)
     began = time.perf_counter()
-    cli = torchrun("-m", "saelign", "capture", "--model", str(tiny_llama_dir), "--hookpoints", f"{HOOKPOINT},{SECOND}",
+    cli = torchrun("-m", "saelign", "capture", "--model", str(tiny_llama_dir), "--device", "cpu", "--hookpoints", f"{HOOKPOINT},{SECOND}",
                    "--corpus", str(corpus), "--context-length", "32", "--token-budget", "2000", "--batch-size", "4",
                    "--shard-tokens", "256", "--out", str(root / "two"))
     store = root / "one" / HOOKPOINT
@@ -155,14 +161,12 @@ def test_a_rank_that_dies_fails_the_job_and_the_rerun_resumes(world, tmp_path, t
     """Kill rank 1 mid-training: torchrun stops at once with an error; the same command then resumes from the
     checkpoint and ends with the weights of an uninterrupted two-process run."""
     args = ["-m", "saelign", "sae", "train", "--store", str(world["store"]), "--k", "4", "--d-sae", "64",
-            "--batch-size", "64", "--total-tokens", "200000", "--checkpoint-every-tokens", "20000"]
+            "--batch-size", "64", "--total-tokens", "200000", "--checkpoint-every-tokens", "20000", "--device", "cpu"]
     torchrun(*args, "--out", str(tmp_path / "whole"))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(saelign.__file__).parents[1]), str(TESTS)]),
-           "OMP_NUM_THREADS": "1", "SAELIGN_QUIET": "1"}
     out = tmp_path / "cut"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args,
            "--out", str(out)]
-    job = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    job = subprocess.Popen(cmd, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            start_new_session=True)
     state = out / "checkpoint" / "state.json"
     while not state.is_file() and job.poll() is None:
