@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,9 +31,12 @@ from saelign.models import ModelConfig
 from saelign.sae import load_sae
 from saelign.sae.model import SAEConfig
 from saelign.sae.pipeline import train_from_store
+from saelign.sails import pipeline
 from saelign.store import ActivationStore, CaptureConfig, capture
+import test_sails_pipeline as sails_case
 
 TESTS = Path(__file__).parent
+inputs = sails_case.inputs  # the SAILS pipeline tests' fixture: a tiny run's data, corpus and config
 HOOKPOINT, SECOND = "model.layers.1", "model.layers.2"
 WEIGHT_ATOL = 1e-5
 
@@ -200,3 +204,17 @@ def _cmdline(pid: int) -> str:
 def _rank(pid: int) -> int:
     env = dict(e.split("=", 1) for e in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in e)
     return int(env.get("RANK", "-1"))
+
+
+@pytest.mark.slow
+def test_sails_train_stage_under_torchrun_matches_one_process(tmp_path, inputs):
+    """`saelign sails train` on two ranks after the earlier stages ran in one process: the same adapter."""
+    cfg = sails_case.tiny_config(inputs, model={"device": "cpu"})
+    one, two = tmp_path / "one", tmp_path / "two"
+    pipeline.run_pipeline(cfg, one, ["data", "sae", "labels", "select", "targets"])
+    shutil.copytree(one, two)
+    pipeline.run_pipeline(cfg, one, ["train"])
+    torchrun("-m", "saelign", "sails", "train", "--run-dir", str(two))
+    adapter = Path("methods") / "sails" / "adapter" / "adapter_model.safetensors"
+    assert_same_weights(load_tensors(one / adapter), load_tensors(two / adapter))
+    assert json.loads((two / "run.json").read_text())["stages"]["train:sails"]["processes"] == 2
