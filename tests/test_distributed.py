@@ -23,6 +23,7 @@ import torch
 
 import ddp_worker
 import saelign
+import test_sails_pipeline as sails_case
 from conftest import TRAINING_TEXT
 from saelign import distributed
 from saelign.cli import main
@@ -33,7 +34,6 @@ from saelign.sae.model import SAEConfig
 from saelign.sae.pipeline import train_from_store
 from saelign.sails import pipeline
 from saelign.store import ActivationStore, CaptureConfig, capture
-import test_sails_pipeline as sails_case
 
 TESTS = Path(__file__).parent
 inputs = sails_case.inputs  # the SAILS pipeline tests' fixture: a tiny run's data, corpus and config
