@@ -44,13 +44,18 @@ WEIGHT_ATOL = 1e-5
 def cpu_env() -> dict[str, str]:
     """The worktree's saelign, one thread a process, and no GPU: two ranks on one GPU could not both take it
     (one process per GPU), and the test compares CPU runs."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(saelign.__file__).parents[1]), str(TESTS)]),
-            "OMP_NUM_THREADS": "1", "SAELIGN_QUIET": "1", "TOKENIZERS_PARALLELISM": "false",
-            "CUDA_VISIBLE_DEVICES": ""}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(saelign.__file__).parents[1]), str(TESTS)]),
+        "OMP_NUM_THREADS": "1",
+        "SAELIGN_QUIET": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
 
 
 def torchrun(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
-    """Two gloo processes on this machine (--standalone: a free port, so parallel test runs do not collide)."""
+    """Two gloo processes on this machine (--standalone: a free port, so parallel runs do not collide)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
     done = subprocess.run(cmd, env=cpu_env(), capture_output=True, text=True, timeout=timeout)
     if check and done.returncode != 0:
@@ -64,24 +69,65 @@ def world(tmp_path_factory, tiny_llama_dir):
     root = tmp_path_factory.mktemp("ddp")
     corpus = root / "corpus.txt"
     corpus.write_text("\n".join(TRAINING_TEXT * 3), encoding="utf-8")
-    cfg = CaptureConfig(hookpoints=[HOOKPOINT, SECOND], corpus=str(corpus), context_length=32, token_budget=2000,
-                        batch_size=4, shard_tokens=256, out=str(root / "one"))
+    cfg = CaptureConfig(
+        hookpoints=[HOOKPOINT, SECOND],
+        corpus=str(corpus),
+        context_length=32,
+        token_budget=2000,
+        batch_size=4,
+        shard_tokens=256,
+        out=str(root / "one"),
+    )
     capture(ModelConfig(model=str(tiny_llama_dir), device="cpu"), cfg)
     began = time.perf_counter()
-    cli = torchrun("-m", "saelign", "capture", "--model", str(tiny_llama_dir), "--device", "cpu", "--hookpoints", f"{HOOKPOINT},{SECOND}",
-                   "--corpus", str(corpus), "--context-length", "32", "--token-budget", "2000", "--batch-size", "4",
-                   "--shard-tokens", "256", "--out", str(root / "two"))
+    cli = torchrun(
+        "-m",
+        "saelign",
+        "capture",
+        "--model",
+        str(tiny_llama_dir),
+        "--device",
+        "cpu",
+        "--hookpoints",
+        f"{HOOKPOINT},{SECOND}",
+        "--corpus",
+        str(corpus),
+        "--context-length",
+        "32",
+        "--token-budget",
+        "2000",
+        "--batch-size",
+        "4",
+        "--shard-tokens",
+        "256",
+        "--out",
+        str(root / "two"),
+    )
     store = root / "one" / HOOKPOINT
-    torchrun(str(TESTS / "ddp_worker.py"), str(store), str(root / "work"), str(root / "two" / HOOKPOINT),
-             str(root / "two" / SECOND))
+    torchrun(
+        str(TESTS / "ddp_worker.py"),
+        str(store),
+        str(root / "work"),
+        str(root / "two" / HOOKPOINT),
+        str(root / "two" / SECOND),
+    )
     return {"root": root, "store": store, "cli": cli, "seconds": time.perf_counter() - began}
 
 
 def sorted_rows(path: Path) -> torch.Tensor:
     """Every row of a store with its context, position and token, in (context, position) order."""
-    chunks = [torch.cat([c["context_ids"][:, None].double(), c["positions"][:, None].double(),
-                         c["token_ids"][:, None].double(), c["activations"].double()], dim=1)
-              for c in ActivationStore(path).iter_rows_with_tokens()]
+    chunks = [
+        torch.cat(
+            [
+                c["context_ids"][:, None].double(),
+                c["positions"][:, None].double(),
+                c["token_ids"][:, None].double(),
+                c["activations"].double(),
+            ],
+            dim=1,
+        )
+        for c in ActivationStore(path).iter_rows_with_tokens()
+    ]
     rows = torch.cat(chunks)
     return rows[torch.argsort(rows[:, 0] * 100_000 + rows[:, 1])]
 
@@ -102,8 +148,12 @@ def test_distribute_modules_trains_each_hookpoint_on_one_rank(world, tmp_path):
         folder = world["root"] / "work" / "modules" / hookpoint
         record = json.loads((folder / "run.json").read_text())["stages"]["sae_train"]
         assert (record["rank"], record["processes"]) == (rank, 1)  # alone on its rank
-        cfg = dataclasses.replace(ddp_worker.per_hookpoint_config(str(tmp_path / hookpoint)), distribute_modules=False)
-        (one,) = train_from_store(world["root"] / "two" / hookpoint, [SAEConfig(d_sae=32, activation="topk", k=4)], cfg)
+        cfg = dataclasses.replace(
+            ddp_worker.per_hookpoint_config(str(tmp_path / hookpoint)), distribute_modules=False
+        )
+        (one,) = train_from_store(
+            world["root"] / "two" / hookpoint, [SAEConfig(d_sae=32, activation="topk", k=4)], cfg
+        )
         # the same computation in one process (not bit for bit: ~3e-8 on W_enc, from the matmul kernels)
         assert_same_weights(one.state_dict(), load_sae(folder).state_dict())
 
@@ -164,14 +214,42 @@ def test_single_process_subcommands_refuse_torchrun(monkeypatch, capsys):
 def test_a_rank_that_dies_fails_the_job_and_the_rerun_resumes(world, tmp_path, tiny_llama_dir):
     """Kill rank 1 mid-training: torchrun stops at once with an error; the same command then resumes from the
     checkpoint and ends with the weights of an uninterrupted two-process run."""
-    args = ["-m", "saelign", "sae", "train", "--store", str(world["store"]), "--k", "4", "--d-sae", "64",
-            "--batch-size", "64", "--total-tokens", "200000", "--checkpoint-every-tokens", "20000", "--device", "cpu"]
+    args = [
+        "-m",
+        "saelign",
+        "sae",
+        "train",
+        "--store",
+        str(world["store"]),
+        "--k",
+        "4",
+        "--d-sae",
+        "64",
+        "--batch-size",
+        "64",
+        "--total-tokens",
+        "200000",
+        "--checkpoint-every-tokens",
+        "20000",
+        "--device",
+        "cpu",
+    ]
     torchrun(*args, "--out", str(tmp_path / "whole"))
     out = tmp_path / "cut"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args,
-           "--out", str(out)]
-    job = subprocess.Popen(cmd, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        *args,
+        "--out",
+        str(out),
+    ]
+    job = subprocess.Popen(
+        cmd, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     state = out / "checkpoint" / "state.json"
     while not state.is_file() and job.poll() is None:
         time.sleep(0.05)

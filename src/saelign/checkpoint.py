@@ -101,7 +101,9 @@ def load_optimizer(optimizer: torch.optim.Optimizer, flat: dict[str, torch.Tenso
 def rng_state() -> dict[str, torch.Tensor]:
     """The torch RNG state (CPU, and the current CUDA device's): dropout resumes where it stopped. Under
     torchrun every rank's, gathered (a collective: all ranks call it), rank r > 0's under "torch.r<r>"."""
-    own = {"torch": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})}
+    own = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        own["cuda"] = torch.cuda.get_rng_state()
     if distributed.world_size() == 1:
         return own
     states = {}

@@ -40,7 +40,9 @@ def global_rank_from_env() -> int:
 def timeout_s() -> int:
     value = os.environ.get(TIMEOUT_ENV, str(_DEFAULT_TIMEOUT_S))
     if not value.isdigit() or int(value) < 1:
-        raise SaelignError(f"{TIMEOUT_ENV}={value!r}: give the collective timeout as a positive number of seconds")
+        raise SaelignError(
+            f"{TIMEOUT_ENV}={value!r}: give the collective timeout as a positive number of seconds"
+        )
     return int(value)
 
 
@@ -53,14 +55,18 @@ def init() -> None:
     if cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if local >= torch.cuda.device_count():
-            raise SaelignError(f"LOCAL_RANK {local} but this machine has {torch.cuda.device_count()} GPU(s); "
-                               "launch at most one process per GPU (torchrun --nproc_per_node)")
+            raise SaelignError(
+                f"LOCAL_RANK {local} but this machine has {torch.cuda.device_count()} GPU(s); "
+                "launch at most one process per GPU (torchrun --nproc_per_node)"
+            )
         torch.cuda.set_device(local)
     try:
         dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s()))
     except (RuntimeError, ValueError) as exc:
-        raise SaelignError(f"cannot join the torchrun process group ({exc}); check MASTER_ADDR/MASTER_PORT and "
-                           "that every node runs the same torchrun command") from exc
+        raise SaelignError(
+            f"cannot join the torchrun process group ({exc}); check MASTER_ADDR/MASTER_PORT "
+            "and that every node runs the same torchrun command"
+        ) from exc
 
 
 def shutdown() -> None:
@@ -105,10 +111,12 @@ def _collective(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
     except RuntimeError as exc:  # DistBackendError and gloo's connection errors are RuntimeErrors
-        raise SaelignError(f"rank {rank()} of {world_size()}: {what} failed ({str(exc).splitlines()[0]}); another "
-                           f"rank has most likely stopped -- see its error above. Collectives time out after "
-                           f"{timeout_s()} s ({TIMEOUT_ENV}); rerun the same command to resume from the last "
-                           "checkpoint") from exc
+        raise SaelignError(
+            f"rank {rank()} of {world_size()}: {what} failed ({str(exc).splitlines()[0]}); "
+            "another rank has most likely stopped -- see its error above. Collectives time "
+            f"out after {timeout_s()} s ({TIMEOUT_ENV}); rerun the same command to resume from "
+            "the last checkpoint"
+        ) from exc
 
 
 def barrier(what: str) -> None:
@@ -119,7 +127,10 @@ def barrier(what: str) -> None:
 
 
 def _device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    """Where the backend's collectives take tensors: the rank's GPU for NCCL, the CPU for gloo."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 _OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
@@ -163,7 +174,7 @@ def all_reduce_gradients(params: Iterable[torch.Tensor], op: str = "mean") -> No
             all_reduce_(flat, op, "the gradient all-reduce")
             offset = 0
             for g in grads:
-                g.copy_(flat[offset:offset + g.numel()].view_as(g))
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
                 offset += g.numel()
 
 
@@ -199,7 +210,7 @@ class _GatherRows(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         grad = all_reduce_(grad.contiguous().clone(), "sum", "the batch-statistics gradient all-reduce")
         start = sum(ctx.sizes[: rank()])
-        return grad[start:start + ctx.sizes[rank()]]
+        return grad[start : start + ctx.sizes[rank()]]
 
 
 def gather_rows_with_grad(tensor: torch.Tensor) -> torch.Tensor:
@@ -219,10 +230,13 @@ def broadcast_object(value: Any, what: str = "broadcast") -> Any:
 
 def split(items: list[Any] | torch.Tensor) -> Any:
     """This rank's share of a global batch: every world_size-th item from its rank (all of it alone)."""
-    return items[rank()::world_size()] if world_size() > 1 else items
+    return items[rank() :: world_size()] if world_size() > 1 else items
 
 
 def require_divisible(value: int, name: str) -> None:
     if value % world_size():
-        raise SaelignError(f"{name}={value} is not divisible by the {world_size()} processes; choose a multiple "
-                           f"of {world_size()} (it is the global batch, split evenly over the ranks)")
+        raise SaelignError(
+            f"{name}={value} is not divisible by the {world_size()} processes; choose a "
+            f"multiple of {world_size()} (it is the global batch, split evenly over the "
+            "ranks)"
+        )

@@ -13,8 +13,8 @@ logger = logging.getLogger("saelign")
 
 
 def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "", unit: str = "it") -> tqdm:
-    """A progress bar on stderr; silenced with SAELIGN_QUIET=1 (tests, CI logs), and on ranks > 0 under torchrun
-    (rank 0's bar speaks for all)."""
+    """A progress bar on stderr; silenced with SAELIGN_QUIET=1 (tests, CI logs), and on ranks > 0 under
+    torchrun (rank 0's bar speaks for all)."""
     disable = os.environ.get("SAELIGN_QUIET") == "1" or int(os.environ.get("RANK", "0")) > 0
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, file=sys.stderr, dynamic_ncols=True, leave=False)
 

@@ -49,11 +49,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose, quiet=launched and distributed.global_rank_from_env() > 0)
     try:
         if launched and not getattr(args, DATA_PARALLEL, False):
-            raise SaelignError("this subcommand runs in one process: run it without torchrun (under torchrun: "
-                               "capture, sae train, align train and sails train)")
+            raise SaelignError("this subcommand runs in one process: run it without torchrun (under "
+                               "torchrun: capture, sae train, align train and sails train)")
         distributed.init()
         # Rank 0 reports for all: the other ranks' standard output (the same summary) is dropped.
-        with contextlib.redirect_stdout(io.StringIO()) if not distributed.is_main() else contextlib.nullcontext():
+        quiet = not distributed.is_main()
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
             result = args.func(args)
     except SaelignError as exc:
         print(f"saelign{rank}: error: {exc}", file=sys.stderr)

@@ -41,9 +41,9 @@ def register(group: Any) -> None:
                     "A --config file holds the options in `sae:` and `train:` sections; the activations' "
                     "options (ActivationOptions) go in `train:`.")
     source = parser.add_argument_group("activation source (--store, or --model/--hookpoint/--corpus)")
-    source.add_argument("--store", metavar="DIR[,DIR...]", help="activation store folder (from `saelign capture`); "
-                                                                "a comma list trains at each store's hookpoint, "
-                                                                "into OUT/<hookpoint>")
+    source.add_argument("--store", metavar="DIR[,DIR...]",
+                        help="activation store folder (from `saelign capture`); a comma list trains at each "
+                             "store's hookpoint, into OUT/<hookpoint>")
     source.add_argument("--model", metavar="MODEL", help="capture on the fly from this model ('default', HF folder, .gguf)")
     source.add_argument("--hookpoint", metavar="PATH", help="module path to capture on the fly, e.g. model.layers.15")
     source.add_argument("--corpus", default="sotu", metavar="SRC", help="text for on-the-fly capture (as in `saelign capture`)")
@@ -80,13 +80,15 @@ def run(args: argparse.Namespace) -> int:
         train_from_stores(stores, cfgs, tcfg, names)
         # Printed from the stores, not from what this process trained: with distribute_modules rank 0, which
         # prints, trains only some hookpoints.
-        folders = [out / ActivationStore(s, verify=False).hookpoint for s in stores] if len(stores) > 1 else [out]
+        several = len(stores) > 1
+        folders = [out / ActivationStore(s, verify=False).hookpoint for s in stores] if several else [out]
     else:
         train_on_the_fly(ModelConfig(model=args.model, device=tcfg.device), args.hookpoint, cfgs, tcfg,
                          args.corpus, args.context_length, names)
         folders = [out]
     for folder in folders:
         for name, cfg in zip(names, cfgs, strict=True):
-            print(f"{name}: {cfg.activation} d_sae={cfg.d_sae} k={cfg.k} -> {folder if len(cfgs) == 1 else folder / name}")
+            where = folder if len(cfgs) == 1 else folder / name
+            print(f"{name}: {cfg.activation} d_sae={cfg.d_sae} k={cfg.k} -> {where}")
         print(f"training log: {folder / LOG_FILE}; sweep: {config_to_dict(sweep)}")
     return 0

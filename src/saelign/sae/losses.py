@@ -89,7 +89,8 @@ def _auxk(sae: SAEParts, x: torch.Tensor, dead: torch.Tensor, residual: torch.Te
         acts = acts * keep
     residual_hat = acts @ sae.W_dec[dead_idx]
     # Fewer dead latents than k_aux get proportionally less weight (as in EleutherAI's sparsify).
-    return min(dead_idx.numel() / k_aux, 1.0) * F.mse_loss(residual_hat, residual, reduction="sum") / (variance_of or total_variance)(residual)
+    sq_err = F.mse_loss(residual_hat, residual, reduction="sum")
+    return min(dead_idx.numel() / k_aux, 1.0) * sq_err / (variance_of or total_variance)(residual)
 
 
 Select = Callable[[torch.Tensor, int], tuple[ActiveLatents, torch.Tensor]]
@@ -109,7 +110,8 @@ def sparse_step(sae: SAEParts, batch: TrainBatch, select: Select, auxk_alpha: fl
     acts = F.relu(selected_pre_acts(pre, x_c, sae.b_dec, sae.W_enc, sae.b_enc, sel, values))
     x_hat = sparse_decode(acts, sae.W_dec, sel) + sae.b_dec
     sq_err = F.mse_loss(x_hat, x, reduction="sum")  # one fused pass forward and backward
-    loss = sq_err / (batch.variance if batch.variance is not None else (batch.variance_of or total_variance)(x))
+    variance = batch.variance if batch.variance is not None else (batch.variance_of or total_variance)(x)
+    loss = sq_err / variance
     active = acts.detach() > 0
     fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, sel.cols[active], True)
     result = StepResult(loss, sq_err.detach(), fired, active.sum() / x.shape[0], values=acts.detach())

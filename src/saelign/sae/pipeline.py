@@ -46,7 +46,8 @@ def _train(batches: Iterable[torch.Tensor], sae_cfgs: Sequence[SAEConfig], tcfg:
     return train_saes(batches, [dataclasses.replace(c, **source) for c in sae_cfgs], tcfg, names)
 
 
-def rank_batches(store: ActivationStore, tcfg: SAETrainConfig, rank: int, world_size: int) -> Iterator[torch.Tensor]:
+def rank_batches(store: ActivationStore, tcfg: SAETrainConfig, rank: int,
+                 world_size: int) -> Iterator[torch.Tensor]:
     """Rank `rank`'s shares of the global training batches: its own shards, batch_size / world_size rows a
     step. Ranks' shards hold unequal token counts, so a rank may go on into the next epoch to reach its
     total_tokens / world_size rows."""
@@ -73,12 +74,12 @@ def train_from_stores(stores: Sequence[str | Path], sae_cfgs: Sequence[SAEConfig
                       names: list[str] | None = None) -> dict[str, list[SAE]]:
     """Train the SAEs at each store's hookpoint, into OUT/<hookpoint> (a single store: into OUT itself);
     return {hookpoint: SAEs} of the hookpoints this process trained. With `distribute_modules` under torchrun,
-    rank r trains hookpoints r, r + N, ... alone on their whole stores; otherwise every rank shares each one."""
+    rank r trains hookpoints r, r + N, ... alone on their whole stores; otherwise all ranks share each one."""
     require(stores, "no activation store given")
     hookpoints = [ActivationStore(s, verify=False).hookpoint for s in stores]
     if len(set(hookpoints)) < len(hookpoints):
-        raise SaelignError(f"two of the stores {list(map(str, stores))} hold the same hookpoint; give one store "
-                           "per hookpoint")
+        raise SaelignError(f"two of the stores {list(map(str, stores))} hold the same hookpoint; give one "
+                           "store per hookpoint")
     if len(stores) == 1:
         return {hookpoints[0]: train_from_store(stores[0], sae_cfgs, tcfg, names)}
     distributed.init()
@@ -86,11 +87,12 @@ def train_from_stores(stores: Sequence[str | Path], sae_cfgs: Sequence[SAEConfig
     if tcfg.distribute_modules and distributed.world_size() > 1:
         mine = mine[distributed.rank()::distributed.world_size()]
         if not mine:
-            logger.warning(f"rank {distributed.rank()} has no hookpoint to train: {len(stores)} hookpoints for "
-                           f"{distributed.world_size()} processes")
+            logger.warning(f"rank {distributed.rank()} has no hookpoint to train: {len(stores)} hookpoints "
+                           f"for {distributed.world_size()} processes")
     trained = {}
     for index in mine:
-        folder_cfg = dataclasses.replace(tcfg, out=str(Path(tcfg.out) / hookpoints[index]) if tcfg.out else "")
+        folder = str(Path(tcfg.out) / hookpoints[index]) if tcfg.out else ""
+        folder_cfg = dataclasses.replace(tcfg, out=folder)
         with distributed.solo() if tcfg.distribute_modules else contextlib.nullcontext():
             trained[hookpoints[index]] = train_from_store(stores[index], sae_cfgs, folder_cfg, names)
     distributed.barrier("every rank's hookpoints")
@@ -111,7 +113,8 @@ def train_on_the_fly(model_cfg: ModelConfig, hookpoint: str, sae_cfgs: Sequence[
     first = next(chunks, None)
     if first is None:
         raise SaelignError(f"corpus {corpus!r} yielded no tokens to train on")
-    return _train(rebatch(itertools.chain([first], chunks), tcfg.batch_size // distributed.world_size()), sae_cfgs, tcfg, names,
+    share = tcfg.batch_size // distributed.world_size()
+    return _train(rebatch(itertools.chain([first], chunks), share), sae_cfgs, tcfg, names,
                   d_in=first.shape[1], hookpoint=hookpoint, model=model_identity(model_cfg))
 
 

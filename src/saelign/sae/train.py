@@ -18,10 +18,9 @@ per rank, as in sparsify: BatchTopK picks its k * B latents within each rank's r
 each rank's residual variance. Training stops at the first step where some rank's stream has ended."""
 
 import dataclasses
-import itertools
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,13 +34,13 @@ from saelign.errors import SaelignError, require
 from saelign.io import read_json, write_json_atomic
 from saelign.progress import logger, progress
 from saelign.runinfo import record_stage
+from saelign.sae import stream_stats
 from saelign.sae.activations import activation_class
 from saelign.sae.activations.base import full_options
 from saelign.sae.formats import CFG_FILE, save_sae
 from saelign.sae.losses import TrainBatch, total_variance
 from saelign.sae.model import SAE, SAEConfig
 
-_NORM_ESTIMATE_TOKENS = 4096  # rows for the input scale and the b_dec init (the mean is within ~1 % by then)
 CHECKPOINT_DIR = "checkpoint"
 LOG_FILE = "train_log.json"
 
@@ -75,9 +74,10 @@ class SAETrainConfig:
     device: str = help_field("auto", "cpu, cuda, cuda:N or auto")
     dtype: str = help_field("auto", "compute dtype of the dense products: auto (fp32 on CPU, bf16 on CUDA), float32, ...; "
                                     "weights and Adam state stay fp32")
-    distribute_modules: bool = help_field(False, "with several stores (hookpoints) under torchrun: each rank trains "
-                                                 "the SAEs of its own hookpoints on their whole stores (sparsify's "
-                                                 "distribute_modules), instead of every rank sharing each batch")
+    distribute_modules: bool = help_field(
+        False, "with several stores (hookpoints) under torchrun: each rank trains the SAEs of its own "
+               "hookpoints on their whole stores (sparsify's distribute_modules), instead of all ranks sharing "
+               "each batch")
     activation_options: dict[str, Any] = help_field({}, "the activations' options by name (l1_coefficient, "
                                                         "auxk_alpha, ...: saelign.sae.activations); each SAE "
                                                         "reads its activation's, unset ones keep defaults",
@@ -134,7 +134,8 @@ class _Trainee:
                                                   total, tcfg.lr_warmup_fraction * total,
                                                   tcfg.lr_decay_fraction * total)
         result = self.act.loss(sae, TrainBatch(x, x_var, self.since_fired >= tcfg.dead_window(), pre_buffer,
-                                               tokens_done + rows, total, self.dtype, _variance_of()))
+                                               tokens_done + rows, total, self.dtype,
+                                               stream_stats.variance_of()))
         self.optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
         # Each rank's loss is its rows' share of the global one (means over equal shares, or the squared error
@@ -161,7 +162,8 @@ class _Trainee:
     def flush_metrics(self) -> dict[str, float]:
         """The window's mean metrics over the steps and ranks (a collective under torchrun)."""
         if self.window and distributed.world_size() > 1:
-            stacked = distributed.all_reduce_(torch.stack(list(self.window.values())), "mean", "the metrics all-reduce")
+            stacked = distributed.all_reduce_(torch.stack(list(self.window.values())), "mean",
+                                              "the metrics all-reduce")
             self.window = dict(zip(self.window, stacked, strict=True))
         entry = {key: float(value) / max(self.window_steps, 1) for key, value in self.window.items()}
         entry["dead_fraction"] = float((self.since_fired >= self.tcfg.dead_window()).float().mean())
@@ -216,40 +218,22 @@ def _initialise(stream: Iterator[torch.Tensor], runs: list[_Trainee],
                 outlier_ratio: float) -> tuple[Iterator[torch.Tensor], float]:
     """Set norm_scale and b_dec from the first batches; return the stream with those batches put back, and the
     norm above which tokens are outliers (inf if none are)."""
-    head: list[torch.Tensor] = []
-    world = distributed.world_size()
-    need = -(-_NORM_ESTIMATE_TOKENS // world)  # per rank: the same number of batches as one process reads
-    while sum(x.shape[0] for x in head) < need and (x := next(stream, None)) is not None:
-        head.append(x)
-    require(head, f"the activation stream is empty{f' on rank {distributed.rank()}' if world > 1 else ''}; "
-                  "capture activations first")
-    rows = torch.cat(head)
-    norms = rows.norm(dim=1)
-    median = distributed.all_gather_rows(norms, "the input-scale estimate").median()
-    max_norm = outlier_ratio * float(median) if outlier_ratio else math.inf
-    rows = rows[norms <= max_norm]
-    if world == 1:
-        scale = math.sqrt(rows.shape[1] / float(rows.pow(2).sum(1).mean().clamp_min(1e-12)))
-        mean = rows.mean(0) * scale
-    else:  # count, sum and squared norm of the kept rows over the ranks
-        stats = torch.cat([rows.new_tensor([rows.shape[0]]), rows.sum(0), rows.pow(2).sum().reshape(1)]).double()
-        stats = distributed.all_reduce_(stats, "sum", "the input-scale estimate")
-        scale = math.sqrt(rows.shape[1] / max(float(stats[-1] / stats[0]), 1e-12))
-        mean = (stats[1:-1] / stats[0] * scale).to(rows.dtype)
+    stream, scale, mean, max_norm = stream_stats.input_scale(stream, outlier_ratio)
     with torch.no_grad():
         for run in runs:
             run.sae.norm_scale.fill_(scale)
             run.sae.b_dec.copy_(mean)
-    return itertools.chain(head, stream), max_norm
+    return stream, max_norm
 
 
 def _skip(stream: Iterator[torch.Tensor], tokens: int, steps: int) -> None:
-    """Pass over the batches a checkpoint consumed: `tokens` rows (one process), or `steps` batches per rank."""
+    """Pass over the batches a checkpoint consumed: `tokens` rows (one process), or `steps` batches a rank."""
     if distributed.world_size() > 1:
         for _ in range(steps):
             if next(stream, None) is None:
-                raise SaelignError(f"rank {distributed.rank()}'s activation stream ended before the checkpoint's "
-                                   f"step {steps}; resume with the same store, options and number of processes")
+                raise SaelignError(f"rank {distributed.rank()}'s activation stream ended before the "
+                                   f"checkpoint's step {steps}; resume with the same store, options and "
+                                   "number of processes")
         return
     seen = 0
     while seen < tokens:
@@ -307,7 +291,7 @@ def train_saes(batches: Iterable[torch.Tensor], sae_cfgs: list[SAEConfig], train
     """Train one SAE per config on the same batches ([tokens, d_in] activations in raw model units).
     With train_cfg.out, a single SAE is saved in `out` and several in `out/<name>` (names default to the
     fields that differ, e.g. k16, k32), together with `train_log.json`, `run.json` and the checkpoint.
-    Under torchrun, `batches` are this rank's shares of the global batches (`train_from_store` splits them)."""
+    Under torchrun, `batches` are this rank's shares of the global batches (train_from_store splits them)."""
     distributed.init()
     tcfg = train_cfg
     require(sae_cfgs, "no SAE configurations given")
@@ -375,14 +359,14 @@ def _loop(stream: Iterator[torch.Tensor], runs: list[_Trainee], tcfg: SAETrainCo
                     if not bool(keep.all()):
                         x = x[keep]
                 kept = x.shape[0]
-            consumed, kept, alive, everyone_kept = _step_counts(consumed, kept, x is not None)
+            consumed, kept, alive, everyone_kept = stream_stats.step_counts(consumed, kept, x is not None)
             if not alive:
                 break
             prog.dropped += consumed - kept
             if everyone_kept:
                 assert x is not None
                 x_norm = x * runs[0].sae.norm_scale  # one scale for all SAEs: it comes from the same stream
-                x_var = (_variance_of() or total_variance)(x_norm)
+                x_var = (stream_stats.variance_of() or total_variance)(x_norm)
                 for run in runs:
                     buffer = buffers.get(run.sae.d_sae)
                     if run.act.sparse and (buffer is None or buffer.shape[0] < x.shape[0]):
@@ -406,32 +390,6 @@ def _loop(stream: Iterator[torch.Tensor], runs: list[_Trainee], tcfg: SAETrainCo
                 break
             if out is not None and prog.tokens // every > (prog.tokens - consumed) // every:
                 _save(out, runs, tcfg, prog, finished=False)
-
-
-def _step_counts(consumed: int, kept: int, alive: bool) -> tuple[int, int, bool, bool]:
-    """Over the ranks: rows consumed and kept (outliers dropped) this step, whether every rank had a batch,
-    and whether every rank kept some rows (else all skip the step: ranks must run the same collectives)."""
-    if distributed.world_size() == 1:
-        return consumed, kept, alive, kept > 0
-    counts = torch.tensor([consumed, kept, alive, kept > 0], dtype=torch.float64)
-    counts = distributed.all_reduce_(counts, "sum", "the batch-size all-reduce").tolist()
-    world = distributed.world_size()
-    return int(counts[0]), int(counts[1]), counts[2] == world, counts[3] == world
-
-
-def _variance_of() -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The FVU denominator under torchrun: the global batch's variance over the number of ranks (see step)."""
-    world = distributed.world_size()
-    return None if world == 1 else lambda x: _global_variance(x) / world
-
-
-def _global_variance(x: torch.Tensor) -> torch.Tensor:
-    """`total_variance` of the global batch whose share on this rank is `x` (in float64: a difference of sums)."""
-    xd = x.double()
-    stats = distributed.all_reduce_(torch.cat([xd.new_tensor([x.shape[0]]), xd.sum(0), xd.pow(2).sum().reshape(1)]),
-                                    "sum", "the batch-variance all-reduce")
-    variance = float(stats[-1] - stats[1:-1].pow(2).sum() / stats[0])
-    return torch.tensor(max(variance, torch.finfo(x.dtype).tiny), device=x.device, dtype=x.dtype)
 
 
 def _sae_dirs(out: Path | None, runs: list[_Trainee]) -> list[Path]:

@@ -145,6 +145,7 @@ def run_method(method: str, model_factory: Callable[[], PreTrainedModel], tokeni
     sidecar = {k: getattr(result, k) for k in SIDECAR_FIELDS}
     if distributed.is_main():  # under torchrun every rank holds the same weights; rank 0 writes them
         save_adapter(trainable, adapter_dir, {**sidecar, **(provenance or {})}, overwrite=overwrite)
-        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)  # the adapter is the result; checkpoints are big
+        # the adapter is the result; checkpoints are big
+        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
     distributed.barrier("the adapter rank 0 writes")
     return dataclasses.replace(result, wall_seconds=round(time.perf_counter() - began, 2))

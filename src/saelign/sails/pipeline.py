@@ -41,8 +41,9 @@ def run_pipeline(cfg: SailsConfig, run_dir: str | Path, stage_names: Sequence[st
     if unknown:
         raise SaelignError(f"unknown stage(s) {', '.join(unknown)}; stages are {', '.join(STAGES)}")
     if distributed.world_size() > 1 and stage_names != ["train"]:
-        raise SaelignError(f"under torchrun only the train stage runs (got {', '.join(stage_names)}): run the "
-                           "stages before it in one process, then `torchrun ... -m saelign sails train --run DIR`")
+        raise SaelignError(f"under torchrun only the train stage runs (got {', '.join(stage_names)}): run "
+                           "the stages before it in one process, then `torchrun ... -m saelign sails train "
+                           "--run-dir DIR`")
     run = RunDir(run_dir, cfg, STAGES, overwrite)
     units = run.units(stage_names)
     run.check_stale(units)

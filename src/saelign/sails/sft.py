@@ -128,7 +128,7 @@ def _step_samples(n: int, seed: int, step: int, size: int) -> list[int]:
 
 
 def _response_targets(example: tuple[list[int], list[int]]) -> int:
-    """Tokens an example adds to a step's loss: labelled positions after the first (nothing predicts that one)."""
+    """Tokens an example adds to a step's loss: labelled positions after the first (nothing predicts it)."""
     return sum(t != IGNORE for t in example[1][1:])
 
 
@@ -220,8 +220,9 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
         started = time.perf_counter()
         ids = _step_samples(len(examples), cfg.seed, step, cfg.grad_accum * cfg.batch_size)
         n_tokens = sum(_response_targets(examples[i]) for i in ids)  # of the global batch, on every rank
-        micro = [collate([examples[i] for i in distributed.split(ids[m * cfg.batch_size:(m + 1) * cfg.batch_size])],
-                         pad_id) for m in range(cfg.grad_accum)]
+        size = cfg.batch_size
+        shares = [distributed.split(ids[m * size:(m + 1) * size]) for m in range(cfg.grad_accum)]
+        micro = [collate([examples[i] for i in share], pad_id) for share in shares]
         total = torch.zeros((), dtype=torch.float64)
         for batch in micro:
             batch = {k: v.to(device) for k, v in batch.items()}

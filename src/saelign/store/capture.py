@@ -111,8 +111,8 @@ def stream_batches(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, c
                 if not torch.isfinite(a).all():
                     raise SaelignError(f"non-finite activations at {hp} in contexts {first_context}-{first_context + len(batch) - 1}; "
                                        "the model overflowed: load it in float32 (--dtype float32)")
-            yield CapturedBatch(local, acts, ids.view(-1)[flat].int(), first_context + flat // cfg.context_length,
-                                (flat % cfg.context_length).int())
+            yield CapturedBatch(local, acts, ids.view(-1)[flat].int(),
+                                first_context + flat // cfg.context_length, (flat % cfg.context_length).int())
         row += n
         local += n if mine else 0
         first_context += len(batch)
@@ -124,7 +124,8 @@ def stream_activations(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
                        cfg: CaptureConfig) -> Iterator[dict[str, torch.Tensor]]:
     """Yield {hookpoint: [n, d] float32} per forward pass, on the model's device; nothing is written. Under
     torchrun, this rank's share of the forward passes."""
-    for batch in stream_batches(model, tokenizer, cfg, rank=distributed.rank(), world_size=distributed.world_size()):
+    for batch in stream_batches(model, tokenizer, cfg, rank=distributed.rank(),
+                                world_size=distributed.world_size()):
         yield batch.activations
 
 
@@ -160,8 +161,8 @@ def capture(model_cfg: ModelConfig, cfg: CaptureConfig, model: PreTrainedModel |
         logger.info(f"activation stores in {out} are already complete")
         return stores
     # A rank's part is a store of its own; it is never "exhausted": only the merged count says that.
-    writers = {hp: StoreWriter(stores[hp] / part_folder(rank, world) if world > 1 else stores[hp], headers[hp], budget)
-               for hp in hookpoints}
+    folders = {hp: stores[hp] / part_folder(rank, world) if world > 1 else stores[hp] for hp in hookpoints}
+    writers = {hp: StoreWriter(folders[hp], headers[hp], budget) for hp in hookpoints}
     pending = [w for w in writers.values() if not w.done]
     if not pending and world == 1:
         logger.info(f"activation stores in {out} are already complete")
@@ -173,8 +174,10 @@ def capture(model_cfg: ModelConfig, cfg: CaptureConfig, model: PreTrainedModel |
     if pending:
         with progress(total=-(-budget // world) if budget else None, desc="capture", unit="tok") as bar:
             bar.update(start)
-            for batch in stream_batches(model, tokenizer, cfg, corpus, skip_rows=start, rank=rank, world_size=world):
-                columns = {"token_ids": batch.token_ids, "context_ids": batch.context_ids, "positions": batch.positions}
+            for batch in stream_batches(model, tokenizer, cfg, corpus, skip_rows=start, rank=rank,
+                                        world_size=world):
+                columns = {"token_ids": batch.token_ids, "context_ids": batch.context_ids,
+                           "positions": batch.positions}
                 for hp, writer in writers.items():
                     writer.add(batch.first_row, {"activations": batch.activations[hp], **columns})
                 n = batch.token_ids.numel()
@@ -185,7 +188,7 @@ def capture(model_cfg: ModelConfig, cfg: CaptureConfig, model: PreTrainedModel |
     seconds = time.perf_counter() - began
     new_tokens = rows - start
     if world > 1:
-        new_tokens = int(distributed.all_reduce_(torch.tensor([new_tokens]), "sum", "the capture's token count"))
+        new_tokens = int(distributed.all_reduce_(torch.tensor([new_tokens]), "sum", "the token count"))
         if distributed.is_main():  # every part is finished once all ranks got past the all-reduce above
             rows = [merge_parts(stores[hp], world, budget) for hp in hookpoints][0]
         distributed.barrier("the merged store manifests")

@@ -172,9 +172,10 @@ def merge_parts(path: Path, world_size: int, token_budget: int | None) -> int:
     manifests = [read_manifest(p) for p in parts]
     unfinished = [str(p) for p, m in zip(parts, manifests, strict=True) if not m.get("complete")]
     if unfinished:
-        raise SaelignError(f"the capture parts {', '.join(unfinished)} are unfinished; rerun the same torchrun "
-                           "command to complete them")
-    shards = [{**s, "file": f"{p.name}/{s['file']}"} for p, m in zip(parts, manifests, strict=True) for s in m["shards"]]
+        raise SaelignError(f"the capture parts {', '.join(unfinished)} are unfinished; rerun the same "
+                           "torchrun command to complete them")
+    shards = [{**s, "file": f"{p.name}/{s['file']}"}
+              for p, m in zip(parts, manifests, strict=True) for s in m["shards"]]
     tokens = sum(s["num_tokens"] for s in shards)
     write_json_atomic(path / MANIFEST, {**{k: manifests[0][k] for k in IDENTITY_KEYS}, "num_tokens": tokens,
                                         "token_budget": token_budget, "complete": True,
