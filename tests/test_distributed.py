@@ -296,3 +296,8 @@ def test_sails_train_stage_under_torchrun_matches_one_process(tmp_path, inputs):
     adapter = Path("methods") / "sails" / "adapter" / "adapter_model.safetensors"
     assert_same_weights(load_tensors(one / adapter), load_tensors(two / adapter))
     assert json.loads((two / "run.json").read_text())["stages"]["train:sails"]["processes"] == 2
+
+
+def test_a_merged_store_knows_its_last_context(world):
+    one, two = (ActivationStore(world["root"] / name / HOOKPOINT) for name in ("one", "two"))
+    assert two.last_context() == one.last_context() == int(sorted_rows(world["root"] / "one" / HOOKPOINT)[-1, 0])

@@ -146,7 +146,7 @@ def evaluate_sae_files(sae_path: str | Path, store_path: str | Path, cfg: EvalCo
         corpus = open_corpus(cfg.corpus or recorded.get("source", "sotu"), recorded.get("text_field", "text"),
                              bool(recorded.get("chat", False)), int(recorded.get("seed", 0)))
         if (skip := cfg.skip_contexts) < 0:  # the contexts the store covers, so the text is unseen
-            skip = int(store.load_shard(len(store.shards) - 1)["context_ids"].max()) + 1 if same_corpus else 0
+            skip = store.last_context() + 1 if same_corpus else 0
         masking = manifest.get("masking", {})
         contexts = iter_contexts(corpus, tokenizer, int(manifest.get("context_length", 128)))
         token_batches = context_batches(contexts, masking.get("token_ids", []),
