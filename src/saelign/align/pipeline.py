@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from saelign import distributed
 from saelign.align.activations import answer_token_ids, example_activations
 from saelign.align.builtin import build_ontology
 from saelign.align.interventions import SlotGuard, concept_swap, generate_with, slot_zero
@@ -138,7 +139,8 @@ def train_aligned(model_cfg: ModelConfig, cfg: AlignTrainConfig,
     generic = generic_activations(model, tokenizer, hookpoint, cfg.generic_tokens, cfg.store, cfg.corpus, cfg.context_length)
     aligned, slot_map = post_train(sae, acts, labels, generic, post, ontology.concept_names, answers, ontology.position)
     out = Path(post.out)
-    save_ontology(ontology, out / ONTOLOGY_COPY)
+    if distributed.is_main():
+        save_ontology(ontology, out / ONTOLOGY_COPY)
     record_stage(out, "align-train", {**config_to_dict(cfg), "model": config_to_dict(model_cfg)},
                  vanilla_sae=str(Path(cfg.sae).resolve()),
                  examples=len(examples), generic_rows=int(generic.shape[0]))

@@ -42,7 +42,7 @@ def register(subparsers: Any) -> None:
                                          "activations come from --store or are captured on the fly from --corpus. "
                                          "Rerun the same command to resume. A --config file holds the options in "
                                          "`model:`, `align:` and `posttrain:` sections.")
-    train.set_defaults(func=run_train)
+    train.set_defaults(func=run_train, data_parallel=True)
     evaluate = add_stage_parser(group, "eval", help="binding, AUC, FVU, entanglement, fragmentation and swap α sweep vs "
                                                     "the vanilla SAE; metrics.json + report.md/.html",
                                 configs=[(ModelConfig, ""), (AlignEvalConfig, "")],

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from saelign import distributed
 from saelign.configs import config_to_dict
 from saelign.errors import SaelignError
 from saelign.io import read_json, write_json_atomic
@@ -39,17 +40,23 @@ def run_pipeline(cfg: SailsConfig, run_dir: str | Path, stage_names: Sequence[st
     unknown = [s for s in stage_names if s not in STAGES]
     if unknown:
         raise SaelignError(f"unknown stage(s) {', '.join(unknown)}; stages are {', '.join(STAGES)}")
+    if distributed.world_size() > 1 and stage_names != ["train"]:
+        raise SaelignError(f"under torchrun only the train stage runs (got {', '.join(stage_names)}): run "
+                           "the stages before it in one process, then `torchrun ... -m saelign sails train "
+                           "--run-dir DIR`")
     run = RunDir(run_dir, cfg, STAGES, overwrite)
     units = run.units(stage_names)
     run.check_stale(units)
-    write_json_atomic(run.path(CONFIG_FILE), config_to_dict(cfg))
+    if distributed.is_main():
+        write_json_atomic(run.path(CONFIG_FILE), config_to_dict(cfg))
     for unit in units:
         status = run.status(unit)
         if status == "done":
             logger.info(f"{unit}: done earlier, skipped")
             continue
-        if status == "stale":  # only reachable with overwrite
+        if status == "stale" and distributed.is_main():  # only reachable with overwrite
             run.clear(unit)
+        distributed.barrier(f"{unit} cleared by rank 0")
         logger.info(f"{unit}: running")
         began = time.perf_counter()
         stage, _, name = unit.partition(":")
