@@ -239,7 +239,7 @@ def test_real_spacy_tags_when_installed():
 
 
 def test_registry_names_and_option_errors():
-    assert set(BUILDERS) == {"relations", "pos", "ner", "sentiment", "wordnet"}
+    assert set(BUILDERS) == {"relations", "biographies", "pos", "ner", "sentiment", "wordnet"}
     with pytest.raises(SaelignError, match="unknown built-in ontology 'colours'"):
         build_ontology("colours")
     with pytest.raises(SaelignError, match="unknown option.*max_entitys.*valid: relations, max_entities"):

@@ -23,7 +23,7 @@ def register(subparsers: Any) -> None:
     check.set_defaults(func=run_check)
 
     build = group.add_parser("build", help="build a built-in ontology from its pinned data, optionally keeping known facts")
-    build.add_argument("--name", required=True, help="relations, pos, ner, sentiment or wordnet")
+    build.add_argument("--name", required=True, help="relations, biographies, pos, ner, sentiment or wordnet")
     build.add_argument("--out", required=True, metavar="FILE", help="where to write it (.yaml, .yml or .json)")
     build.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="a builder option, e.g. max_entities=20 or relations=[capital,currency] (repeatable)")
