@@ -24,8 +24,8 @@ def _census(names: list[str]) -> str:
     return "".join(f"{n:15s}{1.0:6.3f}{1.0:7.3f}{i:7d}\n" for i, n in enumerate(names, 1))
 
 
-@pytest.fixture
-def data_dirs(tmp_path):
+def write_biography_data(tmp_path) -> dict:
+    """Small Census name files and countryinfo records, as the builder's `names_dir` / `countryinfo_dir`."""
     names = tmp_path / "names"
     for key, values in (("male", FIRST_MALE), ("female", FIRST_FEMALE), ("last", LAST)):
         path = names / NAMES_FILES[key]
@@ -37,6 +37,11 @@ def data_dirs(tmp_path):
         (countries / f"{stem}.json").write_text(json.dumps({"name": name, "capital": capital,
                                                             "population": millions * 10**6}))
     return {"names_dir": names, "countryinfo_dir": countries}
+
+
+@pytest.fixture
+def data_dirs(tmp_path):
+    return write_biography_data(tmp_path)
 
 
 def _facts(onto):

@@ -143,11 +143,11 @@ def build_biographies(people: int = 50, seed: int = 0, attributes: Sequence[str]
     unknown = [n for n in names if n not in ATTRIBUTES]
     require(not unknown, f"unknown attribute(s) {', '.join(unknown)}; choose from {', '.join(ATTRIBUTES)}")
     require(people >= 1, f"people must be at least 1, got {people}")
-    folder = names_dir or NAMES.fetch()
+    folder = Path(names_dir) if names_dir else NAMES.fetch()
     first = read_census_names(folder / NAMES_FILES["male"], first_names // 2)
     first += read_census_names(folder / NAMES_FILES["female"], first_names - len(first))
     last = read_census_names(folder / NAMES_FILES["last"], last_names)
-    city_list = capital_cities(countryinfo_dir, cities)
+    city_list = capital_cities(Path(countryinfo_dir) if countryinfo_dir else None, cities)
     values = value_lists()
     rng = random.Random(seed)
     # an employer is in one city, so employer_city is a fact about the company (what a 2-hop question needs)
