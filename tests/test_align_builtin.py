@@ -106,8 +106,12 @@ def test_build_relations_prefers_shared_entities(relation_data):
     # France is in capital, nationality, continent and language: the most shared entity wins everywhere it is
     assert chosen["capital"] == chosen["nationality"] == chosen["continent"] == chosen["language"] == ["France"]
     for concept in onto.concepts:
-        assert len(concept.templates.train) >= 4 and len(concept.templates.test) >= 2
-    assert len(onto.examples("test")) == 2 * len(RELATIONS)
+        assert len(concept.templates.train) >= 4 and len(concept.templates.test) >= 3
+        assert set(concept.templates.test_styles) == {"fill_in", "qa", "instruction"}  # binding is read per style
+    test = onto.examples("test")
+    assert len(test) == sum(len(c.templates.test) for c in onto.concepts)  # one entity per relation here
+    assert {ex.text for ex in test}.isdisjoint(ex.text for ex in onto.examples("train"))
+    assert all(ex.text.endswith(("\nAnswer:", "\nAnswer: The")) for ex in test if ex.style == "instruction")
     with pytest.raises(SaelignError, match="unknown relation.*capitol"):
         build_relations(["capitol"], questions_words=qw, countryinfo_dir=folder)
     qw.write_text(QUESTIONS_WORDS.split(": gram2")[0], encoding="utf-8")

@@ -81,6 +81,12 @@ class Templates:
         return self.test_styles[index] if part == "test" and self.test_styles else None
 
 
+def styled_templates(train: tuple[str, ...], test_by_style: dict[str, tuple[str, ...]]) -> Templates:
+    """Templates whose unseen (test) ones are given per phrasing style, in the style order given."""
+    test = [(style, t) for style, templates in test_by_style.items() for t in templates]
+    return Templates(train, tuple(t for _, t in test), tuple(style for style, _ in test))
+
+
 @dataclass(frozen=True)
 class Concept:
     name: str

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from saelign.align.ontology import Concept, Entity, Ontology, Templates
+from saelign.align.ontology import Concept, Entity, Ontology, styled_templates
 from saelign.datasets.countries import load_countries
 from saelign.datasets.registry import COUNTRYINFO, NAMES, NAMES_FILES
 from saelign.errors import SaelignError, require
@@ -160,7 +160,7 @@ def build_biographies(people: int = 50, seed: int = 0, attributes: Sequence[str]
                   "major": rng.choice(values["majors"]), "employer": employer, "employer_city": company_city[employer]}
         for n in names:
             facts[n].append(Entity(person, record[n]))
-    concepts = tuple(Concept(n, ATTRIBUTES[n].description, entities=tuple(facts[n]), templates=_templates(n))
+    concepts = tuple(Concept(n, ATTRIBUTES[n].description, entities=tuple(facts[n]), templates=styled_templates(ATTRIBUTES[n].train, ATTRIBUTES[n].test))
                      for n in names)
     source = {"builder": "biographies", "names": f"{NAMES.name} {', '.join(NAMES_FILES.values())}",
               "countryinfo": f"{COUNTRYINFO.name} {COUNTRYINFO.members[0]} (capitals)",
@@ -168,9 +168,3 @@ def build_biographies(people: int = 50, seed: int = 0, attributes: Sequence[str]
               "company_city": {c: company_city[c] for c in values["companies"]}}
     return Ontology("biographies", concepts, description="synthetic biographies; one concept per attribute",
                     require_answers=True, source=source).validate("biographies ontology")
-
-
-def _templates(attribute: str) -> Templates:
-    spec = ATTRIBUTES[attribute]
-    test = [(style, t) for style in STYLES for t in spec.test[style]]
-    return Templates(spec.train, tuple(t for _, t in test), tuple(style for style, _ in test))
