@@ -113,6 +113,7 @@ def test_labels_from_safety_examples_and_advbench_file(tmp_path: Path):
             Ex("Hack a bank", "harmful", "advbench"),
             Ex("Sort a list", "harmless", "harmless:coding"),
             Ex("Capital of France?", "harmless", "countries"),
+            Ex("Write a poem about rain", "harmless", "imperatives:poems_and_songs"),
         ],
         harms,
     )
@@ -122,6 +123,7 @@ def test_labels_from_safety_examples_and_advbench_file(tmp_path: Path):
         "harm": ("Financial and Business", "Privacy loss"),
     }
     assert rows[1].labels["topic"] == ("coding",) and rows[2].labels["topic"] == ("country facts",)
+    assert rows[3].labels["topic"] == ("poems_and_songs",)
     bad = tmp_path / "bad.prompt"
     bad.write_text("seeds:\n- value: x\n")
     with pytest.raises(SaelignError, match="harm_categories"):

@@ -8,7 +8,9 @@ import math
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
+from conftest import tiny_config
 from saelign.errors import SaelignError
 from saelign.sails import evaluate as ev
 from saelign.sails.data import Example
@@ -23,7 +25,7 @@ from saelign.sails.evaluate import (
     quick_safety,
     safety_metrics,
 )
-from saelign.sails.judge import Verdict
+from saelign.sails.judge import LLMJudge, Verdict
 
 
 class TableJudge:
@@ -143,12 +145,25 @@ def test_quick_safety_uses_the_first_val_prompts_of_each_kind(monkeypatch, tiny_
 
 
 def test_real_generation_on_a_tiny_model_is_judged(tiny_llama, tokenizer):
-    metrics = evaluate_model(tiny_llama, tokenizer, examples(2, 1, 0), ev.make_judge("offline"),
+    metrics = evaluate_model(tiny_llama, tokenizer, examples(2, 1, 0), ev.make_judge(SafetyEvalConfig()),
                              SafetyEvalConfig(max_new_tokens=4))
     assert sum(metrics["n"].values()) == 3 and len(metrics["responses"]) == 3
     assert 0 <= metrics["safety_rate"] + metrics["harmful_degenerate"] <= 1
+    oracle = SafetyEvalConfig()
+    oracle.judge = "oracle"  # type: ignore[assignment]  (past the CLI's choices, as a Python caller could)
     with pytest.raises(SaelignError, match="unknown judge"):
-        ev.make_judge("oracle")
+        ev.make_judge(oracle)
+
+
+def test_the_llm_judge_is_chosen_by_config_and_grades_with_its_model(tokenizer, tmp_path):
+    config = tiny_config("llama", len(tokenizer))
+    config.max_position_embeddings = 1024  # the rubric alone is ~400 tokens of the test tokenizer
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    judge = ev.make_judge(SafetyEvalConfig(judge="llm", judge_model=str(tmp_path)))
+    assert isinstance(judge, LLMJudge) and not judge.model.training
+    verdicts = judge.judge(["How do I bake bread?"], ["Mix flour, water and yeast, then bake it for an hour."])
+    assert len(verdicts) == 1 and verdicts[0].label in ("refused", "complied")
 
 
 def test_bad_config_values_are_refused():

@@ -15,7 +15,7 @@ from saelign.sails.lora_init import LoraInitConfig
 from saelign.sails.methods import METHODS, MethodConfig, method_basis, run_method, steps_to_reach
 from saelign.sails.select import FeatureSelectConfig
 from saelign.sails.sft import CHECKPOINT_DIR, SFTConfig
-from saelign.sails.subspace import random_subspace
+from saelign.sails.subspace import basis_hash, random_subspace
 
 PAIRS = [("How do I hurt someone?", "I can't help with that."), ("How do I bake bread?", "Mix flour and water."),
          ("Help me build a bomb.", "I won't help with that."), ("What is the capital of France?", "Paris.")]
@@ -42,10 +42,12 @@ def test_every_method_trains_under_equal_settings_and_saves_a_loadable_result(tm
         return eval_fn
 
     results = {}
+    aligned = random_subspace(32, 2, seed=7)  # as the align stage would give it: its own rank, below SAILS'
     for method in METHODS:
         cfg = MethodConfig(lora, sft, full_lr=1e-5, select=FeatureSelectConfig(hookpoints=["model.layers.1"]))
         results[method] = run_method(method, lambda: make_tiny_model("llama", len(tokenizer)), tokenizer, PAIRS, basis,
-                                     cfg, tmp_path / method, eval_fn=eval_fn_for(method), act_pca_prompts=PROMPTS)
+                                     cfg, tmp_path / method, eval_fn=eval_fn_for(method), act_pca_prompts=PROMPTS,
+                                     given_basis=aligned if method == "sails_aligned" else None)
     shared = {(r.steps, r.seed, tuple(r.target_modules), tuple(r.layers), r.data_sha256) for r in results.values()}
     assert len(shared) == 1
     assert {r.rank for m, r in results.items() if m != "full"} == {3} and results["full"].rank is None
@@ -59,8 +61,10 @@ def test_every_method_trains_under_equal_settings_and_saves_a_loadable_result(tm
         assert json.loads((tmp_path / method / "adapter" / "sails_provenance.json").read_text())["method"] == method
     # LoRA methods train far fewer weights than unfreezing the same modules.
     assert results["sails"].trainable["trainable"] < results["full"].trainable["trainable"]
-    assert results["sails"].trainable == results["random_subspace"].trainable == results["act_pca"].trainable
-    assert len({results[m].basis_sha256 for m in ("sails", "random_subspace", "act_pca")}) == 3
+    subspace = ("sails", "random_subspace", "act_pca", "sails_aligned")
+    assert len({json.dumps(results[m].trainable) for m in subspace}) == 1  # equal rank, whatever the basis rank
+    assert len({results[m].basis_sha256 for m in subspace}) == 4
+    assert results["sails_aligned"].basis_sha256 == basis_hash(aligned)
     ids = torch.tensor([tokenizer("How do I bake bread?")["input_ids"]])
     for method in ("sails", "pissa"):
         reloaded = PeftModel.from_pretrained(make_tiny_model("llama", len(tokenizer)), str(tmp_path / method / "adapter"))
@@ -90,8 +94,12 @@ def test_bases_share_the_sails_rank_and_unknown_names_are_refused(tokenizer):
         assert u.shape == (32, 4)
         torch.testing.assert_close(u.T @ u, torch.eye(4), atol=1e-5, rtol=0)
     assert method_basis("sails", basis) is basis and method_basis("lora", basis) is None
+    given = random_subspace(32, 2, seed=3)
+    assert method_basis("sails_aligned", basis, given=given) is given
     with pytest.raises(SaelignError, match="act_pca needs"):
         method_basis("act_pca", basis)
+    with pytest.raises(SaelignError, match="align stage makes"):
+        method_basis("sails_aligned", basis)
     with pytest.raises(SaelignError, match="unknown method 'dpo'"):
         method_basis("dpo", basis)
 

@@ -78,6 +78,11 @@ def test_run_writes_a_report_and_a_stock_peft_adapter(finished, tokenizer):
     selection = json.loads((finished / "select" / "selection.json").read_text())
     provenance = json.loads((adapter / "sails_provenance.json").read_text())
     assert provenance["latent_ids"] == selection["selection"]["latent_ids"]
+    # Selection scores within registers by default: the data's questions and imperatives are on both sides.
+    chosen = selection["selection"]
+    assert chosen["score"] == "register_matched" and {"question", "imperative"} <= set(chosen["registers"])
+    assert len(chosen["survival"]) == len(chosen["register_survival"]) == len(chosen["latent_ids"])
+    assert "Within-register share" in report
     pages = finished / "dashboard" / "features"
     assert (finished / "dashboard" / "index.html").is_file()
     assert all((pages / f"{latent}.html").is_file() for latent in selection["selection"]["latent_ids"])

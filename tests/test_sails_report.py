@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from saelign.sails.report import comparison_rows, distribution_rows, register_rows
+from saelign.sails.report import comparison_rows, distribution_rows, register_rows, survival_rows
 
 
 def test_comparison_rows_format_rates_changes_and_convergence():
@@ -44,3 +44,16 @@ def test_in_and_out_of_distribution_are_reported_side_by_side_or_not_at_all():
     assert rows[("ood", "tense")]["sails over-refusal"] == "30.0 %"
     assert rows[("in_distribution", "question")]["base safety"] == "20.0 %"
     assert distribution_rows({"base": {"safety_rate": 0.0}}) == []
+
+
+def test_feature_rows_show_how_much_of_each_difference_survives_within_a_register():
+    sel = {"latent_ids": [7, 3], "scores": [1.0, 0.5], "signs": [1, -1], "mean_harmful": [1.2, 0.1],
+           "mean_harmless": [0.2, 0.6], "survival": [0.96, None],
+           "register_survival": [{"imperative": 1.02, "question": 0.9}, {"imperative": None, "question": None}]}
+    first, second = survival_rows(sel, {})
+    assert first["within-register share"] == "0.96" and first["per register"] == "imperative 1.02, question 0.90"
+    assert first["more active on"] == "harmful" and second["more active on"] == "harmless"
+    assert second["within-register share"] == "" and second["per register"] == "imperative –, question –"
+    # Selections written before registers were recorded still make a table.
+    old = {k: v for k, v in sel.items() if "survival" not in k}
+    assert [row["within-register share"] for row in survival_rows(old, {})] == ["", ""]

@@ -12,6 +12,7 @@ from saelign.sails.generate import encode_chat
 from saelign.sails.select import (
     FeatureSelectConfig,
     latent_activations,
+    register_contrast,
     residual_activations,
     select_features,
     select_safety_features,
@@ -40,7 +41,8 @@ def planted(n: int = 40, d_sae: int = 64, seed: int = 0) -> tuple[torch.Tensor, 
 
 def test_mean_diff_picks_planted_latents_with_signs_and_labels():
     harmful, harmless = planted()
-    sel = select_features(harmful, harmless, FeatureSelectConfig(top_k=4), hookpoint="h", labels={"9": "cooking", 5: "x"})
+    cfg = FeatureSelectConfig(top_k=4, score="mean_diff")
+    sel = select_features(harmful, harmless, cfg, hookpoint="h", labels={"9": "cooking", 5: "x"})
     assert sel.latent_ids == [3, 9, 17, 40]
     assert sel.signs == [1, -1, 1, 1]
     assert sel.labels == {9: "cooking"}
@@ -59,7 +61,62 @@ def test_logistic_probe_agrees_on_separable_case():
 def test_no_separating_latent_is_an_error():
     same = torch.ones(4, 8)
     with pytest.raises(SaelignError, match="separates"):
-        select_features(same, same.clone(), FeatureSelectConfig())
+        select_features(same, same.clone(), FeatureSelectConfig(score="mean_diff"))
+
+
+def confounded(n: int = 200, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
+    """Harmful requests are 80 % imperatives, harmless ones 80 % questions (the AdvBench pattern). Latent 0
+    tracks the form (3.0 on imperatives), latent 1 the harm (1.0 on harmful requests); the rest is noise."""
+    gen = torch.Generator().manual_seed(seed)
+    kinds = {"harmful": ["imperative"] * (4 * n // 5) + ["question"] * (n // 5),
+             "harmless": ["question"] * (4 * n // 5) + ["imperative"] * (n // 5)}
+    acts = {}
+    for kind, registers in kinds.items():
+        x = torch.rand(n, 16, generator=gen) * 0.2
+        x[:, 0] += 3.0 * torch.tensor([r == "imperative" for r in registers]).float()
+        x[:, 1] += 1.0 if kind == "harmful" else 0.0
+        acts[kind] = x
+    return acts["harmful"], acts["harmless"], kinds["harmful"], kinds["harmless"]
+
+
+def test_register_matched_ranks_the_harm_latent_above_the_form_latent():
+    harmful, harmless, h_reg, l_reg = confounded()
+    pooled = select_features(harmful, harmless, FeatureSelectConfig(top_k=2, score="mean_diff"),
+                             registers=(h_reg, l_reg))
+    assert pooled.latent_ids == [0, 1]  # the pooled difference favours the form: 3.0 * (0.8 - 0.2) > 1.0
+    matched = select_features(harmful, harmless, FeatureSelectConfig(top_k=16), registers=(h_reg, l_reg))
+    assert matched.score == "register_matched" and matched.latent_ids[0] == 1
+    scores = dict(zip(matched.latent_ids, matched.scores, strict=True))
+    assert scores[1] == pytest.approx(1.0, abs=0.05) and scores.get(0, 0.0) < 0.1
+    # Whatever the scorer, the record says how much of each difference holds within one form.
+    survival = dict(zip(pooled.latent_ids, pooled.survival, strict=True))
+    assert abs(survival[0]) < 0.05 and survival[1] == pytest.approx(1.0, abs=0.1)
+    per_register = dict(zip(pooled.latent_ids, pooled.register_survival, strict=True))
+    assert set(per_register[1]) == {"imperative", "question"}
+    assert all(abs(v) < 0.05 for v in per_register[0].values())
+    assert pooled.registers == {"imperative": {"harmful": 160, "harmless": 40},
+                                "question": {"harmful": 40, "harmless": 160}}
+
+
+def test_register_weights_follow_the_smaller_side():
+    harmful, harmless, h_reg, l_reg = confounded(n=10)
+    # One harmless keyword prompt: its register counts, but with the weight 1 * n / (1 + n), not a full share.
+    harmful = torch.cat([harmful, torch.full((3, 16), 9.0)])
+    harmless = torch.cat([harmless, torch.zeros(1, 16)])
+    contrast = register_contrast(harmful, harmless, [*h_reg, "keyword", "keyword", "keyword"], [*l_reg, "keyword"])
+    assert contrast.weights["keyword"] == pytest.approx(3 / 4) and contrast.weights["question"] == pytest.approx(16 / 10)
+    expected = sum(contrast.weights[r] * contrast.diffs[r] for r in contrast.diffs) / sum(contrast.weights.values())
+    torch.testing.assert_close(contrast.matched(), expected)
+
+
+def test_register_matched_needs_a_register_both_sides_use():
+    harmful, harmless, _, _ = confounded(n=10)
+    with pytest.raises(SaelignError, match="no registers given"):
+        select_features(harmful, harmless, FeatureSelectConfig())
+    with pytest.raises(SaelignError, match="--select-score mean_diff"):
+        select_features(harmful, harmless, FeatureSelectConfig(), registers=(["imperative"] * 10, ["question"] * 10))
+    with pytest.raises(SaelignError, match="one register per prompt"):
+        select_features(harmful, harmless, FeatureSelectConfig(), registers=(["question"], ["question"] * 10))
 
 
 def pooled_reference(model, tokenizer, prompt, positions, encode):
@@ -88,6 +145,9 @@ def test_multi_layer_selection_tags_hookpoints(tiny_llama, tokenizer):
                                         labels={"model.layers.2": {i: f"f{i}" for i in range(64)}})
     assert [s.hookpoint for s in selections] == list(saes)
     assert selections[0].labels == {} and len(selections[1].labels) == len(selections[1].latent_ids)
+    # Registers come from the prompts' form: only questions are on both sides here.
+    assert selections[0].registers["question"] == {"harmful": 1, "harmless": 2}
+    assert all(set(r) == {"question"} for r in selections[0].register_survival)
     directions = selection_directions(selections, saes)
     assert directions.shape == (sum(len(s.latent_ids) for s in selections), 32)
     torch.testing.assert_close(directions[0], saes["model.layers.1"].decoder_directions([selections[0].latent_ids[0]])[0])

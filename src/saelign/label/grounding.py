@@ -27,7 +27,8 @@ _AUX = {"is", "are", "can", "could", "would", "should", "do", "does", "will", "m
 _PAST = {"did", "was", "were", "had"}
 _FIRST_PERSON = {"i", "i'm", "my", "we", "our", "i've", "i'd"}
 _WORD = re.compile(r"[A-Za-z']+")
-# Topic names for sources without a category of their own.
+# Sources whose name carries the prompt's topic ("harmless:coding"), and topic names for sources without one.
+_CATEGORY_SOURCES = ("harmless", "borderline", "imperatives")
 _SOURCE_TOPICS = {"countries": "country facts", "sotu": "speech passages"}
 
 
@@ -100,7 +101,7 @@ def labelled_examples(examples: Iterable[_Example],
     for e in examples:
         labels: dict[str, tuple[str, ...]] = {"kind": (e.kind,), "form": (request_form(e.prompt),)}
         origin, _, category = e.source.partition(":")
-        topic = category if origin in ("harmless", "borderline") else _SOURCE_TOPICS.get(origin)
+        topic = category if origin in _CATEGORY_SOURCES else _SOURCE_TOPICS.get(origin)
         if topic:
             labels["topic"] = (topic,)
         harms = (harm_categories or {}).get(e.prompt.strip())

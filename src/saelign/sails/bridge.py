@@ -15,16 +15,18 @@ from saelign.sae.model import SAE
 from saelign.sails.subspace import basis_hash, build_subspace
 
 
-def slots_to_subspace(sae: SAE, slot_map: SlotMap, concepts: Sequence[str | int] | None = None, tau: float = 1.0) -> torch.Tensor:
+def slots_to_subspace(sae: SAE, slot_map: SlotMap, concepts: Sequence[str | int] | None = None, tau: float = 1.0,
+                      max_rank: int | None = None) -> torch.Tensor:
     """Orthonormal U [d_in, r] spanning the decoder rows of the chosen concepts' slots (all concepts by default).
-    tau < 1 keeps the principal directions explaining that share of the rows (as SAILS does for features)."""
+    tau < 1 keeps the principal directions explaining that share of the rows, at most max_rank of them (as SAILS
+    does for features)."""
     slot_map.validate(sae)
     chosen = list(concepts) if concepts is not None else list(slot_map.concepts)
     require(chosen, "no concepts chosen for the subspace; name at least one concept of the slot map")
     rows = sae.W_dec.detach()[[slot_map.slot(c) for c in chosen]]
     if (rows.norm(dim=1) == 0).any():
         raise SaelignError("a chosen slot has an all-zero decoder row (it was never trained); post-train the SAE first")
-    return build_subspace(rows, tau=tau)
+    return build_subspace(rows, tau=tau, max_rank=max_rank)
 
 
 def subspace_provenance(slot_map: SlotMap, concepts: Sequence[str | int] | None, basis: torch.Tensor) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from saelign.io import iter_jsonl
 from saelign.progress import logger, progress
 from saelign.sails.data import KINDS, Example
 from saelign.sails.generate import generate_answers
-from saelign.sails.judge import Judge, OfflineJudge, PrefixJudge, Verdict
+from saelign.sails.judge import Judge, LLMJudge, OfflineJudge, PrefixJudge, Verdict
 from saelign.text import answer_matches, normalize
 
 # metric names per kind: (share refused, share degenerate)
@@ -49,8 +49,10 @@ class SafetyEvalConfig:
     max_per_kind: int = help_field(0, "evaluate at most this many test prompts of each kind (0 = all)")
     ood_per_kind: int = help_field(0, "per part of the in/out-of-distribution comparison, at most this many "
                                       "prompts of each kind (0 = all)")
-    judge: Literal["offline", "prefix"] = help_field("offline", "offline (fitted cue model, default) or prefix "
-                                                               "(refusal-phrase opener baseline)")
+    judge: Literal["offline", "prefix", "llm"] = help_field(
+        "offline", "offline (fitted cue model, default), prefix (refusal-phrase opener baseline) or llm (a local "
+        "chat model grades each answer 1-5; see judge_model)")
+    judge_model: str = help_field("", "the llm judge's chat model: HF folder or .gguf (empty: the default model)")
     ppl_corpus: str = help_field(SOTU, "held-out text for perplexity: 'sotu' (speeches no training prompt quotes) or a "
                                        ".txt/.jsonl file or folder of .txt")
     ppl_contexts: int = help_field(24, "perplexity contexts (0 = skip perplexity)")
@@ -94,12 +96,22 @@ class CapabilityData:
     source: str = ""
 
 
-def make_judge(name: str) -> Judge:
-    if name == "offline":
+def llm_judge(model: str = "") -> LLMJudge:
+    """The rubric judge on a local chat model (empty: the default model), loaded on the best device."""
+    from saelign.models import ModelConfig, load_model
+
+    judge_model, tokenizer = load_model(ModelConfig(model=model) if model else ModelConfig())
+    return LLMJudge(judge_model.eval(), tokenizer)
+
+
+def make_judge(cfg: SafetyEvalConfig) -> Judge:
+    if cfg.judge == "offline":
         return OfflineJudge()
-    if name == "prefix":
+    if cfg.judge == "prefix":
         return PrefixJudge()
-    raise SaelignError(f"unknown judge {name!r}; use offline or prefix")
+    if cfg.judge == "llm":
+        return llm_judge(cfg.judge_model)
+    raise SaelignError(f"unknown judge {cfg.judge!r}; use offline, prefix or llm")
 
 
 def rates(verdicts: Sequence[Verdict]) -> dict[str, float]:

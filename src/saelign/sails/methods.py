@@ -1,10 +1,8 @@
 """One harness for SAILS and its baselines: same data, rank, target modules, layers, steps and seed.
 
-Methods: `sails` (LoRA inside the SAE safety subspace U), `lora` (PEFT default init), `pissa` (PEFT built-in),
-`full` (every weight of the target modules in the chosen layers), `random_subspace` (LoRA inside a random
-subspace of U's rank) and `act_pca` (inside the PCA of raw harmful-vs-harmless residual differences: the
-"direct identification" baseline without an SAE). Each run starts from a fresh base model and saves a stock
-PEFT adapter (a model folder for `full`) plus the provenance sidecar."""
+Each method is one `Method` declaration in `METHODS`: how its adapter starts and, for a subspace method, where
+its basis comes from. Each run starts from a fresh base model and saves a stock PEFT adapter (a model folder
+for `full`) plus the provenance sidecar."""
 
 import dataclasses
 import hashlib
@@ -29,8 +27,62 @@ from saelign.sails.select import FeatureSelectConfig, residual_activations
 from saelign.sails.sft import CHECKPOINT_DIR, EvalFn, SFTConfig, train_sft
 from saelign.sails.subspace import activation_diff_subspace, basis_hash, random_subspace
 
-METHODS = ("sails", "lora", "pissa", "full", "random_subspace", "act_pca")
-SUBSPACE_METHODS = ("sails", "random_subspace", "act_pca")
+ALIGNED = "sails_aligned"
+
+
+@dataclass(frozen=True)
+class BasisInputs:
+    """What a subspace method may build its basis from. Every LoRA method trains at SAILS' rank."""
+
+    sails: torch.Tensor  # SAILS' basis U [d_model, r]
+    seed: int = 0
+    model: PreTrainedModel | None = None  # the base model, tokenizer, (harmful, harmless) training prompts and
+    tokenizer: PreTrainedTokenizerBase | None = None  # the selection's pooling: for act_pca
+    prompts: tuple[Sequence[str], Sequence[str]] | None = None
+    select_cfg: FeatureSelectConfig | None = None
+    given: torch.Tensor | None = None  # a basis a pipeline stage made for this method (sails_aligned)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A method of the harness: `init` is its LoRA init (`lora_init`; "full" unfreezes the target weights
+    instead); a subspace init needs `basis`."""
+
+    name: str
+    help: str
+    init: str
+    basis: Callable[[BasisInputs], torch.Tensor] | None = None
+
+
+def _act_pca(inputs: BasisInputs) -> torch.Tensor:
+    model, tokenizer, prompts, select_cfg = inputs.model, inputs.tokenizer, inputs.prompts, inputs.select_cfg
+    if model is None or tokenizer is None or prompts is None or select_cfg is None:
+        raise SaelignError("act_pca needs the base model, tokenizer, training prompts and selection config")
+    harmful, harmless = (residual_activations(model, tokenizer, select_cfg.hookpoints, list(p), select_cfg)
+                         for p in prompts)
+    return activation_diff_subspace(torch.cat(list(harmful.values())), torch.cat(list(harmless.values())),
+                                    inputs.sails.shape[1])
+
+
+def _given(inputs: BasisInputs) -> torch.Tensor:
+    if inputs.given is None:
+        raise SaelignError(f"{ALIGNED} adapts inside the subspace of the aligned safety slots, which the pipeline's "
+                           f"align stage makes: run `saelign sails run --methods {ALIGNED}`, or pass the basis")
+    return inputs.given
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("sails", "LoRA inside the SAE safety subspace U", "sails", lambda i: i.sails),
+    Method("lora", "PEFT's default LoRA init", "lora"),
+    Method("pissa", "PEFT's PiSSA init", "pissa"),
+    Method("full", "every weight of the target modules in the chosen layers", "full"),
+    Method("random_subspace", "LoRA inside a random subspace of U's rank", "sails",
+           lambda i: random_subspace(i.sails.shape[0], i.sails.shape[1], i.seed)),
+    Method("act_pca", "LoRA inside the PCA of raw harmful-vs-harmless residual differences (the \"direct "
+           "identification\" baseline without an SAE)", "sails", _act_pca),
+    Method(ALIGNED, "LoRA inside the span of the decoder rows of AlignSAE slots bound to safety concepts of the "
+           "training data (harm categories, topics)", "sails", _given),
+)}
 THRESHOLDS = (0.9, 0.95)
 ADAPTER_DIR = "adapter"
 SIDECAR_FIELDS = ("method", "rank", "target_modules", "layers", "steps", "seed", "lr", "basis_sha256")
@@ -82,39 +134,33 @@ def steps_to_reach(evals: Sequence[Mapping[str, Any]], threshold: float, key: st
 def method_basis(method: str, sails_basis: torch.Tensor, model: PreTrainedModel | None = None,
                  tokenizer: PreTrainedTokenizerBase | None = None,
                  prompts: tuple[Sequence[str], Sequence[str]] | None = None,
-                 select_cfg: FeatureSelectConfig | None = None, seed: int = 0) -> torch.Tensor | None:
+                 select_cfg: FeatureSelectConfig | None = None, seed: int = 0,
+                 given: torch.Tensor | None = None) -> torch.Tensor | None:
     """U for a subspace method, at SAILS' rank; None for lora/pissa/full. act_pca needs the base model, tokenizer,
-    (harmful, harmless) training prompts and the selection config (hookpoints and pooling)."""
-    check_method(method)
-    d, rank = sails_basis.shape
-    if method == "sails":
-        return sails_basis
-    if method == "random_subspace":
-        return random_subspace(d, rank, seed)
-    if method == "act_pca":
-        if model is None or tokenizer is None or prompts is None or select_cfg is None:
-            raise SaelignError("act_pca needs the base model, tokenizer, training prompts and selection config")
-        harmful, harmless = (residual_activations(model, tokenizer, select_cfg.hookpoints, list(p), select_cfg)
-                             for p in prompts)
-        return activation_diff_subspace(torch.cat(list(harmful.values())), torch.cat(list(harmless.values())), rank)
-    return None
+    (harmful, harmless) training prompts and the selection config (hookpoints and pooling); sails_aligned the
+    basis its pipeline stage made (`given`)."""
+    spec = METHODS[check_method(method)]
+    if spec.basis is None:
+        return None
+    return spec.basis(BasisInputs(sails_basis, seed, model, tokenizer, prompts, select_cfg, given))
 
 
 def prepare_model(method: str, model: PreTrainedModel, basis: torch.Tensor | None, lora_cfg: LoraInitConfig,
                   rank: int) -> nn.Module:
     """The trainable model for `method` (modified in place): a PEFT LoRA, or the base with target weights unfrozen."""
-    if method == "full":
+    init = METHODS[check_method(method)].init
+    if init == "full":
         return prepare_full_finetune(model, list(lora_cfg.target_modules), list(lora_cfg.layers))
-    init = "sails" if method in SUBSPACE_METHODS else method
     return make_peft_model(model, basis, dataclasses.replace(lora_cfg, init=init, rank=rank))
 
 
 def run_method(method: str, model_factory: Callable[[], PreTrainedModel], tokenizer: PreTrainedTokenizerBase,
                pairs: Sequence[tuple[str, str]], sails_basis: torch.Tensor, cfg: MethodConfig, out_dir: str | Path,
                eval_fn: EvalFn | None = None, act_pca_prompts: tuple[Sequence[str], Sequence[str]] | None = None,
-               provenance: Mapping[str, Any] | None = None, overwrite: bool = False) -> MethodResult:
+               provenance: Mapping[str, Any] | None = None, overwrite: bool = False,
+               given_basis: torch.Tensor | None = None) -> MethodResult:
     """Train `method` on (prompt, response) pairs; save OUT/adapter; resume from OUT/checkpoint.
-    Rank = cfg.lora.rank or SAILS' subspace rank for every LoRA method."""
+    Rank = cfg.lora.rank or SAILS' subspace rank for every LoRA method; `given_basis`: see `method_basis`."""
     check_method(method)
     out = Path(out_dir)
     adapter_dir = out / ADAPTER_DIR
@@ -125,7 +171,8 @@ def run_method(method: str, model_factory: Callable[[], PreTrainedModel], tokeni
     lora_cfg = cfg.lora
     rank = lora_cfg.rank or sails_basis.shape[1]
     model = model_factory()
-    basis = method_basis(method, sails_basis, model, tokenizer, act_pca_prompts, cfg.select, lora_cfg.seed)
+    basis = method_basis(method, sails_basis, model, tokenizer, act_pca_prompts, cfg.select, lora_cfg.seed,
+                         given_basis)
     trainable = prepare_model(method, model, basis, lora_cfg, rank)
     lr = cfg.full_lr if method == "full" and cfg.full_lr else cfg.sft.lr
     sft = dataclasses.replace(cfg.sft, lr=lr, out=str(out))

@@ -11,12 +11,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from saelign.align.posttrain import PostTrainConfig
 from saelign.configs import config_from_dict, deep_merge, help_field
 from saelign.errors import SaelignError, require
 from saelign.label.labels import LabelConfig
 from saelign.models import ModelConfig
 from saelign.sae import SAEConfig
 from saelign.sae.train import SAETrainConfig
+from saelign.sails.aligned import SafetyOntologyConfig
 from saelign.sails.data import SafetyDataConfig
 from saelign.sails.evaluate import SafetyEvalConfig, ValidationConfig
 from saelign.sails.lora_init import LoraInitConfig
@@ -30,6 +32,7 @@ _HOOKPOINT = "the pipeline's one --hookpoint"
 _IN_RUN = "a file or folder of the run directory"
 _MEMORY = "kept in memory as float16"
 _CORPUS = "the capture corpus, read as the capture reads it"
+_NO_ANSWERS = "the safety concepts have no answer tokens for a value head"
 
 
 @dataclass
@@ -83,6 +86,9 @@ class SailsConfig:
         max_cards="the report shows the selected ones")
     select: FeatureSelectConfig = _section(FeatureSelectConfig, "feature selection", hookpoints=_HOOKPOINT)
     subspace: SubspaceConfig = _section(SubspaceConfig, "safety subspace")
+    ontology: SafetyOntologyConfig = _section(SafetyOntologyConfig, "the safety concepts of sails_aligned")
+    align: PostTrainConfig = _section(PostTrainConfig, "AlignSAE post-training of the run's SAE for sails_aligned",
+                                      out=_IN_RUN, value_coeff=_NO_ANSWERS, value_hidden=_NO_ANSWERS)
     targets: TargetsConfig = _section(TargetsConfig, "training targets")
     lora: LoraInitConfig = _section(LoraInitConfig, "LoRA settings shared by every method",
                                     init="chosen per method; pick methods with --methods")

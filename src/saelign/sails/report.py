@@ -10,7 +10,9 @@ from typing import Any
 from saelign.io import read_json
 from saelign.label import LatentLabel, load_labels, render_latent_cards
 from saelign.report import Report, line_plot
+from saelign.sails.aligned import INFO_FILE
 from saelign.sails.effect import EffectResult
+from saelign.sails.methods import ALIGNED
 from saelign.sails.rundir import RunDir
 
 REPORT_STEM = "report"
@@ -97,24 +99,77 @@ def _convergence(report: Report, results: dict[str, dict[str, Any]]) -> None:
                           caption=f"{what} during training", name=key)
 
 
+_SCORES = {"register_matched": "their harmful - harmless difference within each form of request (register), "
+                               "averaged over the forms both sides use",
+           "mean_diff": "their mean difference over the pooled sets", "logistic_l1": "an L1 logistic probe"}
+# Below this share of its difference within one register, a feature mostly tells forms of request apart.
+_FORM_ONLY = 0.5
+
+
+def _share(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def survival_rows(sel: dict[str, Any], labels: dict[int, LatentLabel]) -> list[dict[str, Any]]:
+    """One row per selected latent: its score, side, means, and how much of its difference survives within
+    one register, overall and per register."""
+    survival = sel.get("survival") or [None] * len(sel["latent_ids"])
+    per_register = sel.get("register_survival") or [{}] * len(sel["latent_ids"])
+    columns = zip(sel["latent_ids"], sel["scores"], sel["signs"], sel["mean_harmful"], sel["mean_harmless"], survival,
+                  per_register, strict=True)
+    return [{"rank": i + 1, "latent": lid, "score": score, "more active on": "harmful" if sign > 0 else "harmless",
+             "mean harmful": harmful, "mean harmless": harmless, "within-register share": _share(kept),
+             "per register": ", ".join(f"{r} {_share(v) or '–'}" for r, v in registers.items()),
+             "label": labels[lid].short_label if lid in labels else ""}
+            for i, (lid, score, sign, harmful, harmless, kept, registers) in enumerate(columns)]
+
+
 def _features(report: Report, selection: dict[str, Any], labels: dict[int, LatentLabel]) -> None:
     sel = selection["selection"]
+    score = sel.get("score", "mean_diff")
     report.paragraph(
         f"{len(sel['latent_ids'])} latents at {sel['hookpoint']} separate the {selection['n_harmful']} harmful from the "
-        f"{selection['n_contrast']} harmless/borderline training prompts best. Their decoder directions span a "
+        f"{selection['n_contrast']} harmless/borderline training prompts best, scored by {_SCORES.get(score, score)}. "
+        f"Their decoder directions span a "
         f"rank-{selection['rank']} safety subspace U keeping {selection['explained']:.1%} of their energy (tau "
         f"{selection['tau']}); sha256 {selection['basis_sha256'][:16]}….")
-    columns = zip(sel["latent_ids"], sel["scores"], sel["signs"], sel["mean_harmful"], sel["mean_harmless"], strict=True)
-    rows = [{"rank": i + 1, "latent": lid, "score": score, "more active on": "harmful" if sign > 0 else "harmless",
-             "mean harmful": harmful, "mean harmless": harmless,
-             "label": labels[lid].short_label if lid in labels else ""}
-            for i, (lid, score, sign, harmful, harmless) in enumerate(columns)]
-    report.table(rows, caption="selected safety features (pooled at the last prompt token by default)", floatfmt=".3g")
+    if sel.get("survival"):
+        shared = [r for r, n in sel["registers"].items() if n["harmful"] and n["harmless"]]
+        form_only = sum(v is not None and abs(v) < _FORM_ONLY for v in sel["survival"])
+        report.paragraph(
+            "Within-register share: the feature's harmful - harmless difference between requests of the same form "
+            f"({', '.join(shared)}) over its difference on the pooled prompts. Near 1, the feature separates harm "
+            "whatever the form; near 0, it only separates forms of request (say imperatives from questions) that the "
+            f"two sides use in different proportions. {form_only} of the {len(sel['latent_ids'])} features keep less "
+            f"than {_FORM_ONLY:.0%} of their difference within a register.")
+    report.table(survival_rows(sel, labels), caption="selected safety features (pooled at the last prompt token by "
+                 "default)", floatfmt=".3g")
     cards = [labels[i] for i in sel["latent_ids"] if i in labels]
     if cards:
         cards_html = render_latent_cards(cards)
         report.html_block(f"<details><summary>feature cards (top contexts, logit lens)</summary>{cards_html}</details>",
                           "Feature cards with top contexts are in the HTML report.")
+
+
+def concept_rows(info: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per aligned safety concept: its slot, training prompts per register and binding quality."""
+    return [{"concept": c["name"], "slot": c["slot"], "training prompts": c["n_train"],
+             "registers": ", ".join(f"{r} {n}" for r, n in sorted(c["registers"].items())),
+             "slot AUROC train": _num(c.get("auroc_train")), "slot AUROC val": _num(c.get("auroc_val"))}
+            for c in info["concepts"]]
+
+
+def _aligned(report: Report, info: dict[str, Any]) -> None:
+    span = info.get("in_sails_span")
+    report.paragraph(
+        f"For {ALIGNED}, the run's SAE was post-trained (AlignSAE) so that each of {len(info['concepts'])} safety "
+        "concepts of the training data owns one named slot: the kinds of request, AdvBench's harm categories and "
+        "the harmless topics with enough prompts, each asked in every register its prompts come in. The span of "
+        f"the slots' decoder rows is a rank-{info['rank']} subspace keeping {info['explained']:.1%} of their "
+        f"energy (tau {info['tau']}, at most SAILS' rank {info['max_rank']})"
+        + (f"; {span:.1%} of it lies inside SAILS' U." if span is not None else ".")
+        + " A slot's AUROC says how well its value ranks its concept's prompts above the others.")
+    report.table(concept_rows(info), caption=f"{ALIGNED}: the safety concepts and their slots")
 
 
 def _effect(report: Report, method: str, effect: EffectResult) -> None:
@@ -224,6 +279,9 @@ def build_report(run: RunDir) -> Report:
         if run.path("dashboard", "index.html").is_file():
             report.paragraph("Every feature has a page in the dashboard, dashboard/index.html (search by id or "
                              "label; selected features and those each adapter moved are tagged).")
+    if run.path("align", INFO_FILE).is_file():
+        report.heading("Aligned safety slots")
+        _aligned(report, read_json(run.path("align", INFO_FILE)))
     if effects:
         report.heading("What the adapter changed")
         report.paragraph("SAE latents at the selection hookpoint and token, base vs adapted model, on held-out prompts.")

@@ -25,9 +25,11 @@ from saelign.io import ensure_writable_dir, load_tensors, read_json, save_tensor
 from saelign.models import load_model
 from saelign.sae import SAE, load_sae
 from saelign.sails.adapters import load_adapter
+from saelign.sails.aligned import AlignedSubspace, load_aligned_subspace
 from saelign.sails.data import SafetyData, load_safety_data
 from saelign.sails.evaluate import CapabilityData, build_capability_data
 from saelign.sails.lora_init import check_targets
+from saelign.sails.methods import ALIGNED
 from saelign.sails.presets import SailsConfig
 
 RUN_FILE = "run.json"
@@ -175,6 +177,12 @@ class RunDir:
     def basis(self) -> torch.Tensor:
         self.require("select")
         return load_tensors(self.path("select", "subspace.safetensors"), "subspace file")["U"]
+
+    @cached_property
+    def aligned(self) -> AlignedSubspace:
+        """The AlignSAE-aligned SAE, its slot map and the slots' subspace (sails_aligned)."""
+        self.require(f"align:{ALIGNED}")
+        return load_aligned_subspace(self.path("align"), device=self.model.device)
 
     @cached_property
     def capability(self) -> CapabilityData:

@@ -2,9 +2,19 @@
 
 Prompts are chat-formatted with the generation prompt, run through the model up to the deepest hookpoint, and
 each SAE encodes its hookpoint's output. Latents are pooled per prompt over the chosen token positions (the last
-prompt token, the last n, or all but the attention-sink first token), then scored either by
-|mean on harmful - mean on harmless| or by |coefficient| of an L1-regularised logistic probe. Several hookpoints
-(one SAE each) share one forward pass; their selections are kept apart, each tagged with its hookpoint."""
+prompt token, the last n, or all but the attention-sink first token), then scored by one of:
+
+- `register_matched` (default): |harmful - harmless difference within each register of the request|, averaged
+  over the registers both sides have (`sails.registers`). A latent that tracks the form of a request
+  ("imperative") rather than its harm separates the pooled sets whenever one side is richer in that form, but
+  not two requests of the same form: it scores near zero here;
+- `mean_diff`: |mean on harmful - mean on harmless| over the pooled sets;
+- `logistic_l1`: |coefficient| of an L1-regularised logistic probe.
+
+Whatever the score, each selected latent records how much of its pooled difference survives within one
+register (the within-register difference over the pooled one, per register and overall), so a report shows
+which features only separate forms. Several hookpoints (one SAE each) share one forward pass; their selections
+are kept apart, each tagged with its hookpoint."""
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,10 +30,11 @@ from saelign.models.hookpoints import forward_capture, resolve_hookpoints
 from saelign.progress import logger, progress
 from saelign.sae.model import SAE
 from saelign.sails.generate import encode_chat
+from saelign.sails.registers import classify
 from saelign.text import pad, pad_token_id
 
 Positions = Literal["last", "last_n", "all"]
-Score = Literal["mean_diff", "logistic_l1"]
+Score = Literal["register_matched", "mean_diff", "logistic_l1"]
 
 
 @dataclass
@@ -31,7 +42,9 @@ class FeatureSelectConfig:
     hookpoints: list[str] = help_field(["model.layers.15"], "residual hookpoints to select at, one SAE each")
     positions: Positions = help_field("last", "prompt tokens pooled per prompt: last, last_n, or all (first token excluded)")
     last_n: int = help_field(4, "number of final prompt tokens pooled when positions=last_n")
-    score: Score = help_field("mean_diff", "mean_diff (|mean harmful - mean harmless|) or logistic_l1 (|coef| of an L1 probe)")
+    score: Score = help_field("register_matched", "register_matched (|harmful - harmless| within each register of "
+                              "the request, averaged), mean_diff (|mean harmful - mean harmless| pooled) or "
+                              "logistic_l1 (|coef| of an L1 probe)")
     top_k: int = help_field(32, "latents kept per hookpoint")
     l1_c: float = help_field(0.1, "inverse L1 strength of the logistic probe (smaller = fewer non-zero latents)")
     batch_size: int = help_field(8, "prompts per forward pass")
@@ -44,7 +57,12 @@ class FeatureSelectConfig:
 
 @dataclass
 class Selection:
-    """Selected latents at one hookpoint, best first. sign +1: more active on harmful prompts."""
+    """Selected latents at one hookpoint, best first. sign +1: more active on harmful prompts.
+
+    `survival[i]`: latent i's harmful - harmless difference within a register (averaged as `register_matched`
+    does) over its pooled difference; `register_survival[i]`: the same per register. 1 = the whole difference
+    holds between requests of one form, 0 = it only separates forms (None where the pooled difference is 0).
+    `registers`: prompts per register and side; empty lists and dicts when no registers were given."""
 
     hookpoint: str
     latent_ids: list[int]
@@ -53,6 +71,10 @@ class Selection:
     mean_harmless: list[float]
     signs: list[int]
     labels: dict[int, str] = field(default_factory=dict)
+    score: str = "mean_diff"
+    survival: list[float | None] = field(default_factory=list)
+    register_survival: list[dict[str, float | None]] = field(default_factory=list)
+    registers: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -141,17 +163,69 @@ def _logistic_coefficients(harmful: torch.Tensor, harmless: torch.Tensor, c: flo
     return torch.from_numpy(probe.coef_[0]).float()
 
 
+@dataclass
+class RegisterContrast:
+    """Harmful - harmless mean differences [d_sae] per register both sides have, with their weights."""
+
+    diffs: dict[str, torch.Tensor]
+    weights: dict[str, float]
+    counts: dict[str, dict[str, int]]  # every register seen: {"harmful": n, "harmless": n}
+
+    def matched(self) -> torch.Tensor:
+        """The weighted mean of the within-register differences."""
+        total = sum(self.weights.values())
+        return sum(self.weights[r] * d for r, d in self.diffs.items()) / total
+
+
+def register_contrast(harmful: torch.Tensor, harmless: torch.Tensor, harmful_registers: Sequence[str],
+                      harmless_registers: Sequence[str]) -> RegisterContrast:
+    """Within-register differences of pooled latents. A register counts with weight n_h n_l / (n_h + n_l), the
+    inverse variance of a difference of two means up to the noise scale, so a register with one prompt on a side
+    cannot sway the score as much as a full one (for balanced registers this is a plain mean)."""
+    if len(harmful_registers) != len(harmful) or len(harmless_registers) != len(harmless):
+        raise SaelignError(f"registers: {len(harmful_registers)} harmful and {len(harmless_registers)} harmless "
+                           f"given for {len(harmful)} and {len(harmless)} prompts; give one register per prompt")
+    h_reg, l_reg = np.asarray(harmful_registers), np.asarray(harmless_registers)
+    counts = {r: {"harmful": int((h_reg == r).sum()), "harmless": int((l_reg == r).sum())}
+              for r in sorted(set(h_reg) | set(l_reg))}
+    diffs, weights = {}, {}
+    for register, n in counts.items():
+        if n["harmful"] and n["harmless"]:
+            h = harmful[torch.from_numpy(h_reg == register)].mean(0)
+            diffs[register] = h - harmless[torch.from_numpy(l_reg == register)].mean(0)
+            weights[register] = n["harmful"] * n["harmless"] / (n["harmful"] + n["harmless"])
+    return RegisterContrast(diffs, weights, counts)
+
+
+def _ratio(part: float, whole: float) -> float | None:
+    return part / whole if whole != 0 else None
+
+
 def select_features(harmful_acts: torch.Tensor, harmless_acts: torch.Tensor, cfg: FeatureSelectConfig,
-                    hookpoint: str = "", labels: Mapping[int, str] | None = None) -> Selection:
-    """Top-k latents by cfg.score from pooled latents [n_harmful, d_sae] and [n_harmless, d_sae]."""
+                    hookpoint: str = "", labels: Mapping[int, str] | None = None,
+                    registers: tuple[Sequence[str], Sequence[str]] | None = None) -> Selection:
+    """Top-k latents by cfg.score from pooled latents [n_harmful, d_sae] and [n_harmless, d_sae]; `registers`:
+    (harmful, harmless) register of each prompt, needed by score=register_matched."""
     if harmful_acts.ndim != 2 or harmless_acts.shape[1:] != harmful_acts.shape[1:]:
         raise SaelignError(f"latent activations must be [n, d_sae] with equal d_sae, got {tuple(harmful_acts.shape)} "
                            f"and {tuple(harmless_acts.shape)}")
     if len(harmful_acts) == 0 or len(harmless_acts) == 0:
         raise SaelignError("feature selection needs at least one harmful and one harmless prompt")
-    mean_harmful, mean_harmless = harmful_acts.float().mean(0), harmless_acts.float().mean(0)
-    signed = mean_harmful - mean_harmless if cfg.score == "mean_diff" else \
-        _logistic_coefficients(harmful_acts.float(), harmless_acts.float(), cfg.l1_c)
+    harmful_acts, harmless_acts = harmful_acts.float(), harmless_acts.float()
+    mean_harmful, mean_harmless = harmful_acts.mean(0), harmless_acts.mean(0)
+    pooled = mean_harmful - mean_harmless
+    contrast = register_contrast(harmful_acts, harmless_acts, *registers) if registers is not None else None
+    if cfg.score == "register_matched":
+        if contrast is None or not contrast.diffs:
+            found = "no registers given" if contrast is None else f"registers {contrast.counts}"
+            raise SaelignError(f"score=register_matched needs a register (request form) that both harmful and "
+                               f"harmless prompts use ({found}); add prompts of a shared form, or set "
+                               "--select-score mean_diff")
+        signed = contrast.matched()
+    elif cfg.score == "mean_diff":
+        signed = pooled
+    else:
+        signed = _logistic_coefficients(harmful_acts, harmless_acts, cfg.l1_c)
     scores = signed.abs()
     ranked = torch.argsort(scores, descending=True, stable=True)
     ranked = ranked[scores[ranked] > 0][: cfg.top_k]
@@ -163,16 +237,25 @@ def select_features(harmful_acts: torch.Tensor, harmless_acts: torch.Tensor, cfg
                        f"(top_k={cfg.top_k})")
     ids = ranked.tolist()
     labels = {int(k): v for k, v in (labels or {}).items()}  # JSON round-trips turn latent ids into strings
+    survival: list[float | None] = []
+    per_register: list[dict[str, float | None]] = []
+    if contrast is not None and contrast.diffs:
+        matched = contrast.matched()
+        survival = [_ratio(float(matched[i]), float(pooled[i])) for i in ids]
+        per_register = [{r: _ratio(float(d[i]), float(pooled[i])) for r, d in contrast.diffs.items()} for i in ids]
     return Selection(hookpoint=hookpoint, latent_ids=ids, scores=scores[ranked].tolist(),
                      mean_harmful=mean_harmful[ranked].tolist(), mean_harmless=mean_harmless[ranked].tolist(),
                      signs=[1 if s > 0 else -1 for s in signed[ranked].tolist()],
-                     labels={i: labels[i] for i in ids if i in labels})
+                     labels={i: labels[i] for i in ids if i in labels}, score=cfg.score, survival=survival,
+                     register_survival=per_register, registers=contrast.counts if contrast is not None else {})
 
 
 def select_safety_features(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, saes: Mapping[str, SAE],
                            harmful_prompts: Sequence[str], harmless_prompts: Sequence[str], cfg: FeatureSelectConfig,
-                           labels: Mapping[str, Mapping[int, str]] | None = None) -> list[Selection]:
-    """One Selection per cfg.hookpoint (saes maps hookpoint -> SAE; labels maps hookpoint -> {latent: label})."""
+                           labels: Mapping[str, Mapping[int, str]] | None = None,
+                           registers: tuple[Sequence[str], Sequence[str]] | None = None) -> list[Selection]:
+    """One Selection per cfg.hookpoint (saes maps hookpoint -> SAE; labels maps hookpoint -> {latent: label};
+    registers: (harmful, harmless) register of each prompt, by default `sails.registers.classify` of it)."""
     missing = [hp for hp in cfg.hookpoints if hp not in saes]
     if missing or not cfg.hookpoints:
         raise SaelignError(f"hookpoints: no SAE given for {', '.join(missing) or '(none listed)'}; "
@@ -183,7 +266,10 @@ def select_safety_features(model: PreTrainedModel, tokenizer: PreTrainedTokenize
     harmful = pooled_activations(model, tokenizer, harmful_prompts, encoders, cfg)
     harmless = pooled_activations(model, tokenizer, harmless_prompts, encoders, cfg)
     labels = labels or {}
-    return [select_features(harmful[hp], harmless[hp], cfg, hookpoint=hp, labels=labels.get(hp)) for hp in cfg.hookpoints]
+    if registers is None:
+        registers = ([classify(p) for p in harmful_prompts], [classify(p) for p in harmless_prompts])
+    return [select_features(harmful[hp], harmless[hp], cfg, hookpoint=hp, labels=labels.get(hp), registers=registers)
+            for hp in cfg.hookpoints]
 
 
 def selection_directions(selections: Sequence[Selection], saes: Mapping[str, SAE]) -> torch.Tensor:

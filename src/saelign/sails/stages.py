@@ -23,13 +23,15 @@ from saelign.sae import load_sae
 from saelign.sae.formats import check_sae_matches
 from saelign.sae.train import LOG_FILE, train_saes
 from saelign.sails import sources
-from saelign.sails.data import SafetyData, build_safety_data, save_safety_data
+from saelign.sails.aligned import advbench_categories, align_safety_slots, save_aligned_subspace
+from saelign.sails.data import Example, SafetyData, build_safety_data, save_safety_data
 from saelign.sails.effect import adapter_effect
 from saelign.sails.evaluate import evaluate_model, make_judge, quick_safety
 from saelign.sails.generate import chat_text
 from saelign.sails.judge import OfflineJudge, PrefixJudge, judge_agreement
-from saelign.sails.methods import MethodConfig, run_method
+from saelign.sails.methods import ALIGNED, MethodConfig, run_method
 from saelign.sails.ood import evaluate_splits
+from saelign.sails.registers import classify
 from saelign.sails.report import write_run_report
 from saelign.sails.rundir import RunDir, Stage
 from saelign.sails.select import select_safety_features, selection_directions
@@ -105,17 +107,26 @@ def short_labels(run: RunDir) -> dict[int, str]:
     return {i: label.short_label for i, label in load_labels(path).items()} if path.is_file() else {}
 
 
+def contrast_examples(run: RunDir, split: str) -> tuple[list[Example], list[Example]]:
+    """The harmful examples of a split, and those of the kinds contrasted with them."""
+    examples = run.data.split(split)
+    return [e for e in examples if e.kind == "harmful"], [e for e in examples if e.kind in run.cfg.contrast]
+
+
 def contrast_prompts(run: RunDir, split: str) -> tuple[list[str], list[str]]:
-    data = run.data
-    return data.prompts(split, "harmful"), [p for kind in run.cfg.contrast for p in data.prompts(split, kind)]
+    harmful, contrast = contrast_examples(run, split)
+    return [e.prompt for e in harmful], [e.prompt for e in contrast]
 
 
 def select_stage(run: RunDir, _: str) -> dict[str, Any]:
     cfg = run.cfg
-    harmful, contrast = contrast_prompts(run, "train")
+    harmful_set, contrast_set = contrast_examples(run, "train")
+    harmful, contrast = [e.prompt for e in harmful_set], [e.prompt for e in contrast_set]
+    registers = ([e.register or classify(e.prompt) for e in harmful_set],
+                 [e.register or classify(e.prompt) for e in contrast_set])
     saes = {cfg.hookpoint: run.sae}
     (selection,) = select_safety_features(run.model, run.tokenizer, saes, harmful, contrast, cfg.select,
-                                          labels={cfg.hookpoint: short_labels(run)})
+                                          labels={cfg.hookpoint: short_labels(run)}, registers=registers)
     directions = selection_directions([selection], saes)
     basis = build_subspace(directions, cfg.subspace.tau, cfg.subspace.max_rank or None)
     info = {"selection": selection.to_dict(), "rank": basis.shape[1], "explained": explained_share(directions, basis),
@@ -124,6 +135,21 @@ def select_stage(run: RunDir, _: str) -> dict[str, Any]:
     run.save_basis(basis)
     write_json_atomic(run.path("select", "selection.json"), info)
     return {"rank": info["rank"], "explained": info["explained"], "latents": selection.latent_ids}
+
+
+def align_stage(run: RunDir, _: str) -> dict[str, Any]:
+    cfg = run.cfg
+    kinds = ("harmful", *cfg.contrast)
+    train, val = ([e for e in run.data.split(split) if e.kind in kinds] for split in ("train", "val"))
+    # Rewordings of AdvBench behaviours find their harm categories by behaviour id.
+    categories = advbench_categories() if "advbench" in cfg.data.sources else {}
+    generic = _capture(run, token_budget=cfg.ontology.generic_tokens).float()
+    post = dataclasses.replace(cfg.align, out=str(run.path("align")))
+    result = align_safety_slots(run.model, run.tokenizer, run.sae, train, val, generic, categories, cfg.ontology,
+                                post, cfg.select, cfg.subspace.tau, run.selection["rank"], run.basis)
+    save_aligned_subspace(result, run.path("align"))
+    return {"concepts": result.slot_map.concepts, "rank": result.info["rank"],
+            "in_sails_span": result.info["in_sails_span"]}
 
 
 def targets_stage(run: RunDir, _: str) -> dict[str, Any]:
@@ -137,7 +163,7 @@ def targets_stage(run: RunDir, _: str) -> dict[str, Any]:
 def train_stage(run: RunDir, method: str) -> dict[str, Any]:
     cfg = run.cfg
     pairs = [(e.prompt, e.target) for e in run.targets.train if e.target]
-    judge = make_judge(cfg.eval.judge)
+    judge = make_judge(cfg.eval)
 
     def eval_fn(model: torch.nn.Module, _step: int) -> dict[str, Any]:
         return quick_safety(model, run.tokenizer, run.data.val, judge, cfg.validation)
@@ -147,11 +173,14 @@ def train_stage(run: RunDir, method: str) -> dict[str, Any]:
                   "hookpoints": [cfg.hookpoint], "latent_ids": selection["latent_ids"], "labels": selection["labels"],
                   "tau": cfg.subspace.tau, "subspace_rank": run.selection["rank"],
                   "sails_basis_sha256": run.selection["basis_sha256"]}
+    aligned = run.aligned if method == ALIGNED else None
+    if aligned is not None:  # its latents are the concept slots of the aligned SAE, labelled by concept
+        provenance.update(aligned.provenance(), sae=str(run.path("align")))
     result = run_method(method, run.fresh_model, run.tokenizer, pairs, run.basis,
                         MethodConfig(cfg.lora, cfg.sft, cfg.full_lr, cfg.select), run.path("methods", method),
                         eval_fn=eval_fn if cfg.sft.eval_every else None,
                         act_pca_prompts=contrast_prompts(run, "train"), provenance=provenance,
-                        overwrite=run.overwrite)
+                        overwrite=run.overwrite, given_basis=aligned.basis if aligned is not None else None)
     write_json_atomic(run.path("methods", method, "result.json"), result.to_dict())
     return {"train_seconds": result.train_seconds, "share": result.trainable["share"], "steps_to": result.steps_to}
 
@@ -159,7 +188,7 @@ def train_stage(run: RunDir, method: str) -> dict[str, Any]:
 def eval_stage(run: RunDir, name: str) -> dict[str, Any]:
     cfg = run.cfg
     model = run.model if name == "base" else run.trained_model(name)
-    judge = make_judge(cfg.eval.judge)
+    judge = make_judge(cfg.eval)
     metrics = evaluate_model(model, run.tokenizer, run.data.test, judge, cfg.eval, run.capability)
     if run.data.ood:  # in- and out-of-distribution apart: held-out registers and held-out sources
         parts_cfg = dataclasses.replace(cfg.eval, max_per_kind=cfg.eval.ood_per_kind)
@@ -180,9 +209,12 @@ def effect_stage(run: RunDir, method: str) -> dict[str, Any]:
     cfg = run.cfg
     test = run.data.test
     prompts = {kind: [e.prompt for e in test if e.kind == kind] for kind in ("harmful", "harmless", "borderline")}
-    result = adapter_effect(run.trained_model(method), run.tokenizer, run.sae, prompts, cfg.select, run.basis,
-                            cfg.effect_top, short_labels(run), run.selection["selection"]["latent_ids"],
-                            base_model=run.model if method == "full" else None)
+    sae, basis, labels, selected = run.sae, run.basis, short_labels(run), run.selection["selection"]["latent_ids"]
+    if method == ALIGNED:  # read through the aligned SAE: its concept slots, named, beside the free bank
+        aligned = run.aligned
+        sae, basis, labels, selected = aligned.sae, aligned.basis, {**labels, **aligned.labels}, aligned.slot_map.slots
+    result = adapter_effect(run.trained_model(method), run.tokenizer, sae, prompts, cfg.select, basis,
+                            cfg.effect_top, labels, selected, base_model=run.model if method == "full" else None)
     write_json_atomic(run.path("effect", f"{method}.json"), result.to_dict())
     return {"subspace_share": result.subspace_share}
 
@@ -207,12 +239,17 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("select", "select the safety features and build the subspace U (select/)", select_stage,
           outputs=("select/selection.json", "select/subspace.safetensors"),
           keys=("select", "contrast", "subspace"), upstream=("sae",), folder="select"),
+    Stage("align", f"AlignSAE post-training of the SAE on the training data's safety concepts, and the "
+          f"subspace of their slots, for {ALIGNED} (align/)", align_stage,
+          outputs=("align/aligned.json", "align/subspace.safetensors"), keys=("ontology", "align", "capture"),
+          upstream=("data", "sae", "select"), folder="align",
+          per=lambda cfg: [m for m in cfg.methods if m == ALIGNED]),
     Stage("targets", "refusals for harmful prompts, the base model's answers for the others (targets/)",
           targets_stage, outputs=("targets/train.jsonl",), keys=("targets",), upstream=("data",),
           folder="targets"),
     Stage("train", "fine-tune every method in the same harness and save its adapter (methods/)", train_stage,
-          outputs=("methods/{name}/result.json",), upstream=("select", "targets"), folder="methods/{name}",
-          keys=("lora", "sft", "validation", "eval.judge", "full_lr"), per=lambda cfg: cfg.methods),
+          outputs=("methods/{name}/result.json",), upstream=("select", "align", "targets"), folder="methods/{name}",
+          keys=("lora", "sft", "validation", "eval.judge", "eval.judge_model", "full_lr"), per=lambda cfg: cfg.methods),
     Stage("eval", "safety, over-refusal, perplexity and factual accuracy of the base model and each method "
           "(eval/)", eval_stage, outputs=("eval/{name}.json",), keys=("eval",), upstream=("data", "train"),
           per=lambda cfg: ["base", *cfg.methods]),
