@@ -1,5 +1,6 @@
-"""The biographies ontology: deterministic from its seed, unseen templates disjoint from train ones and covering
-every style, employer city a function of the employer, and the Census name files parsed or refused."""
+"""The biographies ontology: deterministic from its seed, unseen templates disjoint from train ones and
+covering every style, employer city a function of the employer, and the Census name files parsed or
+refused."""
 
 from __future__ import annotations
 
@@ -16,8 +17,13 @@ from saelign.errors import SaelignError
 FIRST_MALE = ["JAMES", "JOHN", "ROBERT", "MICHAEL", "WILLIAM", "DAVID"]
 FIRST_FEMALE = ["MARY", "PATRICIA", "LINDA", "BARBARA", "ELIZABETH", "JENNIFER"]
 LAST = ["SMITH", "JOHNSON", "WILLIAMS", "JONES", "BROWN", "DAVIS", "MILLER", "WILSON"]
-COUNTRIES = {"france": ("France", "Paris", 67), "japan": ("Japan", "Tokyo", 126), "peru": ("Peru", "Lima", 33),
-             "kenya": ("Kenya", "Nairobi", 53), "chile": ("Chile", "Santiago", 19)}
+COUNTRIES = {
+    "france": ("France", "Paris", 67),
+    "japan": ("Japan", "Tokyo", 126),
+    "peru": ("Peru", "Lima", 33),
+    "kenya": ("Kenya", "Nairobi", 53),
+    "chile": ("Chile", "Santiago", 19),
+}
 
 
 def _census(names: list[str]) -> str:
@@ -34,8 +40,9 @@ def write_biography_data(tmp_path) -> dict:
     countries = tmp_path / "countryinfo"
     countries.mkdir()
     for stem, (name, capital, millions) in COUNTRIES.items():
-        (countries / f"{stem}.json").write_text(json.dumps({"name": name, "capital": capital,
-                                                            "population": millions * 10**6}))
+        (countries / f"{stem}.json").write_text(
+            json.dumps({"name": name, "capital": capital, "population": millions * 10**6})
+        )
     return {"names_dir": names, "countryinfo_dir": countries}
 
 
@@ -52,7 +59,10 @@ def test_same_seed_same_ontology_other_seed_other_people(data_dirs, tmp_path):
     first = build_biographies(people=12, seed=3, **data_dirs)
     again = build_biographies(people=12, seed=3, **data_dirs)
     assert first == again
-    assert save_ontology(first, tmp_path / "a.yaml").read_text() == save_ontology(again, tmp_path / "b.yaml").read_text()
+    assert (
+        save_ontology(first, tmp_path / "a.yaml").read_text()
+        == save_ontology(again, tmp_path / "b.yaml").read_text()
+    )
     assert load_ontology(tmp_path / "a.yaml").examples(None) == first.examples(None)  # the file round-trips
     other = build_biographies(people=12, seed=4, **data_dirs)
     assert _facts(other) != _facts(first)
@@ -69,7 +79,12 @@ def test_people_attributes_and_value_sources(data_dirs):
         given, family = person.split(" ")
         assert given.upper() in FIRST_MALE[:2] + FIRST_FEMALE[:2] and family.upper() in LAST[:5]
     facts = _facts(onto)
-    largest = {"Tokyo", "Paris", "Nairobi", "Lima"}  # the 4 most populous countries' capitals; Santiago is left out
+    largest = {
+        "Tokyo",
+        "Paris",
+        "Nairobi",
+        "Lima",
+    }  # the 4 most populous countries' capitals; Santiago is left out
     assert {facts[("birth_city", p)] for p in people} <= largest
     company_city = onto.source["company_city"]
     for person in people:
@@ -105,7 +120,11 @@ def test_options_and_errors(data_dirs, tmp_path):
     bad.write_text("JAMES 3.3\n", encoding="ascii")
     with pytest.raises(SaelignError, match=r"bad.first:1: expected `NAME frequency cumulative rank`"):
         read_census_names(bad, 10)
-    assert read_census_names(data_dirs["names_dir"] / NAMES_FILES["last"], 3) == ["Smith", "Johnson", "Williams"]
+    assert read_census_names(data_dirs["names_dir"] / NAMES_FILES["last"], 3) == [
+        "Smith",
+        "Johnson",
+        "Williams",
+    ]
 
 
 @pytest.mark.slow
@@ -113,4 +132,6 @@ def test_biographies_from_the_pinned_lists():
     onto = build_biographies(people=200)
     people = [e.entity for e in onto.concepts[0].entities]
     assert len(set(people)) == 200 and all(p.replace(" ", "").isalpha() for p in people)
-    assert len({e.answer for e in onto.concepts[1].entities}) >= 20  # birth cities spread over the 40 capitals
+    assert (
+        len({e.answer for e in onto.concepts[1].entities}) >= 20
+    )  # birth cities spread over the 40 capitals
