@@ -107,7 +107,8 @@ def test_build_relations_prefers_shared_entities(relation_data):
     assert chosen["capital"] == chosen["nationality"] == chosen["continent"] == chosen["language"] == ["France"]
     for concept in onto.concepts:
         assert len(concept.templates.train) >= 4 and len(concept.templates.test) >= 3
-        assert set(concept.templates.test_styles) == {"fill_in", "qa", "instruction"}  # binding is read per style
+        # binding is read per style
+        assert set(concept.templates.test_styles) == {"fill_in", "qa", "instruction"}
     test = onto.examples("test")
     assert len(test) == sum(len(c.templates.test) for c in onto.concepts)  # one entity per relation here
     assert {ex.text for ex in test}.isdisjoint(ex.text for ex in onto.examples("train"))

@@ -247,7 +247,7 @@ def test_alignment_report_end_to_end(tiny_llama, tokenizer):
     for side in ("aligned", "vanilla"):
         assert 0 <= report[side]["binding_accuracy_test"] <= 1
         by_style = report[side]["binding_accuracy_test_by_style"]
-        assert set(by_style) == {"fill_in", "qa"}  # equal shares of the test rows, so they average to the whole
+        assert set(by_style) == {"fill_in", "qa"}  # equal shares of the test rows: they average to the whole
         assert sum(by_style.values()) / 2 == pytest.approx(report[side]["binding_accuracy_test"])
         assert len(report[side]["auc_test"]) == 3 and len(set(report[side]["slots"].values())) == 3
         assert set(report[side]["swap"]["alphas"]) == {"1.0", "2.0"}

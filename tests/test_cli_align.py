@@ -206,11 +206,12 @@ def test_build_biographies_then_learn_facts(tmp_path, tiny_llama_dir, capsys):
     dirs = write_biography_data(tmp_path)
     out = tmp_path / "bio.yaml"
     assert main(["align", "build", "--name", "biographies", "--out", str(out), "--set", "people=2",
-                 "--set", f"names_dir={dirs['names_dir']}", "--set", f"countryinfo_dir={dirs['countryinfo_dir']}"]) == 0
+                 "--set", f"names_dir={dirs['names_dir']}",
+                 "--set", f"countryinfo_dir={dirs['countryinfo_dir']}"]) == 0
     assert "biographies: 6 concepts" in capsys.readouterr().out
-    code = main(["align", "learn-facts", "--model", str(tiny_llama_dir), "--device", "cpu", "--ontology", str(out),
-                 "--out", str(tmp_path / "facts"), "--sft-steps", "2", "--check-every", "1", "--check-prompts", "4",
-                 "--target-accuracy", "0"])
+    code = main(["align", "learn-facts", "--model", str(tiny_llama_dir), "--device", "cpu",
+                 "--ontology", str(out), "--out", str(tmp_path / "facts"), "--sft-steps", "2",
+                 "--check-every", "1", "--check-prompts", "4", "--target-accuracy", "0"])
     printed = capsys.readouterr().out
     assert code == 0 and "2 steps" in printed and "accuracy, unseen templates" in printed
     for style in ("qa", "fill_in", "instruction"):

@@ -64,8 +64,8 @@ def test_expansion_counts_and_fields():
 
 def test_test_styles_label_unseen_prompts_and_round_trip(tmp_path):
     data = relations_dict()
-    data["concepts"][0]["templates"].update(test=["Q: capital of {entity}?\nA:", "{entity} has its capital in"],
-                                            test_styles=["qa", "fill_in"])
+    templates = data["concepts"][0]["templates"]
+    templates.update(test=["Q: capital of {entity}?\nA:", "{entity} has its capital in"], test_styles=["qa", "fill_in"])
     onto = ontology_from_dict(data)
     styles = {(e.entity, e.style) for e in onto.examples("test") if e.concept == "capital"}
     assert styles == {(c, s) for c in ("France", "Japan", "Egypt") for s in ("qa", "fill_in")}
@@ -169,8 +169,9 @@ BAD_CASES = {
     "wrong type": (lambda d: d["concepts"][0].update(entities={"France": "Paris"}), ["entities: expected a list"]),
     "missing name": (lambda d: d.pop("name"), ["missing required field(s) name"]),
     "test_fraction": (lambda d: d.update(test_fraction=1.5), ["test_fraction 1.5 must be in [0, 1)"]),
-    "styles per test template": (lambda d: d["concepts"][0]["templates"].update(test_styles=["qa", "fill_in"]),
-                                 ["templates.test_styles: 2 style(s) for 1 test template(s)", "one style per"]),
+    "styles per test template": (
+        lambda d: d["concepts"][0]["templates"].update(test_styles=["qa", "fill_in"]),
+        ["templates.test_styles: 2 style(s) for 1 test template(s)", "one style per"]),
 }
 
 

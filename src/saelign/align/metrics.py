@@ -265,7 +265,8 @@ def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
             "skipped_unknown_target": unknown, "span": span, "when_active": when_active, "during": during}
 
 
-def binding_by_style(slot_acts: torch.Tensor, labels: torch.Tensor, styles: Sequence[str | None]) -> dict[str, float]:
+def binding_by_style(slot_acts: torch.Tensor, labels: torch.Tensor,
+                     styles: Sequence[str | None]) -> dict[str, float]:
     """Binding accuracy of the rows of each named phrasing style (rows without a style are left out)."""
     out = {}
     for style in dict.fromkeys(s for s in styles if s is not None):
@@ -288,7 +289,8 @@ def slot_metrics(sae: SAE, slot_map: SlotMap, splits: dict[str, tuple[torch.Tens
         out[f"auc_{name}"] = per_concept_auc(z[:, slot_map.slots], labels)
         out[f"confusion_{name}"] = confusion_matrix(z[:, slot_map.slots], labels)
         if name == "test" and any(s is not None for s in test_styles):
-            out["binding_accuracy_test_by_style"] = binding_by_style(z[:, slot_map.slots], labels, test_styles)
+            by_style = binding_by_style(z[:, slot_map.slots], labels, test_styles)
+            out["binding_accuracy_test_by_style"] = by_style
     assert z is not None and labels is not None
     zg = encode(sae, generic)
     # how often SlotGuard's default threshold (half the slot scale) would fire on ordinary text

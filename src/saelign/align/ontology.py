@@ -234,10 +234,11 @@ class Ontology:
         if overlap:
             raise SaelignError(f"{here}: template {sorted(overlap)[0]!r} is in both train and test; test templates must be unseen")
         if templates.test_styles and len(templates.test_styles) != len(templates.test):
-            raise SaelignError(f"{here}.test_styles: {len(templates.test_styles)} style(s) for {len(templates.test)} test "
-                               "template(s); give one style per test template, in the same order, or none")
+            raise SaelignError(f"{here}.test_styles: {len(templates.test_styles)} style(s) for "
+                               f"{len(templates.test)} test template(s); give one style per test template, "
+                               "in the same order, or none")
         if any(not style.strip() for style in templates.test_styles):
-            raise SaelignError(f"{here}.test_styles: an empty style name; name every style, e.g. qa or fill_in")
+            raise SaelignError(f"{here}.test_styles: an empty style name; name every style (qa, fill_in...)")
         for part in ("train", "test"):
             for k, template in enumerate(getattr(templates, part)):
                 if PLACEHOLDER not in template:

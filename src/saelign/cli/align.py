@@ -1,5 +1,5 @@
-"""`saelign align {check,build,learn-facts,train,eval,swap,generate}`: AlignSAE from an ontology to a report and
-slot edits."""
+"""`saelign align {check,build,learn-facts,train,eval,swap,generate}`: AlignSAE from an ontology to a report
+and slot edits."""
 
 import argparse
 from typing import Any
@@ -37,13 +37,14 @@ def register(subparsers: Any) -> None:
     from saelign.align.pipeline import AlignEvalConfig, AlignTrainConfig
     from saelign.align.posttrain import PostTrainConfig
 
-    learn = group.add_parser("learn-facts", help="fine-tune the model on an ontology's facts (e.g. biographies) and "
-                                                 "report its accuracy on train and unseen templates",
-                             description="Fine-tune --model on the train prompts of --ontology until it answers "
-                                         "them; writes OUT/model (use it as --model afterwards) and OUT/facts.json. "
-                                         "Rerun the same command to resume. A --config file holds the options in "
-                                         "`model:` and `learn:` sections.")
-    learn.add_argument("--config", default=None, metavar="FILE", help="YAML/JSON file with options (flags override it)")
+    learn = group.add_parser(
+        "learn-facts", help="fine-tune the model on an ontology's facts (e.g. biographies) and report its "
+                            "accuracy on train and unseen templates",
+        description="Fine-tune --model on the train prompts of --ontology until it answers them; writes "
+                    "OUT/model (use it as --model afterwards) and OUT/facts.json. Rerun the same command to "
+                    "resume. A --config file holds the options in `model:` and `learn:` sections.")
+    learn.add_argument("--config", default=None, metavar="FILE",
+                       help="YAML/JSON file with options (flags override it)")
     add_config_args(learn, ModelConfig)
     add_config_args(learn, LearnFactsConfig)
     learn.set_defaults(func=run_learn_facts)
@@ -134,7 +135,8 @@ def run_build(args: argparse.Namespace) -> int:
 def run_learn_facts(args: argparse.Namespace) -> int:
     from saelign.align.learn import LearnFactsConfig, learn_facts
 
-    report = learn_facts(build_config(ModelConfig, args, section="model"), build_config(LearnFactsConfig, args, section="learn"))
+    report = learn_facts(build_config(ModelConfig, args, section="model"),
+                         build_config(LearnFactsConfig, args, section="learn"))
     accuracy = report["accuracy"]
     print(f"{report['facts']} facts, {report['train_pairs']} train prompts, {report['steps']} steps "
           f"({report['train_minutes']:.1f} min)")

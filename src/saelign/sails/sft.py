@@ -39,7 +39,8 @@ CHECKPOINT_DIR = "checkpoint"
 HISTORY_FILE = "history.json"
 
 EvalFn = Callable[[nn.Module, int], dict[str, Any]]
-PairEncoder = Callable[[PreTrainedTokenizerBase, str, str], tuple[list[int], list[int]]]  # -> (prompt, response) ids
+# (tokenizer, prompt, response) -> (prompt ids, response ids)
+PairEncoder = Callable[[PreTrainedTokenizerBase, str, str], tuple[list[int], list[int]]]
 StopFn = Callable[[dict[str, Any]], bool]  # an evaluation's result -> whether training ends there
 
 
@@ -73,7 +74,8 @@ class SFTConfig:
                 raise SaelignError(f"sft.{name} is a rate between 0 and 1, got {getattr(self, name)}")
 
 
-def encode_completion(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str) -> tuple[list[int], list[int]]:
+def encode_completion(tokenizer: PreTrainedTokenizerBase, prompt: str,
+                      response: str) -> tuple[list[int], list[int]]:
     """The prompt as plain text (tokenised as `text.token_ids` does for generation) continued by a space, the
     response and the end-of-sequence token, so a greedy continuation stops after the answer."""
     prompt_ids = tokenizer(prompt)["input_ids"]

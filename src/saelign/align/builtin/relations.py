@@ -2,9 +2,9 @@
 
 Facts come from gensim's analogy file `questions-words.txt` and countryinfo's country JSON files (`RELATIONS`
 says which). Each relation has completion-style prompt templates whose next words are the answer; its unseen
-(test) templates come in three phrasing styles (fill_in, qa, instruction) so binding is read per style. Country
-entities are shared across relations on purpose (France: capital, currency, language...), so a concept slot
-must encode the relation being asked, not the entity."""
+(test) templates come in three phrasing styles (fill_in, qa, instruction), so binding is read per style.
+Country entities are shared across relations on purpose (France: capital, currency, language...), so a concept
+slot must encode the relation being asked, not the entity."""
 
 import random
 from collections.abc import Sequence
@@ -31,7 +31,8 @@ RELATIONS: dict[str, Relation] = {
         "the capital city of a country",
         ("The capital of {entity} is", "The capital city of {entity} is", "The capital of {entity} is the city of",
          "The capital and seat of government of {entity} is"),
-        {"fill_in": ("I flew to {entity} and spent a week in its capital,", "The government of {entity} sits in the city of"),
+        {"fill_in": ("I flew to {entity} and spent a week in its capital,",
+                     "The government of {entity} sits in the city of"),
          "qa": ("Q: Which city is the capital of {entity}?\nA:",),
          "instruction": ("Name the capital city of {entity}.\nAnswer:",)},
         "capital-*"),
@@ -55,7 +56,8 @@ RELATIONS: dict[str, Relation] = {
         "the US state a city is in",
         ("{entity} is a city in the state of", "The city of {entity} is located in the state of",
          "{entity} is in the US state of", "{entity} is one of the largest cities in the state of"),
-        {"fill_in": ("I live in {entity}, in the state of",), "qa": ("Q: In which US state is {entity}?\nA: It is in",),
+        {"fill_in": ("I live in {entity}, in the state of",),
+         "qa": ("Q: In which US state is {entity}?\nA: It is in",),
          "instruction": ("Name the US state that the city of {entity} is in.\nAnswer:",)},
         "city-in-state"),
     "continent": Relation(
@@ -76,7 +78,8 @@ RELATIONS: dict[str, Relation] = {
         "the plural of a noun",
         ("One {entity}, two", "I have one {entity} and you have three", "Singular: {entity}. Plural:",
          "There was one {entity}, then there were two"),
-        {"fill_in": ("Not just one {entity}: we saw many",), "qa": ("Q: What is the plural of \"{entity}\"?\nA:",),
+        {"fill_in": ("Not just one {entity}: we saw many",),
+         "qa": ("Q: What is the plural of \"{entity}\"?\nA:",),
          "instruction": ("Write the plural of the noun \"{entity}\".\nAnswer:",)},
         "gram8-plural"),
     "present_participle": Relation(
@@ -246,7 +249,8 @@ def build_relations(relations: Sequence[str] | None = None, max_entities: int = 
     facts = relation_facts(parse_questions_words(qw_path), countries, names)
     chosen = select_entities(facts, max_entities, seed)
     concepts = tuple(Concept(n, RELATIONS[n].description, entities=tuple(chosen[n]),
-                             templates=styled_templates(RELATIONS[n].train, RELATIONS[n].test)) for n in names)
+                             templates=styled_templates(RELATIONS[n].train, RELATIONS[n].test))
+                     for n in names)
     source = {"builder": "relations", "questions_words": f"{GENSIM.name} {QUESTIONS_WORDS}",
               "countryinfo": f"{COUNTRYINFO.name} {COUNTRYINFO.members[0]}",
               "max_entities": max_entities, "seed": seed}
