@@ -44,8 +44,8 @@ METRICS_FILE = "metrics.json"
 @dataclass
 class AlignTrainConfig:
     sae: str = help_field("", "folder of the vanilla SAE to post-train (saelign/SAELens layout)")
-    ontology: str = help_field("", "ontology .yaml/.json file, or builtin:NAME (relations, pos, ner, "
-                                   "sentiment, wordnet)")
+    ontology: str = help_field("", "ontology .yaml/.json file, or builtin:NAME (relations, biographies, "
+                                   "pos, ner, sentiment, wordnet)")
     store: str = help_field("", "activation store at the SAE's hookpoint for the generic batches (empty: "
                                 "capture on the fly)")
     corpus: str = help_field("sotu", "text captured on the fly for the generic batches (as in `saelign capture`)")

@@ -1,4 +1,5 @@
-"""Supervised fine-tuning on chat-formatted (prompt, response) pairs, for LoRA adapters and full fine-tuning.
+"""Supervised fine-tuning on (prompt, response) pairs, for LoRA adapters and full fine-tuning. Pairs are
+chat-formatted by default (`chat.encode_pair`); `encode_completion` frames them as plain text continuations.
 
 The loss is the mean cross-entropy over response tokens only (through the end-of-turn token), normalised over
 all micro-batches of an optimizer step so gradient accumulation equals one large batch. Logits are computed only
@@ -43,6 +44,8 @@ CHECKPOINT_DIR = "checkpoint"
 HISTORY_FILE = "history.json"
 
 EvalFn = Callable[[nn.Module, int], dict[str, Any]]
+# (tokenizer, prompt, response) -> (prompt ids, response ids)
+PairEncoder = Callable[[PreTrainedTokenizerBase, str, str], tuple[list[int], list[int]]]
 StopFn = Callable[[dict[str, Any]], bool]  # an evaluation's result -> whether training ends there
 
 
@@ -76,12 +79,21 @@ class SFTConfig:
                 raise SaelignError(f"sft.{name} is a rate between 0 and 1, got {getattr(self, name)}")
 
 
-def encode_examples(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]],
-                    max_length: int) -> list[tuple[list[int], list[int]]]:
+def encode_completion(tokenizer: PreTrainedTokenizerBase, prompt: str,
+                      response: str) -> tuple[list[int], list[int]]:
+    """The prompt as plain text (tokenised as `text.token_ids` does for generation) continued by a space, the
+    response and the end-of-sequence token, so a greedy continuation stops after the answer."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    return prompt_ids, tokenizer(" " + response, add_special_tokens=False)["input_ids"] + eos
+
+
+def encode_examples(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]], max_length: int,
+                    encode: PairEncoder = encode_pair) -> list[tuple[list[int], list[int]]]:
     """(input ids, labels) per pair; labels are IGNORE on the prompt. Pairs left without response tokens are dropped."""
     examples = []
     for prompt, response in pairs:
-        prompt_ids, response_ids = encode_pair(tokenizer, prompt, response)
+        prompt_ids, response_ids = encode(tokenizer, prompt, response)
         ids = (prompt_ids + response_ids)[:max_length]
         labels = ([IGNORE] * len(prompt_ids) + response_ids)[:max_length]
         if any(t != IGNORE for t in labels):
@@ -182,10 +194,12 @@ def _run_eval(model: nn.Module, eval_fn: EvalFn, step: int, history: dict[str, l
 
 
 def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]], cfg: SFTConfig,
-              eval_fn: EvalFn | None = None, stop: StopFn | None = None) -> dict[str, list]:
+              eval_fn: EvalFn | None = None, stop: StopFn | None = None,
+              encode: PairEncoder = encode_pair) -> dict[str, list]:
     """Train the model's trainable parameters in place; return {"train": [...], "eval": [...]} (also
     history.json). `eval_fn(model, step)` runs every cfg.eval_every steps, at step 0 and at the end; training
-    ends at the first periodic evaluation after step 0 whose result `stop` accepts."""
+    ends at the first periodic evaluation after step 0 whose result `stop` accepts. `encode` turns a pair
+    into (prompt ids, response ids): chat turns by default, `encode_completion` for plain text."""
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.grad_accum < 1:
         raise SaelignError(f"steps, batch_size and grad_accum must be positive (got {cfg.steps}, {cfg.batch_size}, "
                            f"{cfg.grad_accum})")
@@ -196,7 +210,7 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise SaelignError("the model has no trainable parameters; wrap it with make_peft_model or prepare_full_finetune")
-    examples = encode_examples(tokenizer, pairs, cfg.max_length)
+    examples = encode_examples(tokenizer, pairs, cfg.max_length, encode)
     pad_id = pad_token_id(tokenizer)
     device = next(iter(params.values())).device
     optimizer = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
