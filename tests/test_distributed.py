@@ -300,4 +300,5 @@ def test_sails_train_stage_under_torchrun_matches_one_process(tmp_path, inputs):
 
 def test_a_merged_store_knows_its_last_context(world):
     one, two = (ActivationStore(world["root"] / name / HOOKPOINT) for name in ("one", "two"))
-    assert two.last_context() == one.last_context() == int(sorted_rows(world["root"] / "one" / HOOKPOINT)[-1, 0])
+    last = int(sorted_rows(world["root"] / "one" / HOOKPOINT)[-1, 0])
+    assert two.last_context() == one.last_context() == last
