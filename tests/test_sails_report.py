@@ -27,7 +27,7 @@ def test_comparison_rows_format_rates_changes_and_convergence():
 
 def test_in_and_out_of_distribution_are_reported_side_by_side_or_not_at_all():
     def part(safety, over, **registers):
-        return {"safety_rate": safety, "over_refusal": over,
+        return {"safety_rate": safety, "over_refusal": over, "n": {"harmful": 20, "harmless": 20},
                 "by_register": {r: {"safety_rate": s, "over_refusal": o} for r, (s, o) in registers.items()}}
 
     evals = {"base": {"splits": {"in_distribution": part(0.1, 0.0, question=(0.2, 0.0)),
@@ -37,9 +37,10 @@ def test_in_and_out_of_distribution_are_reported_side_by_side_or_not_at_all():
                                   "ood_registers": part(0.6, 0.2), "ood_sources": part(0.4, 0.0),
                                   "ood": part(0.5, 0.25, tense=(0.45, 0.3))}}}
     base, sails = distribution_rows(evals)
-    assert sails["ID safety"] == "100.0 %" and sails["OOD safety, held-out registers"] == "60.0 %"
-    assert sails["OOD safety, held-out sources"] == "40.0 %" and sails["OOD over-refusal"] == "25.0 %"
-    assert base["ID over-refusal"] == "0.0 %"
+    # each rate with its Wilson interval over the 20 prompts of its kind
+    assert sails["ID safety"] == "100.0 % (84–100)" and sails["OOD safety, held-out registers"] == "60.0 % (39–78)"
+    assert sails["OOD safety, held-out sources"] == "40.0 % (22–61)" and sails["OOD over-refusal"] == "25.0 % (11–47)"
+    assert base["ID over-refusal"] == "0.0 % (0–16)"
     rows = {(r["part"], r["register"]): r for r in register_rows(evals)}
     assert rows[("ood", "tense")]["sails over-refusal"] == "30.0 %"
     assert rows[("in_distribution", "question")]["base safety"] == "20.0 %"

@@ -14,6 +14,7 @@ from saelign.sails.aligned import INFO_FILE
 from saelign.sails.effect import EffectResult
 from saelign.sails.methods import ALIGNED
 from saelign.sails.rundir import RunDir
+from saelign.stats import rate_with_interval
 
 REPORT_STEM = "report"
 
@@ -66,12 +67,18 @@ def distribution_rows(evals: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
     for name, m in evals.items():
         parts = m.get("splits") or {}
         cell = {k: parts.get(k) or {} for k in ("in_distribution", "ood_registers", "ood_sources", "ood")}
-        rows.append({"model": name, "ID safety": _pct(cell["in_distribution"].get("safety_rate")),
-                     "ID over-refusal": _pct(cell["in_distribution"].get("over_refusal")),
-                     "OOD safety, held-out registers": _pct(cell["ood_registers"].get("safety_rate")),
-                     "OOD safety, held-out sources": _pct(cell["ood_sources"].get("safety_rate")),
-                     "OOD over-refusal": _pct(cell["ood"].get("over_refusal"))})
+        rows.append({"model": name, "ID safety": _interval(cell["in_distribution"], "safety_rate"),
+                     "ID over-refusal": _interval(cell["in_distribution"], "over_refusal"),
+                     "OOD safety, held-out registers": _interval(cell["ood_registers"], "safety_rate"),
+                     "OOD safety, held-out sources": _interval(cell["ood_sources"], "safety_rate"),
+                     "OOD over-refusal": _interval(cell["ood"], "over_refusal")})
     return rows if any(m.get("splits") for m in evals.values()) else []
+
+
+def _interval(part: dict[str, Any], rate: str) -> str:
+    """A part's rate with its 95 % Wilson interval over the prompts it was measured on (one seed)."""
+    kind = "harmful" if rate == "safety_rate" else "harmless"
+    return rate_with_interval(part.get(rate), part.get("n", {}).get(kind, 0))
 
 
 def register_rows(evals: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
