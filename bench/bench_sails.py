@@ -37,6 +37,9 @@ def summarise(run_dir: Path) -> dict[str, Any]:
         if path.is_file():
             metrics = json.loads(path.read_text())
             models[name] = {key: metrics.get(key) for key in METRICS}
+            models[name]["splits"] = {  # in and out of distribution, apart (issue 11)
+                part: {k: values.get(k) for k in ("safety_rate", "over_refusal", "n")}
+                for part, values in metrics.get("splits", {}).items() if isinstance(values, dict) and values}
         result = run_dir / "methods" / name / "result.json"
         if result.is_file():
             data = json.loads(result.read_text())

@@ -7,6 +7,8 @@ import re
 import statistics
 from pathlib import Path
 
+from saelign.stats import rate_with_interval
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
@@ -139,7 +141,28 @@ def sails_section(r: dict) -> list[str]:
                      f"{ppl(m.get('perplexity'))} | {pct('fact_accuracy')} | {pct('trainable_share')} | "
                      f"{m.get('steps') or (sft['steps'] if m.get('trainable_share') is not None else '–')} | "
                      f"{steps.get('0.9', '–')} / {steps.get('0.95', '–')} | {fmt(m.get('train_seconds'), 0)} |")
-    return lines + ["", machine_line(r), ""]
+    return lines + ["", *distribution_lines(r), machine_line(r), ""]
+
+
+def distribution_lines(r: dict) -> list[str]:
+    """Safety and over-refusal in and out of distribution, each with its 95 % Wilson interval over prompts."""
+    models = {name: m["splits"] for name, m in r["models"].items() if m.get("splits")}
+    if not models:
+        return []
+    parts = ("in_distribution", "ood_registers", "ood_sources", "ood")
+    lines = ["In and out of distribution (one seed; 95 % Wilson intervals over prompts; held-out registers "
+             f"{' and '.join(r['config']['data'].get('heldout_registers', []))}; harmful sources used for nothing else):",
+             "", "| model | " + " | ".join(f"{p} safety | {p} over-refusal" for p in parts) + " |",
+             "|---|" + "---:|" * (2 * len(parts))]
+    for name, splits in models.items():
+        cells = []
+        for part in parts:
+            v = splits.get(part) or {}
+            n = v.get("n") or {}
+            cells += [rate_with_interval(v.get("safety_rate"), n.get("harmful", 0)),
+                      rate_with_interval(v.get("over_refusal"), n.get("harmless", 0))]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def align_section(r: dict) -> list[str]:
