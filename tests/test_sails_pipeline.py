@@ -152,7 +152,9 @@ def test_cli_runs_and_stage_commands_reuse_the_stored_config(tmp_path, finished,
     (["--methods", "sails,dpo"], "unknown method 'dpo'"),
     (["--hookpoint", "model.layers.1,model.layers.2"], "one SAE at one hookpoint"),
     (["--sft-stop-at-safety", "0.95", "--sft-eval-every", "0"], "set --sft-eval-every"),
-    (["--sft-stop-at-safety", "95"], "sft.stop_at_safety is a rate between 0 and 1"),
+    (["--sft-stop-at-safety", "95"], "--sft-stop-at-safety is a rate between 0 and 1"),
+    (["--sft-steps", "-3"], "--sft-steps must be positive, got -3"),
+    (["--sft-steps", "x"], "--sft-steps: expected int, got 'x'"),
 ])
 def test_cli_bad_options_are_one_line_errors(tmp_path, inputs, capsys, extra, message):
     code = main(["sails", "run", "--config", str(inputs["config"]), "--out", str(tmp_path / "run"), *extra])

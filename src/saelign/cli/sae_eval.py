@@ -13,7 +13,7 @@ from saelign.sae.pipeline import evaluate_sae_files
 def register(group: Any) -> None:
     parser = add_stage_parser(
         group, "eval", help="evaluate an SAE: FVU, L0, dead/dense latents, CE-loss recovered and KL",
-        configs=[(ModelConfig, ""), (EvalConfig, "")],
+        configs=[(ModelConfig, ""), (EvalConfig, "")], sections=("model", "eval"),
         description="Reconstruction and sparsity metrics on an activation store, then (unless --n-contexts 0) "
                     "next-token CE loss with the SAE spliced in at its hookpoint vs. clean and zero-ablated, on "
                     "corpus contexts the store did not cover. --model defaults to the store's model. Writes "

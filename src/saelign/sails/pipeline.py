@@ -42,14 +42,17 @@ def run_pipeline(cfg: SailsConfig, run_dir: str | Path, stage_names: Sequence[st
     run = RunDir(run_dir, cfg, STAGES, overwrite)
     units = run.units(stage_names)
     run.check_stale(units)
+    # Stale units (only with overwrite) are removed up front, after the options (checked as the config was
+    # built) and the inputs every stage shares: a failure later leaves no old result beside the new config.
+    if stale := [u for u in units if run.status(u) == "stale"]:
+        run.preflight()
     write_json_atomic(run.path(CONFIG_FILE), config_to_dict(cfg))
+    for unit in stale:
+        run.clear(unit)
     for unit in units:
-        status = run.status(unit)
-        if status == "done":
+        if run.status(unit) == "done":
             logger.info(f"{unit}: done earlier, skipped")
             continue
-        if status == "stale":  # only reachable with overwrite
-            run.clear(unit)
         logger.info(f"{unit}: running")
         began = time.perf_counter()
         stage, _, name = unit.partition(":")

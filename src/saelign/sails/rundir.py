@@ -22,8 +22,9 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 from saelign.configs import config_to_dict
 from saelign.errors import SaelignError
 from saelign.io import ensure_writable_dir, load_tensors, read_json, save_tensors_atomic
-from saelign.models import load_model
+from saelign.models import load_model, resolve_hookpoints
 from saelign.sae import SAE, load_sae
+from saelign.sae.formats import check_sae_matches
 from saelign.sails.adapters import load_adapter
 from saelign.sails.aligned import AlignedSubspace, load_aligned_subspace
 from saelign.sails.data import SafetyData, load_safety_data
@@ -121,13 +122,33 @@ class RunDir:
             raise SaelignError(f"{self.dir} holds results made with other options: {'; '.join(details)}; "
                                "pass --overwrite to redo them, or choose another --out")
 
-    def clear(self, unit: str) -> None:
-        """Remove a unit's files before redoing it: its own folder (with checkpoints) where it has one."""
+    def downstream(self, unit: str) -> list[str]:
+        """The units that read `unit`'s outputs, directly or through others (eval:sails reads train:sails)."""
         stage, name = self._split(unit)
-        if stage.folder:
-            shutil.rmtree(self.path(stage.folder.format(name=name)), ignore_errors=True)
-        for path in self.outputs(unit):
-            path.unlink(missing_ok=True)
+        out: list[str] = []
+        for later in self.stages.values():
+            if stage.name in later.upstream:
+                for other in self.units([later.name]):
+                    if not (stage.per and later.per) or self._split(other)[1] == name:
+                        out += [other, *self.downstream(other)]
+        return list(dict.fromkeys(out))
+
+    def clear(self, unit: str) -> None:
+        """Remove a unit's files before redoing it: its own folder (with checkpoints) where it has one, and the
+        files of every unit that read them, so no result of the old inputs outlives them (a report would
+        otherwise show the evaluation of an adapter that is gone)."""
+        for each in (unit, *self.downstream(unit)):
+            stage, name = self._split(each)
+            if stage.folder:
+                shutil.rmtree(self.path(stage.folder.format(name=name)), ignore_errors=True)
+            for path in self.outputs(each):
+                path.unlink(missing_ok=True)
+
+    def preflight(self) -> None:
+        """Check what every stage shares (model, LoRA targets, hookpoint, a given SAE) before files go."""
+        resolve_hookpoints(self.model, [self.cfg.hookpoint])
+        if self.cfg.sae_path:
+            check_sae_matches(load_sae(self.cfg.sae_path), self.model, self.cfg.hookpoint)
 
     def require(self, unit: str) -> None:
         if not all(p.exists() for p in self.outputs(unit)):

@@ -45,6 +45,7 @@ class CaptureConfig:
     seed: int = help_field(0, "shuffles the file order of folder corpora (sotu included); -1 keeps sorted order")
 
     def __post_init__(self) -> None:
+        require(self.hookpoints, "hookpoints is empty; name at least one module path, e.g. model.layers.15")
         for name in ("context_length", "batch_size", "shard_tokens"):
             require(getattr(self, name) >= 1, f"{name} must be positive, got {getattr(self, name)}")
         if self.token_budget < 0:
