@@ -29,15 +29,30 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        # mkstemp creates 0600, and writers such as safetensors' save_file replace the file: set the mode last,
-        # so artifacts get what the user's umask gives a normal file and shared folders stay readable.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
+        # mkstemp creates 0600, and writers such as safetensors' save_file replace the file: set the mode last.
+        share(tmp_path)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _umask() -> int:
+    umask = os.umask(0)  # the only way to read it; set straight back
+    os.umask(umask)
+    return umask
+
+
+def share(path: str | Path) -> None:
+    """Give a file, or a folder and everything in it, the mode the user's umask gives a new file or folder
+    (0644 / 0755 under umask 022). Temporary files and folders are private (mkstemp, mkdtemp: 0600, 0700) and
+    safetensors writes 0600 files, so every artifact made that way passes through here before it is renamed
+    into place: a shared model, SAE or adapter folder stays readable to others."""
+    path = Path(path)
+    umask = _umask()
+    for item in [path, *(path.rglob("*") if path.is_dir() and not path.is_symlink() else ())]:
+        if not item.is_symlink():
+            os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~umask)
 
 
 def ensure_writable_dir(directory: str | Path) -> Path:

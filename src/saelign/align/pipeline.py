@@ -120,11 +120,27 @@ def generic_activations(model: nn.Module, tokenizer: PreTrainedTokenizerBase, ho
     return rows
 
 
+def _check_same_alignment(out: Path, ontology: Ontology, vanilla: Path) -> None:
+    """An --out that holds an alignment (finished or not) resumes only with the same ontology and SAE: the
+    checkpoint's options say nothing of them, and a finished run would be handed back unchanged."""
+    copy = out / ONTOLOGY_COPY
+    if copy.is_file() and load_ontology(copy).to_dict() != ontology.to_dict():
+        raise SaelignError(f"{out} holds an alignment on another ontology ({copy}); choose another --out, or "
+                           f"delete {out} to align this ontology there")
+    run_json = out / "run.json"
+    record = read_json(run_json, "run.json").get("stages", {}).get("align-train", {}) if run_json.is_file() else {}
+    if record.get("vanilla_sae") not in (None, str(vanilla)):
+        raise SaelignError(f"{out} holds an alignment of the SAE {record['vanilla_sae']}, not {vanilla}; choose "
+                           f"another --out, or delete {out} to start over")
+
+
 def train_aligned(model_cfg: ModelConfig, cfg: AlignTrainConfig,
                   post: PostTrainConfig) -> tuple[SAE, SlotMap]:
     """Post-train `cfg.sae` on `cfg.ontology` into `post.out` (rerun to resume), on the model's device."""
     require(post.out, "--out is required: the folder that receives the aligned SAE and slot_map.json")
     ontology = resolve_ontology(cfg.ontology)
+    out = Path(post.out)
+    _check_same_alignment(out, ontology, Path(cfg.sae).resolve())
     sae = load_sae(cfg.sae)
     model, tokenizer, hookpoint = _checked_model(model_cfg, sae)
     examples = ontology.examples("train")
@@ -136,9 +152,8 @@ def train_aligned(model_cfg: ModelConfig, cfg: AlignTrainConfig,
             raise SaelignError("value_coeff > 0 needs an answer for every training example of the ontology")
         answers = answer_token_ids(tokenizer, [ex.text for ex in examples], [str(ex.answer) for ex in examples])
     generic = generic_activations(model, tokenizer, hookpoint, cfg.generic_tokens, cfg.store, cfg.corpus, cfg.context_length)
+    save_ontology(ontology, out / ONTOLOGY_COPY)  # first: a crashed run's folder names its ontology too
     aligned, slot_map = post_train(sae, acts, labels, generic, post, ontology.concept_names, answers, ontology.position)
-    out = Path(post.out)
-    save_ontology(ontology, out / ONTOLOGY_COPY)
     record_stage(out, "align-train", {**config_to_dict(cfg), "model": config_to_dict(model_cfg)},
                  vanilla_sae=str(Path(cfg.sae).resolve()),
                  examples=len(examples), generic_rows=int(generic.shape[0]))

@@ -21,6 +21,7 @@ def register(group: Any) -> None:
     parser.add_argument("--sae", required=True, metavar="DIR", help="SAE directory (any supported layout)")
     parser.add_argument("--store", required=True, metavar="DIR", help="activation store of the SAE's hookpoint")
     parser.add_argument("--hookpoint", default=None, help="hookpoint to splice into (default: the SAE's, else the store's)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --out")
     parser.set_defaults(func=run)
 
 
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     model_cfg = build_config(ModelConfig, args, section="model")
     if args.model is None and model_cfg.model == DEFAULT_MODEL:
         model_cfg.model = ""  # the store's model
-    results = evaluate_sae_files(args.sae, args.store, cfg, model_cfg, args.hookpoint)
+    results = evaluate_sae_files(args.sae, args.store, cfg, model_cfg, args.hookpoint, args.overwrite)
     print(format_table(results, args.sae))
     print(f"wrote {Path(cfg.out) / EVAL_FILE} and {Path(cfg.out) / DENSITY_PLOT}")
     return 0

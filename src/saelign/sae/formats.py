@@ -26,7 +26,14 @@ from torch import nn
 
 from saelign.configs import config_from_dict, config_to_dict
 from saelign.errors import SaelignError
-from saelign.io import ensure_writable_dir, load_tensors, read_json, save_tensors_atomic, write_json_atomic
+from saelign.io import (
+    ensure_writable_dir,
+    load_tensors,
+    read_json,
+    save_tensors_atomic,
+    share,
+    write_json_atomic,
+)
 from saelign.models.hookpoints import forward_capture
 from saelign.progress import logger
 from saelign.runinfo import SAELIGN_VERSION
@@ -93,7 +100,7 @@ def save_sae(sae: SAE, directory: str | Path, extra_cfg: dict[str, Any] | None =
     ensure_writable_dir(directory.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".partial", dir=directory.parent))
     try:
-        os.chmod(tmp, 0o755)
+        share(tmp)  # mkdtemp made it 0700
         _write(tmp, tensors, cfg_json)
         os.replace(tmp, directory)  # an absent or empty target directory is replaced atomically
     finally:

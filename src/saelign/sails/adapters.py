@@ -20,7 +20,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from saelign.errors import SaelignError
-from saelign.io import ensure_writable_dir, read_json, write_json_atomic
+from saelign.io import ensure_writable_dir, read_json, share, write_json_atomic
 from saelign.runinfo import SAELIGN_VERSION
 from saelign.sails.lora_init import PISSA_INIT_ATTR, trainable_share
 
@@ -61,6 +61,7 @@ def save_adapter(model: nn.Module, out_dir: str | Path, provenance: dict[str, An
             raise SaelignError(f"cannot save a {type(model).__name__}: expected a PEFT model or a transformers model")
         write_json_atomic(folder / PROVENANCE_FILE, {"saelign_version": SAELIGN_VERSION, "kind": kind,
                                                      **trainable_share(model), **provenance})
+        share(folder)  # PEFT's and transformers' safetensors files are written 0600
         if out.exists():
             previous = staging / "previous"
             os.replace(out, previous)

@@ -12,13 +12,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from saelign.configs import config_to_dict, help_field
-from saelign.datasets.corpus import Corpus, iter_contexts, open_corpus
+from saelign.datasets.corpus import Corpus, iter_contexts, iter_texts, open_corpus
 from saelign.device import dtype_name
 from saelign.errors import SaelignError, require
 from saelign.models import ModelConfig, forward_capture, load_model, resolve_hookpoints
@@ -128,6 +128,8 @@ def capture(model_cfg: ModelConfig, cfg: CaptureConfig, model: PreTrainedModel |
     if model is None or tokenizer is None:
         model, tokenizer = load_model(model_cfg)
     hookpoints = resolve_hookpoints(model, cfg.hookpoints)
+    require(next(iter_texts(corpus, tokenizer), None) is not None,  # before any store folder is made
+            f"corpus {corpus.source} has no text; give a source with at least one non-empty document")
     vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode()
     tokenizer_id = {"class": type(tokenizer).__name__, "vocab_size": len(tokenizer),
                     "vocab_sha256": hashlib.sha256(vocab).hexdigest()}
@@ -139,6 +141,20 @@ def capture(model_cfg: ModelConfig, cfg: CaptureConfig, model: PreTrainedModel |
                    "chat": cfg.chat, "seed": cfg.seed},
         "masking": {"token_ids": masked_token_ids(tokenizer), "first_position": cfg.mask_first_position},
     }
+    out = Path(cfg.out)
+    made = [folder for folder in (out, *(out / hp for hp in hookpoints)) if not folder.exists()]
+    try:
+        return _write_stores(model_cfg, cfg, model, tokenizer, corpus, hookpoints, common)
+    except BaseException:
+        for folder in reversed(made):  # a failed first capture leaves no empty store folder behind
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+
+
+def _write_stores(model_cfg: ModelConfig, cfg: CaptureConfig, model: PreTrainedModel,
+                  tokenizer: PreTrainedTokenizerBase, corpus: Corpus, hookpoints: list[str],
+                  common: dict[str, Any]) -> dict[str, Path]:
     budget = cfg.token_budget or None
     out = Path(cfg.out)
     probe = torch.full((1, 2), pad_token_id(tokenizer), device=next(model.parameters()).device)

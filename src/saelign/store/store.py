@@ -17,6 +17,7 @@ from safetensors.torch import save
 
 from saelign.errors import SaelignError
 from saelign.io import atomic_path, ensure_writable_dir, read_json, write_json_atomic
+from saelign.progress import logger
 
 FORMAT = "saelign-activations"
 FORMAT_VERSION = 1
@@ -77,14 +78,24 @@ class StoreWriter:
         if old.get("complete") and target is not None and old["num_tokens"] > target:
             raise SaelignError(f"{self.path} already holds {old['num_tokens']} tokens, more than --token-budget "
                                f"{target}; choose another --out or delete that folder")
-        if old.get("complete") and (old.get("exhausted") or old["num_tokens"] == target):
+        intact = [self._intact(shard) for shard in old["shards"]]
+        finished = old.get("complete") and (old.get("exhausted") or old["num_tokens"] == target)
+        if finished and all(intact):
             self.shards, self.done = list(old["shards"]), True
             return
-        for shard in old["shards"]:
-            file = self.path / shard["file"]
-            if shard["num_tokens"] != self.shard_tokens or not file.is_file() or file.stat().st_size != shard["bytes"]:
+        if finished:  # a shard went missing or was damaged since: recapture from there (the order is fixed)
+            logger.warning(f"{self.path}: shard {old['shards'][intact.index(False)]['file']} is missing or "
+                           "damaged; recapturing from it")
+        for shard, ok in zip(old["shards"], intact, strict=True):
+            if shard["num_tokens"] != self.shard_tokens or not ok:
                 break
             self.shards.append(shard)
+
+    def _intact(self, shard: dict[str, Any]) -> bool:
+        """The shard file is there with the manifest's size (a damaged one of the same size fails the loader's
+        sha256 check, whose advice is to delete it, after which this sees it missing)."""
+        file = self.path / shard["file"]
+        return file.is_file() and file.stat().st_size == shard["bytes"]
 
     def _remove_unlisted_shards(self) -> None:
         listed = {s["file"] for s in self.shards}
@@ -101,6 +112,9 @@ class StoreWriter:
         if skip < 0:
             raise RuntimeError(f"row gap: store has {self.rows + self._pending_rows} rows, batch starts at {first_row}")
         chunk = {k: v[skip:].to("cpu", self.dtype if k == "activations" else v.dtype) for k, v in rows.items()}
+        if not bool(torch.isfinite(chunk["activations"]).all()):  # float16 overflows above 65504
+            raise SaelignError(f"activations for {self.path} overflow the store dtype {self.header['dtype']}; "
+                               "capture with --store-dtype float32")
         self._pending.append(chunk)
         self._pending_rows += n - skip
         while self._pending_rows >= self.shard_tokens:
