@@ -85,6 +85,15 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         raise SaelignError(f"{what} {path} is not valid JSON (line {exc.lineno}: {exc.msg}); fix or regenerate it") from exc
 
 
+def read_json_object(path: str | Path, what: str = "JSON file") -> dict[str, Any]:
+    """`read_json` of a file whose top level must be an object (a record, a config, a manifest)."""
+    data = read_json(path, what)
+    if not isinstance(data, dict):
+        raise SaelignError(f"{what} {path} is not a JSON object (its top level is a {type(data).__name__}); "
+                           "regenerate it")
+    return data
+
+
 def save_tensors_atomic(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     contiguous = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
     with atomic_path(path) as tmp:

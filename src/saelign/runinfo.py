@@ -7,7 +7,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from saelign.io import read_json, write_json_atomic
+from saelign.errors import SaelignError
+from saelign.io import read_json_object, write_json_atomic
 
 SAELIGN_VERSION = version("saelign")  # pyproject.toml is the one place the version is written
 
@@ -33,6 +34,8 @@ def environment_info() -> dict[str, Any]:
 def record_stage(run_dir: str | Path, stage: str, config: dict[str, Any], **extra: Any) -> None:
     """Merge one stage's config and results into run_dir/run.json."""
     path = Path(run_dir) / "run.json"
-    data = read_json(path, "run.json") if path.exists() else {"saelign": SAELIGN_VERSION, "environment": environment_info(), "stages": {}}
+    data = read_json_object(path, "run.json") if path.exists() else {"saelign": SAELIGN_VERSION, "environment": environment_info(), "stages": {}}
+    if not isinstance(data.setdefault("stages", {}), dict):
+        raise SaelignError(f"{path}: 'stages' must be a mapping; restore the file or remove it to start a new record")
     data["stages"][stage] = {"config": config, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
     write_json_atomic(path, data)

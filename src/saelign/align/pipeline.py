@@ -25,7 +25,7 @@ from saelign.align.slots import SlotMap, load_slot_map
 from saelign.configs import config_to_dict, help_field
 from saelign.datasets.corpus import iter_contexts, open_corpus
 from saelign.errors import SaelignError, require
-from saelign.io import read_json, write_json_atomic
+from saelign.io import read_json_object, write_json_atomic
 from saelign.models import ModelConfig, load_model
 from saelign.progress import logger
 from saelign.runinfo import record_stage
@@ -120,6 +120,15 @@ def generic_activations(model: nn.Module, tokenizer: PreTrainedTokenizerBase, ho
     return rows
 
 
+def _align_record(run_json: Path) -> dict[str, Any]:
+    """What train_aligned recorded in a folder's run.json; {} for folders made otherwise."""
+    stages = read_json_object(run_json, "run.json").get("stages", {}) if run_json.is_file() else {}
+    record = stages.get("align-train", {}) if isinstance(stages, dict) else None
+    if not isinstance(record, dict):
+        raise SaelignError(f"{run_json}: its align-train record is malformed; restore the file or align again")
+    return record
+
+
 def _check_same_alignment(out: Path, ontology: Ontology, vanilla: Path) -> None:
     """An --out that holds an alignment (finished or not) resumes only with the same ontology and SAE: the
     checkpoint's options say nothing of them, and a finished run would be handed back unchanged."""
@@ -128,7 +137,7 @@ def _check_same_alignment(out: Path, ontology: Ontology, vanilla: Path) -> None:
         raise SaelignError(f"{out} holds an alignment on another ontology ({copy}); choose another --out, or "
                            f"delete {out} to align this ontology there")
     run_json = out / "run.json"
-    record = read_json(run_json, "run.json").get("stages", {}).get("align-train", {}) if run_json.is_file() else {}
+    record = _align_record(run_json)
     if record.get("vanilla_sae") not in (None, str(vanilla)):
         raise SaelignError(f"{out} holds an alignment of the SAE {record['vanilla_sae']}, not {vanilla}; choose "
                            f"another --out, or delete {out} to start over")
@@ -168,8 +177,7 @@ def evaluate_aligned(model_cfg: ModelConfig, cfg: AlignEvalConfig,
     aligned_dir = Path(cfg.aligned)
     aligned, slot_map = load_aligned(aligned_dir)
     run_json = aligned_dir / "run.json"  # what train_aligned recorded; {} for folders made otherwise
-    stages = read_json(run_json, "run.json").get("stages", {}) if run_json.is_file() else {}
-    record = stages.get("align-train", {})
+    record = _align_record(run_json)
     vanilla_path = cfg.vanilla or record.get("vanilla_sae")
     if not vanilla_path:
         raise SaelignError(f"{aligned_dir}/run.json names no vanilla SAE; pass --vanilla DIR (the SAE before post-training)")

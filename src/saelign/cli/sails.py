@@ -69,6 +69,8 @@ def resolve_from_args(args: argparse.Namespace) -> SailsConfig:
     label = source_label(SailsConfig, flags, args.config, file_data)
     stored = stored_config(args.run_dir)
     preset = flags.get("preset") or file_data.get("preset")
+    if preset:
+        preset_layer(str(preset))  # an unknown name is refused before it is compared with the run's
     if stored is not None:
         if preset and preset != stored.get("preset"):
             raise SaelignError(f"{args.run_dir} is a {stored.get('preset')!r} run; use another --out for preset {preset!r}")

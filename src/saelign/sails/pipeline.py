@@ -16,7 +16,7 @@ from typing import Any
 
 from saelign.configs import config_to_dict
 from saelign.errors import SaelignError
-from saelign.io import read_json, write_json_atomic
+from saelign.io import read_json_object, write_json_atomic
 from saelign.progress import logger
 from saelign.runinfo import record_stage
 from saelign.sails.presets import SailsConfig
@@ -29,7 +29,7 @@ CONFIG_FILE = "config.json"
 
 def stored_config(run_dir: str | Path) -> dict[str, Any] | None:
     path = Path(run_dir) / CONFIG_FILE
-    return read_json(path, "run config") if path.is_file() else None
+    return read_json_object(path, "run config") if path.is_file() else None
 
 
 def run_pipeline(cfg: SailsConfig, run_dir: str | Path, stage_names: Sequence[str] | None = None,
@@ -39,13 +39,21 @@ def run_pipeline(cfg: SailsConfig, run_dir: str | Path, stage_names: Sequence[st
     unknown = [s for s in stage_names if s not in STAGES]
     if unknown:
         raise SaelignError(f"unknown stage(s) {', '.join(unknown)}; stages are {', '.join(STAGES)}")
+    fresh = not Path(run_dir).exists()
     run = RunDir(run_dir, cfg, STAGES, overwrite)
     units = run.units(stage_names)
     run.check_stale(units)
-    # Stale units (only with overwrite) are removed up front, after the options (checked as the config was
-    # built) and the inputs every stage shares: a failure later leaves no old result beside the new config.
-    if stale := [u for u in units if run.status(u) == "stale"]:
-        run.preflight()
+    # The options were checked as the config was built; the inputs every stage shares are checked before
+    # anything is written. Stale units (only with overwrite) are then removed up front, so a failure later
+    # leaves no old result beside the new config.
+    stale = [u for u in units if run.status(u) == "stale"]
+    if any(run.status(u) != "done" for u in units if STAGES[u.partition(":")[0]].outputs):
+        try:
+            run.preflight()
+        except SaelignError:
+            if fresh:
+                run.dir.rmdir()  # made just now, still empty
+            raise
     write_json_atomic(run.path(CONFIG_FILE), config_to_dict(cfg))
     for unit in stale:
         run.clear(unit)

@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from saelign.configs import config_to_dict
 from saelign.errors import SaelignError
-from saelign.io import ensure_writable_dir, load_tensors, read_json, save_tensors_atomic
+from saelign.io import ensure_writable_dir, load_tensors, read_json, read_json_object, save_tensors_atomic
 from saelign.models import load_model, resolve_hookpoints
 from saelign.sae import SAE, load_sae
 from saelign.sae.formats import check_sae_matches
@@ -59,6 +59,16 @@ class RunDir:
         self.dir = ensure_writable_dir(run_dir)
         self.cfg, self.stages, self.overwrite = cfg, stages, overwrite
         self._keys: dict[str, str] = {}
+        self._check_links()
+
+    def _check_links(self) -> None:
+        """Stages write, replace and remove files here (--overwrite removes whole folders): a link that leads
+        out of the run folder would let them reach files that are not the run's."""
+        root = self.dir.resolve()
+        for path in self.dir.rglob("*"):
+            if path.is_symlink() and not path.resolve().is_relative_to(root):
+                raise SaelignError(f"{path} is a link to {path.resolve()}, outside the run folder {self.dir}; "
+                                   "replace it with a copy of what it points to, or use another --out")
 
     def path(self, *parts: str) -> Path:
         return self.dir.joinpath(*parts)
@@ -99,7 +109,11 @@ class RunDir:
 
     def recorded(self) -> dict[str, Any]:
         path = self.path(RUN_FILE)
-        return read_json(path, "run.json").get("stages", {}) if path.is_file() else {}
+        stages = read_json_object(path, "run.json").get("stages", {}) if path.is_file() else {}
+        if not isinstance(stages, dict) or not all(isinstance(v, dict) for v in stages.values()):
+            raise SaelignError(f"{path}: 'stages' must map each unit to its record; restore the file or rerun "
+                               "into a new --out")
+        return stages
 
     def status(self, unit: str) -> str:
         """'todo', 'done', or 'stale' (files exist under other options or of unknown origin)."""

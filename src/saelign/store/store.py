@@ -41,7 +41,32 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if manifest.get("version") != FORMAT_VERSION:
         raise SaelignError(f"{manifest_path} has store format version {manifest.get('version')}, this saelign reads "
                            f"version {FORMAT_VERSION}; recapture with this version")
+    _check_fields(manifest, manifest_path)
     return manifest
+
+
+def _count(value: Any, positive: bool = False) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= (1 if positive else 0)
+
+
+def _check_fields(manifest: dict[str, Any], path: Path) -> None:
+    """The fields readers use, with the types they assume: a hand-edited or damaged manifest is named here."""
+    problems = [f"{key} must be a positive integer" for key in ("d_in", "shard_tokens")
+                if not _count(manifest.get(key), positive=True)]
+    problems += [] if _count(manifest.get("num_tokens")) else ["num_tokens must be an integer >= 0"]
+    problems += [] if isinstance(manifest.get("hookpoint"), str) else ["hookpoint must be a string"]
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        problems.append("shards must be a list")
+    else:
+        for i, shard in enumerate(shards):
+            if not (isinstance(shard, dict) and isinstance(shard.get("file"), str) and SHARD_RE.fullmatch(shard["file"])
+                    and _count(shard.get("num_tokens")) and _count(shard.get("bytes"))
+                    and isinstance(shard.get("sha256"), str)):
+                problems.append(f"shards[{i}] needs file (shard_NNNNN.safetensors), num_tokens, bytes and sha256")
+                break
+    if problems:
+        raise SaelignError(f"{path} is damaged: {problems[0]}; recapture into a new folder (or restore the file)")
 
 
 class StoreWriter:
