@@ -21,9 +21,11 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file, save, save_file
+from transformers import AutoModelForCausalLM as AutoModel
 
 from saelign.align.slots import SlotMap, save_slot_map
 from saelign.cli import main
+from saelign.errors import SaelignError
 from saelign.models import ModelConfig
 from saelign.sae import SAE, SAEConfig, save_sae
 from saelign.sails import pipeline
@@ -155,6 +157,28 @@ def foreign_sae(d_in: int = 48, hookpoint: str = HOOK) -> Callable[[Path], None]
         save_sae(sae, w / "other_sae")
 
     return setup
+
+
+def foreign_adapter(folder: Path) -> None:
+    """A stock PEFT adapter of a wider Llama (hidden size 48): another model's adapter."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from saelign.sails.adapters import save_adapter
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=400,
+        hidden_size=48,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        num_key_value_heads=2,
+    )
+    other = get_peft_model(
+        AutoModelForCausalLM.from_config(config), LoraConfig(r=2, target_modules=["q_proj"])
+    )
+    save_adapter(other, folder, {})
 
 
 def link(rel: str, target: str) -> Callable[[Path], None]:
@@ -683,6 +707,52 @@ CASES = [
         ("run/report.md is a link to", "outside the run folder"),
         link("run/report.md", "outside/keep.json"),
     ),
+    # artifacts from another run or model
+    Case(
+        "serve-adapter-of-another-model",
+        ["serve", "--run", "{w}/run", "--adapter", "{w}/other_adapter", "--device", "cpu", "--port", "0"],
+        ("other_adapter does not fit this model", "use an adapter trained on this model"),
+        lambda w: foreign_adapter(w / "other_adapter"),
+    ),
+    Case(
+        "serve-sae-of-another-model",
+        ["serve", "--run", "{w}/run", "--sae", "{w}/other_sae", "--device", "cpu", "--port", "0"],
+        ("selection.json: latent",),
+        foreign_sae(),
+    ),
+    Case(
+        "align-eval-other-ontology",
+        [
+            "align",
+            "eval",
+            *MODEL,
+            "--aligned",
+            "{w}/aligned",
+            "--vanilla",
+            "{w}/sae",
+            "--ontology",
+            "{w}/o.yaml",
+            "--out",
+            "{w}/ae",
+        ],
+        ("differ from the slot map's",),
+        lambda w: (w / "o.yaml").write_text(
+            yaml.safe_dump(
+                {**ONTOLOGY, "concepts": [{**c, "name": c["name"] + "2"} for c in ONTOLOGY["concepts"]]}
+            )
+        ),
+    ),
+    Case(
+        "align-build-bad-out",
+        ["align", "build", "--name", "relations", "--out", "{w}/r.txt"],
+        ("--out", "use a .yaml, .yml or .json"),
+    ),
+    Case(
+        "convert-unknown-format",
+        ["sae", "convert", "--input", "{w}/sae", "--output", "{w}/c", "--format", "xyz"],
+        ("invalid choice: 'xyz'",),
+    ),
+    Case("label-latent-out-of-range", [*LABEL, "--latents", "900"], ("900",)),
     # unknown flags and missing arguments
     Case("unknown-flag", [*EVAL, "--bogus", "1"], ("unrecognized arguments: --bogus 1",)),
 ]
@@ -714,3 +784,148 @@ def test_bad_input_is_one_clear_line_and_changes_nothing(case, world, tmp_path, 
     changed = sorted(k for k in before if after.get(k) != before[k])
     added = sorted(set(after) - set(before))
     assert (changed, added) == ([], []), last
+
+
+@dataclass
+class ApiCase:
+    id: str
+    call: Callable[[Path], object]  # a loader called on the world's copy
+    says: tuple[str, ...]
+    setup: Callable[[Path], None] | None = None
+
+
+def _loaders():
+    from saelign.align.ontology import load_ontology
+    from saelign.align.slots import load_slot_map
+    from saelign.checkpoint import load as load_checkpoint
+    from saelign.configs import load_config_file
+    from saelign.label.labels import load_labels
+    from saelign.sae import load_sae
+    from saelign.sails.adapters import load_adapter
+    from saelign.store import ActivationStore
+
+    return (
+        load_ontology,
+        load_slot_map,
+        load_checkpoint,
+        load_config_file,
+        load_labels,
+        load_sae,
+        load_adapter,
+        ActivationStore,
+    )
+
+
+(
+    load_ontology,
+    load_slot_map,
+    load_checkpoint,
+    load_config_file,
+    load_labels,
+    load_sae,
+    load_adapter,
+    ActivationStore,
+) = _loaders()
+
+
+def own_options(w: Path) -> dict:
+    """The options the SAE checkpoint was made with, so loading gets past the fingerprint check."""
+    return json.loads((w / "run" / "sae" / "checkpoint" / "state.json").read_text())["options"]
+
+
+API_CASES = [
+    ApiCase(
+        "store-manifest-a-list",
+        lambda w: ActivationStore(w / STORE),
+        ("manifest.json", "not a saelign"),
+        write(f"{STORE}/manifest.json", "[]"),
+    ),
+    ApiCase(
+        "store-shard-entry-malformed",
+        lambda w: ActivationStore(w / STORE),
+        ("shards[0] needs file",),
+        edit_json(f"{STORE}/manifest.json", lambda m: m["shards"][0].update(bytes="many")),
+    ),
+    ApiCase(
+        "store-shard-name-escapes",
+        lambda w: ActivationStore(w / STORE),
+        ("shards[0] needs file",),
+        edit_json(f"{STORE}/manifest.json", lambda m: m["shards"][0].update(file="../../outside/keep.json")),
+    ),
+    ApiCase(
+        "sae-cfg-metadata-not-a-mapping",
+        lambda w: load_sae(w / "sae"),
+        ("cfg.json is malformed",),
+        edit_json("sae/cfg.json", lambda m: m.update(metadata=[1])),
+    ),
+    ApiCase(
+        "sae-cfg-norm-scale-text",
+        lambda w: load_sae(w / "sae"),
+        ("cfg.json is malformed",),
+        edit_json("sae/cfg.json", lambda m: m["metadata"]["saelign"].update(norm_scale="big")),
+    ),
+    ApiCase(
+        "sae-cfg-d-sae-negative",
+        lambda w: load_sae(w / "sae"),
+        ("d_sae must be positive",),
+        edit_json("sae/cfg.json", lambda m: m["metadata"]["saelign"]["config"].update(d_sae=-1)),
+    ),
+    ApiCase(
+        "slot-map-a-list",
+        lambda w: load_slot_map(w / "aligned"),
+        ("slot_map.json",),
+        write("aligned/slot_map.json", "[]"),
+    ),
+    ApiCase(
+        "ontology-concepts-a-string",
+        lambda w: load_ontology(w / "ontology.yaml"),
+        ("ontology.yaml",),
+        write("ontology.yaml", "name: x\nconcepts: hello\n"),
+    ),
+    ApiCase(
+        "labels-latents-a-number",
+        lambda w: load_labels(w / "run" / "labels.json"),
+        ("labels.json",),
+        edit_json("run/labels.json", lambda m: m.update(latents=5)),
+    ),
+    ApiCase(
+        "config-deeply-nested",
+        lambda w: load_config_file(w / "c.json"),
+        ("c.json cannot be parsed",),
+        write("c.json", "[" * 100000),
+    ),
+    ApiCase(
+        "checkpoint-state-malformed",
+        lambda w: load_checkpoint(w / "run" / "sae" / "checkpoint", {}),
+        ("state.json is not valid JSON",),
+        cut("run/sae/checkpoint/state.json"),
+    ),
+    ApiCase(
+        "checkpoint-files-point-outside",
+        lambda w: load_checkpoint(w / "run" / "sae" / "checkpoint", own_options(w)),
+        ("state.json",),
+        edit_json(
+            "run/sae/checkpoint/state.json", lambda m: m.update(files={"sae0": "../../../outside/keep.json"})
+        ),
+    ),
+    ApiCase(
+        "adapter-of-another-model",
+        lambda w: load_adapter(AutoModel.from_pretrained(str(w / "model")), w / "other_adapter"),
+        ("does not fit this model",),
+        lambda w: foreign_adapter(w / "other_adapter"),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in API_CASES])
+def test_loaders_raise_only_saelign_errors_and_change_nothing(case, world, tmp_path):
+    w = tmp_path / "w"
+    shutil.copytree(world, w, symlinks=True)
+    if case.setup:
+        case.setup(w)
+    before = snapshot(w)
+    with pytest.raises(SaelignError) as info:
+        case.call(w)
+    message = str(info.value)
+    assert "\n" not in message and all(fragment in message for fragment in case.says), message
+    assert snapshot(w) == before

@@ -88,4 +88,9 @@ def load_adapter(base_model: PreTrainedModel, adapter_dir: str | Path, is_traina
         if (folder / "config.json").is_file():
             raise SaelignError(f"{folder} holds a fully fine-tuned model, not an adapter; load it as --model {folder}")
         raise SaelignError(f"{folder} is not an adapter folder (no adapter_config.json); give the folder save_adapter wrote")
-    return PeftModel.from_pretrained(base_model, str(folder), is_trainable=is_trainable)
+    try:
+        return PeftModel.from_pretrained(base_model, str(folder), is_trainable=is_trainable)
+    except (RuntimeError, ValueError, KeyError, OSError) as exc:  # size mismatch, unknown module, bad file
+        first = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
+        raise SaelignError(f"the adapter in {folder} does not fit this model ({first[:200]}); use an adapter "
+                           "trained on this model, or the model it was trained on") from exc
