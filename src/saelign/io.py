@@ -81,8 +81,12 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         raise SaelignError(f"{what} not found: {path}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SaelignError(f"{what} {path} is not UTF-8 text (byte {exc.start}); fix or regenerate it") from exc
     except json.JSONDecodeError as exc:
         raise SaelignError(f"{what} {path} is not valid JSON (line {exc.lineno}: {exc.msg}); fix or regenerate it") from exc
+    except RecursionError as exc:
+        raise SaelignError(f"{what} {path} nests too deeply to be read; fix or regenerate it") from exc
 
 
 def read_json_object(path: str | Path, what: str = "JSON file") -> dict[str, Any]:
