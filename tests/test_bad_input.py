@@ -181,6 +181,16 @@ def foreign_adapter(folder: Path) -> None:
     save_adapter(other, folder, {})
 
 
+def other_tokenizer(model: Path, out: Path) -> None:
+    """The same model with one token added to its tokenizer: a store's tokens mean other text to it."""
+    from transformers import AutoTokenizer
+
+    shutil.copytree(model, out)
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    tokenizer.add_tokens(["zzzq"])
+    tokenizer.save_pretrained(str(out))
+
+
 def link(rel: str, target: str) -> Callable[[Path], None]:
     def setup(w: Path) -> None:
         path = w / rel
@@ -674,6 +684,16 @@ CASES = [
         ("corpus.txt",),
     ),
     Case(
+        "capture-over-another-store",
+        [*CAPTURE[:10], "32", *CAPTURE[11:], "--out", "{w}/acts"],
+        ("holds a store made with different settings", "context_length: 16 -> 32", "choose another --out"),
+    ),
+    Case(
+        "align-train-out-is-a-file",
+        [*ALIGN_TRAIN[:-1], "{w}/corpus.txt"],
+        ("corpus.txt",),
+    ),
+    Case(
         "eval-out-exists",
         EVAL,
         ("holds an earlier evaluation", "pass --overwrite"),
@@ -741,6 +761,12 @@ CASES = [
                 {**ONTOLOGY, "concepts": [{**c, "name": c["name"] + "2"} for c in ONTOLOGY["concepts"]]}
             )
         ),
+    ),
+    Case(
+        "store-of-another-tokenizer",
+        [*EVAL[:6], "--n-contexts", "2", "--model", "{w}/model2", *EVAL[-4:]],
+        ("was captured with another tokenizer", "leave --model out"),
+        lambda w: other_tokenizer(w / "model", w / "model2"),
     ),
     Case(
         "align-build-bad-out",

@@ -21,6 +21,7 @@ from saelign.sae.formats import check_sae_matches, load_sae
 from saelign.sae.model import SAE, SAEConfig
 from saelign.sae.train import SAETrainConfig, train_saes
 from saelign.store import ActivationStore, CaptureConfig, stream_activations
+from saelign.store.capture import tokenizer_identity
 
 
 def rebatch(chunks: Iterable[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
@@ -96,6 +97,11 @@ def evaluate_sae_files(sae_path: str | Path, store_path: str | Path, cfg: EvalCo
     if cfg.n_contexts > 0:
         model, tokenizer = load_model(model_cfg)
         check_sae_matches(sae, model, hookpoint)
+        recorded = store.manifest.get("tokenizer")
+        recorded_vocab = recorded.get("vocab_sha256") if isinstance(recorded, dict) else None
+        if recorded_vocab not in (None, tokenizer_identity(tokenizer)["vocab_sha256"]):
+            raise SaelignError(f"store {store_path} was captured with another tokenizer than {model_cfg.model}'s; "
+                               "evaluate with the store's model (leave --model out) or capture a store with this one")
         sae = sae.to(next(model.parameters()).device)
         manifest = store.manifest
         recorded = manifest.get("corpus", {})

@@ -119,6 +119,13 @@ def stream_activations(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
         yield batch.activations
 
 
+def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    """What a store records of its tokenizer: readers that tokenise again check theirs against it."""
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode()
+    return {"class": type(tokenizer).__name__, "vocab_size": len(tokenizer),
+            "vocab_sha256": hashlib.sha256(vocab).hexdigest()}
+
+
 def capture(model_cfg: ModelConfig, cfg: CaptureConfig, model: PreTrainedModel | None = None,
             tokenizer: PreTrainedTokenizerBase | None = None) -> dict[str, Path]:
     """Write one activation store per hookpoint under cfg.out; return {hookpoint: store folder}.
@@ -130,9 +137,7 @@ def capture(model_cfg: ModelConfig, cfg: CaptureConfig, model: PreTrainedModel |
     hookpoints = resolve_hookpoints(model, cfg.hookpoints)
     require(next(iter_texts(corpus, tokenizer), None) is not None,  # before any store folder is made
             f"corpus {corpus.source} has no text; give a source with at least one non-empty document")
-    vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode()
-    tokenizer_id = {"class": type(tokenizer).__name__, "vocab_size": len(tokenizer),
-                    "vocab_sha256": hashlib.sha256(vocab).hexdigest()}
+    tokenizer_id = tokenizer_identity(tokenizer)
     common = {
         "format": FORMAT, "version": FORMAT_VERSION, "model": model_identity(model_cfg),
         "model_dtype": dtype_name(model.dtype), "dtype": cfg.store_dtype, "tokenizer": tokenizer_id,
