@@ -130,8 +130,8 @@ def _align_record(run_json: Path) -> dict[str, Any]:
 
 
 def _check_same_alignment(out: Path, ontology: Ontology, vanilla: Path) -> None:
-    """An --out that holds an alignment (finished or not) resumes only with the same ontology and SAE: the
-    checkpoint's options say nothing of them, and a finished run would be handed back unchanged."""
+    """An --out that holds a finished alignment is handed back unchanged, so it must be of the same ontology
+    and SAE (an unfinished one is checked by post-training's resume fingerprint, which names the concepts)."""
     copy = out / ONTOLOGY_COPY
     if copy.is_file() and load_ontology(copy).to_dict() != ontology.to_dict():
         raise SaelignError(f"{out} holds an alignment on another ontology ({copy}); choose another --out, or "
@@ -161,8 +161,8 @@ def train_aligned(model_cfg: ModelConfig, cfg: AlignTrainConfig,
             raise SaelignError("value_coeff > 0 needs an answer for every training example of the ontology")
         answers = answer_token_ids(tokenizer, [ex.text for ex in examples], [str(ex.answer) for ex in examples])
     generic = generic_activations(model, tokenizer, hookpoint, cfg.generic_tokens, cfg.store, cfg.corpus, cfg.context_length)
-    save_ontology(ontology, out / ONTOLOGY_COPY)  # first: a crashed run's folder names its ontology too
     aligned, slot_map = post_train(sae, acts, labels, generic, post, ontology.concept_names, answers, ontology.position)
+    save_ontology(ontology, out / ONTOLOGY_COPY)
     record_stage(out, "align-train", {**config_to_dict(cfg), "model": config_to_dict(model_cfg)},
                  vanilla_sae=str(Path(cfg.sae).resolve()),
                  examples=len(examples), generic_rows=int(generic.shape[0]))
