@@ -28,6 +28,10 @@ class SAESweepConfig:
     def __post_init__(self) -> None:
         for name in self.activation:
             activation_class(name)  # an unknown name fails before any data is read
+        for name in ("activation", "k", "d_sae"):
+            require(getattr(self, name), f"{name} is empty; give at least one value")
+        require(min(self.k) >= 1, f"k must be positive, got {self.k}")
+        require(min(self.d_sae) >= 1, f"d_sae must be positive, got {self.d_sae}")
 
 
 def register(group: Any) -> None:
