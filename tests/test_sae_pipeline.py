@@ -127,6 +127,7 @@ def test_evaluate_sae_files_matches_the_cli(tmp_path, tiny_llama_dir, tiny_llama
     again = ["sae", "eval", "--sae", str(tmp_path / "sae"), "--store", str(stores[HOOK]), "--n-contexts", "0",
              "--out", str(tmp_path / "cli")]
     before = (tmp_path / "cli" / EVAL_FILE).read_bytes()
-    assert main(again) == 2 and (tmp_path / "cli" / EVAL_FILE).read_bytes() == before  # an earlier eval is kept
+    assert main(again) == 2 and (tmp_path / "cli" / EVAL_FILE).read_bytes() == before  # the earlier one stays
     assert main([*again, "--overwrite"]) == 0
-    assert "splice" not in json.loads((tmp_path / "cli" / EVAL_FILE).read_text())  # replaced: no splice this time
+    replaced = json.loads((tmp_path / "cli" / EVAL_FILE).read_text())
+    assert "splice" not in replaced  # no splice this time: the file was rewritten

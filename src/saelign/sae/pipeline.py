@@ -100,8 +100,9 @@ def evaluate_sae_files(sae_path: str | Path, store_path: str | Path, cfg: EvalCo
         recorded = store.manifest.get("tokenizer")
         recorded_vocab = recorded.get("vocab_sha256") if isinstance(recorded, dict) else None
         if recorded_vocab not in (None, tokenizer_identity(tokenizer)["vocab_sha256"]):
-            raise SaelignError(f"store {store_path} was captured with another tokenizer than {model_cfg.model}'s; "
-                               "evaluate with the store's model (leave --model out) or capture a store with this one")
+            raise SaelignError(f"store {store_path} was captured with another tokenizer than "
+                               f"{model_cfg.model}'s; evaluate with the store's model (leave --model out) or "
+                               "capture a store with this one")
         sae = sae.to(next(model.parameters()).device)
         manifest = store.manifest
         recorded = manifest.get("corpus", {})

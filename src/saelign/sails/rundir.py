@@ -66,8 +66,8 @@ class RunDir:
         out of the run folder would let them reach files that are not the run's."""
         root = self.dir.resolve()
         for path in self.dir.rglob("*"):
-            if path.is_symlink() and not path.resolve().is_relative_to(root):
-                raise SaelignError(f"{path} is a link to {path.resolve()}, outside the run folder {self.dir}; "
+            if path.is_symlink() and not (target := path.resolve()).is_relative_to(root):
+                raise SaelignError(f"{path} is a link to {target}, outside the run folder {self.dir}; "
                                    "replace it with a copy of what it points to, or use another --out")
 
     def path(self, *parts: str) -> Path:
@@ -111,8 +111,8 @@ class RunDir:
         path = self.path(RUN_FILE)
         stages = read_json_object(path, "run.json").get("stages", {}) if path.is_file() else {}
         if not isinstance(stages, dict) or not all(isinstance(v, dict) for v in stages.values()):
-            raise SaelignError(f"{path}: 'stages' must map each unit to its record; restore the file or rerun "
-                               "into a new --out")
+            raise SaelignError(f"{path}: 'stages' must map each unit to its record; restore the file or "
+                               "rerun into a new --out")
         return stages
 
     def status(self, unit: str) -> str:
@@ -148,8 +148,8 @@ class RunDir:
         return list(dict.fromkeys(out))
 
     def clear(self, unit: str) -> None:
-        """Remove a unit's files before redoing it: its own folder (with checkpoints) where it has one, and the
-        files of every unit that read them, so no result of the old inputs outlives them (a report would
+        """Remove a unit's files before redoing it: its own folder (with checkpoints) where it has one, and
+        the files of every unit that read them, so no result of the old inputs outlives them (a report would
         otherwise show the evaluation of an adapter that is gone)."""
         for each in (unit, *self.downstream(unit)):
             stage, name = self._split(each)
