@@ -18,7 +18,7 @@ from saelign.datasets import fetch
 from saelign.models import ModelConfig
 from saelign.sails import pipeline
 from saelign.store import CaptureConfig, capture
-from test_sails_pipeline import inputs, tiny_config  # noqa: F401  (inputs is a fixture)
+from test_sails_pipeline import tiny_config, write_inputs
 
 UMASK = 0o027
 FILE_MODE, DIR_MODE = 0o666 & ~UMASK, 0o777 & ~UMASK
@@ -50,8 +50,9 @@ KINDS = [
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory, inputs, tiny_llama_dir) -> Path:  # noqa: F811
+def artifacts(tmp_path_factory, tiny_llama_dir) -> Path:
     root = tmp_path_factory.mktemp("modes")
+    inputs = write_inputs(tmp_path_factory.mktemp("modes_inputs"), tiny_llama_dir)
     previous = os.umask(UMASK)
     try:
         pipeline.run_pipeline(tiny_config(inputs, methods=["sails", "full"]), root / "run")
