@@ -246,7 +246,6 @@ def flag_names(cls: type, prefix: str = "", hidden: dict[str, str] | None = None
         if f.metadata.get("cli") is False or f.name in (hidden or {}):
             continue
         if nested := _nested(f, hints[f.name], prefix):
-            out[(*path, f.name)] = f"--{nested[1].replace('_', '-')}*"
             out |= flag_names(*nested, f.metadata.get("hide"), (*path, f.name))
         else:
             out[(*path, f.name)] = "--" + (prefix + f.name).replace("_", "-")
@@ -254,8 +253,7 @@ def flag_names(cls: type, prefix: str = "", hidden: dict[str, str] | None = None
 
 
 def source_label(cls: type, flags: Mapping[str, Any], file: str | Path | None = None,
-                 file_data: Mapping[str, Any] | None = None, prefix: str = "", section: str | None = None,
-                 fallback: str = "") -> Label:
+                 file_data: Mapping[str, Any] | None = None, prefix: str = "", section: str | None = None) -> Label:
     """Names a field where the user set it: its flag if a flag gave it, the file and key if the file did,
     else its dotted path (a preset or a stored config)."""
     from_flags, from_file, names = _paths(flags), _paths(file_data or {}), flag_names(cls, prefix)
@@ -264,9 +262,9 @@ def source_label(cls: type, flags: Mapping[str, Any], file: str | Path | None = 
         if path in from_flags and path in names:
             return names[path]
         if file is not None and (path in from_file or not path):
-            key = ".".join((section, *path) if section else path)
+            key = ".".join(map(str, (section, *path) if section else path))
             return f"{file}: {key}" if key else f"config file {file}"
-        return ".".join((fallback, *path) if fallback else path) or "options"
+        return ".".join(map(str, path)) or "options"
     return label
 
 
