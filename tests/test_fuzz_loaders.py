@@ -9,6 +9,7 @@ runs many more."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import shutil
 import signal
@@ -35,7 +36,7 @@ from saelign.label.reading import check_labels_file
 from saelign.runinfo import record_stage
 from saelign.sae import SAE, SAEConfig, load_sae, save_sae
 from saelign.sails.pipeline import stored_config
-from saelign.sails.presets import preset_layer, resolve_config
+from saelign.sails.presets import SailsConfig, preset_layer, resolve_config
 from saelign.sails.rundir import RunDir
 from saelign.sails.stages import STAGES
 from saelign.store import ActivationStore, CaptureConfig
@@ -306,6 +307,54 @@ def _check_run_config(work: Path, raw: bytes) -> None:
     resolve_config([stored or {}])
 
 
+@functools.cache
+def _stage_configs() -> dict[str, tuple[type, dict[str, Any]]]:
+    """Every stage config a config file can fill, with the valid options it starts from."""
+    from saelign.align.pipeline import AlignEvalConfig, AlignTrainConfig
+    from saelign.align.posttrain import PostTrainConfig
+    from saelign.cli.sae_convert import ConvertConfig
+    from saelign.cli.sae_train import SAESweepConfig
+    from saelign.dashboard import DashboardConfig
+    from saelign.label.labels import LabelConfig
+    from saelign.sae.evaluate import EvalConfig
+    from saelign.sae.train import SAETrainConfig
+    from saelign.serve.config import Limits, ServeConfig
+
+    required = {AlignTrainConfig: {"sae": "s"}, AlignEvalConfig: {"aligned": "a"}, ServeConfig: {"run": "r"}}
+    classes = [
+        CaptureConfig,
+        SAETrainConfig,
+        SAESweepConfig,
+        EvalConfig,
+        ConvertConfig,
+        LabelConfig,
+        DashboardConfig,
+        AlignTrainConfig,
+        AlignEvalConfig,
+        PostTrainConfig,
+        ServeConfig,
+        Limits,
+    ]
+    out = {cls.__name__: (cls, config_to_dict(cls(**required.get(cls, {})))) for cls in classes}
+    out["SailsConfig"] = (SailsConfig, config_to_dict(resolve_config([preset_layer("quick")])))
+    return out
+
+
+def _stage_config(valid: Path) -> st.SearchStrategy[bytes]:
+    configs = _stage_configs()
+    return st.sampled_from(sorted(configs)).flatmap(
+        lambda name: mutated(configs[name][1]).map(
+            lambda d: json.dumps({"class": name, "options": d}).encode()
+        )
+    )
+
+
+def _check_stage_config(work: Path, raw: bytes) -> None:
+    drawn = json.loads(raw)
+    cls = _stage_configs()[drawn["class"]][0]
+    config_from_dict(cls, drawn["options"])
+
+
 TARGETS: dict[str, tuple[Callable[[Path], st.SearchStrategy[bytes]], Callable[[Path, bytes], None]]] = {
     "store-manifest": (_manifest, _check_manifest),
     "store-manifest-capture-resume": (_manifest, _check_capture_resume),
@@ -318,6 +367,7 @@ TARGETS: dict[str, tuple[Callable[[Path], st.SearchStrategy[bytes]], Callable[[P
     "config-file": (_config, _check_config),
     "run-json": (_run_json, _check_run_json),
     "run-config-json": (_run_config, _check_run_config),
+    "stage-config-options": (_stage_config, _check_stage_config),
 }
 
 
