@@ -151,6 +151,21 @@ def test_cli_runs_and_stage_commands_reuse_the_stored_config(tmp_path, finished,
     assert "is a 'quick' run" in capsys.readouterr().err
 
 
+def test_report_shows_no_result_whose_inputs_are_gone(tmp_path, finished, capsys):
+    """A folder left inconsistent (the adapter removed, its evaluation kept, as an interrupted --overwrite of
+    an older saelign left it) reports the base model only, never the evaluation of a missing adapter."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    shutil.rmtree(run_dir / "methods" / "sails")
+    assert (run_dir / "eval" / "sails.json").is_file()
+    assert main(["sails", "report", "--run", str(run_dir)]) == 0
+    lines = [line.split()[0] for line in capsys.readouterr().out.splitlines() if " safety " in line]
+    assert lines == ["base"]
+    assert "| sails |" not in (run_dir / "report.md").read_text()
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--lora-target-modules", "q_proj,attn_proj"], "lora.target_modules: attn_proj not found"),
     (["--methods", "sails,dpo"], "unknown method 'dpo'"),

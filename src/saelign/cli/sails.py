@@ -14,6 +14,7 @@ from saelign.errors import SaelignError
 from saelign.io import read_json
 from saelign.sails.pipeline import run_pipeline, stored_config
 from saelign.sails.presets import DEFAULT_PRESET, PRESETS, SailsConfig, preset_layer, resolve_config
+from saelign.sails.rundir import RunDir
 from saelign.sails.stages import STAGES
 
 
@@ -84,11 +85,11 @@ def resolve_from_args(args: argparse.Namespace) -> SailsConfig:
 
 
 def _summary(run_dir: str, cfg: SailsConfig) -> list[str]:
-    lines = []
+    """One line per evaluation made under the run's current options (as the report shows them)."""
+    run, lines = RunDir(run_dir, cfg, STAGES), []
     for name in ["base", *cfg.methods]:
-        path = Path(run_dir) / "eval" / f"{name}.json"
-        if path.is_file():
-            m = read_json(path)
+        if run.complete(f"eval:{name}"):
+            m = read_json(run.path("eval", f"{name}.json"))
             ppl = m.get("perplexity")
             line = f"  {name:16s} safety {100 * m['safety_rate']:5.1f} %   over-refusal {100 * m['over_refusal']:5.1f} %"
             lines.append(line + ("" if ppl is None or math.isnan(ppl) else f"   perplexity {ppl:.2f}"))

@@ -92,14 +92,24 @@ class RunDir:
     def components(self, unit: str) -> dict[str, Any]:
         """What a unit's output depends on: its config values and the keys of the units it reads."""
         stage, name = self._split(unit)
-        up = []
-        for u in (self.stages[s] for s in stage.upstream):
-            if not u.per:
-                up.append(self.key(u.name))
-            elif name in u.per(self.cfg):  # eval:base reads no train:base
-                up.append(self.key(f"{u.name}:{name}"))
+        up = [self.key(u) for u in self.upstream(unit)]
         values = config_to_dict(self.cfg)  # without the hidden fields: the pipeline sets those itself
         return {"up": up, **{k: functools.reduce(operator.getitem, k.split("."), values) for k in stage.keys}}
+
+    def upstream(self, unit: str) -> list[str]:
+        """The units whose outputs `unit` reads."""
+        stage, name = self._split(unit)
+        out = []
+        for u in (self.stages[s] for s in stage.upstream):
+            if not u.per:
+                out.append(u.name)
+            elif name in u.per(self.cfg):  # eval:base reads no train:base
+                out.append(f"{u.name}:{name}")
+        return out
+
+    def complete(self, unit: str) -> bool:
+        """Done under the current options, and so is everything it read: its result may be reported."""
+        return self.status(unit) == "done" and all(self.complete(u) for u in self.upstream(unit))
 
     def key(self, unit: str) -> str:
         if unit not in self._keys:
