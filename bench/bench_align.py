@@ -148,6 +148,8 @@ def sweep_row(layer: int, metrics: dict, steps: tuple[int, int]) -> dict:
             "binding_test": metrics["aligned"]["binding_accuracy_test"],
             "vanilla_binding_train": metrics["vanilla"]["binding_accuracy_train"],
             "vanilla_binding_test": metrics["vanilla"]["binding_accuracy_test"],
+            **({"binding_test_by_style": metrics["aligned"]["binding_accuracy_test_by_style"]}
+               if "binding_accuracy_test_by_style" in metrics["aligned"] else {}),
             "auc_test_mean": sum(metrics["aligned"]["auc_test"]) / len(metrics["aligned"]["auc_test"]),
             "fvu_vanilla": metrics["reconstruction"]["vanilla"]["generic"]["fvu"],
             "fvu_aligned": metrics["reconstruction"]["aligned"]["generic"]["fvu"],

@@ -106,8 +106,13 @@ def test_build_relations_prefers_shared_entities(relation_data):
     # France is in capital, nationality, continent and language: the most shared entity wins everywhere it is
     assert chosen["capital"] == chosen["nationality"] == chosen["continent"] == chosen["language"] == ["France"]
     for concept in onto.concepts:
-        assert len(concept.templates.train) >= 4 and len(concept.templates.test) >= 2
-    assert len(onto.examples("test")) == 2 * len(RELATIONS)
+        assert len(concept.templates.train) >= 4 and len(concept.templates.test) >= 3
+        # binding is read per style
+        assert set(concept.templates.test_styles) == {"fill_in", "qa", "instruction"}
+    test = onto.examples("test")
+    assert len(test) == sum(len(c.templates.test) for c in onto.concepts)  # one entity per relation here
+    assert {ex.text for ex in test}.isdisjoint(ex.text for ex in onto.examples("train"))
+    assert all(ex.text.endswith(("\nAnswer:", "\nAnswer: The")) for ex in test if ex.style == "instruction")
     with pytest.raises(SaelignError, match="unknown relation.*capitol"):
         build_relations(["capitol"], questions_words=qw, countryinfo_dir=folder)
     qw.write_text(QUESTIONS_WORDS.split(": gram2")[0], encoding="utf-8")
@@ -239,7 +244,7 @@ def test_real_spacy_tags_when_installed():
 
 
 def test_registry_names_and_option_errors():
-    assert set(BUILDERS) == {"relations", "pos", "ner", "sentiment", "wordnet"}
+    assert set(BUILDERS) == {"relations", "biographies", "pos", "ner", "sentiment", "wordnet"}
     with pytest.raises(SaelignError, match="unknown built-in ontology 'colours'"):
         build_ontology("colours")
     with pytest.raises(SaelignError, match="unknown option.*max_entitys.*valid: relations, max_entities"):

@@ -15,6 +15,7 @@ from saelign.align.metrics import (
     auc,
     best_latents,
     binding_accuracy,
+    binding_by_style,
     entanglement,
     fragmentation,
     per_concept_auc,
@@ -40,6 +41,15 @@ def test_binding_accuracy_perfect_and_chance():
     assert binding_accuracy(torch.nn.functional.one_hot(labels, 4).float(), labels) == 1.0
     random = torch.rand(2000, 4, generator=torch.Generator().manual_seed(0))
     assert binding_accuracy(random, labels) == pytest.approx(0.25, abs=0.04)
+
+
+def test_binding_by_style_reads_each_style_apart():
+    labels = torch.tensor([0, 1, 0, 1, 0, 1])
+    right = torch.nn.functional.one_hot(labels, 2).float()
+    acts = torch.where(torch.tensor([True, True, False, False, True, True])[:, None], right, 1 - right)
+    styles = ["qa", "qa", "fill_in", "fill_in", None, None]  # the rows without a style are left out
+    assert binding_by_style(acts, labels, styles) == {"qa": 1.0, "fill_in": 0.0}
+    assert binding_by_style(acts, labels, [None] * 6) == {}
 
 
 def test_auc_values_and_ties():
@@ -212,7 +222,8 @@ def test_alignment_report_end_to_end(tiny_llama, tokenizer):
     templates = [("The {entity} capital is ", "Capital of {entity}: "), ("Food of {entity} is ", "{entity} food: "),
                  ("The rival of {entity} is ", "{entity} rival: ")]
     ontology = Ontology("facts", tuple(
-        Concept(name, entities=tuple(Entity(e[0], e[c + 1]) for e in entities), templates=Templates((tr,), (te,)))
+        Concept(name, entities=tuple(Entity(e[0], e[c + 1]) for e in entities),
+                templates=Templates((tr,), (te, f"Q: {te}?"), ("fill_in", "qa")))
         for c, (name, (tr, te)) in enumerate(zip(names, templates, strict=True))))
     train, test = ontology.examples("train"), ontology.examples("test")
     hook = "model.layers.1"
@@ -235,6 +246,9 @@ def test_alignment_report_end_to_end(tiny_llama, tokenizer):
     assert report["aligned"]["binding_accuracy_train"] == 1.0
     for side in ("aligned", "vanilla"):
         assert 0 <= report[side]["binding_accuracy_test"] <= 1
+        by_style = report[side]["binding_accuracy_test_by_style"]
+        assert set(by_style) == {"fill_in", "qa"}  # equal shares of the test rows: they average to the whole
+        assert sum(by_style.values()) / 2 == pytest.approx(report[side]["binding_accuracy_test"])
         assert len(report[side]["auc_test"]) == 3 and len(set(report[side]["slots"].values())) == 3
         assert set(report[side]["swap"]["alphas"]) == {"1.0", "2.0"}
         assert report[side]["fragmentation"]["effective_latents_mean"] >= 1

@@ -91,8 +91,13 @@ def test_target_checks_report_misses_honestly():
 
 
 def test_metric_rows_pair_aligned_with_vanilla():
-    rows = {row[0]: row[1:] for row in metric_rows(metrics())}
+    styled = metrics()
+    styled["aligned"]["binding_accuracy_test_by_style"] = {"qa": 1.0, "instruction": 0.8}
+    styled["vanilla"]["binding_accuracy_test_by_style"] = {"qa": 0.6, "instruction": 0.4}
+    rows = {row[0]: row[1:] for row in metric_rows(styled)}
     assert rows["binding accuracy, unseen templates"] == [0.9, 0.5]
+    assert rows["binding accuracy, unseen templates, instruction style"] == [0.8, 0.4]
+    assert rows["binding accuracy, unseen templates, qa style"] == [1.0, 0.6]
     assert rows["mean AUC, unseen templates"] == [pytest.approx(0.7), pytest.approx(0.7)]
     assert rows["rest unchanged at best α"] == [0.95, 0.95]
     assert rows["FVU, generic text"] == [0.22, 0.2]

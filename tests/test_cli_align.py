@@ -198,3 +198,24 @@ def test_train_ontology_file_missing(workspace, tmp_path, capsys):
     code = main(["align", "train", "--model", workspace["model"], "--sae", workspace["vanilla"], "--ontology",
                  str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "a")])
     assert code == 2 and "ontology file not found" in capsys.readouterr().err
+
+
+def test_build_biographies_then_learn_facts(tmp_path, tiny_llama_dir, capsys):
+    from test_align_biographies import write_biography_data
+
+    dirs = write_biography_data(tmp_path)
+    out = tmp_path / "bio.yaml"
+    assert main(["align", "build", "--name", "biographies", "--out", str(out), "--set", "people=2",
+                 "--set", f"names_dir={dirs['names_dir']}",
+                 "--set", f"countryinfo_dir={dirs['countryinfo_dir']}"]) == 0
+    assert "biographies: 6 concepts" in capsys.readouterr().out
+    code = main(["align", "learn-facts", "--model", str(tiny_llama_dir), "--device", "cpu",
+                 "--ontology", str(out), "--out", str(tmp_path / "facts"), "--sft-steps", "2",
+                 "--check-every", "1", "--check-prompts", "4", "--target-accuracy", "0"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "2 steps" in printed and "accuracy, unseen templates" in printed
+    for style in ("qa", "fill_in", "instruction"):
+        assert f"    {style} " in printed
+    assert (tmp_path / "facts" / "model" / "config.json").is_file()
+    assert main(["align", "learn-facts", "--ontology", str(out), "--method", "lora"]) == 2
+    assert "method lora needs --lora-rank" in capsys.readouterr().err

@@ -62,6 +62,17 @@ def test_expansion_counts_and_fields():
     assert next(e for e in test if e.concept == "mood").text == "I am so happy"
 
 
+def test_test_styles_label_unseen_prompts_and_round_trip(tmp_path):
+    data = relations_dict()
+    templates = data["concepts"][0]["templates"]
+    templates.update(test=["Q: capital of {entity}?\nA:", "{entity} has its capital in"], test_styles=["qa", "fill_in"])
+    onto = ontology_from_dict(data)
+    styles = {(e.entity, e.style) for e in onto.examples("test") if e.concept == "capital"}
+    assert styles == {(c, s) for c in ("France", "Japan", "Egypt") for s in ("qa", "fill_in")}
+    assert all(e.style is None for e in onto.examples("train"))  # styles name unseen templates only
+    assert load_ontology(save_ontology(onto, tmp_path / "o.yaml")) == onto
+
+
 def test_template_split_is_disjoint_and_ids_distinct():
     onto = ontology_from_dict(relations_dict())
     train = [e for e in onto.examples("train") if e.template_id]
@@ -158,6 +169,9 @@ BAD_CASES = {
     "wrong type": (lambda d: d["concepts"][0].update(entities={"France": "Paris"}), ["entities: expected a list"]),
     "missing name": (lambda d: d.pop("name"), ["missing required field(s) name"]),
     "test_fraction": (lambda d: d.update(test_fraction=1.5), ["test_fraction 1.5 must be in [0, 1)"]),
+    "styles per test template": (
+        lambda d: d["concepts"][0]["templates"].update(test_styles=["qa", "fill_in"]),
+        ["templates.test_styles: 2 style(s) for 1 test template(s)", "one style per"]),
 }
 
 

@@ -5,7 +5,11 @@ A checkpoint is `state.json` plus the tensor files it lists. Tensor files carry 
 state file is written last (atomically), so a crash at any point leaves the previous checkpoint intact; stale
 tensor files are removed only after the new state file is in place. A run resumes only under the options it
 was started with: its config class declares in `RESUME_FREE` the fields that do not change the result (output
-folder, device, logging and checkpoint cadence); every other field, and any new one, is in the fingerprint."""
+folder, device, logging and checkpoint cadence); every other field, and any new one, is in the fingerprint.
+
+Under torchrun every rank calls `save` (the RNG states are gathered from all ranks) and rank 0 writes; every
+rank reads the same checkpoint on resume and takes back its own RNG state, so `--out` must be on a filesystem
+all ranks see."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from typing import Any
 
 import torch
 
+from saelign import distributed
 from saelign.configs import config_to_dict
 from saelign.errors import SaelignError
 from saelign.io import (
@@ -31,7 +36,10 @@ FORMAT_VERSION = 1
 
 def save(directory: str | Path, step: int, tensors: dict[str, dict[str, torch.Tensor]],
          fingerprint: dict[str, Any], **state: Any) -> None:
-    """Write `tensors` (file stem -> named tensors), `fingerprint` and JSON-able `state` over the last one."""
+    """Write `tensors` (file stem -> named tensors), `fingerprint` and JSON-able `state` over the last one
+    (rank 0 only; the other ranks return at once)."""
+    if not distributed.is_main():
+        return
     directory = ensure_writable_dir(directory)
     files = {stem: f"{stem}-step{step:09d}.safetensors" for stem in tensors}
     for stem, group in tensors.items():
@@ -101,15 +109,25 @@ def load_optimizer(optimizer: torch.optim.Optimizer, flat: dict[str, torch.Tenso
 
 
 def rng_state() -> dict[str, torch.Tensor]:
-    """The torch RNG state (CPU, and the current CUDA device's): dropout resumes where it stopped."""
-    cuda = {"cuda": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {}
-    return {"torch": torch.get_rng_state(), **cuda}
+    """The torch RNG state (CPU, and the current CUDA device's): dropout resumes where it stopped. Under
+    torchrun every rank's, gathered (a collective: all ranks call it), rank r > 0's under "torch.r<r>"."""
+    own = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        own["cuda"] = torch.cuda.get_rng_state()
+    if distributed.world_size() == 1:
+        return own
+    states = {}
+    for key, value in own.items():
+        rows = distributed.all_gather_rows(value.unsqueeze(0), "the RNG-state gather for a checkpoint")
+        states.update({key if r == 0 else f"{key}.r{r}": row for r, row in enumerate(rows)})
+    return states
 
 
 def set_rng_state(state: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(state["torch"])
+    suffix = f".r{distributed.rank()}" if distributed.rank() else ""
+    torch.set_rng_state(state.get(f"torch{suffix}", state["torch"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+        torch.cuda.set_rng_state(state.get(f"cuda{suffix}", state["cuda"]))
 
 
 def scheduled_lr(peak: float, start: float, end: float, total: float, warmup: float = 0.0, decay: float = 0.0,

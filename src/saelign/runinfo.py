@@ -7,6 +7,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from saelign import distributed
 from saelign.errors import SaelignError
 from saelign.io import read_json_object, write_json_atomic
 
@@ -32,7 +33,11 @@ def environment_info() -> dict[str, Any]:
 
 
 def record_stage(run_dir: str | Path, stage: str, config: dict[str, Any], **extra: Any) -> None:
-    """Merge one stage's config and results into run_dir/run.json."""
+    """Merge one stage's config and results into run_dir/run.json (rank 0 writes it under torchrun)."""
+    if not distributed.is_main():
+        return
+    if distributed.global_world_size() > 1:  # which of the job's processes made it, and how many shared it
+        extra.update(processes=distributed.world_size(), rank=distributed.global_rank())
     path = Path(run_dir) / "run.json"
     data = read_json_object(path, "run.json") if path.exists() else {"saelign": SAELIGN_VERSION, "environment": environment_info(), "stages": {}}
     if not isinstance(data.setdefault("stages", {}), dict):

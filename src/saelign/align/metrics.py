@@ -265,10 +265,21 @@ def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE,
             "skipped_unknown_target": unknown, "span": span, "when_active": when_active, "during": during}
 
 
+def binding_by_style(slot_acts: torch.Tensor, labels: torch.Tensor,
+                     styles: Sequence[str | None]) -> dict[str, float]:
+    """Binding accuracy of the rows of each named phrasing style (rows without a style are left out)."""
+    out = {}
+    for style in dict.fromkeys(s for s in styles if s is not None):
+        rows = torch.tensor([s == style for s in styles])
+        out[style] = binding_accuracy(slot_acts[rows], labels[rows])
+    return out
+
+
 def slot_metrics(sae: SAE, slot_map: SlotMap, splits: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                 generic: torch.Tensor) -> dict[str, Any]:
+                 generic: torch.Tensor, test_styles: Sequence[str | None] = ()) -> dict[str, Any]:
     """Binding, AUC, entanglement and fragmentation of one SAE read through one slot map. `splits`: name ->
-    (activations, labels); entanglement (with `generic` added) and fragmentation use the last (held out)."""
+    (activations, labels); entanglement (with `generic` added) and fragmentation use the last (held out).
+    `test_styles`: the phrasing style of each "test" row, for binding per style (when any row names one)."""
     slot_map.validate(sae)
     out: dict[str, Any] = {"slots": dict(zip(slot_map.concepts, slot_map.slots, strict=True))}
     z = labels = None
@@ -277,6 +288,9 @@ def slot_metrics(sae: SAE, slot_map: SlotMap, splits: dict[str, tuple[torch.Tens
         out[f"binding_accuracy_{name}"] = binding_accuracy(z[:, slot_map.slots], labels)
         out[f"auc_{name}"] = per_concept_auc(z[:, slot_map.slots], labels)
         out[f"confusion_{name}"] = confusion_matrix(z[:, slot_map.slots], labels)
+        if name == "test" and any(s is not None for s in test_styles):
+            by_style = binding_by_style(z[:, slot_map.slots], labels, test_styles)
+            out["binding_accuracy_test_by_style"] = by_style
     assert z is not None and labels is not None
     zg = encode(sae, generic)
     # how often SlotGuard's default threshold (half the slot scale) would fire on ordinary text
@@ -311,10 +325,11 @@ def alignment_report(model: nn.Module, tokenizer: PreTrainedTokenizerBase, vanil
     concept_acts = torch.cat([a for a, _ in splits.values()])
     recon = {name: {"generic": _reconstruction(sae, generic), "concept": _reconstruction(sae, concept_acts)}
              for name, sae in (("vanilla", vanilla), ("aligned", aligned))}
+    styles = [getattr(e, "style", None) for e in test_examples]
     report: dict[str, Any] = {
         "hookpoint": hookpoint, "concepts": list(slot_map.concepts),
-        "aligned": slot_metrics(aligned, slot_map, splits, generic),
-        "vanilla": slot_metrics(vanilla, vanilla_map, splits, generic), "reconstruction": recon,
+        "aligned": slot_metrics(aligned, slot_map, splits, generic, styles),
+        "vanilla": slot_metrics(vanilla, vanilla_map, splits, generic, styles), "reconstruction": recon,
         "fvu_increase": recon["aligned"]["generic"]["fvu"] / max(recon["vanilla"]["generic"]["fvu"], 1e-12) - 1,
     }
     if token_batches:

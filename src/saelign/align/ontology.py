@@ -16,7 +16,8 @@ A YAML or JSON file (examples in examples/ontologies/):
         description: the capital city of a country
         templates:                       # prompts with an {entity} placeholder; the test ones are never trained
           train: ["The capital of {entity} is", "{entity}'s capital city is"]
-          test: ["Q: What is the capital of {entity}?\\nA:"]
+          test: ["Q: What is the capital of {entity}?\\nA:", "Name the capital of {entity}.\\nAnswer:"]
+          test_styles: [qa, instruction]  # optional, one per test template: metrics report binding per style
         entities:                        # each entity × each template is one example
           - {entity: France, answer: Paris}
           - {entity: Germany, answer: Berlin, aliases: [Bonn]}
@@ -52,7 +53,7 @@ _ONTOLOGY_FIELDS = {"name", "description", "position", "marker", "require_answer
 _CONCEPT_FIELDS = {"name", "description", "examples", "entities", "templates"}
 _EXAMPLE_FIELDS = {"text", "answer", "entity", "split"}
 _ENTITY_FIELDS = {"entity", "answer", "aliases"}
-_TEMPLATE_FIELDS = {"train", "test"}
+_TEMPLATE_FIELDS = {"train", "test", "test_styles"}
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,16 @@ class Entity:
 class Templates:
     train: tuple[str, ...]
     test: tuple[str, ...] = ()
+    test_styles: tuple[str, ...] = ()  # empty, or one phrasing style per test template (qa, fill_in, ...)
+
+    def style(self, part: str, index: int) -> str | None:
+        return self.test_styles[index] if part == "test" and self.test_styles else None
+
+
+def styled_templates(train: tuple[str, ...], test_by_style: dict[str, tuple[str, ...]]) -> Templates:
+    """Templates whose unseen (test) ones are given per phrasing style, in the style order given."""
+    test = [(style, t) for style, templates in test_by_style.items() for t in templates]
+    return Templates(train, tuple(t for _, t in test), tuple(style for style, _ in test))
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,7 @@ class ConceptExample:
     split: Split
     char_index: int
     aliases: tuple[str, ...] = ()
+    style: str | None = None  # the test template's phrasing style, when the ontology names one
 
 
 @dataclass(frozen=True)
@@ -134,7 +146,8 @@ class Ontology:
                         for ent in concept.entities:
                             text, char = self.fill(template, ent.entity)
                             out.append(ConceptExample(text, concept.name, index, ent.entity, ent.answer,
-                                                      f"{owner}{part}/{t_index}", part, char, ent.aliases))
+                                                      f"{owner}{part}/{t_index}", part, char, ent.aliases,
+                                                      templates.style(part, t_index)))
             for ex in concept.examples:
                 hashed = zlib.crc32(ex.text.encode("utf-8")) / 2**32 < self.test_fraction
                 part = ex.split or ("test" if hashed else "train")
@@ -220,6 +233,12 @@ class Ontology:
         overlap = set(templates.train) & set(templates.test)
         if overlap:
             raise SaelignError(f"{here}: template {sorted(overlap)[0]!r} is in both train and test; test templates must be unseen")
+        if templates.test_styles and len(templates.test_styles) != len(templates.test):
+            raise SaelignError(f"{here}.test_styles: {len(templates.test_styles)} style(s) for "
+                               f"{len(templates.test)} test template(s); give one style per test template, "
+                               "in the same order, or none")
+        if any(not style.strip() for style in templates.test_styles):
+            raise SaelignError(f"{here}.test_styles: an empty style name; name every style (qa, fill_in...)")
         for part in ("train", "test"):
             for k, template in enumerate(getattr(templates, part)):
                 if PLACEHOLDER not in template:
@@ -257,7 +276,8 @@ class Ontology:
 
 
 def _templates_dict(t: Templates) -> dict[str, list[str]]:
-    return {"train": list(t.train), "test": list(t.test)}
+    styles = {"test_styles": list(t.test_styles)} if t.test_styles else {}
+    return {"train": list(t.train), "test": list(t.test), **styles}
 
 
 def _concept_dict(c: Concept) -> dict[str, Any]:
@@ -314,7 +334,8 @@ def _parse_templates(value: Any, where: str) -> Templates | None:
     if value is None:
         return None
     data = _fields(value, _TEMPLATE_FIELDS, {"train"}, where)
-    return Templates(_strings(data["train"], f"{where}.train"), _strings(data.get("test"), f"{where}.test"))
+    return Templates(_strings(data["train"], f"{where}.train"), _strings(data.get("test"), f"{where}.test"),
+                     _strings(data.get("test_styles"), f"{where}.test_styles"))
 
 
 def _parse_example(value: Any, where: str) -> LabelledText:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from saelign import distributed
 from saelign.align.activations import answer_token_ids, example_activations
 from saelign.align.builtin import build_ontology
 from saelign.align.interventions import SlotGuard, concept_swap, generate_with, slot_zero
@@ -43,8 +44,8 @@ METRICS_FILE = "metrics.json"
 @dataclass
 class AlignTrainConfig:
     sae: str = help_field("", "folder of the vanilla SAE to post-train (saelign/SAELens layout)")
-    ontology: str = help_field("", "ontology .yaml/.json file, or builtin:NAME (relations, pos, ner, "
-                                   "sentiment, wordnet)")
+    ontology: str = help_field("", "ontology .yaml/.json file, or builtin:NAME (relations, biographies, "
+                                   "pos, ner, sentiment, wordnet)")
     store: str = help_field("", "activation store at the SAE's hookpoint for the generic batches (empty: "
                                 "capture on the fly)")
     corpus: str = help_field("sotu", "text captured on the fly for the generic batches (as in `saelign capture`)")
@@ -162,7 +163,8 @@ def train_aligned(model_cfg: ModelConfig, cfg: AlignTrainConfig,
         answers = answer_token_ids(tokenizer, [ex.text for ex in examples], [str(ex.answer) for ex in examples])
     generic = generic_activations(model, tokenizer, hookpoint, cfg.generic_tokens, cfg.store, cfg.corpus, cfg.context_length)
     aligned, slot_map = post_train(sae, acts, labels, generic, post, ontology.concept_names, answers, ontology.position)
-    save_ontology(ontology, out / ONTOLOGY_COPY)
+    if distributed.is_main():
+        save_ontology(ontology, out / ONTOLOGY_COPY)
     record_stage(out, "align-train", {**config_to_dict(cfg), "model": config_to_dict(model_cfg)},
                  vanilla_sae=str(Path(cfg.sae).resolve()),
                  examples=len(examples), generic_rows=int(generic.shape[0]))

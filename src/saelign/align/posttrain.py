@@ -18,7 +18,11 @@ Choices beyond the authors' code, each a config option:
   have no norm constraint: with MSE binding the slot value is ≈1, so the row carries the concept's magnitude;
 - "silence" keeps slots at zero on generic text; "anchor" keeps the slot encoders near their probe
   initialisation (with few templates per concept, MSE binding alone overfits the train templates);
-- the value head is off by default: it makes slot values entity-dependent, which fights a swap at fixed α."""
+- the value head is off by default: it makes slot values entity-dependent, which fights a swap at fixed α.
+
+Under torchrun each rank takes every N-th row of each step's concept and generic batches (the data itself is
+small and in every rank's memory); gradients are averaged and the decorrelation's batch covariance is taken
+over all ranks' rows, so N processes give one process's result up to float summation order."""
 
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from saelign import checkpoint
+from saelign import checkpoint, distributed
 from saelign.align.losses import ValueHead, anchor_loss, binding_loss, decorrelation_loss, silence_loss
 from saelign.align.slots import SLOT_MAP_FILE, SlotMap, load_slot_map, save_slot_map
 from saelign.configs import config_to_dict, help_field
@@ -202,6 +206,8 @@ def post_train(sae: SAE, concept_acts: torch.Tensor, concept_labels: torch.Tenso
     """Return (aligned SAE, slot map), trained on `sae`'s device. With cfg.out set: checkpoints, resume, and
     the SAE + slot_map.json saved there."""
     cfg = cfg or PostTrainConfig()
+    distributed.init()
+    distributed.require_divisible(cfg.batch_size, "batch_size")
     labels = torch.as_tensor(concept_labels, dtype=torch.long)
     n_concepts = int(labels.max()) + 1 if concept_names is None else len(concept_names)
     names = list(concept_names) if concept_names is not None else [f"concept_{i}" for i in range(n_concepts)]
@@ -245,12 +251,15 @@ def post_train(sae: SAE, concept_acts: torch.Tensor, concept_labels: torch.Tenso
     bar.update(start)
     for step in range(start, cfg.total_steps):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        idx = torch.randint(len(acts), (cfg.batch_size,), generator=g).to(device)
-        terms = training_losses(aligned, slots, free_mask, acts_d[idx], labels_d[idx], stream.batch(step).to(device),
+        # this rank's share of the step's batches (all of them in one process)
+        idx = distributed.split(torch.randint(len(acts), (cfg.batch_size,), generator=g)).to(device)
+        generic = distributed.split(stream.batch(step)).to(device)
+        terms = training_losses(aligned, slots, free_mask, acts_d[idx], labels_d[idx], generic,
                                 cfg, stage=1 if step < cfg.steps_stage1 else 2, value_head=value_head,
                                 answers=answers_d[idx] if answers_d is not None else None, probe=probe)
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
+        distributed.all_reduce_gradients(params)
         optimizer.step()
         with torch.no_grad():
             rows = aligned.W_dec[free_mask]
@@ -269,12 +278,13 @@ def post_train(sae: SAE, concept_acts: torch.Tensor, concept_labels: torch.Tenso
 
     slot_map = SlotMap(concepts=names, slots=slots, hookpoint=sae.cfg.hookpoint, d_sae=aligned.cfg.d_sae,
                        position=position, scales=_slot_scales(aligned, acts, labels, slots))
-    if out is not None:
+    if out is not None and distributed.is_main():
         from saelign.sae.formats import save_sae
 
         save_sae(aligned, out)
         save_slot_map(slot_map, out)  # written last: its presence marks the run finished
         record_stage(out, "align-posttrain", config_to_dict(cfg), slots=dict(zip(names, slots, strict=True)))
+    distributed.barrier("the aligned SAE rank 0 writes")
     return aligned, slot_map
 
 
@@ -323,7 +333,9 @@ def training_losses(sae: SAE, slots: list[int], free_mask: torch.Tensor, concept
         free = z[:, free_mask]
         terms["l1"] = free.abs().mean()
         terms["binding"] = binding_loss(pre[:n, slots], labels, cfg.binding)
-        terms["decorrelation"] = decorrelation_loss(z[:, slots], free)
+        # a covariance over the global batch: every rank's rows, with gradients back to each rank's own
+        terms["decorrelation"] = decorrelation_loss(distributed.gather_rows_with_grad(z[:, slots]),
+                                                    distributed.gather_rows_with_grad(free))
         terms["silence"] = silence_loss(z[n:, slots])
         weights = {"l1": cfg.l1_coeff, "binding": cfg.binding_coeff, "decorrelation": cfg.decorrelation_coeff,
                    "silence": cfg.silence_coeff}

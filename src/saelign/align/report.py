@@ -62,6 +62,9 @@ def metric_rows(metrics: Mapping[str, Any]) -> list[list[Any]]:
 
     add("binding accuracy, train templates", lambda m, _: m.get("binding_accuracy_train"))
     add("binding accuracy, unseen templates", lambda m, _: m.get("binding_accuracy_test"))
+    for style in metrics["aligned"].get("binding_accuracy_test_by_style", {}):
+        add(f"binding accuracy, unseen templates, {style} style",
+            lambda m, _, style=style: m.get("binding_accuracy_test_by_style", {}).get(style))
     add("mean AUC, train", lambda m, _: _mean(m.get("auc_train")))
     add("mean AUC, unseen templates", lambda m, _: _mean(m.get("auc_test")))
     recon = metrics.get("reconstruction", {})

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import sys
 from collections.abc import Sequence
 
+from saelign import distributed
 from saelign.errors import SaelignError
 from saelign.progress import setup_logging
 from saelign.runinfo import SAELIGN_VERSION
+
+# What a subcommand that runs under torchrun sets (parser.set_defaults(data_parallel=True)).
+DATA_PARALLEL = "data_parallel"
 
 # Each module defines register(subparsers); order = order in --help.
 COMMAND_MODULES = [
@@ -50,15 +56,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # argparse would print the top-level usage; the subcommand's says which flags exist
         _chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
-    setup_logging(args.verbose)
+    launched = distributed.launched()
+    rank = f" (rank {distributed.global_rank_from_env()})" if launched else ""
+    setup_logging(args.verbose, quiet=launched and distributed.global_rank_from_env() > 0)
     try:
-        result = args.func(args)
+        if launched and not getattr(args, DATA_PARALLEL, False):
+            raise SaelignError("this subcommand runs in one process: run it without torchrun (under "
+                               "torchrun: capture, sae train, align train and sails train)")
+        distributed.init()
+        # Rank 0 reports for all: the other ranks' standard output (the same summary) is dropped.
+        quiet = not distributed.is_main()
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+            result = args.func(args)
     except SaelignError as exc:
-        print(f"saelign: error: {exc}", file=sys.stderr)
+        print(f"saelign{rank}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("saelign: interrupted; rerun the same command to resume", file=sys.stderr)
+        print(f"saelign{rank}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
     return int(result or 0)
 
 

@@ -1,4 +1,5 @@
-"""`saelign align {check,build,train,eval,swap,generate}`: AlignSAE from an ontology to a report and slot edits."""
+"""`saelign align {check,build,learn-facts,train,eval,swap,generate}`: AlignSAE from an ontology to a report
+and slot edits."""
 
 import argparse
 from typing import Any
@@ -23,7 +24,7 @@ def register(subparsers: Any) -> None:
     check.set_defaults(func=run_check)
 
     build = group.add_parser("build", help="build a built-in ontology from its pinned data, optionally keeping known facts")
-    build.add_argument("--name", required=True, help="relations, pos, ner, sentiment or wordnet")
+    build.add_argument("--name", required=True, help="relations, biographies, pos, ner, sentiment or wordnet")
     build.add_argument("--out", required=True, metavar="FILE", help="where to write it (.yaml, .yml or .json)")
     build.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="a builder option, e.g. max_entities=20 or relations=[capital,currency] (repeatable)")
@@ -32,8 +33,21 @@ def register(subparsers: Any) -> None:
     build.add_argument("--min-accuracy", type=float, default=0.5, help="share of a fact's train prompts the model must get right")
     build.set_defaults(func=run_build)
 
+    from saelign.align.learn import LearnFactsConfig
     from saelign.align.pipeline import AlignEvalConfig, AlignTrainConfig
     from saelign.align.posttrain import PostTrainConfig
+
+    learn = group.add_parser(
+        "learn-facts", help="fine-tune the model on an ontology's facts (e.g. biographies) and report its "
+                            "accuracy on train and unseen templates",
+        description="Fine-tune --model on the train prompts of --ontology until it answers them; writes "
+                    "OUT/model (use it as --model afterwards) and OUT/facts.json. Rerun the same command to "
+                    "resume. A --config file holds the options in `model:` and `learn:` sections.")
+    learn.add_argument("--config", default=None, metavar="FILE",
+                       help="YAML/JSON file with options (flags override it)")
+    add_config_args(learn, ModelConfig)
+    add_config_args(learn, LearnFactsConfig)
+    learn.set_defaults(func=run_learn_facts)
 
     train = add_stage_parser(group, "train",
                              help="post-train an SAE on an ontology (writes the aligned SAE + slot_map.json)",
@@ -43,7 +57,7 @@ def register(subparsers: Any) -> None:
                                          "activations come from --store or are captured on the fly from --corpus. "
                                          "Rerun the same command to resume. A --config file holds the options in "
                                          "`model:`, `align:` and `posttrain:` sections.")
-    train.set_defaults(func=run_train)
+    train.set_defaults(func=run_train, data_parallel=True)
     evaluate = add_stage_parser(group, "eval", help="binding, AUC, FVU, entanglement, fragmentation and swap α sweep vs "
                                                     "the vanilla SAE; metrics.json + report.md/.html",
                                 configs=[(ModelConfig, ""), (AlignEvalConfig, "")], sections=("model", "eval"),
@@ -116,6 +130,23 @@ def run_build(args: argparse.Namespace) -> int:
             print(f"{name:20s} {r['facts']:5d} {r['kept']:5d}  {r['train_accuracy']:9.2f}  {test:>8s}")
     path = save_ontology(ontology, args.out)
     print(f"{ontology.name}: {len(ontology.concepts)} concepts -> {path}")
+    return 0
+
+
+def run_learn_facts(args: argparse.Namespace) -> int:
+    from saelign.align.learn import LearnFactsConfig, learn_facts
+
+    report = learn_facts(build_config(ModelConfig, args, section="model"),
+                         build_config(LearnFactsConfig, args, section="learn"))
+    accuracy = report["accuracy"]
+    print(f"{report['facts']} facts, {report['train_pairs']} train prompts, {report['steps']} steps "
+          f"({report['train_minutes']:.1f} min)")
+    print(f"  accuracy, train templates:  {accuracy['train']:.3f}")
+    if accuracy["test"] is not None:
+        print(f"  accuracy, unseen templates: {accuracy['test']:.3f}")
+    for style, value in accuracy["test_by_style"].items():
+        print(f"    {style:24s} {value:.3f}")
+    print(f"model: {report['model']}")
     return 0
 
 

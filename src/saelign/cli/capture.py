@@ -15,7 +15,7 @@ def register(subparsers: Any) -> None:
         description="Run the model over a text corpus and store the activations at each hookpoint, masking special "
                     "tokens and the first position of each context. Rerun the same command to resume. A --config "
                     "file holds the options in `model:` and `capture:` sections.")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, data_parallel=True)
 
 
 def run(args: argparse.Namespace) -> int:

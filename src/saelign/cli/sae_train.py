@@ -14,8 +14,9 @@ from saelign.models import ModelConfig
 from saelign.sae.activations import ACTIVATIONS, activation_class
 from saelign.sae.activations.base import options_class
 from saelign.sae.model import SAEConfig
-from saelign.sae.pipeline import train_from_store, train_on_the_fly
+from saelign.sae.pipeline import train_from_stores, train_on_the_fly
 from saelign.sae.train import LOG_FILE, SAETrainConfig, default_names
+from saelign.store import ActivationStore
 
 
 @dataclass
@@ -45,12 +46,14 @@ def register(group: Any) -> None:
                     "A --config file holds the options in `sae:` and `train:` sections; the activations' "
                     "options (ActivationOptions) go in `train:`.")
     source = parser.add_argument_group("activation source (--store, or --model/--hookpoint/--corpus)")
-    source.add_argument("--store", metavar="DIR", help="activation store folder (from `saelign capture`)")
+    source.add_argument("--store", metavar="DIR[,DIR...]",
+                        help="activation store folder (from `saelign capture`); a comma list trains at each "
+                             "store's hookpoint, into OUT/<hookpoint>")
     source.add_argument("--model", metavar="MODEL", help="capture on the fly from this model ('default', HF folder, .gguf)")
     source.add_argument("--hookpoint", metavar="PATH", help="module path to capture on the fly, e.g. model.layers.15")
     source.add_argument("--corpus", default="sotu", metavar="SRC", help="text for on-the-fly capture (as in `saelign capture`)")
     source.add_argument("--context-length", type=int, default=128, metavar="INT", help="tokens per context on the fly")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, data_parallel=True)
 
 
 def _train_config(args: argparse.Namespace) -> SAETrainConfig:
@@ -80,14 +83,21 @@ def run(args: argparse.Namespace) -> int:
             for act, k, d_sae in itertools.product(sweep.activation, dict.fromkeys(sweep.k), sweep.d_sae)
             if activation_class(act).uses_k or k == sweep.k[0]]  # k only matters to some activations
     names = default_names(cfgs)
-    if args.store:
-        saes = train_from_store(args.store, cfgs, tcfg, names)
-    else:
-        saes = train_on_the_fly(ModelConfig(model=args.model, device=tcfg.device), args.hookpoint, cfgs, tcfg,
-                                args.corpus, args.context_length, names)
     out = Path(tcfg.out)
-    for name, sae in zip(names, saes, strict=True):
-        folder = out if len(saes) == 1 else out / name
-        print(f"{name}: {sae.cfg.activation} d_sae={sae.d_sae} k={sae.cfg.k} -> {folder}")
-    print(f"training log: {out / LOG_FILE}; sweep: {config_to_dict(sweep)}")
+    if args.store:
+        stores = [s for s in args.store.split(",") if s]
+        train_from_stores(stores, cfgs, tcfg, names)
+        # Printed from the stores, not from what this process trained: with distribute_modules rank 0, which
+        # prints, trains only some hookpoints.
+        several = len(stores) > 1
+        folders = [out / ActivationStore(s, verify=False).hookpoint for s in stores] if several else [out]
+    else:
+        train_on_the_fly(ModelConfig(model=args.model, device=tcfg.device), args.hookpoint, cfgs, tcfg,
+                         args.corpus, args.context_length, names)
+        folders = [out]
+    for folder in folders:
+        for name, cfg in zip(names, cfgs, strict=True):
+            where = folder if len(cfgs) == 1 else folder / name
+            print(f"{name}: {cfg.activation} d_sae={cfg.d_sae} k={cfg.k} -> {where}")
+        print(f"training log: {folder / LOG_FILE}; sweep: {config_to_dict(sweep)}")
     return 0

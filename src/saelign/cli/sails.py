@@ -44,7 +44,8 @@ def _preset_epilog() -> str:
 
 
 def _add_options(parser: argparse.ArgumentParser, stage: str) -> None:
-    parser.set_defaults(func=run, stage=stage)
+    # Under torchrun only adapter training is shared by the ranks; the other stages run in one process.
+    parser.set_defaults(func=run, stage=stage, data_parallel=stage == "train")
     parser.allow_abbrev = False  # a hidden option (--lora-init) must not pass for another (--lora-init-scale)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = _preset_epilog()
@@ -52,7 +53,8 @@ def _add_options(parser: argparse.ArgumentParser, stage: str) -> None:
         parser.add_argument("--out", dest="run_dir", default="runs/sails", metavar="DIR",
                             help="run directory (default: runs/sails)")
     else:
-        parser.add_argument("--run", dest="run_dir", required=True, metavar="DIR",
+        # --run-dir also: torchrun's own parser reads a later `--run` as an abbreviation of its --run-path
+        parser.add_argument("--run", "--run-dir", dest="run_dir", required=True, metavar="DIR",
                             help="run directory made by `saelign sails run`")
     parser.add_argument("--config", metavar="FILE",
                         help="YAML/JSON file of options in the sections below (flags override it)")

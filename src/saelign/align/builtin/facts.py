@@ -6,6 +6,7 @@ prompts (`saelign.text.answer_matches`)."""
 
 import dataclasses
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -29,20 +30,11 @@ def filter_known_facts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     correctly before filtering, on train and unseen test templates; None without test prompts). It is also
     stored in the returned ontology's `source["fact_filter"]`."""
     examples = ontology.examples(split=None)
-    missing = next((ex for ex in examples if not ex.answer), None)
-    if missing is not None:
-        raise SaelignError(f"ontology {ontology.name!r}: concept {missing.concept!r} has a prompt without an answer "
-                           f"({missing.text!r}); filtering known facts needs an answer for every entity or example")
-    if max_new_tokens is None:
-        longest = max(len(tokenizer(" " + str(ex.answer), add_special_tokens=False)["input_ids"]) for ex in examples)
-        max_new_tokens = longest + 2  # room for a leading article or space token
-    prompts = token_ids(tokenizer, [ex.text for ex in examples])
-    tokens = greedy_decode(model, prompts, max_new_tokens, pad_token_id(tokenizer),
-                           stop_ids(model, tokenizer), batch_size, desc="checking facts")
-    continuations = tokenizer.batch_decode(tokens, skip_special_tokens=True)
+    where = f"ontology {ontology.name!r}"
+    answered = answers_given(model, tokenizer, examples, batch_size, max_new_tokens, where)
     hits: dict[tuple[str, str], dict[str, list[bool]]] = defaultdict(lambda: {"train": [], "test": []})
-    for ex, text in zip(examples, continuations, strict=True):
-        hits[_fact_key(ex)][ex.split].append(answer_matches(text, str(ex.answer), ex.aliases))
+    for ex, ok in zip(examples, answered, strict=True):
+        hits[_fact_key(ex)][ex.split].append(ok)
     known = {key for key, h in hits.items() if _mean(h["train"] or h["test"]) >= min_accuracy}
     report = _report(ontology, hits, known)
     concepts = []
@@ -64,6 +56,30 @@ def filter_known_facts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
                                                  "min_accuracy": min_accuracy, "accuracy": report}}
     filtered = dataclasses.replace(ontology, concepts=tuple(concepts), source=source)
     return filtered.validate(f"ontology {ontology.name!r} after fact filtering"), report
+
+
+def answers_given(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                  examples: Sequence[ConceptExample], batch_size: int = 32, max_new_tokens: int | None = None,
+                  where: str = "ontology") -> list[bool]:
+    """Whether the model's greedy continuation of each example's prompt gives its answer (or an alias).
+    `max_new_tokens` defaults to the longest answer's length plus room for a leading article."""
+    missing = next((ex for ex in examples if not ex.answer), None)
+    if missing is not None:
+        raise SaelignError(f"{where}: concept {missing.concept!r} has a prompt without an answer "
+                           f"({missing.text!r}); "
+                           "checking facts needs an answer for every entity or example")
+    if not examples:
+        return []
+    if max_new_tokens is None:
+        longest = max(len(tokenizer(" " + str(ex.answer), add_special_tokens=False)["input_ids"])
+                      for ex in examples)
+        max_new_tokens = longest + 2
+    prompts = token_ids(tokenizer, [ex.text for ex in examples])
+    tokens = greedy_decode(model, prompts, max_new_tokens, pad_token_id(tokenizer),
+                           stop_ids(model, tokenizer), batch_size, desc="checking facts")
+    continuations = tokenizer.batch_decode(tokens, skip_special_tokens=True)
+    return [answer_matches(text, str(ex.answer), ex.aliases)
+            for ex, text in zip(examples, continuations, strict=True)]
 
 
 def _mean(values: list[bool]) -> float:

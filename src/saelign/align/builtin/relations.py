@@ -1,9 +1,10 @@
 """The relations ontology: one concept per factual or grammatical relation, from real data.
 
 Facts come from gensim's analogy file `questions-words.txt` and countryinfo's country JSON files (`RELATIONS`
-says which). Each relation has completion-style prompt templates whose next words are the answer. Country
-entities are shared across relations on purpose (France: capital, currency, language...), so a concept slot
-must encode the relation being asked, not the entity."""
+says which). Each relation has completion-style prompt templates whose next words are the answer; its unseen
+(test) templates come in three phrasing styles (fill_in, qa, instruction), so binding is read per style.
+Country entities are shared across relations on purpose (France: capital, currency, language...), so a concept
+slot must encode the relation being asked, not the entity."""
 
 import random
 from collections.abc import Sequence
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from saelign.align.ontology import Concept, Entity, Ontology, Templates
+from saelign.align.ontology import Concept, Entity, Ontology, styled_templates
 from saelign.datasets.countries import load_countries
 from saelign.datasets.registry import COUNTRYINFO, GENSIM, QUESTIONS_WORDS
 from saelign.errors import SaelignError, require
@@ -21,7 +22,7 @@ from saelign.errors import SaelignError, require
 class Relation:
     description: str
     train: tuple[str, ...]
-    test: tuple[str, ...]
+    test: dict[str, tuple[str, ...]]  # phrasing style -> unseen templates
     section: str | None = None  # questions-words section; None: derived from countryinfo
 
 
@@ -30,59 +31,81 @@ RELATIONS: dict[str, Relation] = {
         "the capital city of a country",
         ("The capital of {entity} is", "The capital city of {entity} is", "The capital of {entity} is the city of",
          "The capital and seat of government of {entity} is"),
-        ("I flew to {entity} and spent a week in its capital,", "The government of {entity} sits in the city of"),
+        {"fill_in": ("I flew to {entity} and spent a week in its capital,",
+                     "The government of {entity} sits in the city of"),
+         "qa": ("Q: Which city is the capital of {entity}?\nA:",),
+         "instruction": ("Name the capital city of {entity}.\nAnswer:",)},
         "capital-*"),
     "currency": Relation(
         "the currency of a country",
         ("The currency of {entity} is the", "The official currency of {entity} is called the",
          "In {entity}, people pay with the local currency, the", "The money used in {entity} is called the"),
-        ("To buy bread in {entity} you need the local currency, the", "Q: What currency is used in {entity}?\nA: The"),
+        {"fill_in": ("To buy bread in {entity} you need the local currency, the",),
+         "qa": ("Q: What currency is used in {entity}?\nA: The",),
+         "instruction": ("Name the currency of {entity}.\nAnswer: The",)},
         "currency"),
     "nationality": Relation(
         "the nationality adjective (demonym) of a country",
         ("A person from {entity} is", "Someone born in {entity} is", "A citizen of {entity} is",
          "My neighbour comes from {entity}; he is"),
-        ("My friend grew up in {entity}, so she is", "Q: What do you call a person from {entity}?\nA:"),
+        {"fill_in": ("My friend grew up in {entity}, so she is",),
+         "qa": ("Q: What do you call a person from {entity}?\nA:",),
+         "instruction": ("Give the word for a person from {entity}.\nAnswer:",)},
         "gram6-nationality-adjective"),
     "city_in_state": Relation(
         "the US state a city is in",
         ("{entity} is a city in the state of", "The city of {entity} is located in the state of",
          "{entity} is in the US state of", "{entity} is one of the largest cities in the state of"),
-        ("I live in {entity}, in the state of", "Q: In which US state is {entity}?\nA: It is in"),
+        {"fill_in": ("I live in {entity}, in the state of",),
+         "qa": ("Q: In which US state is {entity}?\nA: It is in",),
+         "instruction": ("Name the US state that the city of {entity} is in.\nAnswer:",)},
         "city-in-state"),
     "continent": Relation(
         "the continent a country is on",
         ("{entity} is a country in", "{entity} is located on the continent of", "{entity} is part of the continent of",
          "{entity} is a country on the continent of"),
-        ("My trip to {entity} was my first time in", "{entity} is a country located in")),
+        {"fill_in": ("My trip to {entity} was my first time in", "{entity} is a country located in"),
+         "qa": ("Q: On which continent is {entity}?\nA:",),
+         "instruction": ("Name the continent that {entity} is on.\nAnswer:",)}),
     "language": Relation(
         "the main official language of a country",
         ("The official language of {entity} is", "The main language spoken in {entity} is",
          "In {entity}, the national language is", "People in {entity} speak"),
-        ("When I moved to {entity}, I learned to speak", "Children in {entity} grow up speaking")),
+        {"fill_in": ("When I moved to {entity}, I learned to speak", "Children in {entity} grow up speaking"),
+         "qa": ("Q: What language do most people speak in {entity}?\nA:",),
+         "instruction": ("Name the main language of {entity}.\nAnswer:",)}),
     "plural": Relation(
         "the plural of a noun",
         ("One {entity}, two", "I have one {entity} and you have three", "Singular: {entity}. Plural:",
          "There was one {entity}, then there were two"),
-        ("Q: What is the plural of \"{entity}\"?\nA:", "Not just one {entity}: we saw many"),
+        {"fill_in": ("Not just one {entity}: we saw many",),
+         "qa": ("Q: What is the plural of \"{entity}\"?\nA:",),
+         "instruction": ("Write the plural of the noun \"{entity}\".\nAnswer:",)},
         "gram8-plural"),
     "present_participle": Relation(
         "the -ing form of a verb",
         ("She wants to {entity}, so now she is", "They wanted to {entity}, so now they are",
          "He wants to {entity}, so now he is", "They love to {entity}; they spend all day"),
-        ("You wanted to {entity}, so now you are", "Do you want to {entity}? We are already"),
+        {"fill_in": ("You wanted to {entity}, so now you are", "Do you want to {entity}? We are already"),
+         "qa": ("Q: What is the -ing form of the verb \"{entity}\"?\nA:",),
+         "instruction": ("Write the -ing form of the verb \"{entity}\".\nAnswer:",)},
         "gram5-present-participle"),
     "comparative": Relation(
         "the comparative form of an adjective",
         ("This one is {entity}, but that one is even", "Today is {entity}, but tomorrow will be even",
          "My room is {entity}, but yours is even", "It was {entity} yesterday and it will be even"),
-        ("Our old house was {entity}; the new one is even", "The first box is {entity}, and the second box is even"),
+        {"fill_in": ("Our old house was {entity}; the new one is even",
+                     "The first box is {entity}, and the second box is even"),
+         "qa": ("Q: What is the comparative form of \"{entity}\"?\nA:",),
+         "instruction": ("Write the comparative form of the adjective \"{entity}\".\nAnswer:",)},
         "gram3-comparative"),
     "opposite": Relation(
         "the negated (un-/in-/im-) opposite of an adjective",
         ("The opposite of {entity} is", "The antonym of {entity} is", "Is it {entity} or",
          "Some things are {entity}, and others are"),
-        ("It is either {entity} or", "Something that is not {entity} is"),
+        {"fill_in": ("It is either {entity} or", "Something that is not {entity} is"),
+         "qa": ("Q: What is the opposite of the word \"{entity}\"?\nA:",),
+         "instruction": ("Write the negated opposite of the adjective \"{entity}\".\nAnswer:",)},
         "gram2-opposite"),
 }
 
@@ -226,7 +249,8 @@ def build_relations(relations: Sequence[str] | None = None, max_entities: int = 
     facts = relation_facts(parse_questions_words(qw_path), countries, names)
     chosen = select_entities(facts, max_entities, seed)
     concepts = tuple(Concept(n, RELATIONS[n].description, entities=tuple(chosen[n]),
-                             templates=Templates(RELATIONS[n].train, RELATIONS[n].test)) for n in names)
+                             templates=styled_templates(RELATIONS[n].train, RELATIONS[n].test))
+                     for n in names)
     source = {"builder": "relations", "questions_words": f"{GENSIM.name} {QUESTIONS_WORDS}",
               "countryinfo": f"{COUNTRYINFO.name} {COUNTRYINFO.members[0]}",
               "max_entities": max_entities, "seed": seed}
