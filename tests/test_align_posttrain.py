@@ -261,6 +261,7 @@ def test_resume_equals_uninterrupted(saes, data, tmp_path, monkeypatch):
     state = json.loads(state_path.read_text())
     assert state["options"]["anchor_coeff"] == cfg.anchor_coeff == 1.0
     del state["options"]["anchor_coeff"]
+    del state["options"]["concepts"], state["options"]["examples"]  # nor concepts: they resume as before
     state_path.write_text(json.dumps(state))
     post_train(saes["topk"], x_train, y_train, generic, dataclasses.replace(cfg, out=out, anchor_coeff=0.0), answer_tokens=answers)
     with pytest.raises(SaelignError, match=r"different options \(anchor_coeff\)"):

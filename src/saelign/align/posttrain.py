@@ -303,7 +303,9 @@ def _restore(out: Path, cfg: PostTrainConfig, data: dict[str, Any], slots: list[
              optimizer: torch.optim.Optimizer | None = None) -> int:
     """Load `out`'s checkpoint into the modules and return its step (0: none). Refuses other options or slots;
     without modules it only performs those checks."""
-    ckpt = checkpoint.load(out / CHECKPOINT_DIR, checkpoint.fingerprint(cfg, **data), added=_ADDED_OPTIONS)
+    # Checkpoints older than the concept fingerprint cannot tell: they resume as before (a finished folder's
+    # ontology copy is still compared by align train).
+    ckpt = checkpoint.load(out / CHECKPOINT_DIR, checkpoint.fingerprint(cfg, **data), added={**_ADDED_OPTIONS, **data})
     if ckpt is None:
         return 0
     state, tensors = ckpt
