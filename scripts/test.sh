@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Set up, then run the test suite. The browser tests need Debian's chromium + chromium-driver: installed here
 # when missing (as root). The longer checks (-m slow: real model; -m load: serve load test; -m faults: every
-# fault-injection trial) run afterwards when time allows: always under CI (CI=true) or with --slow, bounded by
-# SAELIGN_SLOW_BUDGET seconds (default 2400).
+# fault-injection trial; -m fuzz: many examples per file loader) run afterwards when time allows: always under
+# CI (CI=true) or with --slow, bounded by SAELIGN_SLOW_BUDGET seconds (default 2400).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -17,6 +17,6 @@ fi
 export SAELIGN_QUIET=1
 .venv/bin/python -m pytest -q
 if [ "${CI:-}" = "true" ] || [ "${1:-}" = "--slow" ]; then
-  timeout "${SAELIGN_SLOW_BUDGET:-2400}" .venv/bin/python -m pytest -q -m "slow or load or faults" || {
+  timeout "${SAELIGN_SLOW_BUDGET:-2400}" .venv/bin/python -m pytest -q -m "slow or load or faults or fuzz" || {
     rc=$?; [ $rc -eq 124 ] && { echo "slow suite stopped at its time budget"; exit 0; }; exit $rc; }
 fi

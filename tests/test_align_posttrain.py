@@ -249,11 +249,19 @@ def test_resume_equals_uninterrupted(saes, data, tmp_path, monkeypatch):
     torch.testing.assert_close(again.W_enc, loaded.W_enc)
     with pytest.raises(SaelignError, match=r"different options \(lr\)"):
         post_train(saes["topk"], x_train, y_train, generic, dataclasses.replace(cfg, out=out, lr=0.1), answer_tokens=answers)
+    # Other concepts (names, or examples per concept) on the same folder are refused too, finished or not.
+    names = [f"other_{i}" for i in range(int(y_train.max()) + 1)]
+    with pytest.raises(SaelignError, match=r"different options \(concepts\)"):
+        post_train(saes["topk"], x_train, y_train, generic, dataclasses.replace(cfg, out=out), names, answers)
+    with pytest.raises(SaelignError, match=r"different options \(examples\)"):
+        post_train(saes["topk"], x_train[1:], y_train[1:], generic, dataclasses.replace(cfg, out=out),
+                   answer_tokens=answers[1:])
     # A run saved before the anchor option existed had no anchor: it loads as anchor_coeff=0, not as the default.
     state_path = tmp_path / "b" / posttrain.CHECKPOINT_DIR / "state.json"
     state = json.loads(state_path.read_text())
     assert state["options"]["anchor_coeff"] == cfg.anchor_coeff == 1.0
     del state["options"]["anchor_coeff"]
+    del state["options"]["concepts"], state["options"]["examples"]  # nor concepts: they resume as before
     state_path.write_text(json.dumps(state))
     post_train(saes["topk"], x_train, y_train, generic, dataclasses.replace(cfg, out=out, anchor_coeff=0.0), answer_tokens=answers)
     with pytest.raises(SaelignError, match=r"different options \(anchor_coeff\)"):

@@ -137,6 +137,33 @@ def test_resume_after_interruption_is_byte_identical(tmp_path, corpus_file, toke
     assert calls[0] == 1  # a finished store: only the width probe runs, nothing is rewritten
 
 
+@pytest.mark.parametrize("damage", ["delete", "truncate", "corrupt"])
+def test_capture_repairs_a_finished_store_with_a_damaged_shard(tmp_path, corpus_file, tokenizer, tiny_llama, damage):
+    """The loader's advice (rerun the capture; for a corrupt shard, delete it first) ends in a usable store
+    with the same bytes as before, instead of 'already complete' and the same error again."""
+    cfg = config(corpus_file, tmp_path / "out")
+    folder = capture(MODEL, cfg, tiny_llama, tokenizer)["model.layers.1"]
+    shards = sorted(folder.glob("shard_*.safetensors"))
+    assert len(shards) >= 3
+    original = {p.name: p.read_bytes() for p in shards}
+    broken = shards[1]
+    if damage == "delete":
+        broken.unlink()
+    elif damage == "truncate":
+        broken.write_bytes(original[broken.name][:100])
+    else:  # same size, other bytes: only the sha256 check sees it, and its advice is to delete the file
+        broken.write_bytes(bytes(b ^ 0xFF for b in original[broken.name]))
+        with pytest.raises(SaelignError, match=r"sha256 differs from the manifest\); delete it and rerun"):
+            list(ActivationStore(folder).batches(64))
+        broken.unlink()
+    if damage == "truncate":
+        with pytest.raises(SaelignError, match="rerun the same `saelign capture` command to recapture it"):
+            ActivationStore(folder)
+    capture(MODEL, cfg, tiny_llama, tokenizer)
+    assert {p.name: p.read_bytes() for p in sorted(folder.glob("shard_*.safetensors"))} == original
+    assert sum(b.shape[0] for b in ActivationStore(folder).batches(64)) == ActivationStore(folder).num_tokens
+
+
 def test_budget_and_float16(tmp_path, corpus_file, tokenizer, tiny_llama):
     cfg = config(corpus_file, tmp_path / "out", token_budget=150, store_dtype="float16")
     store = ActivationStore(capture(MODEL, cfg, tiny_llama, tokenizer)["model.layers.1"])

@@ -33,6 +33,6 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys):
     assert main(["serve"]) == 2
     assert "give --run" in capsys.readouterr().err
     assert main(["serve", "--run", str(tmp_path), "--queue-size", "0"]) == 2
-    assert "queue_size must be positive" in capsys.readouterr().err
+    assert "--queue-size must be positive" in capsys.readouterr().err
     assert main(["serve", "--run", str(tmp_path)]) == 2
     assert "not a SAILS run folder" in capsys.readouterr().err

@@ -124,3 +124,10 @@ def test_evaluate_sae_files_matches_the_cli(tmp_path, tiny_llama_dir, tiny_llama
     assert results["splice"]["predictions"] == cli["splice"]["predictions"] > 0
     run = json.loads((tmp_path / "api" / "run.json").read_text())["stages"]["sae_eval"]
     assert run["config"]["model"]["model"] == str(tiny_llama_dir.resolve())  # the store's model was used
+    again = ["sae", "eval", "--sae", str(tmp_path / "sae"), "--store", str(stores[HOOK]), "--n-contexts", "0",
+             "--out", str(tmp_path / "cli")]
+    before = (tmp_path / "cli" / EVAL_FILE).read_bytes()
+    assert main(again) == 2 and (tmp_path / "cli" / EVAL_FILE).read_bytes() == before  # the earlier one stays
+    assert main([*again, "--overwrite"]) == 0
+    replaced = json.loads((tmp_path / "cli" / EVAL_FILE).read_text())
+    assert "splice" not in replaced  # no splice this time: the file was rewritten

@@ -29,7 +29,11 @@ NUMBERS = ["two", "three", "four", "five"]
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory, tiny_llama_dir) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("sails_inputs")
+    return write_inputs(tmp_path_factory.mktemp("sails_inputs"), tiny_llama_dir)
+
+
+def write_inputs(root: Path, model_dir: Path) -> dict[str, Path]:
+    """Local prompts, corpus and facts, and a tiny-sized config over them (tiny.yaml), in `root`."""
     rows = [{"prompt": t.format(n), "kind": kind} for kind, templates in
             (("harmful", HARMFUL), ("harmless", HARMLESS), ("borderline", BORDERLINE)) for t in templates for n in NUMBERS]
     (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -37,7 +41,7 @@ def inputs(tmp_path_factory, tiny_llama_dir) -> dict[str, Path]:
                                                  "capital of France and Berlin is the capital of Germany." for i in range(30)))
     (root / "facts.jsonl").write_text(json.dumps({"question": "What is the capital of France?", "answer": "Paris"}) + "\n")
     tiny = {
-        "model": {"model": str(tiny_llama_dir)},
+        "model": {"model": str(model_dir)},
         "data": {"sources": [], "user_files": [str(root / "data.jsonl")], "val_fraction": 0.2, "test_fraction": 0.3,
                  "dedupe_threshold": 1.0},
         "hookpoint": "model.layers.1",
@@ -147,12 +151,29 @@ def test_cli_runs_and_stage_commands_reuse_the_stored_config(tmp_path, finished,
     assert "is a 'quick' run" in capsys.readouterr().err
 
 
+def test_report_shows_no_result_whose_inputs_are_gone(tmp_path, finished, capsys):
+    """A folder left inconsistent (the adapter removed, its evaluation kept, as an interrupted --overwrite of
+    an older saelign left it) reports the base model only, never the evaluation of a missing adapter."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    shutil.rmtree(run_dir / "methods" / "sails")
+    assert (run_dir / "eval" / "sails.json").is_file()
+    assert main(["sails", "report", "--run", str(run_dir)]) == 0
+    lines = [line.split()[0] for line in capsys.readouterr().out.splitlines() if " safety " in line]
+    assert lines == ["base"]
+    assert "| sails |" not in (run_dir / "report.md").read_text()
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--lora-target-modules", "q_proj,attn_proj"], "lora.target_modules: attn_proj not found"),
     (["--methods", "sails,dpo"], "unknown method 'dpo'"),
     (["--hookpoint", "model.layers.1,model.layers.2"], "one SAE at one hookpoint"),
     (["--sft-stop-at-safety", "0.95", "--sft-eval-every", "0"], "set --sft-eval-every"),
-    (["--sft-stop-at-safety", "95"], "sft.stop_at_safety is a rate between 0 and 1"),
+    (["--sft-stop-at-safety", "95"], "--sft-stop-at-safety is a rate between 0 and 1"),
+    (["--sft-steps", "-3"], "--sft-steps must be positive, got -3"),
+    (["--sft-steps", "x"], "--sft-steps: expected int, got 'x'"),
 ])
 def test_cli_bad_options_are_one_line_errors(tmp_path, inputs, capsys, extra, message):
     code = main(["sails", "run", "--config", str(inputs["config"]), "--out", str(tmp_path / "run"), *extra])

@@ -22,7 +22,13 @@ import torch
 from saelign import distributed
 from saelign.configs import config_to_dict
 from saelign.errors import SaelignError
-from saelign.io import ensure_writable_dir, load_tensors, read_json, save_tensors_atomic, write_json_atomic
+from saelign.io import (
+    ensure_writable_dir,
+    load_tensors,
+    read_json_object,
+    save_tensors_atomic,
+    write_json_atomic,
+)
 
 STATE_FILE = "state.json"
 FORMAT_VERSION = 1
@@ -52,8 +58,12 @@ def load(directory: str | Path, fingerprint: dict[str, Any], added: dict[str, An
     path = Path(directory) / STATE_FILE
     if not path.is_file():
         return None
-    state = read_json(path, "training checkpoint state")
-    if state.get("format_version") != FORMAT_VERSION or not isinstance(state.get("files"), dict):
+    state = read_json_object(path, "training checkpoint state")
+    files = state.get("files")
+    # Tensor files are plain names in the checkpoint folder: a path that leads elsewhere is not one of ours.
+    if state.get("format_version") != FORMAT_VERSION or not isinstance(files, dict) or not isinstance(
+            state.get("options", {}), dict) or not all(
+            isinstance(n, str) and n == Path(n).name and n.endswith(".safetensors") for n in files.values()):
         raise SaelignError(f"{path} is not a saelign training checkpoint (version {FORMAT_VERSION}); "
                            "delete the checkpoint folder to start over")
     saved = {**(added or {}), **state.get("options", {})}

@@ -29,15 +29,30 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        # mkstemp creates 0600, and writers such as safetensors' save_file replace the file: set the mode last,
-        # so artifacts get what the user's umask gives a normal file and shared folders stay readable.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
+        # mkstemp creates 0600, and writers such as safetensors' save_file replace the file: set the mode last.
+        share(tmp_path)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _umask() -> int:
+    umask = os.umask(0)  # the only way to read it; set straight back
+    os.umask(umask)
+    return umask
+
+
+def share(path: str | Path) -> None:
+    """Give a file, or a folder and everything in it, the mode the user's umask gives a new file or folder
+    (0644 / 0755 under umask 022). Temporary files and folders are private (mkstemp, mkdtemp: 0600, 0700) and
+    safetensors writes 0600 files, so every artifact made that way passes through here before it is renamed
+    into place: a shared model, SAE or adapter folder stays readable to others."""
+    path = Path(path)
+    umask = _umask()
+    for item in [path, *(path.rglob("*") if path.is_dir() and not path.is_symlink() else ())]:
+        if not item.is_symlink():
+            os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~umask)
 
 
 def ensure_writable_dir(directory: str | Path) -> Path:
@@ -66,8 +81,21 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         raise SaelignError(f"{what} not found: {path}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SaelignError(f"{what} {path} is not UTF-8 text (byte {exc.start}); fix or regenerate it") from exc
     except json.JSONDecodeError as exc:
         raise SaelignError(f"{what} {path} is not valid JSON (line {exc.lineno}: {exc.msg}); fix or regenerate it") from exc
+    except RecursionError as exc:
+        raise SaelignError(f"{what} {path} nests too deeply to be read; fix or regenerate it") from exc
+
+
+def read_json_object(path: str | Path, what: str = "JSON file") -> dict[str, Any]:
+    """`read_json` of a file whose top level must be an object (a record, a config, a manifest)."""
+    data = read_json(path, what)
+    if not isinstance(data, dict):
+        raise SaelignError(f"{what} {path} is not a JSON object (its top level is a {type(data).__name__}); "
+                           "regenerate it")
+    return data
 
 
 def save_tensors_atomic(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

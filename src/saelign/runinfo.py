@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from saelign import distributed
-from saelign.io import read_json, write_json_atomic
+from saelign.errors import SaelignError
+from saelign.io import read_json_object, write_json_atomic
 
 SAELIGN_VERSION = version("saelign")  # pyproject.toml is the one place the version is written
 
@@ -38,6 +39,8 @@ def record_stage(run_dir: str | Path, stage: str, config: dict[str, Any], **extr
     if distributed.global_world_size() > 1:  # which of the job's processes made it, and how many shared it
         extra.update(processes=distributed.world_size(), rank=distributed.global_rank())
     path = Path(run_dir) / "run.json"
-    data = read_json(path, "run.json") if path.exists() else {"saelign": SAELIGN_VERSION, "environment": environment_info(), "stages": {}}
+    data = read_json_object(path, "run.json") if path.exists() else {"saelign": SAELIGN_VERSION, "environment": environment_info(), "stages": {}}
+    if not isinstance(data.setdefault("stages", {}), dict):
+        raise SaelignError(f"{path}: 'stages' must be a mapping; restore the file or remove it to start a new record")
     data["stages"][stage] = {"config": config, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
     write_json_atomic(path, data)

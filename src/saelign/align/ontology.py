@@ -396,9 +396,13 @@ def load_ontology(path: str | Path) -> Ontology:
     path = Path(path)
     if not path.is_file():
         raise SaelignError(f"ontology file not found: {path}")
-    text = path.read_text(encoding="utf-8")
     try:
+        text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except UnicodeDecodeError as exc:
+        raise SaelignError(f"ontology {path}: not UTF-8 text (byte {exc.start}); convert it to UTF-8") from exc
+    except RecursionError as exc:
+        raise SaelignError(f"ontology {path}: nests too deeply to be read; fix the file") from exc
     except json.JSONDecodeError as exc:
         raise SaelignError(f"ontology {path}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
     except yaml.YAMLError as exc:

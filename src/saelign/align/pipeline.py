@@ -26,7 +26,7 @@ from saelign.align.slots import SlotMap, load_slot_map
 from saelign.configs import config_to_dict, help_field
 from saelign.datasets.corpus import iter_contexts, open_corpus
 from saelign.errors import SaelignError, require
-from saelign.io import read_json, write_json_atomic
+from saelign.io import read_json_object, write_json_atomic
 from saelign.models import ModelConfig, load_model
 from saelign.progress import logger
 from saelign.runinfo import record_stage
@@ -121,11 +121,36 @@ def generic_activations(model: nn.Module, tokenizer: PreTrainedTokenizerBase, ho
     return rows
 
 
+def _align_record(run_json: Path) -> dict[str, Any]:
+    """What train_aligned recorded in a folder's run.json; {} for folders made otherwise."""
+    stages = read_json_object(run_json, "run.json").get("stages", {}) if run_json.is_file() else {}
+    record = stages.get("align-train", {}) if isinstance(stages, dict) else None
+    if not isinstance(record, dict):
+        raise SaelignError(f"{run_json}: its align-train record is malformed; restore the file or align again")
+    return record
+
+
+def _check_same_alignment(out: Path, ontology: Ontology, vanilla: Path) -> None:
+    """An --out that holds a finished alignment is handed back unchanged, so it must be of the same ontology
+    and SAE (an unfinished one is checked by post-training's resume fingerprint, which names the concepts)."""
+    copy = out / ONTOLOGY_COPY
+    if copy.is_file() and load_ontology(copy).to_dict() != ontology.to_dict():
+        raise SaelignError(f"{out} holds an alignment on another ontology ({copy}); choose another --out, or "
+                           f"delete {out} to align this ontology there")
+    run_json = out / "run.json"
+    record = _align_record(run_json)
+    if record.get("vanilla_sae") not in (None, str(vanilla)):
+        raise SaelignError(f"{out} holds an alignment of the SAE {record['vanilla_sae']}, not {vanilla}; choose "
+                           f"another --out, or delete {out} to start over")
+
+
 def train_aligned(model_cfg: ModelConfig, cfg: AlignTrainConfig,
                   post: PostTrainConfig) -> tuple[SAE, SlotMap]:
     """Post-train `cfg.sae` on `cfg.ontology` into `post.out` (rerun to resume), on the model's device."""
     require(post.out, "--out is required: the folder that receives the aligned SAE and slot_map.json")
     ontology = resolve_ontology(cfg.ontology)
+    out = Path(post.out)
+    _check_same_alignment(out, ontology, Path(cfg.sae).resolve())
     sae = load_sae(cfg.sae)
     model, tokenizer, hookpoint = _checked_model(model_cfg, sae)
     examples = ontology.examples("train")
@@ -138,7 +163,6 @@ def train_aligned(model_cfg: ModelConfig, cfg: AlignTrainConfig,
         answers = answer_token_ids(tokenizer, [ex.text for ex in examples], [str(ex.answer) for ex in examples])
     generic = generic_activations(model, tokenizer, hookpoint, cfg.generic_tokens, cfg.store, cfg.corpus, cfg.context_length)
     aligned, slot_map = post_train(sae, acts, labels, generic, post, ontology.concept_names, answers, ontology.position)
-    out = Path(post.out)
     if distributed.is_main():
         save_ontology(ontology, out / ONTOLOGY_COPY)
     record_stage(out, "align-train", {**config_to_dict(cfg), "model": config_to_dict(model_cfg)},
@@ -155,8 +179,7 @@ def evaluate_aligned(model_cfg: ModelConfig, cfg: AlignEvalConfig,
     aligned_dir = Path(cfg.aligned)
     aligned, slot_map = load_aligned(aligned_dir)
     run_json = aligned_dir / "run.json"  # what train_aligned recorded; {} for folders made otherwise
-    stages = read_json(run_json, "run.json").get("stages", {}) if run_json.is_file() else {}
-    record = stages.get("align-train", {})
+    record = _align_record(run_json)
     vanilla_path = cfg.vanilla or record.get("vanilla_sae")
     if not vanilla_path:
         raise SaelignError(f"{aligned_dir}/run.json names no vanilla SAE; pass --vanilla DIR (the SAE before post-training)")

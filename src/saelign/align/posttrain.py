@@ -30,7 +30,7 @@ import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -216,10 +216,12 @@ def post_train(sae: SAE, concept_acts: torch.Tensor, concept_labels: torch.Tenso
     if cfg.value_coeff > 0 and (answer_tokens is None or len(answer_tokens) != len(acts)):
         raise SaelignError("value_coeff > 0 needs answer_tokens: the first answer token of every concept example")
     out = Path(cfg.out) if cfg.out else None
+    # The concepts and how many examples each has: a checkpoint resumes only on the same concept data.
+    data = {"concepts": names, "examples": torch.bincount(labels, minlength=n_concepts).tolist()}
     if out is not None and (out / SLOT_MAP_FILE).is_file():
         from saelign.sae.formats import load_sae
 
-        _restore(out, cfg)  # raises if the finished run used other options
+        _restore(out, cfg, data)  # raises if the finished run used other options or concepts
         logger.info(f"post-training already finished in {out}; loading it")
         aligned = load_sae(out)
         return aligned, load_slot_map(out, aligned)
@@ -242,7 +244,7 @@ def post_train(sae: SAE, concept_acts: torch.Tensor, concept_labels: torch.Tenso
 
     start = 0
     if out is not None:
-        start = _restore(out, cfg, slots, aligned, value_head, optimizer)
+        start = _restore(out, cfg, data, slots, aligned, value_head, optimizer)
     acts_d, labels_d = acts.to(device), labels.to(device)
     answers_d = answer_tokens.to(device) if answer_tokens is not None else None
     bar = progress(total=cfg.total_steps, desc="AlignSAE post-train", unit="step")
@@ -271,7 +273,7 @@ def post_train(sae: SAE, concept_acts: torch.Tensor, concept_labels: torch.Tenso
             logger.debug(f"step {step}: {shown}")
         done = step + 1
         if out is not None and (done == cfg.total_steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
-            _save(out, cfg, slots, aligned, value_head, optimizer, done)
+            _save(out, cfg, data, slots, aligned, value_head, optimizer, done)
     bar.close()
 
     slot_map = SlotMap(concepts=names, slots=slots, hookpoint=sae.cfg.hookpoint, d_sae=aligned.cfg.d_sae,
@@ -286,21 +288,24 @@ def post_train(sae: SAE, concept_acts: torch.Tensor, concept_labels: torch.Tenso
     return aligned, slot_map
 
 
-def _save(out: Path, cfg: PostTrainConfig, slots: list[int], sae: SAE, value_head: ValueHead | None,
-          optimizer: torch.optim.Optimizer, step: int) -> None:
+def _save(out: Path, cfg: PostTrainConfig, data: dict[str, Any], slots: list[int], sae: SAE,
+          value_head: ValueHead | None, optimizer: torch.optim.Optimizer, step: int) -> None:
     optim, groups = checkpoint.optimizer_tensors(optimizer)
     tensors = {"sae": sae.state_dict(), "optimizer": optim}
     if value_head is not None:
         tensors["value_head"] = value_head.state_dict()
-    checkpoint.save(out / CHECKPOINT_DIR, step, tensors, checkpoint.fingerprint(cfg), slots=slots,
+    checkpoint.save(out / CHECKPOINT_DIR, step, tensors, checkpoint.fingerprint(cfg, **data), slots=slots,
                     param_groups=groups)
 
 
-def _restore(out: Path, cfg: PostTrainConfig, slots: list[int] | None = None, sae: SAE | None = None,
-             value_head: ValueHead | None = None, optimizer: torch.optim.Optimizer | None = None) -> int:
+def _restore(out: Path, cfg: PostTrainConfig, data: dict[str, Any], slots: list[int] | None = None,
+             sae: SAE | None = None, value_head: ValueHead | None = None,
+             optimizer: torch.optim.Optimizer | None = None) -> int:
     """Load `out`'s checkpoint into the modules and return its step (0: none). Refuses other options or slots;
     without modules it only performs those checks."""
-    ckpt = checkpoint.load(out / CHECKPOINT_DIR, checkpoint.fingerprint(cfg), added=_ADDED_OPTIONS)
+    # Checkpoints older than the concept fingerprint cannot tell: they resume as before (a finished folder's
+    # ontology copy is still compared by align train).
+    ckpt = checkpoint.load(out / CHECKPOINT_DIR, checkpoint.fingerprint(cfg, **data), added={**_ADDED_OPTIONS, **data})
     if ckpt is None:
         return 0
     state, tensors = ckpt

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from saelign import distributed
 from saelign.errors import SaelignError
 from saelign.progress import setup_logging
+from saelign.runinfo import SAELIGN_VERSION
 
 # What a subcommand that runs under torchrun sets (parser.set_defaults(data_parallel=True)).
 DATA_PARALLEL = "data_parallel"
@@ -35,15 +36,26 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Every stage option can also come from a YAML/JSON file given with --config; flags override it.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"saelign {SAELIGN_VERSION}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
     return parser
 
 
+def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)command's own parser, following the subcommands chosen in `args`."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and getattr(args, action.dest, None) in action.choices:
+            return _chosen_parser(action.choices[getattr(args, action.dest)], args)
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse would print the top-level usage; the subcommand's says which flags exist
+        _chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     launched = distributed.launched()
     rank = f" (rank {distributed.global_rank_from_env()})" if launched else ""
     setup_logging(args.verbose, quiet=launched and distributed.global_rank_from_env() > 0)

@@ -7,7 +7,7 @@ from typing import Any
 import yaml
 
 from saelign.cli.common import add_stage_parser, build_config
-from saelign.configs import add_config_args, config_from_args, load_config_file
+from saelign.configs import add_config_args, config_from_args
 from saelign.errors import SaelignError, require
 from saelign.models import ModelConfig
 
@@ -52,6 +52,7 @@ def register(subparsers: Any) -> None:
     train = add_stage_parser(group, "train",
                              help="post-train an SAE on an ontology (writes the aligned SAE + slot_map.json)",
                              configs=[(ModelConfig, ""), (AlignTrainConfig, ""), (PostTrainConfig, "")],
+                             sections=("model", "align", "posttrain"),
                              description="Post-train --sae so every concept of --ontology gets one latent slot. Generic "
                                          "activations come from --store or are captured on the fly from --corpus. "
                                          "Rerun the same command to resume. A --config file holds the options in "
@@ -59,7 +60,7 @@ def register(subparsers: Any) -> None:
     train.set_defaults(func=run_train, data_parallel=True)
     evaluate = add_stage_parser(group, "eval", help="binding, AUC, FVU, entanglement, fragmentation and swap α sweep vs "
                                                     "the vanilla SAE; metrics.json + report.md/.html",
-                                configs=[(ModelConfig, ""), (AlignEvalConfig, "")],
+                                configs=[(ModelConfig, ""), (AlignEvalConfig, "")], sections=("model", "eval"),
                                 description="Evaluate an aligned SAE against the SAE it came from. A --config"
                                             " file holds the options in `model:` and `eval:` sections.")
     evaluate.set_defaults(func=run_eval)
@@ -167,8 +168,6 @@ def run_eval(args: argparse.Namespace) -> int:
     from saelign.align.pipeline import AlignEvalConfig, evaluate_aligned
     from saelign.align.report import target_checks
 
-    if args.config and not set(load_config_file(args.config)) <= {"model", "eval"}:  # a flat (older) file
-        raise SaelignError(f"--config {args.config}: give the options in `model:` and `eval:` sections")
     cfg = build_config(AlignEvalConfig, args, section="eval")
     metrics = evaluate_aligned(build_config(ModelConfig, args, section="model"), cfg)
     for row in target_checks(metrics):

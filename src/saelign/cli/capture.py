@@ -11,7 +11,7 @@ from saelign.store import ActivationStore, CaptureConfig, capture
 def register(subparsers: Any) -> None:
     parser = add_stage_parser(
         subparsers, "capture", help="capture activations into a sharded store (resumable)",
-        configs=[(ModelConfig, ""), (CaptureConfig, "")],
+        configs=[(ModelConfig, ""), (CaptureConfig, "")], sections=("model", "capture"),
         description="Run the model over a text corpus and store the activations at each hookpoint, masking special "
                     "tokens and the first position of each context. Rerun the same command to resume. A --config "
                     "file holds the options in `model:` and `capture:` sections.")

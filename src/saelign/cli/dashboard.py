@@ -12,7 +12,7 @@ from saelign.dashboard import DashboardConfig, build_dashboard
 def register(subparsers: Any) -> None:
     parser = add_stage_parser(
         subparsers, "dashboard", help="write a static HTML feature dashboard (opens from file://, no server)",
-        configs=[(DashboardConfig, "")],
+        configs=[(DashboardConfig, "")], sections=("dashboard",),
         description="Build index.html (searchable feature list: label, detection score, density, tags) and "
                     "one page per feature (examples, activation histogram, logit lens, data-grounded line, "
                     "concept) from a labels file. `index.html#q=WORDS` opens the list filtered.")

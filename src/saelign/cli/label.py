@@ -11,7 +11,7 @@ from saelign.models import ModelConfig
 def register(subparsers: Any) -> None:
     parser = add_stage_parser(
         subparsers, "label", help="label SAE latents from top activating contexts and the logit lens",
-        configs=[(ModelConfig, ""), (LabelConfig, "")],
+        configs=[(ModelConfig, ""), (LabelConfig, "")], sections=("model", "label"),
         description="Scan a corpus once, keep each latent's top activating contexts (never the first position of a "
                     "context or special tokens), project decoder directions through the final norm and unembedding, "
                     "and write labels JSON (default SAE_DIR/labels.json) plus an HTML/Markdown dashboard beside it. "

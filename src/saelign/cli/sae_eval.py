@@ -13,7 +13,7 @@ from saelign.sae.pipeline import evaluate_sae_files
 def register(group: Any) -> None:
     parser = add_stage_parser(
         group, "eval", help="evaluate an SAE: FVU, L0, dead/dense latents, CE-loss recovered and KL",
-        configs=[(ModelConfig, ""), (EvalConfig, "")],
+        configs=[(ModelConfig, ""), (EvalConfig, "")], sections=("model", "eval"),
         description="Reconstruction and sparsity metrics on an activation store, then (unless --n-contexts 0) "
                     "next-token CE loss with the SAE spliced in at its hookpoint vs. clean and zero-ablated, on "
                     "corpus contexts the store did not cover. --model defaults to the store's model. Writes "
@@ -21,6 +21,7 @@ def register(group: Any) -> None:
     parser.add_argument("--sae", required=True, metavar="DIR", help="SAE directory (any supported layout)")
     parser.add_argument("--store", required=True, metavar="DIR", help="activation store of the SAE's hookpoint")
     parser.add_argument("--hookpoint", default=None, help="hookpoint to splice into (default: the SAE's, else the store's)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --out")
     parser.set_defaults(func=run)
 
 
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     model_cfg = build_config(ModelConfig, args, section="model")
     if args.model is None and model_cfg.model == DEFAULT_MODEL:
         model_cfg.model = ""  # the store's model
-    results = evaluate_sae_files(args.sae, args.store, cfg, model_cfg, args.hookpoint)
+    results = evaluate_sae_files(args.sae, args.store, cfg, model_cfg, args.hookpoint, args.overwrite)
     print(format_table(results, args.sae))
     print(f"wrote {Path(cfg.out) / EVAL_FILE} and {Path(cfg.out) / DENSITY_PLOT}")
     return 0

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from saelign.cli.common import add_stage_parser, build_config
-from saelign.configs import config_from_args, config_to_dict, help_field, load_config_file
+from saelign.cli.common import add_stage_parser, build_config, config_file
+from saelign.configs import config_to_dict, help_field
 from saelign.errors import SaelignError, require
 from saelign.models import ModelConfig
 from saelign.sae.activations import ACTIVATIONS, activation_class
@@ -29,12 +29,17 @@ class SAESweepConfig:
     def __post_init__(self) -> None:
         for name in self.activation:
             activation_class(name)  # an unknown name fails before any data is read
+        for name in ("activation", "k", "d_sae"):
+            require(getattr(self, name), f"{name} is empty; give at least one value")
+        require(min(self.k) >= 1, f"k must be positive, got {self.k}")
+        require(min(self.d_sae) >= 1, f"d_sae must be positive, got {self.d_sae}")
 
 
 def register(group: Any) -> None:
     parser = add_stage_parser(
         group, "train", help="train SAEs (one or a sweep) on an activation store or on the fly",
         configs=[(SAESweepConfig, ""), (SAETrainConfig, ""), (options_class(), "")],
+        sections=("sae", "train"),
         description="Train sparse autoencoders on the activations of one hookpoint. Comma lists in --activation, "
                     "--k and --d-sae train every combination from one pass over the data (saved in OUT/k16, "
                     "OUT/k32, ...; a single SAE goes in OUT). Rerun the same command to resume from the checkpoint. "
@@ -54,12 +59,16 @@ def register(group: Any) -> None:
 def _train_config(args: argparse.Namespace) -> SAETrainConfig:
     """Defaults < the --config file's `train:` section < flags, where the activations' options
     (l1_coefficient, ...) stand among the general ones, as flags do, and go to `activation_options`."""
-    section = dict(load_config_file(args.config).get("train") or {}) if args.config else {}
+    section = dict(config_file(args).get("train") or {})
     names = {f.name for f in dataclasses.fields(options_class())}
-    given = {name: section.pop(name) for name in names & section.keys()}
-    given.update({name: value for name in names if (value := getattr(args, name, None)) is not None})
-    section["activation_options"] = {**section.get("activation_options", {}), **given}
-    return config_from_args(SAETrainConfig, args, section)
+    own = {name: section.pop(name) for name in names & section.keys()}
+    # Checked as their own config first, so an error names the flag or the file's key that set the value.
+    options = build_config(options_class(), args, section="train", file_data=own)
+    given = set(own) | {name for name in names if getattr(args, name, None) is not None}
+    nested = section.get("activation_options") or {}
+    require(isinstance(nested, dict), f"{args.config}: train.activation_options must be a mapping of options")
+    section["activation_options"] = {**nested, **{name: getattr(options, name) for name in given}}
+    return build_config(SAETrainConfig, args, section="train", file_data=section)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,11 +9,12 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from saelign.configs import add_config_args, flags_from_args, load_config_file
+from saelign.configs import add_config_args, flags_from_args, load_config_file, source_label
 from saelign.errors import SaelignError
 from saelign.io import read_json
 from saelign.sails.pipeline import run_pipeline, stored_config
-from saelign.sails.presets import PRESETS, SailsConfig, preset_layer, resolve_config
+from saelign.sails.presets import DEFAULT_PRESET, PRESETS, SailsConfig, preset_layer, resolve_config
+from saelign.sails.rundir import RunDir
 from saelign.sails.stages import STAGES
 
 
@@ -37,7 +38,8 @@ def _preset_epilog() -> str:
                 for item in (flat(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}={value}"])]
     lines = [f"{name}: methods={','.join(values['methods'])} "
              + " ".join(flat({k: v for k, v in values.items() if k != "methods"})) for name, values in PRESETS.items()]
-    return "presets (applied over the defaults shown above):\n" + "\n".join(
+    return (f"presets: the defaults shown above are those of the default preset, {DEFAULT_PRESET}; each preset "
+            "sets these values over the options' own defaults:\n") + "\n".join(
         textwrap.fill(line, 100, initial_indent="  ", subsequent_indent="      ") for line in lines)
 
 
@@ -60,15 +62,18 @@ def _add_options(parser: argparse.ArgumentParser, stage: str) -> None:
                         help="use this SAE (saelign/SAELens/sparsify/dictionary_learning folder) instead of training one")
     parser.add_argument("--overwrite", action="store_true",
                         help="redo stages whose files were made with other options (never done silently)")
-    add_config_args(parser, SailsConfig)
+    add_config_args(parser, SailsConfig, shown=preset_layer(DEFAULT_PRESET))
 
 
 def resolve_from_args(args: argparse.Namespace) -> SailsConfig:
     """Preset (or the run directory's stored config) < --config file < flags."""
     file_data = load_config_file(args.config) if args.config else {}
     flags = flags_from_args(SailsConfig, args)
+    label = source_label(SailsConfig, flags, args.config, file_data)
     stored = stored_config(args.run_dir)
     preset = flags.get("preset") or file_data.get("preset")
+    if preset:
+        preset_layer(str(preset))  # an unknown name is refused before it is compared with the run's
     if stored is not None:
         if preset and preset != stored.get("preset"):
             raise SaelignError(f"{args.run_dir} is a {stored.get('preset')!r} run; use another --out for preset {preset!r}")
@@ -77,16 +82,16 @@ def resolve_from_args(args: argparse.Namespace) -> SailsConfig:
         raise SaelignError(f"{args.run_dir} has no {Path(args.run_dir) / 'config.json'}; start it with "
                            f"`saelign sails run` or `saelign sails {next(iter(STAGES))}`")
     else:
-        base = preset_layer(preset or "quick")
-    return resolve_config([base, file_data, flags])
+        base = preset_layer(preset or DEFAULT_PRESET)
+    return resolve_config([base, file_data, flags], label)
 
 
 def _summary(run_dir: str, cfg: SailsConfig) -> list[str]:
-    lines = []
+    """One line per evaluation made under the run's current options (as the report shows them)."""
+    run, lines = RunDir(run_dir, cfg, STAGES), []
     for name in ["base", *cfg.methods]:
-        path = Path(run_dir) / "eval" / f"{name}.json"
-        if path.is_file():
-            m = read_json(path)
+        if run.complete(f"eval:{name}"):
+            m = read_json(run.path("eval", f"{name}.json"))
             ppl = m.get("perplexity")
             line = f"  {name:16s} safety {100 * m['safety_rate']:5.1f} %   over-refusal {100 * m['over_refusal']:5.1f} %"
             lines.append(line + ("" if ppl is None or math.isnan(ppl) else f"   perplexity {ppl:.2f}"))

@@ -17,6 +17,7 @@ def register(subparsers: Any) -> None:
         "serve",
         help="a local web page to steer and audit a model: sliders, adapter switch, answers",
         configs=[(ServeConfig, ""), (Limits, "")],
+        sections=("serve", "limits"),
         description="Load a model once (from a SAILS run folder and/or explicit paths) and serve one page: "
         "the base and the modified answer side by side and streamed, the prompt's top SAE features with "
         "their labels, a slider per concept slot and per selected SAILS feature, and the adapter switch. "

@@ -20,6 +20,8 @@ from saelign.io import iter_jsonl
 from saelign.text import pad_token_id
 
 SOTU = "sotu"
+TEXT_SUFFIXES = (".txt", ".text", ".md")  # read as paragraphs
+JSONL_SUFFIXES = (".jsonl", ".ndjson")  # one record per line
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,16 @@ def open_corpus(source: str, text_field: str = "text", chat: bool = False, seed:
         return Corpus(str(path), _order(files, seed), "files", text_field, chat)
     if not path.is_file():
         raise SaelignError(f"corpus {source!r} not found: give 'sotu', a .txt or .jsonl file, or a folder of .txt files")
-    kind = "jsonl" if path.suffix in (".jsonl", ".ndjson") else "paragraphs"
-    return Corpus(str(path), (path,), kind, text_field, chat)
+    if path.suffix.lower() not in TEXT_SUFFIXES + JSONL_SUFFIXES:
+        raise SaelignError(f"corpus file {path} has the extension {path.suffix or '(none)'!r}, which saelign does "
+                           f"not read; give a {'/'.join(TEXT_SUFFIXES)} file (paragraphs separated by blank lines), "
+                           f"a .jsonl file (one record per line) or a folder of .txt files")
+    kind = "jsonl" if path.suffix.lower() in JSONL_SUFFIXES else "paragraphs"
+    corpus = Corpus(str(path), (path,), kind, text_field, chat)
+    if not chat:  # chat records are rendered with the tokenizer; capture checks those before it writes
+        require(next(iter_texts(corpus), None) is not None,
+                f"corpus {path} has no text; give a file with at least one non-empty document")
+    return corpus
 
 
 def _order(files: list[Path], seed: int) -> tuple[Path, ...]:

@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from saelign.errors import SaelignError
+from saelign.io import share
 from saelign.models.loading import cache_dir
 from saelign.progress import logger
 
@@ -81,6 +82,7 @@ def extract_members(archive: Path, patterns: Sequence[str], target: Path) -> Pat
         if missing:
             raise SaelignError(f"{archive.name} has no member matching {', '.join(missing)}; the pinned layout is wrong")
         (staging / MARKER).write_text(json.dumps({"archive": archive.name, "patterns": sorted(patterns)}, indent=1))
+        share(staging)  # mkdtemp made it 0700: the cache is read by others too
         _replace_dir(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -194,7 +194,10 @@ def load_labels(path: str | Path) -> dict[int, LatentLabel]:
         raise SaelignError(f"{path} has labels format version {data.get('version')}, this saelign reads {LABELS_VERSION}; "
                            "re-run `saelign label`")
     labels: dict[int, LatentLabel] = {}
-    for i, row in enumerate(data.get("latents", [])):
+    rows = data.get("latents", [])
+    if not isinstance(rows, list):
+        raise SaelignError(f"{path}: 'latents' must be a list of latent records; re-run `saelign label`")
+    for i, row in enumerate(rows):
         try:
             labels[int(row["latent"])] = LatentLabel(
                 latent=int(row["latent"]), short_label=str(row["short_label"]), top_tokens=list(row["top_tokens"]),

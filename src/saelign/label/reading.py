@@ -77,7 +77,9 @@ def sae_meta(sae: SAE) -> dict[str, Any]:
 
 def check_labels_meta(path: str, meta: Mapping[str, Any], sae: SAE) -> None:
     """Refuse a labels file written for another SAE (other width or other decoder)."""
-    if "d_sae" in meta and int(meta["d_sae"]) != sae.d_sae:
+    if not isinstance(meta, Mapping):
+        raise SaelignError(f"{path}: 'meta' must be a mapping; re-run `saelign label`")
+    if "d_sae" in meta and meta["d_sae"] != sae.d_sae:
         raise SaelignError(f"{path} labels an SAE with d_sae={meta['d_sae']}, this SAE has {sae.d_sae}; "
                            "label this SAE or pass its own labels file")
     if meta.get("sae_fingerprint") not in (None, sae_fingerprint(sae)):
@@ -87,7 +89,7 @@ def check_labels_meta(path: str, meta: Mapping[str, Any], sae: SAE) -> None:
 
 def check_labels_file(path: str | Path, sae: SAE) -> None:
     data = read_json(path, "labels file")
-    check_labels_meta(str(path), data.get("meta") or {} if isinstance(data, dict) else {}, sae)
+    check_labels_meta(str(path), (data.get("meta") or {}) if isinstance(data, dict) else {}, sae)
 
 
 def display_label(short_label: str, reading: Reading | None) -> str:

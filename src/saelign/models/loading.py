@@ -24,6 +24,7 @@ from transformers import (
 from saelign.configs import help_field
 from saelign.device import resolve_device, resolve_dtype
 from saelign.errors import SaelignError
+from saelign.io import share
 from saelign.progress import logger
 
 DEFAULT_MODEL = "default"
@@ -81,6 +82,7 @@ def convert_gguf(gguf: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    share(tmp)  # safetensors writes 0600: a shared cache must stay readable
     os.replace(tmp, target)
     return target
 

@@ -15,6 +15,7 @@ loads what we save and computes the same latents and reconstructions in raw acti
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -26,7 +27,15 @@ from torch import nn
 
 from saelign.configs import config_from_dict, config_to_dict
 from saelign.errors import SaelignError
-from saelign.io import ensure_writable_dir, load_tensors, read_json, save_tensors_atomic, write_json_atomic
+from saelign.io import (
+    ensure_writable_dir,
+    load_tensors,
+    read_json,
+    read_json_object,
+    save_tensors_atomic,
+    share,
+    write_json_atomic,
+)
 from saelign.models.hookpoints import forward_capture
 from saelign.progress import logger
 from saelign.runinfo import SAELIGN_VERSION
@@ -35,6 +44,7 @@ from saelign.sae.importers import (
     DICTIONARY_WEIGHTS,
     SPARSIFY_WEIGHTS,
     assemble_sae,
+    check_weights,
     load_dictionary_learning,
     load_sparsify,
 )
@@ -93,7 +103,7 @@ def save_sae(sae: SAE, directory: str | Path, extra_cfg: dict[str, Any] | None =
     ensure_writable_dir(directory.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".partial", dir=directory.parent))
     try:
-        os.chmod(tmp, 0o755)
+        share(tmp)  # mkdtemp made it 0700
         _write(tmp, tensors, cfg_json)
         os.replace(tmp, directory)  # an absent or empty target directory is replaced atomically
     finally:
@@ -158,23 +168,32 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu", format: Forma
 
 def _load_saelens(directory: Path) -> SAE:
     cfg_path, weights_path = directory / CFG_FILE, directory / WEIGHTS_FILE
-    raw = read_json(cfg_path, "SAE config")
+    raw = read_json_object(cfg_path, "SAE config")
     tensors = load_tensors(weights_path, "SAE weights")
     for key in ("architecture", "d_in", "d_sae"):
         if key not in raw:
             raise SaelignError(f"{cfg_path} has no {key!r}; it is not a SAELens/saelign SAE config")
-    metadata = raw.get("metadata") or {}
-    ours = metadata.get("saelign")
-    if ours:
-        cfg = config_from_dict(SAEConfig, _known_fields(ours.get("config", {})), where=f"{cfg_path} metadata.saelign.config")
-        scale = float(ours.get("norm_scale", 1.0))
-    else:
-        cfg, scale = _foreign_config(raw, cfg_path), 1.0
+    try:
+        metadata = raw.get("metadata") or {}
+        ours = metadata.get("saelign")
+        if ours:
+            cfg = config_from_dict(SAEConfig, _known_fields(ours.get("config", {})),
+                                   where=f"{cfg_path} metadata.saelign.config")
+            scale = float(ours.get("norm_scale", 1.0))
+        else:
+            cfg, scale = _foreign_config(raw, cfg_path), 1.0
+    except (AttributeError, TypeError, ValueError, OverflowError) as exc:  # a field of the wrong type
+        raise SaelignError(f"{cfg_path} is malformed ({type(exc).__name__}: {exc}); save or convert the SAE "
+                           "again") from exc
+    if not math.isfinite(scale) or scale <= 0:
+        raise SaelignError(f"{cfg_path}: norm_scale must be a positive number, got {scale}; save the SAE again")
     uses_threshold = activation_class(cfg.activation).uses_threshold
     missing = [k for k in ("W_enc", "b_enc", "W_dec", "b_dec") + (("threshold",) if uses_threshold else ())
                if k not in tensors]
     if missing:
         raise SaelignError(f"{weights_path} lacks tensor(s) {', '.join(missing)}; the file is incomplete, save the SAE again")
+    check_weights({k: tensors[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold") if k in tensors},
+                  weights_path)  # before the float() below hides an integer dtype
     W_enc, b_enc, W_dec, b_dec = (tensors[k].float() for k in ("W_enc", "b_enc", "W_dec", "b_dec"))
     threshold = tensors["threshold"].float() if uses_threshold else None
     if not raw.get("apply_b_dec_to_input", True):

@@ -35,6 +35,7 @@ def assemble_sae(cfg: SAEConfig, source: Path, *, W_enc: torch.Tensor, b_enc: to
         if tuple(given[name].shape) != shape:
             raise SaelignError(f"{source}: {name} has shape {tuple(given[name].shape)}, expected {shape} for "
                                f"d_in={cfg.d_in}, d_sae={cfg.d_sae}; the weights do not match the config")
+    check_weights(given, source)
     require(norm_scale > 0, f"{source}: norm_scale must be positive, got {norm_scale}; the config is corrupt")
     sae = SAE(cfg)
     with torch.no_grad():
@@ -44,6 +45,18 @@ def assemble_sae(cfg: SAEConfig, source: Path, *, W_enc: torch.Tensor, b_enc: to
     if sae.threshold is not None and threshold is None:
         raise SaelignError(f"{source}: activation {cfg.activation} needs a threshold tensor, none was found")
     return sae
+
+
+def check_weights(tensors: dict[str, torch.Tensor], source: Path) -> None:
+    """Weights are floating point and finite: an integer tensor would be cast silently and a NaN spreads to
+    every latent it touches."""
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            raise SaelignError(f"{source}: {name} has dtype {tensor.dtype}, expected a floating dtype; the "
+                               "file is not SAE weights, save the SAE again")
+        if not bool(torch.isfinite(tensor).all()):
+            raise SaelignError(f"{source}: {name} holds NaN or infinite values; the SAE is broken (a diverged "
+                               "training?), train or save it again")
 
 
 def _require(tensors: dict[str, torch.Tensor], keys: list[str], source: Path) -> None:

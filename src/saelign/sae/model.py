@@ -25,15 +25,18 @@ class SAEConfig:
     model: str = help_field("", "model the activations came from")
     always_on_latents: list[int] = help_field([], "latents exempt from top-k/threshold sparsity, passing through ReLU only (AlignSAE concept slots)")
 
+    def __post_init__(self) -> None:
+        # Checked with the options, so a pipeline refuses a bad width before it changes any file.
+        if self.d_in <= 0 or self.d_sae <= 0:
+            raise SaelignError(f"d_sae must be positive (and d_in), got d_in={self.d_in}, d_sae={self.d_sae}")
+        if activation_class(self.activation).uses_k and not 0 < self.k <= self.d_sae:
+            raise SaelignError(f"k={self.k} must be in 1..d_sae={self.d_sae} for activation {self.activation}")
+
 
 class SAE(nn.Module):
     def __init__(self, cfg: SAEConfig, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
         super().__init__()
-        if cfg.d_in <= 0 or cfg.d_sae <= 0:
-            raise SaelignError(f"SAE widths must be positive, got d_in={cfg.d_in}, d_sae={cfg.d_sae}")
-        self.activation = activation_class(cfg.activation)()
-        if self.activation.uses_k and not 0 < cfg.k <= cfg.d_sae:
-            raise SaelignError(f"k={cfg.k} must be in 1..d_sae={cfg.d_sae} for activation {cfg.activation}")
+        self.activation = activation_class(cfg.activation)()  # cfg's widths and k were checked in __post_init__
         if any(not 0 <= i < cfg.d_sae for i in cfg.always_on_latents):
             raise SaelignError(f"always_on_latents {cfg.always_on_latents} must lie in 0..{cfg.d_sae - 1}")
         self.cfg = cfg

@@ -19,11 +19,12 @@ from saelign.models import DEFAULT_MODEL, ModelConfig, load_model
 from saelign.models.loading import model_identity
 from saelign.progress import logger
 from saelign.runinfo import record_stage
-from saelign.sae.evaluate import EvalConfig, context_batches, evaluate_sae
+from saelign.sae.evaluate import EVAL_FILE, EvalConfig, context_batches, evaluate_sae
 from saelign.sae.formats import check_sae_matches, load_sae
 from saelign.sae.model import SAE, SAEConfig
 from saelign.sae.train import SAETrainConfig, train_saes
 from saelign.store import ActivationStore, CaptureConfig, stream_activations
+from saelign.store.capture import tokenizer_identity
 
 
 def rebatch(chunks: Iterable[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
@@ -119,10 +120,14 @@ def train_on_the_fly(model_cfg: ModelConfig, hookpoint: str, sae_cfgs: Sequence[
 
 
 def evaluate_sae_files(sae_path: str | Path, store_path: str | Path, cfg: EvalConfig,
-                       model_cfg: ModelConfig | None = None, hookpoint: str | None = None) -> dict[str, Any]:
+                       model_cfg: ModelConfig | None = None, hookpoint: str | None = None,
+                       overwrite: bool = False) -> dict[str, Any]:
     """Evaluate a saved SAE on a store (and spliced into its model); writes eval.json, the density plot and
-    run.json into cfg.out. `model_cfg` None or with an empty `model` means the store's model; `hookpoint`
-    defaults to the SAE's, else the store's."""
+    run.json into cfg.out, replacing an earlier evaluation there only with `overwrite`. `model_cfg` None or
+    with an empty `model` means the store's model; `hookpoint` defaults to the SAE's, else the store's."""
+    earlier = Path(cfg.out) / EVAL_FILE
+    require(overwrite or not earlier.exists(), f"{earlier} holds an earlier evaluation; pass --overwrite to "
+                                               "replace it, or choose another --out")
     store = ActivationStore(store_path)
     model_cfg = dataclasses.replace(model_cfg or ModelConfig(model=""))
     recorded = str(store.manifest.get("model", DEFAULT_MODEL))  # the default model is recorded by name
@@ -139,6 +144,12 @@ def evaluate_sae_files(sae_path: str | Path, store_path: str | Path, cfg: EvalCo
     if cfg.n_contexts > 0:
         model, tokenizer = load_model(model_cfg)
         check_sae_matches(sae, model, hookpoint)
+        recorded = store.manifest.get("tokenizer")
+        recorded_vocab = recorded.get("vocab_sha256") if isinstance(recorded, dict) else None
+        if recorded_vocab not in (None, tokenizer_identity(tokenizer)["vocab_sha256"]):
+            raise SaelignError(f"store {store_path} was captured with another tokenizer than "
+                               f"{model_cfg.model}'s; evaluate with the store's model (leave --model out) or "
+                               "capture a store with this one")
         sae = sae.to(next(model.parameters()).device)
         manifest = store.manifest
         recorded = manifest.get("corpus", {})

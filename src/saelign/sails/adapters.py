@@ -20,7 +20,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from saelign.errors import SaelignError
-from saelign.io import ensure_writable_dir, read_json, write_json_atomic
+from saelign.io import ensure_writable_dir, read_json, share, write_json_atomic
 from saelign.runinfo import SAELIGN_VERSION
 from saelign.sails.lora_init import PISSA_INIT_ATTR, trainable_share
 
@@ -61,6 +61,7 @@ def save_adapter(model: nn.Module, out_dir: str | Path, provenance: dict[str, An
             raise SaelignError(f"cannot save a {type(model).__name__}: expected a PEFT model or a transformers model")
         write_json_atomic(folder / PROVENANCE_FILE, {"saelign_version": SAELIGN_VERSION, "kind": kind,
                                                      **trainable_share(model), **provenance})
+        share(folder)  # PEFT's and transformers' safetensors files are written 0600
         if out.exists():
             previous = staging / "previous"
             os.replace(out, previous)
@@ -87,4 +88,9 @@ def load_adapter(base_model: PreTrainedModel, adapter_dir: str | Path, is_traina
         if (folder / "config.json").is_file():
             raise SaelignError(f"{folder} holds a fully fine-tuned model, not an adapter; load it as --model {folder}")
         raise SaelignError(f"{folder} is not an adapter folder (no adapter_config.json); give the folder save_adapter wrote")
-    return PeftModel.from_pretrained(base_model, str(folder), is_trainable=is_trainable)
+    try:
+        return PeftModel.from_pretrained(base_model, str(folder), is_trainable=is_trainable)
+    except (RuntimeError, ValueError, KeyError, OSError) as exc:  # size mismatch, unknown module, bad file
+        first = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
+        raise SaelignError(f"the adapter in {folder} does not fit this model ({first[:200]}); use an adapter "
+                           "trained on this model, or the model it was trained on") from exc

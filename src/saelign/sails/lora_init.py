@@ -55,6 +55,13 @@ class LoraInitConfig:
                                               "B), so ΔW stays inside span(U) for the whole fine-tune")
     seed: int = help_field(0, "seed for PEFT's random A init and for extra in-subspace rows")
 
+    def __post_init__(self) -> None:
+        require(self.rank >= 0, f"rank must be 0 (the subspace rank) or positive, got {self.rank}")
+        require(self.alpha > 0 and self.init_scale > 0, f"alpha and init_scale must be positive, got "
+                                                        f"{self.alpha} and {self.init_scale}")
+        require(0 <= self.dropout < 1, f"dropout must lie in [0, 1), got {self.dropout}")
+        require(all(i >= 0 for i in self.layers), f"layers must be block indices (0 or more), got {self.layers}")
+
 
 def _layer_index(name: str) -> int | None:
     match = re.search(r"\.(\d+)\.", name)

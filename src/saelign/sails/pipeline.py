@@ -17,7 +17,7 @@ from typing import Any
 from saelign import distributed
 from saelign.configs import config_to_dict
 from saelign.errors import SaelignError
-from saelign.io import read_json, write_json_atomic
+from saelign.io import read_json_object, write_json_atomic
 from saelign.progress import logger
 from saelign.runinfo import record_stage
 from saelign.sails.presets import SailsConfig
@@ -30,7 +30,7 @@ CONFIG_FILE = "config.json"
 
 def stored_config(run_dir: str | Path) -> dict[str, Any] | None:
     path = Path(run_dir) / CONFIG_FILE
-    return read_json(path, "run config") if path.is_file() else None
+    return read_json_object(path, "run config") if path.is_file() else None
 
 
 def run_pipeline(cfg: SailsConfig, run_dir: str | Path, stage_names: Sequence[str] | None = None,
@@ -44,19 +44,30 @@ def run_pipeline(cfg: SailsConfig, run_dir: str | Path, stage_names: Sequence[st
         raise SaelignError(f"under torchrun only the train stage runs (got {', '.join(stage_names)}): run "
                            "the stages before it in one process, then `torchrun ... -m saelign sails train "
                            "--run-dir DIR`")
+    fresh = not Path(run_dir).exists()
     run = RunDir(run_dir, cfg, STAGES, overwrite)
     units = run.units(stage_names)
     run.check_stale(units)
+    # The options were checked as the config was built; the inputs every stage shares are checked before
+    # anything is written. Stale units (only with overwrite) are then removed up front, so a failure later
+    # leaves no old result beside the new config.
+    stale = [u for u in units if run.status(u) == "stale"]
+    if any(run.status(u) != "done" for u in units if STAGES[u.partition(":")[0]].outputs):
+        try:
+            run.preflight()
+        except SaelignError:
+            if fresh and distributed.is_main():
+                run.dir.rmdir()  # made just now, still empty
+            raise
     if distributed.is_main():
         write_json_atomic(run.path(CONFIG_FILE), config_to_dict(cfg))
+        for unit in stale:
+            run.clear(unit)
+    distributed.barrier("stale units cleared by rank 0")
     for unit in units:
-        status = run.status(unit)
-        if status == "done":
+        if run.status(unit) == "done":
             logger.info(f"{unit}: done earlier, skipped")
             continue
-        if status == "stale" and distributed.is_main():  # only reachable with overwrite
-            run.clear(unit)
-        distributed.barrier(f"{unit} cleared by rank 0")
         logger.info(f"{unit}: running")
         began = time.perf_counter()
         stage, _, name = unit.partition(":")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from saelign.align.posttrain import PostTrainConfig
-from saelign.configs import config_from_dict, deep_merge, help_field
+from saelign.configs import Label, config_from_dict, deep_merge, help_field
 from saelign.errors import SaelignError, require
 from saelign.label.labels import LabelConfig
 from saelign.models import ModelConfig
@@ -28,6 +28,7 @@ from saelign.sails.sft import SFTConfig
 from saelign.store import CaptureConfig
 
 Preset = Literal["quick", "compare", "full"]
+DEFAULT_PRESET = "quick"
 _HOOKPOINT = "the pipeline's one --hookpoint"
 _IN_RUN = "a file or folder of the run directory"
 _MEMORY = "kept in memory as float16"
@@ -40,11 +41,19 @@ class SubspaceConfig:
     tau: float = help_field(0.8, "share of the selected decoder directions' energy the subspace keeps")
     max_rank: int = help_field(0, "cap on the subspace rank, i.e. the LoRA rank of every method (0 = no cap)")
 
+    def __post_init__(self) -> None:
+        require(0 < self.tau <= 1, f"tau must lie in (0, 1], got {self.tau}")
+        require(self.max_rank >= 0, f"max_rank must be 0 (no cap) or positive, got {self.max_rank}")
+
 
 @dataclass
 class TargetsConfig:
     max_new_tokens: int = help_field(64, "tokens of the base model's own answer used as the target of a harmless prompt")
     batch_size: int = help_field(32, "prompts per generation batch")
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "batch_size"):
+            require(getattr(self, name) >= 1, f"{name} must be positive, got {getattr(self, name)}")
 
 
 def _section(cls: type, help: str, prefix: str | None = None, **hidden: str) -> Any:
@@ -106,6 +115,8 @@ class SailsConfig:
             raise SaelignError(f"hookpoint: the pipeline uses one SAE at one hookpoint, got "
                                f"{self.hookpoint!r}")
         require(self.sae_epochs >= 1, f"sae_epochs must be positive, got {self.sae_epochs}")
+        require(self.full_lr > 0, f"full_lr must be positive, got {self.full_lr}")
+        require(self.effect_top >= 1, f"effect_top must be positive, got {self.effect_top}")
         bad = sorted(set(self.contrast) - {"harmless", "borderline"}) or ([] if self.contrast else ["(none)"])
         require(not bad, f"contrast: {', '.join(bad)} invalid; use harmless and/or borderline")
         if self.sft.stop_at_safety > 0 and self.sft.eval_every < 1:
@@ -160,6 +171,7 @@ def preset_layer(name: str) -> dict[str, Any]:
     return deep_merge(PRESETS[name], {"preset": name})
 
 
-def resolve_config(layers: Sequence[Mapping[str, Any]]) -> SailsConfig:
-    """The layers (preset or stored config < file < flags) merged, later ones winning."""
-    return config_from_dict(SailsConfig, functools.reduce(deep_merge, layers, {}))
+def resolve_config(layers: Sequence[Mapping[str, Any]], label: Label | None = None) -> SailsConfig:
+    """The layers (preset or stored config < file < flags) merged, later ones winning; `label` names a field
+    in errors (the CLI's names the flag or the file that set it)."""
+    return config_from_dict(SailsConfig, functools.reduce(deep_merge, layers, {}), label=label)

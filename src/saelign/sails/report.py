@@ -239,9 +239,13 @@ def _run_facts(report: Report, stages: dict[str, Any], results: dict[str, dict[s
 
 def build_report(run: RunDir) -> Report:
     cfg = run.cfg
-    evals = _load_all(run.path("eval"), ["base", *cfg.methods])
-    results = _load_all(run.path("methods"), list(cfg.methods), "{}/result.json")
-    effects = {m: EffectResult.from_dict(d) for m, d in _load_all(run.path("effect"), list(cfg.methods)).items()}
+    # Only results made under the run's current options: a file left from other options (or beside an
+    # adapter that is gone) must not be reported as this run's.
+    done = {stage: [n for n in names if run.complete(f"{stage}:{n}")]
+            for stage, names in (("eval", ["base", *cfg.methods]), ("train", cfg.methods), ("effect", cfg.methods))}
+    evals = _load_all(run.path("eval"), done["eval"])
+    results = _load_all(run.path("methods"), done["train"], "{}/result.json")
+    effects = {m: EffectResult.from_dict(d) for m, d in _load_all(run.path("effect"), done["effect"]).items()}
     selection_file, labels_file = run.path("select", "selection.json"), run.path("labels.json")
     labels = load_labels(labels_file) if labels_file.is_file() else {}
 

@@ -21,9 +21,10 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from saelign.configs import config_to_dict
 from saelign.errors import SaelignError
-from saelign.io import ensure_writable_dir, load_tensors, read_json, save_tensors_atomic
-from saelign.models import load_model
+from saelign.io import ensure_writable_dir, load_tensors, read_json, read_json_object, save_tensors_atomic
+from saelign.models import load_model, resolve_hookpoints
 from saelign.sae import SAE, load_sae
+from saelign.sae.formats import check_sae_matches
 from saelign.sails.adapters import load_adapter
 from saelign.sails.aligned import AlignedSubspace, load_aligned_subspace
 from saelign.sails.data import SafetyData, load_safety_data
@@ -58,6 +59,16 @@ class RunDir:
         self.dir = ensure_writable_dir(run_dir)
         self.cfg, self.stages, self.overwrite = cfg, stages, overwrite
         self._keys: dict[str, str] = {}
+        self._check_links()
+
+    def _check_links(self) -> None:
+        """Stages write, replace and remove files here (--overwrite removes whole folders): a link that leads
+        out of the run folder would let them reach files that are not the run's."""
+        root = self.dir.resolve()
+        for path in self.dir.rglob("*"):
+            if path.is_symlink() and not (target := path.resolve()).is_relative_to(root):
+                raise SaelignError(f"{path} is a link to {target}, outside the run folder {self.dir}; "
+                                   "replace it with a copy of what it points to, or use another --out")
 
     def path(self, *parts: str) -> Path:
         return self.dir.joinpath(*parts)
@@ -81,14 +92,24 @@ class RunDir:
     def components(self, unit: str) -> dict[str, Any]:
         """What a unit's output depends on: its config values and the keys of the units it reads."""
         stage, name = self._split(unit)
-        up = []
-        for u in (self.stages[s] for s in stage.upstream):
-            if not u.per:
-                up.append(self.key(u.name))
-            elif name in u.per(self.cfg):  # eval:base reads no train:base
-                up.append(self.key(f"{u.name}:{name}"))
+        up = [self.key(u) for u in self.upstream(unit)]
         values = config_to_dict(self.cfg)  # without the hidden fields: the pipeline sets those itself
         return {"up": up, **{k: functools.reduce(operator.getitem, k.split("."), values) for k in stage.keys}}
+
+    def upstream(self, unit: str) -> list[str]:
+        """The units whose outputs `unit` reads."""
+        stage, name = self._split(unit)
+        out = []
+        for u in (self.stages[s] for s in stage.upstream):
+            if not u.per:
+                out.append(u.name)
+            elif name in u.per(self.cfg):  # eval:base reads no train:base
+                out.append(f"{u.name}:{name}")
+        return out
+
+    def complete(self, unit: str) -> bool:
+        """Done under the current options, and so is everything it read: its result may be reported."""
+        return self.status(unit) == "done" and all(self.complete(u) for u in self.upstream(unit))
 
     def key(self, unit: str) -> str:
         if unit not in self._keys:
@@ -98,7 +119,11 @@ class RunDir:
 
     def recorded(self) -> dict[str, Any]:
         path = self.path(RUN_FILE)
-        return read_json(path, "run.json").get("stages", {}) if path.is_file() else {}
+        stages = read_json_object(path, "run.json").get("stages", {}) if path.is_file() else {}
+        if not isinstance(stages, dict) or not all(isinstance(v, dict) for v in stages.values()):
+            raise SaelignError(f"{path}: 'stages' must map each unit to its record; restore the file or "
+                               "rerun into a new --out")
+        return stages
 
     def status(self, unit: str) -> str:
         """'todo', 'done', or 'stale' (files exist under other options or of unknown origin)."""
@@ -121,13 +146,33 @@ class RunDir:
             raise SaelignError(f"{self.dir} holds results made with other options: {'; '.join(details)}; "
                                "pass --overwrite to redo them, or choose another --out")
 
-    def clear(self, unit: str) -> None:
-        """Remove a unit's files before redoing it: its own folder (with checkpoints) where it has one."""
+    def downstream(self, unit: str) -> list[str]:
+        """The units that read `unit`'s outputs, directly or through others (eval:sails reads train:sails)."""
         stage, name = self._split(unit)
-        if stage.folder:
-            shutil.rmtree(self.path(stage.folder.format(name=name)), ignore_errors=True)
-        for path in self.outputs(unit):
-            path.unlink(missing_ok=True)
+        out: list[str] = []
+        for later in self.stages.values():
+            if stage.name in later.upstream:
+                for other in self.units([later.name]):
+                    if not (stage.per and later.per) or self._split(other)[1] == name:
+                        out += [other, *self.downstream(other)]
+        return list(dict.fromkeys(out))
+
+    def clear(self, unit: str) -> None:
+        """Remove a unit's files before redoing it: its own folder (with checkpoints) where it has one, and
+        the files of every unit that read them, so no result of the old inputs outlives them (a report would
+        otherwise show the evaluation of an adapter that is gone)."""
+        for each in (unit, *self.downstream(unit)):
+            stage, name = self._split(each)
+            if stage.folder:
+                shutil.rmtree(self.path(stage.folder.format(name=name)), ignore_errors=True)
+            for path in self.outputs(each):
+                path.unlink(missing_ok=True)
+
+    def preflight(self) -> None:
+        """Check what every stage shares (model, LoRA targets, hookpoint, a given SAE) before files go."""
+        resolve_hookpoints(self.model, [self.cfg.hookpoint])
+        if self.cfg.sae_path:
+            check_sae_matches(load_sae(self.cfg.sae_path), self.model, self.cfg.hookpoint)
 
     def require(self, unit: str) -> None:
         if not all(p.exists() for p in self.outputs(unit)):

@@ -33,7 +33,7 @@ from transformers import PreTrainedTokenizerBase
 
 from saelign import checkpoint, distributed
 from saelign.configs import help_field
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.io import read_json, write_json_atomic
 from saelign.progress import logger, progress
 from saelign.sails.chat import encode_pair
@@ -74,9 +74,13 @@ class SFTConfig:
     out: str = help_field("", "folder for checkpoint/ and history.json ('' = keep nothing on disk)")
 
     def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "max_length"):
+            require(getattr(self, name) >= 1, f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("warmup", "eval_every", "checkpoint_every", "weight_decay", "max_grad_norm"):
+            require(getattr(self, name) >= 0, f"{name} must not be negative, got {getattr(self, name)}")
+        require(self.lr > 0, f"lr must be positive, got {self.lr}")
         for name in ("stop_at_safety", "stop_max_over_refusal"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise SaelignError(f"sft.{name} is a rate between 0 and 1, got {getattr(self, name)}")
+            require(0 <= getattr(self, name) <= 1, f"{name} is a rate between 0 and 1, got {getattr(self, name)}")
 
 
 def encode_completion(tokenizer: PreTrainedTokenizerBase, prompt: str,
@@ -200,9 +204,6 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
     history.json). `eval_fn(model, step)` runs every cfg.eval_every steps, at step 0 and at the end; training
     ends at the first periodic evaluation after step 0 whose result `stop` accepts. `encode` turns a pair
     into (prompt ids, response ids): chat turns by default, `encode_completion` for plain text."""
-    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.grad_accum < 1:
-        raise SaelignError(f"steps, batch_size and grad_accum must be positive (got {cfg.steps}, {cfg.batch_size}, "
-                           f"{cfg.grad_accum})")
     if stop is not None and not (eval_fn and cfg.eval_every):
         raise SaelignError("a stopping rule needs a periodic evaluation: set eval_every > 0")
     distributed.init()

@@ -15,14 +15,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from saelign import distributed
 from saelign.configs import config_to_dict, help_field
-from saelign.datasets.corpus import Corpus, iter_contexts, open_corpus
+from saelign.datasets.corpus import Corpus, iter_contexts, iter_texts, open_corpus
 from saelign.device import dtype_name
 from saelign.errors import SaelignError, require
 from saelign.models import ModelConfig, forward_capture, load_model, resolve_hookpoints
@@ -49,6 +49,7 @@ class CaptureConfig:
     seed: int = help_field(0, "shuffles the file order of folder corpora (sotu included); -1 keeps sorted order")
 
     def __post_init__(self) -> None:
+        require(self.hookpoints, "hookpoints is empty; name at least one module path, e.g. model.layers.15")
         for name in ("context_length", "batch_size", "shard_tokens"):
             require(getattr(self, name) >= 1, f"{name} must be positive, got {getattr(self, name)}")
         if self.token_budget < 0:
@@ -129,6 +130,13 @@ def stream_activations(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
         yield batch.activations
 
 
+def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    """What a store records of its tokenizer: readers that tokenise again check theirs against it."""
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode()
+    return {"class": type(tokenizer).__name__, "vocab_size": len(tokenizer),
+            "vocab_sha256": hashlib.sha256(vocab).hexdigest()}
+
+
 def capture(model_cfg: ModelConfig, cfg: CaptureConfig, model: PreTrainedModel | None = None,
             tokenizer: PreTrainedTokenizerBase | None = None) -> dict[str, Path]:
     """Write one activation store per hookpoint under cfg.out; return {hookpoint: store folder}.
@@ -139,9 +147,9 @@ def capture(model_cfg: ModelConfig, cfg: CaptureConfig, model: PreTrainedModel |
     if model is None or tokenizer is None:
         model, tokenizer = load_model(model_cfg)
     hookpoints = resolve_hookpoints(model, cfg.hookpoints)
-    vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode()
-    tokenizer_id = {"class": type(tokenizer).__name__, "vocab_size": len(tokenizer),
-                    "vocab_sha256": hashlib.sha256(vocab).hexdigest()}
+    require(next(iter_texts(corpus, tokenizer), None) is not None,  # before any store folder is made
+            f"corpus {corpus.source} has no text; give a source with at least one non-empty document")
+    tokenizer_id = tokenizer_identity(tokenizer)
     common = {
         "format": FORMAT, "version": FORMAT_VERSION, "model": model_identity(model_cfg),
         "model_dtype": dtype_name(model.dtype), "dtype": cfg.store_dtype, "tokenizer": tokenizer_id,
@@ -150,6 +158,20 @@ def capture(model_cfg: ModelConfig, cfg: CaptureConfig, model: PreTrainedModel |
                    "chat": cfg.chat, "seed": cfg.seed},
         "masking": {"token_ids": masked_token_ids(tokenizer), "first_position": cfg.mask_first_position},
     }
+    out = Path(cfg.out)
+    made = [folder for folder in (out, *(out / hp for hp in hookpoints)) if not folder.exists()]
+    try:
+        return _write_stores(model_cfg, cfg, model, tokenizer, corpus, hookpoints, common)
+    except BaseException:
+        for folder in reversed(made):  # a failed first capture leaves no empty store folder behind
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+
+
+def _write_stores(model_cfg: ModelConfig, cfg: CaptureConfig, model: PreTrainedModel,
+                  tokenizer: PreTrainedTokenizerBase, corpus: Corpus, hookpoints: list[str],
+                  common: dict[str, Any]) -> dict[str, Path]:
     budget = cfg.token_budget or None
     out = Path(cfg.out)
     probe = torch.full((1, 2), pad_token_id(tokenizer), device=next(model.parameters()).device)

@@ -38,7 +38,7 @@ class ActivationStore:
                 raise SaelignError(f"shard {file} is missing; rerun the same `saelign capture` command to regenerate it")
             if file.stat().st_size != shard["bytes"]:
                 raise SaelignError(f"shard {file} is truncated or altered ({file.stat().st_size} bytes, manifest says "
-                                   f"{shard['bytes']}); delete it and rerun the same `saelign capture` command")
+                                   f"{shard['bytes']}); rerun the same `saelign capture` command to recapture it")
         if not self.manifest.get("complete"):
             logger.warning(f"activation store {self.path} is incomplete ({self.num_tokens} tokens so far); "
                            "rerun the same `saelign capture` command to finish it")
@@ -72,6 +72,11 @@ class ActivationStore:
         if tensors["activations"].shape != (n, self.d_in):
             raise SaelignError(f"shard {file} has activations of width {tensors['activations'].shape[-1]}, "
                                f"the manifest says d_in={self.d_in}; the folder mixes stores, recapture it")
+        # Checked per shard, where the file can still be named (training batches mix shards).
+        if not bool(torch.isfinite(tensors["activations"]).all()):
+            row = int((~torch.isfinite(tensors["activations"])).any(1).nonzero()[0])
+            raise SaelignError(f"shard {file} holds NaN or infinite activations (row {row}); recapture the store "
+                               "into a new --out with --store-dtype float32 and the model in float32 (--dtype float32)")
         return tensors
 
     def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, epochs: int = 1,

@@ -20,11 +20,13 @@ from safetensors.torch import save
 
 from saelign.errors import SaelignError
 from saelign.io import atomic_path, ensure_writable_dir, read_json, write_json_atomic
+from saelign.progress import logger
 
 FORMAT = "saelign-activations"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SHARD_RE = re.compile(r"shard_\d{5}\.safetensors")
+SHARD_ENTRY_RE = re.compile(r"(part-\d{3}-of-\d{3}/)?shard_\d{5}\.safetensors")  # a merged store names the part
 # Manifest keys that identify what a store contains; a rerun with any of them changed must not reuse the store.
 IDENTITY_KEYS = ("format", "version", "model", "model_dtype", "hookpoint", "d_in", "dtype", "tokenizer",
                  "context_length", "shard_tokens", "corpus", "masking")
@@ -43,7 +45,32 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if manifest.get("version") != FORMAT_VERSION:
         raise SaelignError(f"{manifest_path} has store format version {manifest.get('version')}, this saelign reads "
                            f"version {FORMAT_VERSION}; recapture with this version")
+    _check_fields(manifest, manifest_path)
     return manifest
+
+
+def _count(value: Any, positive: bool = False) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= (1 if positive else 0)
+
+
+def _check_fields(manifest: dict[str, Any], path: Path) -> None:
+    """The fields readers use, with the types they assume: a hand-edited or damaged manifest is named here."""
+    problems = [f"{key} must be a positive integer" for key in ("d_in", "shard_tokens")
+                if not _count(manifest.get(key), positive=True)]
+    problems += [] if _count(manifest.get("num_tokens")) else ["num_tokens must be an integer >= 0"]
+    problems += [] if isinstance(manifest.get("hookpoint"), str) else ["hookpoint must be a string"]
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        problems.append("shards must be a list")
+    else:
+        for i, shard in enumerate(shards):
+            if not (isinstance(shard, dict) and isinstance(shard.get("file"), str)
+                    and SHARD_ENTRY_RE.fullmatch(shard["file"]) and _count(shard.get("num_tokens"))
+                    and _count(shard.get("bytes")) and isinstance(shard.get("sha256"), str)):
+                problems.append(f"shards[{i}] needs file (shard_NNNNN.safetensors), num_tokens, bytes and sha256")
+                break
+    if problems:
+        raise SaelignError(f"{path} is damaged: {problems[0]}; recapture into a new folder (or restore the file)")
 
 
 class StoreWriter:
@@ -76,12 +103,16 @@ class StoreWriter:
         if old.get("complete") and target is not None and old["num_tokens"] > target:
             raise SaelignError(f"{self.path} already holds {old['num_tokens']} tokens, more than --token-budget "
                                f"{target}; choose another --out or delete that folder")
-        if old.get("complete") and (old.get("exhausted") or old["num_tokens"] == target):
+        intact = [_intact(self.path, shard) for shard in old["shards"]]
+        finished = old.get("complete") and (old.get("exhausted") or old["num_tokens"] == target)
+        if finished and all(intact):
             self.shards, self.done = list(old["shards"]), True
             return
-        for shard in old["shards"]:
-            file = self.path / shard["file"]
-            if shard["num_tokens"] != self.shard_tokens or not file.is_file() or file.stat().st_size != shard["bytes"]:
+        if finished:  # a shard went missing or was damaged since: recapture from there (the order is fixed)
+            logger.warning(f"{self.path}: shard {old['shards'][intact.index(False)]['file']} is missing or "
+                           "damaged; recapturing from it")
+        for shard, ok in zip(old["shards"], intact, strict=True):
+            if shard["num_tokens"] != self.shard_tokens or not ok:
                 break
             self.shards.append(shard)
 
@@ -97,6 +128,9 @@ class StoreWriter:
         if skip < 0:
             raise RuntimeError(f"row gap: store has {self.rows + self._pending_rows} rows, batch starts at {first_row}")
         chunk = {k: v[skip:].to("cpu", self.dtype if k == "activations" else v.dtype) for k, v in rows.items()}
+        if not bool(torch.isfinite(chunk["activations"]).all()):  # float16 overflows above 65504
+            raise SaelignError(f"activations for {self.path} overflow the store dtype {self.header['dtype']}; "
+                               "capture with --store-dtype float32")
         self._pending.append(chunk)
         self._pending_rows += n - skip
         while self._pending_rows >= self.shard_tokens:
@@ -137,6 +171,13 @@ class StoreWriter:
         write_json_atomic(self.path / MANIFEST, manifest)
 
 
+def _intact(path: Path, shard: dict[str, Any]) -> bool:
+    """The shard file is there with the manifest's size (a damaged one of the same size fails the loader's
+    sha256 check, whose advice is to delete it, after which this sees it missing)."""
+    file = path / shard["file"]
+    return file.is_file() and file.stat().st_size == shard["bytes"]
+
+
 def _check_identity(path: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
     diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in IDENTITY_KEYS if old.get(k) != new.get(k)]
     if diff:
@@ -157,7 +198,8 @@ def finished_store(path: Path, header: dict[str, Any], token_budget: int | None)
         return False
     old = read_manifest(path)
     _check_identity(path, old, header)
-    return bool(old.get("complete")) and (bool(old.get("exhausted")) or old["num_tokens"] == token_budget)
+    finished = bool(old.get("complete")) and (bool(old.get("exhausted")) or old["num_tokens"] == token_budget)
+    return finished and all(_intact(path, shard) for shard in old["shards"])  # else the parts repair it
 
 
 def part_folder(rank: int, world_size: int) -> str:
