@@ -11,8 +11,6 @@ Under torchrun every rank calls `save` (the RNG states are gathered from all ran
 rank reads the same checkpoint on resume and takes back its own RNG state, so `--out` must be on a filesystem
 all ranks see."""
 
-from __future__ import annotations
-
 import math
 from pathlib import Path
 from typing import Any

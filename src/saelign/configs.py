@@ -9,8 +9,6 @@ same label replaces that word.
 A config that nests another one may leave some of its fields out (`metadata={"hide": {name: why}}` on the nested
 field): it sets them itself, so they are neither flags, nor config-file keys, nor written to config.json."""
 
-from __future__ import annotations
-
 import argparse
 import dataclasses
 import json

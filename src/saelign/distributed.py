@@ -8,8 +8,6 @@ both surface as a SaelignError naming the operation, never as a silent hang. Ran
 
 `solo()` runs a block as if alone (rank 0 of 1): used to train one SAE per rank (`distribute_modules`)."""
 
-from __future__ import annotations
-
 import contextlib
 import datetime
 import os

@@ -3,8 +3,6 @@
 A crash therefore never leaves a half-written file under its final name.
 """
 
-from __future__ import annotations
-
 import contextlib
 import json
 import os

@@ -29,8 +29,6 @@ A concept has either `examples` or `entities` (never both). Answers continue the
 are other accepted answers. Templates are split at template level, so the test split measures generalisation
 to unseen phrasings of the same facts."""
 
-from __future__ import annotations
-
 import dataclasses
 import json
 import zlib
@@ -170,7 +168,7 @@ class Ontology:
             return text, len(head) + len(entity or "") - 1
         return text, len(text.rstrip()) - 1
 
-    def validate(self, where: str = "ontology") -> Ontology:
+    def validate(self, where: str = "ontology") -> "Ontology":
         """Check the semantics (parsing already checked field names and types); return self."""
         if not self.name.strip():
             raise SaelignError(f"{where}: `name` is empty; give the ontology a name")

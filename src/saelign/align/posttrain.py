@@ -24,8 +24,6 @@ Under torchrun each rank takes every N-th row of each step's concept and generic
 small and in every rank's memory); gradients are averaged and the decorrelation's batch covariance is taken
 over all ranks' rows, so N processes give one process's result up to float summation order."""
 
-from __future__ import annotations
-
 import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass

@@ -1,7 +1,5 @@
 """`saelign` command line: one subcommand per pipeline stage, each built from that stage's config dataclass."""
 
-from __future__ import annotations
-
 import argparse
 import contextlib
 import importlib

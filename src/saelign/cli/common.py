@@ -1,7 +1,5 @@
 """Helpers shared by subcommands: --config files and config construction."""
 
-from __future__ import annotations
-
 import argparse
 from collections.abc import Sequence
 from typing import Any, TypeVar

@@ -1,7 +1,5 @@
 """`saelign dashboard`: a self-contained static HTML site for an SAE's labelled features."""
 
-from __future__ import annotations
-
 import argparse
 from typing import Any
 

@@ -1,7 +1,5 @@
 """`saelign serve`: the steering page on a local web server (needs the `serve` extra: fastapi, uvicorn)."""
 
-from __future__ import annotations
-
 import argparse
 import socket
 from typing import Any

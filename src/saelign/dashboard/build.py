@@ -1,8 +1,6 @@
 """`saelign dashboard`: a labels file (+ optionally the SAE it labels, a SAILS run and an AlignSAE slot map)
 -> the static site of `dashboard.site`. Every input is checked before anything is written."""
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -6,8 +6,6 @@ The list filters as one types (vanilla JS over a `data-search` attribute of each
 opens it pre-filtered, which is how reports link to a search and how the browser test drives it without a
 WebDriver."""
 
-from __future__ import annotations
-
 import html
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field

@@ -7,8 +7,6 @@ archive paths, with a `.saelign-members.json` marker listing the patterns extrac
 patterns are already covered returns at once without the network; one asking for more patterns re-downloads and
 atomically replaces the folder with the union."""
 
-from __future__ import annotations
-
 import fnmatch
 import hashlib
 import json

@@ -2,8 +2,6 @@
 data-grounded line), then, with an explainer chat model, write a label and score every label kind with the
 same detection test. This is what the SAILS labels stage runs for the features it selects or reports."""
 
-from __future__ import annotations
-
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path

@@ -11,8 +11,6 @@ the prompt; `ChatDetector` asks a chat model ("Yes"/"No" next-token logits, one 
 generation); `KeywordDetector` is a deterministic word-overlap scorer that checks the maths on constructed
 cases."""
 
-from __future__ import annotations
-
 import math
 import random
 import re

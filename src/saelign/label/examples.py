@@ -9,8 +9,6 @@ Template positions are found from the tokenizer alone: its special tokens, plus 
 template writes around a user message (rendered once around a sentinel), wherever those runs occur in a
 sequence."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 

@@ -4,8 +4,6 @@ The explainer sees the top prompts, the bottom prompts (the contrast) and the da
 with a short noun phrase; it runs greedily, so the same model gives the same label.
 """
 
-from __future__ import annotations
-
 import re
 from collections.abc import Mapping, Sequence
 

@@ -7,8 +7,6 @@ mean value per group give one line a person reads, e.g. "fires on 81 % of Privac
 coding requests (mean 2.1 vs 0.1)". A latent that fires on most requests of every kind says so instead of
 naming one group. No language model is involved."""
 
-from __future__ import annotations
-
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass

@@ -5,8 +5,6 @@ its decoder direction promotes, and its best context, e.g.
 `'bomb' 'weapon' → 'explosive' 'attack' ← "how to make a [bomb] at home"`.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import html
 import re

@@ -5,8 +5,6 @@ values, and (once explained and scored) a model-written label and the detection 
 (`LatentLabel.reading`) and feed the dashboard.
 """
 
-from __future__ import annotations
-
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +33,7 @@ class Reading:
     detection: dict[str, float] = field(default_factory=dict)  # label kind -> balanced accuracy
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Reading:
+    def from_dict(cls, data: Mapping[str, Any]) -> "Reading":
         return cls(**{**data, "groups": [GroupStat(**g) for g in data["groups"]],
                       "top_prompts": [PromptExample(**p) for p in data["top_prompts"]],
                       "bottom_prompts": [PromptExample(**p) for p in data["bottom_prompts"]]})

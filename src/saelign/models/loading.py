@@ -3,8 +3,6 @@
 GGUF files are de-quantised once into an fp32 HF folder in the user cache and loaded from there afterwards,
 which is much faster to generate from than the GGUF-backed object."""
 
-from __future__ import annotations
-
 import hashlib
 import importlib.util
 import os

@@ -12,8 +12,6 @@ loads what we save and computes the same latents and reconstructions in raw acti
 - our own SAEConfig (activation, k, always-on latents, ...) goes in `metadata.saelign.config`; SAELens keeps
   unknown metadata keys when it re-saves, and ignores them otherwise."""
 
-from __future__ import annotations
-
 import json
 import math
 import os

@@ -6,8 +6,6 @@ change on harmful ones (a safety adapter should move harmful requests and leave 
 first, numbers in brackets.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable, Mapping, Sequence
 
 from saelign.sails.effect import EffectResult, LatentChange

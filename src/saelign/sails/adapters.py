@@ -5,8 +5,6 @@ subspace came from (SAE, hookpoints, latent ids and labels, tau, rank, basis sha
 written beside its destination and renamed into place, so a crash never leaves a half-written adapter, and an
 existing folder is replaced only when asked to."""
 
-from __future__ import annotations
-
 import os
 import shutil
 import tempfile

@@ -14,8 +14,6 @@ The run's SAE is post-trained (`align.posttrain`) on residuals pooled as feature
 corpus activations keep the free bank reconstructing; the basis is the span of the slots' decoder rows, built
 as SAILS builds its own (`tau`, at most SAILS' rank)."""
 
-from __future__ import annotations
-
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass

@@ -13,8 +13,6 @@ plus a manifest with the register x kind table of every split; later stages read
 than `max_prompt_tokens` (chat-formatted) is an error, not truncated.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import hashlib
 import json

@@ -10,8 +10,6 @@
 `quick_safety` is the cheap check on the val split during fine-tuning, `safety_stop` the stopping rule on it.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import itertools
 import math

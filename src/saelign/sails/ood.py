@@ -8,8 +8,6 @@ imperatives against harmless questions ...), since a form-keyed adapter refuses 
 trained form.
 """
 
-from __future__ import annotations
-
 import hashlib
 import time
 from collections.abc import Sequence

@@ -7,8 +7,6 @@ key (SAE training and fine-tuning also resume mid-way). Files made under other o
 Layout: config.json, run.json, data/, sae/ and sae.json (naming the SAE used), labels.json, select/, targets/,
 methods/<method>/{adapter/, result.json, history.json}, eval/<model>.json, effect/<method>.json, report.*."""
 
-from __future__ import annotations
-
 import time
 from collections.abc import Sequence
 from pathlib import Path

@@ -32,8 +32,6 @@ The template of a register is picked by a hash of `key` (the behaviour id), so a
 order prompts are read in.
 """
 
-from __future__ import annotations
-
 import hashlib
 import re
 from dataclasses import dataclass

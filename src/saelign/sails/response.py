@@ -6,8 +6,6 @@ apology, a recipe), not how the adapter shifts the reader. Residuals are average
 the latent ranking is `effect.latent_changes`, so the result has the prompt-side effect's shape and reads the
 same way."""
 
-from __future__ import annotations
-
 from collections.abc import Mapping, Sequence
 
 import torch

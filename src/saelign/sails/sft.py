@@ -14,8 +14,6 @@ mean (the response-token count is the global one), gradients are summed over the
 one process's result on the same global batch up to float summation order (dropout draws differ). Rank 0 runs
 the evaluation and sends its result to the others, so all take the same stopping decision."""
 
-from __future__ import annotations
-
 import hashlib
 import inspect
 import json

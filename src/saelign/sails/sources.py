@@ -7,8 +7,6 @@ Parsers take a path, so they work on any copy of the same format; a malformed fi
 the file, line and field.
 """
 
-from __future__ import annotations
-
 import csv
 import itertools
 import json

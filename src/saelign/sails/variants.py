@@ -8,8 +8,6 @@ ice float?" question has no template). Prompts from user files are kept as writt
 rewordings writes them, with one `behaviour` id.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import hashlib
 from collections import Counter

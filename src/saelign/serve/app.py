@@ -5,8 +5,6 @@ Routes: `/` (the page), `/page.js`, `/page.css`, `/api/info` (what can be steere
 Only those fixed files are served; nothing a client sends becomes a path.
 """
 
-from __future__ import annotations
-
 import asyncio
 import json
 from collections.abc import AsyncIterator

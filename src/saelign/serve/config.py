@@ -3,8 +3,6 @@
 Plain dataclasses (no web framework needed), so the CLI can list them without the `serve` extra.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass, fields
 
 from saelign.configs import help_field

@@ -4,8 +4,6 @@ Static ranges are pydantic fields (FastAPI answers 422 naming the field); the ch
 limits and the session raise `RequestError`, which the app answers the same way. No field names a file.
 """
 
-from __future__ import annotations
-
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field

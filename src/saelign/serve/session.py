@@ -7,8 +7,6 @@ paths override what the run names. The adapter is loaded once; the page switches
 `disable_adapter()` and never reloads it.
 """
 
-from __future__ import annotations
-
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -6,8 +6,6 @@ edited states stay in the KV cache; `"all"`: every generated token too). The ada
 edit: on the modified side it is on or off for the prompt and every token alike.
 """
 
-from __future__ import annotations
-
 import contextlib
 from collections.abc import Callable, Iterator
 from functools import partial

@@ -5,8 +5,6 @@ A job is an event stream computed step by step; between steps the worker checks 
 after at most one more decoding step. The queue is bounded: a full queue refuses new work at once.
 """
 
-from __future__ import annotations
-
 import queue
 import threading
 import time

@@ -8,8 +8,6 @@ valid prefix that a rerun continues from; `complete` is set only when the captur
 A capture of N processes writes one such store per rank in `part-RRR-of-NNN/` subfolders, then one manifest
 over all of them (`merge_parts`): its shard entries name their part folder."""
 
-from __future__ import annotations
-
 import hashlib
 import re
 from pathlib import Path

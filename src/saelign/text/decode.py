@@ -8,8 +8,6 @@ Hooks are context-manager factories: `prompt_context()` is entered while the pro
 `token_context()` while each generated token is read. An intervention as `prompt_context` edits only the
 prompt, whose edited states stay in the KV cache (the AlignSAE swap protocol); as both, every token."""
 
-from __future__ import annotations
-
 import inspect
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
