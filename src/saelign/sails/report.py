@@ -1,15 +1,22 @@
-"""The SAILS run report (Markdown + HTML): methods compared, convergence, the safety features, what each adapter
-changed in labelled SAE features, how far the judge agrees with human labels, and generations before/after.
+"""The SAILS run report (Markdown + HTML): what the adapter changed in words, then methods compared,
+convergence, the safety features, what each adapter changed in labelled SAE features (prompts and answers),
+how well the labels read, how far the judge agrees with human labels, and generations before/after.
 
-Built only from the files in a run directory, so it can be rebuilt at any time (`saelign sails report`)."""
+Built only from the files in a run directory, so it can be rebuilt at any time (`saelign sails report`).
+Every feature it names links to its page in the run's dashboard."""
 
+import html
 import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from saelign.dashboard.site import EXAMPLE_STYLE, examples_html, feature_file
 from saelign.io import read_json
-from saelign.label import LatentLabel, load_labels, render_latent_cards
-from saelign.report import Report, line_plot
+from saelign.label import LatentLabel, render_latent_cards
+from saelign.label.reading import display_label, feature_name, shown_score
+from saelign.report import Link, Report, line_plot
+from saelign.sails.account import adapter_account
 from saelign.sails.effect import EffectResult
 from saelign.sails.rundir import RunDir
 
@@ -97,7 +104,54 @@ def _convergence(report: Report, results: dict[str, dict[str, Any]]) -> None:
                           caption=f"{what} during training", name=key)
 
 
-def _features(report: Report, selection: dict[str, Any], labels: dict[int, LatentLabel]) -> None:
+class _Features:
+    """How the report names a feature: its readable label, its detection score, a link to its page."""
+
+    def __init__(self, labels: Mapping[int, LatentLabel], pages: bool):
+        self.labels, self.pages = labels, pages
+
+    def page(self, latent: int) -> str | None:
+        return f"dashboard/{feature_file(latent)}" if self.pages else None
+
+    def cell(self, latent: int) -> Link | int:
+        href = self.page(latent)
+        return Link(str(latent), href) if href else latent
+
+    def label(self, latent: int) -> str:
+        label = self.labels.get(latent)
+        return display_label(label.short_label, label.reading) if label else ""
+
+    def name(self, latent: int) -> str:
+        label = self.labels.get(latent)
+        return feature_name(label.short_label, label.reading) if label else ""
+
+    def names(self, effect: EffectResult) -> dict[int, str]:
+        return {c.latent: self.name(c.latent) for ways in effect.top.values() for rows in ways.values()
+                for c in rows}
+
+    def score(self, latent: int) -> float | None:
+        label = self.labels.get(latent)
+        return shown_score(label.reading) if label else None
+
+    def top_request(self, latent: int, width: int = 100) -> str:
+        """The request that drives a feature read at a template position most (token windows say nothing)."""
+        label = self.labels.get(latent)
+        reading = label.reading if label else None
+        if reading is None or reading.grain != "prompt" or not reading.top_prompts:
+            return ""
+        best = reading.top_prompts[0]
+        text = " ".join(best.prompt.split())
+        return f"{text[:width]}{'…' if len(text) > width else ''} ({best.activation:.3g})"
+
+
+def account(effect: EffectResult, features: _Features, method: str,
+            answers: bool = False) -> list[str | Link]:
+    link: Callable[[int], str] | None = features.page if features.pages else None
+    return adapter_account(effect, features.names(effect), link, method=f"the {method} adapter",
+                           answers=answers)
+
+
+def _features(report: Report, selection: dict[str, Any], features: _Features) -> None:
     sel = selection["selection"]
     report.paragraph(
         f"{len(sel['latent_ids'])} latents at {sel['hookpoint']} separate the {selection['n_harmful']} harmful from the "
@@ -105,30 +159,80 @@ def _features(report: Report, selection: dict[str, Any], labels: dict[int, Laten
         f"rank-{selection['rank']} safety subspace U keeping {selection['explained']:.1%} of their energy (tau "
         f"{selection['tau']}); sha256 {selection['basis_sha256'][:16]}….")
     columns = zip(sel["latent_ids"], sel["scores"], sel["signs"], sel["mean_harmful"], sel["mean_harmless"], strict=True)
-    rows = [{"rank": i + 1, "latent": lid, "score": score, "more active on": "harmful" if sign > 0 else "harmless",
-             "mean harmful": harmful, "mean harmless": harmless,
-             "label": labels[lid].short_label if lid in labels else ""}
+    rows = [{"rank": i + 1, "latent": features.cell(lid), "label": features.label(lid),
+             "detection": features.score(lid), "drives it most": features.top_request(lid),
+             "more active on": "harmful" if sign > 0 else "harmless", "score": score, "mean harmful": harmful,
+             "mean harmless": harmless}
             for i, (lid, score, sign, harmful, harmless) in enumerate(columns)]
-    report.table(rows, caption="selected safety features (pooled at the last prompt token by default)", floatfmt=".3g")
-    cards = [labels[i] for i in sel["latent_ids"] if i in labels]
+    report.table(rows, caption="selected safety features (pooled at the last prompt token by default); "
+                 "label: model-written — data-grounded, detection: its balanced accuracy (0.5 = chance)",
+                 floatfmt=".3g")
+    cards = [features.labels[i] for i in sel["latent_ids"] if i in features.labels]
     if cards:
-        cards_html = render_latent_cards(cards)
-        report.html_block(f"<details><summary>feature cards (top contexts, logit lens)</summary>{cards_html}</details>",
-                          "Feature cards with top contexts are in the HTML report.")
+        report.html_block("<details><summary>feature examples (whole requests for features read at the "
+                          "assistant header, token windows elsewhere)</summary>"
+                          f"<style>{EXAMPLE_STYLE}</style>"
+                          + "".join(_card(label, features) for label in cards) + "</details>",
+                          "Examples of every feature are in the HTML report and on its dashboard page.")
 
 
-def _effect(report: Report, method: str, effect: EffectResult) -> None:
+def _card(label: LatentLabel, features: _Features) -> str:
+    if label.reading is None:
+        return render_latent_cards([label])
+    href = features.page(label.latent)
+    name = f'<a href="{html.escape(href)}">feature {label.latent}</a>' if href else f"feature {label.latent}"
+    return (f'<div style="border:1px solid #ddd;border-radius:6px;padding:0.4em 0.9em;margin:0.8em 0">'
+            f"<b>{name}</b>: {html.escape(features.label(label.latent))}"
+            f"{examples_html(label, level=4)}</div>")
+
+
+def _detection(report: Report, labels: Mapping[int, LatentLabel], features: _Features) -> None:
+    scored = [label for label in labels.values() if label.reading is not None and label.reading.detection]
+    if not scored:
+        return
+    report.heading("How well the labels read")
+    kinds = {"model": "model-written label", "grounded": "data-grounded line", "tokens": "token list"}
+    means = []
+    for kind, what in kinds.items():
+        values = [label.reading.detection[kind] for label in scored if kind in label.reading.detection]
+        if values:
+            means.append({"label kind": what, "features scored": len(values),
+                          "mean balanced accuracy": sum(values) / len(values)})
+    report.paragraph("Detection test: given a label, a model ranks held-out requests the feature fires "
+                     "on above those it does not (balanced accuracy; 0.5 = chance, 1 = perfect). The three "
+                     "kinds of label are scored on the same requests.")
+    report.table(means, floatfmt=".2f")
+    rows = [{"latent": features.cell(label.latent), "model-written label": label.reading.explanation,
+             **{what: label.reading.detection.get(kind) for kind, what in kinds.items()}} for label in scored]
+    report.table(rows, caption="detection score per feature", floatfmt=".2f")
+
+
+def _effect(report: Report, method: str, effect: EffectResult, answers: EffectResult | None,
+            features: _Features) -> None:
     shares = ", ".join(f"{kind} {_pct(share)}" for kind, share in effect.subspace_share.items())
     relative = ", ".join(f"{kind} {_pct(v)}" for kind, v in effect.relative_change.items())
     report.heading(method, 3)
+    report.paragraph(*account(effect, features, method))
     report.paragraph(f"Share of the residual change at {effect.hookpoint} inside span(U): {shares} (a random direction: "
                      f"{_pct(effect.chance_share)}). Size of the change relative to the residual: {relative}.")
+    _effect_tables(report, method, effect, features, "on held-out harmful prompts")
+    if answers is not None:
+        report.heading(f"{method}: in the answers", 4)
+        report.paragraph(*account(answers, features, method, answers=True))
+        report.paragraph("Both models answer the held-out prompts greedily; both answers are read by the "
+                         "base model and the SAE features averaged over the answer's tokens.")
+        _effect_tables(report, method, answers, features, "in the answers to held-out harmful prompts")
+
+
+def _effect_tables(report: Report, method: str, effect: EffectResult, features: _Features,
+                   where: str) -> None:
     for way, word in (("up", "pushed up"), ("down", "pushed down")):
-        rows = [{"latent": c.latent, "Δ harmful": c.delta.get("harmful"), "Δ harmless": c.delta.get("harmless"),
-                 "base mean (harmful)": c.base.get("harmful"), "selected": "yes" if c.selected else "", "label": c.label}
+        rows = [{"latent": features.cell(c.latent), "Δ harmful": c.delta.get("harmful"),
+                 "Δ harmless": c.delta.get("harmless"), "base mean (harmful)": c.base.get("harmful"),
+                 "selected": "yes" if c.selected else "", "label": features.label(c.latent) or c.label}
                 for c in effect.top.get("harmful", {}).get(way, [])]
         if rows:
-            report.table(rows, caption=f"{method}: latents {word} most on held-out harmful prompts", floatfmt=".3g")
+            report.table(rows, caption=f"{method}: latents {word} most {where}", floatfmt=".3g")
 
 
 def _judge(report: Report, agreement: dict[str, Any]) -> None:
@@ -180,10 +284,17 @@ def build_report(run: RunDir) -> Report:
     evals = _load_all(run.path("eval"), ["base", *cfg.methods])
     results = _load_all(run.path("methods"), list(cfg.methods), "{}/result.json")
     effects = {m: EffectResult.from_dict(d) for m, d in _load_all(run.path("effect"), list(cfg.methods)).items()}
-    selection_file, labels_file = run.path("select", "selection.json"), run.path("labels.json")
-    labels = load_labels(labels_file) if labels_file.is_file() else {}
+    answers = {m: EffectResult.from_dict(d)
+               for m, d in _load_all(run.path("answers"), list(cfg.methods)).items()}
+    selection_file = run.path("select", "selection.json")
+    features = _Features(run.labels, run.path("dashboard", "index.html").is_file())
 
     report = Report(f"SAILS run ({cfg.preset} preset): {cfg.model.model} at {cfg.hookpoint}")
+    lead = "sails" if "sails" in effects else next(iter(effects), None)
+    if lead is not None:  # words first: what the adapter changed, each feature linked to its page
+        report.paragraph(*account(effects[lead], features, lead))
+        if lead in answers:
+            report.paragraph(*account(answers[lead], features, lead, answers=True))
     base, sails = evals.get("base"), evals.get("sails")
     if base and sails:
         report.paragraph(
@@ -220,15 +331,17 @@ def build_report(run: RunDir) -> Report:
     _convergence(report, results)
     if selection_file.is_file():
         report.heading("The safety subspace")
-        _features(report, read_json(selection_file), labels)
-        if run.path("dashboard", "index.html").is_file():
-            report.paragraph("Every feature has a page in the dashboard, dashboard/index.html (search by id or "
-                             "label; selected features and those each adapter moved are tagged).")
+        _features(report, read_json(selection_file), features)
+        if features.pages:
+            index = Link("dashboard/index.html", "dashboard/index.html")
+            report.paragraph("Every feature has a page in the dashboard, ", index, " (search by id or label; "
+                             "selected features and those each adapter moved are tagged).")
     if effects:
         report.heading("What the adapter changed")
         report.paragraph("SAE latents at the selection hookpoint and token, base vs adapted model, on held-out prompts.")
         for method, effect in effects.items():
-            _effect(report, method, effect)
+            _effect(report, method, effect, answers.get(method), features)
+    _detection(report, run.labels, features)
     if base and base.get("judge_agreement"):
         report.heading("How far to trust the judge")
         _judge(report, base["judge_agreement"])

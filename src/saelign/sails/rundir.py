@@ -20,8 +20,12 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from saelign.configs import config_to_dict
+from saelign.dashboard.build import SAILS_READINGS
 from saelign.errors import SaelignError
 from saelign.io import ensure_writable_dir, load_tensors, read_json, save_tensors_atomic
+from saelign.label.describe import attach_readings
+from saelign.label.labels import LatentLabel, load_labels
+from saelign.label.reading import load_readings
 from saelign.models import load_model
 from saelign.sae import SAE, load_sae
 from saelign.sails.adapters import load_adapter
@@ -83,6 +87,8 @@ class RunDir:
         for u in (self.stages[s] for s in stage.upstream):
             if not u.per:
                 up.append(self.key(u.name))
+            elif not stage.per:  # a stage over the whole run reads every method's unit
+                up += [self.key(f"{u.name}:{m}") for m in u.per(self.cfg)]
             elif name in u.per(self.cfg):  # eval:base reads no train:base
                 up.append(self.key(f"{u.name}:{name}"))
         values = config_to_dict(self.cfg)  # without the hidden fields: the pipeline sets those itself
@@ -175,6 +181,14 @@ class RunDir:
     def basis(self) -> torch.Tensor:
         self.require("select")
         return load_tensors(self.path("select", "subspace.safetensors"), "subspace file")["U"]
+
+    @cached_property
+    def labels(self) -> dict[int, LatentLabel]:
+        """The labels stage's labels with the describe stage's readings attached (either may be absent)."""
+        labels = load_labels(self.path("labels.json")) if self.path("labels.json").is_file() else {}
+        if labels and self.path(SAILS_READINGS).is_file():
+            attach_readings(labels, load_readings(self.path(SAILS_READINGS)))
+        return labels
 
     @cached_property
     def capability(self) -> CapabilityData:

@@ -14,9 +14,12 @@ from typing import Any
 import torch
 
 from saelign.dashboard import DashboardConfig, build_dashboard
+from saelign.dashboard.build import SAILS_READINGS
 from saelign.datasets.corpus import iter_texts, open_corpus
 from saelign.io import read_json, write_json_atomic, write_text_atomic
-from saelign.label import label_latents, load_labels, save_labels
+from saelign.label import label_latents, save_labels
+from saelign.label.describe import attach_readings, describe_latents, load_explainer, load_labelled_prompts
+from saelign.label.reading import sae_meta, save_readings
 from saelign.models.loading import model_identity
 from saelign.progress import logger
 from saelign.sae import load_sae
@@ -31,6 +34,7 @@ from saelign.sails.judge import OfflineJudge, PrefixJudge, judge_agreement
 from saelign.sails.methods import MethodConfig, run_method
 from saelign.sails.ood import evaluate_splits
 from saelign.sails.report import write_run_report
+from saelign.sails.response import response_effect
 from saelign.sails.rundir import RunDir, Stage
 from saelign.sails.select import select_safety_features, selection_directions
 from saelign.sails.subspace import basis_hash, build_subspace, explained_share
@@ -101,8 +105,7 @@ def labels_stage(run: RunDir, _: str) -> dict[str, Any]:
 
 
 def short_labels(run: RunDir) -> dict[int, str]:
-    path = run.path("labels.json")
-    return {i: label.short_label for i, label in load_labels(path).items()} if path.is_file() else {}
+    return {i: label.short_label for i, label in run.labels.items()}
 
 
 def contrast_prompts(run: RunDir, split: str) -> tuple[list[str], list[str]]:
@@ -176,15 +179,70 @@ def eval_stage(run: RunDir, name: str) -> dict[str, Any]:
             "perplexity": metrics.get("perplexity")}
 
 
+def _test_prompts(run: RunDir) -> dict[str, list[str]]:
+    test = run.data.test
+    return {kind: [e.prompt for e in test if e.kind == kind]
+            for kind in ("harmful", "harmless", "borderline")}
+
+
 def effect_stage(run: RunDir, method: str) -> dict[str, Any]:
     cfg = run.cfg
-    test = run.data.test
-    prompts = {kind: [e.prompt for e in test if e.kind == kind] for kind in ("harmful", "harmless", "borderline")}
-    result = adapter_effect(run.trained_model(method), run.tokenizer, run.sae, prompts, cfg.select, run.basis,
-                            cfg.effect_top, short_labels(run), run.selection["selection"]["latent_ids"],
+    result = adapter_effect(run.trained_model(method), run.tokenizer, run.sae, _test_prompts(run), cfg.select,
+                            run.basis, cfg.effect_top, short_labels(run),
+                            run.selection["selection"]["latent_ids"],
                             base_model=run.model if method == "full" else None)
     write_json_atomic(run.path("effect", f"{method}.json"), result.to_dict())
     return {"subspace_share": result.subspace_share}
+
+
+def answers_stage(run: RunDir, method: str) -> dict[str, Any]:
+    cfg = run.cfg
+    result = response_effect(run.trained_model(method), run.tokenizer, run.sae, _test_prompts(run),
+                             cfg.answer_tokens, cfg.label.batch_size, cfg.effect_top, short_labels(run),
+                             run.selection["selection"]["latent_ids"],
+                             base_model=run.model if method == "full" else None)
+    write_json_atomic(run.path("answers", f"{method}.json"), result.to_dict())
+    return {"listed": {kind: len(ways["up"]) + len(ways["down"]) for kind, ways in result.top.items()}}
+
+
+def reported_features(run: RunDir) -> list[int]:
+    """The features the report names: the selected ones in rank order, then those the adapters moved on
+    prompts and answers, the largest changes first (harmful requests before the other kinds)."""
+    listed: list[list[int]] = []
+    for method in run.cfg.methods:
+        for folder in ("effect", "answers"):
+            path = run.path(folder, f"{method}.json")
+            if path.is_file():
+                top = read_json(path, f"{folder} file")["top"]
+                kinds = sorted(top, key=lambda k: k != "harmful")
+                listed += [[row["latent"] for row in top[kind][way]]
+                           for kind in kinds for way in ("down", "up")]
+    moved = [column[rank] for rank in range(max(map(len, listed), default=0)) for column in listed
+             if rank < len(column)]
+    return list(dict.fromkeys([*run.selection["selection"]["latent_ids"], *moved]))
+
+
+def describe_stage(run: RunDir, _: str) -> dict[str, Any]:
+    cfg, labels = run.cfg.describe, run.labels
+    latents = [i for i in reported_features(run) if i in labels]  # the dashboard has pages for labelled ones
+    explainer = None
+    if cfg.explainer:  # the run's own model is not loaded twice
+        explainer = (run.base_model if cfg.explainer == run.cfg.model.model
+                     else load_explainer(cfg.explainer, "--describe-explainer"))
+    prompts = load_labelled_prompts(run.path("data"))
+    readings = describe_latents(run.model, run.tokenizer, run.sae, run.cfg.hookpoint, prompts, latents, cfg,
+                                {i: labels[i].short_label for i in latents if i in labels},
+                                explainer=explainer, batch_size=run.cfg.label.batch_size)
+    save_readings(run.path(SAILS_READINGS), readings,
+                  {"hookpoint": run.cfg.hookpoint, "explainer": cfg.explainer, "n_prompts": len(prompts),
+                   **sae_meta(run.sae)})
+    attach_readings(labels, readings)  # the report of this same run reads them from run.labels
+    scores: dict[str, list[float]] = {}
+    for reading in readings.values():
+        for kind, value in reading.detection.items():
+            scores.setdefault(kind, []).append(value)
+    return {"described": len(readings), "explained": sum(bool(r.explanation) for r in readings.values()),
+            "mean_detection": {kind: sum(v) / len(v) for kind, v in scores.items()}}
 
 
 def report_stage(run: RunDir, _: str) -> dict[str, Any]:
@@ -219,6 +277,12 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("effect", "which labelled SAE latents each adapter pushed up or down (effect/)", effect_stage,
           outputs=("effect/{name}.json",), keys=("effect_top",), upstream=("train", "labels"),
           per=lambda cfg: cfg.methods),
+    Stage("answers", "which labelled SAE latents each adapter changed in its answers (answers/)",
+          answers_stage, outputs=("answers/{name}.json",), keys=("effect_top", "answer_tokens"),
+          upstream=("train", "labels"), per=lambda cfg: cfg.methods),
+    Stage("describe", "requests that drive each selected and moved feature, its data-grounded line, model-"
+          "written label and detection scores (describe/)", describe_stage, outputs=(SAILS_READINGS,),
+          keys=("describe",), upstream=("data", "labels", "select", "effect", "answers"), folder="describe"),
     Stage("report", "write report.md and report.html from the run directory (rebuilt on every run)",
           report_stage),
 )}
