@@ -96,5 +96,7 @@ def test_a_feature_is_named_by_its_better_scored_readable_label():
     assert shown_score(reading) is None  # not scored yet
     reading.explanation, reading.detection = "virus writing", {"model": 0.6, "grounded": 0.9}
     assert feature_name("'x'", reading).startswith("fires on 100 %") and shown_score(reading) == 0.6
-    reading.detection["model"] = 0.9
+    reading.detection["model"] = 0.9  # a tie: the measured line stays
+    assert feature_name("'x'", reading).startswith("fires on 100 %")
+    reading.detection["model"] = 0.95
     assert feature_name("'x'", reading) == "virus writing"

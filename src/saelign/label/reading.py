@@ -109,12 +109,12 @@ def shown_score(reading: Reading | None) -> float | None:
 
 
 def feature_name(short_label: str, reading: Reading | None) -> str:
-    """One readable name for a sentence: the model-written label unless the data-grounded line scored better
-    in the detection test, the grounded line without a model label, else the token label."""
+    """One readable name for a sentence: the model-written label where it scored better than the data-grounded
+    line in the detection test (the measured line wins ties), else the grounded line, else the token label."""
     if reading is None:
         return short_label
     model, grounded = reading.detection.get("model", -1.0), reading.detection.get("grounded", -1.0)
-    if reading.explanation and (model >= grounded or not reading.grounded):
+    if reading.explanation and (model > grounded or not reading.grounded):
         return reading.explanation
     return grounded_summary(reading.grounded) or reading.explanation or short_label
 
