@@ -198,14 +198,14 @@ def effect_stage(run: RunDir, method: str) -> dict[str, Any]:
 def answers_stage(run: RunDir, method: str) -> dict[str, Any]:
     cfg = run.cfg
     result = response_effect(run.trained_model(method), run.tokenizer, run.sae, _test_prompts(run),
-                             cfg.answer_tokens, cfg.label.batch_size, cfg.effect_top, short_labels(run),
+                             cfg.answer_tokens, cfg.eval.batch_size, cfg.effect_top, short_labels(run),
                              run.selection["selection"]["latent_ids"],
                              base_model=run.model if method == "full" else None)
     write_json_atomic(run.path("answers", f"{method}.json"), result.to_dict())
     return {"listed": {kind: len(ways["up"]) + len(ways["down"]) for kind, ways in result.top.items()}}
 
 
-def reported_features(run: RunDir) -> list[int]:
+def _reported_features(run: RunDir) -> list[int]:
     """The features the report names: the selected ones in rank order, then those the adapters moved on
     prompts and answers, the largest changes first (harmful requests before the other kinds)."""
     listed: list[list[int]] = []
@@ -224,15 +224,15 @@ def reported_features(run: RunDir) -> list[int]:
 
 def describe_stage(run: RunDir, _: str) -> dict[str, Any]:
     cfg, labels = run.cfg.describe, run.labels
-    latents = [i for i in reported_features(run) if i in labels]  # the dashboard has pages for labelled ones
+    latents = [i for i in _reported_features(run) if i in labels]  # the dashboard has pages for labelled ones
     explainer = None
     if cfg.explainer:  # the run's own model is not loaded twice
         explainer = (run.base_model if cfg.explainer == run.cfg.model.model
                      else load_explainer(cfg.explainer, "--describe-explainer"))
     prompts = load_labelled_prompts(run.path("data"))
     readings = describe_latents(run.model, run.tokenizer, run.sae, run.cfg.hookpoint, prompts, latents, cfg,
-                                {i: labels[i].short_label for i in latents if i in labels},
-                                explainer=explainer, batch_size=run.cfg.label.batch_size)
+                                {i: labels[i].short_label for i in latents}, explainer=explainer,
+                                batch_size=run.cfg.label.batch_size)
     save_readings(run.path(SAILS_READINGS), readings,
                   {"hookpoint": run.cfg.hookpoint, "explainer": cfg.explainer, "n_prompts": len(prompts),
                    **sae_meta(run.sae)})
