@@ -108,7 +108,7 @@ def test_build_dashboard_checks_inputs_and_writes_nothing_on_error(tmp_path):
     (run / "answers").mkdir()
     (run / "answers" / "sails.json").write_text(json.dumps({"top": {"harmless": {"up": [{"latent": 1}]}}}))
     reading = Reading(
-        "token",
+        "prompt",
         "fires on 80 % of cooking requests and 0 % of harmful requests (mean 1 vs 0)",
         [],
         [],

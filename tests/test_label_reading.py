@@ -100,3 +100,7 @@ def test_a_feature_is_named_by_its_better_scored_readable_label():
     assert feature_name("'x'", reading).startswith("fires on 100 %")
     reading.detection["model"] = 0.95
     assert feature_name("'x'", reading) == "virus writing"
+    # read at ordinary text positions (answer tokens): the token label, not a line about ends of requests
+    reading.grain, reading.explanation, reading.detection = "token", "", {"tokens": 0.7, "grounded": 0.5}
+    assert feature_name("'not' 'no'", reading) == "'not' 'no'" and shown_score(reading) == 0.7
+    assert display_label("'not' 'no'", reading) == f"'not' 'no' — {reading.grounded}"

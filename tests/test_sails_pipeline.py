@@ -110,7 +110,7 @@ def _report_reads_in_words_first(run_dir: Path, report: str, selected: list[int]
     features (read at the assistant header) are described by whole requests, with detection scores."""
     saved = json.loads((run_dir / "describe" / "readings.json").read_text())
     readings = {r["latent"]: r for r in saved["readings"]}
-    assert set(selected) <= set(readings) and all(r["grain"] == "prompt" for r in readings.values())
+    assert set(selected) <= set(readings) and all(readings[i]["grain"] == "prompt" for i in selected)
     scored = [r for r in readings.values() if r["detection"]]
     assert 0 < len(scored) <= 4 and all(0 <= v <= 1 for r in scored for v in r["detection"].values())
     first = report.split("\n\n")[1]  # the paragraph after the title
@@ -124,6 +124,31 @@ def _report_reads_in_words_first(run_dir: Path, report: str, selected: list[int]
     assert rows and md_escape(grounded) in rows[0] and "im\\_start" not in rows[0] and "<|im" not in rows[0]
     page = (run_dir / "report.html").read_text()
     assert "Requests that drive it most" in page and f'href="dashboard/features/{selected[0]}.html"' in page
+
+
+def test_features_moved_only_in_the_answers_are_shown_by_their_token_windows(tmp_path, finished, inputs):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    saved = json.loads((run_dir / "describe" / "readings.json").read_text())["readings"]
+    described = {r["latent"] for r in saved}
+    labels = json.loads((run_dir / "labels.json").read_text())["latents"]
+    # a latent firing in prose (the corpus) and listed by no prompt-side table, as a refusal word would be
+    prose = next(row for row in labels if row["latent"] not in described and row["top_contexts"]
+                 and not any("<|im_" in c["text_left"][-12:] + c["token"] for c in row["top_contexts"]))
+    answers = json.loads((run_dir / "answers" / "sails.json").read_text())
+    answers["top"]["harmful"]["up"] = [{"latent": prose["latent"], "delta": {"harmful": 1.0, "harmless": 0.0},
+                                        "base": {"harmful": 0.0}, "selected": False, "label": ""}]
+    (run_dir / "answers" / "sails.json").write_text(json.dumps(answers))
+    (run_dir / "describe" / "readings.json").unlink()  # describe again over the changed answers
+    pipeline.run_pipeline(tiny_config(inputs), run_dir, ["describe", "report"])
+    saved = json.loads((run_dir / "describe" / "readings.json").read_text())["readings"]
+    reading = {r["latent"]: r for r in saved}[prose["latent"]]
+    assert reading["grain"] == "token" and reading["explanation"] == "" and not reading["detection"]
+    report = (run_dir / "report.md").read_text()
+    link = f"[{md_escape(prose['short_label'])}](dashboard/features/{prose['latent']}.html) (+1)"
+    assert f"In its answers to harmful requests the sails adapter raises {link}" in report
 
 
 def test_rerun_skips_finished_stages(finished, inputs, monkeypatch):

@@ -94,17 +94,20 @@ def check_labels_file(path: str | Path, sae: SAE) -> None:
 
 
 def display_label(short_label: str, reading: Reading | None) -> str:
-    """The label a report shows: the model-written label if any, then the data-grounded line, else tokens."""
+    """The label a report shows: the model-written label if any, the token label where the feature is read
+    at ordinary text positions, then the data-grounded line."""
     if reading is None:
         return short_label
-    return " — ".join(part for part in (reading.explanation, reading.grounded) if part) or short_label
+    parts = (reading.explanation, short_label if reading.grain == "token" else "", reading.grounded)
+    return " — ".join(part for part in parts if part) or short_label
 
 
 def shown_score(reading: Reading | None) -> float | None:
-    """Detection score of the label `display_label` leads with (model-written if any, else grounded)."""
+    """Detection score of the label `display_label` leads with (model-written, token or grounded)."""
     if reading is None:
         return None
-    value = reading.detection.get("model" if reading.explanation else "grounded")
+    value = reading.detection.get("model" if reading.explanation else
+                                  "tokens" if reading.grain == "token" else "grounded")
     return None if value is None or value != value else value
 
 
@@ -116,6 +119,8 @@ def feature_name(short_label: str, reading: Reading | None) -> str:
     model, grounded = reading.detection.get("model", -1.0), reading.detection.get("grounded", -1.0)
     if reading.explanation and (model > grounded or not reading.grounded):
         return reading.explanation
+    if reading.grain == "token":  # its examples are token windows; the grounded line reads ends of requests
+        return short_label
     return grounded_summary(reading.grounded) or reading.explanation or short_label
 
 

@@ -205,34 +205,39 @@ def answers_stage(run: RunDir, method: str) -> dict[str, Any]:
     return {"listed": {kind: len(ways["up"]) + len(ways["down"]) for kind, ways in result.top.items()}}
 
 
-def _reported_features(run: RunDir) -> list[int]:
-    """The features the report names: the selected ones in rank order, then those the adapters moved on
-    prompts and answers, the largest changes first (harmful requests before the other kinds)."""
+def _moved(run: RunDir, folder: str) -> list[int]:
+    """Latents the adapters moved (effect/ or answers/ files), the largest changes first, harmful first."""
     listed: list[list[int]] = []
     for method in run.cfg.methods:
-        for folder in ("effect", "answers"):
-            path = run.path(folder, f"{method}.json")
-            if path.is_file():
-                top = read_json(path, f"{folder} file")["top"]
-                kinds = sorted(top, key=lambda k: k != "harmful")
-                listed += [[row["latent"] for row in top[kind][way]]
-                           for kind in kinds for way in ("down", "up")]
-    moved = [column[rank] for rank in range(max(map(len, listed), default=0)) for column in listed
-             if rank < len(column)]
-    return list(dict.fromkeys([*run.selection["selection"]["latent_ids"], *moved]))
+        path = run.path(folder, f"{method}.json")
+        if path.is_file():
+            top = read_json(path, f"{folder} file")["top"]
+            kinds = sorted(top, key=lambda k: k != "harmful")
+            listed += [[row["latent"] for row in top[kind][way]] for kind in kinds for way in ("down", "up")]
+    return [column[rank] for rank in range(max(map(len, listed), default=0)) for column in listed
+            if rank < len(column)]
 
 
 def describe_stage(run: RunDir, _: str) -> dict[str, Any]:
     cfg, labels = run.cfg.describe, run.labels
-    latents = [i for i in _reported_features(run) if i in labels]  # the dashboard has pages for labelled ones
+    # Selected features and those moved on the prompts are read at the assistant header: whole requests, and
+    # the explainer sees those. Those moved only in the answers are read on answer tokens: their grain comes
+    # from their top token contexts, and requests ranked at the header would mislead an explainer.
+    at_header = list(dict.fromkeys([*run.selection["selection"]["latent_ids"], *_moved(run, "effect")]))
+    in_answers = [i for i in dict.fromkeys(_moved(run, "answers")) if i not in at_header]
+    at_header, in_answers = ([i for i in ids if i in labels] for ids in (at_header, in_answers))  # with pages
     explainer = None
     if cfg.explainer:  # the run's own model is not loaded twice
         explainer = (run.base_model if cfg.explainer == run.cfg.model.model
                      else load_explainer(cfg.explainer, "--describe-explainer"))
     prompts = load_labelled_prompts(run.path("data"))
-    readings = describe_latents(run.model, run.tokenizer, run.sae, run.cfg.hookpoint, prompts, latents, cfg,
-                                {i: labels[i].short_label for i in latents}, explainer=explainer,
-                                batch_size=run.cfg.label.batch_size)
+    readings = {}
+    for latents, pair, by_contexts in ((at_header, explainer, False), (in_answers, None, True)):
+        if latents:
+            readings |= describe_latents(run.model, run.tokenizer, run.sae, run.cfg.hookpoint, prompts,
+                                         latents, cfg, {i: labels[i].short_label for i in latents},
+                                         {i: labels[i].top_contexts for i in latents}, pair,
+                                         run.cfg.label.batch_size, grain_from_contexts=by_contexts)
     save_readings(run.path(SAILS_READINGS), readings,
                   {"hookpoint": run.cfg.hookpoint, "explainer": cfg.explainer, "n_prompts": len(prompts),
                    **sae_meta(run.sae)})
