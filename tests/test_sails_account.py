@@ -58,6 +58,11 @@ def test_account_without_changes():
     )
 
 
+def test_account_tells_only_the_kinds_asked_for():
+    text = account_text(adapter_account(_effect(1.0), n=1, kinds=("harmless",)))
+    assert text == "On harmless requests the adapter raises feature 4 (+0.2)."
+
+
 def test_account_of_the_answers():
     text = account_text(adapter_account(_effect(1.0), {1: "refusal and apology"}, answers=True))
     assert text.startswith("In its answers to harmful requests the adapter pushes down feature 2 (-1.5)")

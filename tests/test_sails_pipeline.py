@@ -17,7 +17,8 @@ from peft import PeftModel
 from conftest import make_tiny_model
 from saelign.cli import main
 from saelign.errors import SaelignError
-from saelign.label import explain
+from saelign.label import ContextExample, explain
+from saelign.label.labels import short_label
 from saelign.report import md_escape
 from saelign.sae import SAE, SAEConfig, save_sae
 from saelign.sails import pipeline
@@ -147,7 +148,10 @@ def test_features_moved_only_in_the_answers_are_shown_by_their_token_windows(tmp
     reading = {r["latent"]: r for r in saved}[prose["latent"]]
     assert reading["grain"] == "token" and reading["explanation"] == "" and not reading["detection"]
     report = (run_dir / "report.md").read_text()
-    link = f"[{md_escape(prose['short_label'])}](dashboard/features/{prose['latent']}.html) (+1)"
+    contexts = [ContextExample(**c) for c in prose["top_contexts"]]
+    tokens = short_label(prose["top_tokens"], [], contexts, prose["frequency"])  # tokens and context, no lens
+    assert tokens.startswith("'") and " ← " in tokens and " → " not in tokens
+    link = f"[{md_escape(tokens)}](dashboard/features/{prose['latent']}.html) (+1)"
     assert f"In its answers to harmful requests the sails adapter raises {link}" in report
 
 

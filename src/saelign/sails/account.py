@@ -17,8 +17,9 @@ Part = str | Link
 _ORDER = ("harmful", "borderline", "harmless")
 
 
-def _kinds(effect: EffectResult) -> list[str]:
-    return sorted(effect.top, key=lambda k: (_ORDER.index(k) if k in _ORDER else len(_ORDER), k))
+def _kinds(effect: EffectResult, kinds: Sequence[str] | None) -> list[str]:
+    shown = [k for k in effect.top if kinds is None or k in kinds]
+    return sorted(shown, key=lambda k: (_ORDER.index(k) if k in _ORDER else len(_ORDER), k))
 
 
 def _mention(change: LatentChange, kind: str, labels: Mapping[int, str],
@@ -34,13 +35,14 @@ def _strength(effect: EffectResult, kind: str) -> float:
 
 def adapter_account(effect: EffectResult, labels: Mapping[int, str] | None = None,
                     link: Callable[[int], str] | None = None, n: int = 3, method: str = "the adapter",
-                    answers: bool = False) -> list[Part]:
+                    answers: bool = False, kinds: Sequence[str] | None = None) -> list[Part]:
     """One paragraph as text pieces and links; `labels` maps latent -> readable label, `link` latent ->
-    dashboard page URL. With answers=True the effect is `response.response_effect`'s (features of the
-    generated answers)."""
+    dashboard page URL, `kinds` the prompt kinds told (default: all). With answers=True the effect is
+    `response.response_effect`'s (features of the generated answers)."""
     labels = labels or {}
     out: list[Part] = []
-    for kind in _kinds(effect):
+    told = _kinds(effect, kinds)
+    for kind in told:
         lead = f"In its answers to {kind} requests" if answers else f"On {kind} requests"
         down = [_mention(c, kind, labels, link) for c in effect.top[kind]["down"][:n]]
         up = [_mention(c, kind, labels, link) for c in effect.top[kind]["up"][:n]]
@@ -54,7 +56,7 @@ def adapter_account(effect: EffectResult, labels: Mapping[int, str] | None = Non
             out += [" and raises " if down else "raises ", *_join(up)]
         out.append(". ")
     harmful, harmless = (_strength(effect, k) if k in effect.top else 0.0 for k in ("harmful", "harmless"))
-    if "harmful" in effect.top and "harmless" in effect.top and harmful + harmless > 0:
+    if "harmful" in told and "harmless" in told and harmful + harmless > 0:
         ratio = harmless / harmful if harmful > 0 else math.inf
         verdict = ("mostly leaves harmless requests alone" if ratio < 0.5 else
                    "moves harmless requests about as much as harmful ones" if ratio < 1.5 else

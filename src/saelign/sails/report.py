@@ -14,6 +14,7 @@ from typing import Any
 from saelign.dashboard.site import EXAMPLE_STYLE, examples_html, feature_file
 from saelign.io import read_json
 from saelign.label import LatentLabel, render_latent_cards
+from saelign.label.labels import short_label
 from saelign.label.reading import display_label, feature_name, shown_score
 from saelign.report import Link, Report, line_plot
 from saelign.sails.account import adapter_account
@@ -121,13 +122,18 @@ class _Features:
         label = self.labels.get(latent)
         return display_label(label.short_label, label.reading) if label else ""
 
-    def name(self, latent: int) -> str:
+    def name(self, latent: int, in_answers: bool = False) -> str:
+        """A name for a sentence. Answers are read on ordinary tokens: there the tokens a feature fires on
+        name it (its requests and model label describe the assistant header)."""
         label = self.labels.get(latent)
-        return feature_name(label.short_label, label.reading) if label else ""
+        if label is None:
+            return ""
+        tokens = short_label(label.top_tokens, [], label.top_contexts, label.frequency)  # no logit lens
+        return tokens if in_answers else feature_name(tokens, label.reading)
 
-    def names(self, effect: EffectResult) -> dict[int, str]:
-        return {c.latent: self.name(c.latent) for ways in effect.top.values() for rows in ways.values()
-                for c in rows}
+    def names(self, effect: EffectResult, in_answers: bool = False) -> dict[int, str]:
+        return {c.latent: self.name(c.latent, in_answers) for ways in effect.top.values()
+                for rows in ways.values() for c in rows}
 
     def score(self, latent: int) -> float | None:
         label = self.labels.get(latent)
@@ -144,11 +150,11 @@ class _Features:
         return f"{text[:width]}{'…' if len(text) > width else ''} ({best.activation:.3g})"
 
 
-def account(effect: EffectResult, features: _Features, method: str,
-            answers: bool = False) -> list[str | Link]:
+def account(effect: EffectResult, features: _Features, method: str, answers: bool = False,
+            **short: Any) -> list[str | Link]:
     link: Callable[[int], str] | None = features.page if features.pages else None
-    return adapter_account(effect, features.names(effect), link, method=f"the {method} adapter",
-                           answers=answers)
+    return adapter_account(effect, features.names(effect, answers), link, method=f"the {method} adapter",
+                           answers=answers, **short)
 
 
 def _features(report: Report, selection: dict[str, Any], features: _Features) -> None:
@@ -292,9 +298,10 @@ def build_report(run: RunDir) -> Report:
     report = Report(f"SAILS run ({cfg.preset} preset): {cfg.model.model} at {cfg.hookpoint}")
     lead = "sails" if "sails" in effects else next(iter(effects), None)
     if lead is not None:  # words first: what the adapter changed, each feature linked to its page
-        report.paragraph(*account(effects[lead], features, lead))
+        short = {"n": 2, "kinds": ("harmful", "harmless")}  # the method's own section lists more
+        report.paragraph(*account(effects[lead], features, lead, **short))
         if lead in answers:
-            report.paragraph(*account(answers[lead], features, lead, answers=True))
+            report.paragraph(*account(answers[lead], features, lead, answers=True, **short))
     base, sails = evals.get("base"), evals.get("sails")
     if base and sails:
         report.paragraph(
