@@ -24,7 +24,7 @@ def test_account_names_features_with_links_and_judges_harmless_change():
     assert (
         "On harmful requests the adapter pushes down "
         "[fires on 80 % of malware requests \\[x\\]](dashboard/features/2.html) (-1.5) and "
-        "[feature 3](dashboard/features/3.html) (-0.5) and raises "
+        "[feature 3](dashboard/features/3.html) (-0.5), and raises "
         "[refusal and apology](dashboard/features/1.html) (+2)." in md
     )
     page = Report("r").paragraph(*parts).to_html()

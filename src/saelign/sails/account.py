@@ -53,7 +53,7 @@ def adapter_account(effect: EffectResult, labels: Mapping[int, str] | None = Non
         if down:
             out += ["pushes down ", *_join(down)]
         if up:
-            out += [" and raises " if down else "raises ", *_join(up)]
+            out += [", and raises " if down else "raises ", *_join(up)]
         out.append(". ")
     harmful, harmless = (_strength(effect, k) if k in effect.top else 0.0 for k in ("harmful", "harmless"))
     if "harmful" in told and "harmless" in told and harmful + harmless > 0:
