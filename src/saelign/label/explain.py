@@ -19,7 +19,8 @@ EXPLAIN_PROMPT = ("A feature of a language model is strongly active on these req
                   "It is inactive on these requests:\n{bottom}\n\n{grounded}"
                   "In at most eight words, what kind of request does the feature detect? "
                   "Answer with the phrase only.")
-_PREFIX = re.compile(r"^(the feature (detects|fires on)|answer|label)\s*:?\s*", re.IGNORECASE)
+_PREFIX = re.compile(r"^(the feature (detects|fires on)|answer|label)\s*:?\s*|^(and|or|that|which)\s+",
+                     re.IGNORECASE)
 _WORD = re.compile(r"[a-z']+")
 # A label made only of the question's own words (plus glue words) names nothing: small explainers answer
 # "The feature detects and detects." or echo "a feature that is strongly active on these requests".
