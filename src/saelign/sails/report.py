@@ -7,7 +7,7 @@ Every feature it names links to its page in the run's dashboard."""
 
 import html
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,11 +150,11 @@ class _Features:
         return f"{text[:width]}{'…' if len(text) > width else ''} ({best.activation:.3g})"
 
 
-def account(effect: EffectResult, features: _Features, method: str, answers: bool = False,
-            **short: Any) -> list[str | Link]:
+def account(effect: EffectResult, features: _Features, method: str, answers: bool = False, n: int = 3,
+            kinds: Sequence[str] | None = None) -> list[str | Link]:
     link: Callable[[int], str] | None = features.page if features.pages else None
-    return adapter_account(effect, features.names(effect, answers), link, method=f"the {method} adapter",
-                           answers=answers, **short)
+    return adapter_account(effect, features.names(effect, answers), link, n, f"the {method} adapter", answers,
+                           kinds)
 
 
 def _features(report: Report, selection: dict[str, Any], features: _Features) -> None:
@@ -298,10 +298,10 @@ def build_report(run: RunDir) -> Report:
     report = Report(f"SAILS run ({cfg.preset} preset): {cfg.model.model} at {cfg.hookpoint}")
     lead = "sails" if "sails" in effects else next(iter(effects), None)
     if lead is not None:  # words first: what the adapter changed, each feature linked to its page
-        short = {"n": 2, "kinds": ("harmful", "harmless")}  # the method's own section lists more
-        report.paragraph(*account(effects[lead], features, lead, **short))
+        told = ("harmful", "harmless")  # the method's own section tells every kind, three features a way
+        report.paragraph(*account(effects[lead], features, lead, n=2, kinds=told))
         if lead in answers:
-            report.paragraph(*account(answers[lead], features, lead, answers=True, **short))
+            report.paragraph(*account(answers[lead], features, lead, answers=True, n=2, kinds=told))
     base, sails = evals.get("base"), evals.get("sails")
     if base and sails:
         report.paragraph(
