@@ -43,7 +43,7 @@ def test_clean_label():
     ):
         assert clean_label(echo) == ""  # names nothing: no model label rather than a wrong one
     assert clean_label("requests to steal bank logins") == "requests to steal bank logins"
-    assert clean_label("and responds to requests for recipes") == "responds to requests for recipes"
+    assert clean_label("The feature detects and responds to recipes") == "responds to recipes"
 
 
 def test_explainer_plumbing_and_a_model_without_chat_template(tiny_llama, tokenizer):
