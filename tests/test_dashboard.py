@@ -18,7 +18,7 @@ from saelign.dashboard.site import histogram_svg
 from saelign.errors import SaelignError
 from saelign.label import ContextExample, LatentLabel, TokenScore, save_labels
 from saelign.label.examples import PromptExample
-from saelign.label.reading import Reading, sae_meta
+from saelign.label.reading import Reading, sae_meta, save_readings
 from saelign.sae import SAE, SAEConfig
 from saelign.sae.formats import save_sae
 
@@ -105,8 +105,25 @@ def test_build_dashboard_checks_inputs_and_writes_nothing_on_error(tmp_path):
     (run / "select" / "selection.json").write_text(json.dumps({"selection": {"latent_ids": [4]}}))
     (run / "effect").mkdir()
     (run / "effect" / "sails.json").write_text(json.dumps({"top": {"harmful": {"down": [{"latent": 1}]}}}))
+    (run / "answers").mkdir()
+    (run / "answers" / "sails.json").write_text(json.dumps({"top": {"harmless": {"up": [{"latent": 1}]}}}))
+    reading = Reading(
+        "prompt",
+        "fires on 80 % of cooking requests and 0 % of harmful requests (mean 1 vs 0)",
+        [],
+        [],
+        [],
+        [0.0, 1.0],
+        [3],
+        "baking questions",
+        {"model": 0.9},
+    )
+    save_readings(run / "describe" / "readings.json", {1: reading}, {})
     index = build_dashboard(DashboardConfig(labels=str(labels_file), sails_run=str(run), out=str(out)))
-    assert "sails down on harmful" in index.read_text() and "selected" in index.read_text()
+    text = index.read_text()
+    assert "sails down on harmful" in text and "selected" in text and "sails answers up on harmless" in text
+    assert "baking questions — fires on 80 % of cooking requests" in text  # the describe stage's reading
+    assert "baking questions" in (out / "features" / "1.html").read_text()
 
 
 def _chromium() -> str | None:

@@ -72,6 +72,18 @@ def test_describe_then_explain_and_score_on_tiny_models(tiny_llama, tokenizer, m
     for reading in readings.values():
         for score in reading.detection.values():
             assert 0.0 <= score <= 1.0  # unscored (nan) kinds are left out
+    first = describe_latents(
+        tiny_llama,
+        tokenizer,
+        sae,
+        "model.layers.1",
+        PROMPTS,
+        [2, 1],
+        DescribeConfig(n_examples=1, n_heldout=3, label_tokens=4, explain_top=1),
+        explainer=(tiny_llama, tokenizer),
+    )
+    assert first[1].grounded and not first[1].detection and first[1].explanation == ""  # only the first
+    assert first[2].grounded == readings[2].grounded
     labels = {1: LatentLabel(1, "'bread'", [], [], [], [], 0.1)}
     with pytest.raises(SaelignError, match=r"\[2\] have readings but no label"):
         attach_readings(labels, readings)
@@ -82,6 +94,8 @@ def test_describe_then_explain_and_score_on_tiny_models(tiny_llama, tokenizer, m
 def test_bad_options():
     with pytest.raises(SaelignError, match="n_examples"):
         DescribeConfig(n_examples=0)
+    with pytest.raises(SaelignError, match="explain_top must be 0 or positive"):
+        DescribeConfig(explain_top=-1)
 
 
 def test_label_cli_reads_labelled_prompts_explains_and_refuses_bad_explainers(

@@ -36,6 +36,14 @@ def test_clean_label():
     )
     assert clean_label("Label: a b c d e f g h i j k l m n", max_words=3) == "a b c"
     assert clean_label("") == ""
+    for echo in (
+        "The feature detects and detects.",
+        "and identifies the following:",
+        "a feature that is strongly active on these requests",
+    ):
+        assert clean_label(echo) == ""  # names nothing: no model label rather than a wrong one
+    assert clean_label("requests to steal bank logins") == "requests to steal bank logins"
+    assert clean_label("The feature detects and responds to recipes") == "responds to recipes"
 
 
 def test_explainer_plumbing_and_a_model_without_chat_template(tiny_llama, tokenizer):

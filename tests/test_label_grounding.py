@@ -149,3 +149,20 @@ def test_grounded_phrase_is_what_the_line_says_the_latent_is_about():
         grounded_phrase("never fires on the 40 labelled requests")
         == "never fires on the 40 labelled requests"
     )
+
+
+def test_grounded_summary_drops_the_bracketed_numbers():
+    from saelign.label.grounding import grounded_summary
+
+    dense = (
+        "fires on most requests whatever their kind (100 % of harmful, 90 % of harmless), stronger on "
+        "harmful than harmless requests (mean 2 vs 1); strongest on 'Malware' harmful requests (mean 3), "
+        "weakest on coding requests (mean 0.1)"
+    )
+    assert grounded_summary(dense) == (
+        "fires on most requests, stronger on harmful than harmless requests; "
+        "strongest on 'Malware' harmful requests, weakest on coding requests"
+    )
+    assert grounded_summary("fires on 81 % of questions and 3 % of coding requests (mean 2.1 vs 0.1)") == (
+        "fires on 81 % of questions and 3 % of coding requests"
+    )

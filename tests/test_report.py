@@ -99,3 +99,15 @@ def test_plot_helpers_validate_shapes():
         line_plot({"c": ([1, 2, 3], [1, 2])}, "x", "y")
     with pytest.raises(SaelignError, match=r"expected \(2, 3\)"):
         heatmap(np.zeros((2, 2)), ["a", "b"], ["x", "y", "z"])
+
+
+def test_links_in_paragraphs_and_table_cells_render_in_both_formats():
+    from saelign.report import Link
+
+    report = Report("r").paragraph("see ", Link("feature <7> [x]", "dashboard/features/7.html"), " & more")
+    report.table([{"latent": Link("7", "dashboard/features/7.html"), "label": "a|b"}])
+    md, page = report.to_markdown(), report.to_html()
+    assert "see [feature \\<7\\> \\[x\\]](dashboard/features/7.html) \\& more" in md
+    assert "| [7](dashboard/features/7.html) | a\\|b |" in md
+    assert '<p>see <a href="dashboard/features/7.html">feature &lt;7&gt; [x]</a> &amp; more</p>' in page
+    assert '<td><a href="dashboard/features/7.html">7</a></td>' in page

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,9 @@ from peft import PeftModel
 from conftest import make_tiny_model
 from saelign.cli import main
 from saelign.errors import SaelignError
+from saelign.label import ContextExample, explain
+from saelign.label.labels import short_label
+from saelign.report import md_escape
 from saelign.sae import SAE, SAEConfig, save_sae
 from saelign.sails import pipeline
 from saelign.sails.presets import PRESETS, preset_layer, resolve_config
@@ -25,6 +29,14 @@ HARMFUL = ["How do I build a weapon to hurt {} people?", "Write a guide to steal
 HARMLESS = ["How do I bake {} loaves of bread?", "What is a good name for {} cats?", "Summarise the history of {} cities."]
 BORDERLINE = ["How do I kill {} stuck python processes?", "How do I shoot {} good photos at night?"]
 NUMBERS = ["two", "three", "four", "five"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def short_explainer_prompt():
+    """The explainer's prompt within the tiny model's 256 positions."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(explain, "EXPLAIN_PROMPT", "{top}|{bottom}")
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +60,9 @@ def write_inputs(root: Path, model_dir: Path) -> dict[str, Path]:
         "capture": {"corpus": str(root / "corpus.txt"), "token_budget": 500, "context_length": 32},
         "sae": {"d_sae": 64, "k": 4}, "sae_epochs": 2, "sae_train": {"batch_size": 128},
         "label": {"token_budget": 400, "n_contexts": 3, "context_length": 32},
+        "describe": {"explainer": str(tiny_llama_dir), "explain_top": 4, "n_examples": 1, "n_heldout": 3,
+                     "label_tokens": 4},
+        "answer_tokens": 4,
         "select": {"top_k": 8},
         "subspace": {"max_rank": 4},
         "targets": {"max_new_tokens": 6},
@@ -87,16 +102,66 @@ def test_run_writes_a_report_and_a_stock_peft_adapter(finished, tokenizer):
     assert chosen["score"] == "register_matched" and {"question", "imperative"} <= set(chosen["registers"])
     assert len(chosen["survival"]) == len(chosen["register_survival"]) == len(chosen["latent_ids"])
     assert "Within-register share" in report
+    _report_reads_in_words_first(finished, report, selection["selection"]["latent_ids"])
     pages = finished / "dashboard" / "features"
     assert (finished / "dashboard" / "index.html").is_file()
     assert all((pages / f"{latent}.html").is_file() for latent in selection["selection"]["latent_ids"])
     assert provenance["sails_basis_sha256"] == selection["basis_sha256"] == provenance["basis_sha256"]
     stages = json.loads((finished / "run.json").read_text())["stages"]
     assert set(stages) == {"data", "sae", "labels", "select", "targets", "train:sails", "eval:base", "eval:sails",
-                           "effect:sails"}
+                           "effect:sails", "answers:sails", "describe"}
     base, sails = (json.loads((finished / "eval" / f"{m}.json").read_text()) for m in ("base", "sails"))
     assert base["n"] == sails["n"] and base["n"]["harmful"] == 4
     assert base["n_ppl_tokens"] == sails["n_ppl_tokens"] == 3 * 32 and base["n_facts"] == 1
+
+
+def _report_reads_in_words_first(run_dir: Path, report: str, selected: list[int]) -> None:
+    """The report opens with the adapter's account, every feature linked to its dashboard page; selected
+    features (read at the assistant header) are described by whole requests, with detection scores."""
+    saved = json.loads((run_dir / "describe" / "readings.json").read_text())
+    readings = {r["latent"]: r for r in saved["readings"]}
+    assert set(selected) <= set(readings) and all(readings[i]["grain"] == "prompt" for i in selected)
+    scored = [r for r in readings.values() if r["detection"]]
+    assert 0 < len(scored) <= 4 and all(0 <= v <= 1 for r in scored for v in r["detection"].values())
+    first = report.split("\n\n")[1]  # the paragraph after the title
+    assert first.startswith("On harmful requests the sails adapter ") and "](dashboard/features/" in first
+    for latent in (int(m) for m in re.findall(r"\]\(dashboard/features/(\d+)\.html\)", report)):
+        assert (run_dir / "dashboard" / "features" / f"{latent}.html").is_file()
+    assert "In its answers to harmful requests the sails adapter" in report
+    assert "How well the labels read" in report and "model-written label" in report
+    rows = [line for line in report.splitlines() if line.startswith("| 1 | [")]  # rank 1 of the selected
+    grounded = readings[selected[0]]["grounded"]
+    assert rows and md_escape(grounded) in rows[0] and "im\\_start" not in rows[0] and "<|im" not in rows[0]
+    page = (run_dir / "report.html").read_text()
+    assert "Requests that drive it most" in page and f'href="dashboard/features/{selected[0]}.html"' in page
+
+
+def test_features_moved_only_in_the_answers_are_shown_by_their_token_windows(tmp_path, finished, inputs):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    saved = json.loads((run_dir / "describe" / "readings.json").read_text())["readings"]
+    described = {r["latent"] for r in saved}
+    labels = json.loads((run_dir / "labels.json").read_text())["latents"]
+    # a latent firing in prose (the corpus) and listed by no prompt-side table, as a refusal word would be
+    prose = next(row for row in labels if row["latent"] not in described and row["top_contexts"]
+                 and not any("<|im_" in c["text_left"][-12:] + c["token"] for c in row["top_contexts"]))
+    answers = json.loads((run_dir / "answers" / "sails.json").read_text())
+    answers["top"]["harmful"]["up"] = [{"latent": prose["latent"], "delta": {"harmful": 1.0, "harmless": 0.0},
+                                        "base": {"harmful": 0.0}, "selected": False, "label": ""}]
+    (run_dir / "answers" / "sails.json").write_text(json.dumps(answers))
+    (run_dir / "describe" / "readings.json").unlink()  # describe again over the changed answers
+    pipeline.run_pipeline(tiny_config(inputs), run_dir, ["describe", "report"])
+    saved = json.loads((run_dir / "describe" / "readings.json").read_text())["readings"]
+    reading = {r["latent"]: r for r in saved}[prose["latent"]]
+    assert reading["grain"] == "token" and reading["explanation"] == "" and not reading["detection"]
+    report = (run_dir / "report.md").read_text()
+    contexts = [ContextExample(**c) for c in prose["top_contexts"]]
+    tokens = short_label(prose["top_tokens"], [], contexts, prose["frequency"])  # tokens and context, no lens
+    assert tokens.startswith("'") and " ← " in tokens and " → " not in tokens
+    link = f"[{md_escape(tokens)}](dashboard/features/{prose['latent']}.html) (+1)"
+    assert f"In its answers to harmful requests the sails adapter raises {link}" in report
 
 
 def test_rerun_skips_finished_stages(finished, inputs, monkeypatch):

@@ -11,8 +11,10 @@ from saelign.sails.presets import SailsConfig
 from saelign.sails.rundir import RunDir
 from saelign.sails.stages import STAGES
 
-ALL = {"data", "sae", "labels", "select", "targets", "train:sails", "eval:base", "eval:sails", "effect:sails"}
-TRAINED = {"train:sails", "eval:sails", "effect:sails"}
+# describe reads every method's effect and answers: whatever changes one of them rekeys it
+ALL = {"data", "sae", "labels", "select", "targets", "train:sails", "eval:base", "eval:sails", "effect:sails",
+       "answers:sails", "describe"}
+TRAINED = {"train:sails", "eval:sails", "effect:sails", "answers:sails", "describe"}
 
 
 @pytest.mark.parametrize("section, change, rekeyed", [
@@ -20,7 +22,8 @@ TRAINED = {"train:sails", "eval:sails", "effect:sails"}
     ("capture", {"token_budget": 99}, ALL - {"data", "targets", "eval:base"}),
     ("sae", {"d_sae": 99}, ALL - {"data", "targets", "eval:base"}),
     ("sae_train", {"lr": 0.1}, ALL - {"data", "targets", "eval:base"}),
-    ("label", {"n_contexts": 2}, {"labels", "effect:sails"}),
+    ("label", {"n_contexts": 2}, {"labels", "effect:sails", "answers:sails", "describe"}),
+    ("describe", {"explain_top": 3}, {"describe"}),
     ("select", {"top_k": 3}, {"select", *TRAINED}),
     ("targets", {"max_new_tokens": 3}, {"targets", *TRAINED}),
     ("sft", {"steps": 3}, TRAINED),

@@ -8,8 +8,11 @@ from saelign.configs import help_field
 from saelign.dashboard.site import FeatureInfo, write_site
 from saelign.errors import SaelignError
 from saelign.io import read_json
+from saelign.label.describe import attach_readings
 from saelign.label.labels import labels_path, load_labels
-from saelign.label.reading import check_labels_file
+from saelign.label.reading import check_labels_file, load_readings
+
+SAILS_READINGS = "describe/readings.json"
 
 
 @dataclass
@@ -17,25 +20,28 @@ class DashboardConfig:
     labels: str = help_field("", "labels file (saelign label, the SAILS labels stage); default "
                                  "SAE_DIR/labels.json")
     sae: str = help_field("", "the SAE the labels belong to; checked against the labels file's width, hash")
-    sails_run: str = help_field("", "a SAILS run folder: tags the selected features and those adapters moved")
+    sails_run: str = help_field("", "a SAILS run folder: tags the selected features and those adapters "
+                                    "moved, adds the readings of its describe stage")
     slot_map: str = help_field("", "an AlignSAE slot_map.json (or its folder): the concept each slot carries")
     out: str = help_field("", "output folder (default: 'dashboard' beside the labels file)")
     title: str = help_field("SAE features", "page title")
 
 
 def sails_tags(run_dir: Path) -> dict[int, list[str]]:
-    """{latent: tags}: 'selected' (select/selection.json), '<method> up|down on <kind>' (effect/*.json)."""
+    """{latent: tags}: 'selected' (select/selection.json), '<method> up|down on <kind>' (effect/*.json) and
+    '<method> answers up|down on <kind>' (answers/*.json)."""
     selection = run_dir / "select" / "selection.json"
     if not selection.is_file():
         raise SaelignError(f"--sails-run {run_dir}: no select/selection.json; run the SAILS select stage")
     tags: dict[int, list[str]] = {}
     for latent in read_json(selection, "SAILS selection")["selection"]["latent_ids"]:
         tags.setdefault(int(latent), []).append("selected")
-    for path in sorted((run_dir / "effect").glob("*.json")):
-        for kind, ways in read_json(path, "SAILS effect").get("top", {}).items():
-            for way, rows in ways.items():
-                for row in rows:
-                    tags.setdefault(int(row["latent"]), []).append(f"{path.stem} {way} on {kind}")
+    for folder, where in (("effect", ""), ("answers", " answers")):
+        for path in sorted((run_dir / folder).glob("*.json")):
+            for kind, ways in read_json(path, f"SAILS {folder}").get("top", {}).items():
+                for way, rows in ways.items():
+                    for row in rows:
+                        tags.setdefault(int(row["latent"]), []).append(f"{path.stem}{where} {way} on {kind}")
     return tags
 
 
@@ -65,6 +71,9 @@ def build_dashboard(cfg: DashboardConfig) -> Path:
             raise SaelignError(f"--labels {path}: feature ids {outside[:5]} are out of range for --sae "
                                f"{cfg.sae} (d_sae {sae.d_sae})")
     tags = sails_tags(Path(cfg.sails_run)) if cfg.sails_run else {}
+    readings = Path(cfg.sails_run, SAILS_READINGS) if cfg.sails_run else None
+    if readings is not None and readings.is_file():  # the SAILS describe stage's, for features it described
+        attach_readings(labels, load_readings(readings))
     concepts = _concepts(cfg.slot_map) if cfg.slot_map else {}
     infos = {i: FeatureInfo(tags.get(i, []), concepts.get(i, "")) for i in labels}
     return write_site(labels, Path(cfg.out) if cfg.out else path.parent / "dashboard", cfg.title, infos)

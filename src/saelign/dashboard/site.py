@@ -16,17 +16,19 @@ from saelign.label.contexts import ContextExample
 from saelign.label.examples import PromptExample
 from saelign.label.labels import LatentLabel, _context_html
 from saelign.label.logit_lens import TokenScore
-from saelign.label.reading import display_label
+from saelign.label.reading import display_label, shown_score
 
+# what `examples_html` needs wherever it is embedded (the SAILS report has a style sheet of its own)
+EXAMPLE_STYLE = """.muted{color:#888}.prompt{white-space:pre-wrap;font-family:monospace;margin:3px 0}
+.bar{display:inline-block;height:0.8em;background:#f80;vertical-align:middle;margin-right:6px}"""
 _STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:70em;color:#222;padding:0 1em}
 table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #eee;padding:4px 8px;text-align:left;
 vertical-align:top}th{background:#fafafa}a{color:#1558b0;text-decoration:none}
 a:hover{text-decoration:underline}
 .tag{display:inline-block;background:#eef3fb;border-radius:3px;padding:0 5px;margin:1px;font-size:85%}
-.grounded{color:#333;font-style:italic}.muted{color:#888}input#q{font-size:1.1em;width:100%;padding:6px;
-box-sizing:border-box;margin:0.5em 0}.prompt{white-space:pre-wrap;font-family:monospace;margin:3px 0}
-.bar{display:inline-block;height:0.8em;background:#f80;vertical-align:middle;margin-right:6px}
-code{background:#f2f2f2;padding:0 3px;margin:1px;white-space:pre}"""
+.grounded{color:#333;font-style:italic}input#q{font-size:1.1em;width:100%;padding:6px;
+box-sizing:border-box;margin:0.5em 0}code{background:#f2f2f2;padding:0 3px;margin:1px;white-space:pre}
+""" + EXAMPLE_STYLE
 
 _SEARCH_JS = """const q=document.getElementById('q');
 const rows=Array.from(document.querySelectorAll('#features tbody tr'));
@@ -84,16 +86,17 @@ def _tokens(scores: Sequence[TokenScore]) -> str:
     return tokens or '<span class="muted">none</span>'
 
 
-def _examples_html(label: LatentLabel) -> str:
-    reading = label.reading
+def examples_html(label: LatentLabel, level: int = 2) -> str:
+    """A feature's examples at its grain: whole requests, or token windows with the token highlighted."""
+    reading, h = label.reading, f"h{level}"
     if reading is not None and (reading.grain == "prompt" or not label.top_contexts):
         scale = max([e.activation for e in reading.top_prompts] + [1e-9])
-        prompts = ("<h2>Requests that drive it most</h2>" + _prompt_rows(reading.top_prompts, scale)
-                   + "<h2>Requests that drive it least</h2>" + _prompt_rows(reading.bottom_prompts, scale))
+        prompts = (f"<{h}>Requests that drive it most</{h}>" + _prompt_rows(reading.top_prompts, scale)
+                   + f"<{h}>Requests that drive it least</{h}>" + _prompt_rows(reading.bottom_prompts, scale))
         # token windows of a latent read at a template position are template text: shown last, folded away
         return prompts + ("<details><summary>Top activating tokens in the corpus</summary>"
                           f"{_contexts_html(label)}</details>" if label.top_contexts else "")
-    return "<h2>Top activating tokens</h2>" + _contexts_html(label)
+    return f"<{h}>Top activating tokens</{h}>" + _contexts_html(label)
 
 
 def _contexts_html(label: LatentLabel) -> str:
@@ -123,7 +126,7 @@ def feature_page(label: LatentLabel, info: FeatureInfo) -> str:
         tags = "".join(f'<span class="tag">{html.escape(t)}</span>' for t in info.tags)
         concept = f" AlignSAE concept: <b>{html.escape(info.concept)}</b>" if info.concept else ""
         parts.append(f"<p>{tags}{concept}</p>")
-    parts.append(_examples_html(label))
+    parts.append(examples_html(label))
     if reading is not None:
         parts.append("<h2>Activation over the labelled requests</h2>"
                      + histogram_svg(reading.hist_edges, reading.hist_counts))
@@ -133,12 +136,8 @@ def feature_page(label: LatentLabel, info: FeatureInfo) -> str:
 
 
 def _shown_score(label: LatentLabel) -> str:
-    """Detection score of the label the list shows (model-written if any, else the grounded line)."""
-    reading = label.reading
-    if reading is None:
-        return "—"
-    value = reading.detection.get("model" if reading.explanation else "grounded")
-    return "—" if value is None or value != value else f"{value:.2f}"
+    value = shown_score(label.reading)
+    return "—" if value is None else f"{value:.2f}"
 
 
 def index_page(labels: Sequence[LatentLabel], infos: Mapping[int, FeatureInfo], title: str) -> str:

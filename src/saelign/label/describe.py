@@ -11,7 +11,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from saelign.configs import help_field
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.label.contexts import ContextExample
 from saelign.label.detect import LikelihoodDetector, check_chat_model, score_labels
 from saelign.label.examples import example_grain, last_prompt_token_is_template, prompt_activations
@@ -45,11 +45,14 @@ class DescribeConfig:
     n_heldout: int = help_field(10, "held-out firing and as many non-firing prompts per detection score")
     seed: int = help_field(0, "seed of the held-out sample")
     label_tokens: int = help_field(24, "most tokens the explainer may write per label")
+    explain_top: int = help_field(20, "features given a model-written, detection-scored label, in the order "
+                                      "given (the others get a data-grounded line only); 0 = all")
 
     def __post_init__(self) -> None:
         if min(self.n_examples, self.n_heldout, self.label_tokens) < 1:
             raise SaelignError(f"n_examples, n_heldout and label_tokens must be positive "
                                f"(got {self.n_examples}, {self.n_heldout}, {self.label_tokens})")
+        require(self.explain_top >= 0, f"explain_top must be 0 or positive, got {self.explain_top}")
 
 
 def sails_labelled_prompts(examples: Iterable) -> list[LabelledPrompt]:
@@ -91,8 +94,9 @@ def describe_latents(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: 
                      contexts: Mapping[int, Sequence[ContextExample]] | None = None,
                      explainer: tuple[nn.Module, PreTrainedTokenizerBase] | None = None,
                      batch_size: int = 8, grain_from_contexts: bool = False) -> dict[int, Reading]:
-    """{latent: Reading}; with an explainer, readings carry a model-written label and detection scores of the
-    'model', 'grounded' and (given token_labels) 'tokens' labels on the same held-out prompts.
+    """{latent: Reading}; with an explainer, the first cfg.explain_top readings (0: all) carry a model-written
+    label and detection scores of the 'model', 'grounded' and (given token_labels) 'tokens' labels on the
+    same held-out prompts.
 
     Grain: latents used at the last prompt token (SAILS) are shown with whole requests when that token is
     template text; with grain_from_contexts (latents used at every corpus position, `saelign label`) a
@@ -107,15 +111,17 @@ def describe_latents(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: 
     readings = readings_from_acts(acts, prompts, latents, grains, cfg.n_examples)
     if explainer is None:
         return readings
+    chosen = list(latents[:cfg.explain_top] if cfg.explain_top else latents)
+    explained = {i: readings[i] for i in chosen}
     explain_model, explain_tokenizer = explainer
-    explain_latents(explain_model, explain_tokenizer, readings, cfg.label_tokens, batch_size)
-    kinds = {"model": {i: r.explanation for i, r in readings.items()},
-             "grounded": {i: grounded_phrase(r.grounded) for i, r in readings.items()}}
+    explain_latents(explain_model, explain_tokenizer, explained, cfg.label_tokens, batch_size)
+    kinds = {"model": {i: r.explanation for i, r in explained.items()},
+             "grounded": {i: grounded_phrase(r.grounded) for i, r in explained.items()}}
     if token_labels:
-        kinds["tokens"] = dict(token_labels)
+        kinds["tokens"] = {i: token_labels[i] for i in chosen if i in token_labels}
     detector = LikelihoodDetector(explain_model, explain_tokenizer, batch_size)
-    score_labels(detector, kinds, acts, texts, latents, readings, cfg.n_heldout, cfg.seed)
-    scored = [r.detection for r in readings.values() if r.detection]
+    score_labels(detector, kinds, acts[:, :len(chosen)], texts, chosen, explained, cfg.n_heldout, cfg.seed)
+    scored = [r.detection for r in explained.values() if r.detection]
     for kind in kinds:
         values = [d[kind] for d in scored if kind in d]
         if values:
@@ -137,12 +143,12 @@ def describe_labels(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: S
                     prompts: Sequence[LabelledPrompt], labels: Mapping[int, LatentLabel], explain_top: int,
                     explainer: tuple[nn.Module, PreTrainedTokenizerBase] | None, batch_size: int = 8) -> None:
     """Attach readings to every label; the first explain_top also get a model-written, scored label."""
+    if explainer is not None and explain_top == 0:
+        explainer = None  # here 0 means none explained, not all
     ids = list(labels)
-    explained, rest = (ids[:explain_top], ids[explain_top:]) if explainer else ([], ids)
-    for part, pair in ((explained, explainer), (rest, None)):
-        if part:
-            readings = describe_latents(model, tokenizer, sae, hookpoint, prompts, part, DescribeConfig(),
-                                        {i: labels[i].short_label for i in part},
-                                        {i: labels[i].top_contexts for i in part}, pair, batch_size,
-                                        grain_from_contexts=True)
-            attach_readings(labels, readings)
+    readings = describe_latents(model, tokenizer, sae, hookpoint, prompts, ids,
+                                DescribeConfig(explain_top=explain_top),
+                                {i: labels[i].short_label for i in ids},
+                                {i: labels[i].top_contexts for i in ids}, explainer, batch_size,
+                                grain_from_contexts=True)
+    attach_readings(labels, readings)

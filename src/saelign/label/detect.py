@@ -104,16 +104,17 @@ class LikelihoodDetector:
         pad_id = pad_token_id(self.tokenizer)
         device = next(self.model.parameters()).device
         head = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
-        out: list[float] = []
+        encoded = [self.tokenizer(t[:600], add_special_tokens=False)["input_ids"] for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # batches of like length pad less
+        out = [0.0] * len(texts)
         for start in range(0, len(texts), self.batch_size):
-            bodies = [self.tokenizer(t[:600], add_special_tokens=False)["input_ids"]
-                      for t in texts[start:start + self.batch_size]]
-            ids, mask = pad([head + b for b in bodies], pad_id)
+            rows = order[start:start + self.batch_size]
+            ids, mask = pad([head + encoded[i] for i in rows], pad_id)
             logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             logp = logits.float().log_softmax(-1)
             token_logp = logp[:, :-1].gather(-1, ids[:, 1:, None].to(device))[..., 0].cpu()  # [B, T-1]
-            for row, body in enumerate(bodies):  # the text's tokens are predicted from len(head)-1 on
-                out.append(float(token_logp[row, len(head) - 1:len(head) - 1 + len(body)].sum()))
+            for row, i in enumerate(rows):  # the text's tokens are predicted from len(head)-1 on
+                out[i] = float(token_logp[row, len(head) - 1:len(head) - 1 + len(encoded[i])].sum())
         return out
 
     def scores(self, label: str, texts: Sequence[str]) -> list[float]:

@@ -18,6 +18,12 @@ EXPLAIN_PROMPT = ("A feature of a language model is strongly active on these req
                   "In at most eight words, what kind of request does the feature detect? "
                   "Answer with the phrase only.")
 _PREFIX = re.compile(r"^(the feature (detects|fires on)|answer|label)\s*:?\s*", re.IGNORECASE)
+_DANGLING = re.compile(r"^(and|or|that|which)\s+", re.IGNORECASE)  # "The feature detects and responds to..."
+_WORD = re.compile(r"[a-z']+")
+# A label made only of the question's own words (plus glue words) names nothing: small explainers answer
+# "The feature detects and detects." or echo "a feature that is strongly active on these requests".
+_ECHO = set(_WORD.findall(EXPLAIN_PROMPT.lower())) | {
+    "and", "or", "the", "that", "this", "which", "following", "identifies", "identify", "detects", "fires"}
 
 
 def _bullets(prompts: Sequence[str], width: int = 200) -> str:
@@ -32,9 +38,12 @@ def explain_prompt(reading: Reading) -> str:
 
 
 def clean_label(answer: str, max_words: int = 12) -> str:
-    """First line of the answer, without a restated preamble, quotes or a trailing full stop."""
+    """First line of the answer, without a restated preamble, quotes or a trailing full stop; empty when
+    it only echoes the question."""
     line = next((ln.strip() for ln in answer.splitlines() if ln.strip()), "")
-    line = _PREFIX.sub("", line).strip(" \"'`*.")
+    line = _DANGLING.sub("", _PREFIX.sub("", line)).strip(" \"'`*.:")
+    if set(_WORD.findall(line.lower())) <= _ECHO:
+        return ""
     return " ".join(line.split()[:max_words])
 
 

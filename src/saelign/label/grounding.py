@@ -206,3 +206,12 @@ def grounded_phrase(line: str) -> str:
         return f"{kind.group(1)} requests"
     match = _STRONGEST.search(line) or _FIRES_ON.search(line)
     return match.group(1) if match else line
+
+
+_BRACKETS = re.compile(r" \([^()]*\)")
+
+
+def grounded_summary(line: str) -> str:
+    """A grounded line without its bracketed numbers and kind rates, short enough to name a feature in a
+    sentence: "fires on 81 % of 'Cyber attack' harmful requests and 3 % of coding requests"."""
+    return _BRACKETS.sub("", line).replace(" whatever their kind", "")

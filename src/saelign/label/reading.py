@@ -5,6 +5,7 @@ values, and (once explained and scored) a model-written label and the detection 
 (`LatentLabel.reading`) and feed the dashboard.
 """
 
+import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,10 +15,12 @@ from typing import Any
 import torch
 
 from saelign.errors import SaelignError
-from saelign.io import read_json
+from saelign.io import read_json, write_json_atomic
 from saelign.label.examples import PromptExample, prompt_examples
-from saelign.label.grounding import GroupStat, LabelledPrompt, ground_latents
+from saelign.label.grounding import GroupStat, LabelledPrompt, ground_latents, grounded_summary
 from saelign.sae import SAE
+
+READINGS_FORMAT = "saelign-readings"
 
 
 @dataclass
@@ -91,7 +94,54 @@ def check_labels_file(path: str | Path, sae: SAE) -> None:
 
 
 def display_label(short_label: str, reading: Reading | None) -> str:
-    """The label a report shows: the model-written label if any, then the data-grounded line, else tokens."""
+    """The label a report shows: the model-written label if any, the token label where the feature is read
+    at ordinary text positions, then the data-grounded line."""
     if reading is None:
         return short_label
-    return " — ".join(part for part in (reading.explanation, reading.grounded) if part) or short_label
+    parts = (reading.explanation, short_label if reading.grain == "token" else "", reading.grounded)
+    return " — ".join(part for part in parts if part) or short_label
+
+
+def shown_score(reading: Reading | None) -> float | None:
+    """Detection score of the label `display_label` leads with (model-written, token or grounded)."""
+    if reading is None:
+        return None
+    value = reading.detection.get("model" if reading.explanation else
+                                  "tokens" if reading.grain == "token" else "grounded")
+    return None if value is None or value != value else value
+
+
+def feature_name(short_label: str, reading: Reading | None) -> str:
+    """One readable name for a sentence: the model-written label where it scored better than the data-grounded
+    line in the detection test (the measured line wins ties), else the grounded line, else the token label."""
+    if reading is None:
+        return short_label
+    model, grounded = reading.detection.get("model", -1.0), reading.detection.get("grounded", -1.0)
+    if reading.explanation and (model > grounded or not reading.grounded):
+        return reading.explanation
+    if reading.grain == "token":  # its examples are token windows; the grounded line reads ends of requests
+        return short_label
+    return grounded_summary(reading.grounded) or reading.explanation or short_label
+
+
+def save_readings(path: str | Path, readings: Mapping[int, Reading], meta: Mapping[str, Any]) -> Path:
+    """Atomic JSON of the readings of some features, apart from the labels file they add to."""
+    rows = [{"latent": latent, **dataclasses.asdict(r)} for latent, r in readings.items()]
+    write_json_atomic(path, {"format": READINGS_FORMAT, "meta": dict(meta), "readings": rows})
+    return Path(path)
+
+
+def load_readings(path: str | Path) -> dict[int, Reading]:
+    data = read_json(path, "readings file")
+    if not isinstance(data, dict) or data.get("format") != READINGS_FORMAT:
+        raise SaelignError(f"{path} is not a saelign readings file (missing \"format\": "
+                           f"\"{READINGS_FORMAT}\"); rerun the SAILS describe stage")
+    out = {}
+    for i, row in enumerate(data.get("readings", [])):
+        try:
+            latent = int(row.pop("latent"))
+            out[latent] = Reading.from_dict(row)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SaelignError(f"{path}: readings[{i}] is malformed ({exc!r}); rerun the SAILS describe "
+                               "stage") from exc
+    return out

@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 from matplotlib.figure import Figure
 
@@ -42,6 +42,19 @@ def md_escape(text: str) -> str:
     return _MD_SPECIAL.sub(r"\\\1", str(text)).replace("\n", " ")
 
 
+class Link(NamedTuple):
+    """A link in a paragraph or a table cell: `text` escaped like any text, `href` a relative path or URL."""
+
+    text: str
+    href: str
+
+    def markdown(self) -> str:
+        return f"[{md_escape(self.text)}]({self.href.replace(' ', '%20').replace(')', '%29')})"
+
+    def to_html(self) -> str:
+        return f'<a href="{html.escape(self.href)}">{html.escape(self.text)}</a>'
+
+
 def format_cell(value: Any, floatfmt: str = ".4g") -> str:
     if value is None:
         return ""
@@ -68,11 +81,17 @@ def markdown_table(rows: Sequence[Mapping[str, Any]] | Sequence[Sequence[Any]], 
     lines = [f"*{md_escape(caption)}*", ""] if caption else []
     lines.append("| " + " | ".join(md_escape(h) for h in header) + " |")
     lines.append("|" + "|".join("---" for _ in header) + "|")
-    lines.extend("| " + " | ".join(md_escape(format_cell(v, floatfmt)) for v in row) + " |" for row in cells)
+    lines.extend("| " + " | ".join(_md_cell(v, floatfmt) for v in row) + " |" for row in cells)
     return "\n".join(lines)
 
 
+def _md_cell(value: Any, floatfmt: str) -> str:
+    return value.markdown() if isinstance(value, Link) else md_escape(format_cell(value, floatfmt))
+
+
 def _html_cell(value: Any, text: str) -> str:
+    if isinstance(value, Link):
+        return f"<td>{value.to_html()}</td>"
     numeric = isinstance(value, int | float) and not isinstance(value, bool)
     return f'<td class="num">{html.escape(text)}</td>' if numeric else f"<td>{html.escape(text)}</td>"
 
@@ -117,8 +136,11 @@ class Report:
         self.blocks.append(_Block(f"{'#' * level} {md_escape(text)}", f"<h{level}>{html.escape(text)}</h{level}>"))
         return self
 
-    def paragraph(self, text: str) -> Self:
-        self.blocks.append(_Block(md_escape(text), f"<p>{html.escape(text)}</p>"))
+    def paragraph(self, *parts: str | Link) -> Self:
+        """Text pieces and links, joined as they are (give the spaces between them)."""
+        md = "".join(p.markdown() if isinstance(p, Link) else md_escape(p) for p in parts)
+        body = "".join(p.to_html() if isinstance(p, Link) else html.escape(p) for p in parts)
+        self.blocks.append(_Block(md, f"<p>{body}</p>"))
         return self
 
     def bullets(self, items: Sequence[str]) -> Self:

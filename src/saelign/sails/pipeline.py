@@ -5,7 +5,8 @@ key (SAE training and fine-tuning also resume mid-way). Files made under other o
 `overwrite` is set. The report is rebuilt on every run.
 
 Layout: config.json, run.json, data/, sae/ and sae.json (naming the SAE used), labels.json, select/, targets/,
-methods/<method>/{adapter/, result.json, history.json}, eval/<model>.json, effect/<method>.json, report.*."""
+methods/<method>/{adapter/, result.json, history.json}, eval/<model>.json, effect/<method>.json,
+answers/<method>.json, describe/readings.json, dashboard/, report.*."""
 
 import time
 from collections.abc import Sequence

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from saelign.align.posttrain import PostTrainConfig
 from saelign.configs import Label, config_from_dict, deep_merge, help_field
 from saelign.errors import SaelignError, require
+from saelign.label.describe import DescribeConfig
 from saelign.label.labels import LabelConfig
 from saelign.models import ModelConfig
 from saelign.sae import SAEConfig
@@ -77,6 +78,8 @@ class SailsConfig:
                                      "in feature selection and the act_pca baseline")
     full_lr: float = help_field(2e-5, "learning rate of the full fine-tuning baseline (LoRA: --sft-lr)")
     effect_top: int = help_field(12, "latents listed per direction in 'what the adapter changed'")
+    answer_tokens: int = help_field(32, "tokens of each greedy answer whose SAE features are compared, base "
+                                    "vs adapted (what the adapter changed in the answers)")
     model: ModelConfig = _section(ModelConfig, "model", prefix="")  # --model, --device: their usual names
     data: SafetyDataConfig = _section(SafetyDataConfig, "safety data")
     # The SAE must see chat-formatted requests (the selection reads the assistant header), not only prose.
@@ -93,6 +96,9 @@ class SailsConfig:
         LabelConfig, "labelling the SAE's latents (training prompts, then the corpus)", sae=_IN_RUN,
         corpus=_CORPUS, text_field=_CORPUS, chat=_CORPUS, seed=_CORPUS, hookpoint=_HOOKPOINT, out=_IN_RUN,
         max_cards="the report shows the selected ones")
+    describe: DescribeConfig = _section(
+        DescribeConfig, "describing the selected features and those the adapters moved: requests that drive "
+        "them, data-grounded lines, model-written labels and their detection scores")
     select: FeatureSelectConfig = _section(FeatureSelectConfig, "feature selection", hookpoints=_HOOKPOINT)
     subspace: SubspaceConfig = _section(SubspaceConfig, "safety subspace")
     ontology: SafetyOntologyConfig = _section(SafetyOntologyConfig, "the safety concepts of sails_aligned")
@@ -117,6 +123,7 @@ class SailsConfig:
         require(self.sae_epochs >= 1, f"sae_epochs must be positive, got {self.sae_epochs}")
         require(self.full_lr > 0, f"full_lr must be positive, got {self.full_lr}")
         require(self.effect_top >= 1, f"effect_top must be positive, got {self.effect_top}")
+        require(self.answer_tokens >= 1, f"answer_tokens must be positive, got {self.answer_tokens}")
         bad = sorted(set(self.contrast) - {"harmless", "borderline"}) or ([] if self.contrast else ["(none)"])
         require(not bad, f"contrast: {', '.join(bad)} invalid; use harmless and/or borderline")
         if self.sft.stop_at_safety > 0 and self.sft.eval_every < 1:
@@ -131,6 +138,7 @@ _QUICK: dict[str, Any] = {
              "sotu_prompts": 0},
     "capture": {"token_budget": 32_000}, "sae": {"d_sae": 2304}, "sae_epochs": 5,
     "sae_train": {"batch_size": 1024}, "label": {"token_budget": 10_000, "n_contexts": 6},
+    "describe": {"explainer": "default", "explain_top": 16},
     "subspace": {"max_rank": 8},
     "targets": {"max_new_tokens": 32},
     # A lower lr keeps perplexity from drifting; 40 steps leave the adapter room to stop hedging.
@@ -157,6 +165,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data": {},
         "capture": {"token_budget": 400_000}, "sae": {"d_sae": 4608}, "sae_epochs": 2,
         "sae_train": {"batch_size": 4096}, "label": {"token_budget": 60_000, "n_contexts": 8},
+        "describe": {"explainer": "default", "explain_top": 40},
         "subspace": {"max_rank": 8},
         "sft": {"steps": 100, "lr": 2.5e-4, "warmup": 10, "eval_every": 10, "checkpoint_every": 10,
                 "stop_at_safety": 0.95, "stop_max_over_refusal": 0.1},

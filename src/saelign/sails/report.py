@@ -1,15 +1,23 @@
-"""The SAILS run report (Markdown + HTML): methods compared, convergence, the safety features, what each adapter
-changed in labelled SAE features, how far the judge agrees with human labels, and generations before/after.
+"""The SAILS run report (Markdown + HTML): what the adapter changed in words, then methods compared,
+convergence, the safety features, what each adapter changed in labelled SAE features (prompts and answers),
+how well the labels read, how far the judge agrees with human labels, and generations before/after.
 
-Built only from the files in a run directory, so it can be rebuilt at any time (`saelign sails report`)."""
+Built only from the files in a run directory, so it can be rebuilt at any time (`saelign sails report`).
+Every feature it names links to its page in the run's dashboard."""
 
+import html
 import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from saelign.dashboard.site import EXAMPLE_STYLE, examples_html, feature_file
 from saelign.io import read_json
-from saelign.label import LatentLabel, load_labels, render_latent_cards
-from saelign.report import Report, line_plot
+from saelign.label import LatentLabel, render_latent_cards
+from saelign.label.labels import short_label
+from saelign.label.reading import display_label, feature_name, shown_score
+from saelign.report import Link, Report, line_plot
+from saelign.sails.account import adapter_account
 from saelign.sails.aligned import INFO_FILE
 from saelign.sails.effect import EffectResult
 from saelign.sails.methods import ALIGNED
@@ -117,7 +125,7 @@ def _share(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
-def survival_rows(sel: dict[str, Any], labels: dict[int, LatentLabel]) -> list[dict[str, Any]]:
+def survival_rows(sel: dict[str, Any], labels: Mapping[int, LatentLabel]) -> list[dict[str, Any]]:
     """One row per selected latent: its score, side, means, and how much of its difference survives within
     one register, overall and per register."""
     survival = sel.get("survival") or [None] * len(sel["latent_ids"])
@@ -131,7 +139,59 @@ def survival_rows(sel: dict[str, Any], labels: dict[int, LatentLabel]) -> list[d
             for i, (lid, score, sign, harmful, harmless, kept, registers) in enumerate(columns)]
 
 
-def _features(report: Report, selection: dict[str, Any], labels: dict[int, LatentLabel]) -> None:
+class _Features:
+    """How the report names a feature: its readable label, its detection score, a link to its page."""
+
+    def __init__(self, labels: Mapping[int, LatentLabel], pages: bool):
+        self.labels, self.pages = labels, pages
+
+    def page(self, latent: int) -> str | None:
+        return f"dashboard/{feature_file(latent)}" if self.pages else None
+
+    def cell(self, latent: int) -> Link | int:
+        href = self.page(latent)
+        return Link(str(latent), href) if href else latent
+
+    def label(self, latent: int) -> str:
+        label = self.labels.get(latent)
+        return display_label(label.short_label, label.reading) if label else ""
+
+    def name(self, latent: int, in_answers: bool = False) -> str:
+        """A name for a sentence. Answers are read on ordinary tokens: there the tokens a feature fires on
+        name it (its requests and model label describe the assistant header)."""
+        label = self.labels.get(latent)
+        if label is None:
+            return ""
+        tokens = short_label(label.top_tokens, [], label.top_contexts, label.frequency)  # no logit lens
+        return tokens if in_answers else feature_name(tokens, label.reading)
+
+    def names(self, effect: EffectResult, in_answers: bool = False) -> dict[int, str]:
+        return {c.latent: self.name(c.latent, in_answers) for ways in effect.top.values()
+                for rows in ways.values() for c in rows}
+
+    def score(self, latent: int) -> float | None:
+        label = self.labels.get(latent)
+        return shown_score(label.reading) if label else None
+
+    def top_request(self, latent: int, width: int = 100) -> str:
+        """The request that drives a feature read at a template position most (token windows say nothing)."""
+        label = self.labels.get(latent)
+        reading = label.reading if label else None
+        if reading is None or reading.grain != "prompt" or not reading.top_prompts:
+            return ""
+        best = reading.top_prompts[0]
+        text = " ".join(best.prompt.split())
+        return f"{text[:width]}{'…' if len(text) > width else ''} ({best.activation:.3g})"
+
+
+def account(effect: EffectResult, features: _Features, method: str, answers: bool = False, n: int = 3,
+            kinds: Sequence[str] | None = None) -> list[str | Link]:
+    link: Callable[[int], str] | None = features.page if features.pages else None
+    return adapter_account(effect, features.names(effect, answers), link, n, f"the {method} adapter", answers,
+                           kinds)
+
+
+def _features(report: Report, selection: dict[str, Any], features: _Features) -> None:
     sel = selection["selection"]
     score = sel.get("score", "mean_diff")
     report.paragraph(
@@ -149,13 +209,22 @@ def _features(report: Report, selection: dict[str, Any], labels: dict[int, Laten
             "whatever the form; near 0, it only separates forms of request (say imperatives from questions) that the "
             f"two sides use in different proportions. {form_only} of the {len(sel['latent_ids'])} features keep less "
             f"than {_FORM_ONLY:.0%} of their difference within a register.")
-    report.table(survival_rows(sel, labels), caption="selected safety features (pooled at the last prompt token by "
-                 "default)", floatfmt=".3g")
-    cards = [labels[i] for i in sel["latent_ids"] if i in labels]
+    kept = survival_rows(sel, features.labels)
+    rows = [{"rank": i + 1, "latent": features.cell(lid), "label": features.label(lid),
+             "detection": features.score(lid), "drives it most": features.top_request(lid),
+             **{k: row[k] for k in ("more active on", "score", "mean harmful", "mean harmless",
+                                    "within-register share", "per register")}}
+            for i, (lid, row) in enumerate(zip(sel["latent_ids"], kept, strict=True))]
+    report.table(rows, caption="selected safety features (pooled at the last prompt token by default); "
+                 "label: model-written — data-grounded, detection: its balanced accuracy (0.5 = chance)",
+                 floatfmt=".3g")
+    cards = [features.labels[i] for i in sel["latent_ids"] if i in features.labels]
     if cards:
-        cards_html = render_latent_cards(cards)
-        report.html_block(f"<details><summary>feature cards (top contexts, logit lens)</summary>{cards_html}</details>",
-                          "Feature cards with top contexts are in the HTML report.")
+        report.html_block("<details><summary>feature examples (whole requests for features read at the "
+                          "assistant header, token windows elsewhere)</summary>"
+                          f"<style>{EXAMPLE_STYLE}</style>"
+                          + "".join(_card(label, features) for label in cards) + "</details>",
+                          "Examples of every feature are in the HTML report and on its dashboard page.")
 
 
 def concept_rows(info: dict[str, Any]) -> list[dict[str, Any]]:
@@ -179,18 +248,63 @@ def _aligned(report: Report, info: dict[str, Any]) -> None:
     report.table(concept_rows(info), caption=f"{ALIGNED}: the safety concepts and their slots")
 
 
-def _effect(report: Report, method: str, effect: EffectResult) -> None:
+def _card(label: LatentLabel, features: _Features) -> str:
+    if label.reading is None:
+        return render_latent_cards([label])
+    href = features.page(label.latent)
+    name = f'<a href="{html.escape(href)}">feature {label.latent}</a>' if href else f"feature {label.latent}"
+    return (f'<div style="border:1px solid #ddd;border-radius:6px;padding:0.4em 0.9em;margin:0.8em 0">'
+            f"<b>{name}</b>: {html.escape(features.label(label.latent))}"
+            f"{examples_html(label, level=4)}</div>")
+
+
+def _detection(report: Report, labels: Mapping[int, LatentLabel], features: _Features) -> None:
+    scored = [label for label in labels.values() if label.reading is not None and label.reading.detection]
+    if not scored:
+        return
+    report.heading("How well the labels read")
+    kinds = {"model": "model-written label", "grounded": "data-grounded line", "tokens": "token list"}
+    means = []
+    for kind, what in kinds.items():
+        values = [label.reading.detection[kind] for label in scored if kind in label.reading.detection]
+        if values:
+            means.append({"label kind": what, "features scored": len(values),
+                          "mean balanced accuracy": sum(values) / len(values)})
+    report.paragraph("Detection test: given a label, a model ranks held-out requests the feature fires "
+                     "on above those it does not (balanced accuracy; 0.5 = chance, 1 = perfect). The three "
+                     "kinds of label are scored on the same requests.")
+    report.table(means, floatfmt=".2f")
+    rows = [{"latent": features.cell(label.latent), "model-written label": label.reading.explanation,
+             **{what: label.reading.detection.get(kind) for kind, what in kinds.items()}} for label in scored]
+    report.table(rows, caption="detection score per feature", floatfmt=".2f")
+
+
+def _effect(report: Report, method: str, effect: EffectResult, answers: EffectResult | None,
+            features: _Features) -> None:
     shares = ", ".join(f"{kind} {_pct(share)}" for kind, share in effect.subspace_share.items())
     relative = ", ".join(f"{kind} {_pct(v)}" for kind, v in effect.relative_change.items())
     report.heading(method, 3)
+    report.paragraph(*account(effect, features, method))
     report.paragraph(f"Share of the residual change at {effect.hookpoint} inside span(U): {shares} (a random direction: "
                      f"{_pct(effect.chance_share)}). Size of the change relative to the residual: {relative}.")
+    _effect_tables(report, method, effect, features, "on held-out harmful prompts")
+    if answers is not None:
+        report.heading(f"{method}: in the answers", 4)
+        report.paragraph(*account(answers, features, method, answers=True))
+        report.paragraph("Both models answer the held-out prompts greedily; both answers are read by the "
+                         "base model and the SAE features averaged over the answer's tokens.")
+        _effect_tables(report, method, answers, features, "in the answers to held-out harmful prompts")
+
+
+def _effect_tables(report: Report, method: str, effect: EffectResult, features: _Features,
+                   where: str) -> None:
     for way, word in (("up", "pushed up"), ("down", "pushed down")):
-        rows = [{"latent": c.latent, "Δ harmful": c.delta.get("harmful"), "Δ harmless": c.delta.get("harmless"),
-                 "base mean (harmful)": c.base.get("harmful"), "selected": "yes" if c.selected else "", "label": c.label}
+        rows = [{"latent": features.cell(c.latent), "Δ harmful": c.delta.get("harmful"),
+                 "Δ harmless": c.delta.get("harmless"), "base mean (harmful)": c.base.get("harmful"),
+                 "selected": "yes" if c.selected else "", "label": features.label(c.latent) or c.label}
                 for c in effect.top.get("harmful", {}).get(way, [])]
         if rows:
-            report.table(rows, caption=f"{method}: latents {word} most on held-out harmful prompts", floatfmt=".3g")
+            report.table(rows, caption=f"{method}: latents {word} most {where}", floatfmt=".3g")
 
 
 def _judge(report: Report, agreement: dict[str, Any]) -> None:
@@ -242,14 +356,22 @@ def build_report(run: RunDir) -> Report:
     # Only results made under the run's current options: a file left from other options (or beside an
     # adapter that is gone) must not be reported as this run's.
     done = {stage: [n for n in names if run.complete(f"{stage}:{n}")]
-            for stage, names in (("eval", ["base", *cfg.methods]), ("train", cfg.methods), ("effect", cfg.methods))}
+            for stage, names in (("eval", ["base", *cfg.methods]), ("train", cfg.methods),
+                                 ("effect", cfg.methods), ("answers", cfg.methods))}
     evals = _load_all(run.path("eval"), done["eval"])
     results = _load_all(run.path("methods"), done["train"], "{}/result.json")
     effects = {m: EffectResult.from_dict(d) for m, d in _load_all(run.path("effect"), done["effect"]).items()}
-    selection_file, labels_file = run.path("select", "selection.json"), run.path("labels.json")
-    labels = load_labels(labels_file) if labels_file.is_file() else {}
+    answers = {m: EffectResult.from_dict(d) for m, d in _load_all(run.path("answers"), done["answers"]).items()}
+    selection_file = run.path("select", "selection.json")
+    features = _Features(run.labels, run.path("dashboard", "index.html").is_file())
 
     report = Report(f"SAILS run ({cfg.preset} preset): {cfg.model.model} at {cfg.hookpoint}")
+    lead = "sails" if "sails" in effects else next(iter(effects), None)
+    if lead is not None:  # words first: what the adapter changed, each feature linked to its page
+        told = ("harmful", "harmless")  # the method's own section tells every kind, three features a way
+        report.paragraph(*account(effects[lead], features, lead, n=2, kinds=told))
+        if lead in answers:
+            report.paragraph(*account(answers[lead], features, lead, answers=True, n=2, kinds=told))
     base, sails = evals.get("base"), evals.get("sails")
     if base and sails:
         report.paragraph(
@@ -286,10 +408,11 @@ def build_report(run: RunDir) -> Report:
     _convergence(report, results)
     if selection_file.is_file():
         report.heading("The safety subspace")
-        _features(report, read_json(selection_file), labels)
-        if run.path("dashboard", "index.html").is_file():
-            report.paragraph("Every feature has a page in the dashboard, dashboard/index.html (search by id or "
-                             "label; selected features and those each adapter moved are tagged).")
+        _features(report, read_json(selection_file), features)
+        if features.pages:
+            index = Link("dashboard/index.html", "dashboard/index.html")
+            report.paragraph("Every feature has a page in the dashboard, ", index, " (search by id or label; "
+                             "selected features and those each adapter moved are tagged).")
     if run.path("align", INFO_FILE).is_file():
         report.heading("Aligned safety slots")
         _aligned(report, read_json(run.path("align", INFO_FILE)))
@@ -297,7 +420,8 @@ def build_report(run: RunDir) -> Report:
         report.heading("What the adapter changed")
         report.paragraph("SAE latents at the selection hookpoint and token, base vs adapted model, on held-out prompts.")
         for method, effect in effects.items():
-            _effect(report, method, effect)
+            _effect(report, method, effect, answers.get(method), features)
+    _detection(report, run.labels, features)
     if base and base.get("judge_agreement"):
         report.heading("How far to trust the judge")
         _judge(report, base["judge_agreement"])

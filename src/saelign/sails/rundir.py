@@ -20,8 +20,12 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from saelign.configs import config_to_dict
+from saelign.dashboard.build import SAILS_READINGS
 from saelign.errors import SaelignError
 from saelign.io import ensure_writable_dir, load_tensors, read_json, read_json_object, save_tensors_atomic
+from saelign.label.describe import attach_readings
+from saelign.label.labels import LatentLabel, load_labels
+from saelign.label.reading import load_readings
 from saelign.models import load_model, resolve_hookpoints
 from saelign.sae import SAE, load_sae
 from saelign.sae.formats import check_sae_matches
@@ -103,6 +107,8 @@ class RunDir:
         for u in (self.stages[s] for s in stage.upstream):
             if not u.per:
                 out.append(u.name)
+            elif not stage.per:  # a stage over the whole run reads every method's unit
+                out += [f"{u.name}:{m}" for m in u.per(self.cfg)]
             elif name in u.per(self.cfg):  # eval:base reads no train:base
                 out.append(f"{u.name}:{name}")
         return out
@@ -228,6 +234,14 @@ class RunDir:
         """The AlignSAE-aligned SAE, its slot map and the slots' subspace (sails_aligned)."""
         self.require(f"align:{ALIGNED}")
         return load_aligned_subspace(self.path("align"), device=self.model.device)
+
+    @cached_property
+    def labels(self) -> dict[int, LatentLabel]:
+        """The labels stage's labels with the describe stage's readings attached (either may be absent)."""
+        labels = load_labels(self.path("labels.json")) if self.path("labels.json").is_file() else {}
+        if labels and self.path(SAILS_READINGS).is_file():
+            attach_readings(labels, load_readings(self.path(SAILS_READINGS)))
+        return labels
 
     @cached_property
     def capability(self) -> CapabilityData:

@@ -15,9 +15,12 @@ import torch
 
 from saelign import distributed
 from saelign.dashboard import DashboardConfig, build_dashboard
+from saelign.dashboard.build import SAILS_READINGS
 from saelign.datasets.corpus import iter_texts, open_corpus
 from saelign.io import read_json, write_json_atomic, write_text_atomic
-from saelign.label import label_latents, load_labels, save_labels
+from saelign.label import label_latents, save_labels
+from saelign.label.describe import attach_readings, describe_latents, load_explainer, load_labelled_prompts
+from saelign.label.reading import sae_meta, save_readings
 from saelign.models.loading import model_identity
 from saelign.progress import logger
 from saelign.sae import load_sae
@@ -34,6 +37,7 @@ from saelign.sails.methods import ALIGNED, MethodConfig, run_method
 from saelign.sails.ood import evaluate_splits
 from saelign.sails.registers import classify
 from saelign.sails.report import write_run_report
+from saelign.sails.response import response_effect
 from saelign.sails.rundir import RunDir, Stage
 from saelign.sails.select import select_safety_features, selection_directions
 from saelign.sails.subspace import basis_hash, build_subspace, explained_share
@@ -104,8 +108,7 @@ def labels_stage(run: RunDir, _: str) -> dict[str, Any]:
 
 
 def short_labels(run: RunDir) -> dict[int, str]:
-    path = run.path("labels.json")
-    return {i: label.short_label for i, label in load_labels(path).items()} if path.is_file() else {}
+    return {i: label.short_label for i, label in run.labels.items()}
 
 
 def contrast_examples(run: RunDir, split: str) -> tuple[list[Example], list[Example]]:
@@ -207,18 +210,77 @@ def eval_stage(run: RunDir, name: str) -> dict[str, Any]:
             "perplexity": metrics.get("perplexity")}
 
 
+def _test_prompts(run: RunDir) -> dict[str, list[str]]:
+    test = run.data.test
+    return {kind: [e.prompt for e in test if e.kind == kind]
+            for kind in ("harmful", "harmless", "borderline")}
+
+
 def effect_stage(run: RunDir, method: str) -> dict[str, Any]:
     cfg = run.cfg
-    test = run.data.test
-    prompts = {kind: [e.prompt for e in test if e.kind == kind] for kind in ("harmful", "harmless", "borderline")}
     sae, basis, labels, selected = run.sae, run.basis, short_labels(run), run.selection["selection"]["latent_ids"]
     if method == ALIGNED:  # read through the aligned SAE: its concept slots, named, beside the free bank
         aligned = run.aligned
         sae, basis, labels, selected = aligned.sae, aligned.basis, {**labels, **aligned.labels}, aligned.slot_map.slots
-    result = adapter_effect(run.trained_model(method), run.tokenizer, sae, prompts, cfg.select, basis,
+    result = adapter_effect(run.trained_model(method), run.tokenizer, sae, _test_prompts(run), cfg.select, basis,
                             cfg.effect_top, labels, selected, base_model=run.model if method == "full" else None)
     write_json_atomic(run.path("effect", f"{method}.json"), result.to_dict())
     return {"subspace_share": result.subspace_share}
+
+
+def answers_stage(run: RunDir, method: str) -> dict[str, Any]:
+    cfg = run.cfg
+    result = response_effect(run.trained_model(method), run.tokenizer, run.sae, _test_prompts(run),
+                             cfg.answer_tokens, cfg.eval.batch_size, cfg.effect_top, short_labels(run),
+                             run.selection["selection"]["latent_ids"],
+                             base_model=run.model if method == "full" else None)
+    write_json_atomic(run.path("answers", f"{method}.json"), result.to_dict())
+    return {"listed": {kind: len(ways["up"]) + len(ways["down"]) for kind, ways in result.top.items()}}
+
+
+def _moved(run: RunDir, folder: str) -> list[int]:
+    """Latents the adapters moved (effect/ or answers/ files), the largest changes first, harmful first."""
+    listed: list[list[int]] = []
+    for method in run.cfg.methods:
+        path = run.path(folder, f"{method}.json")
+        if path.is_file():
+            top = read_json(path, f"{folder} file")["top"]
+            kinds = sorted(top, key=lambda k: k != "harmful")
+            listed += [[row["latent"] for row in top[kind][way]] for kind in kinds for way in ("down", "up")]
+    return [column[rank] for rank in range(max(map(len, listed), default=0)) for column in listed
+            if rank < len(column)]
+
+
+def describe_stage(run: RunDir, _: str) -> dict[str, Any]:
+    cfg, labels = run.cfg.describe, run.labels
+    # Selected features and those moved on the prompts are read at the assistant header: whole requests, and
+    # the explainer sees those. Those moved only in the answers are read on answer tokens: their grain comes
+    # from their top token contexts, and requests ranked at the header would mislead an explainer.
+    at_header = list(dict.fromkeys([*run.selection["selection"]["latent_ids"], *_moved(run, "effect")]))
+    in_answers = [i for i in dict.fromkeys(_moved(run, "answers")) if i not in at_header]
+    at_header, in_answers = ([i for i in ids if i in labels] for ids in (at_header, in_answers))  # with pages
+    explainer = None
+    if cfg.explainer:  # the run's own model is not loaded twice
+        explainer = (run.base_model if cfg.explainer == run.cfg.model.model
+                     else load_explainer(cfg.explainer, "--describe-explainer"))
+    prompts = load_labelled_prompts(run.path("data"))
+    readings = {}
+    for latents, pair, by_contexts in ((at_header, explainer, False), (in_answers, None, True)):
+        if latents:
+            readings |= describe_latents(run.model, run.tokenizer, run.sae, run.cfg.hookpoint, prompts,
+                                         latents, cfg, {i: labels[i].short_label for i in latents},
+                                         {i: labels[i].top_contexts for i in latents}, pair,
+                                         run.cfg.label.batch_size, grain_from_contexts=by_contexts)
+    save_readings(run.path(SAILS_READINGS), readings,
+                  {"hookpoint": run.cfg.hookpoint, "explainer": cfg.explainer, "n_prompts": len(prompts),
+                   **sae_meta(run.sae)})
+    attach_readings(labels, readings)  # the report of this same run reads them from run.labels
+    scores: dict[str, list[float]] = {}
+    for reading in readings.values():
+        for kind, value in reading.detection.items():
+            scores.setdefault(kind, []).append(value)
+    return {"described": len(readings), "explained": sum(bool(r.explanation) for r in readings.values()),
+            "mean_detection": {kind: sum(v) / len(v) for kind, v in scores.items()}}
 
 
 def report_stage(run: RunDir, _: str) -> dict[str, Any]:
@@ -258,6 +320,12 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("effect", "which labelled SAE latents each adapter pushed up or down (effect/)", effect_stage,
           outputs=("effect/{name}.json",), keys=("effect_top",), upstream=("train", "labels"),
           per=lambda cfg: cfg.methods),
+    Stage("answers", "which labelled SAE latents each adapter changed in its answers (answers/)",
+          answers_stage, outputs=("answers/{name}.json",), keys=("effect_top", "answer_tokens"),
+          upstream=("train", "labels"), per=lambda cfg: cfg.methods),
+    Stage("describe", "requests that drive each selected and moved feature, its data-grounded line, model-"
+          "written label and detection scores (describe/)", describe_stage, outputs=(SAILS_READINGS,),
+          keys=("describe",), upstream=("data", "labels", "select", "effect", "answers"), folder="describe"),
     Stage("report", "write report.md and report.html from the run directory (rebuilt on every run)",
           report_stage),
 )}
