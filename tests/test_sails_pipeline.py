@@ -60,7 +60,7 @@ def write_inputs(root: Path, model_dir: Path) -> dict[str, Path]:
         "capture": {"corpus": str(root / "corpus.txt"), "token_budget": 500, "context_length": 32},
         "sae": {"d_sae": 64, "k": 4}, "sae_epochs": 2, "sae_train": {"batch_size": 128},
         "label": {"token_budget": 400, "n_contexts": 3, "context_length": 32},
-        "describe": {"explainer": str(tiny_llama_dir), "explain_top": 4, "n_examples": 1, "n_heldout": 3,
+        "describe": {"explainer": str(model_dir), "explain_top": 4, "n_examples": 1, "n_heldout": 3,
                      "label_tokens": 4},
         "answer_tokens": 4,
         "select": {"top_k": 8},
