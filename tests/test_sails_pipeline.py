@@ -35,8 +35,11 @@ NUMBERS = ["two", "three", "four", "five"]
 def short_explainer_prompt():
     """The explainer's prompt within the tiny model's 256 positions."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(explain, "EXPLAIN_PROMPT", "{top}|{bottom}")
+        patch.setattr(explain, "EXPLAIN_PROMPT", SHORT_EXPLAIN_PROMPT)
         yield
+
+
+SHORT_EXPLAIN_PROMPT = "{top}|{bottom}"  # other modules that run the tiny pipeline patch it the same way
 
 
 @pytest.fixture(scope="module")
