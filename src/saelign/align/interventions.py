@@ -156,6 +156,22 @@ def concept_swap(model: nn.Module, sae: SAE, slot_map: SlotMap, source: str | in
     return sae_edit(model, sae, edit, positions, keep_error, hookpoint, slot_map)
 
 
+@contextlib.contextmanager
+def replace_positions(model: nn.Module, hookpoint: str, vectors: torch.Tensor, position: int = -1) -> Iterator[None]:
+    """Overwrite token `position` of every row of a forward at `hookpoint` with that row's vector [batch, d]:
+    the swap oracle (another prompt's whole activation), a ceiling for any edit of that one position."""
+
+    def write(hidden: torch.Tensor) -> torch.Tensor:
+        require(hidden.shape[0] == vectors.shape[0], f"replace_positions got {vectors.shape[0]} vectors for a "
+                                                     f"batch of {hidden.shape[0]}; give one vector per row")
+        out = hidden.clone()
+        out[:, position] = vectors.to(device=out.device, dtype=out.dtype)
+        return out
+
+    with patch_output(model, hookpoint, write):
+        yield
+
+
 @dataclass
 class GuardEvent:
     forward: int
