@@ -23,7 +23,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from saelign.align.activations import concept_offsets
-from saelign.align.interventions import concept_swap, replace_positions
+from saelign.align.interventions import EditPositions, concept_swap, replace_positions
 from saelign.align.slots import SlotMap
 from saelign.errors import require
 from saelign.progress import logger
@@ -38,6 +38,55 @@ SAMPLES_PER_ALPHA = (
 )
 
 
+# Builds the context of one batch: (the batch's row indices into the texts, the positions to edit).
+RowContext = Callable[[Sequence[int], EditPositions], AbstractContextManager]
+
+
+def _continue_rows(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    offsets: Sequence[int],
+    context_for: RowContext | None,
+    n_tokens: int,
+    batch_size: int,
+    span: str = "concept",
+    during: str = "prompt",
+    desc: str = "swap continuations",
+) -> list[tuple[int, ...]]:
+    """Greedy continuations, editing each prompt while it is read, with an edit that may differ per row
+    (prompts are grouped by offset; `context_for(rows, positions)` builds the context of one batch whose
+    forward rows are `texts[rows]` in that order): span="concept" edits the concept offset only;
+    span="prompt" edits every prompt position from the offset on (pass -len(prompt) as the offset for the
+    whole prompt; left padding stays untouched). during="all" also edits each generated token as it is
+    read."""
+    ids = token_ids(tokenizer, texts)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, off in enumerate(offsets):
+        groups[off].append(i)
+    out: list[tuple[int, ...]] = [()] * len(texts)
+    for off, idx in groups.items():
+        where: EditPositions = off if span == "concept" else slice(off, None)
+        idx.sort(key=lambda i: -len(ids[i]))  # greedy_decode's own order: forward row k is rows[k]
+        for start in range(0, len(idx), batch_size):
+            rows = idx[start : start + batch_size]
+            context = partial(context_for, rows, where) if context_for else None
+            generating = partial(context_for, rows, "last") if context_for and during == "all" else None
+            tokens = greedy_decode(
+                model,
+                [ids[i] for i in rows],
+                n_tokens,
+                pad_token_id(tokenizer),
+                batch_size=len(rows),
+                prompt_context=context,
+                token_context=generating,
+                desc=desc,
+            )
+            for i, row in zip(rows, tokens, strict=True):
+                out[i] = tuple(row)
+    return out
+
+
 def _continue(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -49,33 +98,9 @@ def _continue(
     span: str = "concept",
     during: str = "prompt",
 ) -> list[tuple[int, ...]]:
-    """Greedy continuations, editing each prompt while it is read (prompts are grouped by offset;
-    `intervention(positions=...)` builds the context for one group): span="concept" edits the concept offset
-    only; span="prompt" edits every prompt position from the offset on (pass -len(prompt) as the offset for
-    the whole prompt; left padding stays untouched). during="all" also edits each generated token as it is
-    read."""
-    groups: dict[int, list[int]] = defaultdict(list)
-    for i, off in enumerate(offsets):
-        groups[off].append(i)
-    out: list[tuple[int, ...]] = [()] * len(texts)
-    for off, idx in groups.items():
-        where = off if span == "concept" else slice(off, None)
-        context = partial(intervention, positions=where) if intervention else None
-        generating = partial(intervention, positions="last") if intervention and during == "all" else None
-        prompts = token_ids(tokenizer, [texts[i] for i in idx])
-        tokens = greedy_decode(
-            model,
-            prompts,
-            n_tokens,
-            pad_token_id(tokenizer),
-            batch_size=batch_size,
-            prompt_context=context,
-            token_context=generating,
-            desc="swap continuations",
-        )
-        for i, row in zip(idx, tokens, strict=True):
-            out[i] = tuple(row)
-    return out
+    """`_continue_rows` with one edit for every row: `intervention(positions=...)` builds its context."""
+    context_for = (lambda _rows, where: intervention(positions=where)) if intervention else None
+    return _continue_rows(model, tokenizer, texts, offsets, context_for, n_tokens, batch_size, span, during)
 
 
 def _says(
@@ -183,15 +208,21 @@ def swap_cases(
     )
 
 
-def _tally(
-    tokenizer: PreTrainedTokenizerBase, said: Sequence[tuple[int, ...]], cases: Sequence[tuple[str, Any]]
-) -> tuple[int, int]:
-    """(strict hits, lenient hits) of continuations against their cases' target answers."""
-    strict = sum(_says(tokenizer, tokens, target) for tokens, (_, target) in zip(said, cases, strict=True))
-    lenient = sum(
-        _says(tokenizer, tokens, target, True) for tokens, (_, target) in zip(said, cases, strict=True)
-    )
-    return strict, lenient
+def _scored(
+    tokenizer: PreTrainedTokenizerBase,
+    said: Sequence[tuple[int, ...]],
+    flat: Sequence[tuple],
+    concepts: Sequence[str],
+) -> tuple[list[bool], list[bool], dict[str, float]]:
+    """Strict and lenient hits of continuations against their cases' target answers ((source, target,
+    prompt, target example) rows), and the strict success per concept pair."""
+    strict = [_says(tokenizer, tokens, row[3]) for tokens, row in zip(said, flat, strict=True)]
+    lenient = [_says(tokenizer, tokens, row[3], True) for tokens, row in zip(said, flat, strict=True)]
+    per_pair = {}
+    for s, t in dict.fromkeys(row[:2] for row in flat):
+        hits = [ok for ok, row in zip(strict, flat, strict=True) if row[:2] == (s, t)]
+        per_pair[f"{concepts[s]}->{concepts[t]}"] = sum(hits) / len(hits)
+    return strict, lenient, per_pair
 
 
 def _summary(per_alpha: dict[str, Any], cases: SwapCases) -> dict[str, Any]:
@@ -220,69 +251,82 @@ def swap_success(
     cases: SwapCases | None = None,
 ) -> dict[str, Any]:
     """Concept-swap success (strict and lenient) and "rest unchanged" over the α sweep `cfg.alphas`; `cases`
-    from `swap_cases` (built here when not given) lets several SAEs share them. The swap options are
-    `MetricsConfig`'s; "rest unchanged" always uses the gated swap over the same span."""
+    from `swap_cases` (built here when not given) lets several SAEs share them. Each α runs all pairs' cases
+    in shared batches (every row swaps its own pair). The swap options are `MetricsConfig`'s; "rest
+    unchanged" always uses the gated swap over the same span."""
     from saelign.align.metrics import MetricsConfig
 
     cfg = cfg or MetricsConfig()
     span, when_active, during = cfg.swap_span, cfg.swap_when_active, cfg.swap_during
     cases = cases or swap_cases(model, tokenizer, examples, len(slot_map.concepts), cfg, unrelated_texts)
+    flat = [(s, t, text, target) for (s, t), pair in cases.pairs.items() for text, target in pair]
     rng = random.Random(1)
+    rest = []  # (source, target, text): prompts of other concepts and unrelated text, per pair
+    for s, t in cases.pairs:
+        others = [ex.text for ex in examples if ex.concept_index not in (s, t)]
+        picked = rng.sample(others, min(cfg.max_rest, len(others))) + list(unrelated_texts)[: cfg.max_rest]
+        rest.extend((s, t, text) for text in picked)
+
+    def run(rows: Sequence[tuple], alpha: float, gated: bool) -> list[tuple[int, ...]]:
+        def context_for(batch: Sequence[int], where: EditPositions) -> AbstractContextManager:
+            pairs = [rows[i][:2] for i in batch]
+            return concept_swap(
+                model,
+                sae,
+                slot_map,
+                [p[0] for p in pairs],
+                [p[1] for p in pairs],
+                alpha,
+                positions=where,
+                keep_error=cfg.swap_keep_error,
+                when_active=gated,
+            )
+
+        texts = [row[2] for row in rows]
+        return _continue_rows(
+            model,
+            tokenizer,
+            texts,
+            [cases.edit_from[x] for x in texts],
+            context_for,
+            cases.n_tokens,
+            cfg.batch_size,
+            span,
+            during,
+        )
+
     per_alpha: dict[str, Any] = {}
     for alpha in cfg.alphas:
-        hits = lenient = total = kept = n_rest = 0
-        per_pair, samples = {}, []
-        for (s, t), pair_cases in cases.pairs.items():
-            swap = partial(concept_swap, model, sae, slot_map, s, t, alpha, keep_error=cfg.swap_keep_error)
-            said = _continue(
-                model,
-                tokenizer,
-                [c[0] for c in pair_cases],
-                [cases.edit_from[c[0]] for c in pair_cases],
-                partial(swap, when_active=when_active),
-                cases.n_tokens,
-                cfg.batch_size,
-                span,
-                during,
+        said = run(flat, alpha, when_active)
+        strict, lenient, per_pair = _scored(tokenizer, said, flat, slot_map.concepts)
+        first = [next(i for i, row in enumerate(flat) if row[:2] == pair) for pair in cases.pairs]
+        samples = [
+            {
+                "prompt": flat[i][2],
+                "target": flat[i][3].answer,
+                "said": tokenizer.decode(list(said[i]), skip_special_tokens=True),
+            }
+            for i in first[:SAMPLES_PER_ALPHA]
+        ]
+        kept = (
+            sum(
+                tokens == cases.base[row[2]] for tokens, row in zip(run(rest, alpha, True), rest, strict=True)
             )
-            ok, ok_lenient = _tally(tokenizer, said, pair_cases)
-            per_pair[f"{slot_map.concepts[s]}->{slot_map.concepts[t]}"] = ok / len(pair_cases)
-            hits, lenient, total = hits + ok, lenient + ok_lenient, total + len(pair_cases)
-            if len(samples) < SAMPLES_PER_ALPHA:
-                samples.append(
-                    {
-                        "prompt": pair_cases[0][0],
-                        "target": pair_cases[0][1].answer,
-                        "said": tokenizer.decode(list(said[0]), skip_special_tokens=True),
-                    }
-                )
-            others = [ex.text for ex in examples if ex.concept_index not in (s, t)]
-            rest = rng.sample(others, min(cfg.max_rest, len(others))) + list(unrelated_texts)[: cfg.max_rest]
-            if rest:
-                rest_said = _continue(
-                    model,
-                    tokenizer,
-                    rest,
-                    [cases.edit_from[r] for r in rest],
-                    partial(swap, when_active=True),
-                    cases.n_tokens,
-                    cfg.batch_size,
-                    span,
-                    during,
-                )
-                kept += sum(tokens == cases.base[r] for tokens, r in zip(rest_said, rest, strict=True))
-                n_rest += len(rest)
+            if rest
+            else 0
+        )
+        n = len(flat)
         per_alpha[str(alpha)] = {
-            "success": hits / total,
-            "success_lenient": lenient / total,
-            "n": total,
-            "rest_unchanged": kept / n_rest if n_rest else None,
-            "n_rest": n_rest,
+            "success": sum(strict) / n,
+            "success_lenient": sum(lenient) / n,
+            "n": n,
+            "rest_unchanged": kept / len(rest) if rest else None,
+            "n_rest": len(rest),
             "per_pair": per_pair,
             "samples": samples,
         }
         logger.info(
-            f"swap α={alpha}: success {hits / total:.3f} (lenient {lenient / total:.3f}) over {total} swaps"
+            f"swap α={alpha}: success {sum(strict) / n:.3f} (lenient {sum(lenient) / n:.3f}) over {n} swaps"
         )
     return {
         **_summary(per_alpha, cases),
@@ -306,49 +350,44 @@ def oracle_swap_success(
     is replaced by the whole activation of the same entity's target-concept prompt
     (`donors[(entity, concept)]`, e.g. its first train template), while the prompt is read. Cases without a
     donor are left out."""
-    hits = lenient = total = 0
-    per_pair, samples = {}, []
-    for (s, t), pair_cases in cases.pairs.items():
-        usable = [c for c in pair_cases if (c[1].entity, t) in donors]
-        groups: dict[int, list[tuple[str, Any]]] = defaultdict(list)
-        for case in usable:
-            groups[cases.offsets.get(case[0], -1)].append(case)
-        ok = ok_lenient = 0
-        for offset, group in groups.items():
-            # longest first, as greedy_decode orders a batch, so row i of the forward is group[i]
-            group.sort(key=lambda c: -len(token_ids(tokenizer, [c[0]])[0]))
-            for start in range(0, len(group), batch_size):
-                chunk = group[start : start + batch_size]
-                vectors = torch.stack([donors[(c[1].entity, t)] for c in chunk])
-                said = greedy_decode(
-                    model,
-                    token_ids(tokenizer, [c[0] for c in chunk]),
-                    cases.n_tokens,
-                    pad_token_id(tokenizer),
-                    batch_size=len(chunk),
-                    prompt_context=partial(replace_positions, model, hookpoint, vectors, offset),
-                    desc="oracle continuations",
-                )
-                said = [tuple(row) for row in said]
-                strict_hits, lenient_hits = _tally(tokenizer, said, chunk)
-                ok, ok_lenient = ok + strict_hits, ok_lenient + lenient_hits
-                if len(samples) < SAMPLES_PER_ALPHA and start == 0:
-                    samples.append(
-                        {
-                            "prompt": chunk[0][0],
-                            "target": chunk[0][1].answer,
-                            "said": tokenizer.decode(list(said[0]), skip_special_tokens=True),
-                        }
-                    )
-        if usable:
-            per_pair[f"{concepts[s]}->{concepts[t]}"] = ok / len(usable)
-            hits, lenient, total = hits + ok, lenient + ok_lenient, total + len(usable)
-    require(total, "the oracle found no donor prompt for any swap case; pass the train examples' activations")
-    logger.info(f"swap oracle: success {hits / total:.3f} (lenient {lenient / total:.3f}) over {total} swaps")
+    flat = [
+        (s, t, text, target)
+        for (s, t), pair in cases.pairs.items()
+        for text, target in pair
+        if (target.entity, t) in donors
+    ]
+    require(flat, "the oracle found no donor prompt for any swap case; pass the train examples' activations")
+
+    def context_for(batch: Sequence[int], where: EditPositions) -> AbstractContextManager:
+        vectors = torch.stack([donors[(flat[i][3].entity, flat[i][1])] for i in batch])
+        return replace_positions(model, hookpoint, vectors, int(where))  # type: ignore[arg-type]
+
+    texts = [row[2] for row in flat]
+    said = _continue_rows(
+        model,
+        tokenizer,
+        texts,
+        [cases.offsets.get(x, -1) for x in texts],
+        context_for,
+        cases.n_tokens,
+        batch_size,
+        desc="oracle continuations",
+    )
+    strict, lenient, per_pair = _scored(tokenizer, said, flat, concepts)
+    samples = [
+        {
+            "prompt": row[2],
+            "target": row[3].answer,
+            "said": tokenizer.decode(list(tokens), skip_special_tokens=True),
+        }
+        for tokens, row in list(zip(said, flat, strict=True))[:: max(1, len(flat) // SAMPLES_PER_ALPHA)]
+    ]
+    n = len(flat)
+    logger.info(f"swap oracle: success {sum(strict) / n:.3f} (lenient {sum(lenient) / n:.3f}) over {n} swaps")
     return {
-        "success": hits / total,
-        "success_lenient": lenient / total,
-        "n": total,
+        "success": sum(strict) / n,
+        "success_lenient": sum(lenient) / n,
+        "n": n,
         "per_pair": per_pair,
-        "samples": samples,
+        "samples": samples[:SAMPLES_PER_ALPHA],
     }
