@@ -121,8 +121,10 @@ def known_ontology(max_entities: int) -> tuple[Path, dict]:
     return path, report
 
 
-def activation_stores(args: argparse.Namespace, hookpoints: list[str], folder: str = "acts_36k") -> dict[str, Path]:
-    """One forward pass over the corpus for all hookpoints (it stops after the deepest)."""
+def activation_stores(args: argparse.Namespace, hookpoints: list[str]) -> dict[str, Path]:
+    """One forward pass over the corpus for all hookpoints (it stops after the deepest); another model's store is
+    named by its layers, so a new layer set never meets a store captured for another."""
+    folder = "acts_36k" if args.model == "default" else "acts_36k_" + "-".join(h.rsplit(".", 1)[-1] for h in sorted(hookpoints))
     return capture(ModelConfig(model=args.model), CaptureConfig(hookpoints=hookpoints, corpus="sotu", token_budget=TRAIN_TOKENS + HELD_OUT,
                                                                 shard_tokens=SHARD, out=str(work_dir(args) / folder)))
 
@@ -157,7 +159,7 @@ def run_layer(hookpoint: str, sae: Path, ontology: Path, store: Path, args: argp
     full = main or args.sweep_full
     swap_settings = (dict(alphas=args.alphas, max_per_pair=args.max_per_pair, max_rest=args.max_rest, splice_contexts=args.splice_contexts if main else 0)
                      if full else dict(alphas=list(SWEEP_ALPHAS), max_per_pair=args.sweep_per_pair, max_rest=0, splice_contexts=0))
-    swap_settings.update(swap_span=args.swap_span, swap_when_active=args.swap_when_active, swap_during=args.swap_during,
+    swap_settings.update(batch_size=args.swap_batch_size, swap_span=args.swap_span, swap_when_active=args.swap_when_active, swap_during=args.swap_during,
                          swap_keep_error=args.swap_write == "delta")
     cfg = AlignEvalConfig(aligned=str(aligned), vanilla=str(sae), out=str(out), store=str(store),
                           generic_tokens=HELD_OUT, swaps=full or args.sweep_per_pair > 0, **swap_settings)
@@ -207,6 +209,7 @@ def main() -> None:
     parser.add_argument("--alphas", default=",".join(f"{a:g}" for a in DEFAULT_ALPHAS), help="swap α grid")
     parser.add_argument("--sweep-full", action="store_true", help="every sweep layer gets the main layer's swap "
                                                                   "settings (α grid, swaps per pair, rest check)")
+    parser.add_argument("--swap-batch-size", type=int, default=16, help="prompts per generation batch")
     parser.add_argument("--swap-write", choices=["delta", "decoded"], default="delta",
                         help="write x + decode(z') - decode(z) (the authors' hook variant) or decode(z') itself")
     parser.add_argument("--layer", type=int, default=MAIN_LAYER, help="main layer (swaps, report); 22 of 30 is where binding "
