@@ -46,7 +46,7 @@ def questions(ontology_path: str) -> list[dict]:
     facts: dict[str, dict[str, str]] = defaultdict(dict)
     for concept in ontology.concepts:
         for entity in concept.entities:
-            facts[entity.name][concept.name] = str(entity.answer)
+            facts[entity.entity][concept.name] = str(entity.answer)
     rows = []
     for person, fact in facts.items():
         city, company = fact["employer_city"], fact["employer"]
