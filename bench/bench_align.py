@@ -199,6 +199,23 @@ def swap_columns(metrics: dict) -> dict:
             "swap_curve_strict_lenient": curve}
 
 
+def biography_targets(sweep: list[dict]) -> list[dict]:
+    """Issue 16's targets per layer: unseen binding >= 0.95, lenient swap >= 0.8 at the best α (strict beside
+    it), swap >= 2x the vanilla SAE's (lenient; unbounded when vanilla swapped nothing)."""
+    rows = []
+    for row in sweep:
+        if "swap_best" not in row:
+            continue
+        vanilla = row["vanilla_swap_best_lenient"]
+        ratio = row["swap_best_lenient"] / vanilla if vanilla else None
+        rows.append({"layer": row["layer"], "binding_unseen": row["binding_test"], "binding_met": row["binding_test"] >= 0.95,
+                     "swap_lenient": row["swap_best_lenient"], "swap_strict": row["swap_best"],
+                     "swap_met": row["swap_best_lenient"] >= 0.8, "ratio_vs_vanilla_lenient": ratio,
+                     "ratio_met": ratio >= 2 if ratio is not None else row["swap_best_lenient"] > 0,
+                     "oracle_lenient": row.get("oracle_success_lenient")})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", default="align_relations", help="result name (bench/results/NAME.json)")
@@ -270,6 +287,8 @@ def main() -> None:
     result.update(hookpoint=main_hp, headline=headline(metrics), targets=target_checks(metrics), metrics=metrics)
     result["timings"].update(main_run["timings"])
     result["sweep"] = [sweep_row(args.layer, metrics, (args.steps1, args.steps2))]
+    if args.ontology:
+        result["targets_issue16"] = biography_targets(result["sweep"])
     write_result(result_name(args), {**result, "peak_rss_mib": round(peak_rss_mib()), "wall_s": round(time.perf_counter() - began)})
     for layer in sweep_layers:
         hp = hookpoints[layer]
@@ -277,6 +296,8 @@ def main() -> None:
         run = run_layer(hp, vanilla_sae(args, stores[hp], hp), ontology, stores[hp], args, main=False)
         result["sweep"].append(sweep_row(layer, run["metrics"], (args.sweep_steps1, args.sweep_steps2)))
         result["sweep"].sort(key=lambda r: r["layer"])
+        if args.ontology:
+            result["targets_issue16"] = biography_targets(result["sweep"])
         result["timings"][f"layer{layer}_s"] = round(time.perf_counter() - t, 1)
         write_result(result_name(args), {**result, "peak_rss_mib": round(peak_rss_mib()), "wall_s": round(time.perf_counter() - began)})
     if len(result["sweep"]) > 1:  # the main report gains the layer-sweep plot
