@@ -197,10 +197,11 @@ def align_biographies_section(r: dict) -> list[str]:
         lines.append(f"| {row['layer']} | {row['binding_train']:.2f} / {row['binding_test']:.2f} ({styles}) | "
                      f"{row['vanilla_binding_test']:.2f} | {row['fvu_vanilla']:.3f} → {row['fvu_aligned']:.3f} | {swap} | "
                      f"{vanilla} | {oracle} | {rest} |")
-    main_row = next((row for row in r.get("sweep") or [] if row["layer"] == int(r["hookpoint"].rsplit(".", 1)[-1])), None)
-    if main_row and "swap_curve_strict_lenient" in main_row:
-        curve = main_row["swap_curve_strict_lenient"]["aligned"]
-        lines += ["", f"Swap success vs α at `{r['hookpoint']}` ({main_row['swap_n']} swaps per α), strict / lenient: " +
+    swept = [row for row in r.get("sweep") or [] if "swap_curve_strict_lenient" in row]
+    if swept:  # the α curve of the layer that swaps best
+        best = max(swept, key=lambda row: row["swap_best_lenient"])
+        curve = best["swap_curve_strict_lenient"]["aligned"]
+        lines += ["", f"Swap success vs α at layer {best['layer']} ({best['swap_n']} swaps per α), strict / lenient: " +
                   ", ".join(f"α {float(a):g}: {v[0]:.2f} / {v[1]:.2f}" for a, v in curve.items()) + "."]
     two_hop = load("align_biographies_two_hop")
     if two_hop:
