@@ -83,6 +83,15 @@ NOTES = [
 BIOGRAPHY_NOTES = [
     "Model: SmolLM2-135M-Instruct fully fine-tuned on the biographies ontology by `saelign align learn-facts` (see "
     "biographies_facts.json); the ontology is the one it learnt. Vanilla SAEs are trained on its SOTU activations.",
+    "Swap protocol: source slot -> 0, target slot -> alpha x its scale (~1 for MSE-bound slots, the authors' "
+    "units) at the last prompt token while the prompt is read, keeping the SAE's error (the authors' hook variant; "
+    "--swap-write decoded writes decode(z') itself, not run here). Success strict (answer_matches) and lenient "
+    "(authors': gold in generation or generation in gold, lower-cased) side by side.",
+    "Oracle: the last prompt token's whole hookpoint state replaced by that of the same entity's target-concept "
+    "first train prompt; a ceiling for any last-token edit at that layer. It is 0.01 / 0.09 / 0.30 / 0.84 at "
+    "layers 10 / 15 / 20 / 25: the relation reaches the last token late in this model.",
+    "Side experiment (probe_binding.py): a logistic probe on raw last-token activations, train -> unseen templates, "
+    "binds 0.42 / 0.55 / 0.78 / 0.89 / 0.90 at layers 10 / 15 / 20 / 25 / 28, the ceiling the slots face.",
 ]
 
 
