@@ -26,7 +26,7 @@ from pathlib import Path
 
 from common import RESULTS, peak_rss_mib, write_result
 from saelign.align.builtin import build_ontology, filter_known_facts
-from saelign.align.metrics import DEFAULT_ALPHAS
+from saelign.align.metrics_config import DEFAULT_ALPHAS
 from saelign.align.ontology import load_ontology, save_ontology
 from saelign.align.pipeline import AlignEvalConfig, AlignTrainConfig, evaluate_aligned, train_aligned
 from saelign.align.posttrain import PostTrainConfig

@@ -8,7 +8,6 @@ from sklearn.metrics import roc_auc_score
 
 from saelign.align.activations import answer_token_ids, concept_activations, example_activations
 from saelign.align.metrics import (
-    DEFAULT_ALPHAS,
     MetricsConfig,
     alignment_report,
     auc,
@@ -20,6 +19,7 @@ from saelign.align.metrics import (
     per_concept_auc,
     swap_success,
 )
+from saelign.align.metrics_config import DEFAULT_ALPHAS
 from saelign.align.ontology import Concept, Entity, Ontology, Templates
 from saelign.align.posttrain import PostTrainConfig, post_train
 from saelign.align.slots import SlotMap

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,14 +24,12 @@ from transformers import PreTrainedTokenizerBase
 
 from saelign.align.activations import concept_offsets
 from saelign.align.interventions import EditPositions, concept_swap, replace_positions
+from saelign.align.metrics_config import MetricsConfig
 from saelign.align.slots import SlotMap
 from saelign.errors import require
 from saelign.progress import logger
 from saelign.sae.model import SAE
 from saelign.text import answer_matches, greedy_decode, lenient_match, pad_token_id, token_ids
-
-if TYPE_CHECKING:
-    from saelign.align.metrics import MetricsConfig
 
 SAMPLES_PER_ALPHA = (
     6  # continuations kept per α (first case of the first pairs) so a reader sees the failure mode
@@ -254,8 +252,6 @@ def swap_success(
     from `swap_cases` (built here when not given) lets several SAEs share them. Each α runs all pairs' cases
     in shared batches (every row swaps its own pair). The swap options are `MetricsConfig`'s; "rest
     unchanged" always uses the gated swap over the same span."""
-    from saelign.align.metrics import MetricsConfig
-
     cfg = cfg or MetricsConfig()
     span, when_active, during = cfg.swap_span, cfg.swap_when_active, cfg.swap_during
     cases = cases or swap_cases(model, tokenizer, examples, len(slot_map.concepts), cfg, unrelated_texts)
