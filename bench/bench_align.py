@@ -10,6 +10,11 @@ other sweep layers get shorter post-training and a small swap check. Small setti
 all recorded in the JSON.
 Run: cd bench && OMP_NUM_THREADS=1 ../.venv/bin/python bench_align.py [--layer 22] [--layers 6,12,15,18,26] [--sae DIR]
 (one thread: on a shared, overloaded CPU two threads made post-training ~10x slower.)
+
+The biographies setting (issue 16): a model fine-tuned on the synthetic biographies by `saelign align learn-facts`
+and the ontology it learnt, every layer with the full α sweep, strict and lenient success and the oracle ceiling:
+  OMP_NUM_THREADS=1 ../.venv/bin/python bench_align.py --name align_biographies --model runs/bench_facts/model \
+      --ontology runs/bench_facts/biographies.yaml --layer 15 --layers 10,20 --alphas 0.5,1,2,5,10,20 --sweep-full
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ from pathlib import Path
 
 from common import RESULTS, peak_rss_mib, write_result
 from saelign.align.builtin import build_ontology, filter_known_facts
-from saelign.align.metrics import DEFAULT_ALPHAS
-from saelign.align.ontology import save_ontology
+from saelign.align.metrics_config import DEFAULT_ALPHAS
+from saelign.align.ontology import load_ontology, save_ontology
 from saelign.align.pipeline import AlignEvalConfig, AlignTrainConfig, evaluate_aligned, train_aligned
 from saelign.align.posttrain import PostTrainConfig
 from saelign.align.report import headline, target_checks
@@ -75,18 +80,41 @@ NOTES = [
     "The vanilla baseline (best single latent per concept by AUC) swapped none of its cases at any alpha, so the "
     "swap ratio is unbounded; the target row reports the lower bound aligned / (1/n).",
 ]
+BIOGRAPHY_NOTES = [
+    "Model: SmolLM2-135M-Instruct fully fine-tuned on the biographies ontology by `saelign align learn-facts` (see "
+    "biographies_facts.json); the ontology is the one it learnt. Vanilla SAEs are trained on its SOTU activations.",
+    "Swap protocol: source slot -> 0, target slot -> alpha x its scale (~1 for MSE-bound slots, the authors' "
+    "units) at the last prompt token while the prompt is read, keeping the SAE's error (the authors' hook variant; "
+    "--swap-write decoded writes decode(z') itself, not run here). Success strict (answer_matches) and lenient "
+    "(authors': gold in generation or generation in gold, lower-cased) side by side.",
+    "Oracle: the last prompt token's whole hookpoint state replaced by that of the same entity's target-concept "
+    "first train prompt; a ceiling for any last-token edit at that layer. It is 0.01 / 0.09 / 0.30 / 0.84 at "
+    "layers 10 / 15 / 20 / 25: the relation reaches the last token late in this model.",
+    "Side experiment (probe_binding.py): a logistic probe on raw last-token activations, train -> unseen templates, "
+    "binds 0.42 / 0.55 / 0.78 / 0.89 / 0.90 at layers 10 / 15 / 20 / 25 / 28, the ceiling the slots face.",
+]
+
+
 def result_name(args: argparse.Namespace) -> str:
     """`align_relations` under the authors' swap protocol; a swap variant gets its own result file and report folder
     (e.g. `align_relations_during-all`, `align_relations_layer26_during-all`), so the headline result is never overwritten by a side protocol."""
-    variant = [f"layer{args.layer}"] if args.layer != MAIN_LAYER else []
+    variant = [f"layer{args.layer}"] if args.layer != MAIN_LAYER and args.name == "align_relations" else []
     variant += [f"span-{args.swap_span}"] if args.swap_span != "concept" else []
     variant += [f"during-{args.swap_during}"] if args.swap_during != "prompt" else []
     variant += ["gated"] if args.swap_when_active else []
-    return "_".join(["align_relations", *variant])
+    variant += ["decoded"] if args.swap_write == "decoded" else []
+    return "_".join([args.name, *variant])
 
 
 def report_dir(args: argparse.Namespace) -> Path:
     return RESULTS / "tmp" / result_name(args)  # report.md/.html + PNGs
+
+
+def work_dir(args: argparse.Namespace) -> Path:
+    """The default model's files stay where earlier runs left them; another model gets its own folder."""
+    if args.model == "default":
+        return WORK
+    return WORK / f"{Path(args.model).resolve().parent.name}_{Path(args.model).name}"
 
 
 def known_ontology(max_entities: int) -> tuple[Path, dict]:
@@ -102,20 +130,24 @@ def known_ontology(max_entities: int) -> tuple[Path, dict]:
     return path, report
 
 
-def activation_stores(hookpoints: list[str], folder: str = "acts_36k") -> dict[str, Path]:
-    """One forward pass over the corpus for all hookpoints (it stops after the deepest)."""
-    return capture(ModelConfig(), CaptureConfig(hookpoints=hookpoints, corpus="sotu", token_budget=TRAIN_TOKENS + HELD_OUT,
-                                                shard_tokens=SHARD, out=str(WORK / folder)))
+def activation_stores(args: argparse.Namespace, hookpoints: list[str]) -> dict[str, Path]:
+    """One forward pass over the corpus for all hookpoints (it stops after the deepest); another model's store is
+    named by its layers, so a new layer set never meets a store captured for another."""
+    folder = "acts_36k" if args.model == "default" else "acts_36k_" + "-".join(h.rsplit(".", 1)[-1] for h in sorted(hookpoints))
+    return capture(ModelConfig(model=args.model), CaptureConfig(hookpoints=hookpoints, corpus="sotu", token_budget=TRAIN_TOKENS + HELD_OUT,
+                                                                shard_tokens=SHARD, out=str(work_dir(args) / folder)))
 
 
-def vanilla_sae(store: Path, hookpoint: str, d_sae: int, k: int, epochs: int) -> Path:
-    out = WORK / "sae" / hookpoint / f"topk{k}_{d_sae}_b{SAE_BATCH}_t{TRAIN_TOKENS // 1024}k_e{epochs}"
+def vanilla_sae(args: argparse.Namespace, store: Path, hookpoint: str) -> Path:
+    d_sae, k, epochs = args.d_sae, args.k, args.sae_epochs
+    out = work_dir(args) / "sae" / hookpoint / f"topk{k}_{d_sae}_b{SAE_BATCH}_t{TRAIN_TOKENS // 1024}k_e{epochs}"
     if (out / "cfg.json").is_file():
         return out
     st = ActivationStore(store)
     batches = st.batches(SAE_BATCH, shuffle=True, seed=0, epochs=epochs, shards=list(range(TRAIN_SHARDS)))
     tcfg = SAETrainConfig(total_tokens=TRAIN_TOKENS * epochs, batch_size=SAE_BATCH, out=str(out), checkpoint_every_tokens=10**9)
-    train_saes(batches, [SAEConfig(d_in=st.d_in, d_sae=d_sae, k=k, hookpoint=hookpoint, model="SmolLM2-135M-Instruct")], tcfg)
+    model = "SmolLM2-135M-Instruct" if args.model == "default" else args.model
+    train_saes(batches, [SAEConfig(d_in=st.d_in, d_sae=d_sae, k=k, hookpoint=hookpoint, model=model)], tcfg)
     return out
 
 
@@ -124,21 +156,23 @@ def run_layer(hookpoint: str, sae: Path, ontology: Path, store: Path, args: argp
     check (SWEEP_ALPHAS, --sweep-per-pair swaps per concept pair, no splicing)."""
     steps1, steps2 = (args.steps1, args.steps2) if main else (args.sweep_steps1, args.sweep_steps2)
     post = PostTrainConfig(steps_stage1=steps1, steps_stage2=steps2)
-    aligned = WORK / "aligned" / hookpoint / f"{sae.name}_s{steps1}+{steps2}_anchor{post.anchor_coeff:g}"
+    aligned = work_dir(args) / "aligned" / Path(ontology).stem / hookpoint / f"{sae.name}_s{steps1}+{steps2}_anchor{post.anchor_coeff:g}"
     post.out = str(aligned)
     timings = {}
     start = time.perf_counter()
-    train_aligned(ModelConfig(), AlignTrainConfig(sae=str(sae), ontology=str(ontology), store=str(store),
+    train_aligned(ModelConfig(model=args.model), AlignTrainConfig(sae=str(sae), ontology=str(ontology), store=str(store),
                                                   generic_tokens=TRAIN_TOKENS), post)
     timings["post_train_s"] = round(time.perf_counter() - start, 1)
     start = time.perf_counter()
     out = report_dir(args) if main else report_dir(args) / "sweep" / hookpoint
-    swap_settings = (dict(max_per_pair=args.max_per_pair, max_rest=args.max_rest, splice_contexts=args.splice_contexts) if main
-                     else dict(alphas=list(SWEEP_ALPHAS), max_per_pair=args.sweep_per_pair, max_rest=0, splice_contexts=0))
-    swap_settings.update(swap_span=args.swap_span, swap_when_active=args.swap_when_active, swap_during=args.swap_during)
+    full = main or args.sweep_full
+    swap_settings = (dict(alphas=args.alphas, max_per_pair=args.max_per_pair, max_rest=args.max_rest, splice_contexts=args.splice_contexts if main else 0)
+                     if full else dict(alphas=list(SWEEP_ALPHAS), max_per_pair=args.sweep_per_pair, max_rest=0, splice_contexts=0))
+    swap_settings.update(batch_size=args.swap_batch_size, swap_span=args.swap_span, swap_when_active=args.swap_when_active, swap_during=args.swap_during,
+                         swap_keep_error=args.swap_write == "delta")
     cfg = AlignEvalConfig(aligned=str(aligned), vanilla=str(sae), out=str(out), store=str(store),
-                          generic_tokens=HELD_OUT, swaps=main or args.sweep_per_pair > 0, **swap_settings)
-    metrics = evaluate_aligned(ModelConfig(), cfg)
+                          generic_tokens=HELD_OUT, swaps=full or args.sweep_per_pair > 0, **swap_settings)
+    metrics = evaluate_aligned(ModelConfig(model=args.model), cfg)
     timings["eval_s"] = round(time.perf_counter() - start, 1)
     return {"metrics": metrics, "timings": timings}
 
@@ -154,12 +188,56 @@ def sweep_row(layer: int, metrics: dict, steps: tuple[int, int]) -> dict:
             "fvu_vanilla": metrics["reconstruction"]["vanilla"]["generic"]["fvu"],
             "fvu_aligned": metrics["reconstruction"]["aligned"]["generic"]["fvu"],
             "fvu_increase": metrics["fvu_increase"], "post_train_steps": list(steps),
-            **({"swap_best": metrics["aligned"]["swap"]["best_success"], "swap_best_alpha": metrics["aligned"]["swap"]["best_alpha"],
-                "vanilla_swap_best": metrics["vanilla"]["swap"]["best_success"]} if "swap" in metrics["aligned"] else {})}
+            **({"vanilla_binding_test_by_style": metrics["vanilla"]["binding_accuracy_test_by_style"]}
+               if "binding_accuracy_test_by_style" in metrics["vanilla"] else {}),
+            **(swap_columns(metrics) if "swap" in metrics["aligned"] else {})}
+
+
+def swap_columns(metrics: dict) -> dict:
+    """Strict and lenient swap success per α for both SAEs, the best of each, and the oracle ceiling."""
+    aligned, vanilla = metrics["aligned"]["swap"], metrics["vanilla"]["swap"]
+    curve = {side: {a: [round(row["success"], 3), round(row.get("success_lenient", float("nan")), 3)] for a, row in swap["alphas"].items()}
+             for side, swap in (("aligned", aligned), ("vanilla", vanilla))}
+    oracle = metrics.get("swap_oracle") or {}
+    return {"swap_best": aligned["best_success"], "swap_best_alpha": aligned["best_alpha"],
+            "swap_best_lenient": aligned.get("best_success_lenient"), "swap_best_alpha_lenient": aligned.get("best_alpha_lenient"),
+            "vanilla_swap_best": vanilla["best_success"], "vanilla_swap_best_lenient": vanilla.get("best_success_lenient"),
+            "swap_n": aligned["alphas"][str(aligned["best_alpha"])]["n"],
+            "oracle_success": oracle.get("success"), "oracle_success_lenient": oracle.get("success_lenient"),
+            "rest_unchanged_at_best": aligned["alphas"][str(aligned["best_alpha"])]["rest_unchanged"],
+            "swap_curve_strict_lenient": curve}
+
+
+def biography_targets(sweep: list[dict]) -> list[dict]:
+    """Issue 16's targets per layer: unseen binding >= 0.95, lenient swap >= 0.8 at the best α (strict beside
+    it), swap >= 2x the vanilla SAE's (lenient; unbounded when vanilla swapped nothing)."""
+    rows = []
+    for row in sweep:
+        if "swap_best" not in row:
+            continue
+        vanilla = row["vanilla_swap_best_lenient"]
+        ratio = row["swap_best_lenient"] / vanilla if vanilla else None
+        rows.append({"layer": row["layer"], "binding_unseen": row["binding_test"], "binding_met": row["binding_test"] >= 0.95,
+                     "swap_lenient": row["swap_best_lenient"], "swap_strict": row["swap_best"],
+                     "swap_met": row["swap_best_lenient"] >= 0.8, "ratio_vs_vanilla_lenient": ratio,
+                     "ratio_met": ratio >= 2 if ratio is not None else row["swap_best_lenient"] > 0,
+                     "oracle_lenient": row.get("oracle_success_lenient")})
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", default="align_relations", help="result name (bench/results/NAME.json)")
+    parser.add_argument("--model", default="default", help="model: 'default' or a local HF folder (e.g. the "
+                                                            "fact-learned model of `saelign align learn-facts`)")
+    parser.add_argument("--ontology", help="ontology file (default: the relations ontology filtered to the facts "
+                                           "the default model knows)")
+    parser.add_argument("--alphas", default=",".join(f"{a:g}" for a in DEFAULT_ALPHAS), help="swap α grid")
+    parser.add_argument("--sweep-full", action="store_true", help="every sweep layer gets the main layer's swap "
+                                                                  "settings (α grid, swaps per pair, rest check)")
+    parser.add_argument("--swap-batch-size", type=int, default=16, help="prompts per generation batch")
+    parser.add_argument("--swap-write", choices=["delta", "decoded"], default="delta",
+                        help="write x + decode(z') - decode(z) (the authors' hook variant) or decode(z') itself")
     parser.add_argument("--layer", type=int, default=MAIN_LAYER, help="main layer (swaps, report); 22 of 30 is where binding "
                                                               "on unseen templates emerges (see the sweep)")
     parser.add_argument("--layers", default="6,12,15,18,26", help="other sweep layers ('' = none)")
@@ -184,40 +262,51 @@ def main() -> None:
     parser.add_argument("--swap-when-active", action="store_true",
                         help="with --swap-span prompt, edit only tokens where the source slot is the active concept")
     args = parser.parse_args()
+    args.alphas = [float(a) for a in args.alphas.split(",")]
     began = time.perf_counter()
     sweep_layers = [int(x) for x in args.layers.split(",") if x and int(x) != args.layer]
     hookpoints = {layer: f"model.layers.{layer}" for layer in [args.layer, *sweep_layers]}
 
     t = time.perf_counter()
-    ontology, fact_report = known_ontology(args.max_entities)
+    if args.ontology:  # a fact-learned model's ontology: its facts were trained in, no filter
+        ontology, fact_report = Path(args.ontology), None
+        load_ontology(ontology)  # a broken file fails here, before any capture
+    else:
+        ontology, fact_report = known_ontology(args.max_entities)
     ontology_s = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
     main_hp = hookpoints[args.layer]
-    stores = activation_stores(list(hookpoints.values()))
+    stores = activation_stores(args, list(hookpoints.values()))
     capture_s = round(time.perf_counter() - t, 1)
 
-    settings = {**vars(args), "relations": RELATIONS, "generic_train_tokens": TRAIN_TOKENS,
+    settings = {**vars(args), **({} if args.ontology else {"relations": RELATIONS}), "generic_train_tokens": TRAIN_TOKENS,
                 "held_out_tokens": HELD_OUT, "corpus": "sotu", "context_length": 128, "sae_activation": "topk",
                 "sae_batch_size": SAE_BATCH, "sae_train_tokens": TRAIN_TOKENS * args.sae_epochs,
-                "alphas": list(DEFAULT_ALPHAS), "sweep_alphas": list(SWEEP_ALPHAS),
+                **({} if args.sweep_full else {"sweep_alphas": list(SWEEP_ALPHAS)}),
                 "post_train": "PostTrainConfig defaults except steps"}
-    result: dict = {"model": "SmolLM2-135M-Instruct", "notes": NOTES, "settings": settings, "fact_filter": fact_report,
+    model_name = "SmolLM2-135M-Instruct" if args.model == "default" else f"{args.model} (fine-tuned SmolLM2-135M-Instruct)"
+    result: dict = {"model": model_name, "notes": NOTES if not args.ontology else BIOGRAPHY_NOTES, "settings": settings,
+                    **({"fact_filter": fact_report} if fact_report else {}),
                     "timings": {"ontology_s": ontology_s, "capture_s": capture_s}}
     t = time.perf_counter()
-    sae = Path(args.sae) if args.sae else vanilla_sae(stores[main_hp], main_hp, args.d_sae, args.k, args.sae_epochs)
+    sae = Path(args.sae) if args.sae else vanilla_sae(args, stores[main_hp], main_hp)
     result["timings"]["sae_train_s"] = round(time.perf_counter() - t, 1)
     main_run = run_layer(main_hp, sae, ontology, stores[main_hp], args, main=True)
     metrics = main_run["metrics"]
     result.update(hookpoint=main_hp, headline=headline(metrics), targets=target_checks(metrics), metrics=metrics)
     result["timings"].update(main_run["timings"])
     result["sweep"] = [sweep_row(args.layer, metrics, (args.steps1, args.steps2))]
+    if args.ontology:
+        result["targets_issue16"] = biography_targets(result["sweep"])
     write_result(result_name(args), {**result, "peak_rss_mib": round(peak_rss_mib()), "wall_s": round(time.perf_counter() - began)})
     for layer in sweep_layers:
         hp = hookpoints[layer]
         t = time.perf_counter()
-        run = run_layer(hp, vanilla_sae(stores[hp], hp, args.d_sae, args.k, args.sae_epochs), ontology, stores[hp], args, main=False)
+        run = run_layer(hp, vanilla_sae(args, stores[hp], hp), ontology, stores[hp], args, main=False)
         result["sweep"].append(sweep_row(layer, run["metrics"], (args.sweep_steps1, args.sweep_steps2)))
         result["sweep"].sort(key=lambda r: r["layer"])
+        if args.ontology:
+            result["targets_issue16"] = biography_targets(result["sweep"])
         result["timings"][f"layer{layer}_s"] = round(time.perf_counter() - t, 1)
         write_result(result_name(args), {**result, "peak_rss_mib": round(peak_rss_mib()), "wall_s": round(time.perf_counter() - began)})
     if len(result["sweep"]) > 1:  # the main report gains the layer-sweep plot

@@ -197,6 +197,44 @@ def align_variant_section(r: dict) -> list[str]:
             f"{r['metrics']['vanilla']['swap']['best_success']:.3f}.", ""]
 
 
+def align_biographies_section(r: dict) -> list[str]:
+    """The AlignSAE benchmark in the authors' setting: one row per layer, strict and lenient swap side by side,
+    the oracle ceiling beside them, then the main layer's α curve and the two-hop questions."""
+    s = r["settings"]
+    lines = [f"**AlignSAE on the fact-learned model** (SmolLM2-135M-Instruct fine-tuned on 10 made-up people × 6 "
+             f"attributes; vanilla TopK SAE d_sae {s['d_sae']} k {s['k']} on {s['generic_train_tokens']:,} SOTU tokens; "
+             f"post-train {s['steps1']}+{s['steps2']} steps; swaps on unseen templates, source slot → 0 and target slot → "
+             f"α at the last prompt token while the prompt is read; strict / lenient success)", "",
+             "| layer | binding train / unseen (qa, fill-in, instruction) | vanilla unseen | FVU vanilla → aligned | "
+             "swap best α: strict / lenient | vanilla swap strict / lenient | oracle strict / lenient | rest unchanged |",
+             "|---:|---|---:|---:|---|---:|---:|---:|"]
+    for row in sorted(r.get("sweep") or [], key=lambda row: row["layer"]):
+        style = row.get("binding_test_by_style", {})
+        styles = ", ".join(f"{style[k]:.2f}" for k in ("qa", "fill_in", "instruction") if k in style)
+        swap = (f"{row['swap_best']:.2f} (α {row['swap_best_alpha']:g}) / {row['swap_best_lenient']:.2f} "
+                f"(α {row['swap_best_alpha_lenient']:g})" if "swap_best" in row else "–")
+        vanilla = f"{row['vanilla_swap_best']:.2f} / {row['vanilla_swap_best_lenient']:.2f}" if "swap_best" in row else "–"
+        oracle = (f"{row['oracle_success']:.2f} / {row['oracle_success_lenient']:.2f}"
+                  if row.get("oracle_success") is not None else "–")
+        rest = f"{row['rest_unchanged_at_best']:.2f}" if row.get("rest_unchanged_at_best") is not None else "–"
+        lines.append(f"| {row['layer']} | {row['binding_train']:.2f} / {row['binding_test']:.2f} ({styles}) | "
+                     f"{row['vanilla_binding_test']:.2f} | {row['fvu_vanilla']:.3f} → {row['fvu_aligned']:.3f} | {swap} | "
+                     f"{vanilla} | {oracle} | {rest} |")
+    swept = [row for row in r.get("sweep") or [] if "swap_curve_strict_lenient" in row]
+    if swept:  # the α curve of the layer that swaps best
+        best = max(swept, key=lambda row: row["swap_best_lenient"])
+        curve = best["swap_curve_strict_lenient"]["aligned"]
+        lines += ["", f"Swap success vs α at layer {best['layer']} ({best['swap_n']} swaps per α), strict / lenient: " +
+                  ", ".join(f"α {float(a):g}: {v[0]:.2f} / {v[1]:.2f}" for a, v in curve.items()) + "."]
+    two_hop = load("align_biographies_two_hop")
+    if two_hop:
+        by_set = two_hop["by_set"]
+        lines += ["", "Two-hop questions to the same model, no further training (strict / lenient accuracy): "
+                  + "; ".join(f"{name} {v['strict']:.2f} / {v['lenient']:.2f} (n {v['n']})" for name, v in by_set.items())
+                  + " (`bench_two_hop.py`)."]
+    return lines + ["", machine_line(r), ""]
+
+
 def main() -> None:
     parts: list[str] = []
     for name, render in (("capture", capture_section), ("sae_training", sae_section)):
@@ -208,6 +246,9 @@ def main() -> None:
         parts += align_section(align)
     for path in sorted(RESULTS.glob("align_relations_*.json")):
         parts += align_variant_section(json.loads(path.read_text()))
+    biographies = load("align_biographies")
+    if biographies:
+        parts += align_biographies_section(biographies)
     for path in sorted(RESULTS.glob("sails_*.json")):
         parts += sails_section(json.loads(path.read_text()))
     table = "\n".join(parts) if parts else "(benchmarks not yet run)"

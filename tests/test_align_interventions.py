@@ -129,6 +129,19 @@ def test_concept_swap_identity_cases_and_values(tiny_llama, sae, slot_map, ids):
     assert torch.equal(swapped[:, :-1], x[:, :-1])
 
 
+def test_per_row_swap_equals_each_rows_own_swap(tiny_llama, sae, slot_map, ids):
+    """One forward that swaps a->b in row 0 and c->c (left alone) in row 1 gives each row what its own swap gives."""
+    with concept_swap(tiny_llama, sae, slot_map, [0, 2], [1, 2], alpha=2.0, positions="all", when_active=True):
+        both = hidden(tiny_llama, ids)
+    with concept_swap(tiny_llama, sae, slot_map, "a", "b", alpha=2.0, positions="all", when_active=True):
+        torch.testing.assert_close(both[0], hidden(tiny_llama, ids)[0])
+    torch.testing.assert_close(both[1], hidden(tiny_llama, ids)[1])
+    assert not torch.equal(both[0], hidden(tiny_llama, ids)[0])
+    with pytest.raises(SaelignError, match="one source and target per row"), \
+            concept_swap(tiny_llama, sae, slot_map, [0, 1, 2], [1, 2, 0], alpha=2.0):
+        hidden(tiny_llama, ids)
+
+
 def test_gated_swap_touches_only_positions_where_the_source_is_the_active_concept(tiny_llama, sae, slot_map, ids):
     x = hidden(tiny_llama, ids)
     z = sae.encode(x)[..., slot_map.slots]

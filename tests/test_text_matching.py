@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from saelign.text import answer_matches, normalize
+from saelign.text import answer_matches, lenient_match, normalize
 
 
 def test_normalize_drops_case_punctuation_and_spacing_and_folds_accents_on_request():
@@ -44,3 +44,24 @@ def test_the_two_meanings_differ_where_documented():
     said = "I think the answer is Warsaw, the capital."
     assert answer_matches(said, "Warsaw", anywhere=True) and not answer_matches(said, "Warsaw")
     assert answer_matches(said, "Poznan", ("Warsaw",), anywhere=True)
+
+
+@pytest.mark.parametrize(
+    ("said", "answer", "ok"),
+    [
+        (" Paris, the capital", "Paris", True),  # the gold anywhere in the generation
+        ("Par", "Paris", True),  # the generation inside the gold: a fragment counts
+        ("  PARIS\n", "paris", True),
+        (" Lyon", "Paris", False),
+        ("   ", "Paris", False),  # an empty generation is inside every gold but never a success
+        (" Bogota", "Bogotá", False),  # no accent folding, unlike answer_matches
+    ],
+)
+def test_lenient_match_is_the_authors_containment_rule(said, answer, ok):
+    assert lenient_match(said, answer) is ok
+
+
+def test_lenient_accepts_what_strict_refuses():
+    said = "I think the answer is Warsaw"
+    assert lenient_match(said, "Warsaw") and not answer_matches(said, "Warsaw")
+    assert lenient_match("Wars", "Warsaw") and not answer_matches("Wars", "Warsaw")

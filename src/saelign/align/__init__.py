@@ -4,7 +4,7 @@
 from saelign.align.builtin import build_ontology, filter_known_facts
 from saelign.align.interventions import SlotGuard, concept_swap, slot_zero
 from saelign.align.learn import LearnFactsConfig, learn_facts
-from saelign.align.metrics import MetricsConfig, alignment_report, swap_success
+from saelign.align.metrics import MetricsConfig, alignment_report
 from saelign.align.ontology import Ontology, load_ontology, save_ontology
 from saelign.align.pipeline import (
     AlignEvalConfig,
@@ -18,9 +18,10 @@ from saelign.align.pipeline import (
 )
 from saelign.align.posttrain import PostTrainConfig, post_train
 from saelign.align.slots import SlotMap, load_slot_map
+from saelign.align.swap import oracle_swap_success, swap_cases, swap_success
 
 __all__ = ["AlignEvalConfig", "AlignTrainConfig", "LearnFactsConfig", "MetricsConfig", "Ontology",
            "PostTrainConfig", "SlotGuard", "SlotMap", "alignment_report", "build_ontology", "concept_swap",
            "evaluate_aligned", "filter_known_facts", "guarded_generate", "learn_facts", "load_aligned",
-           "load_ontology", "load_slot_map", "post_train", "resolve_ontology", "save_ontology", "slot_zero",
-           "swap_generate", "swap_success", "train_aligned"]
+           "load_ontology", "load_slot_map", "oracle_swap_success", "post_train", "resolve_ontology",
+           "save_ontology", "slot_zero", "swap_cases", "swap_generate", "swap_success", "train_aligned"]

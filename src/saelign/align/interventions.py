@@ -134,26 +134,63 @@ def slot_amplify(model: nn.Module, sae: SAE, slot: int | str | Sequence[int | st
     return _slot_edit(model, sae, slot, lambda v: v * factor, slot_map, positions, keep_error, hookpoint)
 
 
-def concept_swap(model: nn.Module, sae: SAE, slot_map: SlotMap, source: str | int, target: str | int, alpha: float = 2.0, *,
-                 positions: EditPositions = "last", keep_error: bool = True, when_active: bool = False,
+def swap_edit(slot_map: SlotMap, sources: int | Sequence[int], targets: int | Sequence[int], alpha: float,
+              when_active: bool = False) -> Edit:
+    """The concept-swap edit of latents [batch, positions, d_sae]: per row, the source concept's slot → 0 and
+    the target's → α·scale(target); a row whose source is its target is left alone. `sources`/`targets` are
+    concept indices, one for every row or one per batch row (so one forward can swap different pairs)."""
+    slots, scales = torch.tensor(slot_map.slots), torch.tensor(slot_map.scales)
+    src, tgt = torch.as_tensor(sources), torch.as_tensor(targets)
+
+    def edit(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        per_row = [len(t) for t in (src, tgt) if t.dim() == 1]
+        require(all(n == z.shape[0] for n in per_row), f"a per-row swap got {per_row} concepts for a batch of "
+                                                       f"{z.shape[0]}; give one source and target per row")
+        # [batch, positions] concept indices, then their latents and the values written
+        s = (src.view(-1, 1) if src.dim() else src).expand(z.shape[:-1]).to(z.device)
+        t = (tgt.view(-1, 1) if tgt.dim() else tgt).expand(z.shape[:-1]).to(z.device)
+        s_slot, t_slot = slots.to(z.device)[s], slots.to(z.device)[t]
+        rows = None
+        if when_active:
+            strongest = z[..., slots.to(z.device)].argmax(-1)
+            rows = (strongest == s) & (z.gather(-1, s_slot[..., None])[..., 0] > 0)
+        swapped = z.scatter(-1, s_slot[..., None], 0.0)
+        swapped = swapped.scatter(-1, t_slot[..., None], (alpha * scales.to(z)[t])[..., None])
+        return torch.where((s == t)[..., None], z, swapped), rows
+
+    return edit
+
+
+def concept_swap(model: nn.Module, sae: SAE, slot_map: SlotMap, source: str | int | Sequence[int],
+                 target: str | int | Sequence[int], alpha: float = 2.0, *, positions: EditPositions = "last",
+                 keep_error: bool = True, when_active: bool = False,
                  hookpoint: str | None = None) -> contextlib.AbstractContextManager[None]:
     """Source slot → 0, target slot → α·scale(target); a concept swapped with itself is left alone.
     when_active=True edits only positions where the source is the strongest concept slot and is active, so
-    prompts about other concepts and unrelated text pass through untouched."""
-    src, tgt = slot_map.index(source), slot_map.index(target)
-    src_slot, tgt_slot, value = slot_map.slots[src], slot_map.slots[tgt], alpha * slot_map.scales[tgt]
-    all_slots = list(slot_map.slots)
+    prompts about other concepts and unrelated text pass through untouched. A sequence of concept indices as
+    source and target swaps each batch row's own pair (every forward must then have that many rows)."""
 
-    def edit(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        rows = (z[..., all_slots].argmax(-1) == src) & (z[..., src_slot] > 0) if when_active else None
-        if src == tgt:
-            return z, rows
-        z = z.clone()
-        z[..., src_slot] = 0.0
-        z[..., tgt_slot] = value
-        return z, rows
+    def index(concept: str | int | Sequence[int]) -> int | list[int]:
+        return slot_map.index(concept) if isinstance(concept, str | int) else [slot_map.index(c) for c in concept]
 
+    edit = swap_edit(slot_map, index(source), index(target), alpha, when_active)
     return sae_edit(model, sae, edit, positions, keep_error, hookpoint, slot_map)
+
+
+@contextlib.contextmanager
+def replace_positions(model: nn.Module, hookpoint: str, vectors: torch.Tensor, position: int = -1) -> Iterator[None]:
+    """Overwrite token `position` of every row of a forward at `hookpoint` with that row's vector [batch, d]:
+    the swap oracle (another prompt's whole activation), a ceiling for any edit of that one position."""
+
+    def write(hidden: torch.Tensor) -> torch.Tensor:
+        require(hidden.shape[0] == vectors.shape[0], f"replace_positions got {vectors.shape[0]} vectors for a "
+                                                     f"batch of {hidden.shape[0]}; give one vector per row")
+        out = hidden.clone()
+        out[:, position] = vectors.to(device=out.device, dtype=out.dtype)
+        return out
+
+    with patch_output(model, hookpoint, write):
+        yield
 
 
 @dataclass

@@ -17,57 +17,21 @@ Definitions:
   where the model already said it, are skipped); "rest unchanged": with the same swap gated on the source slot
   being the active concept, prompts of other concepts and unrelated texts keep their exact continuation."""
 
-import random
-from collections import defaultdict
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from functools import partial
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from scipy.stats import rankdata
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from saelign.align.activations import concept_offsets, example_activations
-from saelign.align.interventions import concept_swap
+from saelign.align.activations import example_activations
+from saelign.align.metrics_config import MetricsConfig
 from saelign.align.slots import SlotMap
-from saelign.configs import help_field
-from saelign.errors import SaelignError, require
-from saelign.progress import logger
+from saelign.align.swap import oracle_swap_success, swap_cases, swap_success
+from saelign.errors import SaelignError
 from saelign.sae.evaluate import reconstruction_metrics, splice_metrics
 from saelign.sae.model import SAE
-from saelign.text import answer_matches, greedy_decode, pad_token_id, token_ids
-
-DEFAULT_ALPHAS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 8.0)
-
-
-@dataclass
-class MetricsConfig:
-    """What `alignment_report` measures and how `swap_success` runs its swaps (`align eval` flags)."""
-
-    alphas: list[float] = help_field(list(DEFAULT_ALPHAS), "swap amplitudes (in target slot scales)")
-    swaps: bool = help_field(True, "measure concept swaps (entities with answers under several concepts)")
-    max_per_pair: int = help_field(10, "swaps per (source, target) concept pair and α")
-    max_rest: int = help_field(10, "prompts of other concepts checked for 'rest unchanged' per pair")
-    known_only: bool = help_field(True, "only swap to facts the model states itself")
-    swap_span: Literal["concept", "prompt"] = help_field(
-        "concept", "tokens a swap edits: concept (the slots' training token) or prompt (every token)")
-    swap_when_active: bool = help_field(
-        False, "with swap_span=prompt, edit only the tokens where the source slot is the active concept")
-    swap_during: Literal["prompt", "all"] = help_field(
-        "prompt", "when a swap edits: prompt (while read; the authors' protocol) or all (answer tokens too)")
-    n_tokens: int = help_field(0, "tokens generated per continuation (0: the longest answer + 2, at most 12)")
-    batch_size: int = help_field(16, "prompts per forward pass")
-
-    def __post_init__(self) -> None:
-        for name, choices in (("swap_span", ("concept", "prompt")), ("swap_during", ("prompt", "all"))):
-            if getattr(self, name) not in choices:
-                raise SaelignError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
-        if not self.alphas or min(self.max_per_pair, self.max_rest, self.n_tokens) < 0 or self.batch_size < 1:
-            raise SaelignError("metrics options: give at least one alpha, batch_size >= 1 and max_per_pair, "
-                               "max_rest, n_tokens >= 0")
 
 
 @torch.no_grad()
@@ -157,114 +121,6 @@ def best_latents(sae: SAE, acts: torch.Tensor, labels: torch.Tensor, concepts: S
     return SlotMap(list(concepts), slots, sae.cfg.hookpoint, sae.cfg.d_sae, position, scales)
 
 
-def _continue(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], offsets: Sequence[int],
-              intervention: Callable[..., AbstractContextManager] | None, n_tokens: int, batch_size: int,
-              span: str = "concept", during: str = "prompt") -> list[tuple[int, ...]]:
-    """Greedy continuations, editing each prompt while it is read (prompts are grouped by offset;
-    `intervention(positions=...)` builds the context for one group): span="concept" edits the concept offset
-    only; span="prompt" edits every prompt position from the offset on (pass -len(prompt) as the offset for the
-    whole prompt; left padding stays untouched). during="all" also edits each generated token as it is read."""
-    groups: dict[int, list[int]] = defaultdict(list)
-    for i, off in enumerate(offsets):
-        groups[off].append(i)
-    out: list[tuple[int, ...]] = [()] * len(texts)
-    for off, idx in groups.items():
-        where = off if span == "concept" else slice(off, None)
-        context = partial(intervention, positions=where) if intervention else None
-        generating = partial(intervention, positions="last") if intervention and during == "all" else None
-        prompts = token_ids(tokenizer, [texts[i] for i in idx])
-        tokens = greedy_decode(model, prompts, n_tokens, pad_token_id(tokenizer), batch_size=batch_size,
-                               prompt_context=context, token_context=generating, desc="swap continuations")
-        for i, row in zip(idx, tokens, strict=True):
-            out[i] = tuple(row)
-    return out
-
-
-def _says(tokenizer: PreTrainedTokenizerBase, tokens: tuple[int, ...], example: Any) -> bool:
-    return answer_matches(tokenizer.decode(list(tokens), skip_special_tokens=True), example.answer,
-                          getattr(example, "aliases", ()))
-
-
-def swap_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: SAE, slot_map: SlotMap,
-                 examples: Sequence[Any], cfg: MetricsConfig | None = None,
-                 unrelated_texts: Sequence[str] = ()) -> dict[str, Any]:
-    """Concept-swap success and "rest unchanged" over the α sweep `cfg.alphas`. `examples` need text,
-    concept_index, entity, answer and optionally aliases (ontology ConceptExamples); facts of one entity
-    under several concepts make the swap pairs. Answers are matched on the greedy continuation (a few tokens)
-    with the ontology's rules (`saelign.text.answer_matches`: case, accents, punctuation and a leading
-    article ignored).
-    The swap options are `MetricsConfig`'s; "rest unchanged" always uses the gated swap over the same span."""
-    cfg = cfg or MetricsConfig()
-    span, when_active, during = cfg.swap_span, cfg.swap_when_active, cfg.swap_during
-    batch_size = cfg.batch_size
-    facts = {(ex.entity, ex.concept_index): ex for ex in examples if ex.entity is not None and ex.answer}
-    n_concepts = len(slot_map.concepts)
-    rng = random.Random(0)
-    n_tokens = cfg.n_tokens or min(max((len(tokenizer(" " + ex.answer, add_special_tokens=False)["input_ids"])
-                                       for ex in facts.values()), default=0) + 2, 12)
-    offsets = dict(zip([ex.text for ex in examples], concept_offsets(tokenizer, examples), strict=True))
-    texts = sorted({ex.text for ex in examples} | set(unrelated_texts))
-    if span == "prompt":  # every prompt token: the edit starts at the first one
-        edit_from = {t: -len(ids) for t, ids in zip(texts, tokenizer(texts, add_special_tokens=True)["input_ids"], strict=True)}
-    else:
-        edit_from = {t: offsets.get(t, -1) for t in texts}
-    base = dict(zip(texts, _continue(model, tokenizer, texts, [offsets.get(t, -1) for t in texts], None, n_tokens,
-                                     batch_size), strict=True))
-
-    known = {(ex.entity, ex.concept_index) for ex in examples if (ex.entity, ex.concept_index) in facts
-             and _says(tokenizer, base[ex.text], ex)}
-    pairs: dict[tuple[int, int], list[tuple[str, Any]]] = {}
-    correct, skipped, unknown = [], 0, 0
-    for s in range(n_concepts):
-        sources = [ex for ex in examples if ex.concept_index == s and (ex.entity, s) in facts]
-        correct.extend(_says(tokenizer, base[ex.text], ex) for ex in sources)
-        for t in range(n_concepts):
-            if t == s:
-                continue
-            cases = []
-            for ex in sources:
-                target = facts.get((ex.entity, t))
-                if target is None:
-                    continue
-                if cfg.known_only and (ex.entity, t) not in known:
-                    unknown += 1
-                elif answer_matches(target.answer, ex.answer, getattr(ex, "aliases", ())) or _says(tokenizer, base[ex.text], target):
-                    skipped += 1  # the same answer, or the model already says it: no change to detect
-                else:
-                    cases.append((ex.text, target))
-            rng.shuffle(cases)
-            if cases:
-                pairs[(s, t)] = cases[:cfg.max_per_pair]
-    require(pairs, "no swap pairs: swaps need entities with answers under at least two concepts "
-                   "(an entity-template ontology with answers) that the model knows (see known_only)")
-
-    per_alpha: dict[str, Any] = {}
-    for alpha in cfg.alphas:
-        hits = total = kept = n_rest = 0
-        per_pair = {}
-        for (s, t), cases in pairs.items():
-            swap = partial(concept_swap, model, sae, slot_map, s, t, alpha)
-            said = _continue(model, tokenizer, [c[0] for c in cases], [edit_from[c[0]] for c in cases],
-                             partial(swap, when_active=when_active), n_tokens, batch_size, span, during)
-            ok = sum(_says(tokenizer, tokens, target) for tokens, (_, target) in zip(said, cases, strict=True))
-            per_pair[f"{slot_map.concepts[s]}->{slot_map.concepts[t]}"] = ok / len(cases)
-            hits, total = hits + ok, total + len(cases)
-            others = [ex.text for ex in examples if ex.concept_index not in (s, t)]
-            rest = rng.sample(others, min(cfg.max_rest, len(others))) + list(unrelated_texts)[:cfg.max_rest]
-            if rest:
-                rest_said = _continue(model, tokenizer, rest, [edit_from[r] for r in rest],
-                                      partial(swap, when_active=True), n_tokens, batch_size, span, during)
-                kept += sum(tokens == base[r] for tokens, r in zip(rest_said, rest, strict=True))
-                n_rest += len(rest)
-        per_alpha[str(alpha)] = {"success": hits / total, "n": total, "rest_unchanged": kept / n_rest if n_rest else None,
-                                 "n_rest": n_rest, "per_pair": per_pair}
-        logger.info(f"swap α={alpha}: success {hits / total:.3f} over {total} swaps")
-    best = max(per_alpha, key=lambda a: per_alpha[a]["success"])
-    return {"alphas": per_alpha, "best_alpha": float(best), "best_success": per_alpha[best]["success"],
-            "baseline_accuracy": sum(correct) / len(correct) if correct else None, "skipped_same_answer": skipped,
-            "skipped_unknown_target": unknown, "span": span, "when_active": when_active, "during": during}
-
-
 def binding_by_style(slot_acts: torch.Tensor, labels: torch.Tensor,
                      styles: Sequence[str | None]) -> dict[str, float]:
     """Binding accuracy of the rows of each named phrasing style (rows without a style are left out)."""
@@ -337,8 +193,15 @@ def alignment_report(model: nn.Module, tokenizer: PreTrainedTokenizerBase, vanil
                             for name, sae in (("vanilla", vanilla), ("aligned", aligned))}
     if cfg.swaps:
         swap_set = test_examples or train_examples
+        cases = swap_cases(model, tokenizer, swap_set, len(slot_map.concepts), cfg, unrelated_texts)
         for name, sae, smap in (("aligned", aligned, slot_map), ("vanilla", vanilla, vanilla_map)):
-            report[name]["swap"] = swap_success(model, tokenizer, sae, smap, swap_set, cfg, unrelated_texts)
+            report[name]["swap"] = swap_success(model, tokenizer, sae, smap, swap_set, cfg, unrelated_texts, cases)
+        if cfg.oracle:
+            donors: dict[tuple[str, int], torch.Tensor] = {}
+            for ex, row in zip(train_examples, splits["train"][0], strict=True):
+                donors.setdefault((ex.entity, ex.concept_index), row)  # the first train template's
+            report["swap_oracle"] = oracle_swap_success(model, tokenizer, hookpoint, cases, donors, slot_map.concepts,
+                                                        cfg.batch_size)
         vanilla_best = report["vanilla"]["swap"]["best_success"]
         report["swap_ratio_vs_vanilla"] = report["aligned"]["swap"]["best_success"] / vanilla_best if vanilla_best else None
     return report

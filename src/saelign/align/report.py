@@ -80,10 +80,14 @@ def metric_rows(metrics: Mapping[str, Any]) -> list[list[Any]]:
     add("slot share of the concept signal", lambda m, _: _mean(m.get("fragmentation", {}).get("slot_share")))
     add("best α", lambda m, _: (m.get("swap") or {}).get("best_alpha"))
     add("swap success at best α", lambda m, _: (m.get("swap") or {}).get("best_success"))
+    add("swap success at best α, lenient (authors' match)", lambda m, _: (m.get("swap") or {}).get("best_success_lenient"))
     add("rest unchanged at best α",
         lambda m, _: m["swap"]["alphas"][_alpha_key(m["swap"])]["rest_unchanged"] if m.get("swap") else None)
     if metrics.get("fvu_increase") is not None:
         rows.append(["FVU increase (aligned vs vanilla)", metrics["fvu_increase"], None])
+    oracle = metrics.get("swap_oracle")
+    if oracle:  # not an SAE's: the ceiling for any edit of the concept token
+        rows.append(["swap oracle ceiling (strict / lenient)", f"{oracle['success']:.3f} / {oracle['success_lenient']:.3f}", None])
     return rows
 
 

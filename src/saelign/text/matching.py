@@ -34,3 +34,13 @@ def answer_matches(said: str, answer: str, aliases: Sequence[str] = (), *, anywh
     opening = _without_article(normalize(said, True).split())
     wanted = (_without_article(normalize(c, True).split()) for c in (answer, *aliases))
     return any(want and want in (opening[: len(want)], opening[1: len(want) + 1]) for want in wanted)
+
+
+def lenient_match(said: str, answer: str, aliases: Sequence[str] = ()) -> bool:
+    """The AlignSAE authors' lenient success: the lower-cased, stripped gold is contained in the generation or
+    the generation in the gold. Kept apart from `answer_matches` so benchmarks can report both: it accepts
+    a fragment ('par' for 'Paris') and an answer anywhere in a long continuation. An empty generation never
+    matches (it is contained in every gold)."""
+    text = said.strip().lower()
+    golds = (c.strip().lower() for c in (answer, *aliases))
+    return bool(text) and any(gold and (gold in text or text in gold) for gold in golds)
