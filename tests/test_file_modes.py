@@ -16,9 +16,8 @@ import pytest
 
 from saelign.datasets import fetch
 from saelign.models import ModelConfig
-from saelign.sails import pipeline
 from saelign.store import CaptureConfig, capture
-from test_sails_pipeline import tiny_config, write_inputs
+from test_sails_pipeline import run_tiny_pipeline, tiny_config, write_inputs
 
 UMASK = 0o027
 FILE_MODE, DIR_MODE = 0o666 & ~UMASK, 0o777 & ~UMASK
@@ -55,7 +54,7 @@ def artifacts(tmp_path_factory, tiny_llama_dir) -> Path:
     inputs = write_inputs(tmp_path_factory.mktemp("modes_inputs"), tiny_llama_dir)
     previous = os.umask(UMASK)
     try:
-        pipeline.run_pipeline(tiny_config(inputs, methods=["sails", "full"]), root / "run")
+        run_tiny_pipeline(tiny_config(inputs, methods=["sails", "full"]), root / "run")
         cfg = CaptureConfig(
             hookpoints=["model.layers.1"],
             corpus=str(inputs["root"] / "corpus.txt"),

@@ -39,7 +39,14 @@ def short_explainer_prompt():
         yield
 
 
-SHORT_EXPLAIN_PROMPT = "{top}|{bottom}"  # other modules that run the tiny pipeline patch it the same way
+SHORT_EXPLAIN_PROMPT = "{top}|{bottom}"
+
+
+def run_tiny_pipeline(cfg, out: Path):
+    """run_pipeline with the explainer's prompt cut to fit the tiny model (for other test modules)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(explain, "EXPLAIN_PROMPT", SHORT_EXPLAIN_PROMPT)
+        return pipeline.run_pipeline(cfg, out)
 
 
 @pytest.fixture(scope="module")
