@@ -29,7 +29,11 @@ NUMBERS = ["two", "three", "four", "five"]
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory, tiny_llama_dir) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("sails_inputs")
+    return write_inputs(tmp_path_factory.mktemp("sails_inputs"), tiny_llama_dir)
+
+
+def write_inputs(root: Path, model_dir: Path) -> dict[str, Path]:
+    """A tiny SAILS world under `root`: prompts, corpus, facts and `tiny.yaml` (the config) for the model folder."""
     rows = [{"prompt": t.format(n), "kind": kind} for kind, templates in
             (("harmful", HARMFUL), ("harmless", HARMLESS), ("borderline", BORDERLINE)) for t in templates for n in NUMBERS]
     (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -37,7 +41,7 @@ def inputs(tmp_path_factory, tiny_llama_dir) -> dict[str, Path]:
                                                  "capital of France and Berlin is the capital of Germany." for i in range(30)))
     (root / "facts.jsonl").write_text(json.dumps({"question": "What is the capital of France?", "answer": "Paris"}) + "\n")
     tiny = {
-        "model": {"model": str(tiny_llama_dir)},
+        "model": {"model": str(model_dir)},
         "data": {"sources": [], "user_files": [str(root / "data.jsonl")], "val_fraction": 0.2, "test_fraction": 0.3,
                  "dedupe_threshold": 1.0},
         "hookpoint": "model.layers.1",

@@ -23,6 +23,7 @@ from saelign.configs import config_to_dict
 from saelign.errors import SaelignError
 from saelign.io import ensure_writable_dir, load_tensors, read_json, save_tensors_atomic
 from saelign.models import load_model
+from saelign.runinfo import record_stage
 from saelign.sae import SAE, load_sae
 from saelign.sails.adapters import load_adapter
 from saelign.sails.data import SafetyData, load_safety_data
@@ -56,6 +57,7 @@ class RunDir:
         self.dir = ensure_writable_dir(run_dir)
         self.cfg, self.stages, self.overwrite = cfg, stages, overwrite
         self._keys: dict[str, str] = {}
+        self.resuming: set[str] = set()  # units begun under the same key by a run that did not finish them
 
     def path(self, *parts: str) -> Path:
         return self.dir.joinpath(*parts)
@@ -99,11 +101,23 @@ class RunDir:
         return read_json(path, "run.json").get("stages", {}) if path.is_file() else {}
 
     def status(self, unit: str) -> str:
-        """'todo', 'done', or 'stale' (files exist under other options or of unknown origin)."""
+        """'todo', 'done', or 'stale' (files exist under other options or of unknown origin). A unit begun under
+        the same key but not finished is 'todo': its files are its own, whatever they look like."""
         outputs = self.outputs(unit)
         if not outputs or not all(p.exists() for p in outputs):
             return "todo"
-        return "done" if self.recorded().get(unit, {}).get("key") == self.key(unit) else "stale"
+        record = self.recorded().get(unit, {})
+        if record.get("key") != self.key(unit):
+            return "stale"
+        return "todo" if record.get("pending") else "done"
+
+    def begin(self, unit: str) -> None:
+        """Record the unit's key as pending before it writes anything, so that a rerun after a crash knows the
+        files it left (complete outputs included) as its own; the unit's final record replaces this one."""
+        record = self.recorded().get(unit, {})
+        if record.get("pending") and record.get("key") == self.key(unit):
+            self.resuming.add(unit)
+        record_stage(self.dir, unit, self.components(unit), key=self.key(unit), pending=True)
 
     def check_stale(self, units: Sequence[str]) -> None:
         """Fail before any work if a unit's files were made under other options and overwrite is off."""

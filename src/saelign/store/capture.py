@@ -161,10 +161,12 @@ def capture(model_cfg: ModelConfig, cfg: CaptureConfig, model: PreTrainedModel |
             bar.update(batch.first_row + n - rows)
             rows = batch.first_row + n
     seconds = time.perf_counter() - began
-    for writer in pending:
-        writer.finish(exhausted=budget is None or rows < budget)
+    # Recorded before the manifests say complete: a rerun after a crash between the two finds the stores
+    # complete and would skip the record.
     record_stage(out, "capture", {"model": config_to_dict(model_cfg), "capture": config_to_dict(cfg)},
                  tokens=rows, new_tokens=rows - start, seconds=round(seconds, 2),
                  tokens_per_s=round((rows - start) / max(seconds, 1e-9), 1),
                  stores={hp: str(w.path) for hp, w in writers.items()})
+    for writer in pending:
+        writer.finish(exhausted=budget is None or rows < budget)
     return {hp: w.path for hp, w in writers.items()}
