@@ -7,8 +7,10 @@ A trial checks three things:
   state.json, an adapter's adapter_config.json, slot_map.json, a SAILS unit's run.json record) implies that the
   files it stands for are there and load;
 - the rerun exits 0 and its artifacts equal an uninterrupted run's: tensors bitwise, JSON after dropping the
-  wall-clock fields in VOLATILE, the SAILS report after dropping its table of stage wall times, every other
-  file byte for byte (paths of the trial folder read as those of the reference folder);
+  wall-clock fields in VOLATILE, the SAILS report with its numbers (wall times among them) masked, every other
+  file byte for byte (paths of the trial folder read as those of the reference folder). Two things differ
+  between any two whole runs and are left out: PEFT's target_modules order in adapter_config.json (a set
+  written in string-hash order) and the global torch RNG state in SAE-training checkpoints (never seeded);
 - the folder is usable by the next command: the loader of what the job makes accepts it.
 
 Kill moments are spread over phases (PHASES): start-up (before the job writes anything), a random time within
@@ -47,13 +49,14 @@ from test_sails_pipeline import write_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("startup", "random", "write", "checkpoint", "finishing")
+TRIALS = {"capture": 6, "sae-train": 5, "align-train": 5, "sails-train": 5, "sails-run": 4}  # 25 in all
 # Fields that hold wall-clock facts (times, rates, the machine): an interrupted run differs there by nature.
 VOLATILE = frozenset(
     {"finished_at", "seconds", "tokens_per_s", "train_seconds", "wall_seconds", "environment", "new_tokens"}
 )
 # io.atomic_path's files and save_sae/save_adapter's folders (.NAME.RANDOM.tmp|partial), safetensors' own (.tmpRANDOM)
 TEMP = re.compile(r"^\.(.+)\.[^./]+\.(tmp|partial)$|^\.tmp[A-Za-z0-9_]{6}$")
-WALL_TIMES = re.compile(r"stage wall times|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")  # the report's timing table
+NUMBER = re.compile(rb"\d+(\.\d+)?")
 
 
 def environment() -> dict[str, str]:
@@ -286,7 +289,12 @@ def _check_units(run_dir: Path) -> None:
 
 def _strip(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _strip(v) for k, v in value.items() if k not in VOLATILE}
+        # PEFT keeps target_modules as a set and writes it in the process's string-hash order
+        return {
+            k: sorted(v) if k == "target_modules" and isinstance(v, list) else _strip(v)
+            for k, v in value.items()
+            if k not in VOLATILE
+        }
     if isinstance(value, list):
         return [_strip(v) for v in value]
     return value
@@ -319,10 +327,8 @@ def compare(trial: Path, reference: Path, tolerate: str = "^$") -> list[str]:
         text_b = b.read_bytes()
         if a.suffix == ".json":
             same = _strip(json.loads(text_a)) == _strip(json.loads(text_b))
-        elif a.name.startswith("report."):
-            same = [x for x in text_a.splitlines() if not WALL_TIMES.search(x.decode())] == [
-                x for x in text_b.splitlines() if not WALL_TIMES.search(x.decode())
-            ]
+        elif a.name.startswith("report."):  # its numbers include wall times; its sources are compared exactly
+            same = NUMBER.sub(b"#", text_a) == NUMBER.sub(b"#", text_b)
         else:
             same = text_a == text_b
         if not same:
@@ -437,118 +443,53 @@ def jobs(world: World) -> dict[str, Job]:
                 raise SaelignError(f"store {store.path} is incomplete")
 
     def adapter_usable(run_dir: Path) -> None:
-        model = PeftModel.from_pretrained(
-            make_tiny_model("llama", len(make_tokenizer())), str(run_dir / "methods" / "sails" / "adapter")
-        )
+        base = make_tiny_model("llama", len(make_tokenizer()))
+        model = PeftModel.from_pretrained(base, str(run_dir / "methods" / "sails" / "adapter"))
         if not torch.isfinite(model(torch.tensor([[5, 6, 7]])).logits).all():
             raise SaelignError("the adapter gives non-finite logits")
 
     def run_usable(run_dir: Path) -> None:
         run = RunDir(run_dir, resolve_config([stored_config(run_dir)]), STAGES)
-        todo = [
-            u
-            for u in run.units(list(STAGES))
-            if STAGES[u.partition(":")[0]].outputs and run.status(u) != "done"
-        ]
-        if todo:
+        units = [u for u in run.units(list(STAGES)) if STAGES[u.partition(":")[0]].outputs]
+        if todo := [u for u in units if run.status(u) != "done"]:
             raise SaelignError(f"units not done after the rerun: {todo}")
-        run_pipeline(run.cfg, run_dir, ["report"])  # `sails report`: reads every unit's files
+        run_pipeline(run.cfg, run_dir, ["report"])  # what `sails report` does: read every unit's files
 
-    common = ["--device", "cpu"]
-    return {
-        job.name: job
-        for job in (
-            Job(
-                "capture",
-                lambda t: [
-                    "capture",
-                    "--model",
-                    str(world.model),
-                    "--hookpoints",
-                    "model.layers.1,model.layers.2",
-                    "--corpus",
-                    str(world.corpus),
-                    "--context-length",
-                    "32",
-                    "--token-budget",
-                    "1500",
-                    "--shard-tokens",
-                    "100",
-                    "--batch-size",
-                    "2",
-                    "--out",
-                    str(t / "acts"),
-                    *common,
-                ],
-                "acts",
-                stores_usable,
-            ),
-            Job(
-                "sae-train",
-                lambda t: [
-                    "sae",
-                    "train",
-                    "--store",
-                    str(world.store),
-                    "--d-sae",
-                    "64",
-                    "--k",
-                    "4,8",
-                    "--batch-size",
-                    "64",
-                    "--total-tokens",
-                    "3000",
-                    "--checkpoint-every-tokens",
-                    "320",
-                    "--log-every-steps",
-                    "2",
-                    "--out",
-                    str(t / "sae"),
-                    *common,
-                ],
-                # SAE training neither seeds nor draws from the process's global torch generator, whose state its
-                # checkpoints keep: that state differs between any two runs (the weights are bitwise equal).
-                "sae",
-                lambda out: [load_sae(out / name) for name in ("k4", "k8")],
-                tolerate=r"checkpoint/rng-",
-            ),
-            Job(
-                "align-train",
-                lambda t: [
-                    "align",
-                    "train",
-                    "--model",
-                    str(world.model),
-                    "--sae",
-                    str(world.vanilla),
-                    "--ontology",
-                    str(world.ontology),
-                    "--corpus",
-                    str(world.corpus),
-                    "--checkpoint-every",
-                    "5",
-                    "--out",
-                    str(t / "aligned"),
-                    *TRAIN_FLAGS,
-                ],
-                "aligned",
-                lambda out: (load_aligned(out), resolve_ontology(str(out / "ontology.yaml"))),
-            ),
-            Job(
-                "sails-train",
-                lambda t: ["sails", "train", "--run", str(t / "run")],
-                "run",
-                adapter_usable,
-                prepare=lambda t: shutil.copytree(world.sails_base, t / "run"),
-            ),
-            Job(
-                "sails-run",
-                lambda t: ["sails", "run", "--config", str(world.sails_config), "--out", str(t / "run")],
-                "run",
-                run_usable,
-            ),
-        )
-    }
+    model, corpus = ["--model", str(world.model), "--device", "cpu"], ["--corpus", str(world.corpus)]
+    capture = "capture --hookpoints model.layers.1,model.layers.2 --context-length 32 --token-budget 1500 "
+    capture += "--shard-tokens 100 --batch-size 2"
+    sae = "sae train --d-sae 64 --k 4,8 --batch-size 64 --total-tokens 3000 --checkpoint-every-tokens 320 "
+    sae += "--log-every-steps 2 --device cpu"
+    align = [
+        "align",
+        "train",
+        *model,
+        *corpus,
+        "--sae",
+        str(world.vanilla),
+        "--ontology",
+        str(world.ontology),
+        "--checkpoint-every",
+        "5",
+        *TRAIN_FLAGS,
+    ]
+    sails = ["sails", "run", "--config", str(world.sails_config)]
+    # fmt: off
+    return {job.name: job for job in (
+        Job("capture", lambda t: [*capture.split(), *model, *corpus, "--out", str(t / "acts")], "acts",
+            stores_usable),
+        # SAE training neither seeds nor draws from the process's global torch generator, whose state its
+        # checkpoints keep: that state differs between any two runs (the weights are bitwise equal).
+        Job("sae-train", lambda t: [*sae.split(), "--store", str(world.store), "--out", str(t / "sae")], "sae",
+            lambda out: [load_sae(out / name) for name in ("k4", "k8")], tolerate=r"^checkpoint/rng-"),
+        Job("align-train", lambda t: [*align, "--out", str(t / "aligned")], "aligned",
+            lambda out: (load_aligned(out), resolve_ontology(str(out / "ontology.yaml")))),
+        Job("sails-train", lambda t: ["sails", "train", "--run", str(t / "run")], "run", adapter_usable,
+            prepare=lambda t: shutil.copytree(world.sails_base, t / "run")),
+        Job("sails-run", lambda t: [*sails, "--out", str(t / "run")], "run", run_usable,
+            tolerate=r"^sae/checkpoint/rng-"),  # as in sae-train
+    )}
+    # fmt: on
 
 
 # ---- trials --------------------------------------------------------------------------------------------------
@@ -657,10 +598,8 @@ def tally(trials: list[Trial]) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--per-job", type=int, default=5, help="trials per job")
-    parser.add_argument(
-        "--jobs", default=",".join(("capture", "sae-train", "align-train", "sails-train", "sails-run"))
-    )
+    parser.add_argument("--jobs", default=",".join(TRIALS), help="comma list of jobs (default: all)")
+    parser.add_argument("--per-job", type=int, default=0, help="trials per job (default: TRIALS, 25 in all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "fault_injection.json"))
     parser.add_argument(
@@ -671,17 +610,18 @@ def main() -> int:
     harness = Harness(World(ensure(workdir / "world")), workdir, args.seed)
     trials = []
     for name in args.jobs.split(","):
-        for index in range(args.per_job):
-            trial = harness.trial(name, index)
-            trials.append(trial)
+        for index in range(args.per_job or TRIALS[name]):
+            trials.append(trial := harness.trial(name, index))
+            outcome = "FAILED " + json.dumps(trial.to_dict()) if trial.failed else "ok"
             print(
-                f"{name} #{index} {trial.trigger.phase}: killed={trial.killed} at {trial.killed_after} s, "
-                f"{'FAILED ' + json.dumps(trial.to_dict()) if trial.failed else 'ok'}",
-                flush=True,
+                f"{name} #{index} {trial.trigger.phase}: killed={trial.killed} after {trial.killed_after} s, {outcome}"
             )
-    result = tally(trials)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "trials_detail"}))
+    out = Path(args.out)
+    # The failures earlier runs found, and their fixes, are kept by hand in the same file.
+    found = json.loads(out.read_text()).get("found_and_fixed", []) if out.is_file() else []
+    result = {**tally(trials), "found_and_fixed": found}
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k not in ("trials_detail", "found_and_fixed")}))
     if not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
     return 1 if result["failed"] else 0

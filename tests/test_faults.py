@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from faults import Harness, World
+from faults import TRIALS, Harness, World
 
-TRIALS = {"capture": 6, "sae-train": 5, "align-train": 5, "sails-train": 5, "sails-run": 4}
 DEFAULT = [("capture", 2), ("capture", 4)]
 
 
