@@ -109,17 +109,21 @@ def file_events(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, 
 
 @dataclasses.dataclass(frozen=True)
 class Trigger:
-    """When to kill: after `delay` seconds, or when file event `event` has been seen `ordinal` times."""
+    """When to kill: after `delay` seconds, or when file event `event` has been seen `ordinal` times. A temporary
+    file lives too briefly to be seen every time: its kill also fires once `target` (the file it becomes) has
+    been written `ordinal` times, or at the time the event came in the reference run (`delay`)."""
 
     phase: str
     delay: float | None = None
     event: str | None = None
     ordinal: int = 1
+    target: str | None = None
 
     def fires(self, elapsed: float, seen: Counter) -> bool:
-        if self.delay is not None:
-            return elapsed >= self.delay
-        return seen[self.event] >= self.ordinal
+        if self.delay is not None and elapsed >= self.delay:
+            return True
+        written = seen[f"+{self.target}"] + seen[f"~{self.target}"] if self.target else 0
+        return self.event is not None and (seen[self.event] >= self.ordinal or written >= self.ordinal)
 
 
 @dataclasses.dataclass
@@ -171,10 +175,15 @@ def plan(reference: Observed, phase: str, rng: random.Random) -> Trigger:
         return Trigger(phase, delay=round(rng.uniform(0.3, 1.0) * first, 3))
     if phase == "random":
         return Trigger(phase, delay=round(rng.uniform(0, reference.seconds), 3))
-    if phase == "write":
-        temps = [i for i, e in enumerate(events) if e.startswith("+") and is_temp(e[1:])]
+    if phase == "write":  # a file of io.atomic_path's: .NAME.*.tmp, which becomes NAME
+        temps = [i for i, e in enumerate(events) if e.startswith("+") and e.endswith(".*.tmp")]
         if temps:
-            return nth(temps)
+            index = rng.choice(temps)
+            folder, name = os.path.split(events[index][1:])
+            target = os.path.join(folder, name[1 : -len(".*.tmp")])
+            # a late fallback: the kill fires on the target first unless the process is much slower this time
+            delay = round(reference.events[index][0] * 1.5, 3)
+            return dataclasses.replace(nth([index]), target=target, delay=delay)
     if phase == "checkpoint":
         saves = [
             i for i, e in enumerate(events) if e.startswith("+") and "checkpoint/" in e and not is_temp(e[1:])
