@@ -173,8 +173,12 @@ def plan(reference: Observed, phase: str, rng: random.Random) -> Trigger:
 
     if phase == "startup":
         return Trigger(phase, delay=round(rng.uniform(0.3, 1.0) * first, 3))
-    if phase == "random":
-        return Trigger(phase, delay=round(rng.uniform(0, reference.seconds), 3))
+    if phase == "random":  # or at the first file event after that moment, should this run be faster
+        delay = rng.uniform(0, reference.seconds)
+        after = [i for i, (t, e) in enumerate(reference.events) if t >= delay and not is_temp(e[1:])][:1]
+        return (
+            dataclasses.replace(nth(after), delay=round(delay, 3)) if after else Trigger(phase, delay=delay)
+        )
     if phase == "write":  # a file of io.atomic_path's: .NAME.*.tmp, which becomes NAME
         temps = [i for i, e in enumerate(events) if e.startswith("+") and e.endswith(".*.tmp")]
         if temps:
