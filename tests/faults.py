@@ -520,6 +520,7 @@ class Trial:
     rerun: str  # "ok" or the rerun's failing output
     differences: list[str]
     unusable: str
+    leftovers: list[str]  # temporary files the kill left that the rerun did not remove (not a failure)
 
     @property
     def failed(self) -> bool:
@@ -583,18 +584,11 @@ class Harness:
             job.usable(out)
         except Exception as exc:  # the next command's loader refusing the folder is the finding
             unusable = f"{type(exc).__name__}: {exc}"
-        return Trial(
-            name,
-            index,
-            trigger,
-            killed.killed,
-            round(killed.seconds, 3),
-            held,
-            at_kill,
-            rerun,
-            differences,
-            unusable,
-        )
+        leftovers = sorted(normalise(p) for p in scan(out) if is_temp(p))
+        # fmt: off
+        return Trial(name, index, trigger, killed.killed, round(killed.seconds, 3), held, at_kill, rerun,
+                     differences, unusable, leftovers)
+        # fmt: on
 
 
 def tally(trials: list[Trial]) -> dict[str, Any]:
@@ -605,6 +599,7 @@ def tally(trials: list[Trial]) -> dict[str, Any]:
         "failed": sum(t.failed for t in trials),
         "per_job": dict(Counter(t.job for t in killed)),
         "per_phase": dict(Counter(t.trigger.phase for t in killed)),
+        "with_leftover_temp_files": sum(bool(t.leftovers) for t in trials),
         "trials_detail": [t.to_dict() for t in trials],
     }
 
