@@ -609,11 +609,13 @@ def main() -> int:
     parser.add_argument("--jobs", default=",".join(TRIALS), help="comma list of jobs (default: all)")
     parser.add_argument("--per-job", type=int, default=0, help="trials per job (default: TRIALS, 25 in all)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "fault_injection.json"))
     parser.add_argument(
         "--workdir", default="", help="keep the trial folders here (default: a temporary folder)"
     )
     args = parser.parse_args()
+    sys.path.insert(0, str(ROOT / "bench"))
+    from common import RESULTS, write_result
+
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="saelign-faults-"))
     harness = Harness(World(ensure(workdir / "world")), workdir, args.seed)
     trials = []
@@ -624,11 +626,11 @@ def main() -> int:
             print(
                 f"{name} #{index} {trial.trigger.phase}: killed={trial.killed} after {trial.killed_after} s, {outcome}"
             )
-    out = Path(args.out)
-    # The failures earlier runs found, and their fixes, are kept by hand in the same file.
-    found = json.loads(out.read_text()).get("found_and_fixed", []) if out.is_file() else []
-    result = {**tally(trials), "found_and_fixed": found}
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    # The failures that earlier runs (and reading the code) found, with their fixes, are kept by hand there.
+    previous = RESULTS / "fault_injection.json"
+    found = json.loads(previous.read_text()).get("found_and_fixed", []) if previous.is_file() else []
+    result = {**tally(trials), "seed": args.seed, "found_and_fixed": found}
+    write_result("fault_injection", result)
     print(json.dumps({k: v for k, v in result.items() if k not in ("trials_detail", "found_and_fixed")}))
     if not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
