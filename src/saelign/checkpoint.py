@@ -38,7 +38,8 @@ def save(directory: str | Path, step: int, tensors: dict[str, dict[str, torch.Te
 def _remove_stale(directory: Path, live: set[str]) -> None:
     """Remove the tensor files the state file does not list, and temporary files a crash left mid-write."""
     for entry in directory.iterdir():
-        if entry.is_file() and entry.name not in live and (entry.suffix == ".safetensors" or entry.name.startswith(".")):
+        stale = entry.suffix == ".safetensors" or entry.name.startswith(".")
+        if stale and entry.is_file() and entry.name not in live:
             entry.unlink(missing_ok=True)
 
 

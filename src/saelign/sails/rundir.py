@@ -101,8 +101,8 @@ class RunDir:
         return read_json(path, "run.json").get("stages", {}) if path.is_file() else {}
 
     def status(self, unit: str) -> str:
-        """'todo', 'done', or 'stale' (files exist under other options or of unknown origin). A unit begun under
-        the same key but not finished is 'todo': its files are its own, whatever they look like."""
+        """'todo', 'done', or 'stale' (files exist under other options or of unknown origin). A unit begun
+        under the same key but not finished is 'todo': its files are its own, whatever they look like."""
         outputs = self.outputs(unit)
         if not outputs or not all(p.exists() for p in outputs):
             return "todo"
