@@ -151,7 +151,7 @@ def train_stage(run: RunDir, method: str) -> dict[str, Any]:
                         MethodConfig(cfg.lora, cfg.sft, cfg.full_lr, cfg.select), run.path("methods", method),
                         eval_fn=eval_fn if cfg.sft.eval_every else None,
                         act_pca_prompts=contrast_prompts(run, "train"), provenance=provenance,
-                        overwrite=run.overwrite or f"train:{method}" in run.resuming)  # its own, left by a crash
+                        overwrite=run.overwrite or f"train:{method}" in run.resuming)  # a crash left its own
     write_json_atomic(run.path("methods", method, "result.json"), result.to_dict())
     return {"train_seconds": result.train_seconds, "share": result.trainable["share"], "steps_to": result.steps_to}
 
