@@ -111,7 +111,7 @@ def file_events(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, 
 class Trigger:
     """When to kill: after `delay` seconds, or when file event `event` has been seen `ordinal` times. A temporary
     file lives too briefly to be seen every time: its kill also fires once `target` (the file it becomes) has
-    been written `ordinal` times, or at the time the event came in the reference run (`delay`)."""
+    been written `ordinal` times."""
 
     phase: str
     delay: float | None = None
@@ -164,40 +164,37 @@ def run_cli(argv: list[str], watch: Path, trigger: Trigger | None = None, timeou
 
 def plan(reference: Observed, phase: str, rng: random.Random) -> Trigger:
     """A kill moment in `phase`, drawn from what the uninterrupted `reference` run did."""
-    events = [e for _, e in reference.events]
-    first = reference.events[0][0] if reference.events else reference.seconds
+    timeline = reference.events
+    # Files appearing under their final names: seen however fast the run goes ("~" changes of one file may merge
+    # between two polls, so their counts mark nothing), but the last two, which the process may outrun.
+    landmarks = [i for i, (_, e) in enumerate(timeline) if e.startswith("+") and not is_temp(e[1:])][:-2]
 
-    def nth(candidates: list[int]) -> Trigger:
-        index = rng.choice(candidates)
-        return Trigger(phase, event=events[index], ordinal=events[: index + 1].count(events[index]))
+    def at(index: int) -> Trigger:
+        """At event `index`, or at 1.5 times its reference time should this run be slower or miss it."""
+        t, event = timeline[index]
+        ordinal = [e for _, e in timeline[: index + 1]].count(event)
+        return Trigger(phase, delay=round(1.5 * t, 3), event=event, ordinal=ordinal)
 
     if phase == "startup":
+        first = timeline[0][0] if timeline else reference.seconds
         return Trigger(phase, delay=round(rng.uniform(0.3, 1.0) * first, 3))
-    if phase == "random":  # or at the first file event after that moment, should this run be faster
-        delay = rng.uniform(0, reference.seconds)
-        after = [i for i, (t, e) in enumerate(reference.events) if t >= delay and not is_temp(e[1:])][:1]
-        return (
-            dataclasses.replace(nth(after), delay=round(delay, 3)) if after else Trigger(phase, delay=delay)
-        )
-    if phase == "write":  # a file of io.atomic_path's: .NAME.*.tmp, which becomes NAME
-        temps = [i for i, e in enumerate(events) if e.startswith("+") and e.endswith(".*.tmp")]
-        if temps:
-            index = rng.choice(temps)
-            folder, name = os.path.split(events[index][1:])
-            target = os.path.join(folder, name[1 : -len(".*.tmp")])
-            # a late fallback: the kill fires on the target first unless the process is much slower this time
-            delay = round(reference.events[index][0] * 1.5, 3)
-            return dataclasses.replace(nth([index]), target=target, delay=delay)
-    if phase == "checkpoint":
-        saves = [
-            i for i, e in enumerate(events) if e.startswith("+") and "checkpoint/" in e and not is_temp(e[1:])
-        ]
-        if saves:
-            return nth(saves)
-    # "finishing", or a phase without its events: the last fifth of the run's events, but the last two, which
-    # the process may outrun
-    last = [i for i, e in enumerate(events) if not is_temp(e[1:])][:-2]
-    return nth(last[-max(3, len(last) // 5) :])
+    if (
+        phase == "random" and landmarks
+    ):  # or at the next landmark after that moment, should this run be faster
+        delay = rng.uniform(0, timeline[landmarks[-1]][0])
+        after = next(i for i in landmarks if timeline[i][0] >= delay)
+        return dataclasses.replace(at(after), delay=round(delay, 3))
+    temps = [i for i, (_, e) in enumerate(timeline) if e.startswith("+") and e.endswith(".*.tmp")]
+    if (
+        phase == "write" and temps
+    ):  # a file of io.atomic_path's, .NAME.*.tmp, which is seen or its NAME written
+        index = rng.choice(temps)
+        folder, name = os.path.split(timeline[index][1][1:])
+        return dataclasses.replace(at(index), target=os.path.join(folder, name[1 : -len(".*.tmp")]))
+    saves = [i for i in landmarks if "checkpoint/" in timeline[i][1]]
+    if phase == "checkpoint" and saves:
+        return at(rng.choice(saves))
+    return at(rng.choice(landmarks[-max(3, len(landmarks) // 5) :]))  # "finishing": the last fifth
 
 
 # ---- what a folder must look like at any moment --------------------------------------------------------------

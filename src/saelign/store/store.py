@@ -22,6 +22,7 @@ FORMAT = "saelign-activations"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SHARD_RE = re.compile(r"shard_\d{5}\.safetensors")
+TEMP_RE = re.compile(r"\.(shard_\d{5}\.safetensors|manifest\.json)\..+\.tmp")  # io.atomic_path's
 # Manifest keys that identify what a store contains; a rerun with any of them changed must not reuse the store.
 IDENTITY_KEYS = ("format", "version", "model", "model_dtype", "hookpoint", "d_in", "dtype", "tokenizer",
                  "context_length", "shard_tokens", "corpus", "masking")
@@ -87,9 +88,10 @@ class StoreWriter:
             self.shards.append(shard)
 
     def _remove_unlisted_shards(self) -> None:
+        """Shards past the resume point, and the temp files of writes a crash cut short (a shard's is as big)."""
         listed = {s["file"] for s in self.shards}
         for file in self.path.iterdir():
-            if SHARD_RE.fullmatch(file.name) and file.name not in listed:
+            if (SHARD_RE.fullmatch(file.name) and file.name not in listed) or TEMP_RE.fullmatch(file.name):
                 file.unlink()
 
     def add(self, first_row: int, rows: dict[str, torch.Tensor]) -> None:
