@@ -66,6 +66,23 @@ def test_loading_removes_what_a_crash_left_beside_the_checkpoint(tmp_path):
                                                     "weights-step000000005.safetensors"}
 
 
+def test_a_removal_cut_short_leaves_no_checkpoint(tmp_path, monkeypatch):
+    """The sails-train fault trial: killed while the finished SFT checkpoint was deleted, the state file outlived
+    a tensor file and the rerun failed on it. The state file goes first."""
+    save(tmp_path, 5, tensors(1.0), {})
+
+    def killed(path, ignore_errors=False):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.remove(tmp_path)
+    monkeypatch.undo()
+    assert load(tmp_path, {}) is None
+    checkpoint.remove(tmp_path)
+    assert not tmp_path.exists()
+
+
 def test_a_foreign_state_file_is_refused(tmp_path):
     (tmp_path / STATE_FILE).write_text(json.dumps({"format_version": 99, "files": {}}))
     with pytest.raises(SaelignError, match="delete the checkpoint folder"):

@@ -10,6 +10,7 @@ folder, device, logging and checkpoint cadence); every other field, and any new 
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,13 @@ def save(directory: str | Path, step: int, tensors: dict[str, dict[str, torch.Te
     write_json_atomic(directory / STATE_FILE, {"format_version": FORMAT_VERSION, "options": fingerprint,
                                                **state, "step": step, "files": files})
     _remove_stale(directory, set(files.values()))
+
+
+def remove(directory: str | Path) -> None:
+    """Delete a checkpoint folder, its state file first: a crash midway leaves no checkpoint rather than a
+    state file naming tensor files that are gone."""
+    (Path(directory) / STATE_FILE).unlink(missing_ok=True)
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def _remove_stale(directory: Path, live: set[str]) -> None:

@@ -9,7 +9,6 @@ PEFT adapter (a model folder for `full`) plus the provenance sidecar."""
 import dataclasses
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from saelign import checkpoint
 from saelign.errors import SaelignError, require
 from saelign.progress import logger
 from saelign.sails.adapters import save_adapter
@@ -143,5 +143,5 @@ def run_method(method: str, model_factory: Callable[[], PreTrainedModel], tokeni
         basis_sha256=basis_hash(basis) if basis is not None else None)
     sidecar = {k: getattr(result, k) for k in SIDECAR_FIELDS}
     save_adapter(trainable, adapter_dir, {**sidecar, **(provenance or {})}, overwrite=overwrite)
-    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)  # the adapter is the result; checkpoints are big
+    checkpoint.remove(out / CHECKPOINT_DIR)  # the adapter is the result; checkpoints are big
     return dataclasses.replace(result, wall_seconds=round(time.perf_counter() - began, 2))

@@ -9,6 +9,7 @@ import functools
 import hashlib
 import json
 import operator
+import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -137,7 +138,14 @@ class RunDir:
         """Remove a unit's files before redoing it: its own folder (with checkpoints) where it has one."""
         stage, name = self._split(unit)
         if stage.folder:
-            shutil.rmtree(self.path(stage.folder.format(name=name)), ignore_errors=True)
+            # Moved aside first: a crash while deleting must not leave a half-deleted folder whose inner markers
+            # (an adapter's config, a checkpoint's state file) still look complete.
+            folder = self.path(stage.folder.format(name=name))
+            trash = folder.with_name(f".{folder.name}.removing")
+            shutil.rmtree(trash, ignore_errors=True)
+            if folder.exists():
+                os.replace(folder, trash)
+            shutil.rmtree(trash, ignore_errors=True)
         for path in self.outputs(unit):
             path.unlink(missing_ok=True)
 
