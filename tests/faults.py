@@ -1,11 +1,11 @@
-"""Fault injection for the long jobs: each runs as a real `saelign` subprocess on the tiny Llama, is killed with
-SIGKILL at a seeded moment, and is rerun with the same command.
+"""Fault injection for the long jobs: each runs as a real `saelign` subprocess on the tiny Llama, is killed
+with SIGKILL at a seeded moment, and is rerun with the same command.
 
 A trial checks three things:
-- right after the kill, nothing looks complete while half-written: every JSON/JSONL/YAML/safetensors file under
-  its final name parses, and every completion marker (a store's manifest, an SAE's cfg.json, a checkpoint's
-  state.json, an adapter's adapter_config.json, slot_map.json, a SAILS unit's run.json record) implies that the
-  files it stands for are there and load;
+- right after the kill, nothing looks complete while half-written: every JSON/JSONL/YAML/safetensors file
+  under its final name parses, and every completion marker (a store's manifest, an SAE's cfg.json, a
+  checkpoint's state.json, an adapter's adapter_config.json, slot_map.json, a SAILS unit's run.json record)
+  implies that the files it stands for are there and load;
 - the rerun exits 0 and its artifacts equal an uninterrupted run's: tensors bitwise, JSON after dropping the
   wall-clock fields in VOLATILE, the SAILS report with its numbers (wall times among them) masked, every other
   file byte for byte (paths of the trial folder read as those of the reference folder). Two things differ
@@ -54,7 +54,8 @@ TRIALS = {"capture": 6, "sae-train": 5, "align-train": 5, "sails-train": 5, "sai
 VOLATILE = frozenset(
     {"finished_at", "seconds", "tokens_per_s", "train_seconds", "wall_seconds", "environment", "new_tokens"}
 )
-# io.atomic_path's files and save_sae/save_adapter's folders (.NAME.RANDOM.tmp|partial), safetensors' own (.tmpRANDOM)
+# io.atomic_path's files and save_sae/save_adapter's folders (.NAME.RANDOM.tmp or .partial); safetensors' own
+# temp files (.tmpRANDOM)
 TEMP = re.compile(r"^\.(.+)\.[^./]+\.(tmp|partial)$|^\.tmp[A-Za-z0-9_]{6}$")
 NUMBER = re.compile(rb"\d+(\.\d+)?")
 
@@ -109,9 +110,9 @@ def file_events(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, 
 
 @dataclasses.dataclass(frozen=True)
 class Trigger:
-    """When to kill: after `delay` seconds, or when file event `event` has been seen `ordinal` times. A temporary
-    file lives too briefly to be seen every time: its kill also fires once `target` (the file it becomes) has
-    been written `ordinal` times."""
+    """When to kill: after `delay` seconds, or when file event `event` has been seen `ordinal` times. A
+    temporary file lives too briefly to be seen every time: its kill also fires once `target` (the file it
+    becomes) has been written `ordinal` times."""
 
     phase: str
     delay: float | None = None
@@ -165,8 +166,8 @@ def run_cli(argv: list[str], watch: Path, trigger: Trigger | None = None, timeou
 def plan(reference: Observed, phase: str, rng: random.Random) -> Trigger:
     """A kill moment in `phase`, drawn from what the uninterrupted `reference` run did."""
     timeline = reference.events
-    # Files appearing under their final names: seen however fast the run goes ("~" changes of one file may merge
-    # between two polls, so their counts mark nothing), but the last two, which the process may outrun.
+    # Files appearing under their final names: seen however fast the run goes ("~" changes of one file may
+    # merge between two polls, so their counts mark nothing), but the last two, which the process may outrun.
     landmarks = [i for i, (_, e) in enumerate(timeline) if e.startswith("+") and not is_temp(e[1:])][:-2]
 
     def at(index: int) -> Trigger:
@@ -197,7 +198,7 @@ def plan(reference: Observed, phase: str, rng: random.Random) -> Trigger:
     return at(rng.choice(landmarks[-max(3, len(landmarks) // 5) :]))  # "finishing": the last fifth
 
 
-# ---- what a folder must look like at any moment --------------------------------------------------------------
+# ---- what a folder must look like at any moment ------------------------------------------------------------
 
 
 def check_file(path: Path) -> str | None:
@@ -294,7 +295,7 @@ def _check_units(run_dir: Path) -> None:
                 raise SaelignError(f"run.json records {unit} as done but {', '.join(missing)} are missing")
 
 
-# ---- comparing a finished trial with the uninterrupted run ---------------------------------------------------
+# ---- comparing a finished trial with the uninterrupted run -------------------------------------------------
 
 
 def _strip(value: Any) -> Any:
@@ -346,7 +347,7 @@ def compare(trial: Path, reference: Path, tolerate: str = "^$") -> list[str]:
     return differences
 
 
-# ---- the world the jobs run in -------------------------------------------------------------------------------
+# ---- the world the jobs run in -----------------------------------------------------------------------------
 
 
 class World:
@@ -395,7 +396,7 @@ class World:
 
     @cached_property
     def sails_config(self) -> Path:
-        """The SAILS test world's config with checkpoints every few steps, so kills find some to resume from."""
+        """The SAILS test world's config, checkpointing every few steps so that kills find some to resume."""
         inputs = write_inputs(ensure(self.root / "sails"), self.model)
         cfg = yaml.safe_load(inputs["config"].read_text())
         cfg["sae_train"].update(checkpoint_every_tokens=384, log_every_steps=2)
@@ -470,19 +471,8 @@ def jobs(world: World) -> dict[str, Job]:
     capture += "--shard-tokens 100 --batch-size 2"
     sae = "sae train --d-sae 64 --k 4,8 --batch-size 64 --total-tokens 3000 --checkpoint-every-tokens 320 "
     sae += "--log-every-steps 2 --device cpu"
-    align = [
-        "align",
-        "train",
-        *model,
-        *corpus,
-        "--sae",
-        str(world.vanilla),
-        "--ontology",
-        str(world.ontology),
-        "--checkpoint-every",
-        "5",
-        *TRAIN_FLAGS,
-    ]
+    align = ["align", "train", *model, *corpus, "--checkpoint-every", "5", *TRAIN_FLAGS]
+    align += ["--sae", str(world.vanilla), "--ontology", str(world.ontology)]
     sails = ["sails", "run", "--config", str(world.sails_config)]
     # fmt: off
     return {job.name: job for job in (
@@ -490,7 +480,8 @@ def jobs(world: World) -> dict[str, Job]:
             stores_usable),
         # SAE training neither seeds nor draws from the process's global torch generator, whose state its
         # checkpoints keep: that state differs between any two runs (the weights are bitwise equal).
-        Job("sae-train", lambda t: [*sae.split(), "--store", str(world.store), "--out", str(t / "sae")], "sae",
+        Job("sae-train", lambda t: [*sae.split(), "--store", str(world.store), "--out", str(t / "sae")],
+            "sae",
             lambda out: [load_sae(out / name) for name in ("k4", "k8")], tolerate=r"^checkpoint/rng-"),
         Job("align-train", lambda t: [*align, "--out", str(t / "aligned")], "aligned",
             lambda out: (load_aligned(out), resolve_ontology(str(out / "ontology.yaml")))),
@@ -502,7 +493,7 @@ def jobs(world: World) -> dict[str, Job]:
     # fmt: on
 
 
-# ---- trials --------------------------------------------------------------------------------------------------
+# ---- trials ------------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -541,7 +532,7 @@ MARKERS = (
 
 
 class Harness:
-    """Runs the trials of the jobs in `world` under `workdir`, one uninterrupted reference run per job first."""
+    """Runs the trials of the jobs in `world` under `workdir`, after one uninterrupted run per job."""
 
     def __init__(self, world: World, workdir: Path, seed: int = 0):
         self.world, self.workdir, self.seed = world, workdir, seed
@@ -621,7 +612,8 @@ def main() -> int:
             trials.append(trial := harness.trial(name, index))
             outcome = "FAILED " + json.dumps(trial.to_dict()) if trial.failed else "ok"
             print(
-                f"{name} #{index} {trial.trigger.phase}: killed={trial.killed} after {trial.killed_after} s, {outcome}"
+                f"{name} #{index} {trial.trigger.phase}: killed={trial.killed} after {trial.killed_after} s, "
+                + outcome
             )
     # The failures that earlier runs (and reading the code) found, with their fixes, are kept by hand there.
     previous = RESULTS / "fault_injection.json"

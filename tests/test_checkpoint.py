@@ -58,7 +58,8 @@ def test_loading_removes_what_a_crash_left_beside_the_checkpoint(tmp_path):
     """A run killed after its last state file but before the files it replaced were removed (the align-train
     fault trial) resumes at its last step and never saves again: loading clears them, and temp files too."""
     save(tmp_path, 5, tensors(1.0), {})
-    for name in ("weights-step000000004.safetensors", ".weights-step000000006.safetensors.k2j4.tmp", ".tmpAb12Cd"):
+    stale = ("weights-step000000004.safetensors", ".weights-step000000006.safetensors.k2j4.tmp", ".tmpAb12Cd")
+    for name in stale:
         (tmp_path / name).write_bytes(b"left by a crash")
     state, loaded = load(tmp_path, {})
     assert state["step"] == 5 and torch.equal(loaded["weights"]["w"], torch.full((2, 3), 1.0))
@@ -67,8 +68,8 @@ def test_loading_removes_what_a_crash_left_beside_the_checkpoint(tmp_path):
 
 
 def test_a_removal_cut_short_leaves_no_checkpoint(tmp_path, monkeypatch):
-    """The sails-train fault trial: killed while the finished SFT checkpoint was deleted, the state file outlived
-    a tensor file and the rerun failed on it. The state file goes first."""
+    """The sails-train fault trial: killed while the finished SFT checkpoint was deleted, the state file
+    outlived a tensor file and the rerun failed on it. The state file goes first."""
     save(tmp_path, 5, tensors(1.0), {})
 
     def killed(path, ignore_errors=False):

@@ -33,7 +33,7 @@ def inputs(tmp_path_factory, tiny_llama_dir) -> dict[str, Path]:
 
 
 def write_inputs(root: Path, model_dir: Path) -> dict[str, Path]:
-    """A tiny SAILS world under `root`: prompts, corpus, facts and `tiny.yaml` (the config) for the model folder."""
+    """A tiny SAILS world under `root`: prompts, corpus, facts and `tiny.yaml` (its config) for the model."""
     rows = [{"prompt": t.format(n), "kind": kind} for kind, templates in
             (("harmful", HARMFUL), ("harmless", HARMLESS), ("borderline", BORDERLINE)) for t in templates for n in NUMBERS]
     (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -134,7 +134,8 @@ def test_adapter_left_without_its_result_needs_overwrite(tmp_path, finished, inp
         pipeline.run_pipeline(tiny_config(inputs), run_dir, ["train"])
 
 
-def test_a_unit_killed_after_writing_its_files_reruns_without_overwrite(tmp_path, finished, inputs, monkeypatch):
+def test_a_unit_killed_after_writing_its_files_reruns_without_overwrite(tmp_path, finished, inputs,
+                                                                        monkeypatch):
     """The sails-train fault trial: a run killed between saving the adapter and recording the unit is rerun by
     the same command (it once asked for --overwrite), to the same adapter."""
     import shutil
@@ -158,8 +159,9 @@ def test_a_unit_killed_after_writing_its_files_reruns_without_overwrite(tmp_path
     monkeypatch.undo()
     assert json.loads((run_dir / "run.json").read_text())["stages"]["train:sails"]["pending"]
     pipeline.run_pipeline(tiny_config(inputs), run_dir, ["train"])
-    weights = [load_tensors(d / "methods" / "sails" / "adapter" / "adapter_model.safetensors") for d in (run_dir, finished)]
-    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    new, old = (load_tensors(d / "methods" / "sails" / "adapter" / "adapter_model.safetensors")
+                for d in (run_dir, finished))
+    assert new.keys() == old.keys() and all(torch.equal(new[k], old[k]) for k in new)
     assert "pending" not in json.loads((run_dir / "run.json").read_text())["stages"]["train:sails"]
 
 

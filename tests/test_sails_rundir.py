@@ -44,8 +44,8 @@ def test_hidden_fields_are_not_part_of_a_key(tmp_path):
 
 
 def test_a_clear_cut_short_leaves_no_half_deleted_unit_folder(tmp_path, monkeypatch):
-    """`--overwrite` deletes a unit's folder; killed while deleting, it must not leave an adapter or checkpoint
-    folder whose marker files outlived their data (what the sails-train fault trial found for checkpoints)."""
+    """`--overwrite` deletes a unit's folder; killed while deleting, it must not leave an adapter or
+    checkpoint folder whose marker files outlived their data (the sails-train fault trial's finding)."""
     from saelign.sails import rundir
 
     run = RunDir(tmp_path, SailsConfig(), STAGES)

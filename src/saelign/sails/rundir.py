@@ -138,8 +138,8 @@ class RunDir:
         """Remove a unit's files before redoing it: its own folder (with checkpoints) where it has one."""
         stage, name = self._split(unit)
         if stage.folder:
-            # Moved aside first: a crash while deleting must not leave a half-deleted folder whose inner markers
-            # (an adapter's config, a checkpoint's state file) still look complete.
+            # Moved aside first: a crash while deleting must not leave a half-deleted folder whose inner
+            # markers (an adapter's config, a checkpoint's state file) still look complete.
             folder = self.path(stage.folder.format(name=name))
             trash = folder.with_name(f".{folder.name}.removing")
             shutil.rmtree(trash, ignore_errors=True)

@@ -88,7 +88,7 @@ class StoreWriter:
             self.shards.append(shard)
 
     def _remove_unlisted_shards(self) -> None:
-        """Shards past the resume point, and the temp files of writes a crash cut short (a shard's is as big)."""
+        """Remove shards past the resume point, and temp files of writes a crash cut short (shard-sized)."""
         listed = {s["file"] for s in self.shards}
         for file in self.path.iterdir():
             if (SHARD_RE.fullmatch(file.name) and file.name not in listed) or TEMP_RE.fullmatch(file.name):
