@@ -176,19 +176,17 @@ def plan(reference: Observed, phase: str, rng: random.Random) -> Trigger:
         ordinal = [e for _, e in timeline[: index + 1]].count(event)
         return Trigger(phase, delay=round(1.5 * t, 3), event=event, ordinal=ordinal)
 
-    if phase == "startup":
-        first = timeline[0][0] if timeline else reference.seconds
-        return Trigger(phase, delay=round(rng.uniform(0.3, 1.0) * first, 3))
-    if (
-        phase == "random" and landmarks
-    ):  # or at the next landmark after that moment, should this run be faster
+    if phase == "startup":  # before the first file appears, or as it does should this run be faster
+        first, event = timeline[0] if timeline else (reference.seconds, None)
+        return Trigger(phase, delay=round(rng.uniform(0.3, 1.0) * first, 3), event=event)
+    # "random": a moment in the run, or the next landmark after it should this run be faster
+    if phase == "random" and landmarks:
         delay = rng.uniform(0, timeline[landmarks[-1]][0])
         after = next(i for i in landmarks if timeline[i][0] >= delay)
         return dataclasses.replace(at(after), delay=round(delay, 3))
     temps = [i for i, (_, e) in enumerate(timeline) if e.startswith("+") and e.endswith(".*.tmp")]
-    if (
-        phase == "write" and temps
-    ):  # a file of io.atomic_path's, .NAME.*.tmp, which is seen or its NAME written
+    # "write": a file of io.atomic_path's, .NAME.*.tmp, is seen, or its NAME written
+    if phase == "write" and temps:
         index = rng.choice(temps)
         folder, name = os.path.split(timeline[index][1][1:])
         return dataclasses.replace(at(index), target=os.path.join(folder, name[1 : -len(".*.tmp")]))
