@@ -54,6 +54,36 @@ def test_a_crash_at_any_point_leaves_the_previous_checkpoint(tmp_path, monkeypat
                                                                 "rng-step000000010.safetensors"}
 
 
+def test_loading_removes_what_a_crash_left_beside_the_checkpoint(tmp_path):
+    """A run killed after its last state file but before the files it replaced were removed (the align-train
+    fault trial) resumes at its last step and never saves again: loading clears them, and temp files too."""
+    save(tmp_path, 5, tensors(1.0), {})
+    stale = ("weights-step000000004.safetensors", ".weights-step000000006.safetensors.k2j4.tmp", ".tmpAb12Cd")
+    for name in stale:
+        (tmp_path / name).write_bytes(b"left by a crash")
+    state, loaded = load(tmp_path, {})
+    assert state["step"] == 5 and torch.equal(loaded["weights"]["w"], torch.full((2, 3), 1.0))
+    assert {p.name for p in tmp_path.iterdir()} == {STATE_FILE, "rng-step000000005.safetensors",
+                                                    "weights-step000000005.safetensors"}
+
+
+def test_a_removal_cut_short_leaves_no_checkpoint(tmp_path, monkeypatch):
+    """The sails-train fault trial: killed while the finished SFT checkpoint was deleted, the state file
+    outlived a tensor file and the rerun failed on it. The state file goes first."""
+    save(tmp_path, 5, tensors(1.0), {})
+
+    def killed(path, ignore_errors=False):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.remove(tmp_path)
+    monkeypatch.undo()
+    assert load(tmp_path, {}) is None
+    checkpoint.remove(tmp_path)
+    assert not tmp_path.exists()
+
+
 def test_a_foreign_state_file_is_refused(tmp_path):
     (tmp_path / STATE_FILE).write_text(json.dumps({"format_version": 99, "files": {}}))
     with pytest.raises(SaelignError, match="delete the checkpoint folder"):

@@ -208,9 +208,41 @@ def test_adapter_left_without_its_result_needs_overwrite(tmp_path, finished, inp
 
     run_dir = tmp_path / "run"
     shutil.copytree(finished, run_dir)
-    (run_dir / "methods" / "sails" / "result.json").unlink()  # as after a crash between saving and recording
+    # an adapter no unfinished run of this unit left (its record is not pending) is of unknown origin
+    (run_dir / "methods" / "sails" / "result.json").unlink()
     with pytest.raises(SaelignError, match=r"adapter directory .*already exists; pass --overwrite"):
         pipeline.run_pipeline(tiny_config(inputs), run_dir, ["train"])
+
+
+def test_a_unit_killed_after_writing_its_files_reruns_without_overwrite(tmp_path, finished, inputs,
+                                                                        monkeypatch):
+    """The sails-train fault trial: a run killed between saving the adapter and recording the unit is rerun by
+    the same command (it once asked for --overwrite), to the same adapter."""
+    import shutil
+
+    from saelign.io import load_tensors
+    from saelign.sails import stages
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    shutil.rmtree(run_dir / "methods" / "sails")
+    write = stages.write_json_atomic
+
+    def killed_before_result(path, obj):
+        if Path(path).name == "result.json":
+            raise KeyboardInterrupt
+        write(path, obj)
+
+    monkeypatch.setattr(stages, "write_json_atomic", killed_before_result)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_pipeline(tiny_config(inputs), run_dir, ["train"])
+    monkeypatch.undo()
+    assert json.loads((run_dir / "run.json").read_text())["stages"]["train:sails"]["pending"]
+    pipeline.run_pipeline(tiny_config(inputs), run_dir, ["train"])
+    new, old = (load_tensors(d / "methods" / "sails" / "adapter" / "adapter_model.safetensors")
+                for d in (run_dir, finished))
+    assert new.keys() == old.keys() and all(torch.equal(new[k], old[k]) for k in new)
+    assert "pending" not in json.loads((run_dir / "run.json").read_text())["stages"]["train:sails"]
 
 
 def test_cli_runs_and_stage_commands_reuse_the_stored_config(tmp_path, finished, inputs, capsys):

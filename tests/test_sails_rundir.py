@@ -44,3 +44,27 @@ def test_hidden_fields_are_not_part_of_a_key(tmp_path):
     assert RunDir(tmp_path, cfg, STAGES).components("train:sails") == RunDir(tmp_path, moved, STAGES).components(
         "train:sails")
     assert "out" not in RunDir(tmp_path, cfg, STAGES).components("train:sails")["sft"]
+
+
+def test_a_clear_cut_short_leaves_no_half_deleted_unit_folder(tmp_path, monkeypatch):
+    """`--overwrite` deletes a unit's folder; killed while deleting, it must not leave an adapter or
+    checkpoint folder whose marker files outlived their data (the sails-train fault trial's finding)."""
+    from saelign.sails import rundir
+
+    run = RunDir(tmp_path, SailsConfig(), STAGES)
+    adapter = tmp_path / "methods" / "sails" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+
+    def killed(path, ignore_errors=False):
+        if path.exists():
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(rundir.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run.clear("train:sails")
+    monkeypatch.undo()
+    assert not (tmp_path / "methods" / "sails").exists()
+    run.clear("train:sails")  # the next clear also removes what the cut-short one moved aside
+    assert list((tmp_path / "methods").iterdir()) == []

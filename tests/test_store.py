@@ -138,8 +138,11 @@ def test_writer_resumes_from_last_good_shard(tmp_path):
         partial.add(start, rows(start, 7))  # "interrupted" after 49 rows: 4 shards on disk, 9 rows pending
     assert partial.rows == 40 and not json.loads((path / MANIFEST).read_text())["complete"]
     (path / "shard_00003.safetensors").unlink()  # damage: the writer must redo from shard 3
+    for temp in (".shard_00004.safetensors.k2j4x9.tmp", ".manifest.json.a1b2c3.tmp"):  # killed mid-write
+        (path / temp).write_bytes(b"cut short")
     resumed = StoreWriter(path, header(), token_budget=None)
     assert resumed.rows == 30 and not (path / "shard_00004.safetensors").exists()
+    assert not list(path.glob(".*"))  # the capture fault trials found these left behind
     write_store(path, 95)
     for shard in reference.shards:
         assert (path / shard["file"]).read_bytes() == (reference.path / shard["file"]).read_bytes()

@@ -12,6 +12,7 @@ rank reads the same checkpoint on resume and takes back its own RNG state, so `-
 all ranks see."""
 
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +45,22 @@ def save(directory: str | Path, step: int, tensors: dict[str, dict[str, torch.Te
         save_tensors_atomic(directory / files[stem], group)
     write_json_atomic(directory / STATE_FILE, {"format_version": FORMAT_VERSION, "options": fingerprint,
                                                **state, "step": step, "files": files})
-    for old in directory.glob("*.safetensors"):
-        if old.name not in files.values():
-            old.unlink()
+    _remove_stale(directory, set(files.values()))
+
+
+def remove(directory: str | Path) -> None:
+    """Delete a checkpoint folder, its state file first: a crash midway leaves no checkpoint rather than a
+    state file naming tensor files that are gone."""
+    (Path(directory) / STATE_FILE).unlink(missing_ok=True)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _remove_stale(directory: Path, live: set[str]) -> None:
+    """Remove the tensor files the state file does not list, and temporary files a crash left mid-write."""
+    for entry in directory.iterdir():
+        stale = entry.suffix == ".safetensors" or entry.name.startswith(".")
+        if stale and entry.is_file() and entry.name not in live:
+            entry.unlink(missing_ok=True)
 
 
 def load(directory: str | Path, fingerprint: dict[str, Any], added: dict[str, Any] | None = None,
@@ -70,6 +84,9 @@ def load(directory: str | Path, fingerprint: dict[str, Any], added: dict[str, An
         raise SaelignError(f"{directory} holds a checkpoint made with different options "
                            f"({', '.join(changed)}); rerun with the same options to resume, or use another "
                            "--out (or delete that folder) to start over")
+    # A run that crashed after writing a state file but before removing the files it replaced, or while
+    # writing the next checkpoint, left files of other steps; one that resumes here may never save again.
+    _remove_stale(path.parent, set(state["files"].values()))
     return state, {stem: load_tensors(path.parent / name, "checkpoint tensors")
                    for stem, name in state["files"].items()}
 

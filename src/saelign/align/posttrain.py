@@ -280,8 +280,9 @@ def post_train(sae: SAE, concept_acts: torch.Tensor, concept_labels: torch.Tenso
         from saelign.sae.formats import save_sae
 
         save_sae(aligned, out)
-        save_slot_map(slot_map, out)  # written last: its presence marks the run finished
+        # Recorded before the slot map: a rerun after a crash between the two would find the run finished.
         record_stage(out, "align-posttrain", config_to_dict(cfg), slots=dict(zip(names, slots, strict=True)))
+        save_slot_map(slot_map, out)  # written last: its presence marks the run finished
     distributed.barrier("the aligned SAE rank 0 writes")
     return aligned, slot_map
 

@@ -402,15 +402,15 @@ def _finish(out: Path | None, runs: list[_Trainee], tcfg: SAETrainConfig, prog: 
             seconds: float) -> list[SAE]:
     if out is None:
         return [run.sae for run in runs]
-    _save(out, runs, tcfg, prog, finished=True)
     final = {run.name: next((e for e in reversed(prog.log) if e["sae"] == run.name), {}) for run in runs}
+    if seconds:  # before the finished checkpoint: a rerun after a crash between the two would skip the record
+        record_stage(out, "sae_train", {"train": config_to_dict(tcfg), "saes": [config_to_dict(r.sae.cfg) for r in runs]},
+                     steps=prog.step, tokens=prog.tokens, dropped_tokens=prog.dropped, seconds=round(seconds, 2),
+                     final_metrics=final)
+    _save(out, runs, tcfg, prog, finished=True)
     for run, folder in zip(runs, _sae_dirs(out, runs), strict=True):
         # Overwriting is safe: a folder of another run was refused at the start, so this one is ours.
         if distributed.is_main():
             save_sae(run.sae, folder, extra_cfg={"training_tokens": prog.tokens}, overwrite=True)
-    if seconds:
-        record_stage(out, "sae_train", {"train": config_to_dict(tcfg), "saes": [config_to_dict(r.sae.cfg) for r in runs]},
-                     steps=prog.step, tokens=prog.tokens, dropped_tokens=prog.dropped, seconds=round(seconds, 2),
-                     final_metrics=final)
     distributed.barrier("the SAE files rank 0 writes")
     return [run.sae for run in runs]

@@ -7,7 +7,6 @@ for `full`) plus the provenance sidecar."""
 import dataclasses
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from saelign import distributed
+from saelign import checkpoint, distributed
 from saelign.errors import SaelignError, require
 from saelign.progress import logger
 from saelign.sails.adapters import save_adapter
@@ -192,7 +191,6 @@ def run_method(method: str, model_factory: Callable[[], PreTrainedModel], tokeni
     sidecar = {k: getattr(result, k) for k in SIDECAR_FIELDS}
     if distributed.is_main():  # under torchrun every rank holds the same weights; rank 0 writes them
         save_adapter(trainable, adapter_dir, {**sidecar, **(provenance or {})}, overwrite=overwrite)
-        # the adapter is the result; checkpoints are big
-        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+        checkpoint.remove(out / CHECKPOINT_DIR)  # the adapter is the result; checkpoints are big
     distributed.barrier("the adapter rank 0 writes")
     return dataclasses.replace(result, wall_seconds=round(time.perf_counter() - began, 2))

@@ -70,6 +70,8 @@ def run_pipeline(cfg: SailsConfig, run_dir: str | Path, stage_names: Sequence[st
         logger.info(f"{unit}: running")
         began = time.perf_counter()
         stage, _, name = unit.partition(":")
+        if STAGES[stage].outputs:
+            run.begin(unit)
         extra = STAGES[stage].fn(run, name)
         seconds = round(time.perf_counter() - began, 2)
         if STAGES[stage].outputs:  # a stage without outputs (the report) is redone every time, never recorded

@@ -9,6 +9,7 @@ import functools
 import hashlib
 import json
 import operator
+import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from saelign.label.describe import attach_readings
 from saelign.label.labels import LatentLabel, load_labels
 from saelign.label.reading import load_readings
 from saelign.models import load_model, resolve_hookpoints
+from saelign.runinfo import record_stage
 from saelign.sae import SAE, load_sae
 from saelign.sae.formats import check_sae_matches
 from saelign.sails.adapters import load_adapter
@@ -63,6 +65,7 @@ class RunDir:
         self.dir = ensure_writable_dir(run_dir)
         self.cfg, self.stages, self.overwrite = cfg, stages, overwrite
         self._keys: dict[str, str] = {}
+        self.resuming: set[str] = set()  # units begun under the same key by a run that did not finish them
         self._check_links()
 
     def _check_links(self) -> None:
@@ -132,11 +135,23 @@ class RunDir:
         return stages
 
     def status(self, unit: str) -> str:
-        """'todo', 'done', or 'stale' (files exist under other options or of unknown origin)."""
+        """'todo', 'done', or 'stale' (files exist under other options or of unknown origin). A unit begun
+        under the same key but not finished is 'todo': its files are its own, whatever they look like."""
         outputs = self.outputs(unit)
         if not outputs or not all(p.exists() for p in outputs):
             return "todo"
-        return "done" if self.recorded().get(unit, {}).get("key") == self.key(unit) else "stale"
+        record = self.recorded().get(unit, {})
+        if record.get("key") != self.key(unit):
+            return "stale"
+        return "todo" if record.get("pending") else "done"
+
+    def begin(self, unit: str) -> None:
+        """Record the unit's key as pending before it writes anything, so that a rerun after a crash knows the
+        files it left (complete outputs included) as its own; the unit's final record replaces this one."""
+        record = self.recorded().get(unit, {})
+        if record.get("pending") and record.get("key") == self.key(unit):
+            self.resuming.add(unit)
+        record_stage(self.dir, unit, self.components(unit), key=self.key(unit), pending=True)
 
     def check_stale(self, units: Sequence[str]) -> None:
         """Fail before any work if a unit's files were made under other options and overwrite is off."""
@@ -170,7 +185,14 @@ class RunDir:
         for each in (unit, *self.downstream(unit)):
             stage, name = self._split(each)
             if stage.folder:
-                shutil.rmtree(self.path(stage.folder.format(name=name)), ignore_errors=True)
+                # Moved aside first: a crash while deleting must not leave a half-deleted folder whose inner
+                # markers (an adapter's config, a checkpoint's state file) still look complete.
+                folder = self.path(stage.folder.format(name=name))
+                trash = folder.with_name(f".{folder.name}.removing")
+                shutil.rmtree(trash, ignore_errors=True)
+                if folder.exists():
+                    os.replace(folder, trash)
+                shutil.rmtree(trash, ignore_errors=True)
             for path in self.outputs(each):
                 path.unlink(missing_ok=True)
 

@@ -158,9 +158,11 @@ def _save(out: Path, step: int, params: dict[str, torch.Tensor], optimizer: torc
     optim, groups = checkpoint.optimizer_tensors(optimizer)
     tensors = {"params": {n: p.detach() for n, p in params.items()}, "optimizer": optim,
                "rng": checkpoint.rng_state()}
-    checkpoint.save(out / CHECKPOINT_DIR, step, tensors, fingerprint, param_groups=groups)
+    # The history first: a resumed run keeps its entries up to the checkpoint's step, so written after the
+    # checkpoint, a crash between the two would lose the steps since the previous one.
     if distributed.is_main():
         write_json_atomic(out / HISTORY_FILE, history)
+    checkpoint.save(out / CHECKPOINT_DIR, step, tensors, fingerprint, param_groups=groups)
 
 
 def _restore(out: Path, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,

@@ -184,7 +184,8 @@ def train_stage(run: RunDir, method: str) -> dict[str, Any]:
                         MethodConfig(cfg.lora, cfg.sft, cfg.full_lr, cfg.select), run.path("methods", method),
                         eval_fn=eval_fn if cfg.sft.eval_every else None,
                         act_pca_prompts=contrast_prompts(run, "train"), provenance=provenance,
-                        overwrite=run.overwrite, given_basis=aligned.basis if aligned is not None else None)
+                        overwrite=run.overwrite or f"train:{method}" in run.resuming,  # a crash left its own
+                        given_basis=aligned.basis if aligned is not None else None)
     if distributed.is_main():
         write_json_atomic(run.path("methods", method, "result.json"), result.to_dict())
     return {"train_seconds": result.train_seconds, "share": result.trainable["share"], "steps_to": result.steps_to}

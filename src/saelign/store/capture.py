@@ -205,17 +205,22 @@ def _write_stores(model_cfg: ModelConfig, cfg: CaptureConfig, model: PreTrainedM
                 n = batch.token_ids.numel()
                 bar.update(batch.first_row + n - rows)
                 rows = batch.first_row + n
-        for writer in pending:
-            writer.finish(exhausted=world == 1 and (budget is None or rows < budget))
     seconds = time.perf_counter() - began
     new_tokens = rows - start
-    if world > 1:
+    if world > 1:  # each rank's part is finished, then rank 0 merges them; the record follows the merge
+        for writer in pending:
+            writer.finish(exhausted=False)
         new_tokens = int(distributed.all_reduce_(torch.tensor([new_tokens]), "sum", "the token count"))
         if distributed.is_main():  # every part is finished once all ranks got past the all-reduce above
             rows = [merge_parts(stores[hp], world, budget) for hp in hookpoints][0]
         distributed.barrier("the merged store manifests")
+    # One process: recorded before the manifests say complete; a rerun after a crash between the two finds
+    # the stores complete and would skip the record.
     record_stage(out, "capture", {"model": config_to_dict(model_cfg), "capture": config_to_dict(cfg)},
                  tokens=rows, new_tokens=new_tokens, seconds=round(seconds, 2),
                  tokens_per_s=round(new_tokens / max(seconds, 1e-9), 1),
                  stores={hp: str(path) for hp, path in stores.items()})
+    if world == 1:
+        for writer in pending:
+            writer.finish(exhausted=budget is None or rows < budget)
     return stores

@@ -25,6 +25,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SHARD_RE = re.compile(r"shard_\d{5}\.safetensors")
 SHARD_ENTRY_RE = re.compile(r"(part-\d{3}-of-\d{3}/)?shard_\d{5}\.safetensors")  # a merged store names the part
+TEMP_RE = re.compile(r"\.(shard_\d{5}\.safetensors|manifest\.json)\..+\.tmp")  # io.atomic_path's
 # Manifest keys that identify what a store contains; a rerun with any of them changed must not reuse the store.
 IDENTITY_KEYS = ("format", "version", "model", "model_dtype", "hookpoint", "d_in", "dtype", "tokenizer",
                  "context_length", "shard_tokens", "corpus", "masking")
@@ -184,9 +185,10 @@ def _check_identity(path: Path, old: dict[str, Any], new: dict[str, Any]) -> Non
 
 
 def _remove_unlisted_shards(path: Path, shards: list[dict[str, Any]]) -> None:
+    """Remove shards past the resume point, and temp files of writes a crash cut short (shard-sized)."""
     listed = {s["file"] for s in shards}
     for file in path.iterdir():
-        if SHARD_RE.fullmatch(file.name) and file.name not in listed:
+        if (SHARD_RE.fullmatch(file.name) and file.name not in listed) or TEMP_RE.fullmatch(file.name):
             file.unlink()
 
 
