@@ -22,9 +22,10 @@ from saelign.align.slots import SlotMap, save_slot_map
 from saelign.cli import main
 from saelign.models import ModelConfig
 from saelign.sae import SAE, SAEConfig, save_sae
+from saelign.sails.pipeline import run_pipeline
 from saelign.store import CaptureConfig, capture
 from test_cli_align import ONTOLOGY
-from test_sails_pipeline import run_tiny_pipeline, tiny_config, write_inputs
+from test_sails_pipeline import tiny_config, write_inputs
 
 HOOK = "model.layers.1"
 STORE = f"acts/{HOOK}"
@@ -59,7 +60,7 @@ def world(tmp_path_factory, tiny_llama_dir) -> Path:
     )
     (root / "ontology.yaml").write_text(yaml.safe_dump(ONTOLOGY, sort_keys=False))
     shutil.copy(root / "ontology.yaml", root / "aligned" / "ontology.yaml")
-    run_tiny_pipeline(tiny_config(inputs), root / "run")
+    run_pipeline(tiny_config(inputs), root / "run")
     (root / "outside").mkdir()
     (root / "outside" / "keep.json").write_text('{"keep": true}\n')
     return root

@@ -16,8 +16,9 @@ import pytest
 
 from saelign.datasets import fetch
 from saelign.models import ModelConfig
+from saelign.sails.pipeline import run_pipeline
 from saelign.store import CaptureConfig, capture
-from test_sails_pipeline import run_tiny_pipeline, tiny_config, write_inputs
+from test_sails_pipeline import tiny_config, write_inputs
 
 UMASK = 0o027
 FILE_MODE, DIR_MODE = 0o666 & ~UMASK, 0o777 & ~UMASK
@@ -54,7 +55,7 @@ def artifacts(tmp_path_factory, tiny_llama_dir) -> Path:
     inputs = write_inputs(tmp_path_factory.mktemp("modes_inputs"), tiny_llama_dir)
     previous = os.umask(UMASK)
     try:
-        run_tiny_pipeline(tiny_config(inputs, methods=["sails", "full"]), root / "run")
+        run_pipeline(tiny_config(inputs, methods=["sails", "full"]), root / "run")
         cfg = CaptureConfig(
             hookpoints=["model.layers.1"],
             corpus=str(inputs["root"] / "corpus.txt"),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from saelign.errors import SaelignError
-from saelign.label import ContextExample, LatentLabel, explain
+from saelign.label import ContextExample, LatentLabel
 from saelign.label.describe import DescribeConfig, attach_readings, describe_latents
 from saelign.label.grounding import labelled_examples
 from saelign.sae import SAE, SAEConfig
@@ -25,10 +25,7 @@ PROMPTS = labelled_examples(
 )
 
 
-def test_describe_then_explain_and_score_on_tiny_models(tiny_llama, tokenizer, monkeypatch):
-    monkeypatch.setattr(
-        explain, "EXPLAIN_PROMPT", "{top}|{bottom}|{grounded}"
-    )  # fits the tiny 256-token context
+def test_describe_then_explain_and_score_on_tiny_models(tiny_llama, tokenizer):
     torch.manual_seed(0)
     sae = SAE(SAEConfig(d_in=32, d_sae=16, activation="relu", hookpoint="model.layers.1"))
     with torch.no_grad():
@@ -107,7 +104,6 @@ def test_label_cli_reads_labelled_prompts_explains_and_refuses_bad_explainers(
     from saelign.label import load_labels
     from saelign.sae.formats import save_sae
 
-    monkeypatch.setattr(explain, "EXPLAIN_PROMPT", "{top}|{bottom}|{grounded}")
     torch.manual_seed(0)
     sae = SAE(SAEConfig(d_in=32, d_sae=16, activation="relu", hookpoint="model.layers.1"))
     with torch.no_grad():

@@ -53,3 +53,19 @@ def test_explainer_plumbing_and_a_model_without_chat_template(tiny_llama, tokeni
     plain = tokenizer.__class__(tokenizer_object=tokenizer.backend_tokenizer, eos_token="<|im_end|>")
     with pytest.raises(SaelignError, match="--explainer: .*no chat template"):
         explain_latents(tiny_llama, plain, readings)
+
+
+def test_a_small_explainer_sees_fewer_shorter_examples_rather_than_failing(tiny_llama, tokenizer):
+    from saelign.label.examples import PromptExample
+    from saelign.label.explain import fitted_prompt
+    from saelign.sails.generate import encode_chat
+
+    long = "How do I bake a loaf of bread with a crisp crust and an open crumb at home? " * 3
+    reading = Reading("prompt", "", [], [PromptExample(long, 2.0)] * 5, [PromptExample(long, 0.0)] * 5, [], [])
+    full = fitted_prompt(tokenizer, reading, None, "--explainer")
+    assert full == explain_prompt(reading) and len(encode_chat(tokenizer, [full])[0]) > 256
+    fitted = fitted_prompt(tokenizer, reading, 252, "--explainer")
+    assert len(encode_chat(tokenizer, [fitted])[0]) <= 252 and "- How do I bake" in fitted
+    assert explain_latents(tiny_llama, tokenizer, {0: reading}, max_new_tokens=4)  # 256 positions: fits
+    with pytest.raises(SaelignError, match="--explainer: even one example"):
+        fitted_prompt(tokenizer, reading, 20, "--explainer")

@@ -17,7 +17,7 @@ from peft import PeftModel
 from conftest import make_tiny_model
 from saelign.cli import main
 from saelign.errors import SaelignError
-from saelign.label import ContextExample, explain
+from saelign.label import ContextExample
 from saelign.label.labels import short_label
 from saelign.report import md_escape
 from saelign.sae import SAE, SAEConfig, save_sae
@@ -29,24 +29,6 @@ HARMFUL = ["How do I build a weapon to hurt {} people?", "Write a guide to steal
 HARMLESS = ["How do I bake {} loaves of bread?", "What is a good name for {} cats?", "Summarise the history of {} cities."]
 BORDERLINE = ["How do I kill {} stuck python processes?", "How do I shoot {} good photos at night?"]
 NUMBERS = ["two", "three", "four", "five"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def short_explainer_prompt():
-    """The explainer's prompt within the tiny model's 256 positions."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(explain, "EXPLAIN_PROMPT", SHORT_EXPLAIN_PROMPT)
-        yield
-
-
-SHORT_EXPLAIN_PROMPT = "{top}|{bottom}"
-
-
-def run_tiny_pipeline(cfg, out: Path):
-    """run_pipeline with the explainer's prompt cut to fit the tiny model (for other test modules)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(explain, "EXPLAIN_PROMPT", SHORT_EXPLAIN_PROMPT)
-        return pipeline.run_pipeline(cfg, out)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ strict (`saelign.text.answer_matches`: the answer opens the continuation, case, 
 leading article ignored) and lenient (`saelign.text.lenient_match`, the AlignSAE authors' rule: the gold in
 the generation or the generation in the gold, lower-cased)."""
 
-from __future__ import annotations
 
 import random
 from collections import defaultdict

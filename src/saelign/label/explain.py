@@ -10,8 +10,10 @@ from collections.abc import Mapping, Sequence
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from saelign.errors import SaelignError
 from saelign.label.detect import check_chat_model
 from saelign.label.reading import Reading
+from saelign.text import context_length
 
 EXPLAIN_PROMPT = ("A feature of a language model is strongly active on these requests:\n{top}\n\n"
                   "It is inactive on these requests:\n{bottom}\n\n{grounded}"
@@ -30,11 +32,43 @@ def _bullets(prompts: Sequence[str], width: int = 200) -> str:
     return "\n".join(f"- {p[:width].strip()}" for p in prompts)
 
 
-def explain_prompt(reading: Reading) -> str:
-    grounded = f"Measured: it {reading.grounded}.\n\n" if reading.grounded else ""
-    top = _bullets([e.prompt for e in reading.top_prompts])
-    bottom = _bullets([e.prompt for e in reading.bottom_prompts])
+def explain_prompt(reading: Reading, n_top: int | None = None, n_bottom: int | None = None,
+                   width: int = 200, measured: bool = True) -> str:
+    """The explainer's question about one latent, with its first `n_top` / `n_bottom` examples (all by
+    default), each cut to `width` characters, and the data-grounded line when `measured`."""
+    grounded = f"Measured: it {reading.grounded}.\n\n" if reading.grounded and measured else ""
+    top = _bullets([e.prompt for e in reading.top_prompts[:n_top]], width)
+    bottom = _bullets([e.prompt for e in reading.bottom_prompts[:n_bottom]], width)
     return EXPLAIN_PROMPT.format(top=top, bottom=bottom, grounded=grounded)
+
+
+def _shorter_prompts(reading: Reading):
+    """The explainer's question from longest to shortest: shorter examples first, then fewer of them (the
+    contrast goes before the top examples; one top example always stays), then without the measured line."""
+    n_top, n_bottom = len(reading.top_prompts), len(reading.bottom_prompts)
+    for width in (200, 100, 50):
+        yield explain_prompt(reading, n_top, n_bottom, width)
+    for kept in range(n_bottom - 1, -1, -1):
+        yield explain_prompt(reading, n_top, kept, 50)
+    for kept in range(n_top - 1, 0, -1):
+        yield explain_prompt(reading, kept, 0, 50)
+    yield explain_prompt(reading, 1, 0, 50, measured=False)
+
+
+def fitted_prompt(tokenizer: PreTrainedTokenizerBase, reading: Reading, room: int | None, option: str) -> str:
+    """The longest form of the explainer's question whose chat-formatted ids fit in `room` tokens (any
+    length when `room` is None): a small explainer sees fewer, shorter examples rather than failing."""
+    from saelign.sails.generate import encode_chat  # lazy: saelign.sails imports the label package
+
+    prompt = explain_prompt(reading)
+    if room is None:
+        return prompt
+    for prompt in _shorter_prompts(reading):
+        if len(encode_chat(tokenizer, [prompt])[0]) <= room:
+            return prompt
+    raise SaelignError(f"{option}: even one example leaves the explainer's question longer than its "
+                       f"context allows ({room} tokens for the question); use an explainer with a longer "
+                       "context or fewer label tokens")
 
 
 def clean_label(answer: str, max_words: int = 12) -> str:
@@ -55,7 +89,10 @@ def explain_latents(model: nn.Module, tokenizer: PreTrainedTokenizerBase, readin
 
     check_chat_model(tokenizer, option)
     latents = list(readings)
-    answers = generate_answers(model, tokenizer, [explain_prompt(readings[i]) for i in latents],
+    limit = context_length(model)
+    room = None if limit is None else limit - max_new_tokens
+    prompts = [fitted_prompt(tokenizer, readings[i], room, option) for i in latents]
+    answers = generate_answers(model, tokenizer, prompts,
                                max_new_tokens=max_new_tokens, batch_size=batch_size)
     out = {}
     for latent, answer in zip(latents, answers, strict=True):
