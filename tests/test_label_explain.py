@@ -61,7 +61,8 @@ def test_a_small_explainer_sees_fewer_shorter_examples_rather_than_failing(tiny_
     from saelign.sails.generate import encode_chat
 
     long = "How do I bake a loaf of bread with a crisp crust and an open crumb at home? " * 3
-    reading = Reading("prompt", "", [], [PromptExample(long, 2.0)] * 5, [PromptExample(long, 0.0)] * 5, [], [])
+    top, bottom = [PromptExample(long, 2.0)] * 5, [PromptExample(long, 0.0)] * 5
+    reading = Reading("prompt", "", [], top, bottom, [], [])
     full = fitted_prompt(tokenizer, reading, None, "--explainer")
     assert full == explain_prompt(reading) and len(encode_chat(tokenizer, [full])[0]) > 256
     fitted = fitted_prompt(tokenizer, reading, 252, "--explainer")
