@@ -52,3 +52,22 @@ def test_default_gguf_converts_once_and_generates_english(tmp_path, monkeypatch)
                                         add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = model.generate(**ids, max_new_tokens=12, do_sample=False)
     assert "Paris" in tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
+
+
+@pytest.mark.slow
+def test_two_processes_converting_at_once_both_get_the_folder(tmp_path):
+    """Parallel jobs on a cold cache: each converts into its own partial folder; the later keeps the first's."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from saelign.models.loading import convert_gguf, default_gguf_path\n"
+            "print(convert_gguf(default_gguf_path()))")
+    env = {**os.environ, "SAELIGN_CACHE": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0] and outputs[0] == outputs[1]
+    models = tmp_path / "models"
+    assert [f.name for f in models.iterdir()] == [os.path.basename(outputs[0])]  # no partial folder left
+    assert (models / os.path.basename(outputs[0]) / "model.safetensors").is_file()

@@ -76,12 +76,18 @@ def convert_gguf(gguf: Path) -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(quantised.state_dict(), strict=False)
     model.tie_weights()
-    tmp = target.with_name(target.name + ".partial")
+    # Per process: two processes converting at once (parallel jobs on a cold cache) must not share a folder.
+    tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     share(tmp)  # safetensors writes 0600: a shared cache must stay readable
-    os.replace(tmp, target)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process finished first: its folder is the same conversion
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").is_file():
+            raise
     return target
 
 
