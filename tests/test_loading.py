@@ -56,7 +56,7 @@ def test_default_gguf_converts_once_and_generates_english(tmp_path, monkeypatch)
 
 @pytest.mark.slow
 def test_two_processes_converting_at_once_both_get_the_folder(tmp_path):
-    """Parallel jobs on a cold cache: each converts into its own partial folder; the later keeps the first's."""
+    """Parallel jobs on a cold cache: each converts in its own partial folder; the later keeps the first's."""
     import os
     import subprocess
     import sys
