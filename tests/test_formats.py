@@ -115,6 +115,17 @@ def test_interrupted_save_leaves_nothing_that_looks_complete(tmp_path, monkeypat
         load_sae(tmp_path / "old")
 
 
+def test_a_save_into_a_folder_removes_the_temp_files_a_killed_save_left(tmp_path):
+    target = tmp_path / "sae"
+    save_sae(random_sae("topk"), target)
+    left = [target / ".cfg.json.k1ll3d.tmp", target / ".sae_weights.safetensors.k1ll3d.tmp", target / "x.tmp"]
+    for path in left:
+        path.write_text("half")
+    (target / CFG_FILE).unlink()  # killed before cfg.json (the marker) was written again
+    save_sae(random_sae("topk", seed=2), target)
+    assert sorted(p.name for p in target.iterdir()) == sorted([CFG_FILE, WEIGHTS_FILE, "x.tmp"])
+
+
 def test_load_errors_name_the_file_and_the_fix(tmp_path):
     with pytest.raises(SaelignError, match="SAE not found"):
         load_sae(tmp_path / "missing")

@@ -4,6 +4,7 @@ A crash therefore never leaves a half-written file under its final name.
 """
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -33,6 +34,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def remove_temp_files(path: str | Path) -> None:
+    """Delete the temp files `atomic_path` made for `path` and a killed process left behind."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def _umask() -> int:

@@ -30,6 +30,7 @@ from saelign.io import (
     load_tensors,
     read_json,
     read_json_object,
+    remove_temp_files,
     save_tensors_atomic,
     share,
     write_json_atomic,
@@ -96,6 +97,8 @@ def save_sae(sae: SAE, directory: str | Path, extra_cfg: dict[str, Any] | None =
                 raise SaelignError(f"{directory} already holds a different SAE; pass overwrite=True (--overwrite) "
                                    "or choose another directory")
         (directory / CFG_FILE).unlink(missing_ok=True)
+        for name in (WEIGHTS_FILE, CFG_FILE):  # a save killed mid-write left its temp file here
+            remove_temp_files(directory / name)
         _write(directory, tensors, cfg_json)
         return directory
     ensure_writable_dir(directory.parent)
