@@ -41,6 +41,11 @@ def capture_section(r: dict) -> list[str]:
     ]
 
 
+MEMORY_RUNS = {"saelign": "adapter SFT, saelign", "plain_peft": "adapter SFT, plain PEFT loop",
+               "saelign_checkpointing": "adapter SFT, saelign with gradient checkpointing",
+               "saelign_capture": "capture stage", "hf_output_hidden_states": "`output_hidden_states` forwards"}
+
+
 def pipeline_section(r: dict) -> list[str]:
     """Each SAILS stage against its plain reference (bench_pipeline.py), then peak memory per run."""
     gen, sft, cap, targets = r["generation"], r["adapter_step"], r["capture"], r["targets"]
@@ -65,10 +70,10 @@ def pipeline_section(r: dict) -> list[str]:
              f"| capture stage (mask, copy, write shards) (tok/s) | {fmt(tok['saelign_capture'], 0)} | "
              f"`output_hidden_states` {fmt(tok['hf_output_hidden_states'], 0)} | {cap['capture_vs_hf']:.2f}× | – | – |",
              "", f"Peak memory, each run in a fresh process ({r['memory']['steps']} SFT step(s), "
-             f"{r['memory']['capture_batches']} capture batches):", "",
+             f"{r['memory']['capture_batches']} capture batches of the same shape):", "",
              "| run | peak RSS MiB | above the loaded model MiB |", "|---|---:|---:|"]
     for name, m in r["memory"]["runs"].items():
-        lines.append(f"| {name} | {m['peak_rss_mib']:,.0f} | {m['peak_above_loaded_mib']:,.0f} |")
+        lines.append(f"| {MEMORY_RUNS.get(name, name)} | {m['peak_rss_mib']:,.0f} | {m['peak_above_loaded_mib']:,.0f} |")
     return lines + ["", machine_line(r), ""]
 
 
