@@ -57,6 +57,8 @@ class SFTConfig:
     RESUME_FREE: ClassVar[frozenset[str]] = frozenset({"steps", "eval_every", "stop_at_safety",
                                                        "stop_max_over_refusal", "checkpoint_every", "out",
                                                        "gradient_checkpointing"})
+    # Options that change how, not what, training computes: a run directory's train stage ignores them.
+    OUTPUT_FREE: ClassVar[frozenset[str]] = frozenset({"gradient_checkpointing"})
     steps: int = help_field(300, "optimizer steps")
     lr: float = help_field(2e-4, "peak AdamW learning rate (LoRA ~1e-4..1e-3; full fine-tuning ~1e-5)")
     batch_size: int = help_field(8, "sequences per micro-batch")
