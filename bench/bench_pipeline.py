@@ -40,7 +40,7 @@ from saelign.sails.presets import SailsConfig, preset_layer, resolve_config
 from saelign.sails.sft import SFTConfig, _step_samples, collate, encode_examples, train_sft
 from saelign.sails.subspace import random_subspace
 from saelign.store.capture import capture
-from saelign.text import greedy_decode, pad, pad_token_id, stop_ids
+from saelign.text import cut_at_stop, greedy_decode, pad, pad_token_id, stop_ids
 
 TARGETS = {"adapter_step_vs_peft_max": 1.1, "generation_vs_hf_min": 0.9}
 
@@ -50,11 +50,6 @@ def harmless_prompts(n: int) -> list[str]:
     topics = list(data["prompts"].values())
     mixed = [group[i] for i in range(max(map(len, topics))) for group in topics if i < len(group)]
     return mixed[:n]
-
-
-def trim(row: list[int], stops: set[int]) -> list[int]:
-    """A continuation up to and including its first stop id, as greedy_decode returns it."""
-    return row[: next((k for k, t in enumerate(row) if t in stops), len(row) - 1) + 1]
 
 
 def hf_generate(model, prompts: list[list[int]], max_new: int, pad_id: int, stops: list[int],
@@ -70,7 +65,7 @@ def hf_generate(model, prompts: list[list[int]], max_new: int, pad_id: int, stop
                                   eos_token_id=stops, pad_token_id=pad_id, top_p=None, top_k=None,
                                   temperature=None)
             for i, row in zip(rows, made[:, ids.shape[1]:].tolist(), strict=True):
-                out[i] = trim(row, set(stops))
+                out[i] = cut_at_stop(row, set(stops))
     return out
 
 
