@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -46,9 +45,19 @@ def _git_commit() -> str | None:
         return None
 
 
+def _status_mib(field: str) -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith(f"{field}:"))) / 1024
+
+
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process. Read from /proc, not getrusage: a child started by fork and exec
+    inherits its parent's ru_maxrss as a floor."""
+    return _status_mib("VmHWM")
+
+
+def current_rss_mib() -> float:
+    return _status_mib("VmRSS")
 
 
 def write_result(name: str, data: dict[str, Any]) -> Path:

@@ -41,6 +41,42 @@ def capture_section(r: dict) -> list[str]:
     ]
 
 
+MEMORY_RUNS = {"saelign": "adapter SFT, saelign", "plain_peft": "adapter SFT, plain PEFT loop",
+               "saelign_checkpointing": "adapter SFT, saelign with gradient checkpointing",
+               "saelign_capture": "capture stage", "hf_output_hidden_states": "`output_hidden_states` forwards"}
+
+
+def pipeline_section(r: dict) -> list[str]:
+    """Each SAILS stage against its plain reference (bench_pipeline.py), then peak memory per run."""
+    gen, sft, cap, targets = r["generation"], r["adapter_step"], r["capture"], r["targets"]
+    steps, tok = sft["s_per_step"], cap["tok_s"]
+    met = {True: "yes", False: "**no**"}
+    lines = [f"**SAILS stages vs their plain references** (quick preset shapes, {r['model']}, {r['threads']} "
+             "thread(s) for both sides, rounds back to back)", "",
+             "| stage | saelign | plain reference | saelign / plain | target | met |", "|---|---:|---:|---:|---|---|",
+             f"| greedy generation, {gen['prompts']} prompts, batch {gen['batch_size']}, {gen['max_new_tokens']} new "
+             f"tokens (tok/s; {gen['identical_answers']}/{gen['prompts']} answers token-identical) | "
+             f"{fmt(gen['saelign_tok_s'], 1)} | `generate` {fmt(gen['hf_generate_tok_s'], 1)} | "
+             f"{gen['saelign_vs_hf']:.2f}× | ≥ {targets['generation_vs_hf_min']}× | {met[r['met']['generation']]} |",
+             f"| adapter step, {sft['batch_size']} × ≤{sft['max_length']} tokens, LoRA rank {sft['rank']} on "
+             f"{len(sft['target_modules'])} module kinds (s/step) | {fmt(steps['saelign'], 2)} | PEFT loop "
+             f"{fmt(steps['plain_peft'], 2)} | {sft['saelign_vs_peft']:.2f}× | ≤ {targets['adapter_step_vs_peft_max']}× | "
+             f"{met[r['met']['adapter_step']]} |",
+             f"| adapter step with `--sft-gradient-checkpointing` (s/step) | {fmt(steps['saelign_checkpointing'], 2)} | "
+             f"saelign without {fmt(steps['saelign'], 2)} | {sft['checkpointing_vs_saelign']:.2f}× | – | – |",
+             f"| capture `{cap['hookpoint']}`, batch {cap['batch'][0]}×{cap['batch'][1]} (tok/s): forward stopped "
+             f"after the block | {fmt(tok['truncated_forward'], 0)} | `output_hidden_states` "
+             f"{fmt(tok['hf_output_hidden_states'], 0)} | {cap['truncated_vs_hf']:.2f}× | – | – |",
+             f"| capture stage (mask, copy, write shards) (tok/s) | {fmt(tok['saelign_capture'], 0)} | "
+             f"`output_hidden_states` {fmt(tok['hf_output_hidden_states'], 0)} | {cap['capture_vs_hf']:.2f}× | – | – |",
+             "", f"Peak memory, each run in a fresh process ({r['memory']['steps']} SFT step(s), "
+             f"{r['memory']['capture_batches']} capture batches of the same shape):", "",
+             "| run | peak RSS MiB | above the loaded model MiB |", "|---|---:|---:|"]
+    for name, m in r["memory"]["runs"].items():
+        lines.append(f"| {MEMORY_RUNS.get(name, name)} | {m['peak_rss_mib']:,.0f} | {m['peak_above_loaded_mib']:,.0f} |")
+    return lines + ["", machine_line(r), ""]
+
+
 def sae_section(r: dict) -> list[str]:
     roof = r["fp32_matmul_roofline_gflops"]
     lines = [f"**SAE training** (same cached activations, d_sae {r['d_sae']}, batch {r['batch_size']}, metrics on "
@@ -237,7 +273,7 @@ def align_biographies_section(r: dict) -> list[str]:
 
 def main() -> None:
     parts: list[str] = []
-    for name, render in (("capture", capture_section), ("sae_training", sae_section)):
+    for name, render in (("capture", capture_section), ("pipeline", pipeline_section), ("sae_training", sae_section)):
         result = load(name)
         if result:
             parts += render(result)

@@ -142,7 +142,7 @@ def test_eval_config_file_has_model_and_eval_sections(workspace, tmp_path, capsy
                                                   "eval": options})
     assert main(["align", "eval", "--config", config]) == 0
     run = json.loads((tmp_path / "e" / "run.json").read_text())["stages"]["align-eval"]["config"]
-    assert run["model"] == {"model": workspace["model"], "device": "cpu", "dtype": "auto"}
+    assert run["model"] == {"model": workspace["model"], "device": "cpu", "dtype": "auto", "quantize": "none"}
     assert not run["swaps"]
     flat = write_yaml(tmp_path / "flat.yaml", {"model": workspace["model"], **options})
     assert main(["align", "eval", "--config", flat]) == 2

@@ -1,10 +1,12 @@
 import pytest
 import torch
 
+from conftest import make_tiny_model
 from saelign.device import resolve_device, resolve_dtype
 from saelign.errors import SaelignError
 from saelign.models import ModelConfig, load_model
 from saelign.models.loading import cache_dir, convert_gguf, default_gguf_path
+from saelign.sails.lora_init import prepare_full_finetune
 
 
 def test_local_folder_loads_fp32_on_cpu_with_pad_token(tiny_llama_dir, tiny_llama):
@@ -25,6 +27,21 @@ def test_bad_model_paths(model, needle):
 def test_folder_without_config_is_rejected(tmp_path):
     with pytest.raises(SaelignError, match="no config.json"):
         load_model(ModelConfig(model=str(tmp_path)))
+
+
+@pytest.mark.parametrize("quantize", ["8bit", "4bit"])
+def test_quantized_loading_is_refused_on_cpu_naming_the_flag(tiny_llama_dir, quantize):
+    with pytest.raises(SaelignError, match=f"--quantize {quantize} .*needs a CUDA GPU.*device is cpu"):
+        load_model(ModelConfig(model=str(tiny_llama_dir), device="cpu", quantize=quantize))
+    with pytest.raises(SaelignError, match="quantize must be one of none, 8bit, 4bit"):
+        ModelConfig(quantize="3bit")
+
+
+def test_full_fine_tuning_refuses_a_quantized_model(tokenizer):
+    model = make_tiny_model("llama", len(tokenizer))
+    model.hf_quantizer = object()  # what a bitsandbytes load sets (it needs a GPU); prepare reads only that
+    with pytest.raises(SaelignError, match="method full .* --quantize"):
+        prepare_full_finetune(model)
 
 
 def test_dtype_policy():

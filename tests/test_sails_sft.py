@@ -75,6 +75,39 @@ def test_gradient_accumulation_equals_one_large_batch(tokenizer):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_gradient_checkpointing_recomputes_the_blocks_and_changes_nothing(tokenizer):
+    batch = collate(encode_examples(tokenizer, PAIRS, max_length=128), tokenizer.pad_token_id)
+    grads = []
+    for checkpointed in (False, True):
+        model = lora_model(tokenizer)
+        if checkpointed:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        response_loss_sum(model, batch).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    # The reentrant kind would leave them all None (the blocks' inputs need no gradient); readers' A get zeros (B = 0).
+    assert all(g is not None for g in grads[1].values()) and sum(float(g.abs().sum()) for g in grads[1].values()) > 0
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, atol=1e-6, rtol=1e-5, msg=name)
+
+    runs = []
+    for checkpointed in (False, True):
+        model, calls = lora_model(tokenizer), []
+        # The block's first sub-module: the recompute stops early, once it has what the backward pass needs.
+        norm = model.get_base_model().model.layers[0].input_layernorm
+        handle = norm.register_forward_hook(lambda *_, calls=calls: calls.append(1))
+        cfg = SFTConfig(steps=3, lr=1e-2, batch_size=2, warmup=0, gradient_checkpointing=checkpointed)
+        history = train_sft(model, tokenizer, PAIRS, cfg)
+        handle.remove()
+        assert len(calls) == 3 * (2 if checkpointed else 1)  # the backward pass ran the block again
+        assert not model.get_base_model().is_activation_checkpointing  # handed back as it came
+        runs.append((history, trainable(model)))
+    (plain, plain_weights), (ckpt, ckpt_weights) = runs
+    assert [e["loss"] for e in ckpt["train"]] == pytest.approx([e["loss"] for e in plain["train"]], rel=1e-5)
+    for name, weight in plain_weights.items():
+        torch.testing.assert_close(ckpt_weights[name], weight, atol=1e-5, rtol=1e-4, msg=name)
+
+
 class Crash(Exception):
     pass
 

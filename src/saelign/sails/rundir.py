@@ -101,7 +101,14 @@ class RunDir:
         stage, name = self._split(unit)
         up = [self.key(u) for u in self.upstream(unit)]
         values = config_to_dict(self.cfg)  # without the hidden fields: the pipeline sets those itself
-        return {"up": up, **{k: functools.reduce(operator.getitem, k.split("."), values) for k in stage.keys}}
+        return {"up": up, **{k: self._option(values, k) for k in stage.keys}}
+
+    def _option(self, values: dict[str, Any], key: str) -> Any:
+        """The config value at dotted `key`; a section without the fields its class declares OUTPUT_FREE
+        (they change how a stage computes, not what: switching one leaves the stage done)."""
+        value = functools.reduce(operator.getitem, key.split("."), values)
+        free = getattr(type(functools.reduce(getattr, key.split("."), self.cfg)), "OUTPUT_FREE", frozenset())
+        return {k: v for k, v in value.items() if k not in free} if free else value
 
     def upstream(self, unit: str) -> list[str]:
         """The units whose outputs `unit` reads."""

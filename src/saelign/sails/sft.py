@@ -12,7 +12,10 @@ training is final, so a rerun does not train on.
 Under torchrun each rank forwards every N-th sequence of each micro-batch; its loss is its share of the global
 mean (the response-token count is the global one), gradients are summed over the ranks, so N processes give
 one process's result on the same global batch up to float summation order (dropout draws differ). Rank 0 runs
-the evaluation and sends its result to the others, so all take the same stopping decision."""
+the evaluation and sends its result to the others, so all take the same stopping decision.
+
+`gradient_checkpointing` trades compute for memory (bench/results/pipeline.json has both) and changes no result,
+so a run may be resumed with it switched."""
 
 import hashlib
 import inspect
@@ -52,7 +55,10 @@ class SFTConfig:
     # Options that may change on resume: steps only extends or shortens a constant schedule (a cosine one adds
     # it back to the fingerprint); the stop rule is the caller's (sails.evaluate.safety_stop).
     RESUME_FREE: ClassVar[frozenset[str]] = frozenset({"steps", "eval_every", "stop_at_safety",
-                                                       "stop_max_over_refusal", "checkpoint_every", "out"})
+                                                       "stop_max_over_refusal", "checkpoint_every", "out",
+                                                       "gradient_checkpointing"})
+    # Options that change how, not what, training computes: a run directory's train stage ignores them.
+    OUTPUT_FREE: ClassVar[frozenset[str]] = frozenset({"gradient_checkpointing"})
     steps: int = help_field(300, "optimizer steps")
     lr: float = help_field(2e-4, "peak AdamW learning rate (LoRA ~1e-4..1e-3; full fine-tuning ~1e-5)")
     batch_size: int = help_field(8, "sequences per micro-batch")
@@ -68,6 +74,8 @@ class SFTConfig:
                                             "safety rate reaches this, e.g. 0.95; 0 = always train every step")
     stop_max_over_refusal: float = help_field(1.0, "with stop_at_safety: that evaluation's validation over-refusal must "
                                                    "also be at most this, e.g. 0.1")
+    gradient_checkpointing: bool = help_field(False, "recompute each block's activations in the backward pass "
+                                                      "instead of keeping them: less memory, more compute")
     checkpoint_every: int = help_field(50, "write a resumable checkpoint every N steps (0 = only at the end)")
     out: str = help_field("", "folder for checkpoint/ and history.json ('' = keep nothing on disk)")
 
@@ -131,6 +139,17 @@ def response_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], keep_log
 def _accepts_logits_to_keep(model: nn.Module) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def _checkpoint_blocks(model: nn.Module) -> None:
+    """HF gradient checkpointing per decoder block (transformers 5 names it activation checkpointing),
+    non-reentrant: the reentrant kind gives no gradient to a LoRA inside a block whose input (from the frozen
+    embeddings) does not require one."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise SaelignError(f"gradient_checkpointing: {type(base).__name__} does not support it; turn "
+                           "gradient_checkpointing off")
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _step_samples(n: int, seed: int, step: int, size: int) -> list[int]:
@@ -226,6 +245,8 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
             history = {key: [e for e in saved.get(key, []) if e["step"] <= step] for key in ("train", "eval")}
         logger.info(f"resuming SFT from step {step} ({out / CHECKPOINT_DIR})")
     keep_logits = _accepts_logits_to_keep(model)
+    if cfg.gradient_checkpointing:
+        _checkpoint_blocks(model)
     model.train()
     if eval_fn and cfg.eval_every and step == 0:
         _run_eval(model, eval_fn, 0, history)
@@ -264,5 +285,7 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
                     or _stopped(stop, history, step)):
             _save(out, step, params, optimizer, fingerprint, history)
     bar.close()
+    if cfg.gradient_checkpointing:
+        model.activation_checkpointing_disable()  # the caller gets the model as it came, for evaluation
     model.eval()
     return history

@@ -48,6 +48,11 @@ def stop_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+def cut_at_stop(row: Sequence[int], stop: Collection[int]) -> list[int]:
+    """`row` up to and including its first `stop` id (all of it without one), as generate() returns it."""
+    return list(row[: next((k for k, t in enumerate(row) if t in stop), len(row) - 1) + 1])
+
+
 def context_length(model: nn.Module) -> int | None:
     names = ("max_position_embeddings", "n_positions", "max_sequence_length")
     sizes = [getattr(getattr(model, "config", None), name, None) for name in names]
@@ -112,7 +117,7 @@ def greedy_decode(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_to
                 if ended.all():
                     break
             for i, row in zip(rows, torch.stack(tokens, dim=1).tolist(), strict=True):
-                out[i] = row[: next((k for k, t in enumerate(row) if t in stop), len(row) - 1) + 1]
+                out[i] = cut_at_stop(row, stop)
             bar.update(len(rows))
     finally:
         bar.close()
