@@ -24,6 +24,8 @@ import json
 import time
 from pathlib import Path
 
+from transformers import AutoConfig
+
 from common import RESULTS, peak_rss_mib, write_result
 from saelign.align.builtin import build_ontology, filter_known_facts
 from saelign.align.metrics_config import DEFAULT_ALPHAS
@@ -32,7 +34,7 @@ from saelign.align.pipeline import AlignEvalConfig, AlignTrainConfig, evaluate_a
 from saelign.align.posttrain import PostTrainConfig
 from saelign.align.report import headline, target_checks
 from saelign.models import ModelConfig, load_model
-from saelign.models.loading import cache_dir
+from saelign.models.loading import cache_dir, resolve_model_path
 from saelign.models.packaged import PACKAGED_MODELS
 from saelign.sae import SAEConfig
 from saelign.sae.train import SAETrainConfig, train_saes
@@ -309,7 +311,8 @@ def main() -> None:
                 "held_out_tokens": HELD_OUT, "corpus": "sotu", "context_length": 128, "sae_activation": "topk",
                 "sae_batch_size": SAE_BATCH, "sae_train_tokens": TRAIN_TOKENS * args.sae_epochs,
                 **({} if args.sweep_full else {"sweep_alphas": list(SWEEP_ALPHAS)}),
-                "post_train": "PostTrainConfig defaults except steps"}
+                "post_train": "PostTrainConfig defaults except steps",
+                "n_layers": AutoConfig.from_pretrained(resolve_model_path(args.model)).num_hidden_layers}
     notes = BIOGRAPHY_NOTES if args.ontology else NOTES if args.model == "default" else FAMILY_NOTES
     result: dict = {"model": model_name(args), "notes": notes, "settings": settings,
                     **({"fact_filter": fact_report} if fact_report else {}),
