@@ -241,14 +241,16 @@ def _family_rows(name: str, r: dict, oracle: dict | None, n_layers: int | None) 
 def align_family_section(r: dict) -> list[str]:
     """The relations benchmark on a second model family beside the default model's: main-layer metrics side by
     side, then every layer by relative depth with the oracle ceiling."""
-    smol, model = load("align_relations"), r["settings"]["model"]
+    # the reference: SmolLM2 rerun with the same code and swap checks at every layer, else its headline run
+    smol, model = load("align_family_smollm2") or load("align_relations"), r["settings"]["model"]
     if smol is None:
         return []
     kept = lambda res: ", ".join(f"{k} {v['kept']}" for k, v in res["fact_filter"].items())  # noqa: E731
     oracles = {"SmolLM2": load("align_oracle_smollm2"), model: load(f"align_oracle_{model}")}
     n_layers = {name: r["settings"].get("n_layers") or (oracles[name] or {}).get("n_layers") for name in oracles}
     n_layers["SmolLM2"] = 30
-    lines = [f"**AlignSAE on a second model family** (`{r['benchmark']}`): {r['model']}, beside SmolLM2-135M-Instruct. "
+    lines = [f"**AlignSAE on a second model family** (`{r['benchmark']}`): {r['model']}, beside SmolLM2-135M-Instruct "
+             f"(`{smol['benchmark']}`). "
              "Same relations benchmark and settings; each model's ontology is filtered to the facts it states itself "
              f"(facts kept of 24 per relation — SmolLM2: {kept(smol)}; {model}: {kept(r)}); vanilla TopK SAE k "
              f"{r['settings']['k']}, d_sae {smol['settings']['d_sae']} / {r['settings']['d_sae']} (4 × d_model); main "
@@ -257,8 +259,7 @@ def align_family_section(r: dict) -> list[str]:
     a, b = _family_summary(smol), _family_summary(r)
     lines += [f"| {key} | {a.get(key, '–')} | {value} |" for key, value in b.items()]
     lines += ["", "Every layer (relative depth in brackets; the main layer swaps over the full α grid, the other "
-              f"{model} layers over α 1 / 2 / 3 on the same cases; ‡ oracle from `oracle_swap.py`, SmolLM2's "
-              "relations run predates the oracle):", "",
+              "layers over α 1 / 2 / 3 on the same cases; ‡ oracle alone from `oracle_swap.py`):", "",
               "| model | layer | binding train / unseen | vanilla unseen | FVU vanilla → aligned | "
               "swap best: strict (α) / lenient | vanilla swap strict / lenient | oracle strict / lenient |",
               "|---|---:|---:|---:|---:|---|---:|---:|"]
@@ -314,10 +315,12 @@ def main() -> None:
     align = load("align_relations")
     if align:
         parts += align_section(align)
-    for path in sorted(RESULTS.glob("align_relations_*.json")):  # swap variants; another model's run
-        variant = json.loads(path.read_text())
-        other_model = variant["settings"].get("model", "default") != "default"
-        parts += align_family_section(variant) if other_model else align_variant_section(variant)
+    runs = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("align_relations_*.json"))]
+    other_model = [r["settings"].get("model", "default") != "default" for r in runs]
+    for r in [r for r, other in zip(runs, other_model, strict=True) if not other]:  # swap variants
+        parts += align_variant_section(r)
+    for r in [r for r, other in zip(runs, other_model, strict=True) if other]:  # another model family, after them
+        parts += align_family_section(r)
     biographies = load("align_biographies")
     if biographies:
         parts += align_biographies_section(biographies)
