@@ -224,14 +224,20 @@ def _family_summary(r: dict) -> dict[str, str]:
 def _family_rows(name: str, r: dict, oracle: dict | None, n_layers: int | None) -> list[str]:
     """Per-layer rows of one model; the oracle of a layer without swaps comes from `oracle_swap.py`."""
     rows = []
-    for row in sorted(r["sweep"], key=lambda row: row["layer"]):
+    swept = {row["layer"] for row in r["sweep"]}
+    alone = [{"layer": int(layer)} for layer in (oracle or {}).get("layers", {}) if int(layer) not in swept]
+    for row in sorted(r["sweep"] + alone, key=lambda row: row["layer"]):
         side = (oracle or {}).get("layers", {}).get(str(row["layer"]))
+        depth = f" ({row['layer'] / n_layers:.2f})" if n_layers else ""
+        if "binding_train" not in row:  # a layer with the oracle alone
+            rows.append(f"| {name} | {row['layer']}{depth} | – | – | – | – | – | "
+                        f"{_pair(side['success'], side['success_lenient'])} ‡ |")
+            continue
         ceiling = (_pair(row["oracle_success"], row["oracle_success_lenient"]) if row.get("oracle_success") is not None
                    else _pair(side["success"], side["success_lenient"]) + " ‡" if side else "–")
         swap = (f"{row['swap_best']:.2f} (α {row['swap_best_alpha']:g}) / {fmt(row.get('swap_best_lenient'), 2)}"
                 if "swap_best" in row else "–")
         vanilla = _pair(row["vanilla_swap_best"], row.get("vanilla_swap_best_lenient")) if "swap_best" in row else "–"
-        depth = f" ({row['layer'] / n_layers:.2f})" if n_layers else ""
         rows.append(f"| {name} | {row['layer']}{depth} | {row['binding_train']:.2f} / "
                     f"{row['binding_test']:.2f} | {row['vanilla_binding_test']:.2f} | {row['fvu_vanilla']:.3f} → "
                     f"{row['fvu_aligned']:.3f} | {swap} | {vanilla} | {ceiling} |")
@@ -265,7 +271,7 @@ def align_family_section(r: dict) -> list[str]:
               "|---|---:|---:|---:|---:|---|---:|---:|"]
     lines += _family_rows("SmolLM2", smol, oracles["SmolLM2"], n_layers["SmolLM2"])
     lines += _family_rows(model, r, oracles[model], n_layers[model])
-    return lines + ["", machine_line(r), ""]
+    return lines + ["", machine_line(smol), "", machine_line(r), ""]
 
 
 def align_biographies_section(r: dict) -> list[str]:
