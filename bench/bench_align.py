@@ -24,6 +24,8 @@ import json
 import time
 from pathlib import Path
 
+from transformers import AutoConfig
+
 from common import RESULTS, peak_rss_mib, write_result
 from saelign.align.builtin import build_ontology, filter_known_facts
 from saelign.align.metrics_config import DEFAULT_ALPHAS
@@ -32,7 +34,8 @@ from saelign.align.pipeline import AlignEvalConfig, AlignTrainConfig, evaluate_a
 from saelign.align.posttrain import PostTrainConfig
 from saelign.align.report import headline, target_checks
 from saelign.models import ModelConfig, load_model
-from saelign.models.loading import cache_dir
+from saelign.models.loading import cache_dir, resolve_model_path
+from saelign.models.packaged import PACKAGED_MODELS
 from saelign.sae import SAEConfig
 from saelign.sae.train import SAETrainConfig, train_saes
 from saelign.store import ActivationStore, CaptureConfig, capture
@@ -93,6 +96,14 @@ BIOGRAPHY_NOTES = [
     "Side experiment (probe_binding.py): a logistic probe on raw last-token activations, train -> unseen templates, "
     "binds 0.42 / 0.55 / 0.78 / 0.89 / 0.90 at layers 10 / 15 / 20 / 25 / 28, the ceiling the slots face.",
 ]
+FAMILY_NOTES = [
+    "A second model family (issue 16): the same relations benchmark on a model a package registry ships, with the "
+    "ontology filtered to the facts that model states, its own vanilla SAEs (d_sae 4 x d_model) and layers chosen "
+    "in proportion to depth (SmolLM2's 22 of 30 -> 13 of 18). Every sweep layer runs the small swap check and the "
+    "oracle on the same swap cases as the main layer (--sweep-per-pair = --max-per-pair).",
+    "Oracle: the last prompt token's whole hookpoint state replaced by that of the same entity's target-concept "
+    "first train prompt; a ceiling for any last-token edit at that layer.",
+]
 
 
 def result_name(args: argparse.Namespace) -> str:
@@ -114,17 +125,34 @@ def work_dir(args: argparse.Namespace) -> Path:
     """The default model's files stay where earlier runs left them; another model gets its own folder."""
     if args.model == "default":
         return WORK
+    if args.model in PACKAGED_MODELS:
+        return WORK / args.model
     return WORK / f"{Path(args.model).resolve().parent.name}_{Path(args.model).name}"
 
 
-def known_ontology(max_entities: int) -> tuple[Path, dict]:
-    path = WORK / f"relations_known_{max_entities}.yaml"
+def model_id(args: argparse.Namespace) -> str:
+    return "SmolLM2-135M-Instruct" if args.model == "default" else args.model
+
+
+def model_name(args: argparse.Namespace) -> str:
+    """The model as the result file describes it."""
+    if args.model == "default":
+        return model_id(args)
+    about = PACKAGED_MODELS[args.model].about if args.model in PACKAGED_MODELS else "fine-tuned SmolLM2-135M-Instruct"
+    return f"{args.model} ({about})"
+
+
+def known_ontology(args: argparse.Namespace) -> tuple[Path, dict]:
+    """The relations ontology filtered to the facts the benchmarked model itself states."""
+    path = work_dir(args) / f"relations_known_{args.max_entities}.yaml"
     report_path = path.with_suffix(".filter.json")
     if path.is_file() and report_path.is_file():
         return path, json.loads(report_path.read_text())
-    model, tokenizer = load_model(ModelConfig())
+    max_entities = args.max_entities
+    model, tokenizer = load_model(ModelConfig(model=args.model))
     ontology, report = filter_known_facts(model, tokenizer, build_ontology("relations", relations=RELATIONS,
                                                                            max_entities=max_entities))
+    path.parent.mkdir(parents=True, exist_ok=True)
     save_ontology(ontology, path)
     report_path.write_text(json.dumps(report))
     return path, report
@@ -146,8 +174,7 @@ def vanilla_sae(args: argparse.Namespace, store: Path, hookpoint: str) -> Path:
     st = ActivationStore(store)
     batches = st.batches(SAE_BATCH, shuffle=True, seed=0, epochs=epochs, shards=list(range(TRAIN_SHARDS)))
     tcfg = SAETrainConfig(total_tokens=TRAIN_TOKENS * epochs, batch_size=SAE_BATCH, out=str(out), checkpoint_every_tokens=10**9)
-    model = "SmolLM2-135M-Instruct" if args.model == "default" else args.model
-    train_saes(batches, [SAEConfig(d_in=st.d_in, d_sae=d_sae, k=k, hookpoint=hookpoint, model=model)], tcfg)
+    train_saes(batches, [SAEConfig(d_in=st.d_in, d_sae=d_sae, k=k, hookpoint=hookpoint, model=model_id(args))], tcfg)
     return out
 
 
@@ -228,7 +255,8 @@ def biography_targets(sweep: list[dict]) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", default="align_relations", help="result name (bench/results/NAME.json)")
-    parser.add_argument("--model", default="default", help="model: 'default' or a local HF folder (e.g. the "
+    parser.add_argument("--model", default="default", help="model: 'default', a packaged model's name (e.g. "
+                                                            "gemma-3-270m) or a local HF folder (e.g. the "
                                                             "fact-learned model of `saelign align learn-facts`)")
     parser.add_argument("--ontology", help="ontology file (default: the relations ontology filtered to the facts "
                                            "the default model knows)")
@@ -272,7 +300,7 @@ def main() -> None:
         ontology, fact_report = Path(args.ontology), None
         load_ontology(ontology)  # a broken file fails here, before any capture
     else:
-        ontology, fact_report = known_ontology(args.max_entities)
+        ontology, fact_report = known_ontology(args)
     ontology_s = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
     main_hp = hookpoints[args.layer]
@@ -283,9 +311,10 @@ def main() -> None:
                 "held_out_tokens": HELD_OUT, "corpus": "sotu", "context_length": 128, "sae_activation": "topk",
                 "sae_batch_size": SAE_BATCH, "sae_train_tokens": TRAIN_TOKENS * args.sae_epochs,
                 **({} if args.sweep_full else {"sweep_alphas": list(SWEEP_ALPHAS)}),
-                "post_train": "PostTrainConfig defaults except steps"}
-    model_name = "SmolLM2-135M-Instruct" if args.model == "default" else f"{args.model} (fine-tuned SmolLM2-135M-Instruct)"
-    result: dict = {"model": model_name, "notes": NOTES if not args.ontology else BIOGRAPHY_NOTES, "settings": settings,
+                "post_train": "PostTrainConfig defaults except steps",
+                "n_layers": AutoConfig.from_pretrained(resolve_model_path(args.model)).num_hidden_layers}
+    notes = BIOGRAPHY_NOTES if args.ontology else NOTES if args.model == "default" else FAMILY_NOTES
+    result: dict = {"model": model_name(args), "notes": notes, "settings": settings,
                     **({"fact_filter": fact_report} if fact_report else {}),
                     "timings": {"ontology_s": ontology_s, "capture_s": capture_s}}
     t = time.perf_counter()

@@ -233,6 +233,83 @@ def align_variant_section(r: dict) -> list[str]:
             f"{r['metrics']['vanilla']['swap']['best_success']:.3f}.", ""]
 
 
+def _pair(a: float | None, b: float | None, digits: int = 2) -> str:
+    return "–" if a is None else f"{a:.{digits}f} / {b:.{digits}f}" if b is not None else f"{a:.{digits}f}"
+
+
+def _family_summary(r: dict) -> dict[str, str]:
+    """One model's main-layer AlignSAE metrics, formatted: the benchmark's targets plus CE recovered,
+    fragmentation, the rest-unchanged share, lenient swap and the oracle ceiling."""
+    m, row = r["metrics"], next(row for row in r["sweep"] if f"model.layers.{row['layer']}" == r["hookpoint"])
+    out = {t["target"]: f"{t['value']:.3f}" for t in r["targets"]}
+    swap, best = m["aligned"]["swap"], str(m["aligned"]["swap"]["best_alpha"])
+    out["swap success at best α"] += f" (α {swap['best_alpha']:g}, {swap['alphas'][best]['n']} swaps)"
+    out["swap, lenient rule"] = fmt(swap.get("best_success_lenient"))
+    oracle = m.get("swap_oracle")
+    out["oracle ceiling, strict / lenient"] = _pair(oracle["success"], oracle["success_lenient"]) if oracle else "–"
+    out["untargeted facts unchanged at best α"] = f"{swap['alphas'][best]['rest_unchanged']:.2f}"
+    splice = m.get("splice") or {}
+    out["CE loss recovered, vanilla / aligned"] = _pair(splice.get("vanilla", {}).get("ce_loss_recovered"),
+                                                        splice.get("aligned", {}).get("ce_loss_recovered"), 3)
+    out["effective latents per concept, vanilla / aligned"] = _pair(
+        m["vanilla"]["fragmentation"]["effective_latents_mean"], m["aligned"]["fragmentation"]["effective_latents_mean"], 0)
+    out["FVU vanilla → aligned"] = f"{row['fvu_vanilla']:.3f} → {row['fvu_aligned']:.3f}"
+    return out
+
+
+def _family_rows(name: str, r: dict, oracle: dict | None, n_layers: int | None) -> list[str]:
+    """Per-layer rows of one model; the oracle of a layer without swaps comes from `oracle_swap.py`."""
+    rows = []
+    swept = {row["layer"] for row in r["sweep"]}
+    alone = [{"layer": int(layer)} for layer in (oracle or {}).get("layers", {}) if int(layer) not in swept]
+    for row in sorted(r["sweep"] + alone, key=lambda row: row["layer"]):
+        side = (oracle or {}).get("layers", {}).get(str(row["layer"]))
+        depth = f" ({row['layer'] / n_layers:.2f})" if n_layers else ""
+        if "binding_train" not in row:  # a layer with the oracle alone
+            rows.append(f"| {name} | {row['layer']}{depth} | – | – | – | – | – | "
+                        f"{_pair(side['success'], side['success_lenient'])} ‡ |")
+            continue
+        ceiling = (_pair(row["oracle_success"], row["oracle_success_lenient"]) if row.get("oracle_success") is not None
+                   else _pair(side["success"], side["success_lenient"]) + " ‡" if side else "–")
+        swap = (f"{row['swap_best']:.2f} (α {row['swap_best_alpha']:g}) / {fmt(row.get('swap_best_lenient'), 2)}"
+                if "swap_best" in row else "–")
+        vanilla = _pair(row["vanilla_swap_best"], row.get("vanilla_swap_best_lenient")) if "swap_best" in row else "–"
+        rows.append(f"| {name} | {row['layer']}{depth} | {row['binding_train']:.2f} / "
+                    f"{row['binding_test']:.2f} | {row['vanilla_binding_test']:.2f} | {row['fvu_vanilla']:.3f} → "
+                    f"{row['fvu_aligned']:.3f} | {swap} | {vanilla} | {ceiling} |")
+    return rows
+
+
+def align_family_section(r: dict) -> list[str]:
+    """The relations benchmark on a second model family beside the default model's: main-layer metrics side by
+    side, then every layer by relative depth with the oracle ceiling."""
+    # the reference: SmolLM2 rerun with the same code and swap checks at every layer, else its headline run
+    smol, model = load("align_family_smollm2") or load("align_relations"), r["settings"]["model"]
+    if smol is None:
+        return []
+    kept = lambda res: ", ".join(f"{k} {v['kept']}" for k, v in res["fact_filter"].items())  # noqa: E731
+    oracles = {"SmolLM2": load("align_oracle_smollm2"), model: load(f"align_oracle_{model}")}
+    n_layers = {name: r["settings"].get("n_layers") or (oracles[name] or {}).get("n_layers") for name in oracles}
+    n_layers["SmolLM2"] = 30
+    lines = [f"**AlignSAE on a second model family** (`{r['benchmark']}`): {r['model']}, beside SmolLM2-135M-Instruct "
+             f"(`{smol['benchmark']}`). "
+             "Same relations benchmark and settings; each model's ontology is filtered to the facts it states itself "
+             f"(facts kept of 24 per relation — SmolLM2: {kept(smol)}; {model}: {kept(r)}); vanilla TopK SAE k "
+             f"{r['settings']['k']}, d_sae {smol['settings']['d_sae']} / {r['settings']['d_sae']} (4 × d_model); main "
+             "layer at the same relative depth.", "",
+             f"| main layer | SmolLM2 `{smol['hookpoint']}` | {model} `{r['hookpoint']}` |", "|---|---:|---:|"]
+    a, b = _family_summary(smol), _family_summary(r)
+    lines += [f"| {key} | {a.get(key, '–')} | {value} |" for key, value in b.items()]
+    lines += ["", "Every layer (relative depth in brackets; the main layer swaps over the full α grid, the other "
+              "layers over α 1 / 2 / 3 on the same cases; ‡ oracle alone from `oracle_swap.py`):", "",
+              "| model | layer | binding train / unseen | vanilla unseen | FVU vanilla → aligned | "
+              "swap best: strict (α) / lenient | vanilla swap strict / lenient | oracle strict / lenient |",
+              "|---|---:|---:|---:|---:|---|---:|---:|"]
+    lines += _family_rows("SmolLM2", smol, oracles["SmolLM2"], n_layers["SmolLM2"])
+    lines += _family_rows(model, r, oracles[model], n_layers[model])
+    return lines + ["", machine_line(smol), "", machine_line(r), ""]
+
+
 def align_biographies_section(r: dict) -> list[str]:
     """The AlignSAE benchmark in the authors' setting: one row per layer, strict and lenient swap side by side,
     the oracle ceiling beside them, then the main layer's α curve and the two-hop questions."""
@@ -280,8 +357,12 @@ def main() -> None:
     align = load("align_relations")
     if align:
         parts += align_section(align)
-    for path in sorted(RESULTS.glob("align_relations_*.json")):
-        parts += align_variant_section(json.loads(path.read_text()))
+    runs = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("align_relations_*.json"))]
+    other_model = [r["settings"].get("model", "default") != "default" for r in runs]
+    for r in [r for r, other in zip(runs, other_model, strict=True) if not other]:  # swap variants
+        parts += align_variant_section(r)
+    for r in [r for r, other in zip(runs, other_model, strict=True) if other]:  # another model family, after them
+        parts += align_family_section(r)
     biographies = load("align_biographies")
     if biographies:
         parts += align_biographies_section(biographies)

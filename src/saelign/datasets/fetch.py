@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from saelign.cache import cache_dir
 from saelign.errors import SaelignError
 from saelign.io import share
-from saelign.models.loading import cache_dir
 from saelign.progress import logger
 
 MARKER = ".saelign-members.json"

