@@ -5,7 +5,9 @@ questions the model answers right before the edit are swapped.
 
 Two swaps, because the biographies ontology binds one AlignSAE slot per relation and none per value:
 - `value` (the bridge entity): X's employer A -> another company B; success = B's city
-  (`saelign.align.bridge`: each SAE's latent for a company is the one that best separates its questions);
+  (`saelign.align.bridge`: each SAE's latent for a company is the one that best separates its two-hop
+  questions, where company and answer city go together); `value_bridge`: the same swap with the latents
+  chosen on the one-hop "which company" train prompts, where the company is the answer;
 - `relation` (the relation asked through the bridge): the two-hop question's employer_city slot -> another
   relation's slot (employer: stop at the bridge; birth_city, ...); success = X's fact of that relation. The
   aligned slots are the AlignSAE's own; the vanilla SAE's are its best latents per relation on the ontology's
@@ -83,6 +85,14 @@ def relation_swap(
     return out
 
 
+def bridge_value_prompts(model, tokenizer, ontology: Ontology, hookpoint: str, companies: list[str]):
+    """Last-token activations of the ontology's one-hop employer train prompts and each one's company index:
+    latents chosen there name the company, not the city it leads to."""
+    asked = [ex for ex in ontology.examples("train") if ex.concept == BRIDGE and ex.answer in companies]
+    acts = example_activations(model, tokenizer, hookpoint, asked)
+    return acts, torch.tensor([companies.index(str(ex.answer)) for ex in asked])
+
+
 def slot_reading(model, tokenizer, aligned: SAE, slot_map, two_hop: list[BridgeExample]) -> dict:
     """Which relation slot is strongest at the two-hop questions' last token (the swap's source slot is
     employer_city; a question read as 'employer' would be swapped from the wrong slot)."""
@@ -151,16 +161,25 @@ def main() -> None:
         t = time.perf_counter()
         aligned, slot_map = load_aligned(args.aligned.format(layer=layer))
         vanilla = load_sae(Path(args.vanilla.format(layer=layer)))
-        value = bridge_swap(
-            model, tokenizer, {"aligned": aligned, "vanilla": vanilla}, two_hop, companies, cfg
+        saes = {"aligned": aligned, "vanilla": vanilla}
+        value = bridge_swap(model, tokenizer, saes, two_hop, companies, cfg)
+        chosen_on = bridge_value_prompts(model, tokenizer, ontology, slot_map.hookpoint, companies)
+        value_bridge = bridge_swap(
+            model, tokenizer, saes, two_hop, companies, replace(cfg, oracle=False), chosen_on
         )
+        value_bridge["oracle"] = value["oracle"]  # the same cases: the same ceiling
         relation = relation_swap(model, tokenizer, aligned, slot_map, vanilla, ontology, two_hop, cfg)
         result["layers"][str(layer)] = {
-            "summary": {"value": summary(value), "relation": summary(relation)},
+            "summary": {
+                "value": summary(value),
+                "value_bridge": summary(value_bridge),
+                "relation": summary(relation),
+            },
             "accuracy_before": value["accuracy_before"],
             "questions_right": value["sources"],
             "aligned_slot_on_two_hop": slot_reading(model, tokenizer, aligned, slot_map, two_hop),
             "value": value,
+            "value_bridge": value_bridge,
             "relation": relation,
         }
         result["timings"][f"layer{layer}_s"] = round(time.perf_counter() - t)

@@ -81,10 +81,14 @@ def bridge_swap(
     examples: Sequence[BridgeExample],
     values: Sequence[str],
     cfg: MetricsConfig,
+    selection: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Bridge-swap success per SAE (name -> `swap_success` result, plus the latent chosen for each value) and
     the oracle ceiling (`cfg.oracle`), on the two-hop prompts the model answers right before any edit. Every
-    SAE reads one hookpoint; latents are chosen on all the prompts' last tokens (right or wrong)."""
+    SAE reads one hookpoint. Latents are chosen on `selection` (activations [n, d] at that hookpoint and each
+    row's value index), by default on all the questions' last tokens (right or wrong); there a value is
+    confounded with its final answer (one company, one city), while e.g. one-hop "which company" prompts
+    name the value itself."""
     hookpoints = {sae.cfg.hookpoint for sae in saes.values()}
     require(
         len(hookpoints) == 1 and "" not in hookpoints,
@@ -94,7 +98,7 @@ def bridge_swap(
     acts = concept_activations(
         model, tokenizer, hookpoint, [ex.text for ex in examples], batch_size=cfg.batch_size
     )
-    labels = torch.tensor([ex.concept_index for ex in examples])
+    chosen_on = selection or (acts, torch.tensor([ex.concept_index for ex in examples]))
     cases = swap_cases(model, tokenizer, examples, len(values), cfg, correct_sources=True)
     right = {text for pair in cases.pairs.values() for text, _ in pair}
     out: dict[str, Any] = {
@@ -107,7 +111,7 @@ def bridge_swap(
         "skipped_unknown_target": cases.skipped_unknown_target,
     }
     for name, sae in saes.items():
-        value_map = best_latents(sae, acts, labels, values)
+        value_map = best_latents(sae, *chosen_on, values)
         out[name] = {
             "latents": dict(zip(values, value_map.slots, strict=True)),
             "scales": dict(zip(values, value_map.scales, strict=True)),
