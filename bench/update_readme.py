@@ -345,7 +345,33 @@ def align_biographies_section(r: dict) -> list[str]:
         lines += ["", "Two-hop questions to the same model, no further training (strict / lenient accuracy): "
                   + "; ".join(f"{name} {v['strict']:.2f} / {v['lenient']:.2f} (n {v['n']})" for name, v in by_set.items())
                   + " (`bench_two_hop.py`)."]
+    bridge = load("two_hop_swap")
+    if bridge:
+        lines += ["", *two_hop_swap_lines(bridge)]
     return lines + ["", machine_line(r), ""]
+
+
+def two_hop_swap_lines(r: dict) -> list[str]:
+    """Swaps through the bridge of the two-hop questions: best α per SAE, strict / lenient, and the oracle."""
+    swaps = {"value": "bridge value A → B, latents chosen on the two-hop questions",
+             "value_bridge": "bridge value A → B, latents chosen on the one-hop employer prompts",
+             "relation": "relation employer_city → another"}
+    some = next(iter(r["layers"].values()))
+    lines = [f"Swaps through the bridge of the two-hop questions the model answers right ({some['questions_right']} "
+             "of 40; `bench_two_hop_swap.py`; best α, strict / lenient):", "",
+             "| layer | swap | cases | AlignSAE | vanilla SAE | oracle |", "|---:|---|---:|---|---|---:|"]
+
+    def best(row: dict) -> str:
+        return (f"{row['best_strict']:.2f} / {row['best_lenient']:.2f} (α {row['best_alpha']:g}"
+                + ("" if row["best_alpha_lenient"] == row["best_alpha"] else f" / {row['best_alpha_lenient']:g}") + ")")
+
+    for layer, result in sorted(r["layers"].items(), key=lambda item: int(item[0])):
+        for key, label in swaps.items():
+            row = result["summary"].get(key)
+            if row:
+                lines.append(f"| {layer} | {label} | {row['n']} | {best(row['aligned'])} | {best(row['vanilla'])} | "
+                             f"{row['oracle'][0]:.2f} / {row['oracle'][1]:.2f} |")
+    return lines + ["", machine_line(r)]
 
 
 def main() -> None:

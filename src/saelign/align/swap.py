@@ -8,7 +8,6 @@ strict (`saelign.text.answer_matches`: the answer opens the continuation, case, 
 leading article ignored) and lenient (`saelign.text.lenient_match`, the AlignSAE authors' rule: the gold in
 the generation or the generation in the gold, lower-cased)."""
 
-
 import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -130,9 +129,12 @@ def swap_cases(
     n_concepts: int,
     cfg: MetricsConfig,
     unrelated_texts: Sequence[str] = (),
+    correct_sources: bool = False,
 ) -> SwapCases:
     """The swap cases of `examples` (ontology ConceptExamples: text, concept_index, entity, answer, aliases),
-    at most `cfg.max_per_pair` per concept pair, shuffled with a fixed seed."""
+    at most `cfg.max_per_pair` per concept pair, shuffled with a fixed seed. With `correct_sources` only
+    prompts the model answers right are swapped (a swap of a question it gets wrong says nothing of the
+    swap)."""
     facts = {(ex.entity, ex.concept_index): ex for ex in examples if ex.entity is not None and ex.answer}
     rng = random.Random(0)
     n_tokens = cfg.n_tokens or min(
@@ -169,6 +171,8 @@ def swap_cases(
     for s in range(n_concepts):
         sources = [ex for ex in examples if ex.concept_index == s and (ex.entity, s) in facts]
         correct.extend(_says(tokenizer, base[ex.text], ex) for ex in sources)
+        if correct_sources:
+            sources = [ex for ex in sources if _says(tokenizer, base[ex.text], ex)]
         for t in range(n_concepts):
             if t == s:
                 continue
