@@ -18,6 +18,7 @@ seed and prompt.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -52,14 +53,23 @@ def main() -> int:
     began, load_before = time.perf_counter(), os.getloadavg()
     if not args.summarise_only:
         run_seeds(cfg, args.out, seeds)
-    dirs = [seed_dir(args.out, s) for s in seeds if (seed_dir(args.out, s) / "eval").is_dir()]
-    dirs = [d for d in dirs if all((d / "eval" / f"{m}.json").is_file() for m in ["base", *methods])]
+
+    def done(method: str) -> list[Path]:  # the seeds' runs that evaluated `method`
+        return [d for d in map(functools.partial(seed_dir, args.out), seeds)
+                if (d / "eval" / f"{method}.json").is_file()]
+
+    dirs = [d for d in done("base") if d in done(methods[0])]
+    every = [m for m in methods if all(d in done(m) for d in dirs)]
     if not dirs:
-        print("no seed has finished every method yet", file=sys.stderr)
+        print(f"no seed has evaluated {methods[0]} yet", file=sys.stderr)
         return 1
-    summary = summarise_seeds(dirs, methods, n_boot=args.n_boot)
+    summary = summarise_seeds(dirs, every, compare_to=methods[0], n_boot=args.n_boot)
+    # A method some seeds lack (a run cut short) is summarised over the seeds it has, beside the first method.
+    summary["fewer_seeds"] = {m: summarise_seeds([d for d in dirs if d in done(m)], [methods[0], m],
+                                                 compare_to=methods[0], n_boot=args.n_boot)
+                              for m in methods if m not in every and any(d in done(m) for d in dirs)}
     write_result(f"sails_seeds_{args.preset}", {
-        "preset": args.preset, "methods": methods, "stop_rule": None if args.no_stop_rule else STOP_RULE,
+        "preset": args.preset, "methods": every, "stop_rule": None if args.no_stop_rule else STOP_RULE,
         "steps_budget": cfg.sft.steps, "eval_every": cfg.sft.eval_every,
         "shared_across_seeds": "data, SAE, labels, feature selection and subspace, aligned slots, targets "
                                "and the base model's evaluation come from the first seed's run; a seed sets "
