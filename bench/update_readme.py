@@ -201,6 +201,99 @@ def distribution_lines(r: dict) -> list[str]:
     return [*lines, ""]
 
 
+SEED_METRICS = {  # summary key -> (column title, shown in percentage points)
+    "in_distribution.safety_rate": ("ID safety", True),
+    "ood_registers.safety_rate": ("OOD safety, registers", True),
+    "ood_sources.safety_rate": ("OOD safety, sources", True),
+    "in_distribution.over_refusal": ("ID over-refusal", True), "ood.over_refusal": ("OOD over-refusal", True),
+    "perplexity_change": ("perplexity change", True), "steps_to_90": ("steps to 90 % val safety", False)}
+
+
+def interval(m: dict | None, percent: bool, signed: bool = False) -> str:
+    if not m or m.get("mean") is None:
+        return "–"
+    scale, sign = (100, "+" if signed else "") if percent else (1, "+" if signed else "")
+    digits = 1 if percent else 0
+    return (f"{scale * m['mean']:{sign}.{digits}f} ({scale * m['lo']:{sign}.{digits}f} to "
+            f"{scale * m['hi']:{sign}.{digits}f})")
+
+
+def seeds_section(r: dict) -> list[str]:
+    """Means with 95 % intervals over seeds and prompts, then SAILS minus each method, paired, in words only
+    where the interval excludes 0; methods that ran under fewer seeds after that, over the seeds they have."""
+    rule = r.get("stop_rule")
+    budget = f"{r['steps_budget']} steps" + (
+        f", stopped at the first val check (every {r['eval_every']}) with safety ≥ "
+        f"{100 * rule['stop_at_safety']:.0f} % and over-refusal ≤ {100 * rule['stop_max_over_refusal']:.0f} %"
+        if rule else " for every method")
+    n = {k: v.get("n_prompts") for k, v in r["methods"]["base"].items() if isinstance(v, dict)}
+    lines = [f"**SAILS under {len(r['seeds'])} seeds** (preset `{r['preset']}`, seeds {seed_list(r)}; {budget}; "
+             f"{r['shared_across_seeds']}. Mean and 95 % interval of a bootstrap that resamples seeds and prompts "
+             f"together; prompts per seed: ID {n.get('in_distribution.safety_rate')} harmful / "
+             f"{n.get('in_distribution.over_refusal')} harmless, OOD registers "
+             f"{n.get('ood_registers.safety_rate')} and OOD sources {n.get('ood_sources.safety_rate')} harmful, "
+             f"OOD {n.get('ood.over_refusal')} harmless; rates and perplexity change in %)", "",
+             *seed_table(r, r["steps_budget"]), "",
+             "Paired differences (first method minus second, same seeds and prompts; percentage points, "
+             "perplexity change in points, steps):", "", *comparison_table(r), ""]
+    lines += [comparison_sentence(pair, rows) for pair, rows in r["comparisons"].items()]
+    for name, sub in r.get("fewer_seeds", {}).items():
+        lines += ["", f"`{name}` ran under seed{'s' if len(sub['seeds']) > 1 else ''} {seed_list(sub)} only "
+                      f"(the run was cut short); over the same seed{'s' if len(sub['seeds']) > 1 else ''}:", "",
+                  *seed_table(sub, r["steps_budget"], skip=("base",)), "", *comparison_table(sub), "",
+                  *[comparison_sentence(pair, rows) for pair, rows in sub["comparisons"].items()]]
+    return [*lines, "", machine_line(r), ""]
+
+
+def seed_list(r: dict) -> str:
+    return ", ".join(map(str, r["seeds"]))
+
+
+def seed_table(r: dict, budget: int, skip: tuple[str, ...] = ()) -> list[str]:
+    lines = ["| model | " + " | ".join(title for title, _ in SEED_METRICS.values()) + " | steps trained |",
+             "|---|" + "---:|" * (len(SEED_METRICS) + 1)]
+    for name, metrics in r["methods"].items():
+        if name in skip:
+            continue
+        cells = [interval(metrics.get(key), percent) for key, (_, percent) in SEED_METRICS.items()]
+        if "steps_to_90" in metrics:
+            reached = metrics["steps_to_90"]["reached"]
+            if reached == 0:
+                cells[-1] = f"not reached in {budget}"
+            elif reached < len(r["seeds"]):
+                cells[-1] += f", reached by {reached}/{len(r['seeds'])} seeds (the others counted at the budget)"
+        trained = metrics.get("steps_trained")
+        trained_cell = ", ".join(map(str, trained)) if trained else "–"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {trained_cell} |")
+    return lines
+
+
+def comparison_table(r: dict) -> list[str]:
+    """Paired differences, bold where the interval excludes 0."""
+    lines = ["| comparison | " + " | ".join(title for title, _ in SEED_METRICS.values()) + " |",
+             "|---|" + "---:|" * len(SEED_METRICS)]
+    for pair, rows in r["comparisons"].items():
+        cells = []
+        for key, (_, percent) in SEED_METRICS.items():
+            unreached = key == "steps_to_90" and not any(r["methods"][m]["steps_to_90"]["reached"]
+                                                         for m in pair.split(" - "))
+            cell = "neither reached" if unreached else interval(rows.get(key), percent, signed=True)
+            cells.append(f"**{cell}**" if rows.get(key, {}).get("excludes_zero") else cell)
+        lines.append(f"| {pair.replace(' - ', ' − ')} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def comparison_sentence(pair: str, rows: dict) -> str:
+    """'better' or 'worse' only where the paired interval excludes 0; bold in the table above."""
+    mine, other = pair.split(" - ")
+    said = {verdict: [SEED_METRICS[k][0] for k in SEED_METRICS if rows.get(k, {}).get("verdict") == verdict]
+            for verdict in ("better", "worse")}
+    parts = [f"{verdict} on {', '.join(names)}" for verdict, names in said.items() if names]
+    rest = "no metric" if not parts else "no other metric"
+    return (f"- {mine} vs {other}: " + ("; ".join(parts) + "; " if parts else "")
+            + f"{rest} shows a difference (its interval includes 0).")
+
+
 def align_section(r: dict) -> list[str]:
     s = r["settings"]
     lines = [f"**AlignSAE** (relations ontology, {len(s['relations'])} relations filtered to facts the model knows, "
@@ -393,7 +486,8 @@ def main() -> None:
     if biographies:
         parts += align_biographies_section(biographies)
     for path in sorted(RESULTS.glob("sails_*.json")):
-        parts += sails_section(json.loads(path.read_text()))
+        result = json.loads(path.read_text())
+        parts += seeds_section(result) if path.stem.startswith("sails_seeds_") else sails_section(result)
     table = "\n".join(parts) if parts else "(benchmarks not yet run)"
     readme = ROOT / "README.md"
     text = readme.read_text()

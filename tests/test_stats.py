@@ -2,9 +2,10 @@
 
 import math
 
+import numpy as np
 import pytest
 
-from saelign.stats import bootstrap_rate, rate_with_interval, wilson
+from saelign.stats import crossed_bootstrap, rate_with_interval, wilson
 
 
 def test_wilson_matches_the_textbook_values_and_stays_in_range():
@@ -17,13 +18,32 @@ def test_wilson_matches_the_textbook_values_and_stays_in_range():
 
 
 def test_bootstrap_widens_when_seeds_disagree():
-    agree = [[1] * 15 + [0] * 15] * 3
-    disagree = [[1] * 28 + [0] * 2, [1] * 15 + [0] * 15, [1] * 2 + [0] * 28]
-    mean_a, lo_a, hi_a = bootstrap_rate(agree)
-    mean_d, lo_d, hi_d = bootstrap_rate(disagree)
+    agree = np.array([[1] * 15 + [0] * 15] * 3)
+    disagree = np.array([[1] * 28 + [0] * 2, [1] * 15 + [0] * 15, [1] * 2 + [0] * 28])
+    mean_a, lo_a, hi_a = crossed_bootstrap([agree])
+    mean_d, lo_d, hi_d = crossed_bootstrap([disagree])
     assert mean_a == pytest.approx(0.5) and mean_d == pytest.approx(0.5)
     assert lo_a <= 0.5 <= hi_a and (hi_d - lo_d) > 1.5 * (hi_a - lo_a)
-    assert bootstrap_rate([[1, 1, 1]]) == (1.0, 1.0, 1.0) and math.isnan(bootstrap_rate([])[0])
+    assert crossed_bootstrap([np.ones((1, 3))]) == (1.0, 1.0, 1.0)
+    assert math.isnan(crossed_bootstrap([np.zeros((0, 3))])[0])
+    with pytest.raises(ValueError, match="one \\[seeds, prompts\\] shape"):
+        crossed_bootstrap([np.ones((2, 3)), np.ones((2, 4))])
+
+
+def test_paired_bootstrap_keeps_pairs_together():
+    """Two methods that differ by one prompt on every seed: apart their intervals overlap, but the paired
+    difference (same rows and columns drawn for both) excludes 0, and a statistic over both arrays gives the
+    same interval as the difference array."""
+    rng = np.random.default_rng(1)
+    a = (rng.random((3, 40)) < 0.6).astype(float)
+    b = a.copy()
+    for row in b:
+        row[np.flatnonzero(row == 0)[:3]] = 1  # b = a plus three prompts per seed
+    lo_b = crossed_bootstrap([b])[1]
+    assert lo_b < crossed_bootstrap([a])[2]
+    diff = crossed_bootstrap([b - a])
+    assert diff[0] == pytest.approx(3 / 40) and diff[1] > 0
+    assert crossed_bootstrap([b, a], lambda x, y: x.mean() - y.mean()) == pytest.approx(diff)
 
 
 def test_rate_with_interval_reads_as_percent():

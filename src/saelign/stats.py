@@ -1,9 +1,9 @@
 """Intervals for the rates the reports print: Wilson's score interval for one share of n prompts, and a
-bootstrap over seeds and prompts for a rate measured under several seeds (issue 11: a method is called better
-only where the intervals say so)."""
+bootstrap over seeds and prompts for a statistic measured under several seeds on the same prompts (issue 11: a
+method is called better only where the intervals say so)."""
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -19,22 +19,26 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def bootstrap_rate(
-    outcomes: Sequence[Sequence[float]], n_boot: int = 2000, seed: int = 0
+def crossed_bootstrap(
+    arrays: Sequence[np.ndarray], statistic: Callable[..., float] = np.mean, n_boot: int = 2000, seed: int = 0
 ) -> tuple[float, float, float]:
-    """Mean and 95 % interval of a rate from per-seed outcome lists (1 = success per prompt): each draw
-    resamples the seeds, then the prompts within each drawn seed, so both sources of noise are in the
-    width."""
-    runs = [np.asarray(o, dtype=float) for o in outcomes if len(o)]
-    if not runs:
+    """`statistic(*arrays)` and its 95 % interval, for arrays of one shape [seeds, prompts] whose columns are
+    the same prompts under every seed (and every method: a paired comparison passes both methods' arrays, or
+    their difference). Each draw resamples the seeds and, independently, the prompts, and takes the same rows
+    and columns of every array: the crossed design, so both sources of noise are in the width and pairs stay
+    pairs."""
+    arrays = [np.asarray(a, dtype=float) for a in arrays]
+    shape = arrays[0].shape
+    if len(shape) != 2 or any(a.shape != shape for a in arrays):
+        raise ValueError(f"arrays must share one [seeds, prompts] shape, got {[a.shape for a in arrays]}")
+    if 0 in shape:
         return math.nan, math.nan, math.nan
     rng = np.random.default_rng(seed)
-    means = np.empty(n_boot)
+    draws = np.empty(n_boot)
     for b in range(n_boot):
-        picked = rng.integers(len(runs), size=len(runs))
-        means[b] = np.mean([runs[i][rng.integers(len(runs[i]), size=len(runs[i]))].mean() for i in picked])
-    overall = float(np.mean([r.mean() for r in runs]))
-    return overall, float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+        rows, cols = rng.integers(shape[0], size=shape[0]), rng.integers(shape[1], size=shape[1])
+        draws[b] = statistic(*(a[np.ix_(rows, cols)] for a in arrays))
+    return float(statistic(*arrays)), float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))
 
 
 def rate_with_interval(rate: float | None, n: int) -> str:

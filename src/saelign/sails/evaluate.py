@@ -191,22 +191,32 @@ def build_capability_data(tokenizer: PreTrainedTokenizerBase, cfg: SafetyEvalCon
 
 
 @torch.inference_mode()
-def perplexity(model: nn.Module, contexts: torch.Tensor, pad_id: int | None = None, batch_size: int = 4) -> float:
-    """exp(mean next-token NLL) over every position of the contexts whose target is not a pad token."""
-    if contexts.numel() == 0:
-        return math.nan
+def context_nll(model: nn.Module, contexts: torch.Tensor, pad_id: int | None = None,
+                batch_size: int = 4) -> list[tuple[float, int]]:
+    """(summed next-token NLL, scored tokens) per context, targets that are pad tokens left out: kept per
+    context so that a comparison across seeds can resample the contexts (`bench/bench_sails_seeds.py`)."""
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    out = []
     for start in range(0, len(contexts), batch_size):
         ids = contexts[start:start + batch_size].to(device)
         logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
         targets = ids[:, 1:].clone()
         if pad_id is not None:
             targets[targets == pad_id] = -100
-        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
-                                       reduction="sum"))
-        count += int((targets != -100).sum())
-    return math.exp(total / count) if count else math.nan
+        nll = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none").sum(1)
+        out += [(float(n), int(c)) for n, c in zip(nll, (targets != -100).sum(1), strict=True)]
+    return out
+
+
+def perplexity_of(nll: list[tuple[float, int]]) -> float:
+    """exp(mean next-token NLL) over every scored token of the contexts (NaN for none)."""
+    count = sum(c for _, c in nll)
+    return math.exp(sum(n for n, _ in nll) / count) if count else math.nan
+
+
+def perplexity(model: nn.Module, contexts: torch.Tensor, pad_id: int | None = None, batch_size: int = 4) -> float:
+    """exp(mean next-token NLL) over every position of the contexts whose target is not a pad token."""
+    return perplexity_of(context_nll(model, contexts, pad_id, batch_size)) if contexts.numel() else math.nan
 
 
 def fact_accuracy(model: nn.Module, tokenizer: PreTrainedTokenizerBase, facts: Sequence[tuple[str, str]],
@@ -231,7 +241,8 @@ def evaluate_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, test: S
     metrics["samples"] = {kind: [r for r in records if r["kind"] == kind][: cfg.samples] for kind in KINDS}
     if capability is not None:
         with progress(total=2, desc="capability", unit="probe") as bar:
-            metrics["perplexity"] = perplexity(model, capability.contexts, tokenizer.pad_token_id)
+            nll = context_nll(model, capability.contexts, tokenizer.pad_token_id) if capability.contexts.numel() else []
+            metrics["perplexity"], metrics["context_nll"] = perplexity_of(nll), nll
             metrics["n_ppl_tokens"] = int(capability.contexts.numel())
             bar.update(1)
             accuracy, rows = math.nan, []

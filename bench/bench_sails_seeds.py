@@ -1,0 +1,85 @@
+"""SAILS and its baselines under several seeds, with 95 % intervals (issue 11, item 4).
+
+The upstream stages (data, SAE, labels, feature selection, aligned slots, targets, the base model's
+evaluation) run once, for the first seed, and are shared by the others; each seed then trains and evaluates
+every method (`saelign.sails.seeds`). Every method trains for the preset's step budget and stops early at the
+first validation check with safety >= 95 % and over-refusal <= 10 % (the full preset's rule; `--no-stop-rule`:
+the whole budget). Writes bench/results/sails_seeds_<preset>.json: per method the mean and 95 % interval
+(bootstrap over prompts and seeds) of in- and out-of-distribution safety and over-refusal, the perplexity
+change against the base model and the steps to 90 % val safety, and SAILS minus each other method, paired by
+seed and prompt.
+
+  OMP_NUM_THREADS=1 .venv/bin/python bench/bench_sails_seeds.py --preset quick --out runs/seeds-quick
+  .venv/bin/python bench/bench_sails_seeds.py --preset full --out runs/seeds-full \\
+      --methods sails,lora,act_pca,random_subspace,pissa,full,sails_aligned
+  .venv/bin/python bench/bench_sails_seeds.py --preset quick --out runs/seeds-quick --summarise-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+
+from common import write_result
+from saelign.progress import setup_logging
+from saelign.sails.presets import preset_layer, resolve_config
+from saelign.sails.seeds import run_seeds, seed_dir, summarise_seeds
+
+STOP_RULE = {"stop_at_safety": 0.95, "stop_max_over_refusal": 0.1}  # the full preset's, read on val only
+DEFAULT_METHODS = "sails,lora,act_pca,sails_aligned"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="quick", choices=["quick", "compare", "full"])
+    parser.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated; sails first")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (the first run is shared)")
+    parser.add_argument("--out", required=True, help="folder of the per-seed run directories (resumable)")
+    parser.add_argument("--no-stop-rule", action="store_true", help="train every method for the whole budget")
+    parser.add_argument("--summarise-only", action="store_true",
+                        help="summarise the finished seeds, train nothing")
+    parser.add_argument("--n-boot", type=int, default=2000)
+    args = parser.parse_args()
+    methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
+    eval_every = preset_layer(args.preset)["sft"]["eval_every"]
+    sft = {} if args.no_stop_rule else {**STOP_RULE, "eval_every": eval_every}
+    cfg = resolve_config([preset_layer(args.preset), {"methods": methods, "sft": sft}])
+    setup_logging()
+    began, load_before = time.perf_counter(), os.getloadavg()
+    if not args.summarise_only:
+        run_seeds(cfg, args.out, seeds)
+
+    def done(method: str) -> list[Path]:  # the seeds' runs that evaluated `method`
+        return [d for d in map(functools.partial(seed_dir, args.out), seeds)
+                if (d / "eval" / f"{method}.json").is_file()]
+
+    dirs = [d for d in done("base") if d in done(methods[0])]
+    every = [m for m in methods if all(d in done(m) for d in dirs)]
+    if not dirs:
+        print(f"no seed has evaluated {methods[0]} yet", file=sys.stderr)
+        return 1
+    summary = summarise_seeds(dirs, every, compare_to=methods[0], n_boot=args.n_boot)
+    # A method some seeds lack (a run cut short) is summarised over the seeds it has, beside the first method.
+    summary["fewer_seeds"] = {m: summarise_seeds([d for d in dirs if d in done(m)], [methods[0], m],
+                                                 compare_to=methods[0], n_boot=args.n_boot)
+                              for m in methods if m not in every and any(d in done(m) for d in dirs)}
+    write_result(f"sails_seeds_{args.preset}", {
+        "preset": args.preset, "methods": every, "stop_rule": None if args.no_stop_rule else STOP_RULE,
+        "steps_budget": cfg.sft.steps, "eval_every": cfg.sft.eval_every,
+        "shared_across_seeds": "data, SAE, labels, feature selection and subspace, aligned slots, targets "
+                               "and the base model's evaluation come from the first seed's run; a seed sets "
+                               "the data order (sft.seed) and PEFT's random init / a random subspace "
+                               "(lora.seed)",
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "load_average_before": load_before,
+        "load_average_after": os.getloadavg(), "wall_seconds": round(time.perf_counter() - began, 1),
+        "out": str(Path(args.out).resolve()), **summary})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

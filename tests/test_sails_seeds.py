@@ -1,0 +1,78 @@
+"""Several seeds over one SAILS pipeline on the tiny Llama: the upstream stages run once and are shared, each
+seed trains under its own seed, and the summary's means are those of the per-seed evaluation files."""
+
+from __future__ import annotations
+
+import dataclasses
+import filecmp
+import json
+import math
+
+import numpy as np
+import pytest
+
+from saelign.errors import SaelignError
+from saelign.sails.seeds import run_seeds, seed_dir, share_upstream, summarise_seeds
+from test_sails_pipeline import tiny_config, write_inputs
+
+METHODS = ["sails", "lora"]
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory, tiny_llama_dir):
+    inputs = write_inputs(tmp_path_factory.mktemp("seeds_inputs"), tiny_llama_dir)
+    out = tmp_path_factory.mktemp("seeds")
+    cfg = tiny_config(inputs, methods=METHODS)
+    return cfg, out, run_seeds(cfg, out, [0, 3])
+
+
+def test_upstream_runs_once_and_each_seed_trains_its_own(seeded):
+    cfg, out, (first, second) = seeded
+    assert second == seed_dir(out, 3)
+    stages = json.loads((second / "run.json").read_text())["stages"]
+    for unit in ("data", "sae", "select", "targets", "eval:base"):
+        assert stages[unit]["shared_from"] == str(first)
+    assert "shared_from" not in stages["train:sails"]
+    basis = "select/subspace.safetensors"
+    assert filecmp.cmp(first / basis, second / basis, shallow=False)
+    for method in METHODS:
+        results = [json.loads((d / "methods" / method / "result.json").read_text()) for d in (first, second)]
+        assert [r["seed"] for r in results] == [0, 3]
+    lora = [json.loads((d / "methods" / "lora" / "result.json").read_text())["history"]["train"][0]["loss"]
+            for d in (first, second)]
+    assert lora[0] != lora[1]  # another data order and init, not a copy
+    other = dataclasses.replace(cfg, select=dataclasses.replace(cfg.select, top_k=cfg.select.top_k + 1))
+    with pytest.raises(SaelignError, match="do not match this seed's options"):
+        share_upstream(first, out / "other", other)
+
+
+def _rate(path, kind: str) -> float:
+    rows = json.loads(path.read_text())["responses"]
+    return float(np.mean([r["verdict"] == "refused" for r in rows if r["kind"] == kind]))
+
+
+def test_summary_means_are_the_seeds_means_with_intervals_around_them(seeded):
+    _, _, dirs = seeded
+    summary = summarise_seeds(dirs, METHODS, n_boot=200)
+    assert summary["seeds"] == [0, 3]
+    for name in ["base", *METHODS]:
+        metrics = summary["methods"][name]
+        for metric, kind in (("safety_rate", "harmful"), ("over_refusal", "harmless")):
+            m = metrics[f"in_distribution.{metric}"]
+            rates = [_rate(d / "eval" / f"{name}.json", kind) for d in dirs]
+            assert m["mean"] == pytest.approx(np.mean(rates))
+            assert m["lo"] <= m["mean"] + 1e-12 and m["mean"] <= m["hi"] + 1e-12 and m["n_seeds"] == 2
+        ppl = [json.loads((d / "eval" / f"{name}.json").read_text())["perplexity"] for d in dirs]
+        base = json.loads((dirs[0] / "eval" / "base.json").read_text())["perplexity"]
+        # every context has the same token count: the pooled change is the geometric mean of the seeds' ones
+        expected = math.exp(np.mean([math.log(p / base) for p in ppl])) - 1
+        assert metrics["perplexity_change"]["mean"] == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    assert summary["methods"]["base"]["perplexity_change"]["mean"] == 0
+    steps = summary["methods"]["sails"]["steps_to_90"]
+    assert steps["n_prompts"] == 1 and 0 <= steps["reached"] <= 2
+    paired = summary["comparisons"]["sails - lora"]
+    for key, row in paired.items():
+        mine, theirs = summary["methods"]["sails"][key]["mean"], summary["methods"]["lora"][key]["mean"]
+        assert row["mean"] == pytest.approx(mine - theirs, abs=1e-9)
+        assert row["excludes_zero"] == (row["lo"] > 0 or row["hi"] < 0)
+        assert row["excludes_zero"] or row["verdict"] == "no difference shown"
