@@ -5,7 +5,7 @@ questions the model answers right before the edit are swapped.
 
 Two swaps, because the biographies ontology binds one AlignSAE slot per relation and none per value:
 - `value` (the bridge entity): X's employer A -> another company B; success = B's city
-  (`saelign.align.bridge`: each SAE's latent for a company is the one that best separates its two-hop
+  (`saelign.align.two_hop`: each SAE's latent for a company is the one that best separates its two-hop
   questions, where company and answer city go together); `value_bridge`: the same swap with the latents
   chosen on the one-hop "which company" train prompts, where the company is the answer;
 - `relation` (the relation asked through the bridge): the two-hop question's employer_city slot -> another
@@ -30,12 +30,12 @@ import torch
 from bench_two_hop import TWO_HOP
 from common import peak_rss_mib, write_result
 from saelign.align.activations import example_activations
-from saelign.align.bridge import BridgeExample, bridge_examples, bridge_swap
 from saelign.align.metrics import best_latents, encode
 from saelign.align.metrics_config import MetricsConfig
 from saelign.align.ontology import Ontology, load_ontology
 from saelign.align.pipeline import load_aligned
 from saelign.align.swap import oracle_swap_success, swap_cases, swap_success
+from saelign.align.two_hop import BridgeExample, bridge_examples, bridge_swap
 from saelign.models import ModelConfig, load_model
 from saelign.models.loading import cache_dir
 from saelign.sae import SAE, load_sae

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from saelign.align.activations import concept_activations
-from saelign.align.bridge import BridgeExample, bridge_examples, bridge_swap
 from saelign.align.metrics import MetricsConfig
 from saelign.align.ontology import Concept, Entity, Ontology
 from saelign.align.swap import swap_cases
+from saelign.align.two_hop import BridgeExample, bridge_examples, bridge_swap
 from saelign.errors import SaelignError
 from saelign.sae.model import SAE, SAEConfig
 from saelign.text import greedy_decode, pad_token_id, token_ids
