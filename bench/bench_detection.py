@@ -79,12 +79,14 @@ def main() -> int:
     parser.add_argument("--candidates", type=int, default=len(VARIANTS), help="ways of asking the explainer")
     parser.add_argument("--detectors", default="likelihood,embedding")
     parser.add_argument("--name", default="detection_scores")
+    parser.add_argument("--n-heldout", type=int, default=0,
+                        help="held-out firing (and as many quiet) prompts per score; 0: the run's option")
     parser.add_argument("--n-boot", type=int, default=2000)
     args = parser.parse_args()
     setup_logging()
     cfg = resolve_config([stored_config(args.run) or {}])
     run, d = RunDir(args.run, cfg, STAGES), cfg.describe
-    batch = cfg.label.batch_size
+    batch, n_heldout = cfg.label.batch_size, args.n_heldout or d.n_heldout
     latents = [i for i in run.selection["selection"]["latent_ids"] if i in run.labels]
     latents = latents[:d.explain_top] if d.explain_top else latents
     prompts = load_labelled_prompts(run.path("data"))
@@ -112,7 +114,7 @@ def main() -> int:
     rows, score_time = [], dict.fromkeys(names, 0.0)
     for col, i in enumerate(latents):
         shown = {e.prompt for e in readings[i].top_prompts + readings[i].bottom_prompts}
-        firing, quiet = held_out_examples(acts[:, col], texts, shown, d.n_heldout, d.seed + i)
+        firing, quiet = held_out_examples(acts[:, col], texts, shown, n_heldout, d.seed + i)
         row = {"latent": i, "grounded_line": readings[i].grounded, "labels": labels[i],
                "candidates": candidates[i], "n_heldout_each": len(firing), "scores": {}}
         for name, detector in detectors.items():
@@ -133,7 +135,7 @@ def main() -> int:
     kinds = ["tokens", "grounded", "model", "model_any", *(f"model_best_{n}" for n in names)]
     result = {
         "run": args.run, "explainer": d.explainer or "the run's model", "embedder": d.embedder,
-        "n_features": len(latents), "n_prompts": len(texts), "n_heldout_each": d.n_heldout, "seed": d.seed,
+        "n_features": len(latents), "n_prompts": len(texts), "n_heldout_each": n_heldout, "seed": d.seed,
         "n_examples_shown": d.n_examples, "candidates": args.candidates,
         "greedy_matches_first_candidate": sum(greedy[i][0] == candidates[i][0] for i in latents),
         "seconds": {"explain_greedy": greedy_time.seconds, "explain_candidates": candidates_time.seconds,
