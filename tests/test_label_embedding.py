@@ -59,6 +59,8 @@ def test_embeddings_are_unit_mean_pooled_and_padding_free(tiny_bert_dir):
         ids = tokenizer(text, return_tensors="pt")
         mean = model(**ids).last_hidden_state[0].mean(0)
         assert torch.allclose(vector, mean / mean.norm(), atol=1e-5)
+    long = embed(model, tokenizer, ["bake bread " * 100])  # past the 64 positions: truncated, not failing
+    assert long.shape == (1, 32) and torch.isfinite(long).all()
 
 
 def test_detector_scores_are_cosine_similarities(tiny_bert_dir):

@@ -8,7 +8,6 @@ folder with safetensors weights works too. It is loaded with plain `transformers
 pooled the way the model was trained (mean over real tokens), L2-normalised, in fp32 on the CPU: 22M
 parameters are quick there, and fp32 keeps scores the same on every machine."""
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from saelign.errors import SaelignError
+from saelign.io import read_json_object
 from saelign.progress import logger
 
 DEFAULT_EMBEDDER = "minilm"
@@ -46,7 +46,7 @@ def load_embedder(embedder: str = DEFAULT_EMBEDDER, option: str = "--describe-em
         raise SaelignError(f"{option} {embedder}: {folder} has no model.safetensors; only safetensors "
                            "weights are loaded (a pickled pytorch_model.bin is never unpickled)")
     pooling = folder / "1_Pooling" / "config.json"  # sentence-transformers' record of how it was trained
-    pooled = json.loads(pooling.read_text(encoding="utf-8")) if pooling.is_file() else {}
+    pooled = read_json_object(pooling, "the embedder's pooling config") if pooling.is_file() else {}
     if pooled and not pooled.get("pooling_mode_mean_tokens"):
         raise SaelignError(f"{option} {embedder}: {pooling} asks for a pooling other than the mean "
                            "over tokens, which is the only one implemented")
@@ -59,10 +59,10 @@ def load_embedder(embedder: str = DEFAULT_EMBEDDER, option: str = "--describe-em
 def embed(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], batch_size: int = 32
           ) -> torch.Tensor:
     """[len(texts), hidden] unit vectors: the mean of the last hidden states over each text's real tokens."""
-    out = []
+    out, longest = [], min(MAX_TOKENS, getattr(model.config, "max_position_embeddings", MAX_TOKENS))
     for start in range(0, len(texts), batch_size):
         batch = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
-                          max_length=MAX_TOKENS, return_tensors="pt")
+                          max_length=longest, return_tensors="pt")
         hidden = model(**batch).last_hidden_state.float()
         mask = batch["attention_mask"].unsqueeze(-1).float()
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
