@@ -10,6 +10,8 @@ the explainer for labels, and scores on the same held-out prompts per feature (n
   model_any  the first non-empty answer of the k ways of asking (more tries, no choice)
   model_best_<detector>  the answer that best tells the explainer's own top examples from its bottom ones,
              by that detector (--describe-explain-candidates k)
+  examples   not a label, a reference point: the explainer's top examples joined ("; "), i.e. how far a
+             reader gets when it is shown the evidence itself
 
 with each detector (likelihood: the explainer's log-likelihood gain; embedding: all-MiniLM-L6-v2 cosine).
 Per kind: balanced accuracy (median threshold) and AUROC, mean with a 95 % bootstrap interval over features,
@@ -105,7 +107,8 @@ def main() -> int:
     choose_time: dict[str, float] = {}
     for i in latents:
         labels[i] = {"tokens": run.labels[i].short_label, "grounded": grounded_phrase(readings[i].grounded),
-                     "model": greedy[i][0], "model_any": choose_label(candidates[i], readings[i], None)}
+                     "model": greedy[i][0], "model_any": choose_label(candidates[i], readings[i], None),
+                     "examples": "; ".join(e.prompt for e in readings[i].top_prompts)}
     for name, detector in detectors.items():
         with Timer() as t:
             for i in latents:
@@ -132,7 +135,7 @@ def main() -> int:
                         "auroc": float(auc(torch.tensor(f + q)[:, None], positive)[0])}
             score_time[name] += t.seconds
         rows.append(row)
-    kinds = ["tokens", "grounded", "model", "model_any", *(f"model_best_{n}" for n in names)]
+    kinds = ["tokens", "grounded", "model", "model_any", *(f"model_best_{n}" for n in names), "examples"]
     result = {
         "run": args.run, "explainer": d.explainer or "the run's model", "embedder": d.embedder,
         "n_features": len(latents), "n_prompts": len(texts), "n_heldout_each": n_heldout, "seed": d.seed,
