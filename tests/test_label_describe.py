@@ -93,6 +93,8 @@ def test_bad_options():
         DescribeConfig(n_examples=0)
     with pytest.raises(SaelignError, match="explain_top must be 0 or positive"):
         DescribeConfig(explain_top=-1)
+    with pytest.raises(SaelignError, match="explain_candidates must be 1 to 6, got 0"):
+        DescribeConfig(explain_candidates=0)
 
 
 def test_label_cli_reads_labelled_prompts_explains_and_refuses_bad_explainers(

@@ -70,3 +70,41 @@ def test_a_small_explainer_sees_fewer_shorter_examples_rather_than_failing(tiny_
     assert explain_latents(tiny_llama, tokenizer, {0: reading}, max_new_tokens=4)  # 256 positions: fits
     with pytest.raises(SaelignError, match="--explainer: even one example"):
         fitted_prompt(tokenizer, reading, 20, "--explainer")
+
+
+class _Recording:
+    """The keyword detector, remembering every text it was asked about."""
+
+    def __init__(self):
+        from saelign.label.detect import KeywordDetector
+
+        self.inner, self.seen = KeywordDetector(), set()
+
+    def scores(self, label, texts):
+        self.seen.update(texts)
+        return self.inner.scores(label, texts)
+
+
+def test_the_chosen_label_tells_the_explainers_own_examples_apart():
+    from saelign.label.explain import choose_label
+
+    reading = _reading()
+    detector = _Recording()
+    chosen = choose_label(["", "python sort code", "bake bread recipes"], reading, detector)
+    assert chosen == "bake bread recipes"
+    assert detector.seen == {"How do I bake bread?", "Sort a list in Python"}  # never the held-out ones
+    assert choose_label(["", "python sort code", "bake bread"], reading, None) == "python sort code"
+    assert choose_label(["", ""], reading, detector) == ""
+
+
+def test_candidates_ask_the_question_in_several_ways(tiny_llama, tokenizer):
+    from saelign.label.explain import VARIANTS, label_candidates
+
+    prompts = {explain_prompt(_reading(), measured=m, question=q) for q, m in VARIANTS}
+    assert len(prompts) == len(VARIANTS) == 6
+    assert sum("Measured:" in p for p in prompts) == 3
+    out = label_candidates(tiny_llama, tokenizer, {3: _reading(), 4: _reading()}, n=3, max_new_tokens=4)
+    assert set(out) == {3, 4} and all(len(v) == 3 for v in out.values()) and out[3] == out[4]
+    for bad in (0, 7):
+        with pytest.raises(SaelignError, match="label candidates must be 1 to 6"):
+            label_candidates(tiny_llama, tokenizer, {3: _reading()}, n=bad)

@@ -121,6 +121,7 @@ def _report_reads_in_words_first(run_dir: Path, report: str, selected: list[int]
         assert (run_dir / "dashboard" / "features" / f"{latent}.html").is_file()
     assert "In its answers to harmful requests the sails adapter" in report
     assert "How well the labels read" in report and "model-written label" in report
+    assert "Reader: the explainer model's likelihood gain" in report  # the default detector, named
     rows = [line for line in report.splitlines() if line.startswith("| 1 | [")]  # rank 1 of the selected
     grounded = readings[selected[0]]["grounded"]
     assert rows and md_escape(grounded) in rows[0] and "im\\_start" not in rows[0] and "<|im" not in rows[0]

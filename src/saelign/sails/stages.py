@@ -273,8 +273,8 @@ def describe_stage(run: RunDir, _: str) -> dict[str, Any]:
                                          {i: labels[i].top_contexts for i in latents}, pair,
                                          run.cfg.label.batch_size, grain_from_contexts=by_contexts)
     save_readings(run.path(SAILS_READINGS), readings,
-                  {"hookpoint": run.cfg.hookpoint, "explainer": cfg.explainer, "n_prompts": len(prompts),
-                   **sae_meta(run.sae)})
+                  {"hookpoint": run.cfg.hookpoint, "explainer": cfg.explainer, "detector": cfg.detector,
+                   "n_prompts": len(prompts), **sae_meta(run.sae)})
     attach_readings(labels, readings)  # the report of this same run reads them from run.labels
     scores: dict[str, list[float]] = {}
     for reading in readings.values():
