@@ -38,6 +38,13 @@ def main() -> None:
         "--steps", type=int, default=2000, help="step cap (the time limit normally ends training)"
     )
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument(
+        "--target-accuracy",
+        type=float,
+        default=0.95,
+        help="stop at the first check whose sampled train accuracy reaches this (0: run --steps; a control "
+        "matched in steps to another run)",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--name", default="biographies_facts", help="result file name under bench/results/")
     parser.add_argument(
@@ -54,7 +61,7 @@ def main() -> None:
     cfg = LearnFactsConfig(
         out=args.out,
         method="full",
-        target_accuracy=0.95,
+        target_accuracy=args.target_accuracy,
         max_minutes=args.max_minutes,
         check_every=40,
         check_prompts=60,
