@@ -91,10 +91,14 @@ BIOGRAPHY_NOTES = [
     "--swap-write decoded writes decode(z') itself, not run here). Success strict (answer_matches) and lenient "
     "(authors': gold in generation or generation in gold, lower-cased) side by side.",
     "Oracle: the last prompt token's whole hookpoint state replaced by that of the same entity's target-concept "
-    "first train prompt; a ceiling for any last-token edit at that layer. It is 0.01 / 0.09 / 0.30 / 0.84 at "
-    "layers 10 / 15 / 20 / 25: the relation reaches the last token late in this model.",
-    "Side experiment (probe_binding.py): a logistic probe on raw last-token activations, train -> unseen templates, "
-    "binds 0.42 / 0.55 / 0.78 / 0.89 / 0.90 at layers 10 / 15 / 20 / 25 / 28, the ceiling the slots face.",
+    "first train prompt; a ceiling for any last-token edit at that layer. In align_biographies.json (Q/A-only train "
+    "templates) it is 0.01 / 0.09 / 0.30 / 0.84 at layers 10 / 15 / 20 / 25: the relation reaches the last token late "
+    "in this model.",
+    "Side experiment (probe_binding.py, the Q/A-only model): a logistic probe on raw last-token activations, train -> "
+    "unseen templates, binds 0.42 / 0.55 / 0.78 / 0.89 / 0.90 at layers 10 / 15 / 20 / 25 / 28, the ceiling the slots "
+    "face.",
+    "settings.ontology_train_styles: the phrasing styles of the train templates the model was fact-learned on (None: "
+    "an ontology from before train styles were recorded, the Q/A-only one).",
 ]
 FAMILY_NOTES = [
     "A second model family (issue 16): the same relations benchmark on a model a package registry ships, with the "
@@ -296,9 +300,10 @@ def main() -> None:
     hookpoints = {layer: f"model.layers.{layer}" for layer in [args.layer, *sweep_layers]}
 
     t = time.perf_counter()
+    train_styles = None
     if args.ontology:  # a fact-learned model's ontology: its facts were trained in, no filter
         ontology, fact_report = Path(args.ontology), None
-        load_ontology(ontology)  # a broken file fails here, before any capture
+        train_styles = load_ontology(ontology).source.get("train_styles")  # a broken file fails here, before any capture
     else:
         ontology, fact_report = known_ontology(args)
     ontology_s = round(time.perf_counter() - t, 1)
@@ -307,7 +312,8 @@ def main() -> None:
     stores = activation_stores(args, list(hookpoints.values()))
     capture_s = round(time.perf_counter() - t, 1)
 
-    settings = {**vars(args), **({} if args.ontology else {"relations": RELATIONS}), "generic_train_tokens": TRAIN_TOKENS,
+    settings = {**vars(args), **({"ontology_train_styles": train_styles} if args.ontology else {"relations": RELATIONS}),
+                "generic_train_tokens": TRAIN_TOKENS,
                 "held_out_tokens": HELD_OUT, "corpus": "sotu", "context_length": 128, "sae_activation": "topk",
                 "sae_batch_size": SAE_BATCH, "sae_train_tokens": TRAIN_TOKENS * args.sae_epochs,
                 **({} if args.sweep_full else {"sweep_alphas": list(SWEEP_ALPHAS)}),

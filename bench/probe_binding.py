@@ -1,6 +1,7 @@
 """Side experiment for the biographies benchmark: binding of a plain logistic probe on raw last-token
 activations, train templates -> unseen templates, per layer and style (the ceiling a slot read by one linear
-map faces). Run: OMP_NUM_THREADS=1 ../.venv/bin/python probe_binding.py MODEL_DIR ONTOLOGY.yaml"""
+map faces). Run: OMP_NUM_THREADS=1 ../.venv/bin/python probe_binding.py MODEL_DIR ONTOLOGY.yaml [NAME]
+(NAME: the result file, default align_biographies_probe)."""
 
 import json
 import sys
@@ -29,7 +30,8 @@ def main() -> None:
         by = {st: sum(h for h, e in zip(hits, test, strict=True) if e.style == st)
               / sum(e.style == st for e in test) for st in ("qa", "fill_in", "instruction")}
         out[layer] = {"unseen": sum(hits) / len(hits), "by_style": by}
-    (RESULTS / "align_biographies_probe.json").write_text(json.dumps(out, indent=1))
+    name = sys.argv[3] if len(sys.argv) > 3 else "align_biographies_probe"
+    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -403,15 +403,35 @@ def align_family_section(r: dict) -> list[str]:
     return lines + ["", machine_line(smol), "", machine_line(r), ""]
 
 
-def align_biographies_section(r: dict) -> list[str]:
+def align_biographies_section(r: dict, styles: dict | None = None) -> list[str]:
     """The AlignSAE benchmark in the authors' setting: one row per layer, strict and lenient swap side by side,
-    the oracle ceiling beside them, then the main layer's α curve and the two-hop questions."""
+    the oracle ceiling beside them, then the main layer's α curve and the two-hop questions. `styles`: the same
+    benchmark on the model fact-learned on train templates of all three styles, in a second table."""
     s = r["settings"]
     lines = [f"**AlignSAE on the fact-learned model** (SmolLM2-135M-Instruct fine-tuned on 10 made-up people × 6 "
              f"attributes; vanilla TopK SAE d_sae {s['d_sae']} k {s['k']} on {s['generic_train_tokens']:,} SOTU tokens; "
              f"post-train {s['steps1']}+{s['steps2']} steps; swaps on unseen templates, source slot → 0 and target slot → "
              f"α at the last prompt token while the prompt is read; strict / lenient success)", "",
-             "| layer | binding train / unseen (qa, fill-in, instruction) | vanilla unseen | FVU vanilla → aligned | "
+             *_biography_rows(r)]
+    if styles:
+        lines += ["", "The same benchmark on a model fact-learned on train templates of all three styles (4 Q/A, 4 "
+                  "fill-in, 4 instruction per attribute, none an unseen wording; `align_biographies_styles.json`):",
+                  "", *_biography_rows(styles)]
+    two_hop = load("align_biographies_two_hop")
+    if two_hop:
+        by_set = two_hop["by_set"]
+        lines += ["", "Two-hop questions to the same model, no further training (strict / lenient accuracy): "
+                  + "; ".join(f"{name} {v['strict']:.2f} / {v['lenient']:.2f} (n {v['n']})" for name, v in by_set.items())
+                  + " (`bench_two_hop.py`)."]
+    bridge = load("two_hop_swap")
+    if bridge:
+        lines += ["", *two_hop_swap_lines(bridge)]
+    return lines + ["", machine_line(r), ""]
+
+
+def _biography_rows(r: dict) -> list[str]:
+    """One table row per layer, then the α curve of the layer that swaps best."""
+    lines = ["| layer | binding train / unseen (qa, fill-in, instruction) | vanilla unseen | FVU vanilla → aligned | "
              "swap best α: strict / lenient | vanilla swap strict / lenient | oracle strict / lenient | rest unchanged |",
              "|---:|---|---:|---:|---|---:|---:|---:|"]
     for row in sorted(r.get("sweep") or [], key=lambda row: row["layer"]):
@@ -432,16 +452,7 @@ def align_biographies_section(r: dict) -> list[str]:
         curve = best["swap_curve_strict_lenient"]["aligned"]
         lines += ["", f"Swap success vs α at layer {best['layer']} ({best['swap_n']} swaps per α), strict / lenient: " +
                   ", ".join(f"α {float(a):g}: {v[0]:.2f} / {v[1]:.2f}" for a, v in curve.items()) + "."]
-    two_hop = load("align_biographies_two_hop")
-    if two_hop:
-        by_set = two_hop["by_set"]
-        lines += ["", "Two-hop questions to the same model, no further training (strict / lenient accuracy): "
-                  + "; ".join(f"{name} {v['strict']:.2f} / {v['lenient']:.2f} (n {v['n']})" for name, v in by_set.items())
-                  + " (`bench_two_hop.py`)."]
-    bridge = load("two_hop_swap")
-    if bridge:
-        lines += ["", *two_hop_swap_lines(bridge)]
-    return lines + ["", machine_line(r), ""]
+    return lines
 
 
 def two_hop_swap_lines(r: dict) -> list[str]:
@@ -484,7 +495,7 @@ def main() -> None:
         parts += align_family_section(r)
     biographies = load("align_biographies")
     if biographies:
-        parts += align_biographies_section(biographies)
+        parts += align_biographies_section(biographies, load("align_biographies_styles"))
     for path in sorted(RESULTS.glob("sails_*.json")):
         result = json.loads(path.read_text())
         parts += seeds_section(result) if path.stem.startswith("sails_seeds_") else sails_section(result)

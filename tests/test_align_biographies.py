@@ -1,4 +1,4 @@
-"""The biographies ontology: deterministic from its seed, unseen templates disjoint from train ones and
+"""The biographies ontology: deterministic from its seed, train and unseen templates disjoint and each
 covering every style, employer city a function of the employer, and the Census name files parsed or
 refused."""
 
@@ -93,20 +93,43 @@ def test_people_attributes_and_value_sources(data_dirs):
         assert month.istitle() and 1 <= int(day) <= 28 and 1950 <= int(year) <= 2000
 
 
-def test_unseen_templates_are_disjoint_and_cover_every_style(data_dirs):
+def _words(template: str) -> str:
+    return " ".join("".join(c if c.isalnum() else " " for c in template.lower()).split())
+
+
+def test_train_and_unseen_templates_are_disjoint_and_both_cover_every_style(data_dirs):
     onto = build_biographies(people=4, **data_dirs)
     train, test = onto.examples("train"), onto.examples("test")
     assert {ex.text for ex in train}.isdisjoint(ex.text for ex in test)
-    assert all(ex.text.startswith("Q: ") and ex.text.endswith("\nA:") and ex.style is None for ex in train)
-    for concept in onto.concepts:
-        styles = [ex.style for ex in test if ex.concept == concept.name]
-        assert set(styles) == set(STYLES)
-        assert all(styles.count(s) == 2 * 4 for s in STYLES)  # two templates per style, four people
-    fill_ins = [ex.text for ex in test if ex.style == "fill_in"]
-    assert not any("Q:" in t or "Answer:" in t for t in fill_ins)
-    assert all(ex.text.endswith("\nAnswer:") for ex in test if ex.style == "instruction")
-    all_train = {t for a in ATTRIBUTES.values() for t in a.train}
-    assert all_train.isdisjoint(t for a in ATTRIBUTES.values() for ts in a.test.values() for t in ts)
+    for split, per_style in ((train, 4), (test, 2)):  # templates per style and attribute
+        for concept in onto.concepts:
+            styles = [ex.style for ex in split if ex.concept == concept.name]
+            assert all(styles.count(s) == per_style * 4 for s in STYLES)  # four people
+            assert len(styles) == per_style * len(STYLES) * 4
+    for examples in (train, test):
+        styled = {s: [ex.text for ex in examples if ex.style == s] for s in STYLES}
+        assert all(t.startswith("Q: ") and t.endswith("\nA:") for t in styled["qa"])
+        assert not any("Q:" in t or "Answer:" in t for t in styled["fill_in"])
+        assert all(t.endswith("\nAnswer:") and not t.startswith("Q:") for t in styled["instruction"])
+    # no unseen wording is trained, not even up to case and punctuation, nor contained in a train template
+    trained = [_words(t) for a in ATTRIBUTES.values() for ts in a.train.values() for t in ts]
+    unseen = [_words(t) for a in ATTRIBUTES.values() for ts in a.test.values() for t in ts]
+    assert not any(u in t for u in unseen for t in trained)
+    assert len(set(trained)) == len(trained) and len(set(unseen)) == len(unseen)
+
+
+def test_qa_only_train_styles_give_the_first_train_set(data_dirs):
+    full = build_biographies(people=3, **data_dirs)
+    qa = build_biographies(people=3, train_styles=["qa"], **data_dirs)
+    assert qa.examples("test") == full.examples("test")  # the unseen split does not move
+    assert qa.source["train_styles"] == ["qa"] and full.source["train_styles"] == list(STYLES)
+    assert [ex for ex in full.examples("train") if ex.style == "qa"] != []
+    assert {ex.text for ex in qa.examples("train")} == {
+        ex.text for ex in full.examples("train") if ex.style == "qa"
+    }
+    assert len(qa.examples("train")) == 4 * 6 * 3  # 4 Q/A templates, 6 attributes, 3 people
+    with pytest.raises(SaelignError, match="train_styles.*choose one or more of qa, fill_in, instruction"):
+        build_biographies(people=3, train_styles=["essay"], **data_dirs)
 
 
 def test_options_and_errors(data_dirs, tmp_path):

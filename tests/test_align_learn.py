@@ -32,6 +32,7 @@ def facts_ontology():
             "name": relation,
             "templates": {
                 "train": [f"Q: {relation} of {{entity}}?\nA:"],
+                "train_styles": ["qa"],
                 "test": [f"{{entity}} {relation}:", f"Say {relation} of {{entity}}.\nA:"],
                 "test_styles": ["fill_in", "instruction"],
             },
@@ -108,6 +109,7 @@ def test_fact_accuracy_by_split_style_and_concept(tiny_llama, tokenizer):
     }
     assert acc["train"] == 0.1667 and acc["test"] == 0.1667 and acc["prompts"] == 18
     assert acc["test_by_style"] == {"fill_in": 0.1667, "instruction": 0.1667}
+    assert acc["train_by_style"] == {"qa": 0.1667}
 
 
 def test_options_are_checked():

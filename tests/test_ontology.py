@@ -62,15 +62,21 @@ def test_expansion_counts_and_fields():
     assert next(e for e in test if e.concept == "mood").text == "I am so happy"
 
 
-def test_test_styles_label_unseen_prompts_and_round_trip(tmp_path):
+def test_styles_label_train_and_unseen_prompts_and_round_trip(tmp_path):
     data = relations_dict()
     templates = data["concepts"][0]["templates"]
     templates.update(test=["Q: capital of {entity}?\nA:", "{entity} has its capital in"], test_styles=["qa", "fill_in"])
     onto = ontology_from_dict(data)
     styles = {(e.entity, e.style) for e in onto.examples("test") if e.concept == "capital"}
     assert styles == {(c, s) for c in ("France", "Japan", "Egypt") for s in ("qa", "fill_in")}
-    assert all(e.style is None for e in onto.examples("train"))  # styles name unseen templates only
+    assert all(e.style is None for e in onto.examples("train"))  # no train_styles: train prompts have none
     assert load_ontology(save_ontology(onto, tmp_path / "o.yaml")) == onto
+    templates.update(train_styles=["fill_in", "qa"])
+    onto = ontology_from_dict(data)
+    train = {(e.text, e.style) for e in onto.examples("train") if e.concept == "capital"}
+    assert ("The capital of Japan is", "fill_in") in train and ("Japan's capital city is", "qa") in train
+    assert next(e for e in onto.examples("test") if e.entity == "Japan").style == "qa"  # test styles unchanged
+    assert load_ontology(save_ontology(onto, tmp_path / "o2.yaml")) == onto
 
 
 def test_template_split_is_disjoint_and_ids_distinct():
@@ -172,6 +178,9 @@ BAD_CASES = {
     "styles per test template": (
         lambda d: d["concepts"][0]["templates"].update(test_styles=["qa", "fill_in"]),
         ["templates.test_styles: 2 style(s) for 1 test template(s)", "one style per"]),
+    "styles per train template": (
+        lambda d: d["concepts"][0]["templates"].update(train_styles=["qa"]),
+        ["templates.train_styles: 1 style(s) for 2 train template(s)", "one style per train template"]),
 }
 
 

@@ -124,21 +124,23 @@ def fact_accuracy(
     examples: Sequence[ConceptExample],
     batch_size: int = 32,
 ) -> dict[str, Any]:
-    """Share of prompts answered: per split (train / test = unseen templates), per test style, per concept."""
+    """Share of prompts answered: per split (train / test = unseen templates), per style within each split
+    (where the ontology names styles), per concept."""
     hits = answers_given(model, tokenizer, examples, batch_size)
     split: dict[str, list[bool]] = defaultdict(list)
-    style: dict[str, list[bool]] = defaultdict(list)
+    style: dict[str, dict[str, list[bool]]] = {"train": defaultdict(list), "test": defaultdict(list)}
     concept: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     for ex, ok in zip(examples, hits, strict=True):
         split[ex.split].append(ok)
         concept[ex.concept][ex.split].append(ok)
-        if ex.split == "test" and ex.style is not None:
-            style[ex.style].append(ok)
+        if ex.style is not None:
+            style[ex.split][ex.style].append(ok)
     return {
         "train": _share(split["train"]),
         "test": _share(split["test"]),
         "prompts": len(hits),
-        "test_by_style": {name: _share(v) for name, v in style.items()},
+        "train_by_style": {name: _share(v) for name, v in style["train"].items()},
+        "test_by_style": {name: _share(v) for name, v in style["test"].items()},
         "per_concept": {
             name: {part: _share(v[part]) for part in ("train", "test")} for name, v in concept.items()
         },

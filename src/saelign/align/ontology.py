@@ -18,6 +18,7 @@ A YAML or JSON file (examples in examples/ontologies/):
           train: ["The capital of {entity} is", "{entity}'s capital city is"]
           test: ["Q: What is the capital of {entity}?\\nA:", "Name the capital of {entity}.\\nAnswer:"]
           test_styles: [qa, instruction]  # optional, one per test template: metrics report binding per style
+          train_styles: [fill_in, fill_in]  # optional, one per train template (fact accuracy per style)
         entities:                        # each entity × each template is one example
           - {entity: France, answer: Paris}
           - {entity: Germany, answer: Berlin, aliases: [Bonn]}
@@ -51,7 +52,7 @@ _ONTOLOGY_FIELDS = {"name", "description", "position", "marker", "require_answer
 _CONCEPT_FIELDS = {"name", "description", "examples", "entities", "templates"}
 _EXAMPLE_FIELDS = {"text", "answer", "entity", "split"}
 _ENTITY_FIELDS = {"entity", "answer", "aliases"}
-_TEMPLATE_FIELDS = {"train", "test", "test_styles"}
+_TEMPLATE_FIELDS = {"train", "test", "train_styles", "test_styles"}
 
 
 @dataclass(frozen=True)
@@ -74,15 +75,23 @@ class Templates:
     train: tuple[str, ...]
     test: tuple[str, ...] = ()
     test_styles: tuple[str, ...] = ()  # empty, or one phrasing style per test template (qa, fill_in, ...)
+    train_styles: tuple[str, ...] = ()  # the same for the train templates
 
     def style(self, part: str, index: int) -> str | None:
-        return self.test_styles[index] if part == "test" and self.test_styles else None
+        styles = self.test_styles if part == "test" else self.train_styles
+        return styles[index] if styles else None
 
 
-def styled_templates(train: tuple[str, ...], test_by_style: dict[str, tuple[str, ...]]) -> Templates:
-    """Templates whose unseen (test) ones are given per phrasing style, in the style order given."""
-    test = [(style, t) for style, templates in test_by_style.items() for t in templates]
-    return Templates(train, tuple(t for _, t in test), tuple(style for style, _ in test))
+def styled_templates(train: tuple[str, ...] | dict[str, tuple[str, ...]],
+                     test_by_style: dict[str, tuple[str, ...]]) -> Templates:
+    """Templates whose unseen (test) ones, and optionally the train ones, are given per phrasing style, in the
+    style order given (train as a plain tuple: no train styles)."""
+    def flat(by_style: dict[str, tuple[str, ...]]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        pairs = [(style, t) for style, templates in by_style.items() for t in templates]
+        return tuple(t for _, t in pairs), tuple(style for style, _ in pairs)
+
+    train_templates, train_styles = flat(train) if isinstance(train, dict) else (train, ())
+    return Templates(train_templates, *flat(test_by_style), train_styles)
 
 
 @dataclass(frozen=True)
@@ -108,7 +117,7 @@ class ConceptExample:
     split: Split
     char_index: int
     aliases: tuple[str, ...] = ()
-    style: str | None = None  # the test template's phrasing style, when the ontology names one
+    style: str | None = None  # the template's phrasing style, when the ontology names one
 
 
 @dataclass(frozen=True)
@@ -231,12 +240,13 @@ class Ontology:
         overlap = set(templates.train) & set(templates.test)
         if overlap:
             raise SaelignError(f"{here}: template {sorted(overlap)[0]!r} is in both train and test; test templates must be unseen")
-        if templates.test_styles and len(templates.test_styles) != len(templates.test):
-            raise SaelignError(f"{here}.test_styles: {len(templates.test_styles)} style(s) for "
-                               f"{len(templates.test)} test template(s); give one style per test template, "
-                               "in the same order, or none")
-        if any(not style.strip() for style in templates.test_styles):
-            raise SaelignError(f"{here}.test_styles: an empty style name; name every style (qa, fill_in...)")
+        for part in ("train", "test"):
+            styles, count = getattr(templates, f"{part}_styles"), len(getattr(templates, part))
+            if styles and len(styles) != count:
+                raise SaelignError(f"{here}.{part}_styles: {len(styles)} style(s) for {count} {part} template(s); "
+                                   f"give one style per {part} template, in the same order, or none")
+            if any(not style.strip() for style in styles):
+                raise SaelignError(f"{here}.{part}_styles: an empty style name; name every style (qa, fill_in...)")
         for part in ("train", "test"):
             for k, template in enumerate(getattr(templates, part)):
                 if PLACEHOLDER not in template:
@@ -274,7 +284,8 @@ class Ontology:
 
 
 def _templates_dict(t: Templates) -> dict[str, list[str]]:
-    styles = {"test_styles": list(t.test_styles)} if t.test_styles else {}
+    styles = {f"{part}_styles": list(getattr(t, f"{part}_styles")) for part in ("train", "test")
+              if getattr(t, f"{part}_styles")}
     return {"train": list(t.train), "test": list(t.test), **styles}
 
 
@@ -333,7 +344,8 @@ def _parse_templates(value: Any, where: str) -> Templates | None:
         return None
     data = _fields(value, _TEMPLATE_FIELDS, {"train"}, where)
     return Templates(_strings(data["train"], f"{where}.train"), _strings(data.get("test"), f"{where}.test"),
-                     _strings(data.get("test_styles"), f"{where}.test_styles"))
+                     _strings(data.get("test_styles"), f"{where}.test_styles"),
+                     _strings(data.get("train_styles"), f"{where}.train_styles"))
 
 
 def _parse_example(value: Any, where: str) -> LabelledText:

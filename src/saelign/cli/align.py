@@ -141,11 +141,11 @@ def run_learn_facts(args: argparse.Namespace) -> int:
     accuracy = report["accuracy"]
     print(f"{report['facts']} facts, {report['train_pairs']} train prompts, {report['steps']} steps "
           f"({report['train_minutes']:.1f} min)")
-    print(f"  accuracy, train templates:  {accuracy['train']:.3f}")
-    if accuracy["test"] is not None:
-        print(f"  accuracy, unseen templates: {accuracy['test']:.3f}")
-    for style, value in accuracy["test_by_style"].items():
-        print(f"    {style:24s} {value:.3f}")
+    for split, label in (("train", "train templates: "), ("test", "unseen templates:")):
+        if accuracy[split] is not None:
+            print(f"  accuracy, {label} {accuracy[split]:.3f}")
+        for style, value in accuracy[f"{split}_by_style"].items():
+            print(f"    {style:24s} {value:.3f}")
     print(f"model: {report['model']}")
     return 0
 

@@ -19,7 +19,8 @@ BUILDERS: dict[str, tuple[Callable[..., Ontology], str]] = {
     "relations": (build_relations, "capital, currency, nationality, city-in-state, continent, language and 4 "
                                    "grammatical relations (gensim questions-words + countryinfo), answers given"),
     "biographies": (build_biographies, "made-up people's birth date, birth city, university, major, employer "
-                                       "and employer city (names, countryinfo), Q/A templates; to fine-tune on"),
+                                       "and employer city (names, countryinfo), Q/A, fill-in and instruction "
+                                       "templates; to fine-tune on"),
     "pos": (build_pos, "part of speech of the last word of State of the Union sentence prefixes (spaCy)"),
     "ner": (build_ner, "named-entity type ending State of the Union sentence prefixes (spaCy)"),
     "sentiment": (build_sentiment, "positive / negative / neutral sentences rated by people (VADER ground truth)"),

@@ -7,9 +7,13 @@ package, cities from countryinfo's capitals (most populous countries first), uni
 employers from the short lists in `saelign/data/biographies.json`. An employer sits in one city, so
 `employer_city` follows `employer`.
 
-Train templates are all Q/A; the unseen (test) templates come in three styles, named in `test_styles`, so
-binding and fact accuracy can be read per phrasing style: `qa` (other Q/A wordings), `fill_in` (a sentence the
-answer completes) and `instruction` (an order, then `Answer:`). Everything is a function of `seed`."""
+Train and unseen (test) templates come in three phrasing styles, named in `train_styles` / `test_styles`,
+so binding and fact accuracy can be read per style: `qa` (`Q: ...\nA:`), `fill_in` (a sentence the answer
+completes) and `instruction` (an order, then `Answer:`). A model fine-tuned on the train prompts has seen
+every style but no unseen wording: no unseen template is contained in a train one, and the unseen orders
+have their own verbs ("Give ...", "State ..."), so the unseen split still measures new phrasings.
+`train_styles=["qa"]` gives the first, Q/A-only train set (4 Q/A templates per attribute). Everything is a
+function of `seed`."""
 
 import json
 import random
@@ -43,8 +47,8 @@ MONTHS = (
 @dataclass(frozen=True)
 class Attribute:
     description: str
-    train: tuple[str, ...]
-    test: dict[str, tuple[str, ...]]  # style -> templates
+    train: dict[str, tuple[str, ...]]  # style -> templates
+    test: dict[str, tuple[str, ...]]  # style -> templates, none of them a train template
 
 
 def _qa(*questions: str) -> tuple[str, ...]:
@@ -58,12 +62,26 @@ def _instruction(*orders: str) -> tuple[str, ...]:
 ATTRIBUTES: dict[str, Attribute] = {
     "birth_date": Attribute(
         "the date a person was born",
-        _qa(
-            "What is the birth date of {entity}?",
-            "When was {entity} born?",
-            "On what date was {entity} born?",
-            "What is {entity}'s date of birth?",
-        ),
+        {
+            "qa": _qa(
+                "What is the birth date of {entity}?",
+                "When was {entity} born?",
+                "On what date was {entity} born?",
+                "What is {entity}'s date of birth?",
+            ),
+            "fill_in": (
+                "{entity}'s birthday falls on",
+                "The birthday of {entity} is",
+                "{entity} first saw the light of day on",
+                "The day of {entity}'s birth was",
+            ),
+            "instruction": _instruction(
+                "Tell me when {entity} was born.",
+                "Write down {entity}'s birthday.",
+                "Name the day, month and year {entity} was born.",
+                "Provide {entity}'s full date of birth.",
+            ),
+        },
         {
             "qa": _qa("Which day was {entity} born on?", "What date is {entity}'s birthday?"),
             "fill_in": ("{entity} was born on", "The date of birth of {entity} is"),
@@ -74,12 +92,26 @@ ATTRIBUTES: dict[str, Attribute] = {
     ),
     "birth_city": Attribute(
         "the city a person was born in",
-        _qa(
-            "What is the birth city of {entity}?",
-            "Where was {entity} born?",
-            "In which city was {entity} born?",
-            "Which city was {entity} born in?",
-        ),
+        {
+            "qa": _qa(
+                "What is the birth city of {entity}?",
+                "Where was {entity} born?",
+                "In which city was {entity} born?",
+                "Which city was {entity} born in?",
+            ),
+            "fill_in": (
+                "{entity}'s place of birth is",
+                "{entity} is a native of the city of",
+                "{entity}'s hometown is",
+                "The city {entity} hails from is",
+            ),
+            "instruction": _instruction(
+                "Tell me where {entity} was born.",
+                "Name {entity}'s place of birth.",
+                "Write down the hometown of {entity}.",
+                "Provide the name of {entity}'s native city.",
+            ),
+        },
         {
             "qa": _qa(
                 "What city did {entity} come into the world in?",
@@ -93,12 +125,26 @@ ATTRIBUTES: dict[str, Attribute] = {
     ),
     "university": Attribute(
         "the university a person attended",
-        _qa(
-            "Which university did {entity} attend?",
-            "Where did {entity} go to university?",
-            "What university did {entity} graduate from?",
-            "Which university did {entity} study at?",
-        ),
+        {
+            "qa": _qa(
+                "Which university did {entity} attend?",
+                "Where did {entity} go to university?",
+                "What university did {entity} graduate from?",
+                "Which university did {entity} study at?",
+            ),
+            "fill_in": (
+                "{entity} studied at",
+                "{entity} attended",
+                "{entity} is a graduate of",
+                "The alma mater of {entity} is",
+            ),
+            "instruction": _instruction(
+                "Tell me which university {entity} attended.",
+                "Name {entity}'s alma mater.",
+                "Write down where {entity} studied.",
+                "Provide the name of {entity}'s university.",
+            ),
+        },
         {
             "qa": _qa(
                 "What school did {entity} get a degree from?", "Which university is {entity} an alumnus of?"
@@ -111,12 +157,26 @@ ATTRIBUTES: dict[str, Attribute] = {
     ),
     "major": Attribute(
         "the field a person studied",
-        _qa(
-            "What did {entity} study?",
-            "What was {entity}'s major?",
-            "What field did {entity} major in?",
-            "Which subject did {entity} study at university?",
-        ),
+        {
+            "qa": _qa(
+                "What did {entity} study?",
+                "What was {entity}'s major?",
+                "What field did {entity} major in?",
+                "Which subject did {entity} study at university?",
+            ),
+            "fill_in": (
+                "{entity} earned a degree in",
+                "{entity} studied the subject of",
+                "{entity}'s major was",
+                "As a student, {entity} focused on",
+            ),
+            "instruction": _instruction(
+                "Tell me what {entity} studied.",
+                "Name {entity}'s major.",
+                "Write down {entity}'s subject at university.",
+                "Provide the academic field of {entity}.",
+            ),
+        },
         {
             "qa": _qa("What was {entity}'s field of study?", "Which discipline did {entity} specialise in?"),
             "fill_in": ("At university, {entity} majored in", "The field of study of {entity} was"),
@@ -125,12 +185,26 @@ ATTRIBUTES: dict[str, Attribute] = {
     ),
     "employer": Attribute(
         "the company a person works for",
-        _qa(
-            "Which company does {entity} work for?",
-            "Who is {entity}'s employer?",
-            "Where does {entity} work?",
-            "What company employs {entity}?",
-        ),
+        {
+            "qa": _qa(
+                "Which company does {entity} work for?",
+                "Who is {entity}'s employer?",
+                "Where does {entity} work?",
+                "What company employs {entity}?",
+            ),
+            "fill_in": (
+                "{entity} has a job at",
+                "{entity}'s employer is",
+                "{entity} is on the payroll of",
+                "{entity} earns a salary from",
+            ),
+            "instruction": _instruction(
+                "Tell me which company {entity} works for.",
+                "Name {entity}'s employer.",
+                "Write down the firm where {entity} has a job.",
+                "Provide the name of {entity}'s company.",
+            ),
+        },
         {
             "qa": _qa("Which firm is {entity} employed by?", "For which company does {entity} work?"),
             "fill_in": ("{entity} is employed by the company", "{entity} works for the company"),
@@ -141,12 +215,26 @@ ATTRIBUTES: dict[str, Attribute] = {
     ),
     "employer_city": Attribute(
         "the city a person's employer is based in",
-        _qa(
-            "In which city does {entity} work?",
-            "Which city is {entity}'s company based in?",
-            "What city does {entity} work in?",
-            "In what city is {entity}'s employer located?",
-        ),
+        {
+            "qa": _qa(
+                "In which city does {entity} work?",
+                "Which city is {entity}'s company based in?",
+                "What city does {entity} work in?",
+                "In what city is {entity}'s employer located?",
+            ),
+            "fill_in": (
+                "{entity}'s workplace is in",
+                "{entity}'s employer has its headquarters in",
+                "{entity} goes to work every day in",
+                "{entity}'s office is located in",
+            ),
+            "instruction": _instruction(
+                "Tell me which city {entity} works in.",
+                "Name the location of {entity}'s workplace.",
+                "Write down the city that hosts {entity}'s office.",
+                "Provide the city of {entity}'s workplace.",
+            ),
+        },
         {
             "qa": _qa(
                 "Where is the office of {entity}'s employer?", "Which city does {entity} commute to for work?"
@@ -221,14 +309,21 @@ def build_biographies(
     last_names: int = 500,
     names_dir: Path | None = None,
     countryinfo_dir: Path | None = None,
+    train_styles: Sequence[str] = STYLES,
 ) -> Ontology:
     """The biographies ontology: `people` made-up people, one concept per attribute (all six by default).
     `cities`, `first_names`, `last_names`: how many of the most common values each list keeps. `names_dir`
-    holds the Census files (default: the pinned `names` sdist); `countryinfo_dir` the country JSON files."""
+    holds the Census files (default: the pinned `names` sdist); `countryinfo_dir` the country JSON files.
+    `train_styles`: the phrasing styles whose train templates are used (the unseen ones always cover all)."""
     names = list(attributes or ATTRIBUTES)
     unknown = [n for n in names if n not in ATTRIBUTES]
     require(not unknown, f"unknown attribute(s) {', '.join(unknown)}; choose from {', '.join(ATTRIBUTES)}")
     require(people >= 1, f"people must be at least 1, got {people}")
+    bad_styles = [s for s in train_styles if s not in STYLES]
+    require(
+        bool(train_styles) and not bad_styles,
+        f"train_styles {list(train_styles)}: choose one or more of {', '.join(STYLES)}",
+    )
     folder = Path(names_dir) if names_dir else NAMES.fetch()
     first = read_census_names(folder / NAMES_FILES["male"], first_names // 2)
     first += read_census_names(folder / NAMES_FILES["female"], first_names - len(first))
@@ -256,7 +351,10 @@ def build_biographies(
             n,
             ATTRIBUTES[n].description,
             entities=tuple(facts[n]),
-            templates=styled_templates(ATTRIBUTES[n].train, ATTRIBUTES[n].test),
+            templates=styled_templates(
+                {style: ATTRIBUTES[n].train[style] for style in STYLES if style in train_styles},
+                ATTRIBUTES[n].test,
+            ),
         )
         for n in names
     )
@@ -267,6 +365,7 @@ def build_biographies(
         "value_lists": "saelign/data/biographies.json",
         "people": people,
         "seed": seed,
+        "train_styles": [style for style in STYLES if style in train_styles],
         "company_city": {c: company_city[c] for c in values["companies"]},
     }
     return Ontology(
