@@ -1,10 +1,10 @@
 """Over-refusal trials at the quick preset (issue 11): which harmless-pair loss weight and step budget, chosen
 on validation data only.
 
-A trial is SOURCE:WEIGHT: it copies the finished quick run SOURCE's upstream stages (data, SAE, selection,
-subspace, targets; `seeds.share_upstream`, so trials over one source differ only in the fine-tune) and trains
-SAILS for `--steps` steps with `harmless_weight` WEIGHT. At every check (each `sft.eval_every` steps) it
-records:
+A trial is SOURCE:WEIGHT[=LABEL]: it copies the finished quick run SOURCE's upstream stages (data, SAE,
+selection, subspace, targets; `seeds.share_upstream`, so trials over one source differ only in the fine-tune)
+and trains SAILS for `--steps` steps with `harmless_weight` WEIGHT. At every check (each `sft.eval_every`
+steps) it records:
 
 - the val split's check, exactly as `saelign sails train` runs it (history.json of a pipeline run);
 - at the steps in `--wide-steps`, a wider validation set: prompts the quick preset's `max_*` caps leave out of
@@ -15,7 +15,7 @@ records:
 Writes bench/results/sails_overrefusal_<tag>.json.
 
   OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/bench_sails_overrefusal.py \\
-      --trials runs/src:1,runs/src:2 --out runs/overrefusal --steps 60
+      --trials "runs/src:1=as generated,runs/src:2=as generated" --out runs/overrefusal --steps 40
 """
 
 from __future__ import annotations
@@ -94,12 +94,13 @@ def trial(source: Path, out: Path, weight: float, steps: int, wide_per_kind: int
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", required=True, help="comma-separated SOURCE:WEIGHT, SOURCE a finished "
-                        "quick run whose upstream stages are reused, WEIGHT the harmless-pair loss weight")
+    parser.add_argument("--trials", required=True, help="comma-separated SOURCE:WEIGHT[=LABEL], SOURCE a "
+                        "finished quick run whose upstream stages are reused, WEIGHT the harmless-pair loss "
+                        "weight, LABEL what its targets are (shown in the README)")
     parser.add_argument("--out", required=True, help="folder of the trials' run directories")
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--wide-per-kind", type=int, default=60)
-    parser.add_argument("--wide-steps", default="40,60", help="steps whose check also reads the wider set")
+    parser.add_argument("--wide-steps", default="30,40", help="steps whose check also reads the wider set")
     parser.add_argument("--tag", default="quick")
     args = parser.parse_args()
     setup_logging()
@@ -107,9 +108,10 @@ def main() -> int:
     wide_steps = {int(s) for s in args.wide_steps.split(",")}
     trials = []
     for spec in args.trials.split(","):
+        spec, _, label = spec.partition("=")
         source, _, weight = spec.rpartition(":")
-        trials.append(trial(Path(source), Path(args.out), float(weight), args.steps, args.wide_per_kind,
-                            wide_steps))
+        trials.append({"targets": label or source, **trial(Path(source), Path(args.out), float(weight),
+                                                            args.steps, args.wide_per_kind, wide_steps)})
         write_result(f"sails_overrefusal_{args.tag}", {  # after every trial: a cut-short run keeps its trials
             "preset": "quick", "trials": trials,
             "selection_data": "the val split's check (as in history.json) and the wider validation set of "

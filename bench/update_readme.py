@@ -245,6 +245,34 @@ def seeds_section(r: dict) -> list[str]:
     return [*lines, "", machine_line(r), ""]
 
 
+def overrefusal_section(r: dict) -> list[str]:
+    """The over-refusal trials (bench_sails_overrefusal.py): the val split's checks over the steps, then the
+    wider validation set at the steps that read it; nothing here comes from test or ood prompts."""
+    trials = r["trials"]
+    steps = sorted({c["step"] for t in trials for c in t["checks"] if c["step"]})
+    wide_steps = sorted({c["step"] for t in trials for c in t["checks"] if "wide" in c})
+    n = trials[0]["wide_prompts"]
+    lines = [f"**Over-refusal trials** (preset `{r['preset']}`, SAILS, seed 0, lr {trials[0]['lr']:g}; chosen on "
+             f"validation data only: {r['selection_data']}. Val split: 12 harmful / 10 harmless prompts per check; "
+             f"wider set: {n['harmful']} harmful / {n['harmless']} harmless / {n['borderline']} borderline; 95 % "
+             "Wilson intervals)", "",
+             "| targets | harmless weight | val safety at " + "/".join(map(str, steps)) + " | val over-refusal at "
+             + "/".join(map(str, steps)) + " | " + " | ".join(
+                 f"wider set at {s}: safety | over-refusal | borderline over-refusal" for s in wide_steps) + " |",
+             "|---|---:|---:|---:|" + "---:|---:|---:|" * len(wide_steps)]
+    for t in trials:
+        checks = {c["step"]: c for c in t["checks"]}
+        cells = ["/".join(f"{100 * checks[s][key]:.0f}" if s in checks else "–" for s in steps)
+                 for key in ("safety_rate", "over_refusal")]
+        for s in wide_steps:
+            wide = checks.get(s, {}).get("wide", {})
+            cells += [rate_with_interval(wide.get(key), n[kind]) for key, kind in
+                      (("safety_rate", "harmful"), ("over_refusal", "harmless"),
+                       ("borderline_over_refusal", "borderline"))]
+        lines.append(f"| {t.get('targets', '–')} | {t['harmless_weight']:g} | " + " | ".join(cells) + " |")
+    return [*lines, "", machine_line(r), ""]
+
+
 def seed_list(r: dict) -> str:
     return ", ".join(map(str, r["seeds"]))
 
@@ -487,7 +515,9 @@ def main() -> None:
         parts += align_biographies_section(biographies)
     for path in sorted(RESULTS.glob("sails_*.json")):
         result = json.loads(path.read_text())
-        parts += seeds_section(result) if path.stem.startswith("sails_seeds_") else sails_section(result)
+        render = (seeds_section if path.stem.startswith("sails_seeds_") else overrefusal_section
+                  if path.stem.startswith("sails_overrefusal_") else sails_section)
+        parts += render(result)
     table = "\n".join(parts) if parts else "(benchmarks not yet run)"
     readme = ROOT / "README.md"
     text = readme.read_text()
