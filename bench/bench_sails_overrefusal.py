@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from common import write_result
 from saelign.progress import setup_logging
 from saelign.sails.data import ALL_SPLITS, KINDS, SPLITS, Example, build_safety_data, near_duplicate_groups
@@ -55,9 +57,9 @@ def wide_validation(run: RunDir, per_kind: int) -> list[Example]:
     return [e for kind in KINDS for e in [x for x in fresh if x.kind == kind][:per_kind]]
 
 
-def trial(source: Path, out: Path, weight: float, steps: int, wide_per_kind: int,
-          wide_steps: set[int]) -> dict[str, Any]:
-    cfg = resolve_config([preset_layer("quick"), {"harmless_weight": weight, "sft": {"steps": steps}}])
+def trial(source: Path, out: Path, weight: float, steps: int, wide_per_kind: int, wide_steps: set[int],
+          layer: dict[str, Any]) -> dict[str, Any]:
+    cfg = resolve_config([preset_layer("quick"), layer, {"harmless_weight": weight, "sft": {"steps": steps}}])
     folder = out / f"{source.name}-w{weight:g}"
     share_upstream(source, folder, cfg)
     run = RunDir(folder, cfg, STAGES)
@@ -66,7 +68,7 @@ def trial(source: Path, out: Path, weight: float, steps: int, wide_per_kind: int
 
     def check(model: Any, step: int) -> dict[str, Any]:
         result: dict[str, Any] = quick_safety(model, run.tokenizer, run.data.val, judge, cfg.validation)
-        if step in wide_steps:
+        if step in wide_steps and wide:
             prompts, val = [e.prompt for e in wide], cfg.validation
             answers = generate_answers(model, run.tokenizer, prompts, val.max_new_tokens, val.batch_size)
             verdicts = judge.judge(prompts, answers)
@@ -102,16 +104,19 @@ def main() -> int:
     parser.add_argument("--wide-per-kind", type=int, default=60)
     parser.add_argument("--wide-steps", default="30,40", help="steps whose check also reads the wider set")
     parser.add_argument("--tag", default="quick")
+    parser.add_argument("--config", help="YAML options over the quick preset, as `sails run --config`")
     args = parser.parse_args()
     setup_logging()
     began, load_before = time.perf_counter(), os.getloadavg()
     wide_steps = {int(s) for s in args.wide_steps.split(",")}
+    layer = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
     trials = []
     for spec in args.trials.split(","):
         spec, _, label = spec.partition("=")
         source, _, weight = spec.rpartition(":")
         trials.append({"targets": label or source, **trial(Path(source), Path(args.out), float(weight),
-                                                            args.steps, args.wide_per_kind, wide_steps)})
+                                                            args.steps, args.wide_per_kind, wide_steps,
+                                                            layer)})
         write_result(f"sails_overrefusal_{args.tag}", {  # after every trial: a cut-short run keeps its trials
             "preset": "quick", "trials": trials,
             "selection_data": "the val split's check (as in history.json) and the wider validation set of "
