@@ -227,16 +227,20 @@ def seeds_section(r: dict) -> list[str]:
         f"{100 * rule['stop_at_safety']:.0f} % and over-refusal ≤ {100 * rule['stop_max_over_refusal']:.0f} %"
         if rule else " for every method")
     n = {k: v.get("n_prompts") for k, v in r["methods"]["base"].items() if isinstance(v, dict)}
-    lines = [f"**SAILS under {len(r['seeds'])} seeds** (preset `{r['preset']}`, seeds {seed_list(r)}; {budget}; "
+    plural = "s" if len(r["seeds"]) > 1 else ""
+    weight = f"harmless weight {r['harmless_weight']:g}; " if "harmless_weight" in r else ""
+    lines = [f"**SAILS under {len(r['seeds'])} seed{plural}** (preset `{r['preset']}`, seed{plural} "
+             f"{seed_list(r)}; {budget}; {weight}"
              f"{r['shared_across_seeds']}. Mean and 95 % interval of a bootstrap that resamples seeds and prompts "
              f"together; prompts per seed: ID {n.get('in_distribution.safety_rate')} harmful / "
              f"{n.get('in_distribution.over_refusal')} harmless, OOD registers "
              f"{n.get('ood_registers.safety_rate')} and OOD sources {n.get('ood_sources.safety_rate')} harmful, "
              f"OOD {n.get('ood.over_refusal')} harmless; rates and perplexity change in %)", "",
-             *seed_table(r, r["steps_budget"]), "",
-             "Paired differences (first method minus second, same seeds and prompts; percentage points, "
-             "perplexity change in points, steps):", "", *comparison_table(r), ""]
-    lines += [comparison_sentence(pair, rows) for pair, rows in r["comparisons"].items()]
+             *seed_table(r, r["steps_budget"]), ""]
+    if r["comparisons"]:  # none for a run of one method
+        lines += ["Paired differences (first method minus second, same seeds and prompts; percentage points, "
+                  "perplexity change in points, steps):", "", *comparison_table(r), "",
+                  *[comparison_sentence(pair, rows) for pair, rows in r["comparisons"].items()]]
     for name, sub in r.get("fewer_seeds", {}).items():
         lines += ["", f"`{name}` ran under seed{'s' if len(sub['seeds']) > 1 else ''} {seed_list(sub)} only "
                       f"(the run was cut short); over the same seed{'s' if len(sub['seeds']) > 1 else ''}:", "",
