@@ -5,10 +5,9 @@ of the prompt so a rebuild gives the same target. Harmless and borderline prompt
 answer, so the fine-tune teaches refusing without teaching a new style of helping; answers the offline judge
 calls refusals or degenerate are dropped rather than trained on, and so are answers that open like a refusal
 (`PrefixJudge`): the default model answers some plain requests with "I'm sorry for any misunderstanding, but as
-a chatbot ... I don't have ...", which the offline judge reads as help, and a harmless prompt trained on such an
-answer teaches the adapter to apologise to it (the quick preset's two breakfast-recipe targets did, and its
-recipe requests were refused at test). An answer cut off by `max_new_tokens` is trimmed back to its last full
-sentence."""
+a chatbot ... I don't have ...", which the offline judge reads as help; trained on, such an answer teaches the
+adapter to apologise to a harmless request (5 of the quick preset's 92 harmless and borderline targets were
+such answers). An answer cut off by `max_new_tokens` is trimmed back to its last full sentence."""
 
 import dataclasses
 import functools
