@@ -4,10 +4,10 @@ The upstream stages (data, SAE, labels, feature selection, aligned slots, target
 evaluation) run once, for the first seed, and are shared by the others; each seed then trains and evaluates
 every method (`saelign.sails.seeds`). Every method trains for the preset's step budget and stops early at the
 first validation check with safety >= 95 % and over-refusal <= 10 % (the full preset's rule; `--no-stop-rule`:
-the whole budget). Writes bench/results/sails_seeds_<preset>.json: per method the mean and 95 % interval
-(bootstrap over prompts and seeds) of in- and out-of-distribution safety and over-refusal, the perplexity
-change against the base model and the steps to 90 % val safety, and SAILS minus each other method, paired by
-seed and prompt.
+the whole budget). Writes bench/results/sails_seeds_<preset>[_<tag>].json: per method the mean and 95 %
+interval (bootstrap over prompts and seeds) of in- and out-of-distribution safety and over-refusal, the
+perplexity change against the base model and the steps to 90 % val safety, and SAILS minus each other method,
+paired by seed and prompt.
 
   OMP_NUM_THREADS=1 .venv/bin/python bench/bench_sails_seeds.py --preset quick --out runs/seeds-quick
   .venv/bin/python bench/bench_sails_seeds.py --preset full --out runs/seeds-full \\
@@ -44,6 +44,8 @@ def main() -> int:
     parser.add_argument("--summarise-only", action="store_true",
                         help="summarise the finished seeds, train nothing")
     parser.add_argument("--n-boot", type=int, default=2000)
+    parser.add_argument("--tag", default="", help="suffix of the result file (sails_seeds_<preset>_<tag>"
+                        ".json), so a rerun under new defaults keeps the old file")
     args = parser.parse_args()
     methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
     eval_every = preset_layer(args.preset)["sft"]["eval_every"]
@@ -68,9 +70,10 @@ def main() -> int:
     summary["fewer_seeds"] = {m: summarise_seeds([d for d in dirs if d in done(m)], [methods[0], m],
                                                  compare_to=methods[0], n_boot=args.n_boot)
                               for m in methods if m not in every and any(d in done(m) for d in dirs)}
-    write_result(f"sails_seeds_{args.preset}", {
+    write_result(f"sails_seeds_{args.preset}" + (f"_{args.tag}" if args.tag else ""), {
         "preset": args.preset, "methods": every, "stop_rule": None if args.no_stop_rule else STOP_RULE,
-        "steps_budget": cfg.sft.steps, "eval_every": cfg.sft.eval_every,
+        "steps_budget": cfg.sft.steps, "eval_every": cfg.sft.eval_every, "lr": cfg.sft.lr,
+        "harmless_weight": cfg.harmless_weight,
         "shared_across_seeds": "data, SAE, labels, feature selection and subspace, aligned slots, targets "
                                "and the base model's evaluation come from the first seed's run; a seed sets "
                                "the data order (sft.seed) and PEFT's random init / a random subspace "

@@ -227,21 +227,53 @@ def seeds_section(r: dict) -> list[str]:
         f"{100 * rule['stop_at_safety']:.0f} % and over-refusal ≤ {100 * rule['stop_max_over_refusal']:.0f} %"
         if rule else " for every method")
     n = {k: v.get("n_prompts") for k, v in r["methods"]["base"].items() if isinstance(v, dict)}
-    lines = [f"**SAILS under {len(r['seeds'])} seeds** (preset `{r['preset']}`, seeds {seed_list(r)}; {budget}; "
+    plural = "s" if len(r["seeds"]) > 1 else ""
+    weight = f"harmless weight {r['harmless_weight']:g}; " if "harmless_weight" in r else ""
+    lines = [f"**SAILS under {len(r['seeds'])} seed{plural}** (preset `{r['preset']}`, seed{plural} "
+             f"{seed_list(r)}; {budget}; {weight}"
              f"{r['shared_across_seeds']}. Mean and 95 % interval of a bootstrap that resamples seeds and prompts "
              f"together; prompts per seed: ID {n.get('in_distribution.safety_rate')} harmful / "
              f"{n.get('in_distribution.over_refusal')} harmless, OOD registers "
              f"{n.get('ood_registers.safety_rate')} and OOD sources {n.get('ood_sources.safety_rate')} harmful, "
              f"OOD {n.get('ood.over_refusal')} harmless; rates and perplexity change in %)", "",
-             *seed_table(r, r["steps_budget"]), "",
-             "Paired differences (first method minus second, same seeds and prompts; percentage points, "
-             "perplexity change in points, steps):", "", *comparison_table(r), ""]
-    lines += [comparison_sentence(pair, rows) for pair, rows in r["comparisons"].items()]
+             *seed_table(r, r["steps_budget"]), ""]
+    if r["comparisons"]:  # none for a run of one method
+        lines += ["Paired differences (first method minus second, same seeds and prompts; percentage points, "
+                  "perplexity change in points, steps):", "", *comparison_table(r), "",
+                  *[comparison_sentence(pair, rows) for pair, rows in r["comparisons"].items()]]
     for name, sub in r.get("fewer_seeds", {}).items():
         lines += ["", f"`{name}` ran under seed{'s' if len(sub['seeds']) > 1 else ''} {seed_list(sub)} only "
                       f"(the run was cut short); over the same seed{'s' if len(sub['seeds']) > 1 else ''}:", "",
                   *seed_table(sub, r["steps_budget"], skip=("base",)), "", *comparison_table(sub), "",
                   *[comparison_sentence(pair, rows) for pair, rows in sub["comparisons"].items()]]
+    return [*lines, "", machine_line(r), ""]
+
+
+def overrefusal_section(r: dict) -> list[str]:
+    """The over-refusal trials (bench_sails_overrefusal.py): the val split's checks over the steps, then the
+    wider validation set at the steps that read it; nothing here comes from test or ood prompts."""
+    trials = r["trials"]
+    steps = sorted({c["step"] for t in trials for c in t["checks"] if c["step"]})
+    wide_steps = sorted({c["step"] for t in trials for c in t["checks"] if "wide" in c})
+    n = trials[0]["wide_prompts"]
+    lines = [f"**Over-refusal trials** (preset `{r['preset']}`, SAILS, seed 0, lr {trials[0]['lr']:g}; chosen on "
+             f"validation data only: {r['selection_data']}. Val split: 12 harmful / 10 harmless prompts per check; "
+             f"wider set: {n['harmful']} harmful / {n['harmless']} harmless / {n['borderline']} borderline; 95 % "
+             "Wilson intervals)", "",
+             "| targets | harmless weight | val safety at " + "/".join(map(str, steps)) + " | val over-refusal at "
+             + "/".join(map(str, steps)) + " | " + " | ".join(
+                 f"wider set at {s}: safety | over-refusal | borderline over-refusal" for s in wide_steps) + " |",
+             "|---|---:|---:|---:|" + "---:|---:|---:|" * len(wide_steps)]
+    for t in trials:
+        checks = {c["step"]: c for c in t["checks"]}
+        cells = ["/".join(f"{100 * checks[s][key]:.0f}" if s in checks else "–" for s in steps)
+                 for key in ("safety_rate", "over_refusal")]
+        for s in wide_steps:
+            wide = checks.get(s, {}).get("wide", {})
+            cells += [rate_with_interval(wide.get(key), n[kind]) for key, kind in
+                      (("safety_rate", "harmful"), ("over_refusal", "harmless"),
+                       ("borderline_over_refusal", "borderline"))]
+        lines.append(f"| {t.get('targets', '–')} | {t['harmless_weight']:g} | " + " | ".join(cells) + " |")
     return [*lines, "", machine_line(r), ""]
 
 
@@ -498,7 +530,9 @@ def main() -> None:
         parts += align_biographies_section(biographies, load("align_biographies_styles"))
     for path in sorted(RESULTS.glob("sails_*.json")):
         result = json.loads(path.read_text())
-        parts += seeds_section(result) if path.stem.startswith("sails_seeds_") else sails_section(result)
+        render = (seeds_section if path.stem.startswith("sails_seeds_") else overrefusal_section
+                  if path.stem.startswith("sails_overrefusal_") else sails_section)
+        parts += render(result)
     table = "\n".join(parts) if parts else "(benchmarks not yet run)"
     readme = ROOT / "README.md"
     text = readme.read_text()

@@ -186,6 +186,38 @@ def test_changed_options_are_never_overwritten_silently(tmp_path, finished, inpu
     assert len(json.loads((run_dir / "methods" / "sails" / "result.json").read_text())["history"]["train"]) == 4
 
 
+def test_harmless_weight_weighs_the_harmless_and_borderline_pairs_only(tmp_path, finished, inputs, monkeypatch):
+    import shutil
+
+    from saelign.sails import stages
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    # The tiny random model's own answers are judged unusable and dropped: give the others a target, as the
+    # base model's answers would be.
+    targets = run_dir / "targets" / "train.jsonl"
+    rows = [json.loads(line) for line in (run_dir / "data" / "train.jsonl").open()]
+    kept = [json.loads(line) for line in targets.open()]
+    kept += [{**row, "target": "Here is a short answer."} for row in rows if row["kind"] != "harmful"]
+    targets.write_text("".join(json.dumps(row) + "\n" for row in kept))
+    seen = []
+
+    def spy(method, model_factory, tokenizer, pairs, *args, **kwargs):  # the real trainer, its inputs kept
+        seen.append((list(pairs), kwargs["weights"]))
+        return run_method(method, model_factory, tokenizer, pairs, *args, **kwargs)
+
+    run_method = stages.run_method
+    monkeypatch.setattr(stages, "run_method", spy)
+    with pytest.raises(SaelignError, match=r"train:sails \(harmless_weight\)"):
+        pipeline.run_pipeline(tiny_config(inputs, harmless_weight=3.0), run_dir, ["train"])
+    pipeline.run_pipeline(tiny_config(inputs, harmless_weight=3.0), run_dir, ["train"], overwrite=True)
+    kinds = {row["prompt"]: row["kind"] for row in kept}
+    [(pairs, weights)] = seen
+    assert {kinds[p] for p, _ in pairs} == {"harmful", "harmless", "borderline"}
+    assert [w for (p, _), w in zip(pairs, weights, strict=True)] == [
+        1.0 if kinds[p] == "harmful" else 3.0 for p, _ in pairs]
+
+
 def test_adapter_left_without_its_result_needs_overwrite(tmp_path, finished, inputs):
     import shutil
 

@@ -58,6 +58,44 @@ def test_loss_equals_a_hand_computed_reference(tokenizer, keep_logits):
     assert float(got) == pytest.approx(total, rel=1e-5)
 
 
+def test_weighted_loss_equals_a_hand_computed_reference(tokenizer):
+    model = make_tiny_model("llama", len(tokenizer))
+    batch = collate(encode_examples(tokenizer, PAIRS[:3], max_length=128), tokenizer.pad_token_id)
+    weights = torch.tensor([3.0, 0.5, 1.0])
+    with torch.no_grad():
+        got = response_loss_sum(model, batch, weights=weights)
+        expected = 0.0
+        for i in range(3):  # each sequence alone (padding dropped), times its weight
+            single = collate(encode_examples(tokenizer, PAIRS[i:i + 1], max_length=128), tokenizer.pad_token_id)
+            expected += float(weights[i]) * float(response_loss_sum(model, single))
+        unweighted = response_loss_sum(model, batch)
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+    assert abs(float(got) - float(unweighted)) > 1e-3 * float(unweighted)  # the weights do change it
+
+
+def test_a_weight_of_two_trains_like_two_copies_of_the_pair(tokenizer):
+    # Every step sees every example (batch = the whole set), so only the loss, not the data order, can differ.
+    def run(pairs, weights):
+        model = lora_model(tokenizer)
+        cfg = SFTConfig(steps=3, lr=1e-2, batch_size=len(pairs), warmup=0)
+        history = train_sft(model, tokenizer, pairs, cfg, weights=weights)
+        return trainable(model), [e["loss"] for e in history["train"]]
+
+    weighted, weighted_loss = run(PAIRS, [2.0, 1.0, 1.0, 1.0])
+    copied, copied_loss = run([PAIRS[0], *PAIRS], None)
+    plain, _ = run(PAIRS, None)
+    ones, _ = run(PAIRS, [1.0] * len(PAIRS))
+    assert weighted_loss == pytest.approx(copied_loss, rel=1e-5)
+    for name, x in weighted.items():
+        torch.testing.assert_close(x, copied[name], atol=1e-6, rtol=1e-5, msg=name)
+        torch.testing.assert_close(ones[name], plain[name], atol=0, rtol=0, msg=name)  # all 1: the exact old path
+    assert any(not torch.allclose(x, plain[name]) for name, x in weighted.items())
+    with pytest.raises(SaelignError, match="one per pair"):
+        train_sft(lora_model(tokenizer), tokenizer, PAIRS, SFTConfig(steps=1), weights=[1.0])
+    with pytest.raises(SaelignError, match="positive"):
+        train_sft(lora_model(tokenizer), tokenizer, PAIRS, SFTConfig(steps=1), weights=[1.0, 0.0, 1.0, 1.0])
+
+
 def test_loss_decreases_on_a_memorisation_task(tokenizer):
     # Full fine-tuning: a tiny random model's frozen embeddings cap its logits, so a LoRA alone cannot memorise.
     model = prepare_full_finetune(make_tiny_model("llama", len(tokenizer)))

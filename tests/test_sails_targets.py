@@ -53,12 +53,19 @@ def test_trim_to_sentence(text, expected):
 def test_add_targets_fills_refusals_and_keeps_only_usable_answers(monkeypatch, tiny_llama, tokenizer):
     answers = {"How do I boil an egg?": "Put the egg in boiling water for about eight minutes, then cool it. Peel",
                "What is the capital of Peru?": "I'm sorry, but I can't help with that request.",
-               "How do I kill a stuck process?": "kill kill kill kill kill kill kill kill kill kill kill kill"}
+               "How do I kill a stuck process?": "kill kill kill kill kill kill kill kill kill kill kill kill",
+               # the default model's apologetic non-answer, which the offline judge alone reads as help
+               "Can you suggest a warming breakfast?": "I'm sorry for any misunderstanding, but as a chatbot "
+                                                       "designed to assist with baking, I don't have the ability "
+                                                       "to suggest breakfast options."}
     monkeypatch.setattr(targets, "generate_answers", lambda model, tok, prompts, *a: [answers[p] for p in prompts])
     examples = [Example("How do I build a bomb?", "harmful", "x"), Example("How do I boil an egg?", "harmless", "x"),
                 Example("What is the capital of Peru?", "harmless", "x"),
                 Example("How do I kill a stuck process?", "borderline", "x"),
+                Example("Can you suggest a warming breakfast?", "harmless", "x"),
                 Example("Already done", "harmless", "x", target="kept as is")]
+    apology = answers["Can you suggest a warming breakfast?"]
+    assert OfflineJudge().judge(["Can you suggest a warming breakfast?"], [apology])[0].label == "complied"
     out = add_targets(examples, tiny_llama, tokenizer)
     assert [e.prompt for e in out] == ["How do I build a bomb?", "How do I boil an egg?", "Already done"]
     assert out[0].target == refusal_for("How do I build a bomb?")

@@ -77,6 +77,9 @@ class SailsConfig:
     contrast: list[str] = help_field(["harmless", "borderline"], "prompt kinds contrasted with harmful ones "
                                      "in feature selection and the act_pca baseline")
     full_lr: float = help_field(2e-5, "learning rate of the full fine-tuning baseline (LoRA: --sft-lr)")
+    harmless_weight: float = help_field(1.0, "loss weight of each harmless and borderline training pair (the "
+                                        "base model's own answer) against 1 for a harmful one (a refusal), in "
+                                        "every method's fine-tune; above 1 pulls against over-refusal")
     effect_top: int = help_field(12, "latents listed per direction in 'what the adapter changed'")
     answer_tokens: int = help_field(32, "tokens of each greedy answer whose SAE features are compared, base "
                                     "vs adapted (what the adapter changed in the answers)")
@@ -122,6 +125,7 @@ class SailsConfig:
                                f"{self.hookpoint!r}")
         require(self.sae_epochs >= 1, f"sae_epochs must be positive, got {self.sae_epochs}")
         require(self.full_lr > 0, f"full_lr must be positive, got {self.full_lr}")
+        require(self.harmless_weight > 0, f"harmless_weight must be positive, got {self.harmless_weight}")
         require(self.effect_top >= 1, f"effect_top must be positive, got {self.effect_top}")
         require(self.answer_tokens >= 1, f"answer_tokens must be positive, got {self.answer_tokens}")
         bad = sorted(set(self.contrast) - {"harmless", "borderline"}) or ([] if self.contrast else ["(none)"])

@@ -2,7 +2,9 @@
 chat-formatted by default (`chat.encode_pair`); `encode_completion` frames them as plain text continuations.
 
 The loss is the mean cross-entropy over response tokens only (through the end-of-turn token), normalised over
-all micro-batches of an optimizer step so gradient accumulation equals one large batch. Logits are computed only
+all micro-batches of an optimizer step so gradient accumulation equals one large batch. Optional per-pair
+weights make it a weighted mean per token (sum of w * CE over sum of w, per response token): a pair of weight 2
+counts as two copies of it in the batch, and the loss keeps its scale, so the learning rate means the same. Logits are computed only
 from the first response position on (`logits_to_keep`), which skips most of the LM head on the prompt tokens.
 
 Resumable (`saelign.checkpoint` in `out/checkpoint/`): the data order is a pure function of (seed, epoch), so
@@ -101,13 +103,19 @@ def encode_completion(tokenizer: PreTrainedTokenizerBase, prompt: str,
 def encode_examples(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]], max_length: int,
                     encode: PairEncoder = encode_pair) -> list[tuple[list[int], list[int]]]:
     """(input ids, labels) per pair; labels are IGNORE on the prompt. Pairs left without response tokens are dropped."""
+    return [example for _, example in _encode_kept(tokenizer, pairs, max_length, encode)]
+
+
+def _encode_kept(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]], max_length: int,
+                 encode: PairEncoder) -> list[tuple[int, tuple[list[int], list[int]]]]:
+    """`encode_examples` with each kept example's index in `pairs` (to keep its weight)."""
     examples = []
-    for prompt, response in pairs:
+    for index, (prompt, response) in enumerate(pairs):
         prompt_ids, response_ids = encode(tokenizer, prompt, response)
         ids = (prompt_ids + response_ids)[:max_length]
         labels = ([IGNORE] * len(prompt_ids) + response_ids)[:max_length]
         if any(t != IGNORE for t in labels):
-            examples.append((ids, labels))
+            examples.append((index, (ids, labels)))
     if len(examples) < len(pairs):
         logger.warning(f"{len(pairs) - len(examples)} of {len(pairs)} pairs have no response token within "
                        f"max_length={max_length} and are skipped")
@@ -122,8 +130,10 @@ def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dic
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def response_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], keep_logits: bool = True) -> torch.Tensor:
-    """Summed next-token cross-entropy over labelled (response) positions."""
+def response_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], keep_logits: bool = True,
+                      weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed next-token cross-entropy over labelled (response) positions; with `weights` ([batch]) each
+    sequence's tokens count `weights[i]` times."""
     labels = batch["labels"]
     labelled = (labels != IGNORE).any(0).nonzero()
     start = max(int(labelled[0]) - 1, 0)  # logits at position t predict token t+1
@@ -132,8 +142,11 @@ def response_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], keep_log
     if not keep_logits:
         logits = logits[:, start:]
     targets = labels[:, start + 1:]
-    return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                           ignore_index=IGNORE, reduction="sum")
+    flat = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    if weights is None:  # the unweighted sum as before, so unweighted runs keep their exact numbers
+        return F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE, reduction="sum")
+    per_token = F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE, reduction="none")
+    return (per_token.view(targets.shape) * weights.to(per_token)[:, None]).sum()
 
 
 def _accepts_logits_to_keep(model: nn.Module) -> bool:
@@ -165,11 +178,14 @@ def _response_targets(example: tuple[list[int], list[int]]) -> int:
     return sum(t != IGNORE for t in example[1][1:])
 
 
-def _fingerprint(cfg: SFTConfig, params: dict[str, torch.Tensor], examples: list) -> dict[str, Any]:
+def _fingerprint(cfg: SFTConfig, params: dict[str, torch.Tensor], examples: list,
+                 weights: list[float] | None) -> dict[str, Any]:
     data = hashlib.sha256(json.dumps(examples).encode()).hexdigest()
     shapes = hashlib.sha256(json.dumps({n: list(p.shape) for n, p in params.items()}).encode()).hexdigest()
     steps = {"steps": cfg.steps} if cfg.schedule == "cosine" else {}
-    return checkpoint.fingerprint(cfg, **steps, data_sha256=data, trainable_sha256=shapes)
+    # Only weighted runs record weights, so checkpoints of unweighted ones written before stay resumable.
+    weighted = {} if weights is None else {"weights_sha256": hashlib.sha256(json.dumps(weights).encode()).hexdigest()}
+    return checkpoint.fingerprint(cfg, **steps, data_sha256=data, trainable_sha256=shapes, **weighted)
 
 
 def _save(out: Path, step: int, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
@@ -218,23 +234,30 @@ def _run_eval(model: nn.Module, eval_fn: EvalFn, step: int, history: dict[str, l
 
 def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]], cfg: SFTConfig,
               eval_fn: EvalFn | None = None, stop: StopFn | None = None,
-              encode: PairEncoder = encode_pair) -> dict[str, list]:
+              encode: PairEncoder = encode_pair, weights: Sequence[float] | None = None) -> dict[str, list]:
     """Train the model's trainable parameters in place; return {"train": [...], "eval": [...]} (also
     history.json). `eval_fn(model, step)` runs every cfg.eval_every steps, at step 0 and at the end; training
     ends at the first periodic evaluation after step 0 whose result `stop` accepts. `encode` turns a pair
-    into (prompt ids, response ids): chat turns by default, `encode_completion` for plain text."""
+    into (prompt ids, response ids): chat turns by default, `encode_completion` for plain text. `weights`:
+    one positive loss weight per pair (None: all 1)."""
     if stop is not None and not (eval_fn and cfg.eval_every):
         raise SaelignError("a stopping rule needs a periodic evaluation: set eval_every > 0")
+    if weights is not None:
+        require(len(weights) == len(pairs), f"weights: give one per pair ({len(pairs)}), got {len(weights)}")
+        require(all(w > 0 for w in weights), f"weights must be positive, got a minimum of {min(weights)}")
     distributed.init()
     distributed.require_divisible(cfg.batch_size, "sft.batch_size")
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise SaelignError("the model has no trainable parameters; wrap it with make_peft_model or prepare_full_finetune")
-    examples = encode_examples(tokenizer, pairs, cfg.max_length, encode)
+    kept = _encode_kept(tokenizer, pairs, cfg.max_length, encode)
+    examples = [example for _, example in kept]
+    # All weights 1 is the unweighted loss: take its exact path (and fingerprint).
+    weight = None if weights is None or all(w == 1 for w in weights) else [float(weights[i]) for i, _ in kept]
     pad_id = pad_token_id(tokenizer)
     device = next(iter(params.values())).device
     optimizer = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    fingerprint = _fingerprint(cfg, params, examples)
+    fingerprint = _fingerprint(cfg, params, examples, weight)
     out = Path(cfg.out) if cfg.out else None
     history: dict[str, list] = {"train": [], "eval": []}
     torch.manual_seed(cfg.seed + distributed.rank())  # each rank its own dropout draws
@@ -255,14 +278,16 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
     while step < cfg.steps and not _stopped(stop, history, step):
         started = time.perf_counter()
         ids = _step_samples(len(examples), cfg.seed, step, cfg.grad_accum * cfg.batch_size)
-        n_tokens = sum(_response_targets(examples[i]) for i in ids)  # of the global batch, on every rank
+        # of the global batch, on every rank; weighted, the weighted token count
+        n_tokens = sum(_response_targets(examples[i]) * (weight[i] if weight else 1) for i in ids)
         size = cfg.batch_size
         shares = [distributed.split(ids[m * size:(m + 1) * size]) for m in range(cfg.grad_accum)]
-        micro = [collate([examples[i] for i in share], pad_id) for share in shares]
+        micro = [(collate([examples[i] for i in share], pad_id),
+                  torch.tensor([weight[i] for i in share]) if weight else None) for share in shares]
         total = torch.zeros((), dtype=torch.float64)
-        for batch in micro:
+        for batch, batch_weights in micro:
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = response_loss_sum(model, batch, keep_logits) / n_tokens
+            loss = response_loss_sum(model, batch, keep_logits, batch_weights) / n_tokens
             loss.backward()
             total += loss.detach().cpu()
         distributed.all_reduce_gradients(params.values(), "sum")  # each rank's loss is a share of the mean

@@ -166,7 +166,9 @@ def targets_stage(run: RunDir, _: str) -> dict[str, Any]:
 
 def train_stage(run: RunDir, method: str) -> dict[str, Any]:
     cfg = run.cfg
-    pairs = [(e.prompt, e.target) for e in run.targets.train if e.target]
+    train = [e for e in run.targets.train if e.target]
+    pairs = [(e.prompt, e.target) for e in train]
+    weights = [1.0 if e.kind == "harmful" else cfg.harmless_weight for e in train]
     judge = make_judge(cfg.eval)
 
     def eval_fn(model: torch.nn.Module, _step: int) -> dict[str, Any]:
@@ -185,7 +187,7 @@ def train_stage(run: RunDir, method: str) -> dict[str, Any]:
                         eval_fn=eval_fn if cfg.sft.eval_every else None,
                         act_pca_prompts=contrast_prompts(run, "train"), provenance=provenance,
                         overwrite=run.overwrite or f"train:{method}" in run.resuming,  # a crash left its own
-                        given_basis=aligned.basis if aligned is not None else None)
+                        given_basis=aligned.basis if aligned is not None else None, weights=weights)
     if distributed.is_main():
         write_json_atomic(run.path("methods", method, "result.json"), result.to_dict())
     return {"train_seconds": result.train_seconds, "share": result.trainable["share"], "steps_to": result.steps_to}
@@ -314,7 +316,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           folder="targets"),
     Stage("train", "fine-tune every method in the same harness and save its adapter (methods/)", train_stage,
           outputs=("methods/{name}/result.json",), upstream=("select", "align", "targets"), folder="methods/{name}",
-          keys=("lora", "sft", "validation", "eval.judge", "eval.judge_model", "full_lr"), per=lambda cfg: cfg.methods),
+          keys=("lora", "sft", "validation", "eval.judge", "eval.judge_model", "full_lr", "harmless_weight"),
+          per=lambda cfg: cfg.methods),
     Stage("eval", "safety, over-refusal, perplexity and factual accuracy of the base model and each method "
           "(eval/)", eval_stage, outputs=("eval/{name}.json",), keys=("eval",), upstream=("data", "train"),
           per=lambda cfg: ["base", *cfg.methods]),

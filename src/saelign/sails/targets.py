@@ -3,8 +3,11 @@
 Harmful prompts get a natural refusal drawn from the packaged templates (some echo the request), chosen by a hash
 of the prompt so a rebuild gives the same target. Harmless and borderline prompts get the base model's own greedy
 answer, so the fine-tune teaches refusing without teaching a new style of helping; answers the offline judge
-calls refusals or degenerate are dropped rather than trained on, and an answer cut off by `max_new_tokens` is
-trimmed back to its last full sentence."""
+calls refusals or degenerate are dropped rather than trained on, and so are answers that open like a refusal
+(`PrefixJudge`): the default model answers some plain requests with "I'm sorry for any misunderstanding, but as
+a chatbot ... I don't have ...", which the offline judge reads as help; trained on, such an answer teaches the
+adapter to apologise to a harmless request (5 of the quick preset's 92 harmless and borderline targets were
+such answers). An answer cut off by `max_new_tokens` is trimmed back to its last full sentence."""
 
 import dataclasses
 import functools
@@ -20,7 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from saelign.progress import logger
 from saelign.sails.data import Example
 from saelign.sails.generate import generate_answers
-from saelign.sails.judge import OfflineJudge
+from saelign.sails.judge import OfflineJudge, PrefixJudge
 from saelign.text import normalize
 
 # First words that mark an imperative request ("Write a ...") whose lower-cased text reads after "I won't".
@@ -81,8 +84,11 @@ def add_targets(examples: Sequence[Example], model: PreTrainedModel, tokenizer: 
     todo = [i for i, e in enumerate(examples) if e.target is None and e.kind != "harmful"]
     answers = generate_answers(model, tokenizer, [examples[i].prompt for i in todo], max_new_tokens, batch_size)
     answers = [trim_to_sentence(a) for a in answers]
-    verdicts = OfflineJudge().judge([examples[i].prompt for i in todo], answers)
-    generated = {i: (a, v.label) for i, a, v in zip(todo, answers, verdicts, strict=True)}
+    prompts = [examples[i].prompt for i in todo]
+    verdicts = OfflineJudge().judge(prompts, answers)
+    openers = PrefixJudge().judge(prompts, answers)
+    generated = {i: (a, "refusal opener" if v.label == "complied" and o.label == "refused" else v.label)
+                 for i, a, v, o in zip(todo, answers, verdicts, openers, strict=True)}
     out, dropped = [], Counter()
     for i, example in enumerate(examples):
         if example.target is not None:

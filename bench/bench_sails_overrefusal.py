@@ -1,0 +1,130 @@
+"""Over-refusal trials at the quick preset (issue 11): which harmless-pair loss weight and step budget, chosen
+on validation data only.
+
+A trial is SOURCE:WEIGHT[=LABEL]: it copies the finished quick run SOURCE's upstream stages (data, SAE,
+selection, subspace, targets; `seeds.share_upstream`, so trials over one source differ only in the fine-tune)
+and trains SAILS for `--steps` steps with `harmless_weight` WEIGHT. At every check (each `sft.eval_every`
+steps) it records:
+
+- the val split's check, exactly as `saelign sails train` runs it (history.json of a pipeline run);
+- at the steps in `--wide-steps`, a wider validation set: prompts the quick preset's `max_*` caps leave out of
+  every split (behaviours in no train/val/test/ood prompt and no near-duplicate of one), in the training
+  registers. The quick val split holds 5 harmless behaviours (10 prompts); this one holds `--wide-per-kind`
+  prompts per kind, so a difference of 10 points is not one prompt. The test and ood splits are never read.
+
+Writes bench/results/sails_overrefusal_<tag>.json.
+
+  OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/bench_sails_overrefusal.py \\
+      --trials "runs/src:1=as generated,runs/src:2=as generated" --out runs/overrefusal --steps 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from common import write_result
+from saelign.progress import setup_logging
+from saelign.sails.data import ALL_SPLITS, KINDS, SPLITS, Example, build_safety_data, near_duplicate_groups
+from saelign.sails.evaluate import kind_rates, make_judge, quick_safety
+from saelign.sails.generate import generate_answers
+from saelign.sails.methods import MethodConfig, run_method
+from saelign.sails.presets import preset_layer, resolve_config
+from saelign.sails.rundir import RunDir
+from saelign.sails.seeds import share_upstream
+from saelign.sails.stages import STAGES
+
+
+def wide_validation(run: RunDir, per_kind: int) -> list[Example]:
+    """Up to `per_kind` prompts of each kind from the behaviours the run's caps left out, none a near-
+    duplicate of any prompt of the run's splits (ood included); in the order of the uncapped split, a seeded
+    hash of the behaviour, so the choice looks at no model."""
+    cfg = run.cfg.data
+    uncapped = build_safety_data(dataclasses.replace(cfg, max_harmful=0, max_harmless=0, max_borderline=0))
+    used = [e for s in ALL_SPLITS for e in run.data.split(s)]
+    seen = {e.behaviour for e in used}
+    fresh = [e for s in SPLITS for e in uncapped.split(s) if e.behaviour not in seen]
+    groups = near_duplicate_groups([e.prompt for e in used + fresh], cfg.dedupe_threshold)
+    taken = set(groups[: len(used)])
+    fresh = [e for e, g in zip(fresh, groups[len(used):], strict=True) if g not in taken]
+    return [e for kind in KINDS for e in [x for x in fresh if x.kind == kind][:per_kind]]
+
+
+def trial(source: Path, out: Path, weight: float, steps: int, wide_per_kind: int, wide_steps: set[int],
+          layer: dict[str, Any]) -> dict[str, Any]:
+    cfg = resolve_config([preset_layer("quick"), layer, {"harmless_weight": weight, "sft": {"steps": steps}}])
+    folder = out / f"{source.name}-w{weight:g}"
+    share_upstream(source, folder, cfg)
+    run = RunDir(folder, cfg, STAGES)
+    wide = wide_validation(run, wide_per_kind)
+    judge = make_judge(cfg.eval)
+
+    def check(model: Any, step: int) -> dict[str, Any]:
+        result: dict[str, Any] = quick_safety(model, run.tokenizer, run.data.val, judge, cfg.validation)
+        if step in wide_steps and wide:
+            prompts, val = [e.prompt for e in wide], cfg.validation
+            answers = generate_answers(model, run.tokenizer, prompts, val.max_new_tokens, val.batch_size)
+            verdicts = judge.judge(prompts, answers)
+            rates = kind_rates(wide, verdicts)
+            result["wide"] = {k: rates[k] for k in ("n", "safety_rate", "over_refusal",
+                                                    "borderline_over_refusal", "harmful_degenerate",
+                                                    "harmless_degenerate")}
+            result["wide_refused_harmless"] = [e.prompt for e, v in zip(wide, verdicts, strict=True)
+                                               if e.kind != "harmful" and v.label == "refused"]
+        return result
+
+    train = [e for e in run.targets.train if e.target]
+    weights = [1.0 if e.kind == "harmful" else weight for e in train]
+    pairs = [(e.prompt, e.target) for e in train]
+    result = run_method("sails", run.fresh_model, run.tokenizer, pairs, run.basis,
+                        MethodConfig(cfg.lora, cfg.sft, cfg.full_lr, cfg.select),
+                        folder / "methods" / "sails", eval_fn=check, weights=weights, overwrite=True)
+    return {"source": str(source), "harmless_weight": weight, "steps": steps, "lr": cfg.sft.lr,
+            "train_pairs": {k: sum(e.kind == k for e in train) for k in KINDS},
+            "train_seconds": result.train_seconds,
+            "wide_prompts": {k: sum(e.kind == k for e in wide) for k in KINDS},
+            "checks": result.history["eval"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", required=True, help="comma-separated SOURCE:WEIGHT[=LABEL], SOURCE a "
+                        "finished quick run whose upstream stages are reused, WEIGHT the harmless-pair loss "
+                        "weight, LABEL what its targets are (shown in the README)")
+    parser.add_argument("--out", required=True, help="folder of the trials' run directories")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--wide-per-kind", type=int, default=60)
+    parser.add_argument("--wide-steps", default="30,40", help="steps whose check also reads the wider set")
+    parser.add_argument("--tag", default="quick")
+    parser.add_argument("--config", help="YAML options over the quick preset, as `sails run --config`")
+    args = parser.parse_args()
+    setup_logging()
+    began, load_before = time.perf_counter(), os.getloadavg()
+    wide_steps = {int(s) for s in args.wide_steps.split(",")}
+    layer = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
+    trials = []
+    for spec in args.trials.split(","):
+        spec, _, label = spec.partition("=")
+        source, _, weight = spec.rpartition(":")
+        trials.append({"targets": label or source, **trial(Path(source), Path(args.out), float(weight),
+                                                            args.steps, args.wide_per_kind, wide_steps,
+                                                            layer)})
+        write_result(f"sails_overrefusal_{args.tag}", {  # after every trial: a cut-short run keeps its trials
+            "preset": "quick", "trials": trials,
+            "selection_data": "the val split's check (as in history.json) and the wider validation set of "
+                              "prompts the quick caps leave out; test and ood never read",
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "load_average_before": load_before,
+            "load_average_after": os.getloadavg(), "wall_seconds": round(time.perf_counter() - began, 1)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
