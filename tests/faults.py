@@ -102,6 +102,12 @@ def normalise(rel: str) -> str:
     )
 
 
+def final_name(rel: str) -> str:
+    """Where a normalised temporary path lands once written: '.k4.*.partial/.cfg.json.*.tmp' -> 'k4/cfg.json'
+    (a file written inside a temporary folder appears under the folder's final name)."""
+    return "/".join(re.sub(r"^\.(.+)\.\*\.(tmp|partial)$", r"\1", part) for part in Path(rel).parts)
+
+
 def file_events(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> list[str]:
     events = [f"+{normalise(p)}" for p in after if p not in before]
     events += [f"~{normalise(p)}" for p in after if p in before and after[p] != before[p]]
@@ -188,8 +194,7 @@ def plan(reference: Observed, phase: str, rng: random.Random) -> Trigger:
     # "write": a file of io.atomic_path's, .NAME.*.tmp, is seen, or its NAME written
     if phase == "write" and temps:
         index = rng.choice(temps)
-        folder, name = os.path.split(timeline[index][1][1:])
-        return dataclasses.replace(at(index), target=os.path.join(folder, name[1 : -len(".*.tmp")]))
+        return dataclasses.replace(at(index), target=final_name(timeline[index][1][1:]))
     saves = [i for i in landmarks if "checkpoint/" in timeline[i][1]]
     if phase == "checkpoint" and saves:
         return at(rng.choice(saves))
