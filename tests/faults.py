@@ -55,8 +55,8 @@ VOLATILE = frozenset(
     {"finished_at", "seconds", "tokens_per_s", "train_seconds", "wall_seconds", "environment", "new_tokens"}
 )
 # io.atomic_path's files and save_sae/save_adapter's folders (.NAME.RANDOM.tmp or .partial); safetensors' own
-# temp files (.tmpRANDOM)
-TEMP = re.compile(r"^\.(.+)\.[^./]+\.(tmp|partial)$|^\.tmp[A-Za-z0-9_]{6}$")
+# temp files (.tmpRANDOM); both also once normalised (RANDOM -> '*')
+TEMP = re.compile(r"^\.(.+)\.[^./]+\.(tmp|partial)$|^\.tmp([A-Za-z0-9_]{6}|\*)$")
 NUMBER = re.compile(rb"\d+(\.\d+)?")
 
 

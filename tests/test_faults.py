@@ -6,9 +6,11 @@ and a kill mid-write); `-m faults` runs the whole set: 25 trials, every phase of
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from faults import TRIALS, Harness, World
+from faults import PHASES, TRIALS, Harness, Observed, World, plan
 
 DEFAULT = [("capture", 2), ("capture", 4)]
 
@@ -29,6 +31,29 @@ def check(harness: Harness, job: str, index: int) -> None:
         f"the rerun's artifacts differ from an uninterrupted run's: {trial.differences}"
     )
     assert not trial.unusable, f"the next command cannot use the folder: {trial.unusable}"
+
+
+def test_kill_moments_are_files_every_run_shows():
+    """A temporary file (safetensors' .tmpRANDOM, an atomic write's .NAME.RANDOM.tmp) may come and go
+    between two polls of a faster run: no phase but "write" (which also fires on the file it becomes) waits
+    for one."""
+    events = []
+    for step in range(1, 6):
+        events += [
+            (step, "+checkpoint/.tmp*"),
+            (step + 0.1, "+checkpoint/.state.json.*.tmp"),
+            (step + 0.2, "+checkpoint/state.json" if step == 1 else "~checkpoint/state.json"),
+            (step + 0.3, f"+log-{step}.json"),
+        ]
+    reference = Observed(0, 10.0, events, False, "")
+    for phase in PHASES[1:]:
+        for seed in range(20):
+            trigger = plan(reference, phase, random.Random(seed))
+            if phase == "write":
+                assert trigger.target == "checkpoint/state.json", trigger
+            else:
+                landmarks = {"+checkpoint/state.json"} | {f"+log-{s}.json" for s in range(1, 6)}
+                assert trigger.event in landmarks, (phase, trigger)
 
 
 @pytest.mark.parametrize("job, index", DEFAULT)
