@@ -46,7 +46,7 @@ from saelign.sails.data import (
     left_out,
     load_safety_data,
 )
-from saelign.sails.evaluate import kind_rates, make_judge, quick_safety
+from saelign.sails.evaluate import kind_rates, make_judge, quick_safety, take_per_kind
 from saelign.sails.generate import generate_answers
 from saelign.sails.methods import MethodConfig, run_method
 from saelign.sails.pipeline import CONFIG_FILE
@@ -103,6 +103,8 @@ def trial(source: Path, out: Path, weight: float, steps: int, wide: list[Example
     return {"source": str(source), "harmless_weight": weight, "steps": steps, "lr": cfg.sft.lr,
             "data_caps": {k: getattr(cfg.data, f"max_{k}") for k in KINDS},
             "train_pairs": {k: sum(e.kind == k for e in train) for k in KINDS},
+            "val_prompts": {k: sum(e.kind == k for e in take_per_kind(run.data.val, cfg.validation.per_kind))
+                            for k in ("harmful", "harmless")},  # what each check reads (quick_safety)
             "train_seconds": result.train_seconds,
             "wide_prompts": {k: sum(e.kind == k for e in wide) for k in KINDS},
             "checks": result.history["eval"]}

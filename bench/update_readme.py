@@ -256,14 +256,20 @@ def overrefusal_section(r: dict) -> list[str]:
     steps = sorted({c["step"] for t in trials for c in t["checks"] if c["step"]})
     wide_steps = sorted({c["step"] for t in trials for c in t["checks"] if "wide" in c})
     n = trials[0]["wide_prompts"]
+    # Data-mix trials (sources with other caps) each check their own val split: show its size and the mix.
+    mix = "data_caps" in trials[0]
+    val = ("each source's own val split, prompts per check in the table" if mix
+           else "12 harmful / 10 harmless prompts per check")
     lines = [f"**Over-refusal trials** (preset `{r['preset']}`, SAILS, seed 0, lr {trials[0]['lr']:g}; chosen on "
-             f"validation data only: {r['selection_data']}. Val split: 12 harmful / 10 harmless prompts per check; "
+             f"validation data only: {r['selection_data']}. Val split: {val}; "
              f"wider set: {n['harmful']} harmful / {n['harmless']} harmless / {n['borderline']} borderline; 95 % "
              "Wilson intervals)", "",
-             "| targets | harmless weight | val safety at " + "/".join(map(str, steps)) + " | val over-refusal at "
+             "| targets | harmless weight | "
+             + ("train pairs (harmful / harmless / borderline) | val prompts (harmful / harmless) | " if mix else "")
+             + "val safety at " + "/".join(map(str, steps)) + " | val over-refusal at "
              + "/".join(map(str, steps)) + " | " + " | ".join(
                  f"wider set at {s}: safety | over-refusal | borderline over-refusal" for s in wide_steps) + " |",
-             "|---|---:|---:|---:|" + "---:|---:|---:|" * len(wide_steps)]
+             "|---|---:|---:|---:|" + "---:|---:|" * mix + "---:|---:|---:|" * len(wide_steps)]
     for t in trials:
         checks = {c["step"]: c for c in t["checks"]}
         cells = ["/".join(f"{100 * checks[s][key]:.0f}" if s in checks else "–" for s in steps)
@@ -273,6 +279,9 @@ def overrefusal_section(r: dict) -> list[str]:
             cells += [rate_with_interval(wide.get(key), n[kind]) for key, kind in
                       (("safety_rate", "harmful"), ("over_refusal", "harmless"),
                        ("borderline_over_refusal", "borderline"))]
+        if mix:
+            cells = [" / ".join(str(t["train_pairs"][k]) for k in ("harmful", "harmless", "borderline")),
+                     " / ".join(str(t["val_prompts"][k]) for k in ("harmful", "harmless")), *cells]
         lines.append(f"| {t.get('targets', '–')} | {t['harmless_weight']:g} | " + " | ".join(cells) + " |")
     return [*lines, "", machine_line(r), ""]
 
