@@ -7,6 +7,7 @@ factual accuracy, share of parameters trained and steps to 90 % / 95 % val safet
 
   .venv/bin/python bench/bench_sails.py --preset quick --cold       # cold cache: model conversion + data fetch included
   .venv/bin/python bench/bench_sails.py --preset compare -- --sft-steps 60   # extra flags go to `saelign sails run`
+  .venv/bin/python bench/bench_sails.py --record --out runs/mix --tag quick_mix   # a run made stage by stage
 """
 
 from __future__ import annotations
@@ -70,8 +71,19 @@ def main() -> int:
                                                             "fetching are timed too)")
     parser.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS for the run (0 = torch's default); on a "
                                                                "busy shared CPU 1 thread is much faster than 2")
+    parser.add_argument("--record", action="store_true", help="run nothing: record the finished run in --out as "
+                                                              "it is (one made stage by stage, say)")
+    parser.add_argument("--tag", help="result name sails_<tag> (default: the preset)")
     parser.add_argument("extra", nargs="*", help="extra flags for `saelign sails run` (after --)")
     args = parser.parse_args()
+    name = f"sails_{args.tag or args.preset}"
+    if args.record:
+        if not args.out or not (Path(args.out) / "eval" / "base.json").is_file():
+            parser.error("--record needs --out, a run directory whose eval stage has finished")
+        write_result(name, {"command": None, "recorded": True, "resumed": True, "wall_seconds": None,
+                            "load_average_before": os.getloadavg(), "run_dir": args.out,
+                            **summarise(Path(args.out))})
+        return 0
     run_dir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix=f"sails_{args.preset}_")) / "run"
     env = {**os.environ, "SAELIGN_QUIET": "1"}
     if args.cold:
@@ -93,7 +105,7 @@ def main() -> int:
         print(completed.stderr[-4000:], file=sys.stderr)
         return completed.returncode
     print(completed.stdout)
-    write_result(f"sails_{args.preset}", {
+    write_result(name, {
         "command": command, "cold_cache": args.cold, "resumed": resumed, "omp_num_threads": env.get("OMP_NUM_THREADS"),
         "wall_seconds": round(seconds, 1), "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "run_dir": str(run_dir), **summarise(run_dir)})

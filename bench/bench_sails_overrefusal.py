@@ -7,10 +7,12 @@ and trains SAILS for `--steps` steps with `harmless_weight` WEIGHT. At every che
 steps) it records:
 
 - the val split's check, exactly as `saelign sails train` runs it (history.json of a pipeline run);
-- at the steps in `--wide-steps`, a wider validation set: prompts the quick preset's `max_*` caps leave out of
-  every split (behaviours in no train/val/test/ood prompt and no near-duplicate of one), in the training
-  registers. The quick val split holds 5 harmless behaviours (10 prompts); this one holds `--wide-per-kind`
-  prompts per kind, so a difference of 10 points is not one prompt. The test and ood splits are never read.
+- at the steps in `--wide-steps`, a wider validation set: prompts the `max_*` caps leave out of every split of
+  every trial's source (behaviours in no train/val/test/ood prompt of any of them and no near-duplicate of
+  one), in the training registers. The quick val split holds 5 harmless behaviours (10 prompts); this one
+  holds `--wide-per-kind` prompts per kind, so a difference of 10 points is not one prompt. Sources built with
+  other caps (a data-mix trial: `sails data --data-max-harmless ...`) answer the same set; their data options
+  are taken from the source. The test and ood splits are never read.
 
 Writes bench/results/sails_overrefusal_<tag>.json.
 
@@ -21,7 +23,6 @@ Writes bench/results/sails_overrefusal_<tag>.json.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -31,39 +32,52 @@ from typing import Any
 import yaml
 
 from common import write_result
+from saelign.configs import config_from_dict
+from saelign.errors import SaelignError
+from saelign.io import read_json_object
 from saelign.progress import setup_logging
-from saelign.sails.data import ALL_SPLITS, KINDS, SPLITS, Example, build_safety_data, near_duplicate_groups
-from saelign.sails.evaluate import kind_rates, make_judge, quick_safety
+from saelign.sails.data import (
+    ALL_SPLITS,
+    KINDS,
+    SPLITS,
+    Example,
+    SafetyDataConfig,
+    build_safety_data,
+    left_out,
+    load_safety_data,
+)
+from saelign.sails.evaluate import kind_rates, make_judge, quick_safety, take_per_kind
 from saelign.sails.generate import generate_answers
 from saelign.sails.methods import MethodConfig, run_method
+from saelign.sails.pipeline import CONFIG_FILE
 from saelign.sails.presets import preset_layer, resolve_config
 from saelign.sails.rundir import RunDir
 from saelign.sails.seeds import share_upstream
 from saelign.sails.stages import STAGES
 
 
-def wide_validation(run: RunDir, per_kind: int) -> list[Example]:
-    """Up to `per_kind` prompts of each kind from the behaviours the run's caps left out, none a near-
-    duplicate of any prompt of the run's splits (ood included); in the order of the uncapped split, a seeded
-    hash of the behaviour, so the choice looks at no model."""
-    cfg = run.cfg.data
-    uncapped = build_safety_data(dataclasses.replace(cfg, max_harmful=0, max_harmless=0, max_borderline=0))
-    used = [e for s in ALL_SPLITS for e in run.data.split(s)]
-    seen = {e.behaviour for e in used}
-    fresh = [e for s in SPLITS for e in uncapped.split(s) if e.behaviour not in seen]
-    groups = near_duplicate_groups([e.prompt for e in used + fresh], cfg.dedupe_threshold)
-    taken = set(groups[: len(used)])
-    fresh = [e for e, g in zip(fresh, groups[len(used):], strict=True) if g not in taken]
-    return [e for kind in KINDS for e in [x for x in fresh if x.kind == kind][:per_kind]]
+def wide_validation(sources: list[Path], per_kind: int) -> list[Example]:
+    """Up to `per_kind` prompts of each kind left out of every split (ood included) of every source run; in
+    the order of the uncapped split, a seeded hash of the behaviour, so the choice looks at no model."""
+    configs = [read_json_object(s / CONFIG_FILE, "run config")["data"] for s in sources]
+    uncapped = [{**c, "max_harmful": 0, "max_harmless": 0, "max_borderline": 0} for c in configs]
+    if any(c != uncapped[0] for c in uncapped):
+        raise SaelignError(f"trial sources {', '.join(map(str, sources))}: their data options differ in more "
+                           "than the max_* caps, so no one set of prompts is left out of them all")
+    cfg = config_from_dict(SafetyDataConfig, uncapped[0])
+    used = [e for s in sources for split in ALL_SPLITS for e in load_safety_data(s / "data").split(split)]
+    pool = [e for s in SPLITS for e in build_safety_data(cfg).split(s)]
+    return left_out(pool, used, cfg.dedupe_threshold, per_kind)
 
 
-def trial(source: Path, out: Path, weight: float, steps: int, wide_per_kind: int, wide_steps: set[int],
+def trial(source: Path, out: Path, weight: float, steps: int, wide: list[Example], wide_steps: set[int],
           layer: dict[str, Any]) -> dict[str, Any]:
-    cfg = resolve_config([preset_layer("quick"), layer, {"harmless_weight": weight, "sft": {"steps": steps}}])
+    data = {"data": read_json_object(source / CONFIG_FILE, "run config")["data"]}  # the source's mix
+    cfg = resolve_config([preset_layer("quick"), data, layer, {"harmless_weight": weight,
+                                                               "sft": {"steps": steps}}])
     folder = out / f"{source.name}-w{weight:g}"
     share_upstream(source, folder, cfg)
     run = RunDir(folder, cfg, STAGES)
-    wide = wide_validation(run, wide_per_kind)
     judge = make_judge(cfg.eval)
 
     def check(model: Any, step: int) -> dict[str, Any]:
@@ -87,7 +101,10 @@ def trial(source: Path, out: Path, weight: float, steps: int, wide_per_kind: int
                         MethodConfig(cfg.lora, cfg.sft, cfg.full_lr, cfg.select),
                         folder / "methods" / "sails", eval_fn=check, weights=weights, overwrite=True)
     return {"source": str(source), "harmless_weight": weight, "steps": steps, "lr": cfg.sft.lr,
+            "data_caps": {k: getattr(cfg.data, f"max_{k}") for k in KINDS},
             "train_pairs": {k: sum(e.kind == k for e in train) for k in KINDS},
+            "val_prompts": {k: sum(e.kind == k for e in take_per_kind(run.data.val, cfg.validation.per_kind))
+                            for k in ("harmful", "harmless")},  # what each check reads (quick_safety)
             "train_seconds": result.train_seconds,
             "wide_prompts": {k: sum(e.kind == k for e in wide) for k in KINDS},
             "checks": result.history["eval"]}
@@ -97,8 +114,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", required=True, help="comma-separated SOURCE:WEIGHT[=LABEL], SOURCE a "
-                        "finished quick run whose upstream stages are reused, WEIGHT the harmless-pair loss "
-                        "weight, LABEL what its targets are (shown in the README)")
+                        "quick run (any data caps) whose upstream stages are reused, WEIGHT the "
+                        "harmless-pair loss weight, LABEL what its targets are (shown in the README)")
     parser.add_argument("--out", required=True, help="folder of the trials' run directories")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--wide-per-kind", type=int, default=60)
@@ -110,17 +127,21 @@ def main() -> int:
     began, load_before = time.perf_counter(), os.getloadavg()
     wide_steps = {int(s) for s in args.wide_steps.split(",")}
     layer = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
-    trials = []
+    specs = []
     for spec in args.trials.split(","):
         spec, _, label = spec.partition("=")
         source, _, weight = spec.rpartition(":")
-        trials.append({"targets": label or source, **trial(Path(source), Path(args.out), float(weight),
-                                                            args.steps, args.wide_per_kind, wide_steps,
-                                                            layer)})
+        specs.append((Path(source), float(weight), label or source))
+    wide = wide_validation(sorted({s for s, _, _ in specs}), args.wide_per_kind)
+    trials = []
+    for source, weight, label in specs:
+        trials.append({"targets": label, **trial(source, Path(args.out), weight, args.steps, wide, wide_steps,
+                                                 layer)})
         write_result(f"sails_overrefusal_{args.tag}", {  # after every trial: a cut-short run keeps its trials
             "preset": "quick", "trials": trials,
             "selection_data": "the val split's check (as in history.json) and the wider validation set of "
-                              "prompts the quick caps leave out; test and ood never read",
+                              "prompts the caps leave out of every trial source's splits; test and ood "
+                              "never read",
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "load_average_before": load_before,
             "load_average_after": os.getloadavg(), "wall_seconds": round(time.perf_counter() - began, 1)})
     return 0

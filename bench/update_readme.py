@@ -142,6 +142,9 @@ def plot_curves(r: dict) -> Path | None:
 
 
 def wall_time(r: dict) -> str:
+    if r.get("recorded"):  # bench_sails.py --record: the run's threads and load were not watched
+        return (f"recorded from a finished run (stage by stage), stage times adding up to "
+                f"{sum(v or 0 for v in r['stage_seconds'].values()):.0f} s")
     if r.get("resumed"):  # the stages' own timings add up the whole run; the wall time saw only its last part
         return f"resumed run, stage times adding up to {sum(v or 0 for v in r['stage_seconds'].values()):.0f} s"
     return f"{'cold' if r.get('cold_cache') else 'warm'}-cache wall time {r['wall_seconds']:.0f} s"
@@ -157,8 +160,9 @@ def sails_section(r: dict) -> list[str]:
     lines = [f"**SAILS** (preset `{r['config']['preset']}`{variant}, {budget}, default model, held-out test split: {counts['harmful']} harmful, "
              f"{counts['harmless']} harmless, {counts['borderline']} borderline; offline judge, whose agreement with pyrit's "
              f"105 human labels is {r['judge_agreement']['offline']['accuracy']:.3f} (prefix matcher "
-             f"{r['judge_agreement']['prefix']['accuracy']:.3f}); {wall_time(r)} with "
-             f"OMP_NUM_THREADS={r.get('omp_num_threads')} at load average {r['load_average_before'][0]:.1f})", "",
+             f"{r['judge_agreement']['prefix']['accuracy']:.3f}); {wall_time(r)}"
+             + ("" if r.get("recorded") else f" with OMP_NUM_THREADS={r.get('omp_num_threads')} at load average "
+                f"{r['load_average_before'][0]:.1f}") + ")", "",
              "| model | safety rate | over-refusal (plain) | over-refusal (borderline) | perplexity | factual acc. | "
              "% params trained | steps trained | steps to 90 % / 95 % | train s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -176,7 +180,7 @@ def sails_section(r: dict) -> list[str]:
         lines.append(f"| {name} | {pct('safety_rate')} | {pct('over_refusal')} | {pct('borderline_over_refusal')} | "
                      f"{ppl(m.get('perplexity'))} | {pct('fact_accuracy')} | {pct('trainable_share')} | "
                      f"{m.get('steps') or (sft['steps'] if m.get('trainable_share') is not None else '–')} | "
-                     f"{steps.get('0.9', '–')} / {steps.get('0.95', '–')} | {fmt(m.get('train_seconds'), 0)} |")
+                     f"{steps.get('0.9') or '–'} / {steps.get('0.95') or '–'} | {fmt(m.get('train_seconds'), 0)} |")
     return lines + ["", *distribution_lines(r), machine_line(r), ""]
 
 
@@ -256,14 +260,20 @@ def overrefusal_section(r: dict) -> list[str]:
     steps = sorted({c["step"] for t in trials for c in t["checks"] if c["step"]})
     wide_steps = sorted({c["step"] for t in trials for c in t["checks"] if "wide" in c})
     n = trials[0]["wide_prompts"]
+    # Data-mix trials (sources with other caps) each check their own val split: show its size and the mix.
+    mix = "data_caps" in trials[0]
+    val = ("each source's own val split, prompts per check in the table" if mix
+           else "12 harmful / 10 harmless prompts per check")
     lines = [f"**Over-refusal trials** (preset `{r['preset']}`, SAILS, seed 0, lr {trials[0]['lr']:g}; chosen on "
-             f"validation data only: {r['selection_data']}. Val split: 12 harmful / 10 harmless prompts per check; "
+             f"validation data only: {r['selection_data']}. Val split: {val}; "
              f"wider set: {n['harmful']} harmful / {n['harmless']} harmless / {n['borderline']} borderline; 95 % "
              "Wilson intervals)", "",
-             "| targets | harmless weight | val safety at " + "/".join(map(str, steps)) + " | val over-refusal at "
+             "| targets | harmless weight | "
+             + ("train pairs (harmful / harmless / borderline) | val prompts (harmful / harmless) | " if mix else "")
+             + "val safety at " + "/".join(map(str, steps)) + " | val over-refusal at "
              + "/".join(map(str, steps)) + " | " + " | ".join(
                  f"wider set at {s}: safety | over-refusal | borderline over-refusal" for s in wide_steps) + " |",
-             "|---|---:|---:|---:|" + "---:|---:|---:|" * len(wide_steps)]
+             "|---|---:|---:|---:|" + "---:|---:|" * mix + "---:|---:|---:|" * len(wide_steps)]
     for t in trials:
         checks = {c["step"]: c for c in t["checks"]}
         cells = ["/".join(f"{100 * checks[s][key]:.0f}" if s in checks else "–" for s in steps)
@@ -273,6 +283,9 @@ def overrefusal_section(r: dict) -> list[str]:
             cells += [rate_with_interval(wide.get(key), n[kind]) for key, kind in
                       (("safety_rate", "harmful"), ("over_refusal", "harmless"),
                        ("borderline_over_refusal", "borderline"))]
+        if mix:
+            cells = [" / ".join(str(t["train_pairs"][k]) for k in ("harmful", "harmless", "borderline")),
+                     " / ".join(str(t["val_prompts"][k]) for k in ("harmful", "harmless")), *cells]
         lines.append(f"| {t.get('targets', '–')} | {t['harmless_weight']:g} | " + " | ".join(cells) + " |")
     return [*lines, "", machine_line(r), ""]
 

@@ -236,3 +236,26 @@ def test_cross_split_twins_and_repeats_are_dropped():
     assert sd.drop_cross_split_twins(data, 0.8) == 3
     assert data.val == [] and data.ood == [] and len(data.train) == 1
     assert [e.source for e in data.test] == ["c"]
+
+
+def test_left_out_is_fresh_for_every_run_it_is_given():
+    pool = [sd.identify(e) for e in make_examples(12)]
+    by_kind = {k: [e for e in pool if e.kind == k] for k in sd.KINDS}
+    # Another wording of a used behaviour shares no words with it: the behaviour id alone must keep it out.
+    rewrite = Example("in other words entirely", "borderline", "t", behaviour=by_kind["borderline"][1].behaviour)
+    pool.insert(0, rewrite)
+    run_a = [e for k in sd.KINDS for e in by_kind[k][:2]]
+    # A near-twin under its own behaviour id: only the Jaccard grouping can tie it to the pool's prompt.
+    twin = sd.identify(Example(by_kind["harmful"][6].prompt + " please", "harmful", "u"))
+    run_b = by_kind["harmless"][:4] + [twin]
+
+    def kept(used, per_kind):
+        out = sd.left_out(pool, used, 0.8, per_kind)
+        return {k: [by_kind[k].index(e) for e in out if e.kind == k] for k in sd.KINDS}
+
+    assert kept(run_a, 5) == {"harmful": [2, 3, 4, 5, 6], "harmless": [2, 3, 4, 5, 6], "borderline": [2, 3, 4, 5, 6]}
+    both = kept(run_a + run_b, 5)
+    assert both == {"harmful": [2, 3, 4, 5, 7], "harmless": [4, 5, 6, 7, 8], "borderline": [2, 3, 4, 5, 6]}
+    assert kept(run_a + run_b, 2) == {k: v[:2] for k, v in both.items()}
+    assert rewrite not in sd.left_out(pool, run_a, 0.8, 20)
+    assert rewrite in sd.left_out(pool, run_b, 0.8, 20)  # run_b never asked that behaviour

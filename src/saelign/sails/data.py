@@ -259,6 +259,20 @@ def drop_cross_split_twins(data: SafetyData, threshold: float) -> int:
     return removed
 
 
+def left_out(pool: Sequence[Example], used: Sequence[Example], threshold: float,
+             per_kind: int) -> list[Example]:
+    """Up to `per_kind` examples of each kind from `pool`, in pool order, whose behaviour is in no `used`
+    example and that no chain of near-duplicates links to a `used` prompt. `used` may join the splits of
+    several runs (different caps leave different prompts out): the result is then fresh for every one of
+    them, a validation set that can compare their adapters."""
+    seen = {e.behaviour for e in used}
+    fresh = [e for e in pool if e.behaviour not in seen]
+    groups = near_duplicate_groups([e.prompt for e in [*used, *fresh]], threshold)
+    taken = set(groups[: len(used)])
+    fresh = [e for e, g in zip(fresh, groups[len(used):], strict=True) if g not in taken]
+    return [e for kind in KINDS for e in [x for x in fresh if x.kind == kind][:per_kind]]
+
+
 def parse_jsonl(path: str | Path) -> list[Example]:
     """Examples from a JSONL file (fields prompt, kind; optional source, target); errors name file:line:field."""
     path = Path(path)
