@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from common import write_result
+from saelign.configs import load_config_file
 from saelign.progress import setup_logging
 from saelign.sails.presets import preset_layer, resolve_config
 from saelign.sails.seeds import run_seeds, seed_dir, summarise_seeds
@@ -40,6 +41,8 @@ def main() -> int:
     parser.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated; sails first")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (the first run is shared)")
     parser.add_argument("--out", required=True, help="folder of the per-seed run directories (resumable)")
+    parser.add_argument("--config", help="a YAML/JSON config layer over the preset (e.g. other data caps); "
+                        "the stop rule and --methods still apply on top")
     parser.add_argument("--no-stop-rule", action="store_true", help="train every method for the whole budget")
     parser.add_argument("--summarise-only", action="store_true",
                         help="summarise the finished seeds, train nothing")
@@ -50,7 +53,8 @@ def main() -> int:
     methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
     eval_every = preset_layer(args.preset)["sft"]["eval_every"]
     sft = {} if args.no_stop_rule else {**STOP_RULE, "eval_every": eval_every}
-    cfg = resolve_config([preset_layer(args.preset), {"methods": methods, "sft": sft}])
+    layer = load_config_file(args.config) if args.config else {}
+    cfg = resolve_config([preset_layer(args.preset), layer, {"methods": methods, "sft": sft}])
     setup_logging()
     began, load_before = time.perf_counter(), os.getloadavg()
     if not args.summarise_only:
@@ -73,7 +77,7 @@ def main() -> int:
     write_result(f"sails_seeds_{args.preset}" + (f"_{args.tag}" if args.tag else ""), {
         "preset": args.preset, "methods": every, "stop_rule": None if args.no_stop_rule else STOP_RULE,
         "steps_budget": cfg.sft.steps, "eval_every": cfg.sft.eval_every, "lr": cfg.sft.lr,
-        "harmless_weight": cfg.harmless_weight,
+        "harmless_weight": cfg.harmless_weight, "config_layer": layer,
         "shared_across_seeds": "data, SAE, labels, feature selection and subspace, aligned slots, targets "
                                "and the base model's evaluation come from the first seed's run; a seed sets "
                                "the data order (sft.seed) and PEFT's random init / a random subspace "
