@@ -179,10 +179,13 @@ def test_a_full_queue_answers_503_with_retry_after(session):
         worker = client.app.state.worker
         worker.submit(blocked, lambda e: None)  # the worker takes this one and blocks
         assert started.wait(10)  # on a busy machine the worker may take a while to pick it up
-        worker.submit(blocked, lambda e: None)  # this one fills the queue
+        drained = threading.Event()  # the worker has taken and run the queued job: the queue has room again
+        worker.submit(blocked, lambda e: e is not None and e["event"] == "done" and drained.set())  # fills it
         busy = client.post("/api/generate", json={"prompt": PROMPT})
         release.set()
         assert busy.status_code == 503 and busy.headers["retry-after"] == "2"
+        # Asked before the worker has taken the queued job, a busy machine would rightly answer 503 again.
+        assert drained.wait(60)
         assert answers(client)  # and it serves again once the queue drains
 
 
