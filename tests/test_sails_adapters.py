@@ -10,7 +10,13 @@ from transformers import AutoModelForCausalLM
 
 from conftest import make_tiny_model
 from saelign.errors import SaelignError
-from saelign.sails.adapters import PROVENANCE_FILE, load_adapter, read_provenance, save_adapter
+from saelign.sails.adapters import (
+    PROVENANCE_FILE,
+    load_adapter,
+    merged_for_inference,
+    read_provenance,
+    save_adapter,
+)
 from saelign.sails.lora_init import LoraInitConfig, make_peft_model, prepare_full_finetune
 from saelign.sails.subspace import basis_hash, random_subspace
 
@@ -83,3 +89,16 @@ def test_load_adapter_gives_a_trainable_peft_model(tmp_path, tokenizer):
     assert any(p.requires_grad for p in loaded.parameters())
     with pytest.raises(SaelignError, match="not an adapter folder"):
         load_adapter(make_tiny_model("llama", len(tokenizer)), tmp_path)
+
+
+@pytest.mark.parametrize("init", ["sails", "pissa"])
+def test_a_merged_adapter_gives_the_adapted_outputs_without_peft_layers(tokenizer, ids, init):
+    model = make_peft_model(make_tiny_model("llama", len(tokenizer)), random_subspace(32, 4, seed=3),
+                            LoraInitConfig(init=init, rank=4))
+    pretend_trained(model)
+    expected = logits(model, ids)
+    merged = merged_for_inference(model)
+    assert not isinstance(merged, PeftModel) and not any(isinstance(m, LoraLayer) for m in merged.modules())
+    torch.testing.assert_close(logits(merged, ids), expected, atol=1e-5, rtol=1e-4)
+    plain = make_tiny_model("llama", len(tokenizer))
+    assert merged_for_inference(plain) is plain  # nothing to merge

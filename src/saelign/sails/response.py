@@ -4,7 +4,11 @@ Both models answer the same prompts greedily; both answers are then read by the 
 the SAE sees the model it was trained on and the difference is what the answers contain (a refusal, an
 apology, a recipe), not how the adapter shifts the reader. Residuals are averaged over the answer's tokens;
 the latent ranking is `effect.latent_changes`, so the result has the prompt-side effect's shape and reads the
-same way."""
+same way.
+
+Answers already generated elsewhere (the eval stage keeps every greedy answer it judged) can be handed in as
+`known` (prompt -> answer, per side): only the prompts missing there are generated, so a run does not decode
+the same greedy answers twice."""
 
 from collections.abc import Mapping, Sequence
 
@@ -45,8 +49,12 @@ def response_effect(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: S
                     prompts: Mapping[str, Sequence[str]], max_new_tokens: int = 48, batch_size: int = 8,
                     top_n: int = 10,
                     labels: Mapping[int, str] | None = None, selected: Sequence[int] = (),
-                    base_model: nn.Module | None = None) -> EffectResult:
-    """Latent changes of the answers of a PEFT `model` against its base (adapter off, or `base_model`)."""
+                    base_model: nn.Module | None = None,
+                    known: Mapping[str, Mapping[str, str]] | None = None) -> EffectResult:
+    """Latent changes of the answers of a PEFT `model` against its base (adapter off, or `base_model`).
+    `known`: {"base": {prompt: answer}, "adapted": {...}}, greedy answers of at most `max_new_tokens` tokens
+    already made; the rest are generated."""
+    known = known or {}
     hookpoint = sae.cfg.hookpoint
     adapted_net = model.get_base_model() if hasattr(model, "get_base_model") else model
     reader = base_model if base_model is not None else adapted_net
@@ -55,10 +63,21 @@ def response_effect(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: S
         if not texts:
             continue
         texts = list(texts)
-        adapted_answers = generate_answers(model, tokenizer, texts, max_new_tokens, batch_size)
+        adapted_answers = _answers(model, tokenizer, texts, max_new_tokens, batch_size,
+                                   known.get("adapted", {}))
         with _adapter_off(model):
-            base_answers = generate_answers(base_model or model, tokenizer, texts, max_new_tokens, batch_size)
+            base_answers = _answers(base_model or model, tokenizer, texts, max_new_tokens, batch_size,
+                                    known.get("base", {}))
             base[kind] = response_residuals(reader, tokenizer, hookpoint, texts, base_answers, batch_size)
             adapted[kind] = response_residuals(reader, tokenizer, hookpoint, texts, adapted_answers,
                                                batch_size)
     return latent_changes(sae, base, adapted, None, top_n, labels, selected, hookpoint)
+
+
+def _answers(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+             max_new_tokens: int, batch_size: int, known: Mapping[str, str]) -> list[str]:
+    """Greedy answers to `prompts`, taken from `known` where it has them, generated for the others."""
+    missing = [p for p in dict.fromkeys(prompts) if p not in known]
+    fresh = dict(zip(missing, generate_answers(model, tokenizer, missing, max_new_tokens, batch_size),
+                     strict=True)) if missing else {}
+    return [known[p] if p in known else fresh[p] for p in prompts]

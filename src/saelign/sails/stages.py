@@ -27,6 +27,7 @@ from saelign.sae import load_sae
 from saelign.sae.formats import check_sae_matches
 from saelign.sae.train import LOG_FILE, train_saes
 from saelign.sails import sources
+from saelign.sails.adapters import merged_for_inference
 from saelign.sails.aligned import advbench_categories, align_safety_slots, save_aligned_subspace
 from saelign.sails.data import Example, SafetyData, build_safety_data, save_safety_data
 from saelign.sails.effect import adapter_effect
@@ -195,7 +196,7 @@ def train_stage(run: RunDir, method: str) -> dict[str, Any]:
 
 def eval_stage(run: RunDir, name: str) -> dict[str, Any]:
     cfg = run.cfg
-    model = run.model if name == "base" else run.trained_model(name)
+    model = run.model if name == "base" else merged_for_inference(run.trained_model(name))
     judge = make_judge(cfg.eval)
     metrics = evaluate_model(model, run.tokenizer, run.data.test, judge, cfg.eval, run.capability)
     if run.data.ood:  # in- and out-of-distribution apart: held-out registers and held-out sources
@@ -236,9 +237,25 @@ def answers_stage(run: RunDir, method: str) -> dict[str, Any]:
     result = response_effect(run.trained_model(method), run.tokenizer, run.sae, _test_prompts(run),
                              cfg.answer_tokens, cfg.eval.batch_size, cfg.effect_top, short_labels(run),
                              run.selection["selection"]["latent_ids"],
-                             base_model=run.model if method == "full" else None)
+                             base_model=run.model if method == "full" else None,
+                             known={"base": _eval_answers(run, "base"), "adapted": _eval_answers(run, method)})
     write_json_atomic(run.path("answers", f"{method}.json"), result.to_dict())
     return {"listed": {kind: len(ways["up"]) + len(ways["down"]) for kind, ways in result.top.items()}}
+
+
+def _eval_answers(run: RunDir, name: str) -> dict[str, str]:
+    """prompt -> the greedy answer the eval stage judged for `name` (the base model or a method), cut to
+    answer_tokens tokens: the answers stage decodes only the prompts missing there. {} when that evaluation is
+    not done under the current options or decoded fewer tokens."""
+    cfg = run.cfg
+    if not run.complete(f"eval:{name}") or cfg.eval.max_new_tokens < cfg.answer_tokens:
+        return {}
+    records = read_json(run.path("eval", f"{name}.json"), "evaluation file")["responses"]
+    if cfg.eval.max_new_tokens == cfg.answer_tokens:
+        return {r["prompt"]: r["response"] for r in records}
+    tokenizer = run.tokenizer  # a longer greedy answer begins with the shorter one
+    return {r["prompt"]: tokenizer.decode(tokenizer(r["response"], add_special_tokens=False)["input_ids"]
+                                          [:cfg.answer_tokens], skip_special_tokens=True).strip() for r in records}
 
 
 def _moved(run: RunDir, folder: str) -> list[int]:
