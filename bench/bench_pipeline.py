@@ -2,6 +2,8 @@
 
 1. target/eval generation: saelign's batched greedy decoder vs `model.generate(do_sample=False)` on the same
    left-padded batches (same prompts, batch size, max_new_tokens, stop ids); both must give the same tokens.
+   With an adapter (eval of a trained method): the PEFT adapter merged into the weights, as the eval stage
+   decodes, vs plain `generate` on the unmerged PEFT model, and saelign's decoder on the unmerged model.
 2. adapter step: `train_sft` on a SAILS-initialised PEFT LoRA vs a plain PEFT loop (full logits, HF's own
    loss) at the same batches, rank and target modules; and `train_sft` with gradient checkpointing.
 3. capture: the forward stopped after the hookpoint's block vs a full forward with output_hidden_states, plus
@@ -34,6 +36,7 @@ from peft import LoraConfig, get_peft_model
 from common import Timer, current_rss_mib, peak_rss_mib, write_result
 from saelign.datasets.corpus import iter_contexts, open_corpus
 from saelign.models import ModelConfig, forward_capture, load_model
+from saelign.sails.adapters import merged_for_inference
 from saelign.sails.generate import encode_chat
 from saelign.sails.lora_init import LoraInitConfig, make_peft_model
 from saelign.sails.presets import SailsConfig, preset_layer, resolve_config
@@ -91,6 +94,41 @@ def generation(model, tokenizer, cfg: SailsConfig, n_prompts: int, rounds: int
               "identical_answers": min(same), "all_rounds": {"saelign": ours, "hf_generate": plain}}
     result["saelign_vs_hf"] = result["saelign_tok_s"] / result["hf_generate_tok_s"]
     return result, prompts, answers
+
+
+def adapter_generation(model, tokenizer, cfg: SailsConfig, prompts: list[str], rounds: int) -> dict:
+    """Decoding with a (pretend-trained) SAILS-initialised LoRA on every target module: merged, as the eval
+    stage runs it, vs the unmerged PEFT model (plain `generate`, and saelign's decoder)."""
+    rank = cfg.subspace.max_rank
+    basis = random_subspace(model.config.hidden_size, rank, seed=0)
+    peft_model = make_peft_model(copy.deepcopy(model), basis, dataclasses.replace(cfg.lora, rank=rank)).eval()
+    with torch.no_grad():  # B starts at 0: move every adapter weight so that the adapter changes the answers
+        gen = torch.Generator().manual_seed(0)
+        for param in (p for name, p in peft_model.named_parameters() if "lora_" in name):
+            param.add_(0.02 * torch.randn(param.shape, generator=gen))
+    merged = merged_for_inference(copy.deepcopy(peft_model))
+    ids = encode_chat(tokenizer, prompts)
+    max_new, batch = cfg.eval.max_new_tokens, cfg.eval.batch_size
+    pad_id, stops = pad_token_id(tokenizer), stop_ids(model, tokenizer)
+    runs = {"saelign_merged": lambda: greedy_decode(merged, ids, max_new, pad_id, stops, batch),
+            "peft_generate": lambda: hf_generate(peft_model, ids, max_new, pad_id, stops, batch),
+            "saelign_unmerged": lambda: greedy_decode(peft_model, ids, max_new, pad_id, stops, batch)}
+    speeds: dict[str, list] = {name: [] for name in runs}
+    tokens: dict[str, list] = {}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            with Timer() as t:
+                tokens[name] = run()
+            speeds[name].append(sum(map(len, tokens[name])) / t.seconds)
+    base = greedy_decode(model, ids, max_new, pad_id, stops, batch)
+    tok_s = {name: statistics.median(s) for name, s in speeds.items()}
+    same = {name: sum(a == b for a, b in zip(rows, tokens["peft_generate"], strict=True))
+            for name, rows in tokens.items()}
+    return {"prompts": len(prompts), "batch_size": batch, "max_new_tokens": max_new, "rank": rank,
+            "tok_s": tok_s, "merged_vs_peft_generate": tok_s["saelign_merged"] / tok_s["peft_generate"],
+            "identical_to_peft_generate": same,
+            "changed_by_adapter": sum(a != b for a, b in zip(base, tokens["peft_generate"], strict=True)),
+            "all_rounds": speeds}
 
 
 def plain_peft_steps(model, examples: list, pad_id: int, sft: SFTConfig, lora: LoraInitConfig,
@@ -255,6 +293,8 @@ def main() -> None:
     model, tokenizer = load_model(ModelConfig())
     gen, prompts, answers = generation(model, tokenizer, cfg, args.prompts, args.rounds)
     print({k: v for k, v in gen.items() if k != "all_rounds"}, flush=True)
+    adapted = adapter_generation(model, tokenizer, cfg, prompts, args.rounds)
+    print({k: v for k, v in adapted.items() if k != "all_rounds"}, flush=True)
     pairs = list(zip(prompts, answers, strict=True))
     sft = adapter_steps(model, tokenizer, cfg, pairs, args.sft_steps, args.rounds)
     print({k: v for k, v in sft.items() if k != "all_steps"}, flush=True)
@@ -262,7 +302,7 @@ def main() -> None:
     print({k: v for k, v in cap.items() if k != "all_rounds"}, flush=True)
     write_result("pipeline", {
         "preset": "quick", "model": "SmolLM2-135M-Instruct", "threads": args.threads, "targets": TARGETS,
-        "generation": gen, "adapter_step": sft, "capture": cap,
+        "generation": gen, "adapter_generation": adapted, "adapter_step": sft, "capture": cap,
         "memory": {"steps": args.memory_steps, "capture_batches": args.capture_batches,
                    "runs": memory(pairs, args)},
         "met": {"adapter_step": sft["saelign_vs_peft"] <= TARGETS["adapter_step_vs_peft_max"],

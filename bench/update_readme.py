@@ -58,6 +58,7 @@ def pipeline_section(r: dict) -> list[str]:
              f"tokens (tok/s; {gen['identical_answers']}/{gen['prompts']} answers token-identical) | "
              f"{fmt(gen['saelign_tok_s'], 1)} | `generate` {fmt(gen['hf_generate_tok_s'], 1)} | "
              f"{gen['saelign_vs_hf']:.2f}× | ≥ {targets['generation_vs_hf_min']}× | {met[r['met']['generation']]} |",
+             *adapter_generation_rows(r.get("adapter_generation")),
              f"| adapter step, {sft['batch_size']} × ≤{sft['max_length']} tokens, LoRA rank {sft['rank']} on "
              f"{len(sft['target_modules'])} module kinds (s/step) | {fmt(steps['saelign'], 2)} | PEFT loop "
              f"{fmt(steps['plain_peft'], 2)} | {sft['saelign_vs_peft']:.2f}× | ≤ {targets['adapter_step_vs_peft_max']}× | "
@@ -75,6 +76,22 @@ def pipeline_section(r: dict) -> list[str]:
     for name, m in r["memory"]["runs"].items():
         lines.append(f"| {MEMORY_RUNS.get(name, name)} | {m['peak_rss_mib']:,.0f} | {m['peak_above_loaded_mib']:,.0f} |")
     return lines + ["", machine_line(r), ""]
+
+
+def adapter_generation_rows(a: dict | None) -> list[str]:
+    """Decoding with an adapter: merged (the eval stage) vs plain `generate` on the PEFT model (older results
+    have no such part)."""
+    if not a:
+        return []
+    tok, same, n = a["tok_s"], a["identical_to_peft_generate"], a["prompts"]
+    shape = f"{n} prompts, batch {a['batch_size']}, {a['max_new_tokens']} new tokens, LoRA rank {a['rank']}"
+    return [f"| greedy generation with an adapter, merged into the weights ({shape}; tok/s; "
+            f"{same['saelign_merged']}/{n} answers token-identical, {a['changed_by_adapter']}/{n} changed by the "
+            f"adapter) | {fmt(tok['saelign_merged'], 1)} | `generate` on the PEFT model {fmt(tok['peft_generate'], 1)} | "
+            f"{a['merged_vs_peft_generate']:.2f}× | – | – |",
+            f"| the same, adapter not merged (saelign's decoder; {same['saelign_unmerged']}/{n} identical) | "
+            f"{fmt(tok['saelign_unmerged'], 1)} | `generate` on the PEFT model {fmt(tok['peft_generate'], 1)} | "
+            f"{tok['saelign_unmerged'] / tok['peft_generate']:.2f}× | – | – |"]
 
 
 def sae_section(r: dict) -> list[str]:

@@ -8,6 +8,7 @@ import torch
 from saelign.errors import SaelignError
 from saelign.label import ContextExample, LatentLabel
 from saelign.label.describe import DescribeConfig, attach_readings, describe_latents
+from saelign.label.examples import prompt_activations
 from saelign.label.grounding import labelled_examples
 from saelign.sae import SAE, SAEConfig
 
@@ -171,3 +172,23 @@ def test_label_cli_reads_labelled_prompts_explains_and_refuses_bad_explainers(
     )  # only the first explained
     meta = json.loads((sae_dir / "labels.json").read_text())["meta"]
     assert meta["d_sae"] == 16 and meta["sae_fingerprint"]
+
+
+def test_given_activations_give_the_readings_of_reading_them_and_a_wrong_shape_is_refused(tiny_llama,
+                                                                                         tokenizer):
+    torch.manual_seed(0)
+    sae = SAE(SAEConfig(d_in=32, d_sae=16, activation="relu", hookpoint="model.layers.1"))
+    with torch.no_grad():
+        sae.b_enc.fill_(0.05)
+    cfg = DescribeConfig(n_examples=1, n_heldout=3, label_tokens=4)
+    texts = [p.prompt for p in PROMPTS]
+    acts = prompt_activations(tiny_llama, tokenizer, sae, "model.layers.1", texts, [3, 1, 2])
+    read = describe_latents(tiny_llama, tokenizer, sae, "model.layers.1", PROMPTS, [1, 2], cfg)
+    given = describe_latents(tiny_llama, tokenizer, sae, "model.layers.1", PROMPTS, [1, 2], cfg,
+                             acts=acts[:, 1:])
+    assert {i: r.grounded for i, r in given.items()} == {i: r.grounded for i, r in read.items()}
+    swapped = describe_latents(tiny_llama, tokenizer, sae, "model.layers.1", PROMPTS, [1, 2], cfg,
+                               acts=acts[:, [2, 1]])
+    assert swapped[1].top_prompts == read[2].top_prompts  # the columns are the latents, in order
+    with pytest.raises(SaelignError, match="one column per latent"):
+        describe_latents(tiny_llama, tokenizer, sae, "model.layers.1", PROMPTS, [1, 2], cfg, acts=acts)

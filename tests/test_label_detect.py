@@ -112,3 +112,15 @@ def test_likelihood_detector_is_a_log_likelihood_difference(tiny_llama, tokenize
     assert LikelihoodDetector(tiny_llama, tokenizer).scores("cooking", texts) == pytest.approx(
         [0.0] * 3, abs=1e-5
     )
+
+
+def test_likelihood_is_the_texts_log_probability_after_the_prefix(tiny_llama, tokenizer):
+    prefix, texts = "The following request is about bread.\n", ["How do I bake bread?", "hi"]
+    got = LikelihoodDetector(tiny_llama, tokenizer, batch_size=2)._log_likelihood(prefix, texts)
+    head = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    for text, value in zip(texts, got, strict=True):
+        body = tokenizer(text, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = tiny_llama(input_ids=torch.tensor([head + body])).logits[0].log_softmax(-1)
+        want = sum(float(logp[len(head) - 1 + j, token]) for j, token in enumerate(body))
+        assert value == pytest.approx(want, abs=1e-3)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -107,18 +108,23 @@ def describe_latents(model: nn.Module, tokenizer: PreTrainedTokenizerBase, sae: 
                      token_labels: Mapping[int, str] | None = None,
                      contexts: Mapping[int, Sequence[ContextExample]] | None = None,
                      explainer: tuple[nn.Module, PreTrainedTokenizerBase] | None = None,
-                     batch_size: int = 8, grain_from_contexts: bool = False) -> dict[int, Reading]:
+                     batch_size: int = 8, grain_from_contexts: bool = False,
+                     acts: torch.Tensor | None = None) -> dict[int, Reading]:
     """{latent: Reading}; with an explainer, the first cfg.explain_top readings (0: all) carry a model-written
     label and detection scores of the 'model', 'grounded' and (given token_labels) 'tokens' labels on the
     same held-out prompts.
 
     Grain: latents used at the last prompt token (SAILS) are shown with whole requests when that token is
     template text; with grain_from_contexts (latents used at every corpus position, `saelign label`) a
-    latent is shown with whole requests only when most of its top corpus contexts sit in template text."""
+    latent is shown with whole requests only when most of its top corpus contexts sit in template text.
+    `acts`: the [prompts, latents] values of `prompt_activations`, when the caller has read them already."""
     if not prompts:
         raise SaelignError("the labelled example set is empty: give prompts to describe the latents on")
     texts = [p.prompt for p in prompts]
-    acts = prompt_activations(model, tokenizer, sae, hookpoint, texts, latents, batch_size)
+    if acts is None:
+        acts = prompt_activations(model, tokenizer, sae, hookpoint, texts, latents, batch_size)
+    require(acts.shape == (len(texts), len(latents)), f"acts: need one row per prompt and one column per "
+            f"latent ({len(texts)} × {len(latents)}), got {tuple(acts.shape)}")
     at_template = not grain_from_contexts and last_prompt_token_is_template(tokenizer)
     grains = {i: "prompt" if at_template or not (contexts and contexts.get(i))
               else example_grain(contexts[i], tokenizer) for i in latents}

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Literal, Protocol, get_args
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -115,8 +116,9 @@ class LikelihoodDetector:
             rows = order[start:start + self.batch_size]
             ids, mask = pad([head + encoded[i] for i in rows], pad_id)
             logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            logp = logits.float().log_softmax(-1)
-            token_logp = logp[:, :-1].gather(-1, ids[:, 1:, None].to(device))[..., 0].cpu()  # [B, T-1]
+            # fused: no [B, T, vocab] log-softmax is kept, only each next token's log-probability
+            token_logp = -F.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:].to(device),
+                                          reduction="none").cpu()  # [B, T-1]
             for row, i in enumerate(rows):  # the text's tokens are predicted from len(head)-1 on
                 out[i] = float(token_logp[row, len(head) - 1:len(head) - 1 + len(encoded[i])].sum())
         return out

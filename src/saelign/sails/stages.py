@@ -20,6 +20,7 @@ from saelign.datasets.corpus import iter_texts, open_corpus
 from saelign.io import read_json, write_json_atomic, write_text_atomic
 from saelign.label import label_latents, save_labels
 from saelign.label.describe import attach_readings, describe_latents, load_explainer, load_labelled_prompts
+from saelign.label.examples import prompt_activations
 from saelign.label.reading import sae_meta, save_readings
 from saelign.models.loading import model_identity
 from saelign.progress import logger
@@ -284,13 +285,18 @@ def describe_stage(run: RunDir, _: str) -> dict[str, Any]:
         explainer = (run.base_model if cfg.explainer == run.cfg.model.model
                      else load_explainer(cfg.explainer, "--describe-explainer"))
     prompts = load_labelled_prompts(run.path("data"))
+    # one read of every prompt for both groups: the same forward, other columns
+    columns = [*at_header, *in_answers]
+    acts = prompt_activations(run.model, run.tokenizer, run.sae, run.cfg.hookpoint, [p.prompt for p in prompts],
+                              columns, run.cfg.label.batch_size) if columns else None
     readings = {}
     for latents, pair, by_contexts in ((at_header, explainer, False), (in_answers, None, True)):
         if latents:
             readings |= describe_latents(run.model, run.tokenizer, run.sae, run.cfg.hookpoint, prompts,
                                          latents, cfg, {i: labels[i].short_label for i in latents},
                                          {i: labels[i].top_contexts for i in latents}, pair,
-                                         run.cfg.label.batch_size, grain_from_contexts=by_contexts)
+                                         run.cfg.label.batch_size, grain_from_contexts=by_contexts,
+                                         acts=acts[:, [columns.index(i) for i in latents]])
     save_readings(run.path(SAILS_READINGS), readings,
                   {"hookpoint": run.cfg.hookpoint, "explainer": cfg.explainer, "detector": cfg.detector,
                    "n_prompts": len(prompts), **sae_meta(run.sae)})
