@@ -250,8 +250,10 @@ def seeds_section(r: dict) -> list[str]:
     n = {k: v.get("n_prompts") for k, v in r["methods"]["base"].items() if isinstance(v, dict)}
     plural = "s" if len(r["seeds"]) > 1 else ""
     weight = f"harmless weight {r['harmless_weight']:g}; " if "harmless_weight" in r else ""
+    layer = r.get("config_layer")  # --config over the preset: say which, the header is otherwise the preset's
+    over = f"over the preset: `{json.dumps(layer, separators=(', ', ': '))}`; " if layer else ""
     lines = [f"**SAILS under {len(r['seeds'])} seed{plural}** (preset `{r['preset']}`, seed{plural} "
-             f"{seed_list(r)}; {budget}; {weight}"
+             f"{seed_list(r)}; {budget}; {weight}{over}"
              f"{r['shared_across_seeds']}. Mean and 95 % interval of a bootstrap that resamples seeds and prompts "
              f"together; prompts per seed: ID {n.get('in_distribution.safety_rate')} harmful / "
              f"{n.get('in_distribution.over_refusal')} harmless, OOD registers "
