@@ -96,8 +96,8 @@ def load_adapter(base_model: PreTrainedModel, adapter_dir: str | Path, is_traina
 
 def merged_for_inference(model: nn.Module) -> nn.Module:
     """A PEFT model with its adapter folded into the base weights (stock `merge_and_unload`): the same outputs
-    up to float rounding, and greedy decoding ~15 % faster on this CPU (no separate low-rank products in every
-    layer). Changes `model` in place, so give it a model loaded for inference only. A model that is not a PEFT
+    up to float rounding, decoded faster (no separate low-rank products in every layer; bench_pipeline.py
+    has merged vs plain `generate` on the PEFT model). Changes `model` in place, so give it a model loaded for inference only. A model that is not a PEFT
     model, or a quantised one (merging would round the adapter into 4/8-bit weights), is returned as it is."""
     if not isinstance(model, PeftModel) or getattr(model.get_base_model(), "hf_quantizer", None) is not None:
         return model
