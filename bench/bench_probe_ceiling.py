@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import sys
 import time
@@ -134,6 +135,36 @@ def verdict(result: dict[str, Any], target: dict[str, float]) -> dict[str, Any]:
     return out
 
 
+def _pct(m: list[float | None] | None, ci: bool = False) -> str:
+    if not m or m[0] is None:
+        return "–"
+    return f"{100 * m[0]:.0f}" + (f" ({100 * m[1]:.0f}–{100 * m[2]:.0f})" if ci and m[1] is not None else "")
+
+
+def table(path: Path, positions: str = "last") -> str:
+    """A markdown table of a result file's feature sets (for the README): AUROC per part, the rates at the
+    val-chosen threshold, the oracle over-refusal at the preset's target safety, and its worst register."""
+    result = json.loads(path.read_text())
+    q, parts = result["targets"]["safety"], ("in_distribution", "ood_registers", "ood_sources")
+    at = f"over_refusal_at_safety_{q:g}"
+    header = [f"read-out ({positions} token{'s' if positions == 'all' else ''})", "val AUROC",
+              "AUROC ID / OOD reg. / OOD src.", "val threshold: safety ID / OOD reg. / OOD src.",
+              "val threshold: over-refusal ID / OOD reg. / OOD src.",
+              f"oracle over-refusal at {q:.0%} safety: ID / OOD reg. / OOD src.",
+              "oracle, worst register (OOD)"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for name, r in result["results"][positions].items():
+        m = [r["parts"][p] for p in parts]
+        worst = max(((v[at] or [0.0])[0], reg, v["n"]["harmless"])
+                    for reg, v in r["parts"]["ood"]["by_register"].items())
+        cells = [name, f"{r['val_auroc']:.3f}", " / ".join(f"{x['auroc'][0]:.3f}" for x in m),
+                 " / ".join(_pct(x["safety"]) for x in m), " / ".join(_pct(x["over_refusal"]) for x in m),
+                 " / ".join(_pct(x[at], ci=True) for x in m),
+                 f"{100 * worst[0]:.0f} ({worst[1]}, of {worst[2]})"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -145,7 +176,12 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--tag", default="")
+    parser.add_argument("--table", help="print a result file's markdown table (for --positions' first "
+                        "pooling) and exit")
     args = parser.parse_args()
+    if args.table:
+        print(table(Path(args.table), args.positions.split(",")[0]))
+        return 0
     setup_logging()
     began, load_before = time.perf_counter(), os.getloadavg()
     torch.manual_seed(0)

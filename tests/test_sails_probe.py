@@ -135,3 +135,12 @@ def test_bench_parts_and_read_out_on_a_tiny_model(tiny_llama, tokenizer):
         assert result["parts"]["ood"]["n"] == {"harmful": 2, "harmless": 1, "borderline": 1}
         assert result["parts"]["ood_sources"]["by_register"]["question"]["n"]["harmless"] == 1
         assert result["val"]["safety"] >= 0.9  # the val threshold flags the share it was chosen for
+
+
+def test_a_rate_at_zero_keeps_a_wilson_width():
+    # fully separated: every bootstrap resample has over-refusal 0, yet 20 prompts cannot show it is 0
+    scores = np.r_[np.arange(10.0, 30.0), np.arange(0.0, 20.0) / 10]
+    m = part_metrics(scores, examples(["harmful"] * 20 + ["harmless"] * 20), threshold=5.0,
+                     cfg=ProbeConfig(n_boot=100))
+    assert m["over_refusal"][:2] == [0.0, 0.0] and m["over_refusal"][2] > 0.1
+    assert m["auroc"] == [1.0, 1.0, 1.0]  # AUROC keeps the plain bootstrap
