@@ -6,7 +6,8 @@ makes them; the others get copies, `sails.seeds.share_upstream`), under the seed
 validation perplexity on held-out text apart from the test text (`--validation-ppl-contexts`). Only the train
 stage runs: no test evaluation. Writes bench/results/sails_retain_<preset>_validation.json: per weight the
 last validation check (safety, over-refusal on the val prompts; perplexity change on the validation text
-against step 0, i.e. the base model), the steps trained and the training time. Read test numbers
+against step 0, i.e. the base model), the steps trained and the training time, and the weight `choose`
+picks. Read test numbers
 afterwards, for the chosen weight only, with bench_sails_seeds.py --config (the README's SAILS benchmark
 section).
 
@@ -61,6 +62,15 @@ def validation_record(run: Path) -> dict[str, Any]:
                        for e in evals]}
 
 
+def choose(records: dict[str, dict[str, Any]]) -> str:
+    """The lowest validation perplexity change among the weights whose last check is as safe as the first
+    weight's (no retain term) and over-refuses no more; ties go to the smaller weight."""
+    reference = next(iter(records.values()))
+    fit = [w for w, r in records.items() if r["val_safety_rate"] >= reference["val_safety_rate"]
+           and r["val_over_refusal"] <= reference["val_over_refusal"]]
+    return min(fit, key=lambda w: (records[w]["val_perplexity_change"], float(w)))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,7 +99,8 @@ def main() -> int:
         "preset": args.preset, "seed": args.seed, "stop_rule": STOP_RULE,
         "val_ppl_contexts": args.val_ppl_contexts,
         "validation_text": "eval.ppl_corpus files apart from the test text (sails.evaluate.heldout_files)",
-        "weights": records, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "weights": records, "chosen": choose(records), "selection_rule": " ".join(choose.__doc__.split()),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "wall_seconds": round(time.perf_counter() - began, 1), "out": str(Path(args.out).resolve())})
     return 0
