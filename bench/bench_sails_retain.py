@@ -12,6 +12,10 @@ afterwards, for the chosen weight only, with bench_sails_seeds.py --config (the 
 section).
 
   OMP_NUM_THREADS=1 .venv/bin/python bench/bench_sails_retain.py --out runs/retain --weights 0,1,4
+
+`--compare W --seeds 0,1,2`, once bench_sails_seeds.py has evaluated both OUT/w0 and OUT/wW: writes
+sails_retain_<preset>_compare.json, weight W minus no retain term, paired by seed and prompt (the seeds both
+evaluated), with 95 % intervals (`sails.seeds.compare_runs`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from saelign.io import read_json
 from saelign.progress import setup_logging
 from saelign.sails.pipeline import run_pipeline
 from saelign.sails.presets import SailsConfig, preset_layer, resolve_config
-from saelign.sails.seeds import SHARED, seed_config, share_upstream
+from saelign.sails.seeds import SHARED, compare_runs, seed_config, share_upstream
 
 STOP_RULE = {"stop_at_safety": 0.95, "stop_max_over_refusal": 0.1}  # bench_sails_seeds.py's
 
@@ -80,7 +84,11 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--val-ppl-contexts", type=int, default=16)
     parser.add_argument("--out", required=True, help="folder of the per-weight run directories (resumable)")
+    parser.add_argument("--compare", type=float, help="compare this weight's evaluated seeds with weight 0's")
+    parser.add_argument("--seeds", default="0,1,2", help="with --compare: the seeds to pair")
     args = parser.parse_args()
+    if args.compare is not None:
+        return compare(args)
     weights = [float(w) for w in args.weights.split(",")]
     setup_logging()
     began, load_before = time.perf_counter(), os.getloadavg()
@@ -103,6 +111,22 @@ def main() -> int:
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "wall_seconds": round(time.perf_counter() - began, 1), "out": str(Path(args.out).resolve())})
+    return 0
+
+
+def compare(args: argparse.Namespace) -> int:
+    def evaluated(weight: float, seed: int) -> bool:
+        return (weight_dir(args.out, weight, seed) / "eval" / "sails.json").is_file()
+
+    seeds = [s for s in map(int, args.seeds.split(",")) if evaluated(0.0, s) and evaluated(args.compare, s)]
+    if not seeds:
+        print(f"no seed has evaluated sails under both weight 0 and {args.compare:g}", file=sys.stderr)
+        return 1
+    dirs, other = ([weight_dir(args.out, w, s) for s in seeds] for w in (args.compare, 0.0))
+    write_result(f"sails_retain_{args.preset}_compare", {
+        "preset": args.preset, "seeds": seeds, "weight": args.compare, "reference_weight": 0.0,
+        "comparison": f"retain weight {args.compare:g} minus 0, paired by seed and prompt",
+        "difference": compare_runs(dirs, other, "sails"), "out": str(Path(args.out).resolve())})
     return 0
 
 
