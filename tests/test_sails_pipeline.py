@@ -382,3 +382,39 @@ def test_the_answers_stage_decodes_only_what_the_evaluations_left_out(tmp_path, 
     assert sorted(decoded) == sorted(2 * [p for p in test if p not in judged])  # each side once, no more
     stages = json.loads((run_dir / "run.json").read_text())["stages"]
     assert stages["answers:sails"]["config"]["answer_tokens"] == answer_tokens
+
+
+def test_the_retain_term_and_validation_perplexity_read_held_out_files_apart_from_the_test_text(
+        tmp_path, finished, inputs, monkeypatch, tokenizer):
+    import shutil
+
+    from saelign.sails import stages
+    from saelign.sails.evaluate import heldout_files
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    corpus = tmp_path / "speeches"
+    corpus.mkdir()
+    words = [f"w{i}x" for i in range(6)]
+    for word in words:
+        (corpus / f"{word}.txt").write_text(" ".join([word] * 40))
+    flags = {"eval": {"ppl_corpus": str(corpus)}, "validation": {"ppl_contexts": 2},
+             "sft": {"retain_weight": 1.0, "retain_contexts": 3, "retain_context_length": 16, "retain_batch": 2}}
+    seen = []
+
+    def spy(method, model_factory, tokenizer, pairs, *args, **kwargs):  # the real trainer, its inputs kept
+        seen.append(kwargs["retain"])
+        return run_method(method, model_factory, tokenizer, pairs, *args, **kwargs)
+
+    run_method = stages.run_method
+    monkeypatch.setattr(stages, "run_method", spy)
+    pipeline.run_pipeline(tiny_config(inputs, **flags), run_dir, ["train"], overwrite=True)
+    [retain] = seen
+    parts = {part: {p.stem for p in files} for part, files in heldout_files(str(corpus), 0, set()).items()}
+    text = tokenizer.decode(retain.reshape(-1))
+    assert retain.shape == (3, 16) and {w for w in words if w in text} <= parts["retain"]
+    history = json.loads((run_dir / "methods" / "sails" / "result.json").read_text())["history"]
+    assert all("retain_kl" in e for e in history["train"]) and history["train"][0]["retain_kl"] >= 0
+    assert all(math.isfinite(e["perplexity"]) for e in history["eval"])
+    with pytest.raises(SaelignError, match="method full"):
+        tiny_config(inputs, methods=["sails", "full"], **flags)

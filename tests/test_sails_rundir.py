@@ -29,7 +29,10 @@ TRAINED = {"train:sails", "eval:sails", "effect:sails", "answers:sails", "descri
     ("sft", {"steps": 3}, TRAINED),
     ("sft", {"gradient_checkpointing": True}, set()),  # same result: a done train stage stays done
     ("validation", {"per_kind": 3}, TRAINED),
+    ("sft", {"retain_weight": 1.0}, TRAINED),
+    ("validation", {"ppl_contexts": 4}, TRAINED),
     ("eval", {"n_facts": 3}, {"eval:base", "eval:sails"}),
+    ("eval", {"seed": 3}, {"eval:base", *TRAINED}),  # the test text, and where validation and retain text lie
 ])
 def test_changing_one_section_rekeys_exactly_the_units_that_depend_on_it(tmp_path, section, change, rekeyed):
     cfg = SailsConfig()
@@ -69,3 +72,11 @@ def test_a_clear_cut_short_leaves_no_half_deleted_unit_folder(tmp_path, monkeypa
     assert not (tmp_path / "methods" / "sails").exists()
     run.clear("train:sails")  # the next clear also removes what the cut-short one moved aside
     assert list((tmp_path / "methods").iterdir()) == []
+
+
+def test_run_folders_made_before_the_retain_term_keep_their_keys(tmp_path):
+    """The train key of the default config as it was before sft.retain_*, validation.ppl_contexts and the
+    eval corpus options joined it (the added options are left out while at their old values)."""
+    run = RunDir(tmp_path, SailsConfig(), STAGES)
+    assert run.key("train:sails") == "cc36b3066979d255"
+    assert "retain_weight" not in run.components("train:sails")["sft"]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from saelign.errors import SaelignError
-from saelign.sails.seeds import run_seeds, seed_dir, share_upstream, summarise_seeds
+from saelign.sails.seeds import compare_runs, run_seeds, seed_dir, share_upstream, summarise_seeds
 from test_sails_pipeline import tiny_config, write_inputs
 
 METHODS = ["sails", "lora"]
@@ -76,3 +76,13 @@ def test_summary_means_are_the_seeds_means_with_intervals_around_them(seeded):
         assert row["mean"] == pytest.approx(mine - theirs, abs=1e-9)
         assert row["excludes_zero"] == (row["lo"] > 0 or row["hi"] < 0)
         assert row["excludes_zero"] or row["verdict"] == "no difference shown"
+
+
+def test_runs_under_other_options_compare_paired_as_methods_do(seeded):
+    _, _, dirs = seeded
+    summary = summarise_seeds(dirs, METHODS, n_boot=200)
+    assert compare_runs(dirs, dirs, "sails", "lora", n_boot=200) == summary["comparisons"]["sails - lora"]
+    same = compare_runs(dirs, dirs, "sails", n_boot=200)
+    assert all(row["mean"] == 0 and not row["excludes_zero"] for row in same.values())
+    with pytest.raises(SaelignError, match="same seeds"):
+        compare_runs(dirs, dirs[::-1], n_boot=200)

@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -79,10 +80,13 @@ class ValidationConfig:
     per_kind: int = help_field(16, "val prompts of each kind (harmful, harmless) in the check")
     max_new_tokens: int = help_field(32, "tokens generated per val prompt")
     batch_size: int = help_field(32, "prompts per generation batch")
+    ppl_contexts: int = help_field(0, "perplexity contexts of held-out validation text (eval.ppl_corpus files "
+                                      "apart from the test text; eval.ppl_context_length tokens; 0 = none)")
 
     def __post_init__(self) -> None:
-        if self.per_kind < 0 or self.max_new_tokens < 1 or self.batch_size < 1:
-            raise SaelignError(f"validation: per_kind must be >= 0, max_new_tokens and batch_size positive; got {self}")
+        if self.per_kind < 0 or self.max_new_tokens < 1 or self.batch_size < 1 or self.ppl_contexts < 0:
+            raise SaelignError(f"validation: per_kind and ppl_contexts must be >= 0, max_new_tokens and batch_size "
+                               f"positive; got {self}")
 
 
 @dataclass
@@ -144,21 +148,49 @@ def take_per_kind(examples: Sequence[Example], limit: int, kinds: Sequence[str] 
     return [e for kind in kinds for e in itertools.islice((x for x in examples if x.kind == kind), limit or None)]
 
 
-def heldout_contexts(tokenizer: PreTrainedTokenizerBase, source: str, n: int, length: int, seed: int,
-                     exclude_stems: set[str]) -> torch.Tensor:
-    """[n', length] token contexts (n' <= n) from `source`. For a folder corpus the files are
-    read from the far end of the seeded order capture reads from, skipping files named in `exclude_stems`."""
+HELDOUT_PARTS = ("test", "validation", "retain")
+
+
+def heldout_files(source: str, seed: int, exclude_stems: set[str]) -> dict[str, tuple[Path, ...]]:
+    """A folder corpus's files that no training prompt quotes, from the far end of the seeded order capture reads
+    from, in three disjoint parts: the first half is the test text (every evaluated model's perplexity), the
+    other half alternates validation files (a perplexity to choose options on) and retain files (SFT's retain
+    term). Test perplexity reads a few files from the start of its half, so it is the same text as before the
+    split existed."""
     corpus = open_corpus(source, seed=seed)
-    if corpus.kind == "files":
-        files = tuple(p for p in reversed(corpus.files) if p.stem not in exclude_stems)
+    if corpus.kind != "files":
+        raise SaelignError(f"corpus {source} is one file: held-out text is kept apart from the test text by "
+                           "whole files; give 'sotu' or a folder of .txt files as --eval-ppl-corpus")
+    files = tuple(p for p in reversed(corpus.files) if p.stem not in exclude_stems)
+    if not files:
+        raise SaelignError(f"every file of corpus {source} is used by the training data; "
+                           "give another --eval-ppl-corpus")
+    half = (len(files) + 1) // 2
+    return {"test": files[:half], "validation": files[half::2], "retain": files[half + 1::2]}
+
+
+def heldout_contexts(tokenizer: PreTrainedTokenizerBase, source: str, n: int, length: int, seed: int,
+                     exclude_stems: set[str], part: str = "test") -> torch.Tensor:
+    """[n', length] token contexts (n' <= n) from `source`: for a folder corpus from the files of
+    `heldout_files(...)[part]`; a one-file corpus has only a test part (read from its start)."""
+    if part not in HELDOUT_PARTS:
+        raise SaelignError(f"held-out part {part!r}: choose from {', '.join(HELDOUT_PARTS)}")
+    corpus = open_corpus(source, seed=seed)
+    if corpus.kind == "files" or part != "test":
+        files = heldout_files(source, seed, exclude_stems)[part]
         if not files:
-            raise SaelignError(f"every file of corpus {source} is used by the training data; "
-                               "give another --eval-ppl-corpus")
+            raise SaelignError(f"corpus {source} has too few files for a {part} part apart from the test text; "
+                               "give a folder with more .txt files as --eval-ppl-corpus")
         corpus = dataclasses.replace(corpus, files=files)
     contexts = list(itertools.islice(iter_contexts(corpus, tokenizer, length), n))
     if not contexts:
         raise SaelignError(f"perplexity corpus {source} gave no context of {length} tokens; use a longer text")
     return torch.stack(contexts)
+
+
+def training_stems(training: Sequence[Example]) -> set[str]:
+    """The sotu speeches that training prompts quote: held-out text leaves them out."""
+    return {e.source.split(":", 1)[1] for e in training if e.source.startswith("sotu:")}
 
 
 def load_facts(source: str, n: int, seed: int, exclude_prompts: set[str]) -> list[tuple[str, str]]:
@@ -181,7 +213,7 @@ def load_facts(source: str, n: int, seed: int, exclude_prompts: set[str]) -> lis
 def build_capability_data(tokenizer: PreTrainedTokenizerBase, cfg: SafetyEvalConfig,
                           training: Sequence[Example] = ()) -> CapabilityData:
     """Perplexity contexts and factual questions that none of the `training` examples contains."""
-    stems = {e.source.split(":", 1)[1] for e in training if e.source.startswith("sotu:")}
+    stems = training_stems(training)
     contexts = torch.empty(0, cfg.ppl_context_length, dtype=torch.long)
     if cfg.ppl_contexts:
         contexts = heldout_contexts(tokenizer, cfg.ppl_corpus, cfg.ppl_contexts, cfg.ppl_context_length, cfg.seed, stems)
@@ -258,13 +290,16 @@ def evaluate_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, test: S
 
 
 def quick_safety(model: nn.Module, tokenizer: PreTrainedTokenizerBase, val: Sequence[Example], judge: Judge,
-                 cfg: ValidationConfig) -> dict[str, float]:
-    """Val safety rate and over-refusal with short generations: the convergence check during training."""
+                 cfg: ValidationConfig, contexts: torch.Tensor | None = None) -> dict[str, float]:
+    """Val safety rate and over-refusal with short generations: the convergence check during training; with
+    `contexts` (held-out validation text) also their perplexity."""
     examples = take_per_kind(val, cfg.per_kind, kinds=("harmful", "harmless"))
     responses = generate_answers(model, tokenizer, [e.prompt for e in examples], cfg.max_new_tokens, cfg.batch_size)
     metrics, _ = safety_metrics(examples, responses, judge)
+    ppl = {} if contexts is None else {"perplexity": perplexity(model, contexts, tokenizer.pad_token_id)}
     return {"safety_rate": metrics["safety_rate"], "over_refusal": metrics["over_refusal"],
-            "harmful_degenerate": metrics["harmful_degenerate"], "harmless_degenerate": metrics["harmless_degenerate"]}
+            "harmful_degenerate": metrics["harmful_degenerate"], "harmless_degenerate": metrics["harmless_degenerate"],
+            **ppl}
 
 
 def safety_stop(min_safety: float, max_over_refusal: float = 1.0) -> Callable[[dict[str, Any]], bool] | None:

@@ -133,6 +133,10 @@ class SailsConfig:
         if self.sft.stop_at_safety > 0 and self.sft.eval_every < 1:
             raise SaelignError(f"sft.stop_at_safety={self.sft.stop_at_safety} needs a periodic validation "
                                "check: set --sft-eval-every N (N > 0)")
+        if self.sft.retain_weight > 0 and "full" in self.methods:
+            raise SaelignError("sft.retain_weight > 0 compares each LoRA model with its adapters switched off; "
+                               "method full has no such base to compare with: drop full from --methods, or set "
+                               "--sft-retain-weight 0")
         self.select = dataclasses.replace(self.select, hookpoints=[self.hookpoint])
 
 

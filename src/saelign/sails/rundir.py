@@ -5,6 +5,7 @@ A unit is a stage, or one method or model of a per-method stage ("train:sails").
 values the stage declares and the keys of its upstream units."""
 
 import copy
+import dataclasses
 import functools
 import hashlib
 import json
@@ -34,7 +35,7 @@ from saelign.sae.formats import check_sae_matches
 from saelign.sails.adapters import load_adapter
 from saelign.sails.aligned import AlignedSubspace, load_aligned_subspace
 from saelign.sails.data import SafetyData, load_safety_data
-from saelign.sails.evaluate import CapabilityData, build_capability_data
+from saelign.sails.evaluate import CapabilityData, build_capability_data, heldout_contexts, training_stems
 from saelign.sails.lora_init import check_targets
 from saelign.sails.methods import ALIGNED
 from saelign.sails.presets import SailsConfig
@@ -55,6 +56,14 @@ class Stage:
     upstream: tuple[str, ...] = ()  # stages whose outputs it reads
     folder: str = ""  # removed, with any checkpoints in it, before a unit is redone
     per: Callable[[SailsConfig], Sequence[str]] | None = None  # the methods/models of a per-method stage
+    # Options newer than some run folders (dotted, within `keys`), at the value those runs effectively used:
+    # left out of the key while they hold it, so the folders keep their keys.
+    added: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _has(values: Mapping[str, Any], dotted: str) -> bool:
+    *parents, leaf = dotted.split(".")
+    return leaf in functools.reduce(operator.getitem, parents, values)
 
 
 class RunDir:
@@ -101,7 +110,12 @@ class RunDir:
         stage, name = self._split(unit)
         up = [self.key(u) for u in self.upstream(unit)]
         values = config_to_dict(self.cfg)  # without the hidden fields: the pipeline sets those itself
-        return {"up": up, **{k: self._option(values, k) for k in stage.keys}}
+        for dotted, old in stage.added.items():
+            *parents, leaf = dotted.split(".")
+            section = functools.reduce(operator.getitem, parents, values)
+            if section.get(leaf, old) == old:
+                section.pop(leaf, None)
+        return {"up": up, **{k: self._option(values, k) for k in stage.keys if _has(values, k)}}
 
     def _option(self, values: dict[str, Any], key: str) -> Any:
         """The config value at dotted `key`; a section without the fields its class declares OUTPUT_FREE
@@ -276,6 +290,11 @@ class RunDir:
     def capability(self) -> CapabilityData:
         """The held-out probes every evaluated model gets: nothing in them appears in the training split."""
         return build_capability_data(self.tokenizer, self.cfg.eval, training=self.data.train)
+
+    def heldout(self, part: str, n: int, length: int) -> torch.Tensor:
+        """[n', length] contexts of the held-out corpus's validation or retain files (not the test text)."""
+        return heldout_contexts(self.tokenizer, self.cfg.eval.ppl_corpus, n, length, self.cfg.eval.seed,
+                                training_stems(self.data.train), part=part)
 
     def save_basis(self, basis: torch.Tensor) -> None:
         save_tensors_atomic(self.path("select", "subspace.safetensors"), {"U": basis})

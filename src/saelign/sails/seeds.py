@@ -152,26 +152,50 @@ def summarise_seeds(dirs: Sequence[Path], methods: Sequence[str], compare_to: st
     seeds = [read_json(d / "config.json", "run config")["sft"]["seed"] for d in dirs]
     summary: dict[str, Any] = {"seeds": seeds, "methods": {}}
     for name, data in {"base": base, **loaded}.items():
-        metrics, arrays[name] = {}, {}
-        for part in data["outcomes"][0]:
-            for metric, (kind, _) in RATES.items():
-                matrix = _matrix([o[part] for o in data["outcomes"]], kind)
-                if matrix.size:
-                    arrays[name][f"{part}.{metric}"] = [matrix]
-                    metrics[f"{part}.{metric}"] = _interval([matrix], n_boot=n_boot)
-        if base["nll"].size and data["nll"].shape == base["nll"].shape:
-            arrays[name]["perplexity_change"] = [data["nll"], base["count"], base["nll"]]
-            metrics["perplexity_change"] = _interval(arrays[name]["perplexity_change"], _ppl_change, n_boot)
+        arrays[name] = _arrays(data, base, budget, trained=name != "base")
+        metrics = {key: _interval(value, _ppl_change if key == "perplexity_change" else np.mean, n_boot)
+                   for key, value in arrays[name].items()}
         if name != "base":
-            arrays[name]["steps_to_90"] = [_steps(data, budget)]
             reached = sum(bool(r and r["steps_to"].get("0.9")) for r in data["results"])
-            steps = _interval(arrays[name]["steps_to_90"], n_boot=n_boot)
-            metrics["steps_to_90"] = {**steps, "reached": reached}
+            metrics["steps_to_90"]["reached"] = reached
             metrics["steps_trained"] = [r["steps"] if r else None for r in data["results"]]
         summary["methods"][name] = metrics
     summary["comparisons"] = {f"{compare_to} - {other}": _compare(arrays[compare_to], arrays[other], n_boot)
                               for other in methods if other != compare_to and compare_to in arrays}
     return summary
+
+
+def _arrays(data: dict[str, Any], base: dict[str, Any], budget: int,
+            trained: bool) -> dict[str, list[np.ndarray]]:
+    """Metric -> the arrays its statistic reads: refusal matrices per part and kind, the perplexity change's
+    NLLs (with the base model's), and a trained model's steps to 90 % val safety."""
+    arrays = {}
+    for part in data["outcomes"][0]:
+        for metric, (kind, _) in RATES.items():
+            matrix = _matrix([o[part] for o in data["outcomes"]], kind)
+            if matrix.size:
+                arrays[f"{part}.{metric}"] = [matrix]
+    if base["nll"].size and data["nll"].shape == base["nll"].shape:
+        arrays["perplexity_change"] = [data["nll"], base["count"], base["nll"]]
+    if trained:
+        arrays["steps_to_90"] = [_steps(data, budget)]
+    return arrays
+
+
+def compare_runs(dirs: Sequence[Path], other_dirs: Sequence[Path], method: str = "sails",
+                 other_method: str | None = None, n_boot: int = 2000) -> dict[str, Any]:
+    """`method` in the runs `dirs` minus `other_method` (default: the same) in `other_dirs`: the same seeds,
+    data and base model under other training options, paired by seed and prompt (`summarise_seeds`' way)."""
+    seeds = [[read_json(d / "config.json", "run config")["sft"]["seed"] for d in group]
+             for group in (dirs, other_dirs)]
+    base, other_base = _load(dirs, "base"), _load(other_dirs, "base")
+    if seeds[0] != seeds[1] or not np.array_equal(base["nll"], other_base["nll"]):
+        raise SaelignError(f"compare_runs: the two groups must be the same seeds ({seeds[0]} vs {seeds[1]}) "
+                           "over one data stage and base model (share_upstream)")
+    budget = int(read_json(dirs[0] / "config.json", "run config")["sft"]["steps"])
+    mine, other = (_arrays(_load(group, name), base, budget, trained=True)
+                   for group, name in ((dirs, method), (other_dirs, other_method or method)))
+    return _compare(mine, other, n_boot)
 
 
 def _compare(mine: dict[str, list[np.ndarray]], other: dict[str, list[np.ndarray]],

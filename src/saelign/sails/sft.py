@@ -16,6 +16,11 @@ mean (the response-token count is the global one), gradients are summed over the
 one process's result on the same global batch up to float summation order (dropout draws differ). Rank 0 runs
 the evaluation and sends its result to the others, so all take the same stopping decision.
 
+With `retain_weight` > 0 the loss adds retain_weight x the mean token KL(p_base || p_adapted) on generic text
+contexts the caller gives (`sails.retain`): a term that keeps the adapter from moving what it should not. Each
+step reads `retain_batch` of them, in an order that is again a pure function of (seed, epoch); under torchrun
+each rank takes its share and divides by the step's global token count, like the cross-entropy.
+
 `gradient_checkpointing` trades compute for memory (bench/results/pipeline.json has both) and changes no result,
 so a run may be resumed with it switched."""
 
@@ -40,6 +45,7 @@ from saelign.errors import SaelignError, require
 from saelign.io import read_json, write_json_atomic
 from saelign.progress import logger, progress
 from saelign.sails.chat import encode_pair
+from saelign.sails.retain import kl_to_base_sum, require_adapters, retain_mask
 from saelign.text import pad, pad_token_id
 
 IGNORE = -100
@@ -50,6 +56,9 @@ EvalFn = Callable[[nn.Module, int], dict[str, Any]]
 # (tokenizer, prompt, response) -> (prompt ids, response ids)
 PairEncoder = Callable[[PreTrainedTokenizerBase, str, str], tuple[list[int], list[int]]]
 StopFn = Callable[[dict[str, Any]], bool]  # an evaluation's result -> whether training ends there
+# Options of the retain term: left out of the resume fingerprint while it is off, so checkpoints written before
+# it existed stay resumable.
+RETAIN_FIELDS = ("retain_weight", "retain_batch", "retain_contexts", "retain_context_length")
 
 
 @dataclass
@@ -78,15 +87,24 @@ class SFTConfig:
                                                    "also be at most this, e.g. 0.1")
     gradient_checkpointing: bool = help_field(False, "recompute each block's activations in the backward pass "
                                                       "instead of keeping them: less memory, more compute")
+    retain_weight: float = help_field(0.0, "weight of the retain term: mean token KL(base || adapted) on generic "
+                                           "text contexts disjoint from the perplexity test text (0 = off)")
+    retain_batch: int = help_field(4, "retain contexts per optimizer step")
+    retain_contexts: int = help_field(64, "generic text contexts the retain term cycles through")
+    retain_context_length: int = help_field(128, "tokens per retain context")
     checkpoint_every: int = help_field(50, "write a resumable checkpoint every N steps (0 = only at the end)")
     out: str = help_field("", "folder for checkpoint/ and history.json ('' = keep nothing on disk)")
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "grad_accum", "max_length"):
+        for name in ("steps", "batch_size", "grad_accum", "max_length", "retain_batch", "retain_contexts"):
             require(getattr(self, name) >= 1, f"{name} must be positive, got {getattr(self, name)}")
         for name in ("warmup", "eval_every", "checkpoint_every", "weight_decay", "max_grad_norm"):
             require(getattr(self, name) >= 0, f"{name} must not be negative, got {getattr(self, name)}")
         require(self.lr > 0, f"lr must be positive, got {self.lr}")
+        require(0 <= self.retain_weight < float("inf"),
+                f"retain_weight must be 0 (off) or a positive number, got {self.retain_weight}")
+        require(self.retain_context_length >= 2,
+                f"retain_context_length must be at least 2 tokens, got {self.retain_context_length}")
         for name in ("stop_at_safety", "stop_max_over_refusal"):
             require(0 <= getattr(self, name) <= 1, f"{name} is a rate between 0 and 1, got {getattr(self, name)}")
 
@@ -179,13 +197,16 @@ def _response_targets(example: tuple[list[int], list[int]]) -> int:
 
 
 def _fingerprint(cfg: SFTConfig, params: dict[str, torch.Tensor], examples: list,
-                 weights: list[float] | None) -> dict[str, Any]:
+                 weights: list[float] | None, retain: torch.Tensor | None) -> dict[str, Any]:
     data = hashlib.sha256(json.dumps(examples).encode()).hexdigest()
     shapes = hashlib.sha256(json.dumps({n: list(p.shape) for n, p in params.items()}).encode()).hexdigest()
     steps = {"steps": cfg.steps} if cfg.schedule == "cosine" else {}
     # Only weighted runs record weights, so checkpoints of unweighted ones written before stay resumable.
     weighted = {} if weights is None else {"weights_sha256": hashlib.sha256(json.dumps(weights).encode()).hexdigest()}
-    return checkpoint.fingerprint(cfg, **steps, data_sha256=data, trainable_sha256=shapes, **weighted)
+    retained = {} if retain is None else {"retain_sha256": hashlib.sha256(json.dumps(retain.tolist()).encode()).hexdigest()}
+    found = checkpoint.fingerprint(cfg, **steps, data_sha256=data, trainable_sha256=shapes, **weighted, **retained)
+    # Likewise the retain options only where the term is on.
+    return found if retain is not None else {k: v for k, v in found.items() if k not in RETAIN_FIELDS}
 
 
 def _save(out: Path, step: int, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
@@ -232,21 +253,44 @@ def _run_eval(model: nn.Module, eval_fn: EvalFn, step: int, history: dict[str, l
     history["eval"].append({"step": step, **result})
 
 
+def _retain_step(model: nn.Module, retain: torch.Tensor, masks: torch.Tensor, cfg: SFTConfig, step: int,
+                 device: torch.device) -> torch.Tensor:
+    """Backpropagate retain_weight x this rank's share of the step's mean token KL to the base model; return
+    that share (float64, on the CPU) for the log."""
+    ids = _step_samples(len(retain), cfg.seed, step, cfg.retain_batch)
+    n_tokens = int(masks[ids].sum())  # of the step's global retain batch, on every rank
+    share = distributed.split(ids)
+    kl = kl_to_base_sum(model, retain[share].to(device), masks[share].to(device)) / max(n_tokens, 1)
+    (cfg.retain_weight * kl).backward()
+    return kl.detach().cpu().double()
+
+
 def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]], cfg: SFTConfig,
               eval_fn: EvalFn | None = None, stop: StopFn | None = None,
-              encode: PairEncoder = encode_pair, weights: Sequence[float] | None = None) -> dict[str, list]:
+              encode: PairEncoder = encode_pair, weights: Sequence[float] | None = None,
+              retain: torch.Tensor | None = None) -> dict[str, list]:
     """Train the model's trainable parameters in place; return {"train": [...], "eval": [...]} (also
     history.json). `eval_fn(model, step)` runs every cfg.eval_every steps, at step 0 and at the end; training
     ends at the first periodic evaluation after step 0 whose result `stop` accepts. `encode` turns a pair
     into (prompt ids, response ids): chat turns by default, `encode_completion` for plain text. `weights`:
-    one positive loss weight per pair (None: all 1)."""
+    one positive loss weight per pair (None: all 1). `retain`: [n, L] token contexts of the retain term
+    (needed, and only read, when cfg.retain_weight > 0)."""
     if stop is not None and not (eval_fn and cfg.eval_every):
         raise SaelignError("a stopping rule needs a periodic evaluation: set eval_every > 0")
     if weights is not None:
         require(len(weights) == len(pairs), f"weights: give one per pair ({len(pairs)}), got {len(weights)}")
         require(all(w > 0 for w in weights), f"weights must be positive, got a minimum of {min(weights)}")
+    if cfg.retain_weight > 0:
+        require(retain is not None and retain.ndim == 2 and len(retain) > 0,
+                "sft.retain_weight > 0 needs retain text: pass retain=[n, L] token contexts (the SAILS pipeline "
+                "builds them from its held-out corpus)")
+        require_adapters(model)
+    else:
+        retain = None  # off: the exact path (and fingerprint) of a run without the term
     distributed.init()
     distributed.require_divisible(cfg.batch_size, "sft.batch_size")
+    if retain is not None:
+        distributed.require_divisible(cfg.retain_batch, "sft.retain_batch")
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise SaelignError("the model has no trainable parameters; wrap it with make_peft_model or prepare_full_finetune")
@@ -257,7 +301,8 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
     pad_id = pad_token_id(tokenizer)
     device = next(iter(params.values())).device
     optimizer = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    fingerprint = _fingerprint(cfg, params, examples, weight)
+    fingerprint = _fingerprint(cfg, params, examples, weight, retain)
+    retain_masks = retain_mask(retain, pad_id) if retain is not None else None
     out = Path(cfg.out) if cfg.out else None
     history: dict[str, list] = {"train": [], "eval": []}
     torch.manual_seed(cfg.seed + distributed.rank())  # each rank its own dropout draws
@@ -290,8 +335,10 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
             loss = response_loss_sum(model, batch, keep_logits, batch_weights) / n_tokens
             loss.backward()
             total += loss.detach().cpu()
+        kl = _retain_step(model, retain, retain_masks, cfg, step, device) if retain is not None else None
         distributed.all_reduce_gradients(params.values(), "sum")  # each rank's loss is a share of the mean
         total = float(distributed.all_reduce_(total, "sum", "the loss all-reduce"))
+        retained = {} if kl is None else {"retain_kl": float(distributed.all_reduce_(kl, "sum", "the KL all-reduce"))}
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params.values(), cfg.max_grad_norm)
         cosine = cfg.schedule == "cosine"
@@ -301,7 +348,8 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        history["train"].append({"step": step, "loss": total, "lr": lr, "seconds": time.perf_counter() - started})
+        history["train"].append({"step": step, "loss": total, **retained, "lr": lr,
+                                 "seconds": time.perf_counter() - started})
         bar.update(1)
         bar.set_postfix(loss=f"{total:.4f}")
         if eval_fn and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):

@@ -32,7 +32,13 @@ from saelign.sails.adapters import merged_for_inference
 from saelign.sails.aligned import advbench_categories, align_safety_slots, save_aligned_subspace
 from saelign.sails.data import Example, SafetyData, build_safety_data, save_safety_data
 from saelign.sails.effect import adapter_effect
-from saelign.sails.evaluate import evaluate_model, make_judge, quick_safety
+from saelign.sails.evaluate import (
+    SafetyEvalConfig,
+    ValidationConfig,
+    evaluate_model,
+    make_judge,
+    quick_safety,
+)
 from saelign.sails.generate import chat_text
 from saelign.sails.judge import OfflineJudge, PrefixJudge, judge_agreement
 from saelign.sails.methods import ALIGNED, MethodConfig, run_method
@@ -42,6 +48,7 @@ from saelign.sails.report import write_run_report
 from saelign.sails.response import response_effect
 from saelign.sails.rundir import RunDir, Stage
 from saelign.sails.select import select_safety_features, selection_directions
+from saelign.sails.sft import RETAIN_FIELDS, SFTConfig
 from saelign.sails.subspace import basis_hash, build_subspace, explained_share
 from saelign.sails.targets import add_targets
 from saelign.store import stream_activations
@@ -173,8 +180,13 @@ def train_stage(run: RunDir, method: str) -> dict[str, Any]:
     weights = [1.0 if e.kind == "harmful" else cfg.harmless_weight for e in train]
     judge = make_judge(cfg.eval)
 
+    val_text = (run.heldout("validation", cfg.validation.ppl_contexts, cfg.eval.ppl_context_length)
+                if cfg.validation.ppl_contexts else None)
+    retain = (run.heldout("retain", cfg.sft.retain_contexts, cfg.sft.retain_context_length)
+              if cfg.sft.retain_weight > 0 else None)
+
     def eval_fn(model: torch.nn.Module, _step: int) -> dict[str, Any]:
-        return quick_safety(model, run.tokenizer, run.data.val, judge, cfg.validation)
+        return quick_safety(model, run.tokenizer, run.data.val, judge, cfg.validation, val_text)
 
     selection = run.selection["selection"]
     provenance = {"model": model_identity(cfg.model), "sae": cfg.sae_path or str(run.path("sae")),
@@ -189,7 +201,8 @@ def train_stage(run: RunDir, method: str) -> dict[str, Any]:
                         eval_fn=eval_fn if cfg.sft.eval_every else None,
                         act_pca_prompts=contrast_prompts(run, "train"), provenance=provenance,
                         overwrite=run.overwrite or f"train:{method}" in run.resuming,  # a crash left its own
-                        given_basis=aligned.basis if aligned is not None else None, weights=weights)
+                        given_basis=aligned.basis if aligned is not None else None, weights=weights,
+                        retain=retain)
     if distributed.is_main():
         write_json_atomic(run.path("methods", method, "result.json"), result.to_dict())
     return {"train_seconds": result.train_seconds, "share": result.trainable["share"], "steps_to": result.steps_to}
@@ -317,6 +330,11 @@ def report_stage(run: RunDir, _: str) -> dict[str, Any]:
     return {}
 
 
+# The retain term, the validation perplexity and the held-out corpus they read came after run folders that the
+# train stage's key must keep.
+TRAIN_ADDED = {**{f"sft.{name}": getattr(SFTConfig, name) for name in RETAIN_FIELDS},
+               "validation.ppl_contexts": ValidationConfig.ppl_contexts,
+               "eval.ppl_corpus": SafetyEvalConfig.ppl_corpus, "eval.seed": SafetyEvalConfig.seed}
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("data", "build the harmful/harmless/borderline splits (data/)", data_stage,
           outputs=("data/train.jsonl", "data/val.jsonl", "data/test.jsonl"), keys=("model.model", "data"),
@@ -339,8 +357,9 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           folder="targets"),
     Stage("train", "fine-tune every method in the same harness and save its adapter (methods/)", train_stage,
           outputs=("methods/{name}/result.json",), upstream=("select", "align", "targets"), folder="methods/{name}",
-          keys=("lora", "sft", "validation", "eval.judge", "eval.judge_model", "full_lr", "harmless_weight"),
-          per=lambda cfg: cfg.methods),
+          keys=("lora", "sft", "validation", "eval.judge", "eval.judge_model", "full_lr", "harmless_weight",
+                "eval.ppl_corpus", "eval.seed"),  # the last two: where the validation and retain text come from
+          per=lambda cfg: cfg.methods, added=TRAIN_ADDED),
     Stage("eval", "safety, over-refusal, perplexity and factual accuracy of the base model and each method "
           "(eval/)", eval_stage, outputs=("eval/{name}.json",), keys=("eval",), upstream=("data", "train"),
           per=lambda cfg: ["base", *cfg.methods]),
