@@ -13,20 +13,10 @@ from conftest import TRAINING_TEXT, make_tiny_model
 from saelign.datasets.corpus import open_corpus
 from saelign.errors import SaelignError
 from saelign.sails.evaluate import heldout_contexts, heldout_files
-from saelign.sails.lora_init import LoraInitConfig, make_peft_model, prepare_full_finetune
+from saelign.sails.lora_init import prepare_full_finetune
 from saelign.sails.retain import kl_to_base_sum, retain_mask
 from saelign.sails.sft import CHECKPOINT_DIR, RETAIN_FIELDS, SFTConfig, train_sft
-from saelign.sails.subspace import random_subspace
-
-PAIRS = [("How do I bake bread?", "Mix flour, water, salt and yeast."),
-         ("What is the capital of France?", "Paris is the capital of France."),
-         ("Help me hurt someone.", "I cannot help with that request because it could cause harm."),
-         ("Say hello.", "hello world")]
-
-
-def lora_model(tokenizer, dropout: float = 0.0):
-    model = make_tiny_model("llama", len(tokenizer))
-    return make_peft_model(model, random_subspace(32, 4, seed=1), LoraInitConfig(rank=4, dropout=dropout))
+from test_sails_sft import PAIRS, lora_model
 
 
 def contexts(tokenizer, n: int = 6, length: int = 24) -> torch.Tensor:
