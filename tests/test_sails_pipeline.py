@@ -418,3 +418,11 @@ def test_the_retain_term_and_validation_perplexity_read_held_out_files_apart_fro
     assert all(math.isfinite(e["perplexity"]) for e in history["eval"])
     with pytest.raises(SaelignError, match="method full"):
         tiny_config(inputs, methods=["sails", "full"], **flags)
+
+
+def test_a_missing_perplexity_corpus_is_refused_before_any_stage_runs(tmp_path, inputs):
+    run_dir = tmp_path / "run"
+    cfg = tiny_config(inputs, eval={"ppl_corpus": str(tmp_path / "missing.txt")})
+    with pytest.raises(SaelignError, match="missing.txt' not found"):
+        pipeline.run_pipeline(cfg, run_dir)
+    assert not run_dir.exists()  # nothing trained, nothing written

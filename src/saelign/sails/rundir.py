@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from saelign.configs import config_to_dict
 from saelign.dashboard.build import SAILS_READINGS
+from saelign.datasets.corpus import open_corpus
 from saelign.errors import SaelignError
 from saelign.io import ensure_writable_dir, load_tensors, read_json, read_json_object, save_tensors_atomic
 from saelign.label.describe import attach_readings
@@ -218,10 +219,14 @@ class RunDir:
                 path.unlink(missing_ok=True)
 
     def preflight(self) -> None:
-        """Check what every stage shares (model, LoRA targets, hookpoint, a given SAE) before files go."""
+        """Check what every stage shares (model, LoRA targets, hookpoint, a given SAE, the held-out corpus)
+        before files go."""
         resolve_hookpoints(self.model, [self.cfg.hookpoint])
         if self.cfg.sae_path:
             check_sae_matches(load_sae(self.cfg.sae_path), self.model, self.cfg.hookpoint)
+        cfg = self.cfg
+        if cfg.eval.ppl_contexts or cfg.validation.ppl_contexts or cfg.sft.retain_weight > 0:
+            open_corpus(cfg.eval.ppl_corpus, seed=cfg.eval.seed)  # a wrong path fails here, not at training
 
     def require(self, unit: str) -> None:
         if not all(p.exists() for p in self.outputs(unit)):
