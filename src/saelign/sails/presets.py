@@ -80,6 +80,8 @@ class SailsConfig:
     harmless_weight: float = help_field(1.0, "loss weight of each harmless and borderline training pair (the "
                                         "base model's own answer) against 1 for a harmful one (a refusal), in "
                                         "every method's fine-tune; above 1 pulls against over-refusal")
+    refusal_contrasts: int = help_field(3, "refusals per harmless and borderline training pair whose openings "
+                                        "--sft-unlikelihood-weight pushes down (each a different template)")
     effect_top: int = help_field(12, "latents listed per direction in 'what the adapter changed'")
     answer_tokens: int = help_field(32, "tokens of each greedy answer whose SAE features are compared, base "
                                     "vs adapted (what the adapter changed in the answers)")
@@ -126,6 +128,7 @@ class SailsConfig:
         require(self.sae_epochs >= 1, f"sae_epochs must be positive, got {self.sae_epochs}")
         require(self.full_lr > 0, f"full_lr must be positive, got {self.full_lr}")
         require(self.harmless_weight > 0, f"harmless_weight must be positive, got {self.harmless_weight}")
+        require(self.refusal_contrasts >= 1, f"refusal_contrasts must be positive, got {self.refusal_contrasts}")
         require(self.effect_top >= 1, f"effect_top must be positive, got {self.effect_top}")
         require(self.answer_tokens >= 1, f"answer_tokens must be positive, got {self.answer_tokens}")
         bad = sorted(set(self.contrast) - {"harmless", "borderline"}) or ([] if self.contrast else ["(none)"])

@@ -21,6 +21,10 @@ contexts the caller gives (`sails.retain`): a term that keeps the adapter from m
 step reads `retain_batch` of them, in an order that is again a pure function of (seed, epoch); under torchrun
 each rank takes its share and divides by the step's global token count, like the cross-entropy.
 
+With `unlikelihood_weight` > 0 the loss adds unlikelihood_weight x the mean token -log(1 - p) of refusals the
+caller gives as contrasts for harmless prompts (`sails.unlikelihood`), read `unlikelihood_batch` per step in an
+order that is a pure function of (seed, epoch), shared over the ranks like the retain term.
+
 `gradient_checkpointing` trades compute for memory (bench/results/pipeline.json has both) and changes no result,
 so a run may be resumed with it switched."""
 
@@ -46,19 +50,18 @@ from saelign.io import read_json, write_json_atomic
 from saelign.progress import logger, progress
 from saelign.sails.chat import encode_pair
 from saelign.sails.retain import kl_to_base_sum, require_adapters, retain_mask
+from saelign.sails.unlikelihood import IGNORE, Contrast, PairEncoder, encode_contrasts, unlikelihood_sum
 from saelign.text import pad, pad_token_id
 
-IGNORE = -100
 CHECKPOINT_DIR = "checkpoint"
 HISTORY_FILE = "history.json"
 
 EvalFn = Callable[[nn.Module, int], dict[str, Any]]
-# (tokenizer, prompt, response) -> (prompt ids, response ids)
-PairEncoder = Callable[[PreTrainedTokenizerBase, str, str], tuple[list[int], list[int]]]
 StopFn = Callable[[dict[str, Any]], bool]  # an evaluation's result -> whether training ends there
 # Options of the retain term: left out of the resume fingerprint while it is off, so checkpoints written before
 # it existed stay resumable.
 RETAIN_FIELDS = ("retain_weight", "retain_batch", "retain_contexts", "retain_context_length")
+UNLIKELIHOOD_FIELDS = ("unlikelihood_weight", "unlikelihood_batch", "unlikelihood_tokens")  # the same, for that term
 
 
 @dataclass
@@ -92,17 +95,24 @@ class SFTConfig:
     retain_batch: int = help_field(4, "retain contexts per optimizer step")
     retain_contexts: int = help_field(64, "generic text contexts the retain term cycles through")
     retain_context_length: int = help_field(128, "tokens per retain context")
+    unlikelihood_weight: float = help_field(0.0, "weight of the refusal-unlikelihood term: mean -log(1 - p) of "
+                                                 "refusal openings on harmless prompts (0 = off)")
+    unlikelihood_batch: int = help_field(8, "refusal contrasts per optimizer step")
+    unlikelihood_tokens: int = help_field(4, "tokens of each refusal pushed down, after the prefix it shares "
+                                             "with the harmless answer")
     checkpoint_every: int = help_field(50, "write a resumable checkpoint every N steps (0 = only at the end)")
     out: str = help_field("", "folder for checkpoint/ and history.json ('' = keep nothing on disk)")
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "grad_accum", "max_length", "retain_batch", "retain_contexts"):
+        for name in ("steps", "batch_size", "grad_accum", "max_length", "retain_batch", "retain_contexts",
+                     "unlikelihood_batch", "unlikelihood_tokens"):
             require(getattr(self, name) >= 1, f"{name} must be positive, got {getattr(self, name)}")
         for name in ("warmup", "eval_every", "checkpoint_every", "weight_decay", "max_grad_norm"):
             require(getattr(self, name) >= 0, f"{name} must not be negative, got {getattr(self, name)}")
         require(self.lr > 0, f"lr must be positive, got {self.lr}")
-        require(0 <= self.retain_weight < float("inf"),
-                f"retain_weight must be 0 (off) or a positive number, got {self.retain_weight}")
+        for name in ("retain_weight", "unlikelihood_weight"):
+            require(0 <= getattr(self, name) < float("inf"),
+                    f"{name} must be 0 (off) or a positive number, got {getattr(self, name)}")
         require(self.retain_context_length >= 2,
                 f"retain_context_length must be at least 2 tokens, got {self.retain_context_length}")
         for name in ("stop_at_safety", "stop_max_over_refusal"):
@@ -148,10 +158,9 @@ def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dic
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def response_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], keep_logits: bool = True,
-                      weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Summed next-token cross-entropy over labelled (response) positions; with `weights` ([batch]) each
-    sequence's tokens count `weights[i]` times."""
+def response_logits(model: nn.Module, batch: dict[str, torch.Tensor],
+                    keep_logits: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, targets): the logits from the first labelled position on, each row predicting its target."""
     labels = batch["labels"]
     labelled = (labels != IGNORE).any(0).nonzero()
     start = max(int(labelled[0]) - 1, 0)  # logits at position t predict token t+1
@@ -159,8 +168,15 @@ def response_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], keep_log
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False, **kwargs).logits
     if not keep_logits:
         logits = logits[:, start:]
-    targets = labels[:, start + 1:]
-    flat = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    return logits[:, :-1], labels[:, start + 1:]
+
+
+def response_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], keep_logits: bool = True,
+                      weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed next-token cross-entropy over labelled (response) positions; with `weights` ([batch]) each
+    sequence's tokens count `weights[i]` times."""
+    logits, targets = response_logits(model, batch, keep_logits)
+    flat = logits.float().reshape(-1, logits.shape[-1])
     if weights is None:  # the unweighted sum as before, so unweighted runs keep their exact numbers
         return F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE, reduction="sum")
     per_token = F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE, reduction="none")
@@ -197,16 +213,20 @@ def _response_targets(example: tuple[list[int], list[int]]) -> int:
 
 
 def _fingerprint(cfg: SFTConfig, params: dict[str, torch.Tensor], examples: list,
-                 weights: list[float] | None, retain: torch.Tensor | None) -> dict[str, Any]:
+                 weights: list[float] | None, retain: torch.Tensor | None, contrasts: list | None) -> dict[str, Any]:
     data = hashlib.sha256(json.dumps(examples).encode()).hexdigest()
     shapes = hashlib.sha256(json.dumps({n: list(p.shape) for n, p in params.items()}).encode()).hexdigest()
     steps = {"steps": cfg.steps} if cfg.schedule == "cosine" else {}
     # Only weighted runs record weights, so checkpoints of unweighted ones written before stay resumable.
     weighted = {} if weights is None else {"weights_sha256": hashlib.sha256(json.dumps(weights).encode()).hexdigest()}
     retained = {} if retain is None else {"retain_sha256": hashlib.sha256(json.dumps(retain.tolist()).encode()).hexdigest()}
-    found = checkpoint.fingerprint(cfg, **steps, data_sha256=data, trainable_sha256=shapes, **weighted, **retained)
-    # Likewise the retain options only where the term is on.
-    return found if retain is not None else {k: v for k, v in found.items() if k not in RETAIN_FIELDS}
+    contrasted = ({} if contrasts is None
+                  else {"contrasts_sha256": hashlib.sha256(json.dumps(contrasts).encode()).hexdigest()})
+    found = checkpoint.fingerprint(cfg, **steps, data_sha256=data, trainable_sha256=shapes, **weighted, **retained,
+                                   **contrasted)
+    # Likewise the retain and unlikelihood options only where the term is on.
+    off = (RETAIN_FIELDS if retain is None else ()) + (UNLIKELIHOOD_FIELDS if contrasts is None else ())
+    return {k: v for k, v in found.items() if k not in off}
 
 
 def _save(out: Path, step: int, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
@@ -265,16 +285,29 @@ def _retain_step(model: nn.Module, retain: torch.Tensor, masks: torch.Tensor, cf
     return kl.detach().cpu().double()
 
 
+def _unlikelihood_step(model: nn.Module, contrasts: list, cfg: SFTConfig, step: int, pad_id: int,
+                       keep_logits: bool, device: torch.device) -> torch.Tensor:
+    """Backpropagate unlikelihood_weight x this rank's share of the step's mean refusal unlikelihood; return
+    that share (float64, on the CPU) for the log. The order is its own stream of (seed, epoch) permutations."""
+    ids = _step_samples(len(contrasts), cfg.seed + 1, step, cfg.unlikelihood_batch)
+    n_tokens = sum(_response_targets(contrasts[i]) for i in ids)  # of the global batch, on every rank
+    batch = {k: v.to(device) for k, v in collate([contrasts[i] for i in distributed.split(ids)], pad_id).items()}
+    loss = unlikelihood_sum(*response_logits(model, batch, keep_logits)) / n_tokens
+    (cfg.unlikelihood_weight * loss).backward()
+    return loss.detach().cpu().double()
+
+
 def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]], cfg: SFTConfig,
               eval_fn: EvalFn | None = None, stop: StopFn | None = None,
               encode: PairEncoder = encode_pair, weights: Sequence[float] | None = None,
-              retain: torch.Tensor | None = None) -> dict[str, list]:
+              retain: torch.Tensor | None = None, contrasts: Sequence[Contrast] | None = None) -> dict[str, list]:
     """Train the model's trainable parameters in place; return {"train": [...], "eval": [...]} (also
     history.json). `eval_fn(model, step)` runs every cfg.eval_every steps, at step 0 and at the end; training
     ends at the first periodic evaluation after step 0 whose result `stop` accepts. `encode` turns a pair
     into (prompt ids, response ids): chat turns by default, `encode_completion` for plain text. `weights`:
     one positive loss weight per pair (None: all 1). `retain`: [n, L] token contexts of the retain term
-    (needed, and only read, when cfg.retain_weight > 0)."""
+    (needed, and only read, when cfg.retain_weight > 0). `contrasts`: (prompt, unwanted, wanted response)
+    triples of the unlikelihood term (needed, and only read, when cfg.unlikelihood_weight > 0)."""
     if stop is not None and not (eval_fn and cfg.eval_every):
         raise SaelignError("a stopping rule needs a periodic evaluation: set eval_every > 0")
     if weights is not None:
@@ -287,10 +320,17 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
         require_adapters(model)
     else:
         retain = None  # off: the exact path (and fingerprint) of a run without the term
+    require(cfg.unlikelihood_weight == 0 or bool(contrasts),
+            "sft.unlikelihood_weight > 0 needs refusal contrasts: pass contrasts=[(prompt, refusal, answer), ...] "
+            "(the SAILS pipeline builds them from its harmless training pairs)")
+    contrasted = (encode_contrasts(tokenizer, contrasts, cfg.unlikelihood_tokens, cfg.max_length, encode)
+                  if cfg.unlikelihood_weight > 0 else None)
     distributed.init()
     distributed.require_divisible(cfg.batch_size, "sft.batch_size")
     if retain is not None:
         distributed.require_divisible(cfg.retain_batch, "sft.retain_batch")
+    if contrasted is not None:
+        distributed.require_divisible(cfg.unlikelihood_batch, "sft.unlikelihood_batch")
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise SaelignError("the model has no trainable parameters; wrap it with make_peft_model or prepare_full_finetune")
@@ -301,7 +341,7 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
     pad_id = pad_token_id(tokenizer)
     device = next(iter(params.values())).device
     optimizer = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    fingerprint = _fingerprint(cfg, params, examples, weight, retain)
+    fingerprint = _fingerprint(cfg, params, examples, weight, retain, contrasted)
     retain_masks = retain_mask(retain, pad_id) if retain is not None else None
     out = Path(cfg.out) if cfg.out else None
     history: dict[str, list] = {"train": [], "eval": []}
@@ -336,9 +376,13 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
             loss.backward()
             total += loss.detach().cpu()
         kl = _retain_step(model, retain, retain_masks, cfg, step, device) if retain is not None else None
+        pushed = (_unlikelihood_step(model, contrasted, cfg, step, pad_id, keep_logits, device)
+                  if contrasted is not None else None)
         distributed.all_reduce_gradients(params.values(), "sum")  # each rank's loss is a share of the mean
         total = float(distributed.all_reduce_(total, "sum", "the loss all-reduce"))
         retained = {} if kl is None else {"retain_kl": float(distributed.all_reduce_(kl, "sum", "the KL all-reduce"))}
+        if pushed is not None:
+            retained["unlikelihood"] = float(distributed.all_reduce_(pushed, "sum", "the unlikelihood all-reduce"))
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params.values(), cfg.max_grad_norm)
         cosine = cfg.schedule == "cosine"

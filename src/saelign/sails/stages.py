@@ -43,14 +43,15 @@ from saelign.sails.generate import chat_text
 from saelign.sails.judge import OfflineJudge, PrefixJudge, judge_agreement
 from saelign.sails.methods import ALIGNED, MethodConfig, run_method
 from saelign.sails.ood import evaluate_splits
+from saelign.sails.presets import SailsConfig
 from saelign.sails.registers import classify
 from saelign.sails.report import write_run_report
 from saelign.sails.response import response_effect
 from saelign.sails.rundir import RunDir, Stage
 from saelign.sails.select import select_safety_features, selection_directions
-from saelign.sails.sft import RETAIN_FIELDS, SFTConfig
+from saelign.sails.sft import RETAIN_FIELDS, UNLIKELIHOOD_FIELDS, SFTConfig
 from saelign.sails.subspace import basis_hash, build_subspace, explained_share
-from saelign.sails.targets import add_targets
+from saelign.sails.targets import add_targets, refusal_contrasts
 from saelign.store import stream_activations
 
 
@@ -184,6 +185,7 @@ def train_stage(run: RunDir, method: str) -> dict[str, Any]:
                 if cfg.validation.ppl_contexts else None)
     retain = (run.heldout("retain", cfg.sft.retain_contexts, cfg.sft.retain_context_length)
               if cfg.sft.retain_weight > 0 else None)
+    contrasts = refusal_contrasts(train, cfg.refusal_contrasts) if cfg.sft.unlikelihood_weight > 0 else None
 
     def eval_fn(model: torch.nn.Module, _step: int) -> dict[str, Any]:
         return quick_safety(model, run.tokenizer, run.data.val, judge, cfg.validation, val_text)
@@ -202,7 +204,7 @@ def train_stage(run: RunDir, method: str) -> dict[str, Any]:
                         act_pca_prompts=contrast_prompts(run, "train"), provenance=provenance,
                         overwrite=run.overwrite or f"train:{method}" in run.resuming,  # a crash left its own
                         given_basis=aligned.basis if aligned is not None else None, weights=weights,
-                        retain=retain)
+                        retain=retain, contrasts=contrasts)
     if distributed.is_main():
         write_json_atomic(run.path("methods", method, "result.json"), result.to_dict())
     return {"train_seconds": result.train_seconds, "share": result.trainable["share"], "steps_to": result.steps_to}
@@ -332,7 +334,8 @@ def report_stage(run: RunDir, _: str) -> dict[str, Any]:
 
 # The retain term, the validation perplexity and the held-out corpus they read came after run folders that the
 # train stage's key must keep.
-TRAIN_ADDED = {**{f"sft.{name}": getattr(SFTConfig, name) for name in RETAIN_FIELDS},
+TRAIN_ADDED = {**{f"sft.{name}": getattr(SFTConfig, name) for name in RETAIN_FIELDS + UNLIKELIHOOD_FIELDS},
+               "refusal_contrasts": SailsConfig.refusal_contrasts,
                "validation.ppl_contexts": ValidationConfig.ppl_contexts,
                "eval.ppl_corpus": SafetyEvalConfig.ppl_corpus, "eval.seed": SafetyEvalConfig.seed}
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
@@ -358,7 +361,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("train", "fine-tune every method in the same harness and save its adapter (methods/)", train_stage,
           outputs=("methods/{name}/result.json",), upstream=("select", "align", "targets"), folder="methods/{name}",
           keys=("lora", "sft", "validation", "eval.judge", "eval.judge_model", "full_lr", "harmless_weight",
-                "eval.ppl_corpus", "eval.seed"),  # the last two: where the validation and retain text come from
+                "refusal_contrasts", "eval.ppl_corpus", "eval.seed"),  # the last two: where the validation and retain text come from
           per=lambda cfg: cfg.methods, added=TRAIN_ADDED),
     Stage("eval", "safety, over-refusal, perplexity and factual accuracy of the base model and each method "
           "(eval/)", eval_stage, outputs=("eval/{name}.json",), keys=("eval",), upstream=("data", "train"),

@@ -58,6 +58,12 @@ def _echo_slots(prompt: str) -> dict[str, str]:
 
 def refusal_for(prompt: str) -> str:
     """A refusal for `prompt`: a support-oriented one for self-harm, else generic or echoing, fixed per prompt."""
+    return refusals_for(prompt, 1)[0]
+
+
+def refusals_for(prompt: str, n: int) -> list[str]:
+    """`n` different refusals for `prompt` (fewer if the pool is smaller), spread over the template pool from
+    the one `refusal_for` picks: the unwanted responses of a harmless prompt's unlikelihood contrasts."""
     templates = refusal_templates()
     slots = _echo_slots(prompt)
     if _SELF_HARM.search(prompt):
@@ -65,7 +71,15 @@ def refusal_for(prompt: str) -> str:
     else:
         pool = list(templates["generic"]) + [t for group in slots for t in templates[group]]
     digest = int(hashlib.sha256(normalize(prompt).encode()).hexdigest()[:12], 16)
-    return pool[digest % len(pool)].format(**slots)
+    picks = dict.fromkeys((digest + j * len(pool) // n) % len(pool) for j in range(min(n, len(pool))))
+    return [pool[i].format(**slots) for i in picks]
+
+
+def refusal_contrasts(examples: Sequence[Example], per_prompt: int) -> list[tuple[str, str, str]]:
+    """(prompt, refusal, answer) for every harmless or borderline example with a target: the refusals the
+    unlikelihood term pushes down where the answer should help."""
+    return [(e.prompt, refusal, e.target) for e in examples if e.kind != "harmful" and e.target
+            for refusal in refusals_for(e.prompt, per_prompt)]
 
 
 def trim_to_sentence(text: str, min_keep: float = 0.5) -> str:

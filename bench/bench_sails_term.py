@@ -1,20 +1,21 @@
-"""SFT's retain term (`--sft-retain-weight`: KL to the base model on held-out generic text) at several
-weights, read on VALIDATION only, to choose a weight before any test number is read (issue 11).
+"""An extra SFT term at several weights, read on VALIDATION only, to choose a weight before any test number
+is read (issue 11). `--term retain` (`--sft-retain-weight`: KL to the base model on held-out generic text) or
+`--term unlikelihood` (`--sft-unlikelihood-weight`: -log(1 - p) of refusal openings on harmless prompts).
 
 Every weight trains sails on one seed with the same data, SAE, selection and targets (the first weight's run
 makes them; the others get copies, `sails.seeds.share_upstream`), under the seeds bench's stop rule, with a
 validation perplexity on held-out text apart from the test text (`--validation-ppl-contexts`). Only the train
-stage runs: no test evaluation. Writes bench/results/sails_retain_<preset>_validation.json: per weight the
+stage runs: no test evaluation. Writes bench/results/sails_<term>_<preset>_validation.json: per weight the
 last validation check (safety, over-refusal on the val prompts; perplexity change on the validation text
-against step 0, i.e. the base model), the steps trained and the training time, and the weight `choose`
-picks. Read test numbers
+against step 0, i.e. the base model), the steps trained and the training time, and the weight the term's
+rule (`CHOOSE`) picks. Read test numbers
 afterwards, for the chosen weight only, with bench_sails_seeds.py --config (the README's SAILS benchmark
 section).
 
-  OMP_NUM_THREADS=1 .venv/bin/python bench/bench_sails_retain.py --out runs/retain --weights 0,1,4
+  OMP_NUM_THREADS=1 .venv/bin/python bench/bench_sails_term.py --term retain --out runs/retain --weights 0,1,4
 
 `--compare W --seeds 0,1,2`, once bench_sails_seeds.py has evaluated both OUT/w0 and OUT/wW: writes
-sails_retain_<preset>_compare.json, weight W minus no retain term, paired by seed and prompt (the seeds both
+sails_<term>_<preset>_compare.json, weight W minus no such term, paired by seed and prompt (the seeds both
 evaluated), with 95 % intervals (`sails.seeds.compare_runs`).
 """
 
@@ -41,32 +42,38 @@ def weight_dir(out: str | Path, weight: float, seed: int) -> Path:
     return Path(out) / f"w{weight:g}" / f"seed{seed}"
 
 
-def layer(weight: float, val_ppl_contexts: int) -> dict[str, Any]:
+# per term: its weight option in SFTConfig, and the key its per-step value has in the training history
+TERMS = {"retain": ("retain_weight", "retain_kl"), "unlikelihood": ("unlikelihood_weight", "unlikelihood")}
+
+
+def layer(term: str, weight: float, val_ppl_contexts: int) -> dict[str, Any]:
     """The config layer over the preset: what bench_sails_seeds.py --config gets to read test numbers."""
-    return {"sft": {"retain_weight": weight}, "validation": {"ppl_contexts": val_ppl_contexts}}
+    return {"sft": {TERMS[term][0]: weight}, "validation": {"ppl_contexts": val_ppl_contexts}}
 
 
-def config(preset: str, weight: float, val_ppl_contexts: int, seed: int) -> SailsConfig:
+def config(preset: str, term: str, weight: float, val_ppl_contexts: int, seed: int) -> SailsConfig:
     eval_every = preset_layer(preset)["sft"]["eval_every"]  # as bench_sails_seeds.py layers it
     bench = {"methods": ["sails"], "sft": {**STOP_RULE, "eval_every": eval_every}}
-    return seed_config(resolve_config([preset_layer(preset), layer(weight, val_ppl_contexts), bench]), seed)
+    layers = [preset_layer(preset), layer(term, weight, val_ppl_contexts), bench]
+    return seed_config(resolve_config(layers), seed)
 
 
-def validation_record(run: Path) -> dict[str, Any]:
+def validation_record(run: Path, term: str) -> dict[str, Any]:
     result = read_json(run / "methods" / "sails" / "result.json", "method result")
     evals = result["history"]["eval"]
     first, last = evals[0], evals[-1]
-    kl = [e["retain_kl"] for e in result["history"]["train"] if "retain_kl" in e]
+    logged = TERMS[term][1]
+    values = [e[logged] for e in result["history"]["train"] if logged in e]
     return {"steps": result["steps"], "train_seconds": result["train_seconds"],
             "val_safety_rate": last["safety_rate"], "val_over_refusal": last["over_refusal"],
             "val_perplexity": last["perplexity"], "val_perplexity_step0": first["perplexity"],
             "val_perplexity_change": last["perplexity"] / first["perplexity"] - 1,
-            "retain_kl_last": kl[-1] if kl else None,
+            f"{logged}_last": values[-1] if values else None,
             "checks": [{k: e[k] for k in ("step", "safety_rate", "over_refusal", "perplexity")}
                        for e in evals]}
 
 
-def choose(records: dict[str, dict[str, Any]]) -> str:
+def choose_retain(records: dict[str, dict[str, Any]]) -> str:
     """The lowest validation perplexity change among the weights whose last check is as safe as the first
     weight's (no retain term) and over-refuses no more; ties go to the smaller weight."""
     reference = next(iter(records.values()))
@@ -75,12 +82,25 @@ def choose(records: dict[str, dict[str, Any]]) -> str:
     return min(fit, key=lambda w: (records[w]["val_perplexity_change"], float(w)))
 
 
+def choose_unlikelihood(records: dict[str, dict[str, Any]]) -> str:
+    """The lowest validation over-refusal among the weights whose last check is as safe as the first
+    weight's (no unlikelihood term); ties go to the lower perplexity change, then the smaller weight."""
+    reference = next(iter(records.values()))
+    fit = [w for w, r in records.items() if r["val_safety_rate"] >= reference["val_safety_rate"]]
+    return min(fit, key=lambda w: (records[w]["val_over_refusal"], records[w]["val_perplexity_change"],
+                                   float(w)))
+
+
+CHOOSE = {"retain": choose_retain, "unlikelihood": choose_unlikelihood}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="quick", choices=["quick", "compare", "full"])
-    parser.add_argument("--weights", default="0,1,4", help="comma-separated retain weights; the first run "
-                        "makes the shared stages")
+    parser.add_argument("--term", default="retain", choices=sorted(TERMS))
+    parser.add_argument("--weights", default="0,1,4", help="comma-separated weights of the term; the first "
+                        "run makes the shared stages")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--val-ppl-contexts", type=int, default=16)
     parser.add_argument("--out", required=True, help="folder of the per-weight run directories (resumable)")
@@ -95,19 +115,20 @@ def main() -> int:
     first = weight_dir(args.out, weights[0], args.seed)
     records = {}
     for weight in weights:
-        cfg = config(args.preset, weight, args.val_ppl_contexts, args.seed)
+        cfg = config(args.preset, args.term, weight, args.val_ppl_contexts, args.seed)
         run = weight_dir(args.out, weight, args.seed)
         if run != first and not (run / "run.json").is_file():
             run.mkdir(parents=True, exist_ok=True)
             share_upstream(first, run, cfg)
         # No eval stage: test numbers are read for the chosen weight only.
         run_pipeline(cfg, run, [*SHARED, "train"])
-        records[f"{weight:g}"] = validation_record(run)
-    write_result(f"sails_retain_{args.preset}_validation", {
-        "preset": args.preset, "seed": args.seed, "stop_rule": STOP_RULE,
+        records[f"{weight:g}"] = validation_record(run, args.term)
+    chosen = CHOOSE[args.term]
+    write_result(f"sails_{args.term}_{args.preset}_validation", {
+        "preset": args.preset, "term": args.term, "seed": args.seed, "stop_rule": STOP_RULE,
         "val_ppl_contexts": args.val_ppl_contexts,
         "validation_text": "eval.ppl_corpus files apart from the test text (sails.evaluate.heldout_files)",
-        "weights": records, "chosen": choose(records), "selection_rule": " ".join(choose.__doc__.split()),
+        "weights": records, "chosen": chosen(records), "selection_rule": " ".join(chosen.__doc__.split()),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "wall_seconds": round(time.perf_counter() - began, 1), "out": str(Path(args.out).resolve())})
@@ -123,9 +144,10 @@ def compare(args: argparse.Namespace) -> int:
         print(f"no seed has evaluated sails under both weight 0 and {args.compare:g}", file=sys.stderr)
         return 1
     dirs, other = ([weight_dir(args.out, w, s) for s in seeds] for w in (args.compare, 0.0))
-    write_result(f"sails_retain_{args.preset}_compare", {
-        "preset": args.preset, "seeds": seeds, "weight": args.compare, "reference_weight": 0.0,
-        "comparison": f"retain weight {args.compare:g} minus 0, paired by seed and prompt",
+    write_result(f"sails_{args.term}_{args.preset}_compare", {
+        "preset": args.preset, "term": args.term, "seeds": seeds, "weight": args.compare,
+        "reference_weight": 0.0,
+        "comparison": f"{args.term} weight {args.compare:g} minus 0, paired by seed and prompt",
         "difference": compare_runs(dirs, other, "sails"), "out": str(Path(args.out).resolve())})
     return 0
 
