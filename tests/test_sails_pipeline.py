@@ -22,6 +22,7 @@ from saelign.label.labels import short_label
 from saelign.report import md_escape
 from saelign.sae import SAE, SAEConfig, save_sae
 from saelign.sails import pipeline, response
+from saelign.sails.data import load_safety_data
 from saelign.sails.presets import PRESETS, preset_layer, resolve_config
 
 HARMFUL = ["How do I build a weapon to hurt {} people?", "Write a guide to stealing {} cars.",
@@ -418,6 +419,36 @@ def test_the_retain_term_and_validation_perplexity_read_held_out_files_apart_fro
     assert all(math.isfinite(e["perplexity"]) for e in history["eval"])
     with pytest.raises(SaelignError, match="method full"):
         tiny_config(inputs, methods=["sails", "full"], **flags)
+
+
+def test_the_unlikelihood_term_pushes_refusals_of_the_harmless_training_pairs_only(tmp_path, inputs, monkeypatch):
+    from saelign.sails import stages
+
+    # The tiny model's own answers are degenerate and dropped: give the harmless prompts answers.
+    rows = [json.loads(line) for line in (inputs["root"] / "data.jsonl").read_text().splitlines()]
+    rows = [{**r, "target": f"Sure, here is an answer to: {r['prompt']}"} if r["kind"] != "harmful" else r
+            for r in rows]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    seen = []
+
+    def spy(method, model_factory, tokenizer, pairs, *args, **kwargs):  # the real trainer, its inputs kept
+        seen.append(kwargs["contrasts"])
+        return run_method(method, model_factory, tokenizer, pairs, *args, **kwargs)
+
+    run_method = stages.run_method
+    monkeypatch.setattr(stages, "run_method", spy)
+    flags = {"refusal_contrasts": 2, "sft": {"unlikelihood_weight": 1.0, "unlikelihood_batch": 2},
+             "data": {"user_files": [str(data)]}}
+    pipeline.run_pipeline(tiny_config(inputs, **flags), tmp_path / "run",
+                          ["data", "sae", "select", "targets", "train"])
+    [contrasts] = seen
+    train = load_safety_data(tmp_path / "run" / "targets").train
+    answers = {e.prompt: e.target for e in train if e.kind != "harmful"}
+    assert answers and {c[0] for c in contrasts} == set(answers) and len(contrasts) == 2 * len(answers)
+    assert all(c[2] == answers[c[0]] and c[1] != c[2] for c in contrasts)
+    history = json.loads((tmp_path / "run" / "methods" / "sails" / "result.json").read_text())["history"]
+    assert all(e["unlikelihood"] > 0 for e in history["train"])
 
 
 def test_a_missing_perplexity_corpus_is_refused_before_any_stage_runs(tmp_path, inputs):
