@@ -3,6 +3,7 @@ changes nothing, stop ids, hooks on prompt and generated tokens, and a stream th
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from functools import partial
 
 import pytest
@@ -111,6 +112,25 @@ def test_the_stream_computes_only_the_steps_it_is_asked_for(tiny_llama, tokenize
     assert calls == [ids.shape[1], 1] and first.shape == second.shape == (2,)
     want = greedy_decode(tiny_llama, token_ids(tokenizer, PROMPTS[:2]), 2, pad_token_id(tokenizer))
     assert torch.stack([first, second], dim=1).tolist() == want
+
+
+def test_a_row_that_stops_leaves_the_batch_and_the_others_decode_the_same(model, tokenizer):
+    prompts = token_ids(tokenizer, PROMPTS)
+    free = greedy_decode(model, prompts, 8, pad_token_id(tokenizer), batch_size=5)
+    stop = {free[1][1]}  # the longest-first order puts this row anywhere; it ends at step 2 at the latest
+    sizes = []
+    layer = "model.layers.0" if hasattr(model, "model") else "transformer.h.0"
+    with patch_output(model, layer, lambda h: sizes.append(h.shape[0]) or h):
+        stopped = greedy_decode(model, prompts, 8, pad_token_id(tokenizer), stop=stop, batch_size=5)
+    cut = [next((row[:k + 1] for k, t in enumerate(row) if t in stop), row) for row in free]
+    assert stopped == cut and len(stopped[1]) <= 2
+    assert sizes[0] == 5 and min(sizes) < 5 and sizes == sorted(sizes, reverse=True)  # the batch shrank
+    # Edits on generated tokens are per row: the batch keeps every row, and the answers are the same.
+    sizes.clear()
+    with patch_output(model, layer, lambda h: sizes.append(h.shape[0]) or h):
+        kept = greedy_decode(model, prompts, 8, pad_token_id(tokenizer), stop=stop, batch_size=5,
+                             token_context=nullcontext)
+    assert kept == cut and set(sizes) == {5}
 
 
 def test_sampling_follows_its_seed_and_a_cold_sampler_is_greedy(model, tokenizer):

@@ -61,20 +61,35 @@ def context_length(model: nn.Module) -> int | None:
 
 @torch.inference_mode()
 def decode_steps(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int,
-                 prompt_context: Context = None, token_context: Context = None, pick: Pick = None
-                 ) -> Iterator[torch.Tensor]:
+                 prompt_context: Context = None, token_context: Context = None, pick: Pick = None,
+                 stops: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
     """The next token [batch] of a left-padded batch (greedy, or `pick`'s choice), one step per item,
-    computed when asked for."""
+    computed when asked for. With `stops` (and no `token_context`, whose edits are per row), a row that has
+    emitted a stop id leaves the batch and its KV cache: the steps after that compute only the rows still
+    going, and the finished rows are reported as stops[0] from then on."""
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    alive = torch.arange(len(ids), device=ids.device)  # the batch rows still decoded
     # Logits of the last position only, as generate() asks: the prompt's [batch, seq, vocab] is never built.
     last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     with prompt_context() if prompt_context else nullcontext():
         step = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **last)
+    prune = stops is not None and len(stops) > 0 and token_context is None
     for made in range(1, max_new_tokens + 1):
         token = step.logits[:, -1].argmax(-1) if pick is None else pick(step.logits[:, -1])
-        yield token
+        if len(alive) == len(ids):
+            yield token
+        else:
+            yield torch.full((len(ids),), int(stops[0]), dtype=token.dtype, device=token.device).index_copy(
+                0, alive, token)
         if made == max_new_tokens:
             return
+        going = ~torch.isin(token, stops) if prune else None
+        if going is not None and not going.all() and hasattr(step.past_key_values, "batch_select_indices"):
+            keep = going.nonzero().squeeze(1)
+            if len(keep) == 0:
+                return
+            alive, token, mask, positions = alive[keep], token[keep], mask[keep], positions[keep]
+            step.past_key_values.batch_select_indices(keep)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         positions = positions[:, -1:] + 1
         with token_context() if token_context else nullcontext():
@@ -111,7 +126,7 @@ def greedy_decode(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_to
             ended = torch.zeros(len(rows), dtype=torch.bool, device=device)
             tokens = []
             for token in decode_steps(model, ids.to(device), mask.to(device), max_new_tokens, prompt_context,
-                                      token_context):
+                                      token_context, stops=stops):
                 tokens.append(token)
                 ended |= torch.isin(token, stops)
                 if ended.all():
