@@ -385,11 +385,24 @@ def test_the_answers_stage_decodes_only_what_the_evaluations_left_out(tmp_path, 
     assert stages["answers:sails"]["config"]["answer_tokens"] == answer_tokens
 
 
+def spy_on_training(monkeypatch, argument: str) -> list:
+    """The list that collects `argument` of every method the train stage runs (the real trainer runs)."""
+    from saelign.sails import stages
+
+    seen, run_method = [], stages.run_method
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs[argument])
+        return run_method(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "run_method", spy)
+    return seen
+
+
 def test_the_retain_term_and_validation_perplexity_read_held_out_files_apart_from_the_test_text(
         tmp_path, finished, inputs, monkeypatch, tokenizer):
     import shutil
 
-    from saelign.sails import stages
     from saelign.sails.evaluate import heldout_files
 
     run_dir = tmp_path / "run"
@@ -401,14 +414,7 @@ def test_the_retain_term_and_validation_perplexity_read_held_out_files_apart_fro
         (corpus / f"{word}.txt").write_text(" ".join([word] * 40))
     flags = {"eval": {"ppl_corpus": str(corpus)}, "validation": {"ppl_contexts": 2},
              "sft": {"retain_weight": 1.0, "retain_contexts": 3, "retain_context_length": 16, "retain_batch": 2}}
-    seen = []
-
-    def spy(method, model_factory, tokenizer, pairs, *args, **kwargs):  # the real trainer, its inputs kept
-        seen.append(kwargs["retain"])
-        return run_method(method, model_factory, tokenizer, pairs, *args, **kwargs)
-
-    run_method = stages.run_method
-    monkeypatch.setattr(stages, "run_method", spy)
+    seen = spy_on_training(monkeypatch, "retain")
     pipeline.run_pipeline(tiny_config(inputs, **flags), run_dir, ["train"], overwrite=True)
     [retain] = seen
     parts = {part: {p.stem for p in files} for part, files in heldout_files(str(corpus), 0, set()).items()}
@@ -422,7 +428,6 @@ def test_the_retain_term_and_validation_perplexity_read_held_out_files_apart_fro
 
 
 def test_the_unlikelihood_term_pushes_refusals_of_the_harmless_training_pairs_only(tmp_path, inputs, monkeypatch):
-    from saelign.sails import stages
 
     # The tiny model's own answers are degenerate and dropped: give the harmless prompts answers.
     rows = [json.loads(line) for line in (inputs["root"] / "data.jsonl").read_text().splitlines()]
@@ -430,14 +435,7 @@ def test_the_unlikelihood_term_pushes_refusals_of_the_harmless_training_pairs_on
             for r in rows]
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    seen = []
-
-    def spy(method, model_factory, tokenizer, pairs, *args, **kwargs):  # the real trainer, its inputs kept
-        seen.append(kwargs["contrasts"])
-        return run_method(method, model_factory, tokenizer, pairs, *args, **kwargs)
-
-    run_method = stages.run_method
-    monkeypatch.setattr(stages, "run_method", spy)
+    seen = spy_on_training(monkeypatch, "contrasts")
     flags = {"refusal_contrasts": 2, "sft": {"unlikelihood_weight": 1.0, "unlikelihood_batch": 2},
              "data": {"user_files": [str(data)]}}
     pipeline.run_pipeline(tiny_config(inputs, **flags), tmp_path / "run",
