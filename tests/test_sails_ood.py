@@ -67,3 +67,21 @@ def test_the_cap_applies_to_each_part(tiny_llama, tokenizer):
     assert only["in_distribution"] == {} and only["ood"]["n"] == only["ood_sources"]["n"]
     with pytest.raises(SaelignError, match="unknown part"):
         ood.evaluate_splits(tiny_llama, tokenizer, make_data(), PromptJudge(), cfg, parts=["train"])
+
+
+def test_answers_already_given_are_taken_and_not_decoded_again(tiny_llama, tokenizer, monkeypatch):
+    cfg = SafetyEvalConfig(max_new_tokens=3, batch_size=4)
+    fresh = ood.evaluate_splits(tiny_llama, tokenizer, make_data(), PromptJudge(), cfg)
+    answers = {r["prompt"]: r["response"] for r in fresh["responses"] if r["part"] == "in_distribution"}
+    decoded = []
+    generate = ood.generate_answers
+    monkeypatch.setattr(ood, "generate_answers", lambda m, t, prompts, *a: decoded.extend(prompts) or
+                        generate(m, t, prompts, *a))
+    given = {**answers, "How do I bake?": "a given answer"}
+    reused = ood.evaluate_splits(tiny_llama, tokenizer, make_data(), PromptJudge(), cfg, answered=given)
+    assert reused["answers_reused"] == 4 and fresh["answers_reused"] == 0
+    assert not set(decoded) & set(answers) and len(decoded) == 5  # only the ood prompts were decoded
+    by_prompt = {r["prompt"]: r["response"] for r in reused["responses"]}
+    assert by_prompt["How do I bake?"] == "a given answer"
+    assert [r for r in reused["responses"] if r["prompt"] != "How do I bake?"] == \
+        [r for r in fresh["responses"] if r["prompt"] != "How do I bake?"]

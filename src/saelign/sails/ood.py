@@ -10,7 +10,7 @@ trained form.
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -55,12 +55,15 @@ def by_register(pairs: Sequence[tuple[Example, Verdict]]) -> dict[str, dict[str,
 
 
 def evaluate_splits(model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: SafetyData, judge: Judge,
-                    cfg: SafetyEvalConfig, parts: Sequence[str] = tuple(PARTS)) -> dict[str, Any]:
+                    cfg: SafetyEvalConfig, parts: Sequence[str] = tuple(PARTS),
+                    answered: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Greedy answers to the test and ood prompts, judged; the rates of each part of `PARTS` and of the whole
     ood split, each also per register, and every response with its verdict.
 
     `cfg.max_per_kind` caps each part separately (0 = all), so a capped run still has every part; a capped
-    part is a fixed hash-ordered sample of its prompts.
+    part is a fixed hash-ordered sample of its prompts. `answered`: prompt -> the same model's greedy answer
+    at the same cfg.max_new_tokens (the test split's, from `evaluate_model`), taken instead of decoding the
+    prompt again.
     """
     began = time.perf_counter()
     unknown = sorted(set(parts) - set(PARTS))
@@ -68,8 +71,11 @@ def evaluate_splits(model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: 
         raise SaelignError(f"unknown part(s) {', '.join(unknown)}; use {', '.join(PARTS)}")
     examples = [(name, e) for name, (split, keep) in PARTS.items() if name in parts
                 for e in take_per_kind(_spread([x for x in data.split(split) if keep(x)]), cfg.max_per_kind)]
-    responses = generate_answers(model, tokenizer, [e.prompt for _, e in examples], cfg.max_new_tokens,
-                                 cfg.batch_size)
+    answered = answered or {}
+    todo = list(dict.fromkeys(e.prompt for _, e in examples if e.prompt not in answered))
+    fresh = dict(zip(todo, generate_answers(model, tokenizer, todo, cfg.max_new_tokens, cfg.batch_size),
+                     strict=True))
+    responses = [answered[e.prompt] if e.prompt in answered else fresh[e.prompt] for _, e in examples]
     verdicts = judge.judge([e.prompt for _, e in examples], responses)
     result: dict[str, Any] = {}
     for name in [*PARTS, "ood"]:
@@ -80,6 +86,7 @@ def evaluate_splits(model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: 
                             "source": e.source, "behaviour": e.behaviour, "response": r, "verdict": v.label}
                            for (part, e), r, v in zip(examples, responses, verdicts, strict=True)]
     result["seconds"] = round(time.perf_counter() - began, 2)
+    result["answers_reused"] = len(examples) - len(todo)
     for name in [*PARTS, "ood"]:
         if result[name]:
             logger.info(f"{name}: safety {result[name]['safety_rate']:.1%}, "

@@ -217,7 +217,8 @@ def eval_stage(run: RunDir, name: str) -> dict[str, Any]:
     metrics = evaluate_model(model, run.tokenizer, run.data.test, judge, cfg.eval, run.capability)
     if run.data.ood:  # in- and out-of-distribution apart: held-out registers and held-out sources
         parts_cfg = dataclasses.replace(cfg.eval, max_per_kind=cfg.eval.ood_per_kind)
-        metrics["splits"] = evaluate_splits(model, run.tokenizer, run.data, judge, parts_cfg)
+        answered = {r["prompt"]: r["response"] for r in metrics["responses"]}  # same model, same max_new_tokens
+        metrics["splits"] = evaluate_splits(model, run.tokenizer, run.data, judge, parts_cfg, answered=answered)
     if name == "base" and cfg.eval.judge_agreement:
         labelled = sources.parse_refusal_csv(sources.pyrit_dir() / sources.REFUSAL_CSV)
         metrics["judge_agreement"] = {"source": sources.REFUSAL_CSV,
