@@ -542,6 +542,10 @@ def two_hop_swap_lines(r: dict) -> list[str]:
     return lines + ["", machine_line(r)]
 
 
+# bench_sails_term.py's results (sails_<term>_<preset>_validation / _compare), not runs of the pipeline
+TERM_SWEEPS = ("sails_retain_", "sails_unlikelihood_")
+
+
 def main() -> None:
     parts: list[str] = []
     for name, render in (("capture", capture_section), ("pipeline", pipeline_section), ("sae_training", sae_section)):
@@ -561,6 +565,8 @@ def main() -> None:
     if biographies:
         parts += align_biographies_section(biographies, load("align_biographies_styles"))
     for path in sorted(RESULTS.glob("sails_*.json")):
+        if path.stem.startswith(TERM_SWEEPS):  # weight sweeps of an SFT term: the README says them in prose
+            continue
         result = json.loads(path.read_text())
         render = (seeds_section if path.stem.startswith("sails_seeds_") else overrefusal_section
                   if path.stem.startswith("sails_overrefusal_") else sails_section)
