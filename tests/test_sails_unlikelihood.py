@@ -47,6 +47,10 @@ def test_contrast_labels_are_the_first_tokens_after_the_shared_prefix(tokenizer)
     start = len(prompt_ids) + shared
     assert ids == prompt_ids + unwanted_ids[:start - len(prompt_ids) + 3]
     assert labels == [IGNORE] * start + unwanted_ids[shared:shared + 3]
+    # skip=1: the first divergent token is teacher-forced, the next three are pushed
+    [(ids1, labels1)] = encode_contrasts(tokenizer, CONTRASTS[:1], 3, 128, encode_pair, skip=1)
+    assert labels1 == [IGNORE] * (start + 1) + unwanted_ids[shared + 1:shared + 4]
+    assert ids1 == prompt_ids + unwanted_ids[:shared + 4]
     # a "refusal" that is the answer itself has nothing to push down: dropped
     same = [(prompt, wanted, wanted)]
     assert encode_contrasts(tokenizer, CONTRASTS[:1] + same, 3, 128, encode_pair) == [(ids, labels)]
@@ -139,6 +143,7 @@ def test_a_resumed_run_with_the_term_ends_with_the_same_weights(tokenizer, tmp_p
     ({"unlikelihood_weight": float("inf")}, "unlikelihood_weight"),
     ({"unlikelihood_batch": 0}, "unlikelihood_batch"),
     ({"unlikelihood_tokens": 0}, "unlikelihood_tokens"),
+    ({"unlikelihood_skip": -1}, "unlikelihood_skip"),
 ])
 def test_bad_unlikelihood_options_are_refused(options, match):
     with pytest.raises(SaelignError, match=match):

@@ -61,7 +61,7 @@ StopFn = Callable[[dict[str, Any]], bool]  # an evaluation's result -> whether t
 # Options of the retain term: left out of the resume fingerprint while it is off, so checkpoints written before
 # it existed stay resumable.
 RETAIN_FIELDS = ("retain_weight", "retain_batch", "retain_contexts", "retain_context_length")
-UNLIKELIHOOD_FIELDS = ("unlikelihood_weight", "unlikelihood_batch", "unlikelihood_tokens")  # the same, for that term
+UNLIKELIHOOD_FIELDS = ("unlikelihood_weight", "unlikelihood_batch", "unlikelihood_tokens", "unlikelihood_skip")  # the same, for that term
 
 
 @dataclass
@@ -100,6 +100,8 @@ class SFTConfig:
     unlikelihood_batch: int = help_field(8, "refusal contrasts per optimizer step")
     unlikelihood_tokens: int = help_field(4, "tokens of each refusal pushed down, after the prefix it shares "
                                              "with the harmless answer")
+    unlikelihood_skip: int = help_field(0, "tokens of each refusal after that shared prefix left out of the push "
+                                           "(1: its opening word, e.g. 'I', stays; what follows is pushed)")
     checkpoint_every: int = help_field(50, "write a resumable checkpoint every N steps (0 = only at the end)")
     out: str = help_field("", "folder for checkpoint/ and history.json ('' = keep nothing on disk)")
 
@@ -107,7 +109,8 @@ class SFTConfig:
         for name in ("steps", "batch_size", "grad_accum", "max_length", "retain_batch", "retain_contexts",
                      "unlikelihood_batch", "unlikelihood_tokens"):
             require(getattr(self, name) >= 1, f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("warmup", "eval_every", "checkpoint_every", "weight_decay", "max_grad_norm"):
+        for name in ("warmup", "eval_every", "checkpoint_every", "weight_decay", "max_grad_norm",
+                     "unlikelihood_skip"):
             require(getattr(self, name) >= 0, f"{name} must not be negative, got {getattr(self, name)}")
         require(self.lr > 0, f"lr must be positive, got {self.lr}")
         for name in ("retain_weight", "unlikelihood_weight"):
@@ -323,8 +326,8 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
     require(cfg.unlikelihood_weight == 0 or bool(contrasts),
             "sft.unlikelihood_weight > 0 needs refusal contrasts: pass contrasts=[(prompt, refusal, answer), ...] "
             "(the SAILS pipeline builds them from its harmless training pairs)")
-    contrasted = (encode_contrasts(tokenizer, contrasts, cfg.unlikelihood_tokens, cfg.max_length, encode)
-                  if cfg.unlikelihood_weight > 0 else None)
+    contrasted = (encode_contrasts(tokenizer, contrasts, cfg.unlikelihood_tokens, cfg.max_length, encode,
+                                   cfg.unlikelihood_skip) if cfg.unlikelihood_weight > 0 else None)
     distributed.init()
     distributed.require_divisible(cfg.batch_size, "sft.batch_size")
     if retain is not None:

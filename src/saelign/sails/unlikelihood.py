@@ -27,9 +27,12 @@ PairEncoder = Callable[[PreTrainedTokenizerBase, str, str], tuple[list[int], lis
 
 
 def encode_contrasts(tokenizer: PreTrainedTokenizerBase, contrasts: Sequence[Contrast], tokens: int,
-                     max_length: int, encode: PairEncoder) -> list[tuple[list[int], list[int]]]:
+                     max_length: int, encode: PairEncoder,
+                     skip: int = 0) -> list[tuple[list[int], list[int]]]:
     """(input ids, labels) per contrast: labels are the unwanted response's first `tokens` tokens after its
-    common prefix with the wanted response, IGNORE elsewhere; the sequence ends at the last labelled token.
+    common prefix with the wanted response and `skip` more (teacher-forced, not pushed: skip=1 leaves a
+    refusal's opening word, such as "I", alone and pushes what follows it), IGNORE elsewhere; the sequence
+    ends at the last labelled token.
     Contrasts whose unwanted response is a prefix of the wanted one, or that leave no label within
     `max_length`, are dropped."""
     examples = []
@@ -37,7 +40,7 @@ def encode_contrasts(tokenizer: PreTrainedTokenizerBase, contrasts: Sequence[Con
         prompt_ids, unwanted_ids = encode(tokenizer, prompt, unwanted)
         _, wanted_ids = encode(tokenizer, prompt, wanted)
         shared = next((i for i, (a, b) in enumerate(zip(unwanted_ids, wanted_ids, strict=False)) if a != b),
-                      min(len(unwanted_ids), len(wanted_ids)))
+                      min(len(unwanted_ids), len(wanted_ids))) + skip
         pushed = unwanted_ids[shared:shared + tokens]
         end = min(len(prompt_ids) + shared + len(pushed), max_length)
         if not pushed or end <= len(prompt_ids) + shared:
