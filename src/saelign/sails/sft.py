@@ -61,7 +61,8 @@ StopFn = Callable[[dict[str, Any]], bool]  # an evaluation's result -> whether t
 # Options of the retain term: left out of the resume fingerprint while it is off, so checkpoints written before
 # it existed stay resumable.
 RETAIN_FIELDS = ("retain_weight", "retain_batch", "retain_contexts", "retain_context_length")
-UNLIKELIHOOD_FIELDS = ("unlikelihood_weight", "unlikelihood_batch", "unlikelihood_tokens", "unlikelihood_skip")  # the same, for that term
+# The same for the unlikelihood term.
+UNLIKELIHOOD_FIELDS = ("unlikelihood_weight", "unlikelihood_batch", "unlikelihood_tokens", "unlikelihood_skip")
 
 
 @dataclass

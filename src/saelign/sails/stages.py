@@ -361,8 +361,9 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           folder="targets"),
     Stage("train", "fine-tune every method in the same harness and save its adapter (methods/)", train_stage,
           outputs=("methods/{name}/result.json",), upstream=("select", "align", "targets"), folder="methods/{name}",
+          # the last two keys: where the validation and retain text come from
           keys=("lora", "sft", "validation", "eval.judge", "eval.judge_model", "full_lr", "harmless_weight",
-                "refusal_contrasts", "eval.ppl_corpus", "eval.seed"),  # the last two: where the validation and retain text come from
+                "refusal_contrasts", "eval.ppl_corpus", "eval.seed"),
           per=lambda cfg: cfg.methods, added=TRAIN_ADDED),
     Stage("eval", "safety, over-refusal, perplexity and factual accuracy of the base model and each method "
           "(eval/)", eval_stage, outputs=("eval/{name}.json",), keys=("eval",), upstream=("data", "train"),

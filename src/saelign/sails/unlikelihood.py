@@ -16,13 +16,13 @@ from transformers import PreTrainedTokenizerBase
 
 from saelign.errors import SaelignError
 
-IGNORE = -100  # as sft.IGNORE: a label no loss reads
+IGNORE = -100  # a label no loss reads (sft uses this one too)
 # a token's probability is capped below 1 so -log(1 - p) stays finite where the model is already sure of it
 _MAX_PROBABILITY = 1 - 1e-6
 
 # (prompt, unwanted response, wanted response)
 Contrast = tuple[str, str, str]
-# (tokenizer, prompt, response) -> (prompt ids, response ids), as sft.PairEncoder
+# (tokenizer, prompt, response) -> (prompt ids, response ids): how sft turns a pair into tokens
 PairEncoder = Callable[[PreTrainedTokenizerBase, str, str], tuple[list[int], list[int]]]
 
 
