@@ -13,6 +13,14 @@ paired by seed and prompt.
   .venv/bin/python bench/bench_sails_seeds.py --preset full --out runs/seeds-full \\
       --methods sails,lora,act_pca,random_subspace,pissa,full,sails_aligned
   .venv/bin/python bench/bench_sails_seeds.py --preset quick --out runs/seeds-quick --summarise-only
+
+Each finished seed is also kept as a small record file (`--records-dir`, default
+bench/results/sails_seeds_<preset>[_<tag>]_records/seed<s>.json). A seed run in another session joins the
+summary with `--with-records FILE ...`, where its upstream files, prompts and base-model answers match this
+run's (rebuilt under the same options and thread count):
+
+  .venv/bin/python bench/bench_sails_seeds.py --preset full --seeds 1 --out runs/seeds-full \
+      --with-records bench/results/sails_seeds_full_v2_records/seed0.json --tag v2
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from common import write_result
 from saelign.configs import load_config_file
 from saelign.progress import setup_logging
 from saelign.sails.presets import preset_layer, resolve_config
+from saelign.sails.seed_record import read_seed_record, write_seed_record
 from saelign.sails.seeds import run_seeds, seed_dir, summarise_seeds
 
 STOP_RULE = {"stop_at_safety": 0.95, "stop_max_over_refusal": 0.1}  # the full preset's, read on val only
@@ -46,6 +55,10 @@ def main() -> int:
     parser.add_argument("--no-stop-rule", action="store_true", help="train every method for the whole budget")
     parser.add_argument("--summarise-only", action="store_true",
                         help="summarise the finished seeds, train nothing")
+    parser.add_argument("--records-dir", help="where each seed's record file goes (default: "
+                        "bench/results/sails_seeds_<preset>[_<tag>]_records)")
+    parser.add_argument("--with-records", nargs="*", default=[], metavar="FILE",
+                        help="seed record files of seeds run earlier over the same upstream")
     parser.add_argument("--n-boot", type=int, default=2000)
     parser.add_argument("--tag", default="", help="suffix of the result file (sails_seeds_<preset>_<tag>"
                         ".json), so a rerun under new defaults keeps the old file")
@@ -64,17 +77,26 @@ def main() -> int:
         return [d for d in map(functools.partial(seed_dir, args.out), seeds)
                 if (d / "eval" / f"{method}.json").is_file()]
 
+    name = f"sails_seeds_{args.preset}" + (f"_{args.tag}" if args.tag else "")
+    records_dir = Path(args.records_dir or Path(__file__).parent / "results" / f"{name}_records")
     dirs = [d for d in done("base") if d in done(methods[0])]
-    every = [m for m in methods if all(d in done(m) for d in dirs)]
-    if not dirs:
-        print(f"no seed has evaluated {methods[0]} yet", file=sys.stderr)
+    records = [read_seed_record(p) for p in args.with_records]
+    records += [write_seed_record(d, methods, records_dir / f"{d.name}.json") for d in dirs]
+    records.sort(key=lambda r: r["seed"])
+
+    def has(method: str) -> list[dict]:
+        return [r for r in records if method in r["models"]]
+
+    every = [m for m in methods if len(has(m)) == len(records)]
+    if not records or methods[0] not in every:
+        print(f"no seed has evaluated {methods[0]} yet, or not every seed has", file=sys.stderr)
         return 1
-    summary = summarise_seeds(dirs, every, compare_to=methods[0], n_boot=args.n_boot)
+    summary = summarise_seeds(records, every, compare_to=methods[0], n_boot=args.n_boot)
     # A method some seeds lack (a run cut short) is summarised over the seeds it has, beside the first method.
-    summary["fewer_seeds"] = {m: summarise_seeds([d for d in dirs if d in done(m)], [methods[0], m],
-                                                 compare_to=methods[0], n_boot=args.n_boot)
-                              for m in methods if m not in every and any(d in done(m) for d in dirs)}
-    write_result(f"sails_seeds_{args.preset}" + (f"_{args.tag}" if args.tag else ""), {
+    summary["fewer_seeds"] = {m: summarise_seeds(has(m), [methods[0], m], compare_to=methods[0],
+                                                 n_boot=args.n_boot)
+                              for m in methods if m not in every and has(m)}
+    write_result(name, {
         "preset": args.preset, "methods": every, "stop_rule": None if args.no_stop_rule else STOP_RULE,
         "steps_budget": cfg.sft.steps, "eval_every": cfg.sft.eval_every, "lr": cfg.sft.lr,
         "harmless_weight": cfg.harmless_weight, "config_layer": layer,
@@ -84,7 +106,8 @@ def main() -> int:
                                "(lora.seed)",
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "load_average_before": load_before,
         "load_average_after": os.getloadavg(), "wall_seconds": round(time.perf_counter() - began, 1),
-        "out": str(Path(args.out).resolve()), **summary})
+        "out": str(Path(args.out).resolve()), "records": [r["source"] for r in records],
+        "records_dir": str(records_dir), **summary})
     return 0
 
 

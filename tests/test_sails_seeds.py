@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from saelign.errors import SaelignError
+from saelign.sails.seed_record import write_seed_record
 from saelign.sails.seeds import compare_runs, run_seeds, seed_dir, share_upstream, summarise_seeds
 from test_sails_pipeline import tiny_config, write_inputs
 
@@ -86,3 +87,32 @@ def test_runs_under_other_options_compare_paired_as_methods_do(seeded):
     assert all(row["mean"] == 0 and not row["excludes_zero"] for row in same.values())
     with pytest.raises(SaelignError, match="same seeds"):
         compare_runs(dirs, dirs[::-1], n_boot=200)
+
+
+def test_a_seed_kept_as_a_record_file_summarises_like_its_run_folder(seeded, tmp_path):
+    """A seed run in an earlier session survives as a small record file: beside another seed's run folder it
+    gives the summary the two run folders give, and records over another upstream are refused."""
+    _, _, dirs = seeded
+    path = tmp_path / "seed0.json"
+    record = write_seed_record(dirs[0], METHODS, path)
+    assert record["seed"] == 0 and set(record["models"]) == {"base", *METHODS}
+    assert "select/subspace.safetensors" in record["upstream"] and "data/test.jsonl" in record["upstream"]
+    assert path.stat().st_size < 200_000
+    assert summarise_seeds([path, dirs[1]], METHODS, n_boot=200) == summarise_seeds(dirs, METHODS, n_boot=200)
+    with pytest.raises(SaelignError, match="each seed once"):
+        summarise_seeds([path, dirs[0]], METHODS, n_boot=200)
+    other = json.loads(path.read_text())
+    other["upstream"]["select/subspace.safetensors"] = "0" * 64
+    moved = tmp_path / "moved.json"
+    moved.write_text(json.dumps(other))
+    with pytest.raises(SaelignError, match="select/subspace.safetensors differ"):
+        summarise_seeds([moved, dirs[1]], METHODS, n_boot=200)
+    other = json.loads(path.read_text())
+    flags = other["models"]["base"]["refused"]
+    other["models"]["base"]["refused"] = ("0" if flags[0] == "1" else "1") + flags[1:]
+    moved.write_text(json.dumps(other))
+    with pytest.raises(SaelignError, match="base model's evaluation differs"):
+        summarise_seeds([moved, dirs[1]], METHODS, n_boot=200)
+    moved.write_text(json.dumps({**other, "format": "something else"}))
+    with pytest.raises(SaelignError, match="field 'format'"):
+        summarise_seeds([moved, dirs[1]], METHODS, n_boot=200)

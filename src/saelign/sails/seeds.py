@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 
 from saelign.errors import SaelignError
-from saelign.io import read_json, read_json_object, write_json_atomic
+from saelign.io import read_json_object, write_json_atomic
 from saelign.progress import logger
 from saelign.sails.pipeline import run_pipeline
 from saelign.sails.presets import SailsConfig
 from saelign.sails.rundir import RUN_FILE, RunDir
+from saelign.sails.seed_record import check_same_upstream, load_seed, outcome_rows, unique_seeds
 from saelign.sails.stages import STAGES
 from saelign.stats import crossed_bootstrap
 
@@ -87,18 +88,13 @@ def run_seeds(cfg: SailsConfig, out: str | Path, seeds: Sequence[int]) -> list[P
     return dirs
 
 
-def _outcomes(metrics: dict[str, Any]) -> dict[str, dict[tuple[str, str], bool]]:
-    """Per part, (kind, prompt) -> refused, from an eval file; without an ood split the test split is the
-    in-distribution part."""
-    rows = metrics.get("splits", {}).get("responses")
-    if rows is None:
-        rows = [{**r, "part": "in_distribution"} for r in metrics["responses"]]
+def _outcomes(rows: Sequence[dict[str, Any]]) -> dict[str, dict[tuple[str, str], bool]]:
+    """Per part, (kind, prompt) -> refused, from a seed record's outcome rows; "ood" pools the ood parts."""
     parts: dict[str, dict[tuple[str, str], bool]] = {p: {} for p in PARTS}
     for row in rows:
-        outcome = row["verdict"] == "refused"
-        parts[row["part"]][(row["kind"], row["prompt"])] = outcome
+        parts[row["part"]][(row["kind"], row["prompt"])] = row["refused"]
         if row["part"].startswith("ood_"):
-            parts["ood"][(row["kind"], row["prompt"])] = outcome
+            parts["ood"][(row["kind"], row["prompt"])] = row["refused"]
     return {p: v for p, v in parts.items() if v}
 
 
@@ -125,13 +121,23 @@ def _ppl_gap(nll: np.ndarray, other: np.ndarray, count: np.ndarray, base: np.nda
     return _ppl_change(nll, count, base) - _ppl_change(other, count, base)
 
 
-def _load(dirs: Sequence[Path], method: str) -> dict[str, Any]:
-    evals = [read_json(d / "eval" / f"{method}.json", "eval file") for d in dirs]
-    results = [read_json(d / "methods" / method / "result.json", "method result")
-               if (d / "methods" / method / "result.json").is_file() else None for d in dirs]
-    nll = np.array([[n for n, _ in e.get("context_nll", [])] for e in evals], dtype=float)
-    count = np.array([[c for _, c in e.get("context_nll", [])] for e in evals], dtype=float)
-    return {"outcomes": [_outcomes(e) for e in evals], "nll": nll, "count": count, "results": results}
+def records_of(sources: Sequence[Path | dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
+    """Seed records (`seed_record`) from run folders, record files or records, checked to share one
+    upstream."""
+    records = unique_seeds([s if isinstance(s, dict) else load_seed(s, list(methods)) for s in sources])
+    check_same_upstream(records)
+    return records
+
+
+def _load(records: Sequence[dict[str, Any]], method: str) -> dict[str, Any]:
+    models = [r["models"].get(method) for r in records]
+    missing = [r["source"] for r, m in zip(records, models, strict=True) if m is None]
+    if missing:
+        raise SaelignError(f"{method} was not evaluated in {', '.join(missing)}")
+    nll = np.array([[n for n, _ in m["context_nll"]] for m in models], dtype=float)
+    count = np.array([[c for _, c in m["context_nll"]] for m in models], dtype=float)
+    return {"outcomes": [_outcomes(outcome_rows(r, method)) for r in records], "nll": nll, "count": count,
+            "results": [m["result"] for m in models]}
 
 
 def _steps(loaded: dict[str, Any], budget: int) -> np.ndarray:
@@ -139,17 +145,18 @@ def _steps(loaded: dict[str, Any], budget: int) -> np.ndarray:
     return np.array([[(r["steps_to"].get("0.9") or budget) if r else np.nan] for r in loaded["results"]])
 
 
-def summarise_seeds(dirs: Sequence[Path], methods: Sequence[str], compare_to: str = "sails",
-                    n_boot: int = 2000) -> dict[str, Any]:
+def summarise_seeds(sources: Sequence[Path | dict[str, Any]], methods: Sequence[str],
+                    compare_to: str = "sails", n_boot: int = 2000) -> dict[str, Any]:
     """Per method: in- and out-of-distribution safety and over-refusal, perplexity change against the base
     model and steps to 90 % val safety, each a mean with its 95 % interval; and `compare_to` minus every other
-    method, paired, with whether the interval excludes 0 and which way is better."""
-    cfg = read_json(dirs[0] / "config.json", "run config")
-    budget = int(cfg["sft"]["steps"])
-    base = _load(dirs, "base")
-    loaded = {m: _load(dirs, m) for m in methods}
+    method, paired, with whether the interval excludes 0 and which way is better. `sources`: the seeds' run
+    folders, seed record files (a seed run in another session) or records."""
+    records = records_of(sources, methods)
+    budget = records[0]["steps_budget"]
+    base = _load(records, "base")
+    loaded = {m: _load(records, m) for m in methods}
     arrays: dict[str, dict[str, list[np.ndarray]]] = {}  # method -> metric -> what its statistic reads
-    seeds = [read_json(d / "config.json", "run config")["sft"]["seed"] for d in dirs]
+    seeds = [r["seed"] for r in records]
     summary: dict[str, Any] = {"seeds": seeds, "methods": {}}
     for name, data in {"base": base, **loaded}.items():
         arrays[name] = _arrays(data, base, budget, trained=name != "base")
@@ -186,15 +193,15 @@ def compare_runs(dirs: Sequence[Path], other_dirs: Sequence[Path], method: str =
                  other_method: str | None = None, n_boot: int = 2000) -> dict[str, Any]:
     """`method` in the runs `dirs` minus `other_method` (default: the same) in `other_dirs`: the same seeds,
     data and base model under other training options, paired by seed and prompt (`summarise_seeds`' way)."""
-    seeds = [[read_json(d / "config.json", "run config")["sft"]["seed"] for d in group]
-             for group in (dirs, other_dirs)]
-    base, other_base = _load(dirs, "base"), _load(other_dirs, "base")
+    groups = [records_of(dirs, [method]), records_of(other_dirs, [other_method or method])]
+    seeds = [[r["seed"] for r in group] for group in groups]
+    base, other_base = _load(groups[0], "base"), _load(groups[1], "base")
     if seeds[0] != seeds[1] or not np.array_equal(base["nll"], other_base["nll"]):
         raise SaelignError(f"compare_runs: the two groups must be the same seeds ({seeds[0]} vs {seeds[1]}) "
                            "over one data stage and base model (share_upstream)")
-    budget = int(read_json(dirs[0] / "config.json", "run config")["sft"]["steps"])
+    budget = groups[0][0]["steps_budget"]
     mine, other = (_arrays(_load(group, name), base, budget, trained=True)
-                   for group, name in ((dirs, method), (other_dirs, other_method or method)))
+                   for group, name in ((groups[0], method), (groups[1], other_method or method)))
     return _compare(mine, other, n_boot)
 
 

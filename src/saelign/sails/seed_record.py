@@ -1,0 +1,125 @@
+"""A seed's results in one small JSON file, so a seeds comparison can grow over several sessions (issue 11).
+
+A full-preset seed takes longer than a working session, and run folders do not outlive it. A seed record keeps
+what `seeds.summarise_seeds` reads from a seed's run folder, and nothing else:
+- each model's judged outcome on every test and out-of-distribution prompt;
+- its held-out perplexity contexts;
+- a trained model's steps.
+
+It also keeps a digest of the shared upstream files (data splits, SAE, subspaces, targets). Records of seeds
+run on different days combine only when their upstream digests, prompts and base-model evaluation are
+identical, that is, when they answer the same question."""
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from saelign.errors import SaelignError
+from saelign.io import read_json_object, write_json_atomic
+
+FORMAT = "saelign.sails.seed_record/1"
+# the shared files whose bytes decide what every seed trains on and is evaluated on
+UPSTREAM_FILES = ("data/train.jsonl", "data/val.jsonl", "data/test.jsonl", "data/ood.jsonl",
+                  "sae/*.safetensors", "select/subspace.safetensors", "align/subspace.safetensors",
+                  "targets/train.jsonl")
+
+
+def upstream_digest(run_dir: Path) -> dict[str, str]:
+    """Relative path -> sha256 of each shared upstream file the run has."""
+    digests = {}
+    for pattern in UPSTREAM_FILES:
+        for path in sorted(run_dir.glob(pattern)):
+            digests[path.relative_to(run_dir).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests
+
+
+def _judged(metrics: dict[str, Any]) -> dict[tuple[str, str, str], bool]:
+    """(part, kind, prompt) -> refused, from an eval file."""
+    rows = metrics.get("splits", {}).get("responses")
+    if rows is None:  # a run without an ood split: the test split is the in-distribution part
+        rows = [{**r, "part": "in_distribution"} for r in metrics["responses"]]
+    return {(r["part"], r["kind"], r["prompt"]): r["verdict"] == "refused" for r in rows}
+
+
+def _model_record(run_dir: Path, name: str, prompts: list[tuple[str, str, str]]) -> dict[str, Any]:
+    """What a seeds summary reads of one evaluated model; "refused" holds 1/0 per prompt of `prompts`."""
+    metrics = read_json_object(run_dir / "eval" / f"{name}.json", "eval file")
+    judged = _judged(metrics)
+    if set(judged) != set(prompts):
+        raise SaelignError(f"{run_dir / 'eval' / f'{name}.json'}: evaluated on other prompts than the base "
+                           "model; rerun its eval stage over this run's data")
+    result_path = run_dir / "methods" / name / "result.json"
+    result = read_json_object(result_path, "method result") if result_path.is_file() else None
+    return {"refused": "".join("1" if judged[p] else "0" for p in prompts),
+            "context_nll": metrics.get("context_nll", []),
+            "result": None if result is None else {"steps": result["steps"], "steps_to": result["steps_to"]}}
+
+
+def seed_record(run_dir: str | Path, methods: list[str]) -> dict[str, Any]:
+    """The record of one seed's run folder: the base model and every method in `methods` it has evaluated."""
+    run_dir = Path(run_dir)
+    cfg = read_json_object(run_dir / "config.json", "run config")
+    prompts = list(_judged(read_json_object(run_dir / "eval" / "base.json", "eval file")))
+    names = ["base", *[m for m in methods if (run_dir / "eval" / f"{m}.json").is_file()]]
+    return {"format": FORMAT, "seed": cfg["sft"]["seed"], "steps_budget": int(cfg["sft"]["steps"]),
+            "source": str(run_dir.resolve()), "upstream": upstream_digest(run_dir),
+            "prompts": [list(p) for p in prompts],
+            "models": {name: _model_record(run_dir, name, prompts) for name in names}}
+
+
+def outcome_rows(record: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """One row per prompt, {part, kind, prompt, refused}, of model `name` in a seed record."""
+    refused = record["models"][name]["refused"]
+    if len(refused) != len(record["prompts"]):
+        raise SaelignError(f"seed record {record['source']}: model {name} has {len(refused)} outcomes for "
+                           f"{len(record['prompts'])} prompts")
+    return [{"part": part, "kind": kind, "prompt": prompt, "refused": flag == "1"}
+            for (part, kind, prompt), flag in zip(record["prompts"], refused, strict=True)]
+
+
+def write_seed_record(run_dir: str | Path, methods: list[str], path: str | Path) -> dict[str, Any]:
+    record = seed_record(run_dir, methods)
+    write_json_atomic(path, record)
+    return record
+
+
+def read_seed_record(path: str | Path) -> dict[str, Any]:
+    record = read_json_object(path, "seed record")
+    if record.get("format") != FORMAT:
+        raise SaelignError(f"{path}: field 'format' is {record.get('format')!r}, not {FORMAT!r}; write it "
+                           "with bench/bench_sails_seeds.py --records-dir (a seeds run's record of one seed)")
+    return record
+
+
+def load_seed(source: str | Path, methods: list[str]) -> dict[str, Any]:
+    """A seed's record from a run folder or from a record file written earlier."""
+    source = Path(source)
+    return seed_record(source, methods) if source.is_dir() else read_seed_record(source)
+
+
+def check_same_upstream(records: list[dict[str, Any]]) -> None:
+    """Refuse records that do not share one upstream: other data, SAE, subspace, targets or base answers."""
+    first = records[0]
+    for other in records[1:]:
+        where = f"seed {other['seed']} ({other['source']}) and seed {first['seed']} ({first['source']})"
+        differ = sorted(k for k in first["upstream"].keys() | other["upstream"].keys()
+                        if first["upstream"].get(k) != other["upstream"].get(k))
+        if differ:
+            raise SaelignError(f"{where} were not run over one upstream: {', '.join(differ)} differ; rebuild "
+                               "the upstream under the same options and thread count, or run the seeds "
+                               "together")
+        if other["models"]["base"] != first["models"]["base"] or other["prompts"] != first["prompts"]:
+            raise SaelignError(f"{where}: the base model's evaluation differs, so their prompts or judge "
+                               "differ; records combine only over one data stage and base model")
+        if other["steps_budget"] != first["steps_budget"]:
+            raise SaelignError(f"{where}: step budgets {other['steps_budget']} and {first['steps_budget']} "
+                               "differ")
+
+
+def unique_seeds(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seeds = [r["seed"] for r in records]
+    if len(set(seeds)) != len(seeds):
+        raise SaelignError(f"seeds: each seed once, please (got {seeds} from "
+                           f"{[r['source'] for r in records]})")
+    return records
+
