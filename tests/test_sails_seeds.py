@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from saelign.errors import SaelignError
-from saelign.sails.seed_record import write_seed_record
+from saelign.sails.seed_record import seed_record, write_seed_record
 from saelign.sails.seeds import compare_runs, run_seeds, seed_dir, share_upstream, summarise_seeds
 from test_sails_pipeline import tiny_config, write_inputs
 
@@ -98,6 +98,7 @@ def test_a_seed_kept_as_a_record_file_summarises_like_its_run_folder(seeded, tmp
     assert record["seed"] == 0 and set(record["models"]) == {"base", *METHODS}
     assert "select/subspace.safetensors" in record["upstream"] and "data/test.jsonl" in record["upstream"]
     assert path.stat().st_size < 200_000
+    assert all(seed_record(d, METHODS)["environment"]["cpu_threads"] >= 1 for d in dirs)  # threads, torch
     assert summarise_seeds([path, dirs[1]], METHODS, n_boot=200) == summarise_seeds(dirs, METHODS, n_boot=200)
     with pytest.raises(SaelignError, match="each seed once"):
         summarise_seeds([path, dirs[0]], METHODS, n_boot=200)

@@ -32,6 +32,13 @@ def environment_info() -> dict[str, Any]:
     return info
 
 
+def read_run_record(path: Path) -> dict[str, Any]:
+    """run.json's content, or a new record of this environment where there is none yet."""
+    if path.exists():
+        return read_json_object(path, "run.json")
+    return {"saelign": SAELIGN_VERSION, "environment": environment_info(), "stages": {}}
+
+
 def record_stage(run_dir: str | Path, stage: str, config: dict[str, Any], **extra: Any) -> None:
     """Merge one stage's config and results into run_dir/run.json (rank 0 writes it under torchrun)."""
     if not distributed.is_main():
@@ -39,7 +46,7 @@ def record_stage(run_dir: str | Path, stage: str, config: dict[str, Any], **extr
     if distributed.global_world_size() > 1:  # which of the job's processes made it, and how many shared it
         extra.update(processes=distributed.world_size(), rank=distributed.global_rank())
     path = Path(run_dir) / "run.json"
-    data = read_json_object(path, "run.json") if path.exists() else {"saelign": SAELIGN_VERSION, "environment": environment_info(), "stages": {}}
+    data = read_run_record(path)
     if not isinstance(data.setdefault("stages", {}), dict):
         raise SaelignError(f"{path}: 'stages' must be a mapping; restore the file or remove it to start a new record")
     data["stages"][stage] = {"config": config, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}

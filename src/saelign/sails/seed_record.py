@@ -61,9 +61,10 @@ def seed_record(run_dir: str | Path, methods: list[str]) -> dict[str, Any]:
     cfg = read_json_object(run_dir / "config.json", "run config")
     prompts = list(_judged(read_json_object(run_dir / "eval" / "base.json", "eval file")))
     names = ["base", *[m for m in methods if (run_dir / "eval" / f"{m}.json").is_file()]]
+    environment = read_json_object(run_dir / "run.json", "run.json").get("environment", {})
     return {"format": FORMAT, "seed": cfg["sft"]["seed"], "steps_budget": int(cfg["sft"]["steps"]),
-            "source": str(run_dir.resolve()), "upstream": upstream_digest(run_dir),
-            "prompts": [list(p) for p in prompts],
+            "source": str(run_dir.resolve()), "environment": environment,
+            "upstream": upstream_digest(run_dir), "prompts": [list(p) for p in prompts],
             "models": {name: _model_record(run_dir, name, prompts) for name in names}}
 
 

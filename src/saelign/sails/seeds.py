@@ -21,6 +21,7 @@ import numpy as np
 from saelign.errors import SaelignError
 from saelign.io import read_json_object, write_json_atomic
 from saelign.progress import logger
+from saelign.runinfo import read_run_record
 from saelign.sails.pipeline import run_pipeline
 from saelign.sails.presets import SailsConfig
 from saelign.sails.rundir import RUN_FILE, RunDir
@@ -64,7 +65,7 @@ def share_upstream(source: Path, dest: Path, cfg: SailsConfig) -> list[str]:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dst)
     path = dest / RUN_FILE
-    data = read_json_object(path, "run.json") if path.is_file() else {"stages": {}}
+    data = read_run_record(path)
     data["stages"].update({u: {**recorded[u], "shared_from": str(source)} for u in units})
     write_json_atomic(path, data)
     stale = [u for u in units if run.status(u) != "done"]
