@@ -59,6 +59,9 @@ def main() -> int:
                         "bench/results/sails_seeds_<preset>[_<tag>]_records)")
     parser.add_argument("--with-records", nargs="*", default=[], metavar="FILE",
                         help="seed record files of seeds run earlier over the same upstream")
+    parser.add_argument("--allow-upstream-drift", action="store_true",
+                        help="combine --with-records seeds whose SAE, subspace or targets files differ from "
+                        "this run's (an upstream rebuilt on another CPU); the result lists the files")
     parser.add_argument("--n-boot", type=int, default=2000)
     parser.add_argument("--tag", default="", help="suffix of the result file (sails_seeds_<preset>_<tag>"
                         ".json), so a rerun under new defaults keeps the old file")
@@ -91,10 +94,12 @@ def main() -> int:
     if not records or methods[0] not in every:
         print(f"no seed has evaluated {methods[0]} yet, or not every seed has", file=sys.stderr)
         return 1
-    summary = summarise_seeds(records, every, compare_to=methods[0], n_boot=args.n_boot)
+    summary = summarise_seeds(records, every, compare_to=methods[0], n_boot=args.n_boot,
+                              allow_upstream_drift=args.allow_upstream_drift)
     # A method some seeds lack (a run cut short) is summarised over the seeds it has, beside the first method.
     summary["fewer_seeds"] = {m: summarise_seeds(has(m), [methods[0], m], compare_to=methods[0],
-                                                 n_boot=args.n_boot)
+                                                 n_boot=args.n_boot,
+                                                 allow_upstream_drift=args.allow_upstream_drift)
                               for m in methods if m not in every and has(m)}
     write_result(name, {
         "preset": args.preset, "methods": every, "stop_rule": None if args.no_stop_rule else STOP_RULE,

@@ -99,7 +99,9 @@ def test_a_seed_kept_as_a_record_file_summarises_like_its_run_folder(seeded, tmp
     assert "select/subspace.safetensors" in record["upstream"] and "data/test.jsonl" in record["upstream"]
     assert path.stat().st_size < 200_000
     assert all(seed_record(d, METHODS)["environment"]["cpu_threads"] >= 1 for d in dirs)  # threads, torch
-    assert summarise_seeds([path, dirs[1]], METHODS, n_boot=200) == summarise_seeds(dirs, METHODS, n_boot=200)
+    together = summarise_seeds(dirs, METHODS, n_boot=200)
+    assert together["upstream_drift"] == []
+    assert summarise_seeds([path, dirs[1]], METHODS, n_boot=200) == together
     with pytest.raises(SaelignError, match="each seed once"):
         summarise_seeds([path, dirs[0]], METHODS, n_boot=200)
     other = json.loads(path.read_text())
@@ -108,6 +110,13 @@ def test_a_seed_kept_as_a_record_file_summarises_like_its_run_folder(seeded, tmp
     moved.write_text(json.dumps(other))
     with pytest.raises(SaelignError, match="select/subspace.safetensors differ"):
         summarise_seeds([moved, dirs[1]], METHODS, n_boot=200)
+    drifted = summarise_seeds([moved, dirs[1]], METHODS, n_boot=200, allow_upstream_drift=True)
+    assert drifted["upstream_drift"] == ["select/subspace.safetensors"]
+    assert drifted["methods"] == together["methods"]
+    other["upstream"]["data/test.jsonl"] = "0" * 64
+    moved.write_text(json.dumps(other))
+    with pytest.raises(SaelignError, match="data/test.jsonl differ"):
+        summarise_seeds([moved, dirs[1]], METHODS, n_boot=200, allow_upstream_drift=True)
     other = json.loads(path.read_text())
     flags = other["models"]["base"]["refused"]
     other["models"]["base"]["refused"] = ("0" if flags[0] == "1" else "1") + flags[1:]

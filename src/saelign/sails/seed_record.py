@@ -98,23 +98,29 @@ def load_seed(source: str | Path, methods: list[str]) -> dict[str, Any]:
     return seed_record(source, methods) if source.is_dir() else read_seed_record(source)
 
 
-def check_same_upstream(records: list[dict[str, Any]]) -> None:
-    """Refuse records that do not share one upstream: other data, SAE, subspace, targets or base answers."""
-    first = records[0]
+def check_same_upstream(records: list[dict[str, Any]], allow_drift: bool = False) -> list[str]:
+    """Refuse records that do not share one upstream: other data splits, prompts, base-model answers or step
+    budget always; another SAE, subspace or targets file unless `allow_drift` (an upstream rebuilt on another
+    CPU, whose float rounding differs: then those seeds also vary the SAE). Returns the files that drifted."""
+    first, drifted = records[0], set()
     for other in records[1:]:
         where = f"seed {other['seed']} ({other['source']}) and seed {first['seed']} ({first['source']})"
         differ = sorted(k for k in first["upstream"].keys() | other["upstream"].keys()
                         if first["upstream"].get(k) != other["upstream"].get(k))
-        if differ:
-            raise SaelignError(f"{where} were not run over one upstream: {', '.join(differ)} differ; rebuild "
-                               "the upstream under the same options and thread count, or run the seeds "
-                               "together")
+        data = [k for k in differ if k.startswith("data/")]
+        if data or (differ and not allow_drift):
+            raise SaelignError(f"{where} were not run over one upstream: {', '.join(data or differ)} differ; "
+                               "rebuild the upstream under the same options (same CPU and thread count for "
+                               "the SAE), or run the seeds together" + ("" if data else "; --allow-upstream-"
+                               "drift combines them anyway, as seeds that also vary the SAE"))
+        drifted.update(differ)
         if other["models"]["base"] != first["models"]["base"] or other["prompts"] != first["prompts"]:
             raise SaelignError(f"{where}: the base model's evaluation differs, so their prompts or judge "
                                "differ; records combine only over one data stage and base model")
         if other["steps_budget"] != first["steps_budget"]:
             raise SaelignError(f"{where}: step budgets {other['steps_budget']} and {first['steps_budget']} "
                                "differ")
+    return sorted(drifted)
 
 
 def unique_seeds(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -122,12 +122,12 @@ def _ppl_gap(nll: np.ndarray, other: np.ndarray, count: np.ndarray, base: np.nda
     return _ppl_change(nll, count, base) - _ppl_change(other, count, base)
 
 
-def records_of(sources: Sequence[Path | dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
+def records_of(sources: Sequence[Path | dict[str, Any]], methods: Sequence[str],
+               allow_drift: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
     """Seed records (`seed_record`) from run folders, record files or records, checked to share one
-    upstream."""
+    upstream, and the upstream files that drifted between them (`check_same_upstream`)."""
     records = unique_seeds([s if isinstance(s, dict) else load_seed(s, list(methods)) for s in sources])
-    check_same_upstream(records)
-    return records
+    return records, check_same_upstream(records, allow_drift)
 
 
 def _load(records: Sequence[dict[str, Any]], method: str) -> dict[str, Any]:
@@ -147,18 +147,20 @@ def _steps(loaded: dict[str, Any], budget: int) -> np.ndarray:
 
 
 def summarise_seeds(sources: Sequence[Path | dict[str, Any]], methods: Sequence[str],
-                    compare_to: str = "sails", n_boot: int = 2000) -> dict[str, Any]:
+                    compare_to: str = "sails", n_boot: int = 2000,
+                    allow_upstream_drift: bool = False) -> dict[str, Any]:
     """Per method: in- and out-of-distribution safety and over-refusal, perplexity change against the base
     model and steps to 90 % val safety, each a mean with its 95 % interval; and `compare_to` minus every other
     method, paired, with whether the interval excludes 0 and which way is better. `sources`: the seeds' run
-    folders, seed record files (a seed run in another session) or records."""
-    records = records_of(sources, methods)
+    folders, seed record files (a seed run in another session) or records; `upstream_drift` lists the shared
+    files (SAE, subspaces, targets) that differ between them, allowed only with `allow_upstream_drift`."""
+    records, drift = records_of(sources, methods, allow_upstream_drift)
     budget = records[0]["steps_budget"]
     base = _load(records, "base")
     loaded = {m: _load(records, m) for m in methods}
     arrays: dict[str, dict[str, list[np.ndarray]]] = {}  # method -> metric -> what its statistic reads
     seeds = [r["seed"] for r in records]
-    summary: dict[str, Any] = {"seeds": seeds, "methods": {}}
+    summary: dict[str, Any] = {"seeds": seeds, "upstream_drift": drift, "methods": {}}
     for name, data in {"base": base, **loaded}.items():
         arrays[name] = _arrays(data, base, budget, trained=name != "base")
         metrics = {key: _interval(value, _ppl_change if key == "perplexity_change" else np.mean, n_boot)
@@ -194,7 +196,7 @@ def compare_runs(dirs: Sequence[Path], other_dirs: Sequence[Path], method: str =
                  other_method: str | None = None, n_boot: int = 2000) -> dict[str, Any]:
     """`method` in the runs `dirs` minus `other_method` (default: the same) in `other_dirs`: the same seeds,
     data and base model under other training options, paired by seed and prompt (`summarise_seeds`' way)."""
-    groups = [records_of(dirs, [method]), records_of(other_dirs, [other_method or method])]
+    groups = [records_of(dirs, [method])[0], records_of(other_dirs, [other_method or method])[0]]
     seeds = [[r["seed"] for r in group] for group in groups]
     base, other_base = _load(groups[0], "base"), _load(groups[1], "base")
     if seeds[0] != seeds[1] or not np.array_equal(base["nll"], other_base["nll"]):
