@@ -28,11 +28,12 @@ order that is a pure function of (seed, epoch), shared over the ranks like the r
 `gradient_checkpointing` trades compute for memory (bench/results/pipeline.json has both) and changes no result,
 so a run may be resumed with it switched."""
 
+import contextlib
 import hashlib
 import inspect
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -63,6 +64,8 @@ StopFn = Callable[[dict[str, Any]], bool]  # an evaluation's result -> whether t
 RETAIN_FIELDS = ("retain_weight", "retain_batch", "retain_contexts", "retain_context_length")
 # The same for the unlikelihood term.
 UNLIKELIHOOD_FIELDS = ("unlikelihood_weight", "unlikelihood_batch", "unlikelihood_tokens", "unlikelihood_skip")
+# The same for the weight average.
+AVERAGE_FIELDS = ("ema_decay",)
 
 
 @dataclass
@@ -103,6 +106,9 @@ class SFTConfig:
                                              "with the harmless answer")
     unlikelihood_skip: int = help_field(0, "tokens of each refusal after that shared prefix left out of the push "
                                            "(1: its opening word, e.g. 'I', stays; what follows is pushed)")
+    ema_decay: float = help_field(0.0, "keep an exponential moving average of the trained weights with this "
+                                       "decay (e.g. 0.95: about the last 20 steps), evaluate it at each check "
+                                       "and return it instead of the last step's weights (0 = off)")
     checkpoint_every: int = help_field(50, "write a resumable checkpoint every N steps (0 = only at the end)")
     out: str = help_field("", "folder for checkpoint/ and history.json ('' = keep nothing on disk)")
 
@@ -117,6 +123,7 @@ class SFTConfig:
         for name in ("retain_weight", "unlikelihood_weight"):
             require(0 <= getattr(self, name) < float("inf"),
                     f"{name} must be 0 (off) or a positive number, got {getattr(self, name)}")
+        require(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
         require(self.retain_context_length >= 2,
                 f"retain_context_length must be at least 2 tokens, got {self.retain_context_length}")
         for name in ("stop_at_safety", "stop_max_over_refusal"):
@@ -229,15 +236,16 @@ def _fingerprint(cfg: SFTConfig, params: dict[str, torch.Tensor], examples: list
     found = checkpoint.fingerprint(cfg, **steps, data_sha256=data, trainable_sha256=shapes, **weighted, **retained,
                                    **contrasted)
     # Likewise the retain and unlikelihood options only where the term is on.
-    off = (RETAIN_FIELDS if retain is None else ()) + (UNLIKELIHOOD_FIELDS if contrasts is None else ())
+    off = ((RETAIN_FIELDS if retain is None else ()) + (UNLIKELIHOOD_FIELDS if contrasts is None else ())
+           + (AVERAGE_FIELDS if cfg.ema_decay == 0 else ()))
     return {k: v for k, v in found.items() if k not in off}
 
 
 def _save(out: Path, step: int, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-          fingerprint: dict[str, Any], history: dict[str, list]) -> None:
+          fingerprint: dict[str, Any], history: dict[str, list], average: dict[str, torch.Tensor] | None) -> None:
     optim, groups = checkpoint.optimizer_tensors(optimizer)
     tensors = {"params": {n: p.detach() for n, p in params.items()}, "optimizer": optim,
-               "rng": checkpoint.rng_state()}
+               "rng": checkpoint.rng_state(), **({} if average is None else {"average": average})}
     # The history first: a resumed run keeps its entries up to the checkpoint's step, so written after the
     # checkpoint, a crash between the two would lose the steps since the previous one.
     if distributed.is_main():
@@ -246,8 +254,9 @@ def _save(out: Path, step: int, params: dict[str, torch.Tensor], optimizer: torc
 
 
 def _restore(out: Path, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-             fingerprint: dict[str, Any]) -> int:
-    """Load `out`'s checkpoint into the parameters and optimizer and return its step (0: none)."""
+             fingerprint: dict[str, Any], average: dict[str, torch.Tensor] | None) -> int:
+    """Load `out`'s checkpoint into the parameters, optimizer and weight average; return its step (0:
+    none)."""
     if (old := out / "checkpoint.safetensors").is_file():  # the format before saelign.checkpoint
         raise SaelignError(f"{old} is an SFT checkpoint of an older saelign, which cannot be resumed; "
                            "delete it to train from step 0")
@@ -258,6 +267,8 @@ def _restore(out: Path, params: dict[str, torch.Tensor], optimizer: torch.optim.
     with torch.no_grad():
         for name, param in params.items():
             param.copy_(tensors["params"][name])
+            if average is not None:
+                average[name].copy_(tensors["average"][name])
     checkpoint.load_optimizer(optimizer, tensors["optimizer"], state["param_groups"])
     checkpoint.set_rng_state(tensors["rng"])
     return int(state["step"])
@@ -269,9 +280,29 @@ def _stopped(stop: StopFn | None, history: dict[str, list], step: int) -> bool:
     return stop is not None and step >= 1 and bool(evals) and evals[-1]["step"] == step and stop(evals[-1])
 
 
-def _run_eval(model: nn.Module, eval_fn: EvalFn, step: int, history: dict[str, list]) -> None:
+@contextlib.contextmanager
+def _averaged(params: dict[str, torch.Tensor], average: dict[str, torch.Tensor] | None) -> Iterator[None]:
+    """The weight average in the model's parameters for the block's duration (nothing without one)."""
+    if average is None:
+        yield
+        return
+    trained = {n: p.detach().clone() for n, p in params.items()}
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(average[name])
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(trained[name])
+
+
+def _run_eval(model: nn.Module, eval_fn: EvalFn, step: int, history: dict[str, list],
+              params: dict[str, torch.Tensor], average: dict[str, torch.Tensor] | None) -> None:
     model.eval()
-    result = eval_fn(model, step) if distributed.is_main() else None
+    with _averaged(params, average):
+        result = eval_fn(model, step) if distributed.is_main() else None
     result = distributed.broadcast_object(result, f"sending the step-{step} evaluation to every rank")
     model.train()
     history["eval"].append({"step": step, **result})
@@ -311,7 +342,8 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
     into (prompt ids, response ids): chat turns by default, `encode_completion` for plain text. `weights`:
     one positive loss weight per pair (None: all 1). `retain`: [n, L] token contexts of the retain term
     (needed, and only read, when cfg.retain_weight > 0). `contrasts`: (prompt, unwanted, wanted response)
-    triples of the unlikelihood term (needed, and only read, when cfg.unlikelihood_weight > 0)."""
+    triples of the unlikelihood term (needed, and only read, when cfg.unlikelihood_weight > 0). With
+    cfg.ema_decay > 0 the evaluations read, and the model ends with, the moving average of the weights."""
     if stop is not None and not (eval_fn and cfg.eval_every):
         raise SaelignError("a stopping rule needs a periodic evaluation: set eval_every > 0")
     if weights is not None:
@@ -346,11 +378,13 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
     device = next(iter(params.values())).device
     optimizer = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
     fingerprint = _fingerprint(cfg, params, examples, weight, retain, contrasted)
+    # the weight average starts at the initial weights; a checkpoint holds it from then on
+    average = {n: p.detach().clone() for n, p in params.items()} if cfg.ema_decay > 0 else None
     retain_masks = retain_mask(retain, pad_id) if retain is not None else None
     out = Path(cfg.out) if cfg.out else None
     history: dict[str, list] = {"train": [], "eval": []}
     torch.manual_seed(cfg.seed + distributed.rank())  # each rank its own dropout draws
-    step = _restore(out, params, optimizer, fingerprint) if out else 0
+    step = _restore(out, params, optimizer, fingerprint, average) if out else 0
     if out and step:
         if (out / HISTORY_FILE).is_file():
             saved = read_json(out / HISTORY_FILE, "SFT history")
@@ -361,7 +395,7 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
         _checkpoint_blocks(model)
     model.train()
     if eval_fn and cfg.eval_every and step == 0:
-        _run_eval(model, eval_fn, 0, history)
+        _run_eval(model, eval_fn, 0, history, params, average)
     bar = progress(total=cfg.steps, desc="sft", unit="step")
     bar.update(step)
     while step < cfg.steps and not _stopped(stop, history, step):
@@ -395,17 +429,25 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
             group["lr"] = lr
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if average is not None:
+            with torch.no_grad():
+                for name, param in params.items():
+                    average[name].lerp_(param, 1 - cfg.ema_decay)
         step += 1
         history["train"].append({"step": step, "loss": total, **retained, "lr": lr,
                                  "seconds": time.perf_counter() - started})
         bar.update(1)
         bar.set_postfix(loss=f"{total:.4f}")
         if eval_fn and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
-            _run_eval(model, eval_fn, step, history)
+            _run_eval(model, eval_fn, step, history, params, average)
         if out and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps
                     or _stopped(stop, history, step)):
-            _save(out, step, params, optimizer, fingerprint, history)
+            _save(out, step, params, optimizer, fingerprint, history, average)
     bar.close()
+    if average is not None:  # the model the caller gets, saves and evaluates is the average
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(average[name])
     if cfg.gradient_checkpointing:
         model.activation_checkpointing_disable()  # the caller gets the model as it came, for evaluation
     model.eval()

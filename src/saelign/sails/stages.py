@@ -49,7 +49,7 @@ from saelign.sails.report import write_run_report
 from saelign.sails.response import response_effect
 from saelign.sails.rundir import RunDir, Stage
 from saelign.sails.select import select_safety_features, selection_directions
-from saelign.sails.sft import RETAIN_FIELDS, UNLIKELIHOOD_FIELDS, SFTConfig
+from saelign.sails.sft import AVERAGE_FIELDS, RETAIN_FIELDS, UNLIKELIHOOD_FIELDS, SFTConfig
 from saelign.sails.subspace import basis_hash, build_subspace, explained_share
 from saelign.sails.targets import add_targets, refusal_contrasts
 from saelign.store import stream_activations
@@ -335,7 +335,8 @@ def report_stage(run: RunDir, _: str) -> dict[str, Any]:
 
 # The retain term, the validation perplexity and the held-out corpus they read came after run folders that the
 # train stage's key must keep.
-TRAIN_ADDED = {**{f"sft.{name}": getattr(SFTConfig, name) for name in RETAIN_FIELDS + UNLIKELIHOOD_FIELDS},
+TRAIN_ADDED = {**{f"sft.{name}": getattr(SFTConfig, name)
+                  for name in RETAIN_FIELDS + UNLIKELIHOOD_FIELDS + AVERAGE_FIELDS},
                "refusal_contrasts": SailsConfig.refusal_contrasts,
                "validation.ppl_contexts": ValidationConfig.ppl_contexts,
                "eval.ppl_corpus": SafetyEvalConfig.ppl_corpus, "eval.seed": SafetyEvalConfig.seed}
