@@ -1,6 +1,6 @@
-"""SFT's moving average of the weights (`sft.ema_decay`): it leaves training itself alone, the checks read the
-average and the model ends as the average (equal to one computed by hand from the plain run's steps), a resumed
-run keeps the average it had, and off is the old path."""
+"""SFT's moving average of the weights (`sft.ema_decay`): it leaves training itself alone, the checks read
+the average and the model ends as the average (equal to one computed by hand from the plain run's steps), a
+resumed run keeps the average it had, and off is the old path."""
 
 from __future__ import annotations
 

@@ -85,8 +85,10 @@ def test_runs_under_other_options_compare_paired_as_methods_do(seeded):
     assert compare_runs(dirs, dirs, "sails", "lora", n_boot=200) == summary["comparisons"]["sails - lora"]
     same = compare_runs(dirs, dirs, "sails", n_boot=200)
     assert all(row["mean"] == 0 and not row["excludes_zero"] for row in same.values())
+    paired_by_seed = compare_runs(dirs, dirs[::-1], "sails", "lora", n_boot=200)  # the order does not matter
+    assert paired_by_seed == summary["comparisons"]["sails - lora"]
     with pytest.raises(SaelignError, match="same seeds"):
-        compare_runs(dirs, dirs[::-1], n_boot=200)
+        compare_runs(dirs, dirs[:1], n_boot=200)
 
 
 def test_a_seed_kept_as_a_record_file_summarises_like_its_run_folder(seeded, tmp_path):
@@ -102,8 +104,13 @@ def test_a_seed_kept_as_a_record_file_summarises_like_its_run_folder(seeded, tmp
     together = summarise_seeds(dirs, METHODS, n_boot=200)
     assert together["upstream_drift"] == []
     assert summarise_seeds([path, dirs[1]], METHODS, n_boot=200) == together
-    with pytest.raises(SaelignError, match="each seed once"):
+    with pytest.raises(SaelignError, match="lora, sails evaluated in both"):
         summarise_seeds([path, dirs[0]], METHODS, n_boot=200)
+    # a seed finished over two sessions: one record per session, each with some of the methods
+    halves = [json.loads(path.read_text()) for _ in METHODS]
+    for half, method in zip(halves, METHODS, strict=True):
+        half["models"] = {name: m for name, m in half["models"].items() if name in ("base", method)}
+    assert summarise_seeds([*halves, dirs[1]], METHODS, n_boot=200) == together
     other = json.loads(path.read_text())
     other["upstream"]["select/subspace.safetensors"] = "0" * 64
     moved = tmp_path / "moved.json"

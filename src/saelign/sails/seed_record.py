@@ -123,10 +123,21 @@ def check_same_upstream(records: list[dict[str, Any]], allow_drift: bool = False
     return sorted(drifted)
 
 
-def unique_seeds(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    seeds = [r["seed"] for r in records]
-    if len(set(seeds)) != len(seeds):
-        raise SaelignError(f"seeds: each seed once, please (got {seeds} from "
-                           f"{[r['source'] for r in records]})")
-    return records
-
+def merge_seeds(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per seed: records of one seed whose runs trained different methods over the very same
+    upstream (a seed finished over two sessions) merge into one; the same method twice is refused."""
+    merged: dict[int, dict[str, Any]] = {}
+    for record in records:
+        seed = record["seed"]
+        if seed not in merged:
+            merged[seed] = {**record, "models": dict(record["models"])}
+            continue
+        first = merged[seed]
+        check_same_upstream([first, record])
+        twice = sorted((first["models"].keys() & record["models"].keys()) - {"base"})
+        if twice:
+            raise SaelignError(f"seed {seed}: {', '.join(twice)} evaluated in both {first['source']} and "
+                               f"{record['source']}; give each seed's method once")
+        first["models"].update(record["models"])
+        first["source"] = f"{first['source']} + {record['source']}"
+    return [merged[seed] for seed in sorted(merged)]

@@ -25,7 +25,7 @@ from saelign.runinfo import read_run_record
 from saelign.sails.pipeline import run_pipeline
 from saelign.sails.presets import SailsConfig
 from saelign.sails.rundir import RUN_FILE, RunDir
-from saelign.sails.seed_record import check_same_upstream, load_seed, outcome_rows, unique_seeds
+from saelign.sails.seed_record import check_same_upstream, load_seed, merge_seeds, outcome_rows
 from saelign.sails.stages import STAGES
 from saelign.stats import crossed_bootstrap
 
@@ -126,7 +126,7 @@ def records_of(sources: Sequence[Path | dict[str, Any]], methods: Sequence[str],
                allow_drift: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
     """Seed records (`seed_record`) from run folders, record files or records, checked to share one
     upstream, and the upstream files that drifted between them (`check_same_upstream`)."""
-    records = unique_seeds([s if isinstance(s, dict) else load_seed(s, list(methods)) for s in sources])
+    records = merge_seeds([s if isinstance(s, dict) else load_seed(s, list(methods)) for s in sources])
     return records, check_same_upstream(records, allow_drift)
 
 
