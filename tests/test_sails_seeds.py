@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from saelign.errors import SaelignError
-from saelign.sails.seed_record import seed_record, write_seed_record
+from saelign.sails.seed_record import record_path, seed_record, write_seed_record
 from saelign.sails.seeds import compare_runs, run_seeds, seed_dir, share_upstream, summarise_seeds
 from test_sails_pipeline import tiny_config, write_inputs
 
@@ -111,6 +111,10 @@ def test_a_seed_kept_as_a_record_file_summarises_like_its_run_folder(seeded, tmp
     for half, method in zip(halves, METHODS, strict=True):
         half["models"] = {name: m for name, m in half["models"].items() if name in ("base", method)}
     assert summarise_seeds([*halves, dirs[1]], METHODS, n_boot=200) == together
+    # the second session's record does not overwrite the first's, a rerun of one run's summary does
+    halves[1]["source"] = "/elsewhere/seed0"
+    assert record_path(tmp_path, halves[1]) == tmp_path / "seed0.1.json"
+    assert record_path(tmp_path, record) == path
     other = json.loads(path.read_text())
     other["upstream"]["select/subspace.safetensors"] = "0" * 64
     moved = tmp_path / "moved.json"

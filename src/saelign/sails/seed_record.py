@@ -84,6 +84,19 @@ def write_seed_record(run_dir: str | Path, methods: list[str], path: str | Path)
     return record
 
 
+def record_path(folder: Path, record: dict[str, Any]) -> Path:
+    """Where `record` goes in `folder`: seed<s>.json, or seed<s>.<n>.json where that file holds a record of
+    another run (the same seed's other methods, run in an earlier session), which must not be overwritten."""
+    for n in range(1000):
+        path = folder / (f"seed{record['seed']}.json" if n == 0 else f"seed{record['seed']}.{n}.json")
+        if not path.is_file():
+            return path
+        old = read_seed_record(path)
+        if old["source"] == record["source"] and old["models"].keys() <= record["models"].keys():
+            return path  # an earlier summary of this very run
+    raise SaelignError(f"{folder}: 1000 records of seed {record['seed']}; clean the folder up")
+
+
 def read_seed_record(path: str | Path) -> dict[str, Any]:
     record = read_json_object(path, "seed record")
     if record.get("format") != FORMAT:
