@@ -34,10 +34,9 @@ from pathlib import Path
 
 from common import write_result
 from saelign.configs import load_config_file
-from saelign.io import write_json_atomic
 from saelign.progress import setup_logging
 from saelign.sails.presets import preset_layer, resolve_config
-from saelign.sails.seed_record import merge_seeds, read_seed_record, record_path, seed_record
+from saelign.sails.seed_record import merge_seeds, read_seed_record, write_seed_record
 from saelign.sails.seeds import run_seeds, seed_dir, summarise_seeds
 
 STOP_RULE = {"stop_at_safety": 0.95, "stop_max_over_refusal": 0.1}  # the full preset's, read on val only
@@ -85,9 +84,7 @@ def main() -> int:
     records_dir = Path(args.records_dir or Path(__file__).parent / "results" / f"{name}_records")
     dirs = [d for d in done("base") if d in done(methods[0])]
     records = [read_seed_record(p) for p in args.with_records]
-    for record in map(functools.partial(seed_record, methods=methods), dirs):
-        write_json_atomic(record_path(records_dir, record), record)
-        records.append(record)
+    records += [write_seed_record(d, methods, records_dir)[0] for d in dirs]
     records = merge_seeds(records)  # a seed whose methods were run in two sessions: one record
 
     def has(method: str) -> list[dict]:

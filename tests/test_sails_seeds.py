@@ -95,8 +95,8 @@ def test_a_seed_kept_as_a_record_file_summarises_like_its_run_folder(seeded, tmp
     """A seed run in an earlier session survives as a small record file: beside another seed's run folder it
     gives the summary the two run folders give, and records over another upstream are refused."""
     _, _, dirs = seeded
-    path = tmp_path / "seed0.json"
-    record = write_seed_record(dirs[0], METHODS, path)
+    record, path = write_seed_record(dirs[0], METHODS, tmp_path)
+    assert path == tmp_path / "seed0.json"
     assert record["seed"] == 0 and set(record["models"]) == {"base", *METHODS}
     assert "select/subspace.safetensors" in record["upstream"] and "data/test.jsonl" in record["upstream"]
     assert path.stat().st_size < 200_000

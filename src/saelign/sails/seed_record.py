@@ -78,10 +78,12 @@ def outcome_rows(record: dict[str, Any], name: str) -> list[dict[str, Any]]:
             for (part, kind, prompt), flag in zip(record["prompts"], refused, strict=True)]
 
 
-def write_seed_record(run_dir: str | Path, methods: list[str], path: str | Path) -> dict[str, Any]:
+def write_seed_record(run_dir: str | Path, methods: list[str], folder: Path) -> tuple[dict[str, Any], Path]:
+    """Write the record of a seed's run folder into `folder` (at `record_path`); return it and its path."""
     record = seed_record(run_dir, methods)
+    path = record_path(folder, record)
     write_json_atomic(path, record)
-    return record
+    return record, path
 
 
 def record_path(folder: Path, record: dict[str, Any]) -> Path:

@@ -264,11 +264,9 @@ def _restore(out: Path, params: dict[str, torch.Tensor], optimizer: torch.optim.
     if ckpt is None:
         return 0
     state, tensors = ckpt
-    with torch.no_grad():
-        for name, param in params.items():
-            param.copy_(tensors["params"][name])
-            if average is not None:
-                average[name].copy_(tensors["average"][name])
+    _copy_into(params, tensors["params"])
+    if average is not None:
+        _copy_into(average, tensors["average"])
     checkpoint.load_optimizer(optimizer, tensors["optimizer"], state["param_groups"])
     checkpoint.set_rng_state(tensors["rng"])
     return int(state["step"])
@@ -280,6 +278,12 @@ def _stopped(stop: StopFn | None, history: dict[str, list], step: int) -> bool:
     return stop is not None and step >= 1 and bool(evals) and evals[-1]["step"] == step and stop(evals[-1])
 
 
+def _copy_into(params: dict[str, torch.Tensor], source: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(source[name])
+
+
 @contextlib.contextmanager
 def _averaged(params: dict[str, torch.Tensor], average: dict[str, torch.Tensor] | None) -> Iterator[None]:
     """The weight average in the model's parameters for the block's duration (nothing without one)."""
@@ -287,15 +291,11 @@ def _averaged(params: dict[str, torch.Tensor], average: dict[str, torch.Tensor] 
         yield
         return
     trained = {n: p.detach().clone() for n, p in params.items()}
-    with torch.no_grad():
-        for name, param in params.items():
-            param.copy_(average[name])
+    _copy_into(params, average)
     try:
         yield
     finally:
-        with torch.no_grad():
-            for name, param in params.items():
-                param.copy_(trained[name])
+        _copy_into(params, trained)
 
 
 def _run_eval(model: nn.Module, eval_fn: EvalFn, step: int, history: dict[str, list],
@@ -445,9 +445,7 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
             _save(out, step, params, optimizer, fingerprint, history, average)
     bar.close()
     if average is not None:  # the model the caller gets, saves and evaluates is the average
-        with torch.no_grad():
-            for name, param in params.items():
-                param.copy_(average[name])
+        _copy_into(params, average)
     if cfg.gradient_checkpointing:
         model.activation_checkpointing_disable()  # the caller gets the model as it came, for evaluation
     model.eval()
