@@ -13,7 +13,7 @@ import pytest
 
 from saelign.errors import SaelignError
 from saelign.sails.seed_record import record_path, seed_record, write_seed_record
-from saelign.sails.seeds import compare_runs, run_seeds, seed_dir, share_upstream, summarise_seeds
+from saelign.sails.seeds import PER_SEED, compare_runs, run_seeds, seed_dir, share_upstream, summarise_seeds
 from test_sails_pipeline import tiny_config, write_inputs
 
 METHODS = ["sails", "lora"]
@@ -45,6 +45,16 @@ def test_upstream_runs_once_and_each_seed_trains_its_own(seeded):
     other = dataclasses.replace(cfg, select=dataclasses.replace(cfg.select, top_k=cfg.select.top_k + 1))
     with pytest.raises(SaelignError, match="do not match this seed's options"):
         share_upstream(first, out / "other", other)
+
+
+def test_each_method_is_evaluated_before_the_next_one_trains(seeded):
+    _, _, (first, second) = seeded
+    order = ["train:sails", "eval:sails", "train:lora", "eval:lora"]
+    for folder, expected in ((first, ["train:sails", "eval:base", *order[1:]]), (second, order)):
+        stages = json.loads((folder / "run.json").read_text())["stages"]  # units in the order they began
+        own = [u for u, r in stages.items() if "shared_from" not in r and u.partition(":")[0] in PER_SEED]
+        assert own == expected
+        assert json.loads((folder / "config.json").read_text())["methods"] == METHODS
 
 
 def _rate(path, kind: str) -> float:
