@@ -20,8 +20,10 @@ bench/results/sails_seeds_<preset>[_<tag>]_records/seed<s>.json). A seed run in 
 summary with `--with-records FILE ...`, where its upstream files, prompts and base-model answers match this
 run's (rebuilt under the same options and thread count):
 
-  .venv/bin/python bench/bench_sails_seeds.py --preset full --seeds 1 --out runs/seeds-full \
-      --with-records bench/results/sails_seeds_full_v2_records/seed0.json --tag v2
+  .venv/bin/python bench/bench_sails_seeds.py --preset full --seeds 2 --out runs/seeds-full \\
+      --methods sails,lora,act_pca,random_subspace,pissa,full,sails_aligned --tag v2 \\
+      --with-records bench/results/sails_seeds_full_v2_records/seed0.json \\
+      bench/results/sails_seeds_full_v2_records/seed1.json
 """
 
 from __future__ import annotations
