@@ -3,12 +3,12 @@
 The upstream stages (data, SAE, labels, feature selection, aligned slots, targets, the base model's
 evaluation) run once, for the first seed, and are shared by the others; each seed then trains and evaluates
 every method, one at a time: each is evaluated before the next one trains, so a run cut short keeps the
-finished methods' results, and `--summarise-only` later summarises them (`saelign.sails.seeds`). Every method trains for the preset's step budget and stops early at the
-first validation check with safety >= 95 % and over-refusal <= 10 % (the full preset's rule; `--no-stop-rule`:
-the whole budget). Writes bench/results/sails_seeds_<preset>[_<tag>].json: per method the mean and 95 %
-interval (bootstrap over prompts and seeds) of in- and out-of-distribution safety and over-refusal, the
-perplexity change against the base model and the steps to 90 % val safety, and SAILS minus each other method,
-paired by seed and prompt.
+finished methods' results, and `--summarise-only` later summarises them (`saelign.sails.seeds`). Every method
+trains for the preset's step budget and stops early at the first validation check with safety >= 95 % and
+over-refusal <= 10 % (the full preset's rule; `--no-stop-rule`: the whole budget). Writes
+bench/results/sails_seeds_<preset>[_<tag>].json: per method the mean and 95 % interval (bootstrap over prompts
+and seeds) of in- and out-of-distribution safety and over-refusal, the perplexity change against the base
+model and the steps to 90 % val safety, and SAILS minus each other method, paired by seed and prompt.
 
   OMP_NUM_THREADS=1 .venv/bin/python bench/bench_sails_seeds.py --preset quick --out runs/seeds-quick
   .venv/bin/python bench/bench_sails_seeds.py --preset full --out runs/seeds-full \\
