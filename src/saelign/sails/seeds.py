@@ -87,7 +87,7 @@ def run_seeds(cfg: SailsConfig, out: str | Path, seeds: Sequence[int]) -> list[P
         logger.info(f"seed {seed}: {folder}")
         # One method more per pass, each evaluated before the next trains: a run cut short (a long preset
         # over several sessions) keeps every finished method's evaluation. The last pass holds all methods.
-        for count in range(1, len(cfg.methods) + 1):
+        for count in range(1, len(seeded.methods) + 1):
             some = dataclasses.replace(seeded, methods=list(seeded.methods[:count]))
             run_pipeline(some, folder, [*SHARED, *PER_SEED])  # align has no unit without sails_aligned
     return dirs
