@@ -114,13 +114,19 @@ def test_likelihood_detector_is_a_log_likelihood_difference(tiny_llama, tokenize
     )
 
 
-def test_likelihood_is_the_texts_log_probability_after_the_prefix(tiny_llama, tokenizer):
-    prefix, texts = "The following request is about bread.\n", ["How do I bake bread?", "hi"]
-    got = LikelihoodDetector(tiny_llama, tokenizer, batch_size=2)._log_likelihood(prefix, texts)
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_likelihood_is_the_texts_log_probability_after_the_prefix(tiny_any, tokenizer, batch_size):
+    _, model, _ = tiny_any
+    """The prefix is read once and its cache shared across padded batches: each value still equals the
+    text's log-probability after the prefix read in one uncached pass, on every architecture."""
+    prefix = "The following request is about bread.\n"
+    texts = ["How do I bake bread at home today?", "hi", "", "Write a poem"]
+    got = LikelihoodDetector(model, tokenizer, batch_size=batch_size)._log_likelihood(prefix, texts)
     head = tokenizer(prefix, add_special_tokens=False)["input_ids"]
-    for text, value in zip(texts, got, strict=True):
+    assert got[2] == 0.0  # an empty text
+    for text, value in zip(texts[:2] + texts[3:], got[:2] + got[3:], strict=True):
         body = tokenizer(text, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
-            logp = tiny_llama(input_ids=torch.tensor([head + body])).logits[0].log_softmax(-1)
+            logp = model(input_ids=torch.tensor([head + body])).logits[0].log_softmax(-1)
         want = sum(float(logp[len(head) - 1 + j, token]) for j, token in enumerate(body))
         assert value == pytest.approx(want, abs=1e-3)

@@ -12,6 +12,7 @@ generation); `EmbeddingDetector` (`label.embedding`) takes the cosine similarity
 `KeywordDetector` is a deterministic word-overlap scorer that checks the maths on constructed cases.
 `make_detector` is the one place a detector's name becomes a detector."""
 
+import copy
 import math
 import random
 import re
@@ -106,21 +107,29 @@ class LikelihoodDetector:
 
     @torch.inference_mode()
     def _log_likelihood(self, prefix: str, texts: Sequence[str]) -> list[float]:
+        """log P(text | prefix) summed over each text's tokens. The prefix is read once and its KV cache
+        shared by every batch: it is most of each sequence's tokens (labels are long, requests short)."""
         pad_id = pad_token_id(self.tokenizer)
         device = next(self.model.parameters()).device
-        head = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        head = torch.tensor([self.tokenizer(prefix, add_special_tokens=False)["input_ids"]], device=device)
         encoded = [self.tokenizer(t[:600], add_special_tokens=False)["input_ids"] for t in texts]
-        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # batches of like length pad less
-        out = [0.0] * len(texts)
-        for start in range(0, len(texts), self.batch_size):
+        read = self.model(input_ids=head, use_cache=True)
+        first_logp = read.logits[0, -1].float().log_softmax(-1).cpu()  # predicts each text's first token
+        order = sorted((i for i in range(len(texts)) if encoded[i]), key=lambda i: len(encoded[i]))
+        out = [0.0] * len(texts)  # an empty text has log-probability 0
+        for start in range(0, len(order), self.batch_size):
             rows = order[start:start + self.batch_size]
-            ids, mask = pad([head + encoded[i] for i in rows], pad_id)
-            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            ids, mask = pad([encoded[i] for i in rows], pad_id)
+            cache = copy.deepcopy(read.past_key_values)
+            cache.batch_repeat_interleave(len(rows))
+            seen = torch.cat([torch.ones(len(rows), head.shape[1], dtype=mask.dtype), mask], 1)
+            logits = self.model(input_ids=ids.to(device), attention_mask=seen.to(device),
+                                past_key_values=cache).logits
             # fused: no [B, T, vocab] log-softmax is kept, only each next token's log-probability
             token_logp = -F.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:].to(device),
-                                          reduction="none").cpu()  # [B, T-1]
-            for row, i in enumerate(rows):  # the text's tokens are predicted from len(head)-1 on
-                out[i] = float(token_logp[row, len(head) - 1:len(head) - 1 + len(encoded[i])].sum())
+                                          reduction="none").cpu()  # [B, T-1]: tokens 1.. of each text
+            for row, i in enumerate(rows):
+                out[i] = float(first_logp[encoded[i][0]] + token_logp[row, :len(encoded[i]) - 1].sum())
         return out
 
     def scores(self, label: str, texts: Sequence[str]) -> list[float]:
@@ -175,7 +184,8 @@ def held_out_examples(values: torch.Tensor, texts: Sequence[str], shown: set[str
 
 
 def detection_score(detector: Detector, label: str, firing: Sequence[str], quiet: Sequence[str]) -> float:
-    return balanced_accuracy(detector.scores(label, firing), detector.scores(label, quiet))
+    scores = detector.scores(label, [*firing, *quiet])  # one call: fuller batches, one read of the label
+    return balanced_accuracy(scores[:len(firing)], scores[len(firing):])
 
 
 def score_labels(detector: Detector, labels: Mapping[str, Mapping[int, str]], acts: torch.Tensor,
