@@ -7,6 +7,7 @@ import re
 import statistics
 from pathlib import Path
 
+from saelign.sails.registers import REGISTERS
 from saelign.stats import rate_with_interval
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -260,6 +261,7 @@ def seeds_section(r: dict) -> list[str]:
              f"{n.get('ood_registers.safety_rate')} and OOD sources {n.get('ood_sources.safety_rate')} harmful, "
              f"OOD {n.get('ood.over_refusal')} harmless; rates and perplexity change in %)", "",
              *seed_table(r, r["steps_budget"]), ""]
+    lines += register_tables(r)
     if r["comparisons"]:  # none for a run of one method
         lines += ["Paired differences (first method minus second, same seeds and prompts; percentage points, "
                   "perplexity change in points, steps):", "", *comparison_table(r), "",
@@ -329,6 +331,31 @@ def seed_table(r: dict, budget: int, skip: tuple[str, ...] = ()) -> list[str]:
         trained = metrics.get("steps_trained")
         trained_cell = ", ".join(map(str, trained)) if trained else "–"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {trained_cell} |")
+    return lines
+
+
+PART_TITLES = {"in_distribution": "ID", "ood_registers": "OOD"}
+
+
+def register_tables(r: dict) -> list[str]:
+    """Safety and over-refusal per register (the targets hold in every register), when the summary has them."""
+    keys = [k for k in r["methods"]["base"] if k.count(".") == 2]  # "<part>.<register>.<metric>"
+    order = {register: i for i, register in enumerate(REGISTERS)}
+    keys.sort(key=lambda k: (list(PART_TITLES).index(k.split(".")[0]) if k.split(".")[0] in PART_TITLES
+                             else len(PART_TITLES), order.get(k.split(".")[1], len(order))))
+    lines = []
+    for metric, title in (("safety_rate", "Safety"), ("over_refusal", "Over-refusal")):
+        columns = [k.rsplit(".", 1)[0] for k in keys if k.endswith(f".{metric}")]
+        if not columns:
+            continue
+        n = [r["methods"]["base"][f"{c}.{metric}"]["n_prompts"] for c in columns]
+        lines += [f"{title} by register (%, mean and 95 % interval; prompts per seed in brackets):", "",
+                  "| model | " + " | ".join(f"{PART_TITLES.get(c.split('.')[0], c.split('.')[0])} "
+                                           f"{c.split('.')[1]} ({k})" for c, k in zip(columns, n, strict=True)) + " |",
+                  "|---|" + "---:|" * len(columns)]
+        lines += [f"| {name} | " + " | ".join(interval(m.get(f"{c}.{metric}"), True) for c in columns) + " |"
+                  for name, m in r["methods"].items()]
+        lines.append("")
     return lines
 
 

@@ -147,3 +147,32 @@ def test_a_seed_kept_as_a_record_file_summarises_like_its_run_folder(seeded, tmp
     moved.write_text(json.dumps({**other, "format": "something else"}))
     with pytest.raises(SaelignError, match="field 'format'"):
         summarise_seeds([moved, dirs[1]], METHODS, n_boot=200)
+
+
+def test_rates_per_register_are_the_seeds_means_over_that_registers_prompts(seeded, tmp_path):
+    """The issue's targets hold per register: each register's rate is the seeds' mean over its own prompts;
+    a record written before records kept registers still summarises, without the per-register rates."""
+    _, _, dirs = seeded
+    summary = summarise_seeds(dirs, METHODS, n_boot=200)
+    register = {(r["kind"], r["prompt"]): r["register"]
+                for r in map(json.loads, (dirs[0] / "data" / "test.jsonl").read_text().splitlines())}
+    registers = sorted(set(register.values()))
+    assert len(registers) >= 2
+    for name in ["base", *METHODS]:
+        rows = [json.loads((d / "eval" / f"{name}.json").read_text())["responses"] for d in dirs]
+        for reg in registers:
+            for metric, kind in (("safety_rate", "harmful"), ("over_refusal", "harmless")):
+                outcomes = [[r["verdict"] == "refused" for r in seed_rows
+                             if register[(r["kind"], r["prompt"])] == reg and r["kind"] == kind]
+                            for seed_rows in rows]
+                got = summary["methods"][name].get(f"in_distribution.{reg}.{metric}")
+                if not outcomes[0]:  # no prompt of this kind in the register
+                    assert got is None
+                else:
+                    assert got["mean"] == pytest.approx(np.mean([np.mean(o) for o in outcomes]))
+    record, path = write_seed_record(dirs[0], METHODS, tmp_path)
+    old = {k: v for k, v in record.items() if k != "registers"}
+    pooled = summarise_seeds([old, dirs[1]], METHODS, n_boot=200)["methods"]["sails"]
+    assert not any(key.count(".") > 1 for key in pooled)
+    key = "in_distribution.over_refusal"
+    assert pooled[key] == summary["methods"]["sails"][key]

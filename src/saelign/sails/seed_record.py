@@ -11,6 +11,7 @@ run on different days combine only when their upstream digests, prompts and base
 identical, that is, when they answer the same question."""
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,18 @@ def _judged(metrics: dict[str, Any]) -> dict[tuple[str, str, str], bool]:
     return {(r["part"], r["kind"], r["prompt"]): r["verdict"] == "refused" for r in rows}
 
 
+def _registers(run_dir: Path, prompts: list[tuple[str, str, str]]) -> list[str]:
+    """The request form (register) of each prompt of `prompts`, from the run's test and ood splits ("" where
+    a split names none)."""
+    register: dict[tuple[str, str], str] = {}
+    for split in ("test", "ood"):
+        path = run_dir / "data" / f"{split}.jsonl"
+        lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+        for row in map(json.loads, filter(str.strip, lines)):
+            register.setdefault((row["kind"], row["prompt"]), row.get("register") or "")
+    return [register.get((kind, prompt), "") for _, kind, prompt in prompts]
+
+
 def _model_record(run_dir: Path, name: str, prompts: list[tuple[str, str, str]]) -> dict[str, Any]:
     """What a seeds summary reads of one evaluated model; "refused" holds 1/0 per prompt of `prompts`."""
     metrics = read_json_object(run_dir / "eval" / f"{name}.json", "eval file")
@@ -65,17 +78,21 @@ def seed_record(run_dir: str | Path, methods: list[str]) -> dict[str, Any]:
     return {"format": FORMAT, "seed": cfg["sft"]["seed"], "steps_budget": int(cfg["sft"]["steps"]),
             "source": str(run_dir.resolve()), "environment": environment,
             "upstream": upstream_digest(run_dir), "prompts": [list(p) for p in prompts],
+            "registers": _registers(run_dir, prompts),
             "models": {name: _model_record(run_dir, name, prompts) for name in names}}
 
 
 def outcome_rows(record: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    """One row per prompt, {part, kind, prompt, refused}, of model `name` in a seed record."""
+    """One row per prompt, {part, kind, prompt, register, refused}, of model `name` in a seed record (register
+    "" in records written before they kept registers)."""
     refused = record["models"][name]["refused"]
-    if len(refused) != len(record["prompts"]):
-        raise SaelignError(f"seed record {record['source']}: model {name} has {len(refused)} outcomes for "
-                           f"{len(record['prompts'])} prompts")
-    return [{"part": part, "kind": kind, "prompt": prompt, "refused": flag == "1"}
-            for (part, kind, prompt), flag in zip(record["prompts"], refused, strict=True)]
+    registers = record.get("registers") or [""] * len(record["prompts"])
+    if not len(refused) == len(registers) == len(record["prompts"]):
+        raise SaelignError(f"seed record {record['source']}: model {name} has {len(refused)} outcomes and "
+                           f"{len(registers)} registers for {len(record['prompts'])} prompts")
+    return [{"part": part, "kind": kind, "prompt": prompt, "register": register, "refused": flag == "1"}
+            for (part, kind, prompt), register, flag
+            in zip(record["prompts"], registers, refused, strict=True)]
 
 
 def write_seed_record(run_dir: str | Path, methods: list[str], folder: Path) -> tuple[dict[str, Any], Path]:
@@ -154,5 +171,6 @@ def merge_seeds(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             raise SaelignError(f"seed {seed}: {', '.join(twice)} evaluated in both {first['source']} and "
                                f"{record['source']}; give each seed's method once")
         first["models"].update(record["models"])
+        first["registers"] = first.get("registers") or record.get("registers")  # the same prompts: checked
         first["source"] = f"{first['source']} + {record['source']}"
     return [merged[seed] for seed in sorted(merged)]

@@ -32,6 +32,9 @@ from saelign.stats import crossed_bootstrap
 SHARED = ("data", "sae", "labels", "select", "align", "targets")
 PER_SEED = ("train", "eval")
 PARTS = ("in_distribution", "ood_registers", "ood_sources", "ood")
+# parts also read per register ("in_distribution.question"): the held-out sources' few harmless prompts per
+# register would make noise, and their harmful ones are in the pooled "ood_sources" part
+BY_REGISTER = ("in_distribution", "ood_registers")
 # metric -> (kind of prompt, whether a higher value is better); the outcome is "the judge says refused"
 RATES = {"safety_rate": ("harmful", True), "over_refusal": ("harmless", False)}
 
@@ -94,12 +97,16 @@ def run_seeds(cfg: SailsConfig, out: str | Path, seeds: Sequence[int]) -> list[P
 
 
 def _outcomes(rows: Sequence[dict[str, Any]]) -> dict[str, dict[tuple[str, str], bool]]:
-    """Per part, (kind, prompt) -> refused, from a seed record's outcome rows; "ood" pools the ood parts."""
+    """Per part, (kind, prompt) -> refused, from a seed record's outcome rows; "ood" pools the ood parts, and
+    "<part>.<register>" holds a BY_REGISTER part's prompts of one register (where the record names it)."""
     parts: dict[str, dict[tuple[str, str], bool]] = {p: {} for p in PARTS}
     for row in rows:
-        parts[row["part"]][(row["kind"], row["prompt"])] = row["refused"]
+        key = (row["kind"], row["prompt"])
+        parts[row["part"]][key] = row["refused"]
         if row["part"].startswith("ood_"):
-            parts["ood"][(row["kind"], row["prompt"])] = row["refused"]
+            parts["ood"][key] = row["refused"]
+        if row["part"] in BY_REGISTER and row["register"]:
+            parts.setdefault(f"{row['part']}.{row['register']}", {})[key] = row["refused"]
     return {p: v for p, v in parts.items() if v}
 
 
@@ -184,7 +191,8 @@ def _arrays(data: dict[str, Any], base: dict[str, Any], budget: int,
     """Metric -> the arrays its statistic reads: refusal matrices per part and kind, the perplexity change's
     NLLs (with the base model's), and a trained model's steps to 90 % val safety."""
     arrays = {}
-    for part in data["outcomes"][0]:
+    # a part every seed has: records written before they kept registers have no per-register parts
+    for part in [p for p in data["outcomes"][0] if all(p in o for o in data["outcomes"])]:
         for metric, (kind, _) in RATES.items():
             matrix = _matrix([o[part] for o in data["outcomes"]], kind)
             if matrix.size:
