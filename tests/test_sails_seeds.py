@@ -176,3 +176,6 @@ def test_rates_per_register_are_the_seeds_means_over_that_registers_prompts(seed
     assert not any(key.count(".") > 1 for key in pooled)
     key = "in_distribution.over_refusal"
     assert pooled[key] == summary["methods"]["sails"][key]
+    short = {**record, "registers": record["registers"][:-1]}
+    with pytest.raises(SaelignError, match=r"outcomes and \d+ registers for \d+ prompts"):
+        summarise_seeds([short, dirs[1]], METHODS, n_boot=200)
