@@ -11,12 +11,11 @@ run on different days combine only when their upstream digests, prompts and base
 identical, that is, when they answer the same question."""
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 from saelign.errors import SaelignError
-from saelign.io import read_json_object, write_json_atomic
+from saelign.io import iter_jsonl, read_json_object, write_json_atomic
 
 FORMAT = "saelign.sails.seed_record/1"
 # the shared files whose bytes decide what every seed trains on and is evaluated on
@@ -48,8 +47,7 @@ def _registers(run_dir: Path, prompts: list[tuple[str, str, str]]) -> list[str]:
     register: dict[tuple[str, str], str] = {}
     for split in ("test", "ood"):
         path = run_dir / "data" / f"{split}.jsonl"
-        lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-        for row in map(json.loads, filter(str.strip, lines)):
+        for _, row in iter_jsonl(path, "data split") if path.is_file() else []:  # a run may have no ood
             register.setdefault((row["kind"], row["prompt"]), row.get("register") or "")
     return [register.get((kind, prompt), "") for _, kind, prompt in prompts]
 
