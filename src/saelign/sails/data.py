@@ -43,6 +43,7 @@ SOURCES = ("advbench", "harmbench", "borderline", "harmless", "imperatives", "co
            "open_questions")
 # Sources used for nothing but the ood split: harmful and harmless requests written apart from all the rest.
 OOD_SOURCES = ("airt", "open_questions")
+TRAINING_REGISTERS = ("question", "imperative", "indirect", "need")
 HELDOUT_REGISTERS = ("tense", "keyword")
 MANIFEST = "safety_data.json"
 
@@ -101,7 +102,7 @@ class SafetyDataConfig:
     test_fraction: float = help_field(0.2, "share of each kind in the test split")
     dedupe_threshold: float = help_field(0.8, "word-set Jaccard at or above which two prompts count as near-duplicates (1.0 = identical word sets only)")
     max_prompt_tokens: int = help_field(512, "longest chat-formatted prompt allowed, checked when a tokenizer is given; longer prompts are an error")
-    registers: list[str] = help_field([r for r in REGISTERS if r not in HELDOUT_REGISTERS],
+    registers: list[str] = help_field(list(TRAINING_REGISTERS),
                                       f"registers of the train/val/test prompts: {', '.join(REGISTERS)}")
     heldout_registers: list[str] = help_field(list(HELDOUT_REGISTERS),
                                               "registers never trained on: the ood split asks the test "
@@ -200,12 +201,13 @@ def _in_test_share(behaviour: str, cfg: SafetyDataConfig) -> bool:
 def split_examples(examples: Sequence[Example], cfg: SafetyDataConfig) -> SafetyData:
     """Per kind: order the behaviours by seeded hash, keep them while the wordings fit in `max_<kind>`, then
     fill test, val and train in that order; ask each in `cfg.variants` training registers, and the test ones
-    in every held-out register for the ood split (with the held-out sources in every register)."""
+    in every held-out register for the ood split (with the held-out sources in every register of the run)."""
     examples = [identify(e) for e in examples]
-    # A held-out source is unseen in every register, so the ood split asks its behaviours in all of them.
+    # A held-out source is unseen in every register, so the ood split asks its behaviours in all of the run's
+    # registers, trained and held out.
     heldout = [[e] for e in examples if e.source.split(":")[0] in OOD_SOURCES]
-    everywhere = len(REGISTERS) if cfg.variants else 0
-    out = SafetyData([], [], [], ood=variants.expand(heldout, REGISTERS, everywhere))
+    everywhere = [r for r in REGISTERS if r in cfg.registers or r in cfg.heldout_registers]
+    out = SafetyData([], [], [], ood=variants.expand(heldout, everywhere, len(everywhere) if cfg.variants else 0))
     for kind in KINDS:
         groups: dict[str, list[Example]] = defaultdict(list)
         for e in examples:
