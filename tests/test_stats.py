@@ -1,11 +1,12 @@
-"""Intervals: Wilson's against known values and its edge cases; the seed-and-prompt bootstrap's width."""
+"""Intervals: Wilson's against known values and its edge cases; the seed-and-prompt bootstrap's width, paired
+and unpaired."""
 
 import math
 
 import numpy as np
 import pytest
 
-from saelign.stats import crossed_bootstrap, rate_with_interval, wilson
+from saelign.stats import crossed_bootstrap, crossed_bootstrap_difference, rate_with_interval, wilson
 
 
 def test_wilson_matches_the_textbook_values_and_stays_in_range():
@@ -49,3 +50,22 @@ def test_paired_bootstrap_keeps_pairs_together():
 def test_rate_with_interval_reads_as_percent():
     assert rate_with_interval(26 / 31, 31) == "83.9 % (67–93)"
     assert rate_with_interval(None, 10) == "–" and rate_with_interval(0.5, 0) == "–"
+
+
+def test_unpaired_difference_is_wider_than_the_paired_one_and_centred_on_the_gap():
+    """Groups asked different prompts: the difference of means is exact, its interval holds the prompt noise
+    of both groups (wider than pairing the same prompts), and a true gap of 0.4 is told apart from 0."""
+    rng = np.random.default_rng(2)
+    a = (rng.random((3, 60)) < 0.8).astype(float)
+    b = (rng.random((3, 50)) < 0.4).astype(float)
+    mean, lo, hi = crossed_bootstrap_difference(a, b)
+    assert mean == pytest.approx(a.mean() - b.mean()) and 0 < lo < mean < hi
+    same = (rng.random((3, 60)) < 0.5).astype(float)
+    shifted = same.copy()
+    shifted[:, :6] = 1 - shifted[:, :6]  # the same prompts, 6 answers flipped per seed
+    paired = crossed_bootstrap([shifted - same])
+    unpaired = crossed_bootstrap_difference(shifted, same)
+    assert unpaired[2] - unpaired[1] > 2 * (paired[2] - paired[1])
+    with pytest.raises(ValueError, match="same seeds"):
+        crossed_bootstrap_difference(np.ones((2, 3)), np.ones((3, 3)))
+    assert math.isnan(crossed_bootstrap_difference(np.ones((2, 0)), np.ones((2, 3)))[0])

@@ -47,3 +47,22 @@ def rate_with_interval(rate: float | None, n: int) -> str:
         return "–"
     lo, hi = wilson(round(rate * n), n)
     return f"{100 * rate:.1f} % ({100 * lo:.0f}–{100 * hi:.0f})"
+
+
+def crossed_bootstrap_difference(a: np.ndarray, b: np.ndarray, n_boot: int = 2000,
+                                 seed: int = 0) -> tuple[float, float, float]:
+    """mean(a) - mean(b) and its 95 % interval for two [seeds, prompts] arrays whose seeds pair by row but
+    whose prompts differ (two groups asked different wordings): each draw resamples the seeds once for both
+    and each array's prompts on their own."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
+        raise ValueError(f"arrays must be [seeds, prompts] with the same seeds, got {a.shape} and {b.shape}")
+    if 0 in a.shape or 0 in b.shape:
+        return math.nan, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    draws = np.empty(n_boot)
+    for i in range(n_boot):
+        rows = rng.integers(a.shape[0], size=a.shape[0])
+        cols_a, cols_b = rng.integers(a.shape[1], size=a.shape[1]), rng.integers(b.shape[1], size=b.shape[1])
+        draws[i] = a[np.ix_(rows, cols_a)].mean() - b[np.ix_(rows, cols_b)].mean()
+    return float(a.mean() - b.mean()), float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))
