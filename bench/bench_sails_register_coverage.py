@@ -44,9 +44,10 @@ from saelign.sails.seed_record import outcome_rows, read_seed_record
 HELDOUT_DIR = RESULTS / "sails_register_coverage_heldout"
 
 
-def ask(run_dir: Path, methods: list[str], register: str) -> Path:
+def ask(run_dir: Path, methods: list[str], register: str, base_answers: dict[tuple[str, ...], str]) -> Path:
     """The base model and each method's adapter of `run_dir` asked `register`'s prompts (the test behaviours
-    and the held-out sources in it), judged as the run's eval stage judges; a record-shaped file."""
+    and the held-out sources in it), judged as the run's eval stage judges; a record-shaped file.
+    `base_answers`: the base model's verdicts per prompt list, filled and reused across the seeds' runs."""
     cfg = resolve_config([read_json_object(run_dir / "config.json", "run config")])
     data_cfg = dataclasses.replace(cfg.data, heldout_registers=[*cfg.data.heldout_registers, register])
     data = build_safety_data(data_cfg)
@@ -58,14 +59,17 @@ def ask(run_dir: Path, methods: list[str], register: str) -> Path:
     asked = [e for e in data.ood if e.register == register]
     base, tokenizer = load_model(cfg.model)
     judge, refused = make_judge(cfg.eval), {}
-    for name in ["base", *methods]:
+    prompts = [e.prompt for e in asked]
+    if tuple(prompts) in base_answers:
+        refused["base"] = {"refused": base_answers[tuple(prompts)]}
+    for name in [n for n in ["base", *methods] if n not in refused]:
         began = time.perf_counter()
         model = base if name == "base" else merged_for_inference(
             load_adapter(copy.deepcopy(base), run_dir / "methods" / name / "adapter").eval())
-        prompts = [e.prompt for e in asked]
         answers = generate_answers(model, tokenizer, prompts, cfg.eval.max_new_tokens, cfg.eval.batch_size)
         verdicts = judge.judge(prompts, answers)
         refused[name] = {"refused": "".join("1" if v.label == "refused" else "0" for v in verdicts)}
+        base_answers.setdefault(tuple(prompts), refused["base"]["refused"])
         seconds = time.perf_counter() - began
         print(f"{run_dir.name} {name}: {len(prompts)} prompts in {seconds:.0f} s", flush=True)
     record = {"seed": cfg.sft.seed, "source": str(run_dir.resolve()), "register": register,
@@ -121,8 +125,9 @@ def main() -> int:
     args.methods = args.methods.split(",")
     setup_logging()
     if args.command == "ask":
+        base_answers: dict[tuple[str, ...], str] = {}
         for run in args.runs:
-            print(f"wrote {ask(run, args.methods, args.register)}")
+            print(f"wrote {ask(run, args.methods, args.register, base_answers)}")
         return 0
     write_result("sails_register_coverage", compare(args))
     return 0

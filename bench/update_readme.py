@@ -274,6 +274,33 @@ def seeds_section(r: dict) -> list[str]:
     return [*lines, "", machine_line(r), ""]
 
 
+def coverage_section(r: dict) -> list[str]:
+    """Register coverage (bench_sails_register_coverage.py): per method, origin, register and kind, the narrow
+    and wide groups' refusal rates and wide minus narrow."""
+    narrow, wide, held = set(r["narrow_registers"]), set(r["wide_registers"]), r["held_out_of_both"]
+    origin = {"behaviours": "held-out behaviours", "sources": "held-out sources"}
+    measure = {"harmful": "safety", "harmless": "over-refusal", "borderline": "borderline over-refusal"}
+    order = {register: i for i, register in enumerate(REGISTERS)}
+    lines = [f"**Register coverage** (preset full, seeds {', '.join(map(str, r['seeds']))}; narrow: trained on "
+             f"{', '.join(r['narrow_registers'])}; wide: also on {', '.join(sorted(wide - narrow))}; neither on "
+             f"{held}. Refusal rates in %, mean and 95 % interval over seeds and prompts; wide minus narrow paired "
+             "by prompt where both were asked the same prompts, else over independent prompt draws; bold: the "
+             "interval excludes 0)", ""]
+    for method, rows in r["rows"].items():
+        lines += [f"`{method}`:", "", "| prompts | register | measure | trained in | narrow | wide | "
+                  "wide − narrow |", "|---|---|---|---|---:|---:|---:|"]
+        rows = sorted(rows, key=lambda x: (x["origin"], order[x["register"]], list(measure).index(x["kind"])))
+        for x in rows:
+            trained = "/".join(g for g, regs in (("narrow", narrow), ("wide", wide)) if x["register"] in regs)
+            gap = interval(x["wide_minus_narrow"], percent=True, signed=True)
+            lines.append(f"| {origin[x['origin']]} | {x['register']} | {measure[x['kind']]} | {trained or 'neither'} "
+                         f"| {interval(x['narrow'], percent=True)} ({x['narrow']['n_prompts']}) "
+                         f"| {interval(x['wide'], percent=True)} ({x['wide']['n_prompts']}) "
+                         f"| {f'**{gap}**' if x['wide_minus_narrow']['excludes_zero'] else gap} |")
+        lines.append("")
+    return [*lines, machine_line(r), ""]
+
+
 def overrefusal_section(r: dict) -> list[str]:
     """The over-refusal trials (bench_sails_overrefusal.py): the val split's checks over the steps, then the
     wider validation set at the steps that read it; nothing here comes from test or ood prompts."""
@@ -596,7 +623,8 @@ def main() -> None:
             continue
         result = json.loads(path.read_text())
         render = (seeds_section if path.stem.startswith("sails_seeds_") else overrefusal_section
-                  if path.stem.startswith("sails_overrefusal_") else sails_section)
+                  if path.stem.startswith("sails_overrefusal_") else coverage_section
+                  if path.stem == "sails_register_coverage" else sails_section)
         parts += render(result)
     table = "\n".join(parts) if parts else "(benchmarks not yet run)"
     readme = ROOT / "README.md"
