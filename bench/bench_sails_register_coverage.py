@@ -84,20 +84,27 @@ def _part(source: str) -> str:
     return "ood_sources" if source.split(":")[0] in OOD_SOURCES else "ood_registers"
 
 
-def _by_seed(paths: list[str]) -> list[dict]:
-    """Seed records, or `ask`'s record-shaped files, in seed order."""
+def _by_seed(paths: list[str], models: list[str], flag: str) -> list[dict]:
+    """Seed records, or `ask`'s record-shaped files, in seed order; each must hold every model's answers."""
     records = [read_json_object(p, "record") for p in paths]
     records = [read_seed_record(p) if "format" in r else r for p, r in zip(paths, records, strict=True)]
+    for path, record in zip(paths, records, strict=True):
+        missing = [m for m in models if m not in record["models"]]
+        if missing:
+            raise SystemExit(f"{path} ({flag}) has no answers of {', '.join(missing)}: it holds "
+                             f"{', '.join(record['models'])}; drop them from --methods")
     return sorted(records, key=lambda r: r["seed"])
 
 
 def compare(args: argparse.Namespace) -> dict:
-    narrow, held, wide = _by_seed(args.narrow), _by_seed(args.narrow_heldout), _by_seed(args.wide)
+    models = ["base", *args.methods]
+    narrow, held, wide = (_by_seed(getattr(args, flag), models, "--" + flag.replace("_", "-"))
+                          for flag in ("narrow", "narrow_heldout", "wide"))
     seeds = [[r["seed"] for r in group] for group in (narrow, held, wide)]
     if not seeds[0] == seeds[1] == seeds[2]:
         raise SystemExit(f"the three groups of records must hold the same seeds, got {seeds}")
     out = {}
-    for name in ["base", *args.methods]:
+    for name in models:
         narrow_rows = [outcomes(outcome_rows(r, name) + outcome_rows(h, name))
                        for r, h in zip(narrow, held, strict=True)]
         wide_rows = [outcomes(outcome_rows(r, name)) for r in wide]

@@ -47,3 +47,25 @@ def test_compare_groups_refuses_mismatched_seeds_or_prompts():
         compare_groups([one, one], [one])
     with pytest.raises(SaelignError, match="different"):
         compare_groups([one, other], [one, one])
+
+
+def test_bench_compare_names_the_record_that_lacks_a_method(tmp_path):
+    """bench_sails_register_coverage.py compare: a record without one of --methods' answers is refused with
+    its path, flag and the models it does hold (not a KeyError deep in the comparison)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench" / "bench_sails_register_coverage.py"
+    files = {}
+    for group, models in (("narrow", ["base", "sails", "act_pca"]), ("held", ["base", "sails", "act_pca"]),
+                          ("wide", ["base", "sails"])):
+        files[group] = tmp_path / f"{group}.json"
+        files[group].write_text(json.dumps({"seed": 0, "models": {m: {} for m in models}}))
+    run = subprocess.run([sys.executable, str(bench), "compare", "--methods", "sails,act_pca",
+                          "--narrow", str(files["narrow"]), "--narrow-heldout", str(files["held"]),
+                          "--wide", str(files["wide"])], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert f"{files['wide']} (--wide) has no answers of act_pca" in run.stderr
+    assert "it holds base, sails" in run.stderr
