@@ -8,7 +8,7 @@ in it. See `saelign.sails.register_coverage`.
 
   # 1. the wide group (seed records in bench/results/sails_seeds_full_wide_registers_records/)
   .venv/bin/python bench/bench_sails_seeds.py --preset full --out runs/seeds-wide --methods sails \\
-      --config bench/configs/wide_registers.yaml --tag wide_registers
+      --config bench/data/configs/wide_registers.yaml --tag wide_registers
   # 2. ask the narrow group's runs (their adapters) the fiction prompts: one small record per seed
   .venv/bin/python bench/bench_sails_register_coverage.py ask --runs runs/seeds-full/seed0 \\
       runs/seeds-full/seed1 runs/seeds-full/seed2 --methods sails

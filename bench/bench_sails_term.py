@@ -1,6 +1,7 @@
 """An extra SFT term at several weights, read on VALIDATION only, to choose a weight before any test number
 is read (issue 11). `--term retain` (`--sft-retain-weight`: KL to the base model on held-out generic text) or
-`--term unlikelihood` (`--sft-unlikelihood-weight`: -log(1 - p) of refusal openings on harmless prompts).
+`--term unlikelihood` (`--sft-unlikelihood-weight`: -log(1 - p) of refusal openings on harmless prompts) or
+`--term consistency` (`--sft-consistency-weight`: two training wordings of one behaviour pulled to one state).
 
 Every weight trains sails on one seed with the same data, SAE, selection and targets (the first weight's run
 makes them; the others get copies, `sails.seeds.share_upstream`), under the seeds bench's stop rule, with a
@@ -43,7 +44,8 @@ def weight_dir(out: str | Path, weight: float, seed: int) -> Path:
 
 
 # per term: its weight option in SFTConfig, and the key its per-step value has in the training history
-TERMS = {"retain": ("retain_weight", "retain_kl"), "unlikelihood": ("unlikelihood_weight", "unlikelihood")}
+TERMS = {"retain": ("retain_weight", "retain_kl"), "unlikelihood": ("unlikelihood_weight", "unlikelihood"),
+         "consistency": ("consistency_weight", "consistency")}
 
 
 def layer(term: str, weight: float, val_ppl_contexts: int) -> dict[str, Any]:
@@ -91,7 +93,15 @@ def choose_unlikelihood(records: dict[str, dict[str, Any]]) -> str:
                                    float(w)))
 
 
-CHOOSE = {"retain": choose_retain, "unlikelihood": choose_unlikelihood}
+def choose_consistency(records: dict[str, dict[str, Any]]) -> str:
+    """The highest validation safety among the weights whose last check over-refuses no more than the first
+    weight's (no consistency term); ties go to the smaller weight."""
+    reference = next(iter(records.values()))
+    fit = [w for w, r in records.items() if r["val_over_refusal"] <= reference["val_over_refusal"]]
+    return min(fit, key=lambda w: (-records[w]["val_safety_rate"], float(w)))
+
+
+CHOOSE = {"retain": choose_retain, "unlikelihood": choose_unlikelihood, "consistency": choose_consistency}
 
 
 def main() -> int:

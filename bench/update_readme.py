@@ -597,7 +597,7 @@ def two_hop_swap_lines(r: dict) -> list[str]:
 
 
 # bench_sails_term.py's results (sails_<term>_<preset>_validation / _compare), not runs of the pipeline
-TERM_SWEEPS = ("sails_retain_", "sails_unlikelihood_")
+TERM_SWEEPS = ("sails_retain_", "sails_unlikelihood_", "sails_consistency_")
 
 
 def main() -> None:

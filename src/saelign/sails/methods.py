@@ -21,6 +21,7 @@ from saelign import checkpoint, distributed
 from saelign.errors import SaelignError, require
 from saelign.progress import logger
 from saelign.sails.adapters import save_adapter
+from saelign.sails.consistency import Twin
 from saelign.sails.evaluate import safety_stop
 from saelign.sails.lora_init import LoraInitConfig, make_peft_model, prepare_full_finetune, trainable_share
 from saelign.sails.select import FeatureSelectConfig, residual_activations
@@ -160,11 +161,12 @@ def run_method(method: str, model_factory: Callable[[], PreTrainedModel], tokeni
                eval_fn: EvalFn | None = None, act_pca_prompts: tuple[Sequence[str], Sequence[str]] | None = None,
                provenance: Mapping[str, Any] | None = None, overwrite: bool = False,
                given_basis: torch.Tensor | None = None, weights: Sequence[float] | None = None,
-               retain: torch.Tensor | None = None, contrasts: Sequence[Contrast] | None = None) -> MethodResult:
+               retain: torch.Tensor | None = None, contrasts: Sequence[Contrast] | None = None,
+               twins: Sequence[Twin] | None = None) -> MethodResult:
     """Train `method` on (prompt, response) pairs, each of loss weight `weights[i]` (None: all 1); save
     OUT/adapter; resume from OUT/checkpoint. Rank = cfg.lora.rank or SAILS' subspace rank for every LoRA
-    method; `given_basis`: see `method_basis`; `retain` and `contrasts`: the retain term's text contexts and
-    the unlikelihood term's refusal contrasts (`train_sft`)."""
+    method; `given_basis`: see `method_basis`; `retain`, `contrasts` and `twins`: the retain term's text
+    contexts, the unlikelihood term's refusal contrasts and the consistency term's twins (`train_sft`)."""
     check_method(method)
     out = Path(out_dir)
     adapter_dir = out / ADAPTER_DIR
@@ -183,7 +185,7 @@ def run_method(method: str, model_factory: Callable[[], PreTrainedModel], tokeni
     logger.info(f"{method}: training {trainable_share(trainable)['share']:.3%} of the parameters for {sft.steps} steps")
     stop = safety_stop(sft.stop_at_safety, sft.stop_max_over_refusal)
     history = train_sft(trainable, tokenizer, pairs, sft, eval_fn, stop, weights=weights, retain=retain,
-                        contrasts=contrasts)
+                        contrasts=contrasts, twins=twins)
     trained = history["train"][-1]["step"] if history["train"] else 0  # < sft.steps when stop_at_safety ended it
     result = MethodResult(
         method=method, rank=None if method == "full" else rank, target_modules=list(lora_cfg.target_modules),

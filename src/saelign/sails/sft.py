@@ -25,6 +25,11 @@ With `unlikelihood_weight` > 0 the loss adds unlikelihood_weight x the mean toke
 caller gives as contrasts for harmless prompts (`sails.unlikelihood`), read `unlikelihood_batch` per step in an
 order that is a pure function of (seed, epoch), shared over the ranks like the retain term.
 
+With `consistency_weight` > 0 the loss adds consistency_weight x the mean over twins (two training prompts of
+one behaviour in different registers, `sails.consistency`) of the normalised distance between their
+last-prompt-token residuals, `consistency_batch` twins per step in an order that is a pure function of
+(seed, epoch), shared over the ranks like the retain term.
+
 `gradient_checkpointing` trades compute for memory (bench/results/pipeline.json has both) and changes no result,
 so a run may be resumed with it switched."""
 
@@ -50,6 +55,7 @@ from saelign.errors import SaelignError, require
 from saelign.io import read_json, write_json_atomic
 from saelign.progress import logger, progress
 from saelign.sails.chat import encode_pair
+from saelign.sails.consistency import Twin, consistency_sum, encode_twins
 from saelign.sails.retain import kl_to_base_sum, require_adapters, retain_mask
 from saelign.sails.unlikelihood import IGNORE, Contrast, PairEncoder, encode_contrasts, unlikelihood_sum
 from saelign.text import pad, pad_token_id
@@ -64,8 +70,9 @@ StopFn = Callable[[dict[str, Any]], bool]  # an evaluation's result -> whether t
 RETAIN_FIELDS = ("retain_weight", "retain_batch", "retain_contexts", "retain_context_length")
 # The same for the unlikelihood term.
 UNLIKELIHOOD_FIELDS = ("unlikelihood_weight", "unlikelihood_batch", "unlikelihood_tokens", "unlikelihood_skip")
-# The same for the weight average.
+# The same for the weight average and the consistency term.
 AVERAGE_FIELDS = ("ema_decay",)
+CONSISTENCY_FIELDS = ("consistency_weight", "consistency_batch")
 
 
 @dataclass
@@ -106,6 +113,10 @@ class SFTConfig:
                                              "with the harmless answer")
     unlikelihood_skip: int = help_field(0, "tokens of each refusal after that shared prefix left out of the push "
                                            "(1: its opening word, e.g. 'I', stays; what follows is pushed)")
+    consistency_weight: float = help_field(0.0, "weight of the register-consistency term: mean normalised "
+                                                "distance between the last-prompt-token residuals of two "
+                                                "training wordings of one behaviour (0 = off)")
+    consistency_batch: int = help_field(4, "twins (pairs of wordings) of the consistency term per step")
     ema_decay: float = help_field(0.0, "keep an exponential moving average of the trained weights with this "
                                        "decay (e.g. 0.95: about the last 20 steps), evaluate it at each check "
                                        "and return it instead of the last step's weights (0 = off)")
@@ -114,13 +125,13 @@ class SFTConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "max_length", "retain_batch", "retain_contexts",
-                     "unlikelihood_batch", "unlikelihood_tokens"):
+                     "unlikelihood_batch", "unlikelihood_tokens", "consistency_batch"):
             require(getattr(self, name) >= 1, f"{name} must be positive, got {getattr(self, name)}")
         for name in ("warmup", "eval_every", "checkpoint_every", "weight_decay", "max_grad_norm",
                      "unlikelihood_skip"):
             require(getattr(self, name) >= 0, f"{name} must not be negative, got {getattr(self, name)}")
         require(self.lr > 0, f"lr must be positive, got {self.lr}")
-        for name in ("retain_weight", "unlikelihood_weight"):
+        for name in ("retain_weight", "unlikelihood_weight", "consistency_weight"):
             require(0 <= getattr(self, name) < float("inf"),
                     f"{name} must be 0 (off) or a positive number, got {getattr(self, name)}")
         require(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
@@ -224,7 +235,8 @@ def _response_targets(example: tuple[list[int], list[int]]) -> int:
 
 
 def _fingerprint(cfg: SFTConfig, params: dict[str, torch.Tensor], examples: list,
-                 weights: list[float] | None, retain: torch.Tensor | None, contrasts: list | None) -> dict[str, Any]:
+                 weights: list[float] | None, retain: torch.Tensor | None, contrasts: list | None,
+                 twins: list | None) -> dict[str, Any]:
     data = hashlib.sha256(json.dumps(examples).encode()).hexdigest()
     shapes = hashlib.sha256(json.dumps({n: list(p.shape) for n, p in params.items()}).encode()).hexdigest()
     steps = {"steps": cfg.steps} if cfg.schedule == "cosine" else {}
@@ -233,11 +245,12 @@ def _fingerprint(cfg: SFTConfig, params: dict[str, torch.Tensor], examples: list
     retained = {} if retain is None else {"retain_sha256": hashlib.sha256(json.dumps(retain.tolist()).encode()).hexdigest()}
     contrasted = ({} if contrasts is None
                   else {"contrasts_sha256": hashlib.sha256(json.dumps(contrasts).encode()).hexdigest()})
+    twinned = {} if twins is None else {"twins_sha256": hashlib.sha256(json.dumps(twins).encode()).hexdigest()}
     found = checkpoint.fingerprint(cfg, **steps, data_sha256=data, trainable_sha256=shapes, **weighted, **retained,
-                                   **contrasted)
+                                   **contrasted, **twinned)
     # Likewise the retain and unlikelihood options only where the term is on.
     off = ((RETAIN_FIELDS if retain is None else ()) + (UNLIKELIHOOD_FIELDS if contrasts is None else ())
-           + (AVERAGE_FIELDS if cfg.ema_decay == 0 else ()))
+           + (AVERAGE_FIELDS if cfg.ema_decay == 0 else ()) + (CONSISTENCY_FIELDS if twins is None else ()))
     return {k: v for k, v in found.items() if k not in off}
 
 
@@ -332,17 +345,30 @@ def _unlikelihood_step(model: nn.Module, contrasts: list, cfg: SFTConfig, step: 
     return loss.detach().cpu().double()
 
 
+def _consistency_step(model: nn.Module, twins: list, cfg: SFTConfig, step: int, pad_id: int,
+                      device: torch.device) -> torch.Tensor:
+    """Backpropagate consistency_weight x this rank's share of the step's mean twin distance; return that
+    share (float64, on the CPU) for the log. The order is its own stream of (seed, epoch) permutations."""
+    ids = _step_samples(len(twins), cfg.seed + 2, step, cfg.consistency_batch)
+    loss = consistency_sum(model, [twins[i] for i in distributed.split(ids)], pad_id, device) / len(ids)
+    (cfg.consistency_weight * loss).backward()
+    return loss.detach().cpu().double()
+
+
 def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]], cfg: SFTConfig,
               eval_fn: EvalFn | None = None, stop: StopFn | None = None,
               encode: PairEncoder = encode_pair, weights: Sequence[float] | None = None,
-              retain: torch.Tensor | None = None, contrasts: Sequence[Contrast] | None = None) -> dict[str, list]:
+              retain: torch.Tensor | None = None, contrasts: Sequence[Contrast] | None = None,
+              twins: Sequence[Twin] | None = None) -> dict[str, list]:
     """Train the model's trainable parameters in place; return {"train": [...], "eval": [...]} (also
     history.json). `eval_fn(model, step)` runs every cfg.eval_every steps, at step 0 and at the end; training
     ends at the first periodic evaluation after step 0 whose result `stop` accepts. `encode` turns a pair
     into (prompt ids, response ids): chat turns by default, `encode_completion` for plain text. `weights`:
     one positive loss weight per pair (None: all 1). `retain`: [n, L] token contexts of the retain term
     (needed, and only read, when cfg.retain_weight > 0). `contrasts`: (prompt, unwanted, wanted response)
-    triples of the unlikelihood term (needed, and only read, when cfg.unlikelihood_weight > 0). With
+    triples of the unlikelihood term (needed, and only read, when cfg.unlikelihood_weight > 0). `twins`:
+    index pairs into `pairs` of two wordings of one behaviour, for the consistency term (needed, and only
+    read, when cfg.consistency_weight > 0). With
     cfg.ema_decay > 0 the evaluations read, and the model ends with, the moving average of the weights."""
     if stop is not None and not (eval_fn and cfg.eval_every):
         raise SaelignError("a stopping rule needs a periodic evaluation: set eval_every > 0")
@@ -361,12 +387,16 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
             "(the SAILS pipeline builds them from its harmless training pairs)")
     contrasted = (encode_contrasts(tokenizer, contrasts, cfg.unlikelihood_tokens, cfg.max_length, encode,
                                    cfg.unlikelihood_skip) if cfg.unlikelihood_weight > 0 else None)
+    twinned = (encode_twins(tokenizer, [p for p, _ in pairs], twins or [], encode)
+               if cfg.consistency_weight > 0 else None)
     distributed.init()
     distributed.require_divisible(cfg.batch_size, "sft.batch_size")
     if retain is not None:
         distributed.require_divisible(cfg.retain_batch, "sft.retain_batch")
     if contrasted is not None:
         distributed.require_divisible(cfg.unlikelihood_batch, "sft.unlikelihood_batch")
+    if twinned is not None:
+        distributed.require_divisible(cfg.consistency_batch, "sft.consistency_batch")
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise SaelignError("the model has no trainable parameters; wrap it with make_peft_model or prepare_full_finetune")
@@ -377,7 +407,7 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
     pad_id = pad_token_id(tokenizer)
     device = next(iter(params.values())).device
     optimizer = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    fingerprint = _fingerprint(cfg, params, examples, weight, retain, contrasted)
+    fingerprint = _fingerprint(cfg, params, examples, weight, retain, contrasted, twinned)
     # the weight average starts at the initial weights; a checkpoint holds it from then on
     average = {n: p.detach().clone() for n, p in params.items()} if cfg.ema_decay > 0 else None
     retain_masks = retain_mask(retain, pad_id) if retain is not None else None
@@ -416,11 +446,16 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
         kl = _retain_step(model, retain, retain_masks, cfg, step, device) if retain is not None else None
         pushed = (_unlikelihood_step(model, contrasted, cfg, step, pad_id, keep_logits, device)
                   if contrasted is not None else None)
+        consistent = (_consistency_step(model, twinned, cfg, step, pad_id, device)
+                      if twinned is not None else None)
         distributed.all_reduce_gradients(params.values(), "sum")  # each rank's loss is a share of the mean
         total = float(distributed.all_reduce_(total, "sum", "the loss all-reduce"))
         retained = {} if kl is None else {"retain_kl": float(distributed.all_reduce_(kl, "sum", "the KL all-reduce"))}
         if pushed is not None:
             retained["unlikelihood"] = float(distributed.all_reduce_(pushed, "sum", "the unlikelihood all-reduce"))
+        if consistent is not None:
+            retained["consistency"] = float(distributed.all_reduce_(consistent, "sum",
+                                                                    "the consistency all-reduce"))
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params.values(), cfg.max_grad_norm)
         cosine = cfg.schedule == "cosine"

@@ -30,6 +30,7 @@ from saelign.sae.train import LOG_FILE, train_saes
 from saelign.sails import sources
 from saelign.sails.adapters import merged_for_inference
 from saelign.sails.aligned import advbench_categories, align_safety_slots, save_aligned_subspace
+from saelign.sails.consistency import twins_of
 from saelign.sails.data import Example, SafetyData, build_safety_data, save_safety_data
 from saelign.sails.effect import adapter_effect
 from saelign.sails.evaluate import (
@@ -49,7 +50,13 @@ from saelign.sails.report import write_run_report
 from saelign.sails.response import response_effect
 from saelign.sails.rundir import RunDir, Stage
 from saelign.sails.select import select_safety_features, selection_directions
-from saelign.sails.sft import AVERAGE_FIELDS, RETAIN_FIELDS, UNLIKELIHOOD_FIELDS, SFTConfig
+from saelign.sails.sft import (
+    AVERAGE_FIELDS,
+    CONSISTENCY_FIELDS,
+    RETAIN_FIELDS,
+    UNLIKELIHOOD_FIELDS,
+    SFTConfig,
+)
 from saelign.sails.subspace import basis_hash, build_subspace, explained_share
 from saelign.sails.targets import add_targets, refusal_contrasts
 from saelign.store import stream_activations
@@ -186,6 +193,7 @@ def train_stage(run: RunDir, method: str) -> dict[str, Any]:
     retain = (run.heldout("retain", cfg.sft.retain_contexts, cfg.sft.retain_context_length)
               if cfg.sft.retain_weight > 0 else None)
     contrasts = refusal_contrasts(train, cfg.refusal_contrasts) if cfg.sft.unlikelihood_weight > 0 else None
+    twins = twins_of(train) if cfg.sft.consistency_weight > 0 else None
 
     def eval_fn(model: torch.nn.Module, _step: int) -> dict[str, Any]:
         return quick_safety(model, run.tokenizer, run.data.val, judge, cfg.validation, val_text)
@@ -204,7 +212,7 @@ def train_stage(run: RunDir, method: str) -> dict[str, Any]:
                         act_pca_prompts=contrast_prompts(run, "train"), provenance=provenance,
                         overwrite=run.overwrite or f"train:{method}" in run.resuming,  # a crash left its own
                         given_basis=aligned.basis if aligned is not None else None, weights=weights,
-                        retain=retain, contrasts=contrasts)
+                        retain=retain, contrasts=contrasts, twins=twins)
     if distributed.is_main():
         write_json_atomic(run.path("methods", method, "result.json"), result.to_dict())
     return {"train_seconds": result.train_seconds, "share": result.trainable["share"], "steps_to": result.steps_to}
@@ -336,7 +344,7 @@ def report_stage(run: RunDir, _: str) -> dict[str, Any]:
 # The retain term, the validation perplexity and the held-out corpus they read came after run folders that the
 # train stage's key must keep.
 TRAIN_ADDED = {**{f"sft.{name}": getattr(SFTConfig, name)
-                  for name in RETAIN_FIELDS + UNLIKELIHOOD_FIELDS + AVERAGE_FIELDS},
+                  for name in RETAIN_FIELDS + UNLIKELIHOOD_FIELDS + AVERAGE_FIELDS + CONSISTENCY_FIELDS},
                "refusal_contrasts": SailsConfig.refusal_contrasts,
                "validation.ppl_contexts": ValidationConfig.ppl_contexts,
                "eval.ppl_corpus": SafetyEvalConfig.ppl_corpus, "eval.seed": SafetyEvalConfig.seed}
