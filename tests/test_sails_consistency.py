@@ -13,8 +13,8 @@ from saelign.sails.chat import encode_pair
 from saelign.sails.consistency import consistency_sum, encode_twins, twins_of
 from saelign.sails.data import Example
 from saelign.sails.lora_init import prepare_full_finetune
-from saelign.sails.sft import CHECKPOINT_DIR, CONSISTENCY_FIELDS, SFTConfig, train_sft
-from test_sails_retain import weights
+from saelign.sails.sft import CONSISTENCY_FIELDS, SFTConfig, train_sft
+from test_sails_retain import check_term_off, check_term_resumes
 from test_sails_sft import PAIRS, lora_model
 
 # two wordings of "bread" (question / imperative) and of "hurt" (need / imperative); "Say hello." alone
@@ -60,15 +60,7 @@ def test_the_distance_is_the_normalised_squared_gap_at_the_last_prompt_token(tok
 
 
 def test_consistency_weight_zero_is_the_old_path(tokenizer, tmp_path):
-    cfg = SFTConfig(steps=3, lr=5e-3, batch_size=2, warmup=1, checkpoint_every=1, out=str(tmp_path / "off"))
-    plain, given = lora_model(tokenizer), lora_model(tokenizer)
-    history = train_sft(plain, tokenizer, TWINNED, SFTConfig(steps=3, lr=5e-3, batch_size=2, warmup=1))
-    history_given = train_sft(given, tokenizer, TWINNED, cfg, twins=TWINS)
-    for (name, x), y in zip(weights(plain).items(), weights(given).values(), strict=True):
-        assert torch.equal(x, y), name
-    assert [e["loss"] for e in history["train"]] == [e["loss"] for e in history_given["train"]]
-    state = (tmp_path / "off" / CHECKPOINT_DIR / "state.json").read_text()
-    assert not any(name in state for name in (*CONSISTENCY_FIELDS, "twins_sha256"))
+    check_term_off(tokenizer, tmp_path, TWINNED, {"twins": TWINS}, (*CONSISTENCY_FIELDS, "twins_sha256"))
 
 
 def twin_distance(model, tokenizer) -> float:
@@ -93,21 +85,8 @@ def test_the_term_pulls_the_twins_states_together(tokenizer):
 
 
 def test_a_resumed_run_with_the_term_ends_with_the_same_weights(tokenizer, tmp_path):
-    def cfg(out, steps):
-        return SFTConfig(steps=steps, lr=5e-3, batch_size=2, warmup=1, checkpoint_every=2, out=str(out),
-                         consistency_weight=1.0, consistency_batch=1)
-
-    reference = lora_model(tokenizer)
-    full = train_sft(reference, tokenizer, TWINNED, cfg(tmp_path / "a", 4), twins=TWINS)
-    train_sft(lora_model(tokenizer), tokenizer, TWINNED, cfg(tmp_path / "b", 2), twins=TWINS)
-    resumed_model = lora_model(tokenizer)
-    resumed = train_sft(resumed_model, tokenizer, TWINNED, cfg(tmp_path / "b", 4), twins=TWINS)
-    for (name, x), y in zip(weights(reference).items(), weights(resumed_model).values(), strict=True):
-        torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-5, msg=name)
-    logged = [e["consistency"] for e in full["train"]]
-    assert [e["consistency"] for e in resumed["train"]] == pytest.approx(logged)
-    with pytest.raises(SaelignError, match="different options"):  # other twins: not the same run
-        train_sft(lora_model(tokenizer), tokenizer, TWINNED, cfg(tmp_path / "b", 6), twins=TWINS[:1])
+    check_term_resumes(tokenizer, tmp_path, TWINNED, {"consistency_weight": 1.0, "consistency_batch": 1},
+                       "consistency", {"twins": TWINS}, {"twins": TWINS[:1]})
 
 
 @pytest.mark.parametrize("options, match", [

@@ -59,18 +59,26 @@ def test_kl_equals_a_hand_computed_reference_and_is_zero_before_training(tokeniz
     assert expected > 1e-3 and got == pytest.approx(expected, rel=1e-4)
 
 
-def test_retain_weight_zero_is_the_old_path(tokenizer, tmp_path):
+def check_term_off(tokenizer, tmp_path, pairs, given: dict, fields: tuple[str, ...],
+                   dropout: float = 0.0) -> None:
+    """With its weight 0, an SFT term's input (`given` to train_sft) changes nothing: the same weights and
+    losses as a run without it, and the checkpoint's options name none of its `fields`, so checkpoints written
+    before the term existed stay resumable."""
     cfg = SFTConfig(steps=4, lr=5e-3, batch_size=2, warmup=1, checkpoint_every=2, out=str(tmp_path / "off"))
-    plain, given = lora_model(tokenizer, dropout=0.1), lora_model(tokenizer, dropout=0.1)
-    history = train_sft(plain, tokenizer, PAIRS, SFTConfig(steps=4, lr=5e-3, batch_size=2, warmup=1))
-    history_given = train_sft(given, tokenizer, PAIRS, cfg, retain=contexts(tokenizer))
-    for (name, x), y in zip(weights(plain).items(), weights(given).values(), strict=True):
+    plain, with_input = lora_model(tokenizer, dropout=dropout), lora_model(tokenizer, dropout=dropout)
+    history = train_sft(plain, tokenizer, pairs, SFTConfig(steps=4, lr=5e-3, batch_size=2, warmup=1))
+    history_given = train_sft(with_input, tokenizer, pairs, cfg, **given)
+    for (name, x), y in zip(weights(plain).items(), weights(with_input).values(), strict=True):
         assert torch.equal(x, y), name
     assert [e["loss"] for e in history["train"]] == [e["loss"] for e in history_given["train"]]
-    assert "retain_kl" not in history_given["train"][0]
-    # The checkpoint's options name no retain field: those written before the term existed stay resumable.
+    assert set(history_given["train"][0]) == set(history["train"][0])  # nothing more logged
     state = (tmp_path / "off" / CHECKPOINT_DIR / "state.json").read_text()
-    assert "data_sha256" in state and not any(name in state for name in (*RETAIN_FIELDS, "retain_sha256"))
+    assert "data_sha256" in state and not any(name in state for name in fields)
+
+
+def test_retain_weight_zero_is_the_old_path(tokenizer, tmp_path):
+    check_term_off(tokenizer, tmp_path, PAIRS, {"retain": contexts(tokenizer)},
+                   (*RETAIN_FIELDS, "retain_sha256"), dropout=0.1)
 
 
 def test_the_retain_term_keeps_the_model_nearer_the_base_on_the_retain_text(tokenizer):
@@ -86,24 +94,31 @@ def test_the_retain_term_keeps_the_model_nearer_the_base_on_the_retain_text(toke
     assert drift[20.0] < 0.5 * drift[0.0]
 
 
-def test_a_resumed_run_with_the_retain_term_ends_with_the_same_weights(tokenizer, tmp_path):
-    retain = contexts(tokenizer)
-
+def check_term_resumes(tokenizer, tmp_path, pairs, options: dict, logged: str, given: dict, other: dict,
+                       dropout: float = 0.0) -> None:
+    """A run with an SFT term (`options`, its input `given` to train_sft) stopped at step 2 and resumed ends
+    with the weights and the term's `logged` values of an uninterrupted one; `other` input is another run."""
     def cfg(out, steps):
         return SFTConfig(steps=steps, lr=5e-3, batch_size=2, warmup=1, checkpoint_every=2, out=str(out),
-                         retain_weight=1.0, retain_batch=2)
+                         **options)
 
-    reference = lora_model(tokenizer, dropout=0.1)
-    full = train_sft(reference, tokenizer, PAIRS, cfg(tmp_path / "a", 4), retain=retain)
-    train_sft(lora_model(tokenizer, dropout=0.1), tokenizer, PAIRS, cfg(tmp_path / "b", 2), retain=retain)
-    resumed_model = lora_model(tokenizer, dropout=0.1)
-    resumed = train_sft(resumed_model, tokenizer, PAIRS, cfg(tmp_path / "b", 4), retain=retain)
+    reference = lora_model(tokenizer, dropout=dropout)
+    full = train_sft(reference, tokenizer, pairs, cfg(tmp_path / "a", 4), **given)
+    train_sft(lora_model(tokenizer, dropout=dropout), tokenizer, pairs, cfg(tmp_path / "b", 2), **given)
+    resumed_model = lora_model(tokenizer, dropout=dropout)
+    resumed = train_sft(resumed_model, tokenizer, pairs, cfg(tmp_path / "b", 4), **given)
     for (name, x), y in zip(weights(reference).items(), weights(resumed_model).values(), strict=True):
         torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-5, msg=name)
-    kl = [e["retain_kl"] for e in full["train"]]
-    assert [e["retain_kl"] for e in resumed["train"]] == pytest.approx(kl)
-    with pytest.raises(SaelignError, match="different options"):  # other retain text: not the same run
-        train_sft(lora_model(tokenizer), tokenizer, PAIRS, cfg(tmp_path / "b", 6), retain=retain[1:])
+    values = [e[logged] for e in full["train"]]
+    assert [e[logged] for e in resumed["train"]] == pytest.approx(values)
+    with pytest.raises(SaelignError, match="different options"):  # other input: not the same run
+        train_sft(lora_model(tokenizer), tokenizer, pairs, cfg(tmp_path / "b", 6), **other)
+
+
+def test_a_resumed_run_with_the_retain_term_ends_with_the_same_weights(tokenizer, tmp_path):
+    retain = contexts(tokenizer)
+    check_term_resumes(tokenizer, tmp_path, PAIRS, {"retain_weight": 1.0, "retain_batch": 2}, "retain_kl",
+                       {"retain": retain}, {"retain": retain[1:]}, dropout=0.1)
 
 
 @pytest.mark.parametrize("options, match", [

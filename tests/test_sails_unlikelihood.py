@@ -15,7 +15,6 @@ from saelign.sails.chat import encode_pair
 from saelign.sails.data import Example
 from saelign.sails.lora_init import prepare_full_finetune
 from saelign.sails.sft import (
-    CHECKPOINT_DIR,
     UNLIKELIHOOD_FIELDS,
     SFTConfig,
     collate,
@@ -24,7 +23,7 @@ from saelign.sails.sft import (
 )
 from saelign.sails.targets import refusal_contrasts, refusal_for, refusals_for
 from saelign.sails.unlikelihood import IGNORE, encode_contrasts, unlikelihood_sum
-from test_sails_retain import weights
+from test_sails_retain import check_term_off, check_term_resumes
 from test_sails_sft import PAIRS, lora_model
 
 ANSWER = "I cannot say it better than this: mix flour, water, salt and yeast."  # opens like the refusal
@@ -78,15 +77,8 @@ def test_the_unlikelihood_sum_equals_a_hand_computation(tokenizer):
 
 
 def test_unlikelihood_weight_zero_is_the_old_path(tokenizer, tmp_path):
-    cfg = SFTConfig(steps=3, lr=5e-3, batch_size=2, warmup=1, checkpoint_every=1, out=str(tmp_path / "off"))
-    plain, given = lora_model(tokenizer), lora_model(tokenizer)
-    history = train_sft(plain, tokenizer, PAIRS, SFTConfig(steps=3, lr=5e-3, batch_size=2, warmup=1))
-    history_given = train_sft(given, tokenizer, PAIRS, cfg, contrasts=CONTRASTS)
-    for (name, x), y in zip(weights(plain).items(), weights(given).values(), strict=True):
-        assert torch.equal(x, y), name
-    assert [e["loss"] for e in history["train"]] == [e["loss"] for e in history_given["train"]]
-    state = (tmp_path / "off" / CHECKPOINT_DIR / "state.json").read_text()
-    assert not any(name in state for name in (*UNLIKELIHOOD_FIELDS, "contrasts_sha256"))
+    check_term_off(tokenizer, tmp_path, PAIRS, {"contrasts": CONTRASTS},
+                   (*UNLIKELIHOOD_FIELDS, "contrasts_sha256"))
 
 
 def refusal_probability(model, tokenizer, contrasts) -> float:
@@ -121,21 +113,8 @@ def test_the_term_lowers_the_refusal_on_harmless_prompts_and_keeps_it_on_harmful
 
 
 def test_a_resumed_run_with_the_term_ends_with_the_same_weights(tokenizer, tmp_path):
-    def cfg(out, steps):
-        return SFTConfig(steps=steps, lr=5e-3, batch_size=2, warmup=1, checkpoint_every=2, out=str(out),
-                         unlikelihood_weight=1.0, unlikelihood_batch=1)
-
-    reference = lora_model(tokenizer)
-    full = train_sft(reference, tokenizer, PAIRS, cfg(tmp_path / "a", 4), contrasts=CONTRASTS)
-    train_sft(lora_model(tokenizer), tokenizer, PAIRS, cfg(tmp_path / "b", 2), contrasts=CONTRASTS)
-    resumed_model = lora_model(tokenizer)
-    resumed = train_sft(resumed_model, tokenizer, PAIRS, cfg(tmp_path / "b", 4), contrasts=CONTRASTS)
-    for (name, x), y in zip(weights(reference).items(), weights(resumed_model).values(), strict=True):
-        torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-5, msg=name)
-    pushed = [e["unlikelihood"] for e in full["train"]]
-    assert [e["unlikelihood"] for e in resumed["train"]] == pytest.approx(pushed)
-    with pytest.raises(SaelignError, match="different options"):  # other contrasts: not the same run
-        train_sft(lora_model(tokenizer), tokenizer, PAIRS, cfg(tmp_path / "b", 6), contrasts=CONTRASTS[:1])
+    check_term_resumes(tokenizer, tmp_path, PAIRS, {"unlikelihood_weight": 1.0, "unlikelihood_batch": 1},
+                       "unlikelihood", {"contrasts": CONTRASTS}, {"contrasts": CONTRASTS[:1]})
 
 
 @pytest.mark.parametrize("options, match", [
