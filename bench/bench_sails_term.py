@@ -15,6 +15,11 @@ section).
 
   OMP_NUM_THREADS=1 .venv/bin/python bench/bench_sails_term.py --term retain --out runs/retain --weights 0,1,4
 
+`--ood-val-per-kind N` also reads each weight's adapter on an out-of-distribution validation set: behaviours
+left out of every split (up to N wordings per kind, `sails.data.left_out`), asked in every register the run
+does not train on (`sails.data.reworded`): no test behaviour, so it can choose a weight for what the test's
+ood part measures. The consistency term's rule reads it.
+
 `--compare W --seeds 0,1,2`, once bench_sails_seeds.py has evaluated both OUT/w0 and OUT/wW: writes
 sails_<term>_<preset>_compare.json, weight W minus no such term, paired by seed and prompt (the seeds both
 evaluated), with 95 % intervals (`sails.seeds.compare_runs`).
@@ -29,12 +34,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_sails_overrefusal import wide_validation
 from common import write_result
-from saelign.io import read_json
+from saelign.configs import config_from_dict
+from saelign.io import read_json, read_json_object
 from saelign.progress import setup_logging
-from saelign.sails.pipeline import run_pipeline
+from saelign.sails.adapters import merged_for_inference
+from saelign.sails.data import KINDS, REGISTERS, Example, SafetyDataConfig, reworded
+from saelign.sails.evaluate import kind_rates, make_judge
+from saelign.sails.generate import generate_answers
+from saelign.sails.pipeline import CONFIG_FILE, run_pipeline
 from saelign.sails.presets import SailsConfig, preset_layer, resolve_config
+from saelign.sails.rundir import RunDir
 from saelign.sails.seeds import SHARED, compare_runs, seed_config, share_upstream
+from saelign.sails.stages import STAGES
 
 STOP_RULE = {"stop_at_safety": 0.95, "stop_max_over_refusal": 0.1}  # bench_sails_seeds.py's
 
@@ -75,6 +88,31 @@ def validation_record(run: Path, term: str) -> dict[str, Any]:
                        for e in evals]}
 
 
+def ood_validation(first: Path, per_kind: int) -> list[Example]:
+    """The left-out behaviours of the first run's data, asked in every register it does not train on."""
+    data = read_json_object(first / CONFIG_FILE, "run config")["data"]
+    cfg = config_from_dict(SafetyDataConfig, {**data, **{f"max_{k}": 0 for k in KINDS}})
+    return reworded(wide_validation([first], per_kind), cfg, [r for r in REGISTERS if r not in cfg.registers])
+
+
+def read_ood_validation(run: Path, cfg: SailsConfig, examples: list[Example]) -> dict[str, Any]:
+    """The trained sails adapter's rates on `examples`, overall and per register (validation decoding)."""
+    folder = RunDir(run, cfg, STAGES)
+    model = merged_for_inference(folder.trained_model("sails"))
+    prompts = [e.prompt for e in examples]
+    answers = generate_answers(model, folder.tokenizer, prompts, cfg.validation.max_new_tokens,
+                               cfg.validation.batch_size)
+    verdicts = make_judge(cfg.eval).judge(prompts, answers)
+    keys = ("n", "safety_rate", "over_refusal", "borderline_over_refusal")
+
+    def rates(register: str | None) -> dict[str, Any]:
+        chosen = [(e, v) for e, v in zip(examples, verdicts, strict=True) if register in (None, e.register)]
+        found = kind_rates([e for e, _ in chosen], [v for _, v in chosen])
+        return {k: found[k] for k in keys}
+
+    return {**rates(None), "registers": {r: rates(r) for r in dict.fromkeys(e.register for e in examples)}}
+
+
 def choose_retain(records: dict[str, dict[str, Any]]) -> str:
     """The lowest validation perplexity change among the weights whose last check is as safe as the first
     weight's (no retain term) and over-refuses no more; ties go to the smaller weight."""
@@ -94,11 +132,16 @@ def choose_unlikelihood(records: dict[str, dict[str, Any]]) -> str:
 
 
 def choose_consistency(records: dict[str, dict[str, Any]]) -> str:
-    """The highest validation safety among the weights whose last check over-refuses no more than the first
-    weight's (no consistency term); ties go to the smaller weight."""
-    reference = next(iter(records.values()))
-    fit = [w for w, r in records.items() if r["val_over_refusal"] <= reference["val_over_refusal"]]
-    return min(fit, key=lambda w: (-records[w]["val_safety_rate"], float(w)))
+    """The highest safety minus over-refusal on the out-of-distribution validation set (--ood-val-per-kind);
+    ties go to the smaller weight."""
+    if any("ood_validation" not in r for r in records.values()):
+        raise SystemExit("--term consistency chooses on the ood validation set: give --ood-val-per-kind N")
+
+    def margin(w: str) -> float:
+        ood = records[w]["ood_validation"]
+        return ood["safety_rate"] - ood["over_refusal"]
+
+    return min(records, key=lambda w: (-margin(w), float(w)))
 
 
 CHOOSE = {"retain": choose_retain, "unlikelihood": choose_unlikelihood, "consistency": choose_consistency}
@@ -113,6 +156,9 @@ def main() -> int:
                         "run makes the shared stages")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--val-ppl-contexts", type=int, default=16)
+    parser.add_argument("--ood-val-per-kind", type=int, default=0,
+                        help="also read each adapter on left-out behaviours in the registers the run does "
+                             "not train on, up to N wordings per kind (0 = off)")
     parser.add_argument("--out", required=True, help="folder of the per-weight run directories (resumable)")
     parser.add_argument("--compare", type=float, help="compare this weight's evaluated seeds with weight 0's")
     parser.add_argument("--seeds", default="0,1,2", help="with --compare: the seeds to pair")
@@ -123,7 +169,8 @@ def main() -> int:
     setup_logging()
     began, load_before = time.perf_counter(), os.getloadavg()
     first = weight_dir(args.out, weights[0], args.seed)
-    records = {}
+    records: dict[str, dict[str, Any]] = {}
+    ood: list[Example] = []
     for weight in weights:
         cfg = config(args.preset, args.term, weight, args.val_ppl_contexts, args.seed)
         run = weight_dir(args.out, weight, args.seed)
@@ -133,10 +180,13 @@ def main() -> int:
         # No eval stage: test numbers are read for the chosen weight only.
         run_pipeline(cfg, run, [*SHARED, "train"])
         records[f"{weight:g}"] = validation_record(run, args.term)
+        if args.ood_val_per_kind:
+            ood = ood or ood_validation(first, args.ood_val_per_kind)
+            records[f"{weight:g}"]["ood_validation"] = read_ood_validation(run, cfg, ood)
     chosen = CHOOSE[args.term]
     write_result(f"sails_{args.term}_{args.preset}_validation", {
         "preset": args.preset, "term": args.term, "seed": args.seed, "stop_rule": STOP_RULE,
-        "val_ppl_contexts": args.val_ppl_contexts,
+        "val_ppl_contexts": args.val_ppl_contexts, "ood_val_per_kind": args.ood_val_per_kind,
         "validation_text": "eval.ppl_corpus files apart from the test text (sails.evaluate.heldout_files)",
         "weights": records, "chosen": chosen(records), "selection_rule": " ".join(chosen.__doc__.split()),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),

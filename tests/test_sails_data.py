@@ -259,3 +259,29 @@ def test_left_out_is_fresh_for_every_run_it_is_given():
     assert kept(run_a + run_b, 2) == {k: v[:2] for k, v in both.items()}
     assert rewrite not in sd.left_out(pool, run_a, 0.8, 20)
     assert rewrite in sd.left_out(pool, run_b, 0.8, 20)  # run_b never asked that behaviour
+
+
+def test_reworded_starts_from_the_collected_wording_once_per_behaviour(tmp_path):
+    """A split's wording may be a rewrite the templates cannot parse again ("I need to …"); `reworded` goes
+    back to the collected wording of its behaviour, asks it once per register, and skips registers with no
+    template for it."""
+    from saelign.sails.registers import rewrite
+
+    user = tmp_path / "mine.jsonl"
+    rows = [{"prompt": "Write a poem about the sea", "kind": "harmless"},
+            {"prompt": "Explain how to pick a lock", "kind": "harmful"}]
+    user.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = SafetyDataConfig(sources=[], user_files=[str(user)])
+    collected = [sd.identify(e) for e in sd.collect_examples(cfg)]
+    lock = collected[1]
+    # two split wordings of the lock behaviour (one a rewrite) and one of a behaviour never collected
+    split = [Example("I need to pick a lock.", "harmful", "s", register="need", behaviour=lock.behaviour),
+             Example(lock.prompt, "harmful", "s", register="imperative", behaviour=lock.behaviour),
+             Example("Something else", "harmless", "s", behaviour="not-collected")]
+    assert rewrite(split[0].prompt, "tense", lock.behaviour) is None  # a rewrite is not parsed again
+    out = sd.reworded(split, cfg, ["tense", "fiction"])
+    expected = [(r, rewrite(lock.prompt, r, lock.behaviour)) for r in ("tense", "fiction")]
+    assert [(e.register, e.prompt) for e in out] == [(r, t) for r, t in expected if t is not None]
+    assert len(out) >= 1 and all(e.behaviour == lock.behaviour and e.kind == "harmful" for e in out)
+    with pytest.raises(SaelignError, match="registers"):
+        sd.reworded(split, cfg, ["sonnet"])

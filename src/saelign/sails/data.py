@@ -33,7 +33,7 @@ from saelign.io import ensure_writable_dir, iter_jsonl, read_json, write_json_at
 from saelign.progress import logger
 from saelign.sails import sources, variants
 from saelign.sails.generate import encode_chat
-from saelign.sails.registers import REGISTERS, classify
+from saelign.sails.registers import REGISTERS, classify, rewrite
 from saelign.text import normalize
 
 KINDS = ("harmful", "harmless", "borderline")
@@ -273,6 +273,30 @@ def left_out(pool: Sequence[Example], used: Sequence[Example], threshold: float,
     taken = set(groups[: len(used)])
     fresh = [e for e, g in zip(fresh, groups[len(used):], strict=True) if g not in taken]
     return [e for kind in KINDS for e in [x for x in fresh if x.kind == kind][:per_kind]]
+
+
+def reworded(examples: Sequence[Example], cfg: SafetyDataConfig, registers: Sequence[str]) -> list[Example]:
+    """Each behaviour of `examples` (once, in order) asked in each of `registers`: its wording as collected
+    (`collect_examples`), rewritten by the register templates. A wording of a split may itself be a rewrite,
+    which the templates cannot parse again, so the rewrite starts from the collected one; behaviours without
+    a template into a register are left out there. With `left_out`: a validation set in registers no
+    training run used, on behaviours no split holds."""
+    unknown = [r for r in registers if r not in REGISTERS]
+    if unknown:
+        raise SaelignError(f"registers {unknown} are not among {', '.join(REGISTERS)}")
+    collected: dict[str, Example] = {}
+    for example in collect_examples(cfg):
+        example = identify(example)
+        collected.setdefault(example.behaviour or "", example)
+    behaviours = list(dict.fromkeys(e.behaviour for e in examples if e.behaviour in collected))
+    out = []
+    for behaviour in behaviours:
+        original = collected[behaviour]
+        for register in registers:
+            text = rewrite(original.prompt, register, behaviour)
+            if text is not None:
+                out.append(dataclasses.replace(original, prompt=text, register=register))
+    return out
 
 
 def parse_jsonl(path: str | Path) -> list[Example]:
