@@ -56,15 +56,20 @@ from saelign.sails.seeds import share_upstream
 from saelign.sails.stages import STAGES
 
 
-def wide_validation(sources: list[Path], per_kind: int) -> list[Example]:
-    """Up to `per_kind` prompts of each kind left out of every split (ood included) of every source run; in
-    the order of the uncapped split, a seeded hash of the behaviour, so the choice looks at no model."""
+def uncapped_data_config(sources: list[Path]) -> SafetyDataConfig:
+    """The source runs' data options without the max_* caps (which must be all they differ in)."""
     configs = [read_json_object(s / CONFIG_FILE, "run config")["data"] for s in sources]
     uncapped = [{**c, "max_harmful": 0, "max_harmless": 0, "max_borderline": 0} for c in configs]
     if any(c != uncapped[0] for c in uncapped):
         raise SaelignError(f"trial sources {', '.join(map(str, sources))}: their data options differ in more "
                            "than the max_* caps, so no one set of prompts is left out of them all")
-    cfg = config_from_dict(SafetyDataConfig, uncapped[0])
+    return config_from_dict(SafetyDataConfig, uncapped[0])
+
+
+def wide_validation(sources: list[Path], per_kind: int) -> list[Example]:
+    """Up to `per_kind` prompts of each kind left out of every split (ood included) of every source run; in
+    the order of the uncapped split, a seeded hash of the behaviour, so the choice looks at no model."""
+    cfg = uncapped_data_config(sources)
     used = [e for s in sources for split in ALL_SPLITS for e in load_safety_data(s / "data").split(split)]
     pool = [e for s in SPLITS for e in build_safety_data(cfg).split(s)]
     return left_out(pool, used, cfg.dedupe_threshold, per_kind)

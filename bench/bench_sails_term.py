@@ -34,16 +34,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_sails_overrefusal import wide_validation
+from bench_sails_overrefusal import uncapped_data_config, wide_validation
 from common import write_result
-from saelign.configs import config_from_dict
-from saelign.io import read_json, read_json_object
+from saelign.io import read_json
 from saelign.progress import setup_logging
 from saelign.sails.adapters import merged_for_inference
-from saelign.sails.data import KINDS, REGISTERS, Example, SafetyDataConfig, reworded
+from saelign.sails.data import REGISTERS, Example, reworded
 from saelign.sails.evaluate import kind_rates, make_judge
 from saelign.sails.generate import generate_answers
-from saelign.sails.pipeline import CONFIG_FILE, run_pipeline
+from saelign.sails.pipeline import run_pipeline
 from saelign.sails.presets import SailsConfig, preset_layer, resolve_config
 from saelign.sails.rundir import RunDir
 from saelign.sails.seeds import SHARED, compare_runs, seed_config, share_upstream
@@ -90,8 +89,7 @@ def validation_record(run: Path, term: str) -> dict[str, Any]:
 
 def ood_validation(first: Path, per_kind: int) -> list[Example]:
     """The left-out behaviours of the first run's data, asked in every register it does not train on."""
-    data = read_json_object(first / CONFIG_FILE, "run config")["data"]
-    cfg = config_from_dict(SafetyDataConfig, {**data, **{f"max_{k}": 0 for k in KINDS}})
+    cfg = uncapped_data_config([first])
     return reworded(wide_validation([first], per_kind), cfg, [r for r in REGISTERS if r not in cfg.registers])
 
 
