@@ -24,6 +24,9 @@ run's (rebuilt under the same options and thread count):
       --methods sails,lora,act_pca,random_subspace,pissa,full,sails_aligned --tag v2 \\
       --with-records bench/results/sails_seeds_full_v2_records/seed0.json \\
       bench/results/sails_seeds_full_v2_records/seed1.json
+
+A method named with "+gate" (`--methods sails,sails+gate`) is that method behind the refusal gate
+(`saelign.sails.gate`, `--gate-enabled`): the adapter answers only requests the gate's probe flags.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from pathlib import Path
 from common import write_result
 from saelign.configs import load_config_file
 from saelign.progress import setup_logging
+from saelign.sails.gate import SUFFIX as GATED
 from saelign.sails.presets import preset_layer, resolve_config
 from saelign.sails.seed_record import merge_seeds, read_seed_record, write_seed_record
 from saelign.sails.seeds import run_seeds, seed_dir, summarise_seeds
@@ -73,7 +77,9 @@ def main() -> int:
     eval_every = preset_layer(args.preset)["sft"]["eval_every"]
     sft = {} if args.no_stop_rule else {**STOP_RULE, "eval_every": eval_every}
     layer = load_config_file(args.config) if args.config else {}
-    cfg = resolve_config([preset_layer(args.preset), layer, {"methods": methods, "sft": sft}])
+    trained = list(dict.fromkeys(m.removesuffix(GATED) for m in methods))  # "sails+gate": sails, gated
+    gate = {"gate": {"enabled": True}} if any(m.endswith(GATED) for m in methods) else {}
+    cfg = resolve_config([preset_layer(args.preset), layer, {"methods": trained, "sft": sft, **gate}])
     setup_logging()
     began, load_before = time.perf_counter(), os.getloadavg()
     if not args.summarise_only:

@@ -455,3 +455,31 @@ def test_a_missing_perplexity_corpus_is_refused_before_any_stage_runs(tmp_path, 
     with pytest.raises(SaelignError, match="missing.txt' not found"):
         pipeline.run_pipeline(cfg, run_dir)
     assert not run_dir.exists()  # nothing trained, nothing written
+
+
+def test_the_gate_runs_on_a_finished_run_without_redoing_it_and_composes_its_answers(tmp_path, finished, inputs,
+                                                                                     monkeypatch):
+    import shutil
+
+    from saelign.sails.seed_record import seed_record
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+
+    def boom(run, name):
+        raise AssertionError("a finished stage ran again")
+
+    monkeypatch.setattr(pipeline, "STAGES", {name: stage if name in ("gate", "gated") or not stage.outputs
+                                             else dataclasses.replace(stage, fn=boom)
+                                             for name, stage in pipeline.STAGES.items()})
+    pipeline.run_pipeline(tiny_config(inputs, gate={"enabled": True}), run_dir)
+    summary = json.loads((run_dir / "gate" / "summary.json").read_text())
+    assert summary["hookpoint"] == "model.layers.1" and summary["flagged"]["val"]["harmful"] >= 0.95
+    base, sails, gated = (json.loads((run_dir / "eval" / f"{m}.json").read_text())
+                          for m in ("base", "sails", "sails+gate"))
+    flags = json.loads((run_dir / "gate" / "flags.json").read_text())
+    for b, s, g in zip(base["responses"], sails["responses"], gated["responses"], strict=True):
+        assert g["response"] == (s if flags["prompts"][g["prompt"]] else b)["response"]
+    assert "sails+gate" in (run_dir / "report.md").read_text()
+    record = seed_record(run_dir, ["sails", "sails+gate"])
+    assert record["models"]["sails+gate"]["result"] == record["models"]["sails"]["result"]

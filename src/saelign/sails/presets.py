@@ -22,6 +22,7 @@ from saelign.sae.train import SAETrainConfig
 from saelign.sails.aligned import SafetyOntologyConfig
 from saelign.sails.data import SafetyDataConfig
 from saelign.sails.evaluate import SafetyEvalConfig, ValidationConfig
+from saelign.sails.gate import GateConfig
 from saelign.sails.lora_init import LoraInitConfig
 from saelign.sails.methods import METHODS, check_method
 from saelign.sails.select import FeatureSelectConfig
@@ -116,6 +117,8 @@ class SailsConfig:
                               out="each method's folder in the run directory")
     validation: ValidationConfig = _section(ValidationConfig, "the periodic check during fine-tuning")
     eval: SafetyEvalConfig = _section(SafetyEvalConfig, "evaluation")
+    gate: GateConfig = _section(GateConfig, "the refusal gate (a probe on the base model decides when the "
+                                "adapter answers)")
 
     def __post_init__(self) -> None:
         if not self.methods or len(set(self.methods)) != len(self.methods):

@@ -20,6 +20,7 @@ from saelign.report import Link, Report, line_plot
 from saelign.sails.account import adapter_account
 from saelign.sails.aligned import INFO_FILE
 from saelign.sails.effect import EffectResult
+from saelign.sails.gate import SUFFIX as GATED
 from saelign.sails.methods import ALIGNED
 from saelign.sails.rundir import RunDir
 from saelign.stats import rate_with_interval
@@ -323,6 +324,18 @@ def _judge(report: Report, agreement: dict[str, Any]) -> None:
     report.table(rows)
 
 
+def _gate(report: Report, summary: dict[str, Any]) -> None:
+    flagged = summary["flagged"]
+    shares = "; ".join(f"{split}: {_pct(f.get('harmful'))} of harmful, {_pct(f.get('harmless'))} of harmless "
+                       f"and {_pct(f.get('borderline'))} of borderline requests" for split, f in flagged.items())
+    report.paragraph(
+        f"Rows named METHOD{GATED}: the method behind the refusal gate. A logistic probe on the base model's "
+        f"residual at {summary['hookpoint']} (last prompt token), fitted on the train split, its threshold set "
+        f"to flag {_pct(summary['val_safety'])} of the val harmful prompts (val AUROC "
+        f"{summary['val_auroc']:.3f}), decides per request: flagged requests get the adapter's answer, the "
+        f"rest the base model's. The gate flags {shares}.")
+
+
 def _samples(report: Report, evals: dict[str, dict[str, Any]]) -> None:
     for kind, rows in evals.get("base", {}).get("samples", {}).items():
         table = []
@@ -363,8 +376,9 @@ def build_report(run: RunDir) -> Report:
     # adapter that is gone) must not be reported as this run's.
     done = {stage: [n for n in names if run.complete(f"{stage}:{n}")]
             for stage, names in (("eval", ["base", *cfg.methods]), ("train", cfg.methods),
-                                 ("effect", cfg.methods), ("answers", cfg.methods))}
+                                 ("effect", cfg.methods), ("answers", cfg.methods), ("gated", cfg.methods))}
     evals = _load_all(run.path("eval"), done["eval"])
+    evals.update(_load_all(run.path("eval"), [f"{m}{GATED}" for m in done["gated"]]))
     results = _load_all(run.path("methods"), done["train"], "{}/result.json")
     effects = {m: EffectResult.from_dict(d) for m, d in _load_all(run.path("effect"), done["effect"]).items()}
     answers = {m: EffectResult.from_dict(d) for m, d in _load_all(run.path("answers"), done["answers"]).items()}
@@ -411,6 +425,8 @@ def build_report(run: RunDir) -> Report:
                              "for nothing else. Over-refusal is on harmless prompts.")
             report.table(rows)
             report.table(register_rows(evals), caption="per register of the request")
+        if done["gated"] and run.path("gate", "summary.json").is_file():
+            _gate(report, read_json(run.path("gate", "summary.json")))
     _convergence(report, results)
     if selection_file.is_file():
         report.heading("The safety subspace")

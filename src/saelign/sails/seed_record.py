@@ -16,6 +16,7 @@ from typing import Any
 
 from saelign.errors import SaelignError
 from saelign.io import iter_jsonl, read_json_object, write_json_atomic
+from saelign.sails.gate import SUFFIX as GATED
 
 FORMAT = "saelign.sails.seed_record/1"
 # the shared files whose bytes decide what every seed trains on and is evaluated on
@@ -59,7 +60,8 @@ def _model_record(run_dir: Path, name: str, prompts: list[tuple[str, str, str]])
     if set(judged) != set(prompts):
         raise SaelignError(f"{run_dir / 'eval' / f'{name}.json'}: evaluated on other prompts than the base "
                            "model; rerun its eval stage over this run's data")
-    result_path = run_dir / "methods" / name / "result.json"
+    # a gated model was trained as its method
+    result_path = run_dir / "methods" / name.removesuffix(GATED) / "result.json"
     result = read_json_object(result_path, "method result") if result_path.is_file() else None
     return {"refused": "".join("1" if judged[p] else "0" for p in prompts),
             "context_nll": metrics.get("context_nll", []),

@@ -29,8 +29,8 @@ from saelign.sails.seed_record import check_same_upstream, load_seed, merge_seed
 from saelign.sails.stages import STAGES
 from saelign.stats import crossed_bootstrap
 
-SHARED = ("data", "sae", "labels", "select", "align", "targets")
-PER_SEED = ("train", "eval")
+SHARED = ("data", "sae", "labels", "select", "align", "targets", "gate")
+PER_SEED = ("train", "eval", "gated")
 PARTS = ("in_distribution", "ood_registers", "ood_sources", "ood")
 # parts also read per register ("in_distribution.question"): the held-out sources' few harmless prompts per
 # register would make noise, and their harmful ones are in the pooled "ood_sources" part

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from saelign import distributed
@@ -39,6 +40,14 @@ from saelign.sails.evaluate import (
     evaluate_model,
     make_judge,
     quick_safety,
+)
+from saelign.sails.gate import SUFFIX as GATED
+from saelign.sails.gate import (
+    compose_evaluation,
+    fit_gate_on,
+    gate_summary,
+    last_token_features,
+    request_features,
 )
 from saelign.sails.generate import chat_text
 from saelign.sails.judge import OfflineJudge, PrefixJudge, judge_agreement
@@ -239,6 +248,45 @@ def eval_stage(run: RunDir, name: str) -> dict[str, Any]:
             "perplexity": metrics.get("perplexity")}
 
 
+def gate_stage(run: RunDir, _: str) -> dict[str, Any]:
+    """Fit the refusal gate on the base model, and record which test, ood and perplexity inputs it opens for."""
+    cfg, data = run.cfg, run.data
+    hookpoint = cfg.gate.hookpoint or cfg.hookpoint
+    splits = {name: data.split(name) for name in ("train", "val", "test", "ood") if data.split(name)}
+    every = request_features(run.model, run.tokenizer, [e.prompt for s in splits.values() for e in s],
+                             [hookpoint], cfg.gate.batch_size, cfg.gate.max_length)[hookpoint]
+    ends = list(itertools.accumulate(len(s) for s in splits.values()))
+    x = dict(zip(splits, np.split(every, ends[:-1]), strict=True))
+    gate = fit_gate_on(x["train"], splits["train"], x["val"], splits["val"], hookpoint, cfg.gate)
+    flags = {name: gate.flags(features) for name, features in x.items()}
+    contexts = run.capability.contexts
+    context_open = (gate.flags(last_token_features(run.model, contexts.tolist(), [hookpoint],
+                                                   cfg.gate.batch_size)[hookpoint]).tolist()
+                    if contexts.numel() else [])
+    gate.save(run.path("gate"))
+    opened = {e.prompt: bool(f) for name in ("test", "ood") if name in flags
+              for e, f in zip(splits[name], flags[name], strict=True)}
+    write_json_atomic(run.path("gate", "flags.json"), {"prompts": opened, "contexts": context_open})
+    summary = gate_summary(gate, flags, splits)
+    write_json_atomic(run.path("gate", "summary.json"), summary)
+    return {"threshold": gate.probe.threshold, "val_auroc": gate.probe.val_auroc, "flagged": summary["flagged"]}
+
+
+def gated_stage(run: RunDir, method: str) -> dict[str, Any]:
+    """`method` behind the gate: its answers where the gate opens, the base model's elsewhere (eval/M+gate)."""
+    flags = read_json(run.path("gate", "flags.json"), "gate decisions")
+    files = {name: run.path("eval", f"{name}.json") for name in ("base", method)}
+    base, adapted = (read_json(path, "evaluation file") for path in files.values())
+    examples = {e.prompt: e for e in (*run.data.test, *run.data.ood)}
+    result = compose_evaluation(base, adapted, flags["prompts"], flags["contexts"], examples,
+                                names=(str(files["base"]), str(files[method])))
+    write_json_atomic(run.path("eval", f"{method}{GATED}.json"), result)
+    ood = result.get("splits", {}).get("ood", {})
+    return {"safety_rate": result["safety_rate"], "over_refusal": result["over_refusal"],
+            "ood_safety_rate": ood.get("safety_rate"), "ood_over_refusal": ood.get("over_refusal"),
+            "perplexity": result.get("perplexity")}
+
+
 def _test_prompts(run: RunDir) -> dict[str, list[str]]:
     test = run.data.test
     return {kind: [e.prompt for e in test if e.kind == kind]
@@ -377,6 +425,12 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("eval", "safety, over-refusal, perplexity and factual accuracy of the base model and each method "
           "(eval/)", eval_stage, outputs=("eval/{name}.json",), keys=("eval",), upstream=("data", "train"),
           per=lambda cfg: ["base", *cfg.methods]),
+    Stage("gate", "a refusal gate: a probe on the base model's activations that decides when the adapter "
+          "answers (gate/)", gate_stage, outputs=("gate/summary.json",), keys=("gate", "hookpoint", "eval"),
+          upstream=("data",), folder="gate", per=lambda cfg: ["gate"] if cfg.gate.enabled else []),
+    Stage("gated", f"each method behind the gate: its answers where the gate opens, the base model's "
+          f"elsewhere (eval/METHOD{GATED}.json)", gated_stage, outputs=(f"eval/{{name}}{GATED}.json",),
+          upstream=("gate", "eval"), per=lambda cfg: cfg.methods if cfg.gate.enabled else []),
     Stage("effect", "which labelled SAE latents each adapter pushed up or down (effect/)", effect_stage,
           outputs=("effect/{name}.json",), keys=("effect_top",), upstream=("train", "labels"),
           per=lambda cfg: cfg.methods),
