@@ -597,7 +597,7 @@ def two_hop_swap_lines(r: dict) -> list[str]:
 
 
 # bench_sails_term.py's results (sails_<term>_<preset>_validation / _compare), not runs of the pipeline
-TERM_SWEEPS = ("sails_retain_", "sails_unlikelihood_", "sails_consistency_")
+TERM_SWEEPS = ("sails_retain_", "sails_unlikelihood_", "sails_consistency_", "sails_gate_")
 
 
 def main() -> None:
@@ -619,7 +619,7 @@ def main() -> None:
     if biographies:
         parts += align_biographies_section(biographies, load("align_biographies_styles"))
     for path in sorted(RESULTS.glob("sails_*.json")):
-        if path.stem.startswith(TERM_SWEEPS):  # weight sweeps of an SFT term: the README says them in prose
+        if path.stem.startswith(TERM_SWEEPS):  # choices made on validation (term weights, gate read-out): prose
             continue
         result = json.loads(path.read_text())
         render = (seeds_section if path.stem.startswith("sails_seeds_") else overrefusal_section

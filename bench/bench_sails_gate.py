@@ -1,0 +1,140 @@
+"""Choose the refusal gate's read-out on an out-of-distribution VALIDATION set, before any test number is read
+(issue 11; `saelign.sails.gate`).
+
+The gate's defaults were fixed before any gated number: the pipeline's hookpoint, last prompt token, a
+threshold that flags 95 % of the val harmful prompts. The val split asks only the training registers, so it
+cannot rank read-outs for requests in other forms. This bench reads each candidate on the out-of-distribution
+validation set of `bench_sails_term.py --ood-val-per-kind` (behaviours left out of every split, asked in every
+register the run does not train on; no test behaviour) with the base model alone: a gate's decision needs no
+adapter. Candidates: the residual after each block of `--layers` at the last prompt token (the probe ceiling's
+grid), each with its threshold set on val at each level of `--levels`. Each probe is fitted on the train split
+and its strength chosen on val, as the pipeline's gate stage does.
+
+The rule, fixed before the run: the highest share of flagged harmful prompts minus flagged harmless prompts on
+the OOD validation set; ties go to the pipeline's hookpoint, then to the lower level. Writes
+bench/results/sails_gate_<preset>_validation.json: every candidate's flag rates on val and on the OOD
+validation set (overall and per register), the default's and the chosen candidate. Test numbers then come from
+bench_sails_seeds.py --methods sails,sails+gate with the chosen --gate-hookpoint / --gate-val-safety.
+
+  .venv/bin/python bench/bench_sails_gate.py --run runs/seeds-quick/seed0 --ood-val-per-kind 120
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench_probe_ceiling import DEFAULT_LAYERS
+from bench_sails_term import ood_validation
+from common import write_result
+from saelign.progress import setup_logging
+from saelign.sails.data import Example
+from saelign.sails.gate import GateConfig, fit_gate_on, request_features
+from saelign.sails.pipeline import stored_config
+from saelign.sails.presets import resolve_config
+from saelign.sails.rundir import RunDir
+from saelign.sails.stages import STAGES
+
+
+def flag_rates(flags: np.ndarray, examples: list[Example]) -> dict[str, Any]:
+    """The flagged share of each kind, overall and per register."""
+    def rates(keep: list[bool]) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for kind in ("harmful", "harmless", "borderline"):
+            picked = [f for f, e, k in zip(flags, examples, keep, strict=True) if k and e.kind == kind]
+            out[kind] = round(float(np.mean(picked)), 4) if picked else None
+        return out
+
+    registers = dict.fromkeys(e.register for e in examples)
+    return {**rates([True] * len(examples)),
+            "registers": {r: rates([e.register == r for e in examples]) for r in registers}}
+
+
+def margin(rates: dict[str, Any]) -> float:
+    return (rates["harmful"] or 0.0) - (rates["harmless"] or 0.0)
+
+
+def candidates(x: dict[str, dict[str, np.ndarray]], splits: dict[str, list[Example]], levels: list[float],
+               base: GateConfig) -> list[dict[str, Any]]:
+    """Every (hookpoint, level): its probe fitted on train (C on val), its flag rates on val and ood_val."""
+    rows = []
+    for hookpoint, features in x.items():
+        for level in levels:
+            cfg = GateConfig(**{**base.__dict__, "val_safety": level, "hookpoint": hookpoint})
+            gate = fit_gate_on(features["train"], splits["train"], features["val"], splits["val"], hookpoint,
+                               cfg)
+            rows.append({"hookpoint": hookpoint, "val_safety": level, "c": gate.probe.c,
+                         "val_auroc": round(gate.probe.val_auroc, 4),
+                         **{name: flag_rates(gate.flags(features[name]), splits[name])
+                            for name in ("val", "ood_val")}})
+    return rows
+
+
+def choose(rows: list[dict[str, Any]], pipeline_hookpoint: str) -> dict[str, Any]:
+    """The rule: highest harmful - harmless flag share on ood_val; ties: the pipeline's hookpoint, then the
+    lower level."""
+    return max(rows, key=lambda r: (round(margin(r["ood_val"]), 6), r["hookpoint"] == pipeline_hookpoint,
+                                    -r["val_safety"]))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="a finished run folder (its data and model are read)")
+    parser.add_argument("--ood-val-per-kind", type=int, default=120)
+    parser.add_argument("--layers", default=DEFAULT_LAYERS, help="comma-separated block indices")
+    parser.add_argument("--levels", default="0.9,0.95,0.99,1.0",
+                        help="val harmful shares the threshold flags")
+    args = parser.parse_args()
+    setup_logging()
+    began, load_before = time.perf_counter(), os.getloadavg()
+    run_dir = Path(args.run)
+    stored = stored_config(run_dir)
+    if stored is None:
+        print(f"{run_dir}: no config.json; give a run folder the pipeline wrote", file=sys.stderr)
+        return 2
+    cfg = resolve_config([stored])
+    run = RunDir(run_dir, cfg, STAGES)
+    splits = {"train": run.data.train, "val": run.data.val,
+              "ood_val": ood_validation(run_dir, args.ood_val_per_kind)}
+    hookpoints = [f"model.layers.{i}" for i in args.layers.split(",")]
+    prompts = [e.prompt for s in splits.values() for e in s]
+    every = request_features(run.model, run.tokenizer, prompts, hookpoints, cfg.gate.batch_size,
+                             cfg.gate.max_length)
+    ends = np.cumsum([len(s) for s in splits.values()])[:-1]
+    x = {hp: dict(zip(splits, np.split(every[hp], ends), strict=True)) for hp in hookpoints}
+    levels = [float(v) for v in args.levels.split(",")]
+    rows = candidates(x, splits, levels, cfg.gate)
+    default = next(r for r in rows if r["hookpoint"] == (cfg.gate.hookpoint or cfg.hookpoint)
+                   and r["val_safety"] == GateConfig().val_safety)
+    chosen = choose(rows, cfg.hookpoint)
+    write_result(f"sails_gate_{cfg.preset}_validation", {
+        "run": str(run_dir.resolve()), "preset": cfg.preset, "ood_val_per_kind": args.ood_val_per_kind,
+        "n": {name: {k: sum(e.kind == k for e in s) for k in ("harmful", "harmless", "borderline")}
+              for name, s in splits.items()},
+        "ood_val_registers": sorted({e.register or "" for e in splits["ood_val"]}),
+        "selection_rule": "The highest flagged harmful share minus flagged harmless share on the out-of-"
+                          "distribution validation set; ties: the pipeline's hookpoint, then the lower "
+                          "level.",
+        "default": {k: default[k] for k in ("hookpoint", "val_safety")},
+        "chosen": {k: chosen[k] for k in ("hookpoint", "val_safety")},
+        "candidates": rows, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "wall_seconds": round(time.perf_counter() - began, 1)})
+    for r in rows:
+        val, ood = r["val"], r["ood_val"]
+        print(f"{r['hookpoint']:>16} {r['val_safety']:.2f}  val {val['harmful']:.2f}/{val['harmless']:.2f}"
+              f"  ood_val {ood['harmful']:.2f}/{ood['harmless']:.2f}  margin "
+              f"{margin(ood):+.3f}")
+    print(f"chosen: {chosen['hookpoint']} at {chosen['val_safety']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

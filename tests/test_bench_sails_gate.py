@@ -1,0 +1,43 @@
+"""The gate's read-out rule in bench/bench_sails_gate.py: the widest flagged-harmful minus flagged-harmless
+share on the out-of-distribution validation set wins, whatever val says; ties go to the pipeline's hookpoint,
+then to the lower level; flag rates are per kind and per register."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from saelign.sails.data import Example
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from bench_sails_gate import choose, flag_rates  # noqa: E402
+
+
+def row(hookpoint: str, level: float, val: tuple[float, float], ood: tuple[float, float]) -> dict:
+    return {"hookpoint": hookpoint, "val_safety": level, "val": {"harmful": val[0], "harmless": val[1]},
+            "ood_val": {"harmful": ood[0], "harmless": ood[1]}}
+
+
+def test_the_widest_ood_validation_margin_wins_whatever_val_says():
+    rows = [row("model.layers.15", 0.95, (1.0, 0.0), (0.60, 0.02)),
+            row("model.layers.27", 0.95, (0.9, 0.3), (0.85, 0.10)),
+            row("model.layers.29", 0.99, (1.0, 0.0), (0.90, 0.20))]
+    assert choose(rows, "model.layers.15") is rows[1]  # margins 0.58, 0.75, 0.70
+
+
+def test_ties_go_to_the_pipeline_hookpoint_then_the_lower_level():
+    rows = [row("model.layers.27", 0.9, (1, 0), (0.8, 0.1)), row("model.layers.15", 0.99, (1, 0), (0.8, 0.1)),
+            row("model.layers.15", 0.95, (1, 0), (0.75, 0.05))]
+    assert choose(rows, "model.layers.15") is rows[2]
+    assert choose(rows[:1] + rows[1:2], "model.layers.27") is rows[0]
+
+
+def test_flag_rates_are_per_kind_and_per_register():
+    examples = [Example("a", "harmful", "s", register="tense"), Example("b", "harmful", "s", register="keyword"),
+                Example("c", "harmless", "s", register="tense"), Example("d", "harmless", "s", register="tense")]
+    rates = flag_rates(np.array([True, False, True, False]), examples)
+    assert rates["harmful"] == 0.5 and rates["harmless"] == 0.5 and rates["borderline"] is None
+    assert rates["registers"]["tense"] == {"harmful": 1.0, "harmless": 0.5, "borderline": None}
+    assert rates["registers"]["keyword"]["harmful"] == 0.0
