@@ -17,6 +17,11 @@ validation set (overall and per register), the default's and the chosen candidat
 bench_sails_seeds.py --methods sails,sails+gate with the chosen --gate-hookpoint / --gate-val-safety.
 
   .venv/bin/python bench/bench_sails_gate.py --run runs/seeds-quick/seed0 --ood-val-per-kind 120
+  .venv/bin/python bench/bench_sails_gate.py --run runs/seeds-full/seed0 --ood-val-from val
+
+At the full preset every behaviour is in some split, so nothing is left out: `--ood-val-from val` asks the val
+split's behaviours in the untrained registers instead (still no test behaviour; the threshold is set on the
+same behaviours in the training registers).
 """
 
 from __future__ import annotations
@@ -31,15 +36,25 @@ from typing import Any
 import numpy as np
 
 from bench_probe_ceiling import DEFAULT_LAYERS
+from bench_sails_overrefusal import uncapped_data_config
 from bench_sails_term import ood_validation
 from common import write_result
 from saelign.progress import setup_logging
-from saelign.sails.data import Example
+from saelign.sails.data import REGISTERS, Example, reworded
 from saelign.sails.gate import GateConfig, fit_gate_on, request_features
 from saelign.sails.pipeline import stored_config
 from saelign.sails.presets import resolve_config
 from saelign.sails.rundir import RunDir
 from saelign.sails.stages import STAGES
+
+
+def ood_validation_set(run_dir: Path, run: RunDir, source: str, per_kind: int) -> list[Example]:
+    """Behaviours no test prompt holds, asked in every register the run does not train on: those left out of
+    every split (`bench_sails_term.ood_validation`), or the val split's."""
+    if source == "left_out":
+        return ood_validation(run_dir, per_kind)
+    cfg = uncapped_data_config([run_dir])
+    return reworded(run.data.val, cfg, [r for r in REGISTERS if r not in cfg.registers])
 
 
 def flag_rates(flags: np.ndarray, examples: list[Example]) -> dict[str, Any]:
@@ -88,6 +103,9 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="a finished run folder (its data and model are read)")
     parser.add_argument("--ood-val-per-kind", type=int, default=120)
+    parser.add_argument("--ood-val-from", choices=("left_out", "val"), default="left_out",
+                        help="the OOD validation set's behaviours: left out of every split (quick), or the "
+                             "val split's (full, where none is left out); asked in the untrained registers")
     parser.add_argument("--layers", default=DEFAULT_LAYERS, help="comma-separated block indices")
     parser.add_argument("--levels", default="0.9,0.95,0.99,1.0",
                         help="val harmful shares the threshold flags")
@@ -102,7 +120,11 @@ def main() -> int:
     cfg = resolve_config([stored])
     run = RunDir(run_dir, cfg, STAGES)
     splits = {"train": run.data.train, "val": run.data.val,
-              "ood_val": ood_validation(run_dir, args.ood_val_per_kind)}
+              "ood_val": ood_validation_set(run_dir, run, args.ood_val_from, args.ood_val_per_kind)}
+    if not splits["ood_val"]:
+        print(f"{run_dir}: the {args.ood_val_from} out-of-distribution validation set is empty (at the full "
+              "preset every behaviour is in a split); use --ood-val-from val", file=sys.stderr)
+        return 2
     hookpoints = [f"model.layers.{i}" for i in args.layers.split(",")]
     prompts = [e.prompt for s in splits.values() for e in s]
     every = request_features(run.model, run.tokenizer, prompts, hookpoints, cfg.gate.batch_size,
@@ -115,7 +137,8 @@ def main() -> int:
                    and r["val_safety"] == GateConfig().val_safety)
     chosen = choose(rows, cfg.hookpoint)
     write_result(f"sails_gate_{cfg.preset}_validation", {
-        "run": str(run_dir.resolve()), "preset": cfg.preset, "ood_val_per_kind": args.ood_val_per_kind,
+        "run": str(run_dir.resolve()), "preset": cfg.preset, "ood_val_from": args.ood_val_from,
+        "ood_val_per_kind": args.ood_val_per_kind if args.ood_val_from == "left_out" else None,
         "n": {name: {k: sum(e.kind == k for e in s) for k in ("harmful", "harmless", "borderline")}
               for name, s in splits.items()},
         "ood_val_registers": sorted({e.register or "" for e in splits["ood_val"]}),

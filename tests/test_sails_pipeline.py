@@ -297,6 +297,8 @@ def test_report_shows_no_result_whose_inputs_are_gone(tmp_path, finished, capsys
     (["--sft-stop-at-safety", "95"], "--sft-stop-at-safety is a rate between 0 and 1"),
     (["--sft-steps", "-3"], "--sft-steps must be positive, got -3"),
     (["--sft-steps", "x"], "--sft-steps: expected int, got 'x'"),
+    (["--gate-enabled", "--gate-hookpoint", "model.layers.9"], "gate.hookpoint (--gate-hookpoint): unknown"),
+    (["--gate-val-safety", "95"], "gate.val_safety must lie in (0, 1]"),
 ])
 def test_cli_bad_options_are_one_line_errors(tmp_path, inputs, capsys, extra, message):
     code = main(["sails", "run", "--config", str(inputs["config"]), "--out", str(tmp_path / "run"), *extra])

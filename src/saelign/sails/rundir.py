@@ -219,9 +219,14 @@ class RunDir:
                 path.unlink(missing_ok=True)
 
     def preflight(self) -> None:
-        """Check what every stage shares (model, LoRA targets, hookpoint, a given SAE, the held-out corpus)
+        """Check what every stage shares (model, LoRA targets, hookpoints, a given SAE, the held-out corpus)
         before files go."""
         resolve_hookpoints(self.model, [self.cfg.hookpoint])
+        if self.cfg.gate.enabled and self.cfg.gate.hookpoint:
+            try:
+                resolve_hookpoints(self.model, [self.cfg.gate.hookpoint])
+            except SaelignError as exc:
+                raise SaelignError(f"gate.hookpoint (--gate-hookpoint): {exc}") from exc
         if self.cfg.sae_path:
             check_sae_matches(load_sae(self.cfg.sae_path), self.model, self.cfg.hookpoint)
         cfg = self.cfg

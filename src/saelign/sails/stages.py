@@ -18,6 +18,7 @@ from saelign import distributed
 from saelign.dashboard import DashboardConfig, build_dashboard
 from saelign.dashboard.build import SAILS_READINGS
 from saelign.datasets.corpus import iter_texts, open_corpus
+from saelign.errors import require
 from saelign.io import read_json, write_json_atomic, write_text_atomic
 from saelign.label import label_latents, save_labels
 from saelign.label.describe import attach_readings, describe_latents, load_explainer, load_labelled_prompts
@@ -253,6 +254,8 @@ def gate_stage(run: RunDir, _: str) -> dict[str, Any]:
     cfg, data = run.cfg, run.data
     hookpoint = cfg.gate.hookpoint or cfg.hookpoint
     splits = {name: data.split(name) for name in ("train", "val", "test", "ood") if data.split(name)}
+    require("train" in splits and "val" in splits, "the gate is fitted on the train split and thresholded on the "
+                                                   "val split: give data.val_fraction > 0 (--data-val-fraction)")
     every = request_features(run.model, run.tokenizer, [e.prompt for s in splits.values() for e in s],
                              [hookpoint], cfg.gate.batch_size, cfg.gate.max_length)[hookpoint]
     ends = list(itertools.accumulate(len(s) for s in splits.values()))
