@@ -40,6 +40,7 @@ from pathlib import Path
 
 from common import write_result
 from saelign.configs import load_config_file
+from saelign.io import read_json
 from saelign.progress import setup_logging
 from saelign.sails.gate import SUFFIX as GATED
 from saelign.sails.presets import preset_layer, resolve_config
@@ -48,6 +49,15 @@ from saelign.sails.seeds import run_seeds, seed_dir, summarise_seeds
 
 STOP_RULE = {"stop_at_safety": 0.95, "stop_max_over_refusal": 0.1}  # the full preset's, read on val only
 DEFAULT_METHODS = "sails,lora,act_pca,sails_aligned"
+
+
+def gate_options(dirs: list[Path]) -> dict | None:
+    """The gate the seeds' METHOD+gate rows were read behind (the first seed's; the gate unit is shared)."""
+    path = dirs[0] / "gate" / "summary.json" if dirs else None
+    if path is None or not path.is_file():
+        return None
+    summary = read_json(path, "gate summary")
+    return {k: summary[k] for k in ("hookpoint", "val_safety", "threshold", "c", "val_auroc")}
 
 
 def main() -> int:
@@ -121,7 +131,7 @@ def main() -> int:
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "load_average_before": load_before,
         "load_average_after": os.getloadavg(), "wall_seconds": round(time.perf_counter() - began, 1),
         "out": str(Path(args.out).resolve()), "records": [r["source"] for r in records],
-        "records_dir": str(records_dir), **summary})
+        "records_dir": str(records_dir), "gate": gate_options(dirs) if gate else None, **summary})
     return 0
 
 
