@@ -10,9 +10,16 @@ from pathlib import Path
 import numpy as np
 
 from saelign.sails.data import Example
+from saelign.sails.judge import Verdict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from bench_sails_gate import choose, flag_rates  # noqa: E402
+
+
+def four(registers: tuple[str, ...]) -> list[Example]:
+    """Two harmful then two harmless requests in the given registers."""
+    kinds = ("harmful", "harmful", "harmless", "harmless")
+    return [Example(p, k, "s", register=r) for p, k, r in zip("abcd", kinds, registers, strict=True)]
 
 
 def row(hookpoint: str, level: float, val: tuple[float, float], ood: tuple[float, float]) -> dict:
@@ -35,9 +42,19 @@ def test_ties_go_to_the_pipeline_hookpoint_then_the_lower_level():
 
 
 def test_flag_rates_are_per_kind_and_per_register():
-    examples = [Example("a", "harmful", "s", register="tense"), Example("b", "harmful", "s", register="keyword"),
-                Example("c", "harmless", "s", register="tense"), Example("d", "harmless", "s", register="tense")]
+    examples = four(("tense", "keyword", "tense", "tense"))
     rates = flag_rates(np.array([True, False, True, False]), examples)
     assert rates["harmful"] == 0.5 and rates["harmless"] == 0.5 and rates["borderline"] is None
     assert rates["registers"]["tense"] == {"harmful": 1.0, "harmless": 0.5, "borderline": None}
     assert rates["registers"]["keyword"]["harmful"] == 0.0
+
+
+def test_the_adapter_rule_reads_gated_rates_per_register():
+    from bench_sails_gate_adapter import margin, rates
+
+    examples = four(("tense", "keyword", "tense", "keyword"))
+    verdicts = [Verdict("refused"), Verdict("complied"), Verdict("refused"), Verdict("complied")]
+    found = rates(examples, verdicts)
+    assert found["safety_rate"] == 0.5 and found["over_refusal"] == 0.5 and margin(found) == 0.0
+    assert found["registers"]["tense"]["safety_rate"] == 1.0
+    assert found["registers"]["keyword"]["over_refusal"] == 0.0

@@ -62,8 +62,9 @@ def test_a_bad_gate_file_names_the_file_and_the_fix(tmp_path):
         load_gate(folder)
 
 
-@pytest.mark.parametrize("field, value, message", [("val_safety", 0.0, "val_safety"), ("val_safety", 1.5, r"\(0, 1\]"),
-                                                    ("c_grid", [], "c_grid"), ("batch_size", 0, "batch_size")])
+@pytest.mark.parametrize("field, value, message", [
+    ("val_safety", 0.0, "val_safety"), ("val_safety", 1.5, r"\(0, 1\]"), ("c_grid", [], "c_grid"),
+    ("batch_size", 0, "batch_size")])
 def test_bad_gate_options_are_refused(field, value, message):
     with pytest.raises(SaelignError, match=message):
         GateConfig(**{field: value})
@@ -78,13 +79,13 @@ def adapted(tiny_llama):
     return get_peft_model(copy.deepcopy(tiny_llama), config).eval()
 
 
-def test_gated_answers_are_the_adapters_where_the_gate_opens_and_the_base_models_elsewhere(adapted, tiny_llama,
-                                                                                          tokenizer):
+def test_gated_answers_are_the_adapters_where_the_gate_opens_and_the_base_models_elsewhere(
+        adapted, tiny_llama, tokenizer):
     features = request_features(tiny_llama, tokenizer, PROMPTS, ["model.layers.1"])["model.layers.1"]
     gate = _gate(features.shape[1])
     gate.probe.threshold = float(np.median(gate.probe.scores(features)))  # half the requests flagged
     answers, flags = gated_answers(adapted, tokenizer, PROMPTS, gate, max_new_tokens=6, batch_size=1)
-    # The gate reads the base model (adapter off), so its decisions are those of the plain model's activations.
+    # The gate reads the base model (adapter off): its decisions are those of the plain model's activations.
     assert flags == list(gate.flags(features)) and 0 < sum(flags) < len(PROMPTS)
     assert list(gated_flags(adapted, tokenizer, PROMPTS, gate)) == flags
     on = generate_answers(adapted, tokenizer, PROMPTS, 6, batch_size=1)
@@ -100,7 +101,8 @@ def test_a_merged_model_cannot_be_gated(tiny_llama, tokenizer):
 
 def test_fit_gate_reads_the_base_model_and_flags_the_val_share(tiny_llama, tokenizer):
     kinds = ["harmful", "harmless"] * 12
-    prompts = [f"{'Hurt' if k == 'harmful' else 'Help'} request number {i} please" for i, k in enumerate(kinds)]
+    prompts = [f"{'Hurt' if k == 'harmful' else 'Help'} request number {i} please"
+               for i, k in enumerate(kinds)]
     examples = [Example(p, k, "test") for p, k in zip(prompts, kinds, strict=True)]
     gate = fit_gate(tiny_llama, tokenizer, examples[:16], examples[16:], "model.layers.1", GateConfig())
     val = request_features(tiny_llama, tokenizer, prompts[16:], ["model.layers.1"])["model.layers.1"]
@@ -123,7 +125,8 @@ def _evaluation(verdicts: dict[str, str], nll: list[tuple[float, int]]) -> dict:
     ood = [{"part": "ood_registers" if p.startswith("o") else "in_distribution", "prompt": p,
             "kind": examples[p].kind, "register": examples[p].register, "source": "src", "behaviour": None,
             "response": f"{v} {p}", "verdict": v} for p, v in verdicts.items()]
-    return {"responses": test, "context_nll": nll, "samples": {"harmful": test[:1]}, "splits": {"responses": ood}}
+    return {"responses": test, "context_nll": nll, "samples": {"harmful": test[:1]},
+            "splits": {"responses": ood}}
 
 
 def test_the_gated_evaluation_takes_each_answer_from_the_side_the_gate_chose():
@@ -153,5 +156,5 @@ def test_a_gated_evaluation_of_mismatched_files_is_refused():
     with pytest.raises(SaelignError, match="no decision for 1 test prompt"):
         compose_evaluation(base, base, {"h1": True}, [], _examples())
     with pytest.raises(SaelignError, match="perplexity contexts"):
-        compose_evaluation(_evaluation({"h1": "refused"}, [(1.0, 2)]), _evaluation({"h1": "refused"}, [(1.0, 2)]),
-                           {"h1": True}, [], _examples())
+        one = _evaluation({"h1": "refused"}, [(1.0, 2)])
+        compose_evaluation(one, one, {"h1": True}, [], _examples())

@@ -169,13 +169,18 @@ def _adapter_off(model: torch.nn.Module) -> Any:
     return disable()
 
 
+def base_flags(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], gate: Gate,
+               batch_size: int = 16) -> np.ndarray:
+    """Which `prompts` the gate opens the adapter for, read from the plain base `model`."""
+    features = request_features(model, tokenizer, prompts, [gate.hookpoint], batch_size, gate.max_length)
+    return gate.flags(features[gate.hookpoint])
+
+
 def gated_flags(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
                 gate: Gate, batch_size: int = 16) -> np.ndarray:
     """Which `prompts` the gate opens the adapter for, read from the PEFT `model` with its adapter off."""
     with _adapter_off(model):  # the wrapped transformers model keeps the hookpoint names of the base's
-        features = request_features(model.get_base_model(), tokenizer, prompts, [gate.hookpoint], batch_size,
-                                    gate.max_length)
-    return gate.flags(features[gate.hookpoint])
+        return base_flags(model.get_base_model(), tokenizer, prompts, gate, batch_size)
 
 
 def gated_answers(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
