@@ -460,7 +460,7 @@ def test_a_missing_perplexity_corpus_is_refused_before_any_stage_runs(tmp_path, 
 
 
 def test_the_gate_runs_on_a_finished_run_without_redoing_it_and_composes_its_answers(tmp_path, finished, inputs,
-                                                                                     monkeypatch):
+                                                                                     monkeypatch, capsys):
     import shutil
 
     from saelign.sails.seed_record import seed_record
@@ -483,5 +483,8 @@ def test_the_gate_runs_on_a_finished_run_without_redoing_it_and_composes_its_ans
     for b, s, g in zip(base["responses"], sails["responses"], gated["responses"], strict=True):
         assert g["response"] == (s if flags["prompts"][g["prompt"]] else b)["response"]
     assert "sails+gate" in (run_dir / "report.md").read_text()
+    monkeypatch.undo()
+    assert main(["sails", "report", "--run", str(run_dir)]) == 0  # the CLI's summary names the gated row too
+    assert any(line.split()[0] == "sails+gate" for line in capsys.readouterr().out.splitlines() if " safety " in line)
     record = seed_record(run_dir, ["sails", "sails+gate"])
     assert record["models"]["sails+gate"]["result"] == record["models"]["sails"]["result"]

@@ -12,6 +12,7 @@ from typing import Any
 from saelign.configs import add_config_args, flags_from_args, load_config_file, source_label
 from saelign.errors import SaelignError
 from saelign.io import read_json
+from saelign.sails.gate import SUFFIX as GATED
 from saelign.sails.pipeline import run_pipeline, stored_config
 from saelign.sails.presets import DEFAULT_PRESET, PRESETS, SailsConfig, preset_layer, resolve_config
 from saelign.sails.rundir import RunDir
@@ -89,8 +90,10 @@ def resolve_from_args(args: argparse.Namespace) -> SailsConfig:
 def _summary(run_dir: str, cfg: SailsConfig) -> list[str]:
     """One line per evaluation made under the run's current options (as the report shows them)."""
     run, lines = RunDir(run_dir, cfg, STAGES), []
-    for name in ["base", *cfg.methods]:
-        if run.complete(f"eval:{name}"):
+    units = [(f"eval:{name}", name) for name in ["base", *cfg.methods]]
+    units += [(f"gated:{name}", f"{name}{GATED}") for name in cfg.methods if cfg.gate.enabled]
+    for unit, name in units:
+        if run.complete(unit):
             m = read_json(run.path("eval", f"{name}.json"))
             ppl = m.get("perplexity")
             line = f"  {name:16s} safety {100 * m['safety_rate']:5.1f} %   over-refusal {100 * m['over_refusal']:5.1f} %"
