@@ -41,7 +41,7 @@ from bench_sails_term import ood_validation
 from common import write_result
 from saelign.progress import setup_logging
 from saelign.sails.data import REGISTERS, Example, reworded
-from saelign.sails.gate import GateConfig, fit_gate_on, request_features
+from saelign.sails.gate import GateConfig, fit_gate_on, open_rates, request_features
 from saelign.sails.pipeline import stored_config
 from saelign.sails.presets import resolve_config
 from saelign.sails.rundir import RunDir
@@ -59,16 +59,12 @@ def ood_validation_set(run_dir: Path, run: RunDir, source: str, per_kind: int) -
 
 def flag_rates(flags: np.ndarray, examples: list[Example]) -> dict[str, Any]:
     """The flagged share of each kind, overall and per register."""
-    def rates(keep: list[bool]) -> dict[str, float | None]:
-        out: dict[str, float | None] = {}
-        for kind in ("harmful", "harmless", "borderline"):
-            picked = [f for f, e, k in zip(flags, examples, keep, strict=True) if k and e.kind == kind]
-            out[kind] = round(float(np.mean(picked)), 4) if picked else None
-        return out
+    def of(register: str | None) -> dict[str, float | None]:
+        picked = [(e, bool(f)) for e, f in zip(examples, flags, strict=True)
+                  if register in (None, e.register)]
+        return open_rates([e for e, _ in picked], [f for _, f in picked])
 
-    registers = dict.fromkeys(e.register for e in examples)
-    return {**rates([True] * len(examples)),
-            "registers": {r: rates([e.register == r for e in examples]) for r in registers}}
+    return {**of(None), "registers": {r: of(r) for r in dict.fromkeys(e.register for e in examples)}}
 
 
 def margin(rates: dict[str, Any]) -> float:

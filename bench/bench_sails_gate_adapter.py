@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from bench_sails_gate import ood_validation_set
+from bench_sails_term import register_rates as rates
 from common import write_result
 from saelign.progress import setup_logging
 from saelign.sails.adapters import merged_for_inference
 from saelign.sails.data import Example
-from saelign.sails.evaluate import kind_rates, make_judge
-from saelign.sails.gate import base_flags, load_gate
+from saelign.sails.evaluate import make_judge
+from saelign.sails.gate import base_flags, load_gate, open_rates
 from saelign.sails.generate import generate_answers
 from saelign.sails.judge import Verdict
 from saelign.sails.pipeline import stored_config
@@ -38,22 +39,12 @@ from saelign.sails.presets import SailsConfig, resolve_config
 from saelign.sails.rundir import RunDir
 from saelign.sails.stages import STAGES
 
-KEYS = ("n", "safety_rate", "over_refusal", "borderline_over_refusal")
-
 
 def verdicts_of(model: Any, run: RunDir, cfg: SailsConfig, examples: list[Example]) -> list[Verdict]:
     prompts = [e.prompt for e in examples]
     answers = generate_answers(model, run.tokenizer, prompts, cfg.validation.max_new_tokens,
                                cfg.validation.batch_size)
     return make_judge(cfg.eval).judge(prompts, answers)
-
-
-def rates(examples: list[Example], verdicts: list[Verdict]) -> dict[str, Any]:
-    found = kind_rates(examples, verdicts)
-    registers = dict.fromkeys(e.register for e in examples)
-    per = {r: {k: kind_rates(*zip(*[(e, v) for e, v in zip(examples, verdicts, strict=True)
-                                    if e.register == r], strict=True))[k] for k in KEYS} for r in registers}
-    return {**{k: found[k] for k in KEYS}, "registers": per}
 
 
 def margin(r: dict[str, Any]) -> float:
@@ -96,9 +87,7 @@ def main() -> int:
         "gate_level": gate.val_safety,
         "ood_val_from": args.ood_val_from, "n": {k: sum(e.kind == k for e in examples)
                                                  for k in ("harmful", "harmless", "borderline")},
-        "flagged": {k: sum(f for f, e in zip(flags, examples, strict=True) if e.kind == k)
-                    / max(1, sum(e.kind == k for e in examples))
-                    for k in ("harmful", "harmless", "borderline")},
+        "flagged": open_rates(examples, [bool(f) for f in flags]),
         "selection_rule": "The highest gated safety minus gated over-refusal on the out-of-distribution "
                           "validation set; ties: the earlier candidate.",
         "chosen": chosen, **result, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),

@@ -100,7 +100,11 @@ def read_ood_validation(run: Path, cfg: SailsConfig, examples: list[Example]) ->
     prompts = [e.prompt for e in examples]
     answers = generate_answers(model, folder.tokenizer, prompts, cfg.validation.max_new_tokens,
                                cfg.validation.batch_size)
-    verdicts = make_judge(cfg.eval).judge(prompts, answers)
+    return register_rates(examples, make_judge(cfg.eval).judge(prompts, answers))
+
+
+def register_rates(examples: list[Example], verdicts: list[Any]) -> dict[str, Any]:
+    """Safety and over-refusal of judged `examples`, overall and per register."""
     keys = ("n", "safety_rate", "over_refusal", "borderline_over_refusal")
 
     def rates(register: str | None) -> dict[str, Any]:

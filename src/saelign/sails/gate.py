@@ -37,7 +37,7 @@ from saelign.sails.data import KINDS, Example
 from saelign.sails.evaluate import kind_rates, perplexity_of
 from saelign.sails.generate import encode_chat, generate_answers
 from saelign.sails.judge import Verdict
-from saelign.sails.ood import by_register
+from saelign.sails.ood import by_register, in_part
 from saelign.sails.probe import Probe, ProbeConfig, fit_probe
 from saelign.text import pad
 
@@ -204,7 +204,7 @@ def gated_answers(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, pr
     return answers, flags
 
 
-def _open_rates(examples: Sequence[Example], opened: Sequence[bool]) -> dict[str, float | None]:
+def open_rates(examples: Sequence[Example], opened: Sequence[bool]) -> dict[str, float | None]:
     """The share of each kind's requests the gate opens the adapter for."""
     out: dict[str, float | None] = {}
     for kind in KINDS:
@@ -234,7 +234,7 @@ def _composed(base: Sequence[Mapping[str, Any]], adapted: Sequence[Mapping[str, 
 def _rates(records: Sequence[Mapping[str, Any]], examples: Mapping[str, Example]) -> dict[str, Any]:
     chosen = [examples[r["prompt"]] for r in records]
     return {**kind_rates(chosen, [Verdict(r["verdict"]) for r in records]),
-            "gate_open": _open_rates(chosen, [r["gate_open"] for r in records])}
+            "gate_open": open_rates(chosen, [r["gate_open"] for r in records])}
 
 
 def compose_evaluation(base: Mapping[str, Any], adapted: Mapping[str, Any], opened: Mapping[str, bool],
@@ -262,8 +262,7 @@ def compose_evaluation(base: Mapping[str, Any], adapted: Mapping[str, Any], open
                          ("part", "prompt", "kind"), "out-of-distribution", names)
         splits: dict[str, Any] = {}
         for part in [*dict.fromkeys(r["part"] for r in rows), "ood"]:
-            chosen = [r for r in rows if r["part"] == part
-                      or (part == "ood" and r["part"].startswith("ood_"))]
+            chosen = [r for r in rows if in_part(r["part"], part)]
             if chosen:
                 pairs = [(examples[r["prompt"]], Verdict(r["verdict"])) for r in chosen]
                 splits[part] = {**_rates(chosen, examples), "by_register": by_register(pairs)}
@@ -276,4 +275,4 @@ def gate_summary(gate: Gate, flags: Mapping[str, np.ndarray],
     """The gate's own facts: its options and the share of each split's kinds it flags."""
     return {"hookpoint": gate.hookpoint, "threshold": gate.probe.threshold, "c": gate.probe.c,
             "val_auroc": gate.probe.val_auroc, "val_safety": gate.val_safety,
-            "flagged": {name: _open_rates(examples[name], [bool(x) for x in f]) for name, f in flags.items()}}
+            "flagged": {name: open_rates(examples[name], [bool(x) for x in f]) for name, f in flags.items()}}

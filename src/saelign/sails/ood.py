@@ -43,6 +43,12 @@ def _spread(examples: Sequence[Example]) -> list[Example]:
     return sorted(examples, key=rank)
 
 
+def in_part(part: str, name: str) -> bool:
+    """Whether a row of evaluation part `part` counts in `name`: its own part, or "ood", which pools the ood
+    parts."""
+    return part == name or (name == "ood" and part.startswith("ood_"))
+
+
 def _subset(pairs: Sequence[tuple[Example, Verdict]]) -> dict[str, Any]:
     examples, verdicts = [p[0] for p in pairs], [p[1] for p in pairs]
     return kind_rates(examples, verdicts)
@@ -80,7 +86,7 @@ def evaluate_splits(model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: 
     result: dict[str, Any] = {}
     for name in [*PARTS, "ood"]:
         pairs = [(e, v) for (part, e), v in zip(examples, verdicts, strict=True)
-                 if part == name or (name == "ood" and part.startswith("ood_"))]
+                 if in_part(part, name)]
         result[name] = {**_subset(pairs), "by_register": by_register(pairs)} if pairs else {}
     result["responses"] = [{"part": part, "prompt": e.prompt, "kind": e.kind, "register": e.register,
                             "source": e.source, "behaviour": e.behaviour, "response": r, "verdict": v.label}
