@@ -6,9 +6,12 @@ threshold that flags 95 % of the val harmful prompts. The val split asks only th
 cannot rank read-outs for requests in other forms. This bench reads each candidate on the out-of-distribution
 validation set of `bench_sails_term.py --ood-val-per-kind` (behaviours left out of every split, asked in every
 register the run does not train on; no test behaviour) with the base model alone: a gate's decision needs no
-adapter. Candidates: the residual after each block of `--layers` at the last prompt token (the probe ceiling's
-grid), each with its threshold set on val at each level of `--levels`. Each probe is fitted on the train split
-and its strength chosen on val, as the pipeline's gate stage does.
+adapter. Candidates: the residual after each block of `--layers` (the probe ceiling's grid), read at the last
+prompt token or averaged over the request's tokens (`--poolings`), each probe fitted once on the train split
+with its strength chosen on val (as the pipeline's gate stage does) and its threshold set on val at each level
+of `--levels`. (The mean pooling and the levels between 0.95 and 0.99 joined the grid after its first runs,
+which read the OOD validation set only, showed most OOD harmful prompts scoring between the 0.95 and 0.99
+thresholds.)
 
 The rule, fixed before the run: the highest share of flagged harmful prompts minus flagged harmless prompts on
 the OOD validation set; ties go to the pipeline's hookpoint, then to the lower level. Writes
@@ -41,9 +44,10 @@ from bench_sails_term import ood_validation
 from common import write_result
 from saelign.progress import setup_logging
 from saelign.sails.data import REGISTERS, Example, reworded
-from saelign.sails.gate import GateConfig, fit_gate_on, open_rates, request_features
+from saelign.sails.gate import POOLINGS, GateConfig, fit_gate_on, open_rates, request_features
 from saelign.sails.pipeline import stored_config
 from saelign.sails.presets import resolve_config
+from saelign.sails.probe import safety_threshold
 from saelign.sails.rundir import RunDir
 from saelign.sails.stages import STAGES
 
@@ -71,16 +75,18 @@ def margin(rates: dict[str, Any]) -> float:
     return (rates["harmful"] or 0.0) - (rates["harmless"] or 0.0)
 
 
-def candidates(x: dict[str, dict[str, np.ndarray]], splits: dict[str, list[Example]], levels: list[float],
-               base: GateConfig) -> list[dict[str, Any]]:
-    """Every (hookpoint, level): its probe fitted on train (C on val), its flag rates on val and ood_val."""
+def candidates(x: dict[tuple[str, str], dict[str, np.ndarray]], splits: dict[str, list[Example]],
+               levels: list[float], base: GateConfig) -> list[dict[str, Any]]:
+    """Every (pooling, hookpoint) read-out, its probe fitted once on train (C on val), at every level (its
+    threshold on val): the flag rates on val and ood_val."""
     rows = []
-    for hookpoint, features in x.items():
+    for (pooling, hookpoint), features in x.items():
+        cfg = GateConfig(**{**base.__dict__, "hookpoint": hookpoint, "pooling": pooling})
+        gate = fit_gate_on(features["train"], splits["train"], features["val"], splits["val"], hookpoint, cfg)
+        val_harmful = gate.probe.scores(features["val"])[[e.kind == "harmful" for e in splits["val"]]]
         for level in levels:
-            cfg = GateConfig(**{**base.__dict__, "val_safety": level, "hookpoint": hookpoint})
-            gate = fit_gate_on(features["train"], splits["train"], features["val"], splits["val"], hookpoint,
-                               cfg)
-            rows.append({"hookpoint": hookpoint, "val_safety": level, "c": gate.probe.c,
+            gate.probe.threshold, gate.val_safety = safety_threshold(val_harmful, level), level
+            rows.append({"hookpoint": hookpoint, "pooling": pooling, "val_safety": level, "c": gate.probe.c,
                          "val_auroc": round(gate.probe.val_auroc, 4),
                          **{name: flag_rates(gate.flags(features[name]), splits[name])
                             for name in ("val", "ood_val")}})
@@ -89,9 +95,9 @@ def candidates(x: dict[str, dict[str, np.ndarray]], splits: dict[str, list[Examp
 
 def choose(rows: list[dict[str, Any]], pipeline_hookpoint: str) -> dict[str, Any]:
     """The rule: highest harmful - harmless flag share on ood_val; ties: the pipeline's hookpoint, then the
-    lower level."""
+    last-token read-out, then the lower level."""
     return max(rows, key=lambda r: (round(margin(r["ood_val"]), 6), r["hookpoint"] == pipeline_hookpoint,
-                                    -r["val_safety"]))
+                                    r["pooling"] == "last", -r["val_safety"]))
 
 
 def main() -> int:
@@ -103,8 +109,10 @@ def main() -> int:
                         help="the OOD validation set's behaviours: left out of every split (quick), or the "
                              "val split's (full, where none is left out); asked in the untrained registers")
     parser.add_argument("--layers", default=DEFAULT_LAYERS, help="comma-separated block indices")
-    parser.add_argument("--levels", default="0.9,0.95,0.99,1.0",
+    parser.add_argument("--levels", default="0.9,0.95,0.96,0.97,0.98,0.99,1.0",
                         help="val harmful shares the threshold flags")
+    parser.add_argument("--poolings", default="last,mean",
+                        help=f"comma-separated prompt-token poolings of the read-out ({', '.join(POOLINGS)})")
     args = parser.parse_args()
     setup_logging()
     began, load_before = time.perf_counter(), os.getloadavg()
@@ -122,15 +130,23 @@ def main() -> int:
               "preset every behaviour is in a split); use --ood-val-from val", file=sys.stderr)
         return 2
     hookpoints = [f"model.layers.{i}" for i in args.layers.split(",")]
+    poolings = args.poolings.split(",")
+    if unknown := sorted(set(poolings) - set(POOLINGS)):
+        print(f"--poolings: {unknown} not among {', '.join(POOLINGS)}", file=sys.stderr)
+        return 2
     prompts = [e.prompt for s in splits.values() for e in s]
-    every = request_features(run.model, run.tokenizer, prompts, hookpoints, cfg.gate.batch_size,
-                             cfg.gate.max_length)
     ends = np.cumsum([len(s) for s in splits.values()])[:-1]
-    x = {hp: dict(zip(splits, np.split(every[hp], ends), strict=True)) for hp in hookpoints}
+    x = {}
+    for pooling in poolings:
+        every = request_features(run.model, run.tokenizer, prompts, hookpoints, cfg.gate.batch_size,
+                                 cfg.gate.max_length, pooling)
+        x.update({(pooling, hp): dict(zip(splits, np.split(every[hp], ends), strict=True))
+                  for hp in hookpoints})
     levels = [float(v) for v in args.levels.split(",")]
     rows = candidates(x, splits, levels, cfg.gate)
-    default = next(r for r in rows if r["hookpoint"] == (cfg.gate.hookpoint or cfg.hookpoint)
-                   and r["val_safety"] == GateConfig().val_safety)
+    defaults = GateConfig()
+    default = next((r for r in rows if r["hookpoint"] == cfg.hookpoint and r["pooling"] == defaults.pooling
+                    and r["val_safety"] == defaults.val_safety), None)
     chosen = choose(rows, cfg.hookpoint)
     write_result(f"sails_gate_{cfg.preset}_validation", {
         "run": str(run_dir.resolve()), "preset": cfg.preset, "ood_val_from": args.ood_val_from,
@@ -141,17 +157,18 @@ def main() -> int:
         "selection_rule": "The highest flagged harmful share minus flagged harmless share on the out-of-"
                           "distribution validation set; ties: the pipeline's hookpoint, then the lower "
                           "level.",
-        "default": {k: default[k] for k in ("hookpoint", "val_safety")},
-        "chosen": {k: chosen[k] for k in ("hookpoint", "val_safety")},
+        "default": default and {k: default[k] for k in ("hookpoint", "pooling", "val_safety")},
+        "chosen": {k: chosen[k] for k in ("hookpoint", "pooling", "val_safety")},
         "candidates": rows, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "wall_seconds": round(time.perf_counter() - began, 1)})
     for r in rows:
         val, ood = r["val"], r["ood_val"]
-        print(f"{r['hookpoint']:>16} {r['val_safety']:.2f}  val {val['harmful']:.2f}/{val['harmless']:.2f}"
+        print(f"{r['pooling']:>4} {r['hookpoint']:>16} {r['val_safety']:.2f}  val "
+              f"{val['harmful']:.2f}/{val['harmless']:.2f}"
               f"  ood_val {ood['harmful']:.2f}/{ood['harmless']:.2f}  margin "
               f"{margin(ood):+.3f}")
-    print(f"chosen: {chosen['hookpoint']} at {chosen['val_safety']}")
+    print(f"chosen: {chosen['pooling']} {chosen['hookpoint']} at {chosen['val_safety']}")
     return 0
 
 

@@ -57,7 +57,8 @@ def gate_options(dirs: list[Path]) -> dict | None:
     if path is None or not path.is_file():
         return None
     summary = read_json(path, "gate summary")
-    return {k: summary[k] for k in ("hookpoint", "val_safety", "threshold", "c", "val_auroc")}
+    return {"pooling": summary.get("pooling", "last"),  # gates fitted before pooling was an option
+            **{k: summary[k] for k in ("hookpoint", "val_safety", "threshold", "c", "val_auroc")}}
 
 
 def main() -> int:

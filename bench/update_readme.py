@@ -254,7 +254,8 @@ def seeds_section(r: dict) -> list[str]:
     layer = r.get("config_layer")  # --config over the preset: say which, the header is otherwise the preset's
     over = f"over the preset: `{json.dumps(layer, separators=(', ', ': '))}`; " if layer else ""
     if r.get("gate"):  # METHOD+gate rows: say which read-out gated them
-        over += f"METHOD+gate: the gate's probe at {r['gate']['hookpoint']}, level {r['gate']['val_safety']:g}; "
+        pooled = " (mean over the request's tokens)" if r["gate"].get("pooling") == "mean" else ""
+        over += f"METHOD+gate: the gate's probe at {r['gate']['hookpoint']}{pooled}, level {r['gate']['val_safety']:g}; "
     lines = [f"**SAILS under {len(r['seeds'])} seed{plural}** (preset `{r['preset']}`, seed{plural} "
              f"{seed_list(r)}; {budget}; {weight}{over}"
              f"{r['shared_across_seeds']}. Mean and 95 % interval of a bootstrap that resamples seeds and prompts "

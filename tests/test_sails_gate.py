@@ -24,6 +24,7 @@ from saelign.sails.gate import (
     gated_flags,
     load_gate,
     request_features,
+    residual_features,
 )
 from saelign.sails.generate import generate_answers
 from saelign.sails.probe import Probe
@@ -62,8 +63,36 @@ def test_a_bad_gate_file_names_the_file_and_the_fix(tmp_path):
         load_gate(folder)
 
 
+def test_the_pooling_is_saved_and_a_gate_from_before_it_reads_the_last_token(tmp_path):
+    gate = _gate(8)
+    gate.pooling = "mean"
+    folder = gate.save(tmp_path / "gate")
+    assert load_gate(folder).pooling == "mean"
+    meta = json.loads((folder / "gate.json").read_text())
+    (folder / "gate.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "pooling"}))
+    assert load_gate(folder).pooling == "last"
+    (folder / "gate.json").write_text(json.dumps({**meta, "pooling": "max"}))
+    with pytest.raises(SaelignError, match=r"gate\.json: pooling 'max'.*refit the gate"):
+        load_gate(folder)
+
+
+def test_mean_pooling_averages_every_token_but_the_first(tiny_llama):
+    rows = [[5, 9, 13, 17, 21], [7, 11, 3]]
+    last = residual_features(tiny_llama, rows, ["model.layers.1"], batch_size=2)["model.layers.1"]
+    mean = residual_features(tiny_llama, rows, ["model.layers.1"], batch_size=2,
+                             pooling="mean")["model.layers.1"]
+    for i, ids in enumerate(rows):  # each row alone, unpadded: every token's residual
+        with torch.no_grad():
+            out = tiny_llama(torch.tensor([ids]), output_hidden_states=True)
+        hidden = out.hidden_states[2][0]  # after block 1
+        assert np.allclose(last[i], hidden[-1].numpy(), atol=1e-4)
+        assert np.allclose(mean[i], hidden[1:].mean(0).numpy(), atol=1e-4)
+    assert not np.allclose(mean, last, atol=1e-2)
+
+
 @pytest.mark.parametrize("field, value, message", [
-    ("val_safety", 0.0, "val_safety"), ("val_safety", 1.5, r"\(0, 1\]"), ("c_grid", [], "c_grid"),
+    ("pooling", "max", "gate.pooling must be one of last, mean"), ("val_safety", 0.0, "val_safety"),
+    ("val_safety", 1.5, r"\(0, 1\]"), ("c_grid", [], "c_grid"),
     ("batch_size", 0, "batch_size")])
 def test_bad_gate_options_are_refused(field, value, message):
     with pytest.raises(SaelignError, match=message):

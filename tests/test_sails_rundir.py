@@ -80,3 +80,16 @@ def test_run_folders_made_before_the_retain_term_keep_their_keys(tmp_path):
     run = RunDir(tmp_path, SailsConfig(), STAGES)
     assert run.key("train:sails") == "cc36b3066979d255"
     assert "retain_weight" not in run.components("train:sails")["sft"]
+
+
+def test_a_changed_gate_or_base_evaluation_rekeys_and_clears_every_gated_unit(tmp_path):
+    """gated:M composes eval/base.json, eval/M.json and the gate's decisions: a new gate (another read-out) or a
+    new base evaluation must redo it, or the old composition would pass for the new gate's."""
+    cfg = dataclasses.replace(SailsConfig(), methods=["sails", "lora"],
+                              gate=dataclasses.replace(SailsConfig().gate, enabled=True))
+    moved = dataclasses.replace(cfg, gate=dataclasses.replace(cfg.gate, hookpoint="model.layers.27"))
+    before, after = RunDir(tmp_path, cfg, STAGES), RunDir(tmp_path, moved, STAGES)
+    rekeyed = {u for u in before.units(list(STAGES)) if u != "report" and before.key(u) != after.key(u)}
+    assert rekeyed == {"gate:gate", "gated:sails", "gated:lora"}
+    assert {"gated:sails", "gated:lora"} <= set(before.downstream("gate:gate"))
+    assert "gated:sails" in before.downstream("eval:base") and "gate:gate" in before.upstream("gated:lora")

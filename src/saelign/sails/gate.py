@@ -8,7 +8,8 @@ the refusal, the probe decides when. It is the conditional form of activation st
 2024) applied to a trained adapter.
 
 The probe (`saelign.sails.probe.fit_probe`) reads the residual stream at `hookpoint` at the last prompt token
-of the chat-rendered request, with the adapter off. It is fitted on the train split, harmful against harmless
+of the chat-rendered request (or, with `pooling="mean"`, its average over the request's tokens), with the
+adapter off. It is fitted on the train split, harmful against harmless
 and borderline, its strength and threshold chosen on the val split (the highest score that flags
 `val_safety` of the val harmful prompts). Nothing else is chosen anywhere.
 
@@ -22,7 +23,7 @@ judged again."""
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -39,19 +40,24 @@ from saelign.sails.generate import encode_chat, generate_answers
 from saelign.sails.judge import Verdict
 from saelign.sails.ood import by_register, in_part
 from saelign.sails.probe import Probe, ProbeConfig, fit_probe
+from saelign.sails.select import position_mask
 from saelign.text import pad
 
 FORMAT = "saelign.sails.gate/1"
 TENSORS, META = "gate.safetensors", "gate.json"
 SUFFIX = "+gate"  # the gated model of method m is evaluated as "m+gate"
+POOLINGS = {"last": "last", "mean": "all"}  # the gate's pooling -> select.position_mask's positions
+Pooling = Literal["last", "mean"]
 
 
 @dataclass
 class GateConfig:
     enabled: bool = help_field(False, "also evaluate every method behind a refusal gate: the adapter answers "
                                       "only requests a probe on the base model's activations flags (gate/)")
-    hookpoint: str = help_field("", "residual hookpoint the gate's probe reads at the last prompt token "
-                                    "(empty: the pipeline's hookpoint)")
+    hookpoint: str = help_field("", "residual hookpoint the gate's probe reads (empty: the pipeline's "
+                                    "hookpoint)")
+    pooling: Pooling = help_field("last", "prompt tokens the probe reads: last (the assistant header's last "
+                                          "token) or mean (the average over every token but the first)")
     val_safety: float = help_field(0.95, "the gate's threshold: the highest probe score that flags this "
                                          "share of the val harmful prompts")
     c_grid: list[float] = help_field([1e-3, 1e-2, 1e-1, 1.0, 10.0], "inverse L2 strengths of the probe "
@@ -64,6 +70,8 @@ class GateConfig:
                                           "e.g. 0.95 flags 95 % of the val harmful prompts")
         require(bool(self.c_grid) and all(c > 0 for c in self.c_grid),
                 f"gate.c_grid must hold positive values, got {self.c_grid}")
+        require(self.pooling in POOLINGS, f"gate.pooling must be one of {', '.join(POOLINGS)}, got "
+                                          f"{self.pooling!r}")
         require(self.batch_size >= 1 and self.max_length >= 1, f"gate.batch_size and gate.max_length must "
                                                                 f"be positive, got {self.batch_size}, "
                                                                 f"{self.max_length}")
@@ -75,6 +83,7 @@ class Gate:
     probe: Probe
     val_safety: float
     max_length: int = 256
+    pooling: str = "last"
 
     def flags(self, features: np.ndarray) -> np.ndarray:
         return self.probe.scores(features) >= self.probe.threshold
@@ -88,7 +97,8 @@ class Gate:
                                                for k, v in vectors.items()})
         write_json_atomic(folder / META, {
             "format": FORMAT, "hookpoint": self.hookpoint, "intercept": p.intercept, "threshold": p.threshold,
-            "c": p.c, "val_auroc": p.val_auroc, "val_safety": self.val_safety, "max_length": self.max_length})
+            "c": p.c, "val_auroc": p.val_auroc, "val_safety": self.val_safety, "max_length": self.max_length,
+            "pooling": self.pooling})
         return folder
 
 
@@ -110,15 +120,20 @@ def load_gate(folder: str | Path) -> Gate:
     probe = Probe(tensors["mean"].numpy(), tensors["scale"].numpy(), tensors["coef"].numpy(),
                   float(meta["intercept"]), float(meta["c"]), float(meta["val_auroc"]),
                   float(meta["threshold"]))
-    return Gate(str(meta["hookpoint"]), probe, float(meta["val_safety"]), int(meta["max_length"]))
+    pooling = str(meta.get("pooling", "last"))  # gates written before pooling was an option: last token
+    require(pooling in POOLINGS, f"{folder / META}: pooling {pooling!r} is not one of {', '.join(POOLINGS)}; "
+                                 "refit the gate")
+    return Gate(str(meta["hookpoint"]), probe, float(meta["val_safety"]), int(meta["max_length"]), pooling)
 
 
 @torch.inference_mode()
-def last_token_features(model: PreTrainedModel, rows: Sequence[Sequence[int]], hookpoints: Sequence[str],
-                        batch_size: int = 16) -> dict[str, np.ndarray]:
-    """{hookpoint: [n_rows, d_model]}: the residual at each token-id row's last token (fp32); the forward
+def residual_features(model: PreTrainedModel, rows: Sequence[Sequence[int]], hookpoints: Sequence[str],
+                      batch_size: int = 16, pooling: str = "last") -> dict[str, np.ndarray]:
+    """{hookpoint: [n_rows, d_model]}: the residual of each token-id row (fp32) at its last token
+    (`pooling="last"`) or averaged over its tokens but the first, the attention sink (`"mean"`); the forward
     stops after the last hookpoint. A PEFT model is read as it is: disable its adapter for the base's."""
     require(len(rows) > 0 and all(len(r) for r in rows), "the gate needs at least one non-empty request")
+    require(pooling in POOLINGS, f"gate pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
     resolved = resolve_hookpoints(model, list(hookpoints))
     device = next(model.parameters()).device
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths together: less padding
@@ -128,20 +143,21 @@ def last_token_features(model: PreTrainedModel, rows: Sequence[Sequence[int]], h
         picked = order[start:start + batch_size]
         ids, mask = pad([rows[i] for i in picked], 0)
         captured = forward_capture(model, resolved, ids.to(device), mask.to(device), stop_early=True)
-        last = (mask.sum(1) - 1).to(device)
+        keep = position_mask(mask.sum(1), ids.shape[1], POOLINGS[pooling]).to(device)
+        weights = keep.float() / keep.sum(1, keepdim=True)  # [batch, width]: the pooled tokens' mean
         for hp in resolved:
-            chunks[hp].append(captured[hp][torch.arange(len(picked), device=device), last].float().cpu())
+            chunks[hp].append(torch.einsum("bt,btd->bd", weights, captured[hp].float()).cpu())
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
     return {hp: torch.cat(chunks[r])[inverse].numpy() for hp, r in zip(hookpoints, resolved, strict=True)}
 
 
 def request_features(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
-                     hookpoints: Sequence[str], batch_size: int = 16,
-                     max_length: int = 256) -> dict[str, np.ndarray]:
-    """`last_token_features` of the chat-rendered requests (the assistant header's last token)."""
+                     hookpoints: Sequence[str], batch_size: int = 16, max_length: int = 256,
+                     pooling: str = "last") -> dict[str, np.ndarray]:
+    """`residual_features` of the chat-rendered requests (last: the assistant header's last token)."""
     rows = [ids[-max_length:] for ids in encode_chat(tokenizer, prompts)]
-    return last_token_features(model, rows, hookpoints, batch_size)
+    return residual_features(model, rows, hookpoints, batch_size, pooling)
 
 
 def fit_gate_on(x_train: np.ndarray, train: Sequence[Example], x_val: np.ndarray, val: Sequence[Example],
@@ -149,14 +165,15 @@ def fit_gate_on(x_train: np.ndarray, train: Sequence[Example], x_val: np.ndarray
     """The gate's probe on activations read at `hookpoint`: fitted on train, C and threshold chosen on val."""
     probe_cfg = ProbeConfig(c_grid=list(cfg.c_grid), val_safety=cfg.val_safety)
     probe = fit_probe(x_train, train, x_val, val, probe_cfg)
-    return Gate(hookpoint, probe, cfg.val_safety, cfg.max_length)
+    return Gate(hookpoint, probe, cfg.val_safety, cfg.max_length, cfg.pooling)
 
 
 def fit_gate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: Sequence[Example],
              val: Sequence[Example], hookpoint: str, cfg: GateConfig) -> Gate:
     """The gate's probe on the base `model`'s activations, fitted on `train`; C and threshold from `val`."""
     x_train, x_val = (request_features(model, tokenizer, [e.prompt for e in split], [hookpoint],
-                                       cfg.batch_size, cfg.max_length)[hookpoint] for split in (train, val))
+                                       cfg.batch_size, cfg.max_length, cfg.pooling)[hookpoint]
+                      for split in (train, val))
     return fit_gate_on(x_train, train, x_val, val, hookpoint, cfg)
 
 
@@ -172,7 +189,8 @@ def _adapter_off(model: torch.nn.Module) -> Any:
 def base_flags(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], gate: Gate,
                batch_size: int = 16) -> np.ndarray:
     """Which `prompts` the gate opens the adapter for, read from the plain base `model`."""
-    features = request_features(model, tokenizer, prompts, [gate.hookpoint], batch_size, gate.max_length)
+    features = request_features(model, tokenizer, prompts, [gate.hookpoint], batch_size, gate.max_length,
+                                gate.pooling)
     return gate.flags(features[gate.hookpoint])
 
 
@@ -273,6 +291,6 @@ def compose_evaluation(base: Mapping[str, Any], adapted: Mapping[str, Any], open
 def gate_summary(gate: Gate, flags: Mapping[str, np.ndarray],
                  examples: Mapping[str, Sequence[Example]]) -> dict[str, Any]:
     """The gate's own facts: its options and the share of each split's kinds it flags."""
-    return {"hookpoint": gate.hookpoint, "threshold": gate.probe.threshold, "c": gate.probe.c,
-            "val_auroc": gate.probe.val_auroc, "val_safety": gate.val_safety,
+    return {"hookpoint": gate.hookpoint, "pooling": gate.pooling, "threshold": gate.probe.threshold,
+            "c": gate.probe.c, "val_auroc": gate.probe.val_auroc, "val_safety": gate.val_safety,
             "flagged": {name: open_rates(examples[name], [bool(x) for x in f]) for name, f in flags.items()}}

@@ -55,6 +55,7 @@ class Stage:
     outputs: tuple[str, ...] = ()  # files that mark a unit done ("{name}": its method); none: always rerun
     keys: tuple[str, ...] = ()  # SailsConfig sections or fields (dotted) the outputs depend on
     upstream: tuple[str, ...] = ()  # stages whose outputs it reads
+    reads: tuple[str, ...] = ()  # single units of other per-method stages it also reads (gated: gate:gate)
     folder: str = ""  # removed, with any checkpoints in it, before a unit is redone
     per: Callable[[SailsConfig], Sequence[str]] | None = None  # the methods/models of a per-method stage
     # Options newer than some run folders (dotted, within `keys`), at the value those runs effectively used:
@@ -136,7 +137,7 @@ class RunDir:
                 out += [f"{u.name}:{m}" for m in u.per(self.cfg)]
             elif name in u.per(self.cfg):  # eval:base reads no train:base
                 out.append(f"{u.name}:{name}")
-        return out
+        return out + [u for u in stage.reads if u in self.units([u.partition(":")[0]])]
 
     def complete(self, unit: str) -> bool:
         """Done under the current options, and so is everything it read: its result may be reported."""
@@ -198,6 +199,9 @@ class RunDir:
                 for other in self.units([later.name]):
                     if not (stage.per and later.per) or self._split(other)[1] == name:
                         out += [other, *self.downstream(other)]
+            if unit in later.reads:
+                for other in self.units([later.name]):
+                    out += [other, *self.downstream(other)]
         return list(dict.fromkeys(out))
 
     def clear(self, unit: str) -> None:

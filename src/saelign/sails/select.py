@@ -87,14 +87,15 @@ def _check_sae(model: PreTrainedModel, sae: SAE, hookpoint: str) -> None:
                            "load the SAE trained at that hookpoint or change hookpoints")
 
 
-def _position_mask(lengths: torch.Tensor, width: int, cfg: FeatureSelectConfig) -> torch.Tensor:
-    """[batch, width] bool: which tokens of each right-padded prompt are pooled."""
+def position_mask(lengths: torch.Tensor, width: int, positions: str, last_n: int = 4) -> torch.Tensor:
+    """[batch, width] bool: which tokens of each right-padded row of `lengths` tokens are pooled under
+    `positions` (last, last_n, or all but the first)."""
     index = torch.arange(width).unsqueeze(0)
     last = (lengths - 1).unsqueeze(1)
-    if cfg.positions == "last":
+    if positions == "last":
         return index == last
-    if cfg.positions == "last_n":
-        first = (last - cfg.last_n + 1).clamp_min(1)
+    if positions == "last_n":
+        first = (last - last_n + 1).clamp_min(1)
     else:
         first = torch.ones_like(last)
     # Position 0 is the attention sink (huge norm, masked out of SAE training); keep it only for 1-token prompts.
@@ -118,7 +119,7 @@ def pooled_activations(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
         rows = order[start:start + cfg.batch_size]
         ids, mask = pad([encoded[i] for i in rows], pad_id)
         captured = forward_capture(model, hookpoints, ids.to(device), mask.to(device), stop_early=True)
-        keep = _position_mask(mask.sum(1), ids.shape[1], cfg)
+        keep = position_mask(mask.sum(1), ids.shape[1], cfg.positions, cfg.last_n)
         counts = keep.sum(1, keepdim=True).float()
         with torch.inference_mode():
             for hp in hookpoints:

@@ -47,8 +47,8 @@ from saelign.sails.gate import (
     compose_evaluation,
     fit_gate_on,
     gate_summary,
-    last_token_features,
     request_features,
+    residual_features,
 )
 from saelign.sails.generate import chat_text
 from saelign.sails.judge import OfflineJudge, PrefixJudge, judge_agreement
@@ -257,14 +257,14 @@ def gate_stage(run: RunDir, _: str) -> dict[str, Any]:
     require("train" in splits and "val" in splits, "the gate is fitted on the train split and thresholded on the "
                                                    "val split: give data.val_fraction > 0 (--data-val-fraction)")
     every = request_features(run.model, run.tokenizer, [e.prompt for s in splits.values() for e in s],
-                             [hookpoint], cfg.gate.batch_size, cfg.gate.max_length)[hookpoint]
+                             [hookpoint], cfg.gate.batch_size, cfg.gate.max_length, cfg.gate.pooling)[hookpoint]
     ends = list(itertools.accumulate(len(s) for s in splits.values()))
     x = dict(zip(splits, np.split(every, ends[:-1]), strict=True))
     gate = fit_gate_on(x["train"], splits["train"], x["val"], splits["val"], hookpoint, cfg.gate)
     flags = {name: gate.flags(features) for name, features in x.items()}
     contexts = run.capability.contexts
-    context_open = (gate.flags(last_token_features(run.model, contexts.tolist(), [hookpoint],
-                                                   cfg.gate.batch_size)[hookpoint]).tolist()
+    context_open = (gate.flags(residual_features(run.model, contexts.tolist(), [hookpoint], cfg.gate.batch_size,
+                                                 cfg.gate.pooling)[hookpoint]).tolist()
                     if contexts.numel() else [])
     gate.save(run.path("gate"))
     opened = {e.prompt: bool(f) for name in ("test", "ood") if name in flags
@@ -433,7 +433,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           upstream=("data",), folder="gate", per=lambda cfg: ["gate"] if cfg.gate.enabled else []),
     Stage("gated", f"each method behind the gate: its answers where the gate opens, the base model's "
           f"elsewhere (eval/METHOD{GATED}.json)", gated_stage, outputs=(f"eval/{{name}}{GATED}.json",),
-          upstream=("gate", "eval"), per=lambda cfg: cfg.methods if cfg.gate.enabled else []),
+          upstream=("eval",), reads=("gate:gate", "eval:base"),
+          per=lambda cfg: cfg.methods if cfg.gate.enabled else []),
     Stage("effect", "which labelled SAE latents each adapter pushed up or down (effect/)", effect_stage,
           outputs=("effect/{name}.json",), keys=("effect_top",), upstream=("train", "labels"),
           per=lambda cfg: cfg.methods),
