@@ -599,8 +599,8 @@ def two_hop_swap_lines(r: dict) -> list[str]:
     return lines + ["", machine_line(r)]
 
 
-# bench_sails_term.py's results (sails_<term>_<preset>_validation / _compare), not runs of the pipeline
-TERM_SWEEPS = ("sails_retain_", "sails_unlikelihood_", "sails_consistency_", "sails_gate_")
+# choices made on validation and paired comparisons (bench_sails_term.py, bench_sails_gate*.py, bench_sails_paired.py)
+TERM_SWEEPS = ("sails_retain_", "sails_unlikelihood_", "sails_consistency_", "sails_gate_", "sails_paired_")
 
 
 def main() -> None:
