@@ -1,0 +1,29 @@
+"""Every config layer in bench/data/configs resolves over both presets into a valid SailsConfig: a renamed or
+mistyped option there would otherwise surface only hours into a benchmark run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from saelign.configs import load_config_file
+from saelign.sails.presets import preset_layer, resolve_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "bench" / "data" / "configs").glob("*.y*ml"))
+
+
+def test_the_bench_config_folder_is_found():
+    assert CONFIGS
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+@pytest.mark.parametrize("preset", ["quick", "full"])
+def test_each_bench_config_resolves(path, preset):
+    layer = load_config_file(str(path))
+    cfg = resolve_config([preset_layer(preset), layer])
+    for section, values in layer.items():
+        if isinstance(values, dict):
+            for key, value in values.items():
+                if not isinstance(value, dict):
+                    assert getattr(getattr(cfg, section), key) == value, (path.name, section, key)
