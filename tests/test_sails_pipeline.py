@@ -488,3 +488,25 @@ def test_the_gate_runs_on_a_finished_run_without_redoing_it_and_composes_its_ans
     assert any(line.split()[0] == "sails+gate" for line in capsys.readouterr().out.splitlines() if " safety " in line)
     record = seed_record(run_dir, ["sails", "sails+gate"])
     assert record["models"]["sails+gate"]["result"] == record["models"]["sails"]["result"]
+
+
+def test_a_new_gate_read_out_redoes_the_gate_and_every_gated_evaluation(tmp_path, finished, inputs):
+    """Switching the gate to mean pooling on a gated run refuses without --overwrite, and with it refits the gate
+    and recomposes sails+gate from the new decisions (a gated file keyed on the old gate would survive)."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    pipeline.run_pipeline(tiny_config(inputs, gate={"enabled": True}), run_dir, ["gate", "gated"])
+    keys = {u: json.loads((run_dir / "run.json").read_text())["stages"][u]["key"] for u in ("gate:gate",
+                                                                                              "gated:sails")}
+    pooled = tiny_config(inputs, gate={"enabled": True, "pooling": "mean", "val_safety": 0.9})
+    with pytest.raises(SaelignError, match=r"gate:gate \(gate\).*gated:sails.*--overwrite"):
+        pipeline.run_pipeline(pooled, run_dir, ["gate", "gated"])
+    pipeline.run_pipeline(pooled, run_dir, ["gate", "gated"], overwrite=True)
+    stages = json.loads((run_dir / "run.json").read_text())["stages"]
+    assert all(stages[u]["key"] != key for u, key in keys.items())
+    assert json.loads((run_dir / "gate" / "summary.json").read_text())["pooling"] == "mean"
+    flags = json.loads((run_dir / "gate" / "flags.json").read_text())["prompts"]
+    gated = json.loads((run_dir / "eval" / "sails+gate.json").read_text())["responses"]
+    assert [r["gate_open"] for r in gated] == [flags[r["prompt"]] for r in gated]
