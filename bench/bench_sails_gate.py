@@ -14,7 +14,8 @@ which read the OOD validation set only, showed most OOD harmful prompts scoring 
 thresholds.)
 
 The rule, fixed before the run: the highest share of flagged harmful prompts minus flagged harmless prompts on
-the OOD validation set; ties go to the pipeline's hookpoint, then to the lower level. Writes
+the OOD validation set; ties go to the pipeline's hookpoint, then to the last-token read-out, then to
+the lower level. Writes
 bench/results/sails_gate_<preset>_validation.json: every candidate's flag rates on val and on the OOD
 validation set (overall and per register), the default's and the chosen candidate. Test numbers then come from
 bench_sails_seeds.py --methods sails,sails+gate with the chosen --gate-hookpoint / --gate-val-safety.
@@ -155,8 +156,8 @@ def main() -> int:
               for name, s in splits.items()},
         "ood_val_registers": sorted({e.register or "" for e in splits["ood_val"]}),
         "selection_rule": "The highest flagged harmful share minus flagged harmless share on the out-of-"
-                          "distribution validation set; ties: the pipeline's hookpoint, then the lower "
-                          "level.",
+                          "distribution validation set; ties: the pipeline's hookpoint, then the last-token "
+                          "read-out, then the lower level.",
         "default": default and {k: default[k] for k in ("hookpoint", "pooling", "val_safety")},
         "chosen": {k: chosen[k] for k in ("hookpoint", "pooling", "val_safety")},
         "candidates": rows, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),

@@ -32,16 +32,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from saelign.configs import help_field
 from saelign.errors import SaelignError, require
 from saelign.io import load_tensors, read_json_object, save_tensors_atomic, write_json_atomic
-from saelign.models.hookpoints import forward_capture, resolve_hookpoints
-from saelign.progress import progress
+from saelign.models.hookpoints import resolve_hookpoints
 from saelign.sails.data import KINDS, Example
 from saelign.sails.evaluate import kind_rates, perplexity_of
 from saelign.sails.generate import encode_chat, generate_answers
 from saelign.sails.judge import Verdict
 from saelign.sails.ood import by_register, in_part
 from saelign.sails.probe import Probe, ProbeConfig, fit_probe
-from saelign.sails.select import position_mask
-from saelign.text import pad
+from saelign.sails.select import pooled_rows
 
 FORMAT = "saelign.sails.gate/1"
 TENSORS, META = "gate.safetensors", "gate.json"
@@ -126,7 +124,6 @@ def load_gate(folder: str | Path) -> Gate:
     return Gate(str(meta["hookpoint"]), probe, float(meta["val_safety"]), int(meta["max_length"]), pooling)
 
 
-@torch.inference_mode()
 def residual_features(model: PreTrainedModel, rows: Sequence[Sequence[int]], hookpoints: Sequence[str],
                       batch_size: int = 16, pooling: str = "last") -> dict[str, np.ndarray]:
     """{hookpoint: [n_rows, d_model]}: the residual of each token-id row (fp32) at its last token
@@ -135,21 +132,9 @@ def residual_features(model: PreTrainedModel, rows: Sequence[Sequence[int]], hoo
     require(len(rows) > 0 and all(len(r) for r in rows), "the gate needs at least one non-empty request")
     require(pooling in POOLINGS, f"gate pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
     resolved = resolve_hookpoints(model, list(hookpoints))
-    device = next(model.parameters()).device
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths together: less padding
-    chunks: dict[str, list[torch.Tensor]] = {hp: [] for hp in resolved}
-    batches = range(0, len(order), batch_size)
-    for start in progress(batches, total=len(batches), desc="gate: requests", unit="batch"):
-        picked = order[start:start + batch_size]
-        ids, mask = pad([rows[i] for i in picked], 0)
-        captured = forward_capture(model, resolved, ids.to(device), mask.to(device), stop_early=True)
-        keep = position_mask(mask.sum(1), ids.shape[1], POOLINGS[pooling]).to(device)
-        weights = keep.float() / keep.sum(1, keepdim=True)  # [batch, width]: the pooled tokens' mean
-        for hp in resolved:
-            chunks[hp].append(torch.einsum("bt,btd->bd", weights, captured[hp].float()).cpu())
-    inverse = torch.empty(len(order), dtype=torch.long)
-    inverse[torch.tensor(order)] = torch.arange(len(order))
-    return {hp: torch.cat(chunks[r])[inverse].numpy() for hp, r in zip(hookpoints, resolved, strict=True)}
+    pooled = pooled_rows(model, rows, dict.fromkeys(resolved, lambda x: x), POOLINGS[pooling],
+                         batch_size=batch_size, desc="gate: requests")
+    return {hp: pooled[r].numpy() for hp, r in zip(hookpoints, resolved, strict=True)}
 
 
 def request_features(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],

@@ -108,25 +108,32 @@ def pooled_activations(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
                        cfg: FeatureSelectConfig) -> dict[str, torch.Tensor]:
     """{hookpoint: [n_prompts, width]}: per prompt, the mean of encoders[hookpoint](activation) over the pooled tokens."""
     require(prompts, "no prompts given for feature selection")
+    encoded = [ids[-cfg.max_length:] for ids in encode_chat(tokenizer, prompts)]
+    return pooled_rows(model, encoded, encoders, cfg.positions, cfg.last_n, cfg.batch_size, pad_token_id(tokenizer))
+
+
+@torch.inference_mode()
+def pooled_rows(model: PreTrainedModel, rows: Sequence[Sequence[int]],
+                encoders: Mapping[str, Callable[[torch.Tensor], torch.Tensor]], positions: str, last_n: int = 4,
+                batch_size: int = 8, pad_id: int = 0, desc: str = "select: prompts") -> dict[str, torch.Tensor]:
+    """{hookpoint: [n_rows, width]}: per token-id row, the mean of encoders[hookpoint](activation) over the tokens
+    `positions` pools (`position_mask`); the forward stops after the last hookpoint."""
     hookpoints = list(encoders)
     device = next(model.parameters()).device
-    pad_id = pad_token_id(tokenizer)
-    encoded = [ids[-cfg.max_length:] for ids in encode_chat(tokenizer, prompts)]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths together: less padding
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths together: less padding
     pooled: dict[str, list[torch.Tensor]] = {hp: [] for hp in hookpoints}
-    batches = range(0, len(order), cfg.batch_size)
-    for start in progress(batches, total=len(batches), desc="select: prompts", unit="batch"):
-        rows = order[start:start + cfg.batch_size]
-        ids, mask = pad([encoded[i] for i in rows], pad_id)
+    batches = range(0, len(order), batch_size)
+    for start in progress(batches, total=len(batches), desc=desc, unit="batch"):
+        picked = order[start:start + batch_size]
+        ids, mask = pad([rows[i] for i in picked], pad_id)
         captured = forward_capture(model, hookpoints, ids.to(device), mask.to(device), stop_early=True)
-        keep = position_mask(mask.sum(1), ids.shape[1], cfg.positions, cfg.last_n)
+        keep = position_mask(mask.sum(1), ids.shape[1], positions, last_n)
         counts = keep.sum(1, keepdim=True).float()
-        with torch.inference_mode():
-            for hp in hookpoints:
-                values = encoders[hp](captured[hp][keep.to(device)]).float().cpu()  # [n_kept_tokens, width]
-                owner = torch.arange(len(rows)).repeat_interleave(keep.sum(1))
-                summed = torch.zeros(len(rows), values.shape[1]).index_add_(0, owner, values)
-                pooled[hp].append(summed / counts)
+        for hp in hookpoints:
+            values = encoders[hp](captured[hp][keep.to(device)]).float().cpu()  # [n_kept_tokens, width]
+            owner = torch.arange(len(picked)).repeat_interleave(keep.sum(1))
+            summed = torch.zeros(len(picked), values.shape[1]).index_add_(0, owner, values)
+            pooled[hp].append(summed / counts)
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
     return {hp: torch.cat(chunks)[inverse] for hp, chunks in pooled.items()}
