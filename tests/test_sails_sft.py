@@ -12,7 +12,15 @@ from saelign.errors import SaelignError
 from saelign.sails.chat import encode_pair
 from saelign.sails.evaluate import safety_stop
 from saelign.sails.lora_init import LoraInitConfig, make_peft_model, prepare_full_finetune
-from saelign.sails.sft import IGNORE, SFTConfig, collate, encode_examples, response_loss_sum, train_sft
+from saelign.sails.sft import (
+    IGNORE,
+    SFTConfig,
+    collate,
+    encode_examples,
+    response_loss_sum,
+    shared_opening,
+    train_sft,
+)
 from saelign.sails.subspace import random_subspace
 
 PAIRS = [("How do I bake bread?", "Mix flour, water, salt and yeast."),
@@ -226,3 +234,33 @@ def test_a_checkpoint_of_the_old_single_file_format_is_refused_with_the_fix(toke
     (tmp_path / "checkpoint.safetensors").write_bytes(b"old")
     with pytest.raises(SaelignError, match=r"checkpoint\.safetensors.*delete it"):
         train_sft(lora_model(tokenizer), tokenizer, PAIRS, SFTConfig(steps=1, out=str(tmp_path)))
+
+
+OPENING = "System: you are a helpful assistant who answers briefly.\nUser: "
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("keep_logits", [True, False])
+def test_a_shared_opening_read_once_gives_the_same_loss_and_gradients(tokenizer, arch, keep_logits):
+    pairs = [(OPENING + prompt, response) for prompt, response in PAIRS]
+    batch = collate(encode_examples(tokenizer, pairs, max_length=128), tokenizer.pad_token_id)
+    shared = shared_opening(batch["input_ids"], batch["attention_mask"])
+    assert shared >= len(tokenizer(OPENING)["input_ids"]) - 1
+    results = []
+    for share in (True, False):
+        model = lora_model(tokenizer) if arch == "llama" else make_tiny_model("gpt2", len(tokenizer))
+        model.train(arch == "llama")  # the tiny GPT-2 has dropout: its draws would differ between the paths
+        read = []
+        blocks = model.get_base_model().model.layers if arch == "llama" else model.transformer.h
+        handle = blocks[0].register_forward_pre_hook(lambda _, args, read=read: read.append(args[0].shape[:2]))
+        loss = response_loss_sum(model, batch, keep_logits, share_opening=share)
+        loss.backward()
+        handle.remove()
+        results.append((float(loss.detach()), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}, read))
+    (shared_loss, shared_grads, shared_read), (loss, grads, read) = results
+    width = batch["input_ids"].shape[1]
+    assert read == [torch.Size([4, width])] and shared_read == [(1, shared), (4, width - shared)]
+    assert shared_loss == pytest.approx(loss, rel=1e-5)
+    assert sum(float(g.abs().sum()) for g in grads.values()) > 0
+    for name, g in grads.items():
+        torch.testing.assert_close(shared_grads[name], g, atol=1e-6, rtol=1e-4, msg=name)

@@ -14,6 +14,7 @@ from conftest import tiny_config
 from saelign.errors import SaelignError
 from saelign.models import patch_output
 from saelign.text import decode_steps, greedy_decode, pad, pad_token_id, sampler, stop_ids, token_ids
+from saelign.text.decode import MIN_SHARED_PREFIX, shared_prefix_length
 
 PROMPTS = ["The capital of France is", "Hello", "How do I bake bread? Mix flour and", "I cannot help", "Paris"]
 
@@ -131,6 +132,32 @@ def test_a_row_that_stops_leaves_the_batch_and_the_others_decode_the_same(model,
         kept = greedy_decode(model, prompts, 8, pad_token_id(tokenizer), stop=stop, batch_size=5,
                              token_context=nullcontext)
     assert kept == cut and set(sizes) == {5}
+
+
+def test_prompts_that_open_alike_read_the_opening_once_per_batch_and_answer_as_alone(model, tokenizer):
+    opening = "System: you are a helpful assistant who answers briefly.\nUser: "
+    prompts = token_ids(tokenizer, [opening + p for p in PROMPTS])
+    shared = shared_prefix_length(prompts)
+    assert shared >= MIN_SHARED_PREFIX and all(p[:shared] == prompts[0][:shared] for p in prompts)
+    read = []
+    layer = "model.layers.0" if hasattr(model, "model") else "transformer.h.0"
+    with patch_output(model, layer, lambda h: read.append(h.shape[0] * h.shape[1]) or h):
+        got = greedy_decode(model, prompts, 6, pad_token_id(tokenizer), batch_size=3)
+    assert got == [naive_greedy(model, p, 6) for p in prompts]
+    assert len({tuple(row) for row in got}) > 1
+    # Each batch reads the opening alone once, then its rows' own tokens (the longest three come first).
+    rest = sorted((len(p) - shared for p in prompts), reverse=True)
+    assert read[:2] == [shared, 3 * rest[0]] and read[2 + 5:2 + 5 + 2] == [shared, 2 * rest[3]]
+    stop = {got[0][2]}  # pruning finished rows keeps working under the shared opening
+    assert greedy_decode(model, prompts, 6, pad_token_id(tokenizer), stop=stop, batch_size=5) == [
+        naive_greedy(model, p, 6, stop) for p in prompts]
+
+
+def test_the_shared_opening_leaves_every_prompt_a_token_and_is_skipped_when_short():
+    assert shared_prefix_length([[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]]) == 5
+    assert shared_prefix_length([[1, 2, 3, 4, 5, 9, 9], [1, 2, 3, 4, 5, 8]]) == 5
+    assert shared_prefix_length([[1, 2, 3, 9], [1, 2, 3, 8]]) == 0  # 3 < MIN_SHARED_PREFIX
+    assert shared_prefix_length([[1, 2, 3, 4, 5, 6]]) == 0 and shared_prefix_length([]) == 0
 
 
 def test_sampling_follows_its_seed_and_a_cold_sampler_is_greedy(model, tokenizer):

@@ -5,7 +5,8 @@ The loss is the mean cross-entropy over response tokens only (through the end-of
 all micro-batches of an optimizer step so gradient accumulation equals one large batch. Optional per-pair
 weights make it a weighted mean per token (sum of w * CE over sum of w, per response token): a pair of weight 2
 counts as two copies of it in the batch, and the loss keeps its scale, so the learning rate means the same. Logits are computed only
-from the first response position on (`logits_to_keep`), which skips most of the LM head on the prompt tokens.
+from the first response position on (`logits_to_keep`), which skips most of the LM head on the prompt tokens,
+and the opening all sequences of a micro-batch share (a chat template's system turn) is read once for them.
 
 Resumable (`saelign.checkpoint` in `out/checkpoint/`): the data order is a pure function of (seed, epoch), so
 a resumed run ends with the same weights as an uninterrupted one. A checkpoint written where `stop` ended
@@ -59,6 +60,7 @@ from saelign.sails.consistency import Twin, consistency_sum, encode_twins
 from saelign.sails.retain import kl_to_base_sum, require_adapters, retain_mask
 from saelign.sails.unlikelihood import IGNORE, Contrast, PairEncoder, encode_contrasts, unlikelihood_sum
 from saelign.text import pad, pad_token_id
+from saelign.text.decode import MIN_SHARED_PREFIX, shared_prefix_length
 
 CHECKPOINT_DIR = "checkpoint"
 HISTORY_FILE = "history.json"
@@ -180,24 +182,48 @@ def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dic
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def response_logits(model: nn.Module, batch: dict[str, torch.Tensor],
-                    keep_logits: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, targets): the logits from the first labelled position on, each row predicting its target."""
-    labels = batch["labels"]
+def response_logits(model: nn.Module, batch: dict[str, torch.Tensor], keep_logits: bool = True,
+                    share_opening: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, targets): the logits from the first labelled position on, each row predicting its target.
+    With `share_opening`, the opening every row shares (a chat template's system turn) is read once and its
+    KV cache repeated for the rows, gradients and all: the same loss at fewer tokens (off under gradient
+    checkpointing, whose recomputation would extend the cache twice)."""
+    labels, ids, mask = batch["labels"], batch["input_ids"], batch["attention_mask"]
     labelled = (labels != IGNORE).any(0).nonzero()
     start = max(int(labelled[0]) - 1, 0)  # logits at position t predict token t+1
     kwargs: dict[str, Any] = {"logits_to_keep": labels.shape[1] - start} if keep_logits else {}
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False, **kwargs).logits
+    shared = min(shared_opening(ids, mask), start) if share_opening else 0
+    if shared >= MIN_SHARED_PREFIX:
+        logits = _logits_after_opening(model, ids, mask, shared, keep_logits, kwargs)
+    else:
+        shared = 0
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs).logits
     if not keep_logits:
-        logits = logits[:, start:]
+        logits = logits[:, start - shared:]
     return logits[:, :-1], labels[:, start + 1:]
 
 
+def shared_opening(ids: torch.Tensor, mask: torch.Tensor) -> int:
+    """The leading tokens every row of a right-padded batch shares (`shared_prefix_length` of its rows)."""
+    return shared_prefix_length([row[:int(n)].tolist() for row, n in zip(ids, mask.sum(1), strict=True)])
+
+
+def _logits_after_opening(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, shared: int,
+                          keep_logits: bool, kwargs: dict[str, Any]) -> torch.Tensor:
+    """The logits of positions `shared`.. of every row, the first `shared` tokens read once for all rows."""
+    last = {"logits_to_keep": 1} if keep_logits else {}
+    opening = model(input_ids=ids[:1, :shared], use_cache=True, **last).past_key_values
+    opening.batch_repeat_interleave(len(ids))
+    positions = torch.arange(shared, ids.shape[1], device=ids.device).expand(len(ids), -1)
+    return model(input_ids=ids[:, shared:], attention_mask=mask, position_ids=positions,
+                 past_key_values=opening, use_cache=True, **kwargs).logits
+
+
 def response_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], keep_logits: bool = True,
-                      weights: torch.Tensor | None = None) -> torch.Tensor:
+                      weights: torch.Tensor | None = None, share_opening: bool = True) -> torch.Tensor:
     """Summed next-token cross-entropy over labelled (response) positions; with `weights` ([batch]) each
     sequence's tokens count `weights[i]` times."""
-    logits, targets = response_logits(model, batch, keep_logits)
+    logits, targets = response_logits(model, batch, keep_logits, share_opening)
     flat = logits.float().reshape(-1, logits.shape[-1])
     if weights is None:  # the unweighted sum as before, so unweighted runs keep their exact numbers
         return F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE, reduction="sum")
@@ -340,7 +366,8 @@ def _unlikelihood_step(model: nn.Module, contrasts: list, cfg: SFTConfig, step: 
     ids = _step_samples(len(contrasts), cfg.seed + 1, step, cfg.unlikelihood_batch)
     n_tokens = sum(_response_targets(contrasts[i]) for i in ids)  # of the global batch, on every rank
     batch = {k: v.to(device) for k, v in collate([contrasts[i] for i in distributed.split(ids)], pad_id).items()}
-    loss = unlikelihood_sum(*response_logits(model, batch, keep_logits)) / n_tokens
+    share = not cfg.gradient_checkpointing
+    loss = unlikelihood_sum(*response_logits(model, batch, keep_logits, share)) / n_tokens
     (cfg.unlikelihood_weight * loss).backward()
     return loss.detach().cpu().double()
 
@@ -440,7 +467,8 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
         total = torch.zeros((), dtype=torch.float64)
         for batch, batch_weights in micro:
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = response_loss_sum(model, batch, keep_logits, batch_weights) / n_tokens
+            loss = response_loss_sum(model, batch, keep_logits, batch_weights,
+                                     share_opening=not cfg.gradient_checkpointing) / n_tokens
             loss.backward()
             total += loss.detach().cpu()
         kl = _retain_step(model, retain, retain_masks, cfg, step, device) if retain is not None else None

@@ -3,6 +3,8 @@
 Prompts are left-padded with position ids counted from each row's first real token: every last prompt token
 sits at index -1 (where `positions="last"` interventions write) and GPT-2-style models see unpadded positions,
 so a batched answer is the answer to the prompt alone, as `model.generate(do_sample=False)` gives it.
+Prompts that open alike (a chat template's system turn) share that opening: it is read once per batch and its
+KV cache repeated for every row, the rows' own tokens left-padded after it (positions still count from 0).
 
 Hooks are context-manager factories: `prompt_context()` is entered while the prompts are read,
 `token_context()` while each generated token is read. An intervention as `prompt_context` edits only the
@@ -14,7 +16,7 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import Cache, PreTrainedTokenizerBase
 
 from saelign.errors import SaelignError
 from saelign.progress import progress
@@ -23,6 +25,8 @@ from saelign.text.padding import pad
 Context = Callable[[], AbstractContextManager] | None
 # Maps the last position's logits [batch, vocab] to the next token [batch]; None is greedy (argmax).
 Pick = Callable[[torch.Tensor], torch.Tensor] | None
+# Below this many tokens a shared opening saves less than the extra forward that reads it.
+MIN_SHARED_PREFIX = 4
 
 
 def sampler(temperature: float, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -62,17 +66,22 @@ def context_length(model: nn.Module) -> int | None:
 @torch.inference_mode()
 def decode_steps(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int,
                  prompt_context: Context = None, token_context: Context = None, pick: Pick = None,
-                 stops: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+                 stops: torch.Tensor | None = None, past: Cache | None = None) -> Iterator[torch.Tensor]:
     """The next token [batch] of a left-padded batch (greedy, or `pick`'s choice), one step per item,
     computed when asked for. With `stops` (and no `token_context`, whose edits are per row), a row that has
     emitted a stop id leaves the batch and its KV cache: the steps after that compute only the rows still
-    going, and the finished rows are reported as stops[0] from then on."""
-    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    going, and the finished rows are reported as stops[0] from then on. `past` is the KV cache of an opening
+    every row shares (see `shared_prefix_cache`), already one row per batch row; `ids` follow it."""
+    opening = past.get_seq_length() if past is not None else 0
+    positions = opening + (mask.cumsum(-1) - 1).clamp_min(0)
+    if opening:
+        mask = torch.cat([mask.new_ones(len(mask), opening), mask], dim=1)
     alive = torch.arange(len(ids), device=ids.device)  # the batch rows still decoded
     # Logits of the last position only, as generate() asks: the prompt's [batch, seq, vocab] is never built.
     last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     with prompt_context() if prompt_context else nullcontext():
-        step = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **last)
+        step = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
+                     use_cache=True, **last)
     prune = stops is not None and len(stops) > 0 and token_context is None
     for made in range(1, max_new_tokens + 1):
         token = step.logits[:, -1].argmax(-1) if pick is None else pick(step.logits[:, -1])
@@ -103,7 +112,9 @@ def greedy_decode(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_to
     """The greedy continuation ids of each prompt (non-empty ids, see `token_ids`), in order: `max_new_tokens`
     of them, or up to and including the first `stop` id (as generate() returns them). Prompts go longest
     first (less padding), the model in eval mode. A prompt that leaves the context no room for
-    `max_new_tokens` is an error, never silently cut: a cut prompt would be a different request."""
+    `max_new_tokens` is an error, never silently cut: a cut prompt would be a different request. Without a
+    `prompt_context` (whose edits would miss a cached opening) the opening all prompts share is read once
+    per batch (`shared_prefix_length`)."""
     if max_new_tokens <= 0 or batch_size <= 0:
         raise SaelignError(f"max_new_tokens ({max_new_tokens}) and batch_size ({batch_size}) must be "
                            "positive")
@@ -115,6 +126,7 @@ def greedy_decode(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_to
     device = next(model.parameters()).device
     stops = torch.tensor(sorted(stop), dtype=torch.long, device=device)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    shared = shared_prefix_length(prompts) if prompt_context is None else 0
     out: list[list[int]] = [[] for _ in prompts]
     was_training = model.training
     model.eval()
@@ -122,11 +134,13 @@ def greedy_decode(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_to
     try:
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            ids, mask = pad([prompts[i] for i in rows], pad_id, left=True)
+            past = shared_prefix_cache(model, prompts[rows[0]][:shared], len(rows)) if shared else None
+            cut = shared if past is not None else 0
+            ids, mask = pad([prompts[i][cut:] for i in rows], pad_id, left=True)
             ended = torch.zeros(len(rows), dtype=torch.bool, device=device)
             tokens = []
             for token in decode_steps(model, ids.to(device), mask.to(device), max_new_tokens, prompt_context,
-                                      token_context, stops=stops):
+                                      token_context, stops=stops, past=past):
                 tokens.append(token)
                 ended |= torch.isin(token, stops)
                 if ended.all():
@@ -138,3 +152,29 @@ def greedy_decode(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_to
         bar.close()
         model.train(was_training)
     return out
+
+
+def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """How many leading ids every prompt shares, leaving each at least one of its own; 0 when fewer than
+    `MIN_SHARED_PREFIX` or fewer than two prompts."""
+    if len(prompts) < 2:
+        return 0
+    first, shortest = prompts[0], min(len(p) for p in prompts)
+    n = 0
+    while n < shortest - 1 and all(p[n] == first[n] for p in prompts):
+        n += 1
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+@torch.inference_mode()
+def shared_prefix_cache(model: nn.Module, prefix: Sequence[int], rows: int) -> Cache | None:
+    """The KV cache of `prefix` read once, repeated for `rows` batch rows (None for a model whose cache cannot
+    be repeated: then the caller reads the prefix in every row)."""
+    device = next(model.parameters()).device
+    last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    opening = torch.tensor([list(prefix)], device=device)
+    cache = model(input_ids=opening, use_cache=True, **last).past_key_values
+    if not hasattr(cache, "batch_repeat_interleave"):
+        return None
+    cache.batch_repeat_interleave(rows)
+    return cache
