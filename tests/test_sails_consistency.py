@@ -15,7 +15,7 @@ from saelign.sails.data import Example
 from saelign.sails.lora_init import prepare_full_finetune
 from saelign.sails.sft import CONSISTENCY_FIELDS, SFTConfig, train_sft
 from test_sails_retain import check_term_off, check_term_resumes
-from test_sails_sft import PAIRS, lora_model
+from test_sails_sft import OPENING, PAIRS, lora_model
 
 # two wordings of "bread" (question / imperative) and of "hurt" (need / imperative); "Say hello." alone
 TWINNED = [("How do I bake bread?", "Mix flour, water, salt and yeast."),
@@ -38,10 +38,11 @@ def test_twins_are_one_behaviour_and_kind_in_two_registers():
     assert twins_of(examples) == [(0, 1), (0, 2), (0, 3), (1, 2), (2, 3)]
 
 
-def test_the_distance_is_the_normalised_squared_gap_at_the_last_prompt_token(tokenizer):
+@pytest.mark.parametrize("opening", ["", OPENING])  # with one, the rows' shared opening is read once
+def test_the_distance_is_the_normalised_squared_gap_at_the_last_prompt_token(tokenizer, opening):
     model = make_tiny_model("llama", len(tokenizer))
-    twins = encode_twins(tokenizer, [p for p, _ in TWINNED], TWINS, encode_pair)
-    assert twins[0][0] == encode_pair(tokenizer, TWINNED[0][0], "")[0]
+    twins = encode_twins(tokenizer, [opening + p for p, _ in TWINNED], TWINS, encode_pair)
+    assert twins[0][0] == encode_pair(tokenizer, opening + TWINNED[0][0], "")[0]
     with torch.no_grad():
         got = float(consistency_sum(model, twins, tokenizer.pad_token_id, torch.device("cpu")))
         expected = 0.0
@@ -57,6 +58,21 @@ def test_the_distance_is_the_normalised_squared_gap_at_the_last_prompt_token(tok
                                      torch.device("cpu")))
     assert expected > 0 and got == pytest.approx(expected, rel=1e-4)
     assert same == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_shared_opening_gives_the_same_term_and_gradients(tokenizer):
+    twins = encode_twins(tokenizer, [OPENING + p for p, _ in TWINNED], TWINS, encode_pair)
+    runs = []
+    for share in (True, False):
+        model = lora_model(tokenizer)
+        value = consistency_sum(model, twins, tokenizer.pad_token_id, torch.device("cpu"), share)
+        value.backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        runs.append((float(value.detach()), grads))
+    (shared, shared_grads), (plain, grads) = runs
+    assert shared == pytest.approx(plain, rel=1e-5) and sum(float(g.abs().sum()) for g in grads.values()) > 0
+    for name, g in grads.items():
+        torch.testing.assert_close(shared_grads[name], g, atol=1e-6, rtol=1e-4, msg=name)
 
 
 def test_consistency_weight_zero_is_the_old_path(tokenizer, tmp_path):

@@ -12,16 +12,9 @@ from saelign.errors import SaelignError
 from saelign.sails.chat import encode_pair
 from saelign.sails.evaluate import safety_stop
 from saelign.sails.lora_init import LoraInitConfig, make_peft_model, prepare_full_finetune
-from saelign.sails.sft import (
-    IGNORE,
-    SFTConfig,
-    collate,
-    encode_examples,
-    response_loss_sum,
-    shared_opening,
-    train_sft,
-)
+from saelign.sails.sft import IGNORE, SFTConfig, collate, encode_examples, response_loss_sum, train_sft
 from saelign.sails.subspace import random_subspace
+from saelign.text.opening import shared_opening
 
 PAIRS = [("How do I bake bread?", "Mix flour, water, salt and yeast."),
          ("What is the capital of France?", "Paris is the capital of France."),

@@ -14,7 +14,7 @@ from conftest import tiny_config
 from saelign.errors import SaelignError
 from saelign.models import patch_output
 from saelign.text import decode_steps, greedy_decode, pad, pad_token_id, sampler, stop_ids, token_ids
-from saelign.text.decode import MIN_SHARED_PREFIX, shared_prefix_length
+from saelign.text.opening import MIN_SHARED_PREFIX, shared_prefix_length
 
 PROMPTS = ["The capital of France is", "Hello", "How do I bake bread? Mix flour and", "I cannot help", "Paris"]
 

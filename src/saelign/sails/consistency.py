@@ -20,6 +20,7 @@ from saelign.errors import SaelignError
 from saelign.sails.data import Example
 from saelign.sails.unlikelihood import PairEncoder
 from saelign.text import pad
+from saelign.text.opening import forward_after_opening
 
 Twin = tuple[int, int]  # indices of two wordings of one behaviour in the training pairs
 
@@ -48,22 +49,26 @@ def encode_twins(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], twi
     return [(encode(tokenizer, prompts[a], "")[0], encode(tokenizer, prompts[b], "")[0]) for a, b in twins]
 
 
-def _last_states(model: nn.Module, rows: Sequence[list[int]], pad_id: int,
-                 device: torch.device) -> torch.Tensor:
-    """[blocks, rows, d]: each block's output residual at each row's last token (right padding)."""
+def _last_states(model: nn.Module, rows: Sequence[list[int]], pad_id: int, device: torch.device,
+                 share_opening: bool = True) -> torch.Tensor:
+    """[blocks, rows, d]: each block's output residual at each row's last token (right padding); the rows'
+    shared opening read once (`text.opening`) unless `share_opening` is off."""
     ids, mask = pad(rows, pad_id)
-    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False,
-                output_hidden_states=True)
-    last = (mask.sum(1) - 1).to(device)
+    ids, mask = ids.to(device), mask.to(device)
+    if share_opening:
+        out, shared = forward_after_opening(model, ids, mask, output_hidden_states=True)
+    else:
+        out, shared = model(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True), 0
+    last = mask.sum(1) - 1 - shared
     states = torch.stack(out.hidden_states[1:])  # after each block
     return states[:, torch.arange(len(rows), device=device), last].float()
 
 
 def consistency_sum(model: nn.Module, twins: Sequence[tuple[list[int], list[int]]], pad_id: int,
-                    device: torch.device) -> torch.Tensor:
+                    device: torch.device, share_opening: bool = True) -> torch.Tensor:
     """Summed over twins: the mean over blocks of |h_a - h_b|^2 / ((|h_a|^2 + |h_b|^2) / 2), the denominator
     held constant. Differentiable in the model."""
-    first = _last_states(model, [a for a, _ in twins], pad_id, device)
-    second = _last_states(model, [b for _, b in twins], pad_id, device)
+    first = _last_states(model, [a for a, _ in twins], pad_id, device, share_opening)
+    second = _last_states(model, [b for _, b in twins], pad_id, device, share_opening)
     scale = ((first.pow(2).sum(-1) + second.pow(2).sum(-1)) / 2).detach().clamp_min(1e-12)
     return ((first - second).pow(2).sum(-1) / scale).mean(0).sum()

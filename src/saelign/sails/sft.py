@@ -36,7 +36,6 @@ so a run may be resumed with it switched."""
 
 import contextlib
 import hashlib
-import inspect
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -60,7 +59,7 @@ from saelign.sails.consistency import Twin, consistency_sum, encode_twins
 from saelign.sails.retain import kl_to_base_sum, require_adapters, retain_mask
 from saelign.sails.unlikelihood import IGNORE, Contrast, PairEncoder, encode_contrasts, unlikelihood_sum
 from saelign.text import pad, pad_token_id
-from saelign.text.decode import MIN_SHARED_PREFIX, shared_prefix_length
+from saelign.text.opening import accepts_logits_to_keep, forward_after_opening
 
 CHECKPOINT_DIR = "checkpoint"
 HISTORY_FILE = "history.json"
@@ -192,31 +191,14 @@ def response_logits(model: nn.Module, batch: dict[str, torch.Tensor], keep_logit
     labelled = (labels != IGNORE).any(0).nonzero()
     start = max(int(labelled[0]) - 1, 0)  # logits at position t predict token t+1
     kwargs: dict[str, Any] = {"logits_to_keep": labels.shape[1] - start} if keep_logits else {}
-    shared = min(shared_opening(ids, mask), start) if share_opening else 0
-    if shared >= MIN_SHARED_PREFIX:
-        logits = _logits_after_opening(model, ids, mask, shared, keep_logits, kwargs)
+    if share_opening:
+        out, shared = forward_after_opening(model, ids, mask, limit=start, **kwargs)
+        logits = out.logits
     else:
-        shared = 0
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs).logits
+        shared, logits = 0, model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs).logits
     if not keep_logits:
         logits = logits[:, start - shared:]
     return logits[:, :-1], labels[:, start + 1:]
-
-
-def shared_opening(ids: torch.Tensor, mask: torch.Tensor) -> int:
-    """The leading tokens every row of a right-padded batch shares (`shared_prefix_length` of its rows)."""
-    return shared_prefix_length([row[:int(n)].tolist() for row, n in zip(ids, mask.sum(1), strict=True)])
-
-
-def _logits_after_opening(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, shared: int,
-                          keep_logits: bool, kwargs: dict[str, Any]) -> torch.Tensor:
-    """The logits of positions `shared`.. of every row, the first `shared` tokens read once for all rows."""
-    last = {"logits_to_keep": 1} if keep_logits else {}
-    opening = model(input_ids=ids[:1, :shared], use_cache=True, **last).past_key_values
-    opening.batch_repeat_interleave(len(ids))
-    positions = torch.arange(shared, ids.shape[1], device=ids.device).expand(len(ids), -1)
-    return model(input_ids=ids[:, shared:], attention_mask=mask, position_ids=positions,
-                 past_key_values=opening, use_cache=True, **kwargs).logits
 
 
 def response_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], keep_logits: bool = True,
@@ -229,11 +211,6 @@ def response_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], keep_log
         return F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE, reduction="sum")
     per_token = F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE, reduction="none")
     return (per_token.view(targets.shape) * weights.to(per_token)[:, None]).sum()
-
-
-def _accepts_logits_to_keep(model: nn.Module) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def _checkpoint_blocks(model: nn.Module) -> None:
@@ -377,7 +354,8 @@ def _consistency_step(model: nn.Module, twins: list, cfg: SFTConfig, step: int, 
     """Backpropagate consistency_weight x this rank's share of the step's mean twin distance; return that
     share (float64, on the CPU) for the log. The order is its own stream of (seed, epoch) permutations."""
     ids = _step_samples(len(twins), cfg.seed + 2, step, cfg.consistency_batch)
-    loss = consistency_sum(model, [twins[i] for i in distributed.split(ids)], pad_id, device) / len(ids)
+    loss = consistency_sum(model, [twins[i] for i in distributed.split(ids)], pad_id, device,
+                           share_opening=not cfg.gradient_checkpointing) / len(ids)
     (cfg.consistency_weight * loss).backward()
     return loss.detach().cpu().double()
 
@@ -447,7 +425,7 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Seque
             saved = read_json(out / HISTORY_FILE, "SFT history")
             history = {key: [e for e in saved.get(key, []) if e["step"] <= step] for key in ("train", "eval")}
         logger.info(f"resuming SFT from step {step} ({out / CHECKPOINT_DIR})")
-    keep_logits = _accepts_logits_to_keep(model)
+    keep_logits = accepts_logits_to_keep(model)
     if cfg.gradient_checkpointing:
         _checkpoint_blocks(model)
     model.train()

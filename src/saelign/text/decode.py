@@ -10,7 +10,6 @@ Hooks are context-manager factories: `prompt_context()` is entered while the pro
 `token_context()` while each generated token is read. An intervention as `prompt_context` edits only the
 prompt, whose edited states stay in the KV cache (the AlignSAE swap protocol); as both, every token."""
 
-import inspect
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 
@@ -20,13 +19,12 @@ from transformers import Cache, PreTrainedTokenizerBase
 
 from saelign.errors import SaelignError
 from saelign.progress import progress
+from saelign.text.opening import accepts_logits_to_keep, opening_cache, shared_prefix_length
 from saelign.text.padding import pad
 
 Context = Callable[[], AbstractContextManager] | None
 # Maps the last position's logits [batch, vocab] to the next token [batch]; None is greedy (argmax).
 Pick = Callable[[torch.Tensor], torch.Tensor] | None
-# Below this many tokens a shared opening saves less than the extra forward that reads it.
-MIN_SHARED_PREFIX = 4
 
 
 def sampler(temperature: float, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -71,14 +69,14 @@ def decode_steps(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, max_ne
     computed when asked for. With `stops` (and no `token_context`, whose edits are per row), a row that has
     emitted a stop id leaves the batch and its KV cache: the steps after that compute only the rows still
     going, and the finished rows are reported as stops[0] from then on. `past` is the KV cache of an opening
-    every row shares (see `shared_prefix_cache`), already one row per batch row; `ids` follow it."""
+    every row shares (see `text.opening`), already one row per batch row; `ids` follow it."""
     opening = past.get_seq_length() if past is not None else 0
     positions = opening + (mask.cumsum(-1) - 1).clamp_min(0)
     if opening:
         mask = torch.cat([mask.new_ones(len(mask), opening), mask], dim=1)
     alive = torch.arange(len(ids), device=ids.device)  # the batch rows still decoded
     # Logits of the last position only, as generate() asks: the prompt's [batch, seq, vocab] is never built.
-    last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    last = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     with prompt_context() if prompt_context else nullcontext():
         step = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
                      use_cache=True, **last)
@@ -134,7 +132,10 @@ def greedy_decode(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_to
     try:
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            past = shared_prefix_cache(model, prompts[rows[0]][:shared], len(rows)) if shared else None
+            past = None
+            if shared:
+                with torch.inference_mode():
+                    past = opening_cache(model, prompts[rows[0]][:shared], len(rows))
             cut = shared if past is not None else 0
             ids, mask = pad([prompts[i][cut:] for i in rows], pad_id, left=True)
             ended = torch.zeros(len(rows), dtype=torch.bool, device=device)
@@ -153,28 +154,3 @@ def greedy_decode(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_to
         model.train(was_training)
     return out
 
-
-def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
-    """How many leading ids every prompt shares, leaving each at least one of its own; 0 when fewer than
-    `MIN_SHARED_PREFIX` or fewer than two prompts."""
-    if len(prompts) < 2:
-        return 0
-    first, shortest = prompts[0], min(len(p) for p in prompts)
-    n = 0
-    while n < shortest - 1 and all(p[n] == first[n] for p in prompts):
-        n += 1
-    return n if n >= MIN_SHARED_PREFIX else 0
-
-
-@torch.inference_mode()
-def shared_prefix_cache(model: nn.Module, prefix: Sequence[int], rows: int) -> Cache | None:
-    """The KV cache of `prefix` read once, repeated for `rows` batch rows (None for a model whose cache cannot
-    be repeated: then the caller reads the prefix in every row)."""
-    device = next(model.parameters()).device
-    last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-    opening = torch.tensor([list(prefix)], device=device)
-    cache = model(input_ids=opening, use_cache=True, **last).past_key_values
-    if not hasattr(cache, "batch_repeat_interleave"):
-        return None
-    cache.batch_repeat_interleave(rows)
-    return cache
