@@ -8,13 +8,13 @@ from functools import partial
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, Gemma3TextConfig
 
 from conftest import tiny_config
 from saelign.errors import SaelignError
 from saelign.models import patch_output
 from saelign.text import decode_steps, greedy_decode, pad, pad_token_id, sampler, stop_ids, token_ids
-from saelign.text.opening import MIN_SHARED_PREFIX, shared_prefix_length
+from saelign.text.opening import MIN_SHARED_PREFIX, opening_cache, shared_prefix_length
 
 PROMPTS = ["The capital of France is", "Hello", "How do I bake bread? Mix flour and", "I cannot help", "Paris"]
 
@@ -151,6 +151,28 @@ def test_prompts_that_open_alike_read_the_opening_once_per_batch_and_answer_as_a
     stop = {got[0][2]}  # pruning finished rows keeps working under the shared opening
     assert greedy_decode(model, prompts, 6, pad_token_id(tokenizer), stop=stop, batch_size=5) == [
         naive_greedy(model, p, 6, stop) for p in prompts]
+
+
+def sliding_gemma3(vocab_size: int) -> torch.nn.Module:
+    """A tiny Gemma 3 whose sliding-window layers (window 6) see less than one prompt: their cache drops tokens."""
+    config = Gemma3TextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                              num_key_value_heads=1, head_dim=8, num_hidden_layers=4, sliding_window=6,
+                              layer_types=["sliding_attention", "full_attention"] * 2, max_position_embeddings=256)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2", "gemma", "gemma3-sliding"])
+def test_the_shared_opening_answers_as_alone_in_every_family(arch, tokenizer):
+    model = sliding_gemma3(len(tokenizer)) if arch == "gemma3-sliding" else untied(arch, len(tokenizer))
+    prompts = token_ids(tokenizer, ["System: be brief and kind.\nUser: " + p for p in PROMPTS])
+    assert shared_prefix_length(prompts) >= MIN_SHARED_PREFIX
+    got = greedy_decode(model, prompts, 5, pad_token_id(tokenizer), batch_size=3)
+    assert got == [naive_greedy(model, p, 5) for p in prompts]
+    # Pads after a cached opening would take real tokens' places in a sliding window: such models read it per row.
+    with torch.inference_mode():
+        cache = opening_cache(model, prompts[0][:MIN_SHARED_PREFIX], 3)
+    assert (cache is None) == (arch == "gemma3-sliding")
 
 
 def test_the_shared_opening_leaves_every_prompt_a_token_and_is_skipped_when_short():

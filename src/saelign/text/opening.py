@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import Cache
+from transformers import Cache, DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 # Below this many tokens a shared opening saves less than the extra forward that reads it.
 MIN_SHARED_PREFIX = 4
@@ -35,14 +36,16 @@ def shared_opening(ids: torch.Tensor, mask: torch.Tensor) -> int:
 
 
 def opening_cache(model: nn.Module, opening: Sequence[int], rows: int) -> Cache | None:
-    """The KV cache of `opening` read once, repeated for `rows` batch rows; None for a model whose cache
-    cannot be repeated (then the caller reads the opening in every row)."""
+    """The KV cache of `opening` read once, repeated for `rows` batch rows; None (the caller then reads the
+    opening in every row) unless every layer's cache is plain full attention: a sliding-window layer keeps
+    the last tokens of its cache, and pads after the opening would take their place in the window."""
+    cache = DynamicCache(config=model.config)
+    if not cache.layers or any(type(layer) is not DynamicLayer for layer in cache.layers):
+        return None
     device = next(model.parameters()).device
     last = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     ids = torch.tensor([list(opening)], device=device)
-    cache = model(input_ids=ids, use_cache=True, **last).past_key_values
-    if not hasattr(cache, "batch_repeat_interleave"):
-        return None
+    model(input_ids=ids, past_key_values=cache, use_cache=True, **last)
     cache.batch_repeat_interleave(rows)
     return cache
 
