@@ -39,7 +39,10 @@ def opening_cache(model: nn.Module, opening: Sequence[int], rows: int) -> Cache 
     """The KV cache of `opening` read once, repeated for `rows` batch rows; None (the caller then reads the
     opening in every row) unless every layer's cache is plain full attention: a sliding-window layer keeps
     the last tokens of its cache, and pads after the opening would take their place in the window."""
-    cache = DynamicCache(config=model.config)
+    config = getattr(model, "config", None)
+    if config is None:  # not a transformers model: no cache to build
+        return None
+    cache = DynamicCache(config=config)
     if not cache.layers or any(type(layer) is not DynamicLayer for layer in cache.layers):
         return None
     device = next(model.parameters()).device
