@@ -29,7 +29,7 @@ from saelign.sails.select import FeatureSelectConfig
 from saelign.sails.sft import SFTConfig
 from saelign.store import CaptureConfig
 
-Preset = Literal["quick", "compare", "full"]
+Preset = Literal["quick", "compare", "full", "quick-gated", "full-gated"]
 DEFAULT_PRESET = "quick"
 _HOOKPOINT = "the pipeline's one --hookpoint"
 _IN_RUN = "a file or folder of the run directory"
@@ -67,7 +67,9 @@ def _section(cls: type, help: str, prefix: str | None = None, **hidden: str) -> 
 class SailsConfig:
     preset: Preset = help_field("quick", "quick (SAILS vs base model, minutes on a CPU), compare (quick-"
                                 "sized, SAILS, LoRA, act_pca and random subspace at equal rank and steps, val "
-                                "every 5 steps) or full (larger splits, more steps, every baseline)")
+                                "every 5 steps), full (larger splits, more steps, every baseline), or "
+                                "quick-gated / full-gated (SAILS with the consistency term at weight 30, also "
+                                "behind the refusal gate its preset's validation chose)")
     methods: list[str] = help_field(["sails"], "methods trained in the same harness: any of "
                                     + ", ".join(METHODS))
     hookpoint: str = help_field("model.layers.15", "the pipeline's residual hookpoint: its SAE is trained "
@@ -187,6 +189,21 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval": {"max_per_kind": 0, "max_new_tokens": 48, "ppl_contexts": 48, "n_facts": 100},
     },
 }
+
+# The gated settings (issue 11): SAILS trained with the register-consistency term at weight 30, each behind
+# the refusal gate its preset's out-of-distribution validation set chose (bench_sails_gate.py; the same values
+# as bench/data/configs/sails_gate_consistency_w30_{quick,full}_val.yaml, which a test keeps equal). Reported:
+# the adapter alone (sails) and behind the gate (sails+gate).
+_CONSISTENCY_30 = {"consistency_weight": 30, "consistency_batch": 4}
+PRESETS["quick-gated"] = deep_merge(PRESETS["quick"], {
+    "sft": _CONSISTENCY_30,
+    "gate": {"enabled": True, "hookpoint": "model.layers.9", "pooling": "mean", "val_safety": 0.95},
+})
+PRESETS["full-gated"] = deep_merge(PRESETS["full"], {
+    "methods": ["sails"],  # the baselines behind the gate: --methods sails,lora,act_pca,...
+    "sft": _CONSISTENCY_30,
+    "gate": {"enabled": True, "hookpoint": "model.layers.27", "pooling": "last", "val_safety": 0.98},
+})
 
 
 def preset_layer(name: str) -> dict[str, Any]:
