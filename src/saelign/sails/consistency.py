@@ -55,10 +55,8 @@ def _last_states(model: nn.Module, rows: Sequence[list[int]], pad_id: int, devic
     shared opening read once (`text.opening`) unless `share_opening` is off."""
     ids, mask = pad(rows, pad_id)
     ids, mask = ids.to(device), mask.to(device)
-    if share_opening:
-        out, shared = forward_after_opening(model, ids, mask, output_hidden_states=True)
-    else:
-        out, shared = model(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True), 0
+    out, shared = forward_after_opening(model, ids, mask, limit=None if share_opening else 0,
+                                        output_hidden_states=True)
     last = mask.sum(1) - 1 - shared
     states = torch.stack(out.hidden_states[1:])  # after each block
     return states[:, torch.arange(len(rows), device=device), last].float()

@@ -191,11 +191,8 @@ def response_logits(model: nn.Module, batch: dict[str, torch.Tensor], keep_logit
     labelled = (labels != IGNORE).any(0).nonzero()
     start = max(int(labelled[0]) - 1, 0)  # logits at position t predict token t+1
     kwargs: dict[str, Any] = {"logits_to_keep": labels.shape[1] - start} if keep_logits else {}
-    if share_opening:
-        out, shared = forward_after_opening(model, ids, mask, limit=start, **kwargs)
-        logits = out.logits
-    else:
-        shared, logits = 0, model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs).logits
+    out, shared = forward_after_opening(model, ids, mask, limit=start if share_opening else 0, **kwargs)
+    logits = out.logits
     if not keep_logits:
         logits = logits[:, start - shared:]
     return logits[:, :-1], labels[:, start + 1:]

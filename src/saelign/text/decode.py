@@ -153,4 +153,3 @@ def greedy_decode(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_to
         bar.close()
         model.train(was_training)
     return out
-
