@@ -12,6 +12,7 @@ from saelign.align.slots import load_slot_map
 from saelign.errors import SaelignError
 from saelign.sae.formats import load_sae
 from saelign.sae.model import SAE, SAEConfig
+from saelign.sae.sparse_ops import decode_active
 
 D, N_ATOMS, N_CONCEPTS = 16, 48, 3
 
@@ -294,3 +295,74 @@ def test_bad_inputs_give_clear_errors(saes, data):
         post_train(saes["relu"], x_train, y_train, generic, PostTrainConfig(**FAST), concept_names=["a", "b", "c", "d"])
     with pytest.raises(SaelignError, match=r"must be \[n, d_in=16\]"):
         post_train(saes["relu"], x_train[:, :8], y_train, generic, PostTrainConfig(**FAST))
+
+
+def _slotted_sae(activation: str, d_sae: int = 512, slots: tuple[int, ...] = (0, 1, 2)) -> SAE:
+    """A random SAE whose first latents are always-on concept slots, as post-training makes them."""
+    torch.manual_seed(1)
+    sae = SAE(SAEConfig(d_in=D, d_sae=d_sae, activation=activation, k=6, always_on_latents=list(slots)))
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.3)
+        if sae.threshold is not None:
+            sae.threshold.fill_(0.6)  # JumpReLU: most latents below it, so z is sparse
+    return sae
+
+
+@pytest.mark.parametrize("activation", ["topk", "batchtopk", "relu", "jumprelu"])
+def test_decode_over_active_latents_gives_the_dense_loss_and_gradients(activation):
+    """Reading only z's nonzero entries is exact through each activation: where z is zero, so is its
+    derivative. Forced onto the sparse path (max_density 1) even for ReLU's denser z."""
+    sae = _slotted_sae(activation)
+    x = torch.randn(40, D, generator=torch.Generator().manual_seed(2))
+
+    def loss_and_grads(decode) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        z = sae.activate(sae.pre_acts(x))
+        loss = (decode(z) + sae.b_dec - x).pow(2).sum() + 0.1 * z.abs().sum() + z[:, :3].pow(2).sum()
+        params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
+        return loss.detach(), list(torch.autograd.grad(loss, params))
+
+    dense_loss, dense = loss_and_grads(lambda z: z @ sae.W_dec)
+    sparse_loss, sparse = loss_and_grads(lambda z: decode_active(z, sae.W_dec, max_density=1.0))
+    torch.testing.assert_close(sparse_loss, dense_loss, rtol=1e-5, atol=1e-5)
+    for got, want in zip(sparse, dense, strict=True):  # summed in another order: float noise of the largest
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+    assert any(g.abs().max() > 0 for g in dense)  # a loss that moves nothing would pass vacuously
+
+
+def test_post_training_step_reads_the_decoder_sparsely_with_the_same_result(monkeypatch):
+    """One stage-2 step's terms and gradients equal those of the dense products, and at top-k's density the
+    sparse ones are taken: no dense decoder product and no dense encoder-weight gradient over all latents."""
+    sae = _slotted_sae("topk")
+    slots = [0, 1, 2]
+    free_mask = torch.ones(sae.d_sae, dtype=torch.bool)
+    free_mask[slots] = False
+    g = torch.Generator().manual_seed(3)
+    concept_x, generic = torch.randn(24, D, generator=g), torch.randn(40, D, generator=g)
+    labels = torch.arange(24) % 3
+    params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
+
+    def step() -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        terms = posttrain.training_losses(sae, slots, free_mask, concept_x, labels, generic, PostTrainConfig(),
+                                          stage=2, probe=sae.W_enc.detach()[:, slots] * 0.9)
+        return {k: v.detach() for k, v in terms.items()}, list(torch.autograd.grad(terms["loss"], params))
+
+    products = []
+    real_matmul = torch.Tensor.__matmul__
+
+    def counting(a, b):
+        out = real_matmul(a, b)
+        if b is sae.W_dec or out.shape in {(D, sae.d_sae), (sae.d_sae, D)}:  # decoding, or a weight gradient
+            products.append(tuple(out.shape))
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "__matmul__", counting)
+    sparse_terms, sparse = step()
+    assert products == []  # the decoder and the encoder's gradient read through the active latents only
+    monkeypatch.setattr(posttrain, "decode_active", lambda z, W: real_matmul(z, W))
+    monkeypatch.setattr(posttrain, "pre_acts_sparse_grad", lambda x, b_dec, W, b: real_matmul(x - b_dec, W) + b)
+    dense_terms, dense = step()
+    assert sparse_terms.keys() == dense_terms.keys() and "anchor" in dense_terms
+    for key, value in dense_terms.items():
+        torch.testing.assert_close(sparse_terms[key], value, rtol=1e-5, atol=1e-6)
+    for got, want in zip(sparse, dense, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))

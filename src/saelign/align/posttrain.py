@@ -40,6 +40,7 @@ from saelign.errors import SaelignError
 from saelign.progress import logger, progress
 from saelign.runinfo import record_stage
 from saelign.sae.model import SAE
+from saelign.sae.sparse_ops import decode_active, pre_acts_sparse_grad
 
 
 @dataclass
@@ -236,7 +237,8 @@ def post_train(sae: SAE, concept_acts: torch.Tensor, concept_labels: torch.Tenso
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     free_mask = torch.ones(aligned.cfg.d_sae, dtype=torch.bool, device=device)
     free_mask[aligned.cfg.always_on_latents] = False
-    free_norms = aligned.W_dec.detach()[free_mask].norm(dim=1, keepdim=True)
+    # Free rows are scaled back to their loaded norms after every step, slot rows left as they are (factor 1).
+    row_norms = aligned.W_dec.detach().norm(dim=1, keepdim=True)
     slot_rows = aligned.W_dec.detach()[slots].clone()
     probe = aligned.W_enc.detach()[:, slots].clone()  # recomputed identically on resume: the init is deterministic
 
@@ -260,8 +262,9 @@ def post_train(sae: SAE, concept_acts: torch.Tensor, concept_labels: torch.Tenso
         distributed.all_reduce_gradients(params)
         optimizer.step()
         with torch.no_grad():
-            rows = aligned.W_dec[free_mask]
-            aligned.W_dec[free_mask] = rows * (free_norms / rows.norm(dim=1, keepdim=True).clamp_min(1e-8))
+            W_dec = aligned.W_dec
+            scale = row_norms / W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+            W_dec.mul_(torch.where(free_mask.unsqueeze(1), scale, 1.0))  # in place: no copy of the free rows
             if cfg.slot_decoder == "fixed":
                 aligned.W_dec[slots] = slot_rows
         bar.update(1)
@@ -325,9 +328,12 @@ def training_losses(sae: SAE, slots: list[int], free_mask: torch.Tensor, concept
     """All loss terms of one step (stage 1: reconstruction only); `loss` is their weighted sum. `probe`: the slots'
     initial encoder columns [d_in, C], for the anchor term."""
     x = torch.cat([concept_x, generic_x])
-    pre = sae.pre_acts(x)
+    # gradients through z's few nonzero entries: the encoder's weight gradient and the decoder product read
+    # only those (the same loss and gradients as the dense products, in another summation order)
+    pre = pre_acts_sparse_grad(x * sae.norm_scale, sae.b_dec, sae.W_enc, sae.b_enc)
     z = sae.activate(pre)
-    recon = ((sae.decode(z) - x) * sae.norm_scale).pow(2).mean()
+    x_hat = (decode_active(z, sae.W_dec) + sae.b_dec) / sae.norm_scale
+    recon = ((x_hat - x) * sae.norm_scale).pow(2).mean()
     terms = {"recon": recon}
     if stage >= 2:
         n = len(concept_x)

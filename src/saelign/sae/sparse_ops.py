@@ -117,3 +117,51 @@ def selected_pre_acts(pre: torch.Tensor, x_c: torch.Tensor, b_dec: torch.Tensor,
 def sparse_decode(values: torch.Tensor, W_dec: torch.Tensor, sel: ActiveLatents) -> torch.Tensor:
     """Latents given as pair values at `sel`, times W_dec: [n_rows, d_in] (no decoder bias)."""
     return _SparseDecode.apply(values, W_dec, sel)
+
+
+def decode_active(z: torch.Tensor, W_dec: torch.Tensor, max_density: float = 1 / 16) -> torch.Tensor:
+    """z @ W_dec for latents `z` [n, d_sae] that came out of an SAE activation, reading only z's nonzero entries
+    when at most `max_density` of them are nonzero (else the dense product). The gradient reaches z only at its
+    nonzero entries: exact for an activation whose derivative is zero wherever its output is (top-k, ReLU,
+    JumpReLU without its straight-through threshold), not for an arbitrary z."""
+    rows, cols = z.detach().nonzero(as_tuple=True)  # row-major: grouped by token
+    if rows.numel() > max_density * z.numel():
+        return z @ W_dec
+    sel = ActiveLatents.from_rows(rows, cols, z.shape[0], z.shape[1])
+    return sparse_decode(z[rows, cols], W_dec, sel)
+
+
+class _PreActsSparseGrad(Function):
+    """pre = (x - b_dec) @ W_enc + b_enc, whose encoder-weight gradient x_c^T @ grad reads only the nonzero
+    entries of `grad` when they are few (after a sparse activation most are zero): one embedding_bag instead of
+    a dense [d_in, d_sae] product. Exact for any gradient; only the summation order differs."""
+
+    @staticmethod
+    def forward(ctx, x, b_dec, W_enc, b_enc, max_density):  # type: ignore[override]
+        x_c = x - b_dec
+        ctx.save_for_backward(x_c, W_enc)
+        ctx.max_density = max_density
+        return torch.addmm(b_enc, x_c, W_enc)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x_c, W_enc = ctx.saved_tensors
+        d_b_enc = grad.sum(0)
+        d_W_enc = None
+        if ctx.needs_input_grad[2]:
+            rows, cols = grad.nonzero(as_tuple=True)
+            if rows.numel() > ctx.max_density * grad.numel():
+                d_W_enc = (grad.t() @ x_c).t()  # W_enc's latent-major layout
+            else:
+                sel = ActiveLatents.from_rows(rows, cols, grad.shape[0], grad.shape[1])
+                d_W_enc = sel.rows_times(grad[rows, cols], x_c).t()
+        d_x = grad @ W_enc.t() if ctx.needs_input_grad[0] else None
+        d_b_dec = -(W_enc @ d_b_enc) if ctx.needs_input_grad[1] else None
+        return d_x, d_b_dec, d_W_enc, d_b_enc if ctx.needs_input_grad[3] else None, None
+
+
+def pre_acts_sparse_grad(x: torch.Tensor, b_dec: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
+                         max_density: float = 1 / 16) -> torch.Tensor:
+    """(x - b_dec) @ W_enc + b_enc with the encoder gradient read from the nonzero entries of its incoming
+    gradient when at most `max_density` of them are nonzero."""
+    return _PreActsSparseGrad.apply(x, b_dec, W_enc, b_enc, max_density)
