@@ -12,7 +12,15 @@ from transformers import AutoModelForCausalLM
 from conftest import make_tiny_model
 from saelign.errors import SaelignError
 from saelign.sails.lora_init import LoraInitConfig
-from saelign.sails.methods import METHODS, MethodConfig, method_basis, run_method, steps_to_reach
+from saelign.sails.methods import (
+    METHODS,
+    MethodConfig,
+    method_basis,
+    prepare_model,
+    run_method,
+    starts_as_base,
+    steps_to_reach,
+)
 from saelign.sails.select import FeatureSelectConfig
 from saelign.sails.sft import CHECKPOINT_DIR, SFTConfig
 from saelign.sails.subspace import basis_hash, random_subspace
@@ -72,6 +80,26 @@ def test_every_method_trains_under_equal_settings_and_saves_a_loadable_result(tm
     full = AutoModelForCausalLM.from_pretrained(str(tmp_path / "full" / "adapter"))
     assert not torch.equal(full.model.layers[1].self_attn.q_proj.weight,
                            make_tiny_model("llama", len(tokenizer)).model.layers[1].self_attn.q_proj.weight)
+
+
+def test_methods_said_to_start_as_the_base_model_compute_its_logits_bit_for_bit(tokenizer):
+    """The train stage runs one step-0 validation check for all such methods: that is only sound if each
+    prepared model, before any step, gives exactly the base model's outputs."""
+    basis = random_subspace(32, 3, seed=1)
+    lora = LoraInitConfig(target_modules=["q_proj", "v_proj", "o_proj", "down_proj"], layers=[1, 2])
+    ids = torch.tensor([tokenizer("How do I bake bread at home?")["input_ids"]])
+    with torch.no_grad():
+        base = make_tiny_model("llama", len(tokenizer)).eval()(ids).logits
+        for method in METHODS:
+            model = make_tiny_model("llama", len(tokenizer))
+            u = method_basis(method, basis, model, tokenizer, PROMPTS, FeatureSelectConfig(hookpoints=["model.layers.1"]),
+                             given=basis[:, :2])
+            prepared = prepare_model(method, model, u, lora, 3).eval()
+            logits = prepared(ids).logits
+            if starts_as_base(method):
+                assert torch.equal(logits, base), method
+            torch.testing.assert_close(logits, base, rtol=1e-4, atol=1e-5)  # PiSSA too, up to rounding
+    assert [m for m in METHODS if not starts_as_base(m)] == ["pissa"]
 
 
 def test_an_existing_adapter_is_an_error_before_any_work(tmp_path, tokenizer):

@@ -510,3 +510,27 @@ def test_a_new_gate_read_out_redoes_the_gate_and_every_gated_evaluation(tmp_path
     flags = json.loads((run_dir / "gate" / "flags.json").read_text())["prompts"]
     gated = json.loads((run_dir / "eval" / "sails+gate.json").read_text())["responses"]
     assert [r["gate_open"] for r in gated] == [flags[r["prompt"]] for r in gated]
+
+
+def test_one_step_0_validation_check_serves_every_method_that_starts_as_the_base_model(tmp_path, finished, inputs,
+                                                                                       monkeypatch):
+    import shutil
+
+    from saelign.sails import stages
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    checks, real = [], stages.quick_safety
+
+    def counted(model, *args):
+        checks.append(model)
+        return real(model, *args)
+
+    monkeypatch.setattr(stages, "quick_safety", counted)
+    methods = ["lora", "random_subspace", "pissa"]  # none trained in `finished`
+    pipeline.run_pipeline(tiny_config(inputs, methods=methods), run_dir, ["train"], overwrite=True)
+    history = {m: json.loads((run_dir / "methods" / m / "history.json").read_text())["eval"] for m in methods}
+    assert [e["step"] for e in history["lora"]] == [0, 2, 3]  # steps 3, a check every 2 and at the end
+    # random_subspace took lora's step-0 check; PiSSA's model is not bit-equal to the base: it ran its own
+    assert len(checks) == 3 * 3 - 1
+    assert history["random_subspace"][0] == history["lora"][0]

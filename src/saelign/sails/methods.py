@@ -128,6 +128,13 @@ def check_method(name: str) -> str:
     return name
 
 
+def starts_as_base(name: str) -> bool:
+    """Whether method `name`'s model at step 0 computes the base model's outputs to the last bit: LoRA with one
+    factor zero adds exact zeros, full fine-tuning starts from the weights themselves. PiSSA moves each weight's
+    principal part into its adapter: equal in exact arithmetic, not bit for bit."""
+    return METHODS[check_method(name)].init != "pissa"
+
+
 def steps_to_reach(evals: Sequence[Mapping[str, Any]], threshold: float, key: str = "safety_rate") -> int | None:
     """The first evaluated step whose `key` is at least `threshold` (None if never)."""
     return next((int(e["step"]) for e in evals if e.get(key) is not None and e[key] >= threshold), None)

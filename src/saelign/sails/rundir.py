@@ -77,6 +77,9 @@ class RunDir:
         self.cfg, self.stages, self.overwrite = cfg, stages, overwrite
         self._keys: dict[str, str] = {}
         self.resuming: set[str] = set()  # units begun under the same key by a run that did not finish them
+        # The train stage's step-0 validation check of a model still equal to the base (`starts_as_base`): the
+        # same for every such method of this process, so it runs once.
+        self.check_at_start: dict[str, Any] | None = None
         self._check_links()
 
     def _check_links(self) -> None:

@@ -52,7 +52,7 @@ from saelign.sails.gate import (
 )
 from saelign.sails.generate import chat_text
 from saelign.sails.judge import OfflineJudge, PrefixJudge, judge_agreement
-from saelign.sails.methods import ALIGNED, MethodConfig, run_method
+from saelign.sails.methods import ALIGNED, MethodConfig, run_method, starts_as_base
 from saelign.sails.ood import evaluate_splits
 from saelign.sails.presets import SailsConfig
 from saelign.sails.registers import classify
@@ -205,7 +205,12 @@ def train_stage(run: RunDir, method: str) -> dict[str, Any]:
     contrasts = refusal_contrasts(train, cfg.refusal_contrasts) if cfg.sft.unlikelihood_weight > 0 else None
     twins = twins_of(train) if cfg.sft.consistency_weight > 0 else None
 
-    def eval_fn(model: torch.nn.Module, _step: int) -> dict[str, Any]:
+    def eval_fn(model: torch.nn.Module, step: int) -> dict[str, Any]:
+        if step == 0 and starts_as_base(method):  # still the base model: one check serves every such method
+            if run.check_at_start is None:
+                run.check_at_start = quick_safety(model, run.tokenizer, run.data.val, judge, cfg.validation,
+                                                  val_text)
+            return dict(run.check_at_start)
         return quick_safety(model, run.tokenizer, run.data.val, judge, cfg.validation, val_text)
 
     selection = run.selection["selection"]
