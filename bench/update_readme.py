@@ -165,7 +165,11 @@ def wall_time(r: dict) -> str:
                 f"{sum(v or 0 for v in r['stage_seconds'].values()):.0f} s")
     if r.get("resumed"):  # the stages' own timings add up the whole run; the wall time saw only its last part
         return f"resumed run, stage times adding up to {sum(v or 0 for v in r['stage_seconds'].values()):.0f} s"
-    return f"{'cold' if r.get('cold_cache') else 'warm'}-cache wall time {r['wall_seconds']:.0f} s"
+    wall = f"{'cold' if r.get('cold_cache') else 'warm'}-cache wall time {r['wall_seconds']:.0f} s"
+    if r.get("paused_seconds"):  # stopped for side measurements: the run's own time is the rest
+        return (f"{wall}, less {r['paused_seconds']:.0f} s stopped for side measurements: "
+                f"{r['wall_seconds'] - r['paused_seconds']:.0f} s; {r.get('paused_note', '')}")
+    return wall
 
 
 def sails_section(r: dict) -> list[str]:
@@ -179,7 +183,7 @@ def sails_section(r: dict) -> list[str]:
              f"{counts['harmless']} harmless, {counts['borderline']} borderline; offline judge, whose agreement with pyrit's "
              f"105 human labels is {r['judge_agreement']['offline']['accuracy']:.3f} (prefix matcher "
              f"{r['judge_agreement']['prefix']['accuracy']:.3f}); {wall_time(r)}"
-             + ("" if r.get("recorded") else f" with OMP_NUM_THREADS={r.get('omp_num_threads')} at load average "
+             + ("" if r.get("recorded") else f" with OMP_NUM_THREADS={r.get('omp_num_threads') or 'unset'} at load average "
                 f"{r['load_average_before'][0]:.1f}") + ")", "",
              "| model | safety rate | over-refusal (plain) | over-refusal (borderline) | perplexity | factual acc. | "
              "% params trained | steps trained | steps to 90 % / 95 % | train s |",
