@@ -206,12 +206,11 @@ def train_stage(run: RunDir, method: str) -> dict[str, Any]:
     twins = twins_of(train) if cfg.sft.consistency_weight > 0 else None
 
     def eval_fn(model: torch.nn.Module, step: int) -> dict[str, Any]:
-        if step == 0 and starts_as_base(method):  # still the base model: one check serves every such method
-            if run.check_at_start is None:
-                run.check_at_start = quick_safety(model, run.tokenizer, run.data.val, judge, cfg.validation,
-                                                  val_text)
-            return dict(run.check_at_start)
-        return quick_safety(model, run.tokenizer, run.data.val, judge, cfg.validation, val_text)
+        if step > 0 or not starts_as_base(method):
+            return quick_safety(model, run.tokenizer, run.data.val, judge, cfg.validation, val_text)
+        if run.check_at_start is None:  # still the base model: one check serves every such method
+            run.check_at_start = quick_safety(model, run.tokenizer, run.data.val, judge, cfg.validation, val_text)
+        return dict(run.check_at_start)
 
     selection = run.selection["selection"]
     provenance = {"model": model_identity(cfg.model), "sae": cfg.sae_path or str(run.path("sae")),

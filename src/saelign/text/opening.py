@@ -58,7 +58,7 @@ def forward_after_opening(model: nn.Module, ids: torch.Tensor, mask: torch.Tenso
     """(the model's output, shared): the output covers positions `shared`.. of each row of a right-padded
     batch, the first `shared` tokens (the shared opening, at most `limit`) read once for all rows; shared is
     0, and the output the plain forward's, when the rows share too little (or `limit` is 0: sharing off)."""
-    shared = shared_opening(ids, mask)
+    shared = 0 if limit == 0 else shared_opening(ids, mask)  # sharing off: not even looked for
     shared = min(shared, limit) if limit is not None else shared
     cache = opening_cache(model, ids[0, :shared].tolist(), len(ids)) if shared >= MIN_SHARED_PREFIX else None
     if cache is None:
