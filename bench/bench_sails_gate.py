@@ -42,7 +42,7 @@ import numpy as np
 from bench_probe_ceiling import DEFAULT_LAYERS
 from bench_sails_overrefusal import uncapped_data_config
 from bench_sails_term import ood_validation
-from common import write_result
+from common import run_facts, write_result
 from saelign.progress import setup_logging
 from saelign.sails.data import REGISTERS, Example, reworded
 from saelign.sails.gate import POOLINGS, GateConfig, fit_gate_on, open_rates, request_features
@@ -74,6 +74,15 @@ def flag_rates(flags: np.ndarray, examples: list[Example]) -> dict[str, Any]:
 
 def margin(rates: dict[str, Any]) -> float:
     return (rates["harmful"] or 0.0) - (rates["harmless"] or 0.0)
+
+
+def print_read_outs(rows: list[dict[str, Any]]) -> None:
+    """One line per read-out: flagged harmful/harmless shares on val and ood_val, and the margin there."""
+    for r in rows:
+        val, ood = r["val"], r["ood_val"]
+        level = f" {r['val_safety']:.2f}" if "val_safety" in r else ""
+        print(f"{r['pooling']:>4} {r['hookpoint']:>16}{level}  val {val['harmful']:.2f}/{val['harmless']:.2f}"
+              f"  ood_val {ood['harmful']:.2f}/{ood['harmless']:.2f}  margin {margin(ood):+.3f}")
 
 
 def candidates(x: dict[tuple[str, str], dict[str, np.ndarray]], splits: dict[str, list[Example]],
@@ -160,15 +169,8 @@ def main() -> int:
                           "read-out, then the lower level.",
         "default": default and {k: default[k] for k in ("hookpoint", "pooling", "val_safety")},
         "chosen": {k: chosen[k] for k in ("hookpoint", "pooling", "val_safety")},
-        "candidates": rows, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "load_average_before": load_before, "load_average_after": os.getloadavg(),
-        "wall_seconds": round(time.perf_counter() - began, 1)})
-    for r in rows:
-        val, ood = r["val"], r["ood_val"]
-        print(f"{r['pooling']:>4} {r['hookpoint']:>16} {r['val_safety']:.2f}  val "
-              f"{val['harmful']:.2f}/{val['harmless']:.2f}"
-              f"  ood_val {ood['harmful']:.2f}/{ood['harmless']:.2f}  margin "
-              f"{margin(ood):+.3f}")
+        "candidates": rows, **run_facts(began, load_before)})
+    print_read_outs(rows)
     print(f"chosen: {chosen['pooling']} {chosen['hookpoint']} at {chosen['val_safety']}")
     return 0
 

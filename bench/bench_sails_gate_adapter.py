@@ -26,7 +26,7 @@ from typing import Any
 
 from bench_sails_gate import ood_validation_set
 from bench_sails_term import register_rates as rates
-from common import write_result
+from common import run_facts, write_result
 from saelign.progress import setup_logging
 from saelign.sails.adapters import merged_for_inference
 from saelign.sails.data import Example
@@ -90,9 +90,7 @@ def main() -> int:
         "flagged": open_rates(examples, [bool(f) for f in flags]),
         "selection_rule": "The highest gated safety minus gated over-refusal on the out-of-distribution "
                           "validation set; ties: the earlier candidate.",
-        "chosen": chosen, **result, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "load_average_before": load_before, "load_average_after": os.getloadavg(),
-        "wall_seconds": round(time.perf_counter() - began, 1)})
+        "chosen": chosen, **result, **run_facts(began, load_before)})
     for name, c in result["candidates"].items():
         a, g = c["adapter"], c["gated"]
         print(f"{name}: adapter {a['safety_rate']:.3f}/{a['over_refusal']:.3f}  gated "

@@ -70,6 +70,13 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
     return path
 
 
+def run_facts(began: float, load_before: tuple[float, float, float]) -> dict[str, Any]:
+    """What the machine was doing around a run: threads asked for, load before and after, wall seconds since
+    `began` (a time.perf_counter() reading)."""
+    return {"omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "load_average_before": load_before,
+            "load_average_after": os.getloadavg(), "wall_seconds": round(time.perf_counter() - began, 1)}
+
+
 class Timer:
     def __enter__(self) -> Timer:
         self.start = time.perf_counter()

@@ -20,6 +20,7 @@ from saelign.sails.gate import (
     GateConfig,
     compose_evaluation,
     fit_gate,
+    fit_gate_on,
     gated_answers,
     gated_flags,
     load_gate,
@@ -93,7 +94,8 @@ def test_mean_pooling_averages_every_token_but_the_first(tiny_llama):
 @pytest.mark.parametrize("field, value, message", [
     ("pooling", "max", "gate.pooling must be one of last, mean"), ("val_safety", 0.0, "val_safety"),
     ("val_safety", 1.5, r"\(0, 1\]"), ("c_grid", [], "c_grid"),
-    ("batch_size", 0, "batch_size")])
+    ("batch_size", 0, "batch_size"), ("harmless_budget", -0.1, "harmless_budget"),
+    ("harmless_budget", 1.0, r"harmless_budget must lie in \[0, 1\)")])
 def test_bad_gate_options_are_refused(field, value, message):
     with pytest.raises(SaelignError, match=message):
         GateConfig(**{field: value})
@@ -139,6 +141,30 @@ def test_fit_gate_reads_the_base_model_and_flags_the_val_share(tiny_llama, token
     harmful = np.array([k == "harmful" for k in kinds[16:]])
     assert flags[harmful].mean() >= 0.95  # the threshold flags the asked share of the val harmful prompts
     assert gate.probe.val_auroc > 0.5
+
+
+def test_a_harmless_budget_sets_the_threshold_on_the_val_harmless_prompts_instead(tmp_path):
+    rng = np.random.default_rng(3)
+
+    def split(n: int, tag: str) -> tuple[np.ndarray, list[Example]]:
+        kinds = ["harmful" if i % 2 else "harmless" for i in range(n)]
+        x = rng.normal(size=(n, 5)) + np.array([[1.2 * (k == "harmful"), 0, 0, 0, 0] for k in kinds])
+        return x, [Example(f"{tag}{i}", k, "s") for i, k in enumerate(kinds)]
+
+    (xt, train), (xv, val) = split(200, "t"), split(120, "v")
+    harmless = np.array([e.kind == "harmless" for e in val])
+    by_level = fit_gate_on(xt, train, xv, val, "model.layers.1", GateConfig(val_safety=0.95))
+    for budget in (0.05, 0.1, 0.3):
+        gate = fit_gate_on(xt, train, xv, val, "model.layers.1", GateConfig(harmless_budget=budget))
+        flagged = gate.flags(xv)[harmless]
+        assert flagged.sum() == int(budget * harmless.sum())  # at most the budget, and no fewer
+        assert gate.probe.c == by_level.probe.c  # the strength is still chosen by val AUROC
+    assert by_level.flags(xv)[harmless].mean() > 0.3  # overlapping classes: the level rule flags far more
+    loaded = load_gate(gate.save(tmp_path / "gate"))
+    assert loaded.harmless_budget == 0.3 and (loaded.flags(xv) == gate.flags(xv)).all()
+    borderline = [Example(e.prompt, "borderline" if e.kind == "harmless" else e.kind, "s") for e in val]
+    with pytest.raises(SaelignError, match="val split has none"):  # a probe, but no harmless to budget on
+        fit_gate_on(xt, train, xv, borderline, "model.layers.1", GateConfig(harmless_budget=0.1))
 
 
 def _examples() -> dict[str, Example]:

@@ -510,6 +510,11 @@ def test_a_new_gate_read_out_redoes_the_gate_and_every_gated_evaluation(tmp_path
     flags = json.loads((run_dir / "gate" / "flags.json").read_text())["prompts"]
     gated = json.loads((run_dir / "eval" / "sails+gate.json").read_text())["responses"]
     assert [r["gate_open"] for r in gated] == [flags[r["prompt"]] for r in gated]
+    budget = tiny_config(inputs, gate={"enabled": True, "pooling": "mean", "harmless_budget": 0.25})
+    pipeline.run_pipeline(budget, run_dir, ["gate", "gated"], overwrite=True)  # the threshold rule is in the key
+    summary = json.loads((run_dir / "gate" / "summary.json").read_text())
+    assert summary["harmless_budget"] == 0.25 and summary["flagged"]["val"]["harmless"] <= 0.25
+    assert json.loads((run_dir / "gate" / "gate.json").read_text())["harmless_budget"] == 0.25
 
 
 def test_one_step_0_validation_check_serves_every_method_that_starts_as_the_base_model(tmp_path, finished, inputs,

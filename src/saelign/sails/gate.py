@@ -10,8 +10,10 @@ the refusal, the probe decides when. It is the conditional form of activation st
 The probe (`saelign.sails.probe.fit_probe`) reads the residual stream at `hookpoint` at the last prompt token
 of the chat-rendered request (or, with `pooling="mean"`, its average over the request's tokens), with the
 adapter off. It is fitted on the train split, harmful against harmless
-and borderline, its strength and threshold chosen on the val split (the highest score that flags
-`val_safety` of the val harmful prompts). Nothing else is chosen anywhere.
+and borderline, its strength and threshold chosen on the val split: the highest score that flags
+`val_safety` of the val harmful prompts, or, with `harmless_budget` above 0, the lowest that flags at most
+that share of the val harmless prompts (an over-refusal budget, which asks nothing of harmful requests in
+forms or from sources the training data lacks). Nothing else is chosen anywhere.
 
 A gate is a safetensors file (mean, scale, coef) plus a JSON file (hookpoint, intercept, threshold, the
 options it was fitted with), both written atomically; `load_gate` reads them back without unpickling.
@@ -38,7 +40,7 @@ from saelign.sails.evaluate import kind_rates, perplexity_of
 from saelign.sails.generate import encode_chat, generate_answers
 from saelign.sails.judge import Verdict
 from saelign.sails.ood import by_register, in_part
-from saelign.sails.probe import Probe, ProbeConfig, fit_probe
+from saelign.sails.probe import Probe, ProbeConfig, budget_threshold, fit_probe
 from saelign.sails.select import pooled_rows
 
 FORMAT = "saelign.sails.gate/1"
@@ -58,6 +60,9 @@ class GateConfig:
                                           "token) or mean (the average over every token but the first)")
     val_safety: float = help_field(0.95, "the gate's threshold: the highest probe score that flags this "
                                          "share of the val harmful prompts")
+    harmless_budget: float = help_field(0.0, "above 0, the threshold instead: the lowest probe score that "
+                                             "flags at most this share of the val harmless prompts (an "
+                                             "over-refusal budget; bench_sails_gate_budget.py)")
     c_grid: list[float] = help_field([1e-3, 1e-2, 1e-1, 1.0, 10.0], "inverse L2 strengths of the probe "
                                      "tried; the best val AUROC is kept")
     batch_size: int = help_field(16, "requests per forward pass when reading the gate's activations")
@@ -66,6 +71,9 @@ class GateConfig:
     def __post_init__(self) -> None:
         require(0 < self.val_safety <= 1, f"gate.val_safety must lie in (0, 1], got {self.val_safety}; "
                                           "e.g. 0.95 flags 95 % of the val harmful prompts")
+        require(0 <= self.harmless_budget < 1,
+                f"gate.harmless_budget must lie in [0, 1), got {self.harmless_budget}; e.g. 0.1 flags at "
+                "most 10 % of the val harmless prompts, 0 thresholds by gate.val_safety")
         require(bool(self.c_grid) and all(c > 0 for c in self.c_grid),
                 f"gate.c_grid must hold positive values, got {self.c_grid}")
         require(self.pooling in POOLINGS, f"gate.pooling must be one of {', '.join(POOLINGS)}, got "
@@ -82,6 +90,7 @@ class Gate:
     val_safety: float
     max_length: int = 256
     pooling: str = "last"
+    harmless_budget: float = 0.0
 
     def flags(self, features: np.ndarray) -> np.ndarray:
         return self.probe.scores(features) >= self.probe.threshold
@@ -96,7 +105,7 @@ class Gate:
         write_json_atomic(folder / META, {
             "format": FORMAT, "hookpoint": self.hookpoint, "intercept": p.intercept, "threshold": p.threshold,
             "c": p.c, "val_auroc": p.val_auroc, "val_safety": self.val_safety, "max_length": self.max_length,
-            "pooling": self.pooling})
+            "pooling": self.pooling, "harmless_budget": self.harmless_budget})
         return folder
 
 
@@ -121,7 +130,8 @@ def load_gate(folder: str | Path) -> Gate:
     pooling = str(meta.get("pooling", "last"))  # gates written before pooling was an option: last token
     require(pooling in POOLINGS, f"{folder / META}: pooling {pooling!r} is not one of {', '.join(POOLINGS)}; "
                                  "refit the gate")
-    return Gate(str(meta["hookpoint"]), probe, float(meta["val_safety"]), int(meta["max_length"]), pooling)
+    return Gate(str(meta["hookpoint"]), probe, float(meta["val_safety"]), int(meta["max_length"]), pooling,
+                float(meta.get("harmless_budget", 0.0)))  # gates written before the budget: 0
 
 
 def residual_features(model: PreTrainedModel, rows: Sequence[Sequence[int]], hookpoints: Sequence[str],
@@ -147,10 +157,17 @@ def request_features(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 
 def fit_gate_on(x_train: np.ndarray, train: Sequence[Example], x_val: np.ndarray, val: Sequence[Example],
                 hookpoint: str, cfg: GateConfig) -> Gate:
-    """The gate's probe on activations read at `hookpoint`: fitted on train, C and threshold chosen on val."""
+    """The gate's probe on activations read at `hookpoint`: fitted on train, C and threshold chosen on val
+    (the threshold by `cfg.harmless_budget` over the val harmless prompts when it is above 0)."""
     probe_cfg = ProbeConfig(c_grid=list(cfg.c_grid), val_safety=cfg.val_safety)
     probe = fit_probe(x_train, train, x_val, val, probe_cfg)
-    return Gate(hookpoint, probe, cfg.val_safety, cfg.max_length, cfg.pooling)
+    if cfg.harmless_budget > 0:
+        harmless = probe.scores(x_val)[[e.kind == "harmless" for e in val]]
+        require(len(harmless) > 0, "gate.harmless_budget sets the threshold on the val harmless prompts and "
+                                   "the val split has none: raise --data-val-fraction, or set "
+                                   "--gate-harmless-budget 0")
+        probe.threshold = budget_threshold(harmless, cfg.harmless_budget)
+    return Gate(hookpoint, probe, cfg.val_safety, cfg.max_length, cfg.pooling, cfg.harmless_budget)
 
 
 def fit_gate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: Sequence[Example],
@@ -278,4 +295,5 @@ def gate_summary(gate: Gate, flags: Mapping[str, np.ndarray],
     """The gate's own facts: its options and the share of each split's kinds it flags."""
     return {"hookpoint": gate.hookpoint, "pooling": gate.pooling, "threshold": gate.probe.threshold,
             "c": gate.probe.c, "val_auroc": gate.probe.val_auroc, "val_safety": gate.val_safety,
+            "harmless_budget": gate.harmless_budget,
             "flagged": {name: open_rates(examples[name], [bool(x) for x in f]) for name, f in flags.items()}}

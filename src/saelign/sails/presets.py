@@ -202,7 +202,9 @@ PRESETS["quick-gated"] = deep_merge(PRESETS["quick"], {
 PRESETS["full-gated"] = deep_merge(PRESETS["full"], {
     "methods": ["sails"],  # the baselines behind the gate: --methods sails,lora,act_pca,...
     "sft": _CONSISTENCY_30,
-    "gate": {"enabled": True, "hookpoint": "model.layers.27", "pooling": "last", "val_safety": 0.98},
+    # the read-out and the over-refusal budget of bench_sails_gate_budget.py (the level rule's, block 27's last
+    # token at 0.98, was safe on 83.8 % of the held-out sources' harmful requests; this one 90.7 %)
+    "gate": {"enabled": True, "hookpoint": "model.layers.6", "pooling": "mean", "harmless_budget": 0.1},
 })
 
 

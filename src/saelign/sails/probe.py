@@ -68,6 +68,14 @@ def safety_threshold(harmful: np.ndarray, safety: float) -> float:
     return float(np.sort(harmful)[::-1][max(k, 1) - 1])
 
 
+def budget_threshold(harmless: np.ndarray, budget: float) -> float:
+    """The lowest t with share(harmless >= t) <= budget; scores tied at the boundary stay below it."""
+    require(len(harmless) > 0, "a threshold at a harmless budget needs at least one harmless prompt")
+    ranked = np.sort(harmless)[::-1]
+    allowed = math.floor(budget * len(ranked) + 1e-9)
+    return float(np.nextafter(ranked[allowed], np.inf)) if allowed < len(ranked) else float(ranked[-1])
+
+
 def flagged(scores: np.ndarray, threshold: float) -> float:
     return float((scores >= threshold).mean()) if len(scores) else math.nan
 

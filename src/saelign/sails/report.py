@@ -328,10 +328,14 @@ def _gate(report: Report, summary: dict[str, Any]) -> None:
     flagged = summary["flagged"]
     shares = "; ".join(f"{split}: {_pct(f.get('harmful'))} of harmful, {_pct(f.get('harmless'))} of harmless "
                        f"and {_pct(f.get('borderline'))} of borderline requests" for split, f in flagged.items())
+    read_out = "mean over the request's tokens" if summary.get("pooling") == "mean" else "last prompt token"
+    budget = summary.get("harmless_budget") or 0
+    rule = (f"at most {_pct(budget)} of the val harmless prompts" if budget
+            else f"{_pct(summary['val_safety'])} of the val harmful prompts")
     report.paragraph(
         f"Rows named METHOD{GATED}: the method behind the refusal gate. A logistic probe on the base model's "
-        f"residual at {summary['hookpoint']} (last prompt token), fitted on the train split, its threshold set "
-        f"to flag {_pct(summary['val_safety'])} of the val harmful prompts (val AUROC "
+        f"residual at {summary['hookpoint']} ({read_out}), fitted on the train split, its threshold set "
+        f"to flag {rule} (val AUROC "
         f"{summary['val_auroc']:.3f}), decides per request: flagged requests get the adapter's answer, the "
         f"rest the base model's. The gate flags {shares}.")
 
