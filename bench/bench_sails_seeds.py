@@ -58,6 +58,7 @@ def gate_options(dirs: list[Path]) -> dict | None:
         return None
     summary = read_json(path, "gate summary")
     return {"pooling": summary.get("pooling", "last"),  # gates fitted before pooling was an option
+            "harmless_budget": summary.get("harmless_budget", 0.0),  # gates fitted before the budget rule
             **{k: summary[k] for k in ("hookpoint", "val_safety", "threshold", "c", "val_auroc")}}
 
 

@@ -244,6 +244,15 @@ def interval(m: dict | None, percent: bool, signed: bool = False) -> str:
             f"{scale * m['hi']:{sign}.{digits}f})")
 
 
+def gate_phrase(gate: dict) -> str:
+    """The gate's read-out and threshold rule, in words (gates before the budget rule have no budget)."""
+    pooled = " (mean over the request's tokens)" if gate.get("pooling") == "mean" else ""
+    share = gate.get("harmless_budget") or 0
+    rule = (f"flagging at most {100 * share:g} % of the val harmless prompts" if share
+            else f"level {gate['val_safety']:g}")
+    return f"the gate's probe at {gate['hookpoint']}{pooled}, {rule}"
+
+
 def seeds_section(r: dict) -> list[str]:
     """Means with 95 % intervals over seeds and prompts, then SAILS minus each method, paired, in words only
     where the interval excludes 0; methods that ran under fewer seeds after that, over the seeds they have."""
@@ -258,8 +267,7 @@ def seeds_section(r: dict) -> list[str]:
     layer = r.get("config_layer")  # --config over the preset: say which, the header is otherwise the preset's
     over = f"over the preset: `{json.dumps(layer, separators=(', ', ': '))}`; " if layer else ""
     if r.get("gate"):  # METHOD+gate rows: say which read-out gated them
-        pooled = " (mean over the request's tokens)" if r["gate"].get("pooling") == "mean" else ""
-        over += f"METHOD+gate: the gate's probe at {r['gate']['hookpoint']}{pooled}, level {r['gate']['val_safety']:g}; "
+        over += f"METHOD+gate: {gate_phrase(r['gate'])}; "
     lines = [f"**SAILS under {len(r['seeds'])} seed{plural}** (preset `{r['preset']}`, seed{plural} "
              f"{seed_list(r)}; {budget}; {weight}{over}"
              f"{r['shared_across_seeds']}. Mean and 95 % interval of a bootstrap that resamples seeds and prompts "
