@@ -138,21 +138,22 @@ def main() -> int:
     setup_logging()
     began, load_before = time.perf_counter(), os.getloadavg()
     run_dir = Path(args.run)
-    records = [read_json_object(p, "seed record") for p in sorted(Path(args.records).glob("seed*.json"))]
-    if not records:
-        print(f"{args.records}: no seed*.json records", file=sys.stderr)
-        return 2
-    for split in ("train", "val", "test", "ood"):
-        digest = hashlib.sha256((run_dir / "data" / f"{split}.jsonl").read_bytes()).hexdigest()
-        if any(r["upstream"].get(f"data/{split}.jsonl") != digest for r in records):
-            print(f"{run_dir}/data/{split}.jsonl differs from the records' data: rebuild it with the "
-                  "records' preset (saelign sails data --preset ...)", file=sys.stderr)
-            return 2
     stored = stored_config(run_dir)
     if stored is None:
         print(f"{run_dir}: no config.json; build the data with saelign sails data --preset ... --run "
               f"{run_dir}", file=sys.stderr)
         return 2
+    records = [read_json_object(p, "seed record") for p in sorted(Path(args.records).glob("seed*.json"))]
+    if not records:
+        print(f"{args.records}: no seed*.json records", file=sys.stderr)
+        return 2
+    for split in ("train", "val", "test", "ood"):
+        path = run_dir / "data" / f"{split}.jsonl"
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+        if any(r["upstream"].get(f"data/{split}.jsonl") != digest for r in records):
+            print(f"{run_dir}/data/{split}.jsonl is missing or differs from the records' data: rebuild it "
+                  "with the records' preset (saelign sails data --preset ...)", file=sys.stderr)
+            return 2
     cfg = resolve_config([stored])
     run = RunDir(run_dir, cfg, STAGES)
     ood_val = ood_validation_set(run_dir, run, args.ood_val_from, args.ood_val_per_kind)
