@@ -62,6 +62,15 @@ def ood_validation_set(run_dir: Path, run: RunDir, source: str, per_kind: int) -
     return reworded(run.data.val, cfg, [r for r in REGISTERS if r not in cfg.registers])
 
 
+def stored_run(run_dir: Path, hint: str) -> RunDir | None:
+    """The run folder under the config it was made with; None, after saying so and `hint`, if it has none."""
+    stored = stored_config(run_dir)
+    if stored is None:
+        print(f"{run_dir}: no config.json; {hint}", file=sys.stderr)
+        return None
+    return RunDir(run_dir, resolve_config([stored]), STAGES)
+
+
 def flag_rates(flags: np.ndarray, examples: list[Example]) -> dict[str, Any]:
     """The flagged share of each kind, overall and per register."""
     def of(register: str | None) -> dict[str, float | None]:
@@ -127,12 +136,10 @@ def main() -> int:
     setup_logging()
     began, load_before = time.perf_counter(), os.getloadavg()
     run_dir = Path(args.run)
-    stored = stored_config(run_dir)
-    if stored is None:
-        print(f"{run_dir}: no config.json; give a run folder the pipeline wrote", file=sys.stderr)
+    run = stored_run(run_dir, "give a run folder the pipeline wrote")
+    if run is None:
         return 2
-    cfg = resolve_config([stored])
-    run = RunDir(run_dir, cfg, STAGES)
+    cfg = run.cfg
     splits = {"train": run.data.train, "val": run.data.val,
               "ood_val": ood_validation_set(run_dir, run, args.ood_val_from, args.ood_val_per_kind)}
     if not splits["ood_val"]:

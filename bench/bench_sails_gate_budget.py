@@ -43,17 +43,13 @@ from typing import Any
 import numpy as np
 
 from bench_probe_ceiling import DEFAULT_LAYERS
-from bench_sails_gate import flag_rates, ood_validation_set, print_read_outs
+from bench_sails_gate import flag_rates, ood_validation_set, print_read_outs, stored_run
 from common import run_facts, write_result
 from saelign.io import read_json_object
 from saelign.progress import setup_logging
 from saelign.sails.gate import Gate, GateConfig, fit_gate_on, request_features, residual_features
-from saelign.sails.pipeline import stored_config
-from saelign.sails.presets import resolve_config
-from saelign.sails.rundir import RunDir
 from saelign.sails.seed_record import outcome_rows
 from saelign.sails.seeds import summarise_seeds
-from saelign.sails.stages import STAGES
 
 NAME = "sails+budget_gate"
 
@@ -138,10 +134,8 @@ def main() -> int:
     setup_logging()
     began, load_before = time.perf_counter(), os.getloadavg()
     run_dir = Path(args.run)
-    stored = stored_config(run_dir)
-    if stored is None:
-        print(f"{run_dir}: no config.json; build the data with saelign sails data --preset ... --run "
-              f"{run_dir}", file=sys.stderr)
+    run = stored_run(run_dir, f"build the data with saelign sails data --preset ... --run {run_dir}")
+    if run is None:
         return 2
     records = [read_json_object(p, "seed record") for p in sorted(Path(args.records).glob("seed*.json"))]
     if not records:
@@ -154,8 +148,7 @@ def main() -> int:
             print(f"{run_dir}/data/{split}.jsonl is missing or differs from the records' data: rebuild it "
                   "with the records' preset (saelign sails data --preset ...)", file=sys.stderr)
             return 2
-    cfg = resolve_config([stored])
-    run = RunDir(run_dir, cfg, STAGES)
+    cfg = run.cfg
     ood_val = ood_validation_set(run_dir, run, args.ood_val_from, args.ood_val_per_kind)
     splits = {"train": run.data.train, "val": run.data.val, "ood_val": ood_val, "test": run.data.test,
               "ood": run.data.ood}
