@@ -101,7 +101,7 @@ def reproduce(spec: str, x: dict, x_contexts: dict, splits: dict[str, list], bas
     """How many recorded `method+gate` verdicts and context NLLs the records' own gate, refitted, changes."""
     hookpoint, pooling, level = spec.split(",")
     cfg = GateConfig(**{**base.__dict__, "hookpoint": hookpoint, "pooling": pooling,
-                        "val_safety": float(level)})
+                        "val_safety": float(level), "harmless_budget": 0.0})  # a level gate
     key = (pooling, hookpoint)
     gate = fit_gate_on(x[key]["train"], splits["train"], x[key]["val"], splits["val"], hookpoint, cfg)
     opened, contexts_open = gate_decisions(gate, x[key], x_contexts[key], splits)
