@@ -85,7 +85,7 @@ def regated(record: dict[str, Any], method: str, opened: dict[str, bool], contex
     models = record["models"]
     nll = [a if o else b for a, b, o in zip(models[method]["context_nll"], models["base"]["context_nll"],
                                             contexts_open, strict=True)]
-    return {"refused": refused, "context_nll": nll, "result": record["models"][method]["result"]}
+    return {"refused": refused, "context_nll": nll, "result": models[method]["result"]}
 
 
 def gate_decisions(gate: Gate, features: dict[str, np.ndarray], contexts: np.ndarray, splits: dict[str, list]
@@ -164,17 +164,17 @@ def main() -> int:
         for hp in hookpoints:
             x[(pooling, hp)] = dict(zip(splits, np.split(every[hp], ends), strict=True))
             x_contexts[(pooling, hp)] = read[hp]
+    mismatches = reproduce(args.records_gate, x, x_contexts, splits, cfg.gate, records, args.method)
+    if mismatches:  # first: a recomposition that cannot give back the records' gate proves nothing
+        print(f"the records' own gate, refitted here, changes {mismatches} recorded gated verdict(s): check "
+              "--records-gate", file=sys.stderr)
+        return 1
     rows, gates = read_outs(x, splits, args.budget, cfg.gate)
     chosen = choose(rows, args.budget, cfg.hookpoint)
     key = (chosen["pooling"], chosen["hookpoint"])
     gate = gates[key]
     opened, contexts_open = gate_decisions(gate, x[key], x_contexts[key], splits)
     gated = [m for m in records[0]["models"] if m.endswith("+gate")]
-    mismatches = reproduce(args.records_gate, x, x_contexts, splits, cfg.gate, records, args.method)
-    if mismatches:
-        print(f"the records' own gate, refitted here, changes {mismatches} recorded gated verdict(s): check "
-              "--records-gate", file=sys.stderr)
-        return 1
     for record in records:
         record["models"][NAME] = regated(record, args.method, opened, contexts_open)
     summary = summarise_seeds(records, [NAME, *gated, args.method], compare_to=NAME)
